@@ -1,0 +1,75 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// Arrows point down: executables -> SessionLedger -> LedgerLMDB -> LedgerCore.
+// Only LedgerLMDB sees CLMDB; LedgerCore is pure (no I/O).
+let package = Package(
+    name: "Custody",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "custody", targets: ["CustodyServer"]),
+        .executable(name: "custody-audit", targets: ["CustodyAudit"]),
+        .executable(name: "custody-bench", targets: ["SessionBench"]),
+        .library(name: "SessionLedger", targets: ["SessionLedger"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CLMDB",
+            pkgConfig: "lmdb",
+            providers: [.apt(["liblmdb-dev"])]
+        ),
+        .target(
+            name: "LedgerCore",
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")]
+        ),
+        .target(
+            name: "LedgerLMDB",
+            dependencies: ["CLMDB", "LedgerCore"]
+        ),
+        .target(
+            name: "SessionLedger",
+            dependencies: ["LedgerCore", "LedgerLMDB"]
+        ),
+        .executableTarget(
+            name: "CustodyServer",
+            dependencies: [
+                "SessionLedger",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "CustodyAudit",
+            dependencies: [
+                "SessionLedger",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Tools/Audit"
+        ),
+        .executableTarget(
+            name: "SessionBench",
+            dependencies: [
+                "SessionLedger",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Benchmarks/SessionBench"
+        ),
+        .testTarget(
+            name: "LedgerCoreTests",
+            dependencies: ["LedgerCore"],
+            resources: [.copy("Golden")]
+        ),
+        .testTarget(
+            name: "LedgerLMDBTests",
+            dependencies: ["LedgerLMDB", "LedgerCore"]
+        ),
+        .testTarget(
+            name: "SessionLedgerTests",
+            // The crash test drives the real `custody-bench` binary as a child process.
+            dependencies: ["SessionLedger", "LedgerCore", "LedgerLMDB", "SessionBench"]
+        ),
+    ]
+)

@@ -1,0 +1,1 @@
+@main struct Custody { static func main() {} }

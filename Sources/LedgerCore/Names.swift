@@ -1,0 +1,66 @@
+/// The longest session or authentication name Event Grid accepts, in characters.
+public let maximumNameLength = 128
+
+/// Why a name was refused. Kept apart from `RejectionReason` because a name can be
+/// bad before there is any session to reject.
+public enum NameProblem: Error, Equatable, Sendable {
+    case empty
+    case tooLong(characters: Int)
+    case containsNullCharacter
+}
+
+/// Counts characters as Unicode scalars: the MQTT wire format speaks of code points,
+/// and grapheme clustering would let one "character" hide many bytes.
+private func checkName(_ text: String) -> NameProblem? {
+    if text.isEmpty { return .empty }
+    var count = 0
+    for scalar in text.unicodeScalars {
+        if scalar.value == 0 { return .containsNullCharacter }
+        count += 1
+    }
+    if count > maximumNameLength { return .tooLong(characters: count) }
+    return nil
+}
+
+/// The MQTT ClientID. Unique across the broker, compared exactly (case-sensitive).
+public struct SessionName: Hashable, Sendable, CustomStringConvertible {
+    public let value: String
+
+    public init(validating text: String) throws(NameProblem) {
+        if let problem = checkName(text) { throw problem }
+        self.value = text
+    }
+
+    /// For names read back from the ledger, which were validated when first written,
+    /// and for rejected events that record the offending name as it came.
+    public init(unchecked text: String) { self.value = text }
+
+    public var isValid: Bool { checkName(value) == nil }
+    public var description: String { value }
+}
+
+/// Who the client is. Compared case-insensitively, kept and shown with its original case.
+public struct AuthenticationName: Hashable, Sendable, CustomStringConvertible {
+    public let value: String
+    /// The comparison key: identities that differ only by case are the same client.
+    public let key: String
+
+    public init(validating text: String) throws(NameProblem) {
+        if let problem = checkName(text) { throw problem }
+        self.init(unchecked: text)
+    }
+
+    public init(unchecked text: String) {
+        self.value = text
+        self.key = text.lowercased()
+    }
+
+    public var isValid: Bool { checkName(value) == nil }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool { lhs.key == rhs.key }
+    public func hash(into hasher: inout Hasher) { hasher.combine(key) }
+    public var description: String { value }
+}
+
+/// Identifies one network connection for the life of the ledger; never reused.
+public typealias ConnectionNumber = UInt64

@@ -1,0 +1,328 @@
+import CLMDB
+import Foundation
+import LedgerCore
+import Synchronization
+
+/// A connection ended: record it, unless the connection no longer holds the session.
+public struct ReleaseRequest: Sendable {
+    public var sessionName: SessionName
+    public var connection: ConnectionNumber
+    public var reason: DisconnectReason
+    /// A v5 DISCONNECT's Session Expiry Interval, when it carried one.
+    public var newExpiryInterval: UInt32?
+    public var remoteAddress: String
+
+    public init(
+        sessionName: SessionName, connection: ConnectionNumber, reason: DisconnectReason,
+        newExpiryInterval: UInt32? = nil, remoteAddress: String = ""
+    ) {
+        self.sessionName = sessionName
+        self.connection = connection
+        self.reason = reason
+        self.newExpiryInterval = newExpiryInterval
+        self.remoteAddress = remoteAddress
+    }
+}
+
+/// What opening the ledger found and fixed.
+public struct RecoveryReport: Sendable, Equatable {
+    /// Sessions found connected, now `disconnected(brokerRestart)`.
+    public var disconnected: [LedgerEvent]
+    /// Sessions whose deadline passed while the broker was down, now `expired`.
+    public var expired: [LedgerEvent]
+    public var head: LedgerHead
+}
+
+/// Microseconds since the Unix epoch.
+public typealias LedgerClock = @Sendable () -> Int64
+
+public func wallClockMicroseconds() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Int64(ts.tv_sec) * 1_000_000 + Int64(ts.tv_nsec) / 1_000
+}
+
+/// The single writer of the ledger, with group commit.
+///
+/// Requests queue up while a commit is in progress. When the writer thread is free it
+/// takes every waiting request, decides them in arrival order inside one LMDB write
+/// transaction, commits (one fsync) and only then answers each caller. Because decisions
+/// are made one after another against the transaction's own view, two racing claims for
+/// one session name can never both win. If anything in the batch fails to become durable,
+/// every request in it fails (rule R8): nobody is told of an event that is not on disk.
+public final class LedgerWriter: @unchecked Sendable {
+    enum Command {
+        case claim(ClaimRequest, @Sendable (Result<ClaimOutcome, LedgerError>) -> Void)
+        case release(ReleaseRequest, @Sendable (Result<LedgerEvent?, LedgerError>) -> Void)
+        case expire(limit: Int, @Sendable (Result<[LedgerEvent], LedgerError>) -> Void)
+
+        func fail(_ error: LedgerError) {
+            switch self {
+            case .claim(_, let done): done(.failure(error))
+            case .release(_, let done): done(.failure(error))
+            case .expire(_, let done): done(.failure(error))
+            }
+        }
+    }
+
+    public let store: LedgerStore
+    public let policy: NamespacePolicy
+    let clock: LedgerClock
+
+    private let condition = NSCondition()
+    private var queue: [Command] = []
+    private var spare: [Command] = []
+    private var state: RunState = .notStarted
+    private var thread: Thread?
+    private let finished = NSCondition()
+    private var threadDone = false
+
+    // Owned by the writer thread once it runs (before that, by the opener).
+    private var head: LedgerHead
+    private var highestConnection: UInt64
+
+    private let connectionCounter: Mutex<UInt64>
+    /// Observes each committed batch: number of events and commit duration in microseconds.
+    public var onCommit: (@Sendable (_ events: Int, _ micros: Int64) -> Void)?
+
+    enum RunState { case notStarted, running, stopping, stopped }
+
+    public init(store: LedgerStore, policy: NamespacePolicy, clock: @escaping LedgerClock = wallClockMicroseconds) throws {
+        precondition(!store.isReadOnly, "a read-only ledger cannot be written")
+        self.store = store
+        self.policy = policy
+        self.clock = clock
+        let (head, connections) = try store.read { (try $0.head(), try $0.highestConnection()) }
+        self.head = head
+        self.highestConnection = connections
+        self.connectionCounter = Mutex(connections)
+    }
+
+    /// A connection number never used before, also across restarts.
+    public func nextConnectionNumber() -> ConnectionNumber {
+        connectionCounter.withLock { value in
+            value += 1
+            return value
+        }
+    }
+
+    public var currentHead: LedgerHead {
+        condition.lock()
+        defer { condition.unlock() }
+        return head
+    }
+
+    /// Brings the projection up to date after a stop or a crash, in one commit:
+    /// expires sessions whose deadline passed while the broker was down, then records
+    /// `disconnected(brokerRestart)` for every session still shown as connected.
+    /// Call once, before `start()`.
+    public func recover() throws(LedgerError) -> RecoveryReport {
+        precondition(state == .notStarted)
+        let now = max(clock(), head.timestamp)
+        let ((expired, disconnected), w) = try store.write(
+            head: head, highestConnection: highestConnection, timestamp: now
+        ) { (w) throws(LedgerError) -> ([LedgerEvent], [LedgerEvent]) in
+            let expired = try Self.expireDue(&w, now: now, limit: Int.max, reason: .expiredWhileBrokerDown)
+            var connected: [[UInt8]] = []
+            do {
+                try scanTable(txn: w.txn, dbi: w.lmdb.sessions, first: nil) { key, value in
+                    // State byte at offset 1: 1 = connected. Decoding happens below.
+                    if value.count > 1, value[1] == 1 { connected.append(Array(key)) }
+                    return true
+                }
+            } catch let error as LedgerError {
+                throw error
+            } catch {
+                throw .corruptRecord(table: "sessions", detail: "\(error)")
+            }
+            var disconnected: [LedgerEvent] = []
+            for key in connected {
+                guard let (name, entry) = try w.namedSession(key) else { continue }
+                let draft = SessionRules.endingEvent(of: entry, named: name, kind: .disconnected(.brokerRestart))
+                disconnected.append(try w.append(draft, current: entry, sessionKey: key).0)
+            }
+            return (expired, disconnected)
+        }
+        head = w.head
+        highestConnection = w.highestConnection
+        return RecoveryReport(disconnected: disconnected, expired: expired, head: head)
+    }
+
+    /// Expires up to `limit` sessions whose deadline is at or before `now`.
+    static func expireDue(
+        _ w: inout LedgerWriteTransaction, now: Int64, limit: Int, reason: ExpiryReason
+    ) throws(LedgerError) -> [LedgerEvent] {
+        var due: [[UInt8]] = []
+        do {
+            try scanTable(txn: w.txn, dbi: w.lmdb.deadlines, first: nil) { key, _ in
+                let (deadline, sessionKey) = try ProjectionFormat.decodeDeadlineKey(key)
+                guard deadline <= now else { return false }
+                due.append(sessionKey)
+                return due.count < limit
+            }
+        } catch let error as LedgerError {
+            throw error
+        } catch {
+            throw .corruptRecord(table: "deadlines", detail: "\(error)")
+        }
+        var events: [LedgerEvent] = []
+        for key in due {
+            guard let (name, entry) = try w.namedSession(key) else {
+                throw .corruptRecord(table: "deadlines", detail: "a deadline points to a session that is not stored")
+            }
+            let draft = SessionRules.endingEvent(of: entry, named: name, kind: .expired(reason))
+            events.append(try w.append(draft, current: entry, sessionKey: key).0)
+        }
+        return events
+    }
+
+    public func start() {
+        condition.lock()
+        precondition(state == .notStarted)
+        state = .running
+        condition.unlock()
+        let thread = Thread { [self] in run() }
+        thread.name = "custody-ledger-writer"
+        thread.stackSize = 1 << 20
+        self.thread = thread
+        thread.start()
+    }
+
+    /// Answers every request already queued, then stops the thread. Later requests fail
+    /// with `.closed`.
+    public func stop() {
+        condition.lock()
+        let wasRunning = state == .running
+        if state == .running { state = .stopping } else if state == .notStarted { state = .stopped }
+        condition.signal()
+        condition.unlock()
+        guard wasRunning else { return }
+        finished.lock()
+        while !threadDone { finished.wait() }
+        finished.unlock()
+    }
+
+    public func claim(_ request: ClaimRequest, _ done: @escaping @Sendable (Result<ClaimOutcome, LedgerError>) -> Void) {
+        enqueue(.claim(request, done))
+    }
+
+    public func release(_ request: ReleaseRequest, _ done: @escaping @Sendable (Result<LedgerEvent?, LedgerError>) -> Void) {
+        enqueue(.release(request, done))
+    }
+
+    public func expireDue(limit: Int = 10_000, _ done: @escaping @Sendable (Result<[LedgerEvent], LedgerError>) -> Void) {
+        enqueue(.expire(limit: limit, done))
+    }
+
+    private func enqueue(_ command: Command) {
+        condition.lock()
+        guard state == .running else {
+            condition.unlock()
+            command.fail(.closed)
+            return
+        }
+        queue.append(command)
+        if queue.count == 1 { condition.signal() }
+        condition.unlock()
+    }
+
+    private func run() {
+        while true {
+            condition.lock()
+            while queue.isEmpty && state == .running { condition.wait() }
+            if queue.isEmpty {
+                state = .stopped
+                condition.unlock()
+                break
+            }
+            var batch = spare
+            swap(&batch, &queue)
+            condition.unlock()
+
+            process(batch)
+
+            batch.removeAll(keepingCapacity: true)
+            spare = batch
+        }
+        finished.lock()
+        threadDone = true
+        finished.signal()
+        finished.unlock()
+    }
+
+    private func process(_ batch: [Command]) {
+        let started = DispatchTime.now().uptimeNanoseconds
+        let now = max(clock(), head.timestamp)
+        var deliveries: [() -> Void] = []
+        deliveries.reserveCapacity(batch.count)
+        let policy = self.policy
+        do {
+            let (_, w) = try store.write(head: head, highestConnection: highestConnection, timestamp: now) {
+                (w) throws(LedgerError) in
+                for command in batch {
+                    switch command {
+                    case .claim(let request, let done):
+                        let outcome = try Self.decide(request, in: &w, policy: policy, now: now)
+                        deliveries.append { done(.success(outcome)) }
+                    case .release(let request, let done):
+                        let event = try Self.release(request, in: &w, policy: policy)
+                        deliveries.append { done(.success(event)) }
+                    case .expire(let limit, let done):
+                        let events = try Self.expireDue(&w, now: now, limit: limit, reason: .sessionExpired)
+                        deliveries.append { done(.success(events)) }
+                    }
+                }
+            }
+            let events = Int(w.head.sequence - head.sequence)
+            condition.lock()
+            head = w.head
+            condition.unlock()
+            highestConnection = w.highestConnection
+            onCommit?(events, Int64(DispatchTime.now().uptimeNanoseconds - started) / 1000)
+            for deliver in deliveries { deliver() }
+        } catch {
+            for command in batch { command.fail(error) }
+        }
+    }
+
+    static func decide(
+        _ request: ClaimRequest, in w: inout LedgerWriteTransaction, policy: NamespacePolicy, now: Int64
+    ) throws(LedgerError) -> ClaimOutcome {
+        // Names that fail R1/R7 are rejected without touching the projection (and empty
+        // names cannot be LMDB keys).
+        let lookUp = request.sessionName.isValid && request.authenticationName.isValid
+            && request.identity == .authenticated
+        let sessionKey = lookUp ? ProjectionFormat.sessionKey(request.sessionName) : []
+        var entry = lookUp ? try w.session(sessionKey) : nil
+        let liveSessions = lookUp ? try w.liveCount(ProjectionFormat.clientKey(request.authenticationName)) : 0
+        let plan = SessionRules.plan(
+            request, current: entry, requesterLiveSessions: liveSessions, policy: policy, now: now)
+        var last: LedgerEvent?
+        for draft in plan.events {
+            (last, entry) = try w.append(draft, current: entry, sessionKey: sessionKey)
+        }
+        let sequence = last!.sequence
+        switch plan.decision {
+        case .grant(let present, let expiry, let replaced):
+            return .granted(SessionGrant(
+                sequence: sequence, connection: request.connection, sessionPresent: present,
+                expiryInterval: expiry, replacedConnection: replaced))
+        case .reject(let reason):
+            return .rejected(reason, sequence: sequence)
+        }
+    }
+
+    static func release(
+        _ request: ReleaseRequest, in w: inout LedgerWriteTransaction, policy: NamespacePolicy
+    ) throws(LedgerError) -> LedgerEvent? {
+        guard request.sessionName.isValid else { return nil }
+        let key = ProjectionFormat.sessionKey(request.sessionName)
+        let entry = try w.session(key)
+        guard let draft = SessionRules.release(
+            request.connection, of: request.sessionName, reason: request.reason,
+            newExpiryInterval: request.newExpiryInterval, current: entry, policy: policy,
+            remoteAddress: request.remoteAddress)
+        else { return nil }
+        return try w.append(draft, current: entry, sessionKey: key).0
+    }
+}

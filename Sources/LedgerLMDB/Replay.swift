@@ -1,0 +1,160 @@
+import LedgerCore
+
+/// The first thing found wrong with a ledger.
+public enum VerifyProblem: Sendable, Equatable, CustomStringConvertible {
+    case unreadableRecord(sequence: UInt64, detail: String)
+    case sequenceGap(expected: UInt64, found: UInt64)
+    case hashMismatch(sequence: UInt64)
+    case headMismatch(detail: String)
+    case projectionMismatch(detail: String)
+
+    /// The first sequence number that is bad, where the problem lies in the log.
+    public var firstBadSequence: UInt64? {
+        switch self {
+        case .unreadableRecord(let s, _), .hashMismatch(let s): s
+        case .sequenceGap(let expected, _): expected
+        case .headMismatch, .projectionMismatch: nil
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .unreadableRecord(let s, let d): "record \(s) is unreadable: \(d)"
+        case .sequenceGap(let e, let f): "sequence gap: expected \(e), found \(f)"
+        case .hashMismatch(let s): "record \(s) does not match its hash chain (edited, or a record before it was)"
+        case .headMismatch(let d): "log head does not match: \(d)"
+        case .projectionMismatch(let d): "stored projection disagrees with the log: \(d)"
+        }
+    }
+}
+
+public struct VerifyReport: Sendable, Equatable {
+    public var events: UInt64
+    public var head: LedgerHead
+    public var problem: VerifyProblem?
+    public var isIntact: Bool { problem == nil }
+}
+
+/// Where a replay stops.
+public enum ReplayLimit: Sendable {
+    case end
+    /// Through this sequence number, inclusive.
+    case sequence(UInt64)
+    /// Through the last event at or before this time (µs since the epoch).
+    case time(Int64)
+}
+
+extension LedgerSnapshot {
+    /// Folds the log into a projection, checking record format, density and (optionally)
+    /// the hash chain on the way. Stops at the first problem.
+    public func replay(
+        through limit: ReplayLimit = .end, checkingChain: Bool = true,
+        observe: ((LedgerEvent) throws -> Void)? = nil
+    ) throws -> (OwnershipProjection, LedgerHead, VerifyProblem?) {
+        var projection = OwnershipProjection()
+        var last = LedgerHead.empty
+        var problem: VerifyProblem?
+        try forEachRecord(from: 1) { key, bytes in
+            let expected = last.sequence + 1
+            guard key == expected else {
+                problem = .sequenceGap(expected: expected, found: key)
+                return false
+            }
+            if case .sequence(let through) = limit, key > through { return false }
+            let record: LedgerRecord
+            do {
+                record = try EventRecordFormat.decode(bytes)
+            } catch {
+                problem = .unreadableRecord(sequence: key, detail: "\(error)")
+                return false
+            }
+            guard record.event.sequence == key else {
+                problem = .unreadableRecord(sequence: key, detail: "stored under \(key) but numbered \(record.event.sequence)")
+                return false
+            }
+            if case .time(let time) = limit, record.event.timestamp > time { return false }
+            if checkingChain {
+                guard EventRecordFormat.chainHash(of: bytes, previous: last.hash) == record.hash else {
+                    problem = .hashMismatch(sequence: key)
+                    return false
+                }
+            }
+            projection.apply(record.event)
+            try observe?(record.event)
+            last = LedgerHead(sequence: key, timestamp: record.event.timestamp, hash: record.hash)
+            return true
+        }
+        return (projection, last, problem)
+    }
+
+    /// Replays the whole log and proves the stored head and projection equal what it implies.
+    public func verify() throws -> VerifyReport {
+        let (projection, last, problem) = try replay()
+        var report = VerifyReport(events: last.sequence, head: last, problem: problem)
+        guard problem == nil else { return report }
+        report.problem = try compare(projection, last)
+        return report
+    }
+
+    private func compare(_ projection: OwnershipProjection, _ last: LedgerHead) throws -> VerifyProblem? {
+        let stored = try head()
+        guard stored == last else {
+            return .headMismatch(detail: "stored head is \(stored.sequence)/\(stored.hash), log ends at \(last.sequence)/\(last.hash)")
+        }
+
+        var expectedSessions = projection.sessions
+        var mismatch: VerifyProblem?
+        do {
+            try forEachSession { name, entry in
+                guard mismatch == nil else { return }
+                guard let replayed = expectedSessions.removeValue(forKey: name) else {
+                    mismatch = .projectionMismatch(detail: "session \(name) is stored but free in the log")
+                    return
+                }
+                if replayed != entry {
+                    mismatch = .projectionMismatch(detail: "session \(name) is stored as \(entry), the log says \(replayed)")
+                }
+            }
+        } catch let error as LedgerError {
+            return .projectionMismatch(detail: "\(error)")
+        }
+        if let mismatch { return mismatch }
+        if let (name, _) = expectedSessions.first {
+            return .projectionMismatch(detail: "session \(name) is live in the log but missing from the projection")
+        }
+
+        var expectedCounts: [[UInt8]: Int] = [:]
+        for (key, count) in projection.liveSessionCounts {
+            expectedCounts[ProjectionFormat.key(for: key)] = count
+        }
+        var countProblem: VerifyProblem?
+        try forEachClientCount { key, count in
+            guard countProblem == nil else { return }
+            let replayed = expectedCounts.removeValue(forKey: key)
+            if replayed != count {
+                countProblem = .projectionMismatch(
+                    detail: "client \(String(decoding: key, as: UTF8.self)) has \(count) live sessions stored, the log says \(replayed ?? 0)")
+            }
+        }
+        if let countProblem { return countProblem }
+        if let (key, count) = expectedCounts.first {
+            return .projectionMismatch(
+                detail: "client \(String(decoding: key, as: UTF8.self)) has \(count) live sessions in the log but none stored")
+        }
+
+        var expectedDeadlines = projection.deadlineKeys
+        var deadlineProblem: VerifyProblem?
+        try forEachDeadlineKey { key in
+            if expectedDeadlines.remove(Array(key)) == nil {
+                deadlineProblem = .projectionMismatch(detail: "the expiry index holds a deadline the log does not imply")
+                return false
+            }
+            return true
+        }
+        if let deadlineProblem { return deadlineProblem }
+        if !expectedDeadlines.isEmpty {
+            return .projectionMismatch(detail: "\(expectedDeadlines.count) expiry deadline(s) missing from the index")
+        }
+        return nil
+    }
+}

@@ -1,0 +1,312 @@
+import CLMDB
+import LedgerCore
+
+/// A consistent read-only view of the ledger (an LMDB read transaction).
+/// Valid only inside the closure that received it.
+public struct LedgerSnapshot {
+    let txn: OpaquePointer
+    let lmdb: LMDBEnvironment
+
+    public func head() throws(LedgerError) -> LedgerHead {
+        try readHead(txn: txn, lmdb: lmdb)
+    }
+
+    public func session(_ name: SessionName) throws(LedgerError) -> SessionEntry? {
+        try readSession(txn: txn, lmdb: lmdb, key: ProjectionFormat.sessionKey(name))?.1
+    }
+
+    public func liveSessionCount(of client: AuthenticationName) throws(LedgerError) -> Int {
+        try readLiveCount(txn: txn, lmdb: lmdb, key: ProjectionFormat.clientKey(client))
+    }
+
+    /// The connection number ever recorded highest, so new ones never repeat it.
+    public func highestConnection() throws(LedgerError) -> UInt64 {
+        try withVal(MetaKey.connections) { (key) throws(LedgerError) -> UInt64 in
+            var value = MDB_val()
+            let code = mdb_get(txn, lmdb.meta, &key, &value)
+            if code == MDB_NOTFOUND { return 0 }
+            try check(code, "mdb_get connections")
+            guard value.mv_size == 8 else { throw .corruptRecord(table: "meta", detail: "connections") }
+            return UInt64(littleEndian: value.bytes.loadUnaligned(as: UInt64.self))
+        }
+    }
+
+    /// The raw record of a sequence number, without decoding.
+    public func withRecordBytes<R>(at sequence: UInt64, _ body: (UnsafeRawBufferPointer?) throws -> R) throws -> R {
+        var key = sequence
+        return try withUnsafeMutableBytes(of: &key) { keyBytes in
+            var k = MDB_val(mv_size: 8, mv_data: keyBytes.baseAddress)
+            var value = MDB_val()
+            let code = mdb_get(txn, lmdb.log, &k, &value)
+            if code == MDB_NOTFOUND { return try body(nil) }
+            try check(code, "mdb_get log")
+            return try body(value.bytes)
+        }
+    }
+
+    public func record(at sequence: UInt64) throws -> LedgerRecord? {
+        try withRecordBytes(at: sequence) { bytes in
+            guard let bytes else { return nil }
+            do {
+                return try EventRecordFormat.decode(bytes)
+            } catch {
+                throw LedgerError.corruptRecord(table: "log", detail: "sequence \(sequence): \(error)")
+            }
+        }
+    }
+
+    /// Walks the log from `sequence` on, in order, with each record's key and raw bytes.
+    /// The body returns false to stop.
+    public func forEachRecord(
+        from sequence: UInt64 = 1, _ body: (UInt64, UnsafeRawBufferPointer) throws -> Bool
+    ) throws {
+        var start = sequence
+        try withUnsafeMutableBytes(of: &start) { startBytes in
+            var key = MDB_val(mv_size: 8, mv_data: startBytes.baseAddress)
+            try scan(lmdb.log, first: &key) { k, v in
+                try body(k.loadUnaligned(as: UInt64.self), v)
+            }
+        }
+    }
+
+    /// Every stored session entry, in key order.
+    public func forEachSession(_ body: (SessionName, SessionEntry) throws -> Void) throws {
+        try scan(lmdb.sessions, first: nil) { key, value in
+            do {
+                let (name, entry) = try ProjectionFormat.decode(value)
+                guard ProjectionFormat.sessionKey(name).elementsEqual(key) else {
+                    throw LedgerError.corruptRecord(table: "sessions", detail: "entry of \(name) is under another key")
+                }
+                try body(name, entry)
+            } catch let error as RecordFormatError {
+                throw LedgerError.corruptRecord(table: "sessions", detail: "\(error)")
+            }
+            return true
+        }
+    }
+
+    /// Every stored live-session count, by client key.
+    public func forEachClientCount(_ body: ([UInt8], Int) throws -> Void) throws {
+        try scan(lmdb.clients, first: nil) { key, value in
+            guard value.count == 4 else { throw LedgerError.corruptRecord(table: "clients", detail: "count size") }
+            try body(Array(key), Int(UInt32(littleEndian: value.loadUnaligned(as: UInt32.self))))
+            return true
+        }
+    }
+
+    /// Every key of the expiry index, in deadline order; the body returns false to stop.
+    public func forEachDeadlineKey(_ body: (UnsafeRawBufferPointer) throws -> Bool) throws {
+        try scan(lmdb.deadlines, first: nil) { key, _ in try body(key) }
+    }
+
+    /// The earliest expiry deadline, if any session is waiting to expire.
+    public func earliestDeadline() throws -> Int64? {
+        var earliest: Int64?
+        try forEachDeadlineKey { key in
+            earliest = try ProjectionFormat.decodeDeadlineKey(key).0
+            return false
+        }
+        return earliest
+    }
+
+    func scan(
+        _ dbi: MDB_dbi, first: UnsafeMutablePointer<MDB_val>?,
+        _ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> Bool
+    ) throws {
+        try scanTable(txn: txn, dbi: dbi, first: first, body)
+    }
+}
+
+func scanTable(
+    txn: OpaquePointer, dbi: MDB_dbi, first: UnsafeMutablePointer<MDB_val>?,
+    _ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> Bool
+) throws {
+    var cursor: OpaquePointer?
+    try check(mdb_cursor_open(txn, dbi, &cursor), "mdb_cursor_open")
+    defer { mdb_cursor_close(cursor) }
+    var key = MDB_val()
+    var value = MDB_val()
+    var op = MDB_FIRST
+    if let first {
+        key = first.pointee
+        op = MDB_SET_RANGE
+    }
+    while true {
+        let code = mdb_cursor_get(cursor, &key, &value, op)
+        if code == MDB_NOTFOUND { return }
+        try check(code, "mdb_cursor_get")
+        guard try body(key.bytes, value.bytes) else { return }
+        op = MDB_NEXT
+    }
+}
+
+func readHead(txn: OpaquePointer, lmdb: LMDBEnvironment) throws(LedgerError) -> LedgerHead {
+    try withVal(MetaKey.head) { (key) throws(LedgerError) -> LedgerHead in
+        var value = MDB_val()
+        let code = mdb_get(txn, lmdb.meta, &key, &value)
+        if code == MDB_NOTFOUND { return .empty }
+        try check(code, "mdb_get head")
+        return try LedgerHead.decode(value.bytes)
+    }
+}
+
+func readSession(txn: OpaquePointer, lmdb: LMDBEnvironment, key: [UInt8]) throws(LedgerError) -> (SessionName, SessionEntry)? {
+    try withVal(key) { (k) throws(LedgerError) -> (SessionName, SessionEntry)? in
+        var value = MDB_val()
+        let code = mdb_get(txn, lmdb.sessions, &k, &value)
+        if code == MDB_NOTFOUND { return nil }
+        try check(code, "mdb_get sessions")
+        do {
+            return try ProjectionFormat.decode(value.bytes)
+        } catch {
+            throw .corruptRecord(table: "sessions", detail: "\(error)")
+        }
+    }
+}
+
+func readLiveCount(txn: OpaquePointer, lmdb: LMDBEnvironment, key: [UInt8]) throws(LedgerError) -> Int {
+    try withVal(key) { (k) throws(LedgerError) -> Int in
+        var value = MDB_val()
+        let code = mdb_get(txn, lmdb.clients, &k, &value)
+        if code == MDB_NOTFOUND { return 0 }
+        try check(code, "mdb_get clients")
+        guard value.mv_size == 4 else { throw .corruptRecord(table: "clients", detail: "count size \(value.mv_size)") }
+        return Int(UInt32(littleEndian: value.bytes.loadUnaligned(as: UInt32.self)))
+    }
+}
+
+/// One write transaction of the writer: appends events and keeps the projection in step.
+/// Lives on the writer thread only and never across an `await`.
+struct LedgerWriteTransaction {
+    let txn: OpaquePointer
+    let lmdb: LMDBEnvironment
+    var head: LedgerHead
+    var highestConnection: UInt64
+    let startingConnection: UInt64
+    /// One timestamp for every event of the transaction: they become durable together.
+    let timestamp: Int64
+
+    func session(_ key: [UInt8]) throws(LedgerError) -> SessionEntry? {
+        try readSession(txn: txn, lmdb: lmdb, key: key)?.1
+    }
+
+    func namedSession(_ key: [UInt8]) throws(LedgerError) -> (SessionName, SessionEntry)? {
+        try readSession(txn: txn, lmdb: lmdb, key: key)
+    }
+
+    func liveCount(_ key: [UInt8]) throws(LedgerError) -> Int {
+        try readLiveCount(txn: txn, lmdb: lmdb, key: key)
+    }
+
+    /// Appends one event and applies it to the projection.
+    /// - Parameters:
+    ///   - current: the session's entry before the event (the caller has read it already).
+    /// - Returns: the stamped event and the session's entry after it.
+    mutating func append(
+        _ draft: LedgerEvent, current: SessionEntry?, sessionKey: [UInt8]
+    ) throws(LedgerError) -> (LedgerEvent, SessionEntry?) {
+        var event = EventRecordFormat.normalized(draft)
+        event.sequence = head.sequence + 1
+        event.timestamp = timestamp
+
+        var seqKey = event.sequence
+        let size = EventRecordFormat.encodedSize(of: event)
+        let previous = head.hash
+        let hash = try withUnsafeMutableBytes(of: &seqKey) { (keyBytes) throws(LedgerError) -> ChainHash in
+            var k = MDB_val(mv_size: 8, mv_data: keyBytes.baseAddress)
+            var v = MDB_val(mv_size: size, mv_data: nil)
+            try check(mdb_put(txn, lmdb.log, &k, &v, UInt32(MDB_RESERVE | MDB_APPEND)), "mdb_put log")
+            return EventRecordFormat.encode(
+                event, previous: previous, into: UnsafeMutableRawBufferPointer(start: v.mv_data, count: size))
+        }
+        head = LedgerHead(sequence: event.sequence, timestamp: timestamp, hash: hash)
+        if event.connection > highestConnection { highestConnection = event.connection }
+
+        let next = SessionTransition.apply(event, to: current)
+        if case .rejected = event.kind { return (event, next) }
+
+        if let next {
+            let size = ProjectionFormat.encodedSize(of: next, named: event.sessionName)
+            try withVal(sessionKey) { (k) throws(LedgerError) in
+                var v = MDB_val(mv_size: size, mv_data: nil)
+                try check(mdb_put(txn, lmdb.sessions, &k, &v, UInt32(MDB_RESERVE)), "mdb_put sessions")
+                ProjectionFormat.encode(
+                    next, named: event.sessionName, into: UnsafeMutableRawBufferPointer(start: v.mv_data, count: size))
+            }
+        } else if current != nil {
+            try delete(lmdb.sessions, sessionKey, "sessions")
+        }
+
+        let oldDeadline = current?.deadline
+        let newDeadline = next?.deadline
+        if oldDeadline != newDeadline {
+            if let oldDeadline {
+                try delete(lmdb.deadlines, ProjectionFormat.deadlineKey(oldDeadline, sessionKey: sessionKey), "deadlines")
+            }
+            if let newDeadline {
+                try withVal(ProjectionFormat.deadlineKey(newDeadline, sessionKey: sessionKey)) { (k) throws(LedgerError) in
+                    var v = MDB_val(mv_size: 0, mv_data: nil)
+                    try check(mdb_put(txn, lmdb.deadlines, &k, &v, 0), "mdb_put deadlines")
+                }
+            }
+        }
+
+        switch (current, next) {
+        case (nil, let started?):
+            try adjustLiveCount(ProjectionFormat.clientKey(started.owner), by: 1)
+        case (let ended?, nil):
+            try adjustLiveCount(ProjectionFormat.clientKey(ended.owner), by: -1)
+        default:
+            break
+        }
+        return (event, next)
+    }
+
+    private func adjustLiveCount(_ key: [UInt8], by delta: Int) throws(LedgerError) {
+        let count = try liveCount(key) + delta
+        guard count >= 0 else {
+            throw .corruptRecord(table: "clients", detail: "live session count would go below zero")
+        }
+        if count == 0 {
+            try delete(lmdb.clients, key, "clients")
+            return
+        }
+        var stored = UInt32(count).littleEndian
+        try withVal(key) { (k) throws(LedgerError) in
+            try withUnsafeMutableBytes(of: &stored) { (bytes) throws(LedgerError) in
+                var v = MDB_val(mv_size: 4, mv_data: bytes.baseAddress)
+                try check(mdb_put(txn, lmdb.clients, &k, &v, 0), "mdb_put clients")
+            }
+        }
+    }
+
+    private func delete(_ dbi: MDB_dbi, _ key: [UInt8], _ table: String) throws(LedgerError) {
+        try withVal(key) { (k) throws(LedgerError) in
+            let code = mdb_del(txn, dbi, &k, nil)
+            if code == MDB_NOTFOUND {
+                throw .corruptRecord(table: table, detail: "projection key to delete is missing")
+            }
+            try check(code, "mdb_del \(table)")
+        }
+    }
+
+    /// Writes the new head (and connection high-water mark) once per transaction.
+    func finish() throws(LedgerError) {
+        var headBytes = [UInt8](repeating: 0, count: LedgerHead.encodedSize)
+        headBytes.withUnsafeMutableBytes { head.encode(into: $0) }
+        try withVal(MetaKey.head) { (k) throws(LedgerError) in
+            try withVal(headBytes) { (v) throws(LedgerError) in
+                try check(mdb_put(txn, lmdb.meta, &k, &v, 0), "mdb_put head")
+            }
+        }
+        if highestConnection != startingConnection {
+            var stored = highestConnection.littleEndian
+            try withVal(MetaKey.connections) { (k) throws(LedgerError) in
+                try withUnsafeMutableBytes(of: &stored) { (bytes) throws(LedgerError) in
+                    var v = MDB_val(mv_size: 8, mv_data: bytes.baseAddress)
+                    try check(mdb_put(txn, lmdb.meta, &k, &v, 0), "mdb_put connections")
+                }
+            }
+        }
+    }
+}

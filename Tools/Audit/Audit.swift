@@ -1,0 +1,1 @@
+@main struct Audit { static func main() {} }
