@@ -24,7 +24,8 @@ let package = Package(
         ),
         .target(
             name: "LedgerCore",
-            dependencies: [.product(name: "Crypto", package: "swift-crypto")]
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+            exclude: ["RECORD-FORMAT.md"]
         ),
         .target(
             name: "LedgerLMDB",

@@ -1,1 +1,10 @@
-@main struct Bench { static func main() {} }
+import ArgumentParser
+
+@main
+struct CustodyBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "custody-bench",
+        abstract: "Measures session throughput of Custody (and, later, of any MQTT broker).",
+        subcommands: [LedgerBench.self, LedgerCrashChild.self]
+    )
+}

@@ -1,1 +1,85 @@
-@main struct Custody { static func main() {} }
+import ArgumentParser
+import Foundation
+import SessionLedger
+
+@main
+struct Custody: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "custody",
+        abstract: "A durable MQTT broker whose session ownership lives in an event-sourced LMDB ledger.",
+        discussion: """
+            Opens (or creates) the session ledger in --data-dir, recovers it (sessions left \
+            connected by a crash are recorded as disconnected by the restart; sessions whose \
+            expiry passed meanwhile are expired) and keeps expiring sessions as their deadlines \
+            pass, until SIGINT or SIGTERM.
+            """)
+
+    @Option(help: "Directory of the LMDB session ledger.")
+    var dataDir: String = "./data"
+
+    @Option(help: "Live sessions (connected or not yet expired) one authentication name may hold, 1-100.")
+    var maxSessionsPerClient: Int = 10
+
+    @Option(help: "Longest session expiry a client may ask for, in hours, 1-8.")
+    var maxSessionExpiryHours: Int = 1
+
+    @Option(help: "Largest size the ledger's data file may grow to, in MiB.")
+    var ledgerMapSizeMib: Int = 65_536
+
+    func validate() throws {
+        guard NamespacePolicy.sessionsPerClientRange.contains(maxSessionsPerClient) else {
+            throw ValidationError("--max-sessions-per-client must be between 1 and 100, got \(maxSessionsPerClient)")
+        }
+        guard NamespacePolicy.expiryHoursRange.contains(maxSessionExpiryHours) else {
+            throw ValidationError("--max-session-expiry-hours must be between 1 and 8, got \(maxSessionExpiryHours)")
+        }
+        guard (1...(1 << 24)).contains(ledgerMapSizeMib) else {
+            throw ValidationError("--ledger-map-size-mib must be between 1 and \(1 << 24), got \(ledgerMapSizeMib)")
+        }
+    }
+
+    func run() async throws {
+        let policy = try NamespacePolicy(
+            maximumClientSessionsPerAuthenticationName: maxSessionsPerClient,
+            maximumSessionExpiryInHours: maxSessionExpiryHours)
+        let ledger: SessionLedger
+        do {
+            ledger = try SessionLedger(
+                directory: dataDir, policy: policy, options: LedgerStoreOptions(mapSize: ledgerMapSizeMib << 20))
+        } catch {
+            FileHandle.standardError.write(Data("custody: cannot open the ledger in \(dataDir): \(error)\n".utf8))
+            throw ExitCode.failure
+        }
+        let recovery = ledger.recovery
+        print("custody: ledger \(dataDir) head=\(recovery.head.sequence) hash=\(recovery.head.hash)")
+        print("custody: recovered sessions disconnected_by_restart=\(recovery.disconnected.count) expired_while_down=\(recovery.expired.count)")
+        print("custody: policy max_sessions_per_client=\(policy.maximumClientSessionsPerAuthenticationName) max_session_expiry_hours=\(policy.maximumSessionExpiryInHours)")
+        print("custody: running (the MQTT listener is not part of this build yet); SIGINT or SIGTERM stops")
+
+        let expiry = Task { await ledger.runExpiry() }
+        let signal = await waitForTerminationSignal()
+        print("custody: \(signal) received, closing the ledger")
+        expiry.cancel()
+        _ = await expiry.value
+        ledger.close()
+        print("custody: stopped head=\(ledger.head.sequence)")
+    }
+}
+
+/// Signal sources live as long as the process; kept here so they are not released.
+nonisolated(unsafe) private var signalSources: [DispatchSourceSignal] = []
+
+/// Suspends until SIGINT or SIGTERM and returns its name.
+func waitForTerminationSignal() async -> String {
+    let stream = AsyncStream<String> { continuation in
+        for (number, name) in [(SIGINT, "SIGINT"), (SIGTERM, "SIGTERM")] {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { continuation.yield(name) }
+            source.resume()
+            signalSources.append(source)
+        }
+    }
+    for await name in stream { return name }
+    return "end"
+}

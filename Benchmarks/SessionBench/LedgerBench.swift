@@ -1,0 +1,160 @@
+import ArgumentParser
+import Foundation
+import SessionLedger
+import Synchronization
+
+/// `custody-bench ledger`: the ledger alone, with group commit, no network.
+struct LedgerBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ledger",
+        abstract: "Claims N sessions through the real ledger, disconnects and expires them, then replays the log.")
+
+    @Option(help: "Number of sessions to claim (each gives three events: connected, disconnected, expired).")
+    var sessions: Int = 100_000
+
+    @Option(help: "Ledger directory. It must not hold a ledger yet; default: a new temporary directory, removed afterwards.")
+    var dataDir: String?
+
+    @Option(help: "Requests in flight at once: how many callers wait on the writer together.")
+    var window: Int = 8192
+
+    @Option(help: "Distinct authentication names the sessions are spread over (default: sessions / 100).")
+    var users: Int?
+
+    func validate() throws {
+        guard sessions >= 1 else { throw ValidationError("--sessions must be at least 1, got \(sessions)") }
+        guard window >= 1 else { throw ValidationError("--window must be at least 1, got \(window)") }
+        if let users, users < 1 { throw ValidationError("--users must be at least 1, got \(users)") }
+    }
+
+    func run() throws {
+        let directory: String
+        let temporary = dataDir == nil
+        if let dataDir {
+            directory = dataDir
+            if FileManager.default.fileExists(atPath: directory + "/data.mdb") {
+                throw ValidationError("--data-dir \(directory) already holds a ledger; give a new directory")
+            }
+        } else {
+            directory = FileManager.default.temporaryDirectory.appendingPathComponent("custody-bench-\(UUID().uuidString)").path
+        }
+        defer { if temporary { try? FileManager.default.removeItem(atPath: directory) } }
+
+        // Spread sessions so that no client passes the cap of 100 live sessions.
+        let users = self.users ?? max(1, (sessions + 99) / 100)
+        guard (sessions + users - 1) / users <= 100 else {
+            throw ValidationError("--users \(users) would put more than 100 sessions on one client; use at least \((sessions + 99) / 100)")
+        }
+        let clock = BenchClock()
+        let policy = try NamespacePolicy(maximumClientSessionsPerAuthenticationName: 100, maximumSessionExpiryInHours: 1)
+        let store = try LedgerStore(directory: directory)
+        let writer = try LedgerWriter(store: store, policy: policy, clock: { clock.now() })
+        let commits = CommitLog()
+        writer.onCommit = { events, micros in commits.record(events: events, micros: micros) }
+        _ = try writer.recover()
+        writer.start()
+
+        let names = (0..<sessions).map { SessionName(unchecked: "bench-session-\($0)") }
+        let owners = (0..<users).map { AuthenticationName(unchecked: "bench-client-\($0)") }
+        let connections = (0..<sessions).map { _ in writer.nextConnectionNumber() }
+        let failures = Mutex(0)
+        let gate = DispatchSemaphore(value: window)
+        let done = DispatchGroup()
+
+        let start = DispatchTime.now().uptimeNanoseconds
+        // Phase 1: connect every session (expiry 1 h, so that a disconnect keeps it live).
+        for i in 0..<sessions {
+            gate.wait()
+            done.enter()
+            let request = ClaimRequest(
+                authenticationName: owners[i % users], sessionName: names[i], connection: connections[i],
+                protocolVersion: .mqtt5, cleanStart: false, requestedExpiryInterval: 3600)
+            writer.claim(request) { result in
+                if case .success(.granted) = result {} else { failures.withLock { $0 += 1 } }
+                gate.signal()
+                done.leave()
+            }
+        }
+        done.wait()
+        let connectedAt = DispatchTime.now().uptimeNanoseconds
+        // Phase 2: disconnect them all.
+        for i in 0..<sessions {
+            gate.wait()
+            done.enter()
+            writer.release(ReleaseRequest(sessionName: names[i], connection: connections[i], reason: .clientInitiatedDisconnect)) { result in
+                if case .success(.some) = result {} else { failures.withLock { $0 += 1 } }
+                gate.signal()
+                done.leave()
+            }
+        }
+        done.wait()
+        let releasedAt = DispatchTime.now().uptimeNanoseconds
+        // Phase 3: two hours later, every session has outlived its expiry.
+        clock.advance(by: 2 * 3600 * 1_000_000)
+        var expired = 0
+        while expired < sessions {
+            let batch = Mutex<Result<[LedgerEvent], LedgerError>?>(nil)
+            let finished = DispatchSemaphore(value: 0)
+            writer.expireDue(limit: 20_000) { result in
+                batch.withLock { $0 = result }
+                finished.signal()
+            }
+            finished.wait()
+            let events = try batch.withLock { $0! }.get()
+            if events.isEmpty { break }
+            expired += events.count
+        }
+        let end = DispatchTime.now().uptimeNanoseconds
+        writer.stop()
+
+        let failed = failures.withLock { $0 }
+        let events = Int(writer.currentHead.sequence)
+        let seconds = Double(end - start) / 1e9
+        let durableRate = Double(events) / seconds
+        let p99Commit = commits.percentile(0.99)
+
+        let replayStart = DispatchTime.now().uptimeNanoseconds
+        let (_, replayedHead, problem) = try store.read { try $0.replay() }
+        let replaySeconds = Double(DispatchTime.now().uptimeNanoseconds - replayStart) / 1e9
+        let verify = try store.read { try $0.verify() }
+        store.close()
+
+        func rate(_ count: Int, _ from: UInt64, _ to: UInt64) -> String {
+            String(format: "%.0f", Double(count) / (Double(to - from) / 1e9))
+        }
+        print("phase connect: sessions=\(sessions) rate=\(rate(sessions, start, connectedAt))/s")
+        print("phase disconnect: sessions=\(sessions) rate=\(rate(sessions, connectedAt, releasedAt))/s")
+        print("phase expire: sessions=\(expired) rate=\(rate(expired, releasedAt, end))/s")
+        print("commits: count=\(commits.count) events_per_commit_mean=\(String(format: "%.1f", Double(events) / Double(max(commits.count, 1)))) p50_commit=\(commits.percentile(0.5))us p99_commit=\(p99Commit)us max_commit=\(commits.percentile(1.0))us")
+        print("replay: events=\(replayedHead.sequence) seconds=\(String(format: "%.3f", replaySeconds)) chain=checked")
+        print("data: bytes=\(FileManager.default.fileExists(atPath: directory) ? fileSize(directory + "/data.mdb") : 0) failures=\(failed)")
+        if failed > 0 || expired != sessions || problem != nil || !verify.isIntact {
+            print("ledger: FAILED failures=\(failed) expired=\(expired)/\(sessions) problem=\(String(describing: verify.problem ?? problem))")
+            throw ExitCode.failure
+        }
+        print("ledger: events=\(events) durable_rate=\(String(format: "%.0f", durableRate))/s p99_commit=\(p99Commit)us replay_rate=\(String(format: "%.0f", Double(replayedHead.sequence) / replaySeconds))/s verify=ok")
+    }
+}
+
+func fileSize(_ path: String) -> Int {
+    (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+}
+
+/// Wall time plus an offset the benchmark moves forward to make sessions expire.
+final class BenchClock: Sendable {
+    private let offset = Mutex<Int64>(0)
+    func now() -> Int64 { wallClockMicroseconds() + offset.withLock { $0 } }
+    func advance(by micros: Int64) { offset.withLock { $0 += micros } }
+}
+
+/// Commit durations as the writer reports them.
+final class CommitLog: Sendable {
+    private let durations = Mutex<[Int64]>([])
+    func record(events: Int, micros: Int64) { durations.withLock { $0.append(micros) } }
+    var count: Int { durations.withLock { $0.count } }
+    func percentile(_ p: Double) -> Int64 {
+        let sorted = durations.withLock { $0.sorted() }
+        guard !sorted.isEmpty else { return 0 }
+        return sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
+    }
+}

@@ -1,0 +1,67 @@
+import ArgumentParser
+import Foundation
+import SessionLedger
+
+/// A child process for the crash test: claims (and now and then releases) sessions
+/// forever and prints one line per durable grant, so that a parent can SIGKILL it at
+/// any moment and check that everything it was told is in the reopened ledger.
+struct LedgerCrashChild: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ledger-crash-child", abstract: "Test helper: appends claims until killed.", shouldDisplay: false)
+
+    @Option(help: "Ledger directory.")
+    var dataDir: String
+
+    @Option(help: "A prefix that makes this round's session names unique.")
+    var prefix: String
+
+    @Option(help: "Claims in flight at once.")
+    var window: Int = 64
+
+    func run() throws {
+        let ledger = try SessionLedger(directory: dataDir, policy: try NamespacePolicy(maximumClientSessionsPerAuthenticationName: 100))
+        emit("ready head=\(ledger.head.sequence)")
+        let gate = DispatchSemaphore(value: window)
+        var i = 0
+        while true {
+            gate.wait()
+            let name = "\(prefix)-\(i)"
+            let connection = ledger.nextConnectionNumber()
+            let request = ClaimRequest(
+                authenticationName: AuthenticationName(unchecked: "crash-client-\(i % 50)"),
+                sessionName: SessionName(unchecked: name), connection: connection,
+                requestedExpiryInterval: i % 3 == 0 ? 0 : 600)
+            let release = i % 2 == 0
+            ledger.writer.claim(request) { result in
+                guard case .success(.granted(let grant)) = result else {
+                    emit("failed \(name) \(result)")
+                    gate.signal()
+                    return
+                }
+                emit("granted \(name) \(grant.sequence)")
+                if release {
+                    ledger.writer.release(ReleaseRequest(sessionName: SessionName(unchecked: name), connection: connection, reason: .clientInitiatedDisconnect)) { result in
+                        if case .success(.some(let event)) = result { emit("released \(name) \(event.sequence)") }
+                        gate.signal()
+                    }
+                } else {
+                    gate.signal()
+                }
+            }
+            i += 1
+        }
+    }
+}
+
+/// Writes a line straight to the pipe: a buffered line could die with the process.
+func emit(_ line: String) {
+    var text = line + "\n"
+    text.withUTF8 { bytes in
+        var offset = 0
+        while offset < bytes.count {
+            let n = write(STDOUT_FILENO, bytes.baseAddress! + offset, bytes.count - offset)
+            if n <= 0 { return }
+            offset += n
+        }
+    }
+}
