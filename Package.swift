@@ -65,7 +65,8 @@ let package = Package(
         ),
         .testTarget(
             name: "LedgerLMDBTests",
-            dependencies: ["LedgerLMDB", "LedgerCore"]
+            // CLMDB only to write foreign LMDB files that the store must refuse.
+            dependencies: ["LedgerLMDB", "LedgerCore", "CLMDB"]
         ),
         .testTarget(
             name: "SessionLedgerTests",
