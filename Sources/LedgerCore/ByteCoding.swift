@@ -50,9 +50,7 @@ struct ByteReader {
     }
 
     @inlinable mutating func readString(_ count: Int) throws(RecordFormatError) -> String {
-        let bytes = try readBytes(count)
-        guard let text = String(validating: bytes, as: UTF8.self) else { throw .invalidUTF8 }
-        return text
+        try decodeUTF8(readBytes(count))
     }
 }
 
@@ -79,4 +77,23 @@ public enum RecordFormatError: Error, Equatable, Sendable, CustomStringConvertib
         case .lengthMismatch(let e, let a): "record length is \(a) bytes, its fields say \(e)"
         }
     }
+}
+
+/// Validated UTF-8 to String. Names are nearly always ASCII, and the general validating
+/// initializer costs more than the rest of decoding a record, so ASCII takes a short cut.
+@inlinable
+func decodeUTF8(_ bytes: UnsafeRawBufferPointer) throws(RecordFormatError) -> String {
+    var ascii = true
+    for byte in bytes where byte >= 0x80 {
+        ascii = false
+        break
+    }
+    if ascii {
+        return String(unsafeUninitializedCapacity: bytes.count) { buffer in
+            _ = buffer.initialize(from: bytes)
+            return bytes.count
+        }
+    }
+    guard let text = String(validating: bytes, as: UTF8.self) else { throw .invalidUTF8 }
+    return text
 }

@@ -25,17 +25,35 @@ private func checkName(_ text: String) -> NameProblem? {
 /// The MQTT ClientID. Unique across the broker, compared exactly (case-sensitive).
 public struct SessionName: Hashable, Sendable, CustomStringConvertible {
     public let value: String
+    /// FNV-1a of the UTF-8 bytes, computed once. Dictionaries keyed by session name
+    /// (the replay's projection above all) compare it before the text, so probing past
+    /// other names costs an integer compare instead of a memcmp.
+    @usableFromInline let fingerprint: UInt64
 
     public init(validating text: String) throws(NameProblem) {
         if let problem = checkName(text) { throw problem }
-        self.value = text
+        self.init(unchecked: text)
     }
 
     /// For names read back from the ledger, which were validated when first written,
     /// and for rejected events that record the offending name as it came.
-    public init(unchecked text: String) { self.value = text }
+    public init(unchecked text: String) {
+        self.value = text
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in text.utf8 {
+            hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
+        }
+        self.fingerprint = hash
+    }
 
     public var isValid: Bool { checkName(value) == nil }
+
+    @inlinable public static func == (lhs: Self, rhs: Self) -> Bool {
+        lhs.fingerprint == rhs.fingerprint && lhs.value == rhs.value
+    }
+
+    @inlinable public func hash(into hasher: inout Hasher) { hasher.combine(fingerprint) }
+
     public var description: String { value }
 }
 
@@ -52,7 +70,7 @@ public struct AuthenticationName: Hashable, Sendable, CustomStringConvertible {
 
     public init(unchecked text: String) {
         self.value = text
-        self.key = text.lowercased()
+        self.key = lowerCasedForComparison(text)
     }
 
     public var isValid: Bool { checkName(value) == nil }
@@ -64,3 +82,16 @@ public struct AuthenticationName: Hashable, Sendable, CustomStringConvertible {
 
 /// Identifies one network connection for the life of the ledger; never reused.
 public typealias ConnectionNumber = UInt64
+
+/// Lower-cases for comparison. Most names are ASCII and often already lower case:
+/// those keep the same storage instead of paying for Unicode case mapping.
+func lowerCasedForComparison(_ text: String) -> String {
+    var hasUpper = false
+    for byte in text.utf8 {
+        if byte >= 0x80 { return text.lowercased() }
+        if byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") { hasUpper = true }
+    }
+    guard hasUpper else { return text }
+    let bytes = text.utf8.map { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") ? $0 + 32 : $0 }
+    return String(decoding: bytes, as: UTF8.self)
+}

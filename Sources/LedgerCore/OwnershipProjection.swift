@@ -104,22 +104,29 @@ public struct OwnershipProjection: Sendable, Equatable {
     public init() {}
 
     public mutating func apply(_ event: LedgerEvent) {
-        let name = event.sessionName
-        let before = sessions[name]
-        let after = SessionTransition.apply(event, to: before)
-        switch (before, after) {
-        case (nil, let new?):
-            liveSessionCounts[new.owner.key, default: 0] += 1
-        case (let old?, nil):
-            let key = old.owner.key
-            let remaining = (liveSessionCounts[key] ?? 0) - 1
-            liveSessionCounts[key] = remaining > 0 ? remaining : nil
-        default:
-            break
-        }
-        if before != nil || after != nil { sessions[name] = after }
         lastSequence = event.sequence
         lastTimestamp = event.timestamp
+        if case .rejected = event.kind { return }
+        // One hash lookup per event: change the stored entry in place where there is one.
+        if let index = sessions.index(forKey: event.sessionName) {
+            let before = sessions.values[index]
+            if let after = SessionTransition.apply(event, to: before) {
+                sessions.values[index] = after
+            } else {
+                sessions.remove(at: index)
+                let key = before.owner.key
+                let remaining = (liveSessionCounts[key] ?? 0) - 1
+                liveSessionCounts[key] = remaining > 0 ? remaining : nil
+            }
+        } else if let started = SessionTransition.apply(event, to: nil) {
+            sessions[event.sessionName] = started
+            liveSessionCounts[started.owner.key, default: 0] += 1
+        }
+    }
+
+    /// Room for this many live sessions without growing (a replay knows the log's size).
+    public mutating func reserveCapacity(_ sessionCount: Int) {
+        sessions.reserveCapacity(sessionCount)
     }
 
     public func liveSessionCount(of client: AuthenticationName) -> Int {
