@@ -57,7 +57,7 @@ struct LedgerBench: ParsableCommand {
         let names = (0..<sessions).map { SessionName(unchecked: "bench-session-\($0)") }
         let owners = (0..<users).map { AuthenticationName(unchecked: "bench-client-\($0)") }
         let connections = (0..<sessions).map { _ in writer.nextConnectionNumber() }
-        let failures = Mutex(0)
+        let failures = Counter()
         let gate = DispatchSemaphore(value: window)
         let done = DispatchGroup()
 
@@ -70,7 +70,7 @@ struct LedgerBench: ParsableCommand {
                 authenticationName: owners[i % users], sessionName: names[i], connection: connections[i],
                 protocolVersion: .mqtt5, cleanStart: false, requestedExpiryInterval: 3600)
             writer.claim(request) { result in
-                if case .success(.granted) = result {} else { failures.withLock { $0 += 1 } }
+                if case .success(.granted) = result {} else { failures.increment() }
                 gate.signal()
                 done.leave()
             }
@@ -82,7 +82,7 @@ struct LedgerBench: ParsableCommand {
             gate.wait()
             done.enter()
             writer.release(ReleaseRequest(sessionName: names[i], connection: connections[i], reason: .clientInitiatedDisconnect)) { result in
-                if case .success(.some) = result {} else { failures.withLock { $0 += 1 } }
+                if case .success(.some) = result {} else { failures.increment() }
                 gate.signal()
                 done.leave()
             }
@@ -93,21 +93,14 @@ struct LedgerBench: ParsableCommand {
         clock.advance(by: 2 * 3600 * 1_000_000)
         var expired = 0
         while expired < sessions {
-            let batch = Mutex<Result<[LedgerEvent], LedgerError>?>(nil)
-            let finished = DispatchSemaphore(value: 0)
-            writer.expireDue(limit: 20_000) { result in
-                batch.withLock { $0 = result }
-                finished.signal()
-            }
-            finished.wait()
-            let events = try batch.withLock { $0! }.get()
+            let events = try waitFor { done in writer.expireDue(limit: 20_000, done) }.get()
             if events.isEmpty { break }
             expired += events.count
         }
         let end = DispatchTime.now().uptimeNanoseconds
         writer.stop()
 
-        let failed = failures.withLock { $0 }
+        let failed = failures.value
         let events = Int(writer.currentHead.sequence)
         let seconds = Double(end - start) / 1e9
         let durableRate = Double(events) / seconds
@@ -200,4 +193,27 @@ struct ReplayBench: ParsableCommand {
             print(try measureReplay(store).summary)
         }
     }
+}
+
+/// A counter that escaping callbacks on other threads can bump.
+final class Counter: Sendable {
+    private let count = Mutex(0)
+    func increment() { count.withLock { $0 += 1 } }
+    var value: Int { count.withLock { $0 } }
+}
+
+/// Blocks until a callback-style writer request answers.
+func waitFor<T: Sendable>(_ start: (@escaping @Sendable (T) -> Void) -> Void) -> T {
+    let box = ResultBox<T>()
+    let finished = DispatchSemaphore(value: 0)
+    start { result in
+        box.value = result
+        finished.signal()
+    }
+    finished.wait()
+    return box.value!
+}
+
+final class ResultBox<T>: @unchecked Sendable {
+    var value: T?
 }

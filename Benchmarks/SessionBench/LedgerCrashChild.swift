@@ -28,7 +28,7 @@ struct LedgerCrashChild: ParsableCommand {
             let name = "\(prefix)-\(i)"
             let connection = ledger.nextConnectionNumber()
             let request = ClaimRequest(
-                authenticationName: AuthenticationName(unchecked: "crash-client-\(i % 50)"),
+                authenticationName: AuthenticationName(unchecked: "\(prefix)-client-\(i % 1000)"),
                 sessionName: SessionName(unchecked: name), connection: connection,
                 requestedExpiryInterval: i % 3 == 0 ? 0 : 600)
             let release = i % 2 == 0

@@ -56,6 +56,11 @@ public final class LedgerWriter: @unchecked Sendable {
         case release(ReleaseRequest, @Sendable (Result<LedgerEvent?, LedgerError>) -> Void)
         case expire(limit: Int, @Sendable (Result<[LedgerEvent], LedgerError>) -> Void)
 
+        var isClaim: Bool {
+            if case .claim = self { return true }
+            return false
+        }
+
         func fail(_ error: LedgerError) {
             switch self {
             case .claim(_, let done): done(.failure(error))
@@ -148,10 +153,11 @@ public final class LedgerWriter: @unchecked Sendable {
         return RecoveryReport(disconnected: disconnected, expired: expired, head: head)
     }
 
-    /// Expires up to `limit` sessions whose deadline is at or before `now`.
+    /// Expires up to `limit` sessions whose deadline is at or before `now`, earliest first.
     static func expireDue(
         _ w: inout LedgerWriteTransaction, now: Int64, limit: Int, reason: ExpiryReason
     ) throws(LedgerError) -> [LedgerEvent] {
+        guard limit > 0 else { return [] }
         var due: [[UInt8]] = []
         do {
             try scanTable(txn: w.txn, dbi: w.lmdb.deadlines, first: nil) { key, _ in
@@ -259,6 +265,13 @@ public final class LedgerWriter: @unchecked Sendable {
         do {
             let (_, w) = try store.write(head: head, highestConnection: highestConnection, timestamp: now) {
                 (w) throws(LedgerError) in
+                // Before claims are decided, sessions past their deadline end, so that the
+                // decisions see only live sessions (the R3 cap counts live ones, not the
+                // unswept dead). With nothing due this is one cursor positioning.
+                var swept: [LedgerEvent] = []
+                if batch.contains(where: \.isClaim) {
+                    swept = try Self.expireDue(&w, now: now, limit: Int.max, reason: .sessionExpired)
+                }
                 for command in batch {
                     switch command {
                     case .claim(let request, let done):
@@ -268,7 +281,8 @@ public final class LedgerWriter: @unchecked Sendable {
                         let event = try Self.release(request, in: &w, policy: policy)
                         deliveries.append { done(.success(event)) }
                     case .expire(let limit, let done):
-                        let events = try Self.expireDue(&w, now: now, limit: limit, reason: .sessionExpired)
+                        let events = swept + (try Self.expireDue(&w, now: now, limit: limit, reason: .sessionExpired))
+                        swept = []
                         deliveries.append { done(.success(events)) }
                     }
                 }

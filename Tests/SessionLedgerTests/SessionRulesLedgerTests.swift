@@ -1,0 +1,855 @@
+import Foundation
+import LedgerCore
+import LedgerLMDB
+import SessionLedger
+import Synchronization
+import Testing
+
+// The session rules of DESIGN.md §1 (R1–R8) and the ledger guarantees of §2, through the
+// real `SessionLedger` over LMDB in a fresh temporary directory per test, with a manual clock.
+
+// MARK: - Helpers
+
+/// A clock the test moves by hand; the ledger reads it from its writer thread.
+private final class ManualClock: Sendable {
+    private let current: Mutex<Int64>
+
+    init(start: Int64 = 1_750_000_000_000_000) { current = Mutex(start) }
+
+    var now: Int64 { current.withLock { $0 } }
+
+    func advance(seconds: Int64) { advance(microseconds: seconds * 1_000_000) }
+    func advance(microseconds: Int64) { current.withLock { $0 += microseconds } }
+
+    var ledgerClock: @Sendable () -> Int64 { { [self] in now } }
+}
+
+private let second: Int64 = 1_000_000
+
+private func temporaryLedgerDirectory() -> String {
+    FileManager.default.temporaryDirectory
+        .appendingPathComponent("custody-session-rules-\(UUID().uuidString)").path
+}
+
+private func withTemporaryDirectory(_ body: (String) async throws -> Void) async throws {
+    let directory = temporaryLedgerDirectory()
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    try await body(directory)
+}
+
+/// Opens a ledger in a fresh directory, runs `body`, closes the ledger and removes the directory.
+private func withLedger(
+    policy: NamespacePolicy = .default, options: LedgerStoreOptions = LedgerStoreOptions(),
+    clock: ManualClock = ManualClock(), _ body: (SessionLedger, ManualClock) async throws -> Void
+) async throws {
+    try await withTemporaryDirectory { directory in
+        let ledger = try SessionLedger(directory: directory, policy: policy, options: options, clock: clock.ledgerClock)
+        defer { ledger.close() }
+        try await body(ledger, clock)
+    }
+}
+
+private func policy(sessions: Int = 10, hours: Int = 1) throws -> NamespacePolicy {
+    try NamespacePolicy(maximumClientSessionsPerAuthenticationName: sessions, maximumSessionExpiryInHours: hours)
+}
+
+private struct Claimed: Sendable {
+    var outcome: ClaimOutcome
+    var connection: ConnectionNumber
+
+    var grant: SessionGrant? {
+        if case .granted(let grant) = outcome { return grant }
+        return nil
+    }
+
+    var rejection: RejectionReason? {
+        if case .rejected(let reason, _) = outcome { return reason }
+        return nil
+    }
+
+    var sequence: UInt64 {
+        switch outcome {
+        case .granted(let grant): grant.sequence
+        case .rejected(_, let sequence): sequence
+        }
+    }
+}
+
+extension SessionLedger {
+    fileprivate func claim(
+        _ client: String, _ session: String, cleanStart: Bool = false, expiry: UInt32 = 600,
+        identity: IdentityVerdict = .authenticated, connection: ConnectionNumber? = nil
+    ) async throws -> Claimed {
+        let connection = connection ?? nextConnectionNumber()
+        let outcome = try await claim(ClaimRequest(
+            authenticationName: AuthenticationName(unchecked: client), sessionName: SessionName(unchecked: session),
+            connection: connection, protocolVersion: .mqtt5, cleanStart: cleanStart,
+            requestedExpiryInterval: expiry, remoteAddress: "127.0.0.1:50000", identity: identity))
+        return Claimed(outcome: outcome, connection: connection)
+    }
+
+    @discardableResult
+    fileprivate func release(
+        _ session: String, _ connection: ConnectionNumber, reason: DisconnectReason = .clientInitiatedDisconnect,
+        newExpiryInterval: UInt32? = nil
+    ) async throws -> LedgerEvent? {
+        try await release(ReleaseRequest(
+            sessionName: SessionName(unchecked: session), connection: connection, reason: reason,
+            newExpiryInterval: newExpiryInterval))
+    }
+
+    fileprivate func session(_ text: String) throws -> SessionEntry? {
+        try session(SessionName(unchecked: text))
+    }
+
+    fileprivate func event(at sequence: UInt64) throws -> LedgerEvent? {
+        try store.read { try $0.record(at: sequence)?.event }
+    }
+
+    fileprivate func allEvents() throws -> [LedgerEvent] {
+        try store.allEvents()
+    }
+
+    fileprivate func storedSessions() throws -> [SessionName: SessionEntry] {
+        try store.read { snapshot in
+            var sessions: [SessionName: SessionEntry] = [:]
+            try snapshot.forEachSession { name, entry in sessions[name] = entry }
+            return sessions
+        }
+    }
+}
+
+extension LedgerStore {
+    fileprivate func allEvents() throws -> [LedgerEvent] {
+        try read { snapshot in
+            var events: [LedgerEvent] = []
+            try snapshot.forEachRecord(from: 1) { _, bytes in
+                events.append(try EventRecordFormat.decode(bytes).event)
+                return true
+            }
+            return events
+        }
+    }
+}
+
+/// Offsets of every occurrence of `pattern` in `bytes`.
+private func occurrences(of pattern: [UInt8], in bytes: [UInt8]) -> [Int] {
+    guard !pattern.isEmpty, bytes.count >= pattern.count else { return [] }
+    var found: [Int] = []
+    let first = pattern[0]
+    var i = 0
+    while i <= bytes.count - pattern.count {
+        if bytes[i] == first, Array(bytes[i..<i + pattern.count]) == pattern { found.append(i) }
+        i += 1
+    }
+    return found
+}
+
+private func littleEndian16(_ value: Int) -> [UInt8] { [UInt8(value & 0xFF), UInt8(value >> 8)] }
+
+/// Verifies a closed ledger directory through a read-only store.
+private func verifyReadOnly(_ directory: String) throws -> VerifyReport {
+    let store = try LedgerStore(directory: directory, options: LedgerStoreOptions(readOnly: true))
+    defer { store.close() }
+    return try store.read { try $0.verify() }
+}
+
+// MARK: - Tests
+
+@Suite("Session rules through the LMDB ledger")
+struct SessionRulesLedgerTests {
+    // MARK: R1
+
+    @Test("R1: invalid ClientIDs are rejected as invalidSessionName and recorded", arguments: [
+        "", String(repeating: "c", count: 129), "null\u{0}inside",
+    ])
+    func r1Rejected(_ session: String) async throws {
+        try await withLedger { ledger, _ in
+            let claimed = try await ledger.claim("alice", session)
+            guard case .rejected(.invalidSessionName, let sequence) = claimed.outcome else {
+                Issue.record("expected an invalidSessionName rejection, got \(claimed.outcome)")
+                return
+            }
+            let event = try #require(try ledger.event(at: sequence))
+            #expect(event.kind == .rejected(.invalidSessionName))
+            #expect(event.sessionName.value == session)
+            #expect(event.authenticationName.value == "alice")
+            #expect(event.connection == claimed.connection)
+            #expect(ledger.head.sequence == sequence)
+            #expect(try ledger.liveSessionCount(of: AuthenticationName(unchecked: "alice")) == 0)
+            #expect(try ledger.storedSessions().isEmpty)
+            #expect(try ledger.verify().isIntact)
+        }
+    }
+
+    @Test("R1: 128-character names are granted, also as 512 bytes of 4-byte UTF-8")
+    func r1MaximumLength() async throws {
+        try await withLedger { ledger, clock in
+            let emoji = String(repeating: "😀", count: 128)
+            #expect(emoji.utf8.count == 512)
+            let ascii = String(repeating: "a", count: 128)
+            let emojiClient = String(repeating: "🦊", count: 128)
+
+            let first = try await ledger.claim("alice", emoji)
+            let grant = try #require(first.grant)
+            #expect(grant.sessionPresent == false)
+            let other = try await ledger.claim(emojiClient, ascii)
+            #expect(other.grant != nil)
+
+            let entry = try #require(try ledger.session(emoji))
+            #expect(entry.owner.value == "alice")
+            #expect(entry.connection == first.connection)
+            #expect(try ledger.session(ascii)?.owner.value == emojiClient)
+            #expect(try ledger.storedSessions()[SessionName(unchecked: emoji)] == entry)
+            let event = try #require(try ledger.event(at: grant.sequence))
+            #expect(event.sessionName.value == emoji)
+
+            // The long key also works for the expiry index and for R6.
+            try await ledger.release(emoji, first.connection)
+            #expect(try ledger.session(emoji)?.deadline == clock.now + 600 * second)
+            #expect(try await ledger.claim(emojiClient, emoji).rejection == .ownedByAnotherClient)
+            clock.advance(seconds: 601)
+            let expired = try await ledger.expireDue()
+            #expect(expired.map(\.sessionName.value) == [emoji])
+            #expect(try ledger.session(emoji) == nil)
+            #expect(try ledger.verify().isIntact)
+        }
+    }
+
+    // MARK: R2 / R3
+
+    @Test("R2: a free name is granted without a session present")
+    func r2Grant() async throws {
+        try await withLedger { ledger, _ in
+            let claimed = try await ledger.claim("alice", "s1", expiry: 120)
+            let grant = try #require(claimed.grant)
+            #expect(grant == SessionGrant(
+                sequence: 1, connection: claimed.connection, sessionPresent: false, expiryInterval: 120,
+                replacedConnection: nil))
+            let entry = try #require(try ledger.session("s1"))
+            #expect(entry.state == .connected)
+            #expect(entry.owner.value == "alice")
+            #expect(entry.firstSequence == 1)
+            #expect(try ledger.allEvents().map(\.kind) == [.connected])
+            #expect(try ledger.liveSessionCount(of: AuthenticationName(unchecked: "ALICE")) == 1)
+        }
+    }
+
+    @Test("R3: the cap counts connected and offline sessions; expireDue frees a place")
+    func r3CapWithSweep() async throws {
+        try await withLedger(policy: try policy(sessions: 3)) { ledger, clock in
+            let s1 = try await ledger.claim("alice", "s1", expiry: 60)
+            let s2 = try await ledger.claim("Alice", "s2", expiry: 600)
+            let s3 = try await ledger.claim("ALICE", "s3", expiry: 600)
+            #expect([s1, s2, s3].allSatisfy { $0.grant != nil })
+
+            let fourth = try await ledger.claim("alice", "s4")
+            #expect(fourth.rejection == .quotaExceeded)
+            #expect(try ledger.event(at: fourth.sequence)?.kind == .rejected(.quotaExceeded))
+            #expect(try ledger.session("s4") == nil)
+
+            // Offline but unexpired sessions still count.
+            try await ledger.release("s1", s1.connection, reason: .connectionLost)
+            #expect(try ledger.session("s1")?.deadline == clock.now + 60 * second)
+            #expect(try await ledger.claim("alice", "s4").rejection == .quotaExceeded)
+            #expect(try ledger.liveSessionCount(of: AuthenticationName(unchecked: "alice")) == 3)
+
+            clock.advance(seconds: 61)
+            let expired = try await ledger.expireDue()
+            #expect(expired.map(\.sessionName.value) == ["s1"])
+            #expect(expired.first?.kind == .expired(.sessionExpired))
+            #expect(expired.first?.authenticationName.value == "alice")
+            #expect(try ledger.liveSessionCount(of: AuthenticationName(unchecked: "alice")) == 2)
+
+            let granted = try await ledger.claim("alice", "s4")
+            #expect(granted.grant?.sessionPresent == false)
+            #expect(try await ledger.claim("alice", "s5").rejection == .quotaExceeded)
+            #expect(try ledger.verify().isIntact)
+        }
+    }
+
+    @Test("R3: reclaiming one's own expired session name is lazily expired at claim time")
+    func r3LazyExpirySameName() async throws {
+        try await withLedger(policy: try policy(sessions: 3)) { ledger, clock in
+            let s1 = try await ledger.claim("alice", "s1", expiry: 60)
+            _ = try await ledger.claim("alice", "s2")
+            _ = try await ledger.claim("alice", "s3")
+            try await ledger.release("s1", s1.connection)
+            clock.advance(seconds: 60)  // exactly at the deadline
+
+            let again = try await ledger.claim("alice", "s1")
+            let grant = try #require(again.grant)
+            #expect(grant.sessionPresent == false, "the old session expired: nothing to resume")
+            let ended = try #require(try ledger.event(at: grant.sequence - 1))
+            #expect(ended.kind == .expired(.sessionExpired))
+            #expect(ended.sessionName.value == "s1")
+            #expect(ended.connection == s1.connection)
+            #expect(try ledger.session("s1")?.firstSequence == grant.sequence)
+            #expect(try ledger.liveSessionCount(of: AuthenticationName(unchecked: "alice")) == 3)
+            #expect(try ledger.verify().isIntact)
+        }
+    }
+
+    /// An expired session is not live (DESIGN §1 R2, "A session that outlives its expiry while
+    /// disconnected is ended"), whether or not the sweep has recorded its end yet.
+    @Test("R3: a session past its deadline does not count toward the cap before the sweep")
+    func r3LazyExpiryOtherName() async throws {
+        try await withLedger(policy: try policy(sessions: 3)) { ledger, clock in
+            let s1 = try await ledger.claim("alice", "s1", expiry: 60)
+            _ = try await ledger.claim("alice", "s2")
+            _ = try await ledger.claim("alice", "s3")
+            try await ledger.release("s1", s1.connection)
+            #expect(try await ledger.claim("alice", "s4").rejection == .quotaExceeded)
+            clock.advance(seconds: 61)
+
+            // No expireDue(): s1 is past its deadline, so alice holds only two live sessions.
+            let fourth = try await ledger.claim("alice", "s4")
+            #expect(fourth.grant != nil, "s1 expired 1 s ago, yet it still counts against alice's cap: \(fourth.outcome)")
+            #expect(try ledger.verify().isIntact)
+        }
+    }
+
+    // MARK: R4
+
+    @Test("R4: takeover by the same identity, also differing only by case", arguments: ["Device-1", "device-1"])
+    func r4Takeover(_ requester: String) async throws {
+        try await withLedger { ledger, _ in
+            let old = try await ledger.claim("Device-1", "sensor", expiry: 600)
+            let oldGrant = try #require(old.grant)
+            let new = try await ledger.claim(requester, "sensor", expiry: 300)
+            let grant = try #require(new.grant)
+            #expect(grant.replacedConnection == old.connection)
+            #expect(grant.sessionPresent == true)
+            #expect(grant.expiryInterval == 300)
+            #expect(grant.sequence == oldGrant.sequence + 2)
+
+            let events = try ledger.allEvents()
+            #expect(events.map(\.kind) == [.connected, .disconnected(.sessionTakenOver), .connected])
+            #expect(events[1].connection == old.connection)
+            #expect(events[1].authenticationName.value == "Device-1")
+            #expect(events[2].connection == new.connection)
+            #expect(events[2].authenticationName.value == requester)
+
+            let entry = try #require(try ledger.session("sensor"))
+            #expect(entry.state == .connected)
+            #expect(entry.connection == new.connection)
+            #expect(entry.owner.value == requester)
+            #expect(entry.firstSequence == oldGrant.sequence, "the session continues")
+            #expect(try ledger.liveSessionCount(of: AuthenticationName(unchecked: "DEVICE-1")) == 1)
+
+            // The old connection's late end is not recorded and changes nothing.
+            let head = ledger.head
+            #expect(try await ledger.release("sensor", old.connection, reason: .connectionLost) == nil)
+            #expect(ledger.head == head)
+            #expect(try ledger.session("sensor") == entry)
+            #expect(try ledger.verify().isIntact)
+        }
+    }
+
+    @Test("R4: no session present after takeover with Clean Start or from a session with expiry 0")
+    func r4SessionPresent() async throws {
+        try await withLedger { ledger, _ in
+            let a = try await ledger.claim("dev", "clean", expiry: 600)
+            let cleanTakeover = try await ledger.claim("DEV", "clean", cleanStart: true)
+            #expect(cleanTakeover.grant?.sessionPresent == false)
+            #expect(cleanTakeover.grant?.replacedConnection == a.connection)
+            #expect(try ledger.session("clean")?.firstSequence == cleanTakeover.sequence)
+
+            let b = try await ledger.claim("dev", "ephemeral", expiry: 0)
+            let takeover = try await ledger.claim("dev", "ephemeral", expiry: 0)
+            #expect(takeover.grant?.sessionPresent == false)
+            #expect(takeover.grant?.replacedConnection == b.connection)
+            #expect(try ledger.event(at: takeover.sequence - 1)?.kind == .disconnected(.sessionTakenOver))
+            #expect(try ledger.liveSessionCount(of: AuthenticationName(unchecked: "dev")) == 2)
+            #expect(try ledger.verify().isIntact)
+        }
+    }
+
+    // MARK: R5
+
+    @Test("R5: resuming a disconnected, unexpired session; Clean Start discards it")
+    func r5Resume() async throws {
+        try await withLedger { ledger, clock in
+            let first = try await ledger.claim("alice", "s1", expiry: 600)
+            try await ledger.release("s1", first.connection)
+            clock.advance(seconds: 599)
+            let resumed = try await ledger.claim("Alice", "s1", expiry: 600)
+            let grant = try #require(resumed.grant)
+            #expect(grant.sessionPresent == true)
+            #expect(grant.replacedConnection == nil)
+            let entry = try #require(try ledger.session("s1"))
+            #expect(entry.state == .connected)
+            #expect(entry.connection == resumed.connection)
+            #expect(entry.firstSequence == first.sequence)
+
+            try await ledger.release("s1", resumed.connection)
+            let clean = try await ledger.claim("alice", "s1", cleanStart: true)
+            #expect(clean.grant?.sessionPresent == false)
+            #expect(clean.grant?.replacedConnection == nil)
+            #expect(try ledger.session("s1")?.firstSequence == clean.sequence)
+            #expect(try ledger.allEvents().map(\.kind) == [
+                .connected, .disconnected(.clientInitiatedDisconnect), .connected,
+                .disconnected(.clientInitiatedDisconnect), .connected,
+            ])
+            #expect(try ledger.liveSessionCount(of: AuthenticationName(unchecked: "alice")) == 1)
+        }
+    }
+
+    // MARK: R6
+
+    @Test("R6: another identity is rejected while the owner is connected or offline; granted after expiry",
+          arguments: [false, true])
+    func r6OwnedByAnother(_ sweep: Bool) async throws {
+        try await withLedger { ledger, clock in
+            let owner = try await ledger.claim("bob", "shared", expiry: 30)
+            let connected = try #require(try ledger.session("shared"))
+
+            let whileConnected = try await ledger.claim("alice", "shared")
+            #expect(whileConnected.rejection == .ownedByAnotherClient)
+            let rejected = try #require(try ledger.event(at: whileConnected.sequence))
+            #expect(rejected.kind == .rejected(.ownedByAnotherClient))
+            #expect(rejected.authenticationName.value == "alice")
+            #expect(rejected.sessionName.value == "shared")
+            #expect(try ledger.session("shared") == connected, "bob's session is untouched")
+            #expect(try ledger.liveSessionCount(of: AuthenticationName(unchecked: "alice")) == 0)
+
+            try await ledger.release("shared", owner.connection, reason: .connectionLost)
+            let offline = try #require(try ledger.session("shared"))
+            clock.advance(seconds: 29)
+            #expect(try await ledger.claim("alice", "shared").rejection == .ownedByAnotherClient)
+            #expect(try ledger.session("shared") == offline)
+
+            clock.advance(seconds: 1)
+            if sweep {
+                #expect(try await ledger.expireDue().map(\.sessionName.value) == ["shared"])
+            }
+            let after = try await ledger.claim("alice", "shared")
+            let grant = try #require(after.grant)
+            #expect(grant.sessionPresent == false)
+            let previous = try #require(try ledger.event(at: grant.sequence - 1))
+            #expect(previous.kind == .expired(.sessionExpired))
+            #expect(previous.authenticationName.value == "bob")
+            #expect(try ledger.session("shared")?.owner.value == "alice")
+            #expect(try ledger.liveSessionCount(of: AuthenticationName(unchecked: "bob")) == 0)
+            #expect(try ledger.verify().isIntact)
+        }
+    }
+
+    // MARK: R7
+
+    @Test("R7: identity verdicts become the matching rejections and are recorded", arguments: [
+        (IdentityVerdict.unknownClient, RejectionReason.unknownClient),
+        (.clientDisabled, .clientDisabled),
+        (.authenticationFailed, .authenticationFailed),
+    ])
+    func r7(_ verdict: IdentityVerdict, _ reason: RejectionReason) async throws {
+        try await withLedger { ledger, _ in
+            let claimed = try await ledger.claim("mallory", "s1", identity: verdict)
+            #expect(claimed.rejection == reason)
+            let event = try #require(try ledger.event(at: claimed.sequence))
+            #expect(event.kind == .rejected(reason))
+            #expect(event.authenticationName.value == "mallory")
+            #expect(event.sessionName.value == "s1")
+            #expect(event.connection == claimed.connection)
+            #expect(try ledger.session("s1") == nil)
+            #expect(try ledger.liveSessionCount(of: AuthenticationName(unchecked: "mallory")) == 0)
+            // A rejected identity does not disturb a session held by someone else either.
+            _ = try await ledger.claim("bob", "held")
+            let held = try ledger.session("held")
+            #expect(try await ledger.claim("bob", "held", identity: verdict).rejection == reason)
+            #expect(try ledger.session("held") == held)
+            #expect(try ledger.verify().isIntact)
+        }
+    }
+
+    // MARK: R8
+
+    @Test("R8: when the map is full the claim throws, nothing is granted, and the ledger stays intact")
+    func r8MapFull() async throws {
+        try await withTemporaryDirectory { directory in
+            let ledger = try SessionLedger(
+                directory: directory, policy: .default, options: LedgerStoreOptions(mapSize: 256 << 10),
+                clock: ManualClock().ledgerClock)
+            var granted: [(String, ConnectionNumber)] = []
+            var failure: LedgerError?
+            var failedName = ""
+            let padding = String(repeating: "x", count: 100)
+            for i in 0..<20_000 {
+                let name = "session-\(i)-\(padding)"
+                do {
+                    let claimed = try await ledger.claim("client-\(i)-\(padding)", name)
+                    let grant = try #require(claimed.grant)
+                    granted.append((name, grant.connection))
+                } catch let error as LedgerError {
+                    failure = error
+                    failedName = name
+                    break
+                }
+            }
+            let error = try #require(failure, "the map never filled")
+            #expect(error.isMapFull, "\(error)")
+            #expect(granted.count > 10)
+
+            #expect(try ledger.session(failedName) == nil)
+            for (name, connection) in granted {
+                let entry = try ledger.session(name)
+                #expect(entry?.connection == connection, "\(name)")
+                #expect(entry?.state == .connected)
+            }
+            #expect(ledger.head.sequence == UInt64(granted.count))
+            let live = try ledger.verify()
+            #expect(live.isIntact, "\(String(describing: live.problem))")
+            #expect(live.events == UInt64(granted.count))
+
+            // Trying again must not grant what cannot be stored.
+            do {
+                let retry = try await ledger.claim("late", failedName)
+                if retry.grant != nil { #expect(try ledger.session(failedName) != nil) }
+            } catch {
+                #expect((error as? LedgerError)?.isMapFull == true, "\(error)")
+            }
+            let head = ledger.head
+            ledger.close()
+
+            let store = try LedgerStore(directory: directory, options: LedgerStoreOptions(readOnly: true))
+            defer { store.close() }
+            let report = try store.read { try $0.verify() }
+            #expect(report.isIntact, "\(String(describing: report.problem))")
+            #expect(report.head == head)
+            for (name, connection) in granted {
+                #expect(try store.read { try $0.session(SessionName(unchecked: name)) }?.connection == connection)
+            }
+        }
+    }
+
+    // MARK: Expiry interval
+
+    @Test("The requested expiry interval is capped by the policy")
+    func expiryCapped() async throws {
+        try await withLedger(policy: try policy(hours: 1)) { ledger, clock in
+            let claimed = try await ledger.claim("alice", "s1", expiry: UInt32.max)
+            #expect(claimed.grant?.expiryInterval == 3600)
+            #expect(try ledger.event(at: claimed.sequence)?.expiryInterval == 3600)
+            #expect(try ledger.session("s1")?.expiryInterval == 3600)
+            let released = try await ledger.release("s1", claimed.connection)
+            #expect(released?.expiryInterval == 3600)
+            #expect(try ledger.session("s1")?.deadline == clock.now + 3600 * second)
+        }
+        try await withLedger(policy: try policy(hours: 8)) { ledger, _ in
+            let capped = try await ledger.claim("alice", "s1", expiry: UInt32.max)
+            #expect(capped.grant?.expiryInterval == 28_800)
+            let short = try await ledger.claim("alice", "s2", expiry: 5)
+            #expect(short.grant?.expiryInterval == 5)
+        }
+    }
+
+    @Test("A session with expiry 0 ends with its connection: the name is free at once")
+    func expiryZeroFreesName() async throws {
+        try await withLedger { ledger, _ in
+            let claimed = try await ledger.claim("alice", "s1", expiry: 0)
+            #expect(claimed.grant?.expiryInterval == 0)
+            let released = try #require(try await ledger.release("s1", claimed.connection))
+            #expect(released.kind == .disconnected(.clientInitiatedDisconnect))
+            #expect(released.expiryInterval == 0)
+            #expect(try ledger.session("s1") == nil)
+            #expect(try ledger.liveSessionCount(of: AuthenticationName(unchecked: "alice")) == 0)
+
+            let other = try await ledger.claim("bob", "s1")
+            #expect(other.grant?.sessionPresent == false)
+            #expect(try ledger.verify().isIntact)
+        }
+    }
+
+    @Test("A release may change the expiry interval (capped), but not raise it from 0")
+    func releaseChangesExpiry() async throws {
+        try await withLedger { ledger, clock in
+            let a = try await ledger.claim("alice", "shorter", expiry: 600)
+            let event = try #require(try await ledger.release("shorter", a.connection, newExpiryInterval: 30))
+            #expect(event.expiryInterval == 30)
+            let entry = try #require(try ledger.session("shorter"))
+            #expect(entry.deadline == clock.now + 30 * second)
+            #expect(entry.expiryInterval == 30)
+
+            let b = try await ledger.claim("alice", "longer", expiry: 10)
+            try await ledger.release("longer", b.connection, newExpiryInterval: .max)
+            #expect(try ledger.session("longer")?.deadline == clock.now + 3600 * second)
+
+            let c = try await ledger.claim("alice", "ended", expiry: 600)
+            try await ledger.release("ended", c.connection, newExpiryInterval: 0)
+            #expect(try ledger.session("ended") == nil)
+
+            let d = try await ledger.claim("alice", "zero", expiry: 0)
+            let zero = try #require(try await ledger.release("zero", d.connection, newExpiryInterval: 600))
+            #expect(zero.expiryInterval == 0, "raising from 0 is ignored")
+            #expect(try ledger.session("zero") == nil)
+
+            clock.advance(seconds: 30)
+            #expect(try await ledger.expireDue().map(\.sessionName.value) == ["shorter"])
+            #expect(try ledger.session("longer") != nil)
+            #expect(try ledger.verify().isIntact)
+        }
+    }
+
+    @Test("expireDue expires at most `limit` sessions, oldest deadline first")
+    func expireDueLimit() async throws {
+        try await withLedger { ledger, clock in
+            for (i, expiry) in [30, 10, 20].enumerated() {
+                let claimed = try await ledger.claim("c\(i)", "s\(i)", expiry: UInt32(expiry))
+                try await ledger.release("s\(i)", claimed.connection)
+            }
+            clock.advance(seconds: 31)
+            #expect(try await ledger.expireDue(limit: 2).map(\.sessionName.value) == ["s1", "s2"])
+            #expect(try await ledger.expireDue(limit: 2).map(\.sessionName.value) == ["s0"])
+            #expect(try await ledger.expireDue().isEmpty)
+            #expect(try ledger.verify().isIntact)
+        }
+    }
+
+    @Test("expireDue(limit: 0) expires nothing")
+    func expireDueLimitZero() async throws {
+        try await withLedger { ledger, clock in
+            let claimed = try await ledger.claim("alice", "s1", expiry: 10)
+            try await ledger.release("s1", claimed.connection)
+            clock.advance(seconds: 11)
+            let expired = try await ledger.expireDue(limit: 0)
+            #expect(expired.isEmpty, "a limit of 0 still expired \(expired.map(\.sessionName.value))")
+        }
+    }
+
+    // MARK: Concurrency
+
+    @Test("50 identities race for one name: exactly one wins")
+    func raceOfIdentities() async throws {
+        try await withLedger { ledger, _ in
+            let results = try await withThrowingTaskGroup(of: (Int, Claimed).self) { group in
+                for i in 0..<50 {
+                    group.addTask { (i, try await ledger.claim("client-\(i)", "contested")) }
+                }
+                var results: [(Int, Claimed)] = []
+                for try await result in group { results.append(result) }
+                return results
+            }
+            let winners = results.filter { $0.1.grant != nil }
+            let losers = results.filter { $0.1.rejection == .ownedByAnotherClient }
+            #expect(winners.count == 1)
+            #expect(losers.count == 49)
+            let winner = try #require(winners.first)
+            let entry = try #require(try ledger.session("contested"))
+            #expect(entry.owner.value == "client-\(winner.0)")
+            #expect(entry.connection == winner.1.connection)
+            #expect(ledger.head.sequence == 50)
+            let sequences = Set(results.map(\.1.sequence))
+            #expect(sequences == Set(1...50))
+            #expect(try ledger.verify().isIntact)
+        }
+    }
+
+    @Test("20 connections of one identity race: every one is granted, each replacing the one before")
+    func raceOfOneIdentity() async throws {
+        try await withLedger { ledger, _ in
+            let results = try await withThrowingTaskGroup(of: Claimed.self) { group in
+                for i in 0..<20 {
+                    group.addTask { try await ledger.claim(i.isMultiple(of: 2) ? "Device" : "device", "one") }
+                }
+                var results: [Claimed] = []
+                for try await result in group { results.append(result) }
+                return results
+            }
+            let grants = results.compactMap(\.grant).sorted { $0.sequence < $1.sequence }
+            #expect(grants.count == 20)
+            #expect(grants.first?.replacedConnection == nil)
+            for (previous, next) in zip(grants, grants.dropFirst()) {
+                #expect(next.replacedConnection == previous.connection)
+                #expect(next.sessionPresent == true)
+            }
+            let last = try #require(grants.last)
+            let stored = try ledger.storedSessions()
+            #expect(stored.count == 1)
+            #expect(stored[SessionName(unchecked: "one")]?.state == .connected)
+            #expect(stored[SessionName(unchecked: "one")]?.connection == last.connection)
+            #expect(try ledger.liveSessionCount(of: AuthenticationName(unchecked: "DEVICE")) == 1)
+            let events = try ledger.allEvents()
+            #expect(events.filter { $0.kind == .connected }.count == 20)
+            #expect(events.filter { $0.kind == .disconnected(.sessionTakenOver) }.count == 19)
+            #expect(try ledger.verify().isIntact)
+        }
+    }
+
+    // MARK: Restart
+
+    @Test("Restart: recovery disconnects, expires, and the log continues densely")
+    func restart() async throws {
+        try await withTemporaryDirectory { directory in
+            let clock = ManualClock()
+            var ledger = try SessionLedger(directory: directory, clock: clock.ledgerClock)
+            #expect(ledger.recovery.disconnected.isEmpty && ledger.recovery.expired.isEmpty)
+
+            let online = try await ledger.claim("alice", "online", expiry: 600)
+            let ephemeral = try await ledger.claim("bob", "ephemeral", expiry: 0)
+            let shortOffline = try await ledger.claim("carol", "short-offline", expiry: 10)
+            try await ledger.release("short-offline", shortOffline.connection)
+            let longOffline = try await ledger.claim("dave", "long-offline", expiry: 3600)
+            try await ledger.release("long-offline", longOffline.connection)
+            let longDeadline = try #require(try ledger.session("long-offline")?.deadline)
+            _ = try await ledger.claim("eve", "online", expiry: 600)  // rejected, still a used connection number
+            let highestUsed = try ledger.allEvents().map(\.connection).max() ?? 0
+            let headBefore = ledger.head
+            ledger.close()
+
+            clock.advance(seconds: 60)
+            ledger = try SessionLedger(directory: directory, clock: clock.ledgerClock)
+            defer { ledger.close() }
+            let recovery = ledger.recovery
+
+            #expect(recovery.expired.map(\.sessionName.value) == ["short-offline"])
+            #expect(recovery.expired.first?.kind == .expired(.expiredWhileBrokerDown))
+            #expect(recovery.expired.first?.authenticationName.value == "carol")
+            #expect(Set(recovery.disconnected.map(\.sessionName.value)) == ["online", "ephemeral"])
+            #expect(recovery.disconnected.allSatisfy { $0.kind == .disconnected(.brokerRestart) })
+            #expect(recovery.disconnected.first { $0.sessionName.value == "online" }?.connection == online.connection)
+            #expect(recovery.disconnected.first { $0.sessionName.value == "ephemeral" }?.connection == ephemeral.connection)
+            let recorded = (recovery.expired + recovery.disconnected).map(\.sequence).sorted()
+            #expect(recorded == Array(headBefore.sequence + 1...headBefore.sequence + 3))
+            #expect(recovery.head.sequence == headBefore.sequence + 3)
+            #expect(ledger.head == recovery.head)
+
+            // The expiry of a session found connected runs from the restart.
+            let onlineEntry = try #require(try ledger.session("online"))
+            #expect(onlineEntry.deadline == clock.now + 600 * second)
+            #expect(onlineEntry.owner.value == "alice")
+            #expect(try ledger.session("ephemeral") == nil)
+            #expect(try ledger.session("short-offline") == nil)
+            #expect(try ledger.session("long-offline")?.deadline == longDeadline)
+
+            // The stored projection is exactly what the log implies.
+            let replayed = try ledger.replay(through: .end)
+            #expect(try ledger.storedSessions() == replayed.sessions)
+            #expect(replayed.lastSequence == recovery.head.sequence)
+            let report = try ledger.verify()
+            #expect(report.isIntact, "\(String(describing: report.problem))")
+
+            // Sequence numbers stay dense and connection numbers never repeat.
+            let next = ledger.nextConnectionNumber()
+            #expect(next > highestUsed)
+            let resumed = try await ledger.claim("alice", "online", connection: next)
+            #expect(resumed.grant?.sessionPresent == true)
+            #expect(resumed.sequence == recovery.head.sequence + 1)
+            #expect(try ledger.allEvents().map(\.sequence) == Array(1...resumed.sequence))
+            #expect(ledger.nextConnectionNumber() > next)
+        }
+    }
+
+    @Test("Restart: connection numbers handed out and recorded before are never reused")
+    func restartConnectionNumbers() async throws {
+        try await withTemporaryDirectory { directory in
+            var ledger = try SessionLedger(directory: directory, clock: ManualClock().ledgerClock)
+            var used: [ConnectionNumber] = []
+            for i in 0..<5 { used.append(try await ledger.claim("c\(i)", "s\(i)").connection) }
+            // A number chosen by the front beyond the counter must also be respected.
+            used.append(try await ledger.claim("big", "big", connection: 1_000).connection)
+            ledger.close()
+            ledger = try SessionLedger(directory: directory, clock: ManualClock().ledgerClock)
+            defer { ledger.close() }
+            #expect(ledger.nextConnectionNumber() > used.max()!)
+        }
+    }
+
+    // MARK: Replay
+
+    @Test("Replay through a sequence number or a time gives the state at that point")
+    func replay() async throws {
+        try await withLedger { ledger, clock in
+            let t1 = clock.now
+            let alice = try await ledger.claim("alice", "s1", expiry: 0)  // seq 1
+            clock.advance(seconds: 10)
+            try await ledger.release("s1", alice.connection)  // seq 2 at t1+10
+            clock.advance(seconds: 10)
+            let bob = try await ledger.claim("bob", "s1", expiry: 60)  // seq 3 at t1+20
+            #expect(bob.sequence == 3)
+
+            let name = SessionName(unchecked: "s1")
+            #expect(try ledger.replay(through: .sequence(1)).sessions[name]?.owner.value == "alice")
+            #expect(try ledger.replay(through: .sequence(2)).sessions[name] == nil)
+            #expect(try ledger.replay(through: .sequence(3)).sessions[name]?.owner.value == "bob")
+            #expect(try ledger.replay(through: .sequence(1)).lastSequence == 1)
+            #expect(try ledger.replay(through: .end).sessions[name]?.owner.value == "bob")
+            #expect(try ledger.session(name)?.owner.value == "bob")
+
+            #expect(try ledger.replay(through: .time(t1 - 1)).sessions.isEmpty)
+            #expect(try ledger.replay(through: .time(t1)).sessions[name]?.owner.value == "alice")
+            #expect(try ledger.replay(through: .time(t1 + 5 * second)).sessions[name]?.connection == alice.connection)
+            #expect(try ledger.replay(through: .time(t1 + 10 * second)).sessions[name] == nil)
+            #expect(try ledger.replay(through: .time(t1 + 20 * second)).sessions[name]?.owner.value == "bob")
+            #expect(try ledger.replay(through: .time(t1 + 15 * second)).lastSequence == 2)
+        }
+    }
+
+    // MARK: Tamper evidence
+
+    @Test("Verify finds an edited log record at its sequence number")
+    func tamperedLogRecord() async throws {
+        try await withTemporaryDirectory { directory in
+            let marker = "TamperTarget-0123456"
+            #expect(marker.count == 20)
+            let ledger = try SessionLedger(directory: directory, clock: ManualClock().ledgerClock)
+            _ = try await ledger.claim("bob", "before")
+            _ = try await ledger.claim("bob", "held")
+            // Rejected: the marker name is in this one log record only, not in the projection.
+            let rejected = try await ledger.claim("mallory", marker, identity: .authenticationFailed)
+            #expect(rejected.rejection == .authenticationFailed)
+            for i in 0..<5 { _ = try await ledger.claim("after-\(i)", "after-\(i)") }
+            #expect(try ledger.verify().isIntact)
+            ledger.close()
+            #expect(try verifyReadOnly(directory).isIntact)
+
+            let file = directory + "/data.mdb"
+            var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: file)))
+            let found = occurrences(of: Array(marker.utf8), in: bytes)
+            try #require(!found.isEmpty, "the marker is not in the data file")
+            // Stale copies of the page may survive in free pages; edit them all.
+            for offset in found { bytes[offset] = UInt8(ascii: "t") }
+            try Data(bytes).write(to: URL(fileURLWithPath: file))
+
+            let report = try verifyReadOnly(directory)
+            #expect(!report.isIntact)
+            #expect(report.problem == .hashMismatch(sequence: rejected.sequence))
+            #expect(report.problem?.firstBadSequence == rejected.sequence)
+        }
+    }
+
+    @Test("Verify finds a stored projection entry that disagrees with the log")
+    func tamperedProjection() async throws {
+        try await withTemporaryDirectory { directory in
+            let owner = "projection-owner"
+            let session = "ProjectionTarget-987"
+            let ledger = try SessionLedger(directory: directory, clock: ManualClock().ledgerClock)
+            _ = try await ledger.claim("x", "before")
+            let claimed = try await ledger.claim(owner, session)
+            #expect(claimed.grant != nil)
+            _ = try await ledger.claim("y", "after")
+            ledger.close()
+
+            // A session entry holds [owner length][name length] owner name; a log record has
+            // the high bytes of its connection number there instead, so this finds entries only.
+            let pattern = littleEndian16(owner.utf8.count) + littleEndian16(session.utf8.count)
+                + Array(owner.utf8) + Array(session.utf8)
+            let file = directory + "/data.mdb"
+            var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: file)))
+            let found = occurrences(of: pattern, in: bytes)
+            try #require(!found.isEmpty, "the session entry is not in the data file")
+            for offset in found where offset >= 48 {
+                let entryStart = offset - 48
+                bytes[entryStart + 8] &+= 1  // the connection number's low byte
+            }
+            try Data(bytes).write(to: URL(fileURLWithPath: file))
+
+            let report = try verifyReadOnly(directory)
+            #expect(!report.isIntact)
+            guard case .projectionMismatch = report.problem else {
+                Issue.record("expected a projection mismatch, got \(String(describing: report.problem))")
+                return
+            }
+            #expect(report.problem?.firstBadSequence == nil)
+        }
+    }
+}
