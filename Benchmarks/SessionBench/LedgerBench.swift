@@ -50,7 +50,7 @@ struct LedgerBench: ParsableCommand {
         let store = try LedgerStore(directory: directory)
         let writer = try LedgerWriter(store: store, policy: policy, clock: { clock.now() })
         let commits = CommitLog()
-        writer.onCommit = { events, micros in commits.record(events: events, micros: micros) }
+        writer.onCommit = { commits.record($0) }
         _ = try writer.recover()
         writer.start()
 
@@ -61,6 +61,7 @@ struct LedgerBench: ParsableCommand {
         let gate = DispatchSemaphore(value: window)
         let done = DispatchGroup()
 
+        let cpuStart = processCPUMicroseconds()
         let start = DispatchTime.now().uptimeNanoseconds
         // Phase 1: connect every session (expiry 1 h, so that a disconnect keeps it live).
         for i in 0..<sessions {
@@ -98,6 +99,7 @@ struct LedgerBench: ParsableCommand {
             expired += events.count
         }
         let end = DispatchTime.now().uptimeNanoseconds
+        let cpu = processCPUMicroseconds() - cpuStart
         writer.stop()
 
         let failed = failures.value
@@ -115,8 +117,9 @@ struct LedgerBench: ParsableCommand {
         print("phase connect: sessions=\(sessions) rate=\(rate(sessions, start, connectedAt))/s")
         print("phase disconnect: sessions=\(sessions) rate=\(rate(sessions, connectedAt, releasedAt))/s")
         print("phase expire: sessions=\(expired) rate=\(rate(expired, releasedAt, end))/s")
-        print("commits: count=\(commits.count) events_per_commit_mean=\(String(format: "%.1f", Double(events) / Double(max(commits.count, 1)))) p50_commit=\(commits.percentile(0.5))us p99_commit=\(p99Commit)us max_commit=\(commits.percentile(1.0))us")
+        print("commits: count=\(commits.count) events_per_commit_mean=\(String(format: "%.1f", Double(events) / Double(max(commits.count, 1)))) p50_commit=\(commits.percentile(0.5))us p99_commit=\(p99Commit)us max_commit=\(commits.percentile(1.0))us busy=\(commits.totalMicroseconds / 1000)ms of_which_sync=\(commits.syncMicroseconds / 1000)ms")
         print(replay.summary)
+        print("cpu: process_us=\(cpu) per_event_us=\(String(format: "%.2f", Double(cpu) / Double(max(events, 1)))) (writer and load generator together)")
         print("data: bytes=\(FileManager.default.fileExists(atPath: directory) ? fileSize(directory + "/data.mdb") : 0) failures=\(failed)")
         if failed > 0 || expired != sessions || !replay.verify.isIntact {
             print("ledger: FAILED failures=\(failed) expired=\(expired)/\(sessions) problem=\(String(describing: replay.verify.problem))")
@@ -140,7 +143,13 @@ final class BenchClock: Sendable {
 /// Commit durations as the writer reports them.
 final class CommitLog: Sendable {
     private let durations = Mutex<[Int64]>([])
-    func record(events: Int, micros: Int64) { durations.withLock { $0.append(micros) } }
+    private let syncTotal = Mutex<Int64>(0)
+    func record(_ commit: CommitStatistics) {
+        durations.withLock { $0.append(commit.microseconds) }
+        syncTotal.withLock { $0 += commit.syncMicroseconds }
+    }
+    var totalMicroseconds: Int64 { durations.withLock { $0.reduce(0, +) } }
+    var syncMicroseconds: Int64 { syncTotal.withLock { $0 } }
     var count: Int { durations.withLock { $0.count } }
     func percentile(_ p: Double) -> Int64 {
         let sorted = durations.withLock { $0.sorted() }
@@ -216,4 +225,12 @@ func waitFor<T: Sendable>(_ start: (@escaping @Sendable (T) -> Void) -> Void) ->
 
 final class ResultBox<T>: @unchecked Sendable {
     var value: T?
+}
+
+/// User + system CPU time of this process so far.
+func processCPUMicroseconds() -> Int64 {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Int64(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1_000_000
+        + Int64(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec)
 }

@@ -169,8 +169,12 @@ public enum EventRecordFormat {
     public static func normalized(_ event: LedgerEvent) -> LedgerEvent {
         var event = event
         event.remoteAddress = storableRemoteAddress(event.remoteAddress)
-        event.authenticationName = AuthenticationName(unchecked: storableName(event.authenticationName.value))
-        event.sessionName = SessionName(unchecked: storableName(event.sessionName.value))
+        if event.authenticationName.value.utf8.count > Int(UInt16.max) {
+            event.authenticationName = AuthenticationName(unchecked: storableName(event.authenticationName.value))
+        }
+        if event.sessionName.value.utf8.count > Int(UInt16.max) {
+            event.sessionName = SessionName(unchecked: storableName(event.sessionName.value))
+        }
         return event
     }
 

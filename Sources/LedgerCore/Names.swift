@@ -13,6 +13,9 @@ public enum NameProblem: Error, Equatable, Sendable {
 /// and grapheme clustering would let one "character" hide many bytes.
 private func checkName(_ text: String) -> NameProblem? {
     if text.isEmpty { return .empty }
+    // Short cut for the usual ASCII name: one byte per scalar.
+    let utf8 = text.utf8
+    if utf8.count <= maximumNameLength, !utf8.contains(where: { $0 == 0 || $0 >= 0x80 }) { return nil }
     var count = 0
     for scalar in text.unicodeScalars {
         if scalar.value == 0 { return .containsNullCharacter }

@@ -142,8 +142,15 @@ public enum SessionRules {
                 connection: claim.connection, protocolVersion: claim.protocolVersion,
                 cleanStart: claim.cleanStart, expiryInterval: expiry, remoteAddress: claim.remoteAddress)
         }
-        func reject(_ reason: RejectionReason, after earlier: [LedgerEvent] = []) -> ClaimPlan {
-            ClaimPlan(events: earlier + [event(.rejected(reason))], decision: .reject(reason))
+        var events: [LedgerEvent] = []
+        func reject(_ reason: RejectionReason) -> ClaimPlan {
+            events.append(event(.rejected(reason)))
+            return ClaimPlan(events: events, decision: .reject(reason))
+        }
+        func grant(present: Bool, expiry: UInt32, replaced: ConnectionNumber?) -> ClaimPlan {
+            events.append(event(.connected, expiry: expiry))
+            return ClaimPlan(
+                events: events, decision: .grant(sessionPresent: present, expiryInterval: expiry, replacedConnection: replaced))
         }
 
         // R1
@@ -159,13 +166,12 @@ public enum SessionRules {
             return reject(.invalidAuthenticationName)
         }
 
-        var earlier: [LedgerEvent] = []
         var current = current
         var liveSessions = requesterLiveSessions
         // A disconnected session past its deadline is not live, even if the sweep has not
         // recorded its end yet: record it now, in the same transaction.
         if let stale = current, stale.hasExpired(at: now) {
-            earlier.append(endingEvent(of: stale, named: claim.sessionName, kind: .expired(.sessionExpired)))
+            events.append(endingEvent(of: stale, named: claim.sessionName, kind: .expired(.sessionExpired)))
             if stale.owner == claim.authenticationName { liveSessions -= 1 }
             current = nil
         }
@@ -174,29 +180,21 @@ public enum SessionRules {
         guard let existing = current else {
             // R2 / R3
             guard liveSessions < policy.maximumClientSessionsPerAuthenticationName else {
-                return reject(.quotaExceeded, after: earlier)
+                return reject(.quotaExceeded)
             }
-            return ClaimPlan(
-                events: earlier + [event(.connected, expiry: expiry)],
-                decision: .grant(sessionPresent: false, expiryInterval: expiry, replacedConnection: nil))
+            return grant(present: false, expiry: expiry, replaced: nil)
         }
         // R6
-        guard existing.owner == claim.authenticationName else {
-            return reject(.ownedByAnotherClient, after: earlier)
-        }
+        guard existing.owner == claim.authenticationName else { return reject(.ownedByAnotherClient) }
         switch existing.state {
         case .connected:
             // R4: takeover. The old connection's session survives it only if it had an expiry.
-            earlier.append(endingEvent(of: existing, named: claim.sessionName, kind: .disconnected(.sessionTakenOver)))
+            events.append(endingEvent(of: existing, named: claim.sessionName, kind: .disconnected(.sessionTakenOver)))
             let present = !claim.cleanStart && existing.expiryInterval > 0
-            return ClaimPlan(
-                events: earlier + [event(.connected, expiry: expiry)],
-                decision: .grant(sessionPresent: present, expiryInterval: expiry, replacedConnection: existing.connection))
+            return grant(present: present, expiry: expiry, replaced: existing.connection)
         case .disconnected:
             // R5
-            return ClaimPlan(
-                events: earlier + [event(.connected, expiry: expiry)],
-                decision: .grant(sessionPresent: !claim.cleanStart, expiryInterval: expiry, replacedConnection: nil))
+            return grant(present: !claim.cleanStart, expiry: expiry, replaced: nil)
         }
     }
 

@@ -1,4 +1,5 @@
 import CLMDB
+import Dispatch
 import LedgerCore
 
 /// An open ledger directory. Reads run in LMDB read transactions on any thread; all
@@ -46,7 +47,9 @@ public final class LedgerStore: @unchecked Sendable {
             throw error
         }
         // mdb_txn_commit frees the transaction whatever it returns.
+        let syncStart = DispatchTime.now().uptimeNanoseconds
         try check(mdb_txn_commit(txn), "mdb_txn_commit")
+        w.commitNanoseconds = DispatchTime.now().uptimeNanoseconds - syncStart
         return (result, w)
     }
 }

@@ -185,6 +185,11 @@ struct LedgerWriteTransaction {
     let startingConnection: UInt64
     /// One timestamp for every event of the transaction: they become durable together.
     let timestamp: Int64
+    /// How long `mdb_txn_commit` (page writes and fsync) took; set after the commit.
+    var commitNanoseconds: UInt64 = 0
+    /// Live-session counts by client key as of this transaction, and which of them changed.
+    var counts: [[UInt8]: Int] = [:]
+    var changedCounts: Set<[UInt8]> = []
 
     func session(_ key: [UInt8]) throws(LedgerError) -> SessionEntry? {
         try readSession(txn: txn, lmdb: lmdb, key: key)?.1
@@ -194,8 +199,13 @@ struct LedgerWriteTransaction {
         try readSession(txn: txn, lmdb: lmdb, key: key)
     }
 
-    func liveCount(_ key: [UInt8]) throws(LedgerError) -> Int {
-        try readLiveCount(txn: txn, lmdb: lmdb, key: key)
+    /// Live-session counts are read at most once per transaction and written once at its
+    /// end: a batch often holds several events of one client.
+    mutating func liveCount(_ key: [UInt8]) throws(LedgerError) -> Int {
+        if let cached = counts[key] { return cached }
+        let stored = try readLiveCount(txn: txn, lmdb: lmdb, key: key)
+        counts[key] = stored
+        return stored
     }
 
     /// Appends one event and applies it to the projection.
@@ -262,20 +272,33 @@ struct LedgerWriteTransaction {
         return (event, next)
     }
 
-    private func adjustLiveCount(_ key: [UInt8], by delta: Int) throws(LedgerError) {
+    private mutating func adjustLiveCount(_ key: [UInt8], by delta: Int) throws(LedgerError) {
         let count = try liveCount(key) + delta
         guard count >= 0 else {
             throw .corruptRecord(table: "clients", detail: "live session count would go below zero")
         }
-        if count == 0 {
-            try delete(lmdb.clients, key, "clients")
-            return
-        }
-        var stored = UInt32(count).littleEndian
-        try withVal(key) { (k) throws(LedgerError) in
-            try withUnsafeMutableBytes(of: &stored) { (bytes) throws(LedgerError) in
-                var v = MDB_val(mv_size: 4, mv_data: bytes.baseAddress)
-                try check(mdb_put(txn, lmdb.clients, &k, &v, 0), "mdb_put clients")
+        counts[key] = count
+        changedCounts.insert(key)
+    }
+
+    private func storeLiveCounts() throws(LedgerError) {
+        for key in changedCounts {
+            let count = counts[key]!
+            if count == 0 {
+                try withVal(key) { (k) throws(LedgerError) in
+                    let code = mdb_del(txn, lmdb.clients, &k, nil)
+                    // Counted up and back down within this transaction: never stored.
+                    if code == MDB_NOTFOUND { return }
+                    try check(code, "mdb_del clients")
+                }
+                continue
+            }
+            var stored = UInt32(count).littleEndian
+            try withVal(key) { (k) throws(LedgerError) in
+                try withUnsafeMutableBytes(of: &stored) { (bytes) throws(LedgerError) in
+                    var v = MDB_val(mv_size: 4, mv_data: bytes.baseAddress)
+                    try check(mdb_put(txn, lmdb.clients, &k, &v, 0), "mdb_put clients")
+                }
             }
         }
     }
@@ -292,6 +315,7 @@ struct LedgerWriteTransaction {
 
     /// Writes the new head (and connection high-water mark) once per transaction.
     func finish() throws(LedgerError) {
+        try storeLiveCounts()
         var headBytes = [UInt8](repeating: 0, count: LedgerHead.encodedSize)
         headBytes.withUnsafeMutableBytes { head.encode(into: $0) }
         try withVal(MetaKey.head) { (k) throws(LedgerError) in

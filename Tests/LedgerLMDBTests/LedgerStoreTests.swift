@@ -84,7 +84,7 @@ struct LedgerStoreTests {
         let store = try LedgerStore(directory: directory)
         let writer = try LedgerWriter(store: store, policy: try NamespacePolicy(maximumClientSessionsPerAuthenticationName: 100))
         let commits = Locked<[Int]>([])
-        writer.onCommit = { events, _ in commits.withLock { $0.append(events) } }
+        writer.onCommit = { commit in commits.withLock { $0.append(commit.events) } }
         _ = try writer.recover()
         writer.start()
 
