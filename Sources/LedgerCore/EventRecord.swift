@@ -225,8 +225,22 @@ public enum EventRecordFormat {
         return bytes
     }
 
-    /// Decodes a record, checking its structure but not its place in the chain.
-    public static func decode(_ bytes: UnsafeRawBufferPointer) throws(RecordFormatError) -> LedgerRecord {
+    /// The fixed part of a record and where its variable fields lie, checked for
+    /// structure (version, codes, reserved bits, length). Names are not decoded yet.
+    public struct Header: Sendable {
+        public var kind: LedgerEventKind
+        public var protocolVersion: ProtocolVersion
+        public var cleanStart: Bool
+        public var expiryInterval: UInt32
+        public var sequence: UInt64
+        public var timestamp: Int64
+        public var connection: ConnectionNumber
+        public var authenticationNameRange: Range<Int>
+        public var sessionNameRange: Range<Int>
+        public var remoteAddressRange: Range<Int>
+    }
+
+    public static func header(_ bytes: UnsafeRawBufferPointer) throws(RecordFormatError) -> Header {
         var r = ByteReader(bytes)
         let version = try r.read(UInt8.self)
         guard version == self.version else { throw .unknownVersion(version) }
@@ -243,21 +257,33 @@ public enum EventRecordFormat {
         guard try r.read(UInt16.self) == 0 else { throw .reservedBitsSet }
         let expected = headerSize + auth + session + remote + hashSize
         guard bytes.count == expected else { throw .lengthMismatch(expected: expected, actual: bytes.count) }
-        let expiry = try r.read(UInt32.self)
-        let sequence = try r.read(UInt64.self)
-        let timestamp = try r.read(Int64.self)
-        let connection = try r.read(UInt64.self)
-        let authName = try r.readString(auth)
-        let sessionName = try r.readString(session)
-        let remoteAddress = try r.readString(remote)
-        let hash = ChainHash(bytes: try r.readBytes(hashSize))
+        return Header(
+            kind: kind, protocolVersion: proto, cleanStart: flags & 1 == 1,
+            expiryInterval: try r.read(UInt32.self), sequence: try r.read(UInt64.self),
+            timestamp: try r.read(Int64.self), connection: try r.read(UInt64.self),
+            authenticationNameRange: headerSize..<headerSize + auth,
+            sessionNameRange: headerSize + auth..<headerSize + auth + session,
+            remoteAddressRange: headerSize + auth + session..<expected - hashSize)
+    }
+
+    /// The chain hash stored at the end of a record (whose length `header` has checked).
+    public static func storedHash(_ bytes: UnsafeRawBufferPointer) -> ChainHash {
+        ChainHash(bytes: UnsafeRawBufferPointer(rebasing: bytes[(bytes.count - hashSize)...]))
+    }
+
+    /// Decodes a record, checking its structure but not its place in the chain.
+    public static func decode(_ bytes: UnsafeRawBufferPointer) throws(RecordFormatError) -> LedgerRecord {
+        let h = try header(bytes)
+        func text(_ range: Range<Int>) throws(RecordFormatError) -> String {
+            try decodeUTF8(UnsafeRawBufferPointer(rebasing: bytes[range]))
+        }
         let event = LedgerEvent(
-            sequence: sequence, timestamp: timestamp, kind: kind,
-            authenticationName: AuthenticationName(unchecked: authName),
-            sessionName: SessionName(unchecked: sessionName),
-            connection: connection, protocolVersion: proto, cleanStart: flags & 1 == 1,
-            expiryInterval: expiry, remoteAddress: remoteAddress)
-        return LedgerRecord(event: event, hash: hash)
+            sequence: h.sequence, timestamp: h.timestamp, kind: h.kind,
+            authenticationName: AuthenticationName(unchecked: try text(h.authenticationNameRange)),
+            sessionName: SessionName(unchecked: try text(h.sessionNameRange)),
+            connection: h.connection, protocolVersion: h.protocolVersion, cleanStart: h.cleanStart,
+            expiryInterval: h.expiryInterval, remoteAddress: try text(h.remoteAddressRange))
+        return LedgerRecord(event: event, hash: storedHash(bytes))
     }
 
     /// Recomputes the chain hash of stored record bytes from the previous hash.

@@ -42,11 +42,13 @@ public struct SessionName: Hashable, Sendable, CustomStringConvertible {
     /// and for rejected events that record the offending name as it came.
     public init(unchecked text: String) {
         self.value = text
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in text.utf8 {
-            hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
-        }
-        self.fingerprint = hash
+        self.fingerprint = fnv1a(text.utf8)
+    }
+
+    /// For callers that hashed the UTF-8 bytes already (`fnv1a`).
+    init(unchecked text: String, fingerprint: UInt64) {
+        self.value = text
+        self.fingerprint = fingerprint
     }
 
     public var isValid: Bool { checkName(value) == nil }

@@ -103,6 +103,16 @@ public struct OwnershipProjection: Sendable, Equatable {
 
     public init() {}
 
+    init(
+        sessions: [SessionName: SessionEntry], liveSessionCounts: [String: Int], lastSequence: UInt64,
+        lastTimestamp: Int64
+    ) {
+        self.sessions = sessions
+        self.liveSessionCounts = liveSessionCounts
+        self.lastSequence = lastSequence
+        self.lastTimestamp = lastTimestamp
+    }
+
     public mutating func apply(_ event: LedgerEvent) {
         lastSequence = event.sequence
         lastTimestamp = event.timestamp

@@ -51,6 +51,8 @@ extension LedgerSnapshot {
         through limit: ReplayLimit = .end, checkingChain: Bool = true,
         observe: ((LedgerEvent) throws -> Void)? = nil
     ) throws -> (OwnershipProjection, LedgerHead, VerifyProblem?) {
+        // Without an observer nobody needs whole events: the string-free fold is used.
+        var fold = LogFold()
         var projection = OwnershipProjection()
         var last = LedgerHead.empty
         var problem: VerifyProblem?
@@ -61,30 +63,41 @@ extension LedgerSnapshot {
                 return false
             }
             if case .sequence(let through) = limit, key > through { return false }
-            let record: LedgerRecord
+            let header: EventRecordFormat.Header
             do {
-                record = try EventRecordFormat.decode(bytes)
+                header = try EventRecordFormat.header(bytes)
             } catch {
                 problem = .unreadableRecord(sequence: key, detail: "\(error)")
                 return false
             }
-            guard record.event.sequence == key else {
-                problem = .unreadableRecord(sequence: key, detail: "stored under \(key) but numbered \(record.event.sequence)")
+            guard header.sequence == key else {
+                problem = .unreadableRecord(sequence: key, detail: "stored under \(key) but numbered \(header.sequence)")
                 return false
             }
-            if case .time(let time) = limit, record.event.timestamp > time { return false }
+            if case .time(let time) = limit, header.timestamp > time { return false }
+            let hash = EventRecordFormat.storedHash(bytes)
             if checkingChain {
-                guard EventRecordFormat.chainHash(of: bytes, previous: last.hash) == record.hash else {
+                guard EventRecordFormat.chainHash(of: bytes, previous: last.hash) == hash else {
                     problem = .hashMismatch(sequence: key)
                     return false
                 }
             }
-            projection.apply(record.event)
-            try observe?(record.event)
-            last = LedgerHead(sequence: key, timestamp: record.event.timestamp, hash: record.hash)
+            do {
+                if let observe {
+                    let event = try EventRecordFormat.decode(bytes).event
+                    projection.apply(event)
+                    try observe(event)
+                } else {
+                    try fold.apply(record: bytes, header: header)
+                }
+            } catch let error as RecordFormatError {
+                problem = .unreadableRecord(sequence: key, detail: "\(error)")
+                return false
+            }
+            last = LedgerHead(sequence: key, timestamp: header.timestamp, hash: hash)
             return true
         }
-        return (projection, last, problem)
+        return (observe == nil ? fold.projection : projection, last, problem)
     }
 
     /// Replays the whole log and proves the stored head and projection equal what it implies.
