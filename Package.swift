@@ -70,8 +70,9 @@ let package = Package(
         ),
         .testTarget(
             name: "SessionLedgerTests",
-            // The crash test drives the real `custody-bench` binary as a child process.
-            dependencies: ["SessionLedger", "LedgerCore", "LedgerLMDB", "SessionBench"]
+            // The crash test drives the real `custody-bench` binary as a child process, and
+            // the executable tests the real `custody`.
+            dependencies: ["SessionLedger", "LedgerCore", "LedgerLMDB", "SessionBench", "CustodyServer"]
         ),
     ]
 )

@@ -51,27 +51,31 @@ struct Custody: AsyncParsableCommand {
             throw ExitCode.failure
         }
         let recovery = ledger.recovery
-        print("custody: ledger \(dataDir) head=\(recovery.head.sequence) hash=\(recovery.head.hash)")
-        print("custody: recovered sessions disconnected_by_restart=\(recovery.disconnected.count) expired_while_down=\(recovery.expired.count)")
-        print("custody: policy max_sessions_per_client=\(policy.maximumClientSessionsPerAuthenticationName) max_session_expiry_hours=\(policy.maximumSessionExpiryInHours)")
-        print("custody: running (the MQTT listener is not part of this build yet); SIGINT or SIGTERM stops")
-
+        say("custody: ledger \(dataDir) head=\(recovery.head.sequence) hash=\(recovery.head.hash)")
+        say("custody: recovered sessions disconnected_by_restart=\(recovery.disconnected.count) expired_while_down=\(recovery.expired.count)")
+        say("custody: policy max_sessions_per_client=\(policy.maximumClientSessionsPerAuthenticationName) max_session_expiry_hours=\(policy.maximumSessionExpiryInHours)")
+        let signals = terminationSignals()
         let expiry = Task { await ledger.runExpiry() }
-        let signal = await waitForTerminationSignal()
-        print("custody: \(signal) received, closing the ledger")
+        say("custody: running (the MQTT listener is not part of this build yet); SIGINT or SIGTERM stops")
+        var signal = "end"
+        for await name in signals {
+            signal = name
+            break
+        }
+        say("custody: \(signal) received, closing the ledger")
         expiry.cancel()
         _ = await expiry.value
         ledger.close()
-        print("custody: stopped head=\(ledger.head.sequence)")
+        say("custody: stopped head=\(ledger.head.sequence)")
     }
 }
 
 /// Signal sources live as long as the process; kept here so they are not released.
 nonisolated(unsafe) private var signalSources: [DispatchSourceSignal] = []
 
-/// Suspends until SIGINT or SIGTERM and returns its name.
-func waitForTerminationSignal() async -> String {
-    let stream = AsyncStream<String> { continuation in
+/// SIGINT and SIGTERM by name, handled from the moment this returns.
+func terminationSignals() -> AsyncStream<String> {
+    AsyncStream<String> { continuation in
         for (number, name) in [(SIGINT, "SIGINT"), (SIGTERM, "SIGTERM")] {
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
@@ -80,6 +84,9 @@ func waitForTerminationSignal() async -> String {
             signalSources.append(source)
         }
     }
-    for await name in stream { return name }
-    return "end"
+}
+
+/// One line to standard output, unbuffered: operators and supervisors read it as it happens.
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }

@@ -1,0 +1,119 @@
+import Foundation
+import SessionLedger
+import Testing
+
+/// A built executable of this package, next to the test binary.
+func builtExecutable(_ name: String) throws -> URL {
+    let candidates = [
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent(),
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent(".build/debug"),
+    ]
+    for directory in candidates {
+        let url = directory.appendingPathComponent(name)
+        if FileManager.default.isExecutableFile(atPath: url.path) { return url }
+    }
+    throw CrashTestError.missingExecutable(candidates.map(\.path))
+}
+
+/// Runs a process to its end and returns its exit code, standard output and error.
+func runToEnd(_ executable: URL, _ arguments: [String]) throws -> (Int32, String, String) {
+    let process = Process()
+    process.executableURL = executable
+    process.arguments = arguments
+    let out = Pipe()
+    let err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    let output = out.fileHandleForReading.readDataToEndOfFile()
+    let error = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: output, as: UTF8.self), String(decoding: error, as: UTF8.self))
+}
+
+@Suite("custody executable")
+struct CustodyExecutableTests {
+    @Test(arguments: [
+        (["--max-sessions-per-client", "0"], "--max-sessions-per-client must be between 1 and 100, got 0"),
+        (["--max-sessions-per-client", "101"], "--max-sessions-per-client must be between 1 and 100, got 101"),
+        (["--max-session-expiry-hours", "9"], "--max-session-expiry-hours must be between 1 and 8, got 9"),
+        (["--max-session-expiry-hours", "one"], "max-session-expiry-hours"),
+        (["--no-such-flag"], "--no-such-flag"),
+    ])
+    func badFlagsExitWithAMessageNamingThem(arguments: [String], message: String) throws {
+        let (status, _, error) = try runToEnd(try builtExecutable("custody"), arguments + ["--data-dir", temporaryDirectory("flags")])
+        #expect(status == 64)
+        #expect(error.contains(message), "stderr: \(error)")
+    }
+
+    @Test func unusableDataDirectoryIsNamed() throws {
+        let file = temporaryDirectory("not-a-dir")
+        #expect(FileManager.default.createFile(atPath: file, contents: Data("x".utf8)))
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let (status, _, error) = try runToEnd(try builtExecutable("custody"), ["--data-dir", file])
+        #expect(status == 1)
+        #expect(error.contains("cannot open the ledger in \(file)"), "stderr: \(error)")
+    }
+
+    /// Sessions left connected by a crash are closed by the next start; SIGTERM stops
+    /// the broker cleanly, and the ledger it leaves verifies.
+    @Test func startsRecoversAndStopsOnSIGTERM() throws {
+        let directory = temporaryDirectory("custody-run")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let ledger = try SessionLedger(directory: directory)
+        for index in 0..<3 {
+            let outcome = try waitForClaim(ledger, ClaimRequest(
+                authenticationName: AuthenticationName(unchecked: "device"), sessionName: SessionName(unchecked: "s\(index)"),
+                connection: ledger.nextConnectionNumber(), requestedExpiryInterval: 600))
+            guard case .granted = outcome else { Issue.record("claim \(index): \(outcome)"); return }
+        }
+        ledger.close()  // without releasing: as if the broker had crashed
+
+        let process = Process()
+        process.executableURL = try builtExecutable("custody")
+        process.arguments = ["--data-dir", directory]
+        let output = directory + ".out"
+        _ = FileManager.default.createFile(atPath: output, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: output) }
+        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+        try process.run()
+        let deadline = Date().addingTimeInterval(20)
+        var running = false
+        while !running, Date() < deadline, process.isRunning {
+            running = ((try? String(contentsOfFile: output, encoding: .utf8)) ?? "").contains("custody: running")
+            if !running { usleep(20_000) }
+        }
+        #expect(running, "custody did not report that it runs")
+        process.terminate()  // SIGTERM
+        process.waitUntilExit()
+        #expect(process.terminationReason == .exit && process.terminationStatus == 0)
+        let printed = try String(contentsOfFile: output, encoding: .utf8)
+        #expect(printed.contains("disconnected_by_restart=3"), "\(printed)")
+        #expect(printed.contains("SIGTERM received"))
+
+        let store = try LedgerStore(directory: directory, options: LedgerStoreOptions(readOnly: true))
+        defer { store.close() }
+        let report = try store.read { try $0.verify() }
+        #expect(report.isIntact)
+        #expect(report.events == 6)
+        let states = try store.read { snapshot in try (0..<3).map { try snapshot.session(SessionName(unchecked: "s\($0)"))?.isConnected } }
+        #expect(states == [false, false, false])
+    }
+}
+
+/// Claims synchronously, for tests outside async contexts.
+func waitForClaim(_ ledger: SessionLedger, _ request: ClaimRequest) throws -> ClaimOutcome {
+    let box = ClaimBox()
+    let done = DispatchSemaphore(value: 0)
+    ledger.writer.claim(request) { result in
+        box.result = result
+        done.signal()
+    }
+    done.wait()
+    return try box.result!.get()
+}
+
+final class ClaimBox: @unchecked Sendable {
+    var result: Result<ClaimOutcome, LedgerError>?
+}
