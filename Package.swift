@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Arrows point down: executables -> SessionLedger -> LedgerLMDB -> LedgerCore.
-// Only LedgerLMDB sees CLMDB; LedgerCore is pure (no I/O).
+// Only LedgerLMDB sees CLMDB; LedgerCore is pure (no I/O). MQTTCodec imports NIOCore only.
 let package = Package(
     name: "Custody",
     platforms: [.macOS(.v15)],
@@ -15,6 +15,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
     ],
     targets: [
         .systemLibrary(
@@ -34,6 +35,10 @@ let package = Package(
         .target(
             name: "SessionLedger",
             dependencies: ["LedgerCore", "LedgerLMDB"]
+        ),
+        .target(
+            name: "MQTTCodec",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
         ),
         .executableTarget(
             name: "CustodyServer",
@@ -67,6 +72,10 @@ let package = Package(
             name: "LedgerLMDBTests",
             // CLMDB only to write foreign LMDB files that the store must refuse.
             dependencies: ["LedgerLMDB", "LedgerCore", "CLMDB"]
+        ),
+        .testTarget(
+            name: "MQTTCodecTests",
+            dependencies: ["MQTTCodec", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "SessionLedgerTests",
