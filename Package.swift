@@ -83,5 +83,10 @@ let package = Package(
             // the executable tests the real `custody`.
             dependencies: ["SessionLedger", "LedgerCore", "LedgerLMDB", "SessionBench", "CustodyServer"]
         ),
+        .testTarget(
+            name: "CustodyAuditTests",
+            // Drives the real `custody-audit` binary as a child process against real ledgers.
+            dependencies: ["CustodyAudit", "SessionLedger", "LedgerCore", "LedgerLMDB"]
+        ),
     ]
 )

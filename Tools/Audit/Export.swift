@@ -1,0 +1,147 @@
+import ArgumentParser
+import Foundation
+import SessionLedger
+
+/// `export`: the log as JSON Lines, for a SIEM or any other tool.
+struct Export: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "The log as JSON Lines, one event a line, in order; --follow keeps printing new events.",
+        discussion: """
+            Fields: seq, time, kind, reason, authenticationName, sessionName, connection, \
+            protocolVersion, cleanStart, sessionExpiryInterval, remoteAddress, hash (see the \
+            README). Each record is checked (format, numbering, and its hash-chain link to the \
+            record before it) before its line is printed; a damaged record stops the export \
+            with an error and exit status 1.
+            """)
+
+    @OptionGroup var ledger: LedgerOptions
+
+    @Option(help: "First sequence number to export.")
+    var from: UInt64 = 1
+
+    @Option(help: "Last sequence number to export (default: the end of the log).")
+    var to: UInt64?
+
+    @Flag(help: "After the end of the log, keep printing events as they are committed (until --to, or until stopped).")
+    var follow = false
+
+    @Option(help: ArgumentHelp("With --follow: milliseconds between looks for new events.", visibility: .hidden))
+    var pollMilliseconds: Int = 100
+
+    func validate() throws {
+        if from == 0 { throw ValidationError("--from must be at least 1") }
+        if let to, to < from { throw ValidationError("--to \(to) is before --from \(from)") }
+        if pollMilliseconds < 1 { throw ValidationError("--poll-milliseconds must be at least 1") }
+    }
+
+    func run() throws {
+        try audit {
+            var exporter = Exporter(next: from, to: to)
+            var out = OutputBuffer()
+            let store = try ledger.openStore()
+            defer { store.close() }
+            try store.read { snapshot in
+                let last = try snapshot.head().sequence
+                if !follow {
+                    if from > last + 1 {
+                        throw AuditError("--from \(from) is past the end of the log (its last event is \(last))")
+                    }
+                    if let to, to > last {
+                        throw AuditError("--to \(to) is past the end of the log (its last event is \(last)); --follow waits for it")
+                    }
+                }
+                try exporter.export(snapshot, into: &out)
+            }
+            out.flush()
+            guard follow else { return }
+            restoreDefaultTermination()
+            while !exporter.isDone {
+                usleep(useconds_t(pollMilliseconds * 1000))
+                try store.read { try exporter.export($0, into: &out) }
+                out.flush()
+            }
+        }
+    }
+}
+
+/// Where an export stands between read transactions: the next sequence number and the
+/// hash it must chain to.
+struct Exporter {
+    var next: UInt64
+    let to: UInt64?
+    private var previous: ChainHash?
+
+    init(next: UInt64, to: UInt64?) {
+        self.next = next
+        self.to = to
+    }
+
+    var isDone: Bool { to.map { next > $0 } ?? false }
+
+    /// Prints every record from `next` on that the snapshot holds (through `to`).
+    mutating func export(_ snapshot: LedgerSnapshot, into out: inout OutputBuffer) throws {
+        guard !isDone else { return }
+        if previous == nil {
+            if next == 1 {
+                previous = .genesis
+            } else {
+                // The first exported record is checked against the stored hash of the one before.
+                let before = next - 1
+                let found: ChainHash?? = try snapshot.withRecordBytes(at: before) { bytes in
+                    guard let bytes else { return .some(nil) }
+                    guard let raw = RawRecord(bytes) else { return nil }
+                    return .some(raw.chainHash)
+                }
+                switch found {
+                case .none:
+                    throw AuditError("the ledger is damaged: record \(before) is unreadable (custody-audit verify checks it)")
+                case .some(nil):
+                    return  // not written yet (--follow waits)
+                case .some(let hash?):
+                    previous = hash
+                }
+            }
+        }
+        var damage: VerifyProblem?
+        try snapshot.forEachRecord(from: next) { key, bytes in
+            if let to, key > to { return false }
+            guard key == next else {
+                damage = .sequenceGap(expected: next, found: key)
+                return false
+            }
+            switch RecordCheck.check(key, bytes, previous: previous!) {
+            case .damaged(let problem):
+                damage = problem
+                return false
+            case .intact(let head):
+                previous = head.hash
+            }
+            guard let raw = RawRecord(bytes) else {
+                damage = .unreadableRecord(sequence: key, detail: "format this custody-audit cannot read")
+                return false
+            }
+            out.bytes = eventJSON(raw, into: out.bytes)
+            out.bytes.append(UInt8(ascii: "\n"))
+            out.flushIfLarge()
+            next += 1
+            return true
+        }
+        if let damage {
+            out.flush()  // every line so far was checked
+            throw AuditError("the ledger is damaged, export stopped: \(damage) (custody-audit verify checks it)")
+        }
+    }
+}
+
+/// A follower runs until it is told to stop. A parent may have started it with SIGINT and
+/// SIGTERM blocked or ignored (Foundation's `Process` passes on its thread's signal mask),
+/// which would make it unstoppable but by SIGKILL: give both their default action back.
+func restoreDefaultTermination() {
+    var set = sigset_t()
+    sigemptyset(&set)
+    for number in [SIGINT, SIGTERM, SIGHUP] {
+        sigaddset(&set, number)
+        signal(number, SIG_DFL)
+    }
+    pthread_sigmask(SIG_UNBLOCK, &set, nil)
+}
