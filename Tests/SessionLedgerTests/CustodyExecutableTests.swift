@@ -40,6 +40,11 @@ struct CustodyExecutableTests {
         (["--max-session-expiry-hours", "9"], "--max-session-expiry-hours must be between 1 and 8, got 9"),
         (["--max-session-expiry-hours", "one"], "max-session-expiry-hours"),
         (["--no-such-flag"], "--no-such-flag"),
+        (["--listen", "127.0.0.1"], "--listen"),
+        (["--listen", "127.0.0.1:65536"], "--listen"),
+        (["--listen", "127.0.0.1:0", "--listen", "::1:1883"], "--listen"),
+        (["--connect-timeout-seconds", "0"], "--connect-timeout-seconds must be between 1 and 3600, got 0"),
+        (["--log-level", "loud"], "--log-level"),
     ])
     func badFlagsExitWithAMessageNamingThem(arguments: [String], message: String) throws {
         let (status, _, error) = try runToEnd(try builtExecutable("custody"), arguments + ["--data-dir", temporaryDirectory("flags")])
@@ -54,6 +59,31 @@ struct CustodyExecutableTests {
         let (status, _, error) = try runToEnd(try builtExecutable("custody"), ["--data-dir", file])
         #expect(status == 1)
         #expect(error.contains("cannot open the ledger in \(file)"), "stderr: \(error)")
+    }
+
+    /// A listener that cannot be opened stops custody with a message naming the address.
+    @Test func portInUseIsNamed() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+                bind(fd, pointer, length) == 0 && listen(fd, 1) == 0 && getsockname(fd, pointer, &length) == 0
+            }
+        }
+        #expect(bound)
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        let directory = temporaryDirectory("port-in-use")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let (status, output, error) = try runToEnd(
+            try builtExecutable("custody"), ["--data-dir", directory, "--listen", "127.0.0.1:\(port)"])
+        #expect(status == 1)
+        #expect(error.contains("cannot listen on 127.0.0.1:\(port)"), "stderr: \(error)")
+        #expect(!output.contains("custody: running"))
     }
 
     /// Sessions left connected by a crash are closed by the next start; SIGTERM stops
@@ -72,7 +102,7 @@ struct CustodyExecutableTests {
 
         let process = Process()
         process.executableURL = try builtExecutable("custody")
-        process.arguments = ["--data-dir", directory]
+        process.arguments = ["--data-dir", directory, "--listen", "127.0.0.1:0"]
         let output = directory + ".out"
         _ = FileManager.default.createFile(atPath: output, contents: nil)
         defer { try? FileManager.default.removeItem(atPath: output) }
@@ -91,6 +121,8 @@ struct CustodyExecutableTests {
         let printed = try String(contentsOfFile: output, encoding: .utf8)
         #expect(printed.contains("disconnected_by_restart=3"), "\(printed)")
         #expect(printed.contains("SIGTERM received"))
+        #expect(printed.contains("custody: listening mqtt 127.0.0.1:"))
+        #expect(!printed.contains("custody: listening mqtt 127.0.0.1:0\n"), "port 0 is reported as the bound port")
 
         let store = try LedgerStore(directory: directory, options: LedgerStoreOptions(readOnly: true))
         defer { store.close() }

@@ -1,0 +1,409 @@
+import Logging
+import MQTTCodec
+import NIOCore
+import SessionLedger
+
+/// What every connection shares: the ledger, the pub/sub core, the registry, the log.
+final class FrontServices: Sendable {
+    let ledger: SessionLedger
+    let pubsub: (any PubSubEngine)?
+    let registry = ConnectionRegistry()
+    let logger: Logger
+    let machineSettings: ConnectionStateMachine.Settings
+    let connectTimeout: TimeAmount
+    let maximumPacketSize: Int
+
+    init(
+        ledger: SessionLedger, pubsub: (any PubSubEngine)?, logger: Logger, connectTimeout: TimeAmount,
+        maximumPacketSize: Int
+    ) {
+        self.ledger = ledger
+        self.pubsub = pubsub
+        self.logger = logger
+        self.connectTimeout = connectTimeout
+        self.maximumPacketSize = maximumPacketSize
+        self.machineSettings = ConnectionStateMachine.Settings(capabilities: pubsub?.capabilities ?? Self.noBroker)
+    }
+
+    /// Without a broker nothing is delivered: say so in the CONNACK.
+    static let noBroker: MQTTProperties = [
+        .retainAvailable(false), .wildcardSubscriptionAvailable(false), .subscriptionIdentifierAvailable(false),
+        .sharedSubscriptionAvailable(false),
+    ]
+
+    /// A session ended (expired, or ended with its connection): drop its pub/sub state,
+    /// unless a newer connection holds the name again already.
+    func sessionEnded(_ name: SessionName) {
+        guard let pubsub, !registry.isAttached(name) else { return }
+        let logger = self.logger
+        Task {
+            do {
+                try await pubsub.endSession(name)
+            } catch {
+                logger.error("broker: cannot end session \(name): \(error)")
+            }
+        }
+    }
+}
+
+/// Performs what the connection's state machine decides: talks to the ledger, the broker,
+/// the registry and the socket. Lives on its channel's event loop; answers from the ledger
+/// thread and from other connections hop there first.
+final class MQTTConnectionHandler: ChannelDuplexHandler {
+    typealias InboundIn = MQTTInbound
+    typealias InboundOut = Never
+    typealias OutboundIn = MQTTPacket
+    typealias OutboundOut = MQTTPacket
+
+    private let services: FrontServices
+    private let encoder: MQTTPacketEncoderHandler
+    private var machine: ConnectionStateMachine
+    private var context: ChannelHandlerContext?
+    private var channel: (any Channel)?
+    private var eventLoop: (any EventLoop)?
+    private var remoteAddress = ""
+    private var connectTimer: Scheduled<Void>?
+    private var keepAliveTimer: Scheduled<Void>?
+    private var connection: ConnectionNumber?
+    private var sessionName: SessionName?
+    private var pubsubSession: (any PubSubSession)?
+    private var brokerQueue = CircularBuffer<MQTTPacket>()
+    private var brokerBusy = false
+    /// A `read` from the pipeline held back while the broker or the claim catches up.
+    private var readHeld = false
+    private var finished: EventLoopPromise<Void>?
+    private var finishStarted = false
+
+    private static let brokerQueueLimit = 64
+
+    init(services: FrontServices, encoder: MQTTPacketEncoderHandler) {
+        self.services = services
+        self.encoder = encoder
+        self.machine = ConnectionStateMachine(settings: services.machineSettings)
+    }
+
+    // MARK: - Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        self.channel = context.channel
+        self.eventLoop = context.eventLoop
+        self.finished = context.eventLoop.makePromise(of: Void.self)
+        let logger = services.logger
+        encoder.onEncodingError = { packet, error in
+            logger.error("mqtt: cannot encode \(packet.type): \(error)")
+        }
+        if context.channel.isActive { started(context) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        connectTimer?.cancel()
+        keepAliveTimer?.cancel()
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        started(context)
+        context.fireChannelActive()
+    }
+
+    private func started(_ context: ChannelHandlerContext) {
+        guard connectTimer == nil else { return }
+        if let address = context.remoteAddress, let ip = address.ipAddress {
+            remoteAddress = address.protocol == .inet6 ? "[\(ip)]:\(address.port ?? 0)" : "\(ip):\(address.port ?? 0)"
+        }
+        connectTimer = context.eventLoop.assumeIsolated().scheduleTask(in: services.connectTimeout) { [self] in
+            perform(machine.connectTimeoutFired())
+        }
+        services.logger.debug("mqtt: accepted \(remoteAddress)")
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        process(unwrapInboundIn(data))
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        connectTimer?.cancel()
+        keepAliveTimer?.cancel()
+        perform(machine.channelInactive())
+        if connection == nil { finish(after: nil) }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // Resets and the like: the channel closes and channelInactive records the loss.
+        services.logger.debug("mqtt: \(remoteAddress): \(error)")
+        context.close(promise: nil)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if machine.pendingIsFull || brokerQueue.count >= Self.brokerQueueLimit {
+            readHeld = true
+        } else {
+            context.read()
+        }
+    }
+
+    private func resumeReadsIfHeld() {
+        guard readHeld, let context, !machine.pendingIsFull, brokerQueue.count < Self.brokerQueueLimit else { return }
+        readHeld = false
+        context.read()
+    }
+
+    // MARK: - Inputs from elsewhere (on this event loop)
+
+    func takenOver() {
+        perform(machine.takenOver())
+    }
+
+    func shutdown() {
+        perform(machine.shutdown())
+    }
+
+    private func claimCompleted(_ result: Result<ClaimOutcome, LedgerError>) {
+        perform(machine.claimCompleted(result))
+    }
+
+    // MARK: - Doing what the machine says
+
+    private func process(_ inbound: MQTTInbound) {
+        var number: ConnectionNumber = 0
+        if machine.needsConnectionNumber(for: inbound) {
+            number = services.ledger.nextConnectionNumber()
+            connection = number
+            if case .packet(.connect(let connect)) = inbound {
+                sessionName = SessionName(unchecked: connect.clientIdentifier)
+            }
+            if let eventLoop, let finished {
+                services.registry.register(number, ConnectionHandle(
+                    eventLoop: eventLoop, handler: NIOLoopBound(self, eventLoop: eventLoop), finished: finished.futureResult))
+            }
+        }
+        perform(machine.received(inbound, connection: number, remoteAddress: remoteAddress, now: .now()))
+    }
+
+    private func perform(_ action: ConnectionStateMachine.Action) {
+        if let version = machine.protocolVersion { encoder.encoder.protocolVersion = version }
+        switch action {
+        case .none:
+            break
+        case .send(let packets):
+            write(packets)
+        case .claim(let request):
+            connectTimer?.cancel()
+            claim(request)
+        case .deliver(let packet):
+            deliver(packet)
+        case .accept(let acceptance):
+            accept(acceptance)
+        case .reject(let connack, let why):
+            if let connection, let sessionName {
+                services.logger.info("mqtt: refused session=\(sessionName) conn=\(connection) remote=\(remoteAddress) why=\(why)")
+            } else {
+                services.logger.info("mqtt: closed remote=\(remoteAddress) why=\(why)")
+            }
+            close(sending: connack.map { [$0] } ?? [])
+            finish(after: nil)
+        case .close(let closing):
+            end(closing)
+        case .abandon(let grant, let closing):
+            if let replaced = grant.replacedConnection { _ = services.registry.takeOver(replaced) }
+            end(closing)
+        case .scheduleKeepAlive(let deadline):
+            scheduleKeepAlive(deadline)
+        }
+        resumeReadsIfHeld()
+    }
+
+    private func claim(_ request: ClaimRequest) {
+        guard let eventLoop else { return }
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        services.ledger.writer.claim(request) { result in
+            eventLoop.execute { bound.value.claimCompleted(result) }
+        }
+    }
+
+    private func accept(_ acceptance: ConnectionStateMachine.Acceptance) {
+        let grant = acceptance.grant
+        services.logger.info(
+            "mqtt: granted session=\(acceptance.identity.sessionName) client=\(acceptance.identity.authenticationName) conn=\(grant.connection) present=\(grant.sessionPresent ? 1 : 0) expiry=\(grant.expiryInterval) remote=\(remoteAddress)\(grant.replacedConnection.map { " replaced=\($0)" } ?? "")"
+        )
+        // R4: the old connection hears 0x8E and is gone (detached, closed) before the new CONNACK.
+        if let replaced = grant.replacedConnection, let eventLoop,
+            let gone = services.registry.takeOver(replaced)
+        {
+            gone.hop(to: eventLoop).assumeIsolated().whenComplete { [self] _ in
+                completeAcceptance(acceptance)
+            }
+            return
+        }
+        completeAcceptance(acceptance)
+    }
+
+    private func completeAcceptance(_ acceptance: ConnectionStateMachine.Acceptance) {
+        guard machine.isAccepting, let context else { return }
+        let identity = acceptance.identity
+        encoder.maximumPacketSize = identity.maximumPacketSize
+        context.write(wrapOutboundOut(acceptance.connack), promise: nil)
+        if let pubsub = services.pubsub {
+            // Attached after the CONNACK is written, so that queued deliveries follow it.
+            pubsubSession = pubsub.attachSession(
+                name: identity.sessionName, persistent: acceptance.grant.expiryInterval > 0,
+                sessionPresent: acceptance.grant.sessionPresent, protocolVersion: identity.protocolVersion,
+                receiveMaximum: identity.receiveMaximum, sink: ConnectionSink(channel: context.channel))
+            services.registry.attached(identity.sessionName, by: identity.connection)
+        }
+        let (pending, keepAlive) = machine.accepted(now: .now())
+        context.flush()
+        if let keepAlive { scheduleKeepAlive(keepAlive) }
+        for inbound in pending { process(inbound) }
+    }
+
+    private func scheduleKeepAlive(_ deadline: NIODeadline) {
+        guard let eventLoop else { return }
+        keepAliveTimer = eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            perform(machine.keepAliveTimerFired(now: .now()))
+        }
+    }
+
+    private func write(_ packets: [MQTTPacket]) {
+        guard let context, !packets.isEmpty else { return }
+        for packet in packets { context.write(wrapOutboundOut(packet), promise: nil) }
+        context.flush()
+    }
+
+    /// Sends what is left to say, then closes once it is written.
+    private func close(sending packets: [MQTTPacket]) {
+        guard let context else { return }
+        guard !packets.isEmpty else {
+            context.close(promise: nil)
+            return
+        }
+        for packet in packets.dropLast() { context.write(wrapOutboundOut(packet), promise: nil) }
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(packets.last!), promise: written)
+        written.futureResult.assumeIsolated().whenComplete { [self] _ in
+            self.context?.close(promise: nil)
+        }
+    }
+
+    private func end(_ closing: ConnectionStateMachine.Closing) {
+        connectTimer?.cancel()
+        keepAliveTimer?.cancel()
+        let name = closing.release?.sessionName ?? sessionName
+        services.logger.info(
+            "mqtt: closed session=\(name.map { "\($0)" } ?? "-") conn=\(connection ?? 0) remote=\(remoteAddress) why=\(closing.why)")
+        detach()
+        if !closing.channelGone { close(sending: closing.packets) }
+        guard let request = closing.release, let eventLoop else {
+            finish(after: nil)
+            return
+        }
+        let released = eventLoop.makePromise(of: Void.self)
+        let services = self.services
+        services.ledger.writer.release(request) { result in
+            switch result {
+            case .success(let event?):
+                // Interval 0: the session ended with its connection.
+                if event.expiryInterval == 0 { services.sessionEnded(request.sessionName) }
+            case .success(nil):
+                break
+            case .failure(let error):
+                services.logger.error("ledger: cannot record the end of conn=\(request.connection) session=\(request.sessionName): \(error)")
+            }
+            released.succeed()
+        }
+        finish(after: released.futureResult)
+    }
+
+    private func detach() {
+        brokerQueue.removeAll()
+        guard let session = pubsubSession else { return }
+        pubsubSession = nil
+        services.pubsub?.detachSession(session)
+        if let sessionName, let connection { services.registry.detached(sessionName, by: connection) }
+    }
+
+    /// Completes `finished` once the channel is closed and `released` (if any) is done.
+    private func finish(after released: EventLoopFuture<Void>?) {
+        guard !finishStarted, let finished, let channel else { return }
+        finishStarted = true
+        let registry = services.registry
+        let connection = self.connection
+        var done = channel.closeFuture
+        if let released { done = done.and(released).map { _ in } }
+        done.whenComplete { _ in
+            if let connection { registry.unregister(connection) }
+            finished.succeed()
+        }
+    }
+
+    // MARK: - Pub/sub
+
+    private func deliver(_ packet: MQTTPacket) {
+        guard let session = pubsubSession else {
+            write(MinimalPubSub.answer(packet, version: machine.protocolVersion ?? .mqtt3_1_1))
+            return
+        }
+        brokerQueue.append(packet)
+        if !brokerBusy { pump(session) }
+    }
+
+    private func pump(_ session: any PubSubSession) {
+        guard let eventLoop, let packet = brokerQueue.popFirst() else {
+            brokerBusy = false
+            return
+        }
+        brokerBusy = true
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        Task {
+            let result: Result<[MQTTPacket], any Error>
+            do {
+                result = .success(try await session.handle(packet))
+            } catch {
+                result = .failure(error)
+            }
+            eventLoop.execute { bound.value.brokerAnswered(result, session: session) }
+        }
+    }
+
+    private func brokerAnswered(_ result: Result<[MQTTPacket], any Error>, session: any PubSubSession) {
+        guard machine.isActive else {
+            brokerBusy = false
+            return
+        }
+        switch result {
+        case .success(let packets):
+            write(packets)
+            pump(session)
+        case .failure(let error):
+            brokerBusy = false
+            let (code, why) = brokerFailure(error)
+            perform(machine.brokerFailed(code: code, why: why))
+        }
+        resumeReadsIfHeld()
+    }
+
+    private func brokerFailure(_ error: any Error) -> (MQTTReasonCode, String) {
+        if let failure = error as? any PubSubFailure { return (failure.reasonCode, "broker: \(error)") }
+        return (.implementationSpecificError, "broker: \(error)")
+    }
+
+    // MARK: - Outbound
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        context.write(data, promise: promise)
+    }
+}
+
+/// An error from the pub/sub core that names the reason code to close with.
+public protocol PubSubFailure: Error {
+    var reasonCode: MQTTReasonCode { get }
+}
+
+extension ConnectionStateMachine {
+    var isAccepting: Bool {
+        if case .accepting = state { return true }
+        return false
+    }
+}

@@ -1,0 +1,64 @@
+import NIOCore
+import SessionLedger
+import Synchronization
+
+/// A connection that holds (or is claiming) a session, reachable from other event loops.
+struct ConnectionHandle: Sendable {
+    let eventLoop: any EventLoop
+    let handler: NIOLoopBound<MQTTConnectionHandler>
+    /// Succeeds once the connection is closed, detached from the broker and its end recorded.
+    let finished: EventLoopFuture<Void>
+}
+
+/// Connections by number, so that a takeover (R4) reaches the connection the ledger names,
+/// and sessions attached to the broker by name, so that an expiry never ends a session that
+/// a newer connection already holds.
+final class ConnectionRegistry: Sendable {
+    private struct Tables {
+        var connections: [ConnectionNumber: ConnectionHandle] = [:]
+        var attached: [SessionName: ConnectionNumber] = [:]
+    }
+
+    private let tables = Mutex(Tables())
+
+    func register(_ connection: ConnectionNumber, _ handle: ConnectionHandle) {
+        tables.withLock { $0.connections[connection] = handle }
+    }
+
+    func unregister(_ connection: ConnectionNumber) {
+        tables.withLock { _ = $0.connections.removeValue(forKey: connection) }
+    }
+
+    func attached(_ name: SessionName, by connection: ConnectionNumber) {
+        tables.withLock { $0.attached[name] = connection }
+    }
+
+    func detached(_ name: SessionName, by connection: ConnectionNumber) {
+        tables.withLock { tables in
+            if tables.attached[name] == connection { tables.attached.removeValue(forKey: name) }
+        }
+    }
+
+    func isAttached(_ name: SessionName) -> Bool {
+        tables.withLock { $0.attached[name] != nil }
+    }
+
+    /// Tells `connection` it lost its session; the future says when it is gone.
+    /// nil when no such connection is here any more.
+    func takeOver(_ connection: ConnectionNumber) -> EventLoopFuture<Void>? {
+        guard let handle = tables.withLock({ $0.connections[connection] }) else { return nil }
+        handle.eventLoop.execute { handle.handler.value.takenOver() }
+        return handle.finished
+    }
+
+    /// Asks every connection to close; the futures say when each is gone.
+    func shutdownAll() -> [EventLoopFuture<Void>] {
+        let handles = tables.withLock { Array($0.connections.values) }
+        return handles.map { handle in
+            handle.eventLoop.execute { handle.handler.value.shutdown() }
+            return handle.finished
+        }
+    }
+
+    var count: Int { tables.withLock { $0.connections.count } }
+}

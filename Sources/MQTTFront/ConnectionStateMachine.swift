@@ -1,0 +1,448 @@
+import MQTTCodec
+import NIOCore
+import SessionLedger
+
+/// What the decoder hands the connection: a packet, or the reason the bytes were not one.
+public enum MQTTInbound: Sendable, Equatable {
+    case packet(MQTTPacket)
+    case failure(MQTTDecodingError)
+}
+
+/// The life of one MQTT connection, as a value: every input returns what to do, and nothing
+/// here touches a socket, a clock or the ledger. The channel handler performs the actions.
+///
+///     awaitingConnect ──CONNECT──▶ connecting ──granted──▶ accepting ──accepted()──▶ active
+///            │                        │  rejected / R8            │                    │
+///            ▼                        ▼                           ▼                    ▼
+///         closing ◀────────────────────────────────────────────────────────────────────┘
+///
+/// `connecting` waits for the ledger (the claim is durable before any answer); `accepting`
+/// waits for a replaced connection to be gone and the broker to attach, then the CONNACK goes
+/// out. Packets that arrive meanwhile wait in `pending` (MQTT-3.1.4-6: nothing after CONNECT
+/// is processed before the CONNACK).
+public struct ConnectionStateMachine: Sendable {
+    /// Who this connection is, from its CONNECT.
+    public struct Identity: Sendable {
+        public var sessionName: SessionName
+        public var authenticationName: AuthenticationName
+        public var connection: ConnectionNumber
+        public var protocolVersion: MQTTProtocolVersion
+        /// The Session Expiry Interval the CONNECT asked for (v3.1.1: 0 or UInt32.max).
+        public var requestedExpiry: UInt32
+        /// Seconds; 0 turns keep-alive off.
+        public var keepAlive: UInt16
+        /// v5 Receive Maximum of the client (how many QoS > 0 messages it takes at once).
+        public var receiveMaximum: Int
+        /// v5 Maximum Packet Size of the client, if it set one.
+        public var maximumPacketSize: Int?
+        public var remoteAddress: String
+        /// The CONNECT named an authentication method; none is supported (0x8C).
+        public var authenticationMethod: String?
+    }
+
+    /// Why a connection that is not yet active must not become so when its claim comes back.
+    public enum Abandonment: Sendable, Equatable {
+        /// The channel went away; record the end with this reason.
+        case lost(DisconnectReason)
+        /// A newer connection of the same identity took the session over.
+        case takenOver
+    }
+
+    enum State: Sendable {
+        case awaitingConnect
+        case connecting(Identity, pending: [MQTTInbound], abandoned: Abandonment?)
+        case accepting(Identity, SessionGrant, pending: [MQTTInbound])
+        case active(Identity, SessionGrant, lastActivity: NIODeadline)
+        /// The version answers are encoded in, when known.
+        case closing(MQTTProtocolVersion?)
+    }
+
+    /// A CONNACK success plus what the handler needs to attach the session.
+    public struct Acceptance: Sendable {
+        public var identity: Identity
+        public var grant: SessionGrant
+        public var connack: MQTTPacket
+    }
+
+    /// End the connection: send `packets` (may be empty), close, and record `release` in the ledger.
+    public struct Closing: Sendable {
+        public var packets: [MQTTPacket]
+        /// nil when there is nothing to record (never granted, or taken over).
+        public var release: ReleaseRequest?
+        /// Why, for the log: a reason name or the decoder's description.
+        public var why: String
+        /// True when the channel is already gone: nothing can be sent.
+        public var channelGone: Bool
+    }
+
+    public enum Action: Sendable {
+        case none
+        /// Answers on an active connection.
+        case send([MQTTPacket])
+        /// Ask the ledger; come back with `claimCompleted`.
+        case claim(ClaimRequest)
+        /// A pub/sub packet for the broker session, in arrival order.
+        case deliver(MQTTPacket)
+        /// Granted: end `grant.replacedConnection` if any, attach, send the CONNACK, then call `accepted(now:)`.
+        case accept(Acceptance)
+        /// Refused CONNECT: send this CONNACK (if any) and close; the ledger recorded the rejection.
+        case reject(connack: MQTTPacket?, why: String)
+        case close(Closing)
+        /// Granted, but the connection is already gone or taken over: end
+        /// `grant.replacedConnection` if any, then perform `closing`.
+        case abandon(SessionGrant, Closing)
+        /// Check keep-alive again at this time.
+        case scheduleKeepAlive(NIODeadline)
+    }
+
+    public struct Settings: Sendable {
+        /// Appended to every v5 CONNACK that grants: what the broker does and does not do.
+        public var capabilities: MQTTProperties
+        /// Most pending packets kept while the claim is in flight; beyond, reads stop.
+        public var pendingLimit: Int
+
+        public init(capabilities: MQTTProperties = [], pendingLimit: Int = 256) {
+            self.capabilities = capabilities
+            self.pendingLimit = pendingLimit
+        }
+    }
+
+    var state: State = .awaitingConnect
+    let settings: Settings
+
+    public init(settings: Settings = Settings()) {
+        self.settings = settings
+    }
+
+    /// The version to encode in: the CONNECT's, once there is one. A CONNECT refused before
+    /// its version was known is answered in 3.1.1's format (MQTT-3.1.2-2 for unknown levels).
+    public var protocolVersion: MQTTProtocolVersion? {
+        switch state {
+        case .awaitingConnect: nil
+        case .closing(let version): version
+        case .connecting(let identity, _, _), .accepting(let identity, _, _), .active(let identity, _, _):
+            identity.protocolVersion
+        }
+    }
+
+    public var isActive: Bool {
+        if case .active = state { return true }
+        return false
+    }
+
+    /// True while packets are held back for the CONNACK; the handler stops reading when this
+    /// holds more than the limit.
+    public var pendingIsFull: Bool {
+        switch state {
+        case .connecting(_, let pending, _), .accepting(_, _, let pending): pending.count >= settings.pendingLimit
+        default: false
+        }
+    }
+
+    // MARK: - Inputs
+
+    /// A packet or a decoding failure from the peer. `connection` is a fresh number the caller
+    /// draws only when `needsConnectionNumber(for:)` says so (a first CONNECT).
+    public mutating func received(
+        _ inbound: MQTTInbound, connection: ConnectionNumber = 0, remoteAddress: String = "", now: NIODeadline
+    ) -> Action {
+        switch state {
+        case .awaitingConnect:
+            switch inbound {
+            case .packet(.connect(let connect)):
+                return connectReceived(connect, connection: connection, remoteAddress: remoteAddress)
+            case .packet(let other):
+                // The decoder refuses anything but CONNECT first; be safe anyway.
+                state = .closing(nil)
+                return .reject(connack: nil, why: "\(other.type) before CONNECT")
+            case .failure(let error):
+                let answer = Self.connackForBrokenConnect(error)
+                state = .closing(answer.map { _ in error.protocolVersion ?? .mqtt3_1_1 })
+                return .reject(connack: answer, why: error.description)
+            }
+        case .connecting(let identity, var pending, let abandoned):
+            pending.append(inbound)
+            state = .connecting(identity, pending: pending, abandoned: abandoned)
+            return .none
+        case .accepting(let identity, let grant, var pending):
+            pending.append(inbound)
+            state = .accepting(identity, grant, pending: pending)
+            return .none
+        case .active(let identity, let grant, _):
+            state = .active(identity, grant, lastActivity: now)
+            switch inbound {
+            case .packet(let packet): return activePacket(packet, identity: identity, grant: grant)
+            case .failure(let error):
+                return closeForClientError(identity, code: error.reasonCode, why: error.description)
+            }
+        case .closing:
+            return .none
+        }
+    }
+
+    /// True when `received` will start a claim: the caller then draws a connection number.
+    public func needsConnectionNumber(for inbound: MQTTInbound) -> Bool {
+        if case .awaitingConnect = state, case .packet(.connect) = inbound { return true }
+        return false
+    }
+
+    /// The ledger's answer to the claim `received` asked for.
+    public mutating func claimCompleted(_ result: Result<ClaimOutcome, LedgerError>) -> Action {
+        guard case .connecting(let identity, let pending, let abandoned) = state else { return .none }
+        let grant: SessionGrant
+        switch result {
+        case .failure(let error):
+            state = .closing(identity.protocolVersion)
+            return .reject(connack: connack(identity, code: .serverUnavailable), why: "ledger: \(error)")
+        case .success(.rejected(let reason, _)):
+            state = .closing(identity.protocolVersion)
+            let code = Self.reasonCode(for: reason, authenticationMethod: identity.authenticationMethod)
+            return .reject(connack: connack(identity, code: code), why: "\(reason)")
+        case .success(.granted(let granted)):
+            grant = granted
+        }
+        switch abandoned {
+        case nil:
+            state = .accepting(identity, grant, pending: pending)
+            return .accept(Acceptance(identity: identity, grant: grant, connack: successConnack(identity, grant)))
+        case .lost(let reason):
+            state = .closing(identity.protocolVersion)
+            return .abandon(grant, Closing(
+                packets: [], release: release(identity, reason), why: "\(reason) before the CONNACK",
+                channelGone: true))
+        case .takenOver:
+            // Granted, then replaced before the CONNACK went out: tell the client both.
+            state = .closing(identity.protocolVersion)
+            var packets = [successConnack(identity, grant)]
+            if identity.protocolVersion == .mqtt5 {
+                packets.append(.disconnect(MQTTDisconnect(reasonCode: .sessionTakenOver)))
+            }
+            return .abandon(grant, Closing(packets: packets, release: nil, why: "sessionTakenOver", channelGone: false))
+        }
+    }
+
+    /// The replaced connection is gone, the session attached and the CONNACK sent: packets
+    /// that waited are returned for `received`, in order, and keep-alive starts.
+    public mutating func accepted(now: NIODeadline) -> (pending: [MQTTInbound], keepAlive: NIODeadline?) {
+        guard case .accepting(let identity, let grant, let pending) = state else { return ([], nil) }
+        state = .active(identity, grant, lastActivity: now)
+        return (pending, keepAliveDeadline(identity, from: now))
+    }
+
+    /// The keep-alive timer fired.
+    public mutating func keepAliveTimerFired(now: NIODeadline) -> Action {
+        guard case .active(let identity, _, let last) = state, let deadline = keepAliveDeadline(identity, from: last)
+        else { return .none }
+        guard now >= deadline else { return .scheduleKeepAlive(deadline) }
+        state = .closing(identity.protocolVersion)
+        return .close(Closing(
+            packets: disconnect(identity, .keepAliveTimeout), release: release(identity, .connectionLost),
+            why: "keep-alive timeout (\(identity.keepAlive)s x 1.5)", channelGone: false))
+    }
+
+    /// No CONNECT in time.
+    public mutating func connectTimeoutFired() -> Action {
+        guard case .awaitingConnect = state else { return .none }
+        state = .closing(nil)
+        return .reject(connack: nil, why: "no CONNECT in time")
+    }
+
+    /// Another connection of the same identity took the session over (R4): the ledger has
+    /// recorded it, so nothing is released here.
+    public mutating func takenOver() -> Action {
+        switch state {
+        case .connecting(let identity, let pending, _):
+            state = .connecting(identity, pending: pending, abandoned: .takenOver)
+            return .none
+        case .accepting(let identity, _, _), .active(let identity, _, _):
+            state = .closing(identity.protocolVersion)
+            return .close(Closing(
+                packets: disconnect(identity, .sessionTakenOver), release: nil, why: "sessionTakenOver",
+                channelGone: false))
+        case .awaitingConnect, .closing:
+            return .none
+        }
+    }
+
+    /// The broker is stopping.
+    public mutating func shutdown() -> Action {
+        switch state {
+        case .awaitingConnect:
+            state = .closing(nil)
+            return .reject(connack: nil, why: "server shutting down")
+        case .connecting(let identity, let pending, let abandoned):
+            state = .connecting(identity, pending: pending, abandoned: abandoned ?? .lost(.serverInitiatedDisconnect))
+            return .none
+        case .accepting(let identity, _, _), .active(let identity, _, _):
+            state = .closing(identity.protocolVersion)
+            return .close(Closing(
+                packets: disconnect(identity, .serverShuttingDown), release: release(identity, .serverInitiatedDisconnect),
+                why: "serverInitiatedDisconnect", channelGone: false))
+        case .closing:
+            return .none
+        }
+    }
+
+    /// The broker session failed to handle a packet: close with `code`.
+    public mutating func brokerFailed(code: MQTTReasonCode, why: String) -> Action {
+        guard case .active(let identity, _, _) = state else { return .none }
+        state = .closing(identity.protocolVersion)
+        return .close(Closing(
+            packets: disconnect(identity, code), release: release(identity, .serverError), why: why, channelGone: false))
+    }
+
+    /// The channel is gone (peer closed, reset, or we closed it).
+    public mutating func channelInactive() -> Action {
+        switch state {
+        case .awaitingConnect:
+            state = .closing(nil)
+            return .none
+        case .connecting(let identity, let pending, let abandoned):
+            state = .connecting(identity, pending: pending, abandoned: abandoned ?? .lost(.connectionLost))
+            return .none
+        case .accepting(let identity, _, _), .active(let identity, _, _):
+            state = .closing(identity.protocolVersion)
+            return .close(Closing(
+                packets: [], release: release(identity, .connectionLost), why: "connectionLost", channelGone: true))
+        case .closing:
+            return .none
+        }
+    }
+
+    // MARK: - Rules
+
+    private mutating func connectReceived(
+        _ connect: MQTTConnect, connection: ConnectionNumber, remoteAddress: String
+    ) -> Action {
+        let version = connect.protocolVersion
+        let requested: UInt32
+        if version == .mqtt5 {
+            requested = connect.properties.sessionExpiryInterval ?? 0
+        } else {
+            // 3.1.1 has no interval: a kept session lasts as long as the policy allows.
+            requested = connect.cleanStart ? 0 : UInt32.max
+        }
+        // DESIGN §1: the Username names the client; without one, the session name does.
+        let authenticationText = connect.userName ?? connect.clientIdentifier
+        let method = version == .mqtt5 ? connect.properties.authenticationMethod : nil
+        let identity = Identity(
+            sessionName: SessionName(unchecked: connect.clientIdentifier),
+            authenticationName: AuthenticationName(unchecked: authenticationText),
+            connection: connection, protocolVersion: version, requestedExpiry: requested,
+            keepAlive: connect.keepAlive,
+            receiveMaximum: version == .mqtt5 ? Int(connect.properties.receiveMaximum ?? 65_535) : 20,
+            maximumPacketSize: version == .mqtt5 ? connect.properties.maximumPacketSize.map(Int.init) : nil,
+            remoteAddress: remoteAddress, authenticationMethod: method)
+        state = .connecting(identity, pending: [], abandoned: nil)
+        return .claim(ClaimRequest(
+            authenticationName: identity.authenticationName, sessionName: identity.sessionName,
+            connection: connection, protocolVersion: ProtocolVersion(rawValue: version.rawValue) ?? .unknown,
+            cleanStart: connect.cleanStart, requestedExpiryInterval: requested, remoteAddress: remoteAddress,
+            identity: method == nil ? .authenticated : .authenticationFailed))
+    }
+
+    private mutating func activePacket(_ packet: MQTTPacket, identity: Identity, grant: SessionGrant) -> Action {
+        switch packet {
+        case .pingreq:
+            return .send([.pingresp])
+        case .publish(let publish):
+            // Topic Alias Maximum is not sent, so it is 0: any alias is invalid (MQTT-3.3.2-8).
+            if publish.properties.topicAlias != nil {
+                return closeForClientError(identity, code: .topicAliasInvalid, why: "PUBLISH with a Topic Alias")
+            }
+            // Section 3.2.2.3.5: Retain Available 0 in the CONNACK makes a retained PUBLISH an error (0x9A).
+            if publish.retain, identity.protocolVersion == .mqtt5, settings.capabilities.retainAvailable == false {
+                return closeForClientError(identity, code: .retainNotSupported, why: "retained PUBLISH, retain is not available")
+            }
+            return .deliver(packet)
+        case .puback, .pubrec, .pubrel, .pubcomp, .subscribe, .unsubscribe:
+            return .deliver(packet)
+        case .disconnect(let disconnect):
+            let newExpiry = identity.protocolVersion == .mqtt5 ? disconnect.properties.sessionExpiryInterval : nil
+            if let newExpiry, newExpiry != 0, identity.requestedExpiry == 0 {
+                // MQTT-3.14.2-2: a session that was to end with the connection cannot be kept now.
+                return closeForClientError(
+                    identity, code: .protocolError, why: "DISCONNECT raises the Session Expiry Interval from 0")
+            }
+            state = .closing(identity.protocolVersion)
+            var request = release(identity, .clientInitiatedDisconnect)
+            request.newExpiryInterval = newExpiry
+            return .close(Closing(
+                packets: [], release: request, why: "clientInitiatedDisconnect (\(disconnect.reasonCode))",
+                channelGone: false))
+        case .connect:
+            return closeForClientError(identity, code: .protocolError, why: "second CONNECT")
+        case .auth:
+            return closeForClientError(identity, code: .protocolError, why: "AUTH without an authentication method")
+        case .connack, .suback, .unsuback, .pingresp:
+            return closeForClientError(identity, code: .protocolError, why: "\(packet.type) from a client")
+        }
+    }
+
+    private mutating func closeForClientError(_ identity: Identity, code: MQTTReasonCode, why: String) -> Action {
+        state = .closing(identity.protocolVersion)
+        return .close(Closing(
+            packets: disconnect(identity, code), release: release(identity, .clientError), why: why, channelGone: false))
+    }
+
+    private func release(_ identity: Identity, _ reason: DisconnectReason) -> ReleaseRequest {
+        ReleaseRequest(
+            sessionName: identity.sessionName, connection: identity.connection, reason: reason,
+            remoteAddress: identity.remoteAddress)
+    }
+
+    /// A v5 DISCONNECT; 3.1.1 has no server DISCONNECT, its client just loses the connection.
+    private func disconnect(_ identity: Identity, _ code: MQTTReasonCode) -> [MQTTPacket] {
+        identity.protocolVersion == .mqtt5 ? [.disconnect(MQTTDisconnect(reasonCode: code))] : []
+    }
+
+    private func connack(_ identity: Identity, code: MQTTReasonCode) -> MQTTPacket {
+        .connack(MQTTConnAck(sessionPresent: false, reasonCode: code))
+    }
+
+    private func successConnack(_ identity: Identity, _ grant: SessionGrant) -> MQTTPacket {
+        var properties = MQTTProperties()
+        if identity.protocolVersion == .mqtt5 {
+            // Section 3.2.2.3.2: the server tells the interval in force when it is not the one asked.
+            if grant.expiryInterval != identity.requestedExpiry {
+                properties.append(.sessionExpiryInterval(grant.expiryInterval))
+            }
+            properties.list.append(contentsOf: settings.capabilities.list)
+        }
+        return .connack(MQTTConnAck(sessionPresent: grant.sessionPresent, reasonCode: .success, properties: properties))
+    }
+
+    private func keepAliveDeadline(_ identity: Identity, from: NIODeadline) -> NIODeadline? {
+        guard identity.keepAlive > 0 else { return nil }
+        // MQTT-3.1.2-22 / 3.1.1 §3.1.2.10: one and a half times the Keep Alive.
+        return from + .milliseconds(Int64(identity.keepAlive) * 1500)
+    }
+
+    /// DESIGN §1's table, in v5 terms; the encoder maps them to 3.1.1 return codes (5, 4, 2, 3).
+    public static func reasonCode(for reason: RejectionReason, authenticationMethod: String?) -> MQTTReasonCode {
+        switch reason {
+        case .invalidSessionName: .clientIdentifierNotValid  // R1
+        case .quotaExceeded: .quotaExceeded  // R3
+        case .ownedByAnotherClient: .notAuthorized  // R6
+        case .unknownClient, .clientDisabled: .notAuthorized  // R7
+        case .authenticationFailed: authenticationMethod == nil ? .badUserNameOrPassword : .badAuthenticationMethod
+        case .invalidAuthenticationName: .badUserNameOrPassword
+        }
+    }
+
+    /// A CONNECT the decoder refused. A ClientID that is not valid UTF-8 is R1 (0x85 / 2);
+    /// otherwise a v5 CONNACK carries the decoder's code, an unknown protocol level gets
+    /// 3.1.1's return code 1, and a 3.1.1 peer just loses the connection.
+    static func connackForBrokenConnect(_ error: MQTTDecodingError) -> MQTTPacket? {
+        guard error.packetType == .connect else { return nil }
+        switch error.problem {
+        case .invalidUTF8("client identifier"), .nullCharacter("client identifier"):
+            return .connack(MQTTConnAck(reasonCode: .clientIdentifierNotValid))
+        case .unsupportedProtocol:
+            return .connack(MQTTConnAck(reasonCode: .unsupportedProtocolVersion))
+        default:
+            guard error.protocolVersion == .mqtt5 else { return nil }
+            return .connack(MQTTConnAck(reasonCode: error.reasonCode))
+        }
+    }
+}

@@ -1,0 +1,149 @@
+// The MQTT front: listeners and the connection state machine; see DESIGN.md §3.
+import Logging
+import MQTTCodec
+import NIOCore
+import NIOPosix
+import SessionLedger
+import Synchronization
+
+/// `HOST:PORT`, as `--listen` takes it. IPv6 hosts go in brackets: `[::1]:1883`.
+public struct ListenAddress: Sendable, Hashable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public static let defaultMQTT = ListenAddress(host: "127.0.0.1", port: 1883)
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// nil when `text` is not `HOST:PORT` with a port of 0-65535 (0: any free port).
+    public init?(parsing text: String) {
+        guard let colon = text.lastIndex(of: ":") else { return nil }
+        var host = String(text[..<colon])
+        let portText = text[text.index(after: colon)...]
+        guard !portText.isEmpty, portText.allSatisfy(\.isASCII), let port = Int(portText), (0...65_535).contains(port)
+        else { return nil }
+        if host.hasPrefix("[") {
+            guard host.hasSuffix("]"), host.count > 2 else { return nil }
+            host = String(host.dropFirst().dropLast())
+        } else if host.contains(":") {
+            return nil  // an IPv6 address without brackets is ambiguous
+        }
+        guard !host.isEmpty, !host.contains(where: { $0 == " " || $0 == "/" }) else { return nil }
+        self.host = host
+        self.port = port
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+public struct MQTTFrontConfiguration: Sendable {
+    public var listeners: [ListenAddress]
+    /// How long a new connection may take to send its CONNECT.
+    public var connectTimeout: TimeAmount
+    /// Largest packet accepted from a client, fixed header included.
+    public var maximumPacketSize: Int
+    public var eventLoopThreads: Int
+
+    public init(
+        listeners: [ListenAddress] = [.defaultMQTT], connectTimeout: TimeAmount = .seconds(10),
+        maximumPacketSize: Int = MQTTDecoder.largestPacketSize, eventLoopThreads: Int = System.coreCount
+    ) {
+        self.listeners = listeners
+        self.connectTimeout = connectTimeout
+        self.maximumPacketSize = maximumPacketSize
+        self.eventLoopThreads = eventLoopThreads
+    }
+}
+
+/// A listener could not be opened.
+public struct ListenError: Error, CustomStringConvertible {
+    public var address: ListenAddress
+    public var underlying: any Error
+    public var description: String { "cannot listen on \(address): \(underlying)" }
+}
+
+/// The MQTT listeners and their connections. Every CONNECT becomes a ledger claim; the
+/// CONNACK follows only once the decision is durable.
+public final class MQTTFront: Sendable {
+    private let services: FrontServices
+    private let configuration: MQTTFrontConfiguration
+    private let group: MultiThreadedEventLoopGroup
+    private let servers = Mutex<[any Channel]>([])
+
+    public init(
+        ledger: SessionLedger, pubsub: (any PubSubEngine)?, configuration: MQTTFrontConfiguration = .init(),
+        logger: Logger = Logger(label: "custody.mqtt")
+    ) {
+        self.configuration = configuration
+        self.services = FrontServices(
+            ledger: ledger, pubsub: pubsub, logger: logger, connectTimeout: configuration.connectTimeout,
+            maximumPacketSize: configuration.maximumPacketSize)
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.eventLoopThreads))
+    }
+
+    /// Opens every listener; returns the addresses actually bound (port 0 becomes a real port).
+    /// If one fails, those already open are closed and the error names the address.
+    public func start() async throws -> [ListenAddress] {
+        let services = self.services
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let encoder = MQTTPacketEncoderHandler()
+                    let operations = channel.pipeline.syncOperations
+                    try operations.addHandler(ByteToMessageHandler(
+                        MQTTFrameDecoder(maximumPacketSize: services.maximumPacketSize)))
+                    try operations.addHandler(encoder)
+                    try operations.addHandler(MQTTConnectionHandler(services: services, encoder: encoder))
+                }
+            }
+        var bound: [ListenAddress] = []
+        for address in configuration.listeners {
+            do {
+                let channel = try await bootstrap.bind(host: address.host, port: address.port).get()
+                servers.withLock { $0.append(channel) }
+                bound.append(ListenAddress(host: address.host, port: channel.localAddress?.port ?? address.port))
+            } catch {
+                await closeListeners()
+                throw ListenError(address: address, underlying: error)
+            }
+        }
+        return bound
+    }
+
+    /// Sessions the ledger expired: their pub/sub state goes too.
+    public func sessionsExpired(_ events: [LedgerEvent]) {
+        for event in events { services.sessionEnded(event.sessionName) }
+    }
+
+    /// Connections holding a session (or claiming one) right now.
+    public var connectionCount: Int { services.registry.count }
+
+    /// Stops listening, ends every connection (v5: DISCONNECT 0x8B) and records each end in
+    /// the ledger, waiting up to `grace` for that; then stops the event loops.
+    public func shutdown(grace: TimeAmount = .seconds(5)) async {
+        await closeListeners()
+        let loop = group.next()
+        let all = EventLoopFuture.andAllComplete(services.registry.shutdownAll(), on: loop)
+        let timeout = loop.makePromise(of: Void.self)
+        let timer = loop.scheduleTask(in: grace) { timeout.succeed() }
+        all.cascade(to: timeout)
+        try? await timeout.futureResult.get()
+        timer.cancel()
+        try? await group.shutdownGracefully()
+    }
+
+    private func closeListeners() async {
+        let channels = servers.withLock { channels in
+            defer { channels.removeAll() }
+            return channels
+        }
+        for channel in channels { try? await channel.close() }
+    }
+}

@@ -1,0 +1,74 @@
+import MQTTCodec
+import NIOCore
+import SessionLedger
+
+/// What the front needs from the pub/sub core. The `Broker` conforms; without one the
+/// front answers pub/sub packets minimally (acknowledges, delivers nothing).
+public protocol PubSubEngine: Sendable {
+    /// Once the CONNACK is written, from the connection's event loop.
+    func attachSession(
+        name: SessionName, persistent: Bool, sessionPresent: Bool, protocolVersion: MQTTProtocolVersion,
+        receiveMaximum: Int, sink: ConnectionSink
+    ) -> any PubSubSession
+    func detachSession(_ session: any PubSubSession)
+    /// The session is over (expired, or ended with its connection): drop its state.
+    func endSession(_ name: SessionName) async throws
+    /// Added to every v5 CONNACK that grants: what this engine does not do.
+    var capabilities: MQTTProperties { get }
+}
+
+public protocol PubSubSession: Sendable {
+    /// One client packet, in arrival order; returns the answers to send.
+    func handle(_ packet: MQTTPacket) async throws -> [MQTTPacket]
+}
+
+/// Packets the broker sends on its own (deliveries) to one connection, from any thread.
+public final class ConnectionSink: Sendable {
+    let channel: any Channel
+
+    init(channel: any Channel) {
+        self.channel = channel
+    }
+
+    public func send(_ packets: [MQTTPacket]) {
+        guard !packets.isEmpty else { return }
+        let channel = self.channel
+        if channel.eventLoop.inEventLoop {
+            for packet in packets { channel.write(packet, promise: nil) }
+            channel.flush()
+        } else {
+            channel.eventLoop.execute {
+                for packet in packets { channel.write(packet, promise: nil) }
+                channel.flush()
+            }
+        }
+    }
+}
+
+/// The answers a front without a broker gives: acknowledge what needs acknowledging so that
+/// clients proceed, refuse subscriptions (nothing would ever be delivered).
+enum MinimalPubSub {
+    static func answer(_ packet: MQTTPacket, version: MQTTProtocolVersion) -> [MQTTPacket] {
+        switch packet {
+        case .publish(let publish):
+            guard let id = publish.packetIdentifier else { return [] }
+            return publish.qos == .exactlyOnce
+                ? [.pubrec(MQTTPublishResponse(packetIdentifier: id))]
+                : [.puback(MQTTPublishResponse(packetIdentifier: id))]
+        case .pubrel(let response):
+            return [.pubcomp(MQTTPublishResponse(packetIdentifier: response.packetIdentifier))]
+        case .subscribe(let subscribe):
+            let code: MQTTReasonCode = version == .mqtt5 ? .implementationSpecificError : .unspecifiedError
+            return [.suback(MQTTSubAck(
+                packetIdentifier: subscribe.packetIdentifier,
+                reasonCodes: Array(repeating: code, count: subscribe.subscriptions.count)))]
+        case .unsubscribe(let unsubscribe):
+            return [.unsuback(MQTTUnsubAck(
+                packetIdentifier: unsubscribe.packetIdentifier,
+                reasonCodes: version == .mqtt5
+                    ? Array(repeating: .noSubscriptionExisted, count: unsubscribe.topicFilters.count) : []))]
+        default:
+            return []
+        }
+    }
+}

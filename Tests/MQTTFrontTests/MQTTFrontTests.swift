@@ -1,0 +1,283 @@
+import Foundation
+import MQTTCodec
+import NIOCore
+import SessionLedger
+import Testing
+
+@testable import MQTTFront
+
+// End to end: the real `custody` binary on 127.0.0.1 with its own ledger, driven by paho-mqtt,
+// mosquitto_pub/sub and a raw socket client. Waits are for events, never fixed sleeps.
+
+private func withCustody(
+    _ label: String, _ arguments: [String] = [], _ body: (RunningCustody) throws -> Void
+) throws {
+    let custody = try RunningCustody(label, arguments: arguments)
+    defer { custody.cleanUp() }
+    do {
+        try body(custody)
+    } catch {
+        Issue.record("custody log:\n\(custody.stderr)")
+        throw error
+    }
+}
+
+private func connack(_ code: MQTTReasonCode, present: Bool = false, _ properties: MQTTProperties = []) -> MQTTConnAck {
+    MQTTConnAck(sessionPresent: present, reasonCode: code, properties: properties)
+}
+
+@Suite("MQTT front end to end", .serialized)
+struct MQTTFrontEndToEndTests {
+    /// The seed's scenario: one client (`ipv4=127.0.0.1`) holds two sessions at once.
+    @Test func oneClientHoldsTwoSessionsAtOnce() throws {
+        try withCustody("seed") { custody in
+            let first = try paho(["--port", "\(custody.port)", "--id", "sessionId1", "--user", "ipv4=127.0.0.1"])
+            let second = try paho(["--port", "\(custody.port)", "--id", "sessionId2", "--user", "ipv4=127.0.0.1"])
+            defer { first.stop(); second.stop() }
+            try first.waitForOutput(containing: "CONNACK rc=0 present=0")
+            try second.waitForOutput(containing: "CONNACK rc=0 present=0")
+            let connected = try custody.events().filter { $0.kind == .connected }
+            #expect(Set(connected.map(\.sessionName.value)) == ["sessionId1", "sessionId2"])
+            #expect(connected.allSatisfy { $0.authenticationName.value == "ipv4=127.0.0.1" })
+            // Both still hold their sessions: a raw client of another identity is refused for each.
+            for name in ["sessionId1", "sessionId2"] {
+                let intruder = try RawClient(port: custody.port)
+                #expect(try intruder.connect(name, user: "ipv4=10.0.0.1") == connack(.notAuthorized))
+            }
+            #expect(!first.output.contains("DISCONNECT") && !second.output.contains("DISCONNECT"))
+        }
+    }
+
+    /// R4: the same identity connecting again takes the session over; the old connection
+    /// hears 0x8E, the new one finds its session present.
+    @Test func takeoverBySameIdentity() throws {
+        try withCustody("takeover") { custody in
+            let old = try paho(["--port", "\(custody.port)", "--id", "dev-session", "--user", "Device", "--clean", "0", "--expiry", "60"])
+            defer { old.stop() }
+            try old.waitForOutput(containing: "CONNACK rc=0 present=0")
+            // Same identity, other case: authentication names compare case-insensitively.
+            let new = try RawClient(port: custody.port)
+            #expect(try new.connect("dev-session", user: "device", clean: false, expiry: 60) == connack(.success, present: true))
+            try old.waitForOutput(containing: "DISCONNECT rc=142")
+            let events = try custody.events()
+            let takenOver = events.filter { $0.kind == .disconnected(.sessionTakenOver) }
+            #expect(takenOver.count == 1)
+            #expect(takenOver.first?.authenticationName.value == "Device")
+            // The new connection is alive and well.
+            try new.send(.pingreq)
+            #expect(try new.receive() == .pingresp)
+        }
+    }
+
+    /// R6: another identity is refused while the owner is connected and after it left,
+    /// as long as the session has not expired; the owner is untouched.
+    @Test func anotherIdentityIsRefusedWhileTheSessionLives() throws {
+        try withCustody("r6") { custody in
+            let alice = try RawClient(port: custody.port)
+            #expect(try alice.connect("shared", user: "alice", clean: false, expiry: 60) == connack(.success))
+            let bob = try RawClient(port: custody.port)
+            #expect(try bob.connect("shared", user: "bob") == connack(.notAuthorized))
+            #expect(try bob.receive() == nil)  // and the connection is closed
+            let bob3 = try RawClient(port: custody.port, version: .mqtt3_1_1)
+            let refusal3 = try bob3.connect("shared", user: "bob", version: .mqtt3_1_1)
+            #expect(MQTTConnectReturnCode(refusal3.reasonCode) == .notAuthorized)
+            // mosquitto_pub (3.1.1) is refused the same way.
+            let (status, _, error) = try run(
+                "/usr/bin/mosquitto_pub", ["-p", "\(custody.port)", "-h", "127.0.0.1", "-i", "shared", "-u", "bob", "-t", "t", "-m", "x"])
+            #expect(status != 0)
+            #expect(error.lowercased().contains("not authori"), "\(error)")
+            // Alice is untouched.
+            try alice.send(.pingreq)
+            #expect(try alice.receive() == .pingresp)
+            // Alice leaves; her session lives on for 60 s, so bob is still refused.
+            try alice.send(.disconnect(MQTTDisconnect()))
+            #expect(try alice.receive() == nil)
+            try custody.waitForEvent { $0.kind == .disconnected(.clientInitiatedDisconnect) }
+            let later = try RawClient(port: custody.port)
+            #expect(try later.connect("shared", user: "bob") == connack(.notAuthorized))
+            let rejected = try custody.events().filter { $0.kind == .rejected(.ownedByAnotherClient) }
+            #expect(rejected.count == 4)
+        }
+    }
+
+    /// After the owner's session expires, the name is free for anyone.
+    @Test func sessionNameIsFreeAfterExpiry() throws {
+        try withCustody("expiry") { custody in
+            let alice = try RawClient(port: custody.port)
+            #expect(try alice.connect("short", user: "alice", clean: false, expiry: 1) == connack(.success))
+            try alice.send(.disconnect(MQTTDisconnect()))
+            #expect(try alice.receive() == nil)
+            let left = Date()
+            let early = try RawClient(port: custody.port)
+            #expect(try early.connect("short", user: "bob") == connack(.notAuthorized))
+            try custody.waitForEvent(timeout: 10) { $0.kind == .expired(.sessionExpired) && $0.sessionName.value == "short" }
+            #expect(Date().timeIntervalSince(left) > 0.8)
+            let bob = try RawClient(port: custody.port)
+            #expect(try bob.connect("short", user: "bob") == connack(.success))
+        }
+    }
+
+    /// R3 with `--max-sessions-per-client 2`.
+    @Test func thirdSessionOverTheCapIsQuotaExceeded() throws {
+        try withCustody("cap", ["--max-sessions-per-client", "2"]) { custody in
+            let one = try RawClient(port: custody.port)
+            #expect(try one.connect("cap-1", user: "dev") == connack(.success))
+            let two = try RawClient(port: custody.port)
+            #expect(try two.connect("cap-2", user: "dev", clean: false, expiry: 300) == connack(.success))
+            let three = try RawClient(port: custody.port)
+            #expect(try three.connect("cap-3", user: "dev") == connack(.quotaExceeded))
+            let three3 = try RawClient(port: custody.port, version: .mqtt3_1_1)
+            let code = try three3.connect("cap-3", user: "dev", version: .mqtt3_1_1).reasonCode
+            #expect(MQTTConnectReturnCode(code) == .notAuthorized)
+            // A session that ends with its connection frees a place at once.
+            try one.send(.disconnect(MQTTDisconnect()))
+            #expect(try one.receive() == nil)
+            try custody.waitForEvent { $0.kind == .disconnected(.clientInitiatedDisconnect) && $0.sessionName.value == "cap-1" }
+            let again = try RawClient(port: custody.port)
+            #expect(try again.connect("cap-3", user: "dev") == connack(.success))
+        }
+    }
+
+    /// A malformed packet closes its own connection with the decoder's reason code and a
+    /// log line; other connections carry on.
+    @Test func malformedPacketClosesOnlyThatConnection() throws {
+        try withCustody("malformed") { custody in
+            let bad = try RawClient(port: custody.port)
+            #expect(try bad.connect("bad", user: "dev") == connack(.success))
+            let good = try RawClient(port: custody.port)
+            #expect(try good.connect("good", user: "dev") == connack(.success))
+            try bad.sendRaw([0x36, 0x03, 0x00, 0x01, 0x61])  // PUBLISH with QoS 3
+            #expect(try bad.receiveUntilClosed() == [.disconnect(MQTTDisconnect(reasonCode: .malformedPacket))])
+            try good.send(.pingreq)
+            #expect(try good.receive() == .pingresp)
+            try custody.waitForLog("session=bad", "Malformed Packet", "QoS 3")
+            let ended = try custody.waitForEvent { $0.sessionName.value == "bad" && $0.kind != .connected }
+            #expect(ended.kind == .disconnected(.clientError))
+        }
+    }
+
+    /// Garbage instead of a CONNECT: the connection closes, nothing is recorded.
+    @Test func garbageBeforeConnectJustCloses() throws {
+        try withCustody("garbage") { custody in
+            let raw = try RawClient(port: custody.port)
+            try raw.sendRaw(Array("GET / HTTP/1.1\r\n\r\n".utf8))
+            #expect(try raw.receiveUntilClosed().isEmpty)
+            try custody.waitForLog("closed", "before CONNECT")
+            #expect(try custody.events().isEmpty)
+        }
+    }
+
+    /// Keep-alive 1 s and silence: DISCONNECT 0x8D after 1.5 s, recorded as ConnectionLost.
+    @Test func keepAliveTimeout() throws {
+        try withCustody("keepalive") { custody in
+            let quiet = try RawClient(port: custody.port)
+            let start = Date()
+            #expect(try quiet.connect("quiet", user: "dev", keepAlive: 1) == connack(.success))
+            #expect(try quiet.receiveUntilClosed(timeout: 10) == [.disconnect(MQTTDisconnect(reasonCode: .keepAliveTimeout))])
+            #expect(Date().timeIntervalSince(start) >= 1.4)
+            let ended = try custody.waitForEvent { $0.sessionName.value == "quiet" && $0.kind != .connected }
+            #expect(ended.kind == .disconnected(.connectionLost))
+        }
+    }
+
+    /// No CONNECT within --connect-timeout-seconds: closed.
+    @Test func connectTimeout() throws {
+        try withCustody("connect-timeout", ["--connect-timeout-seconds", "1"]) { custody in
+            let idle = try RawClient(port: custody.port)
+            let start = Date()
+            #expect(try idle.receiveUntilClosed(timeout: 10).isEmpty)
+            #expect(Date().timeIntervalSince(start) >= 0.9)
+            try custody.waitForLog("no CONNECT in time")
+        }
+    }
+
+    /// R1: an empty ClientID is refused in both versions, even with clean session.
+    @Test func emptyClientIdentifierIsRefused() throws {
+        try withCustody("r1") { custody in
+            let v5 = try RawClient(port: custody.port)
+            #expect(try v5.connect("", user: "dev") == connack(.clientIdentifierNotValid))
+            let v3 = try RawClient(port: custody.port, version: .mqtt3_1_1)
+            let code = try v3.connect("", version: .mqtt3_1_1).reasonCode
+            #expect(MQTTConnectReturnCode(code) == .identifierRejected)
+            let rejected = try custody.waitForEvent { $0.kind == .rejected(.invalidSessionName) }
+            #expect(rejected.sessionName.value == "")
+        }
+    }
+
+    /// A second CONNECT is a protocol error: DISCONNECT 0x82, recorded as ClientError.
+    @Test func secondConnectIsAProtocolError() throws {
+        try withCustody("second-connect") { custody in
+            let client = try RawClient(port: custody.port)
+            #expect(try client.connect("twice", user: "dev") == connack(.success))
+            try client.send(.connect(MQTTConnect(protocolVersion: .mqtt5, clientIdentifier: "twice", userName: "dev")))
+            #expect(try client.receiveUntilClosed() == [.disconnect(MQTTDisconnect(reasonCode: .protocolError))])
+            let ended = try custody.waitForEvent { $0.sessionName.value == "twice" && $0.kind != .connected }
+            #expect(ended.kind == .disconnected(.clientError))
+        }
+    }
+
+    /// The interval in force comes back in the CONNACK when it is not what was asked, and a
+    /// v5 DISCONNECT may shorten it to 0 (the name is free at once) but not raise it from 0.
+    @Test func sessionExpiryIntervalIsCappedAndChangedByDisconnect() throws {
+        try withCustody("interval", ["--max-session-expiry-hours", "1"]) { custody in
+            let alice = try RawClient(port: custody.port)
+            #expect(try alice.connect("keep", user: "alice", clean: false, expiry: 100_000)
+                == connack(.success, MQTTProperties([.sessionExpiryInterval(3600)] + capabilities)))
+            try alice.send(.disconnect(MQTTDisconnect(properties: [.sessionExpiryInterval(0)])))
+            #expect(try alice.receive() == nil)
+            let bob = try RawClient(port: custody.port)
+            #expect(try bob.connect("keep", user: "bob") == connack(.success))
+
+            let carol = try RawClient(port: custody.port)
+            #expect(try carol.connect("brief", user: "carol", expiry: 0) == connack(.success))
+            try carol.send(.disconnect(MQTTDisconnect(properties: [.sessionExpiryInterval(30)])))
+            #expect(try carol.receiveUntilClosed() == [.disconnect(MQTTDisconnect(reasonCode: .protocolError))])
+            let ended = try custody.waitForEvent { $0.sessionName.value == "brief" && $0.kind != .connected }
+            #expect(ended.kind == .disconnected(.clientError))
+            #expect(ended.expiryInterval == 0)
+        }
+    }
+
+    /// v3.1.1 clean session 0 gets the policy's maximum; the session is present on return.
+    @Test func v3PersistentSessionIsPresentOnReturn() throws {
+        try withCustody("v3-persistent") { custody in
+            let first = try RawClient(port: custody.port, version: .mqtt3_1_1)
+            #expect(try first.connect("v3", user: "dev", clean: false, version: .mqtt3_1_1) == connack(.success))
+            try first.send(.disconnect(MQTTDisconnect()))
+            #expect(try first.receive() == nil)
+            let ended = try custody.waitForEvent { $0.kind == .disconnected(.clientInitiatedDisconnect) }
+            #expect(ended.expiryInterval == 3600)
+            let second = try RawClient(port: custody.port, version: .mqtt3_1_1)
+            #expect(try second.connect("v3", user: "dev", clean: false, version: .mqtt3_1_1) == connack(.success, present: true))
+        }
+    }
+
+    /// mosquitto_pub (5.0, QoS 1) gets through CONNECT, PUBLISH/PUBACK and DISCONNECT.
+    @Test func mosquittoPubCompletesAQoS1Publish() throws {
+        try withCustody("mosquitto-pub") { custody in
+            let (status, _, error) = try run(
+                "/usr/bin/mosquitto_pub",
+                ["-p", "\(custody.port)", "-h", "127.0.0.1", "-V", "mqttv5", "-i", "pub-1", "-u", "dev", "-t", "a/b", "-m", "hi", "-q", "1"])
+            #expect(status == 0, "\(error)")
+            let ended = try custody.waitForEvent { $0.sessionName.value == "pub-1" && $0.kind != .connected }
+            #expect(ended.kind == .disconnected(.clientInitiatedDisconnect))
+        }
+    }
+
+    /// SIGTERM: connected clients hear 0x8B, and their ends are recorded before the ledger closes.
+    @Test func shutdownDisconnectsClientsAndRecordsIt() throws {
+        try withCustody("shutdown") { custody in
+            let client = try RawClient(port: custody.port)
+            #expect(try client.connect("stay", user: "dev", clean: false, expiry: 600) == connack(.success))
+            custody.stop()
+            #expect(try client.receiveUntilClosed() == [.disconnect(MQTTDisconnect(reasonCode: .serverShuttingDown))])
+            #expect(custody.process.terminationStatus == 0)
+            let ended = try custody.events().last
+            #expect(ended?.kind == .disconnected(.serverInitiatedDisconnect))
+            #expect(custody.stdout.contains("SIGTERM received"))
+        }
+    }
+}
+
+/// What a granting v5 CONNACK says about the broker, after the interval.
+let capabilities: [MQTTProperty] = FrontServices.noBroker.list
