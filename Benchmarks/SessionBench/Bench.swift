@@ -5,6 +5,9 @@ struct CustodyBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "custody-bench",
         abstract: "Measures session throughput of Custody (and, later, of any MQTT broker).",
-        subcommands: [LedgerBench.self, ReplayBench.self, LedgerCrashChild.self]
+        subcommands: [
+            LedgerBench.self, ReplayBench.self, LedgerCrashChild.self,
+            ConnectLoad.self, PersistentLoad.self, TakeoverLoad.self, RejectLoad.self, HoldLoad.self, CompareLoad.self,
+        ]
     )
 }

@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# Custody next to Debian's mosquitto: every custody-bench mode at 1, 16, 64 and 256
+# connections, MQTT 3.1.1 and 5.0, one broker after the other (order alternating), both
+# on 127.0.0.1 with persistence on. Prints a Markdown table (or writes it to --out).
+#
+#   Benchmarks/compare.sh [--quick] [--seconds S] [--out FILE] [--conns "1 16 64 256"]
+#                         [--protos "4 5"] [--modes "connect persistent takeover reject hold"]
+#                         [--no-build]
+#
+# --quick: 1 s per run and fewer persistent sessions. Until `custody --listen` works, only
+# mosquitto's half is measured (the custody columns say why). Everything started here is
+# stopped on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SECONDS_PER_RUN=5
+PERSISTENT_TOTAL=2000
+CONNS="1 16 64 256"
+PROTOS="4 5"
+MODES="connect persistent takeover reject hold"
+OUT=""
+BUILD=1
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) SECONDS_PER_RUN=1; PERSISTENT_TOTAL=500; shift ;;
+        --seconds) SECONDS_PER_RUN="$2"; shift 2 ;;
+        --out) OUT="$2"; shift 2 ;;
+        --conns) CONNS="$2"; shift 2 ;;
+        --protos) PROTOS="$2"; shift 2 ;;
+        --modes) MODES="$2"; shift 2 ;;
+        --no-build) BUILD=0; shift ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+BIN="$ROOT/.build-release/release"
+if [ "$BUILD" = 1 ]; then
+    (cd "$ROOT" && swift build -c release --scratch-path .build-release --product custody-bench >&2)
+    (cd "$ROOT" && swift build -c release --scratch-path .build-release --product custody >&2) \
+        || echo "compare.sh: custody did not build; measuring mosquitto only" >&2
+fi
+BENCH="$BIN/custody-bench"
+[ -x "$BENCH" ] || { echo "compare.sh: $BENCH is missing (build it or drop --no-build)" >&2; exit 1; }
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/custody-compare.XXXXXX")
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Sockets for hold and the connect storm.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_port() { # port seconds
+    local deadline=$((SECONDS + $2))
+    while [ $SECONDS -lt $deadline ]; do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# mosquitto: persistence on, loopback only, quiet (no per-connection log lines).
+MOSQ_PORT=$(free_port)
+mkdir -p "$WORK/mosquitto"
+cat > "$WORK/mosquitto/mosquitto.conf" <<EOF
+listener $MOSQ_PORT 127.0.0.1
+allow_anonymous true
+persistence true
+persistence_location $WORK/mosquitto/
+log_dest file $WORK/mosquitto/mosquitto.log
+connection_messages false
+max_keepalive 65535
+EOF
+/usr/sbin/mosquitto -c "$WORK/mosquitto/mosquitto.conf" &
+MOSQ_PID=$!
+PIDS+=("$MOSQ_PID")
+wait_port "$MOSQ_PORT" 10 || { echo "compare.sh: mosquitto did not start" >&2; cat "$WORK/mosquitto/mosquitto.log" >&2; exit 1; }
+MOSQ_VERSION=$(/usr/sbin/mosquitto -h 2>&1 | head -1 || true)
+
+# custody: its own ledger, loopback, 100 live sessions per user name (the policy's maximum).
+CUSTODY_PID=""
+CUSTODY_PORT=""
+CUSTODY_WHY="not built"
+if [ -x "$BIN/custody" ]; then
+    CUSTODY_WHY="does not listen yet (no --listen)"
+    if "$BIN/custody" --help 2>&1 | grep -q -- '--listen'; then
+        CUSTODY_PORT=$(free_port)
+        "$BIN/custody" --listen "127.0.0.1:$CUSTODY_PORT" --data-dir "$WORK/custody" \
+            --max-sessions-per-client 100 > "$WORK/custody.log" 2>&1 &
+        CUSTODY_PID=$!
+        PIDS+=("$CUSTODY_PID")
+        for _ in $(seq 1 150); do
+            grep -q "custody: listening mqtt" "$WORK/custody.log" && break
+            kill -0 "$CUSTODY_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        if ! grep -q "custody: listening mqtt" "$WORK/custody.log"; then
+            CUSTODY_WHY="did not start listening: $(tail -1 "$WORK/custody.log")"
+            kill "$CUSTODY_PID" 2>/dev/null || true
+            CUSTODY_PID=""
+        fi
+    fi
+fi
+[ -n "$CUSTODY_PID" ] || echo "compare.sh: custody $CUSTODY_WHY; measuring mosquitto only" >&2
+
+RESULTS="$WORK/results.jsonl"
+: > "$RESULTS"
+
+run_one() { # broker port pid mode proto conns
+    local broker=$1 port=$2 pid=$3 mode=$4 proto=$5 conns=$6
+    local extra=()
+    case "$mode" in
+        persistent) extra=(--total "$PERSISTENT_TOTAL" --seconds 60) ;;
+        *) extra=(--seconds "$SECONDS_PER_RUN") ;;
+    esac
+    local json
+    if json=$("$BENCH" "$mode" --host 127.0.0.1 --port "$port" --pid "$pid" --proto "$proto" \
+        --conns "$conns" "${extra[@]}" --json 2> "$WORK/bench.err"); then
+        printf '{"broker":"%s","mode":"%s","proto":%s,"conns":%s,"report":%s}\n' \
+            "$broker" "$mode" "$proto" "$conns" "$json" >> "$RESULTS"
+    else
+        echo "compare.sh: $broker $mode proto=$proto conns=$conns failed: $(cat "$WORK/bench.err")" >&2
+    fi
+    echo "compare.sh: $broker $mode proto=$proto conns=$conns done" >&2
+}
+
+ROUND=0
+for mode in $MODES; do
+    for proto in $PROTOS; do
+        for conns in $CONNS; do
+            ROUND=$((ROUND + 1))
+            if [ -n "$CUSTODY_PID" ] && [ $((ROUND % 2)) = 0 ]; then
+                run_one custody "$CUSTODY_PORT" "$CUSTODY_PID" "$mode" "$proto" "$conns"
+                run_one mosquitto "$MOSQ_PORT" "$MOSQ_PID" "$mode" "$proto" "$conns"
+            else
+                run_one mosquitto "$MOSQ_PORT" "$MOSQ_PID" "$mode" "$proto" "$conns"
+                [ -z "$CUSTODY_PID" ] || run_one custody "$CUSTODY_PORT" "$CUSTODY_PID" "$mode" "$proto" "$conns"
+            fi
+        done
+    done
+done
+
+table() {
+    python3 - "$RESULTS" "$MOSQ_VERSION" "${CUSTODY_PID:+running}" "$CUSTODY_WHY" "$SECONDS_PER_RUN" "$PERSISTENT_TOTAL" "$(nproc)" <<'PY'
+import json, sys
+path, mosq_version, custody_running, custody_why, seconds, persistent_total, cores = sys.argv[1:8]
+rows = {}
+for line in open(path):
+    r = json.loads(line)
+    rows[(r["mode"], r["proto"], r["conns"], r["broker"])] = r["report"]
+
+# The headline of each mode: which rate and p99 to set side by side.
+headline = {
+    "connect": ("rate", "p99", "cycles/s"),
+    "persistent": ("resume_rate", "resume_p99", "resumes/s (create rate in detail)"),
+    "takeover": ("rate", "p99", "takeovers/s"),
+    "reject": ("rate", "p99", "rejections/s"),
+    "hold": ("open_rate", "p99", "opens/s"),
+}
+
+def cell(report, key, fmt):
+    if report is None or key not in report:
+        return "–"
+    return fmt(report[key])
+
+def errors(report):
+    if report is None:
+        return "–"
+    e = report.get("errors_by_reason", {})
+    if not e:
+        return "0"
+    return ", ".join(f"{k} {v}" for k, v in sorted(e.items()))
+
+def ratio(a, b):
+    if a is None or b is None or not b:
+        return "–"
+    return f"{a / b:.2f}"
+
+print(f"Machine: {cores} cores, generator and broker share it. mosquitto: {mosq_version}. "
+      f"custody: {'running' if custody_running else custody_why}. {seconds} s per run "
+      f"(persistent: {persistent_total} sessions). Latency = TCP connect start to CONNACK.")
+print()
+print("| mode | proto | conns | metric | mosquitto | mosq p99 µs | mosq CPU µs/cycle | mosq errors "
+      "| custody | custody p99 µs | custody CPU µs/cycle | custody errors | custody/mosquitto rate | p99 ratio |")
+print("|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---|---:|---:|")
+seen = sorted({(m, p, c) for (m, p, c, _) in rows}, key=lambda k: (list(headline).index(k[0]), k[1], k[2]))
+for mode, proto, conns in seen:
+    rate_key, p99_key, unit = headline[mode]
+    m = rows.get((mode, proto, conns, "mosquitto"))
+    c = rows.get((mode, proto, conns, "custody"))
+    f1 = lambda v: f"{v:,.0f}"
+    print(f"| {mode} | {proto} | {conns} | {unit} | {cell(m, rate_key, f1)} | {cell(m, p99_key, f1)} "
+          f"| {cell(m, 'cpu_us_per_cycle', lambda v: f'{v:.1f}')} | {errors(m)} "
+          f"| {cell(c, rate_key, f1)} | {cell(c, p99_key, f1)} | {cell(c, 'cpu_us_per_cycle', lambda v: f'{v:.1f}')} "
+          f"| {errors(c)} | {ratio(c and c.get(rate_key), m and m.get(rate_key))} "
+          f"| {ratio(c and c.get(p99_key), m and m.get(p99_key))} |")
+holds = [(k, v) for k, v in rows.items() if k[0] == "hold" and "bytes_per_conn" in v]
+if holds:
+    print()
+    print("| hold | proto | conns | broker | RSS before KiB | RSS after KiB | bytes/conn | CPU % while held |")
+    print("|---|---|---|---|---:|---:|---:|---:|")
+    for (mode, proto, conns, broker), v in sorted(holds):
+        print(f"| hold | {proto} | {conns} | {broker} | {v['rss_before_kib']} | {v['rss_after_kib']} "
+              f"| {v['bytes_per_conn']} | {v.get('hold_cpu_pct', '–')} |")
+PY
+}
+
+if [ -n "$OUT" ]; then
+    table > "$OUT"
+    echo "compare.sh: table written to $OUT" >&2
+else
+    table
+fi

@@ -1,0 +1,413 @@
+import Foundation
+import Testing
+
+// The real `custody-bench` binary against a real mosquitto (and, where it listens, the real
+// `custody`) on 127.0.0.1. Each broker gets its own temporary directory and a free port.
+
+/// A product of this package, next to the test binary (SwiftPM puts all products of a
+/// configuration in one directory).
+private func product(_ name: String) throws -> URL {
+    let candidates = [
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent(),
+        Bundle.main.bundleURL,
+        Bundle.main.bundleURL.deletingLastPathComponent(),
+    ]
+    for directory in candidates {
+        let url = directory.appendingPathComponent(name)
+        if FileManager.default.isExecutableFile(atPath: url.path) { return url }
+    }
+    throw BenchTestError.missing("\(name) in \(candidates.map(\.path))")
+}
+
+enum BenchTestError: Error, CustomStringConvertible {
+    case missing(String)
+    case brokerNeverReady(String)
+
+    var description: String {
+        switch self {
+        case .missing(let what): "missing \(what)"
+        case .brokerNeverReady(let log): "broker never became ready; log:\n\(log)"
+        }
+    }
+}
+
+/// A port nobody listens on right now (bound and released).
+private func freePort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Bool in
+            bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0
+        }
+    }
+    guard bound else { throw BenchTestError.missing("a free port") }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+private func canConnect(port: Int) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = UInt16(port).bigEndian
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+        }
+    }
+}
+
+/// Debian's mosquitto with persistence on, in a temporary directory, on a free loopback port.
+final class Mosquitto {
+    let directory: String
+    let port: Int
+    let process = Process()
+
+    init() throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("custody-bench-mosquitto-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        port = try freePort()
+        let config = """
+            listener \(port) 127.0.0.1
+            allow_anonymous true
+            persistence true
+            persistence_location \(directory)/
+            log_dest file \(directory)/mosquitto.log
+            connection_messages false
+
+            """
+        try config.write(toFile: directory + "/mosquitto.conf", atomically: true, encoding: .utf8)
+        process.executableURL = URL(fileURLWithPath: "/usr/sbin/mosquitto")
+        process.arguments = ["-c", directory + "/mosquitto.conf"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let deadline = Date().addingTimeInterval(10)
+        while !canConnect(port: port) {
+            guard Date() < deadline, process.isRunning else {
+                stop()
+                throw BenchTestError.brokerNeverReady((try? String(contentsOfFile: directory + "/mosquitto.log", encoding: .utf8)) ?? "")
+            }
+            usleep(20_000)
+        }
+    }
+
+    var pid: Int32 { process.processIdentifier }
+
+    func stop() {
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
+/// The real `custody` on a free loopback port with its own ledger, if this build listens.
+final class Custody {
+    let directory: String
+    let port: Int
+    let process = Process()
+    private let output: String
+
+    static var listens: Bool {
+        guard let url = try? product("custody") else { return false }
+        let help = Process()
+        help.executableURL = url
+        help.arguments = ["--help"]
+        let pipe = Pipe()
+        help.standardOutput = pipe
+        help.standardError = FileHandle.nullDevice
+        guard (try? help.run()) != nil else { return false }
+        let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        help.waitUntilExit()
+        return text.contains("--listen")
+    }
+
+    init() throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("custody-bench-custody-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        port = try freePort()
+        output = directory + "/custody.out"
+        _ = FileManager.default.createFile(atPath: output, contents: nil)
+        process.executableURL = try product("custody")
+        process.arguments = [
+            "--listen", "127.0.0.1:\(port)", "--data-dir", directory + "/data", "--max-sessions-per-client", "100",
+        ]
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        let deadline = Date().addingTimeInterval(15)
+        while !log.contains("custody: listening mqtt") {
+            guard Date() < deadline, process.isRunning else {
+                let text = log
+                stop()
+                throw BenchTestError.brokerNeverReady(text)
+            }
+            usleep(20_000)
+        }
+    }
+
+    var log: String { (try? String(contentsOfFile: output, encoding: .utf8)) ?? "" }
+    var pid: Int32 { process.processIdentifier }
+
+    func stop() {
+        if process.isRunning {
+            process.terminate()
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
+struct BenchRun {
+    let status: Int32
+    let stdout: String
+    let stderr: String
+    var lines: [Substring] { stdout.split(separator: "\n") }
+    var finalLine: String { lines.last.map(String.init) ?? "" }
+
+    /// key=value pairs of the final line (units kept as printed).
+    var summary: [String: String] {
+        var result: [String: String] = [:]
+        for part in finalLine.split(separator: " ").dropFirst() {
+            let pair = part.split(separator: "=", maxSplits: 1)
+            if pair.count == 2 { result[String(pair[0])] = String(pair[1]) }
+        }
+        return result
+    }
+
+    func int(_ key: String) -> Int? { summary[key].flatMap { Int($0) } }
+
+    var errorsByReason: [String: Int] {
+        guard let line = lines.first(where: { $0.contains(": errors_by_reason ") }) else { return [:] }
+        var result: [String: Int] = [:]
+        for part in line.split(separator: " ").dropFirst(2) {
+            let pair = part.split(separator: "=")
+            if pair.count == 2, let count = Int(pair[1]) { result[String(pair[0])] = count }
+        }
+        return result
+    }
+}
+
+/// Runs `custody-bench` to the end, within `limit` seconds.
+private func bench(_ arguments: [String], limit: TimeInterval = 60) throws -> BenchRun {
+    let process = Process()
+    process.executableURL = try product("custody-bench")
+    process.arguments = arguments
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("custody-bench-run-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: directory) }
+    let out = directory.appendingPathComponent("out"), err = directory.appendingPathComponent("err")
+    _ = FileManager.default.createFile(atPath: out.path, contents: nil)
+    _ = FileManager.default.createFile(atPath: err.path, contents: nil)
+    process.standardOutput = try FileHandle(forWritingTo: out)
+    process.standardError = try FileHandle(forWritingTo: err)
+    try process.run()
+    let deadline = Date().addingTimeInterval(limit)
+    while process.isRunning, Date() < deadline { usleep(20_000) }
+    if process.isRunning {
+        process.terminate()
+        Issue.record("custody-bench \(arguments) ran over \(limit) s")
+    }
+    process.waitUntilExit()
+    return BenchRun(
+        status: process.terminationStatus,
+        stdout: (try? String(contentsOf: out, encoding: .utf8)) ?? "",
+        stderr: (try? String(contentsOf: err, encoding: .utf8)) ?? "")
+}
+
+/// The exact shape of connect's final line.
+private let connectLine =
+    #/^connect: cycles=(\d+) ok=(\d+) errors=(\d+) rate=(\d+\.\d)/s p50=(\d+)us p99=(\d+)us p999=(\d+)us( cpu_us_per_cycle=\d+\.\d)?$/#
+
+@Suite("custody-bench against real brokers", .serialized)
+struct SessionBenchTests {
+    @Test("connect for 1 s: a well-formed summary, ok > 0, no errors", arguments: [4, 5])
+    func connectAgainstMosquitto(proto: Int) throws {
+        let mosquitto = try Mosquitto()
+        defer { mosquitto.stop() }
+        let run = try bench([
+            "connect", "--port", "\(mosquitto.port)", "--conns", "4", "--seconds", "1", "--proto", "\(proto)",
+            "--pid", "\(mosquitto.pid)",
+        ])
+        #expect(run.status == 0, "\(run.stderr)")
+        let match = try #require(try connectLine.wholeMatch(in: run.finalLine), "final line: \(run.finalLine)")
+        let cycles = Int(match.output.1)!, ok = Int(match.output.2)!, errors = Int(match.output.3)!
+        #expect(ok > 0)
+        #expect(errors == 0, "\(run.stdout)")
+        #expect(cycles == ok + errors)
+        let p50 = Int(match.output.5)!, p99 = Int(match.output.6)!, p999 = Int(match.output.7)!
+        #expect(0 < p50 && p50 <= p99 && p99 <= p999)
+        #expect(match.output.8 != nil, "--pid gives cpu_us_per_cycle")
+        // The rate is successes over about one second.
+        let rate = Double(match.output.4)!
+        #expect(rate > Double(ok) / 3 && rate < Double(ok) * 2)
+    }
+
+    @Test("persistent: every reconnect finds its session (session present = 1)", arguments: [4, 5])
+    func persistentAgainstMosquitto(proto: Int) throws {
+        let mosquitto = try Mosquitto()
+        defer { mosquitto.stop() }
+        let run = try bench([
+            "persistent", "--port", "\(mosquitto.port)", "--conns", "8", "--total", "300", "--proto", "\(proto)",
+            "--seconds", "20",
+        ])
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(run.finalLine.hasPrefix("persistent: sessions=300 created=300 resumed=300 errors=0 "), "\(run.stdout)")
+        #expect(run.errorsByReason.isEmpty)
+    }
+
+    @Test("reject: mosquitto takes sessions over instead of refusing; counted as errors, never as successes")
+    func rejectAgainstMosquittoCountsTakeovers() throws {
+        let mosquitto = try Mosquitto()
+        defer { mosquitto.stop() }
+        let run = try bench(["reject", "--port", "\(mosquitto.port)", "--conns", "2", "--seconds", "1", "--proto", "5"])
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(run.int("rejected") == 0, "\(run.stdout)")
+        #expect((run.int("errors") ?? 0) > 0)
+        #expect((run.errorsByReason["accepted_takeover"] ?? 0) > 0, "\(run.stdout)")
+    }
+
+    /// mosquitto 2.0.11 closes the old connection without DISCONNECT 0x8E; the count says so.
+    @Test("takeover: second CONNACK and the old connection closed", arguments: [4, 5])
+    func takeoverAgainstMosquitto(proto: Int) throws {
+        let mosquitto = try Mosquitto()
+        defer { mosquitto.stop() }
+        let run = try bench(["takeover", "--port", "\(mosquitto.port)", "--conns", "2", "--seconds", "1", "--proto", "\(proto)"])
+        #expect(run.status == 0, "\(run.stderr)")
+        let ok = try #require(run.int("ok"), "\(run.stdout)")
+        #expect(ok > 0)
+        #expect(run.int("errors") == 0, "\(run.stdout)")
+        let heard = try #require(run.int("disconnect_0x8e"))
+        #expect(heard <= ok)
+        #expect((run.summary["old_close_p99"]?.dropLast(2)).flatMap { Int($0) } ?? 0 > 0)
+    }
+
+    @Test("hold: connections kept with PINGREQ, RSS read from /proc")
+    func holdAgainstMosquitto() throws {
+        let mosquitto = try Mosquitto()
+        defer { mosquitto.stop() }
+        let run = try bench([
+            "hold", "--port", "\(mosquitto.port)", "--conns", "50", "--seconds", "1.5", "--ping-seconds", "0.5",
+            "--pid", "\(mosquitto.pid)",
+        ])
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(run.int("held") == 50, "\(run.stdout)")
+        #expect(run.int("errors") == 0)
+        #expect((run.int("pongs") ?? 0) >= 50)
+        #expect(run.int("pongs") == run.int("pings"))
+        #expect((run.int("rss_after_kib") ?? 0) > 0)
+    }
+
+    @Test("a closed port: every cycle is an error by reason (refused), none a success")
+    func closedPortCountsRefusals() throws {
+        let port = try freePort()
+        let run = try bench(["connect", "--port", "\(port)", "--conns", "1", "--total", "20", "--seconds", "2"])
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(run.int("ok") == 0, "\(run.stdout)")
+        #expect(run.int("errors") == 20)
+        #expect(run.errorsByReason == ["refused": 20], "\(run.stdout)")
+    }
+
+    @Test("--json prints one JSON object")
+    func jsonOutput() throws {
+        let mosquitto = try Mosquitto()
+        defer { mosquitto.stop() }
+        let run = try bench(["connect", "--port", "\(mosquitto.port)", "--conns", "2", "--total", "50", "--json"])
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(run.lines.count == 1)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
+        #expect(object["mode"] as? String == "connect")
+        #expect(object["ok"] as? Int == 50)
+        #expect(object["errors"] as? Int == 0)
+        #expect(object["p99"] is Int)
+    }
+
+    @Test("compare: two brokers, rounds alternating, ratio per round and median")
+    func compareTwoMosquittos() throws {
+        let a = try Mosquitto()
+        defer { a.stop() }
+        let b = try Mosquitto()
+        defer { b.stop() }
+        let run = try bench([
+            "compare", "--broker", "a=127.0.0.1:\(a.port)", "--broker", "b=127.0.0.1:\(b.port)",
+            "--pid", "a=\(a.pid)", "--pid", "b=\(b.pid)", "--mode", "connect", "--rounds", "2",
+            "--seconds", "0.5", "--conns", "2", "--pause-ms", "0",
+        ])
+        #expect(run.status == 0, "\(run.stderr)")
+        let runs = run.lines.filter { $0.contains(" broker=") && $0.contains(" connect: cycles=") }
+        #expect(runs.map { $0.split(separator: " ")[2] } == ["broker=a", "broker=b", "broker=b", "broker=a"])
+        #expect(run.lines.filter { $0.contains("a/b rate_ratio=") && $0.contains("cpu_ratio=") }.count == 2)
+        #expect(run.finalLine.hasPrefix("compare: mode=connect proto=5 conns=2 rounds=2 "))
+        #expect(run.summary["a/b_rate_ratio_median"].flatMap(Double.init) != nil, "\(run.stdout)")
+    }
+
+    @Test("a non-loopback host is refused before any connection", arguments: [
+        ["connect", "--host", "10.1.2.3", "--seconds", "1"],
+        ["hold", "--host", "example.com"],
+        ["compare", "--broker", "a=127.0.0.1:1883", "--broker", "b=192.168.7.7:1883"],
+    ])
+    func nonLoopbackRefused(arguments: [String]) throws {
+        let started = Date()
+        let run = try bench(arguments)
+        #expect(run.status != 0)
+        #expect(run.stderr.contains("not a loopback address"), "\(run.stderr)")
+        #expect(run.stderr.contains("--allow-remote"))
+        #expect(run.stdout.isEmpty)
+        #expect(Date().timeIntervalSince(started) < 5)
+    }
+
+    @Test("bad flags exit non-zero, naming the flag", arguments: [
+        (["connect", "--conns", "0"], "--conns"),
+        (["connect", "--proto", "3"], "--proto"),
+        (["connect", "--seconds", "-1"], "--seconds"),
+        (["connect", "--bogus"], "--bogus"),
+        (["connect", "--port", "70000"], "--port"),
+        (["persistent", "--users", "0"], "--users"),
+        (["compare", "--broker", "a=127.0.0.1:1883"], "--broker"),
+        (["compare", "--broker", "a=127.0.0.1:1883", "--broker", "b=127.0.0.1:1884", "--rounds", "0"], "--rounds"),
+        (["connect", "--pid", "999999999"], "--pid"),
+    ])
+    func badFlag(arguments: [String], flag: String) throws {
+        let run = try bench(arguments)
+        #expect(run.status != 0)
+        #expect(run.stderr.contains(flag), "\(run.stderr)")
+        #expect(run.stdout.isEmpty)
+    }
+
+    @Test("against custody: connect, persistent, takeover and reject (refused with 0x87 / 5)", .enabled(if: Custody.listens),
+          arguments: [4, 5])
+    func againstCustody(proto: Int) throws {
+        let custody = try Custody()
+        defer { custody.stop() }
+        let connect = try bench([
+            "connect", "--port", "\(custody.port)", "--conns", "4", "--seconds", "1", "--proto", "\(proto)", "--pid", "\(custody.pid)",
+        ])
+        #expect(try connectLine.wholeMatch(in: connect.finalLine) != nil, "\(connect.stdout)\n\(custody.log)")
+        #expect((connect.int("ok") ?? 0) > 0)
+        #expect(connect.int("errors") == 0, "\(connect.stdout)")
+
+        let persistent = try bench([
+            "persistent", "--port", "\(custody.port)", "--conns", "4", "--total", "100", "--proto", "\(proto)", "--seconds", "20",
+        ])
+        #expect(persistent.finalLine.hasPrefix("persistent: sessions=100 created=100 resumed=100 errors=0 "), "\(persistent.stdout)")
+
+        let takeover = try bench(["takeover", "--port", "\(custody.port)", "--conns", "2", "--seconds", "1", "--proto", "\(proto)"])
+        let takeovers = try #require(takeover.int("ok"), "\(takeover.stdout)")
+        #expect(takeovers > 0)
+        #expect(takeover.int("errors") == 0, "\(takeover.stdout)")
+        if proto == 5 { #expect(takeover.int("disconnect_0x8e") == takeovers, "R4: the old connection hears 0x8E") }
+
+        let reject = try bench(["reject", "--port", "\(custody.port)", "--conns", "2", "--seconds", "1", "--proto", "\(proto)"])
+        #expect((reject.int("rejected") ?? 0) > 0, "\(reject.stdout)")
+        #expect(reject.int("errors") == 0, "\(reject.stdout)")
+    }
+}
