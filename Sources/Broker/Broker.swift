@@ -1,0 +1,974 @@
+// The pub/sub core: see DESIGN.md §3.
+import Foundation
+import LedgerCore
+import LedgerLMDB
+import MQTTCodec
+import NIOCore
+
+/// Where a session's outbound packets go: the front writes them to the session's current connection.
+///
+/// The broker calls `send` while it holds its lock, so that packets for one session reach the
+/// sink in the order the broker decided them (packet identifiers, per-topic order). `send`
+/// must therefore only hand the packets over (e.g. `channel.writeAndFlush` or an event loop
+/// `execute`), never block, and never call back into the broker synchronously.
+public protocol BrokerSink: AnyObject, Sendable {
+    func send(_ packets: [MQTTPacket])   // called from any thread; must not block long
+}
+
+/// A packet the broker refuses, or state it could not make durable. The front closes the
+/// connection with `reasonCode` (in a v5 DISCONNECT) and logs `detail`.
+public struct BrokerError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var reasonCode: MQTTReasonCode
+    public var detail: String
+
+    public init(_ reasonCode: MQTTReasonCode, _ detail: String) {
+        self.reasonCode = reasonCode
+        self.detail = detail
+    }
+
+    static func storage(_ error: LedgerError) -> BrokerError {
+        BrokerError(error.isMapFull ? .quotaExceeded : .unspecifiedError, "broker storage failed: \(error)")
+    }
+
+    public var description: String { "\(reasonCode): \(detail)" }
+}
+
+/// What the broker holds for one session; for tests, tools and logs.
+public struct BrokerSessionInfo: Sendable, Equatable {
+    public var attached: Bool
+    public var persistent: Bool
+    /// Topic filters, sorted.
+    public var subscriptions: [String]
+    /// Messages waiting for a free slot in the in-flight window (or for the client to return).
+    public var queued: Int
+    /// Messages sent (or to be sent) and not yet acknowledged, plus PUBRELs not yet completed.
+    public var inflight: Int
+    /// Messages dropped because the queue was full.
+    public var dropped: Int
+    /// Inbound QoS 2 packet identifiers awaiting PUBREL.
+    public var inboundAwaitingRelease: Int
+}
+
+enum DeliveryState: UInt8 {
+    case queued = 0
+    case awaitingAck = 1
+    case awaitingRec = 2
+    case awaitingComp = 3
+}
+
+/// One accepted PUBLISH, shared by every session it goes to (the payload is the received
+/// packet's slice; nothing is copied per subscriber).
+final class Message: @unchecked Sendable {
+    /// As received, without Topic Alias and Subscription Identifiers; QoS as published.
+    let publish: MQTTPublish
+    /// Wall clock, µs, for the Message Expiry Interval.
+    let receivedAt: Int64
+    /// Its key in the `messages` table; 0 while it is not stored.
+    var storeKey: UInt64 = 0
+    /// Stored deliveries that need it; at 0 the stored copy is deleted.
+    var references = 0
+
+    init(publish: MQTTPublish, receivedAt: Int64) {
+        self.publish = publish
+        self.receivedAt = receivedAt
+    }
+}
+
+/// One message on its way to one session (QoS 1 or 2).
+final class Delivery: @unchecked Sendable {
+    /// Broker-wide, increasing: a session's deliveries go out in this order.
+    let sequence: UInt64
+    let message: Message
+    let qos: MQTTQoS
+    let retain: Bool
+    let identifiers: [UInt32]
+    var packetIdentifier: UInt16 = 0
+    var state: DeliveryState = .queued
+    /// Sent at least once: a resend carries DUP.
+    var sent = false
+    /// A record of it is (or is being) written in the store.
+    var stored = false
+    /// False while its store write is not committed: it is not sent before it is durable.
+    var durable = true
+
+    init(sequence: UInt64, message: Message, qos: MQTTQoS, retain: Bool, identifiers: [UInt32]) {
+        self.sequence = sequence
+        self.message = message
+        self.qos = qos
+        self.retain = retain
+        self.identifiers = identifiers
+    }
+}
+
+/// A session's pub/sub state. Every field is guarded by the broker's lock.
+final class SessionState: @unchecked Sendable {
+    let name: SessionName
+    let prefix: [UInt8]
+    var persistent: Bool
+    var sink: BrokerSink?
+    /// The token of the `BrokerSession` currently attached; 0 when detached.
+    var attachment: UInt64 = 0
+    var version: MQTTProtocolVersion = .mqtt5
+    var window = 65535
+    var subscriptions: [String: Subscriber] = [:]
+    var inflight: [UInt16: Delivery] = [:]
+    var queue = CircularBuffer<Delivery>()
+    var nextPacketIdentifier: UInt16 = 1
+    var inboundQoS2: Set<UInt16> = []
+    var dropped = 0
+    /// Routing scratch (see `TopicTree.match`).
+    var matchStamp: UInt64 = 0
+    var matchIndex = 0
+
+    init(name: SessionName, persistent: Bool) {
+        self.name = name
+        self.prefix = BrokerRecords.sessionPrefix(name)
+        self.persistent = persistent
+    }
+}
+
+/// Resolves once a store commit is known; the waiting side may come before or after.
+final class CommitWaiter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var result: Result<Void, LedgerError>?
+    private var continuation: CheckedContinuation<Result<Void, LedgerError>, Never>?
+
+    func complete(_ value: Result<Void, LedgerError>) {
+        lock.lock()
+        if let continuation {
+            self.continuation = nil
+            lock.unlock()
+            continuation.resume(returning: value)
+        } else {
+            result = value
+            lock.unlock()
+        }
+    }
+
+    func wait() async -> Result<Void, LedgerError> {
+        await withCheckedContinuation { continuation in
+            lock.lock()
+            if let result {
+                lock.unlock()
+                continuation.resume(returning: result)
+            } else {
+                self.continuation = continuation
+                lock.unlock()
+            }
+        }
+    }
+}
+
+/// The pub/sub core: topic tree, subscriptions, QoS 0/1/2 flows in both directions,
+/// per-session queues and in-flight windows, and persistence of sessions with an expiry.
+///
+/// **Durability.** For a persistent session (expiry > 0) its subscriptions, queued and
+/// in-flight QoS 1/2 messages, and inbound QoS 2 identifiers awaiting PUBREL live in an LMDB
+/// store (`directory`). A SUBACK, UNSUBACK, PUBACK, PUBREC or PUBCOMP that promises something
+/// is returned only after it is committed (group commit: one writer thread, one transaction
+/// and one fsync for every waiting write). A message bound for a persistent session is also
+/// sent to it only once durable, so that nothing a client received can be forgotten by a
+/// crash. Bookkeeping that promises nothing to anyone (an acknowledged message deleted, a
+/// packet identifier assigned) is written in the same order but not waited for: after a crash
+/// such a message is delivered again with DUP, which QoS 1 allows and QoS 2's packet
+/// identifier check absorbs.
+///
+/// **Offline queue.** Each session queues at most `offlineQueueLimit` messages (default 1000)
+/// beyond its in-flight window. When the queue is full the OLDEST queued message is dropped
+/// and counted (`BrokerSessionInfo.dropped`, `droppedMessages`): a device that returns after
+/// a long absence gets the latest state rather than a stale backlog. (Event Grid would end the
+/// session with SessionOverflow instead.) QoS 0 messages are not queued for detached sessions.
+///
+/// **In-flight window.** At most the client's Receive Maximum (clamped to 1...65535) QoS 1/2
+/// messages are unacknowledged at once; the rest wait in the queue. The front passes the v5
+/// CONNECT's Receive Maximum (65535 when absent) and may pass a smaller bound (e.g. 20) for
+/// 3.1.1 clients, which announce none.
+///
+/// **Order.** Messages to one session go out in the order the broker accepted them, per QoS.
+/// The front should hand one connection's packets to `handle` one at a time (awaiting each),
+/// so that one publisher's messages keep their order.
+///
+/// Not (yet) here: retained messages, shared subscriptions (SUBACK 0x9E), topic aliases
+/// (the front resolves inbound aliases before `handle`).
+public final class Broker: @unchecked Sendable {
+    private let lock = NSLock()
+    private let store: BrokerStore?
+    public let offlineQueueLimit: Int
+    private var tree = TopicTree()
+    private var sessions: [SessionName: SessionState] = [:]
+    private var sequence: UInt64 = 0
+    private var attachments: UInt64 = 0
+    private var matches: [Match] = []
+    private var droppedTotal = 0
+    private var closed = false
+
+    /// `directory`: where persistent session state lives (created if missing); nil = memory only.
+    public init(directory: String?, offlineQueueLimit: Int = 1000) throws {
+        precondition(offlineQueueLimit >= 1, "the offline queue holds at least one message")
+        self.offlineQueueLimit = offlineQueueLimit
+        if let directory {
+            store = try BrokerStore(directory: directory)
+            do {
+                try load()
+            } catch {
+                store?.close()
+                throw error
+            }
+        } else {
+            store = nil
+        }
+    }
+
+    // MARK: - Sessions
+
+    /// After the ledger granted a CONNECT. `sessionPresent` false => any old state is discarded first.
+    /// `persistent` = session expiry interval > 0. Resends in-flight (DUP) and queued messages to `sink`.
+    ///
+    /// A takeover (the session is still attached to an older connection) moves the session to
+    /// this sink; the older `BrokerSession` is then stale: its `handle` throws 0x8E and its
+    /// `detach` does nothing.
+    public func attach(
+        session name: SessionName, persistent: Bool, sessionPresent: Bool,
+        protocolVersion: MQTTProtocolVersion, receiveMaximum: Int, sink: BrokerSink
+    ) -> BrokerSession {
+        lock.lock()
+        defer { lock.unlock() }
+        var ops: [BrokerStoreOperation] = []
+        if !sessionPresent, let old = sessions[name] {
+            discard(old, &ops)
+            sessions[name] = nil
+        }
+        let state: SessionState
+        if let existing = sessions[name] {
+            state = existing
+            if state.persistent != persistent { changePersistence(state, to: persistent, &ops) }
+        } else {
+            state = SessionState(name: name, persistent: persistent)
+            sessions[name] = state
+        }
+        attachments += 1
+        state.attachment = attachments
+        state.sink = sink
+        state.version = protocolVersion
+        state.window = min(max(receiveMaximum, 1), 65535)
+
+        // Redelivery (MQTT-4.4.0-1): unacknowledged PUBLISHes again with DUP, in their
+        // original order, and PUBRELs for those the client has PUBREC'd.
+        if !state.inflight.isEmpty {
+            let now = wallClock()
+            var packets: [MQTTPacket] = []
+            for delivery in state.inflight.values.sorted(by: { $0.sequence < $1.sequence }) {
+                if delivery.state == .awaitingComp {
+                    packets.append(.pubrel(MQTTPublishResponse(packetIdentifier: delivery.packetIdentifier)))
+                } else if delivery.durable {
+                    packets.append(.publish(outbound(delivery, state, now: now)))
+                    delivery.sent = true
+                }
+            }
+            if !packets.isEmpty { sink.send(packets) }
+        }
+        pump(state, &ops)
+        submit(ops)
+        return BrokerSession(name: name, broker: self, state: state, token: state.attachment)
+    }
+
+    /// The connection ended. Non-persistent sessions lose their state; persistent ones start queueing.
+    public func detach(_ session: BrokerSession) {
+        lock.lock()
+        defer { lock.unlock() }
+        let state = session.state
+        guard state.attachment == session.token else { return }
+        state.attachment = 0
+        state.sink = nil
+        if !state.persistent {
+            var ops: [BrokerStoreOperation] = []
+            discard(state, &ops)
+            if sessions[state.name] === state { sessions[state.name] = nil }
+            submit(ops)
+        }
+    }
+
+    /// The ledger expired (or clean-started) the session: drop everything, also on disk.
+    ///
+    /// A session that is attached is left alone: the ledger never expires a connected
+    /// session, and a clean start is already handled by `attach(sessionPresent: false)`, so
+    /// a late call must not wipe the new connection's subscriptions.
+    public func endSession(_ name: SessionName) async throws {
+        let waiter: CommitWaiter? = locked {
+            guard let state = sessions[name], state.attachment == 0 else { return nil }
+            var ops: [BrokerStoreOperation] = []
+            discard(state, &ops)
+            sessions[name] = nil
+            return submitWaiting(ops)
+        }
+        if let waiter { try await waiter.wait().get() }
+    }
+
+    /// Drops stored state of every session not in `live` (call at startup after ledger recovery).
+    public func retainOnly(live: Set<SessionName>) async throws {
+        let waiter: CommitWaiter? = locked {
+            var ops: [BrokerStoreOperation] = []
+            for (name, state) in sessions where !live.contains(name) && state.attachment == 0 {
+                discard(state, &ops)
+                sessions[name] = nil
+            }
+            return submitWaiting(ops)
+        }
+        if let waiter { try await waiter.wait().get() }
+    }
+
+    /// Stops the store's writer after the writes already queued; later writes fail.
+    public func close() {
+        locked { closed = true }
+        store?.close()
+    }
+
+    /// Names of the sessions the broker holds state for (attached or not).
+    public var sessionNames: Set<SessionName> {
+        locked { Set(sessions.keys) }
+    }
+
+    public func info(_ name: SessionName) -> BrokerSessionInfo? {
+        locked {
+            guard let state = sessions[name] else { return nil }
+            return BrokerSessionInfo(
+                attached: state.attachment != 0, persistent: state.persistent,
+                subscriptions: state.subscriptions.keys.sorted(), queued: state.queue.count,
+                inflight: state.inflight.count, dropped: state.dropped,
+                inboundAwaitingRelease: state.inboundQoS2.count)
+        }
+    }
+
+    /// Messages dropped from full queues since the broker started.
+    public var droppedMessages: Int { locked { droppedTotal } }
+
+    // MARK: - Packets from a client
+
+    func handle(_ packet: MQTTPacket, from session: BrokerSession) async throws(BrokerError) -> [MQTTPacket] {
+        switch packet {
+        case .publish(let publish):
+            return try await handlePublish(publish, from: session)
+        case .pubrel(let response):
+            return try await handlePubrel(response.packetIdentifier, from: session)
+        case .puback(let response):
+            return try acknowledge(response, .awaitingAck, from: session)
+        case .pubrec(let response):
+            return try acknowledge(response, .awaitingRec, from: session)
+        case .pubcomp(let response):
+            return try acknowledge(response, .awaitingComp, from: session)
+        case .subscribe(let subscribe):
+            return try await handleSubscribe(subscribe, from: session)
+        case .unsubscribe(let unsubscribe):
+            return try await handleUnsubscribe(unsubscribe, from: session)
+        default:
+            throw BrokerError(.protocolError, "\(packet.type) is not for the broker")
+        }
+    }
+
+    private func handlePublish(_ publish: MQTTPublish, from session: BrokerSession) async throws(BrokerError)
+        -> [MQTTPacket]
+    {
+        guard TopicRules.isValidTopicName(publish.topicName) else {
+            throw BrokerError(.topicNameInvalid, "PUBLISH topic name '\(publish.topicName)' is not valid here")
+        }
+        if publish.qos != .atMostOnce, publish.packetIdentifier == nil || publish.packetIdentifier == 0 {
+            throw BrokerError(.protocolError, "PUBLISH QoS \(publish.qos.rawValue) without packet identifier")
+        }
+        let state = session.state
+        let (answer, waiter): (MQTTPacket?, CommitWaiter?) = try locked { () throws(BrokerError) in
+            try check(session)
+            var ops: [BrokerStoreOperation] = []
+            var pending: [(SessionState, Delivery)] = []
+            let id = publish.packetIdentifier ?? 0
+            let v5 = state.version == .mqtt5
+            switch publish.qos {
+            case .atMostOnce:
+                _ = route(publish, from: state, &ops, &pending)
+                return (nil, submitWaiting(ops, pending))
+            case .atLeastOnce:
+                let matched = route(publish, from: state, &ops, &pending)
+                let code: MQTTReasonCode = v5 && matched == 0 ? .noMatchingSubscribers : .success
+                return (.puback(MQTTPublishResponse(packetIdentifier: id, reasonCode: code)),
+                        submitWaiting(ops, pending))
+            case .exactlyOnce:
+                // Seen before PUBREL: the client resends; it was delivered already (4.3.3).
+                if state.inboundQoS2.contains(id) {
+                    return (.pubrec(MQTTPublishResponse(packetIdentifier: id)), nil)
+                }
+                state.inboundQoS2.insert(id)
+                if state.persistent, store != nil {
+                    ops.append(.put(.sessions, key: BrokerRecords.inboundKey(state.prefix, id), value: []))
+                }
+                let matched = route(publish, from: state, &ops, &pending)
+                let code: MQTTReasonCode = v5 && matched == 0 ? .noMatchingSubscribers : .success
+                return (.pubrec(MQTTPublishResponse(packetIdentifier: id, reasonCode: code)),
+                        submitWaiting(ops, pending))
+            }
+        }
+        if let waiter {
+            if case .failure(let error) = await waiter.wait() {
+                if publish.qos == .exactlyOnce, let id = publish.packetIdentifier {
+                    // Not promised: let the client's resend be delivered, rather than lost.
+                    locked { _ = state.inboundQoS2.remove(id) }
+                }
+                throw .storage(error)
+            }
+        }
+        return answer.map { [$0] } ?? []
+    }
+
+    private func handlePubrel(_ id: UInt16, from session: BrokerSession) async throws(BrokerError) -> [MQTTPacket] {
+        let state = session.state
+        let (known, waiter) = try locked { () throws(BrokerError) -> (Bool, CommitWaiter?) in
+            try check(session)
+            guard state.inboundQoS2.remove(id) != nil else { return (false, nil) }
+            guard state.persistent, store != nil else { return (true, nil) }
+            // Waited for: after PUBCOMP the client may reuse the identifier, which a stale
+            // record would make look like a duplicate after a restart.
+            return (true, submitWaiting([.delete(.sessions, key: BrokerRecords.inboundKey(state.prefix, id))]))
+        }
+        if let waiter, case .failure(let error) = await waiter.wait() { throw .storage(error) }
+        let code: MQTTReasonCode = known || state.version != .mqtt5 ? .success : .packetIdentifierNotFound
+        return [.pubcomp(MQTTPublishResponse(packetIdentifier: id, reasonCode: code))]
+    }
+
+    /// PUBACK, PUBREC and PUBCOMP for messages the broker sent. Nothing to wait for: the
+    /// client already has the message, and losing the deletion only means a resend.
+    private func acknowledge(
+        _ response: MQTTPublishResponse, _ expected: DeliveryState, from session: BrokerSession
+    ) throws(BrokerError) -> [MQTTPacket] {
+        let state = session.state
+        return try locked { () throws(BrokerError) -> [MQTTPacket] in
+            try check(session)
+            let id = response.packetIdentifier
+            var ops: [BrokerStoreOperation] = []
+            defer { submit(ops) }
+            guard let delivery = state.inflight[id] else {
+                // PUBREC for an unknown identifier still gets its PUBREL (v5: 0x92);
+                // stray PUBACKs and PUBCOMPs are ignored.
+                if expected == .awaitingRec {
+                    let code: MQTTReasonCode = state.version == .mqtt5 ? .packetIdentifierNotFound : .success
+                    return [.pubrel(MQTTPublishResponse(packetIdentifier: id, reasonCode: code))]
+                }
+                return []
+            }
+            switch (expected, delivery.state) {
+            case (.awaitingAck, .awaitingAck), (.awaitingComp, .awaitingComp):
+                finish(delivery, state, &ops)
+                return []
+            case (.awaitingRec, .awaitingRec):
+                if response.reasonCode.isFailure {
+                    // The receiver refused it: the flow ends here, without PUBREL (4.3.3).
+                    finish(delivery, state, &ops)
+                    return []
+                }
+                delivery.state = .awaitingComp
+                if delivery.stored { ops.append(putRecord(delivery, state)) }
+                return [.pubrel(MQTTPublishResponse(packetIdentifier: id))]
+            case (.awaitingRec, .awaitingComp):
+                return [.pubrel(MQTTPublishResponse(packetIdentifier: id))]
+            default:
+                throw BrokerError(
+                    .protocolError,
+                    "\(expected == .awaitingAck ? "PUBACK" : expected == .awaitingRec ? "PUBREC" : "PUBCOMP") "
+                        + "for packet identifier \(id), which is in another QoS flow")
+            }
+        }
+    }
+
+    private func handleSubscribe(_ subscribe: MQTTSubscribe, from session: BrokerSession) async throws(BrokerError)
+        -> [MQTTPacket]
+    {
+        let state = session.state
+        let (codes, waiter) = try locked { () throws(BrokerError) -> ([MQTTReasonCode], CommitWaiter?) in
+            try check(session)
+            let v5 = state.version == .mqtt5
+            let identifier = v5 ? subscribe.properties.subscriptionIdentifiers.first : nil
+            var ops: [BrokerStoreOperation] = []
+            var codes: [MQTTReasonCode] = []
+            codes.reserveCapacity(subscribe.subscriptions.count)
+            for subscription in subscribe.subscriptions {
+                let filter = subscription.topicFilter
+                if let problem = TopicRules.checkFilter(filter) {
+                    codes.append(!v5 ? .unspecifiedError
+                        : problem == .shared ? .sharedSubscriptionsNotSupported : .topicFilterInvalid)
+                    continue
+                }
+                var options = subscription.options
+                if !v5 { options = MQTTSubscriptionOptions(qos: options.qos) }
+                let subscriber = Subscriber(session: state, options: options, identifier: identifier)
+                state.subscriptions[filter] = subscriber
+                tree.insert(filter, subscriber)
+                if state.persistent, store != nil {
+                    ops.append(.put(
+                        .sessions, key: BrokerRecords.subscriptionKey(state.prefix, filter),
+                        value: BrokerRecords.encodeSubscription(options, identifier)))
+                }
+                codes.append(MQTTReasonCode(rawValue: options.qos.rawValue))
+            }
+            return (codes, submitWaiting(ops))
+        }
+        if let waiter, case .failure(let error) = await waiter.wait() { throw .storage(error) }
+        return [.suback(MQTTSubAck(packetIdentifier: subscribe.packetIdentifier, reasonCodes: codes))]
+    }
+
+    private func handleUnsubscribe(_ unsubscribe: MQTTUnsubscribe, from session: BrokerSession)
+        async throws(BrokerError) -> [MQTTPacket]
+    {
+        let state = session.state
+        let (codes, waiter) = try locked { () throws(BrokerError) -> ([MQTTReasonCode], CommitWaiter?) in
+            try check(session)
+            var ops: [BrokerStoreOperation] = []
+            var codes: [MQTTReasonCode] = []
+            for filter in unsubscribe.topicFilters {
+                if TopicRules.checkFilter(filter) != nil {
+                    codes.append(.topicFilterInvalid)
+                    continue
+                }
+                guard state.subscriptions.removeValue(forKey: filter) != nil else {
+                    codes.append(.noSubscriptionExisted)
+                    continue
+                }
+                tree.remove(filter, session: state)
+                if state.persistent, store != nil {
+                    ops.append(.delete(.sessions, key: BrokerRecords.subscriptionKey(state.prefix, filter)))
+                }
+                codes.append(.success)
+            }
+            return (codes, submitWaiting(ops))
+        }
+        if let waiter, case .failure(let error) = await waiter.wait() { throw .storage(error) }
+        let v5 = state.version == .mqtt5
+        return [.unsuback(MQTTUnsubAck(packetIdentifier: unsubscribe.packetIdentifier, reasonCodes: v5 ? codes : []))]
+    }
+
+    // MARK: - Routing (under the lock)
+
+    private func check(_ session: BrokerSession) throws(BrokerError) {
+        guard session.state.attachment == session.token else {
+            throw BrokerError(.sessionTakenOver, "session \(session.name) is no longer attached to this connection")
+        }
+    }
+
+    /// Delivers or queues `publish` for every matching session; returns how many matched.
+    /// Deliveries that must become durable first are appended to `pending` and go out when
+    /// their commit completes.
+    private func route(
+        _ publish: MQTTPublish, from publisher: SessionState?,
+        _ ops: inout [BrokerStoreOperation], _ pending: inout [(SessionState, Delivery)]
+    ) -> Int {
+        tree.match(publish.topicName, publisher: publisher, into: &matches)
+        defer { matches.removeAll(keepingCapacity: true) }
+        guard !matches.isEmpty else { return 0 }
+        var message: Message?
+        var encoded: [UInt8]??
+        let now = wallClock()
+        for match in matches {
+            let session = match.session
+            let qos = min(publish.qos, match.qos)
+            let retain = publish.retain && match.retainAsPublished
+            if qos == .atMostOnce {
+                // Not queued for detached sessions (optional in 4.6; Mosquitto does not either).
+                guard let sink = session.sink else { continue }
+                var packet = publish
+                packet.qos = .atMostOnce
+                packet.packetIdentifier = nil
+                packet.duplicate = false
+                packet.retain = retain
+                clean(&packet.properties)
+                if session.version == .mqtt5, !match.identifiers.isEmpty {
+                    packet.properties.subscriptionIdentifiers = match.identifiers
+                }
+                sink.send([.publish(packet)])
+                continue
+            }
+            if session.sink == nil && !session.persistent { continue }
+            let shared: Message
+            if let message {
+                shared = message
+            } else {
+                var stripped = publish
+                clean(&stripped.properties)
+                stripped.packetIdentifier = nil
+                stripped.duplicate = false
+                shared = Message(publish: stripped, receivedAt: now)
+                message = shared
+            }
+            sequence += 1
+            let delivery = Delivery(
+                sequence: sequence, message: shared, qos: qos, retain: retain,
+                identifiers: match.identifiers)
+            if session.persistent, store != nil {
+                if shared.storeKey == 0 {
+                    if encoded == nil { encoded = BrokerRecords.encodeMessage(shared.publish, receivedAt: now) }
+                    if let bytes = encoded! {
+                        sequence += 1
+                        shared.storeKey = sequence
+                        ops.append(.put(.messages, key: BrokerRecords.messageKey(sequence), value: bytes))
+                    }
+                }
+                if shared.storeKey != 0 {
+                    shared.references += 1
+                    delivery.stored = true
+                    delivery.durable = false
+                    pending.append((session, delivery))
+                }
+            }
+            enqueue(delivery, session, &ops)
+        }
+        return matches.count
+    }
+
+    private func clean(_ properties: inout MQTTProperties) {
+        guard !properties.isEmpty else { return }
+        properties.topicAlias = nil
+        if properties.contains(where: { if case .subscriptionIdentifier = $0 { true } else { false } }) {
+            properties.subscriptionIdentifiers = []
+        }
+    }
+
+    private func enqueue(_ delivery: Delivery, _ session: SessionState, _ ops: inout [BrokerStoreOperation]) {
+        if let sink = session.sink, session.queue.isEmpty, session.inflight.count < session.window {
+            assignIdentifier(delivery, session)
+            if delivery.stored { ops.append(putRecord(delivery, session)) }
+            if delivery.durable {
+                delivery.sent = true
+                sink.send([.publish(outbound(delivery, session, now: delivery.message.receivedAt))])
+            }
+            return
+        }
+        if session.queue.count >= offlineQueueLimit {
+            let oldest = session.queue.removeFirst()
+            release(oldest, session, &ops, deleteRecord: true)
+            session.dropped += 1
+            droppedTotal += 1
+        }
+        session.queue.append(delivery)
+        if delivery.stored { ops.append(putRecord(delivery, session)) }
+    }
+
+    private func assignIdentifier(_ delivery: Delivery, _ session: SessionState) {
+        var id = session.nextPacketIdentifier
+        while session.inflight[id] != nil { id = id == .max ? 1 : id + 1 }
+        session.nextPacketIdentifier = id == .max ? 1 : id + 1
+        delivery.packetIdentifier = id
+        delivery.state = delivery.qos == .atLeastOnce ? .awaitingAck : .awaitingRec
+        session.inflight[id] = delivery
+    }
+
+    /// Fills the in-flight window from the queue and sends what is durable.
+    private func pump(_ session: SessionState, _ ops: inout [BrokerStoreOperation]) {
+        guard let sink = session.sink, !session.queue.isEmpty else { return }
+        var packets: [MQTTPacket] = []
+        let now = wallClock()
+        while session.inflight.count < session.window, let delivery = session.queue.first {
+            session.queue.removeFirst()
+            if isExpired(delivery, now: now) {
+                release(delivery, session, &ops, deleteRecord: true)
+                continue
+            }
+            assignIdentifier(delivery, session)
+            if delivery.stored { ops.append(putRecord(delivery, session)) }
+            if delivery.durable {
+                delivery.sent = true
+                packets.append(.publish(outbound(delivery, session, now: now)))
+            }
+        }
+        if !packets.isEmpty { sink.send(packets) }
+    }
+
+    /// The end of a delivery's flow: out of the window, off the disk, next one in.
+    private func finish(_ delivery: Delivery, _ session: SessionState, _ ops: inout [BrokerStoreOperation]) {
+        session.inflight[delivery.packetIdentifier] = nil
+        release(delivery, session, &ops, deleteRecord: true)
+        pump(session, &ops)
+    }
+
+    private func release(
+        _ delivery: Delivery, _ session: SessionState, _ ops: inout [BrokerStoreOperation], deleteRecord: Bool
+    ) {
+        guard delivery.stored else { return }
+        delivery.stored = false
+        if deleteRecord {
+            ops.append(.delete(.sessions, key: BrokerRecords.deliveryKey(session.prefix, delivery.sequence)))
+        }
+        let message = delivery.message
+        message.references -= 1
+        if message.references == 0, message.storeKey != 0 {
+            ops.append(.delete(.messages, key: BrokerRecords.messageKey(message.storeKey)))
+            message.storeKey = 0
+        }
+    }
+
+    private func putRecord(_ delivery: Delivery, _ session: SessionState) -> BrokerStoreOperation {
+        .put(.sessions, key: BrokerRecords.deliveryKey(session.prefix, delivery.sequence),
+             value: BrokerRecords.encodeDelivery(delivery))
+    }
+
+    private func isExpired(_ delivery: Delivery, now: Int64) -> Bool {
+        guard let interval = delivery.message.publish.properties.messageExpiryInterval else { return false }
+        return now - delivery.message.receivedAt >= Int64(interval) * 1_000_000
+    }
+
+    private func outbound(_ delivery: Delivery, _ session: SessionState, now: Int64) -> MQTTPublish {
+        var packet = delivery.message.publish
+        packet.qos = delivery.qos
+        packet.packetIdentifier = delivery.packetIdentifier
+        packet.duplicate = delivery.sent
+        packet.retain = delivery.retain
+        if session.version == .mqtt5 {
+            if !delivery.identifiers.isEmpty { packet.properties.subscriptionIdentifiers = delivery.identifiers }
+            if let interval = packet.properties.messageExpiryInterval {
+                let waited = max(0, (now - delivery.message.receivedAt) / 1_000_000)
+                packet.properties.messageExpiryInterval = UInt32(max(0, Int64(interval) - waited))
+            }
+        }
+        return packet
+    }
+
+    /// Forgets a session's state, in memory and (through `ops`) on disk.
+    private func discard(_ state: SessionState, _ ops: inout [BrokerStoreOperation]) {
+        for filter in state.subscriptions.keys { tree.remove(filter, session: state) }
+        for delivery in state.inflight.values { release(delivery, state, &ops, deleteRecord: false) }
+        for delivery in state.queue { release(delivery, state, &ops, deleteRecord: false) }
+        if state.persistent, store != nil { ops.append(.deletePrefix(.sessions, prefix: state.prefix)) }
+        state.subscriptions = [:]
+        state.inflight = [:]
+        state.queue.removeAll()
+        state.inboundQoS2 = []
+        state.attachment = 0
+        state.sink = nil
+    }
+
+    /// A session resumed with another expiry: a persistent one that becomes non-persistent
+    /// leaves the disk; the other way round everything it holds is written.
+    private func changePersistence(_ state: SessionState, to persistent: Bool, _ ops: inout [BrokerStoreOperation]) {
+        state.persistent = persistent
+        guard store != nil else { return }
+        let deliveries = Array(state.inflight.values) + Array(state.queue)
+        if !persistent {
+            for delivery in deliveries {
+                release(delivery, state, &ops, deleteRecord: false)
+                delivery.durable = true
+            }
+            ops.append(.deletePrefix(.sessions, prefix: state.prefix))
+            return
+        }
+        for (filter, subscriber) in state.subscriptions {
+            ops.append(.put(
+                .sessions, key: BrokerRecords.subscriptionKey(state.prefix, filter),
+                value: BrokerRecords.encodeSubscription(subscriber.options, subscriber.identifier)))
+        }
+        for id in state.inboundQoS2 {
+            ops.append(.put(.sessions, key: BrokerRecords.inboundKey(state.prefix, id), value: []))
+        }
+        for delivery in deliveries.sorted(by: { $0.sequence < $1.sequence }) {
+            let message = delivery.message
+            if message.storeKey == 0 {
+                guard let bytes = BrokerRecords.encodeMessage(message.publish, receivedAt: message.receivedAt) else {
+                    continue
+                }
+                sequence += 1
+                message.storeKey = sequence
+                ops.append(.put(.messages, key: BrokerRecords.messageKey(sequence), value: bytes))
+            }
+            message.references += 1
+            delivery.stored = true
+            ops.append(putRecord(delivery, state))
+        }
+    }
+
+    // MARK: - Store plumbing
+
+    private func submit(_ ops: [BrokerStoreOperation]) {
+        guard let store, !ops.isEmpty, !closed else { return }
+        store.submit(ops)
+    }
+
+    /// Submits `ops` (under the lock, so the store sees them in the broker's order) and
+    /// returns what to wait on; nil when there is nothing to write. `pending` deliveries are
+    /// sent once the commit is known (also when it failed: the message is then held in
+    /// memory only, and the publisher, which gets no acknowledgement, will send it again).
+    private func submitWaiting(_ ops: [BrokerStoreOperation], _ pending: [(SessionState, Delivery)] = []) -> CommitWaiter? {
+        guard let store, !ops.isEmpty else { return nil }
+        let waiter = CommitWaiter()
+        guard !closed else {
+            release(pending)
+            waiter.complete(.failure(.closed))
+            return waiter
+        }
+        store.submit(ops) { [self] result in
+            if !pending.isEmpty { locked { release(pending) } }
+            waiter.complete(result)
+        }
+        return waiter
+    }
+
+    private func release(_ pending: [(SessionState, Delivery)]) {
+        let now = wallClock()
+        for (session, delivery) in pending {
+            delivery.durable = true
+            guard delivery.state != .queued, !delivery.sent, let sink = session.sink,
+                session.inflight[delivery.packetIdentifier] === delivery
+            else { continue }
+            delivery.sent = true
+            sink.send([.publish(outbound(delivery, session, now: now))])
+        }
+    }
+
+    private func locked<R>(_ body: () throws(BrokerError) -> R) throws(BrokerError) -> R {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body()
+    }
+
+    private func locked<R>(_ body: () -> R) -> R {
+        lock.lock()
+        defer { lock.unlock() }
+        return body()
+    }
+
+    // MARK: - Loading
+
+    private func load() throws {
+        guard let store else { return }
+        var messages: [UInt64: Message] = [:]
+        var cleanup: [BrokerStoreOperation] = []
+        var highest: UInt64 = 0
+        try store.forEach(.messages) { key, value in
+            guard key.count == 8, let (publish, receivedAt) = BrokerRecords.decodeMessage(value) else {
+                cleanup.append(.delete(.messages, key: Array(key)))
+                return
+            }
+            let storeKey = UInt64(bigEndian: key.loadUnaligned(as: UInt64.self))
+            let message = Message(publish: publish, receivedAt: receivedAt)
+            message.storeKey = storeKey
+            messages[storeKey] = message
+            highest = max(highest, storeKey)
+        }
+        try store.forEach(.sessions) { key, value in
+            guard let separator = key.firstIndex(of: 0), separator + 1 < key.count else {
+                cleanup.append(.delete(.sessions, key: Array(key)))
+                return
+            }
+            let name = SessionName(unchecked: String(decoding: key[..<separator], as: UTF8.self))
+            let kind = key[separator + 1]
+            let suffix = UnsafeRawBufferPointer(rebasing: key[(separator + 2)...])
+            let state: SessionState
+            if let existing = sessions[name] {
+                state = existing
+            } else {
+                state = SessionState(name: name, persistent: true)
+                sessions[name] = state
+            }
+            switch kind {
+            case BrokerRecords.subscriptionKind:
+                let filter = String(decoding: suffix, as: UTF8.self)
+                guard TopicRules.checkFilter(filter) == nil,
+                    let (options, identifier) = BrokerRecords.decodeSubscription(value)
+                else {
+                    cleanup.append(.delete(.sessions, key: Array(key)))
+                    return
+                }
+                let subscriber = Subscriber(session: state, options: options, identifier: identifier)
+                state.subscriptions[filter] = subscriber
+                tree.insert(filter, subscriber)
+            case BrokerRecords.deliveryKind:
+                guard suffix.count == 8, let record = BrokerRecords.decodeDelivery(value),
+                    let message = messages[record.messageKey]
+                else {
+                    cleanup.append(.delete(.sessions, key: Array(key)))
+                    return
+                }
+                let sequence = UInt64(bigEndian: suffix.loadUnaligned(as: UInt64.self))
+                highest = max(highest, sequence)
+                let delivery = Delivery(
+                    sequence: sequence, message: message, qos: record.qos, retain: record.retain,
+                    identifiers: record.identifiers)
+                delivery.stored = true
+                // The record is written before the PUBLISH goes out, so its sent flag may lag:
+                // anything in flight may have reached the client, and goes again with DUP.
+                delivery.sent = record.sent || record.state != .queued
+                message.references += 1
+                if record.state == .queued || record.packetIdentifier == 0
+                    || state.inflight[record.packetIdentifier] != nil
+                {
+                    delivery.sent = false
+                    state.queue.append(delivery)
+                } else {
+                    delivery.state = record.state
+                    delivery.packetIdentifier = record.packetIdentifier
+                    state.inflight[record.packetIdentifier] = delivery
+                    if record.packetIdentifier >= state.nextPacketIdentifier {
+                        state.nextPacketIdentifier = record.packetIdentifier == .max ? 1 : record.packetIdentifier + 1
+                    }
+                }
+            case BrokerRecords.inboundKind:
+                guard suffix.count == 2 else {
+                    cleanup.append(.delete(.sessions, key: Array(key)))
+                    return
+                }
+                state.inboundQoS2.insert(UInt16(bigEndian: suffix.loadUnaligned(as: UInt16.self)))
+            default:
+                cleanup.append(.delete(.sessions, key: Array(key)))
+            }
+        }
+        for message in messages.values where message.references == 0 {
+            cleanup.append(.delete(.messages, key: BrokerRecords.messageKey(message.storeKey)))
+            message.storeKey = 0
+        }
+        sequence = highest
+        if !cleanup.isEmpty { try await_(store, cleanup) }
+    }
+
+    /// Init is synchronous: the cleanup commit is waited for on a semaphore.
+    private func await_(_ store: BrokerStore, _ ops: [BrokerStoreOperation]) throws {
+        let semaphore = DispatchSemaphore(value: 0)
+        let outcome = CommitOutcome()
+        store.submit(ops) { result in
+            outcome.set(result)
+            semaphore.signal()
+        }
+        semaphore.wait()
+        try outcome.get()
+    }
+}
+
+private final class CommitOutcome: @unchecked Sendable {
+    private let lock = NSLock()
+    private var result: Result<Void, LedgerError> = .success(())
+    func set(_ value: Result<Void, LedgerError>) { lock.lock(); result = value; lock.unlock() }
+    func get() throws(LedgerError) { lock.lock(); defer { lock.unlock() }; try result.get() }
+}
+
+func wallClock() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Int64(ts.tv_sec) * 1_000_000 + Int64(ts.tv_nsec) / 1_000
+}
+
+/// One session as seen from one connection. Stale after a takeover or `detach`.
+public final class BrokerSession: Sendable {
+    public let name: SessionName
+    let broker: Broker
+    let state: SessionState
+    let token: UInt64
+
+    init(name: SessionName, broker: Broker, state: SessionState, token: UInt64) {
+        self.name = name
+        self.broker = broker
+        self.state = state
+        self.token = token
+    }
+
+    /// PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBSCRIBE, UNSUBSCRIBE from the client. Returns the
+    /// direct answers (PUBACK, PUBREC, PUBCOMP, PUBREL, SUBACK, UNSUBACK) to write back, after whatever
+    /// they promise is durable. Throws a BrokerError carrying an MQTTReasonCode when the client broke
+    /// the protocol (e.g. PUBREL for an unknown id is NOT an error in v5: answer PUBCOMP 0x92) or
+    /// when storage failed (the front then closes the connection with that reason code).
+    ///
+    /// Hand one connection's packets over one at a time, in the order they arrived.
+    public func handle(_ packet: MQTTPacket) async throws(BrokerError) -> [MQTTPacket] {
+        try await broker.handle(packet, from: self)
+    }
+}

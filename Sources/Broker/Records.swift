@@ -1,0 +1,154 @@
+import LedgerCore
+import LedgerLMDB
+import MQTTCodec
+import NIOCore
+
+/// How the broker's state is laid out in its `BrokerStore` (version 1 of the broker store).
+///
+/// `messages` table: key = message key (UInt64 big-endian), value = received-at time
+/// (Int64 µs since the epoch, little-endian) followed by the PUBLISH as MQTT 5.0 encodes it
+/// (QoS as published, packet identifier 1 when QoS > 0, DUP 0, no Topic Alias and no
+/// Subscription Identifier). Reusing the wire format keeps every v5 property without a second
+/// serializer, and the codec's tests pin it.
+///
+/// `sessions` table: key = session name (UTF-8), 0x00, kind, suffix:
+/// - `S` + topic filter (UTF-8): options byte (QoS | No Local << 2 | Retain As Published << 3 |
+///   Retain Handling << 4), a flag byte (1 = has identifier), the identifier (UInt32 LE).
+/// - `D` + delivery sequence (UInt64 BE, so a session's deliveries come back in order):
+///   message key (UInt64 LE), QoS, state (0 queued, 1 awaiting PUBACK, 2 awaiting PUBREC,
+///   3 awaiting PUBCOMP), packet identifier (UInt16 LE), sent flag, retain flag, count of
+///   subscription identifiers (UInt16 LE), each identifier (UInt32 LE).
+/// - `I` + packet identifier (UInt16 BE): an inbound QoS 2 message delivered, PUBREL not yet
+///   received; empty value.
+enum BrokerRecords {
+    static let subscriptionKind = UInt8(ascii: "S")
+    static let deliveryKind = UInt8(ascii: "D")
+    static let inboundKind = UInt8(ascii: "I")
+
+    static func sessionPrefix(_ name: SessionName) -> [UInt8] {
+        var bytes = Array(name.value.utf8)
+        bytes.append(0)
+        return bytes
+    }
+
+    static func messageKey(_ key: UInt64) -> [UInt8] {
+        withUnsafeBytes(of: key.bigEndian) { Array($0) }
+    }
+
+    static func deliveryKey(_ prefix: [UInt8], _ sequence: UInt64) -> [UInt8] {
+        var key = prefix
+        key.reserveCapacity(prefix.count + 9)
+        key.append(deliveryKind)
+        withUnsafeBytes(of: sequence.bigEndian) { key.append(contentsOf: $0) }
+        return key
+    }
+
+    static func subscriptionKey(_ prefix: [UInt8], _ filter: String) -> [UInt8] {
+        var key = prefix
+        key.append(subscriptionKind)
+        key.append(contentsOf: filter.utf8)
+        return key
+    }
+
+    static func inboundKey(_ prefix: [UInt8], _ packetIdentifier: UInt16) -> [UInt8] {
+        var key = prefix
+        key.append(inboundKind)
+        withUnsafeBytes(of: packetIdentifier.bigEndian) { key.append(contentsOf: $0) }
+        return key
+    }
+
+    // MARK: messages
+
+    static func encodeMessage(_ publish: MQTTPublish, receivedAt: Int64) -> [UInt8]? {
+        var stored = publish
+        stored.duplicate = false
+        stored.packetIdentifier = stored.qos == .atMostOnce ? nil : 1
+        var buffer = ByteBufferAllocator().buffer(capacity: 16 + publish.topicName.utf8.count + publish.payload.readableBytes)
+        buffer.writeInteger(receivedAt, endianness: .little)
+        do {
+            try MQTTEncoder(protocolVersion: .mqtt5).encode(.publish(stored), into: &buffer)
+        } catch {
+            return nil
+        }
+        return Array(buffer.readableBytesView)
+    }
+
+    static func decodeMessage(_ bytes: UnsafeRawBufferPointer) -> (MQTTPublish, Int64)? {
+        guard bytes.count > 8 else { return nil }
+        let receivedAt = Int64(littleEndian: bytes.loadUnaligned(as: Int64.self))
+        var buffer = ByteBuffer(bytes: UnsafeRawBufferPointer(rebasing: bytes[8...]))
+        guard case .packet(.publish(var publish)) = MQTTDecoder.decode(
+            &buffer, protocolVersion: .mqtt5, maximumPacketSize: MQTTDecoder.largestPacketSize)
+        else { return nil }
+        publish.packetIdentifier = nil
+        publish.duplicate = false
+        return (publish, receivedAt)
+    }
+
+    // MARK: deliveries
+
+    struct DeliveryRecord {
+        var messageKey: UInt64
+        var qos: MQTTQoS
+        var state: DeliveryState
+        var packetIdentifier: UInt16
+        var sent: Bool
+        var retain: Bool
+        var identifiers: [UInt32]
+    }
+
+    static func encodeDelivery(_ d: Delivery) -> [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(16 + 4 * d.identifiers.count)
+        withUnsafeBytes(of: d.message.storeKey.littleEndian) { bytes.append(contentsOf: $0) }
+        bytes.append(d.qos.rawValue)
+        bytes.append(d.state.rawValue)
+        withUnsafeBytes(of: d.packetIdentifier.littleEndian) { bytes.append(contentsOf: $0) }
+        bytes.append(d.sent ? 1 : 0)
+        bytes.append(d.retain ? 1 : 0)
+        withUnsafeBytes(of: UInt16(d.identifiers.count).littleEndian) { bytes.append(contentsOf: $0) }
+        for id in d.identifiers { withUnsafeBytes(of: id.littleEndian) { bytes.append(contentsOf: $0) } }
+        return bytes
+    }
+
+    static func decodeDelivery(_ bytes: UnsafeRawBufferPointer) -> DeliveryRecord? {
+        guard bytes.count >= 16 else { return nil }
+        guard let qos = MQTTQoS(rawValue: bytes[8]), qos != .atMostOnce,
+            let state = DeliveryState(rawValue: bytes[9])
+        else { return nil }
+        let count = Int(UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: 14, as: UInt16.self)))
+        guard bytes.count == 16 + 4 * count else { return nil }
+        var identifiers: [UInt32] = []
+        identifiers.reserveCapacity(count)
+        for i in 0..<count {
+            identifiers.append(UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: 16 + 4 * i, as: UInt32.self)))
+        }
+        return DeliveryRecord(
+            messageKey: UInt64(littleEndian: bytes.loadUnaligned(as: UInt64.self)), qos: qos, state: state,
+            packetIdentifier: UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: 10, as: UInt16.self)),
+            sent: bytes[12] != 0, retain: bytes[13] != 0, identifiers: identifiers)
+    }
+
+    // MARK: subscriptions
+
+    static func encodeSubscription(_ options: MQTTSubscriptionOptions, _ identifier: UInt32?) -> [UInt8] {
+        var byte = options.qos.rawValue | options.retainHandling.rawValue << 4
+        if options.noLocal { byte |= 0x04 }
+        if options.retainAsPublished { byte |= 0x08 }
+        var bytes: [UInt8] = [byte, identifier == nil ? 0 : 1]
+        withUnsafeBytes(of: (identifier ?? 0).littleEndian) { bytes.append(contentsOf: $0) }
+        return bytes
+    }
+
+    static func decodeSubscription(_ bytes: UnsafeRawBufferPointer) -> (MQTTSubscriptionOptions, UInt32?)? {
+        guard bytes.count == 6 else { return nil }
+        let byte = bytes[0]
+        guard let qos = MQTTQoS(rawValue: byte & 0b11),
+            let handling = MQTTRetainHandling(rawValue: (byte >> 4) & 0b11)
+        else { return nil }
+        let options = MQTTSubscriptionOptions(
+            qos: qos, noLocal: byte & 0x04 != 0, retainAsPublished: byte & 0x08 != 0, retainHandling: handling)
+        let identifier = bytes[1] == 0 ? nil : UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: 2, as: UInt32.self))
+        return (options, identifier)
+    }
+}

@@ -1,0 +1,223 @@
+import MQTTCodec
+
+/// Topic names and filters (MQTT 5.0 section 4.7, 3.1.1 section 4.7).
+public enum TopicRules {
+    /// Why a topic filter cannot be subscribed to.
+    public enum FilterProblem: Sendable, Equatable {
+        case empty
+        /// `#` not alone in the last level, or `+` not alone in its level.
+        case misplacedWildcard
+        case nullCharacter
+        /// `$share/...`: this broker does not offer shared subscriptions.
+        case shared
+    }
+
+    /// A filter is levels separated by `/`; `+` fills one whole level, `#` one whole level and
+    /// only the last. An empty level is allowed (`a//b`, `/a`).
+    public static func checkFilter(_ filter: String) -> FilterProblem? {
+        let bytes = filter.utf8
+        if bytes.isEmpty { return .empty }
+        if bytes.starts(with: "$share/".utf8) { return .shared }
+        var levelStart = true
+        var previousWasWildcard = false
+        var sawHash = false
+        for byte in bytes {
+            if sawHash { return .misplacedWildcard }
+            switch byte {
+            case 0: return .nullCharacter
+            case UInt8(ascii: "/"):
+                levelStart = true
+                previousWasWildcard = false
+                continue
+            case UInt8(ascii: "+"), UInt8(ascii: "#"):
+                guard levelStart else { return .misplacedWildcard }
+                if byte == UInt8(ascii: "#") { sawHash = true }
+                previousWasWildcard = true
+                levelStart = false
+                continue
+            default:
+                if previousWasWildcard { return .misplacedWildcard }
+                levelStart = false
+            }
+        }
+        return nil
+    }
+
+    /// A topic name: not empty, no wildcard, no U+0000.
+    public static func isValidTopicName(_ topic: String) -> Bool {
+        let bytes = topic.utf8
+        if bytes.isEmpty { return false }
+        return !bytes.contains { $0 == 0 || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") }
+    }
+
+    /// Whether `filter` matches `topic`, by the same rules as the tree. For tests and checks;
+    /// routing goes through the tree.
+    public static func matches(filter: String, topic: String) -> Bool {
+        let f = filter.split(separator: "/", omittingEmptySubsequences: false)
+        let t = topic.split(separator: "/", omittingEmptySubsequences: false)
+        if t.first?.first == "$", let first = f.first, first == "+" || first == "#" { return false }
+        var i = 0
+        while i < f.count {
+            if f[i] == "#" { return true }
+            guard i < t.count else { return false }
+            if f[i] != "+" && f[i] != t[i] { return false }
+            i += 1
+        }
+        return i == t.count
+    }
+}
+
+/// One subscription of one session, as the tree holds it.
+struct Subscriber {
+    let session: SessionState
+    var options: MQTTSubscriptionOptions
+    var identifier: UInt32?
+}
+
+/// One level of the tree. `exact` holds subscriptions whose filter ends at this node,
+/// `multi` those whose filter is this node's path followed by `/#` (which also match the
+/// path itself: `a/#` matches `a`).
+final class TopicNode {
+    var children: [Substring: TopicNode] = [:]
+    var plus: TopicNode?
+    var exact: [Subscriber] = []
+    var multi: [Subscriber] = []
+
+    var isEmpty: Bool { children.isEmpty && plus == nil && exact.isEmpty && multi.isEmpty }
+}
+
+/// What one PUBLISH means for one session after all its matching subscriptions are merged
+/// (MQTT 5.0 section 3.3.4): one copy, at the highest QoS granted, with every matching
+/// subscription identifier.
+struct Match {
+    let session: SessionState
+    var qos: MQTTQoS
+    var retainAsPublished: Bool
+    var identifiers: [UInt32]
+}
+
+/// Subscriptions by filter level. Not thread-safe: the broker's lock guards it.
+struct TopicTree {
+    let root = TopicNode()
+    /// Bumped per routing; a session that carries the current stamp has a `Match` already
+    /// (at `matchIndex`), so merging overlaps needs no per-publish dictionary.
+    private var stamp: UInt64 = 0
+
+    mutating func insert(_ filter: String, _ subscriber: Subscriber) {
+        var node = root
+        let levels = filter.split(separator: "/", omittingEmptySubsequences: false)
+        for (index, level) in levels.enumerated() {
+            if level == "#" && index == levels.count - 1 {
+                replace(&node.multi, subscriber)
+                return
+            }
+            if level == "+" {
+                if node.plus == nil { node.plus = TopicNode() }
+                node = node.plus!
+            } else if let child = node.children[level] {
+                node = child
+            } else {
+                let child = TopicNode()
+                node.children[level] = child
+                node = child
+            }
+        }
+        replace(&node.exact, subscriber)
+    }
+
+    private func replace(_ list: inout [Subscriber], _ subscriber: Subscriber) {
+        if let index = list.firstIndex(where: { $0.session === subscriber.session }) {
+            list[index] = subscriber
+        } else {
+            list.append(subscriber)
+        }
+    }
+
+    /// Removes `session`'s subscription to `filter`; returns whether there was one.
+    @discardableResult
+    mutating func remove(_ filter: String, session: SessionState) -> Bool {
+        let levels = filter.split(separator: "/", omittingEmptySubsequences: false)
+        return remove(levels[...], from: root, session: session)
+    }
+
+    private func remove(_ levels: ArraySlice<Substring>, from node: TopicNode, session: SessionState) -> Bool {
+        guard let level = levels.first else {
+            return removeSubscriber(&node.exact, session)
+        }
+        if level == "#" && levels.count == 1 {
+            return removeSubscriber(&node.multi, session)
+        }
+        let rest = levels.dropFirst()
+        if level == "+" {
+            guard let child = node.plus else { return false }
+            let removed = remove(rest, from: child, session: session)
+            if child.isEmpty { node.plus = nil }
+            return removed
+        }
+        guard let child = node.children[level] else { return false }
+        let removed = remove(rest, from: child, session: session)
+        if child.isEmpty { node.children[level] = nil }
+        return removed
+    }
+
+    private func removeSubscriber(_ list: inout [Subscriber], _ session: SessionState) -> Bool {
+        guard let index = list.firstIndex(where: { $0.session === session }) else { return false }
+        list.remove(at: index)
+        return true
+    }
+
+    /// Every session with a subscription matching `topic`, merged per session. Subscriptions
+    /// with No Local are skipped for the publishing session.
+    mutating func match(_ topic: String, publisher: SessionState?, into matches: inout [Match]) {
+        stamp &+= 1
+        let levels = topic.split(separator: "/", omittingEmptySubsequences: false)
+        // Wildcards at the first level do not match topics beginning with `$` (4.7.2).
+        let dollar = topic.utf8.first == UInt8(ascii: "$")
+        var collector = Collector(stamp: stamp, publisher: publisher)
+        walk(root, levels, 0, dollar: dollar, &collector, &matches)
+    }
+
+    private struct Collector {
+        let stamp: UInt64
+        let publisher: SessionState?
+
+        /// Keeps the subscriptions' QoS; the caller lowers it to the message's.
+        func add(_ subscribers: [Subscriber], _ matches: inout [Match]) {
+            for subscriber in subscribers {
+                let session = subscriber.session
+                if subscriber.options.noLocal, session === publisher { continue }
+                let granted = subscriber.options.qos
+                if session.matchStamp == stamp {
+                    let index = session.matchIndex
+                    if granted > matches[index].qos { matches[index].qos = granted }
+                    if subscriber.options.retainAsPublished { matches[index].retainAsPublished = true }
+                    if let id = subscriber.identifier { matches[index].identifiers.append(id) }
+                } else {
+                    session.matchStamp = stamp
+                    session.matchIndex = matches.count
+                    matches.append(Match(
+                        session: session, qos: granted, retainAsPublished: subscriber.options.retainAsPublished,
+                        identifiers: subscriber.identifier.map { [$0] } ?? []))
+                }
+            }
+        }
+    }
+
+    private func walk(
+        _ node: TopicNode, _ levels: [Substring], _ index: Int, dollar: Bool,
+        _ collector: inout Collector, _ matches: inout [Match]
+    ) {
+        let top = index == 0 && dollar
+        if !node.multi.isEmpty && !top { collector.add(node.multi, &matches) }
+        if index == levels.count {
+            collector.add(node.exact, &matches)
+            return
+        }
+        if let child = node.children[levels[index]] {
+            walk(child, levels, index + 1, dollar: dollar, &collector, &matches)
+        }
+        if let plus = node.plus, !top {
+            walk(plus, levels, index + 1, dollar: dollar, &collector, &matches)
+        }
+    }
+}

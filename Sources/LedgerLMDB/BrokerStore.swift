@@ -1,0 +1,284 @@
+import CLMDB
+import Dispatch
+import Foundation
+
+/// The tables of the broker's own LMDB environment (in its own directory, apart from the
+/// ledger's, so neither writer ever waits for the other):
+///
+/// - `messages`: message key -> message bytes. One copy of a PUBLISH however many
+///   persistent sessions hold it; the broker deletes it when the last one lets go.
+/// - `sessions`: session-scoped entries, key = session name bytes, 0x00, a kind byte, then
+///   the kind's own suffix. Session names never hold U+0000 (they are validated), so the
+///   0x00 separator makes every session's entries one contiguous key range, and ending a
+///   session is one range delete.
+/// - `meta`: "format".
+///
+/// The store knows nothing of MQTT: the broker encodes and decodes the values.
+public enum BrokerTable: UInt8, Sendable {
+    case messages = 0
+    case sessions = 1
+}
+
+/// One change in a broker write transaction.
+public enum BrokerStoreOperation: Sendable {
+    case put(BrokerTable, key: [UInt8], value: [UInt8])
+    /// Deleting a key that is not there is not an error: the broker's deletes are idempotent.
+    case delete(BrokerTable, key: [UInt8])
+    /// Deletes every key that starts with `prefix`.
+    case deletePrefix(BrokerTable, prefix: [UInt8])
+}
+
+/// How to open the broker store.
+public struct BrokerStoreOptions: Sendable {
+    /// LMDB maps it whole; the file only grows as it fills.
+    public var mapSize: Int
+
+    public init(mapSize: Int = 16 << 30) {
+        self.mapSize = mapSize
+    }
+}
+
+/// A commit of the broker store, as its writer saw it.
+public struct BrokerCommitStatistics: Sendable {
+    /// Submissions answered by this commit.
+    public var requests: Int
+    public var operations: Int
+    public var microseconds: Int64
+}
+
+/// The persistent state of the broker's sessions: an LMDB environment and its single
+/// writer thread with group commit.
+///
+/// Every `submit` waiting when the writer becomes free joins one write transaction and one
+/// fsync; each submitter's `done` runs after that commit, on the writer thread, in
+/// submission order (so a caller that submits A before B hears of A first, and A is on disk
+/// whenever B is). If the commit fails, every submission in it fails.
+public final class BrokerStore: @unchecked Sendable {
+    private let env: OpaquePointer
+    private let messages: MDB_dbi
+    private let sessions: MDB_dbi
+    public let directory: String
+
+    static let formatVersion: UInt8 = 1
+
+    private struct Submission {
+        var operations: [BrokerStoreOperation]
+        var done: (@Sendable (Result<Void, LedgerError>) -> Void)?
+    }
+
+    private let condition = NSCondition()
+    private var queue: [Submission] = []
+    private var running = true
+    private var threadDone = false
+    private let finished = NSCondition()
+    private var closed = false
+    /// Observes each commit. Set before the first `submit`.
+    public var onCommit: (@Sendable (BrokerCommitStatistics) -> Void)?
+
+    public init(directory: String, options: BrokerStoreOptions = BrokerStoreOptions()) throws(LedgerError) {
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw .storage(operation: "create directory \(directory)", code: EIO, message: "\(error)")
+        }
+        var env: OpaquePointer?
+        try check(mdb_env_create(&env), "mdb_env_create")
+        guard let env else { throw .storage(operation: "mdb_env_create", code: ENOMEM, message: "no environment") }
+        var opened: [MDB_dbi] = []
+        do throws(LedgerError) {
+            try check(mdb_env_set_maxdbs(env, 4), "mdb_env_set_maxdbs")
+            try check(mdb_env_set_mapsize(env, options.mapSize), "mdb_env_set_mapsize")
+            let code = mdb_env_open(env, directory, UInt32(MDB_NOTLS), 0o640)
+            if code == MDB_INVALID || code == MDB_VERSION_MISMATCH {
+                throw LedgerError.notALedger(path: directory, detail: String(cString: mdb_strerror(code)))
+            }
+            try check(code, "mdb_env_open \(directory)")
+            var txn: OpaquePointer?
+            try check(mdb_txn_begin(env, nil, 0, &txn), "mdb_txn_begin")
+            do throws(LedgerError) {
+                for name in ["messages", "sessions", "meta"] {
+                    var dbi: MDB_dbi = 0
+                    try check(mdb_dbi_open(txn, name, UInt32(MDB_CREATE), &dbi), "mdb_dbi_open \(name)")
+                    opened.append(dbi)
+                }
+                try withVal(Array("format".utf8)) { (key) throws(LedgerError) in
+                    var value = MDB_val()
+                    let code = mdb_get(txn, opened[2], &key, &value)
+                    if code == MDB_NOTFOUND {
+                        try withVal([Self.formatVersion]) { (v) throws(LedgerError) in
+                            try check(mdb_put(txn, opened[2], &key, &v, 0), "mdb_put format")
+                        }
+                    } else {
+                        try check(code, "mdb_get format")
+                        let found = value.mv_size == 1 ? value.mv_data!.load(as: UInt8.self) : 0xFF
+                        guard found == Self.formatVersion else {
+                            throw LedgerError.unsupportedFormat(found: found, supported: Self.formatVersion)
+                        }
+                    }
+                }
+                try check(mdb_txn_commit(txn), "mdb_txn_commit (open)")
+            } catch {
+                mdb_txn_abort(txn)
+                throw error
+            }
+        } catch {
+            mdb_env_close(env)
+            throw error
+        }
+        self.env = env
+        self.directory = directory
+        (messages, sessions) = (opened[0], opened[1])
+        let thread = Thread { [self] in run() }
+        thread.name = "custody-broker-store"
+        thread.stackSize = 1 << 20
+        thread.start()
+    }
+
+    private func dbi(_ table: BrokerTable) -> MDB_dbi {
+        table == .messages ? messages : sessions
+    }
+
+    /// Queues `operations` for the next commit. `done` (if any) runs on the writer thread
+    /// after that commit's fsync, or with the failure. After `close`, fails with `.closed`.
+    public func submit(
+        _ operations: [BrokerStoreOperation], done: (@Sendable (Result<Void, LedgerError>) -> Void)? = nil
+    ) {
+        condition.lock()
+        guard running else {
+            condition.unlock()
+            done?(.failure(.closed))
+            return
+        }
+        queue.append(Submission(operations: operations, done: done))
+        if queue.count == 1 { condition.signal() }
+        condition.unlock()
+    }
+
+    /// Queues and waits for the commit.
+    public func write(_ operations: [BrokerStoreOperation]) async throws(LedgerError) {
+        let result: Result<Void, LedgerError> = await withCheckedContinuation { continuation in
+            submit(operations) { continuation.resume(returning: $0) }
+        }
+        try result.get()
+    }
+
+    /// Every key and value of `table` in key order, from one snapshot.
+    public func forEach(
+        _ table: BrokerTable, _ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> Void
+    ) throws {
+        var txn: OpaquePointer?
+        try check(mdb_txn_begin(env, nil, UInt32(MDB_RDONLY), &txn), "mdb_txn_begin (read)")
+        defer { mdb_txn_abort(txn) }
+        try scanTable(txn: txn!, dbi: dbi(table), first: nil) { key, value in
+            try body(key, value)
+            return true
+        }
+    }
+
+    /// The number of keys in `table`.
+    public func count(_ table: BrokerTable) throws(LedgerError) -> Int {
+        var txn: OpaquePointer?
+        try check(mdb_txn_begin(env, nil, UInt32(MDB_RDONLY), &txn), "mdb_txn_begin (read)")
+        defer { mdb_txn_abort(txn) }
+        var stat = MDB_stat()
+        try check(mdb_stat(txn, dbi(table), &stat), "mdb_stat")
+        return Int(stat.ms_entries)
+    }
+
+    /// Answers every queued submission, stops the writer and closes the environment.
+    public func close() {
+        condition.lock()
+        let wasRunning = running
+        running = false
+        condition.signal()
+        condition.unlock()
+        guard wasRunning else { return }
+        finished.lock()
+        while !threadDone { finished.wait() }
+        finished.unlock()
+        mdb_env_close(env)
+    }
+
+    private func run() {
+        var spare: [Submission] = []
+        while true {
+            condition.lock()
+            while queue.isEmpty && running { condition.wait() }
+            if queue.isEmpty {
+                condition.unlock()
+                break
+            }
+            var batch = spare
+            swap(&batch, &queue)
+            condition.unlock()
+            process(batch)
+            batch.removeAll(keepingCapacity: true)
+            spare = batch
+        }
+        finished.lock()
+        threadDone = true
+        finished.signal()
+        finished.unlock()
+    }
+
+    private func process(_ batch: [Submission]) {
+        let started = DispatchTime.now().uptimeNanoseconds
+        var operations = 0
+        for submission in batch { operations += submission.operations.count }
+        var result: Result<Void, LedgerError> = .success(())
+        if operations > 0 {
+            do throws(LedgerError) {
+                var txn: OpaquePointer?
+                try check(mdb_txn_begin(env, nil, 0, &txn), "mdb_txn_begin (write)")
+                do throws(LedgerError) {
+                    for submission in batch {
+                        for operation in submission.operations { try apply(operation, txn!) }
+                    }
+                } catch {
+                    mdb_txn_abort(txn)
+                    throw error
+                }
+                try check(mdb_txn_commit(txn), "mdb_txn_commit")
+            } catch {
+                result = .failure(error)
+            }
+        }
+        onCommit?(BrokerCommitStatistics(
+            requests: batch.count, operations: operations,
+            microseconds: Int64(DispatchTime.now().uptimeNanoseconds - started) / 1000))
+        for submission in batch { submission.done?(result) }
+    }
+
+    private func apply(_ operation: BrokerStoreOperation, _ txn: OpaquePointer) throws(LedgerError) {
+        switch operation {
+        case .put(let table, let key, let value):
+            try withVal(key) { (k) throws(LedgerError) in
+                try withVal(value) { (v) throws(LedgerError) in
+                    try check(mdb_put(txn, dbi(table), &k, &v, 0), "mdb_put broker \(table)")
+                }
+            }
+        case .delete(let table, let key):
+            try withVal(key) { (k) throws(LedgerError) in
+                let code = mdb_del(txn, dbi(table), &k, nil)
+                if code == MDB_NOTFOUND { return }
+                try check(code, "mdb_del broker \(table)")
+            }
+        case .deletePrefix(let table, let prefix):
+            var cursor: OpaquePointer?
+            try check(mdb_cursor_open(txn, dbi(table), &cursor), "mdb_cursor_open")
+            defer { mdb_cursor_close(cursor) }
+            try withVal(prefix) { (first) throws(LedgerError) in
+                var key = first
+                var value = MDB_val()
+                var code = mdb_cursor_get(cursor, &key, &value, MDB_SET_RANGE)
+                while code == 0 {
+                    guard key.bytes.starts(with: prefix) else { return }
+                    try check(mdb_cursor_del(cursor, 0), "mdb_cursor_del")
+                    // After a delete, MDB_NEXT yields the key that took the deleted one's place.
+                    code = mdb_cursor_get(cursor, &key, &value, MDB_NEXT)
+                }
+                if code != MDB_NOTFOUND { try check(code, "mdb_cursor_get") }
+            }
+        }
+    }
+}
