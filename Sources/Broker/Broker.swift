@@ -7,10 +7,11 @@ import NIOCore
 
 /// Where a session's outbound packets go: the front writes them to the session's current connection.
 ///
-/// The broker calls `send` while it holds its lock, so that packets for one session reach the
-/// sink in the order the broker decided them (packet identifiers, per-topic order). `send`
-/// must therefore only hand the packets over (e.g. `channel.writeAndFlush` or an event loop
-/// `execute`), never block, and never call back into the broker synchronously.
+/// The broker calls `send` outside its lock, from whichever thread made the decision (a
+/// publisher's, or the store's writer thread once a message is durable), one call at a time
+/// per session and in the order the broker decided the packets (packet identifiers, per-topic
+/// order). `send` should only hand the packets over (a channel write, an event loop
+/// `execute`); it may call back into the broker (e.g. `detach` when the write fails).
 public protocol BrokerSink: AnyObject, Sendable {
     func send(_ packets: [MQTTPacket])   // called from any thread; must not block long
 }
@@ -116,6 +117,10 @@ final class SessionState: @unchecked Sendable {
     var nextPacketIdentifier: UInt16 = 1
     var inboundQoS2: Set<UInt16> = []
     var dropped = 0
+    /// Packets decided under the lock, sent after it (see `Broker.drain`).
+    var outbox: [MQTTPacket] = []
+    var draining = false
+    var dirty = false
     /// Routing scratch (see `TopicTree.match`).
     var matchStamp: UInt64 = 0
     var matchIndex = 0
@@ -201,6 +206,7 @@ public final class Broker: @unchecked Sendable {
     private var matches: [Match] = []
     private var droppedTotal = 0
     private var closed = false
+    private var dirtySessions: [SessionState] = []
 
     /// `directory`: where persistent session state lives (created if missing); nil = memory only.
     public init(directory: String?, offlineQueueLimit: Int = 1000) throws {
@@ -231,8 +237,13 @@ public final class Broker: @unchecked Sendable {
         session name: SessionName, persistent: Bool, sessionPresent: Bool,
         protocolVersion: MQTTProtocolVersion, receiveMaximum: Int, sink: BrokerSink
     ) -> BrokerSession {
-        lock.lock()
-        defer { lock.unlock() }
+        locked { attachLocked(name, persistent, sessionPresent, protocolVersion, receiveMaximum, sink) }
+    }
+
+    private func attachLocked(
+        _ name: SessionName, _ persistent: Bool, _ sessionPresent: Bool,
+        _ protocolVersion: MQTTProtocolVersion, _ receiveMaximum: Int, _ sink: BrokerSink
+    ) -> BrokerSession {
         var ops: [BrokerStoreOperation] = []
         if !sessionPresent, let old = sessions[name] {
             discard(old, &ops)
@@ -249,6 +260,9 @@ public final class Broker: @unchecked Sendable {
         attachments += 1
         state.attachment = attachments
         state.sink = sink
+        // Whatever was decided for the previous connection is moot: in-flight messages go
+        // again below, and QoS 0 ones are not owed.
+        state.outbox.removeAll()
         state.version = protocolVersion
         state.window = min(max(receiveMaximum, 1), 65535)
 
@@ -265,7 +279,7 @@ public final class Broker: @unchecked Sendable {
                     delivery.sent = true
                 }
             }
-            if !packets.isEmpty { sink.send(packets) }
+            post(state, packets)
         }
         pump(state, &ops)
         submit(ops)
@@ -274,8 +288,10 @@ public final class Broker: @unchecked Sendable {
 
     /// The connection ended. Non-persistent sessions lose their state; persistent ones start queueing.
     public func detach(_ session: BrokerSession) {
-        lock.lock()
-        defer { lock.unlock() }
+        locked { detachLocked(session) }
+    }
+
+    private func detachLocked(_ session: BrokerSession) {
         let state = session.state
         guard state.attachment == session.token else { return }
         state.attachment = 0
@@ -569,7 +585,7 @@ public final class Broker: @unchecked Sendable {
             let retain = publish.retain && match.retainAsPublished
             if qos == .atMostOnce {
                 // Not queued for detached sessions (optional in 4.6; Mosquitto does not either).
-                guard let sink = session.sink else { continue }
+                guard session.sink != nil else { continue }
                 var packet = publish
                 packet.qos = .atMostOnce
                 packet.packetIdentifier = nil
@@ -579,7 +595,7 @@ public final class Broker: @unchecked Sendable {
                 if session.version == .mqtt5, !match.identifiers.isEmpty {
                     packet.properties.subscriptionIdentifiers = match.identifiers
                 }
-                sink.send([.publish(packet)])
+                post(session, [.publish(packet)])
                 continue
             }
             if session.sink == nil && !session.persistent { continue }
@@ -628,12 +644,12 @@ public final class Broker: @unchecked Sendable {
     }
 
     private func enqueue(_ delivery: Delivery, _ session: SessionState, _ ops: inout [BrokerStoreOperation]) {
-        if let sink = session.sink, session.queue.isEmpty, session.inflight.count < session.window {
+        if session.sink != nil, session.queue.isEmpty, session.inflight.count < session.window {
             assignIdentifier(delivery, session)
             if delivery.stored { ops.append(putRecord(delivery, session)) }
             if delivery.durable {
+                post(session, [.publish(outbound(delivery, session, now: delivery.message.receivedAt))])
                 delivery.sent = true
-                sink.send([.publish(outbound(delivery, session, now: delivery.message.receivedAt))])
             }
             return
         }
@@ -658,7 +674,7 @@ public final class Broker: @unchecked Sendable {
 
     /// Fills the in-flight window from the queue and sends what is durable.
     private func pump(_ session: SessionState, _ ops: inout [BrokerStoreOperation]) {
-        guard let sink = session.sink, !session.queue.isEmpty else { return }
+        guard session.sink != nil, !session.queue.isEmpty else { return }
         var packets: [MQTTPacket] = []
         let now = wallClock()
         while session.inflight.count < session.window, let delivery = session.queue.first {
@@ -670,11 +686,11 @@ public final class Broker: @unchecked Sendable {
             assignIdentifier(delivery, session)
             if delivery.stored { ops.append(putRecord(delivery, session)) }
             if delivery.durable {
-                delivery.sent = true
                 packets.append(.publish(outbound(delivery, session, now: now)))
+                delivery.sent = true
             }
         }
-        if !packets.isEmpty { sink.send(packets) }
+        post(session, packets)
     }
 
     /// The end of a delivery's flow: out of the window, off the disk, next one in.
@@ -808,24 +824,84 @@ public final class Broker: @unchecked Sendable {
         let now = wallClock()
         for (session, delivery) in pending {
             delivery.durable = true
-            guard delivery.state != .queued, !delivery.sent, let sink = session.sink,
+            guard delivery.state != .queued, !delivery.sent, session.sink != nil,
                 session.inflight[delivery.packetIdentifier] === delivery
             else { continue }
+            post(session, [.publish(outbound(delivery, session, now: now))])
             delivery.sent = true
-            sink.send([.publish(outbound(delivery, session, now: now))])
         }
     }
 
+    /// Runs `body` under the lock, then sends what it posted.
     private func locked<R>(_ body: () throws(BrokerError) -> R) throws(BrokerError) -> R {
         lock.lock()
-        defer { lock.unlock() }
-        return try body()
+        let result: R
+        do {
+            result = try body()
+        } catch {
+            let dirty = takeDirty()
+            lock.unlock()
+            for session in dirty { drain(session) }
+            throw error
+        }
+        let dirty = takeDirty()
+        lock.unlock()
+        for session in dirty { drain(session) }
+        return result
     }
 
     private func locked<R>(_ body: () -> R) -> R {
         lock.lock()
-        defer { lock.unlock() }
-        return body()
+        let result = body()
+        let dirty = takeDirty()
+        lock.unlock()
+        for session in dirty { drain(session) }
+        return result
+    }
+
+    /// Queues packets for a session's sink (under the lock). They are sent when the lock is
+    /// released, by `drain`, so that a sink may call back into the broker (a failed write
+    /// that closes the channel and detaches, say) without deadlocking.
+    private func post(_ session: SessionState, _ packets: [MQTTPacket]) {
+        guard !packets.isEmpty else { return }
+        session.outbox.append(contentsOf: packets)
+        if !session.dirty {
+            session.dirty = true
+            dirtySessions.append(session)
+        }
+    }
+
+    private func takeDirty() -> [SessionState] {
+        guard !dirtySessions.isEmpty else { return [] }
+        let dirty = dirtySessions
+        dirtySessions.removeAll(keepingCapacity: true)
+        for session in dirty { session.dirty = false }
+        return dirty
+    }
+
+    /// Sends a session's outbox outside the lock. One thread at a time drains a session, and
+    /// it sends batches in the order they were posted: packets reach the sink in the order
+    /// the broker decided them, whichever threads decided them.
+    private func drain(_ session: SessionState) {
+        lock.lock()
+        guard !session.draining else {
+            lock.unlock()
+            return
+        }
+        session.draining = true
+        while true {
+            guard !session.outbox.isEmpty, let sink = session.sink else {
+                session.outbox.removeAll()
+                session.draining = false
+                lock.unlock()
+                return
+            }
+            let packets = session.outbox
+            session.outbox = []
+            lock.unlock()
+            sink.send(packets)
+            lock.lock()
+        }
     }
 
     // MARK: - Loading
