@@ -1,7 +1,7 @@
 // swift-tools-version:6.1
 import PackageDescription
 
-// Arrows point down: executables -> SessionLedger -> LedgerLMDB -> LedgerCore.
+// Arrows point down: executables -> MQTTFront -> Broker/SessionLedger -> LedgerLMDB -> LedgerCore.
 // Only LedgerLMDB sees CLMDB; LedgerCore is pure (no I/O). MQTTCodec imports NIOCore only.
 let package = Package(
     name: "Custody",
@@ -16,6 +16,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
     targets: [
         .systemLibrary(
@@ -40,10 +42,25 @@ let package = Package(
             name: "MQTTCodec",
             dependencies: [.product(name: "NIOCore", package: "swift-nio")]
         ),
+        .target(
+            name: "Broker",
+            // Pub/sub: topic tree, subscriptions, QoS flows, queues; its LMDB store lives in LedgerLMDB.
+            dependencies: ["MQTTCodec", "LedgerCore", "LedgerLMDB", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .target(
+            name: "MQTTFront",
+            dependencies: [
+                "MQTTCodec", "Broker", "SessionLedger",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "CustodyServer",
             dependencies: [
-                "SessionLedger",
+                "SessionLedger", "MQTTFront",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -58,7 +75,10 @@ let package = Package(
         .executableTarget(
             name: "SessionBench",
             dependencies: [
-                "SessionLedger",
+                "SessionLedger", "MQTTCodec",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/SessionBench"
@@ -72,6 +92,21 @@ let package = Package(
             name: "LedgerLMDBTests",
             // CLMDB only to write foreign LMDB files that the store must refuse.
             dependencies: ["LedgerLMDB", "LedgerCore", "CLMDB"]
+        ),
+        .testTarget(
+            name: "SessionBenchTests",
+            // Runs the real `custody-bench` against a real mosquitto and a real `custody` on 127.0.0.1.
+            dependencies: ["SessionBench", "CustodyServer"]
+        ),
+        .testTarget(
+            name: "BrokerTests",
+            dependencies: ["Broker", "MQTTCodec", "LedgerLMDB", "LedgerCore"]
+        ),
+        .testTarget(
+            name: "MQTTFrontTests",
+            // Unit tests of the connection state machine, and end-to-end tests that run the real
+            // `custody` with mosquitto_pub/sub and paho-mqtt over 127.0.0.1.
+            dependencies: ["MQTTFront", "MQTTCodec", "SessionLedger", "CustodyServer"]
         ),
         .testTarget(
             name: "MQTTCodecTests",
