@@ -579,6 +579,11 @@ public final class Broker: @unchecked Sendable {
         var message: Message?
         var encoded: [UInt8]??
         let now = wallClock()
+        // What every copy starts from: no Topic Alias, no identifiers, no DUP.
+        var base = publish
+        clean(&base.properties)
+        base.packetIdentifier = nil
+        base.duplicate = false
         for match in matches {
             let session = match.session
             let qos = min(publish.qos, match.qos)
@@ -586,16 +591,13 @@ public final class Broker: @unchecked Sendable {
             if qos == .atMostOnce {
                 // Not queued for detached sessions (optional in 4.6; Mosquitto does not either).
                 guard session.sink != nil else { continue }
-                var packet = publish
+                var packet = base
                 packet.qos = .atMostOnce
-                packet.packetIdentifier = nil
-                packet.duplicate = false
                 packet.retain = retain
-                clean(&packet.properties)
                 if session.version == .mqtt5, !match.identifiers.isEmpty {
                     packet.properties.subscriptionIdentifiers = match.identifiers
                 }
-                post(session, [.publish(packet)])
+                post(session, .publish(packet))
                 continue
             }
             if session.sink == nil && !session.persistent { continue }
@@ -603,11 +605,7 @@ public final class Broker: @unchecked Sendable {
             if let message {
                 shared = message
             } else {
-                var stripped = publish
-                clean(&stripped.properties)
-                stripped.packetIdentifier = nil
-                stripped.duplicate = false
-                shared = Message(publish: stripped, receivedAt: now)
+                shared = Message(publish: base, receivedAt: now)
                 message = shared
             }
             sequence += 1
@@ -648,7 +646,7 @@ public final class Broker: @unchecked Sendable {
             assignIdentifier(delivery, session)
             if delivery.stored { ops.append(putRecord(delivery, session)) }
             if delivery.durable {
-                post(session, [.publish(outbound(delivery, session, now: delivery.message.receivedAt))])
+                post(session, .publish(outbound(delivery, session, now: delivery.message.receivedAt)))
                 delivery.sent = true
             }
             return
@@ -827,7 +825,7 @@ public final class Broker: @unchecked Sendable {
             guard delivery.state != .queued, !delivery.sent, session.sink != nil,
                 session.inflight[delivery.packetIdentifier] === delivery
             else { continue }
-            post(session, [.publish(outbound(delivery, session, now: now))])
+            post(session, .publish(outbound(delivery, session, now: now)))
             delivery.sent = true
         }
     }
@@ -865,6 +863,14 @@ public final class Broker: @unchecked Sendable {
     private func post(_ session: SessionState, _ packets: [MQTTPacket]) {
         guard !packets.isEmpty else { return }
         session.outbox.append(contentsOf: packets)
+        if !session.dirty {
+            session.dirty = true
+            dirtySessions.append(session)
+        }
+    }
+
+    private func post(_ session: SessionState, _ packet: MQTTPacket) {
+        session.outbox.append(packet)
         if !session.dirty {
             session.dirty = true
             dirtySessions.append(session)
