@@ -209,11 +209,14 @@ public final class Broker: @unchecked Sendable {
     private var dirtySessions: [SessionState] = []
 
     /// `directory`: where persistent session state lives (created if missing); nil = memory only.
-    public init(directory: String?, offlineQueueLimit: Int = 1000) throws {
+    /// `storeOptions`: the LMDB map size (default 16 GiB of address space; the file grows as it fills).
+    public init(
+        directory: String?, offlineQueueLimit: Int = 1000, storeOptions: BrokerStoreOptions = BrokerStoreOptions()
+    ) throws {
         precondition(offlineQueueLimit >= 1, "the offline queue holds at least one message")
         self.offlineQueueLimit = offlineQueueLimit
         if let directory {
-            store = try BrokerStore(directory: directory)
+            store = try BrokerStore(directory: directory, options: storeOptions)
             do {
                 try load()
             } catch {

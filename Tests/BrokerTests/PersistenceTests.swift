@@ -297,3 +297,43 @@ struct PersistenceTests {
         #expect(last.count == publishers)
     }
 }
+
+@Suite("Storage failures")
+struct StorageFailureTests {
+    /// A full store refuses the PUBLISH (0x97, no PUBACK); everything acknowledged before is
+    /// still there, and the broker keeps serving once there is room.
+    @Test func aFullStoreRefusesWithoutLosingWhatWasAcknowledged() async throws {
+        let directory = scratchDirectory()
+        defer { removeDirectory(directory) }
+        var acknowledged: [String] = []
+        do {
+            let broker = try Broker(
+                directory: directory, offlineQueueLimit: 100_000, storeOptions: BrokerStoreOptions(mapSize: 1 << 20))
+            let sub = broker.connect("sub", persistent: true)
+            _ = try await sub.session.handle(subscribe([("t", .atLeastOnce)]))
+            broker.detach(sub.session)
+            let pub = broker.connect("pub")
+            let big = String(repeating: "x", count: 20_000)
+            var refusal: BrokerError?
+            for i in 1...200 {
+                do {
+                    let answers = try await pub.session.handle(publish("t", "\(i) \(big)", qos: .atLeastOnce, id: UInt16(i)))
+                    #expect(answers == [.puback(ack(UInt16(i)))])
+                    acknowledged.append("\(i)")
+                } catch {
+                    refusal = error
+                    break
+                }
+            }
+            let error = try #require(refusal, "a 1 MiB map cannot hold 4 MB")
+            #expect(error.reasonCode == .quotaExceeded)
+            #expect(!acknowledged.isEmpty)
+            broker.close()
+        }
+        let broker = try Broker(directory: directory, offlineQueueLimit: 100_000)
+        defer { broker.close() }
+        let sub = broker.connect("sub", persistent: true, present: true)
+        let stored = sub.sink.takePublishes().map { String(text($0).prefix { $0 != " " }) }
+        #expect(Set(acknowledged).isSubset(of: Set(stored)))
+    }
+}
