@@ -116,6 +116,9 @@ final class SessionState: @unchecked Sendable {
     var queue = CircularBuffer<Delivery>()
     var nextPacketIdentifier: UInt16 = 1
     var inboundQoS2: Set<UInt16> = []
+    /// Inbound QoS 2 messages whose commit is not known yet: a resend of one (after a
+    /// takeover, say) must not be acknowledged before the original is durable.
+    var inboundCommits: [UInt16: CommitWaiter] = [:]
     var dropped = 0
     /// Packets decided under the lock, sent after it (see `Broker.drain`).
     var outbox: [MQTTPacket] = []
@@ -132,22 +135,19 @@ final class SessionState: @unchecked Sendable {
     }
 }
 
-/// Resolves once a store commit is known; the waiting side may come before or after.
+/// Resolves once a store commit is known; waiters may come before or after, and several may wait.
 final class CommitWaiter: @unchecked Sendable {
     private let lock = NSLock()
     private var result: Result<Void, LedgerError>?
-    private var continuation: CheckedContinuation<Result<Void, LedgerError>, Never>?
+    private var continuations: [CheckedContinuation<Result<Void, LedgerError>, Never>] = []
 
     func complete(_ value: Result<Void, LedgerError>) {
         lock.lock()
-        if let continuation {
-            self.continuation = nil
-            lock.unlock()
-            continuation.resume(returning: value)
-        } else {
-            result = value
-            lock.unlock()
-        }
+        result = value
+        let waiting = continuations
+        continuations = []
+        lock.unlock()
+        for continuation in waiting { continuation.resume(returning: value) }
     }
 
     func wait() async -> Result<Void, LedgerError> {
@@ -157,7 +157,7 @@ final class CommitWaiter: @unchecked Sendable {
                 lock.unlock()
                 continuation.resume(returning: result)
             } else {
-                self.continuation = continuation
+                continuations.append(continuation)
                 lock.unlock()
             }
         }
@@ -412,7 +412,7 @@ public final class Broker: @unchecked Sendable {
             case .exactlyOnce:
                 // Seen before PUBREL: the client resends; it was delivered already (4.3.3).
                 if state.inboundQoS2.contains(id) {
-                    return (.pubrec(MQTTPublishResponse(packetIdentifier: id)), nil)
+                    return (.pubrec(MQTTPublishResponse(packetIdentifier: id)), state.inboundCommits[id])
                 }
                 state.inboundQoS2.insert(id)
                 if state.persistent, store != nil {
@@ -420,18 +420,22 @@ public final class Broker: @unchecked Sendable {
                 }
                 let matched = route(publish, from: state, &ops, &pending)
                 let code: MQTTReasonCode = v5 && matched == 0 ? .noMatchingSubscribers : .success
-                return (.pubrec(MQTTPublishResponse(packetIdentifier: id, reasonCode: code)),
-                        submitWaiting(ops, pending))
+                let waiter = submitWaiting(ops, pending)
+                if let waiter { state.inboundCommits[id] = waiter }
+                return (.pubrec(MQTTPublishResponse(packetIdentifier: id, reasonCode: code)), waiter)
             }
         }
         if let waiter {
-            if case .failure(let error) = await waiter.wait() {
-                if publish.qos == .exactlyOnce, let id = publish.packetIdentifier {
+            let result = await waiter.wait()
+            if publish.qos == .exactlyOnce, let id = publish.packetIdentifier {
+                locked {
+                    guard state.inboundCommits[id] === waiter else { return }
+                    state.inboundCommits[id] = nil
                     // Not promised: let the client's resend be delivered, rather than lost.
-                    locked { _ = state.inboundQoS2.remove(id) }
+                    if case .failure = result { state.inboundQoS2.remove(id) }
                 }
-                throw .storage(error)
             }
+            if case .failure(let error) = result { throw .storage(error) }
         }
         return answer.map { [$0] } ?? []
     }
@@ -753,6 +757,7 @@ public final class Broker: @unchecked Sendable {
         state.inflight = [:]
         state.queue.removeAll()
         state.inboundQoS2 = []
+        state.inboundCommits = [:]
         state.attachment = 0
         state.sink = nil
     }
