@@ -48,6 +48,8 @@ public struct BrokerSessionInfo: Sendable, Equatable {
     public var dropped: Int
     /// Inbound QoS 2 packet identifiers awaiting PUBREL.
     public var inboundAwaitingRelease: Int
+    /// Messages not sent because they exceed the client's Maximum Packet Size.
+    public var discardedTooLarge: Int
 }
 
 enum DeliveryState: UInt8 {
@@ -111,6 +113,9 @@ final class SessionState: @unchecked Sendable {
     var attachment: UInt64 = 0
     var version: MQTTProtocolVersion = .mqtt5
     var window = 65535
+    var maximumPacketSize: Int?
+    /// PUBLISHes not sent because they exceed `maximumPacketSize`.
+    var discarded = 0
     var subscriptions: [String: Subscriber] = [:]
     var inflight: [UInt16: Delivery] = [:]
     var queue = CircularBuffer<Delivery>()
@@ -240,12 +245,24 @@ public final class Broker: @unchecked Sendable {
         session name: SessionName, persistent: Bool, sessionPresent: Bool,
         protocolVersion: MQTTProtocolVersion, receiveMaximum: Int, sink: BrokerSink
     ) -> BrokerSession {
-        locked { attachLocked(name, persistent, sessionPresent, protocolVersion, receiveMaximum, sink) }
+        attach(
+            session: name, persistent: persistent, sessionPresent: sessionPresent, protocolVersion: protocolVersion,
+            receiveMaximum: receiveMaximum, maximumPacketSize: nil, sink: sink)
+    }
+
+    /// As above, with the client's v5 Maximum Packet Size: a PUBLISH that would be larger is
+    /// not sent, and the broker behaves as if its delivery had completed (MQTT-3.1.2-25), so
+    /// that it does not hold an in-flight slot forever.
+    public func attach(
+        session name: SessionName, persistent: Bool, sessionPresent: Bool,
+        protocolVersion: MQTTProtocolVersion, receiveMaximum: Int, maximumPacketSize: Int?, sink: BrokerSink
+    ) -> BrokerSession {
+        locked { attachLocked(name, persistent, sessionPresent, protocolVersion, receiveMaximum, maximumPacketSize, sink) }
     }
 
     private func attachLocked(
         _ name: SessionName, _ persistent: Bool, _ sessionPresent: Bool,
-        _ protocolVersion: MQTTProtocolVersion, _ receiveMaximum: Int, _ sink: BrokerSink
+        _ protocolVersion: MQTTProtocolVersion, _ receiveMaximum: Int, _ maximumPacketSize: Int?, _ sink: BrokerSink
     ) -> BrokerSession {
         var ops: [BrokerStoreOperation] = []
         if !sessionPresent, let old = sessions[name] {
@@ -268,6 +285,7 @@ public final class Broker: @unchecked Sendable {
         state.outbox.removeAll()
         state.version = protocolVersion
         state.window = min(max(receiveMaximum, 1), 65535)
+        state.maximumPacketSize = maximumPacketSize
 
         // Redelivery (MQTT-4.4.0-1): unacknowledged PUBLISHes again with DUP, in their
         // original order, and PUBRELs for those the client has PUBREC'd.
@@ -277,9 +295,8 @@ public final class Broker: @unchecked Sendable {
             for delivery in state.inflight.values.sorted(by: { $0.sequence < $1.sequence }) {
                 if delivery.state == .awaitingComp {
                     packets.append(.pubrel(MQTTPublishResponse(packetIdentifier: delivery.packetIdentifier)))
-                } else if delivery.durable {
-                    packets.append(.publish(outbound(delivery, state, now: now)))
-                    delivery.sent = true
+                } else if delivery.durable, let packet = transmit(delivery, state, now: now, &ops) {
+                    packets.append(packet)
                 }
             }
             post(state, packets)
@@ -354,7 +371,7 @@ public final class Broker: @unchecked Sendable {
                 attached: state.attachment != 0, persistent: state.persistent,
                 subscriptions: state.subscriptions.keys.sorted(), queued: state.queue.count,
                 inflight: state.inflight.count, dropped: state.dropped,
-                inboundAwaitingRelease: state.inboundQoS2.count)
+                inboundAwaitingRelease: state.inboundQoS2.count, discardedTooLarge: state.discarded)
         }
     }
 
@@ -604,6 +621,12 @@ public final class Broker: @unchecked Sendable {
                 if session.version == .mqtt5, !match.identifiers.isEmpty {
                     packet.properties.subscriptionIdentifiers = match.identifiers
                 }
+                if let maximum = session.maximumPacketSize,
+                    (try? MQTTEncoder(protocolVersion: session.version).encodedSize(of: .publish(packet))) ?? Int.max > maximum
+                {
+                    session.discarded += 1
+                    continue
+                }
                 post(session, .publish(packet))
                 continue
             }
@@ -652,9 +675,8 @@ public final class Broker: @unchecked Sendable {
         if session.sink != nil, session.queue.isEmpty, session.inflight.count < session.window {
             assignIdentifier(delivery, session)
             if delivery.stored { ops.append(putRecord(delivery, session)) }
-            if delivery.durable {
-                post(session, .publish(outbound(delivery, session, now: delivery.message.receivedAt)))
-                delivery.sent = true
+            if delivery.durable, let packet = transmit(delivery, session, now: delivery.message.receivedAt, &ops) {
+                post(session, packet)
             }
             return
         }
@@ -690,9 +712,8 @@ public final class Broker: @unchecked Sendable {
             }
             assignIdentifier(delivery, session)
             if delivery.stored { ops.append(putRecord(delivery, session)) }
-            if delivery.durable {
-                packets.append(.publish(outbound(delivery, session, now: now)))
-                delivery.sent = true
+            if delivery.durable, let packet = transmit(delivery, session, now: now, &ops) {
+                packets.append(packet)
             }
         }
         post(session, packets)
@@ -828,14 +849,38 @@ public final class Broker: @unchecked Sendable {
 
     private func release(_ pending: [(SessionState, Delivery)]) {
         let now = wallClock()
+        var ops: [BrokerStoreOperation] = []
         for (session, delivery) in pending {
             delivery.durable = true
             guard delivery.state != .queued, !delivery.sent, session.sink != nil,
                 session.inflight[delivery.packetIdentifier] === delivery
             else { continue }
-            post(session, .publish(outbound(delivery, session, now: now)))
-            delivery.sent = true
+            if let packet = transmit(delivery, session, now: now, &ops) {
+                post(session, packet)
+            } else {
+                pump(session, &ops)
+            }
         }
+        submit(ops)
+    }
+
+    /// The PUBLISH for an in-flight delivery, marked sent; nil when it exceeds the client's
+    /// Maximum Packet Size, in which case the delivery is over (and its slot free).
+    private func transmit(
+        _ delivery: Delivery, _ session: SessionState, now: Int64, _ ops: inout [BrokerStoreOperation]
+    ) -> MQTTPacket? {
+        let packet = MQTTPacket.publish(outbound(delivery, session, now: now))
+        if let maximum = session.maximumPacketSize {
+            let size = (try? MQTTEncoder(protocolVersion: session.version).encodedSize(of: packet)) ?? Int.max
+            if size > maximum {
+                session.inflight[delivery.packetIdentifier] = nil
+                release(delivery, session, &ops, deleteRecord: true)
+                session.discarded += 1
+                return nil
+            }
+        }
+        delivery.sent = true
+        return packet
     }
 
     /// Runs `body` under the lock, then sends what it posted.

@@ -326,6 +326,24 @@ struct QoSFlowTests {
         #expect(sub.sink.takePublishes().map(text) == ["zero"])
     }
 
+    @Test func messagesOverTheClientsMaximumPacketSizeAreSkippedAsIfDelivered() async throws {
+        let broker = try Broker(directory: nil)
+        let sink = RecordingSink()
+        let sub = broker.attach(
+            session: name("sub"), persistent: true, sessionPresent: false, protocolVersion: .mqtt5,
+            receiveMaximum: 1, maximumPacketSize: 100, sink: sink)
+        _ = try await sub.handle(subscribe([("t", .atLeastOnce)]))
+        let pub = broker.connect("pub")
+        let big = String(repeating: "x", count: 200)
+        _ = try await pub.session.handle(publish("t", big, qos: .atLeastOnce, id: 1))
+        _ = try await pub.session.handle(publish("t", big))
+        _ = try await pub.session.handle(publish("t", "small", qos: .atLeastOnce, id: 2))
+        // The window of one was not blocked by the message that could not be sent.
+        #expect(sink.takePublishes().map(text) == ["small"])
+        #expect(broker.info(name("sub"))?.discardedTooLarge == 2)
+        #expect(broker.info(name("sub"))?.inflight == 1)
+    }
+
     @Test func packetIdentifiersWrapAndSkipThoseInUse() async throws {
         let broker = try Broker(directory: nil)
         let sub = broker.connect("sub")
