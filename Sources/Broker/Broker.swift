@@ -198,8 +198,14 @@ final class CommitWaiter: @unchecked Sendable {
 /// The front should hand one connection's packets to `handle` one at a time (awaiting each),
 /// so that one publisher's messages keep their order.
 ///
-/// Not (yet) here: retained messages, shared subscriptions (SUBACK 0x9E), topic aliases
-/// (the front resolves inbound aliases before `handle`).
+/// **Retained messages.** A PUBLISH with RETAIN replaces its topic's retained message (an
+/// empty payload deletes it), in memory and in the store (`retained` table), committed before
+/// the PUBACK/PUBREC. A SUBSCRIBE gets the matching retained messages (RETAIN 1, at the lower
+/// of the message's and the subscription's QoS) after its SUBACK, in `handle`'s answers, as
+/// Retain Handling says (3.1.1: always).
+///
+/// Not here: shared subscriptions (SUBACK 0x9E), topic aliases (the front refuses inbound
+/// ones and sends none).
 public final class Broker: @unchecked Sendable {
     private let lock = NSLock()
     private let store: BrokerStore?
@@ -212,6 +218,8 @@ public final class Broker: @unchecked Sendable {
     private var droppedTotal = 0
     private var closed = false
     private var dirtySessions: [SessionState] = []
+    /// The retained message of each topic that has one.
+    private var retained: [String: Message] = [:]
 
     /// `directory`: where persistent session state lives (created if missing); nil = memory only.
     /// `storeOptions`: the LMDB map size (default 16 GiB of address space; the file grows as it fills).
@@ -420,9 +428,11 @@ public final class Broker: @unchecked Sendable {
             switch publish.qos {
             case .atMostOnce:
                 _ = route(publish, from: state, &ops, &pending)
+                if publish.retain { keepRetained(publish, &ops) }
                 return (nil, submitWaiting(ops, pending))
             case .atLeastOnce:
                 let matched = route(publish, from: state, &ops, &pending)
+                if publish.retain { keepRetained(publish, &ops) }
                 let code: MQTTReasonCode = v5 && matched == 0 ? .noMatchingSubscribers : .success
                 return (.puback(MQTTPublishResponse(packetIdentifier: id, reasonCode: code)),
                         submitWaiting(ops, pending))
@@ -436,6 +446,7 @@ public final class Broker: @unchecked Sendable {
                     ops.append(.put(.sessions, key: BrokerRecords.inboundKey(state.prefix, id), value: []))
                 }
                 let matched = route(publish, from: state, &ops, &pending)
+                if publish.retain { keepRetained(publish, &ops) }
                 let code: MQTTReasonCode = v5 && matched == 0 ? .noMatchingSubscribers : .success
                 let waiter = submitWaiting(ops, pending)
                 if let waiter { state.inboundCommits[id] = waiter }
@@ -520,6 +531,8 @@ public final class Broker: @unchecked Sendable {
         -> [MQTTPacket]
     {
         let state = session.state
+        var retainedPackets: [MQTTPacket] = []
+        var retainedPending: [Delivery] = []
         let (codes, waiter) = try locked { () throws(BrokerError) -> ([MQTTReasonCode], CommitWaiter?) in
             try check(session)
             let v5 = state.version == .mqtt5
@@ -537,7 +550,7 @@ public final class Broker: @unchecked Sendable {
                 var options = subscription.options
                 if !v5 { options = MQTTSubscriptionOptions(qos: options.qos) }
                 let subscriber = Subscriber(session: state, options: options, identifier: identifier)
-                state.subscriptions[filter] = subscriber
+                let existed = state.subscriptions.updateValue(subscriber, forKey: filter) != nil
                 tree.insert(filter, subscriber)
                 if state.persistent, store != nil {
                     ops.append(.put(
@@ -545,11 +558,105 @@ public final class Broker: @unchecked Sendable {
                         value: BrokerRecords.encodeSubscription(options, identifier)))
                 }
                 codes.append(MQTTReasonCode(rawValue: options.qos.rawValue))
+                let sendRetained = switch options.retainHandling {
+                case .sendOnSubscribe: true
+                case .sendOnNewSubscribe: !existed
+                case .doNotSend: false
+                }
+                if sendRetained, !retained.isEmpty {
+                    sendRetainedMessages(
+                        filter, subscriber, state, &ops, &retainedPackets, &retainedPending)
+                }
             }
             return (codes, submitWaiting(ops))
         }
-        if let waiter, case .failure(let error) = await waiter.wait() { throw .storage(error) }
+        if let waiter {
+            let result = await waiter.wait()
+            if !retainedPending.isEmpty {
+                // Stored now (or never): send what is in flight, after the SUBACK.
+                let sendable = result.isSuccess
+                locked {
+                    let now = wallClock()
+                    var ops: [BrokerStoreOperation] = []
+                    for delivery in retainedPending {
+                        delivery.durable = true
+                        guard sendable, delivery.state != .queued, !delivery.sent, state.sink != nil,
+                            state.inflight[delivery.packetIdentifier] === delivery
+                        else { continue }
+                        guard let packet = transmit(delivery, state, now: now, &ops) else { continue }
+                        // Taken over meanwhile: the new connection gets it through its sink.
+                        if state.attachment == session.token { retainedPackets.append(packet) } else { post(state, packet) }
+                    }
+                    pump(state, &ops)
+                    submit(ops)
+                }
+            }
+            if case .failure(let error) = result { throw .storage(error) }
+        }
         return [.suback(MQTTSubAck(packetIdentifier: subscribe.packetIdentifier, reasonCodes: codes))]
+            + retainedPackets
+    }
+
+    /// Replaces (or, with an empty payload, deletes) the retained message of a topic.
+    private func keepRetained(_ publish: MQTTPublish, _ ops: inout [BrokerStoreOperation]) {
+        let topic = publish.topicName
+        if publish.payload.readableBytes == 0 {
+            if retained.removeValue(forKey: topic) != nil, store != nil {
+                ops.append(.delete(.retained, key: Array(topic.utf8)))
+            }
+            return
+        }
+        var kept = publish
+        clean(&kept.properties)
+        kept.packetIdentifier = nil
+        kept.duplicate = false
+        kept.retain = true
+        let now = wallClock()
+        retained[topic] = Message(publish: kept, receivedAt: now)
+        if store != nil, let bytes = BrokerRecords.encodeMessage(kept, receivedAt: now) {
+            ops.append(.put(.retained, key: Array(topic.utf8), value: bytes))
+        }
+    }
+
+    /// Queues the retained messages matching a new subscription. Those that can go at once
+    /// are appended to `packets` (the caller returns them after the SUBACK); those of a
+    /// persistent session go once their store write is committed (`pending`).
+    private func sendRetainedMessages(
+        _ filter: String, _ subscriber: Subscriber, _ session: SessionState, _ ops: inout [BrokerStoreOperation],
+        _ packets: inout [MQTTPacket], _ pending: inout [Delivery]
+    ) {
+        let now = wallClock()
+        let identifiers = subscriber.identifier.map { [$0] } ?? []
+        let matching = retained.filter { TopicRules.matches(filter: filter, topic: $0.key) }
+            .sorted { $0.value.receivedAt < $1.value.receivedAt }
+        for (topic, message) in matching {
+            if isExpired(message, now: now) {
+                retained[topic] = nil
+                if store != nil { ops.append(.delete(.retained, key: Array(topic.utf8))) }
+                continue
+            }
+            let qos = min(message.publish.qos, subscriber.options.qos)
+            sequence += 1
+            let delivery = Delivery(sequence: sequence, message: message, qos: qos, retain: true, identifiers: identifiers)
+            if qos == .atMostOnce {
+                if let packet = transmit(delivery, session, now: now, &ops) { packets.append(packet) }
+                continue
+            }
+            if session.persistent, store != nil {
+                if message.storeKey == 0, let bytes = BrokerRecords.encodeMessage(message.publish, receivedAt: message.receivedAt) {
+                    sequence += 1
+                    message.storeKey = sequence
+                    ops.append(.put(.messages, key: BrokerRecords.messageKey(sequence), value: bytes))
+                }
+                if message.storeKey != 0 {
+                    message.references += 1
+                    delivery.stored = true
+                    delivery.durable = false
+                    pending.append(delivery)
+                }
+            }
+            enqueue(delivery, session, &ops, into: &packets)
+        }
     }
 
     private func handleUnsubscribe(_ unsubscribe: MQTTUnsubscribe, from session: BrokerSession)
@@ -604,6 +711,7 @@ public final class Broker: @unchecked Sendable {
         var encoded: [UInt8]??
         let now = wallClock()
         // What every copy starts from: no Topic Alias, no identifiers, no DUP.
+        var direct: [MQTTPacket] = []
         var base = publish
         clean(&base.properties)
         base.packetIdentifier = nil
@@ -658,7 +766,11 @@ public final class Broker: @unchecked Sendable {
                     pending.append((session, delivery))
                 }
             }
-            enqueue(delivery, session, &ops)
+            enqueue(delivery, session, &ops, into: &direct)
+            if !direct.isEmpty {
+                for packet in direct { post(session, packet) }
+                direct.removeAll(keepingCapacity: true)
+            }
         }
         return matches.count
     }
@@ -671,12 +783,17 @@ public final class Broker: @unchecked Sendable {
         }
     }
 
-    private func enqueue(_ delivery: Delivery, _ session: SessionState, _ ops: inout [BrokerStoreOperation]) {
+    /// Puts a delivery in flight (its PUBLISH appended to `packets` when it may go now) or
+    /// in the queue.
+    private func enqueue(
+        _ delivery: Delivery, _ session: SessionState, _ ops: inout [BrokerStoreOperation],
+        into packets: inout [MQTTPacket]
+    ) {
         if session.sink != nil, session.queue.isEmpty, session.inflight.count < session.window {
             assignIdentifier(delivery, session)
             if delivery.stored { ops.append(putRecord(delivery, session)) }
-            if delivery.durable, let packet = transmit(delivery, session, now: delivery.message.receivedAt, &ops) {
-                post(session, packet)
+            if delivery.durable, let packet = transmit(delivery, session, now: wallClock(), &ops) {
+                packets.append(packet)
             }
             return
         }
@@ -748,14 +865,18 @@ public final class Broker: @unchecked Sendable {
     }
 
     private func isExpired(_ delivery: Delivery, now: Int64) -> Bool {
-        guard let interval = delivery.message.publish.properties.messageExpiryInterval else { return false }
-        return now - delivery.message.receivedAt >= Int64(interval) * 1_000_000
+        isExpired(delivery.message, now: now)
+    }
+
+    private func isExpired(_ message: Message, now: Int64) -> Bool {
+        guard let interval = message.publish.properties.messageExpiryInterval else { return false }
+        return now - message.receivedAt >= Int64(interval) * 1_000_000
     }
 
     private func outbound(_ delivery: Delivery, _ session: SessionState, now: Int64) -> MQTTPublish {
         var packet = delivery.message.publish
         packet.qos = delivery.qos
-        packet.packetIdentifier = delivery.packetIdentifier
+        packet.packetIdentifier = delivery.qos == .atMostOnce ? nil : delivery.packetIdentifier
         packet.duplicate = delivery.sent
         packet.retain = delivery.retain
         if session.version == .mqtt5 {
@@ -981,6 +1102,15 @@ public final class Broker: @unchecked Sendable {
             messages[storeKey] = message
             highest = max(highest, storeKey)
         }
+        try store.forEach(.retained) { key, value in
+            guard let (publish, receivedAt) = BrokerRecords.decodeMessage(value) else {
+                cleanup.append(.delete(.retained, key: Array(key)))
+                return
+            }
+            var kept = publish
+            kept.retain = true
+            retained[String(decoding: key, as: UTF8.self)] = Message(publish: kept, receivedAt: receivedAt)
+        }
         try store.forEach(.sessions) { key, value in
             guard let separator = key.firstIndex(of: 0), separator + 1 < key.count else {
                 cleanup.append(.delete(.sessions, key: Array(key)))
@@ -1105,5 +1235,12 @@ public final class BrokerSession: Sendable {
     /// Hand one connection's packets over one at a time, in the order they arrived.
     public func handle(_ packet: MQTTPacket) async throws(BrokerError) -> [MQTTPacket] {
         try await broker.handle(packet, from: self)
+    }
+}
+
+extension Result {
+    var isSuccess: Bool {
+        if case .success = self { return true }
+        return false
     }
 }

@@ -11,12 +11,14 @@ import Foundation
 ///   the kind's own suffix. Session names never hold U+0000 (they are validated), so the
 ///   0x00 separator makes every session's entries one contiguous key range, and ending a
 ///   session is one range delete.
+/// - `retained`: topic name bytes -> the retained message of that topic.
 /// - `meta`: "format".
 ///
 /// The store knows nothing of MQTT: the broker encodes and decodes the values.
 public enum BrokerTable: UInt8, Sendable {
     case messages = 0
     case sessions = 1
+    case retained = 2
 }
 
 /// One change in a broker write transaction.
@@ -57,6 +59,7 @@ public final class BrokerStore: @unchecked Sendable {
     private let env: OpaquePointer
     private let messages: MDB_dbi
     private let sessions: MDB_dbi
+    private let retained: MDB_dbi
     public let directory: String
 
     static let formatVersion: UInt8 = 1
@@ -86,7 +89,7 @@ public final class BrokerStore: @unchecked Sendable {
         guard let env else { throw .storage(operation: "mdb_env_create", code: ENOMEM, message: "no environment") }
         var opened: [MDB_dbi] = []
         do throws(LedgerError) {
-            try check(mdb_env_set_maxdbs(env, 4), "mdb_env_set_maxdbs")
+            try check(mdb_env_set_maxdbs(env, 8), "mdb_env_set_maxdbs")
             try check(mdb_env_set_mapsize(env, options.mapSize), "mdb_env_set_mapsize")
             let code = mdb_env_open(env, directory, UInt32(MDB_NOTLS), 0o640)
             if code == MDB_INVALID || code == MDB_VERSION_MISMATCH {
@@ -96,17 +99,17 @@ public final class BrokerStore: @unchecked Sendable {
             var txn: OpaquePointer?
             try check(mdb_txn_begin(env, nil, 0, &txn), "mdb_txn_begin")
             do throws(LedgerError) {
-                for name in ["messages", "sessions", "meta"] {
+                for name in ["messages", "sessions", "retained", "meta"] {
                     var dbi: MDB_dbi = 0
                     try check(mdb_dbi_open(txn, name, UInt32(MDB_CREATE), &dbi), "mdb_dbi_open \(name)")
                     opened.append(dbi)
                 }
                 try withVal(Array("format".utf8)) { (key) throws(LedgerError) in
                     var value = MDB_val()
-                    let code = mdb_get(txn, opened[2], &key, &value)
+                    let code = mdb_get(txn, opened[3], &key, &value)
                     if code == MDB_NOTFOUND {
                         try withVal([Self.formatVersion]) { (v) throws(LedgerError) in
-                            try check(mdb_put(txn, opened[2], &key, &v, 0), "mdb_put format")
+                            try check(mdb_put(txn, opened[3], &key, &v, 0), "mdb_put format")
                         }
                     } else {
                         try check(code, "mdb_get format")
@@ -127,7 +130,7 @@ public final class BrokerStore: @unchecked Sendable {
         }
         self.env = env
         self.directory = directory
-        (messages, sessions) = (opened[0], opened[1])
+        (messages, sessions, retained) = (opened[0], opened[1], opened[2])
         let thread = Thread { [self] in run() }
         thread.name = "custody-broker-store"
         thread.stackSize = 1 << 20
@@ -135,7 +138,11 @@ public final class BrokerStore: @unchecked Sendable {
     }
 
     private func dbi(_ table: BrokerTable) -> MDB_dbi {
-        table == .messages ? messages : sessions
+        switch table {
+        case .messages: messages
+        case .sessions: sessions
+        case .retained: retained
+        }
     }
 
     /// Queues `operations` for the next commit. `done` (if any) runs on the writer thread
