@@ -47,8 +47,13 @@ BENCH="$BIN/custody-bench"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/custody-compare.XXXXXX")
 PIDS=()
 cleanup() {
+    # SIGTERM first; a parent that blocks SIGTERM passes the mask on, so SIGKILL after 3 s.
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -107,7 +112,7 @@ if [ -x "$BIN/custody" ]; then
         done
         if ! grep -q "custody: listening mqtt" "$WORK/custody.log"; then
             CUSTODY_WHY="did not start listening: $(tail -1 "$WORK/custody.log")"
-            kill "$CUSTODY_PID" 2>/dev/null || true
+            kill -9 "$CUSTODY_PID" 2>/dev/null || true
             CUSTODY_PID=""
         fi
     fi
