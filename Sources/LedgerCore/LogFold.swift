@@ -1,19 +1,32 @@
 /// Folds raw log records into an `OwnershipProjection` quickly: names are interned by
-/// their bytes, so an event costs no String, no allocation and no String hashing once
-/// its names have been seen. The state change itself is `SessionTransition.apply`, the
-/// same as everywhere else.
+/// their bytes and each session's state is a plain value in one array, so an event costs
+/// no String, no allocation, no reference counting and one random memory access once its
+/// names have been seen. The rules of the state change are `SessionTransition`'s; the
+/// tests hold this fold to the projection's `apply` after every event of random logs.
 public struct LogFold {
+    /// A session's state with its owner as an interned id. `owner < 0`: no live session.
+    private struct Slot {
+        var owner: Int32 = -1
+        /// The client (case-insensitive authentication name) the entry counts against.
+        var client: Int32 = 0
+        var connected = false
+        var protocolVersion = ProtocolVersion.mqtt5
+        var cleanStart = false
+        var expiryInterval: UInt32 = 0
+        var deadline: Int64 = 0
+        var connection: ConnectionNumber = 0
+        var sinceSequence: UInt64 = 0
+        var sinceTime: Int64 = 0
+        var firstSequence: UInt64 = 0
+    }
+
     private var sessionNames = ByteInterner()
-    private var names: [SessionName] = []
-    private var entries: [SessionEntry?] = []
-    /// Client id of each entry's owner, kept with the entry.
-    private var entryClients: [Int] = []
+    private var slots: [Slot] = []
 
     private var authenticationNames = ByteInterner()
-    private var owners: [AuthenticationName] = []
     /// Authentication-name id to client id: names that differ only by case share one client.
-    private var clientOfOwner: [Int] = []
-    private var clientIDs: [String: Int] = [:]
+    private var clientOfOwner: [Int32] = []
+    private var clientIDs: [String: Int32] = [:]
     private var clientKeys: [String] = []
     private var liveCounts: [Int] = []
 
@@ -35,37 +48,66 @@ public struct LogFold {
         let session = try intern(session: UnsafeRawBufferPointer(rebasing: bytes[header.sessionNameRange]))
         let owner = try intern(owner: UnsafeRawBufferPointer(rebasing: bytes[header.authenticationNameRange]))
         let remote = UnsafeRawBufferPointer(rebasing: bytes[header.remoteAddressRange])
-        if !remote.isEmpty { _ = try decodeUTF8(remote) }
+        if !remote.isEmpty, !isASCII(remote) { _ = try decodeUTF8(remote) }
         lastSequence = header.sequence
         lastTimestamp = header.timestamp
-        if case .rejected = header.kind { return }
-
-        // The remote address plays no part in ownership; the fold leaves it out.
-        let event = LedgerEvent(
-            sequence: header.sequence, timestamp: header.timestamp, kind: header.kind,
-            authenticationName: owners[owner], sessionName: names[session], connection: header.connection,
-            protocolVersion: header.protocolVersion, cleanStart: header.cleanStart,
-            expiryInterval: header.expiryInterval)
-        let before = entries[session]
-        let after = SessionTransition.apply(event, to: before)
-        switch (before, after) {
-        case (nil, .some):
-            liveCounts[clientOfOwner[owner]] += 1
-        case (.some, nil):
-            // Counted against the entry's owner, as the store does, whoever the event names.
-            liveCounts[entryClients[session]] -= 1
-        default:
-            break
+        slots.withUnsafeMutableBufferPointer { slots in
+            // SessionTransition.apply, on the compact slot.
+            switch header.kind {
+            case .rejected:
+                return
+            case .expired:
+                // Counted against the entry's owner, as the store does, whoever the event names.
+                if slots[session].owner >= 0 { liveCounts[Int(slots[session].client)] -= 1 }
+                slots[session].owner = -1
+            case .connected:
+                var slot = slots[session]
+                let continues = slot.owner >= 0 && !header.cleanStart
+                if slot.owner < 0 { liveCounts[Int(clientOfOwner[owner])] += 1 }
+                slot.firstSequence = continues ? slot.firstSequence : header.sequence
+                slot.owner = Int32(owner)
+                slot.client = clientOfOwner[owner]
+                slot.connected = true
+                slot.connection = header.connection
+                slot.protocolVersion = header.protocolVersion
+                slot.cleanStart = header.cleanStart
+                slot.expiryInterval = header.expiryInterval
+                slot.sinceSequence = header.sequence
+                slot.sinceTime = header.timestamp
+                slots[session] = slot
+            case .disconnected:
+                guard slots[session].owner >= 0 else { return }
+                // A session with expiry interval 0 ends with its connection (MQTT 5 §3.1.2.11.2).
+                guard header.expiryInterval > 0 else {
+                    liveCounts[Int(slots[session].client)] -= 1
+                    slots[session].owner = -1
+                    return
+                }
+                slots[session].connected = false
+                slots[session].deadline =
+                    header.timestamp + Int64(header.expiryInterval) * SessionTransition.microsecondsPerSecond
+                slots[session].expiryInterval = header.expiryInterval
+                slots[session].sinceSequence = header.sequence
+                slots[session].sinceTime = header.timestamp
+            }
         }
-        if case .connected = header.kind { entryClients[session] = clientOfOwner[owner] }
-        entries[session] = after
     }
 
     /// The projection as of the last applied record.
     public var projection: OwnershipProjection {
+        var owners: [AuthenticationName] = []
+        owners.reserveCapacity(authenticationNames.count)
+        for id in 0..<authenticationNames.count {
+            owners.append(AuthenticationName(unchecked: authenticationNames.string(id)))
+        }
         var sessions: [SessionName: SessionEntry] = [:]
-        for (index, entry) in entries.enumerated() {
-            if let entry { sessions[names[index]] = entry }
+        for (index, slot) in slots.enumerated() where slot.owner >= 0 {
+            let name = SessionName(unchecked: sessionNames.string(index))
+            sessions[name] = SessionEntry(
+                owner: owners[Int(slot.owner)], state: slot.connected ? .connected : .disconnected(deadline: slot.deadline),
+                connection: slot.connection, protocolVersion: slot.protocolVersion, cleanStart: slot.cleanStart,
+                expiryInterval: slot.expiryInterval, sinceSequence: slot.sinceSequence, sinceTime: slot.sinceTime,
+                firstSequence: slot.firstSequence)
         }
         var counts: [String: Int] = [:]
         for (client, count) in liveCounts.enumerated() where count != 0 {
@@ -76,28 +118,26 @@ public struct LogFold {
     }
 
     private mutating func intern(session bytes: UnsafeRawBufferPointer) throws(RecordFormatError) -> Int {
-        let (id, isNew, hash) = sessionNames.intern(bytes)
+        let (id, isNew) = sessionNames.intern(bytes)
         if isNew {
-            names.append(SessionName(unchecked: try decodeUTF8(bytes), fingerprint: hash))
-            entries.append(nil)
-            entryClients.append(0)
+            if !isASCII(bytes) { _ = try decodeUTF8(bytes) }
+            slots.append(Slot())
         }
         return id
     }
 
     private mutating func intern(owner bytes: UnsafeRawBufferPointer) throws(RecordFormatError) -> Int {
-        let (id, isNew, _) = authenticationNames.intern(bytes)
+        let (id, isNew) = authenticationNames.intern(bytes)
         if isNew {
             let name = AuthenticationName(unchecked: try decodeUTF8(bytes))
-            owners.append(name)
             clientOfOwner.append(clientID(of: name))
         }
         return id
     }
 
-    private mutating func clientID(of name: AuthenticationName) -> Int {
+    private mutating func clientID(of name: AuthenticationName) -> Int32 {
         if let id = clientIDs[name.key] { return id }
-        let id = clientKeys.count
+        let id = Int32(clientKeys.count)
         clientIDs[name.key] = id
         clientKeys.append(name.key)
         liveCounts.append(0)
@@ -105,76 +145,116 @@ public struct LogFold {
     }
 }
 
-/// FNV-1a, 64-bit: the session-name fingerprint and the interner's hash.
-@inlinable
-func fnv1a<S: Sequence<UInt8>>(_ bytes: S) -> UInt64 {
-    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-    for byte in bytes {
-        hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
+@inline(__always)
+private func isASCII(_ bytes: UnsafeRawBufferPointer) -> Bool {
+    var i = 0
+    let count = bytes.count
+    while i + 8 <= count {
+        if bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self) & 0x8080_8080_8080_8080 != 0 { return false }
+        i += 8
     }
-    return hash
+    while i < count {
+        if bytes[i] >= 0x80 { return false }
+        i += 1
+    }
+    return true
+}
+
+/// The 64-bit hash of a name's UTF-8 bytes (the session-name fingerprint and the
+/// interner's hash): multiply-xorshift over 8-byte words, as names are short. Kept in
+/// memory only, never stored.
+@inline(__always)
+func nameHash(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+    let count = bytes.count
+    var h: UInt64 = 0x9E37_79B9_7F4A_7C15 ^ UInt64(truncatingIfNeeded: count)
+    var i = 0
+    while i + 8 <= count {
+        h = (h ^ bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self)) &* 0xFF51_AFD7_ED55_8CCD
+        h ^= h >> 32
+        i += 8
+    }
+    var tail: UInt64 = 0
+    var shift: UInt64 = 0
+    while i < count {
+        tail |= UInt64(bytes[i]) << shift
+        shift += 8
+        i += 1
+    }
+    h = (h ^ tail) &* 0xC4CE_B9FE_1A85_EC53
+    h ^= h >> 29
+    return h
 }
 
 /// Gives each distinct byte string a dense id. Open addressing over an arena; entries
 /// are never removed (a replay interns every name it meets, once).
 struct ByteInterner {
+    /// The tag is the hash with the length in its low 16 bits, so that a probe decides
+    /// from the slot alone whether the bytes need comparing; `start` is where they are.
     private struct Slot {
-        var hash: UInt64
+        var tag: UInt64
         /// -1 when empty.
         var id: Int32
+        var start: UInt32
     }
 
     private var arena: [UInt8] = []
-    private var spans: [(start: Int, count: Int)] = []
-    /// Capacity is a power of two, at most half full; the hash is kept in the slot so that
-    /// a probe past other names touches no other memory.
-    private var slots = [Slot](repeating: Slot(hash: 0, id: -1), count: 1024)
+    private var starts: [UInt32] = []
+    /// Capacity is a power of two, at most half full.
+    private var slots = [Slot](repeating: Slot(tag: 0, id: -1, start: 0), count: 1024)
     private var shift = 64 - 10
 
-    /// Fibonacci hashing: FNV-1a's low bits depend only on the bytes' low bits, so the
-    /// slot comes from the high bits of a multiplied hash instead.
+    var count: Int { starts.count }
+
+    /// Fibonacci hashing: the slot comes from the high bits of a multiplied hash.
     @inline(__always)
-    private func slot(for hash: UInt64) -> Int {
-        Int(truncatingIfNeeded: (hash &* 0x9E37_79B9_7F4A_7C15) >> UInt64(shift))
+    private func slot(for tag: UInt64) -> Int {
+        Int(truncatingIfNeeded: (tag &* 0x9E37_79B9_7F4A_7C15) >> UInt64(shift))
     }
 
-    mutating func intern(_ bytes: UnsafeRawBufferPointer) -> (id: Int, isNew: Bool, hash: UInt64) {
-        let hash = fnv1a(bytes)
+    /// Names longer than 65,535 bytes cannot occur: the record format's lengths are 16-bit.
+    mutating func intern(_ bytes: UnsafeRawBufferPointer) -> (id: Int, isNew: Bool) {
+        let tag = (nameHash(bytes) & ~0xFFFF) | UInt64(UInt16(truncatingIfNeeded: bytes.count))
         let mask = slots.count - 1
-        var index = slot(for: hash)
+        var index = slot(for: tag)
         let found: Int? = slots.withUnsafeBufferPointer { table in
             arena.withUnsafeBytes { stored in
                 while table[index].id >= 0 {
                     let candidate = table[index]
-                    if candidate.hash == hash {
-                        let span = spans[Int(candidate.id)]
-                        if span.count == bytes.count
-                            && (bytes.isEmpty || memcmpEqual(stored.baseAddress! + span.start, bytes.baseAddress!, bytes.count))
-                        {
-                            return Int(candidate.id)
-                        }
+                    if candidate.tag == tag
+                        && (bytes.isEmpty
+                            || memcmpEqual(stored.baseAddress! + Int(candidate.start), bytes.baseAddress!, bytes.count))
+                    {
+                        return Int(candidate.id)
                     }
                     index = (index + 1) & mask
                 }
                 return nil
             }
         }
-        if let found { return (found, false, hash) }
-        let id = spans.count
-        spans.append((arena.count, bytes.count))
+        if let found { return (found, false) }
+        let id = starts.count
+        precondition(arena.count + bytes.count <= Int(UInt32.max), "more than 4 GiB of distinct names")
+        slots[index] = Slot(tag: tag, id: Int32(id), start: UInt32(arena.count))
+        starts.append(UInt32(arena.count))
         arena.append(contentsOf: bytes)
-        slots[index] = Slot(hash: hash, id: Int32(id))
-        if spans.count * 2 > slots.count { grow() }
-        return (id, true, hash)
+        if starts.count * 2 > slots.count { grow() }
+        return (id, true)
+    }
+
+    /// The bytes of `id` as a String (they were checked to be UTF-8 when interned).
+    func string(_ id: Int) -> String {
+        let start = Int(starts[id])
+        let end = id + 1 < starts.count ? Int(starts[id + 1]) : arena.count
+        return String(decoding: arena[start..<end], as: UTF8.self)
     }
 
     private mutating func grow() {
         let old = slots
-        slots = [Slot](repeating: Slot(hash: 0, id: -1), count: old.count * 2)
+        slots = [Slot](repeating: Slot(tag: 0, id: -1, start: 0), count: old.count * 2)
         shift -= 1
         let mask = slots.count - 1
         for entry in old where entry.id >= 0 {
-            var index = slot(for: entry.hash)
+            var index = slot(for: entry.tag)
             while slots[index].id >= 0 { index = (index + 1) & mask }
             slots[index] = entry
         }

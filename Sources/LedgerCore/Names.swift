@@ -28,7 +28,7 @@ private func checkName(_ text: String) -> NameProblem? {
 /// The MQTT ClientID. Unique across the broker, compared exactly (case-sensitive).
 public struct SessionName: Hashable, Sendable, CustomStringConvertible {
     public let value: String
-    /// FNV-1a of the UTF-8 bytes, computed once. Dictionaries keyed by session name
+    /// `nameHash` of the UTF-8 bytes, computed once. Dictionaries keyed by session name
     /// (the replay's projection above all) compare it before the text, so probing past
     /// other names costs an integer compare instead of a memcmp.
     @usableFromInline let fingerprint: UInt64
@@ -41,14 +41,9 @@ public struct SessionName: Hashable, Sendable, CustomStringConvertible {
     /// For names read back from the ledger, which were validated when first written,
     /// and for rejected events that record the offending name as it came.
     public init(unchecked text: String) {
+        var text = text
+        self.fingerprint = text.withUTF8 { nameHash(UnsafeRawBufferPointer($0)) }
         self.value = text
-        self.fingerprint = fnv1a(text.utf8)
-    }
-
-    /// For callers that hashed the UTF-8 bytes already (`fnv1a`).
-    init(unchecked text: String, fingerprint: UInt64) {
-        self.value = text
-        self.fingerprint = fingerprint
     }
 
     public var isValid: Bool { checkName(value) == nil }

@@ -94,18 +94,19 @@ struct LogFoldTests {
         var ids: [Int] = []
         for i in 0..<5_000 {
             let text = Array("name-\(i)".utf8)
-            let (id, isNew, _) = text.withUnsafeBytes { interner.intern($0) }
+            let (id, isNew) = text.withUnsafeBytes { interner.intern($0) }
             #expect(isNew)
             ids.append(id)
         }
         #expect(ids == Array(0..<5_000))
         for i in stride(from: 0, to: 5_000, by: 7) {
             let text = Array("name-\(i)".utf8)
-            let (id, isNew, _) = text.withUnsafeBytes { interner.intern($0) }
+            let (id, isNew) = text.withUnsafeBytes { interner.intern($0) }
             #expect(!isNew && id == i)
         }
         let empty = [UInt8]().withUnsafeBytes { interner.intern($0) }
         #expect(empty.isNew && empty.id == 5_000)
+        #expect(interner.string(4_999) == "name-4999" && interner.string(5_000) == "" && interner.string(0) == "name-0")
     }
 }
 
