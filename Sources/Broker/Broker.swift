@@ -627,8 +627,11 @@ public final class Broker: @unchecked Sendable {
     ) {
         let now = wallClock()
         let identifiers = subscriber.identifier.map { [$0] } ?? []
-        let matching = retained.filter { TopicRules.matches(filter: filter, topic: $0.key) }
-            .sorted { $0.value.receivedAt < $1.value.receivedAt }
+        let wildcard = filter.utf8.contains { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") }
+        let matching: [(key: String, value: Message)] = wildcard
+            ? retained.filter { TopicRules.matches(filter: filter, topic: $0.key) }
+                .sorted { $0.value.receivedAt < $1.value.receivedAt }
+            : retained[filter].map { [(key: filter, value: $0)] } ?? []
         for (topic, message) in matching {
             if isExpired(message, now: now) {
                 retained[topic] = nil
