@@ -177,6 +177,14 @@ func readLiveCount(txn: OpaquePointer, lmdb: LMDBEnvironment, key: [UInt8]) thro
 
 /// One write transaction of the writer: appends events and keeps the projection in step.
 /// Lives on the writer thread only and never across an `await`.
+/// A client key as a dictionary key: hashed in one call over its bytes, where `[UInt8]`
+/// would feed the hasher byte by byte.
+struct ClientKeyBytes: Hashable {
+    let bytes: [UInt8]
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
+    func hash(into hasher: inout Hasher) { bytes.withUnsafeBytes { hasher.combine(bytes: $0) } }
+}
+
 struct LedgerWriteTransaction {
     let txn: OpaquePointer
     let lmdb: LMDBEnvironment
@@ -188,8 +196,7 @@ struct LedgerWriteTransaction {
     /// How long `mdb_txn_commit` (page writes and fsync) took; set after the commit.
     var commitNanoseconds: UInt64 = 0
     /// Live-session counts by client key as of this transaction, and which of them changed.
-    var counts: [[UInt8]: Int] = [:]
-    var changedCounts: Set<[UInt8]> = []
+    var counts: [ClientKeyBytes: (count: Int, changed: Bool)] = [:]
 
     func session(_ key: [UInt8]) throws(LedgerError) -> SessionEntry? {
         try readSession(txn: txn, lmdb: lmdb, key: key)?.1
@@ -202,9 +209,9 @@ struct LedgerWriteTransaction {
     /// Live-session counts are read at most once per transaction and written once at its
     /// end: a batch often holds several events of one client.
     mutating func liveCount(_ key: [UInt8]) throws(LedgerError) -> Int {
-        if let cached = counts[key] { return cached }
+        if let cached = counts[ClientKeyBytes(key)] { return cached.count }
         let stored = try readLiveCount(txn: txn, lmdb: lmdb, key: key)
-        counts[key] = stored
+        counts[ClientKeyBytes(key)] = (stored, false)
         return stored
     }
 
@@ -277,13 +284,12 @@ struct LedgerWriteTransaction {
         guard count >= 0 else {
             throw .corruptRecord(table: "clients", detail: "live session count would go below zero")
         }
-        counts[key] = count
-        changedCounts.insert(key)
+        counts[ClientKeyBytes(key)] = (count, true)
     }
 
     private func storeLiveCounts() throws(LedgerError) {
-        for key in changedCounts {
-            let count = counts[key]!
+        for (wrapped, (count, changed)) in counts where changed {
+            let key = wrapped.bytes
             if count == 0 {
                 try withVal(key) { (k) throws(LedgerError) in
                     let code = mdb_del(txn, lmdb.clients, &k, nil)
