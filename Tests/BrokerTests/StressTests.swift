@@ -14,10 +14,17 @@ final class AckingClient: BrokerSink, @unchecked Sendable {
     private var payloads: Set<String> = []
     private var duplicates = 0
 
+    private var early: [MQTTPacket] = []
+
+    /// Packets that came before the session was known (redelivery during `attach`) are
+    /// answered now, as a client answers what it read once its CONNACK is processed.
     func use(_ session: BrokerSession) {
         lock.lock()
         self.session = session
+        let early = self.early
+        self.early = []
         lock.unlock()
+        answer(early, session)
     }
 
     func send(_ packets: [MQTTPacket]) {
@@ -36,8 +43,17 @@ final class AckingClient: BrokerSink, @unchecked Sendable {
                 break
             }
         }
+        guard let session else {
+            early += answers
+            lock.unlock()
+            return
+        }
         lock.unlock()
-        guard let session, !answers.isEmpty else { return }
+        answer(answers, session)
+    }
+
+    private func answer(_ answers: [MQTTPacket], _ session: BrokerSession) {
+        guard !answers.isEmpty else { return }
         Task {
             for answer in answers {
                 guard let more = try? await session.handle(answer) else { return }
