@@ -197,10 +197,13 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
         case .accept(let acceptance):
             accept(acceptance)
         case .reject(let connack, let why):
+            var code = ""
+            if case .connack(let answer)? = connack { code = " code=\(answer.reasonCode)" }
             if let connection, let sessionName {
-                services.logger.info("mqtt: refused session=\(sessionName) conn=\(connection) remote=\(remoteAddress) why=\(why)")
+                services.logger.info(
+                    "mqtt: refused session=\(sessionName) conn=\(connection) remote=\(remoteAddress) why=\(why)\(code)")
             } else {
-                services.logger.info("mqtt: closed remote=\(remoteAddress) why=\(why)")
+                services.logger.notice("mqtt: closed remote=\(remoteAddress) why=\(why)\(code)")
             }
             close(sending: connack.map { [$0] } ?? [])
             finish(after: nil)
@@ -291,7 +294,9 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
         connectTimer?.cancel()
         keepAliveTimer?.cancel()
         let name = closing.release?.sessionName ?? sessionName
-        services.logger.info(
+        // A client that broke the protocol is worth a warning; the rest is the normal course of things.
+        services.logger.log(
+            level: closing.release?.reason == .clientError ? .warning : .info,
             "mqtt: closed session=\(name.map { "\($0)" } ?? "-") conn=\(connection ?? 0) remote=\(remoteAddress) why=\(closing.why)")
         detach()
         if !closing.channelGone { close(sending: closing.packets) }

@@ -46,6 +46,8 @@ public struct ConnectionStateMachine: Sendable {
         case lost(DisconnectReason)
         /// A newer connection of the same identity took the session over.
         case takenOver
+        /// The broker is stopping: close, and record the end as server-initiated.
+        case shutdown
     }
 
     enum State: Sendable {
@@ -218,6 +220,15 @@ public struct ConnectionStateMachine: Sendable {
                 packets.append(.disconnect(MQTTDisconnect(reasonCode: .sessionTakenOver)))
             }
             return .abandon(grant, Closing(packets: packets, release: nil, why: "sessionTakenOver", channelGone: false))
+        case .shutdown:
+            state = .closing(identity.protocolVersion)
+            var packets = [successConnack(identity, grant)]
+            if identity.protocolVersion == .mqtt5 {
+                packets.append(.disconnect(MQTTDisconnect(reasonCode: .serverShuttingDown)))
+            }
+            return .abandon(grant, Closing(
+                packets: packets, release: release(identity, .serverInitiatedDisconnect), why: "serverInitiatedDisconnect",
+                channelGone: false))
         }
     }
 
@@ -271,7 +282,7 @@ public struct ConnectionStateMachine: Sendable {
             state = .closing(nil)
             return .reject(connack: nil, why: "server shutting down")
         case .connecting(let identity, let pending, let abandoned):
-            state = .connecting(identity, pending: pending, abandoned: abandoned ?? .lost(.serverInitiatedDisconnect))
+            state = .connecting(identity, pending: pending, abandoned: abandoned ?? .shutdown)
             return .none
         case .accepting(let identity, _, _), .active(let identity, _, _):
             state = .closing(identity.protocolVersion)

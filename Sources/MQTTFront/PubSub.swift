@@ -32,15 +32,12 @@ public final class ConnectionSink: Sendable {
 
     public func send(_ packets: [MQTTPacket]) {
         guard !packets.isEmpty else { return }
+        // Always later, never inline: the broker calls this under its lock, and a write that
+        // fails can close the channel, whose handler then detaches from the broker.
         let channel = self.channel
-        if channel.eventLoop.inEventLoop {
+        channel.eventLoop.execute {
             for packet in packets { channel.write(packet, promise: nil) }
             channel.flush()
-        } else {
-            channel.eventLoop.execute {
-                for packet in packets { channel.write(packet, promise: nil) }
-                channel.flush()
-            }
         }
     }
 }

@@ -380,6 +380,30 @@ struct ConnectionStateMachineTests {
         #expect(closing.release?.reason == .serverInitiatedDisconnect)
     }
 
+    @Test func shutdownWhileClaimingClosesOnceGranted() {
+        var machine = ConnectionStateMachine()
+        _ = machine.received(v5Connect("s", user: "u"), connection: 4, now: t0)
+        #expect(isNone(machine.shutdown()))
+        guard case .abandon(_, let closing) = machine.claimCompleted(grant(connection: 4)) else {
+            Issue.record("no abandon"); return
+        }
+        #expect(!closing.channelGone)
+        #expect(closing.packets.last == .disconnect(MQTTDisconnect(reasonCode: .serverShuttingDown)))
+        #expect(closing.release?.reason == .serverInitiatedDisconnect)
+    }
+
+    @Test func retainedPublishIsRefusedWhenRetainIsNotAvailable() {
+        var machine = ConnectionStateMachine(settings: .init(capabilities: [.retainAvailable(false)]))
+        _ = machine.received(v5Connect("s", user: "u"), connection: 1, now: t0)
+        _ = machine.claimCompleted(grant(connection: 1))
+        _ = machine.accepted(now: t0)
+        let publish = MQTTPublish(topicName: "a", payload: ByteBuffer(), retain: true)
+        guard case .close(let closing) = machine.received(.packet(.publish(publish)), now: t0) else {
+            Issue.record("no close"); return
+        }
+        #expect(closing.packets == [.disconnect(MQTTDisconnect(reasonCode: .retainNotSupported))])
+    }
+
     @Test(arguments: ["127.0.0.1:1883", "0.0.0.0:0", "[::1]:8883", "localhost:65535"])
     func listenAddressesParse(text: String) throws {
         let address = try #require(ListenAddress(parsing: text))

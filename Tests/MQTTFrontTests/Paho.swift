@@ -61,6 +61,8 @@ c.on_connect = on_connect
 c.on_subscribe = on_subscribe
 c.on_message = on_message
 c.on_disconnect = on_disconnect
+# Foundation's Process starts children with SIGTERM blocked.
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 signal.signal(signal.SIGTERM, lambda *_: done.set())
 
 props = None

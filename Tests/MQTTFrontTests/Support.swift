@@ -109,10 +109,15 @@ final class RunningCustody: @unchecked Sendable {
     func stop() {
         guard !stopped else { return }
         stopped = true
+        guard process.isRunning else { return }
+        process.terminate()  // SIGTERM: custody closes connections and the ledger
+        let deadline = Date().addingTimeInterval(15)
+        while process.isRunning, Date() < deadline { usleep(10_000) }
         if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
+            Issue.record("custody did not stop on SIGTERM")
+            kill(process.processIdentifier, SIGKILL)
         }
+        process.waitUntilExit()
     }
 
     /// Every event in the ledger so far (read-only, while custody runs).
@@ -155,8 +160,11 @@ final class RawClient {
     private(set) var closedByPeer = false
 
     init(port: Int, version: MQTTProtocolVersion = .mqtt5) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        decoder = MQTTDecoder(protocolVersion: version)
+        encoder = MQTTEncoder(protocolVersion: version)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw E2EError.unexpected("socket: \(errno)") }
+        self.fd = fd
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = in_port_t(UInt16(port).bigEndian)
@@ -170,8 +178,6 @@ final class RawClient {
             close(fd)
             throw E2EError.unexpected("connect to \(port): errno \(errno)")
         }
-        decoder = MQTTDecoder(protocolVersion: version)
-        encoder = MQTTEncoder(protocolVersion: version)
     }
 
     deinit { close(fd) }
@@ -257,7 +263,7 @@ func run(_ executable: String, _ arguments: [String], timeout: Double = 20) thro
     let deadline = Date().addingTimeInterval(timeout)
     while process.isRunning, Date() < deadline { usleep(10_000) }
     if process.isRunning {
-        process.terminate()
+        kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
         throw E2EError.timeout("\(executable) \(arguments)")
     }
@@ -320,9 +326,11 @@ final class Background: @unchecked Sendable {
         return process.terminationStatus
     }
 
+    /// SIGKILL: Foundation's Process starts children with SIGTERM blocked, and a client
+    /// killed outright is as good as any for these tests (the server sees a lost connection).
     func stop() {
         if process.isRunning {
-            process.terminate()
+            kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
         try? FileManager.default.removeItem(atPath: outPath)
