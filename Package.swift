@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
     ],
     targets: [
         .systemLibrary(
@@ -41,6 +42,17 @@ let package = Package(
         .target(
             name: "MQTTCodec",
             dependencies: [.product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .target(
+            name: "CustodyConfig",
+            // The YAML configuration, the client registry and the password file: pure, no I/O
+            // beyond reading the files it is given.
+            dependencies: [
+                "LedgerCore",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "CryptoExtras", package: "swift-crypto"),
+            ]
         ),
         .target(
             name: "Broker",
@@ -97,6 +109,10 @@ let package = Package(
             name: "SessionBenchTests",
             // Runs the real `custody-bench` against a real mosquitto and a real `custody` on 127.0.0.1.
             dependencies: ["SessionBench", "CustodyServer"]
+        ),
+        .testTarget(
+            name: "CustodyConfigTests",
+            dependencies: ["CustodyConfig", "LedgerCore"]
         ),
         .testTarget(
             name: "BrokerTests",

@@ -1,0 +1,154 @@
+import LedgerCore
+
+/// What a verified client certificate says about its holder (the TLS layer fills it in).
+public struct CertificateIdentity: Sendable, Equatable {
+    /// The subject's common name (CN).
+    public var subjectCommonName: String?
+    public var dnsNames: [String]
+    public var uris: [String]
+    /// IP addresses of the subject alternative names, in their usual text form.
+    public var ipAddresses: [String]
+    public var emails: [String]
+    /// SHA-256 of the certificate's DER bytes, 64 lowercase hex digits.
+    public var thumbprint: String
+
+    public init(
+        subjectCommonName: String? = nil, dnsNames: [String] = [], uris: [String] = [], ipAddresses: [String] = [],
+        emails: [String] = [], thumbprint: String
+    ) {
+        self.subjectCommonName = subjectCommonName
+        self.dnsNames = dnsNames
+        self.uris = uris
+        self.ipAddresses = ipAddresses
+        self.emails = emails
+        self.thumbprint = thumbprint
+    }
+
+    func values(of source: AlternativeAuthenticationNameSource) -> [String] {
+        switch source {
+        case .clientCertificateSubject: subjectCommonName.map { [$0] } ?? []
+        case .clientCertificateDns: dnsNames
+        case .clientCertificateUri: uris
+        case .clientCertificateIp: ipAddresses
+        case .clientCertificateEmail: emails
+        }
+    }
+}
+
+/// The credentials of one CONNECT.
+public struct ConnectCredentials: Sendable {
+    public var username: String?
+    public var password: [UInt8]?
+    /// The ClientID: the authentication name of last resort (a single-session client).
+    public var sessionName: String
+    /// nil on a plain TCP or WebSocket listener, or when the client sent none.
+    public var certificate: CertificateIdentity?
+
+    public init(username: String?, password: [UInt8]?, sessionName: String, certificate: CertificateIdentity?) {
+        self.username = username
+        self.password = password
+        self.sessionName = sessionName
+        self.certificate = certificate
+    }
+}
+
+/// Who a CONNECT is, and whether it proved it (DESIGN.md §1, rule R7).
+public struct IdentityDecision: Sendable, Equatable {
+    public var authenticationName: AuthenticationName
+    public var verdict: IdentityVerdict
+    /// Why, for the log line (never sent to the client).
+    public var detail: String
+}
+
+/// Decides identities from the configuration: the password file, the client registry and
+/// the certificate validation schemes. Without any of them every Username is believed
+/// (the development default).
+public struct Authenticator: Sendable {
+    public let namespace: NamespaceConfiguration
+    public let passwords: PasswordFile?
+    private let clients: [AuthenticationName: ClientRecord]
+
+    public init(configuration: CustodyConfiguration, passwords: PasswordFile?) {
+        namespace = configuration.namespace
+        self.passwords = passwords
+        var clients: [AuthenticationName: ClientRecord] = [:]
+        for record in configuration.clients { clients[record.authenticationName] = record }
+        self.clients = clients
+    }
+
+    public func client(_ name: AuthenticationName) -> ClientRecord? { clients[name] }
+
+    /// The authentication name of a CONNECT: its Username; without one, the first
+    /// alternative source its certificate has; without that, the session name.
+    public func authenticationName(of credentials: ConnectCredentials) -> AuthenticationName {
+        if let username = credentials.username { return AuthenticationName(unchecked: username) }
+        if let certificate = credentials.certificate {
+            for source in namespace.alternativeAuthenticationNameSources {
+                if let value = certificate.values(of: source).first { return AuthenticationName(unchecked: value) }
+            }
+        }
+        return AuthenticationName(unchecked: credentials.sessionName)
+    }
+
+    public func decide(_ credentials: ConnectCredentials) -> IdentityDecision {
+        let name = authenticationName(of: credentials)
+        func decision(_ verdict: IdentityVerdict, _ detail: String) -> IdentityDecision {
+            IdentityDecision(authenticationName: name, verdict: verdict, detail: detail)
+        }
+        guard name.isValid else {
+            return decision(.authenticationFailed, "the authentication name is empty, over 128 characters or not UTF-8")
+        }
+        var proven = false
+        if let passwords {
+            guard let username = credentials.username, let password = credentials.password else {
+                return decision(.authenticationFailed, "a username and password are required")
+            }
+            guard passwords.verify(username: username, password: password) else {
+                return decision(.authenticationFailed, "wrong username or password")
+            }
+            proven = true
+        }
+        let record = clients[name]
+        if record == nil && namespace.registeredClientsOnly {
+            return decision(.unknownClient, "not a registered client")
+        }
+        if let record {
+            guard record.state == .enabled else { return decision(.clientDisabled, "the client is disabled") }
+            if let certificate = credentials.certificate {
+                if let problem = Self.check(certificate, against: record) {
+                    return decision(.authenticationFailed, problem)
+                }
+                proven = true
+            }
+            // A registered client must prove who it is: by its certificate or its password.
+            guard proven else {
+                return decision(.authenticationFailed, "a registered client needs a client certificate or a password")
+            }
+        }
+        return decision(.authenticated, proven ? "authenticated" : "believed (no registry, no password file)")
+    }
+
+    /// nil when `certificate` proves `record`'s identity under its validation scheme.
+    static func check(_ certificate: CertificateIdentity, against record: ClientRecord) -> String? {
+        let name = record.authenticationName
+        func matches(_ values: [String], _ field: String) -> String? {
+            values.contains { AuthenticationName(unchecked: $0) == name }
+                ? nil : "the certificate's \(field) does not match the authentication name"
+        }
+        switch record.validationScheme {
+        case .subjectMatchesAuthenticationName:
+            return matches(certificate.subjectCommonName.map { [$0] } ?? [], "subject")
+        case .dnsMatchesAuthenticationName:
+            return matches(certificate.dnsNames, "DNS names")
+        case .uriMatchesAuthenticationName:
+            return matches(certificate.uris, "URIs")
+        case .ipMatchesAuthenticationName:
+            return matches(certificate.ipAddresses, "IP addresses")
+        case .emailMatchesAuthenticationName:
+            return matches(certificate.emails, "e-mail addresses")
+        case .thumbprintMatch:
+            return record.allowedThumbprints.contains(certificate.thumbprint.lowercased())
+                ? nil : "the certificate's thumbprint is not one of the client's"
+        }
+    }
+}

@@ -1,0 +1,189 @@
+import LedgerCore
+
+/// Everything `custody` can be told, by flags or by the YAML file (`custody --config FILE`).
+/// Defaults are the zero-config development broker: LMDB in `./data`, MQTT on
+/// 127.0.0.1:1883, every Username believed.
+public struct CustodyConfiguration: Sendable, Equatable {
+    public var dataDir: String = "./data"
+    public var listeners: [ListenerConfiguration] = [ListenerConfiguration(kind: .mqtt, host: "127.0.0.1", port: 1883)]
+    public var namespace = NamespaceConfiguration()
+    public var clients: [ClientRecord] = []
+    /// A Mosquitto-style password file (`user:$7$…` lines, as `mosquitto_passwd` writes).
+    public var passwordFile: String?
+    public var ledgerMapSizeMiB: Int = 65_536
+    public var connectTimeoutSeconds: Int = 10
+    public var logLevel: LogLevel = .info
+    public var logFormat: LogFormat = .text
+    /// Where `/metrics` is served; nil: not served.
+    public var metrics: HostPort?
+
+    public init() {}
+
+    public enum LogLevel: String, Sendable, CaseIterable {
+        case trace, debug, info, notice, warning, error, critical
+    }
+
+    public enum LogFormat: String, Sendable, CaseIterable {
+        case text, json
+    }
+
+    /// The namespace policy the ledger enforces.
+    public func policy() throws -> NamespacePolicy {
+        try NamespacePolicy(
+            maximumClientSessionsPerAuthenticationName: namespace.maximumClientSessionsPerAuthenticationName,
+            maximumSessionExpiryInHours: namespace.maximumSessionExpiryInHours)
+    }
+}
+
+/// A host and a port, as in `127.0.0.1:1883` or `[::1]:1883`.
+public struct HostPort: Sendable, Equatable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses `HOST:PORT`, `[IPv6]:PORT`, or `HOST` alone when a default port is given.
+    public init?(parsing text: String, defaultPort: Int? = nil) {
+        var host: Substring
+        var portText: Substring?
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { return nil }
+            host = text[text.index(after: text.startIndex)..<close]
+            let rest = text[text.index(after: close)...]
+            if !rest.isEmpty {
+                guard rest.hasPrefix(":") else { return nil }
+                portText = rest.dropFirst()
+            }
+        } else if let colon = text.lastIndex(of: ":") {
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+            // An IPv6 address without brackets has several colons: not acceptable, say so.
+            if host.contains(":") { return nil }
+        } else {
+            host = Substring(text)
+        }
+        guard !host.isEmpty, !host.contains(where: \.isWhitespace) else { return nil }
+        let port: Int
+        if let portText {
+            guard let parsed = Int(portText), (0...65_535).contains(parsed) else { return nil }
+            port = parsed
+        } else {
+            guard let defaultPort else { return nil }
+            port = defaultPort
+        }
+        self.init(host: String(host), port: port)
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    /// Loopback hosts: a metrics endpoint elsewhere must be asked for explicitly.
+    public var isLoopback: Bool {
+        host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    }
+}
+
+public struct ListenerConfiguration: Sendable, Equatable {
+    public enum Kind: String, Sendable, CaseIterable {
+        /// MQTT over TCP.
+        case mqtt
+        /// MQTT over TLS.
+        case mqtts
+        /// MQTT over WebSocket (path /mqtt, subprotocol mqtt).
+        case ws
+
+        public var defaultPort: Int {
+            switch self {
+            case .mqtt: 1883
+            case .mqtts: 8883
+            case .ws: 8080
+            }
+        }
+    }
+
+    public enum ClientCertificates: String, Sendable, CaseIterable {
+        /// Not asked for.
+        case none
+        /// Asked for; verified when sent.
+        case optional
+        /// The TLS handshake fails without a valid one.
+        case required
+    }
+
+    public var kind: Kind
+    public var host: String
+    public var port: Int
+    /// PEM files, for `mqtts`; paths are relative to the configuration file.
+    public var certificate: String?
+    public var privateKey: String?
+    public var clientCertificates: ClientCertificates = .none
+    /// CA certificates (PEM) client certificates must chain to. Empty with client
+    /// certificates asked for: self-signed certificates are accepted and matched by thumbprint.
+    public var trustedCertificates: [String] = []
+
+    public init(kind: Kind, host: String, port: Int) {
+        self.kind = kind
+        self.host = host
+        self.port = port
+    }
+
+    public var address: HostPort { HostPort(host: host, port: port) }
+}
+
+/// Event Grid's namespace settings for MQTT sessions.
+public struct NamespaceConfiguration: Sendable, Equatable {
+    public var maximumClientSessionsPerAuthenticationName: Int = NamespacePolicy.default.maximumClientSessionsPerAuthenticationName
+    public var maximumSessionExpiryInHours: Int = NamespacePolicy.default.maximumSessionExpiryInHours
+    /// Where the authentication name comes from when a CONNECT has no Username, in order.
+    public var alternativeAuthenticationNameSources: [AlternativeAuthenticationNameSource] = []
+    /// Only clients in `clients` may connect.
+    public var registeredClientsOnly = false
+
+    public init() {}
+}
+
+public enum AlternativeAuthenticationNameSource: String, Sendable, CaseIterable {
+    case clientCertificateSubject = "ClientCertificateSubject"
+    case clientCertificateDns = "ClientCertificateDns"
+    case clientCertificateUri = "ClientCertificateUri"
+    case clientCertificateIp = "ClientCertificateIp"
+    case clientCertificateEmail = "ClientCertificateEmail"
+}
+
+/// A registered client, as an Event Grid namespace client resource.
+public struct ClientRecord: Sendable, Equatable {
+    public enum State: String, Sendable, CaseIterable {
+        case enabled = "Enabled"
+        case disabled = "Disabled"
+    }
+
+    public enum ValidationScheme: String, Sendable, CaseIterable {
+        case subjectMatchesAuthenticationName = "SubjectMatchesAuthenticationName"
+        case dnsMatchesAuthenticationName = "DnsMatchesAuthenticationName"
+        case uriMatchesAuthenticationName = "UriMatchesAuthenticationName"
+        case ipMatchesAuthenticationName = "IpMatchesAuthenticationName"
+        case emailMatchesAuthenticationName = "EmailMatchesAuthenticationName"
+        case thumbprintMatch = "ThumbprintMatch"
+    }
+
+    public enum Attribute: Sendable, Equatable {
+        case string(String)
+        case int(Int)
+        case bool(Bool)
+        case strings([String])
+    }
+
+    public var authenticationName: AuthenticationName
+    public var state: State = .enabled
+    public var validationScheme: ValidationScheme = .subjectMatchesAuthenticationName
+    /// SHA-256 thumbprints (64 hex digits, stored lowercase) for `ThumbprintMatch`: one or two.
+    public var allowedThumbprints: [String] = []
+    public var attributes: [String: Attribute] = [:]
+    public var description: String?
+
+    public init(authenticationName: AuthenticationName) {
+        self.authenticationName = authenticationName
+    }
+}

@@ -1,0 +1,181 @@
+import Foundation
+import LedgerCore
+import Testing
+
+@testable import CustodyConfig
+
+@Suite("Configuration file")
+struct ConfigurationTests {
+    func parse(_ yaml: String) throws(ConfigurationError) -> CustodyConfiguration {
+        try CustodyConfiguration.parse(yaml: yaml, file: "custody.yaml", baseDirectory: "/etc/custody")
+    }
+
+    /// The error for `yaml`, which must be refused.
+    func refusal(_ yaml: String) -> ConfigurationError? {
+        do {
+            _ = try parse(yaml)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    @Test func anEmptyFileIsTheDefaultBroker() throws {
+        let config = try parse("")
+        #expect(config == CustodyConfiguration())
+        #expect(config.dataDir == "./data")
+        #expect(config.listeners == [ListenerConfiguration(kind: .mqtt, host: "127.0.0.1", port: 1883)])
+        #expect(config.namespace.maximumClientSessionsPerAuthenticationName == 10)
+        #expect(config.namespace.maximumSessionExpiryInHours == 1)
+        #expect(try config.policy() == NamespacePolicy.default)
+    }
+
+    @Test func theIssuesExampleReadsAsWritten() throws {
+        let config = try parse("""
+            dataDir: ./data
+            listeners:
+              - { protocol: mqtt, address: 127.0.0.1:1883 }
+              - { protocol: mqtts, address: 127.0.0.1:8883, certificate: server.pem, privateKey: server.key,
+                  clientCertificates: required, trustedCertificates: [ca.pem] }
+            namespace:
+              maximumClientSessionsPerAuthenticationName: 10
+              maximumSessionExpiryInHours: 1
+              alternativeAuthenticationNameSources: [ClientCertificateSubject]
+              registeredClientsOnly: true
+            clients:
+              - { authenticationName: device-1, validationScheme: SubjectMatchesAuthenticationName, attributes: { floor: 3 } }
+            """)
+        #expect(config.dataDir == "/etc/custody/data")
+        #expect(config.listeners.count == 2)
+        let tls = config.listeners[1]
+        #expect(tls.kind == .mqtts && tls.host == "127.0.0.1" && tls.port == 8883)
+        #expect(tls.certificate == "/etc/custody/server.pem" && tls.privateKey == "/etc/custody/server.key")
+        #expect(tls.clientCertificates == .required && tls.trustedCertificates == ["/etc/custody/ca.pem"])
+        #expect(config.namespace.alternativeAuthenticationNameSources == [.clientCertificateSubject])
+        #expect(config.namespace.registeredClientsOnly)
+        #expect(config.clients.count == 1)
+        #expect(config.clients[0].authenticationName.value == "device-1")
+        #expect(config.clients[0].state == .enabled)
+        #expect(config.clients[0].attributes == ["floor": .int(3)])
+    }
+
+    @Test func everyFlagHasAKey() throws {
+        let config = try parse("""
+            dataDir: /var/lib/custody
+            ledgerMapSizeMiB: 1024
+            connectTimeoutSeconds: 5
+            logLevel: debug
+            logFormat: json
+            metrics: 127.0.0.1:9100
+            passwordFile: passwd
+            namespace: { maximumClientSessionsPerAuthenticationName: 3, maximumSessionExpiryInHours: 8 }
+            listeners: [{ protocol: ws, address: "[::1]:8080" }, { protocol: mqtt, address: 0.0.0.0 }]
+            """)
+        #expect(config.dataDir == "/var/lib/custody")
+        #expect(config.ledgerMapSizeMiB == 1024 && config.connectTimeoutSeconds == 5)
+        #expect(config.logLevel == .debug && config.logFormat == .json)
+        #expect(config.metrics == HostPort(host: "127.0.0.1", port: 9100))
+        #expect(config.passwordFile == "/etc/custody/passwd")
+        #expect(try config.policy() == NamespacePolicy(maximumClientSessionsPerAuthenticationName: 3, maximumSessionExpiryInHours: 8))
+        #expect(config.listeners == [
+            ListenerConfiguration(kind: .ws, host: "::1", port: 8080),
+            ListenerConfiguration(kind: .mqtt, host: "0.0.0.0", port: 1883),
+        ])
+    }
+
+    @Test func anUnknownKeyIsNamedWithItsLine() {
+        let error = refusal("""
+            dataDir: ./data
+            namespace:
+              maximumSessionExpiryInHours: 2
+              maxSessions: 4
+            """)
+        #expect(error?.line == 4)
+        #expect(error?.key == "namespace.maxSessions")
+        #expect(error?.message.hasPrefix("unknown key") == true)
+        #expect(error?.description.hasPrefix("custody.yaml:4: namespace.maxSessions: unknown key") == true)
+        let typo = refusal("datadir: x\n")
+        #expect(typo?.message.contains("did you mean dataDir?") == true)
+    }
+
+    @Test(arguments: [
+        ("namespace:\n  maximumSessionExpiryInHours: 9\n", 2, "namespace.maximumSessionExpiryInHours", "from 1 to 8, got 9"),
+        ("namespace:\n  maximumClientSessionsPerAuthenticationName: 0\n", 2, "namespace.maximumClientSessionsPerAuthenticationName", "from 1 to 100, got 0"),
+        ("namespace:\n  maximumClientSessionsPerAuthenticationName: ten\n", 2, "namespace.maximumClientSessionsPerAuthenticationName", "got 'ten'"),
+        ("namespace:\n  registeredClientsOnly: maybe\n", 2, "namespace.registeredClientsOnly", "true or false"),
+        ("namespace:\n  alternativeAuthenticationNameSources: [ClientCertificateSubject, ClientCertificatePhone]\n", 2,
+         "namespace.alternativeAuthenticationNameSources[1]", "'ClientCertificatePhone' is not one of"),
+        ("listeners:\n  - { protocol: mqtt, address: 127.0.0.1:99999 }\n", 2, "listeners[0].address", "is not HOST:PORT"),
+        ("listeners:\n  - { protocol: smtp, address: 127.0.0.1:25 }\n", 2, "listeners[0].protocol", "'smtp' is not one of mqtt, mqtts, ws"),
+        ("listeners:\n  - { protocol: mqtt, address: 127.0.0.1:1883, certificate: a.pem }\n", 2, "listeners[0].certificate", "only an mqtts listener"),
+        ("listeners:\n  - { protocol: mqtts, address: 127.0.0.1:8883 }\n", 2, "listeners[0].certificate", "needs its certificate"),
+        ("listeners:\n  - { protocol: mqtt, address: 127.0.0.1:1883 }\n  - { protocol: ws, address: 127.0.0.1:1883 }\n", 3,
+         "listeners[1].address", "already used by listeners[0]"),
+        ("listeners: []\n", 1, "listeners", "at least one listener"),
+        ("logLevel: loud\n", 1, "logLevel", "'loud' is not one of"),
+        ("clients:\n  - { authenticationName: a }\n  - { authenticationName: A }\n", 3, "clients[1].authenticationName", "already clients[0]"),
+        ("clients:\n  - { authenticationName: \"\" }\n", 2, "clients[0].authenticationName", "not a valid authentication name"),
+        ("clients:\n  - { authenticationName: a, state: Paused }\n", 2, "clients[0].state", "'Paused' is not one of Enabled, Disabled"),
+        ("clients:\n  - { authenticationName: a, validationScheme: ThumbprintMatch }\n", 2, "clients[0].allowedThumbprints", "needs one or two"),
+        ("clients:\n  - { authenticationName: a, validationScheme: ThumbprintMatch, allowedThumbprints: [abc] }\n", 2,
+         "clients[0].allowedThumbprints[0]", "not a SHA-256 thumbprint"),
+        ("clients:\n  - { authenticationName: a, allowedThumbprints: [\(String(repeating: "a", count: 64))] }\n", 2,
+         "clients[0].allowedThumbprints", "only used with validationScheme ThumbprintMatch"),
+        ("clients:\n  - { authenticationName: a, attributes: { f: { nested: 1 } } }\n", 2, "clients[0].attributes.f", "expected a string"),
+        ("namespace: { registeredClientsOnly: true }\n", 1, "namespace.registeredClientsOnly", "no clients are registered"),
+    ] as [(String, Int, String, String)])
+    func aBadValueIsNamedWithItsKeyAndLine(yaml: String, line: Int, key: String, words: String) {
+        let error = refusal(yaml)
+        #expect(error != nil, "accepted: \(yaml)")
+        #expect(error?.line == line, "\(String(describing: error))")
+        #expect(error?.key == key, "\(String(describing: error))")
+        #expect(error?.message.contains(words) == true, "\(String(describing: error))")
+    }
+
+    @Test func brokenYAMLIsRefusedWithItsLine() {
+        let error = refusal("dataDir: ./data\nlisteners: [\n  { protocol: mqtt\n")
+        #expect(error?.message.hasPrefix("not valid YAML") == true)
+        #expect(error?.line != nil)
+        let notAMapping = refusal("- just\n- a list\n")
+        #expect(notAMapping?.message == "expected a mapping of keys to values")
+    }
+
+    @Test func attributesKeepTheirTypes() throws {
+        let config = try parse("""
+            clients:
+              - authenticationName: Device-7
+                state: Disabled
+                validationScheme: ThumbprintMatch
+                allowedThumbprints: ["AB:CD:\(String(repeating: "0", count: 60))"]
+                attributes: { floor: 3, lab: true, name: "3", rooms: [a, b], site: north }
+            """)
+        let record = try #require(config.clients.first)
+        #expect(record.state == .disabled)
+        #expect(record.allowedThumbprints == ["abcd" + String(repeating: "0", count: 60)])
+        #expect(record.attributes == [
+            "floor": .int(3), "lab": .bool(true), "name": .string("3"), "rooms": .strings(["a", "b"]), "site": .string("north"),
+        ])
+    }
+
+    @Test func loadReadsAFileAndNamesAMissingOne() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("custody-config-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/custody.yaml"
+        try "dataDir: ledger\n".write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(try CustodyConfiguration.load(file: path).dataDir == directory + "/ledger")
+        #expect(throws: ConfigurationError.self) { try CustodyConfiguration.load(file: directory + "/missing.yaml") }
+    }
+
+    @Test(arguments: [
+        ("127.0.0.1:1883", "127.0.0.1", 1883), ("localhost:0", "localhost", 0), ("[::1]:8883", "::1", 8883), ("example", "example", 1883),
+    ] as [(String, String, Int)])
+    func addresses(text: String, host: String, port: Int) {
+        #expect(HostPort(parsing: text, defaultPort: 1883) == HostPort(host: host, port: port))
+    }
+
+    @Test(arguments: ["", ":1883", "::1:1883", "host:", "host:65536", "host:-1", "a b:1", "[::1"])
+    func badAddresses(text: String) {
+        #expect(HostPort(parsing: text, defaultPort: 1883) == nil)
+    }
+}
