@@ -5,11 +5,12 @@
 #
 #   Benchmarks/compare.sh [--quick] [--seconds S] [--out FILE] [--conns "1 16 64 256"]
 #                         [--protos "4 5"] [--modes "connect persistent takeover reject hold"]
-#                         [--no-build]
+#                         [--hold-extra "2000"] [--no-build]
 #
-# --quick: 1 s per run and fewer persistent sessions. Until `custody --listen` works, only
-# mosquitto's half is measured (the custody columns say why). Everything started here is
-# stopped on exit.
+# --quick: 1 s per run, fewer persistent sessions, no extra hold sizes. hold also runs at
+# --hold-extra connections: RSS per connection means little at 1-256 connections.
+# Until `custody --listen` works, only mosquitto's half is measured (the custody columns
+# say why). Everything started here is stopped on exit.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,17 +21,19 @@ PROTOS="4 5"
 MODES="connect persistent takeover reject hold"
 OUT=""
 BUILD=1
+HOLD_EXTRA="2000"
 
 while [ $# -gt 0 ]; do
     case "$1" in
-        --quick) SECONDS_PER_RUN=1; PERSISTENT_TOTAL=500; shift ;;
+        --quick) SECONDS_PER_RUN=1; PERSISTENT_TOTAL=500; HOLD_EXTRA=""; shift ;;
+        --hold-extra) HOLD_EXTRA="$2"; shift 2 ;;
         --seconds) SECONDS_PER_RUN="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --conns) CONNS="$2"; shift 2 ;;
         --protos) PROTOS="$2"; shift 2 ;;
         --modes) MODES="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -78,6 +81,8 @@ wait_port() { # port seconds
 # mosquitto: persistence on, loopback only, quiet (no per-connection log lines).
 MOSQ_PORT=$(free_port)
 mkdir -p "$WORK/mosquitto"
+# mosquitto started as root drops to its own user: it must be able to write here.
+chmod 0777 "$WORK" "$WORK/mosquitto"
 cat > "$WORK/mosquitto/mosquitto.conf" <<EOF
 listener $MOSQ_PORT 127.0.0.1
 allow_anonymous true
@@ -142,8 +147,10 @@ run_one() { # broker port pid mode proto conns
 
 ROUND=0
 for mode in $MODES; do
+    sizes="$CONNS"
+    [ "$mode" != hold ] || sizes="$CONNS $HOLD_EXTRA"
     for proto in $PROTOS; do
-        for conns in $CONNS; do
+        for conns in $sizes; do
             ROUND=$((ROUND + 1))
             if [ -n "$CUSTODY_PID" ] && [ $((ROUND % 2)) = 0 ]; then
                 run_one custody "$CUSTODY_PORT" "$CUSTODY_PID" "$mode" "$proto" "$conns"

@@ -71,7 +71,9 @@ final class Mosquitto {
 
     init() throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("custody-bench-mosquitto-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        // Started as root, mosquitto drops to its own user, which must write its log and database here.
+        try FileManager.default.createDirectory(
+            atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o777])
         port = try freePort()
         let config = """
             listener \(port) 127.0.0.1
