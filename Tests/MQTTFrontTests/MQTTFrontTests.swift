@@ -267,6 +267,58 @@ struct MQTTFrontEndToEndTests {
         }
     }
 
+    /// Pub/sub through the broker: mosquitto_sub (5.0, QoS 1, wildcard) gets what mosquitto_pub sends.
+    @Test func qos1PublishSubscribeWithMosquitto() throws {
+        try withCustody("pubsub") { custody in
+            // Line-buffered, so that the debug line about the SUBACK shows as it happens.
+            let subscriber = try Background("/usr/bin/stdbuf", [
+                "-oL", "/usr/bin/mosquitto_sub", "-p", "\(custody.port)", "-h", "127.0.0.1", "-V", "mqttv5", "-i", "sub-1", "-u", "dev", "-t", "sensors/#",
+                "-q", "1", "-C", "2", "-v", "-d", "-W", "20",
+            ])
+            defer { subscriber.stop() }
+            try subscriber.waitForOutput(containing: "received SUBACK")
+            for (topic, value) in [("sensors/kitchen/t", "21.5"), ("sensors/hall/t", "19.0")] {
+                let (status, _, error) = try run("/usr/bin/mosquitto_pub", [
+                    "-p", "\(custody.port)", "-h", "127.0.0.1", "-V", "mqttv5", "-i", "pub-1", "-u", "dev", "-t", topic,
+                    "-m", value, "-q", "1",
+                ])
+                #expect(status == 0, "\(error)")
+            }
+            #expect(try subscriber.waitForExit(timeout: 20) == 0)
+            let lines = subscriber.output.split(separator: "\n").filter { $0.hasPrefix("sensors/") }
+            #expect(lines == ["sensors/kitchen/t 21.5", "sensors/hall/t 19.0"])
+        }
+    }
+
+    /// A persistent session (v5, expiry 300 s) that is offline gets its QoS 1 and QoS 2
+    /// messages after the broker restarts: they were acknowledged, so they are on disk.
+    @Test func offlinePersistentSessionGetsItsMessagesAfterRestart() throws {
+        let first = try RunningCustody("restart")
+        defer { first.cleanUp() }
+        let subscribe = try paho([
+            "--port", "\(first.port)", "--id", "inbox", "--user", "dev", "--clean", "0", "--expiry", "300",
+            "--subscribe", "alerts/#", "--qos", "2",
+        ])
+        try subscribe.waitForOutput(containing: "SUBACK 2")
+        subscribe.stop()  // killed: the session lives on, offline
+        try first.waitForEvent { $0.sessionName.value == "inbox" && $0.kind == .disconnected(.connectionLost) }
+        for (qos, message) in [("1", "smoke"), ("2", "evacuate")] {
+            let (status, _, error) = try run("/usr/bin/mosquitto_pub", [
+                "-p", "\(first.port)", "-h", "127.0.0.1", "-V", "mqttv5", "-i", "alarm", "-u", "dev", "-t", "alerts/fire",
+                "-m", message, "-q", qos,
+            ])
+            #expect(status == 0, "\(error)")
+        }
+        first.stop()
+        let second = try RunningCustody("restart", directory: first.directory)
+        defer { second.stop() }
+        let resume = try paho(["--port", "\(second.port)", "--id", "inbox", "--user", "dev", "--clean", "0", "--expiry", "300"])
+        defer { resume.stop() }
+        try resume.waitForOutput(containing: "CONNACK rc=0 present=1")
+        try resume.waitForOutput(containing: "MESSAGE alerts/fire evacuate qos=2")
+        #expect(resume.output.contains("MESSAGE alerts/fire smoke qos=1"), "\(resume.output)")
+    }
+
     /// SIGTERM: connected clients hear 0x8B, and their ends are recorded before the ledger closes.
     @Test func shutdownDisconnectsClientsAndRecordsIt() throws {
         try withCustody("shutdown") { custody in
