@@ -1,0 +1,28 @@
+import LedgerCore
+import MQTTCodec
+
+/// One session as seen from one connection. Stale after a takeover or `detach`.
+public final class BrokerSession: Sendable {
+    public let name: SessionName
+    let broker: Broker
+    let state: SessionState
+    let token: UInt64
+
+    init(name: SessionName, broker: Broker, state: SessionState, token: UInt64) {
+        self.name = name
+        self.broker = broker
+        self.state = state
+        self.token = token
+    }
+
+    /// PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBSCRIBE, UNSUBSCRIBE from the client. Returns the
+    /// direct answers (PUBACK, PUBREC, PUBCOMP, PUBREL, SUBACK, UNSUBACK) to write back, after whatever
+    /// they promise is durable. Throws a BrokerError carrying an MQTTReasonCode when the client broke
+    /// the protocol (e.g. PUBREL for an unknown id is NOT an error in v5: answer PUBCOMP 0x92) or
+    /// when storage failed (the front then closes the connection with that reason code).
+    ///
+    /// Hand one connection's packets over one at a time, in the order they arrived.
+    public func handle(_ packet: MQTTPacket) async throws(BrokerError) -> [MQTTPacket] {
+        try await broker.handle(packet, from: self)
+    }
+}

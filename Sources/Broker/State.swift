@@ -1,0 +1,145 @@
+import Foundation
+import LedgerCore
+import LedgerLMDB
+import MQTTCodec
+import NIOCore
+
+// What the broker keeps per message and per session; every mutable field is guarded by the
+// broker's lock (hence @unchecked Sendable).
+
+enum DeliveryState: UInt8 {
+    case queued = 0
+    case awaitingAck = 1
+    case awaitingRec = 2
+    case awaitingComp = 3
+}
+
+/// One accepted PUBLISH, shared by every session it goes to (the payload is the received
+/// packet's slice; nothing is copied per subscriber).
+final class Message: @unchecked Sendable {
+    /// As received, without Topic Alias and Subscription Identifiers; QoS as published.
+    let publish: MQTTPublish
+    /// Wall clock, µs, for the Message Expiry Interval.
+    let receivedAt: Int64
+    /// Its key in the `messages` table; 0 while it is not stored.
+    var storeKey: UInt64 = 0
+    /// Stored deliveries that need it; at 0 the stored copy is deleted.
+    var references = 0
+
+    init(publish: MQTTPublish, receivedAt: Int64) {
+        self.publish = publish
+        self.receivedAt = receivedAt
+    }
+}
+
+/// One message on its way to one session (QoS 1 or 2).
+final class Delivery: @unchecked Sendable {
+    /// Broker-wide, increasing: a session's deliveries go out in this order.
+    let sequence: UInt64
+    let message: Message
+    let qos: MQTTQoS
+    let retain: Bool
+    let identifiers: [UInt32]
+    var packetIdentifier: UInt16 = 0
+    var state: DeliveryState = .queued
+    /// Sent at least once: a resend carries DUP.
+    var sent = false
+    /// A record of it is (or is being) written in the store.
+    var stored = false
+    /// False while its store write is not committed: it is not sent before it is durable.
+    var durable = true
+
+    init(sequence: UInt64, message: Message, qos: MQTTQoS, retain: Bool, identifiers: [UInt32]) {
+        self.sequence = sequence
+        self.message = message
+        self.qos = qos
+        self.retain = retain
+        self.identifiers = identifiers
+    }
+}
+
+/// A session's pub/sub state. Every field is guarded by the broker's lock.
+final class SessionState: @unchecked Sendable {
+    let name: SessionName
+    let prefix: [UInt8]
+    var persistent: Bool
+    var sink: BrokerSink?
+    /// The token of the `BrokerSession` currently attached; 0 when detached.
+    var attachment: UInt64 = 0
+    var version: MQTTProtocolVersion = .mqtt5
+    var window = 65535
+    var maximumPacketSize: Int?
+    /// PUBLISHes not sent because they exceed `maximumPacketSize`.
+    var discarded = 0
+    var subscriptions: [String: Subscriber] = [:]
+    var inflight: [UInt16: Delivery] = [:]
+    var queue = CircularBuffer<Delivery>()
+    var nextPacketIdentifier: UInt16 = 1
+    var inboundQoS2: Set<UInt16> = []
+    /// Inbound QoS 2 messages whose commit is not known yet: a resend of one (after a
+    /// takeover, say) must not be acknowledged before the original is durable.
+    var inboundCommits: [UInt16: CommitWaiter] = [:]
+    var dropped = 0
+    /// Packets decided under the lock, sent after it (see `Broker.drain`).
+    var outbox: [MQTTPacket] = []
+    var draining = false
+    var dirty = false
+    /// Routing scratch (see `TopicTree.match`).
+    var matchStamp: UInt64 = 0
+    var matchIndex = 0
+
+    init(name: SessionName, persistent: Bool) {
+        self.name = name
+        self.prefix = BrokerRecords.sessionPrefix(name)
+        self.persistent = persistent
+    }
+}
+
+/// Resolves once a store commit is known; waiters may come before or after, and several may wait.
+final class CommitWaiter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var result: Result<Void, LedgerError>?
+    private var continuations: [CheckedContinuation<Result<Void, LedgerError>, Never>] = []
+
+    func complete(_ value: Result<Void, LedgerError>) {
+        lock.lock()
+        result = value
+        let waiting = continuations
+        continuations = []
+        lock.unlock()
+        for continuation in waiting { continuation.resume(returning: value) }
+    }
+
+    func wait() async -> Result<Void, LedgerError> {
+        await withCheckedContinuation { continuation in
+            lock.lock()
+            if let result {
+                lock.unlock()
+                continuation.resume(returning: result)
+            } else {
+                continuations.append(continuation)
+                lock.unlock()
+            }
+        }
+    }
+}
+
+final class CommitOutcome: @unchecked Sendable {
+    private let lock = NSLock()
+    private var result: Result<Void, LedgerError> = .success(())
+    func set(_ value: Result<Void, LedgerError>) { lock.lock(); result = value; lock.unlock() }
+    func get() throws(LedgerError) { lock.lock(); defer { lock.unlock() }; try result.get() }
+}
+
+func wallClock() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Int64(ts.tv_sec) * 1_000_000 + Int64(ts.tv_nsec) / 1_000
+}
+
+extension Result {
+    var isSuccess: Bool {
+        if case .success = self { return true }
+        return false
+    }
+}
