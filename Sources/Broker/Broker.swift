@@ -495,6 +495,7 @@ public final class Broker: @unchecked Sendable {
         kept.duplicate = false
         kept.retain = true
         let now = wallClock()
+        kept.payload = Message.compacted(kept.payload)
         retained[topic] = Message(publish: kept, receivedAt: now)
         if store != nil, let bytes = BrokerRecords.encodeMessage(kept, receivedAt: now) {
             ops.append(.put(.retained, key: Array(topic.utf8), value: bytes))
@@ -629,7 +630,9 @@ public final class Broker: @unchecked Sendable {
             if let message {
                 shared = message
             } else {
-                shared = Message(publish: base, receivedAt: now)
+                var held = base
+                held.payload = Message.compacted(held.payload)
+                shared = Message(publish: held, receivedAt: now)
                 message = shared
             }
             sequence += 1

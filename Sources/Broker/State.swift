@@ -30,6 +30,16 @@ final class Message: @unchecked Sendable {
         self.publish = publish
         self.receivedAt = receivedAt
     }
+
+    /// A payload that may be held for long (queued, in flight, retained) keeps its own
+    /// storage when it is a small slice of a large read buffer: otherwise every queued message
+    /// could pin a whole receive buffer. One copy per message, never per subscriber.
+    static func compacted(_ payload: ByteBuffer) -> ByteBuffer {
+        guard payload.storageCapacity > 4096, payload.storageCapacity > 2 * payload.readableBytes else { return payload }
+        var copy = ByteBufferAllocator().buffer(capacity: payload.readableBytes)
+        copy.writeImmutableBuffer(payload)
+        return copy
+    }
 }
 
 /// One message on its way to one session (QoS 1 or 2).

@@ -88,3 +88,24 @@ struct FanOutTests {
         #expect(broker.info(name("sub"))?.queued == count)
     }
 }
+
+@Suite("Payload storage")
+struct PayloadStorageTests {
+    /// A small payload sliced from a large read buffer is copied once when it is held (so a
+    /// queue does not pin receive buffers); a payload that is its own buffer is shared.
+    @Test func heldPayloadsDoNotPinLargeBuffers() async throws {
+        let broker = try Broker(directory: nil)
+        let sub = broker.connect("sub", persistent: true)
+        _ = try await sub.session.handle(subscribe([("t", .atLeastOnce)]))
+        broker.detach(sub.session)
+        var big = ByteBufferAllocator().buffer(capacity: 65536)
+        big.writeString(String(repeating: "z", count: 65000))
+        let slice = big.getSlice(at: 100, length: 10)!
+        let pub = broker.connect("pub")
+        _ = try await pub.session.handle(.publish(MQTTPublish(topicName: "t", payload: slice, qos: .atLeastOnce, packetIdentifier: 1)))
+        let back = broker.connect("sub", persistent: true, present: true)
+        let got = try #require(back.sink.takePublishes().first)
+        #expect(got.payload == slice)
+        #expect(got.payload.storageCapacity < 4096)
+    }
+}
