@@ -22,7 +22,11 @@ final class FrontServices: Sendable {
         self.logger = logger
         self.connectTimeout = connectTimeout
         self.maximumPacketSize = maximumPacketSize
-        self.machineSettings = ConnectionStateMachine.Settings(capabilities: pubsub?.capabilities ?? Self.noBroker)
+        var capabilities = pubsub?.capabilities ?? Self.noBroker
+        if maximumPacketSize < MQTTDecoder.largestPacketSize {
+            capabilities.append(.maximumPacketSize(UInt32(maximumPacketSize)))
+        }
+        self.machineSettings = ConnectionStateMachine.Settings(capabilities: capabilities)
     }
 
     /// Without a broker nothing is delivered: say so in the CONNACK.
@@ -66,6 +70,8 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
     private var keepAliveTimer: Scheduled<Void>?
     private var connection: ConnectionNumber?
     private var sessionName: SessionName?
+    /// For the log only.
+    private var authenticationName: String?
     private var pubsubSession: (any PubSubSession)?
     private var brokerQueue = CircularBuffer<MQTTPacket>()
     private var brokerBusy = false
@@ -173,6 +179,7 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
             connection = number
             if case .packet(.connect(let connect)) = inbound {
                 sessionName = SessionName(unchecked: connect.clientIdentifier)
+                authenticationName = connect.userName ?? connect.clientIdentifier
             }
             if let eventLoop, let finished {
                 services.registry.register(number, ConnectionHandle(
@@ -201,7 +208,7 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
             if case .connack(let answer)? = connack { code = " code=\(answer.reasonCode)" }
             if let connection, let sessionName {
                 services.logger.info(
-                    "mqtt: refused session=\(sessionName) conn=\(connection) remote=\(remoteAddress) why=\(why)\(code)")
+                    "mqtt: refused session=\(sessionName) client=\(authenticationName.map { "\($0)" } ?? "-") conn=\(connection) remote=\(remoteAddress) why=\(why)\(code)")
             } else {
                 services.logger.notice("mqtt: closed remote=\(remoteAddress) why=\(why)\(code)")
             }
@@ -299,13 +306,17 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
             level: closing.release?.reason == .clientError ? .warning : .info,
             "mqtt: closed session=\(name.map { "\($0)" } ?? "-") conn=\(connection ?? 0) remote=\(remoteAddress) why=\(closing.why)")
         detach()
-        if !closing.channelGone { close(sending: closing.packets) }
         guard let request = closing.release, let eventLoop else {
+            if !closing.channelGone { close(sending: closing.packets) }
             finish(after: nil)
             return
         }
+        // The release is queued before the socket closes: a client that reconnects as soon
+        // as it sees the close finds its old session released (the writer decides in order),
+        // instead of counted against its quota (R3) a moment longer.
         let released = eventLoop.makePromise(of: Void.self)
         let services = self.services
+        defer { if !closing.channelGone { close(sending: closing.packets) } }
         services.ledger.writer.release(request) { result in
             switch result {
             case .success(let event?):

@@ -43,13 +43,15 @@ public struct MQTTFrontConfiguration: Sendable {
     public var listeners: [ListenAddress]
     /// How long a new connection may take to send its CONNECT.
     public var connectTimeout: TimeAmount
-    /// Largest packet accepted from a client, fixed header included.
+    /// Largest packet accepted from a client, fixed header included; announced in v5 CONNACKs.
+    /// Larger ones close the connection (0x95) before their body is buffered. Event Grid's
+    /// limit is 512 KiB; the default leaves room above it.
     public var maximumPacketSize: Int
     public var eventLoopThreads: Int
 
     public init(
         listeners: [ListenAddress] = [.defaultMQTT], connectTimeout: TimeAmount = .seconds(10),
-        maximumPacketSize: Int = MQTTDecoder.largestPacketSize, eventLoopThreads: Int = System.coreCount
+        maximumPacketSize: Int = 1 << 20, eventLoopThreads: Int = System.coreCount
     ) {
         self.listeners = listeners
         self.connectTimeout = connectTimeout

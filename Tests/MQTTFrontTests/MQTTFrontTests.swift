@@ -159,6 +159,18 @@ struct MQTTFrontEndToEndTests {
         }
     }
 
+    /// A packet over the announced Maximum Packet Size is refused from its fixed header (0x95).
+    @Test func packetTooLargeIsRefusedFromItsHeader() throws {
+        try withCustody("too-large") { custody in
+            let client = try RawClient(port: custody.port)
+            #expect(try client.connect("big", user: "dev") == connack(.success))
+            // PUBLISH QoS 0 announcing 2 MiB: remaining length 0x80 0x80 0x80 0x01.
+            try client.sendRaw([0x30, 0x80, 0x80, 0x80, 0x01, 0x00, 0x01, 0x61])
+            #expect(try client.receiveUntilClosed() == [.disconnect(MQTTDisconnect(reasonCode: .packetTooLarge))])
+            try custody.waitForLog("session=big", "Packet too large")
+        }
+    }
+
     /// Garbage instead of a CONNECT: the connection closes, nothing is recorded.
     @Test func garbageBeforeConnectJustCloses() throws {
         try withCustody("garbage") { custody in
@@ -335,5 +347,8 @@ struct MQTTFrontEndToEndTests {
 }
 
 /// What a granting v5 CONNACK of `custody` says about its broker, after the interval:
-/// no retained messages, no shared subscriptions (QoS 2, wildcards, subscription identifiers: yes).
-let capabilities: [MQTTProperty] = [.retainAvailable(false), .sharedSubscriptionAvailable(false)]
+/// no retained messages, no shared subscriptions (QoS 2, wildcards, subscription identifiers: yes),
+/// packets up to 1 MiB.
+let capabilities: [MQTTProperty] = [
+    .retainAvailable(false), .sharedSubscriptionAvailable(false), .maximumPacketSize(1 << 20),
+]
