@@ -19,6 +19,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         .systemLibrary(
@@ -55,6 +57,19 @@ let package = Package(
             ]
         ),
         .target(
+            name: "CustodyOperations",
+            // What operators watch: the ledger's metrics (swift-metrics) and the Prometheus
+            // `/metrics` endpoint (swift-prometheus over NIOHTTP1).
+            dependencies: [
+                "LedgerLMDB",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
+        .target(
             name: "Broker",
             // Pub/sub: topic tree, subscriptions, QoS flows, queues; its LMDB store lives in LedgerLMDB.
             dependencies: ["MQTTCodec", "LedgerCore", "LedgerLMDB", .product(name: "NIOCore", package: "swift-nio")]
@@ -71,7 +86,7 @@ let package = Package(
         .executableTarget(
             name: "CustodyServer",
             dependencies: [
-                "SessionLedger", "MQTTFront",
+                "SessionLedger", "MQTTFront", "CustodyConfig", "CustodyOperations",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
@@ -113,6 +128,10 @@ let package = Package(
         .testTarget(
             name: "CustodyConfigTests",
             dependencies: ["CustodyConfig", "LedgerCore"]
+        ),
+        .testTarget(
+            name: "CustodyOperationsTests",
+            dependencies: ["CustodyOperations", "SessionLedger"]
         ),
         .testTarget(
             name: "BrokerTests",

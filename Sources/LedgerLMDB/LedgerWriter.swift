@@ -101,6 +101,8 @@ public final class LedgerWriter: @unchecked Sendable {
     private let connectionCounter: Mutex<UInt64>
     /// Observes each committed batch. Set before `start()`.
     public var onCommit: (@Sendable (CommitStatistics) -> Void)?
+    /// Observes each batch whose transaction failed (nothing of it was granted). Set before `start()`.
+    public var onCommitFailure: (@Sendable (LedgerError) -> Void)?
 
     enum RunState { case notStarted, running, stopping, stopped }
 
@@ -312,6 +314,7 @@ public final class LedgerWriter: @unchecked Sendable {
                 syncMicroseconds: Int64(w.commitNanoseconds / 1000)))
             for deliver in deliveries { deliver() }
         } catch {
+            onCommitFailure?(error)
             for command in batch { command.fail(error) }
         }
     }

@@ -14,14 +14,20 @@ public final class SessionLedger: Sendable {
     let clock: LedgerClock
 
     /// Opens (or creates) the ledger in `directory`, recovers it and starts the writer.
+    /// `onCommit` and `onCommitFailure` observe every batch the writer commits or fails
+    /// (for metrics); they run on the writer thread and must be quick.
     public init(
         directory: String, policy: NamespacePolicy = .default,
         options: LedgerStoreOptions = LedgerStoreOptions(),
-        clock: @escaping LedgerClock = wallClockMicroseconds
+        clock: @escaping LedgerClock = wallClockMicroseconds,
+        onCommit: (@Sendable (CommitStatistics) -> Void)? = nil,
+        onCommitFailure: (@Sendable (LedgerError) -> Void)? = nil
     ) throws {
         let store = try LedgerStore(directory: directory, options: options)
         do {
             let writer = try LedgerWriter(store: store, policy: policy, clock: clock)
+            writer.onCommit = onCommit
+            writer.onCommitFailure = onCommitFailure
             self.recovery = try writer.recover()
             writer.start()
             self.writer = writer
