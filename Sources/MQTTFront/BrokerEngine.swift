@@ -12,11 +12,11 @@ extension BrokerSession: PubSubSession {}
 extension Broker: PubSubEngine {
     public func attachSession(
         name: SessionName, persistent: Bool, sessionPresent: Bool, protocolVersion: MQTTProtocolVersion,
-        receiveMaximum: Int, sink: ConnectionSink
+        receiveMaximum: Int, maximumPacketSize: Int?, sink: ConnectionSink
     ) -> any PubSubSession {
         attach(
             session: name, persistent: persistent, sessionPresent: sessionPresent, protocolVersion: protocolVersion,
-            receiveMaximum: receiveMaximum, sink: sink)
+            receiveMaximum: receiveMaximum, maximumPacketSize: maximumPacketSize, sink: sink)
     }
 
     public func detachSession(_ session: any PubSubSession) {

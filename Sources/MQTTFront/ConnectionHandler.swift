@@ -260,7 +260,8 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
             pubsubSession = pubsub.attachSession(
                 name: identity.sessionName, persistent: acceptance.grant.expiryInterval > 0,
                 sessionPresent: acceptance.grant.sessionPresent, protocolVersion: identity.protocolVersion,
-                receiveMaximum: identity.receiveMaximum, sink: ConnectionSink(channel: context.channel))
+                receiveMaximum: identity.receiveMaximum, maximumPacketSize: identity.maximumPacketSize,
+                sink: ConnectionSink(channel: context.channel))
             services.registry.attached(identity.sessionName, by: identity.connection)
         }
         let (pending, keepAlive) = machine.accepted(now: .now())

@@ -8,7 +8,7 @@ public protocol PubSubEngine: Sendable {
     /// Once the CONNACK is written, from the connection's event loop.
     func attachSession(
         name: SessionName, persistent: Bool, sessionPresent: Bool, protocolVersion: MQTTProtocolVersion,
-        receiveMaximum: Int, sink: ConnectionSink
+        receiveMaximum: Int, maximumPacketSize: Int?, sink: ConnectionSink
     ) -> any PubSubSession
     func detachSession(_ session: any PubSubSession)
     /// The session is over (expired, or ended with its connection): drop its state.

@@ -72,6 +72,22 @@ struct MQTTFrontEndToEndTests {
         }
     }
 
+    /// R4 in order: the old connection's DISCONNECT 0x8E and close happen before the new
+    /// CONNACK is written (on loopback they are in the old socket's buffer by then).
+    @Test func takeoverEndsTheOldConnectionBeforeTheNewConnAck() throws {
+        try withCustody("takeover-order") { custody in
+            let old = try RawClient(port: custody.port, version: .mqtt3_1_1)
+            #expect(try old.connect("order", user: "dev", clean: true, version: .mqtt3_1_1) == MQTTConnAck(reasonCode: .success))
+            let new = try RawClient(port: custody.port)
+            // The old session had expiry 0 (3.1.1 clean session): nothing is present.
+            #expect(try new.connect("order", user: "dev", clean: false, expiry: 30) == connack(.success, present: false))
+            // 3.1.1 has no server DISCONNECT: the old connection is just closed, already.
+            #expect(try old.receiveUntilClosed(timeout: 0).isEmpty)
+            let events = try custody.events().map(\.kind)
+            #expect(events == [.connected, .disconnected(.sessionTakenOver), .connected])
+        }
+    }
+
     /// R6: another identity is refused while the owner is connected and after it left,
     /// as long as the session has not expired; the owner is untouched.
     @Test func anotherIdentityIsRefusedWhileTheSessionLives() throws {

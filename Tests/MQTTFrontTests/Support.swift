@@ -207,11 +207,14 @@ final class RawClient {
             case .needMoreData: break
             }
             if closedByPeer { return nil }
+            // A timeout of 0 still looks once at what has arrived.
             let left = deadline.timeIntervalSinceNow
-            guard left > 0 else { throw E2EError.timeout("packet from the server") }
             var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&poller, 1, Int32(left * 1000) + 1)
-            if ready == 0 { continue }
+            let ready = poll(&poller, 1, Int32(max(0, left) * 1000))
+            if ready <= 0 {
+                if left <= 0 { throw E2EError.timeout("packet from the server") }
+                continue
+            }
             var chunk = [UInt8](repeating: 0, count: 4096)
             let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, 4096, 0) }
             if count <= 0 {
