@@ -4,7 +4,7 @@
 # on 127.0.0.1 with persistence on. Prints a Markdown table (or writes it to --out).
 #
 #   Benchmarks/compare.sh [--quick] [--seconds S] [--out FILE] [--conns "1 16 64 256"]
-#                         [--protos "4 5"] [--modes "connect persistent takeover reject hold"]
+#                         [--protos "4 5"] [--modes "hold connect persistent takeover reject"]
 #                         [--hold-extra "2000"] [--no-build]
 #
 # --quick: 1 s per run, fewer persistent sessions, no extra hold sizes. hold also runs at
@@ -18,7 +18,7 @@ SECONDS_PER_RUN=5
 PERSISTENT_TOTAL=2000
 CONNS="1 16 64 256"
 PROTOS="4 5"
-MODES="connect persistent takeover reject hold"
+MODES="hold connect persistent takeover reject"
 OUT=""
 BUILD=1
 HOLD_EXTRA="2000"
@@ -148,7 +148,9 @@ run_one() { # broker port pid mode proto conns
 ROUND=0
 for mode in $MODES; do
     sizes="$CONNS"
-    [ "$mode" != hold ] || sizes="$CONNS $HOLD_EXTRA"
+    # hold goes first and largest first: a broker's allocator keeps what earlier runs freed,
+    # so only a hold on a fresh broker shows what a connection costs in RSS.
+    [ "$mode" != hold ] || sizes="$HOLD_EXTRA $CONNS"
     for proto in $PROTOS; do
         for conns in $sizes; do
             ROUND=$((ROUND + 1))
@@ -220,9 +222,13 @@ for mode, proto, conns in seen:
 holds = [(k, v) for k, v in rows.items() if k[0] == "hold" and "bytes_per_conn" in v]
 if holds:
     print()
+    print("RSS grows only when the broker's allocator has nothing left from earlier runs: the first "
+          "(largest) hold on the fresh brokers is the one that shows bytes per connection. "
+          "CPU is read in 10 ms ticks, so small runs show 0.")
+    print()
     print("| hold | proto | conns | broker | RSS before KiB | RSS after KiB | bytes/conn | CPU % while held |")
     print("|---|---|---|---|---:|---:|---:|---:|")
-    for (mode, proto, conns, broker), v in sorted(holds):
+    for (mode, proto, conns, broker), v in holds:
         print(f"| hold | {proto} | {conns} | {broker} | {v['rss_before_kib']} | {v['rss_after_kib']} "
               f"| {v['bytes_per_conn']} | {v.get('hold_cpu_pct', '–')} |")
 PY
