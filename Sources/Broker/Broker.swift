@@ -50,6 +50,10 @@ public struct BrokerSessionInfo: Sendable, Equatable {
     public var inboundAwaitingRelease: Int
     /// Messages not sent because they exceed the client's Maximum Packet Size.
     public var discardedTooLarge: Int
+    /// Queued messages dropped because their Message Expiry Interval passed first.
+    public var expired: Int
+    /// A will message waits for its Will Delay Interval.
+    public var willPending: Bool
 }
 
 /// The pub/sub core: topic tree, subscriptions, QoS 0/1/2 flows in both directions,
@@ -87,8 +91,21 @@ public struct BrokerSessionInfo: Sendable, Equatable {
 /// of the message's and the subscription's QoS) after its SUBACK, in `handle`'s answers, as
 /// Retain Handling says (3.1.1: always).
 ///
-/// Not here: shared subscriptions (SUBACK 0x9E), topic aliases (the front refuses inbound
-/// ones and sends none).
+/// **Shared subscriptions.** `$share/{ShareName}/{filter}` (v5 and 3.1.1): each matching
+/// message goes to one member of the share, round robin, preferring connected members with
+/// room in their window, then any connected member, then a detached persistent member (whose
+/// queue keeps it). Invalid share names get 0x8F (3.1.1: 0x80); No Local on one is a
+/// protocol error (v5). Shares get no retained messages.
+///
+/// **Wills.** `BrokerSession.setWill` after `attach`; `detach(_:publishWill:)` publishes it
+/// (after its delay, on the broker's timer), `attach` of the same session cancels a waiting
+/// one, `endSession` and `close` publish it at once. Wills are kept in memory only.
+///
+/// **Message expiry.** A message's remaining Message Expiry Interval goes out with it;
+/// queued messages whose interval passed are dropped (at the head of the queue, and by a
+/// periodic sweep over every queue: `sweepExpired`), also from the store.
+///
+/// Not here: topic aliases (the front refuses inbound ones and sends none).
 public final class Broker: @unchecked Sendable {
     private let lock = NSLock()
     private let store: BrokerStore?
@@ -103,14 +120,25 @@ public final class Broker: @unchecked Sendable {
     private var dirtySessions: [SessionState] = []
     /// The retained message of each topic that has one.
     private var retained: [String: Message] = [:]
+    /// Wall clock in µs since the epoch (injectable for tests of Message Expiry).
+    let clock: @Sendable () -> Int64
+    /// Runs the delayed will messages and the periodic expiry sweep.
+    let timers = DispatchQueue(label: "custody.broker.timers")
+    private var sweeper: DispatchSourceTimer?
+    private var willsPublished = 0
 
     /// `directory`: where persistent session state lives (created if missing); nil = memory only.
     /// `storeOptions`: the LMDB map size (default 16 GiB of address space; the file grows as it fills).
+    /// `clock`: µs since the epoch; `expirySweepInterval`: how often queued messages whose
+    /// Message Expiry Interval has passed are dropped from every queue and from the store
+    /// (nil: only when they reach the head of a queue, and on `sweepExpired()`).
     public init(
-        directory: String?, offlineQueueLimit: Int = 1000, storeOptions: BrokerStoreOptions = BrokerStoreOptions()
+        directory: String?, offlineQueueLimit: Int = 1000, storeOptions: BrokerStoreOptions = BrokerStoreOptions(),
+        clock: (@Sendable () -> Int64)? = nil, expirySweepInterval: Duration? = .seconds(60)
     ) throws {
         precondition(offlineQueueLimit >= 1, "the offline queue holds at least one message")
         self.offlineQueueLimit = offlineQueueLimit
+        self.clock = clock ?? { wallClock() }
         if let directory {
             store = try BrokerStore(directory: directory, options: storeOptions)
             do {
@@ -122,6 +150,19 @@ public final class Broker: @unchecked Sendable {
         } else {
             store = nil
         }
+        if let expirySweepInterval {
+            let interval = DispatchTimeInterval.milliseconds(
+                Int(expirySweepInterval.components.seconds * 1000 + expirySweepInterval.components.attoseconds / 1_000_000_000_000_000))
+            let timer = DispatchSource.makeTimerSource(queue: timers)
+            timer.schedule(deadline: .now() + interval, repeating: interval, leeway: .seconds(1))
+            timer.setEventHandler { [weak self] in _ = self?.sweepExpired() }
+            timer.resume()
+            sweeper = timer
+        }
+    }
+
+    deinit {
+        sweeper?.cancel()
     }
 
     // MARK: - Sessions
@@ -156,6 +197,19 @@ public final class Broker: @unchecked Sendable {
         _ protocolVersion: MQTTProtocolVersion, _ receiveMaximum: Int, _ maximumPacketSize: Int?, _ sink: BrokerSink
     ) -> BrokerSession {
         var ops: [BrokerStoreOperation] = []
+        if let old = sessions[name] {
+            // A will waiting for its delay is cancelled by the resumption (MQTT-3.1.3-9) and
+            // sent now when the session starts over. The will of a connection taken over is
+            // sent unless the session resumes within its delay.
+            if let will = old.pendingWill {
+                old.pendingWill = nil
+                if !sessionPresent { publishWill(will) }
+            }
+            if old.attachment != 0, let will = old.will {
+                old.will = nil
+                if !sessionPresent || willDelay(will, old) == 0 { publishWill(will) }
+            }
+        }
         if !sessionPresent, let old = sessions[name] {
             discard(old, &ops)
             sessions[name] = nil
@@ -181,7 +235,7 @@ public final class Broker: @unchecked Sendable {
         // Redelivery (MQTT-4.4.0-1): unacknowledged PUBLISHes again with DUP, in their
         // original order, and PUBRELs for those the client has PUBREC'd.
         if !state.inflight.isEmpty {
-            let now = wallClock()
+            let now = clock()
             var packets: [MQTTPacket] = []
             for delivery in state.inflight.values.sorted(by: { $0.sequence < $1.sequence }) {
                 if delivery.state == .awaitingComp {
@@ -197,16 +251,50 @@ public final class Broker: @unchecked Sendable {
         return BrokerSession(name: name, broker: self, state: state, token: state.attachment)
     }
 
-    /// The connection ended. Non-persistent sessions lose their state; persistent ones start queueing.
+    /// The connection ended without a normal DISCONNECT (lost connection, keep-alive timeout,
+    /// protocol error, server shutdown, DISCONNECT 0x04): as `detach(_:publishWill: true)`.
     public func detach(_ session: BrokerSession) {
-        locked { detachLocked(session) }
+        locked { detachLocked(session, publishWill: true) }
     }
 
-    private func detachLocked(_ session: BrokerSession) {
+    /// The connection ended. Non-persistent sessions lose their state; persistent ones start
+    /// queueing. `publishWill`: false after a DISCONNECT with reason 0x00 (the will is then
+    /// discarded, MQTT-3.1.2-10), true otherwise: the will goes after its delay (see
+    /// `BrokerSession.setWill`), on a timer the broker owns.
+    public func detach(_ session: BrokerSession, publishWill: Bool) {
+        locked { detachLocked(session, publishWill: publishWill) }
+    }
+
+    func setWill(_ will: MQTTWill?, sessionExpiryInterval: UInt32?, for session: BrokerSession) {
+        locked {
+            let state = session.state
+            guard state.attachment == session.token else { return }
+            state.will = will
+            state.willSessionExpiry = sessionExpiryInterval
+        }
+    }
+
+    private func detachLocked(_ session: BrokerSession, publishWill: Bool) {
         let state = session.state
         guard state.attachment == session.token else { return }
         state.attachment = 0
         state.sink = nil
+        if let will = state.will {
+            state.will = nil
+            if publishWill {
+                let delay = willDelay(will, state)
+                if delay == 0 {
+                    self.publishWill(will)
+                } else {
+                    state.willGeneration &+= 1
+                    state.pendingWill = will
+                    let generation = state.willGeneration
+                    timers.asyncAfter(deadline: .now() + .seconds(Int(delay))) { [weak self] in
+                        self?.willDelayEnded(state, generation)
+                    }
+                }
+            }
+        }
         if !state.persistent {
             var ops: [BrokerStoreOperation] = []
             discard(state, &ops)
@@ -215,7 +303,44 @@ public final class Broker: @unchecked Sendable {
         }
     }
 
+    /// Seconds to wait before a will goes: its Will Delay Interval, at most the session's
+    /// expiry (0 for a non-persistent session: it ends with the connection).
+    private func willDelay(_ will: MQTTWill, _ state: SessionState) -> UInt32 {
+        guard state.persistent else { return 0 }
+        let delay = will.properties.willDelayInterval ?? 0
+        return min(delay, state.willSessionExpiry ?? delay)
+    }
+
+    private func willDelayEnded(_ state: SessionState, _ generation: UInt64) {
+        locked {
+            guard state.willGeneration == generation, let will = state.pendingWill else { return }
+            state.pendingWill = nil
+            publishWill(will)
+        }
+    }
+
+    /// Publishes a will message as if its client had sent it (under the lock). Its
+    /// deliveries to persistent sessions go once durable; nobody waits for the commit.
+    private func publishWill(_ will: MQTTWill) {
+        guard TopicRules.isValidTopicName(will.topic) else { return }
+        var properties = will.properties
+        properties.willDelayInterval = nil
+        let publish = MQTTPublish(
+            topicName: will.topic, payload: will.payload, qos: will.qos, retain: will.retain,
+            packetIdentifier: will.qos == .atMostOnce ? nil : 1, properties: properties)
+        var ops: [BrokerStoreOperation] = []
+        var pending: [(SessionState, Delivery)] = []
+        _ = route(publish, from: nil, &ops, &pending)
+        if will.retain { keepRetained(publish, &ops) }
+        willsPublished += 1
+        _ = submitWaiting(ops, pending)
+    }
+
+    /// Will messages published since the broker started.
+    public var publishedWills: Int { locked { willsPublished } }
+
     /// The ledger expired (or clean-started) the session: drop everything, also on disk.
+    /// A will still waiting for its delay is published first (the session ended).
     ///
     /// A session that is attached is left alone: the ledger never expires a connected
     /// session, and a clean start is already handled by `attach(sessionPresent: false)`, so
@@ -223,6 +348,10 @@ public final class Broker: @unchecked Sendable {
     public func endSession(_ name: SessionName) async throws {
         let waiter: CommitWaiter? = locked {
             guard let state = sessions[name], state.attachment == 0 else { return nil }
+            if let will = state.pendingWill {
+                state.pendingWill = nil
+                publishWill(will)
+            }
             var ops: [BrokerStoreOperation] = []
             discard(state, &ops)
             sessions[name] = nil
@@ -245,8 +374,19 @@ public final class Broker: @unchecked Sendable {
     }
 
     /// Stops the store's writer after the writes already queued; later writes fail.
+    ///
+    /// Wills still waiting for their delay are published first (server shutdown ends the
+    /// connection, and they are not kept across a restart).
     public func close() {
-        locked { closed = true }
+        sweeper?.cancel()
+        locked {
+            for state in sessions.values {
+                guard let will = state.pendingWill else { continue }
+                state.pendingWill = nil
+                publishWill(will)
+            }
+            closed = true
+        }
         store?.close()
     }
 
@@ -262,7 +402,40 @@ public final class Broker: @unchecked Sendable {
                 attached: state.attachment != 0, persistent: state.persistent,
                 subscriptions: state.subscriptions.keys.sorted(), queued: state.queue.count,
                 inflight: state.inflight.count, dropped: state.dropped,
-                inboundAwaitingRelease: state.inboundQoS2.count, discardedTooLarge: state.discarded)
+                inboundAwaitingRelease: state.inboundQoS2.count, discardedTooLarge: state.discarded,
+                expired: state.expired, willPending: state.pendingWill != nil)
+        }
+    }
+
+    /// Drops every queued message whose Message Expiry Interval has passed (in memory and in
+    /// the store: MQTT-3.3.2-5), and expired retained messages. Returns how many queued
+    /// messages went. Messages in flight are not touched: their delivery has begun.
+    @discardableResult
+    public func sweepExpired() -> Int {
+        locked {
+            let now = clock()
+            var ops: [BrokerStoreOperation] = []
+            var count = 0
+            for state in sessions.values where !state.queue.isEmpty {
+                guard state.queue.contains(where: { isExpired($0, now: now) }) else { continue }
+                var kept = CircularBuffer<Delivery>(initialCapacity: state.queue.count)
+                for delivery in state.queue {
+                    if isExpired(delivery, now: now) {
+                        release(delivery, state, &ops, deleteRecord: true)
+                        state.expired += 1
+                        count += 1
+                    } else {
+                        kept.append(delivery)
+                    }
+                }
+                state.queue = kept
+            }
+            for (topic, message) in retained where isExpired(message, now: now) {
+                retained[topic] = nil
+                if store != nil { ops.append(.delete(.retained, key: Array(topic.utf8))) }
+            }
+            submit(ops)
+            return count
         }
     }
 
@@ -302,6 +475,18 @@ public final class Broker: @unchecked Sendable {
             throw BrokerError(.protocolError, "PUBLISH QoS \(publish.qos.rawValue) without packet identifier")
         }
         let state = session.state
+        if publish.properties.payloadFormatIndicator == .utf8, !Self.isValidUTF8(publish.payload) {
+            // Refused, not routed (MQTT 5.0 section 3.3.2.3.2); QoS 0 has nothing to answer with.
+            let id = publish.packetIdentifier ?? 0
+            switch publish.qos {
+            case .atMostOnce:
+                throw BrokerError(.payloadFormatInvalid, "PUBLISH to '\(publish.topicName)' marked UTF-8 is not UTF-8")
+            case .atLeastOnce:
+                return [.puback(MQTTPublishResponse(packetIdentifier: id, reasonCode: .payloadFormatInvalid))]
+            case .exactlyOnce:
+                return [.pubrec(MQTTPublishResponse(packetIdentifier: id, reasonCode: .payloadFormatInvalid))]
+            }
+        }
         let (answer, waiter): (MQTTPacket?, CommitWaiter?) = try locked { () throws(BrokerError) in
             try check(session)
             var ops: [BrokerStoreOperation] = []
@@ -419,17 +604,22 @@ public final class Broker: @unchecked Sendable {
         let (codes, waiter) = try locked { () throws(BrokerError) -> ([MQTTReasonCode], CommitWaiter?) in
             try check(session)
             let v5 = state.version == .mqtt5
+            if v5, let bad = subscribe.subscriptions.first(where: {
+                $0.options.noLocal && TopicRules.splitShare($0.topicFilter) != nil
+            }) {
+                throw BrokerError(.protocolError, "No Local on the shared subscription '\(bad.topicFilter)' (MQTT-3.8.3-4)")
+            }
             let identifier = v5 ? subscribe.properties.subscriptionIdentifiers.first : nil
             var ops: [BrokerStoreOperation] = []
             var codes: [MQTTReasonCode] = []
             codes.reserveCapacity(subscribe.subscriptions.count)
             for subscription in subscribe.subscriptions {
                 let filter = subscription.topicFilter
-                if let problem = TopicRules.checkFilter(filter) {
-                    codes.append(!v5 ? .unspecifiedError
-                        : problem == .shared ? .sharedSubscriptionsNotSupported : .topicFilterInvalid)
+                if TopicRules.checkFilter(filter) != nil {
+                    codes.append(v5 ? .topicFilterInvalid : .unspecifiedError)
                     continue
                 }
+                let shared = TopicRules.splitShare(filter) != nil
                 var options = subscription.options
                 if !v5 { options = MQTTSubscriptionOptions(qos: options.qos) }
                 let subscriber = Subscriber(session: state, options: options, identifier: identifier)
@@ -441,9 +631,10 @@ public final class Broker: @unchecked Sendable {
                         value: BrokerRecords.encodeSubscription(options, identifier)))
                 }
                 codes.append(MQTTReasonCode(rawValue: options.qos.rawValue))
+                // Shared subscriptions get no retained messages (MQTT 5.0 section 4.8.2).
                 let sendRetained = switch options.retainHandling {
-                case .sendOnSubscribe: true
-                case .sendOnNewSubscribe: !existed
+                case .sendOnSubscribe: !shared
+                case .sendOnNewSubscribe: !shared && !existed
                 case .doNotSend: false
                 }
                 if sendRetained, !retained.isEmpty {
@@ -459,7 +650,7 @@ public final class Broker: @unchecked Sendable {
                 // Stored now (or never): send what is in flight, after the SUBACK.
                 let sendable = result.isSuccess
                 locked {
-                    let now = wallClock()
+                    let now = clock()
                     var ops: [BrokerStoreOperation] = []
                     for delivery in retainedPending {
                         delivery.durable = true
@@ -494,7 +685,7 @@ public final class Broker: @unchecked Sendable {
         kept.packetIdentifier = nil
         kept.duplicate = false
         kept.retain = true
-        let now = wallClock()
+        let now = clock()
         kept.payload = Message.compacted(kept.payload)
         retained[topic] = Message(publish: kept, receivedAt: now)
         if store != nil, let bytes = BrokerRecords.encodeMessage(kept, receivedAt: now) {
@@ -509,7 +700,7 @@ public final class Broker: @unchecked Sendable {
         _ filter: String, _ subscriber: Subscriber, _ session: SessionState, _ ops: inout [BrokerStoreOperation],
         _ packets: inout [MQTTPacket], _ pending: inout [Delivery]
     ) {
-        let now = wallClock()
+        let now = clock()
         let identifiers = subscriber.identifier.map { [$0] } ?? []
         let wildcard = filter.utf8.contains { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") }
         let matching: [(key: String, value: Message)] = wildcard
@@ -576,6 +767,21 @@ public final class Broker: @unchecked Sendable {
         return [.unsuback(MQTTUnsubAck(packetIdentifier: unsubscribe.packetIdentifier, reasonCodes: v5 ? codes : []))]
     }
 
+    /// Well-formed UTF-8 (no overlong forms, no surrogates), as Payload Format Indicator 1 promises.
+    static func isValidUTF8(_ buffer: ByteBuffer) -> Bool {
+        buffer.withUnsafeReadableBytes { bytes in
+            var iterator = bytes.makeIterator()
+            var decoder = UTF8()
+            while true {
+                switch decoder.decode(&iterator) {
+                case .scalarValue: continue
+                case .emptyInput: return true
+                case .error: return false
+                }
+            }
+        }
+    }
+
     // MARK: - Routing (under the lock)
 
     private func check(_ session: BrokerSession) throws(BrokerError) {
@@ -596,7 +802,7 @@ public final class Broker: @unchecked Sendable {
         guard !matches.isEmpty else { return 0 }
         var message: Message?
         var encoded: [UInt8]??
-        let now = wallClock()
+        let now = clock()
         // What every copy starts from: no Topic Alias, no identifiers, no DUP.
         var direct: [MQTTPacket] = []
         var base = publish
@@ -681,7 +887,7 @@ public final class Broker: @unchecked Sendable {
         if session.sink != nil, session.queue.isEmpty, session.inflight.count < session.window {
             assignIdentifier(delivery, session)
             if delivery.stored { ops.append(putRecord(delivery, session)) }
-            if delivery.durable, let packet = transmit(delivery, session, now: wallClock(), &ops) {
+            if delivery.durable, let packet = transmit(delivery, session, now: clock(), &ops) {
                 packets.append(packet)
             }
             return
@@ -709,11 +915,12 @@ public final class Broker: @unchecked Sendable {
     private func pump(_ session: SessionState, _ ops: inout [BrokerStoreOperation]) {
         guard session.sink != nil, !session.queue.isEmpty else { return }
         var packets: [MQTTPacket] = []
-        let now = wallClock()
+        let now = clock()
         while session.inflight.count < session.window, let delivery = session.queue.first {
             session.queue.removeFirst()
             if isExpired(delivery, now: now) {
                 release(delivery, session, &ops, deleteRecord: true)
+                session.expired += 1
                 continue
             }
             assignIdentifier(delivery, session)
@@ -858,7 +1065,7 @@ public final class Broker: @unchecked Sendable {
     }
 
     private func release(_ pending: [(SessionState, Delivery)]) {
-        let now = wallClock()
+        let now = clock()
         var ops: [BrokerStoreOperation] = []
         for (session, delivery) in pending {
             delivery.durable = true

@@ -25,4 +25,13 @@ public final class BrokerSession: Sendable {
     public func handle(_ packet: MQTTPacket) async throws(BrokerError) -> [MQTTPacket] {
         try await broker.handle(packet, from: self)
     }
+
+    /// The will message of this connection's CONNECT (nil: none). Call right after `attach`,
+    /// before the first `handle`. It is published when the connection ends without a normal
+    /// DISCONNECT (`Broker.detach(_:publishWill: true)`), after its Will Delay Interval
+    /// (bounded by `sessionExpiryInterval` when given; 0 for a non-persistent session), unless
+    /// the session is resumed first; at once when the session ends before the delay.
+    public func setWill(_ will: MQTTWill?, sessionExpiryInterval: UInt32? = nil) {
+        broker.setWill(will, sessionExpiryInterval: sessionExpiryInterval, for: self)
+    }
 }

@@ -90,6 +90,16 @@ final class SessionState: @unchecked Sendable {
     /// takeover, say) must not be acknowledged before the original is durable.
     var inboundCommits: [UInt16: CommitWaiter] = [:]
     var dropped = 0
+    /// Queued messages dropped because their Message Expiry Interval passed.
+    var expired = 0
+    /// The current connection's will message (`BrokerSession.setWill`), and the session
+    /// expiry interval that bounds its delay.
+    var will: MQTTWill?
+    var willSessionExpiry: UInt32?
+    /// A will waiting for its Will Delay Interval after the connection ended; `willGeneration`
+    /// tells the timer whether it is still the one it was set for.
+    var pendingWill: MQTTWill?
+    var willGeneration: UInt64 = 0
     /// Packets decided under the lock, sent after it (see `Broker.drain`).
     var outbox: [MQTTPacket] = []
     var draining = false

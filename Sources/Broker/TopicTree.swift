@@ -8,16 +8,38 @@ public enum TopicRules {
         /// `#` not alone in the last level, or `+` not alone in its level.
         case misplacedWildcard
         case nullCharacter
-        /// `$share/...`: this broker does not offer shared subscriptions.
-        case shared
+        /// `$share/...` without a valid share name (empty, or containing `+`, `#`) or without
+        /// a filter after it (MQTT 5.0 section 4.8.2).
+        case invalidShare
+    }
+
+    /// `$share/{ShareName}/{filter}` split into its share name and filter; nil when `filter`
+    /// is not a shared subscription. The parts are not checked (see `checkFilter`).
+    public static func splitShare(_ filter: String) -> (group: Substring, filter: Substring)? {
+        guard filter.utf8.starts(with: "$share/".utf8) else { return nil }
+        let rest = filter.dropFirst(7)
+        guard let slash = rest.firstIndex(of: "/") else { return (rest, rest[rest.endIndex...]) }
+        return (rest[..<slash], rest[rest.index(after: slash)...])
     }
 
     /// A filter is levels separated by `/`; `+` fills one whole level, `#` one whole level and
     /// only the last. An empty level is allowed (`a//b`, `/a`).
+    /// A shared subscription `$share/{ShareName}/{filter}` needs a share name of at least one
+    /// character without `/`, `+` or `#`, and a valid filter.
     public static func checkFilter(_ filter: String) -> FilterProblem? {
-        let bytes = filter.utf8
+        if let (group, rest) = splitShare(filter) {
+            if group.isEmpty || group.utf8.contains(where: { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") || $0 == 0 })
+                || rest.isEmpty
+            {
+                return .invalidShare
+            }
+            return checkPlainFilter(rest.utf8)
+        }
+        return checkPlainFilter(filter.utf8)
+    }
+
+    private static func checkPlainFilter<Bytes: Collection<UInt8>>(_ bytes: Bytes) -> FilterProblem? {
         if bytes.isEmpty { return .empty }
-        if bytes.starts(with: "$share/".utf8) { return .shared }
         var levelStart = true
         var previousWasWildcard = false
         var sawHash = false
@@ -76,14 +98,55 @@ struct Subscriber {
 
 /// One level of the tree. `exact` holds subscriptions whose filter ends at this node,
 /// `multi` those whose filter is this node's path followed by `/#` (which also match the
-/// path itself: `a/#` matches `a`).
+/// path itself: `a/#` matches `a`); `sharedExact` and `sharedMulti` the same for shared
+/// subscriptions, one entry per share (share name + filter).
 final class TopicNode {
     var children: [Substring: TopicNode] = [:]
     var plus: TopicNode?
     var exact: [Subscriber] = []
     var multi: [Subscriber] = []
+    var sharedExact: [ShareGroup] = []
+    var sharedMulti: [ShareGroup] = []
 
-    var isEmpty: Bool { children.isEmpty && plus == nil && exact.isEmpty && multi.isEmpty }
+    var isEmpty: Bool {
+        children.isEmpty && plus == nil && exact.isEmpty && multi.isEmpty && sharedExact.isEmpty && sharedMulti.isEmpty
+    }
+}
+
+/// One shared subscription `$share/{ShareName}/{filter}` and the sessions subscribed to it.
+/// Each matching message goes to one member (MQTT 5.0 section 4.8.2), chosen round robin:
+/// first a connected member with room in its in-flight window and nothing queued, else any
+/// connected member, else (no member connected) a detached persistent member, whose queue
+/// keeps it until it returns. A group without members gets nothing.
+final class ShareGroup {
+    let key: String
+    var members: [Subscriber] = []
+    var cursor = 0
+
+    init(key: String) { self.key = key }
+
+    func pick() -> Subscriber? {
+        let count = members.count
+        guard count > 0 else { return nil }
+        var busy: Int?
+        var offline: Int?
+        for step in 0..<count {
+            let index = (cursor + step) % count
+            let session = members[index].session
+            if session.sink != nil {
+                if session.queue.isEmpty && session.inflight.count < session.window {
+                    cursor = index + 1
+                    return members[index]
+                }
+                if busy == nil { busy = index }
+            } else if session.persistent, offline == nil {
+                offline = index
+            }
+        }
+        guard let chosen = busy ?? offline else { return nil }
+        cursor = chosen + 1
+        return members[chosen]
+    }
 }
 
 /// What one PUBLISH means for one session after all its matching subscriptions are merged
@@ -103,14 +166,35 @@ struct TopicTree {
     /// (at `matchIndex`), so merging overlaps needs no per-publish dictionary.
     private var stamp: UInt64 = 0
 
+    /// Shared subscriptions by their full filter (`$share/{ShareName}/{filter}`).
+    private(set) var groups: [String: ShareGroup] = [:]
+    /// Routing scratch: the shares a topic matched.
+    private var sharedHits: [ShareGroup] = []
+
+    /// Adds or replaces `subscriber`'s subscription to `filter` (which may be `$share/...`).
     mutating func insert(_ filter: String, _ subscriber: Subscriber) {
+        if let (_, inner) = TopicRules.splitShare(filter) {
+            if let group = groups[filter] {
+                replace(&group.members, subscriber)
+                return
+            }
+            let group = ShareGroup(key: filter)
+            group.members.append(subscriber)
+            groups[filter] = group
+            let (node, multi) = self.node(for: String(inner))
+            if multi { node.sharedMulti.append(group) } else { node.sharedExact.append(group) }
+            return
+        }
+        let (node, multi) = self.node(for: filter)
+        if multi { replace(&node.multi, subscriber) } else { replace(&node.exact, subscriber) }
+    }
+
+    /// The node a filter ends at (created as needed), and whether the filter ends with `/#`.
+    private func node(for filter: String) -> (TopicNode, Bool) {
         var node = root
         let levels = filter.split(separator: "/", omittingEmptySubsequences: false)
         for (index, level) in levels.enumerated() {
-            if level == "#" && index == levels.count - 1 {
-                replace(&node.multi, subscriber)
-                return
-            }
+            if level == "#" && index == levels.count - 1 { return (node, true) }
             if level == "+" {
                 if node.plus == nil { node.plus = TopicNode() }
                 node = node.plus!
@@ -122,7 +206,7 @@ struct TopicTree {
                 node = child
             }
         }
-        replace(&node.exact, subscriber)
+        return (node, false)
     }
 
     private func replace(_ list: inout [Subscriber], _ subscriber: Subscriber) {
@@ -136,26 +220,41 @@ struct TopicTree {
     /// Removes `session`'s subscription to `filter`; returns whether there was one.
     @discardableResult
     mutating func remove(_ filter: String, session: SessionState) -> Bool {
+        if let (_, inner) = TopicRules.splitShare(filter) {
+            guard let group = groups[filter], removeSubscriber(&group.members, session) else { return false }
+            guard group.members.isEmpty else { return true }
+            groups[filter] = nil
+            let levels = String(inner).split(separator: "/", omittingEmptySubsequences: false)
+            _ = remove(levels[...], from: root) { node, multi in
+                if multi {
+                    node.sharedMulti.removeAll { $0 === group }
+                } else {
+                    node.sharedExact.removeAll { $0 === group }
+                }
+                return true
+            }
+            return true
+        }
         let levels = filter.split(separator: "/", omittingEmptySubsequences: false)
-        return remove(levels[...], from: root, session: session)
+        return remove(levels[...], from: root) { node, multi in
+            multi ? removeSubscriber(&node.multi, session) : removeSubscriber(&node.exact, session)
+        }
     }
 
-    private func remove(_ levels: ArraySlice<Substring>, from node: TopicNode, session: SessionState) -> Bool {
-        guard let level = levels.first else {
-            return removeSubscriber(&node.exact, session)
-        }
-        if level == "#" && levels.count == 1 {
-            return removeSubscriber(&node.multi, session)
-        }
+    private func remove(
+        _ levels: ArraySlice<Substring>, from node: TopicNode, _ body: (TopicNode, Bool) -> Bool
+    ) -> Bool {
+        guard let level = levels.first else { return body(node, false) }
+        if level == "#" && levels.count == 1 { return body(node, true) }
         let rest = levels.dropFirst()
         if level == "+" {
             guard let child = node.plus else { return false }
-            let removed = remove(rest, from: child, session: session)
+            let removed = remove(rest, from: child, body)
             if child.isEmpty { node.plus = nil }
             return removed
         }
         guard let child = node.children[level] else { return false }
-        let removed = remove(rest, from: child, session: session)
+        let removed = remove(rest, from: child, body)
         if child.isEmpty { node.children[level] = nil }
         return removed
     }
@@ -175,6 +274,16 @@ struct TopicTree {
         let dollar = topic.utf8.first == UInt8(ascii: "$")
         var collector = Collector(stamp: stamp, publisher: publisher)
         walk(root, levels, 0, dollar: dollar, &collector, &matches)
+        guard !sharedHits.isEmpty else { return }
+        // One member per share, as a separate copy: a session with an overlapping plain
+        // subscription may get the message twice (MQTT 5.0 section 4.8.2).
+        for group in sharedHits {
+            guard let member = group.pick() else { continue }
+            matches.append(Match(
+                session: member.session, qos: member.options.qos, retainAsPublished: member.options.retainAsPublished,
+                identifiers: member.identifier.map { [$0] } ?? []))
+        }
+        sharedHits.removeAll(keepingCapacity: true)
     }
 
     private struct Collector {
@@ -203,14 +312,18 @@ struct TopicTree {
         }
     }
 
-    private func walk(
+    private mutating func walk(
         _ node: TopicNode, _ levels: [Substring], _ index: Int, dollar: Bool,
         _ collector: inout Collector, _ matches: inout [Match]
     ) {
         let top = index == 0 && dollar
-        if !node.multi.isEmpty && !top { collector.add(node.multi, &matches) }
+        if !top {
+            if !node.multi.isEmpty { collector.add(node.multi, &matches) }
+            if !node.sharedMulti.isEmpty { sharedHits.append(contentsOf: node.sharedMulti) }
+        }
         if index == levels.count {
             collector.add(node.exact, &matches)
+            if !node.sharedExact.isEmpty { sharedHits.append(contentsOf: node.sharedExact) }
             return
         }
         if let child = node.children[levels[index]] {

@@ -79,7 +79,13 @@ struct TopicTests {
         for invalid in ["", "a/#/b", "a#", "#a", "a/b#", "a+", "+a", "a/+b", "##", "a/\u{0}"] {
             #expect(TopicRules.checkFilter(invalid) != nil, "\(invalid)")
         }
-        #expect(TopicRules.checkFilter("$share/g/a") == .shared)
+        for valid in ["$share/g/a", "$share/g/#", "$share/group-1/a/+/b", "$share/g//"] {
+            #expect(TopicRules.checkFilter(valid) == nil, "\(valid)")
+        }
+        for invalid in ["$share/", "$share//a", "$share/g", "$share/g/", "$share/g+/a", "$share/#/a", "$share/g/a#"] {
+            #expect(TopicRules.checkFilter(invalid) != nil, "\(invalid)")
+        }
+        #expect(TopicRules.checkFilter("$share/g+/a") == .invalidShare)
         #expect(TopicRules.isValidTopicName("a/b"))
         #expect(!TopicRules.isValidTopicName("a/+"))
         #expect(!TopicRules.isValidTopicName("a/#"))
@@ -89,10 +95,10 @@ struct TopicTests {
     @Test func invalidFiltersAreRefusedInSubAck() async throws {
         let broker = try Broker(directory: nil)
         let v5 = broker.connect("v5")
-        let answers = try await v5.session.handle(subscribe([("a/#/b", .atLeastOnce), ("ok/+", .exactlyOnce), ("$share/g/t", .atMostOnce), ("x+", .atMostOnce)]))
+        let answers = try await v5.session.handle(subscribe([("a/#/b", .atLeastOnce), ("ok/+", .exactlyOnce), ("$share/g+/t", .atMostOnce), ("x+", .atMostOnce), ("$share//t", .atMostOnce)]))
         #expect(answers == [.suback(MQTTSubAck(
             packetIdentifier: 1,
-            reasonCodes: [.topicFilterInvalid, .grantedQoS2, .sharedSubscriptionsNotSupported, .topicFilterInvalid]))])
+            reasonCodes: [.topicFilterInvalid, .grantedQoS2, .topicFilterInvalid, .topicFilterInvalid, .topicFilterInvalid]))])
         let v3 = broker.connect("v3", version: .mqtt3_1_1)
         let answers3 = try await v3.session.handle(subscribe([("a/#/b", .atLeastOnce), ("ok", .atLeastOnce)]))
         #expect(answers3 == [.suback(MQTTSubAck(packetIdentifier: 1, reasonCodes: [MQTTReasonCode(rawValue: 0x80), .grantedQoS1]))])

@@ -1,0 +1,174 @@
+import Foundation
+import LedgerCore
+import MQTTCodec
+import NIOCore
+import Testing
+
+@testable import Broker
+
+@Suite("Shared subscriptions")
+struct SharedSubscriptionTests {
+    @Test func oneDeliveryPerGroupRoundRobinAcrossThreeMembers() async throws {
+        let broker = try Broker(directory: nil)
+        defer { broker.close() }
+        let members = [
+            broker.connect("m1"), broker.connect("m2"), broker.connect("m3", version: .mqtt3_1_1),
+        ]
+        for member in members {
+            let answer = try await member.session.handle(subscribe([("$share/g/t/+", .atLeastOnce)]))
+            #expect(answer == [.suback(MQTTSubAck(packetIdentifier: 1, reasonCodes: [.grantedQoS1]))])
+        }
+        // Another group on the same filter and a plain subscriber each get every message.
+        let other = broker.connect("other")
+        _ = try await other.session.handle(subscribe([("$share/h/t/#", .atMostOnce)]))
+        let plain = broker.connect("plain")
+        _ = try await plain.session.handle(subscribe([("t/+", .atMostOnce)]))
+
+        let pub = broker.connect("pub")
+        for i in 1...9 {
+            let answer = try await pub.session.handle(publish("t/x", "\(i)", qos: .atLeastOnce, id: UInt16(i)))
+            #expect(answer == [.puback(ack(UInt16(i)))])
+        }
+        let received = members.map { $0.sink.takePublishes() }
+        #expect(received.map(\.count) == [3, 3, 3])
+        #expect(received[0].map(text) == ["1", "4", "7"])
+        #expect(received[1].map(text) == ["2", "5", "8"])
+        #expect(received[2].map(text) == ["3", "6", "9"])
+        #expect(received.joined().allSatisfy { $0.qos == .atLeastOnce && $0.topicName == "t/x" })
+        #expect(other.sink.takePublishes().count == 9)
+        #expect(plain.sink.takePublishes().count == 9)
+        #expect(broker.info(name("m1"))?.subscriptions == ["$share/g/t/+"])
+    }
+
+    @Test func membersKeepWorkingWhenOneLeaves() async throws {
+        let directory = scratchDirectory()
+        defer { removeDirectory(directory) }
+        let broker = try Broker(directory: directory)
+        defer { broker.close() }
+        let a = broker.connect("a")
+        let b = broker.connect("b", persistent: true)
+        let c = broker.connect("c")
+        for member in [a, b, c] {
+            _ = try await member.session.handle(subscribe([("$share/g/t", .atLeastOnce)]))
+        }
+        let pub = broker.connect("pub")
+        var id: UInt16 = 0
+        func send(_ n: Int) async throws {
+            for _ in 0..<n {
+                id += 1
+                _ = try await pub.session.handle(publish("t", "\(id)", qos: .atLeastOnce, id: id))
+            }
+        }
+        try await send(3)
+        #expect([a, b, c].map { $0.sink.takePublishes().count } == [1, 1, 1])
+
+        // The persistent member goes offline: its share goes to the connected members only.
+        broker.detach(b.session)
+        try await send(4)
+        #expect(a.sink.takePublishes().count == 2)
+        #expect(c.sink.takePublishes().count == 2)
+        #expect(broker.info(name("b"))?.queued == 0)
+
+        // A non-persistent member leaving leaves the group; a member that unsubscribes too.
+        broker.detach(c.session)
+        try await send(2)
+        #expect(a.sink.takePublishes().count == 2)
+        #expect(try await a.session.handle(.unsubscribe(MQTTUnsubscribe(packetIdentifier: 5, topicFilters: ["$share/g/t"])))
+            == [.unsuback(MQTTUnsubAck(packetIdentifier: 5, reasonCodes: [.success]))])
+
+        // Only an offline persistent member left: its queue keeps the messages until it returns.
+        try await send(2)
+        #expect(a.sink.takePublishes().isEmpty)
+        #expect(broker.info(name("b"))?.queued == 2)
+        let back = broker.connect("b", persistent: true, present: true)
+        // Its unacknowledged share from before goes again (DUP), then the queued ones.
+        let returned = back.sink.takePublishes()
+        #expect(returned.map(text) == ["2", "\(id - 1)", "\(id)"])
+        #expect(returned.map(\.duplicate) == [true, false, false])
+        // A group nobody is in any more: nothing matches.
+        _ = try await back.session.handle(.unsubscribe(MQTTUnsubscribe(packetIdentifier: 6, topicFilters: ["$share/g/t"])))
+        id += 1
+        #expect(try await pub.session.handle(publish("t", "none", qos: .atLeastOnce, id: id))
+            == [.puback(ack(id, .noMatchingSubscribers))])
+    }
+
+    @Test func busyMembersAreSkippedWhileAnotherHasRoom() async throws {
+        let broker = try Broker(directory: nil)
+        defer { broker.close() }
+        let slow = broker.connect("slow", receiveMaximum: 1)
+        let fast = broker.connect("fast", receiveMaximum: 100)
+        _ = try await slow.session.handle(subscribe([("$share/g/t", .atLeastOnce)]))
+        _ = try await fast.session.handle(subscribe([("$share/g/t", .atLeastOnce)]))
+        let pub = broker.connect("pub")
+        for i in 1...6 {
+            _ = try await pub.session.handle(publish("t", "\(i)", qos: .atLeastOnce, id: UInt16(i)))
+        }
+        // slow's window (1) is full after its first message; the rest go to fast.
+        #expect(slow.sink.takePublishes().map(text) == ["1"])
+        #expect(fast.sink.takePublishes().map(text) == ["2", "3", "4", "5", "6"])
+        #expect(broker.info(name("slow"))?.queued == 0)
+    }
+
+    @Test func noLocalOnASharedSubscriptionIsAProtocolError() async throws {
+        let broker = try Broker(directory: nil)
+        defer { broker.close() }
+        let v5 = broker.connect("v5")
+        await #expect(throws: BrokerError(.protocolError, "No Local on the shared subscription '$share/g/t' (MQTT-3.8.3-4)")) {
+            try await v5.session.handle(subscribe([("ok", .atMostOnce), ("$share/g/t", .atMostOnce)], noLocal: true))
+        }
+        // Nothing of the refused SUBSCRIBE was kept.
+        #expect(broker.info(name("v5"))?.subscriptions == [])
+        // 3.1.1 has no No Local: its options are reduced to the QoS.
+        let v3 = broker.connect("v3", version: .mqtt3_1_1)
+        #expect(try await v3.session.handle(subscribe([("$share/g/t", .atMostOnce)], noLocal: true))
+            == [.suback(MQTTSubAck(packetIdentifier: 1, reasonCodes: [.grantedQoS0]))])
+    }
+
+    @Test func invalidShareNamesAreRefusedInSubAck() async throws {
+        let broker = try Broker(directory: nil)
+        defer { broker.close() }
+        let v5 = broker.connect("v5")
+        let answers = try await v5.session.handle(subscribe([
+            ("$share//t", .atMostOnce), ("$share/a+b/t", .atMostOnce), ("$share/#/t", .atMostOnce),
+            ("$share/g", .atMostOnce), ("$share/g/", .atMostOnce), ("$share/g/t", .atLeastOnce),
+        ]))
+        #expect(answers == [.suback(MQTTSubAck(packetIdentifier: 1, reasonCodes: [
+            .topicFilterInvalid, .topicFilterInvalid, .topicFilterInvalid, .topicFilterInvalid, .topicFilterInvalid,
+            .grantedQoS1,
+        ]))])
+        let v3 = broker.connect("v3", version: .mqtt3_1_1)
+        #expect(try await v3.session.handle(subscribe([("$share//t", .atMostOnce)]))
+            == [.suback(MQTTSubAck(packetIdentifier: 1, reasonCodes: [MQTTReasonCode(rawValue: 0x80)]))])
+    }
+
+    @Test func sharedSubscriptionsGetNoRetainedMessages() async throws {
+        let broker = try Broker(directory: nil)
+        defer { broker.close() }
+        let pub = broker.connect("pub")
+        _ = try await pub.session.handle(publish("t", "kept", retain: true))
+        let sub = broker.connect("sub")
+        #expect(try await sub.session.handle(subscribe([("$share/g/t", .atMostOnce)])).count == 1)
+    }
+
+    @Test func sharedSubscriptionsArePersistent() async throws {
+        let directory = scratchDirectory()
+        defer { removeDirectory(directory) }
+        do {
+            let broker = try Broker(directory: directory)
+            let member = broker.connect("member", persistent: true)
+            _ = try await member.session.handle(subscribe([("$share/g/t/#", .exactlyOnce)], identifier: 3))
+            broker.detach(member.session)
+            broker.close()
+        }
+        let broker = try Broker(directory: directory)
+        defer { broker.close() }
+        #expect(broker.info(name("member"))?.subscriptions == ["$share/g/t/#"])
+        let pub = broker.connect("pub")
+        _ = try await pub.session.handle(publish("t/a", "queued", qos: .exactlyOnce, id: 1))
+        #expect(broker.info(name("member"))?.queued == 1)
+        let member = broker.connect("member", persistent: true, present: true)
+        let got = member.sink.takePublishes()
+        #expect(got.map(text) == ["queued"])
+        #expect(got.first?.properties.subscriptionIdentifiers == [3])
+    }
+}

@@ -1,0 +1,191 @@
+import Foundation
+import LedgerCore
+import MQTTCodec
+import NIOCore
+import Testing
+
+@testable import Broker
+
+@Suite("Will messages")
+struct WillTests {
+    func will(
+        _ body: String, topic: String = "will/c", qos: MQTTQoS = .atLeastOnce, retain: Bool = false, delay: UInt32? = nil,
+        properties: MQTTProperties = []
+    ) -> MQTTWill {
+        var props = properties
+        if let delay { props.willDelayInterval = delay }
+        return MQTTWill(topic: topic, payload: payload(body), qos: qos, retain: retain, properties: props)
+    }
+
+    /// A subscriber to `will/#` and the broker.
+    func setUp(directory: String? = nil) async throws -> (Broker, Client) {
+        let broker = try Broker(directory: directory)
+        let watcher = broker.connect("watcher")
+        _ = try await watcher.session.handle(subscribe([("will/#", .exactlyOnce)]))
+        return (broker, watcher)
+    }
+
+    @Test func aLostConnectionPublishesTheWill() async throws {
+        let (broker, watcher) = try await setUp()
+        defer { broker.close() }
+        let client = broker.connect("c")
+        let props: MQTTProperties = [
+            .contentType("text/plain"), .userProperty(MQTTUserProperty(name: "why", value: "lost")),
+            .responseTopic("r/c"), .correlationData(payload("corr")),
+        ]
+        client.session.setWill(will("gone", delay: 0, properties: props))
+        #expect(watcher.sink.take().isEmpty)
+        broker.detach(client.session)  // lost connection, keep-alive timeout, protocol error…
+        let got = watcher.sink.takePublishes()
+        #expect(got.map(text) == ["gone"])
+        #expect(got.first?.topicName == "will/c")
+        #expect(got.first?.qos == .atLeastOnce)
+        #expect(got.first?.properties.willDelayInterval == nil)
+        #expect(got.first?.properties.contentType == "text/plain")
+        #expect(got.first?.properties.responseTopic == "r/c")
+        #expect(got.first?.properties.correlationData == payload("corr"))
+        #expect(got.first?.properties.contains(.userProperty) == true)
+        #expect(broker.publishedWills == 1)
+    }
+
+    @Test func aNormalDisconnectDiscardsTheWill() async throws {
+        let (broker, watcher) = try await setUp()
+        defer { broker.close() }
+        let client = broker.connect("c", persistent: true)
+        client.session.setWill(will("gone", delay: 5))
+        broker.detach(client.session, publishWill: false)  // DISCONNECT 0x00
+        #expect(watcher.sink.take().isEmpty)
+        #expect(broker.info(name("c"))?.willPending == false)
+        try await broker.endSession(name("c"))
+        #expect(watcher.sink.take().isEmpty)
+        #expect(broker.publishedWills == 0)
+    }
+
+    @Test func disconnectWithWillMessagePublishesIt() async throws {
+        // DISCONNECT 0x04: the front detaches with publishWill: true. A retained will is kept.
+        let (broker, watcher) = try await setUp()
+        defer { broker.close() }
+        let client = broker.connect("c")
+        client.session.setWill(will("bye", qos: .atMostOnce, retain: true))
+        broker.detach(client.session, publishWill: true)
+        #expect(watcher.sink.takePublishes().map(text) == ["bye"])
+        let later = broker.connect("later")
+        let answers = try await later.session.handle(subscribe([("will/c", .atMostOnce)]))
+        #expect(answers.count == 2)
+        if case .publish(let p) = answers.last { #expect(text(p) == "bye" && p.retain) }
+    }
+
+    @Test func aNonPersistentSessionSendsItsWillAtOnceWhateverTheDelay() async throws {
+        let (broker, watcher) = try await setUp()
+        defer { broker.close() }
+        let client = broker.connect("c")
+        client.session.setWill(will("now", delay: 3600))
+        broker.detach(client.session)
+        #expect(watcher.sink.takePublishes().map(text) == ["now"])
+    }
+
+    @Test func theWillWaitsForItsDelay() async throws {
+        let (broker, watcher) = try await setUp()
+        defer { broker.close() }
+        let client = broker.connect("c", persistent: true)
+        client.session.setWill(will("late", delay: 1))
+        broker.detach(client.session)
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(watcher.sink.take().isEmpty)
+        #expect(broker.info(name("c"))?.willPending == true)
+        try await Task.sleep(for: .milliseconds(1200))
+        #expect(watcher.sink.takePublishes().map(text) == ["late"])
+        #expect(broker.info(name("c"))?.willPending == false)
+    }
+
+    @Test func theDelayIsBoundedByTheSessionExpiry() async throws {
+        let (broker, watcher) = try await setUp()
+        defer { broker.close() }
+        let client = broker.connect("c", persistent: true)
+        client.session.setWill(will("bounded", delay: 3600), sessionExpiryInterval: 1)
+        broker.detach(client.session)
+        try await Task.sleep(for: .milliseconds(1500))
+        #expect(watcher.sink.takePublishes().map(text) == ["bounded"])
+    }
+
+    @Test func resumingTheSessionBeforeTheDelayCancelsTheWill() async throws {
+        let (broker, watcher) = try await setUp()
+        defer { broker.close() }
+        let client = broker.connect("c", persistent: true)
+        client.session.setWill(will("never", delay: 1))
+        broker.detach(client.session)
+        let back = broker.connect("c", persistent: true, present: true)
+        #expect(broker.info(name("c"))?.willPending == false)
+        try await Task.sleep(for: .milliseconds(1500))
+        #expect(watcher.sink.take().isEmpty)
+        // The new connection has no will until it sets one.
+        broker.detach(back.session)
+        #expect(watcher.sink.take().isEmpty)
+        #expect(broker.publishedWills == 0)
+    }
+
+    @Test func aCleanStartBeforeTheDelayPublishesTheWill() async throws {
+        let (broker, watcher) = try await setUp()
+        defer { broker.close() }
+        let client = broker.connect("c", persistent: true)
+        client.session.setWill(will("old session", delay: 3600))
+        broker.detach(client.session)
+        _ = broker.connect("c", persistent: true, present: false)
+        #expect(watcher.sink.takePublishes().map(text) == ["old session"])
+    }
+
+    @Test func theSessionEndingBeforeTheDelayPublishesTheWill() async throws {
+        let directory = scratchDirectory()
+        defer { removeDirectory(directory) }
+        let (broker, watcher) = try await setUp(directory: directory)
+        defer { broker.close() }
+        // A persistent subscriber gets it durably, after the commit.
+        let durable = broker.connect("durable", persistent: true)
+        _ = try await durable.session.handle(subscribe([("will/#", .atLeastOnce)]))
+        let client = broker.connect("c", persistent: true)
+        client.session.setWill(will("ended", delay: 3600))
+        broker.detach(client.session)
+        #expect(watcher.sink.take().isEmpty)
+        try await broker.endSession(name("c"))
+        #expect(watcher.sink.takePublishes().map(text) == ["ended"])
+        #expect(broker.info(name("c")) == nil)
+        var got: [MQTTPublish] = []
+        for _ in 0..<300 where got.isEmpty {
+            got = durable.sink.takePublishes()
+            if got.isEmpty { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        #expect(got.map(text) == ["ended"])
+    }
+
+    @Test func aTakeoverPublishesTheOldConnectionsWillUnlessResumedWithinTheDelay() async throws {
+        let (broker, watcher) = try await setUp()
+        defer { broker.close() }
+        let first = broker.connect("c", persistent: true)
+        first.session.setWill(will("delayed", delay: 60))
+        // Resumed by the new connection within the delay: not sent.
+        let second = broker.connect("c", persistent: true, present: true)
+        #expect(watcher.sink.take().isEmpty)
+        second.session.setWill(will("immediate", delay: 0))
+        // No delay: sent at the takeover.
+        let third = broker.connect("c", persistent: true, present: true)
+        #expect(watcher.sink.takePublishes().map(text) == ["immediate"])
+        third.session.setWill(will("clean start", delay: 60))
+        // A clean start ends the session: sent whatever the delay.
+        _ = broker.connect("c", persistent: true, present: false)
+        #expect(watcher.sink.takePublishes().map(text) == ["clean start"])
+        // The stale connections' detach does nothing.
+        broker.detach(first.session)
+        broker.detach(third.session)
+        #expect(watcher.sink.take().isEmpty)
+    }
+
+    @Test func closingTheBrokerPublishesWaitingWills() async throws {
+        let (broker, watcher) = try await setUp()
+        let client = broker.connect("c", persistent: true)
+        client.session.setWill(will("shutdown", qos: .atMostOnce, delay: 3600))
+        broker.detach(client.session)
+        #expect(watcher.sink.take().isEmpty)
+        broker.close()
+        #expect(watcher.sink.takePublishes().map(text) == ["shutdown"])
+    }
+}
