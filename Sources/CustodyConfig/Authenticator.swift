@@ -11,11 +11,15 @@ public struct CertificateIdentity: Sendable, Equatable {
     public var emails: [String]
     /// SHA-256 of the certificate's DER bytes, 64 lowercase hex digits.
     public var thumbprint: String
+    /// Whether the certificate chains to a trusted CA. A self-signed certificate (false)
+    /// proves only its thumbprint: its names could say anything.
+    public var chainVerified: Bool
 
     public init(
         subjectCommonName: String? = nil, dnsNames: [String] = [], uris: [String] = [], ipAddresses: [String] = [],
-        emails: [String] = [], thumbprint: String
+        emails: [String] = [], thumbprint: String, chainVerified: Bool = true
     ) {
+        self.chainVerified = chainVerified
         self.subjectCommonName = subjectCommonName
         self.dnsNames = dnsNames
         self.uris = uris
@@ -79,10 +83,11 @@ public struct Authenticator: Sendable {
     public func client(_ name: AuthenticationName) -> ClientRecord? { clients[name] }
 
     /// The authentication name of a CONNECT: its Username; without one, the first
-    /// alternative source its certificate has; without that, the session name.
+    /// alternative source its certificate has (a CA-issued one: a self-signed certificate's
+    /// names prove nothing); without that, the session name.
     public func authenticationName(of credentials: ConnectCredentials) -> AuthenticationName {
         if let username = credentials.username { return AuthenticationName(unchecked: username) }
-        if let certificate = credentials.certificate {
+        if let certificate = credentials.certificate, certificate.chainVerified {
             for source in namespace.alternativeAuthenticationNameSources {
                 if let value = certificate.values(of: source).first { return AuthenticationName(unchecked: value) }
             }
@@ -134,6 +139,9 @@ public struct Authenticator: Sendable {
         func matches(_ values: [String], _ field: String) -> String? {
             values.contains { AuthenticationName(unchecked: $0) == name }
                 ? nil : "the certificate's \(field) does not match the authentication name"
+        }
+        if record.validationScheme != .thumbprintMatch && !certificate.chainVerified {
+            return "a certificate not issued by a trusted CA proves only its thumbprint (use ThumbprintMatch)"
         }
         switch record.validationScheme {
         case .subjectMatchesAuthenticationName:

@@ -40,6 +40,9 @@ struct IdentityTests {
         var bare = certificate
         bare.dnsNames = []
         #expect(auth.decide(connect(nil, session: "s-77", certificate: bare)).authenticationName.value == "s-77")
+        var unverified = withURI
+        unverified.chainVerified = false
+        #expect(auth.decide(connect(nil, session: "s-78", certificate: unverified)).authenticationName.value == "s-78")
     }
 
     @Test func theRegistryDecides() throws {
@@ -74,6 +77,13 @@ struct IdentityTests {
         #expect(auth.decide(connect("stranger", certificate: certificate(cn: "stranger"))).verdict == .unknownClient)
         #expect(auth.decide(connect("device-2", certificate: certificate(cn: "device-2"))).verdict == .clientDisabled)
         #expect(auth.decide(connect("device-1")).verdict == .authenticationFailed)
+        // A self-signed certificate proves its thumbprint, not the names it carries.
+        var selfSigned = certificate(cn: "device-1")
+        selfSigned.chainVerified = false
+        #expect(auth.decide(connect("device-1", certificate: selfSigned)).verdict == .authenticationFailed)
+        var selfSignedByThumbprint = certificate()
+        selfSignedByThumbprint.chainVerified = false
+        #expect(auth.decide(connect("device-4", certificate: selfSignedByThumbprint)).verdict == .authenticated)
         // Several sessions of one client authenticate with the same certificate.
         for session in ["a", "b", "c"] {
             #expect(auth.decide(connect("device-1", session: session, certificate: certificate(cn: "device-1"))).verdict == .authenticated)
