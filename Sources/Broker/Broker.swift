@@ -204,10 +204,12 @@ public final class Broker: @unchecked Sendable {
             if let will = old.pendingWill {
                 old.pendingWill = nil
                 if !sessionPresent { publishWill(will) }
+                forgetStoredWill(old, &ops)
             }
             if old.attachment != 0, let will = old.will {
                 old.will = nil
                 if !sessionPresent || willDelay(will, old) == 0 { publishWill(will) }
+                forgetStoredWill(old, &ops)
             }
         }
         if !sessionPresent, let old = sessions[name] {
@@ -271,7 +273,33 @@ public final class Broker: @unchecked Sendable {
             guard state.attachment == session.token else { return }
             state.will = will
             state.willSessionExpiry = sessionExpiryInterval
+            var ops: [BrokerStoreOperation] = []
+            if let will {
+                storeWill(will, state, due: 0, &ops)
+            } else {
+                forgetStoredWill(state, &ops)
+            }
+            submit(ops)
         }
+    }
+
+    /// A persistent session's will with a delay is kept in the store, so that a restart
+    /// (or a crash) neither loses it nor sends it early. Not waited for: it promises nothing.
+    private func storeWill(_ will: MQTTWill, _ state: SessionState, due: Int64, _ ops: inout [BrokerStoreOperation]) {
+        guard state.persistent, store != nil else { return }
+        let delay = willDelay(will, state)
+        guard delay > 0, let bytes = BrokerRecords.encodeWill(will, due: due, delay: delay) else {
+            forgetStoredWill(state, &ops)
+            return
+        }
+        state.willStored = true
+        ops.append(.put(.sessions, key: BrokerRecords.willKey(state.prefix), value: bytes))
+    }
+
+    private func forgetStoredWill(_ state: SessionState, _ ops: inout [BrokerStoreOperation]) {
+        guard state.willStored else { return }
+        state.willStored = false
+        ops.append(.delete(.sessions, key: BrokerRecords.willKey(state.prefix)))
     }
 
     private func detachLocked(_ session: BrokerSession, publishWill: Bool) {
@@ -281,19 +309,16 @@ public final class Broker: @unchecked Sendable {
         state.sink = nil
         if let will = state.will {
             state.will = nil
-            if publishWill {
-                let delay = willDelay(will, state)
-                if delay == 0 {
-                    self.publishWill(will)
-                } else {
-                    state.willGeneration &+= 1
-                    state.pendingWill = will
-                    let generation = state.willGeneration
-                    timers.asyncAfter(deadline: .now() + .seconds(Int(delay))) { [weak self] in
-                        self?.willDelayEnded(state, generation)
-                    }
-                }
+            var ops: [BrokerStoreOperation] = []
+            let delay = willDelay(will, state)
+            if publishWill, delay > 0 {
+                storeWill(will, state, due: clock() + Int64(delay) * 1_000_000, &ops)
+                schedule(will, state, afterMicroseconds: Int64(delay) * 1_000_000)
+            } else {
+                if publishWill { self.publishWill(will) }
+                forgetStoredWill(state, &ops)
             }
+            submit(ops)
         }
         if !state.persistent {
             var ops: [BrokerStoreOperation] = []
@@ -311,11 +336,24 @@ public final class Broker: @unchecked Sendable {
         return min(delay, state.willSessionExpiry ?? delay)
     }
 
+    /// Makes `will` the session's pending will, published by the timer unless cancelled.
+    private func schedule(_ will: MQTTWill, _ state: SessionState, afterMicroseconds delay: Int64) {
+        state.willGeneration &+= 1
+        state.pendingWill = will
+        let generation = state.willGeneration
+        timers.asyncAfter(deadline: .now() + .microseconds(Int(max(0, delay)))) { [weak self] in
+            self?.willDelayEnded(state, generation)
+        }
+    }
+
     private func willDelayEnded(_ state: SessionState, _ generation: UInt64) {
         locked {
             guard state.willGeneration == generation, let will = state.pendingWill else { return }
             state.pendingWill = nil
             publishWill(will)
+            var ops: [BrokerStoreOperation] = []
+            forgetStoredWill(state, &ops)
+            submit(ops)
         }
     }
 
@@ -365,6 +403,10 @@ public final class Broker: @unchecked Sendable {
         let waiter: CommitWaiter? = locked {
             var ops: [BrokerStoreOperation] = []
             for (name, state) in sessions where !live.contains(name) && state.attachment == 0 {
+                if let will = state.pendingWill {
+                    state.pendingWill = nil
+                    publishWill(will)
+                }
                 discard(state, &ops)
                 sessions[name] = nil
             }
@@ -375,12 +417,12 @@ public final class Broker: @unchecked Sendable {
 
     /// Stops the store's writer after the writes already queued; later writes fail.
     ///
-    /// Wills still waiting for their delay are published first (server shutdown ends the
-    /// connection, and they are not kept across a restart).
+    /// Wills still waiting for their delay that are not in the store are published first
+    /// (server shutdown ends the connection); stored ones wait for their delay after the restart.
     public func close() {
         sweeper?.cancel()
         locked {
-            for state in sessions.values {
+            for state in sessions.values where !state.willStored {
                 guard let will = state.pendingWill else { continue }
                 state.pendingWill = nil
                 publishWill(will)
@@ -998,6 +1040,8 @@ public final class Broker: @unchecked Sendable {
         state.inboundCommits = [:]
         state.attachment = 0
         state.sink = nil
+        state.willStored = false
+        state.pendingWill = nil
     }
 
     /// A session resumed with another expiry: a persistent one that becomes non-persistent
@@ -1012,6 +1056,7 @@ public final class Broker: @unchecked Sendable {
                 delivery.durable = true
             }
             ops.append(.deletePrefix(.sessions, prefix: state.prefix))
+            state.willStored = false
             return
         }
         for (filter, subscriber) in state.subscriptions {
@@ -1187,6 +1232,8 @@ public final class Broker: @unchecked Sendable {
         var messages: [UInt64: Message] = [:]
         var cleanup: [BrokerStoreOperation] = []
         var highest: UInt64 = 0
+        var loadedWills: [(SessionState, MQTTWill, Int64)] = []
+        let now = clock()
         try store.forEach(.messages) { key, value in
             guard key.count == 8, let (publish, receivedAt) = BrokerRecords.decodeMessage(value) else {
                 cleanup.append(.delete(.messages, key: Array(key)))
@@ -1264,6 +1311,14 @@ public final class Broker: @unchecked Sendable {
                         state.nextPacketIdentifier = record.packetIdentifier == .max ? 1 : record.packetIdentifier + 1
                     }
                 }
+            case BrokerRecords.willKind:
+                guard suffix.isEmpty, let (will, due, delay) = BrokerRecords.decodeWill(value) else {
+                    cleanup.append(.delete(.sessions, key: Array(key)))
+                    return
+                }
+                // Due 0: the broker stopped while its connection was up, an unclean end.
+                state.willStored = true
+                loadedWills.append((state, will, due == 0 ? now + Int64(delay) * 1_000_000 : due))
             case BrokerRecords.inboundKind:
                 guard suffix.count == 2 else {
                     cleanup.append(.delete(.sessions, key: Array(key)))
@@ -1279,6 +1334,14 @@ public final class Broker: @unchecked Sendable {
             message.storeKey = 0
         }
         sequence = highest
+        for (state, will, due) in loadedWills {
+            // A connection that was up at the stop gets its due time written (and keeps it
+            // across further restarts).
+            if let bytes = BrokerRecords.encodeWill(will, due: due, delay: will.properties.willDelayInterval ?? 0) {
+                cleanup.append(.put(.sessions, key: BrokerRecords.willKey(state.prefix), value: bytes))
+            }
+            schedule(will, state, afterMicroseconds: due - now)
+        }
         if !cleanup.isEmpty { try await_(store, cleanup) }
     }
 

@@ -20,10 +20,14 @@ import NIOCore
 ///   subscription identifiers (UInt16 LE), each identifier (UInt32 LE).
 /// - `I` + packet identifier (UInt16 BE): an inbound QoS 2 message delivered, PUBREL not yet
 ///   received; empty value.
+/// - `W` (no suffix): the session's will message: when it is due (Int64 µs LE; 0 while its
+///   connection is up), its delay in seconds (UInt32 LE), then the will as a PUBLISH, as in
+///   the `messages` table (received-at 0, without the Will Delay Interval).
 enum BrokerRecords {
     static let subscriptionKind = UInt8(ascii: "S")
     static let deliveryKind = UInt8(ascii: "D")
     static let inboundKind = UInt8(ascii: "I")
+    static let willKind = UInt8(ascii: "W")
 
     static func sessionPrefix(_ name: SessionName) -> [UInt8] {
         var bytes = Array(name.value.utf8)
@@ -55,6 +59,41 @@ enum BrokerRecords {
         key.append(inboundKind)
         withUnsafeBytes(of: packetIdentifier.bigEndian) { key.append(contentsOf: $0) }
         return key
+    }
+
+    static func willKey(_ prefix: [UInt8]) -> [UInt8] {
+        prefix + [willKind]
+    }
+
+    // MARK: wills
+
+    static func encodeWill(_ will: MQTTWill, due: Int64, delay: UInt32) -> [UInt8]? {
+        var properties = will.properties
+        properties.willDelayInterval = nil
+        let publish = MQTTPublish(
+            topicName: will.topic, payload: will.payload, qos: will.qos, retain: will.retain,
+            packetIdentifier: will.qos == .atMostOnce ? nil : 1, properties: properties)
+        guard let message = encodeMessage(publish, receivedAt: 0) else { return nil }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(12 + message.count)
+        withUnsafeBytes(of: due.littleEndian) { bytes.append(contentsOf: $0) }
+        withUnsafeBytes(of: delay.littleEndian) { bytes.append(contentsOf: $0) }
+        bytes.append(contentsOf: message)
+        return bytes
+    }
+
+    static func decodeWill(_ bytes: UnsafeRawBufferPointer) -> (MQTTWill, due: Int64, delay: UInt32)? {
+        guard bytes.count > 12,
+            let (publish, _) = decodeMessage(UnsafeRawBufferPointer(rebasing: bytes[12...]))
+        else { return nil }
+        let due = Int64(littleEndian: bytes.loadUnaligned(as: Int64.self))
+        let delay = UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+        var properties = publish.properties
+        if delay > 0 { properties.willDelayInterval = delay }
+        let will = MQTTWill(
+            topic: publish.topicName, payload: publish.payload, qos: publish.qos, retain: publish.retain,
+            properties: properties)
+        return (will, due, delay)
     }
 
     // MARK: messages

@@ -100,6 +100,8 @@ final class SessionState: @unchecked Sendable {
     /// tells the timer whether it is still the one it was set for.
     var pendingWill: MQTTWill?
     var willGeneration: UInt64 = 0
+    /// A `W` record of the will is in the store (persistent sessions, delay > 0).
+    var willStored = false
     /// Packets decided under the lock, sent after it (see `Broker.drain`).
     var outbox: [MQTTPacket] = []
     var draining = false

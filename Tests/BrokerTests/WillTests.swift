@@ -1,5 +1,6 @@
 import Foundation
 import LedgerCore
+import LedgerLMDB
 import MQTTCodec
 import NIOCore
 import Testing
@@ -89,12 +90,19 @@ struct WillTests {
         defer { broker.close() }
         let client = broker.connect("c", persistent: true)
         client.session.setWill(will("late", delay: 1))
+        let start = ContinuousClock.now
         broker.detach(client.session)
-        try await Task.sleep(for: .milliseconds(300))
         #expect(watcher.sink.take().isEmpty)
         #expect(broker.info(name("c"))?.willPending == true)
-        try await Task.sleep(for: .milliseconds(1200))
-        #expect(watcher.sink.takePublishes().map(text) == ["late"])
+        var got: [MQTTPublish] = []
+        var waited = Duration.zero
+        for _ in 0..<500 where got.isEmpty {
+            got = watcher.sink.takePublishes()
+            waited = ContinuousClock.now - start
+            if got.isEmpty { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        #expect(got.map(text) == ["late"])
+        #expect(waited >= .milliseconds(990))
         #expect(broker.info(name("c"))?.willPending == false)
     }
 
@@ -187,5 +195,90 @@ struct WillTests {
         #expect(watcher.sink.take().isEmpty)
         broker.close()
         #expect(watcher.sink.takePublishes().map(text) == ["shutdown"])
+    }
+}
+
+@Suite("Will messages in the store")
+struct StoredWillTests {
+    func delayed(_ body: String, _ delay: UInt32) -> MQTTWill {
+        MQTTWill(topic: "will/c", payload: payload(body), qos: .atLeastOnce, properties: [.willDelayInterval(delay), .contentType("t")])
+    }
+
+    func willRecords(_ directory: String) throws -> Int {
+        let store = try BrokerStore(directory: directory)
+        defer { store.close() }
+        var count = 0
+        try store.forEach(.sessions) { key, _ in
+            if key.count >= 2, key[key.count - 2] == 0, key[key.count - 1] == UInt8(ascii: "W") { count += 1 }
+        }
+        return count
+    }
+
+    @Test func aDelayedWillSurvivesARestartAndGoesWhenDue() async throws {
+        let directory = scratchDirectory()
+        defer { removeDirectory(directory) }
+        do {
+            let broker = try Broker(directory: directory)
+            let client = broker.connect("c", persistent: true)
+            client.session.setWill(delayed("after restart", 2))
+            broker.detach(client.session)
+            broker.close()  // not published: it is in the store
+        }
+        #expect(try willRecords(directory) == 1)
+        let broker = try Broker(directory: directory)
+        defer { broker.close() }
+        #expect(broker.info(name("c"))?.willPending == true)
+        let watcher = broker.connect("watcher")
+        _ = try await watcher.session.handle(subscribe([("will/#", .atLeastOnce)]))
+        var got: [MQTTPublish] = []
+        for _ in 0..<400 where got.isEmpty {
+            got = watcher.sink.takePublishes()
+            if got.isEmpty { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        #expect(got.map(text) == ["after restart"])
+        #expect(got.first?.properties.contentType == "t")
+        #expect(got.first?.properties.willDelayInterval == nil)
+        #expect(broker.info(name("c"))?.willPending == false)
+    }
+
+    @Test func aStopWhileConnectedSchedulesTheWillAndAResumeCancelsIt() async throws {
+        let directory = scratchDirectory()
+        defer { removeDirectory(directory) }
+        do {
+            let broker = try Broker(directory: directory)
+            let client = broker.connect("c", persistent: true)
+            client.session.setWill(delayed("never", 3600))
+            broker.close()  // the process stops with the connection up
+        }
+        #expect(try willRecords(directory) == 1)
+        do {
+            let broker = try Broker(directory: directory)
+            #expect(broker.info(name("c"))?.willPending == true)
+            let back = broker.connect("c", persistent: true, present: true)
+            #expect(broker.info(name("c"))?.willPending == false)
+            broker.detach(back.session, publishWill: false)
+            #expect(broker.publishedWills == 0)
+            broker.close()
+        }
+        #expect(try willRecords(directory) == 0)
+    }
+
+    @Test func aSessionTheLedgerDroppedAtStartupSendsItsWill() async throws {
+        let directory = scratchDirectory()
+        defer { removeDirectory(directory) }
+        do {
+            let broker = try Broker(directory: directory)
+            let client = broker.connect("c", persistent: true)
+            client.session.setWill(delayed("expired meanwhile", 3600))
+            broker.detach(client.session)
+            broker.close()
+        }
+        let broker = try Broker(directory: directory)
+        defer { broker.close() }
+        let watcher = broker.connect("watcher")
+        _ = try await watcher.session.handle(subscribe([("will/#", .atMostOnce)]))
+        try await broker.retainOnly(live: [name("watcher")])
+        #expect(watcher.sink.takePublishes().map(text) == ["expired meanwhile"])
+        #expect(broker.publishedWills == 1)
     }
 }
