@@ -12,21 +12,21 @@ extension BrokerSession: PubSubSession {}
 extension Broker: PubSubEngine {
     public func attachSession(
         name: SessionName, persistent: Bool, sessionPresent: Bool, protocolVersion: MQTTProtocolVersion,
-        receiveMaximum: Int, maximumPacketSize: Int?, sink: ConnectionSink
+        receiveMaximum: Int, maximumPacketSize: Int?, will: MQTTWill?, expiryInterval: UInt32, sink: ConnectionSink
     ) -> any PubSubSession {
-        attach(
+        let session = attach(
             session: name, persistent: persistent, sessionPresent: sessionPresent, protocolVersion: protocolVersion,
             receiveMaximum: receiveMaximum, maximumPacketSize: maximumPacketSize, sink: sink)
+        if let will { session.setWill(will, sessionExpiryInterval: expiryInterval) }
+        return session
     }
 
-    public func detachSession(_ session: any PubSubSession) {
+    public func detachSession(_ session: any PubSubSession, publishWill: Bool) {
         guard let session = session as? BrokerSession else { return }
-        detach(session)
+        detach(session, publishWill: publishWill)
     }
 
-    /// Retained messages and shared subscriptions are not implemented; QoS 2, wildcards,
-    /// subscription identifiers are (their absence from the CONNACK means "available").
-    public var capabilities: MQTTProperties {
-        [.retainAvailable(false), .sharedSubscriptionAvailable(false)]
-    }
+    /// QoS 2, retained messages, wildcards, subscription identifiers and shared subscriptions
+    /// are all implemented: their absence from the CONNACK means "available".
+    public var capabilities: MQTTProperties { [] }
 }

@@ -261,6 +261,7 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
                 name: identity.sessionName, persistent: acceptance.grant.expiryInterval > 0,
                 sessionPresent: acceptance.grant.sessionPresent, protocolVersion: identity.protocolVersion,
                 receiveMaximum: identity.receiveMaximum, maximumPacketSize: identity.maximumPacketSize,
+                will: identity.will, expiryInterval: acceptance.grant.expiryInterval,
                 sink: ConnectionSink(channel: context.channel))
             services.registry.attached(identity.sessionName, by: identity.connection)
         }
@@ -306,7 +307,7 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
         services.logger.log(
             level: closing.release?.reason == .clientError ? .warning : .info,
             "mqtt: closed session=\(name.map { "\($0)" } ?? "-") conn=\(connection ?? 0) remote=\(remoteAddress) why=\(closing.why)")
-        detach()
+        detach(publishWill: closing.publishWill)
         guard let request = closing.release, let eventLoop else {
             if !closing.channelGone { close(sending: closing.packets) }
             finish(after: nil)
@@ -333,11 +334,11 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
         finish(after: released.futureResult)
     }
 
-    private func detach() {
+    private func detach(publishWill: Bool) {
         brokerQueue.removeAll()
         guard let session = pubsubSession else { return }
         pubsubSession = nil
-        services.pubsub?.detachSession(session)
+        services.pubsub?.detachSession(session, publishWill: publishWill)
         if let sessionName, let connection { services.registry.detached(sessionName, by: connection) }
     }
 

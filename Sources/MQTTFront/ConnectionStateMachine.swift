@@ -38,6 +38,8 @@ public struct ConnectionStateMachine: Sendable {
         public var remoteAddress: String
         /// The CONNECT named an authentication method; none is supported (0x8C).
         public var authenticationMethod: String?
+        /// The CONNECT's will message, for the broker.
+        public var will: MQTTWill?
     }
 
     /// Why a connection that is not yet active must not become so when its claim comes back.
@@ -75,6 +77,8 @@ public struct ConnectionStateMachine: Sendable {
         public var why: String
         /// True when the channel is already gone: nothing can be sent.
         public var channelGone: Bool
+        /// False only after a DISCONNECT with 0x00 (MQTT-3.1.2-10: the will is discarded).
+        public var publishWill: Bool = true
     }
 
     public enum Action: Sendable {
@@ -343,7 +347,7 @@ public struct ConnectionStateMachine: Sendable {
             keepAlive: connect.keepAlive,
             receiveMaximum: version == .mqtt5 ? Int(connect.properties.receiveMaximum ?? 65_535) : 20,
             maximumPacketSize: version == .mqtt5 ? connect.properties.maximumPacketSize.map(Int.init) : nil,
-            remoteAddress: remoteAddress, authenticationMethod: method)
+            remoteAddress: remoteAddress, authenticationMethod: method, will: connect.will)
         state = .connecting(identity, pending: [], abandoned: nil)
         return .claim(ClaimRequest(
             authenticationName: identity.authenticationName, sessionName: identity.sessionName,
@@ -380,7 +384,7 @@ public struct ConnectionStateMachine: Sendable {
             request.newExpiryInterval = newExpiry
             return .close(Closing(
                 packets: [], release: request, why: "clientInitiatedDisconnect (\(disconnect.reasonCode))",
-                channelGone: false))
+                channelGone: false, publishWill: disconnect.reasonCode != .normalDisconnection))
         case .connect:
             return closeForClientError(identity, code: .protocolError, why: "second CONNECT")
         case .auth:

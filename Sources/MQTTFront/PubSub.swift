@@ -5,12 +5,14 @@ import SessionLedger
 /// What the front needs from the pub/sub core. The `Broker` conforms; without one the
 /// front answers pub/sub packets minimally (acknowledges, delivers nothing).
 public protocol PubSubEngine: Sendable {
-    /// Once the CONNACK is written, from the connection's event loop.
+    /// Once the CONNACK is written, from the connection's event loop, before any `handle`.
+    /// `will`: the CONNECT's will message; `expiryInterval`: the session's, in force.
     func attachSession(
         name: SessionName, persistent: Bool, sessionPresent: Bool, protocolVersion: MQTTProtocolVersion,
-        receiveMaximum: Int, maximumPacketSize: Int?, sink: ConnectionSink
+        receiveMaximum: Int, maximumPacketSize: Int?, will: MQTTWill?, expiryInterval: UInt32, sink: ConnectionSink
     ) -> any PubSubSession
-    func detachSession(_ session: any PubSubSession)
+    /// `publishWill`: false only after a client DISCONNECT with 0x00.
+    func detachSession(_ session: any PubSubSession, publishWill: Bool)
     /// The session is over (expired, or ended with its connection): drop its state.
     func endSession(_ name: SessionName) async throws
     /// Added to every v5 CONNACK that grants: what this engine does not do.

@@ -217,6 +217,31 @@ struct ConnectionStateMachineTests {
         #expect(closing.packets.isEmpty)
         #expect(closing.release?.reason == .clientInitiatedDisconnect)
         #expect(closing.release?.newExpiryInterval == 0)
+        #expect(!closing.publishWill)  // MQTT-3.1.2-10: a normal DISCONNECT discards the will
+    }
+
+    @Test func disconnectWithWillMessageKeepsTheWill() {
+        var machine = activeMachine()
+        let disconnect = MQTTDisconnect(reasonCode: .disconnectWithWillMessage)
+        guard case .close(let closing) = machine.received(.packet(.disconnect(disconnect)), now: t0) else {
+            Issue.record("no close"); return
+        }
+        #expect(closing.publishWill)
+        #expect(closing.release?.reason == .clientInitiatedDisconnect)
+        // Every other end publishes it too.
+        var lost = activeMachine()
+        guard case .close(let gone) = lost.channelInactive() else { Issue.record("no close"); return }
+        #expect(gone.publishWill)
+    }
+
+    @Test func theWillTravelsWithTheIdentity() {
+        var machine = ConnectionStateMachine()
+        let will = MQTTWill(topic: "wills/dev", payload: ByteBuffer(string: "gone"), qos: .atLeastOnce)
+        _ = machine.received(
+            .packet(.connect(MQTTConnect(protocolVersion: .mqtt5, clientIdentifier: "s", userName: "u", will: will))),
+            connection: 1, now: t0)
+        guard case .accept(let acceptance) = machine.claimCompleted(grant(connection: 1)) else { Issue.record("no accept"); return }
+        #expect(acceptance.identity.will == will)
     }
 
     @Test func disconnectRaisingTheIntervalFromZeroIsAProtocolError() {

@@ -153,7 +153,7 @@ final class RunningCustody: @unchecked Sendable {
 /// A blocking MQTT client over a plain socket, built on the package's codec, for what the
 /// real clients cannot do on purpose (malformed bytes, silence, exact packets).
 final class RawClient {
-    let fd: Int32
+    private(set) var fd: Int32
     private var inbound = ByteBuffer()
     private var decoder: MQTTDecoder
     private let encoder: MQTTEncoder
@@ -180,7 +180,13 @@ final class RawClient {
         }
     }
 
-    deinit { close(fd) }
+    deinit { if fd >= 0 { close(fd) } }
+
+    /// Closes the socket without a DISCONNECT: to the server, a lost connection.
+    func drop() {
+        if fd >= 0 { close(fd) }
+        fd = -1
+    }
 
     func send(_ packet: MQTTPacket) throws {
         var buffer = ByteBuffer()
@@ -235,13 +241,13 @@ final class RawClient {
     /// CONNECT and its CONNACK.
     func connect(
         _ clientID: String, user: String? = nil, clean: Bool = true, expiry: UInt32? = nil, keepAlive: UInt16 = 60,
-        version: MQTTProtocolVersion = .mqtt5
+        version: MQTTProtocolVersion = .mqtt5, will: MQTTWill? = nil
     ) throws -> MQTTConnAck {
         var properties = MQTTProperties()
         if let expiry { properties.append(.sessionExpiryInterval(expiry)) }
         try send(.connect(MQTTConnect(
             protocolVersion: version, clientIdentifier: clientID, cleanStart: clean, keepAlive: keepAlive,
-            userName: user, properties: properties)))
+            userName: user, will: will, properties: properties)))
         guard let answer = try receive() else { throw E2EError.unexpected("closed instead of CONNACK") }
         guard case .connack(let connack) = answer else { throw E2EError.unexpected("\(answer) instead of CONNACK") }
         return connack
