@@ -203,12 +203,12 @@ public final class Broker: @unchecked Sendable {
             // sent unless the session resumes within its delay.
             if let will = old.pendingWill {
                 old.pendingWill = nil
-                if !sessionPresent { publishWill(will) }
+                if !sessionPresent { publishWill(will, from: old) }
                 forgetStoredWill(old, &ops)
             }
             if old.attachment != 0, let will = old.will {
                 old.will = nil
-                if !sessionPresent || willDelay(will, old) == 0 { publishWill(will) }
+                if !sessionPresent || willDelay(will, old) == 0 { publishWill(will, from: old) }
                 forgetStoredWill(old, &ops)
             }
         }
@@ -315,7 +315,7 @@ public final class Broker: @unchecked Sendable {
                 storeWill(will, state, due: clock() + Int64(delay) * 1_000_000, &ops)
                 schedule(will, state, afterMicroseconds: Int64(delay) * 1_000_000)
             } else {
-                if publishWill { self.publishWill(will) }
+                if publishWill { self.publishWill(will, from: state) }
                 forgetStoredWill(state, &ops)
             }
             submit(ops)
@@ -350,7 +350,7 @@ public final class Broker: @unchecked Sendable {
         locked {
             guard state.willGeneration == generation, let will = state.pendingWill else { return }
             state.pendingWill = nil
-            publishWill(will)
+            publishWill(will, from: state)
             var ops: [BrokerStoreOperation] = []
             forgetStoredWill(state, &ops)
             submit(ops)
@@ -359,7 +359,8 @@ public final class Broker: @unchecked Sendable {
 
     /// Publishes a will message as if its client had sent it (under the lock). Its
     /// deliveries to persistent sessions go once durable; nobody waits for the commit.
-    private func publishWill(_ will: MQTTWill) {
+    /// `publisher`: the will's own session, for No Local.
+    private func publishWill(_ will: MQTTWill, from publisher: SessionState) {
         guard TopicRules.isValidTopicName(will.topic) else { return }
         var properties = will.properties
         properties.willDelayInterval = nil
@@ -368,7 +369,7 @@ public final class Broker: @unchecked Sendable {
             packetIdentifier: will.qos == .atMostOnce ? nil : 1, properties: properties)
         var ops: [BrokerStoreOperation] = []
         var pending: [(SessionState, Delivery)] = []
-        _ = route(publish, from: nil, &ops, &pending)
+        _ = route(publish, from: publisher, &ops, &pending)
         if will.retain { keepRetained(publish, &ops) }
         willsPublished += 1
         _ = submitWaiting(ops, pending)
@@ -388,7 +389,7 @@ public final class Broker: @unchecked Sendable {
             guard let state = sessions[name], state.attachment == 0 else { return nil }
             if let will = state.pendingWill {
                 state.pendingWill = nil
-                publishWill(will)
+                publishWill(will, from: state)
             }
             var ops: [BrokerStoreOperation] = []
             discard(state, &ops)
@@ -405,7 +406,7 @@ public final class Broker: @unchecked Sendable {
             for (name, state) in sessions where !live.contains(name) && state.attachment == 0 {
                 if let will = state.pendingWill {
                     state.pendingWill = nil
-                    publishWill(will)
+                    publishWill(will, from: state)
                 }
                 discard(state, &ops)
                 sessions[name] = nil
@@ -425,7 +426,7 @@ public final class Broker: @unchecked Sendable {
             for state in sessions.values where !state.willStored {
                 guard let will = state.pendingWill else { continue }
                 state.pendingWill = nil
-                publishWill(will)
+                publishWill(will, from: state)
             }
             closed = true
         }

@@ -130,6 +130,29 @@ struct MQTT5FeatureTests {
         #expect(got.first?.properties.messageExpiryInterval == 40)
     }
 
+    @Test func expiredRetainedMessagesLeaveTheStore() async throws {
+        let directory = scratchDirectory()
+        defer { removeDirectory(directory) }
+        let clock = TestClock()
+        do {
+            let broker = try Broker(directory: directory, clock: { clock.now }, expirySweepInterval: nil)
+            let pub = broker.connect("pub")
+            _ = try await pub.session.handle(publish("r/a", "short", qos: .atLeastOnce, id: 1, retain: true, properties: [.messageExpiryInterval(5)]))
+            _ = try await pub.session.handle(publish("r/b", "long", qos: .atLeastOnce, id: 2, retain: true, properties: [.messageExpiryInterval(50)]))
+            broker.close()
+        }
+        clock.advance(seconds: 10)
+        do {
+            // The receive time survived the restart: the short one has expired.
+            let broker = try Broker(directory: directory, clock: { clock.now }, expirySweepInterval: nil)
+            broker.sweepExpired()
+            broker.close()
+        }
+        let store = try BrokerStore(directory: directory)
+        defer { store.close() }
+        #expect(try store.count(.retained) == 1)
+    }
+
     @Test func subscriptionIdentifiersOnePerMatchingSubscription() async throws {
         let broker = try Broker(directory: nil)
         defer { broker.close() }

@@ -171,4 +171,25 @@ struct SharedSubscriptionTests {
         #expect(got.map(text) == ["queued"])
         #expect(got.first?.properties.subscriptionIdentifiers == [3])
     }
+
+    /// Throughput through one share (debug build, printed): 100 members, evenly served.
+    @Test func aShareSpreadsEvenlyUnderLoad() async throws {
+        let broker = try Broker(directory: nil)
+        defer { broker.close() }
+        let members = (0..<100).map { broker.connect("m\($0)") }
+        for member in members {
+            _ = try await member.session.handle(subscribe([("$share/workers/jobs/#", .atLeastOnce)]))
+        }
+        let pub = broker.connect("pub")
+        let count = 20_000
+        let clock = ContinuousClock()
+        let started = clock.now
+        for i in 0..<count {
+            _ = try await pub.session.handle(publish("jobs/\(i % 7)", "j", qos: .atLeastOnce, id: UInt16(i % 60000 + 1)))
+        }
+        let elapsed = clock.now - started
+        print("shared subscription, 100 members: \(count) QoS 1 messages in \(elapsed) (\(elapsed / count) each, debug build)")
+        let counts = members.map { $0.sink.takePublishes().count }
+        #expect(counts.allSatisfy { $0 == count / 100 })
+    }
 }
