@@ -318,6 +318,23 @@ struct MQTTFrontEndToEndTests {
         }
     }
 
+    /// A retained message (3.1.1 and 5.0 clients alike) reaches a subscriber that comes later.
+    @Test func retainedMessageReachesALaterSubscriber() throws {
+        try withCustody("retained") { custody in
+            let (status, _, error) = try run("/usr/bin/mosquitto_pub", [
+                "-p", "\(custody.port)", "-h", "127.0.0.1", "-i", "door", "-u", "dev", "-t", "status/door", "-m", "open",
+                "-q", "1", "-r",
+            ])
+            #expect(status == 0, "\(error)")
+            let (subStatus, output, subError) = try run("/usr/bin/mosquitto_sub", [
+                "-p", "\(custody.port)", "-h", "127.0.0.1", "-V", "mqttv5", "-i", "panel", "-u", "dev", "-t", "status/#",
+                "-C", "1", "-v", "-W", "10",
+            ])
+            #expect(subStatus == 0, "\(subError)")
+            #expect(output == "status/door open\n")
+        }
+    }
+
     /// A persistent session (v5, expiry 300 s) that is offline gets its QoS 1 and QoS 2
     /// messages after the broker restarts: they were acknowledged, so they are on disk.
     @Test func offlinePersistentSessionGetsItsMessagesAfterRestart() throws {
