@@ -99,7 +99,11 @@ public struct BrokerSessionInfo: Sendable, Equatable {
 ///
 /// **Wills.** `BrokerSession.setWill` after `attach`; `detach(_:publishWill:)` publishes it
 /// (after its delay, on the broker's timer), `attach` of the same session cancels a waiting
-/// one, `endSession` and `close` publish it at once. Wills are kept in memory only.
+/// one, `endSession` (and `retainOnly` for the sessions it drops) publish it at once. The
+/// will of a persistent session with a delay is also kept in the store (`W` record, one
+/// unwaited put per CONNECT with such a will): after a restart it goes when due, and a stop
+/// while its connection was up counts as an unclean end (due = restart + delay). Other
+/// waiting wills (memory-only broker) are published by `close`.
 ///
 /// **Message expiry.** A message's remaining Message Expiry Interval goes out with it;
 /// queued messages whose interval passed are dropped (at the head of the queue, and by a
