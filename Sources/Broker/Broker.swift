@@ -130,6 +130,7 @@ public final class Broker: @unchecked Sendable {
     let timers = DispatchQueue(label: "custody.broker.timers")
     private var sweeper: DispatchSourceTimer?
     private var willsPublished = 0
+    private var redistributed = 0
 
     /// `directory`: where persistent session state lives (created if missing); nil = memory only.
     /// `storeOptions`: the LMDB map size (default 16 GiB of address space; the file grows as it fills).
@@ -378,6 +379,10 @@ public final class Broker: @unchecked Sendable {
         willsPublished += 1
         _ = submitWaiting(ops, pending)
     }
+
+    /// Copies of shared-subscription messages moved to another member because the session
+    /// they were chosen for ended first, since the broker started.
+    public var redistributedShares: Int { locked { redistributed } }
 
     /// Will messages published since the broker started.
     public var publishedWills: Int { locked { willsPublished } }
@@ -891,7 +896,7 @@ public final class Broker: @unchecked Sendable {
             sequence += 1
             let delivery = Delivery(
                 sequence: sequence, message: shared, qos: qos, retain: retain,
-                identifiers: match.identifiers)
+                identifiers: match.identifiers, share: match.share?.key)
             if session.persistent, store != nil {
                 if shared.storeKey == 0 {
                     if encoded == nil { encoded = BrokerRecords.encodeMessage(shared.publish, receivedAt: now) }
@@ -1035,6 +1040,7 @@ public final class Broker: @unchecked Sendable {
     /// Forgets a session's state, in memory and (through `ops`) on disk.
     private func discard(_ state: SessionState, _ ops: inout [BrokerStoreOperation]) {
         for filter in state.subscriptions.keys { tree.remove(filter, session: state) }
+        redistributeShares(of: state)
         for delivery in state.inflight.values { release(delivery, state, &ops, deleteRecord: false) }
         for delivery in state.queue { release(delivery, state, &ops, deleteRecord: false) }
         if state.persistent, store != nil { ops.append(.deletePrefix(.sessions, prefix: state.prefix)) }
@@ -1047,6 +1053,58 @@ public final class Broker: @unchecked Sendable {
         state.sink = nil
         state.willStored = false
         state.pendingWill = nil
+    }
+
+    /// A session ends with copies it was chosen for by a shared subscription that its client
+    /// does not have yet (queued, or sent and not acknowledged; not those already PUBREC'd):
+    /// each goes to another member of that share, if there is one (MQTT 5.0 section 4.8.2).
+    /// Called after the session's subscriptions left the tree.
+    private func redistributeShares(of state: SessionState) {
+        guard !tree.groups.isEmpty else { return }
+        let candidates = (state.inflight.values.filter { $0.state != .awaitingComp } + Array(state.queue))
+            .filter { $0.share != nil }
+            .sorted { $0.sequence < $1.sequence }
+        guard !candidates.isEmpty else { return }
+        var ops: [BrokerStoreOperation] = []
+        var pending: [(SessionState, Delivery)] = []
+        var direct: [MQTTPacket] = []
+        for old in candidates {
+            guard let key = old.share, let group = tree.groups[key], let member = group.pick() else { continue }
+            let session = member.session
+            let message = old.message
+            sequence += 1
+            let delivery = Delivery(
+                sequence: sequence, message: message, qos: min(message.publish.qos, member.options.qos),
+                retain: message.publish.retain && member.options.retainAsPublished,
+                identifiers: member.identifier.map { [$0] } ?? [], share: key)
+            if delivery.qos == .atMostOnce {
+                guard session.sink != nil else { continue }
+                if let packet = transmit(delivery, session, now: clock(), &ops) { post(session, packet) }
+                continue
+            }
+            if session.persistent, store != nil {
+                if message.storeKey == 0,
+                    let bytes = BrokerRecords.encodeMessage(message.publish, receivedAt: message.receivedAt)
+                {
+                    sequence += 1
+                    message.storeKey = sequence
+                    ops.append(.put(.messages, key: BrokerRecords.messageKey(sequence), value: bytes))
+                }
+                if message.storeKey != 0 {
+                    message.references += 1
+                    delivery.stored = true
+                    delivery.durable = false
+                    pending.append((session, delivery))
+                }
+            }
+            enqueue(delivery, session, &ops, into: &direct)
+            if !direct.isEmpty {
+                for packet in direct { post(session, packet) }
+                direct.removeAll(keepingCapacity: true)
+            }
+            redistributed += 1
+        }
+        _ = submitWaiting(ops, pending)
     }
 
     /// A session resumed with another expiry: a persistent one that becomes non-persistent
@@ -1297,7 +1355,7 @@ public final class Broker: @unchecked Sendable {
                 highest = max(highest, sequence)
                 let delivery = Delivery(
                     sequence: sequence, message: message, qos: record.qos, retain: record.retain,
-                    identifiers: record.identifiers)
+                    identifiers: record.identifiers, share: record.share)
                 delivery.stored = true
                 // The record is written before the PUBLISH goes out, so its sent flag may lag:
                 // anything in flight may have reached the client, and goes again with DUP.

@@ -17,7 +17,8 @@ import NIOCore
 /// - `D` + delivery sequence (UInt64 BE, so a session's deliveries come back in order):
 ///   message key (UInt64 LE), QoS, state (0 queued, 1 awaiting PUBACK, 2 awaiting PUBREC,
 ///   3 awaiting PUBCOMP), packet identifier (UInt16 LE), sent flag, retain flag, count of
-///   subscription identifiers (UInt16 LE), each identifier (UInt32 LE).
+///   subscription identifiers (UInt16 LE), each identifier (UInt32 LE), then, for a copy
+///   chosen for a shared subscription, its `$share/...` filter (UTF-8, to the end).
 /// - `I` + packet identifier (UInt16 BE): an inbound QoS 2 message delivered, PUBREL not yet
 ///   received; empty value.
 /// - `W` (no suffix): the session's will message: when it is due (Int64 µs LE; 0 while its
@@ -134,6 +135,7 @@ enum BrokerRecords {
         var sent: Bool
         var retain: Bool
         var identifiers: [UInt32]
+        var share: String?
     }
 
     static func encodeDelivery(_ d: Delivery) -> [UInt8] {
@@ -147,6 +149,7 @@ enum BrokerRecords {
         bytes.append(d.retain ? 1 : 0)
         withUnsafeBytes(of: UInt16(d.identifiers.count).littleEndian) { bytes.append(contentsOf: $0) }
         for id in d.identifiers { withUnsafeBytes(of: id.littleEndian) { bytes.append(contentsOf: $0) } }
+        if let share = d.share { bytes.append(contentsOf: share.utf8) }
         return bytes
     }
 
@@ -156,7 +159,9 @@ enum BrokerRecords {
             let state = DeliveryState(rawValue: bytes[9])
         else { return nil }
         let count = Int(UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: 14, as: UInt16.self)))
-        guard bytes.count == 16 + 4 * count else { return nil }
+        guard bytes.count >= 16 + 4 * count else { return nil }
+        let share = bytes.count > 16 + 4 * count
+            ? String(decoding: UnsafeRawBufferPointer(rebasing: bytes[(16 + 4 * count)...]), as: UTF8.self) : nil
         var identifiers: [UInt32] = []
         identifiers.reserveCapacity(count)
         for i in 0..<count {
@@ -165,7 +170,7 @@ enum BrokerRecords {
         return DeliveryRecord(
             messageKey: UInt64(littleEndian: bytes.loadUnaligned(as: UInt64.self)), qos: qos, state: state,
             packetIdentifier: UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: 10, as: UInt16.self)),
-            sent: bytes[12] != 0, retain: bytes[13] != 0, identifiers: identifiers)
+            sent: bytes[12] != 0, retain: bytes[13] != 0, identifiers: identifiers, share: share)
     }
 
     // MARK: subscriptions

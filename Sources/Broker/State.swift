@@ -50,6 +50,9 @@ final class Delivery: @unchecked Sendable {
     let qos: MQTTQoS
     let retain: Bool
     let identifiers: [UInt32]
+    /// The shared subscription (`$share/{ShareName}/{filter}`) it was chosen for, if any: if
+    /// the session ends before the client has it, another member gets it.
+    let share: String?
     var packetIdentifier: UInt16 = 0
     var state: DeliveryState = .queued
     /// Sent at least once: a resend carries DUP.
@@ -59,12 +62,13 @@ final class Delivery: @unchecked Sendable {
     /// False while its store write is not committed: it is not sent before it is durable.
     var durable = true
 
-    init(sequence: UInt64, message: Message, qos: MQTTQoS, retain: Bool, identifiers: [UInt32]) {
+    init(sequence: UInt64, message: Message, qos: MQTTQoS, retain: Bool, identifiers: [UInt32], share: String? = nil) {
         self.sequence = sequence
         self.message = message
         self.qos = qos
         self.retain = retain
         self.identifiers = identifiers
+        self.share = share
     }
 }
 

@@ -157,6 +157,8 @@ struct Match {
     var qos: MQTTQoS
     var retainAsPublished: Bool
     var identifiers: [UInt32]
+    /// The share this copy was chosen for (a separate copy per share).
+    var share: ShareGroup? = nil
 }
 
 /// Subscriptions by filter level. Not thread-safe: the broker's lock guards it.
@@ -281,7 +283,7 @@ struct TopicTree {
             guard let member = group.pick() else { continue }
             matches.append(Match(
                 session: member.session, qos: member.options.qos, retainAsPublished: member.options.retainAsPublished,
-                identifiers: member.identifier.map { [$0] } ?? []))
+                identifiers: member.identifier.map { [$0] } ?? [], share: group))
         }
         sharedHits.removeAll(keepingCapacity: true)
     }

@@ -69,8 +69,11 @@ struct SharedSubscriptionTests {
         #expect(c.sink.takePublishes().count == 2)
         #expect(broker.info(name("b"))?.queued == 0)
 
-        // A non-persistent member leaving leaves the group; a member that unsubscribes too.
+        // A non-persistent member leaving leaves the group (a member that unsubscribes too);
+        // its session ends, and the three shares it had not acknowledged go to a.
         broker.detach(c.session)
+        #expect(a.sink.takePublishes().map(text) == ["3", "5", "7"])
+        #expect(broker.redistributedShares == 3)
         try await send(2)
         #expect(a.sink.takePublishes().count == 2)
         #expect(try await a.session.handle(.unsubscribe(MQTTUnsubscribe(packetIdentifier: 5, topicFilters: ["$share/g/t"])))
@@ -170,6 +173,54 @@ struct SharedSubscriptionTests {
         let got = member.sink.takePublishes()
         #expect(got.map(text) == ["queued"])
         #expect(got.first?.properties.subscriptionIdentifiers == [3])
+    }
+
+    @Test func anEndingMemberHandsItsUnacknowledgedSharesToAnotherMember() async throws {
+        let directory = scratchDirectory()
+        defer { removeDirectory(directory) }
+        let broker = try Broker(directory: directory)
+        defer { broker.close() }
+        let a = broker.connect("a")  // non-persistent: its session ends with its connection
+        let b = broker.connect("b", persistent: true)
+        let c = broker.connect("c", persistent: true)
+        for member in [a, b, c] {
+            _ = try await member.session.handle(subscribe([("$share/g/t", .exactlyOnce)]))
+        }
+        let pub = broker.connect("pub")
+        for i in 1...3 {
+            _ = try await pub.session.handle(publish("t", "\(i)", qos: .atLeastOnce, id: UInt16(i)))
+        }
+        func collect(_ client: Client, _ count: Int) async throws -> [MQTTPublish] {
+            var got: [MQTTPublish] = []
+            for _ in 0..<300 where got.count < count {
+                got += client.sink.takePublishes()
+                if got.count < count { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            return got
+        }
+        #expect(try await collect(a, 1).map(text) == ["1"])
+        #expect(try await collect(b, 1).map(text) == ["2"])
+        #expect(try await collect(c, 1).map(text) == ["3"])
+        // c goes offline (its session stays); a leaves without acknowledging "1", which goes
+        // to b, the only connected member; so do "4" and "5".
+        broker.detach(c.session)
+        broker.detach(a.session)
+        for i in 4...5 {
+            _ = try await pub.session.handle(publish("t", "\(i)", qos: .atLeastOnce, id: UInt16(i)))
+        }
+        let atB = try await collect(b, 3)
+        #expect(atB.map(text) == ["1", "4", "5"])
+        // c's session ends (expired by the ledger) with "3" unacknowledged: b gets it.
+        try await broker.endSession(name("c"))
+        let more = try await collect(b, 4 - atB.count)
+        let all = (atB + more).map(text)
+        #expect(Set(all) == ["1", "3", "4", "5"])
+        #expect(all.count == 4)
+        #expect(broker.redistributedShares == 2)
+        // b acknowledges everything: nothing is left in the store but b's subscription.
+        for p in atB + more { _ = try await b.session.handle(.puback(ack(p.packetIdentifier!))) }
+        _ = try await b.session.handle(.puback(ack(1)))
+        #expect(broker.info(name("b"))?.inflight == 0)
     }
 
     /// Throughput through one share (debug build, printed): 100 members, evenly served.
