@@ -114,7 +114,11 @@ final class RunningCustody: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(15)
         while process.isRunning, Date() < deadline { usleep(10_000) }
         if process.isRunning {
-            Issue.record("custody did not stop on SIGTERM")
+            // Where it hangs, for whoever reads the failure.
+            let stacks = (try? run("/usr/bin/gdb", [
+                "-p", "\(process.processIdentifier)", "-batch", "-ex", "thread apply all bt 25",
+            ], timeout: 60).1) ?? "(no gdb)"
+            Issue.record("custody did not stop on SIGTERM\n\(stdout)\n\(stderr)\n\(stacks)")
             kill(process.processIdentifier, SIGKILL)
         }
         process.waitUntilExit()
