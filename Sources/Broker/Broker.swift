@@ -468,8 +468,10 @@ public final class Broker: @unchecked Sendable {
             let now = clock()
             var ops: [BrokerStoreOperation] = []
             var count = 0
-            for state in sessions.values where !state.queue.isEmpty {
+            // Only queues that took a message with an expiry since they were last found clean.
+            for state in sessions.values where state.queueMayExpire {
                 guard state.queue.contains(where: { isExpired($0, now: now) }) else { continue }
+                var mayExpire = false
                 var kept = CircularBuffer<Delivery>(initialCapacity: state.queue.count)
                 for delivery in state.queue {
                     if isExpired(delivery, now: now) {
@@ -477,10 +479,12 @@ public final class Broker: @unchecked Sendable {
                         state.expired += 1
                         count += 1
                     } else {
+                        if delivery.message.expiresAt != nil { mayExpire = true }
                         kept.append(delivery)
                     }
                 }
                 state.queue = kept
+                state.queueMayExpire = mayExpire
             }
             for (topic, message) in retained where isExpired(message, now: now) {
                 retained[topic] = nil
@@ -951,6 +955,7 @@ public final class Broker: @unchecked Sendable {
             droppedTotal += 1
         }
         session.queue.append(delivery)
+        if delivery.message.expiresAt != nil { session.queueMayExpire = true }
         if delivery.stored { ops.append(putRecord(delivery, session)) }
     }
 
@@ -1017,8 +1022,8 @@ public final class Broker: @unchecked Sendable {
     }
 
     private func isExpired(_ message: Message, now: Int64) -> Bool {
-        guard let interval = message.publish.properties.messageExpiryInterval else { return false }
-        return now - message.receivedAt >= Int64(interval) * 1_000_000
+        guard let expiresAt = message.expiresAt else { return false }
+        return now >= expiresAt
     }
 
     private func outbound(_ delivery: Delivery, _ session: SessionState, now: Int64) -> MQTTPublish {
@@ -1366,6 +1371,7 @@ public final class Broker: @unchecked Sendable {
                 {
                     delivery.sent = false
                     state.queue.append(delivery)
+                    if message.expiresAt != nil { state.queueMayExpire = true }
                 } else {
                     delivery.state = record.state
                     delivery.packetIdentifier = record.packetIdentifier

@@ -21,6 +21,8 @@ final class Message: @unchecked Sendable {
     let publish: MQTTPublish
     /// Wall clock, µs, for the Message Expiry Interval.
     let receivedAt: Int64
+    /// When its Message Expiry Interval runs out (µs); nil: never.
+    let expiresAt: Int64?
     /// Its key in the `messages` table; 0 while it is not stored.
     var storeKey: UInt64 = 0
     /// Stored deliveries that need it; at 0 the stored copy is deleted.
@@ -29,6 +31,7 @@ final class Message: @unchecked Sendable {
     init(publish: MQTTPublish, receivedAt: Int64) {
         self.publish = publish
         self.receivedAt = receivedAt
+        expiresAt = publish.properties.messageExpiryInterval.map { receivedAt + Int64($0) * 1_000_000 }
     }
 
     /// A payload that may be held for long (queued, in flight, retained) keeps its own
@@ -96,6 +99,8 @@ final class SessionState: @unchecked Sendable {
     var dropped = 0
     /// Queued messages dropped because their Message Expiry Interval passed.
     var expired = 0
+    /// The queue may hold a message with a Message Expiry Interval (the sweep looks only here).
+    var queueMayExpire = false
     /// The current connection's will message (`BrokerSession.setWill`), and the session
     /// expiry interval that bounds its delay.
     var will: MQTTWill?
