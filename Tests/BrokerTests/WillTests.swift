@@ -187,6 +187,26 @@ struct WillTests {
         #expect(watcher.sink.take().isEmpty)
     }
 
+    @Test func aV311ClientsWillAndNoLocal() async throws {
+        let (broker, watcher) = try await setUp()
+        defer { broker.close() }
+        // A 3.1.1 will (no properties, no delay) goes at once.
+        let old = broker.connect("old", version: .mqtt3_1_1)
+        old.session.setWill(MQTTWill(topic: "will/old", payload: payload("v3"), qos: .exactlyOnce, retain: false))
+        broker.detach(old.session)
+        let got = watcher.sink.takePublishes()
+        #expect(got.map(text) == ["v3"])
+        #expect(got.first?.qos == .exactlyOnce)
+        // The will's own session is its publisher: its No Local subscription skips it after a
+        // takeover that resumes the session (the old connection's will has no delay).
+        let first = broker.connect("self", persistent: true)
+        _ = try await first.session.handle(subscribe([("will/self", .atMostOnce)], noLocal: true))
+        first.session.setWill(will("mine", topic: "will/self", qos: .atMostOnce))
+        let second = broker.connect("self", persistent: true, present: true)
+        #expect(watcher.sink.takePublishes().map(text) == ["mine"])
+        #expect(second.sink.take().isEmpty)
+    }
+
     @Test func closingTheBrokerPublishesWaitingWills() async throws {
         let (broker, watcher) = try await setUp()
         let client = broker.connect("c", persistent: true)
