@@ -90,9 +90,12 @@ let package = Package(
         .target(
             name: "MQTTFront",
             dependencies: [
-                "MQTTCodec", "Broker", "SessionLedger",
+                "MQTTCodec", "Broker", "SessionLedger", "CustodyConfig",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                // MQTT over WebSocket: the HTTP upgrade and the frames.
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -1,4 +1,5 @@
 // The MQTT front: listeners and the connection state machine; see DESIGN.md §3.
+import CustodyConfig
 import Logging
 import MQTTCodec
 import NIOCore
@@ -39,8 +40,61 @@ public struct ListenAddress: Sendable, Hashable, CustomStringConvertible {
     public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 }
 
+/// One listener: where, and how its connections carry MQTT. Each transport sets up its
+/// pipeline in its own function of `MQTTFront` (`addTCPPipeline`, `addTLSPipeline`, ...).
+public struct FrontListener: Sendable, CustomStringConvertible {
+    public enum Transport: Sendable {
+        /// MQTT over plain TCP (`mqtt`).
+        case tcp
+        /// MQTT over TLS (`mqtts`); the executable supplies the TLS implementation.
+        case tls(TLSTransport)
+        /// MQTT over WebSocket (`ws`) at `path`.
+        case webSocket(path: String)
+    }
+
+    public var address: ListenAddress
+    public var transport: Transport
+
+    public init(address: ListenAddress, transport: Transport = .tcp) {
+        self.address = address
+        self.transport = transport
+    }
+
+    public var description: String {
+        switch transport {
+        case .tcp: "mqtt \(address)"
+        case .tls: "mqtts \(address)"
+        case .webSocket(let path): "ws \(address)\(path)"
+        }
+    }
+}
+
+/// What the front needs of a TLS implementation (the executable builds it from CustodyTLS,
+/// so the front does not choose one): a handler first in every new connection's pipeline,
+/// and, once the handshake is done, what the client's certificate says (nil without one).
+public struct TLSTransport: Sendable {
+    /// Adds the TLS handler(s) to a new connection's pipeline; called on its event loop.
+    public var addHandlers: @Sendable (any Channel) throws -> Void
+    /// The client certificate's identity, read after the handshake; nil without a certificate.
+    public var peerIdentity: @Sendable (any Channel) -> EventLoopFuture<CertificateIdentity?>
+
+    public init(
+        addHandlers: @escaping @Sendable (any Channel) throws -> Void,
+        peerIdentity: @escaping @Sendable (any Channel) -> EventLoopFuture<CertificateIdentity?>
+    ) {
+        self.addHandlers = addHandlers
+        self.peerIdentity = peerIdentity
+    }
+}
+
+/// A listener's transport is not available (yet).
+public struct UnsupportedTransportError: Error, CustomStringConvertible {
+    public var listener: String
+    public var description: String { "\(listener): this transport is not supported yet" }
+}
+
 public struct MQTTFrontConfiguration: Sendable {
-    public var listeners: [ListenAddress]
+    public var listeners: [FrontListener]
     /// How long a new connection may take to send its CONNECT.
     public var connectTimeout: TimeAmount
     /// Largest packet accepted from a client, fixed header included; announced in v5 CONNACKs.
@@ -50,13 +104,23 @@ public struct MQTTFrontConfiguration: Sendable {
     public var eventLoopThreads: Int
 
     public init(
-        listeners: [ListenAddress] = [.defaultMQTT], connectTimeout: TimeAmount = .seconds(10),
+        listeners: [FrontListener] = [FrontListener(address: .defaultMQTT)], connectTimeout: TimeAmount = .seconds(10),
         maximumPacketSize: Int = 1 << 20, eventLoopThreads: Int = System.coreCount
     ) {
         self.listeners = listeners
         self.connectTimeout = connectTimeout
         self.maximumPacketSize = maximumPacketSize
         self.eventLoopThreads = eventLoopThreads
+    }
+
+    /// Plain TCP listeners at `listeners`.
+    public init(
+        listeners: [ListenAddress], connectTimeout: TimeAmount = .seconds(10),
+        maximumPacketSize: Int = 1 << 20, eventLoopThreads: Int = System.coreCount
+    ) {
+        self.init(
+            listeners: listeners.map { FrontListener(address: $0) }, connectTimeout: connectTimeout,
+            maximumPacketSize: maximumPacketSize, eventLoopThreads: eventLoopThreads)
     }
 }
 
@@ -86,28 +150,23 @@ public final class MQTTFront: Sendable {
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.eventLoopThreads))
     }
 
-    /// Opens every listener; returns the addresses actually bound (port 0 becomes a real port).
-    /// If one fails, those already open are closed and the error names the address.
+    /// Opens every listener; returns the addresses actually bound (port 0 becomes a real port),
+    /// in the order of `configuration.listeners`. If one fails, those already open are closed
+    /// and the error names the address.
     public func start() async throws -> [ListenAddress] {
-        let services = self.services
-        let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 1024)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.maxMessagesPerRead, value: 16)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let encoder = MQTTPacketEncoderHandler()
-                    let operations = channel.pipeline.syncOperations
-                    try operations.addHandler(ByteToMessageHandler(
-                        MQTTFrameDecoder(maximumPacketSize: services.maximumPacketSize)))
-                    try operations.addHandler(encoder)
-                    try operations.addHandler(MQTTConnectionHandler(services: services, encoder: encoder))
-                }
-            }
         var bound: [ListenAddress] = []
-        for address in configuration.listeners {
+        for listener in configuration.listeners {
+            let address = listener.address
             do {
+                let bootstrap: ServerBootstrap
+                switch listener.transport {
+                case .tcp:
+                    bootstrap = serverBootstrap { [services] channel in try Self.addTCPPipeline(channel, services) }
+                case .tls(let tls):
+                    bootstrap = serverBootstrap { [services] channel in try Self.addTLSPipeline(channel, tls, services) }
+                case .webSocket:
+                    throw UnsupportedTransportError(listener: listener.description)
+                }
                 let channel = try await bootstrap.bind(host: address.host, port: address.port).get()
                 servers.withLock { $0.append(channel) }
                 bound.append(ListenAddress(host: address.host, port: channel.localAddress?.port ?? address.port))
@@ -117,6 +176,42 @@ public final class MQTTFront: Sendable {
             }
         }
         return bound
+    }
+
+    /// A server bootstrap whose connections get their pipeline from `pipeline` (on their loop).
+    private func serverBootstrap(
+        _ pipeline: @escaping @Sendable (any Channel) throws -> Void
+    ) -> ServerBootstrap {
+        ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try pipeline(channel) }
+            }
+    }
+
+    /// The MQTT handlers every transport ends with: framing, encoding, the connection.
+    private static func addMQTTHandlers(
+        _ channel: any Channel, _ services: FrontServices, tls: TLSTransport? = nil
+    ) throws {
+        let encoder = MQTTPacketEncoderHandler()
+        let operations = channel.pipeline.syncOperations
+        try operations.addHandler(ByteToMessageHandler(MQTTFrameDecoder(maximumPacketSize: services.maximumPacketSize)))
+        try operations.addHandler(encoder)
+        try operations.addHandler(MQTTConnectionHandler(services: services, encoder: encoder))
+    }
+
+    /// `mqtt`: MQTT straight on the TCP stream.
+    private static func addTCPPipeline(_ channel: any Channel, _ services: FrontServices) throws {
+        try addMQTTHandlers(channel, services)
+    }
+
+    /// `mqtts`: the TLS handler first, then MQTT.
+    private static func addTLSPipeline(_ channel: any Channel, _ tls: TLSTransport, _ services: FrontServices) throws {
+        try tls.addHandlers(channel)
+        try addMQTTHandlers(channel, services, tls: tls)
     }
 
     /// Sessions the ledger expired: their pub/sub state goes too.
