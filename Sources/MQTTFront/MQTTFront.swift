@@ -164,8 +164,8 @@ public final class MQTTFront: Sendable {
                     bootstrap = serverBootstrap { [services] channel in try Self.addTCPPipeline(channel, services) }
                 case .tls(let tls):
                     bootstrap = serverBootstrap { [services] channel in try Self.addTLSPipeline(channel, tls, services) }
-                case .webSocket:
-                    throw UnsupportedTransportError(listener: listener.description)
+                case .webSocket(let path):
+                    bootstrap = serverBootstrap { [services] channel in try Self.addWebSocketPipeline(channel, path, services) }
                 }
                 let channel = try await bootstrap.bind(host: address.host, port: address.port).get()
                 servers.withLock { $0.append(channel) }
@@ -212,6 +212,14 @@ public final class MQTTFront: Sendable {
     private static func addTLSPipeline(_ channel: any Channel, _ tls: TLSTransport, _ services: FrontServices) throws {
         try tls.addHandlers(channel)
         try addMQTTHandlers(channel, services, tls: tls)
+    }
+
+    /// `ws`: HTTP until the upgrade at `path` (subprotocol `mqtt`), then MQTT in binary frames
+    /// (WebSocketTransport.swift).
+    private static func addWebSocketPipeline(_ channel: any Channel, _ path: String, _ services: FrontServices) throws {
+        try WebSocketTransport.addPipeline(channel, path: path, services: services) { channel in
+            try addMQTTHandlers(channel, services)
+        }
     }
 
     /// Sessions the ledger expired: their pub/sub state goes too.
