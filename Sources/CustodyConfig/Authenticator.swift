@@ -62,6 +62,19 @@ public struct IdentityDecision: Sendable, Equatable {
     public var verdict: IdentityVerdict
     /// Why, for the log line (never sent to the client).
     public var detail: String
+    /// The refusal is about the Username or password themselves (MQTT 5: 0x86 Bad User Name
+    /// or Password); other refusals are 0x87 Not authorized.
+    public var badUserNameOrPassword: Bool
+
+    public init(
+        authenticationName: AuthenticationName, verdict: IdentityVerdict, detail: String,
+        badUserNameOrPassword: Bool = false
+    ) {
+        self.authenticationName = authenticationName
+        self.verdict = verdict
+        self.detail = detail
+        self.badUserNameOrPassword = badUserNameOrPassword
+    }
 }
 
 /// Decides identities from the configuration: the password file, the client registry and
@@ -97,19 +110,20 @@ public struct Authenticator: Sendable {
 
     public func decide(_ credentials: ConnectCredentials) -> IdentityDecision {
         let name = authenticationName(of: credentials)
-        func decision(_ verdict: IdentityVerdict, _ detail: String) -> IdentityDecision {
-            IdentityDecision(authenticationName: name, verdict: verdict, detail: detail)
+        func decision(_ verdict: IdentityVerdict, _ detail: String, password: Bool = false) -> IdentityDecision {
+            IdentityDecision(authenticationName: name, verdict: verdict, detail: detail, badUserNameOrPassword: password)
         }
         guard name.isValid else {
-            return decision(.authenticationFailed, "the authentication name is empty, over 128 characters or not UTF-8")
+            return decision(
+                .authenticationFailed, "the authentication name is empty, over 128 characters or not UTF-8", password: true)
         }
         var proven = false
         if let passwords {
             guard let username = credentials.username, let password = credentials.password else {
-                return decision(.authenticationFailed, "a username and password are required")
+                return decision(.authenticationFailed, "a username and password are required", password: true)
             }
             guard passwords.verify(username: username, password: password) else {
-                return decision(.authenticationFailed, "wrong username or password")
+                return decision(.authenticationFailed, "wrong username or password", password: true)
             }
             proven = true
         }

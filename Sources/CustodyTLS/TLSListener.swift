@@ -81,6 +81,13 @@ public struct TLSListenerSetup: Sendable {
     }
 
     /// What the client's certificate says, once the handshake is done; nil without one.
+    /// On the channel's event loop, from its pipeline (as when a CONNECT arrives).
+    public func peerIdentitySynchronously(of channel: any Channel) throws -> CertificateIdentity? {
+        guard let certificate = try channel.pipeline.syncOperations.nioSSL_peerCertificate() else { return nil }
+        return try CertificateIdentity(der: certificate.toDERBytes(), chainVerified: verifiesChain)
+    }
+
+    /// What the client's certificate says, once the handshake is done; nil without one.
     public func peerIdentity(of channel: any Channel) -> EventLoopFuture<CertificateIdentity?> {
         let verified = verifiesChain
         return channel.nioSSL_peerCertificate().flatMapThrowing { certificate in
