@@ -1,17 +1,12 @@
 import ArgumentParser
 import Broker
+import CustodyConfig
 import Foundation
 import Logging
 import MQTTFront
 import NIOCore
 import SessionLedger
-
-extension ListenAddress: ExpressibleByArgument {
-    public init?(argument: String) { self.init(parsing: argument) }
-    public var defaultValueDescription: String { description }
-}
-
-extension Logger.Level: @retroactive ExpressibleByArgument {}
+import Synchronization
 
 @main
 struct Custody: AsyncParsableCommand {
@@ -26,54 +21,100 @@ struct Custody: AsyncParsableCommand {
             SIGTERM. Every CONNECT is decided by the ledger and answered once the decision is on disk.
             """)
 
-    @Option(help: "Directory of the LMDB session ledger.")
-    var dataDir: String = "./data"
+    @Option(
+        help: ArgumentHelp(
+            "YAML configuration file (see Tools/custody.example.yaml); flags given as well override its values.",
+            valueName: "file"))
+    var config: String?
 
-    @Option(help: "Live sessions (connected or not yet expired) one authentication name may hold, 1-100.")
-    var maxSessionsPerClient: Int = 10
+    @Option(
+        help: ArgumentHelp(
+            "Validate a configuration file, print what it sets and exit (0: valid; 1: the first problem, with its line and key).",
+            valueName: "file"))
+    var checkConfig: String?
 
-    @Option(help: "Longest session expiry a client may ask for, in hours, 1-8.")
-    var maxSessionExpiryHours: Int = 1
+    @Option(help: "Directory of the LMDB session ledger (default ./data; config key dataDir).")
+    var dataDir: String?
 
-    @Option(help: "Largest size the ledger's data file may grow to, in MiB.")
-    var ledgerMapSizeMib: Int = 65_536
+    @Option(help: "Live sessions (connected or not yet expired) one authentication name may hold, 1-100 (default 10; config key namespace.maximumClientSessionsPerAuthenticationName).")
+    var maxSessionsPerClient: Int?
+
+    @Option(help: "Longest session expiry a client may ask for, in hours, 1-8 (default 1; config key namespace.maximumSessionExpiryInHours).")
+    var maxSessionExpiryHours: Int?
+
+    @Option(help: "Largest size the ledger's data file may grow to, in MiB (default 65536; config key ledgerMapSizeMiB).")
+    var ledgerMapSizeMib: Int?
 
     @Option(
         name: .customLong("listen"),
         help: ArgumentHelp(
-            "MQTT listener as HOST:PORT (IPv6 as [HOST]:PORT; port 0 picks a free port). Repeatable; default 127.0.0.1:1883.",
+            "MQTT listener as HOST:PORT (IPv6 as [HOST]:PORT; port 0 picks a free port). Repeatable; replaces the configured mqtt listeners; default 127.0.0.1:1883.",
             valueName: "host:port"))
-    var listen: [ListenAddress] = []
+    var listen: [String] = []
 
-    @Option(help: "Seconds a new connection may take to send its CONNECT, 1-3600.")
-    var connectTimeoutSeconds: Int = 10
+    @Option(help: "Seconds a new connection may take to send its CONNECT, 1-3600 (default 10; config key connectTimeoutSeconds).")
+    var connectTimeoutSeconds: Int?
 
-    @Option(help: "Least severe log level written to standard error: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: Logger.Level = .info
+    @Option(help: "Least severe log level written to standard error: trace, debug, info, notice, warning, error, critical (default info; config key logLevel).")
+    var logLevel: String?
 
+    @Option(help: "Mosquitto-style password file (mosquitto_passwd); when given, every CONNECT needs a username and password from it (config key passwordFile).")
+    var passwordFile: String?
+
+    var flags: FlagValues {
+        FlagValues(
+            dataDir: dataDir, maxSessionsPerClient: maxSessionsPerClient, maxSessionExpiryHours: maxSessionExpiryHours,
+            ledgerMapSizeMib: ledgerMapSizeMib, listen: listen, connectTimeoutSeconds: connectTimeoutSeconds,
+            logLevel: logLevel, passwordFile: passwordFile)
+    }
+
+    /// Bad flag values are usage errors (exit 64), named before anything else happens.
     func validate() throws {
-        guard NamespacePolicy.sessionsPerClientRange.contains(maxSessionsPerClient) else {
-            throw ValidationError("--max-sessions-per-client must be between 1 and 100, got \(maxSessionsPerClient)")
+        do {
+            _ = try Settings.resolve(file: nil, flags: flags)
+        } catch {
+            throw ValidationError("\(error)")
         }
-        guard NamespacePolicy.expiryHoursRange.contains(maxSessionExpiryHours) else {
-            throw ValidationError("--max-session-expiry-hours must be between 1 and 8, got \(maxSessionExpiryHours)")
-        }
-        guard (1...(1 << 24)).contains(ledgerMapSizeMib) else {
-            throw ValidationError("--ledger-map-size-mib must be between 1 and \(1 << 24), got \(ledgerMapSizeMib)")
-        }
-        guard (1...3600).contains(connectTimeoutSeconds) else {
-            throw ValidationError("--connect-timeout-seconds must be between 1 and 3600, got \(connectTimeoutSeconds)")
+    }
+
+    /// The settings in force, or exit 1 with the problem (file, line and key, or the flag).
+    func settings() throws -> CustodyConfiguration {
+        do {
+            return try Settings.resolve(file: config, flags: flags)
+        } catch {
+            FileHandle.standardError.write(Data("custody: \(error)\n".utf8))
+            throw ExitCode.failure
         }
     }
 
     func run() async throws {
-        let policy = try NamespacePolicy(
-            maximumClientSessionsPerAuthenticationName: maxSessionsPerClient,
-            maximumSessionExpiryInHours: maxSessionExpiryHours)
+        // Before anything else: a supervisor that started us with these blocked would never
+        // be able to stop us (Foundation's Process does that to its children).
+        unblockTerminationSignals()
+        if let checkConfig {
+            do {
+                let configuration = try Settings.resolve(file: checkConfig, flags: flags)
+                try configuration.validateForStart()
+                say(Settings.summary(of: configuration, file: checkConfig))
+                return
+            } catch {
+                FileHandle.standardError.write(Data("custody: \(error)\n".utf8))
+                throw ExitCode.failure
+            }
+        }
+        let settings = try settings()
+        do {
+            try settings.validateForStart()
+        } catch {
+            FileHandle.standardError.write(Data("custody: \(error)\n".utf8))
+            throw ExitCode.failure
+        }
+        let dataDir = settings.dataDir
+        let policy = try settings.policy()
         let ledger: SessionLedger
         do {
             ledger = try SessionLedger(
-                directory: dataDir, policy: policy, options: LedgerStoreOptions(mapSize: ledgerMapSizeMib << 20))
+                directory: dataDir, policy: policy, options: LedgerStoreOptions(mapSize: settings.ledgerMapSizeMiB << 20))
         } catch {
             FileHandle.standardError.write(Data("custody: cannot open the ledger in \(dataDir): \(error)\n".utf8))
             throw ExitCode.failure
@@ -100,13 +141,13 @@ struct Custody: AsyncParsableCommand {
             throw ExitCode.failure
         }
         say("custody: broker \(brokerDirectory) sessions=\(broker.sessionNames.count)")
-        let level = logLevel
+        let level = Logger.Level(rawValue: settings.logLevel.rawValue) ?? .info
         let logger = Logger(label: "custody") { label in LineLogHandler(label: label, level: level) }
         let front = MQTTFront(
             ledger: ledger, pubsub: broker,
             configuration: MQTTFrontConfiguration(
-                listeners: listen.isEmpty ? [.defaultMQTT] : listen,
-                connectTimeout: .seconds(Int64(connectTimeoutSeconds))),
+                listeners: settings.listeners.filter { $0.kind == .mqtt }.map { ListenAddress(host: $0.host, port: $0.port) },
+                connectTimeout: .seconds(Int64(settings.connectTimeoutSeconds))),
             logger: logger)
         let addresses: [ListenAddress]
         do {
@@ -139,17 +180,39 @@ struct Custody: AsyncParsableCommand {
 /// Signal sources live as long as the process; kept here so they are not released.
 nonisolated(unsafe) private var signalSources: [DispatchSourceSignal] = []
 
-/// SIGINT and SIGTERM by name, handled from the moment this returns.
+/// Children inherit their parent's blocked-signal mask (Foundation's `Process` blocks
+/// SIGTERM in the children it starts); a blocked SIGTERM would never reach our handlers.
+func unblockTerminationSignals() {
+    var set = sigset_t()
+    sigemptyset(&set)
+    for number in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&set, number) }
+    pthread_sigmask(SIG_UNBLOCK, &set, nil)
+}
+
+/// SIGINT and SIGTERM by name, handled from the moment this returns. The first one asks
+/// for a graceful stop; a second one ends the process at once (exit 128 + signal number).
 func terminationSignals() -> AsyncStream<String> {
     AsyncStream<String> { continuation in
+        let seen = SignalCount()
         for (number, name) in [(SIGINT, "SIGINT"), (SIGTERM, "SIGTERM")] {
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { continuation.yield(name) }
+            source.setEventHandler {
+                if seen.increment() > 1 {
+                    FileHandle.standardError.write(Data("custody: second \(name), exiting at once\n".utf8))
+                    _exit(128 + number)
+                }
+                continuation.yield(name)
+            }
             source.resume()
             signalSources.append(source)
         }
     }
+}
+
+private final class SignalCount: Sendable {
+    private let count = Mutex(0)
+    func increment() -> Int { count.withLock { $0 += 1; return $0 } }
 }
 
 /// One line to standard output, unbuffered: operators and supervisors read it as it happens.

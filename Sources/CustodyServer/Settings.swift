@@ -87,3 +87,18 @@ struct SettingsError: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }
 }
+
+extension CustodyConfiguration {
+    /// What this build of `custody` cannot honour yet: refused at startup rather than ignored.
+    func validateForStart() throws {
+        for listener in listeners where listener.kind != .mqtt {
+            throw SettingsError("listener \(listener.kind.rawValue) \(listener.address): only mqtt listeners are supported by this build")
+        }
+        if passwordFile != nil {
+            throw SettingsError("passwordFile: password checking is not wired into this build yet")
+        }
+        if namespace.registeredClientsOnly || !clients.isEmpty {
+            throw SettingsError("clients/registeredClientsOnly: the client registry is not wired into this build yet")
+        }
+    }
+}

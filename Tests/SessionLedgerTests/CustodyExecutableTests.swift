@@ -134,6 +134,95 @@ struct CustodyExecutableTests {
     }
 }
 
+@Suite("custody configuration file")
+struct CustodyConfigurationFileTests {
+    func write(_ text: String, _ label: String) throws -> String {
+        let path = temporaryDirectory(label) + ".yaml"
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    @Test func checkConfigPrintsWhatAValidFileSets() throws {
+        let file = try write("""
+            dataDir: /tmp/custody-check-config-data
+            listeners:
+              - { protocol: mqtt, address: 127.0.0.1:1999 }
+            namespace:
+              maximumClientSessionsPerAuthenticationName: 7
+              maximumSessionExpiryInHours: 3
+            """, "check-good")
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let (status, output, error) = try runToEnd(try builtExecutable("custody"), ["--check-config", file])
+        #expect(status == 0, "stderr: \(error)")
+        #expect(output.contains("\(file) is valid"))
+        #expect(output.contains("dataDir /tmp/custody-check-config-data"))
+        #expect(output.contains("listeners mqtt 127.0.0.1:1999"))
+        #expect(output.contains("maximumClientSessionsPerAuthenticationName=7 maximumSessionExpiryInHours=3"))
+        #expect(!FileManager.default.fileExists(atPath: "/tmp/custody-check-config-data"), "--check-config starts nothing")
+    }
+
+    @Test(arguments: [
+        ("namespace:\n  maximumSessionExpiryInHours: 9\n", "2", "namespace.maximumSessionExpiryInHours"),
+        ("dataDir: ./d\nlisten: 127.0.0.1:1883\n", "2", "listen"),
+        ("listeners:\n  - { protocol: mqtt, address: '127.0.0.1:http' }\n", "2", "listeners[0].address"),
+    ])
+    func badFilesStopWithLineAndKey(text: String, line: String, key: String) throws {
+        let file = try write(text, "check-bad")
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        for arguments in [["--check-config", file], ["--config", file]] {
+            let (status, output, error) = try runToEnd(try builtExecutable("custody"), arguments)
+            #expect(status == 1, "\(arguments): stdout \(output)")
+            #expect(error.contains("\(file):\(line)"), "stderr: \(error)")
+            #expect(error.contains(key), "stderr: \(error)")
+            #expect(!output.contains("custody: running"))
+        }
+    }
+
+    @Test func missingFileIsNamed() throws {
+        let file = temporaryDirectory("no-such") + ".yaml"
+        let (status, _, error) = try runToEnd(try builtExecutable("custody"), ["--config", file])
+        #expect(status == 1)
+        #expect(error.contains(file), "stderr: \(error)")
+    }
+
+    /// The file sets the ledger directory and the policy; a flag given as well wins.
+    @Test func fileThenFlags() throws {
+        let directory = temporaryDirectory("config-run")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let file = try write("""
+            dataDir: \(directory)
+            listeners:
+              - { protocol: mqtt, address: 127.0.0.1:0 }
+            namespace:
+              maximumClientSessionsPerAuthenticationName: 7
+              maximumSessionExpiryInHours: 3
+            """, "config-run")
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let process = Process()
+        process.executableURL = try builtExecutable("custody")
+        process.arguments = ["--config", file, "--max-session-expiry-hours", "5"]
+        let output = directory + ".out"
+        _ = FileManager.default.createFile(atPath: output, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: output) }
+        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+        try process.run()
+        let deadline = Date().addingTimeInterval(20)
+        var printed = ""
+        while !printed.contains("custody: running"), Date() < deadline, process.isRunning {
+            usleep(20_000)
+            printed = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+        }
+        process.terminate()
+        process.waitUntilExit()
+        printed = try String(contentsOfFile: output, encoding: .utf8)
+        #expect(process.terminationStatus == 0, "\(printed)")
+        #expect(printed.contains("custody: ledger \(directory) "), "\(printed)")
+        #expect(printed.contains("max_sessions_per_client=7 max_session_expiry_hours=5"), "\(printed)")
+        #expect(FileManager.default.fileExists(atPath: directory + "/data.mdb") || FileManager.default.fileExists(atPath: directory))
+    }
+}
+
 /// Claims synchronously, for tests outside async contexts.
 func waitForClaim(_ ledger: SessionLedger, _ request: ClaimRequest) throws -> ClaimOutcome {
     let box = ClaimBox()
