@@ -68,7 +68,8 @@ final class CyclePass: @unchecked Sendable {
     private let count: Int
     private let concurrency: Int
     private let stopAt: UInt64
-    private let make: (Int) -> BenchConnection
+    /// Item number and slot (0..<concurrency) of the connection to make.
+    private let make: (Int, Int) -> BenchConnection
     private let judge: (BenchConnection) -> String?
     private let done: (CyclePass) -> Void
     var stats = LatencyStats()
@@ -81,7 +82,7 @@ final class CyclePass: @unchecked Sendable {
     var truncated = false
 
     init(engine: LoadEngine, count: Int, concurrency: Int, seconds: Double,
-         make: @escaping (Int) -> BenchConnection, judge: @escaping (BenchConnection) -> String?,
+         make: @escaping (Int, Int) -> BenchConnection, judge: @escaping (BenchConnection) -> String?,
          done: @escaping (CyclePass) -> Void) {
         self.engine = engine
         self.count = count
@@ -98,10 +99,10 @@ final class CyclePass: @unchecked Sendable {
         self.pid = pid
         startSample = CPUSample(pid: pid)
         activeSlots = concurrency
-        for _ in 0..<concurrency { next() }
+        for slot in 0..<concurrency { next(slot: slot) }
     }
 
-    private func next() {
+    private func next(slot: Int) {
         let outOfTime = engine.aborted || monotonicNanoseconds() >= stopAt
         guard nextItem < count, !outOfTime else {
             if nextItem < count { truncated = true }
@@ -111,7 +112,7 @@ final class CyclePass: @unchecked Sendable {
         }
         let item = nextItem
         nextItem += 1
-        let connection = make(item)
+        let connection = make(item, slot)
         connection.onConnAck = { connection in
             if connection.connAck?.reasonCode == .success { connection.disconnect() }
         }
@@ -124,7 +125,7 @@ final class CyclePass: @unchecked Sendable {
             }
             // Never start the next cycle from inside this one's callbacks (a refused connect
             // can fail synchronously, and the stack would grow with every cycle).
-            engine.loop.execute { self.next() }
+            engine.loop.execute { self.next(slot: slot) }
         }
         engine.open(connection)
     }
@@ -148,12 +149,15 @@ final class CyclePass: @unchecked Sendable {
 /// CONNACK, DISCONNECT, close.
 final class ConnectMode: LoadMode, @unchecked Sendable {
     func start() {
-        let users = load.userCount(forLiveSessions: load.conns)
+        // A user per group of at most five connection slots, fixed for the run: a slot's
+        // previous session may still be releasing while its next one is claimed, so a user
+        // holds at most 10 live sessions (Custody's default cap) however the cycles interleave.
+        let users = load.users ?? max(8, (load.conns + 4) / 5)
         let pass = CyclePass(
             engine: engine, count: load.total ?? Int.max, concurrency: load.conns, seconds: load.seconds,
-            make: { [self] n in
+            make: { [self] n, slot in
                 BenchConnection(
-                    connect: makeConnect(session: prefix + "c" + String(n), user: prefix + "u" + String(n % users), cleanStart: true),
+                    connect: makeConnect(session: prefix + "c" + String(n), user: prefix + "u" + String(slot % users), cleanStart: true),
                     tag: n)
             },
             judge: { [self] in judge($0) },
@@ -194,7 +198,7 @@ final class PersistentMode: LoadMode, @unchecked Sendable {
         users = load.userCount(forLiveSessions: sessions)
         let pass = CyclePass(
             engine: engine, count: sessions, concurrency: load.conns, seconds: load.seconds,
-            make: { [self] n in connection(n, cleanStart: false) },
+            make: { [self] n, _ in connection(n, cleanStart: false) },
             judge: { [self] connection in
                 if let reason = judge(connection) { return reason }
                 return connection.connAck?.sessionPresent == true ? "session_present_on_create" : nil
@@ -216,7 +220,7 @@ final class PersistentMode: LoadMode, @unchecked Sendable {
         let created = create!.succeeded.sorted()
         let pass = CyclePass(
             engine: engine, count: created.count, concurrency: load.conns, seconds: load.seconds,
-            make: { [self] i in connection(created[i], cleanStart: false) },
+            make: { [self] i, _ in connection(created[i], cleanStart: false) },
             judge: { [self] connection in
                 if let reason = judge(connection) { return reason }
                 return connection.connAck?.sessionPresent == true ? nil : "session_not_present"
@@ -229,7 +233,7 @@ final class PersistentMode: LoadMode, @unchecked Sendable {
     private func startCleanup(_ created: [Int]) {
         let pass = CyclePass(
             engine: engine, count: created.count, concurrency: load.conns, seconds: load.seconds,
-            make: { [self] i in connection(created[i], cleanStart: true) },
+            make: { [self] i, _ in connection(created[i], cleanStart: true) },
             judge: { [self] in judge($0) },
             done: { [self] pass in
                 cleanupErrors = pass.stats.errorCount

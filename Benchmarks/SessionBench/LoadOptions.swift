@@ -37,7 +37,7 @@ struct LoadOptions: ParsableArguments {
     @Option(help: "Stop after this many cycles (persistent: sessions, default 2000; takeover/reject: attempts).")
     var total: Int?
 
-    @Option(help: "Distinct user names the sessions are spread over (default: enough that none holds more than 10 sessions at once, at least 8).")
+    @Option(help: "Distinct user names the sessions are spread over (default: enough that none holds more than 10 sessions at once, at least 8; connect gives each user a fixed group of at most 5 connections).")
     var users: Int?
 
     @Option(help: "Milliseconds to wait for TCP, CONNACK or an expected close before counting a timeout.")
