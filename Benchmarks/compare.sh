@@ -9,8 +9,9 @@
 #
 # --quick: 1 s per run, fewer persistent sessions, no extra hold sizes. hold also runs at
 # --hold-extra connections: RSS per connection means little at 1-256 connections.
-# Until `custody --listen` works, only mosquitto's half is measured (the custody columns
-# say why). Everything started here is stopped on exit.
+# Both brokers run quiet (mosquitto: connection_messages false; custody: --log-level
+# warning), so neither writes a log line per connection. Everything started here is
+# stopped on exit.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -107,7 +108,7 @@ if [ -x "$BIN/custody" ]; then
     if "$BIN/custody" --help 2>&1 | grep -q -- '--listen'; then
         CUSTODY_PORT=$(free_port)
         "$BIN/custody" --listen "127.0.0.1:$CUSTODY_PORT" --data-dir "$WORK/custody" \
-            --max-sessions-per-client 100 > "$WORK/custody.log" 2>&1 &
+            --max-sessions-per-client 100 --log-level warning > "$WORK/custody.log" 2>&1 &
         CUSTODY_PID=$!
         PIDS+=("$CUSTODY_PID")
         for _ in $(seq 1 150); do

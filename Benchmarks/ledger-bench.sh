@@ -9,10 +9,11 @@ cd "$(dirname "$0")/.."
 sessions=${1:-333334}
 rounds=${2:-3}
 Tools/custody-setup
-swift build -c release --product custody-bench >/dev/null
-swift build -c release --product custody-audit >/dev/null
-bench=.build/release/custody-bench
-audit=.build/release/custody-audit
+# The same release build folder as compare.sh.
+swift build -c release --scratch-path .build-release --product custody-bench >/dev/null
+swift build -c release --scratch-path .build-release --product custody-audit >/dev/null
+bench=.build-release/release/custody-bench
+audit=.build-release/release/custody-audit
 work=$(mktemp -d /tmp/custody-ledger-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
