@@ -31,6 +31,8 @@ public struct RecoveryReport: Sendable, Equatable {
     /// Sessions whose deadline passed while the broker was down, now `expired`.
     public var expired: [LedgerEvent]
     public var head: LedgerHead
+    /// Every event recovery recorded, with its hash, in sequence order.
+    public var events: [CommittedEvent] = []
 }
 
 /// One group commit, as the writer saw it.
@@ -43,6 +45,30 @@ public struct CommitStatistics: Sendable {
     public var microseconds: Int64
     /// Of that, inside `mdb_txn_commit`: writing pages and fsync.
     public var syncMicroseconds: Int64
+}
+
+/// An event as committed: stamped, with the chain hash of its record.
+public struct CommittedEvent: Sendable, Equatable {
+    public var event: LedgerEvent
+    public var hash: ChainHash
+
+    public init(event: LedgerEvent, hash: ChainHash) {
+        self.event = event
+        self.hash = hash
+    }
+}
+
+/// How many sessions the projection holds: live ones (connected, or disconnected and not
+/// yet expired), and of those the connected ones.
+public struct SessionCounts: Sendable, Equatable {
+    public var live: Int
+    public var connected: Int
+    public var disconnected: Int { live - connected }
+
+    public init(live: Int, connected: Int) {
+        self.live = live
+        self.connected = connected
+    }
 }
 
 /// Microseconds since the Unix epoch.
@@ -66,6 +92,7 @@ public final class LedgerWriter: @unchecked Sendable {
     enum Command {
         case claim(ClaimRequest, @Sendable (Result<ClaimOutcome, LedgerError>) -> Void)
         case release(ReleaseRequest, @Sendable (Result<LedgerEvent?, LedgerError>) -> Void)
+        case releaseAll([ReleaseRequest], @Sendable (Result<[LedgerEvent?], LedgerError>) -> Void)
         case expire(limit: Int, @Sendable (Result<[LedgerEvent], LedgerError>) -> Void)
 
         var isClaim: Bool {
@@ -77,6 +104,7 @@ public final class LedgerWriter: @unchecked Sendable {
             switch self {
             case .claim(_, let done): done(.failure(error))
             case .release(_, let done): done(.failure(error))
+            case .releaseAll(_, let done): done(.failure(error))
             case .expire(_, let done): done(.failure(error))
             }
         }
@@ -116,6 +144,12 @@ public final class LedgerWriter: @unchecked Sendable {
     public var onCommit: (@Sendable (CommitStatistics) -> Void)?
     /// Observes each batch whose transaction failed (nothing of it was granted). Set before `start()`.
     public var onCommitFailure: (@Sendable (LedgerError) -> Void)?
+    /// Receives the events of each commit, in sequence order, after they are durable and
+    /// before any caller hears its answer; commits follow one another (one writer thread).
+    /// Runs on the writer thread: hand the events on, do not block. Set before `start()`.
+    public var onEvents: (@Sendable ([CommittedEvent]) -> Void)?
+    /// The projection's session counts, kept up to date by every commit (guarded by `condition`).
+    private var counts: SessionCounts?
 
     enum RunState { case notStarted, running, stopping, stopped }
 
@@ -144,6 +178,28 @@ public final class LedgerWriter: @unchecked Sendable {
         return head
     }
 
+    /// Live and connected sessions as of the last commit; nil until `countSessions()`.
+    public var sessionCounts: SessionCounts? {
+        condition.lock()
+        defer { condition.unlock() }
+        return counts
+    }
+
+    /// Counts the sessions of the projection once (one scan of the sessions table) and keeps
+    /// the counts up to date from then on at no further cost. Call before `start()`.
+    public func countSessions() throws {
+        precondition(state == .notStarted)
+        var live = 0
+        var connected = 0
+        try store.read { snapshot in
+            try snapshot.forEachSession { _, entry in
+                live += 1
+                if entry.state == .connected { connected += 1 }
+            }
+        }
+        counts = SessionCounts(live: live, connected: connected)
+    }
+
     /// Brings the projection up to date after a stop or a crash, in one commit:
     /// expires sessions whose deadline passed while the broker was down, then records
     /// `disconnected(brokerRestart)` for every session still shown as connected.
@@ -154,6 +210,7 @@ public final class LedgerWriter: @unchecked Sendable {
         let ((expired, disconnected), w) = try store.write(
             head: head, highestConnection: highestConnection, timestamp: now
         ) { (w) throws(LedgerError) -> ([LedgerEvent], [LedgerEvent]) in
+            w.appended = []
             let expired = try Self.expireDue(&w, now: now, limit: Int.max, reason: .expiredWhileBrokerDown)
             var connected: [[UInt8]] = []
             do {
@@ -177,7 +234,7 @@ public final class LedgerWriter: @unchecked Sendable {
         }
         head = w.head
         highestConnection = w.highestConnection
-        return RecoveryReport(disconnected: disconnected, expired: expired, head: head)
+        return RecoveryReport(disconnected: disconnected, expired: expired, head: head, events: w.appended ?? [])
     }
 
     /// Expires up to `limit` sessions whose deadline is at or before `now`, earliest first.
@@ -243,6 +300,14 @@ public final class LedgerWriter: @unchecked Sendable {
         enqueue(.release(request, done))
     }
 
+    /// Records the ends of many connections in one transaction (one commit, one fsync, one
+    /// timestamp): what a shutdown does. Answers each request in order (nil: nothing to record).
+    public func releaseAll(
+        _ requests: [ReleaseRequest], _ done: @escaping @Sendable (Result<[LedgerEvent?], LedgerError>) -> Void
+    ) {
+        enqueue(.releaseAll(requests, done))
+    }
+
     public func expireDue(limit: Int = 10_000, _ done: @escaping @Sendable (Result<[LedgerEvent], LedgerError>) -> Void) {
         enqueue(.expire(limit: limit, done))
     }
@@ -303,9 +368,11 @@ public final class LedgerWriter: @unchecked Sendable {
         var deliveries: [() -> Void] = []
         deliveries.reserveCapacity(batch.count)
         let policy = self.policy
+        let observer = onEvents
         do {
             let (_, w) = try store.write(head: head, highestConnection: highestConnection, timestamp: now) {
                 (w) throws(LedgerError) in
+                if observer != nil { w.appended = [] }
                 // Before claims are decided, sessions past their deadline end, so that the
                 // decisions see only live sessions (the R3 cap counts live ones, not the
                 // unswept dead). With nothing due this is one cursor positioning.
@@ -321,6 +388,11 @@ public final class LedgerWriter: @unchecked Sendable {
                     case .release(let request, let done):
                         let event = try Self.release(request, in: &w, policy: policy)
                         deliveries.append { done(.success(event)) }
+                    case .releaseAll(let requests, let done):
+                        var events: [LedgerEvent?] = []
+                        events.reserveCapacity(requests.count)
+                        for request in requests { events.append(try Self.release(request, in: &w, policy: policy)) }
+                        deliveries.append { [events] in done(.success(events)) }
                     case .expire(let limit, let done):
                         let events = swept + (try Self.expireDue(&w, now: now, limit: limit, reason: .sessionExpired))
                         swept = []
@@ -331,12 +403,15 @@ public final class LedgerWriter: @unchecked Sendable {
             let events = Int(w.head.sequence - head.sequence)
             condition.lock()
             head = w.head
+            counts?.live += w.liveDelta
+            counts?.connected += w.connectedDelta
             condition.unlock()
             highestConnection = w.highestConnection
             onCommit?(CommitStatistics(
                 requests: batch.count, events: events,
                 microseconds: Int64(DispatchTime.now().uptimeNanoseconds - started) / 1000,
                 syncMicroseconds: Int64(w.commitNanoseconds / 1000)))
+            if let observer, let appended = w.appended, !appended.isEmpty { observer(appended) }
             for deliver in deliveries { deliver() }
         } catch {
             onCommitFailure?(error)

@@ -197,6 +197,11 @@ struct LedgerWriteTransaction {
     var commitNanoseconds: UInt64 = 0
     /// Live-session counts by client key as of this transaction, and which of them changed.
     var counts: [ClientKeyBytes: (count: Int, changed: Bool)] = [:]
+    /// Every event appended, with its chain hash, in order; nil (the default) keeps none.
+    var appended: [CommittedEvent]?
+    /// How the numbers of live and of connected sessions changed in this transaction.
+    var liveDelta = 0
+    var connectedDelta = 0
 
     func session(_ key: [UInt8]) throws(LedgerError) -> SessionEntry? {
         try readSession(txn: txn, lmdb: lmdb, key: key)?.1
@@ -238,9 +243,12 @@ struct LedgerWriteTransaction {
         }
         head = LedgerHead(sequence: event.sequence, timestamp: timestamp, hash: hash)
         if event.connection > highestConnection { highestConnection = event.connection }
+        appended?.append(CommittedEvent(event: event, hash: hash))
 
         let next = SessionTransition.apply(event, to: current)
         if case .rejected = event.kind { return (event, next) }
+        liveDelta += (next == nil ? 0 : 1) - (current == nil ? 0 : 1)
+        connectedDelta += (next?.state == .connected ? 1 : 0) - (current?.state == .connected ? 1 : 0)
 
         if let next {
             let size = ProjectionFormat.encodedSize(of: next, named: event.sessionName)

@@ -15,20 +15,27 @@ public final class SessionLedger: Sendable {
 
     /// Opens (or creates) the ledger in `directory`, recovers it and starts the writer.
     /// `onCommit` and `onCommitFailure` observe every batch the writer commits or fails
-    /// (for metrics); they run on the writer thread and must be quick.
+    /// (for metrics); they run on the writer thread and must be quick. `onEvents` receives
+    /// the events of every commit after recovery, in sequence order (recovery's own are in
+    /// `recovery.events`). `countSessions`: keep live/connected counts (`sessionCounts`),
+    /// at the price of one scan of the sessions at open.
     public init(
         directory: String, policy: NamespacePolicy = .default,
         options: LedgerStoreOptions = LedgerStoreOptions(),
         clock: @escaping LedgerClock = wallClockMicroseconds,
         onCommit: (@Sendable (CommitStatistics) -> Void)? = nil,
-        onCommitFailure: (@Sendable (LedgerError) -> Void)? = nil
+        onCommitFailure: (@Sendable (LedgerError) -> Void)? = nil,
+        onEvents: (@Sendable ([CommittedEvent]) -> Void)? = nil,
+        countSessions: Bool = false
     ) throws {
         let store = try LedgerStore(directory: directory, options: options)
         do {
             let writer = try LedgerWriter(store: store, policy: policy, clock: clock)
             writer.onCommit = onCommit
             writer.onCommitFailure = onCommitFailure
+            writer.onEvents = onEvents
             self.recovery = try writer.recover()
+            if countSessions { try writer.countSessions() }
             writer.start()
             self.writer = writer
         } catch {
@@ -60,6 +67,18 @@ public final class SessionLedger: Sendable {
         }
         return try result.get()
     }
+
+    /// Records the ends of many connections in one commit (a shutdown); answers in order.
+    @discardableResult
+    public func releaseAll(_ requests: [ReleaseRequest]) async throws(LedgerError) -> [LedgerEvent?] {
+        let result = await withCheckedContinuation { continuation in
+            writer.releaseAll(requests) { continuation.resume(returning: $0) }
+        }
+        return try result.get()
+    }
+
+    /// Live and connected sessions now; nil unless opened with `countSessions: true`.
+    public var sessionCounts: SessionCounts? { writer.sessionCounts }
 
     /// Expires sessions whose deadline has passed; returns their `expired` events.
     @discardableResult
