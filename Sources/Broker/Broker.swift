@@ -131,6 +131,11 @@ public final class Broker: @unchecked Sendable {
     private var sweeper: DispatchSourceTimer?
     private var willsPublished = 0
     private var redistributed = 0
+    private var serverPublished = 0
+    /// Queued messages dropped because their Message Expiry Interval passed, and PUBLISHes not
+    /// sent because they exceed a client's Maximum Packet Size, since the broker started.
+    private var expiredTotal = 0
+    private var discardedTotal = 0
 
     /// `directory`: where persistent session state lives (created if missing); nil = memory only.
     /// `storeOptions`: the LMDB map size (default 16 GiB of address space; the file grows as it fills).
@@ -232,6 +237,7 @@ public final class Broker: @unchecked Sendable {
         attachments += 1
         state.attachment = attachments
         state.sink = sink
+        state.readsServerTopics = false
         // Whatever was decided for the previous connection is moot: in-flight messages go
         // again below, and QoS 0 ones are not owed.
         state.outbox.removeAll()
@@ -380,6 +386,80 @@ public final class Broker: @unchecked Sendable {
         _ = submitWaiting(ops, pending)
     }
 
+    /// Topics under this prefix are the server's own (lifecycle events): no client may
+    /// publish there (v5: 0x87; QoS 0 and 3.1.1: dropped), and only sessions allowed by
+    /// `BrokerSession.allowServerTopics` may subscribe. Wildcards at the first level never
+    /// match them (`$` rule, 4.7.2).
+    public static let serverTopicPrefix = "$custody/"
+
+    static func isServerTopic(_ topicOrFilter: String) -> Bool {
+        topicOrFilter.utf8.starts(with: serverTopicPrefix.utf8) || topicOrFilter == "$custody"
+    }
+
+    /// Publishes one of the server's own messages (not retained), routed like a client's
+    /// PUBLISH; deliveries to persistent sessions go once durable, and nobody waits for that.
+    /// Calls made one after another are routed (and so delivered to each session) in order.
+    public func publishFromServer(topic: String, payload: ByteBuffer, qos: MQTTQoS) {
+        guard TopicRules.isValidTopicName(topic) else { return }
+        locked {
+            guard !closed else { return }
+            let publish = MQTTPublish(
+                topicName: topic, payload: payload, qos: qos, retain: false,
+                packetIdentifier: qos == .atMostOnce ? nil : 1)
+            var ops: [BrokerStoreOperation] = []
+            var pending: [(SessionState, Delivery)] = []
+            _ = route(publish, from: nil, &ops, &pending)
+            serverPublished += 1
+            _ = submitWaiting(ops, pending)
+        }
+    }
+
+    func allowServerTopics(_ allowed: Bool, for session: BrokerSession) {
+        locked {
+            guard session.state.attachment == session.token else { return }
+            session.state.readsServerTopics = allowed
+        }
+    }
+
+    /// Figures over every session, for metrics (one pass under the lock).
+    public struct Totals: Sendable, Equatable {
+        public var sessions = 0
+        public var attached = 0
+        /// Messages waiting in queues (not yet in flight).
+        public var queued = 0
+        /// Messages sent and not yet acknowledged.
+        public var inflight = 0
+        public var retained = 0
+        /// Since the broker started: dropped from full queues, expired in queues (Message
+        /// Expiry), not sent because larger than the client's Maximum Packet Size.
+        public var droppedQueueFull = 0
+        public var droppedExpired = 0
+        public var droppedTooLarge = 0
+        public var willsPublished = 0
+        public var serverPublished = 0
+
+        public init() {}
+    }
+
+    public var totals: Totals {
+        locked {
+            var totals = Totals()
+            totals.sessions = sessions.count
+            for state in sessions.values {
+                if state.attachment != 0 { totals.attached += 1 }
+                totals.queued += state.queue.count
+                totals.inflight += state.inflight.count
+            }
+            totals.retained = retained.count
+            totals.droppedQueueFull = droppedTotal
+            totals.droppedExpired = expiredTotal
+            totals.droppedTooLarge = discardedTotal
+            totals.willsPublished = willsPublished
+            totals.serverPublished = serverPublished
+            return totals
+        }
+    }
+
     /// Copies of shared-subscription messages moved to another member because the session
     /// they were chosen for ended first, since the broker started.
     public var redistributedShares: Int { locked { redistributed } }
@@ -477,6 +557,7 @@ public final class Broker: @unchecked Sendable {
                     if isExpired(delivery, now: now) {
                         release(delivery, state, &ops, deleteRecord: true)
                         state.expired += 1
+                        expiredTotal += 1
                         count += 1
                     } else {
                         if delivery.message.expiresAt != nil { mayExpire = true }
@@ -526,6 +607,16 @@ public final class Broker: @unchecked Sendable {
     {
         guard TopicRules.isValidTopicName(publish.topicName) else {
             throw BrokerError(.topicNameInvalid, "PUBLISH topic name '\(publish.topicName)' is not valid here")
+        }
+        if Self.isServerTopic(publish.topicName) {
+            // The server's own topics: refused, not routed (v5 says so; 3.1.1 cannot).
+            let id = publish.packetIdentifier ?? 0
+            let code: MQTTReasonCode = session.state.version == .mqtt5 ? .notAuthorized : .success
+            switch publish.qos {
+            case .atMostOnce: return []
+            case .atLeastOnce: return [.puback(MQTTPublishResponse(packetIdentifier: id, reasonCode: code))]
+            case .exactlyOnce: return [.pubrec(MQTTPublishResponse(packetIdentifier: id, reasonCode: code))]
+            }
         }
         if publish.qos != .atMostOnce, publish.packetIdentifier == nil || publish.packetIdentifier == 0 {
             throw BrokerError(.protocolError, "PUBLISH QoS \(publish.qos.rawValue) without packet identifier")
@@ -673,6 +764,10 @@ public final class Broker: @unchecked Sendable {
                 let filter = subscription.topicFilter
                 if TopicRules.checkFilter(filter) != nil {
                     codes.append(v5 ? .topicFilterInvalid : .unspecifiedError)
+                    continue
+                }
+                if !state.readsServerTopics, Self.isServerTopic(TopicRules.splitShare(filter).map { String($0.filter) } ?? filter) {
+                    codes.append(v5 ? .notAuthorized : .unspecifiedError)
                     continue
                 }
                 let shared = TopicRules.splitShare(filter) != nil
@@ -882,6 +977,7 @@ public final class Broker: @unchecked Sendable {
                     (try? MQTTEncoder(protocolVersion: session.version).encodedSize(of: .publish(packet))) ?? Int.max > maximum
                 {
                     session.discarded += 1
+                    discardedTotal += 1
                     continue
                 }
                 post(session, .publish(packet))
@@ -978,6 +1074,7 @@ public final class Broker: @unchecked Sendable {
             if isExpired(delivery, now: now) {
                 release(delivery, session, &ops, deleteRecord: true)
                 session.expired += 1
+                expiredTotal += 1
                 continue
             }
             assignIdentifier(delivery, session)
@@ -1206,6 +1303,7 @@ public final class Broker: @unchecked Sendable {
                 session.inflight[delivery.packetIdentifier] = nil
                 release(delivery, session, &ops, deleteRecord: true)
                 session.discarded += 1
+                discardedTotal += 1
                 return nil
             }
         }

@@ -34,4 +34,11 @@ public final class BrokerSession: Sendable {
     public func setWill(_ will: MQTTWill?, sessionExpiryInterval: UInt32? = nil) {
         broker.setWill(will, sessionExpiryInterval: sessionExpiryInterval, for: self)
     }
+
+    /// Whether this connection's client may subscribe to the server's own topics
+    /// (`Broker.serverTopicPrefix`); false after `attach`. Others get 0x87 (3.1.1: 0x80) for
+    /// such filters. Subscriptions already held (a resumed session) are not re-checked.
+    public func allowServerTopics(_ allowed: Bool) {
+        broker.allowServerTopics(allowed, for: self)
+    }
 }

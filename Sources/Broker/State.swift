@@ -99,6 +99,8 @@ final class SessionState: @unchecked Sendable {
     var dropped = 0
     /// Queued messages dropped because their Message Expiry Interval passed.
     var expired = 0
+    /// The current connection may subscribe to the server's topics (`$custody/...`).
+    var readsServerTopics = false
     /// The queue may hold a message with a Message Expiry Interval (the sweep looks only here).
     var queueMayExpire = false
     /// The current connection's will message (`BrokerSession.setWill`), and the session
