@@ -70,6 +70,8 @@ public struct MQTTDecodingError: Error, Sendable, Equatable, CustomStringConvert
 
         public var reasonCode: MQTTReasonCode {
             switch self {
+            // MQTT-3.3.2-8: a Topic Alias of 0 is not permitted; 0x94 says which rule (as mosquitto).
+            case .invalidPropertyValue(.topicAlias, _): .topicAliasInvalid
             case .reservedPacketType, .invalidFixedHeaderFlags, .variableByteIntegerTooLong, .truncated,
                 .trailingBytes, .invalidUTF8, .nullCharacter, .reservedConnectFlagSet, .willOptionsWithoutWill,
                 .invalidQoS, .duplicateFlagWithQoS0, .wildcardInTopicName, .invalidConnectAcknowledgeFlags,

@@ -15,7 +15,8 @@ final class FrontServices: Sendable {
 
     init(
         ledger: SessionLedger, pubsub: (any PubSubEngine)?, logger: Logger, connectTimeout: TimeAmount,
-        maximumPacketSize: Int
+        maximumPacketSize: Int, topicAliasMaximum: UInt16 = 0, receiveMaximum: UInt16 = 65_535,
+        maximumKeepAlive: UInt16? = nil
     ) {
         self.ledger = ledger
         self.pubsub = pubsub
@@ -26,7 +27,9 @@ final class FrontServices: Sendable {
         if maximumPacketSize < MQTTDecoder.largestPacketSize {
             capabilities.append(.maximumPacketSize(UInt32(maximumPacketSize)))
         }
-        self.machineSettings = ConnectionStateMachine.Settings(capabilities: capabilities)
+        self.machineSettings = ConnectionStateMachine.Settings(
+            capabilities: capabilities, topicAliasMaximum: topicAliasMaximum, receiveMaximum: receiveMaximum,
+            maximumKeepAlive: maximumKeepAlive)
     }
 
     /// Without a broker nothing is delivered: say so in the CONNACK.
@@ -360,7 +363,9 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
 
     private func deliver(_ packet: MQTTPacket) {
         guard let session = pubsubSession else {
-            write(MinimalPubSub.answer(packet, version: machine.protocolVersion ?? .mqtt3_1_1))
+            let answers = MinimalPubSub.answer(packet, version: machine.protocolVersion ?? .mqtt3_1_1)
+            machine.answered(answers)
+            write(answers)
             return
         }
         brokerQueue.append(packet)
@@ -392,6 +397,7 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
         }
         switch result {
         case .success(let packets):
+            machine.answered(packets)
             write(packets)
             pump(session)
         case .failure(let error):

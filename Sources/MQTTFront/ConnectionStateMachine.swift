@@ -29,8 +29,10 @@ public struct ConnectionStateMachine: Sendable {
         public var protocolVersion: MQTTProtocolVersion
         /// The Session Expiry Interval the CONNECT asked for (v3.1.1: 0 or UInt32.max).
         public var requestedExpiry: UInt32
-        /// Seconds; 0 turns keep-alive off.
+        /// Seconds; 0 turns keep-alive off. The one in force: the server's when it sent one.
         public var keepAlive: UInt16
+        /// v5 Server Keep Alive for the CONNACK: the client asked for more than the maximum (or 0).
+        public var serverKeepAlive: UInt16? = nil
         /// v5 Receive Maximum of the client (how many QoS > 0 messages it takes at once).
         public var receiveMaximum: Int
         /// v5 Maximum Packet Size of the client, if it set one.
@@ -106,15 +108,34 @@ public struct ConnectionStateMachine: Sendable {
         public var capabilities: MQTTProperties
         /// Most pending packets kept while the claim is in flight; beyond, reads stop.
         public var pendingLimit: Int
+        /// v5 Topic Alias Maximum: aliases 1...this are accepted from clients (0: none).
+        public var topicAliasMaximum: UInt16
+        /// v5 Receive Maximum: QoS 1 and 2 PUBLISHes a client may have unacknowledged (65535: no limit told).
+        public var receiveMaximum: UInt16
+        /// Longest keep-alive a client may use, in seconds; nil: whatever the client asks.
+        /// v5 clients asking more (or 0) are told this one (Server Keep Alive); v3.1.1 clients,
+        /// who cannot be told, are refused (return code 2, as mosquitto's max_keepalive does).
+        public var maximumKeepAlive: UInt16?
 
-        public init(capabilities: MQTTProperties = [], pendingLimit: Int = 256) {
+        public init(
+            capabilities: MQTTProperties = [], pendingLimit: Int = 256, topicAliasMaximum: UInt16 = 0,
+            receiveMaximum: UInt16 = 65_535, maximumKeepAlive: UInt16? = nil
+        ) {
             self.capabilities = capabilities
             self.pendingLimit = pendingLimit
+            self.topicAliasMaximum = topicAliasMaximum
+            self.receiveMaximum = max(1, receiveMaximum)
+            self.maximumKeepAlive = maximumKeepAlive.map { max(1, $0) }
         }
     }
 
     var state: State = .awaitingConnect
     let settings: Settings
+    /// The client's topic aliases (v5, this connection only: MQTT-3.3.2-7).
+    var inboundAliases: [UInt16: String] = [:]
+    /// Packet identifiers of the client's QoS 1 and 2 PUBLISHes not yet answered with PUBACK,
+    /// PUBCOMP or a failing PUBREC: its use of our Receive Maximum.
+    var inboundInFlight: Set<UInt16> = []
 
     public init(settings: Settings = Settings()) {
         self.settings = settings
@@ -244,6 +265,22 @@ public struct ConnectionStateMachine: Sendable {
         return (pending, keepAliveDeadline(identity, from: now))
     }
 
+    /// Answers to the client were sent: PUBACK, PUBCOMP and a failing PUBREC end a PUBLISH's
+    /// use of the Receive Maximum (MQTT 5.0 section 4.9).
+    public mutating func answered(_ packets: [MQTTPacket]) {
+        guard !inboundInFlight.isEmpty else { return }
+        for packet in packets {
+            switch packet {
+            case .puback(let response), .pubcomp(let response):
+                inboundInFlight.remove(response.packetIdentifier)
+            case .pubrec(let response) where response.reasonCode.rawValue >= 0x80:
+                inboundInFlight.remove(response.packetIdentifier)
+            default:
+                break
+            }
+        }
+    }
+
     /// The keep-alive timer fired.
     public mutating func keepAliveTimerFired(now: NIODeadline) -> Action {
         guard case .active(let identity, _, let last) = state, let deadline = keepAliveDeadline(identity, from: last)
@@ -340,14 +377,28 @@ public struct ConnectionStateMachine: Sendable {
         // DESIGN §1: the Username names the client; without one, the session name does.
         let authenticationText = connect.userName ?? connect.clientIdentifier
         let method = version == .mqtt5 ? connect.properties.authenticationMethod : nil
-        let identity = Identity(
+        var keepAlive = connect.keepAlive
+        var serverKeepAlive: UInt16?
+        if let maximum = settings.maximumKeepAlive, keepAlive == 0 || keepAlive > maximum {
+            guard version == .mqtt5 else {
+                // 3.1.1 cannot be told another keep-alive; refused before the ledger is asked.
+                state = .closing(version)
+                return .reject(
+                    connack: .connack(MQTTConnAck(reasonCode: .clientIdentifierNotValid)),
+                    why: "keep-alive \(keepAlive)s, the maximum is \(maximum)s (3.1.1 cannot be told)")
+            }
+            keepAlive = maximum
+            serverKeepAlive = maximum
+        }
+        var identity = Identity(
             sessionName: SessionName(unchecked: connect.clientIdentifier),
             authenticationName: AuthenticationName(unchecked: authenticationText),
             connection: connection, protocolVersion: version, requestedExpiry: requested,
-            keepAlive: connect.keepAlive,
+            keepAlive: keepAlive,
             receiveMaximum: version == .mqtt5 ? Int(connect.properties.receiveMaximum ?? 65_535) : 20,
             maximumPacketSize: version == .mqtt5 ? connect.properties.maximumPacketSize.map(Int.init) : nil,
             remoteAddress: remoteAddress, authenticationMethod: method, will: connect.will)
+        identity.serverKeepAlive = serverKeepAlive
         state = .connecting(identity, pending: [], abandoned: nil)
         return .claim(ClaimRequest(
             authenticationName: identity.authenticationName, sessionName: identity.sessionName,
@@ -360,16 +411,43 @@ public struct ConnectionStateMachine: Sendable {
         switch packet {
         case .pingreq:
             return .send([.pingresp])
-        case .publish(let publish):
-            // Topic Alias Maximum is not sent, so it is 0: any alias is invalid (MQTT-3.3.2-8).
-            if publish.properties.topicAlias != nil {
-                return closeForClientError(identity, code: .topicAliasInvalid, why: "PUBLISH with a Topic Alias")
+        case .publish(var publish):
+            if let alias = publish.properties.topicAlias {
+                // MQTT-3.3.2-8/9: 0 and aliases above our Topic Alias Maximum are invalid.
+                guard alias != 0, alias <= settings.topicAliasMaximum else {
+                    return closeForClientError(
+                        identity, code: .topicAliasInvalid,
+                        why: "Topic Alias \(alias), the maximum is \(settings.topicAliasMaximum)")
+                }
+                if publish.topicName.isEmpty {
+                    guard let topic = inboundAliases[alias] else {
+                        return closeForClientError(
+                            identity, code: .protocolError, why: "Topic Alias \(alias) used before it was set")
+                    }
+                    publish.topicName = topic
+                } else {
+                    inboundAliases[alias] = publish.topicName
+                }
+                // The broker sees the full topic; the alias meant something on this connection only.
+                publish.properties.topicAlias = nil
+            } else if publish.topicName.isEmpty {
+                return closeForClientError(identity, code: .protocolError, why: "PUBLISH without a topic name")
             }
             // Section 3.2.2.3.5: Retain Available 0 in the CONNACK makes a retained PUBLISH an error (0x9A).
             if publish.retain, identity.protocolVersion == .mqtt5, settings.capabilities.retainAvailable == false {
                 return closeForClientError(identity, code: .retainNotSupported, why: "retained PUBLISH, retain is not available")
             }
-            return .deliver(packet)
+            if identity.protocolVersion == .mqtt5, let id = publish.packetIdentifier, !inboundInFlight.contains(id) {
+                // MQTT-3.3.4-9: one more than our Receive Maximum unanswered is 0x93. A resend of
+                // an identifier still in flight is the same message, not one more.
+                guard inboundInFlight.count < Int(settings.receiveMaximum) else {
+                    return closeForClientError(
+                        identity, code: .receiveMaximumExceeded,
+                        why: "more than \(settings.receiveMaximum) QoS 1/2 PUBLISHes unacknowledged")
+                }
+                inboundInFlight.insert(id)
+            }
+            return .deliver(.publish(publish))
         case .puback, .pubrec, .pubrel, .pubcomp, .subscribe, .unsubscribe:
             return .deliver(packet)
         case .disconnect(let disconnect):
@@ -422,6 +500,10 @@ public struct ConnectionStateMachine: Sendable {
             if grant.expiryInterval != identity.requestedExpiry {
                 properties.append(.sessionExpiryInterval(grant.expiryInterval))
             }
+            if let serverKeepAlive = identity.serverKeepAlive { properties.append(.serverKeepAlive(serverKeepAlive)) }
+            // Absent means 65535 and 0 (section 3.2.2.3.3, 3.2.2.3.8).
+            if settings.receiveMaximum < 65_535 { properties.append(.receiveMaximum(settings.receiveMaximum)) }
+            if settings.topicAliasMaximum > 0 { properties.append(.topicAliasMaximum(settings.topicAliasMaximum)) }
             properties.list.append(contentsOf: settings.capabilities.list)
         }
         return .connack(MQTTConnAck(sessionPresent: grant.sessionPresent, reasonCode: .success, properties: properties))

@@ -102,6 +102,13 @@ public struct MQTTFrontConfiguration: Sendable {
     /// limit is 512 KiB; the default leaves room above it.
     public var maximumPacketSize: Int
     public var eventLoopThreads: Int
+    /// v5 Topic Alias Maximum announced in CONNACKs: inbound aliases 1...this (0: none).
+    public var topicAliasMaximum: UInt16 = 10
+    /// v5 Receive Maximum announced in CONNACKs: QoS 1/2 PUBLISHes a client may have
+    /// unacknowledged; one more closes its connection (0x93).
+    public var receiveMaximum: UInt16 = 100
+    /// Longest keep-alive, in seconds; nil: the client's. See `ConnectionStateMachine.Settings`.
+    public var maximumKeepAlive: UInt16?
 
     public init(
         listeners: [FrontListener] = [FrontListener(address: .defaultMQTT)], connectTimeout: TimeAmount = .seconds(10),
@@ -146,7 +153,8 @@ public final class MQTTFront: Sendable {
         self.configuration = configuration
         self.services = FrontServices(
             ledger: ledger, pubsub: pubsub, logger: logger, connectTimeout: configuration.connectTimeout,
-            maximumPacketSize: configuration.maximumPacketSize)
+            maximumPacketSize: configuration.maximumPacketSize, topicAliasMaximum: configuration.topicAliasMaximum,
+            receiveMaximum: configuration.receiveMaximum, maximumKeepAlive: configuration.maximumKeepAlive)
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.eventLoopThreads))
     }
 

@@ -33,8 +33,11 @@ private func grant(connection: ConnectionNumber = 7, present: Bool = false, expi
 }
 
 /// A machine that has sent CONNECT and had it granted and accepted.
-private func activeMachine(_ connect: MQTTInbound = v5Connect("s1", user: "dev"), expiry: UInt32 = 0) -> ConnectionStateMachine {
-    var machine = ConnectionStateMachine()
+private func activeMachine(
+    _ connect: MQTTInbound = v5Connect("s1", user: "dev"), expiry: UInt32 = 0,
+    settings: ConnectionStateMachine.Settings = .init()
+) -> ConnectionStateMachine {
+    var machine = ConnectionStateMachine(settings: settings)
     _ = machine.received(connect, connection: 7, remoteAddress: "127.0.0.1:5000", now: t0)
     _ = machine.claimCompleted(grant(expiry: expiry))
     _ = machine.accepted(now: t0)
@@ -201,11 +204,149 @@ struct ConnectionStateMachineTests {
         #expect(isNone(machine.channelInactive()))
     }
 
-    @Test func topicAliasIsInvalidSinceNoneWasOffered() {
+    @Test func topicAliasIsInvalidWhenNoneWasOffered() {
         var machine = activeMachine()
         let publish = MQTTPublish(topicName: "a", payload: ByteBuffer(), properties: [.topicAlias(1)])
         guard case .close(let closing) = machine.received(.packet(.publish(publish)), now: t0) else { Issue.record("no close"); return }
         #expect(closing.packets == [.disconnect(MQTTDisconnect(reasonCode: .topicAliasInvalid))])
+    }
+
+    @Test func topicAliasIsSetThenUsedAndTheBrokerSeesTheFullTopic() {
+        var machine = activeMachine(settings: .init(topicAliasMaximum: 10))
+        let first = MQTTPublish(topicName: "plant/7/temp", payload: ByteBuffer(string: "1"), properties: [.topicAlias(3)])
+        guard case .deliver(.publish(let delivered)) = machine.received(.packet(.publish(first)), now: t0) else {
+            Issue.record("no delivery"); return
+        }
+        #expect(delivered.topicName == "plant/7/temp")
+        #expect(delivered.properties.topicAlias == nil)
+        let second = MQTTPublish(topicName: "", payload: ByteBuffer(string: "2"), properties: [.topicAlias(3)])
+        guard case .deliver(.publish(let aliased)) = machine.received(.packet(.publish(second)), now: t0) else {
+            Issue.record("no delivery"); return
+        }
+        #expect(aliased == MQTTPublish(topicName: "plant/7/temp", payload: ByteBuffer(string: "2")))
+        // An alias may be set again to another topic.
+        let third = MQTTPublish(topicName: "plant/8/temp", payload: ByteBuffer(string: "3"), properties: [.topicAlias(3)])
+        _ = machine.received(.packet(.publish(third)), now: t0)
+        let fourth = MQTTPublish(topicName: "", payload: ByteBuffer(string: "4"), properties: [.topicAlias(3)])
+        guard case .deliver(.publish(let again)) = machine.received(.packet(.publish(fourth)), now: t0) else {
+            Issue.record("no delivery"); return
+        }
+        #expect(again.topicName == "plant/8/temp")
+    }
+
+    @Test func topicAliasAboveTheMaximumIsInvalid() {
+        var machine = activeMachine(settings: .init(topicAliasMaximum: 10))
+        let publish = MQTTPublish(topicName: "a", payload: ByteBuffer(), properties: [.topicAlias(11)])
+        guard case .close(let closing) = machine.received(.packet(.publish(publish)), now: t0) else { Issue.record("no close"); return }
+        #expect(closing.packets == [.disconnect(MQTTDisconnect(reasonCode: .topicAliasInvalid))])
+        #expect(closing.release?.reason == .clientError)
+        #expect(closing.why.contains("Topic Alias 11"))
+    }
+
+    @Test func topicAliasZeroIsRefusedByTheDecoderAsInvalidAlias() {
+        // PUBLISH QoS 0, topic "a", properties: Topic Alias 0.
+        let error = decodingFailure([0x30, 0x07, 0x00, 0x01, 0x61, 0x03, 0x23, 0x00, 0x00], version: .mqtt5)
+        #expect(error.reasonCode == .topicAliasInvalid)
+        var machine = activeMachine(settings: .init(topicAliasMaximum: 10))
+        guard case .close(let closing) = machine.received(.failure(error), now: t0) else { Issue.record("no close"); return }
+        #expect(closing.packets == [.disconnect(MQTTDisconnect(reasonCode: .topicAliasInvalid))])
+    }
+
+    @Test func unknownTopicAliasWithAnEmptyTopicIsAProtocolError() {
+        var machine = activeMachine(settings: .init(topicAliasMaximum: 10))
+        let publish = MQTTPublish(topicName: "", payload: ByteBuffer(), properties: [.topicAlias(2)])
+        guard case .close(let closing) = machine.received(.packet(.publish(publish)), now: t0) else { Issue.record("no close"); return }
+        #expect(closing.packets == [.disconnect(MQTTDisconnect(reasonCode: .protocolError))])
+    }
+
+    @Test func topicAliasesDoNotOutliveTheirConnection() {
+        var machine = activeMachine(settings: .init(topicAliasMaximum: 10))
+        _ = machine.received(.packet(.publish(MQTTPublish(topicName: "t", payload: ByteBuffer(), properties: [.topicAlias(1)]))), now: t0)
+        // The same session on a new connection: a new machine, no aliases.
+        var next = activeMachine(settings: .init(topicAliasMaximum: 10))
+        let publish = MQTTPublish(topicName: "", payload: ByteBuffer(), properties: [.topicAlias(1)])
+        guard case .close(let closing) = next.received(.packet(.publish(publish)), now: t0) else { Issue.record("no close"); return }
+        #expect(closing.packets == [.disconnect(MQTTDisconnect(reasonCode: .protocolError))])
+    }
+
+    @Test func receiveMaximumCountsUnansweredPublishesAndOneMoreIs0x93() {
+        var machine = activeMachine(settings: .init(receiveMaximum: 2))
+        func publish(_ id: UInt16, _ qos: MQTTQoS, dup: Bool = false) -> MQTTInbound {
+            .packet(.publish(MQTTPublish(topicName: "t", payload: ByteBuffer(), qos: qos, duplicate: dup, packetIdentifier: id)))
+        }
+        #expect(isDeliver(machine.received(publish(1, .atLeastOnce), now: t0)))
+        #expect(isDeliver(machine.received(publish(2, .exactlyOnce), now: t0)))
+        // A resend of one in flight is not one more; QoS 0 never counts.
+        #expect(isDeliver(machine.received(publish(1, .atLeastOnce, dup: true), now: t0)))
+        #expect(isDeliver(machine.received(.packet(.publish(MQTTPublish(topicName: "t", payload: ByteBuffer()))), now: t0)))
+        // The PUBACK for 1 frees a place; a PUBREC for 2 does not (its PUBCOMP will).
+        machine.answered([.puback(MQTTPublishResponse(packetIdentifier: 1)), .pubrec(MQTTPublishResponse(packetIdentifier: 2))])
+        #expect(isDeliver(machine.received(publish(3, .atLeastOnce), now: t0)))
+        guard case .close(let closing) = machine.received(publish(4, .atLeastOnce), now: t0) else { Issue.record("no close"); return }
+        #expect(closing.packets == [.disconnect(MQTTDisconnect(reasonCode: .receiveMaximumExceeded))])
+        #expect(closing.release?.reason == .clientError)
+    }
+
+    @Test func pubcompAndAFailingPubrecFreeTheirPlace() {
+        var machine = activeMachine(settings: .init(receiveMaximum: 1))
+        func publish(_ id: UInt16) -> MQTTInbound {
+            .packet(.publish(MQTTPublish(topicName: "t", payload: ByteBuffer(), qos: .exactlyOnce, packetIdentifier: id)))
+        }
+        #expect(isDeliver(machine.received(publish(1), now: t0)))
+        machine.answered([.pubcomp(MQTTPublishResponse(packetIdentifier: 1))])
+        #expect(isDeliver(machine.received(publish(2), now: t0)))
+        machine.answered([.pubrec(MQTTPublishResponse(packetIdentifier: 2, reasonCode: .payloadFormatInvalid))])
+        #expect(isDeliver(machine.received(publish(3), now: t0)))
+    }
+
+    @Test func v3ClientsHaveNoReceiveMaximum() {
+        var machine = activeMachine(v3Connect("s", user: "u"), settings: .init(receiveMaximum: 1))
+        for id in UInt16(1)...5 {
+            let publish = MQTTPublish(topicName: "t", payload: ByteBuffer(), qos: .exactlyOnce, packetIdentifier: id)
+            #expect(isDeliver(machine.received(.packet(.publish(publish)), now: t0)))
+        }
+    }
+
+    @Test func connAckAnnouncesReceiveMaximumTopicAliasMaximumAndServerKeepAlive() {
+        let settings = ConnectionStateMachine.Settings(
+            capabilities: [.maximumPacketSize(1024)], topicAliasMaximum: 10, receiveMaximum: 100, maximumKeepAlive: 120)
+        var machine = ConnectionStateMachine(settings: settings)
+        _ = machine.received(v5Connect("s", user: "u", keepAlive: 600), connection: 7, now: t0)
+        guard case .accept(let acceptance) = machine.claimCompleted(grant()) else { Issue.record("no accept"); return }
+        #expect(acceptance.connack == .connack(MQTTConnAck(reasonCode: .success, properties: [
+            .serverKeepAlive(120), .receiveMaximum(100), .topicAliasMaximum(10), .maximumPacketSize(1024),
+        ])))
+        // The keep-alive in force is the server's: 1.5 x 120 s.
+        let (_, keepAlive) = machine.accepted(now: t0)
+        #expect(keepAlive == t0 + .seconds(180))
+    }
+
+    @Test(arguments: [UInt16(0), 121, 65_535])
+    func v5KeepAliveAboveTheMaximumOrZeroGetsServerKeepAlive(asked: UInt16) {
+        var machine = ConnectionStateMachine(settings: .init(maximumKeepAlive: 120))
+        _ = machine.received(v5Connect("s", user: "u", keepAlive: asked), connection: 7, now: t0)
+        guard case .accept(let acceptance) = machine.claimCompleted(grant()) else { Issue.record("no accept"); return }
+        #expect(acceptance.connack == .connack(MQTTConnAck(reasonCode: .success, properties: [.serverKeepAlive(120)])))
+    }
+
+    @Test(arguments: [UInt16(1), 60, 120])
+    func keepAliveWithinTheMaximumIsTheClients(asked: UInt16) {
+        var machine = ConnectionStateMachine(settings: .init(maximumKeepAlive: 120))
+        _ = machine.received(v5Connect("s", user: "u", keepAlive: asked), connection: 7, now: t0)
+        guard case .accept(let acceptance) = machine.claimCompleted(grant()) else { Issue.record("no accept"); return }
+        #expect(acceptance.connack == .connack(MQTTConnAck(reasonCode: .success)))
+        #expect(machine.accepted(now: t0).keepAlive == t0 + .milliseconds(Int64(asked) * 1500))
+    }
+
+    @Test(arguments: [UInt16(0), 121])
+    func v3KeepAliveAboveTheMaximumIsRefusedBeforeTheLedger(asked: UInt16) {
+        var machine = ConnectionStateMachine(settings: .init(maximumKeepAlive: 120))
+        let action = machine.received(v3Connect("s", user: "u", keepAlive: asked), connection: 7, now: t0)
+        guard case .reject(let connack?, let why) = action else { Issue.record("\(action)"); return }
+        #expect(connack == .connack(MQTTConnAck(reasonCode: .clientIdentifierNotValid)))  // 3.1.1 return code 2
+        #expect(why.contains("keep-alive"))
+        #expect(machine.protocolVersion == .mqtt3_1_1)
+        #expect(isNone(machine.claimCompleted(grant())))
     }
 
     @Test func clientDisconnectReleasesWithItsNewInterval() {
@@ -443,5 +584,10 @@ struct ConnectionStateMachineTests {
 
 private func isNone(_ action: ConnectionStateMachine.Action) -> Bool {
     if case .none = action { return true }
+    return false
+}
+
+private func isDeliver(_ action: ConnectionStateMachine.Action) -> Bool {
+    if case .deliver = action { return true }
     return false
 }
