@@ -102,7 +102,7 @@ let package = Package(
         .executableTarget(
             name: "CustodyServer",
             dependencies: [
-                "SessionLedger", "MQTTFront", "CustodyConfig", "CustodyOperations",
+                "SessionLedger", "MQTTFront", "CustodyConfig", "CustodyTLS", "CustodyOperations",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]

@@ -61,11 +61,38 @@ struct Custody: AsyncParsableCommand {
     @Option(help: "Mosquitto-style password file (mosquitto_passwd); when given, every CONNECT needs a username and password from it (config key passwordFile).")
     var passwordFile: String?
 
+    @Option(
+        name: .customLong("listen-tls"),
+        help: ArgumentHelp(
+            "MQTT over TLS listener as HOST[:PORT] (default port 8883). Repeatable; replaces the configured mqtts listeners (config: listeners with protocol mqtts).",
+            valueName: "host:port"))
+    var listenTLS: [String] = []
+
+    @Option(help: ArgumentHelp("Server certificate chain of the mqtts listeners, PEM (config key listeners[].certificate).", valueName: "file"))
+    var tlsCertificate: String?
+
+    @Option(help: ArgumentHelp("Private key of that certificate, PEM (config key listeners[].privateKey).", valueName: "file"))
+    var tlsPrivateKey: String?
+
+    @Option(help: ArgumentHelp(
+        "Client certificates on the mqtts listeners: none, optional or required (default none; config key listeners[].clientCertificates).",
+        valueName: "mode"))
+    var tlsClientCertificates: String?
+
+    @Option(
+        name: .customLong("tls-trusted-certificate"),
+        help: ArgumentHelp(
+            "CA certificate (PEM) client certificates must chain to. Repeatable; without any, self-signed client certificates are accepted and matched by thumbprint (config key listeners[].trustedCertificates).",
+            valueName: "file"))
+    var tlsTrustedCertificates: [String] = []
+
     var flags: FlagValues {
         FlagValues(
             dataDir: dataDir, maxSessionsPerClient: maxSessionsPerClient, maxSessionExpiryHours: maxSessionExpiryHours,
             ledgerMapSizeMib: ledgerMapSizeMib, listen: listen, connectTimeoutSeconds: connectTimeoutSeconds,
-            logLevel: logLevel, passwordFile: passwordFile)
+            logLevel: logLevel, passwordFile: passwordFile, listenTLS: listenTLS, tlsCertificate: tlsCertificate,
+            tlsPrivateKey: tlsPrivateKey, tlsClientCertificates: tlsClientCertificates,
+            tlsTrustedCertificates: tlsTrustedCertificates)
     }
 
     /// Bad flag values are usage errors (exit 64), named before anything else happens.
@@ -124,6 +151,7 @@ struct Custody: AsyncParsableCommand {
         say("custody: recovered sessions disconnected_by_restart=\(recovery.disconnected.count) expired_while_down=\(recovery.expired.count)")
         say("custody: policy max_sessions_per_client=\(policy.maximumClientSessionsPerAuthenticationName) max_session_expiry_hours=\(policy.maximumSessionExpiryInHours)")
         let signals = terminationSignals()
+        let hangups = hangupSignals()
         let brokerDirectory = (dataDir as NSString).appendingPathComponent("broker")
         let broker: Broker
         do {
@@ -143,12 +171,22 @@ struct Custody: AsyncParsableCommand {
         say("custody: broker \(brokerDirectory) sessions=\(broker.sessionNames.count)")
         let level = Logger.Level(rawValue: settings.logLevel.rawValue) ?? .info
         let logger = Logger(label: "custody") { label in LineLogHandler(label: label, level: level) }
+        let listeners: [FrontListener]
+        let authority: Authenticator?
+        do {
+            listeners = try settings.frontListeners()
+            authority = settings.needsAuthority(configFile: config) ? try settings.authenticator() : nil
+        } catch {
+            FileHandle.standardError.write(Data("custody: \(error)\n".utf8))
+            broker.close()
+            ledger.close()
+            throw ExitCode.failure
+        }
         let front = MQTTFront(
             ledger: ledger, pubsub: broker,
             configuration: MQTTFrontConfiguration(
-                listeners: settings.listeners.filter { $0.kind == .mqtt }.map { ListenAddress(host: $0.host, port: $0.port) },
-                connectTimeout: .seconds(Int64(settings.connectTimeoutSeconds))),
-            logger: logger)
+                listeners: listeners, connectTimeout: .seconds(Int64(settings.connectTimeoutSeconds))),
+            logger: logger, authority: authority)
         let addresses: [ListenAddress]
         do {
             addresses = try await front.start()
@@ -159,7 +197,14 @@ struct Custody: AsyncParsableCommand {
             ledger.close()
             throw ExitCode.failure
         }
-        for address in addresses { say("custody: listening mqtt \(address)") }
+        for (listener, address) in zip(listeners, addresses) {
+            say("custody: listening \(FrontListener(address: address, transport: listener.transport))")
+        }
+        if let authority {
+            say("custody: identity clients=\(settings.clients.count) registered_clients_only=\(authority.namespace.registeredClientsOnly) password_file=\(authority.passwords != nil ? 1 : 0); SIGHUP reloads the registry")
+        }
+        let reload = IdentityReload(configFile: config, flags: flags, front: front, logger: logger)
+        let reloading = Task { await reload.run(hangups) }
         let expiry = Task { await ledger.runExpiry { events in front.sessionsExpired(events) } }
         say("custody: running; SIGINT or SIGTERM stops")
         var signal = "end"
@@ -168,6 +213,7 @@ struct Custody: AsyncParsableCommand {
             break
         }
         say("custody: \(signal) received, closing connections and the ledger")
+        reloading.cancel()
         await front.shutdown()
         expiry.cancel()
         _ = await expiry.value

@@ -13,6 +13,11 @@ struct FlagValues {
     var connectTimeoutSeconds: Int?
     var logLevel: String?
     var passwordFile: String?
+    var listenTLS: [String] = []
+    var tlsCertificate: String?
+    var tlsPrivateKey: String?
+    var tlsClientCertificates: String?
+    var tlsTrustedCertificates: [String] = []
 }
 
 /// What `custody` runs with: the configuration file (if any), then the flags over it.
@@ -40,13 +45,16 @@ enum Settings {
             configuration.ledgerMapSizeMiB = value
         }
         if !flags.listen.isEmpty {
+            // The flag replaces the file's mqtt listeners; its mqtts and ws listeners stay.
+            let others = configuration.listeners.filter { $0.kind != .mqtt }
             configuration.listeners = try flags.listen.map { text in
                 guard let address = HostPort(parsing: text) else {
                     throw SettingsError("--listen '\(text)' is not HOST:PORT (IPv6 as [HOST]:PORT, port 0-65535)")
                 }
                 return ListenerConfiguration(kind: .mqtt, host: address.host, port: address.port)
-            }
+            } + others
         }
+        try applyTLSFlags(flags, to: &configuration)
         if let value = flags.connectTimeoutSeconds {
             guard (1...3600).contains(value) else {
                 throw SettingsError("--connect-timeout-seconds must be between 1 and 3600, got \(value)")
@@ -62,6 +70,55 @@ enum Settings {
         }
         if let value = flags.passwordFile { configuration.passwordFile = value }
         return configuration
+    }
+
+    /// `--listen-tls` replaces the file's mqtts listeners; `--tls-*` set every mqtts listener's
+    /// certificate, key, client certificate mode and trusted CAs.
+    static func applyTLSFlags(_ flags: FlagValues, to configuration: inout CustodyConfiguration) throws {
+        if !flags.listenTLS.isEmpty {
+            let tlsTemplate = configuration.listeners.first { $0.kind == .mqtts }
+            let tls = try flags.listenTLS.map { text in
+                guard let address = HostPort(parsing: text, defaultPort: ListenerConfiguration.Kind.mqtts.defaultPort) else {
+                    throw SettingsError("--listen-tls '\(text)' is not HOST[:PORT] (IPv6 as [HOST]:PORT, port 0-65535, default 8883)")
+                }
+                var listener = ListenerConfiguration(kind: .mqtts, host: address.host, port: address.port)
+                if let tlsTemplate {
+                    listener.certificate = tlsTemplate.certificate
+                    listener.privateKey = tlsTemplate.privateKey
+                    listener.clientCertificates = tlsTemplate.clientCertificates
+                    listener.trustedCertificates = tlsTemplate.trustedCertificates
+                }
+                return listener
+            }
+            let mqtt = configuration.listeners.filter { $0.kind == .mqtt }
+            let ws = configuration.listeners.filter { $0.kind == .ws }
+            configuration.listeners = mqtt + tls + ws
+        }
+        var mode: ListenerConfiguration.ClientCertificates?
+        if let value = flags.tlsClientCertificates {
+            guard let parsed = ListenerConfiguration.ClientCertificates(rawValue: value) else {
+                throw SettingsError(
+                    "--tls-client-certificates '\(value)' is not one of \(ListenerConfiguration.ClientCertificates.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            mode = parsed
+        }
+        let given = flags.tlsCertificate != nil || flags.tlsPrivateKey != nil || mode != nil || !flags.tlsTrustedCertificates.isEmpty
+        let indices = configuration.listeners.indices.filter { configuration.listeners[$0].kind == .mqtts }
+        if given && indices.isEmpty {
+            throw SettingsError("--tls-* flags need an mqtts listener (--listen-tls HOST:PORT, or one in the configuration file)")
+        }
+        for index in indices {
+            if let value = flags.tlsCertificate { configuration.listeners[index].certificate = value }
+            if let value = flags.tlsPrivateKey { configuration.listeners[index].privateKey = value }
+            if let mode { configuration.listeners[index].clientCertificates = mode }
+            if !flags.tlsTrustedCertificates.isEmpty {
+                configuration.listeners[index].trustedCertificates = flags.tlsTrustedCertificates
+            }
+            let listener = configuration.listeners[index]
+            if listener.certificate == nil || listener.privateKey == nil {
+                throw SettingsError("mqtts listener \(listener.address) needs --tls-certificate and --tls-private-key (PEM files)")
+            }
+        }
     }
 
     /// The one-paragraph summary `--check-config` prints for a valid file.
@@ -91,14 +148,11 @@ struct SettingsError: Error, CustomStringConvertible {
 extension CustodyConfiguration {
     /// What this build of `custody` cannot honour yet: refused at startup rather than ignored.
     func validateForStart() throws {
-        for listener in listeners where listener.kind != .mqtt {
-            throw SettingsError("listener \(listener.kind.rawValue) \(listener.address): only mqtt listeners are supported by this build")
+        for listener in listeners where listener.kind == .ws {
+            throw SettingsError("listener \(listener.kind.rawValue) \(listener.address): only mqtt and mqtts listeners are supported by this build")
         }
-        if passwordFile != nil {
-            throw SettingsError("passwordFile: password checking is not wired into this build yet")
-        }
-        if namespace.registeredClientsOnly || !clients.isEmpty {
-            throw SettingsError("clients/registeredClientsOnly: the client registry is not wired into this build yet")
-        }
+        // TLS files and the password file are read now: a bad one is named before anything starts.
+        _ = try frontListeners()
+        _ = try authenticator()
     }
 }

@@ -1,3 +1,4 @@
+import CustodyConfig
 import Logging
 import MQTTCodec
 import NIOCore
@@ -12,12 +13,15 @@ final class FrontServices: Sendable {
     let machineSettings: ConnectionStateMachine.Settings
     let connectTimeout: TimeAmount
     let maximumPacketSize: Int
+    /// Who a CONNECT is; nil inside: every Username believed.
+    let authority: AuthorityBox
 
     init(
         ledger: SessionLedger, pubsub: (any PubSubEngine)?, logger: Logger, connectTimeout: TimeAmount,
         maximumPacketSize: Int, topicAliasMaximum: UInt16 = 0, receiveMaximum: UInt16 = 65_535,
-        maximumKeepAlive: UInt16? = nil
+        maximumKeepAlive: UInt16? = nil, authority: (any IdentityAuthority)? = nil,
     ) {
+        self.authority = AuthorityBox(authority)
         self.ledger = ledger
         self.pubsub = pubsub
         self.logger = logger
@@ -64,6 +68,10 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
 
     private let services: FrontServices
     private let encoder: MQTTPacketEncoderHandler
+    /// The TLS layer under this connection, if any: the client certificate comes from it.
+    private let tls: TLSTransport?
+    /// What the CONNECT presented, kept to decide again when the registry is reloaded.
+    private var credentials: ConnectCredentials?
     private var machine: ConnectionStateMachine
     private var context: ChannelHandlerContext?
     private var channel: (any Channel)?
@@ -85,9 +93,10 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
 
     private static let brokerQueueLimit = 64
 
-    init(services: FrontServices, encoder: MQTTPacketEncoderHandler) {
+    init(services: FrontServices, encoder: MQTTPacketEncoderHandler, tls: TLSTransport? = nil) {
         self.services = services
         self.encoder = encoder
+        self.tls = tls
         self.machine = ConnectionStateMachine(settings: services.machineSettings)
     }
 
@@ -141,7 +150,12 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // Resets and the like: the channel closes and channelInactive records the loss.
-        services.logger.debug("mqtt: \(remoteAddress): \(error)")
+        if tls != nil, connection == nil {
+            // On TLS before any CONNECT: mostly a failed handshake (an untrusted certificate).
+            services.logger.notice("TLS connection closed", metadata: ["remote_address": "\(remoteAddress)", "error": "\(error)"])
+        } else {
+            services.logger.debug("connection error", metadata: ["remote_address": "\(remoteAddress)", "error": "\(error)"])
+        }
         context.close(promise: nil)
     }
 
@@ -169,6 +183,43 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
         perform(machine.shutdown())
     }
 
+    /// The identity authority was replaced: decide again with what the CONNECT presented; a
+    /// client no longer accepted (or now named otherwise) is disconnected. True when it was.
+    func reauthorize(_ authority: any IdentityAuthority) -> Bool {
+        guard let credentials, let connection, let sessionName, !finishStarted else { return false }
+        let decision = authority.decide(credentials)
+        let name = authenticationName.map { AuthenticationName(unchecked: $0) }
+        guard decision.verdict != .authenticated || decision.authenticationName != name else { return false }
+        let why = decision.verdict == .authenticated
+            ? "now named \(decision.authenticationName)" : "\(decision.verdict): \(decision.detail)"
+        services.logger.info("identity revoked", metadata: [
+            "session_name": "\(sessionName)", "authentication_name": "\(authenticationName ?? "-")",
+            "connection": "\(connection)", "remote_address": "\(remoteAddress)", "reason": "\(why)",
+        ])
+        perform(machine.revoked(why: why))
+        return true
+    }
+
+    /// The identity authority's decision on a first CONNECT; nil without an authority.
+    private func decideIdentity(_ connect: MQTTConnect) -> IdentityDecision? {
+        guard let authority = services.authority.authority else { return nil }
+        var certificate: CertificateIdentity?
+        if let tls, let channel {
+            do {
+                certificate = try tls.peerIdentity(channel)
+            } catch {
+                return IdentityDecision(
+                    authenticationName: AuthenticationName(unchecked: connect.userName ?? connect.clientIdentifier),
+                    verdict: .authenticationFailed, detail: "cannot read the client certificate: \(error)")
+            }
+        }
+        let credentials = ConnectCredentials(
+            username: connect.userName, password: connect.password.map { Array($0.readableBytesView) },
+            sessionName: connect.clientIdentifier, certificate: certificate)
+        self.credentials = credentials
+        return authority.decide(credentials)
+    }
+
     private func claimCompleted(_ result: Result<ClaimOutcome, LedgerError>) {
         perform(machine.claimCompleted(result))
     }
@@ -177,19 +228,21 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
 
     private func process(_ inbound: MQTTInbound) {
         var number: ConnectionNumber = 0
+        var decision: IdentityDecision?
         if machine.needsConnectionNumber(for: inbound) {
             number = services.ledger.nextConnectionNumber()
             connection = number
             if case .packet(.connect(let connect)) = inbound {
                 sessionName = SessionName(unchecked: connect.clientIdentifier)
-                authenticationName = connect.userName ?? connect.clientIdentifier
+                decision = decideIdentity(connect)
+                authenticationName = decision?.authenticationName.value ?? connect.userName ?? connect.clientIdentifier
             }
             if let eventLoop, let finished {
                 services.registry.register(number, ConnectionHandle(
                     eventLoop: eventLoop, handler: NIOLoopBound(self, eventLoop: eventLoop), finished: finished.futureResult))
             }
         }
-        perform(machine.received(inbound, connection: number, remoteAddress: remoteAddress, now: .now()))
+        perform(machine.received(inbound, connection: number, remoteAddress: remoteAddress, identity: decision, now: .now()))
     }
 
     private func perform(_ action: ConnectionStateMachine.Action) {

@@ -60,5 +60,14 @@ final class ConnectionRegistry: Sendable {
         }
     }
 
+    /// Asks every connection to decide its identity again with `authority`; each future
+    /// says whether that connection was disconnected for it.
+    func reauthorizeAll(_ authority: any IdentityAuthority) -> [EventLoopFuture<Bool>] {
+        let handles = tables.withLock { Array($0.connections.values) }
+        return handles.map { handle in
+            handle.eventLoop.submit { handle.handler.value.reauthorize(authority) }
+        }
+    }
+
     var count: Int { tables.withLock { $0.connections.count } }
 }

@@ -1,3 +1,4 @@
+import CustodyConfig
 import MQTTCodec
 import NIOCore
 import SessionLedger
@@ -42,6 +43,8 @@ public struct ConnectionStateMachine: Sendable {
         public var authenticationMethod: String?
         /// The CONNECT's will message, for the broker.
         public var will: MQTTWill?
+        /// The identity authority's refusal (R7): the code to answer with and why, for the log.
+        public var identityRefusal: (code: MQTTReasonCode, detail: String)? = nil
     }
 
     /// Why a connection that is not yet active must not become so when its claim comes back.
@@ -52,6 +55,8 @@ public struct ConnectionStateMachine: Sendable {
         case takenOver
         /// The broker is stopping: close, and record the end as server-initiated.
         case shutdown
+        /// The identity authority no longer accepts the client (registry reloaded).
+        case revoked(String)
     }
 
     enum State: Sendable {
@@ -170,14 +175,18 @@ public struct ConnectionStateMachine: Sendable {
 
     /// A packet or a decoding failure from the peer. `connection` is a fresh number the caller
     /// draws only when `needsConnectionNumber(for:)` says so (a first CONNECT).
+    ///
+    /// `identity` is the identity authority's decision on a first CONNECT; nil: no authority,
+    /// the Username (or else the ClientID) is believed.
     public mutating func received(
-        _ inbound: MQTTInbound, connection: ConnectionNumber = 0, remoteAddress: String = "", now: NIODeadline
+        _ inbound: MQTTInbound, connection: ConnectionNumber = 0, remoteAddress: String = "",
+        identity decision: IdentityDecision? = nil, now: NIODeadline
     ) -> Action {
         switch state {
         case .awaitingConnect:
             switch inbound {
             case .packet(.connect(let connect)):
-                return connectReceived(connect, connection: connection, remoteAddress: remoteAddress)
+                return connectReceived(connect, connection: connection, remoteAddress: remoteAddress, decision: decision)
             case .packet(let other):
                 // The decoder refuses anything but CONNECT first; be safe anyway.
                 state = .closing(nil)
@@ -223,8 +232,15 @@ public struct ConnectionStateMachine: Sendable {
             return .reject(connack: connack(identity, code: .serverUnavailable), why: "ledger: \(error)")
         case .success(.rejected(let reason, _)):
             state = .closing(identity.protocolVersion)
-            let code = Self.reasonCode(for: reason, authenticationMethod: identity.authenticationMethod)
-            return .reject(connack: connack(identity, code: code), why: "\(reason)")
+            var code = Self.reasonCode(for: reason, authenticationMethod: identity.authenticationMethod)
+            var why = "\(reason)"
+            if let refusal = identity.identityRefusal, identity.authenticationMethod == nil,
+                [.unknownClient, .clientDisabled, .authenticationFailed].contains(reason)
+            {
+                code = refusal.code
+                why += ": \(refusal.detail)"
+            }
+            return .reject(connack: connack(identity, code: code), why: why)
         case .success(.granted(let granted)):
             grant = granted
         }
@@ -254,6 +270,15 @@ public struct ConnectionStateMachine: Sendable {
             return .abandon(grant, Closing(
                 packets: packets, release: release(identity, .serverInitiatedDisconnect), why: "serverInitiatedDisconnect",
                 channelGone: false))
+        case .revoked(let why):
+            state = .closing(identity.protocolVersion)
+            var packets = [successConnack(identity, grant)]
+            if identity.protocolVersion == .mqtt5 {
+                packets.append(.disconnect(MQTTDisconnect(reasonCode: .notAuthorized)))
+            }
+            return .abandon(grant, Closing(
+                packets: packets, release: release(identity, .clientAuthenticationError),
+                why: "clientAuthenticationError: \(why)", channelGone: false))
         }
     }
 
@@ -335,6 +360,24 @@ public struct ConnectionStateMachine: Sendable {
         }
     }
 
+    /// The identity authority no longer accepts this connection's client (the registry was
+    /// reloaded: disabled, removed, credentials no longer valid): v5 DISCONNECT 0x87 Not
+    /// authorized, recorded as `disconnected(clientAuthenticationError)`.
+    public mutating func revoked(why: String) -> Action {
+        switch state {
+        case .connecting(let identity, let pending, let abandoned):
+            state = .connecting(identity, pending: pending, abandoned: abandoned ?? .revoked(why))
+            return .none
+        case .accepting(let identity, _, _), .active(let identity, _, _):
+            state = .closing(identity.protocolVersion)
+            return .close(Closing(
+                packets: disconnect(identity, .notAuthorized), release: release(identity, .clientAuthenticationError),
+                why: "clientAuthenticationError: \(why)", channelGone: false))
+        case .awaitingConnect, .closing:
+            return .none
+        }
+    }
+
     /// The broker session failed to handle a packet: close with `code`.
     public mutating func brokerFailed(code: MQTTReasonCode, why: String) -> Action {
         guard case .active(let identity, _, _) = state else { return .none }
@@ -364,7 +407,7 @@ public struct ConnectionStateMachine: Sendable {
     // MARK: - Rules
 
     private mutating func connectReceived(
-        _ connect: MQTTConnect, connection: ConnectionNumber, remoteAddress: String
+        _ connect: MQTTConnect, connection: ConnectionNumber, remoteAddress: String, decision: IdentityDecision?
     ) -> Action {
         let version = connect.protocolVersion
         let requested: UInt32
@@ -375,8 +418,12 @@ public struct ConnectionStateMachine: Sendable {
             requested = connect.cleanStart ? 0 : UInt32.max
         }
         // DESIGN §1: the Username names the client; without one, the session name does.
-        let authenticationText = connect.userName ?? connect.clientIdentifier
+        // With an identity authority, the name is its decision (a certificate may name the client).
+        let authenticationName =
+            decision?.authenticationName ?? AuthenticationName(unchecked: connect.userName ?? connect.clientIdentifier)
         let method = version == .mqtt5 ? connect.properties.authenticationMethod : nil
+        var verdict = decision?.verdict ?? .authenticated
+        if method != nil { verdict = .authenticationFailed }
         var keepAlive = connect.keepAlive
         var serverKeepAlive: UInt16?
         if let maximum = settings.maximumKeepAlive, keepAlive == 0 || keepAlive > maximum {
@@ -392,19 +439,22 @@ public struct ConnectionStateMachine: Sendable {
         }
         var identity = Identity(
             sessionName: SessionName(unchecked: connect.clientIdentifier),
-            authenticationName: AuthenticationName(unchecked: authenticationText),
+            authenticationName: authenticationName,
             connection: connection, protocolVersion: version, requestedExpiry: requested,
             keepAlive: keepAlive,
             receiveMaximum: version == .mqtt5 ? Int(connect.properties.receiveMaximum ?? 65_535) : 20,
             maximumPacketSize: version == .mqtt5 ? connect.properties.maximumPacketSize.map(Int.init) : nil,
             remoteAddress: remoteAddress, authenticationMethod: method, will: connect.will)
         identity.serverKeepAlive = serverKeepAlive
+        if let decision, decision.verdict != .authenticated {
+            identity.identityRefusal = (decision.badUserNameOrPassword ? .badUserNameOrPassword : .notAuthorized, decision.detail)
+        }
         state = .connecting(identity, pending: [], abandoned: nil)
         return .claim(ClaimRequest(
             authenticationName: identity.authenticationName, sessionName: identity.sessionName,
             connection: connection, protocolVersion: ProtocolVersion(rawValue: version.rawValue) ?? .unknown,
             cleanStart: connect.cleanStart, requestedExpiryInterval: requested, remoteAddress: remoteAddress,
-            identity: method == nil ? .authenticated : .authenticationFailed))
+            identity: verdict))
     }
 
     private mutating func activePacket(_ packet: MQTTPacket, identity: Identity, grant: SessionGrant) -> Action {

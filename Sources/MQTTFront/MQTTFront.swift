@@ -75,12 +75,13 @@ public struct FrontListener: Sendable, CustomStringConvertible {
 public struct TLSTransport: Sendable {
     /// Adds the TLS handler(s) to a new connection's pipeline; called on its event loop.
     public var addHandlers: @Sendable (any Channel) throws -> Void
-    /// The client certificate's identity, read after the handshake; nil without a certificate.
-    public var peerIdentity: @Sendable (any Channel) -> EventLoopFuture<CertificateIdentity?>
+    /// The client certificate's identity once the handshake is done (as it is when a CONNECT
+    /// arrives); nil without a certificate. Called on the channel's event loop.
+    public var peerIdentity: @Sendable (any Channel) throws -> CertificateIdentity?
 
     public init(
         addHandlers: @escaping @Sendable (any Channel) throws -> Void,
-        peerIdentity: @escaping @Sendable (any Channel) -> EventLoopFuture<CertificateIdentity?>
+        peerIdentity: @escaping @Sendable (any Channel) throws -> CertificateIdentity?
     ) {
         self.addHandlers = addHandlers
         self.peerIdentity = peerIdentity
@@ -148,13 +149,14 @@ public final class MQTTFront: Sendable {
 
     public init(
         ledger: SessionLedger, pubsub: (any PubSubEngine)?, configuration: MQTTFrontConfiguration = .init(),
-        logger: Logger = Logger(label: "custody.mqtt")
+        logger: Logger = Logger(label: "custody.mqtt"), authority: (any IdentityAuthority)? = nil
     ) {
         self.configuration = configuration
         self.services = FrontServices(
             ledger: ledger, pubsub: pubsub, logger: logger, connectTimeout: configuration.connectTimeout,
             maximumPacketSize: configuration.maximumPacketSize, topicAliasMaximum: configuration.topicAliasMaximum,
-            receiveMaximum: configuration.receiveMaximum, maximumKeepAlive: configuration.maximumKeepAlive)
+            receiveMaximum: configuration.receiveMaximum, maximumKeepAlive: configuration.maximumKeepAlive,
+            authority: authority)
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.eventLoopThreads))
     }
 
@@ -208,7 +210,7 @@ public final class MQTTFront: Sendable {
         let operations = channel.pipeline.syncOperations
         try operations.addHandler(ByteToMessageHandler(MQTTFrameDecoder(maximumPacketSize: services.maximumPacketSize)))
         try operations.addHandler(encoder)
-        try operations.addHandler(MQTTConnectionHandler(services: services, encoder: encoder))
+        try operations.addHandler(MQTTConnectionHandler(services: services, encoder: encoder, tls: tls))
     }
 
     /// `mqtt`: MQTT straight on the TCP stream.
@@ -237,6 +239,21 @@ public final class MQTTFront: Sendable {
 
     /// Connections holding a session (or claiming one) right now.
     public var connectionCount: Int { services.registry.count }
+
+    /// Puts `authority` in force for new CONNECTs and decides every connection's identity
+    /// again with it: those it no longer accepts (a client disabled or removed, a password
+    /// changed) are disconnected (v5: DISCONNECT 0x87), recorded as
+    /// `disconnected(clientAuthenticationError)`; the others are left alone. Returns how
+    /// many connections were disconnected.
+    @discardableResult
+    public func replaceAuthority(_ authority: any IdentityAuthority) async -> Int {
+        services.authority.replace(with: authority)
+        var ended = 0
+        for decided in services.registry.reauthorizeAll(authority) {
+            if (try? await decided.get()) == true { ended += 1 }
+        }
+        return ended
+    }
 
     /// Stops listening, ends every connection (v5: DISCONNECT 0x8B) and records each end in
     /// the ledger, waiting up to `grace` for that; then stops the event loops.

@@ -1,0 +1,108 @@
+import CustodyConfig
+import CustodyTLS
+import Foundation
+import Logging
+import MQTTFront
+import NIOCore
+
+// Client identity for `custody`: the listeners' transports (TLS from CustodyTLS), the
+// identity authority (CustodyConfig's Authenticator) and its reload on SIGHUP.
+
+extension CustodyConfiguration {
+    /// The front's listeners, in the configuration's order; an mqtts listener's certificate,
+    /// key and trusted CAs are read here, so a bad file stops startup with its name.
+    func frontListeners() throws -> [FrontListener] {
+        try listeners.map { listener in
+            let address = ListenAddress(host: listener.host, port: listener.port)
+            switch listener.kind {
+            case .mqtt:
+                return FrontListener(address: address, transport: .tcp)
+            case .ws:
+                return FrontListener(address: address, transport: .webSocket(path: "/mqtt"))
+            case .mqtts:
+                let setup: TLSListenerSetup
+                do {
+                    setup = try TLSListenerSetup(listener)
+                } catch {
+                    throw SettingsError("listener mqtts \(listener.address): \(error)")
+                }
+                return FrontListener(address: address, transport: .tls(setup.transport))
+            }
+        }
+    }
+
+    /// Whether CONNECTs are decided by the registry and password file: with a configuration
+    /// file or a password file. Without either, every Username is believed (the development
+    /// default) and no authority is installed.
+    func needsAuthority(configFile: String?) -> Bool {
+        configFile != nil || passwordFile != nil
+    }
+
+    /// The identity authority of this configuration: its clients, namespace identity settings
+    /// and password file (read now).
+    func authenticator() throws -> Authenticator {
+        var passwords: PasswordFile?
+        if let passwordFile { passwords = try PasswordFile.load(file: passwordFile) }
+        return Authenticator(configuration: self, passwords: passwords)
+    }
+}
+
+extension TLSListenerSetup {
+    /// What the front needs of this listener's TLS.
+    var transport: TLSTransport {
+        TLSTransport(
+            addHandlers: { channel in try channel.pipeline.syncOperations.addHandler(makeHandler()) },
+            peerIdentity: { channel in try peerIdentitySynchronously(of: channel) })
+    }
+}
+
+/// Reloads the client registry (clients, namespace identity settings, password file) on
+/// SIGHUP. Listeners, data directory and session limits stay as they started; a file that
+/// does not load leaves the registry in force as it was.
+struct IdentityReload {
+    let configFile: String?
+    let flags: FlagValues
+    let front: MQTTFront
+    let logger: Logger
+
+    /// Reloads at each signal of `signals` (from `hangupSignals()`, set up early).
+    func run(_ signals: AsyncStream<Void>) async {
+        for await _ in signals { await reload() }
+    }
+
+    func reload() async {
+        guard configFile != nil || flags.passwordFile != nil else {
+            say("custody: SIGHUP: no configuration or password file, nothing to reload")
+            return
+        }
+        let authority: Authenticator
+        let configuration: CustodyConfiguration
+        do {
+            configuration = try Settings.resolve(file: configFile, flags: flags)
+            authority = try configuration.authenticator()
+        } catch {
+            logger.error("registry reload failed; the registry in force is kept", metadata: ["error": "\(error)"])
+            say("custody: SIGHUP: reload failed, registry kept: \(error)")
+            return
+        }
+        let disconnected = await front.replaceAuthority(authority)
+        logger.notice("registry reloaded", metadata: [
+            "clients": "\(configuration.clients.count)", "disconnected": "\(disconnected)",
+        ])
+        say("custody: SIGHUP: registry reloaded clients=\(configuration.clients.count) disconnected=\(disconnected)")
+    }
+}
+
+/// Kept for the life of the process.
+nonisolated(unsafe) private var hangupSource: DispatchSourceSignal?
+
+/// SIGHUP, each time it comes, from the moment this returns (until then it would end the process).
+func hangupSignals() -> AsyncStream<Void> {
+    AsyncStream<Void>(bufferingPolicy: .bufferingNewest(1)) { continuation in
+        signal(SIGHUP, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
+        source.setEventHandler { continuation.yield() }
+        source.resume()
+        hangupSource = source
+    }
+}
