@@ -16,6 +16,11 @@ public struct CustodyConfiguration: Sendable, Equatable {
     public var logFormat: LogFormat = .text
     /// Where `/metrics` is served; nil: not served.
     public var metrics: HostPort?
+    /// `metrics` may be a non-loopback address (otherwise startup refuses one).
+    public var metricsAllowRemote = false
+    /// Authentication names whose connections may subscribe to `$custody/...` (lifecycle
+    /// events); everyone else gets SUBACK 0x87 for such filters.
+    public var eventSubscribers: [AuthenticationName] = []
 
     public init() {}
 

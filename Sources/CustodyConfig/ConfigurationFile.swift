@@ -153,7 +153,7 @@ struct ConfigurationReader {
     mutating func configuration(_ root: Node) throws(ConfigurationError) -> CustodyConfiguration {
         let keys = try mapping(root, nil, known: [
             "dataDir", "listeners", "namespace", "clients", "passwordFile", "ledgerMapSizeMiB",
-            "connectTimeoutSeconds", "logLevel", "logFormat", "metrics",
+            "connectTimeoutSeconds", "logLevel", "logFormat", "metrics", "metricsAllowRemote", "eventSubscribers",
         ])
         var config = CustodyConfiguration()
         if let (_, value) = keys["dataDir"] { config.dataDir = try path(value, "dataDir") }
@@ -201,6 +201,18 @@ struct ConfigurationReader {
                 throw fail(value, "metrics", "'\(text)' is not HOST:PORT")
             }
             config.metrics = address
+        }
+        if let (_, value) = keys["metricsAllowRemote"] { config.metricsAllowRemote = try bool(value, "metricsAllowRemote") }
+        if let (_, value) = keys["eventSubscribers"] {
+            for (index, item) in try sequence(value, "eventSubscribers").enumerated() {
+                let at = "eventSubscribers[\(index)]"
+                let text = try string(item, at)
+                do {
+                    config.eventSubscribers.append(try AuthenticationName(validating: text))
+                } catch {
+                    throw fail(item, at, "'\(text)' is not a valid authentication name (1-128 characters of UTF-8): \(error)")
+                }
+            }
         }
         if config.namespace.registeredClientsOnly && config.clients.isEmpty {
             throw fail(keys["namespace"]?.value, "namespace.registeredClientsOnly",

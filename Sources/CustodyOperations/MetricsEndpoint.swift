@@ -9,23 +9,28 @@ import Synchronization
 /// never delays MQTT traffic.
 public final class MetricsEndpoint: Sendable {
     private let registry: PrometheusCollectorRegistry
+    private let refresh: (@Sendable () -> Void)?
     private let group: MultiThreadedEventLoopGroup
     private let channel = Mutex<(any Channel)?>(nil)
 
-    public init(registry: PrometheusCollectorRegistry) {
+    /// `refresh` runs before each scrape is answered (on the endpoint's thread): it sets the
+    /// gauges that are cheaper to read when asked than to keep up to date.
+    public init(registry: PrometheusCollectorRegistry, refresh: (@Sendable () -> Void)? = nil) {
         self.registry = registry
+        self.refresh = refresh
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     }
 
     /// Binds and returns the port actually bound (port 0 picks a free one).
     public func start(host: String, port: Int) async throws -> Int {
         let registry = self.registry
+        let refresh = self.refresh
         let bound = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(registry: registry))
+                    try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(registry: registry, refresh: refresh))
                 }
             }
             .bind(host: host, port: port).get()
@@ -48,9 +53,13 @@ final class MetricsHTTPHandler: ChannelInboundHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     private let registry: PrometheusCollectorRegistry
+    private let refresh: (@Sendable () -> Void)?
     private var request: HTTPRequestHead?
 
-    init(registry: PrometheusCollectorRegistry) { self.registry = registry }
+    init(registry: PrometheusCollectorRegistry, refresh: (@Sendable () -> Void)?) {
+        self.registry = registry
+        self.refresh = refresh
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
@@ -78,6 +87,7 @@ final class MetricsHTTPHandler: ChannelInboundHandler {
             status = .methodNotAllowed
             headers.add(name: "Allow", value: "GET, HEAD")
         } else {
+            refresh?()
             body = registry.emitToBuffer()
             headers.add(name: "Content-Type", value: "text/plain; version=0.0.4; charset=utf-8")
         }

@@ -5,6 +5,7 @@ import Foundation
 import Logging
 import MQTTFront
 import NIOCore
+import ServiceLifecycle
 import SessionLedger
 import Synchronization
 
@@ -19,7 +20,8 @@ struct Custody: AsyncParsableCommand {
             expiry passed meanwhile are expired), listens for MQTT 3.1.1 and 5.0 clients on every \
             --listen address and keeps expiring sessions as their deadlines pass, until SIGINT or \
             SIGTERM. Every CONNECT is decided by the ledger and answered once the decision is on disk.
-            """)
+            """,
+        version: CustodyVersion.string)
 
     @Option(
         help: ArgumentHelp(
@@ -86,13 +88,32 @@ struct Custody: AsyncParsableCommand {
             valueName: "file"))
     var tlsTrustedCertificates: [String] = []
 
+    @Option(help: "Log lines as text or json (JSON lines: time, level, label, message, metadata); default text (config key logFormat).")
+    var logFormat: String?
+
+    @Option(help: ArgumentHelp(
+        "Serve Prometheus metrics at http://HOST:PORT/metrics (off by default; loopback only unless --metrics-allow-remote; config key metrics).",
+        valueName: "host:port"))
+    var metrics: String?
+
+    @Flag(help: "Allow --metrics on a non-loopback address (config key metricsAllowRemote).")
+    var metricsAllowRemote = false
+
+    @Option(
+        name: .customLong("event-subscriber"),
+        help: ArgumentHelp(
+            "Authentication name that may subscribe to lifecycle events ($custody/events/...). Repeatable; replaces the config key eventSubscribers.",
+            valueName: "name"))
+    var eventSubscribers: [String] = []
+
     var flags: FlagValues {
         FlagValues(
             dataDir: dataDir, maxSessionsPerClient: maxSessionsPerClient, maxSessionExpiryHours: maxSessionExpiryHours,
             ledgerMapSizeMib: ledgerMapSizeMib, listen: listen, connectTimeoutSeconds: connectTimeoutSeconds,
             logLevel: logLevel, passwordFile: passwordFile, listenTLS: listenTLS, tlsCertificate: tlsCertificate,
             tlsPrivateKey: tlsPrivateKey, tlsClientCertificates: tlsClientCertificates,
-            tlsTrustedCertificates: tlsTrustedCertificates)
+            tlsTrustedCertificates: tlsTrustedCertificates, logFormat: logFormat, metrics: metrics,
+            metricsAllowRemote: metricsAllowRemote, eventSubscribers: eventSubscribers)
     }
 
     /// Bad flag values are usage errors (exit 64), named before anything else happens.
@@ -132,16 +153,22 @@ struct Custody: AsyncParsableCommand {
         let settings = try settings()
         do {
             try settings.validateForStart()
+            try settings.validateMetrics()
         } catch {
             FileHandle.standardError.write(Data("custody: \(error)\n".utf8))
             throw ExitCode.failure
         }
+        bootstrapLogging(format: settings.logFormat, level: settings.logLevel)
+        say("custody: version \(CustodyVersion.string)")
+        let operations = Operations(settings: settings, logger: Logger(label: "custody.ledger"))
         let dataDir = settings.dataDir
         let policy = try settings.policy()
         let ledger: SessionLedger
         do {
             ledger = try SessionLedger(
-                directory: dataDir, policy: policy, options: LedgerStoreOptions(mapSize: settings.ledgerMapSizeMiB << 20))
+                directory: dataDir, policy: policy, options: LedgerStoreOptions(mapSize: settings.ledgerMapSizeMiB << 20),
+                onCommit: operations.onCommit, onCommitFailure: operations.onCommitFailure,
+                onEvents: operations.onEvents, countSessions: settings.metrics != nil)
         } catch {
             FileHandle.standardError.write(Data("custody: cannot open the ledger in \(dataDir): \(error)\n".utf8))
             throw ExitCode.failure
@@ -169,8 +196,11 @@ struct Custody: AsyncParsableCommand {
             throw ExitCode.failure
         }
         say("custody: broker \(brokerDirectory) sessions=\(broker.sessionNames.count)")
-        let level = Logger.Level(rawValue: settings.logLevel.rawValue) ?? .info
-        let logger = Logger(label: "custody") { label in LineLogHandler(label: label, level: level) }
+        if let counts = ledger.sessionCounts {
+            say("custody: sessions live=\(counts.live) connected=\(counts.connected) disconnected=\(counts.disconnected)")
+        }
+        operations.attach(ledger: ledger, broker: broker)
+        let logger = Logger(label: "custody.mqtt")
         let listeners: [FrontListener]
         let authority: Authenticator?
         do {
@@ -182,11 +212,12 @@ struct Custody: AsyncParsableCommand {
             ledger.close()
             throw ExitCode.failure
         }
+        var frontConfiguration = MQTTFrontConfiguration(
+            listeners: listeners, connectTimeout: .seconds(Int64(settings.connectTimeoutSeconds)))
+        frontConfiguration.operations = FrontOperations(
+            metrics: operations.frontMetrics, serverTopicReaders: settings.eventSubscribers)
         let front = MQTTFront(
-            ledger: ledger, pubsub: broker,
-            configuration: MQTTFrontConfiguration(
-                listeners: listeners, connectTimeout: .seconds(Int64(settings.connectTimeoutSeconds))),
-            logger: logger, authority: authority)
+            ledger: ledger, pubsub: broker, configuration: frontConfiguration, logger: logger, authority: authority)
         let addresses: [ListenAddress]
         do {
             addresses = try await front.start()
@@ -203,23 +234,49 @@ struct Custody: AsyncParsableCommand {
         if let authority {
             say("custody: identity clients=\(settings.clients.count) registered_clients_only=\(authority.namespace.registeredClientsOnly) password_file=\(authority.passwords != nil ? 1 : 0); SIGHUP reloads the registry")
         }
+        if let address = settings.metrics {
+            do {
+                let port = try await operations.startMetrics(at: address, ledger: ledger, broker: broker) ?? address.port
+                say("custody: metrics http://\(HostPort(host: address.host, port: port))/metrics")
+            } catch {
+                FileHandle.standardError.write(Data("custody: cannot serve metrics on \(address): \(error)\n".utf8))
+                await front.shutdown()
+                broker.close()
+                ledger.close()
+                throw ExitCode.failure
+            }
+        }
+        if !settings.eventSubscribers.isEmpty {
+            say("custody: lifecycle events on $custody/events/clients/+/sessions/+ for \(settings.eventSubscribers.map(\.value).joined(separator: ", "))")
+        }
         let reload = IdentityReload(configFile: config, flags: flags, front: front, logger: logger)
         let reloading = Task { await reload.run(hangups) }
         let expiry = Task { await ledger.runExpiry { events in front.sessionsExpired(events) } }
         say("custody: running; SIGINT or SIGTERM stops")
-        var signal = "end"
-        for await name in signals {
-            signal = name
-            break
+        // The first SIGINT/SIGTERM shuts down gracefully (swift-service-lifecycle); a second
+        // one exits at once (`terminationSignals`).
+        let announced = Task {
+            for await name in signals {
+                say("custody: \(name) received, closing connections and the ledger")
+                break
+            }
         }
-        say("custody: \(signal) received, closing connections and the ledger")
-        reloading.cancel()
-        await front.shutdown()
-        expiry.cancel()
-        _ = await expiry.value
-        broker.close()
-        ledger.close()
-        say("custody: stopped head=\(ledger.head.sequence)")
+        let service = BrokerService {
+            reloading.cancel()
+            let closed = await front.shutdown()
+            expiry.cancel()
+            _ = await expiry.value
+            operations.events.drain()
+            broker.close()
+            ledger.close()
+            await operations.stopMetrics()
+            say("custody: stopped head=\(ledger.head.sequence) connections_closed=\(closed)")
+        }
+        // The service group's own chatter (debug) is not for operators.
+        var lifecycleLogger = Logger(label: "custody.lifecycle")
+        lifecycleLogger.logLevel = max(lifecycleLogger.logLevel, .notice)
+        try await lifecycle(service, logger: lifecycleLogger).run()
+        announced.cancel()
     }
 }
 

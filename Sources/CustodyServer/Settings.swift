@@ -18,6 +18,11 @@ struct FlagValues {
     var tlsPrivateKey: String?
     var tlsClientCertificates: String?
     var tlsTrustedCertificates: [String] = []
+    /// Operations (Operations.swift): --log-format, --metrics, --metrics-allow-remote, --event-subscriber.
+    var logFormat: String?
+    var metrics: String?
+    var metricsAllowRemote = false
+    var eventSubscribers: [String] = []
 }
 
 /// What `custody` runs with: the configuration file (if any), then the flags over it.
@@ -69,6 +74,7 @@ enum Settings {
             configuration.logLevel = level
         }
         if let value = flags.passwordFile { configuration.passwordFile = value }
+        try applyOperationsFlags(flags, to: &configuration)
         return configuration
     }
 

@@ -12,12 +12,14 @@ extension BrokerSession: PubSubSession {}
 extension Broker: PubSubEngine {
     public func attachSession(
         name: SessionName, persistent: Bool, sessionPresent: Bool, protocolVersion: MQTTProtocolVersion,
-        receiveMaximum: Int, maximumPacketSize: Int?, will: MQTTWill?, expiryInterval: UInt32, sink: ConnectionSink
+        receiveMaximum: Int, maximumPacketSize: Int?, will: MQTTWill?, expiryInterval: UInt32,
+        readsServerTopics: Bool, sink: ConnectionSink
     ) -> any PubSubSession {
         let session = attach(
             session: name, persistent: persistent, sessionPresent: sessionPresent, protocolVersion: protocolVersion,
             receiveMaximum: receiveMaximum, maximumPacketSize: maximumPacketSize, sink: sink)
         if let will { session.setWill(will, sessionExpiryInterval: expiryInterval) }
+        if readsServerTopics { session.allowServerTopics(true) }
         return session
     }
 

@@ -15,13 +15,20 @@ final class FrontServices: Sendable {
     let maximumPacketSize: Int
     /// Who a CONNECT is; nil inside: every Username believed.
     let authority: AuthorityBox
+    /// Metrics and `$custody/...` readers (FrontMetrics.swift); shutdown's one-commit release batch.
+    let operations: FrontOperations
+    let metrics: FrontMetrics?
+    let shutdownBatch = ShutdownBatch()
 
     init(
         ledger: SessionLedger, pubsub: (any PubSubEngine)?, logger: Logger, connectTimeout: TimeAmount,
         maximumPacketSize: Int, topicAliasMaximum: UInt16 = 0, receiveMaximum: UInt16 = 65_535,
         maximumKeepAlive: UInt16? = nil, authority: (any IdentityAuthority)? = nil,
+        operations: FrontOperations = FrontOperations()
     ) {
         self.authority = AuthorityBox(authority)
+        self.operations = operations
+        self.metrics = operations.metrics
         self.ledger = ledger
         self.pubsub = pubsub
         self.logger = logger
@@ -90,6 +97,8 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
     private var readHeld = false
     private var finished: EventLoopPromise<Void>?
     private var finishStarted = false
+    /// Counted in `custody_mqtt_connections_open` (until channelInactive).
+    private var countedOpen = false
 
     private static let brokerQueueLimit = 64
 
@@ -127,13 +136,17 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
 
     private func started(_ context: ChannelHandlerContext) {
         guard connectTimer == nil else { return }
+        if let metrics = services.metrics, !countedOpen {
+            countedOpen = true
+            metrics.connectionsOpen.increment()
+        }
         if let address = context.remoteAddress, let ip = address.ipAddress {
             remoteAddress = address.protocol == .inet6 ? "[\(ip)]:\(address.port ?? 0)" : "\(ip):\(address.port ?? 0)"
         }
         connectTimer = context.eventLoop.assumeIsolated().scheduleTask(in: services.connectTimeout) { [self] in
             perform(machine.connectTimeoutFired())
         }
-        services.logger.debug("mqtt: accepted \(remoteAddress)")
+        services.logger.debug("connection accepted", metadata: ["remote_address": "\(remoteAddress)"])
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -141,6 +154,10 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        if countedOpen {
+            countedOpen = false
+            services.metrics?.connectionsOpen.decrement()
+        }
         connectTimer?.cancel()
         keepAliveTimer?.cancel()
         perform(machine.channelInactive())
@@ -242,6 +259,7 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
                     eventLoop: eventLoop, handler: NIOLoopBound(self, eventLoop: eventLoop), finished: finished.futureResult))
             }
         }
+        if services.logger.logLevel <= .debug { logPacket(inbound, received: true) }
         perform(machine.received(inbound, connection: number, remoteAddress: remoteAddress, identity: decision, now: .now()))
     }
 
@@ -260,14 +278,19 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
         case .accept(let acceptance):
             accept(acceptance)
         case .reject(let connack, let why):
-            var code = ""
-            if case .connack(let answer)? = connack { code = " code=\(answer.reasonCode)" }
+            var code: MQTTReasonCode?
+            if case .connack(let answer)? = connack { code = answer.reasonCode }
+            var metadata: Logger.Metadata = ["remote_address": "\(remoteAddress)", "reason": "\(why)"]
+            if let code { metadata["reason_code"] = "\(Self.hex(code.rawValue))" }
             if let connection, let sessionName {
-                services.logger.info(
-                    "mqtt: refused session=\(sessionName) client=\(authenticationName.map { "\($0)" } ?? "-") conn=\(connection) remote=\(remoteAddress) why=\(why)\(code)")
+                metadata["session_name"] = "\(sessionName)"
+                metadata["authentication_name"] = "\(authenticationName ?? "-")"
+                metadata["connection"] = "\(connection)"
+                services.logger.info("connect rejected", metadata: metadata)
             } else {
-                services.logger.notice("mqtt: closed remote=\(remoteAddress) why=\(why)\(code)")
+                services.logger.notice("connection closed", metadata: metadata)
             }
+            services.metrics?.connect(granted: false, reasonCode: code?.rawValue)
             close(sending: connack.map { [$0] } ?? [])
             finish(after: nil)
         case .close(let closing):
@@ -291,9 +314,18 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
 
     private func accept(_ acceptance: ConnectionStateMachine.Acceptance) {
         let grant = acceptance.grant
-        services.logger.info(
-            "mqtt: granted session=\(acceptance.identity.sessionName) client=\(acceptance.identity.authenticationName) conn=\(grant.connection) present=\(grant.sessionPresent ? 1 : 0) expiry=\(grant.expiryInterval) remote=\(remoteAddress)\(grant.replacedConnection.map { " replaced=\($0)" } ?? "")"
-        )
+        var metadata: Logger.Metadata = [
+            "session_name": "\(acceptance.identity.sessionName)",
+            "authentication_name": "\(acceptance.identity.authenticationName)", "connection": "\(grant.connection)",
+            "session_present": "\(grant.sessionPresent)", "session_expiry_interval": "\(grant.expiryInterval)",
+            "protocol_version": "\(acceptance.identity.protocolVersion.rawValue)", "remote_address": "\(remoteAddress)",
+        ]
+        if let replaced = grant.replacedConnection {
+            metadata["replaced_connection"] = "\(replaced)"
+            services.logger.info("session taken over", metadata: metadata)
+        }
+        services.logger.info("connect granted", metadata: metadata)
+        services.metrics?.connect(granted: true, reasonCode: 0)
         // R4: the old connection hears 0x8E and is gone (detached, closed) before the new CONNACK.
         if let replaced = grant.replacedConnection, let eventLoop,
             let gone = services.registry.takeOver(replaced)
@@ -318,6 +350,7 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
                 sessionPresent: acceptance.grant.sessionPresent, protocolVersion: identity.protocolVersion,
                 receiveMaximum: identity.receiveMaximum, maximumPacketSize: identity.maximumPacketSize,
                 will: identity.will, expiryInterval: acceptance.grant.expiryInterval,
+                readsServerTopics: services.operations.readsServerTopics(identity.authenticationName),
                 sink: ConnectionSink(channel: context.channel))
             services.registry.attached(identity.sessionName, by: identity.connection)
         }
@@ -360,9 +393,13 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
         keepAliveTimer?.cancel()
         let name = closing.release?.sessionName ?? sessionName
         // A client that broke the protocol is worth a warning; the rest is the normal course of things.
+        var metadata: Logger.Metadata = [
+            "session_name": "\(name.map { "\($0)" } ?? "-")", "authentication_name": "\(authenticationName ?? "-")",
+            "connection": "\(connection ?? 0)", "remote_address": "\(remoteAddress)", "reason": "\(closing.why)",
+        ]
+        if let reason = closing.release?.reason { metadata["disconnect_reason"] = "\(reason)" }
         services.logger.log(
-            level: closing.release?.reason == .clientError ? .warning : .info,
-            "mqtt: closed session=\(name.map { "\($0)" } ?? "-") conn=\(connection ?? 0) remote=\(remoteAddress) why=\(closing.why)")
+            level: closing.release?.reason == .clientError ? .warning : .info, "disconnected", metadata: metadata)
         detach(publishWill: closing.publishWill)
         guard let request = closing.release, let eventLoop else {
             if !closing.channelGone { close(sending: closing.packets) }
@@ -375,7 +412,7 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
         let released = eventLoop.makePromise(of: Void.self)
         let services = self.services
         defer { if !closing.channelGone { close(sending: closing.packets) } }
-        services.ledger.writer.release(request) { result in
+        services.release(request) { result in
             switch result {
             case .success(let event?):
                 // Interval 0: the session ended with its connection.
@@ -383,7 +420,9 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
             case .success(nil):
                 break
             case .failure(let error):
-                services.logger.error("ledger: cannot record the end of conn=\(request.connection) session=\(request.sessionName): \(error)")
+                services.logger.error("ledger release failed", metadata: [
+                    "connection": "\(request.connection)", "session_name": "\(request.sessionName)", "error": "\(error)",
+                ])
             }
             released.succeed()
         }
@@ -464,6 +503,32 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
     private func brokerFailure(_ error: any Error) -> (MQTTReasonCode, String) {
         if let failure = error as? any PubSubFailure { return (failure.reasonCode, "broker: \(error)") }
         return (.implementationSpecificError, "broker: \(error)")
+    }
+
+    // MARK: - Logs
+
+    /// `0x87`: reason codes as operators look them up.
+    static func hex(_ value: UInt8) -> String {
+        "0x" + (value < 16 ? "0" : "") + String(value, radix: 16, uppercase: true)
+    }
+
+    /// Debug only: one line per packet, without payloads.
+    private func logPacket(_ inbound: MQTTInbound, received: Bool) {
+        var metadata: Logger.Metadata = [
+            "connection": "\(connection ?? 0)", "remote_address": "\(remoteAddress)",
+        ]
+        switch inbound {
+        case .packet(let packet):
+            metadata["packet_type"] = "\(packet.type)"
+            if case .publish(let publish) = packet {
+                metadata["topic"] = "\(publish.topicName)"
+                metadata["qos"] = "\(publish.qos.rawValue)"
+                metadata["payload_bytes"] = "\(publish.payload.readableBytes)"
+            }
+        case .failure(let error):
+            metadata["error"] = "\(error)"
+        }
+        services.logger.debug(received ? "packet received" : "packet sent", metadata: metadata)
     }
 
     // MARK: - Outbound

@@ -69,5 +69,13 @@ final class ConnectionRegistry: Sendable {
         }
     }
 
+    /// As `shutdownAll`; `asked` says when each connection has acted on it (its release, if
+    /// any, handed to the ledger or to the shutdown batch).
+    func shutdownAllAsked() -> (asked: [EventLoopFuture<Void>], finished: [EventLoopFuture<Void>]) {
+        let handles = tables.withLock { Array($0.connections.values) }
+        let asked = handles.map { handle in handle.eventLoop.submit { handle.handler.value.shutdown() } }
+        return (asked, handles.map(\.finished))
+    }
+
     var count: Int { tables.withLock { $0.connections.count } }
 }

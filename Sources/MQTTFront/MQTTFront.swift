@@ -96,6 +96,8 @@ public struct UnsupportedTransportError: Error, CustomStringConvertible {
 
 public struct MQTTFrontConfiguration: Sendable {
     public var listeners: [FrontListener]
+    /// Metrics, and who may subscribe to `$custody/...` (FrontMetrics.swift).
+    public var operations = FrontOperations()
     /// How long a new connection may take to send its CONNECT.
     public var connectTimeout: TimeAmount
     /// Largest packet accepted from a client, fixed header included; announced in v5 CONNACKs.
@@ -156,7 +158,7 @@ public final class MQTTFront: Sendable {
             ledger: ledger, pubsub: pubsub, logger: logger, connectTimeout: configuration.connectTimeout,
             maximumPacketSize: configuration.maximumPacketSize, topicAliasMaximum: configuration.topicAliasMaximum,
             receiveMaximum: configuration.receiveMaximum, maximumKeepAlive: configuration.maximumKeepAlive,
-            authority: authority)
+            authority: authority, operations: configuration.operations)
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.eventLoopThreads))
     }
 
@@ -207,8 +209,11 @@ public final class MQTTFront: Sendable {
         _ channel: any Channel, _ services: FrontServices, tls: TLSTransport? = nil
     ) throws {
         let encoder = MQTTPacketEncoderHandler()
+        encoder.metrics = services.metrics
+        if services.logger.logLevel <= .debug { encoder.debugLogger = services.logger }
         let operations = channel.pipeline.syncOperations
-        try operations.addHandler(ByteToMessageHandler(MQTTFrameDecoder(maximumPacketSize: services.maximumPacketSize)))
+        try operations.addHandler(ByteToMessageHandler(
+            MQTTFrameDecoder(maximumPacketSize: services.maximumPacketSize, metrics: services.metrics)))
         try operations.addHandler(encoder)
         try operations.addHandler(MQTTConnectionHandler(services: services, encoder: encoder, tls: tls))
     }
@@ -255,18 +260,27 @@ public final class MQTTFront: Sendable {
         return ended
     }
 
-    /// Stops listening, ends every connection (v5: DISCONNECT 0x8B) and records each end in
-    /// the ledger, waiting up to `grace` for that; then stops the event loops.
-    public func shutdown(grace: TimeAmount = .seconds(5)) async {
+    /// Stops listening, ends every connection (v5: DISCONNECT 0x8B) and records every end in
+    /// the ledger in ONE commit (`disconnected(serverInitiatedDisconnect)`, one timestamp),
+    /// waiting up to `grace` for that; then stops the event loops. Returns how many ends
+    /// went in that commit (a connection whose CONNECT was still being decided records its
+    /// end on its own, once its claim comes back).
+    @discardableResult
+    public func shutdown(grace: TimeAmount = .seconds(5)) async -> Int {
+        services.shutdownBatch.begin()
         await closeListeners()
         let loop = group.next()
-        let all = EventLoopFuture.andAllComplete(services.registry.shutdownAll(), on: loop)
+        let (asked, finished) = services.registry.shutdownAllAsked()
+        try? await EventLoopFuture.andAllComplete(asked, on: loop).get()
+        let batched = services.shutdownBatch.flush(to: services.ledger)
+        let all = EventLoopFuture.andAllComplete(finished, on: loop)
         let timeout = loop.makePromise(of: Void.self)
         let timer = loop.scheduleTask(in: grace) { timeout.succeed() }
         all.cascade(to: timeout)
         try? await timeout.futureResult.get()
         timer.cancel()
         try? await group.shutdownGracefully()
+        return batched
     }
 
     private func closeListeners() async {

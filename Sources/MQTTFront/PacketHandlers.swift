@@ -1,3 +1,4 @@
+import Logging
 import MQTTCodec
 import NIOCore
 
@@ -8,9 +9,12 @@ struct MQTTFrameDecoder: ByteToMessageDecoder {
 
     private var decoder: MQTTDecoder
     private var failed = false
+    /// Counts PUBLISHes by QoS and the bytes of every packet; nil: nothing is counted.
+    private let metrics: FrontMetrics?
 
-    init(maximumPacketSize: Int) {
+    init(maximumPacketSize: Int, metrics: FrontMetrics? = nil) {
         decoder = MQTTDecoder(maximumPacketSize: maximumPacketSize)
+        self.metrics = metrics
     }
 
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
@@ -18,10 +22,15 @@ struct MQTTFrameDecoder: ByteToMessageDecoder {
             buffer.moveReaderIndex(to: buffer.writerIndex)
             return .needMoreData
         }
+        let before = buffer.readerIndex
         switch decoder.decode(&buffer) {
         case .needMoreData:
             return .needMoreData
         case .packet(let packet):
+            if let metrics {
+                metrics.bytesReceived.increment(by: buffer.readerIndex - before)
+                if case .publish(let publish) = packet { metrics.messagesReceived[Int(publish.qos.rawValue)].increment() }
+            }
             context.fireChannelRead(wrapInboundOut(.packet(packet)))
             return .continue
         case .failure(let error):
@@ -50,6 +59,10 @@ final class MQTTPacketEncoderHandler: ChannelOutboundHandler {
     /// The client's v5 Maximum Packet Size: larger packets are not sent (MQTT-3.1.2-24).
     var maximumPacketSize: Int?
     var onEncodingError: ((MQTTPacket, MQTTEncodingError) -> Void)?
+    /// Counts PUBLISHes by QoS and the bytes of every packet sent; nil: nothing is counted.
+    var metrics: FrontMetrics?
+    /// Set only when debug lines are wanted: one "packet sent" line per packet.
+    var debugLogger: Logger?
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let packet = unwrapOutboundIn(data)
@@ -60,6 +73,16 @@ final class MQTTPacketEncoderHandler: ChannelOutboundHandler {
                 return
             }
             try encoder.encode(packet, into: &buffer)
+            if let metrics {
+                metrics.bytesSent.increment(by: buffer.readableBytes)
+                if case .publish(let publish) = packet { metrics.messagesSent[Int(publish.qos.rawValue)].increment() }
+            }
+            if let debugLogger {
+                debugLogger.debug("packet sent", metadata: [
+                    "packet_type": "\(packet.type)", "bytes": "\(buffer.readableBytes)",
+                    "remote_address": "\(context.remoteAddress.map { "\($0)" } ?? "-")",
+                ])
+            }
         } catch {
             onEncodingError?(packet, error)
             promise?.fail(error)

@@ -6,10 +6,12 @@ import SessionLedger
 /// front answers pub/sub packets minimally (acknowledges, delivers nothing).
 public protocol PubSubEngine: Sendable {
     /// Once the CONNACK is written, from the connection's event loop, before any `handle`.
-    /// `will`: the CONNECT's will message; `expiryInterval`: the session's, in force.
+    /// `will`: the CONNECT's will message; `expiryInterval`: the session's, in force;
+    /// `readsServerTopics`: the client may subscribe to `$custody/...`.
     func attachSession(
         name: SessionName, persistent: Bool, sessionPresent: Bool, protocolVersion: MQTTProtocolVersion,
-        receiveMaximum: Int, maximumPacketSize: Int?, will: MQTTWill?, expiryInterval: UInt32, sink: ConnectionSink
+        receiveMaximum: Int, maximumPacketSize: Int?, will: MQTTWill?, expiryInterval: UInt32,
+        readsServerTopics: Bool, sink: ConnectionSink
     ) -> any PubSubSession
     /// `publishWill`: false only after a client DISCONNECT with 0x00.
     func detachSession(_ session: any PubSubSession, publishWill: Bool)

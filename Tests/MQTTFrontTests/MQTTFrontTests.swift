@@ -169,7 +169,7 @@ struct MQTTFrontEndToEndTests {
             #expect(try bad.receiveUntilClosed() == [.disconnect(MQTTDisconnect(reasonCode: .malformedPacket))])
             try good.send(.pingreq)
             #expect(try good.receive() == .pingresp)
-            try custody.waitForLog("session=bad", "Malformed Packet", "QoS 3")
+            try custody.waitForLog("session_name=bad", "Malformed Packet", "QoS 3")
             let ended = try custody.waitForEvent { $0.sessionName.value == "bad" && $0.kind != .connected }
             #expect(ended.kind == .disconnected(.clientError))
         }
@@ -183,7 +183,7 @@ struct MQTTFrontEndToEndTests {
             // PUBLISH QoS 0 announcing 2 MiB: remaining length 0x80 0x80 0x80 0x01.
             try client.sendRaw([0x30, 0x80, 0x80, 0x80, 0x01, 0x00, 0x01, 0x61])
             #expect(try client.receiveUntilClosed() == [.disconnect(MQTTDisconnect(reasonCode: .packetTooLarge))])
-            try custody.waitForLog("session=big", "Packet too large")
+            try custody.waitForLog("session_name=big", "Packet too large")
         }
     }
 

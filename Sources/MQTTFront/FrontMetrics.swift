@@ -1,0 +1,75 @@
+import CoreMetrics
+import SessionLedger
+import Synchronization
+
+/// What the MQTT front counts, through swift-metrics: connections open, CONNECTs by outcome
+/// and reason code, PUBLISH packets in and out by QoS, MQTT bytes in and out.
+///
+/// Every handle is made once here: the per-packet calls are an array index and an atomic
+/// add, never a lookup by label. CONNECT counters are made on first use of a reason code
+/// (a small fixed set) and kept.
+public final class FrontMetrics: Sendable {
+    public static let connectionsOpenLabel = "custody_mqtt_connections_open"
+    public static let connectsLabel = "custody_mqtt_connects_total"
+    public static let messagesReceivedLabel = "custody_mqtt_messages_received_total"
+    public static let messagesSentLabel = "custody_mqtt_messages_sent_total"
+    public static let bytesReceivedLabel = "custody_mqtt_bytes_received_total"
+    public static let bytesSentLabel = "custody_mqtt_bytes_sent_total"
+
+    private let factory: any MetricsFactory
+    let connectionsOpen: Meter
+    let messagesReceived: [CoreMetrics.Counter]
+    let messagesSent: [CoreMetrics.Counter]
+    let bytesReceived: CoreMetrics.Counter
+    let bytesSent: CoreMetrics.Counter
+    private let connects = Mutex<[UInt16: CoreMetrics.Counter]>([:])
+
+    public init(factory: any MetricsFactory = MetricsSystem.factory) {
+        self.factory = factory
+        connectionsOpen = Meter(label: Self.connectionsOpenLabel, factory: factory)
+        connectionsOpen.set(0)
+        messagesReceived = (0...2).map {
+            CoreMetrics.Counter(label: Self.messagesReceivedLabel, dimensions: [("qos", "\($0)")], factory: factory)
+        }
+        messagesSent = (0...2).map {
+            CoreMetrics.Counter(label: Self.messagesSentLabel, dimensions: [("qos", "\($0)")], factory: factory)
+        }
+        bytesReceived = CoreMetrics.Counter(label: Self.bytesReceivedLabel, factory: factory)
+        bytesSent = CoreMetrics.Counter(label: Self.bytesSentLabel, factory: factory)
+    }
+
+    /// A CONNECT answered: granted (0x00) or refused with `reasonCode` (v5 numbering, also for
+    /// 3.1.1 clients); nil when the connection closed without a CONNACK (malformed CONNECT).
+    public func connect(granted: Bool, reasonCode: UInt8?) {
+        let key = granted ? 0 : UInt16(reasonCode ?? 0) | 0x100 | (reasonCode == nil ? 0x200 : 0)
+        let counter = connects.withLock { table in
+            if let counter = table[key] { return counter }
+            let code = reasonCode.map { "0x" + ($0 < 16 ? "0" : "") + String($0, radix: 16, uppercase: true) } ?? "none"
+            let counter = CoreMetrics.Counter(
+                label: Self.connectsLabel,
+                dimensions: [("outcome", granted ? "granted" : "rejected"), ("reason_code", granted ? "0x00" : code)],
+                factory: factory)
+            table[key] = counter
+            return counter
+        }
+        counter.increment()
+    }
+}
+
+/// What operators add to the front: metrics, and who may read the server's own topics.
+public struct FrontOperations: Sendable {
+    /// nil: nothing is counted.
+    public var metrics: FrontMetrics?
+    /// Authentication names (compared case-insensitively) whose connections may subscribe to
+    /// `$custody/...` (lifecycle events); everyone else gets SUBACK 0x87 for such filters.
+    public var serverTopicReaders: [AuthenticationName]
+
+    public init(metrics: FrontMetrics? = nil, serverTopicReaders: [AuthenticationName] = []) {
+        self.metrics = metrics
+        self.serverTopicReaders = serverTopicReaders
+    }
+
+    func readsServerTopics(_ client: AuthenticationName) -> Bool {
+        serverTopicReaders.contains { $0.key == client.key }
+    }
+}
