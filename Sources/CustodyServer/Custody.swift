@@ -119,7 +119,7 @@ struct Custody: AsyncParsableCommand {
     /// Bad flag values are usage errors (exit 64), named before anything else happens.
     func validate() throws {
         do {
-            _ = try Settings.resolve(file: nil, flags: flags)
+            _ = try Settings.resolve(file: nil, flags: flags, flagsOnly: config != nil || checkConfig != nil)
         } catch {
             throw ValidationError("\(error)")
         }

@@ -27,7 +27,9 @@ struct FlagValues {
 
 /// What `custody` runs with: the configuration file (if any), then the flags over it.
 enum Settings {
-    static func resolve(file: String?, flags: FlagValues) throws -> CustodyConfiguration {
+    /// `flagsOnly`: the flags are checked on their own (a file will come later), so what
+    /// depends on the file's listeners is not judged yet.
+    static func resolve(file: String?, flags: FlagValues, flagsOnly: Bool = false) throws -> CustodyConfiguration {
         var configuration = CustodyConfiguration()
         if let file { configuration = try CustodyConfiguration.load(file: file) }
         if let value = flags.dataDir { configuration.dataDir = value }
@@ -59,7 +61,7 @@ enum Settings {
                 return ListenerConfiguration(kind: .mqtt, host: address.host, port: address.port)
             } + others
         }
-        try applyTLSFlags(flags, to: &configuration)
+        try applyTLSFlags(flags, to: &configuration, flagsOnly: flagsOnly)
         if let value = flags.connectTimeoutSeconds {
             guard (1...3600).contains(value) else {
                 throw SettingsError("--connect-timeout-seconds must be between 1 and 3600, got \(value)")
@@ -80,7 +82,9 @@ enum Settings {
 
     /// `--listen-tls` replaces the file's mqtts listeners; `--tls-*` set every mqtts listener's
     /// certificate, key, client certificate mode and trusted CAs.
-    static func applyTLSFlags(_ flags: FlagValues, to configuration: inout CustodyConfiguration) throws {
+    static func applyTLSFlags(
+        _ flags: FlagValues, to configuration: inout CustodyConfiguration, flagsOnly: Bool = false
+    ) throws {
         if !flags.listenTLS.isEmpty {
             let tlsTemplate = configuration.listeners.first { $0.kind == .mqtts }
             let tls = try flags.listenTLS.map { text in
@@ -110,7 +114,7 @@ enum Settings {
         }
         let given = flags.tlsCertificate != nil || flags.tlsPrivateKey != nil || mode != nil || !flags.tlsTrustedCertificates.isEmpty
         let indices = configuration.listeners.indices.filter { configuration.listeners[$0].kind == .mqtts }
-        if given && indices.isEmpty {
+        if given && indices.isEmpty && !flagsOnly {
             throw SettingsError("--tls-* flags need an mqtts listener (--listen-tls HOST:PORT, or one in the configuration file)")
         }
         for index in indices {
@@ -121,7 +125,7 @@ enum Settings {
                 configuration.listeners[index].trustedCertificates = flags.tlsTrustedCertificates
             }
             let listener = configuration.listeners[index]
-            if listener.certificate == nil || listener.privateKey == nil {
+            if (listener.certificate == nil || listener.privateKey == nil) && !flagsOnly {
                 throw SettingsError("mqtts listener \(listener.address) needs --tls-certificate and --tls-private-key (PEM files)")
             }
         }

@@ -440,6 +440,41 @@ struct IdentityEndToEndTests {
         #expect(!one.output.contains("DISCONNECT"))
     }
 
+    /// The TLS flags: over a file's mqtts listener (its certificate replaced by
+    /// --tls-certificate), client certificates required and verified against
+    /// --tls-trusted-certificate; a bad mode is a usage error naming the flag.
+    @Test func tlsFlagsOverrideTheFileAndRequireClientCertificates() throws {
+        let config = certificates.path("flags.yaml")
+        try """
+            listeners:
+              - { protocol: mqtts, address: 127.0.0.1:0, certificate: nowhere.pem, privateKey: server.key }
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let custody = try RunningCustody("tls-flags", arguments: [
+            "--config", config, "--tls-certificate", certificates.path("server.pem"),
+            "--tls-client-certificates", "required", "--tls-trusted-certificate", certificates.path("ca.pem"),
+        ])
+        defer { custody.cleanUp() }
+        let port = try #require(tlsPorts(custody).first, "\(custody.stdout)")
+        let withCertificate = try tlsPaho(port: port, id: "flags-1", user: "device-1", certificates: certificates, client: "device-1")
+        defer { withCertificate.stop() }
+        #expect(try connackCode(withCertificate) == "0")
+        // No client certificate: the handshake fails (TLS 1.2 so the client sees it itself).
+        let (status, out, err) = try run("/usr/bin/mosquitto_pub", [
+            "-h", "127.0.0.1", "-p", "\(port)", "-i", "flags-2", "-t", "t", "-m", "x", "--tls-version", "tlsv1.2",
+            "--cafile", certificates.path("ca.pem"),
+        ], timeout: 15)
+        #expect(status != 0, "\(out) \(err)")
+        #expect(try custody.events().allSatisfy { $0.sessionName.value != "flags-2" })
+
+        let (badStatus, _, badError) = try run(try builtProduct("custody").path, [
+            "--listen-tls", "127.0.0.1:0", "--tls-certificate", certificates.path("server.pem"),
+            "--tls-private-key", certificates.path("server.key"), "--tls-client-certificates", "sometimes",
+        ])
+        #expect(badStatus == 64 && badError.contains("--tls-client-certificates 'sometimes'"), "\(badStatus) \(badError)")
+        let (keyless, _, keylessError) = try run(try builtProduct("custody").path, ["--listen-tls", "127.0.0.1:0"])
+        #expect(keyless == 64 && keylessError.contains("--tls-certificate"), "\(keyless) \(keylessError)")
+    }
+
     /// `custody --check-config`: a good file is summarised (exit 0); a bad one is refused
     /// naming its line and key (exit 1), as is an mqtts listener whose certificate is missing.
     @Test func checkConfigJudgesIdentitySettings() throws {
