@@ -165,7 +165,7 @@ final class WebSocketHTTPHandler: ChannelInboundHandler, RemovableChannelHandler
         context.close(promise: nil)
     }
 
-    private static func remote(_ context: ChannelHandlerContext) -> String {
+    static func remote(_ context: ChannelHandlerContext) -> String {
         guard let address = context.remoteAddress, let ip = address.ipAddress else { return "-" }
         return address.protocol == .inet6 ? "[\(ip)]:\(address.port ?? 0)" : "\(ip):\(address.port ?? 0)"
     }
@@ -220,8 +220,8 @@ final class WebSocketMQTTBridge: ChannelDuplexHandler {
     }
 
     private func refuse(_ context: ChannelHandlerContext, _ why: String) {
-        let remote = context.remoteAddress.map { "\($0)" } ?? "-"
-        logger.warning("mqtt: closed WebSocket remote=\(remote) why=\(why) is not MQTT (MQTT-6.0.0-1)")
+        logger.warning(
+            "mqtt: closed WebSocket remote=\(WebSocketHTTPHandler.remote(context)) why=\(why) is not MQTT (MQTT-6.0.0-1)")
         sendClose(context, code: .unacceptableData)
     }
 
