@@ -249,14 +249,16 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
         if machine.needsConnectionNumber(for: inbound) {
             number = services.ledger.nextConnectionNumber()
             connection = number
+            if let eventLoop, let finished {
+                services.registry.register(number, ConnectionHandle(
+                    eventLoop: eventLoop, handler: NIOLoopBound(self, eventLoop: eventLoop), finished: finished.futureResult))
+            }
+            // Decided after registering: a registry reload either finds this connection (and
+            // decides again, on this loop, after this) or replaced the authority before this read it.
             if case .packet(.connect(let connect)) = inbound {
                 sessionName = SessionName(unchecked: connect.clientIdentifier)
                 decision = decideIdentity(connect)
                 authenticationName = decision?.authenticationName.value ?? connect.userName ?? connect.clientIdentifier
-            }
-            if let eventLoop, let finished {
-                services.registry.register(number, ConnectionHandle(
-                    eventLoop: eventLoop, handler: NIOLoopBound(self, eventLoop: eventLoop), finished: finished.futureResult))
             }
         }
         if services.logger.logLevel <= .debug { logPacket(inbound, received: true) }
