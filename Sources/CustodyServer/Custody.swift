@@ -143,6 +143,7 @@ struct Custody: AsyncParsableCommand {
             do {
                 let configuration = try Settings.resolve(file: checkConfig, flags: flags)
                 try configuration.validateForStart()
+                try configuration.validateMetrics()
                 say(Settings.summary(of: configuration, file: checkConfig))
                 return
             } catch {
@@ -255,12 +256,6 @@ struct Custody: AsyncParsableCommand {
         say("custody: running; SIGINT or SIGTERM stops")
         // The first SIGINT/SIGTERM shuts down gracefully (swift-service-lifecycle); a second
         // one exits at once (`terminationSignals`).
-        let announced = Task {
-            for await name in signals {
-                say("custody: \(name) received, closing connections and the ledger")
-                break
-            }
-        }
         let service = BrokerService {
             reloading.cancel()
             let closed = await front.shutdown()
@@ -275,7 +270,17 @@ struct Custody: AsyncParsableCommand {
         // The service group's own chatter (debug) is not for operators.
         var lifecycleLogger = Logger(label: "custody.lifecycle")
         lifecycleLogger.logLevel = max(lifecycleLogger.logLevel, .notice)
-        try await lifecycle(service, logger: lifecycleLogger).run()
+        let serviceGroup = lifecycle(service, logger: lifecycleLogger)
+        // Our own signal sources (not ServiceGroup's, which would share the signals with them)
+        // start the graceful shutdown; the second signal is handled in `terminationSignals`.
+        let announced = Task {
+            for await name in signals {
+                say("custody: \(name) received, closing connections and the ledger")
+                await serviceGroup.triggerGracefulShutdown()
+                break
+            }
+        }
+        try await serviceGroup.run()
         announced.cancel()
     }
 }
@@ -300,8 +305,10 @@ func terminationSignals() -> AsyncStream<String> {
         for (number, name) in [(SIGINT, "SIGINT"), (SIGTERM, "SIGTERM")] {
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler {
-                if seen.increment() > 1 {
+            source.setEventHandler { [source] in
+                // Signals that arrive before the handler runs are merged into one event;
+                // `data` says how many there were.
+                if seen.increment(by: max(1, Int(source.data))) > 1 {
                     FileHandle.standardError.write(Data("custody: second \(name), exiting at once\n".utf8))
                     _exit(128 + number)
                 }
@@ -315,7 +322,7 @@ func terminationSignals() -> AsyncStream<String> {
 
 private final class SignalCount: Sendable {
     private let count = Mutex(0)
-    func increment() -> Int { count.withLock { $0 += 1; return $0 } }
+    func increment(by amount: Int = 1) -> Int { count.withLock { $0 += amount; return $0 } }
 }
 
 /// One line to standard output, unbuffered: operators and supervisors read it as it happens.

@@ -140,12 +140,12 @@ struct BrokerService: Service, CustomStringConvertible {
     var description: String { "custody" }
 }
 
-/// The service group: SIGTERM and SIGINT shut down gracefully; a shutdown that takes longer
-/// than `limit` is cancelled (and the process exits through `ServiceGroup`'s cancellation
-/// limit at worst). A second signal exits at once (`terminationSignals`).
+/// The service group: the first SIGTERM or SIGINT (from `terminationSignals`, whose second
+/// signal exits at once) triggers its graceful shutdown; one that takes longer than `limit` is
+/// cancelled (and the process ends through `ServiceGroup`'s cancellation limit at worst).
+/// The group listens to no signal itself: custody's own sources count the signals.
 func lifecycle(_ service: BrokerService, logger: Logger, limit: Duration = .seconds(25)) -> ServiceGroup {
-    var configuration = ServiceGroupConfiguration(
-        services: [.init(service: service)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+    var configuration = ServiceGroupConfiguration(services: [.init(service: service)], logger: logger)
     configuration.maximumGracefulShutdownDuration = limit
     configuration.maximumCancellationDuration = .seconds(5)
     return ServiceGroup(configuration: configuration)

@@ -146,6 +146,13 @@ enum Settings {
             lines.append("  alternativeAuthenticationNameSources \(namespace.alternativeAuthenticationNameSources.map(\.rawValue).joined(separator: ", "))")
         }
         if let passwordFile = configuration.passwordFile { lines.append("  passwordFile \(passwordFile)") }
+        lines.append("  logLevel \(configuration.logLevel.rawValue) logFormat \(configuration.logFormat.rawValue)")
+        if let metrics = configuration.metrics {
+            lines.append("  metrics \(metrics)\(configuration.metricsAllowRemote ? " (remote allowed)" : "")")
+        }
+        if !configuration.eventSubscribers.isEmpty {
+            lines.append("  eventSubscribers \(configuration.eventSubscribers.map(\.value).joined(separator: ", "))")
+        }
         return lines.joined(separator: "\n")
     }
 }

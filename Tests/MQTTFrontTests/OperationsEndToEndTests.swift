@@ -312,6 +312,102 @@ struct OperationsEndToEndTests {
         #expect(again.stdout.contains("custody: recovered sessions disconnected_by_restart=0 expired_while_down=0"))
     }
 
+    /// A second signal does not wait for the graceful stop: exit 128 + 15 at once; the ledger
+    /// stays valid (the next start recovers what the stop did not record). The graceful stop
+    /// is kept busy by a subscriber that reads nothing while megabytes are sent to it: its
+    /// DISCONNECT waits behind them (up to the 5 s grace).
+    @Test func aSecondSigtermExitsAtOnce() throws {
+        let custody = try RunningCustody("second-signal")
+        defer { custody.cleanUp() }
+        let stalled = try RawClient(port: custody.port)
+        #expect(try stalled.connect("stalled", user: "u").reasonCode == .success)
+        try stalled.send(subscribe("big", qos: .atMostOnce))
+        guard case .suback? = try stalled.receive() else { throw E2EError.unexpected("no SUBACK") }
+        let publisher = try RawClient(port: custody.port)
+        #expect(try publisher.connect("publisher", user: "u").reasonCode == .success)
+        let chunk = ByteBuffer(repeating: 0x61, count: 64 * 1024)
+        for _ in 0..<300 { try publisher.send(.publish(MQTTPublish(topicName: "big", payload: chunk))) }
+        // Everything was taken in: a PINGRESP comes after the 300 PUBLISHes were handled.
+        try publisher.send(.pingreq)
+        #expect(try publisher.receive(timeout: 20) == .pingresp)
+
+        let pid = custody.process.processIdentifier
+        kill(pid, SIGTERM)
+        try custody.waitForOutput(containing: "custody: SIGTERM received", timeout: 10)
+        #expect(!custody.stdout.contains("custody: stopped"))
+        kill(pid, SIGTERM)
+        custody.process.waitUntilExit()
+        #expect(custody.process.terminationReason == .exit)
+        #expect(custody.process.terminationStatus == 128 + SIGTERM, "\(custody.stdout)\(custody.stderr)")
+        #expect(custody.stderr.contains("custody: second SIGTERM, exiting at once"))
+        #expect(!custody.stdout.contains("custody: stopped"))
+        let (status, out, err) = try run(try builtProduct("custody-audit").path, ["verify", "--data-dir", custody.directory])
+        #expect(status == 0 && out.hasPrefix("verify: ok"), "\(out)\(err)")
+    }
+
+    /// A client that reads nothing cannot hold the stop: after the grace its connection is
+    /// closed anyway, its end is recorded with the others, and custody exits 0.
+    @Test func aStalledClientDoesNotHoldTheStop() throws {
+        let custody = try RunningCustody("stalled-stop")
+        defer { custody.cleanUp() }
+        let stalled = try RawClient(port: custody.port)
+        #expect(try stalled.connect("stalled", user: "u").reasonCode == .success)
+        try stalled.send(subscribe("big", qos: .atMostOnce))
+        guard case .suback? = try stalled.receive() else { throw E2EError.unexpected("no SUBACK") }
+        let publisher = try RawClient(port: custody.port)
+        #expect(try publisher.connect("publisher", user: "u").reasonCode == .success)
+        let chunk = ByteBuffer(repeating: 0x61, count: 64 * 1024)
+        for _ in 0..<300 { try publisher.send(.publish(MQTTPublish(topicName: "big", payload: chunk))) }
+        try publisher.send(.pingreq)
+        #expect(try publisher.receive(timeout: 20) == .pingresp)
+        let before = try custody.events().count
+
+        custody.process.terminate()
+        let deadline = Date().addingTimeInterval(60)
+        while custody.process.isRunning, Date() < deadline { usleep(20_000) }
+        #expect(!custody.process.isRunning, "custody still running a minute after SIGTERM")
+        guard !custody.process.isRunning else { return }
+        #expect(custody.process.terminationStatus == 0, "\(custody.stdout)\(custody.stderr)")
+        #expect(custody.stdout.contains("connections_closed=2"), "\(custody.stdout)")
+        let ends = Array(try exported(custody.directory).dropFirst(before))
+        #expect(ends.count == 2 && ends.allSatisfy { $0["reason"] as? String == "serverInitiatedDisconnect" })
+    }
+
+    /// The backup the README gives: `mdb_copy` of the ledger (and of the broker's store) while
+    /// custody runs and clients come and go; the copy verifies and a custody starts from it.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/mdb_copy")))
+    func mdbCopyOfARunningLedgerVerifies() throws {
+        try withOperatedCustody("backup") { custody in
+            let backup = scratchDirectory("backup-copy")
+            defer { try? FileManager.default.removeItem(atPath: backup) }
+            try FileManager.default.createDirectory(atPath: backup + "/broker", withIntermediateDirectories: true)
+            // Clients keep connecting (persistent sessions, takeovers) while the copy is made.
+            let load = try Background("/bin/sh", ["-c", """
+                for i in $(seq 1 150); do
+                  /usr/bin/mosquitto_pub -h 127.0.0.1 -p \(custody.port) -u u$(( (i % 11) % 5 )) -i s$((i % 11)) -c -x 60 -q 1 -t t -m $i || exit 1
+                done; echo done
+                """])
+            defer { load.stop() }
+            try custody.waitForEvent { $0.sequence >= 20 }
+            let (ledgerStatus, _, ledgerError) = try run("/usr/bin/mdb_copy", [custody.directory, backup])
+            #expect(ledgerStatus == 0, "\(ledgerError)")
+            let (brokerStatus, _, brokerError) = try run("/usr/bin/mdb_copy", [custody.directory + "/broker", backup + "/broker"])
+            #expect(brokerStatus == 0, "\(brokerError)")
+            try load.waitForOutput(containing: "done", timeout: 60)
+
+            let (status, out, err) = try run(try builtProduct("custody-audit").path, ["verify", "--data-dir", backup])
+            #expect(status == 0 && out.hasPrefix("verify: ok events="), "\(out)\(err)")
+            let copied = Int(out.split(separator: " ").first { $0.hasPrefix("events=") }?.dropFirst(7) ?? "") ?? 0
+            #expect(copied >= 20)
+            // A broker started from the copy recovers it (sessions the copy shows connected end with brokerRestart).
+            let restored = try RunningCustody("backup-restored", directory: backup)
+            defer { restored.stop() }
+            #expect(restored.stdout.contains("custody: ledger \(backup) head="))
+            let (after, afterOut, afterErr) = try run(try builtProduct("custody-audit").path, ["verify", "--data-dir", backup])
+            #expect(after == 0 && afterOut.hasPrefix("verify: ok"), "\(afterOut)\(afterErr)")
+        }
+    }
+
     @Test func jsonLogLinesParse() throws {
         try withOperatedCustody("jsonlog", ["--log-format", "json", "--log-level", "debug"]) { custody in
             let client = try RawClient(port: custody.port)
