@@ -65,7 +65,7 @@ final class Operations: Sendable {
             frontMetrics = nil
         }
         let sessions = sessionMetrics
-        events = LifecycleEventPublisher { batch in
+        events = LifecycleEventPublisher(publishes: !settings.eventSubscribers.isEmpty) { batch in
             sessions?.record(batch)
             for committed in batch {
                 let event = committed.event

@@ -58,7 +58,7 @@ final class FrontServices: Sendable {
             do {
                 try await pubsub.endSession(name)
             } catch {
-                logger.error("broker: cannot end session \(name): \(error)")
+                logger.error("broker session end failed", metadata: ["session_name": "\(name)", "error": "\(error)"])
             }
         }
     }
@@ -118,7 +118,7 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
         self.finished = context.eventLoop.makePromise(of: Void.self)
         let logger = services.logger
         encoder.onEncodingError = { packet, error in
-            logger.error("mqtt: cannot encode \(packet.type): \(error)")
+            logger.error("packet encoding failed", metadata: ["packet_type": "\(packet.type)", "error": "\(error)"])
         }
         if context.channel.isActive { started(context) }
     }

@@ -34,10 +34,13 @@ public final class LifecycleEventPublisher: Sendable {
     }
     private let state = Mutex(State())
     private let observer: (@Sendable ([CommittedEvent]) -> Void)?
+    private let publishes: Bool
 
     /// `observer` sees every batch too, on the publisher's queue, in order (logs, metrics):
-    /// work that should stay off the ledger's writer thread.
-    public init(observer: (@Sendable ([CommittedEvent]) -> Void)? = nil) {
+    /// work that should stay off the ledger's writer thread. `publishes` false: nobody may
+    /// read the events (no event subscribers configured), so they are not published at all.
+    public init(publishes: Bool = true, observer: (@Sendable ([CommittedEvent]) -> Void)? = nil) {
+        self.publishes = publishes
         self.observer = observer
     }
 
@@ -49,7 +52,7 @@ public final class LifecycleEventPublisher: Sendable {
                 defer { state.waiting = [] }
                 return state.waiting
             }
-            send(waiting, to: broker)
+            if publishes { send(waiting, to: broker) }
         }
     }
 
@@ -58,7 +61,7 @@ public final class LifecycleEventPublisher: Sendable {
         guard !events.isEmpty else { return }
         queue.async { [self] in
             observer?(events)
-            guard let broker = state.withLock({ state -> Broker? in
+            guard publishes, let broker = state.withLock({ state -> Broker? in
                 if state.broker == nil { state.waiting.append(contentsOf: events) }
                 return state.broker
             }) else { return }

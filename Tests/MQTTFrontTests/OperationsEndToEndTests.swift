@@ -110,7 +110,7 @@ private func subscribe(_ filter: String, qos: MQTTQoS = .atLeastOnce, id: UInt16
 @Suite("Operations end to end", .serialized)
 struct OperationsEndToEndTests {
     @Test func metricsCountAScriptedSessionSequence() throws {
-        try withOperatedCustody("metrics", ["--metrics", "127.0.0.1:0"]) { custody in
+        try withOperatedCustody("metrics", ["--metrics", "127.0.0.1:0", "--event-subscriber", "ops"]) { custody in
             let port = try metricsPort(custody)
             // A persistent subscriber goes away: QoS 1 messages queue for it.
             let offline = try RawClient(port: custody.port)
