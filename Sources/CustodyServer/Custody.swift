@@ -169,7 +169,7 @@ struct Custody: AsyncParsableCommand {
             ledger = try SessionLedger(
                 directory: dataDir, policy: policy, options: LedgerStoreOptions(mapSize: settings.ledgerMapSizeMiB << 20),
                 onCommit: operations.onCommit, onCommitFailure: operations.onCommitFailure,
-                onEvents: operations.onEvents, countSessions: settings.metrics != nil)
+                onEvents: operations.onEvents, countSessions: true)
         } catch {
             FileHandle.standardError.write(Data("custody: cannot open the ledger in \(dataDir): \(error)\n".utf8))
             throw ExitCode.failure
