@@ -292,7 +292,8 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
             } else {
                 services.logger.notice("connection closed", metadata: metadata)
             }
-            services.metrics?.connect(granted: false, reasonCode: code?.rawValue)
+            // A CONNECT refused (not a connection that never sent one, or timed out first).
+            if connection != nil || code != nil { services.metrics?.connect(granted: false, reasonCode: code?.rawValue) }
             close(sending: connack.map { [$0] } ?? [])
             finish(after: nil)
         case .close(let closing):

@@ -112,6 +112,9 @@ struct OperationsEndToEndTests {
     @Test func metricsCountAScriptedSessionSequence() throws {
         try withOperatedCustody("metrics", ["--metrics", "127.0.0.1:0", "--event-subscriber", "ops"]) { custody in
             let port = try metricsPort(custody)
+            // A connection that never sends a CONNECT is no CONNECT to count.
+            let silent = try RawClient(port: custody.port)
+            silent.drop()
             // A persistent subscriber goes away: QoS 1 messages queue for it.
             let offline = try RawClient(port: custody.port)
             #expect(try offline.connect("q1", user: "carol", clean: true, expiry: 300).reasonCode == .success)
