@@ -16,7 +16,6 @@ public final class SessionMetrics: Sendable {
     private let disconnects: [CoreMetrics.Counter?]
     private let expiries: [CoreMetrics.Counter?]
     private let rejections: [CoreMetrics.Counter?]
-    private let live: Gauge
     private let connectedNow: Gauge
     private let disconnectedNow: Gauge
 
@@ -36,9 +35,10 @@ public final class SessionMetrics: Sendable {
         disconnects = table(DisconnectReason.self, "custody_sessions_disconnected_total")
         expiries = table(ExpiryReason.self, "custody_sessions_expired_total")
         rejections = table(RejectionReason.self, "custody_sessions_rejected_total")
-        live = Gauge(label: "custody_sessions_live", factory: factory)
-        connectedNow = Gauge(label: "custody_sessions_connected", factory: factory)
-        disconnectedNow = Gauge(label: "custody_sessions_disconnected", factory: factory)
+        // One family: `sum(custody_sessions_live)` is every live session. (Not
+        // custody_sessions_connected: that would be the family of the counter below.)
+        connectedNow = Gauge(label: "custody_sessions_live", dimensions: [("state", "connected")], factory: factory)
+        disconnectedNow = Gauge(label: "custody_sessions_live", dimensions: [("state", "disconnected")], factory: factory)
     }
 
     /// The events of one commit (or of recovery).
@@ -61,7 +61,6 @@ public final class SessionMetrics: Sendable {
     /// The gauges, from the ledger's running counts.
     public func refresh(_ counts: SessionCounts?) {
         guard let counts else { return }
-        live.record(counts.live)
         connectedNow.record(counts.connected)
         disconnectedNow.record(counts.disconnected)
     }
