@@ -57,6 +57,9 @@ final class Operations: Sendable {
             sessionMetrics = SessionMetrics(factory: factory)
             brokerMetrics = BrokerMetrics(factory: factory)
             frontMetrics = FrontMetrics(factory: factory)
+            // Which build answers, and since when (for restarts and uptime).
+            Gauge(label: "custody_build_info", dimensions: [("version", CustodyVersion.string)], factory: factory).record(1)
+            Gauge(label: "custody_start_time_seconds", factory: factory).record(Date().timeIntervalSince1970)
         } else {
             registry = nil
             ledgerMetrics = nil

@@ -184,6 +184,10 @@ struct OperationsEndToEndTests {
             #expect((value("custody_mqtt_bytes_received_total", in: text) ?? 0) > 0)
             #expect((value("custody_mqtt_bytes_sent_total", in: text) ?? 0) > 0)
             #expect(text.contains("custody_ledger_commit_duration_seconds_bucket{le=\"0.001\"}"))
+            let (_, version, _) = try run(try builtProduct("custody").path, ["--version"])
+            #expect(value("custody_build_info{version=\"\(version.trimmingCharacters(in: .whitespacesAndNewlines))\"}", in: text) == 1)
+            let started = try #require(value("custody_start_time_seconds", in: text))
+            #expect(abs(started - Date().timeIntervalSince1970) < 3600)
         }
     }
 
