@@ -64,6 +64,12 @@ final class MQTTPacketEncoderHandler: ChannelOutboundHandler {
     /// Set only when debug lines are wanted: one "packet sent" line per packet.
     var debugLogger: Logger?
 
+    /// `IP:port` (`[IPv6]:port`), as the connection's other log lines write it.
+    static func remote(_ context: ChannelHandlerContext) -> String {
+        guard let address = context.remoteAddress, let ip = address.ipAddress else { return "-" }
+        return address.protocol == .inet6 ? "[\(ip)]:\(address.port ?? 0)" : "\(ip):\(address.port ?? 0)"
+    }
+
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let packet = unwrapOutboundIn(data)
         var buffer = context.channel.allocator.buffer(capacity: 64)
@@ -80,7 +86,7 @@ final class MQTTPacketEncoderHandler: ChannelOutboundHandler {
             if let debugLogger {
                 debugLogger.debug("packet sent", metadata: [
                     "packet_type": "\(packet.type)", "bytes": "\(buffer.readableBytes)",
-                    "remote_address": "\(context.remoteAddress.map { "\($0)" } ?? "-")",
+                    "remote_address": "\(Self.remote(context))",
                 ])
             }
         } catch {

@@ -429,13 +429,18 @@ struct OperationsEndToEndTests {
                 #expect(Set(object.keys) == ["time", "level", "label", "message", "metadata"], "\(line)")
                 let message = try #require(object["message"] as? String)
                 #expect(message == message.lowercased(), "\(message)")
-                for key in (object["metadata"] as? [String: Any] ?? [:]).keys {
+                let metadata = object["metadata"] as? [String: Any] ?? [:]
+                for key in metadata.keys {
                     #expect(key.allSatisfy { $0.isLowercase || $0 == "_" }, "\(key)")
+                }
+                if let remote = metadata["remote_address"] as? String {
+                    #expect(try #/^127\.0\.0\.1:\d+$/#.wholeMatch(in: remote) != nil, "\(line)")
                 }
                 messages.append(message)
             }
             #expect(messages.contains("connect granted"))
             #expect(messages.contains("packet received"))
+            #expect(messages.contains("packet sent"))
             let granted = try #require(lines.first { $0.contains("\"connect granted\"") })
             let metadata = try #require(
                 (try JSONSerialization.jsonObject(with: Data(granted.utf8)) as? [String: Any])?["metadata"] as? [String: String])
