@@ -12,6 +12,9 @@ public struct CustodyConfiguration: Sendable, Equatable {
     public var passwordFile: String?
     public var ledgerMapSizeMiB: Int = 65_536
     public var connectTimeoutSeconds: Int = 10
+    /// Longest keep-alive a client may use, 1-65535 s; nil: the client's own. v5 clients asking
+    /// more (or 0) are told this one (Server Keep Alive); v3.1.1 clients asking more are refused.
+    public var maxKeepAliveSeconds: Int?
     public var logLevel: LogLevel = .info
     public var logFormat: LogFormat = .text
     /// Where `/metrics` is served; nil: not served.

@@ -154,6 +154,7 @@ struct ConfigurationReader {
         let keys = try mapping(root, nil, known: [
             "dataDir", "listeners", "namespace", "clients", "passwordFile", "ledgerMapSizeMiB",
             "connectTimeoutSeconds", "logLevel", "logFormat", "metrics", "metricsAllowRemote", "eventSubscribers",
+            "maxKeepAliveSeconds",
         ])
         var config = CustodyConfiguration()
         if let (_, value) = keys["dataDir"] { config.dataDir = try path(value, "dataDir") }
@@ -192,6 +193,9 @@ struct ConfigurationReader {
         }
         if let (_, value) = keys["connectTimeoutSeconds"] {
             config.connectTimeoutSeconds = try int(value, "connectTimeoutSeconds", range: 1...3600)
+        }
+        if let (_, value) = keys["maxKeepAliveSeconds"] {
+            config.maxKeepAliveSeconds = try int(value, "maxKeepAliveSeconds", range: 1...65_535)
         }
         if let (_, value) = keys["logLevel"] { config.logLevel = try choice(value, "logLevel", CustodyConfiguration.LogLevel.self) }
         if let (_, value) = keys["logFormat"] { config.logFormat = try choice(value, "logFormat", CustodyConfiguration.LogFormat.self) }

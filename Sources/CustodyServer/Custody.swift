@@ -70,6 +70,16 @@ struct Custody: AsyncParsableCommand {
             valueName: "host:port"))
     var listenTLS: [String] = []
 
+    @Option(
+        name: .customLong("listen-ws"),
+        help: ArgumentHelp(
+            "MQTT over WebSocket listener as HOST[:PORT] (default port 8080), path /mqtt, subprotocol mqtt. Repeatable; replaces the configured ws listeners (config: listeners with protocol ws).",
+            valueName: "host:port"))
+    var listenWS: [String] = []
+
+    @Option(help: "Longest keep-alive a client may use, 1-65535 s; v5 clients asking more (or 0) get this one as Server Keep Alive, v3.1.1 clients asking more are refused (default: the client's; config key maxKeepAliveSeconds).")
+    var maxKeepAliveSeconds: Int?
+
     @Option(help: ArgumentHelp("Server certificate chain of the mqtts listeners, PEM (config key listeners[].certificate).", valueName: "file"))
     var tlsCertificate: String?
 
@@ -113,7 +123,8 @@ struct Custody: AsyncParsableCommand {
             logLevel: logLevel, passwordFile: passwordFile, listenTLS: listenTLS, tlsCertificate: tlsCertificate,
             tlsPrivateKey: tlsPrivateKey, tlsClientCertificates: tlsClientCertificates,
             tlsTrustedCertificates: tlsTrustedCertificates, logFormat: logFormat, metrics: metrics,
-            metricsAllowRemote: metricsAllowRemote, eventSubscribers: eventSubscribers)
+            metricsAllowRemote: metricsAllowRemote, eventSubscribers: eventSubscribers, listenWS: listenWS,
+            maxKeepAliveSeconds: maxKeepAliveSeconds)
     }
 
     /// Bad flag values are usage errors (exit 64), named before anything else happens.
@@ -215,6 +226,7 @@ struct Custody: AsyncParsableCommand {
         }
         var frontConfiguration = MQTTFrontConfiguration(
             listeners: listeners, connectTimeout: .seconds(Int64(settings.connectTimeoutSeconds)))
+        frontConfiguration.maximumKeepAlive = settings.maxKeepAliveSeconds.map { UInt16($0) }
         frontConfiguration.operations = FrontOperations(
             metrics: operations.frontMetrics, serverTopicReaders: settings.eventSubscribers)
         let front = MQTTFront(

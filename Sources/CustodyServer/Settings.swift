@@ -23,6 +23,9 @@ struct FlagValues {
     var metrics: String?
     var metricsAllowRemote = false
     var eventSubscribers: [String] = []
+    /// MQTT over WebSocket and the keep-alive cap (issue 4): --listen-ws, --max-keep-alive-seconds.
+    var listenWS: [String] = []
+    var maxKeepAliveSeconds: Int?
 }
 
 /// What `custody` runs with: the configuration file (if any), then the flags over it.
@@ -62,6 +65,22 @@ enum Settings {
             } + others
         }
         try applyTLSFlags(flags, to: &configuration, flagsOnly: flagsOnly)
+        if !flags.listenWS.isEmpty {
+            // The flag replaces the file's ws listeners; the others stay.
+            let others = configuration.listeners.filter { $0.kind != .ws }
+            configuration.listeners = try others + flags.listenWS.map { text in
+                guard let address = HostPort(parsing: text, defaultPort: ListenerConfiguration.Kind.ws.defaultPort) else {
+                    throw SettingsError("--listen-ws '\(text)' is not HOST[:PORT] (IPv6 as [HOST]:PORT, port 0-65535, default 8080)")
+                }
+                return ListenerConfiguration(kind: .ws, host: address.host, port: address.port)
+            }
+        }
+        if let value = flags.maxKeepAliveSeconds {
+            guard (1...65_535).contains(value) else {
+                throw SettingsError("--max-keep-alive-seconds must be between 1 and 65535, got \(value)")
+            }
+            configuration.maxKeepAliveSeconds = value
+        }
         if let value = flags.connectTimeoutSeconds {
             guard (1...3600).contains(value) else {
                 throw SettingsError("--connect-timeout-seconds must be between 1 and 3600, got \(value)")
@@ -165,9 +184,6 @@ struct SettingsError: Error, CustomStringConvertible {
 extension CustodyConfiguration {
     /// What this build of `custody` cannot honour yet: refused at startup rather than ignored.
     func validateForStart() throws {
-        for listener in listeners where listener.kind == .ws {
-            throw SettingsError("listener \(listener.kind.rawValue) \(listener.address): only mqtt and mqtts listeners are supported by this build")
-        }
         // TLS files and the password file are read now: a bad one is named before anything starts.
         _ = try frontListeners()
         _ = try authenticator()

@@ -64,6 +64,7 @@ struct ConfigurationTests {
             dataDir: /var/lib/custody
             ledgerMapSizeMiB: 1024
             connectTimeoutSeconds: 5
+            maxKeepAliveSeconds: 1160
             logLevel: debug
             logFormat: json
             metrics: 127.0.0.1:9100
@@ -73,6 +74,7 @@ struct ConfigurationTests {
             """)
         #expect(config.dataDir == "/var/lib/custody")
         #expect(config.ledgerMapSizeMiB == 1024 && config.connectTimeoutSeconds == 5)
+        #expect(config.maxKeepAliveSeconds == 1160)
         #expect(config.logLevel == .debug && config.logFormat == .json)
         #expect(config.metrics == HostPort(host: "127.0.0.1", port: 9100))
         #expect(config.passwordFile == "/etc/custody/passwd")
@@ -113,6 +115,7 @@ struct ConfigurationTests {
          "listeners[1].address", "already used by listeners[0]"),
         ("listeners: []\n", 1, "listeners", "at least one listener"),
         ("logLevel: loud\n", 1, "logLevel", "'loud' is not one of"),
+        ("maxKeepAliveSeconds: 0\n", 1, "maxKeepAliveSeconds", "from 1 to 65535, got 0"),
         ("clients:\n  - { authenticationName: a }\n  - { authenticationName: A }\n", 3, "clients[1].authenticationName", "already clients[0]"),
         ("clients:\n  - { authenticationName: \"\" }\n", 2, "clients[0].authenticationName", "not a valid authentication name"),
         ("clients:\n  - { authenticationName: a, state: Paused }\n", 2, "clients[0].state", "'Paused' is not one of Enabled, Disabled"),
