@@ -29,6 +29,7 @@ p.add_argument("--v3", action="store_true")
 p.add_argument("--keepalive", type=int, default=60)
 p.add_argument("--max-packet-size", type=int)
 p.add_argument("--subscribe")
+p.add_argument("--sub-id", type=int)
 p.add_argument("--transport", default="tcp")
 p.add_argument("--ws-path", default="/mqtt")
 # alias: publish "--topic" with alias 1, then twice with the alias alone (QoS 1)
@@ -67,7 +68,11 @@ def on_connect(client, userdata, flags, rc, properties):
         done.set()
         return
     if a.subscribe:
-        client.subscribe(a.subscribe, qos=1)
+        sub_props = None
+        if a.sub_id is not None:
+            sub_props = Properties(PacketTypes.SUBSCRIBE)
+            sub_props.SubscriptionIdentifier = a.sub_id
+        client.subscribe(a.subscribe, qos=1, properties=sub_props)
     connected.set()
 
 def on_subscribe(client, userdata, mid, rcs, properties):
@@ -75,6 +80,8 @@ def on_subscribe(client, userdata, mid, rcs, properties):
 
 def on_message(client, userdata, m):
     say("MESSAGE %s %d %s qos=%d" % (m.topic, len(m.payload), m.payload[:16].decode(errors="replace"), m.qos))
+    if a.sub_id is not None:
+        say("SUBID %s" % getattr(m.properties, "SubscriptionIdentifier", None))
 
 def on_publish(client, userdata, mid, rc, properties):
     say("PUBACK %d rc=%d" % (mid, rc.value))
@@ -164,7 +171,9 @@ struct FlowControlEndToEndTests {
     /// subscriptions all available, so absent (absence means available) — and each of them works.
     @Test func connAckAnnouncesWhatTheBrokerDoes() throws {
         try withCustody("connack") { custody in
-            let client = try flowClient(["--port", "\(custody.port)", "--id", "props", "--subscribe", "$share/g/props/#"])
+            let client = try flowClient([
+                "--port", "\(custody.port)", "--id", "props", "--subscribe", "$share/g/props/#", "--sub-id", "7",
+            ])
             defer { client.stop() }
             try client.waitForOutput(containing: "SUBACK 1")
             let properties = try connackProperties(client.output)
@@ -176,13 +185,15 @@ struct FlowControlEndToEndTests {
             {
                 #expect(properties[absent] == nil, "\(absent) in \(properties)")
             }
-            // Truthful: a shared wildcard subscription was granted (above), QoS 2 and retain work.
+            // Truthful: a shared wildcard subscription with a Subscription Identifier was granted (above),
+            // a retained QoS 2 PUBLISH is taken, and the message comes with the identifier.
             let (status, _, error) = try run("/usr/bin/mosquitto_pub", [
                 "-p", "\(custody.port)", "-h", "127.0.0.1", "-V", "mqttv5", "-i", "p", "-u", "dev", "-t", "props/a",
                 "-m", "hello", "-q", "2", "-r",
             ])
             #expect(status == 0, "\(error)")
             try client.waitForOutput(containing: "MESSAGE props/a 5 hello qos=1")
+            try client.waitForOutput(containing: "SUBID [7]")
         }
     }
 

@@ -254,6 +254,17 @@ struct WebSocketEndToEndTests {
         }
     }
 
+    /// A connection that never sends its HTTP request is closed after --connect-timeout-seconds.
+    @Test func silentConnectionIsClosedInTime() throws {
+        let custody = try RunningCustody("ws-silent", arguments: ["--listen-ws", "127.0.0.1:0", "--connect-timeout-seconds", "1"])
+        defer { custody.cleanUp() }
+        let socket = try RawSocket(port: try webSocketPort(custody))
+        let start = Date()
+        #expect(try socket.closesWithin(10))
+        #expect(Date().timeIntervalSince(start) >= 0.9)
+        try custody.waitForLog("no WebSocket upgrade in time")
+    }
+
     @Test func badListenWSFlagIsRefused() throws {
         for value in ["127.0.0.1:99999", "no spaces:1", ""] {
             let (status, _, error) = try run(try builtProduct("custody").path, [
