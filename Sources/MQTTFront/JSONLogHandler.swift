@@ -1,3 +1,4 @@
+import LedgerCore
 import Logging
 
 #if canImport(Glibc)
@@ -36,13 +37,13 @@ public struct JSONLogHandler: LogHandler {
         var line: [UInt8] = []
         line.reserveCapacity(256)
         line.append(contentsOf: #"{"time":""#.utf8)
-        appendISO8601(microseconds: currentMicroseconds(), to: &line)
+        ISO8601Time.append(currentMicroseconds(), to: &line)
         line.append(contentsOf: #"","level":"#.utf8)
-        appendJSONString(event.level.rawValue, to: &line)
+        JSONObject.appendQuoted(event.level.rawValue, to: &line)
         line.append(contentsOf: #","label":"#.utf8)
-        appendJSONString(label, to: &line)
+        JSONObject.appendQuoted(label, to: &line)
         line.append(contentsOf: #","message":"#.utf8)
-        appendJSONString(event.message.description, to: &line)
+        JSONObject.appendQuoted(event.message.description, to: &line)
         line.append(contentsOf: #","metadata":"#.utf8)
         var all = metadata
         if let provided = metadataProvider?.get() { all.merge(provided) { $1 } }
@@ -56,9 +57,9 @@ public struct JSONLogHandler: LogHandler {
     private static func append(_ value: Logger.Metadata.Value, to line: inout [UInt8]) {
         switch value {
         case .string(let text):
-            appendJSONString(text, to: &line)
+            JSONObject.appendQuoted(text, to: &line)
         case .stringConvertible(let convertible):
-            appendJSONString(convertible.description, to: &line)
+            JSONObject.appendQuoted(convertible.description, to: &line)
         case .array(let items):
             line.append(UInt8(ascii: "["))
             for (index, item) in items.enumerated() {
@@ -70,7 +71,7 @@ public struct JSONLogHandler: LogHandler {
             line.append(UInt8(ascii: "{"))
             for (index, (key, item)) in entries.sorted(by: { $0.key < $1.key }).enumerated() {
                 if index > 0 { line.append(UInt8(ascii: ",")) }
-                appendJSONString(key, to: &line)
+                JSONObject.appendQuoted(key, to: &line)
                 line.append(UInt8(ascii: ":"))
                 append(item, to: &line)
             }

@@ -120,104 +120,27 @@ public final class LifecycleEventPublisher: Sendable {
 
     private static let hexUpper = Array("0123456789ABCDEF".utf8)
 
-    /// The event as `custody-audit export` prints it (same fields, same order, same forms).
+    /// The event as `custody-audit export` prints it (same fields, same order, same forms:
+    /// both write with LedgerCore's JSONObject).
     public static func json(_ committed: CommittedEvent) -> [UInt8] {
         let event = committed.event
         var out: [UInt8] = []
         out.reserveCapacity(384)
-        var first = true
-        func key(_ name: String) {
-            out.append(first ? UInt8(ascii: "{") : UInt8(ascii: ","))
-            first = false
-            out.append(UInt8(ascii: "\""))
-            out.append(contentsOf: name.utf8)
-            out.append(contentsOf: [UInt8(ascii: "\""), UInt8(ascii: ":")])
-        }
-        func null() { out.append(contentsOf: "null".utf8) }
-        key("seq")
-        out.append(contentsOf: String(event.sequence).utf8)
-        key("time")
-        out.append(UInt8(ascii: "\""))
-        appendISO8601(microseconds: event.timestamp, to: &out)
-        out.append(UInt8(ascii: "\""))
-        key("kind")
-        appendJSONString(event.kind.name, to: &out)
-        key("reason")
-        if let reason = event.kind.reasonName { appendJSONString(reason, to: &out) } else { null() }
-        key("authenticationName")
-        appendJSONString(event.authenticationName.value, to: &out)
-        key("sessionName")
-        appendJSONString(event.sessionName.value, to: &out)
-        key("connection")
-        out.append(contentsOf: String(event.connection).utf8)
-        key("protocolVersion")
-        if event.protocolVersion == .unknown { null() } else { out.append(contentsOf: String(event.protocolVersion.rawValue).utf8) }
-        key("cleanStart")
-        out.append(contentsOf: (event.cleanStart ? "true" : "false").utf8)
-        key("sessionExpiryInterval")
-        out.append(contentsOf: String(event.expiryInterval).utf8)
-        key("remoteAddress")
-        if event.remoteAddress.isEmpty { null() } else { appendJSONString(event.remoteAddress, to: &out) }
-        key("hash")
-        out.append(UInt8(ascii: "\""))
-        out.append(contentsOf: committed.hash.hex.utf8)
-        out.append(UInt8(ascii: "\""))
-        out.append(UInt8(ascii: "}"))
+        var j = JSONObject(into: out)
+        j.int("seq", event.sequence)
+        j.time("time", event.timestamp)
+        j.string("kind", event.kind.name)
+        j.string("reason", event.kind.reasonName)
+        j.string("authenticationName", event.authenticationName.value)
+        j.string("sessionName", event.sessionName.value)
+        j.int("connection", event.connection)
+        j.int("protocolVersion", event.protocolVersion == .unknown ? nil : event.protocolVersion.rawValue)
+        j.bool("cleanStart", event.cleanStart)
+        j.int("sessionExpiryInterval", event.expiryInterval)
+        j.string("remoteAddress", event.remoteAddress.isEmpty ? nil : event.remoteAddress)
+        committed.hash.withBytes { j.hex("hash", $0) }
+        out = j.close()
         return out
     }
 }
 
-/// A JSON string (RFC 8259 escapes; control characters as \u00XX).
-func appendJSONString(_ value: String, to out: inout [UInt8]) {
-    let hex = Array("0123456789abcdef".utf8)
-    out.append(UInt8(ascii: "\""))
-    for byte in value.utf8 {
-        switch byte {
-        case UInt8(ascii: "\""): out.append(contentsOf: [0x5C, 0x22])
-        case UInt8(ascii: "\\"): out.append(contentsOf: [0x5C, 0x5C])
-        case 0x0A: out.append(contentsOf: [0x5C, UInt8(ascii: "n")])
-        case 0x0D: out.append(contentsOf: [0x5C, UInt8(ascii: "r")])
-        case 0x09: out.append(contentsOf: [0x5C, UInt8(ascii: "t")])
-        case 0x08: out.append(contentsOf: [0x5C, UInt8(ascii: "b")])
-        case 0x0C: out.append(contentsOf: [0x5C, UInt8(ascii: "f")])
-        case 0x00..<0x20, 0x7F:
-            out.append(contentsOf: Array("\\u00".utf8))
-            out.append(hex[Int(byte >> 4)])
-            out.append(hex[Int(byte & 0xF)])
-        default: out.append(byte)
-        }
-    }
-    out.append(UInt8(ascii: "\""))
-}
-
-/// `YYYY-MM-DDThh:mm:ss.uuuuuuZ` (UTC) for microseconds since the epoch.
-func appendISO8601(microseconds: Int64, to line: inout [UInt8]) {
-    var seconds = time_t(microseconds >= 0 ? microseconds / 1_000_000 : (microseconds - 999_999) / 1_000_000)
-    let fraction = Int(microseconds - Int64(seconds) * 1_000_000)
-    var parts = tm()
-    gmtime_r(&seconds, &parts)
-    func digits(_ value: Int, _ count: Int) {
-        var divisor = 1
-        for _ in 1..<count { divisor *= 10 }
-        var value = value
-        while divisor > 0 {
-            line.append(UInt8(ascii: "0") + UInt8(value / divisor % 10))
-            value %= divisor
-            divisor /= 10
-        }
-    }
-    digits(Int(parts.tm_year) + 1900, 4)
-    line.append(UInt8(ascii: "-"))
-    digits(Int(parts.tm_mon) + 1, 2)
-    line.append(UInt8(ascii: "-"))
-    digits(Int(parts.tm_mday), 2)
-    line.append(UInt8(ascii: "T"))
-    digits(Int(parts.tm_hour), 2)
-    line.append(UInt8(ascii: ":"))
-    digits(Int(parts.tm_min), 2)
-    line.append(UInt8(ascii: ":"))
-    digits(Int(parts.tm_sec), 2)
-    line.append(UInt8(ascii: "."))
-    digits(fraction, 6)
-    line.append(UInt8(ascii: "Z"))
-}

@@ -1,3 +1,4 @@
+import LedgerCore
 import Logging
 import Synchronization
 
@@ -31,7 +32,7 @@ public struct LineLogHandler: LogHandler {
     public func log(event: LogEvent) {
         var line: [UInt8] = []
         line.reserveCapacity(160)
-        appendTimestamp(&line)
+        ISO8601Time.append(currentMicroseconds(), to: &line)
         line.append(0x20)
         line.append(contentsOf: event.level.rawValue.utf8)
         line.append(0x20)
@@ -75,35 +76,3 @@ final class LineSink: Sendable {
     }
 }
 
-/// UTC, microseconds: `YYYY-MM-DDThh:mm:ss.uuuuuuZ`.
-private func appendTimestamp(_ line: inout [UInt8]) {
-    var now = timespec()
-    clock_gettime(CLOCK_REALTIME, &now)
-    var seconds = now.tv_sec
-    var parts = tm()
-    gmtime_r(&seconds, &parts)
-    func digits(_ value: Int, _ count: Int) {
-        var divisor = 1
-        for _ in 1..<count { divisor *= 10 }
-        var value = value
-        while divisor > 0 {
-            line.append(UInt8(ascii: "0") + UInt8(value / divisor % 10))
-            value %= divisor
-            divisor /= 10
-        }
-    }
-    digits(Int(parts.tm_year) + 1900, 4)
-    line.append(UInt8(ascii: "-"))
-    digits(Int(parts.tm_mon) + 1, 2)
-    line.append(UInt8(ascii: "-"))
-    digits(Int(parts.tm_mday), 2)
-    line.append(UInt8(ascii: "T"))
-    digits(Int(parts.tm_hour), 2)
-    line.append(UInt8(ascii: ":"))
-    digits(Int(parts.tm_min), 2)
-    line.append(UInt8(ascii: ":"))
-    digits(Int(parts.tm_sec), 2)
-    line.append(UInt8(ascii: "."))
-    digits(Int(now.tv_nsec / 1000), 6)
-    line.append(UInt8(ascii: "Z"))
-}

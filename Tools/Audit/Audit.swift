@@ -83,12 +83,12 @@ func currentTime() -> Int64 { wallClockMicroseconds() }
 
 /// Parses a user's ISO-8601 UTC time; times after now are refused (nothing is known of them).
 func parseTime(_ text: String, flag: String, now: Int64) throws -> Int64 {
-    guard let time = AuditTime.parse(text) else {
+    guard let time = ISO8601Time.parse(text) else {
         throw AuditError(
             "\(flag) '\(text)' is not an ISO-8601 UTC time such as 2026-11-25T09:00:00Z or 2026-11-25T09:00:00.123456Z")
     }
     guard time <= now else {
-        throw AuditError("\(flag) \(text) is in the future (now is \(AuditTime.format(now)))")
+        throw AuditError("\(flag) \(text) is in the future (now is \(ISO8601Time.format(now)))")
     }
     return time
 }

@@ -259,7 +259,7 @@ struct AuditFold {
             guard expiry > 0 else { return end(slot, r) }
             var e = entries[slot]
             e.state = .disconnected
-            e.deadline = r.timestamp &+ Int64(expiry) &* AuditTime.microsecondsPerSecond
+            e.deadline = r.timestamp &+ Int64(expiry) &* ISO8601Time.microsecondsPerSecond
             e.expiryInterval = expiry
             e.sinceSequence = r.sequence
             e.sinceTime = r.timestamp

@@ -104,7 +104,7 @@ struct Owner: ParsableCommand {
                         deadline = entry.deadline
                     case .disconnected:
                         deadline = entry.deadline
-                        note = "expired at \(AuditTime.format(entry.deadline)); its expired event was not recorded by then"
+                        note = "expired at \(ISO8601Time.format(entry.deadline)); its expired event was not recorded by then"
                     case .free:
                         break
                     }
@@ -131,14 +131,14 @@ struct Owner: ParsableCommand {
                 }
                 var rows: [[String]] = [
                     ["session", cell(session)],
-                    ["at", "\(AuditTime.format(moment)) (through seq \(through))"],
-                    ["state", state == "disconnected" ? "disconnected until \(AuditTime.format(deadline!))" : state],
+                    ["at", "\(ISO8601Time.format(moment)) (through seq \(through))"],
+                    ["state", state == "disconnected" ? "disconnected until \(ISO8601Time.format(deadline!))" : state],
                     ["owner", owner.map(cell) ?? "-"],
                 ]
                 if let note { rows.append(["note", note]) }
                 if let event {
                     let reason = ReasonNames.reason(kind: event.kindCode, event.reasonCode).map { " \($0)" } ?? ""
-                    rows.append(["event", "seq \(event.sequence) at \(AuditTime.format(event.timestamp)): \(ReasonNames.kind(event.kindCode))\(reason)"])
+                    rows.append(["event", "seq \(event.sequence) at \(ISO8601Time.format(event.timestamp)): \(ReasonNames.kind(event.kindCode))\(reason)"])
                     rows.append(["client", cell(event.authenticationName)])
                     rows.append(["connection", String(event.connection)])
                     rows.append(["remote", cell(event.remoteAddress)])

@@ -81,15 +81,15 @@ struct Sessions: ParsableCommand {
                 let rows = live.map { name, entry in
                     [
                         cell(name), cell(entry.owner), entry.state == .connected ? "connected" : "disconnected",
-                        entry.state == .disconnected ? AuditTime.format(entry.deadline) : "-",
-                        String(entry.sinceSequence), AuditTime.format(entry.sinceTime), String(entry.connection),
+                        entry.state == .disconnected ? ISO8601Time.format(entry.deadline) : "-",
+                        String(entry.sinceSequence), ISO8601Time.format(entry.sinceTime), String(entry.connection),
                         protocolName(entry.protocolCode), String(entry.expiryInterval), cell(entry.remoteAddress),
                     ]
                 }
                 renderTable(
                     ["SESSION", "OWNER", "STATE", "DEADLINE", "SINCE-SEQ", "SINCE-TIME", "CONN", "PROTO", "EXPIRY", "REMOTE"],
                     rows, into: &out)
-                out.line("\(live.count) live session\(live.count == 1 ? "" : "s") at \(AuditTime.format(moment)) (through seq \(window.throughSequence))")
+                out.line("\(live.count) live session\(live.count == 1 ? "" : "s") at \(ISO8601Time.format(moment)) (through seq \(window.throughSequence))")
             }
             out.flush()
         }

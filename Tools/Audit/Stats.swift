@@ -71,8 +71,8 @@ struct Stats: ParsableCommand {
                 }
                 var rows: [[String]] = [
                     ["events", String(head.sequence)],
-                    ["first time", firstTime.map(AuditTime.format) ?? "-"],
-                    ["last time", head.sequence == 0 ? "-" : AuditTime.format(head.timestamp)],
+                    ["first time", firstTime.map(ISO8601Time.format) ?? "-"],
+                    ["last time", head.sequence == 0 ? "-" : ISO8601Time.format(head.timestamp)],
                     ["head", "\(head.hash)"],
                 ]
                 for (name, count) in kinds { rows.append(["  \(name)", String(count)]) }
