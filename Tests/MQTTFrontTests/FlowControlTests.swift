@@ -30,12 +30,17 @@ p.add_argument("--keepalive", type=int, default=60)
 p.add_argument("--max-packet-size", type=int)
 p.add_argument("--subscribe")
 p.add_argument("--sub-id", type=int)
+# receive-maximum: this client's Receive Maximum; with --hold-after N it acknowledges nothing
+# until N messages came, waits a second, says INFLIGHT count=<messages so far>, then acks all.
+p.add_argument("--receive-maximum", type=int)
+p.add_argument("--hold-after", type=int)
 p.add_argument("--transport", default="tcp")
 p.add_argument("--ws-path", default="/mqtt")
 # alias: publish "--topic" with alias 1, then twice with the alias alone (QoS 1)
 # alias-invalid: publish with alias "--alias" (QoS 1)
 # alias-unset: publish an empty topic with alias 5, never set
 # flood-qos2: publish "--count" QoS 2 messages and withhold every PUBREL
+# flood-qos1: publish "--count" QoS 1 messages "n0".."n<count-1>" and wait for their PUBACKs
 # publish: publish "--message" to "--topic" at QoS "--qos"
 p.add_argument("--scenario", default="none")
 p.add_argument("--topic", default="t")
@@ -50,7 +55,16 @@ def say(line):
 
 v5 = not a.v3
 c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=a.id, protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-                transport=a.transport)
+                transport=a.transport, manual_ack=a.hold_after is not None)
+received = []
+held = threading.Event()
+
+def release_held():
+    time.sleep(1)
+    say("INFLIGHT count=%d" % len(received))
+    held.set()
+    for m in list(received):
+        c.ack(m.mid, m.qos)
 if a.transport == "websockets":
     c.ws_set_options(path=a.ws_path)
 c.username_pw_set("dev")
@@ -82,6 +96,12 @@ def on_message(client, userdata, m):
     say("MESSAGE %s %d %s qos=%d" % (m.topic, len(m.payload), m.payload[:16].decode(errors="replace"), m.qos))
     if a.sub_id is not None:
         say("SUBID %s" % getattr(m.properties, "SubscriptionIdentifier", None))
+    if a.hold_after is not None:
+        received.append(m)
+        if held.is_set():
+            client.ack(m.mid, m.qos)
+        elif len(received) == a.hold_after:
+            threading.Thread(target=release_held, daemon=True).start()
 
 def on_publish(client, userdata, mid, rc, properties):
     say("PUBACK %d rc=%d" % (mid, rc.value))
@@ -102,6 +122,8 @@ if v5:
     props = Properties(PacketTypes.CONNECT)
     if a.max_packet_size is not None:
         props.MaximumPacketSize = a.max_packet_size
+    if a.receive_maximum is not None:
+        props.ReceiveMaximum = a.receive_maximum
     c.connect("127.0.0.1", a.port, keepalive=a.keepalive, clean_start=True, properties=props)
 else:
     c.connect("127.0.0.1", a.port, keepalive=a.keepalive)
@@ -127,6 +149,11 @@ if connected.wait(10):
     elif a.scenario == "flood-qos2":
         for i in range(a.count):
             publish(a.topic, "n%d" % i, qos=2)
+        say("DONE")
+    elif a.scenario == "flood-qos1":
+        infos = [publish(a.topic, "n%d" % i, qos=1) for i in range(a.count)]
+        for info in infos:
+            info.wait_for_publish(10)
         say("DONE")
     elif a.scenario == "publish":
         info = publish(a.topic, a.message)
@@ -299,6 +326,27 @@ struct FlowControlEndToEndTests {
             #expect(large.output.contains("MESSAGE big/one 1000 xxxxxxxxxxxxxxxx qos=1"), "\(large.output)")
             #expect(!small.output.contains("MESSAGE big/one 1000"), "\(small.output)")
             #expect(!small.output.contains("DISCONNECT"), "\(small.output)")
+        }
+    }
+
+    /// The client's own Receive Maximum (2) is honoured: with two QoS 1 messages unacknowledged
+    /// it gets no third until it acknowledges; then the rest come, in order.
+    @Test func clientsReceiveMaximumIsHonoured() throws {
+        try withCustody("client-receive-max") { custody in
+            let slow = try flowClient([
+                "--port", "\(custody.port)", "--id", "slow", "--subscribe", "work/#", "--receive-maximum", "2", "--hold-after", "2",
+            ])
+            defer { slow.stop() }
+            try slow.waitForOutput(containing: "SUBACK 1")
+            let publisher = try flowClient([
+                "--port", "\(custody.port)", "--id", "boss", "--scenario", "flood-qos1", "--count", "5", "--topic", "work/item",
+            ])
+            defer { publisher.stop() }
+            try publisher.waitForOutput(containing: "DONE")
+            try slow.waitForOutput(containing: "INFLIGHT count=2")
+            try slow.waitForOutput(containing: "MESSAGE work/item 2 n4 qos=1")
+            let messages = slow.output.split(separator: "\n").filter { $0.hasPrefix("MESSAGE") }
+            #expect(messages.map(String.init) == (0..<5).map { "MESSAGE work/item 2 n\($0) qos=1" })
         }
     }
 
