@@ -11,12 +11,15 @@ import NIOWebSocket
 ///
 /// The handshake, like EMQX's defaults (and mosquitto's libwebsockets for the subprotocol):
 /// - another path: 404; a method other than GET: 405;
-/// - `Sec-WebSocket-Protocol` offered without `mqtt`: 400 (no subprotocol we speak);
-///   offered with `mqtt`: the answer names `mqtt`; not offered at all: accepted without one
-///   (some clients send none; MQTT-6.0.0-3 asks clients to, but EMQX and mosquitto accept);
+/// - `Sec-WebSocket-Protocol` offered with `mqtt`: the answer names `mqtt`; else with
+///   `mqttv3.1` (old MQTT 3.1 clients, which mosquitto also serves): that one; offered with
+///   neither: 400; not offered at all: accepted without one (MQTT-6.0.0-3 asks clients to
+///   offer `mqtt`, but EMQX and mosquitto accept those that do not);
 /// - a request on the path that is not a valid WebSocket upgrade: 426 (no Upgrade) or 400.
 enum WebSocketTransport {
     static let subprotocol = "mqtt"
+    /// What MQTT 3.1 clients (Paho JavaScript's first versions) offer instead.
+    static let legacySubprotocol = "mqttv3.1"
 
     /// What to answer an HTTP request at a WebSocket listener.
     enum Handshake: Equatable {
@@ -37,10 +40,11 @@ enum WebSocketTransport {
             .filter { !$0.isEmpty }
         var headers = HTTPHeaders()
         if !offered.isEmpty {
-            guard offered.contains(where: { $0.lowercased() == subprotocol }) else {
+            let names = Set(offered.map { $0.lowercased() })
+            guard let chosen = [subprotocol, legacySubprotocol].first(where: names.contains) else {
                 return .refuse(.badRequest, "WebSocket subprotocol \(subprotocol) required, offered: \(offered.joined(separator: ", "))")
             }
-            headers.add(name: "Sec-WebSocket-Protocol", value: subprotocol)
+            headers.add(name: "Sec-WebSocket-Protocol", value: chosen)
         }
         return .upgrade(headers)
     }

@@ -187,6 +187,7 @@ struct WebSocketEndToEndTests {
 
     /// Refused handshakes, with curl: another path is 404, a subprotocol list without mqtt is
     /// 400, a plain GET on the path is 426; each logged. With mqtt offered: 101 naming mqtt.
+    /// (curl waits after a 101 until --max-time: this test takes a few seconds.)
     @Test func handshakesOutsideTheRulesAreRefused() throws {
         try withWebSocketCustody("ws-refuse") { custody, wsPort in
             func curl(_ path: String, _ headers: [String]) throws -> String {
@@ -212,6 +213,10 @@ struct WebSocketEndToEndTests {
             #expect(accepted.hasPrefix("HTTP/1.1 101 Switching Protocols"), "\(accepted)")
             #expect(accepted.lowercased().contains("sec-websocket-protocol: mqtt"), "\(accepted)")
             #expect(accepted.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "\(accepted)")
+            // MQTT 3.1's old name is served too, as mosquitto does.
+            let legacy = try curl("/mqtt", upgrade + ["Sec-WebSocket-Protocol: mqttv3.1"])
+            #expect(legacy.hasPrefix("HTTP/1.1 101 Switching Protocols"), "\(legacy)")
+            #expect(legacy.lowercased().contains("sec-websocket-protocol: mqttv3.1"), "\(legacy)")
             #expect(try custody.events().isEmpty)
         }
     }
