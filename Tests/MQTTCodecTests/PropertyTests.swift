@@ -234,7 +234,9 @@ let propertySamples: [PropertySample] = [
         for (place, properties, problem) in cases {
             let error = decodingProblem(place.bytes(properties), place.decodeVersion)
             #expect(error?.problem == problem)
-            #expect(error?.reasonCode == .protocolError)
+            // MQTT 5.0 §3.3.2.3.4: a Topic Alias of 0 is answered with 0x94 Topic Alias invalid.
+            let expected: MQTTReasonCode = problem == .invalidPropertyValue(.topicAlias, 0) ? .topicAliasInvalid : .protocolError
+            #expect(error?.reasonCode == expected)
         }
     }
 
