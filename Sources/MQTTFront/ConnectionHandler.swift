@@ -93,9 +93,10 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
     private var pubsubSession: (any PubSubSession)?
     private var brokerQueue = CircularBuffer<MQTTPacket>()
     private var brokerBusy = false
-    /// A client's DISCONNECT that came while the broker still had this connection's earlier
-    /// packets: the connection ends once they are handled, so that a PUBLISH sent just before
-    /// a DISCONNECT (mosquitto_pub's QoS 0) is not lost.
+    /// A client's DISCONNECT, or the loss of the connection, that came while the broker still
+    /// had this connection's earlier packets: the connection ends once they are handled, so
+    /// that a PUBLISH sent just before a DISCONNECT (mosquitto_pub's QoS 0) or just before the
+    /// socket closed is not lost.
     private var closingAfterBroker: ConnectionStateMachine.Closing?
     /// A `read` from the pipeline held back while the broker or the claim catches up.
     private var readHeld = false
@@ -301,7 +302,9 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
             close(sending: connack.map { [$0] } ?? [])
             finish(after: nil)
         case .close(let closing):
-            if closing.release?.reason == .clientInitiatedDisconnect, brokerBusy || !brokerQueue.isEmpty {
+            if closing.release?.reason == .clientInitiatedDisconnect || closing.channelGone,
+                brokerBusy || !brokerQueue.isEmpty
+            {
                 closingAfterBroker = closing
             } else {
                 end(closing)
@@ -495,7 +498,7 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
 
     private func brokerAnswered(_ result: Result<[MQTTPacket], any Error>, session: any PubSubSession) {
         if let closing = closingAfterBroker {
-            // The client said DISCONNECT: answers are moot, what it sent before is not.
+            // The client said DISCONNECT or is gone: answers are moot, what it sent before is not.
             if case .failure = result { brokerQueue.removeAll() }
             guard brokerQueue.isEmpty else { return pump(session) }
             brokerBusy = false
