@@ -487,6 +487,40 @@ struct FeatureEndToEndTests {
         }
     }
 
+    /// The same when the connection is lost right after the PUBLISH (socket closed, no
+    /// DISCONNECT): what the client sent before is handled, then its will goes.
+    @Test func publishRightBeforeALostConnectionIsNotLost() throws {
+        try withCustody("publish-then-lost") { custody, clients in
+            let watcher = try FeatureClient(custody, "lost-watch")
+            clients.append(watcher)
+            try watcher.subscribe("lost/#")
+            let count = 30
+            for i in 0..<count {
+                let client = try RawClient(port: custody.port)
+                let will = MQTTWill(topic: "lost/will/\(i)", payload: ByteBuffer(string: "w\(i)"), qos: .atMostOnce)
+                #expect(try client.connect("lost-\(i)", user: "dev", will: will).reasonCode == .success)
+                try client.send(.publish(MQTTPublish(
+                    topicName: "lost/\(i)", payload: ByteBuffer(string: "v\(i)"), qos: .atMostOnce, retain: true)))
+                client.drop()
+            }
+            for i in 0..<count { try watcher.waitForMessage("lost/will/\(i)", "w\(i)") }
+            let late = try FeatureClient(custody, "lost-late")
+            clients.append(late)
+            try late.subscribe("lost/+")
+            try late.publish("lost/marker", "m")
+            let got = try messagesBefore(late, marker: "m", on: "lost/marker")
+            let missing = Set((0..<count).map { "lost/\($0)" }).subtracting(got.map(\.topic))
+            #expect(missing.isEmpty && got.count == count, "lost: \(missing.sorted())")
+            // Each client's PUBLISH went before its will.
+            let live = watcher.messages.map(\.topic)
+            for i in 0..<count {
+                let publish = live.firstIndex(of: "lost/\(i)") ?? Int.max
+                let will = live.firstIndex(of: "lost/will/\(i)") ?? -1
+                #expect(publish < will, "lost/\(i) and its will in \(live)")
+            }
+        }
+    }
+
     /// A retained message whose Message Expiry Interval has passed is not delivered to a later
     /// subscriber; one still valid goes with its remaining interval.
     @Test func expiredRetainedMessageIsNotDelivered() throws {
