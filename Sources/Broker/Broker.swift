@@ -414,6 +414,24 @@ public final class Broker: @unchecked Sendable {
         }
     }
 
+    /// Whether a server message on `topic` could reach anyone right now: false when no
+    /// subscription can match it. Topics beginning with `$` are matched only by filters that
+    /// start with the same first level (wildcards at the first level skip them, also in
+    /// shares), so for those this is one dictionary look-up at the tree's root.
+    /// `publishFromServer` would route such a message to nobody; the caller may skip making
+    /// it and count it with `countServerPublished`.
+    public func mayDeliverServerTopic(_ topic: String) -> Bool {
+        guard topic.utf8.first == UInt8(ascii: "$") else { return true }
+        let first = topic.utf8.firstIndex(of: UInt8(ascii: "/")).map { topic[..<$0] } ?? topic[...]
+        return locked { !closed && tree.root.children[first] != nil }
+    }
+
+    /// Server messages that went to nobody (see `mayDeliverServerTopic`), counted as
+    /// `publishFromServer` counts those it routes.
+    public func countServerPublished(_ count: Int) {
+        locked { if !closed { serverPublished += count } }
+    }
+
     func allowServerTopics(_ allowed: Bool, for session: BrokerSession) {
         locked {
             guard session.state.attachment == session.token else { return }
@@ -523,6 +541,12 @@ public final class Broker: @unchecked Sendable {
     }
 
     /// Names of the sessions the broker holds state for (attached or not).
+    /// Whether the broker keeps any state for `name` (attached or not): when it does not,
+    /// `endSession(name)` has nothing to do.
+    public func hasSession(_ name: SessionName) -> Bool {
+        locked { sessions[name] != nil }
+    }
+
     public var sessionNames: Set<SessionName> {
         locked { Set(sessions.keys) }
     }

@@ -78,6 +78,13 @@ public final class LifecycleEventPublisher: Sendable {
     public var published: UInt64 { state.withLock { $0.published } }
 
     private func send(_ events: [CommittedEvent], to broker: Broker) {
+        // Nobody subscribed under `$custody`: the messages would reach no one, so they are
+        // only counted, not made (JSON, topic) nor routed.
+        guard broker.mayDeliverServerTopic(Self.topicPrefix) else {
+            broker.countServerPublished(events.count)
+            state.withLock { $0.published += UInt64(events.count) }
+            return
+        }
         for committed in events {
             let payload = ByteBuffer(bytes: Self.json(committed))
             broker.publishFromServer(topic: Self.topic(for: committed.event), payload: payload, qos: .atLeastOnce)

@@ -81,6 +81,35 @@ struct ServerTopicTests {
         #expect(reader.sink.takePublishes().map(text) == ["fine"])
     }
 
+    /// `mayDeliverServerTopic` is false exactly when no subscription (plain or shared) could
+    /// match a `$custody/...` topic, so that the lifecycle publisher may skip making messages.
+    @Test func theServerKnowsWhenNobodyCouldReadItsTopics() async throws {
+        let broker = try Broker(directory: nil)
+        let topic = "$custody/events/clients/a/sessions/s"
+        #expect(!broker.mayDeliverServerTopic(topic))
+        #expect(broker.mayDeliverServerTopic("a/b"))
+        let everything = broker.connect("everything")
+        _ = try await everything.session.handle(subscribe([("#", .atLeastOnce), ("+/events/#", .atLeastOnce)]))
+        #expect(!broker.mayDeliverServerTopic(topic))
+        broker.countServerPublished(2)
+        #expect(broker.totals.serverPublished == 2)
+
+        let reader = broker.connect("reader")
+        reader.session.allowServerTopics(true)
+        _ = try await reader.session.handle(subscribe([("$share/g/$custody/events/#", .atLeastOnce)]))
+        #expect(broker.mayDeliverServerTopic(topic))
+        broker.publishFromServer(topic: topic, payload: payload("1"), qos: .atLeastOnce)
+        #expect(reader.sink.takePublishes().map(text) == ["1"])
+        #expect(broker.totals.serverPublished == 3)
+        broker.detach(reader.session)
+        #expect(!broker.mayDeliverServerTopic(topic))
+
+        let plain = broker.connect("plain")
+        plain.session.allowServerTopics(true)
+        _ = try await plain.session.handle(subscribe([("$custody/+/clients/#", .atMostOnce)]))
+        #expect(broker.mayDeliverServerTopic(topic))
+    }
+
     /// A persistent reader that is away gets the server's QoS 1 messages when it returns,
     /// from the store across a restart.
     @Test func serverMessagesWaitForAPersistentReader() async throws {
