@@ -52,7 +52,9 @@ final class FrontServices: Sendable {
     /// A session ended (expired, or ended with its connection): drop its pub/sub state,
     /// unless a newer connection holds the name again already.
     func sessionEnded(_ name: SessionName) {
-        guard let pubsub, !registry.isAttached(name) else { return }
+        // Without state for the name (a clean session is dropped when it detaches) there is
+        // nothing to end: no task then.
+        guard let pubsub, !registry.isAttached(name), pubsub.hasSession(name) else { return }
         let logger = self.logger
         Task {
             do {
@@ -328,17 +330,20 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
 
     private func accept(_ acceptance: ConnectionStateMachine.Acceptance) {
         let grant = acceptance.grant
-        var metadata: Logger.Metadata = [
-            "session_name": "\(acceptance.identity.sessionName)",
-            "authentication_name": "\(acceptance.identity.authenticationName)", "connection": "\(grant.connection)",
-            "session_present": "\(grant.sessionPresent)", "session_expiry_interval": "\(grant.expiryInterval)",
-            "protocol_version": "\(acceptance.identity.protocolVersion.rawValue)", "remote_address": "\(remoteAddress)",
-        ]
-        if let replaced = grant.replacedConnection {
-            metadata["replaced_connection"] = "\(replaced)"
-            services.logger.info("session taken over", metadata: metadata)
+        // The metadata is made only when the lines are written (not at --log-level warning).
+        if services.logger.logLevel <= .info {
+            var metadata: Logger.Metadata = [
+                "session_name": "\(acceptance.identity.sessionName)",
+                "authentication_name": "\(acceptance.identity.authenticationName)", "connection": "\(grant.connection)",
+                "session_present": "\(grant.sessionPresent)", "session_expiry_interval": "\(grant.expiryInterval)",
+                "protocol_version": "\(acceptance.identity.protocolVersion.rawValue)", "remote_address": "\(remoteAddress)",
+            ]
+            if let replaced = grant.replacedConnection {
+                metadata["replaced_connection"] = "\(replaced)"
+                services.logger.info("session taken over", metadata: metadata)
+            }
+            services.logger.info("connect granted", metadata: metadata)
         }
-        services.logger.info("connect granted", metadata: metadata)
         services.metrics?.connect(granted: true, reasonCode: 0)
         // R4: the old connection hears 0x8E and is gone (detached, closed) before the new CONNACK.
         if let replaced = grant.replacedConnection, let eventLoop,
@@ -407,13 +412,15 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
         keepAliveTimer?.cancel()
         let name = closing.release?.sessionName ?? sessionName
         // A client that broke the protocol is worth a warning; the rest is the normal course of things.
-        var metadata: Logger.Metadata = [
-            "session_name": "\(name.map { "\($0)" } ?? "-")", "authentication_name": "\(authenticationName ?? "-")",
-            "connection": "\(connection ?? 0)", "remote_address": "\(remoteAddress)", "reason": "\(closing.why)",
-        ]
-        if let reason = closing.release?.reason { metadata["disconnect_reason"] = "\(reason)" }
-        services.logger.log(
-            level: closing.release?.reason == .clientError ? .warning : .info, "disconnected", metadata: metadata)
+        let level: Logger.Level = closing.release?.reason == .clientError ? .warning : .info
+        if services.logger.logLevel <= level {
+            var metadata: Logger.Metadata = [
+                "session_name": "\(name.map { "\($0)" } ?? "-")", "authentication_name": "\(authenticationName ?? "-")",
+                "connection": "\(connection ?? 0)", "remote_address": "\(remoteAddress)", "reason": "\(closing.why)",
+            ]
+            if let reason = closing.release?.reason { metadata["disconnect_reason"] = "\(reason)" }
+            services.logger.log(level: level, "disconnected", metadata: metadata)
+        }
         detach(publishWill: closing.publishWill)
         guard let request = closing.release, let eventLoop else {
             if !closing.channelGone { close(sending: closing.packets) }
