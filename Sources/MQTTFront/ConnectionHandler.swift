@@ -93,7 +93,9 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
     /// For the log only.
     private var authenticationName: String?
     private var pubsubSession: (any PubSubSession)?
-    private var brokerQueue = CircularBuffer<MQTTPacket>()
+    /// Starts with one slot (grows as needed): most connections never queue a packet, and 16
+    /// slots of `MQTTPacket` (NIO's default) were kilobytes per held connection.
+    private var brokerQueue = CircularBuffer<MQTTPacket>(initialCapacity: 1)
     private var brokerBusy = false
     /// A client's DISCONNECT, or the loss of the connection, that came while the broker still
     /// had this connection's earlier packets: the connection ends once they are handled, so

@@ -199,9 +199,17 @@ public final class MQTTFront: Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelOption(.recvAllocator, value: Self.receiveBuffers())
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture { try pipeline(channel) }
             }
+    }
+
+    /// Each connection keeps its last receive buffer for the next read. NIO starts those at
+    /// 2 KiB, most of which an idle MQTT connection (CONNECT, PINGREQ) never uses; from 256
+    /// bytes they grow (and shrink) with the reads as before (up to NIO's 64 KiB).
+    static func receiveBuffers() -> AdaptiveRecvByteBufferAllocator {
+        AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65_536)
     }
 
     /// The MQTT handlers every transport ends with: framing, encoding, the connection.
