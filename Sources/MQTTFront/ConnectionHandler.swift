@@ -106,6 +106,8 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
     private var readHeld = false
     private var finished: EventLoopPromise<Void>?
     private var finishStarted = false
+    /// Of the channel's close and the release's answer, how many `finish` still waits for.
+    private var finishWaiting = 0
     /// Counted in `custody_mqtt_connections_open` (until channelInactive).
     private var countedOpen = false
 
@@ -462,16 +464,19 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
 
     /// Completes `finished` once the channel is closed and `released` (if any) is done.
     private func finish(after released: EventLoopFuture<Void>?) {
-        guard !finishStarted, let finished, let channel else { return }
+        guard !finishStarted, finished != nil, let channel else { return }
         finishStarted = true
-        let registry = services.registry
-        let connection = self.connection
-        var done = channel.closeFuture
-        if let released { done = done.and(released).map { _ in } }
-        done.whenComplete { _ in
-            if let connection { registry.unregister(connection) }
-            finished.succeed()
-        }
+        // Both futures complete on this loop: a count instead of `and` + `map` (fewer allocations).
+        finishWaiting = released == nil ? 1 : 2
+        channel.closeFuture.assumeIsolated().whenComplete { [self] _ in finishStep() }
+        released?.assumeIsolated().whenComplete { [self] _ in finishStep() }
+    }
+
+    private func finishStep() {
+        finishWaiting -= 1
+        guard finishWaiting == 0 else { return }
+        if let connection { services.registry.unregister(connection) }
+        finished?.succeed()
     }
 
     // MARK: - Pub/sub
