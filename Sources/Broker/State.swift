@@ -90,7 +90,8 @@ final class SessionState: @unchecked Sendable {
     var discarded = 0
     var subscriptions: [String: Subscriber] = [:]
     var inflight: [UInt16: Delivery] = [:]
-    var queue = CircularBuffer<Delivery>()
+    /// One slot to start with (grows as needed): most sessions never queue a message.
+    var queue = CircularBuffer<Delivery>(initialCapacity: 1)
     var nextPacketIdentifier: UInt16 = 1
     var inboundQoS2: Set<UInt16> = []
     /// Inbound QoS 2 messages whose commit is not known yet: a resend of one (after a

@@ -87,6 +87,8 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
     private var eventLoop: (any EventLoop)?
     private var remoteAddress = ""
     private var connectTimer: Scheduled<Void>?
+    /// `started` ran (from handlerAdded or channelActive, whichever saw the channel active).
+    private var isStarted = false
     private var keepAliveTimer: Scheduled<Void>?
     private var connection: ConnectionNumber?
     private var sessionName: SessionName?
@@ -146,7 +148,8 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
     }
 
     private func started(_ context: ChannelHandlerContext) {
-        guard connectTimer == nil else { return }
+        guard !isStarted else { return }
+        isStarted = true
         if let metrics = services.metrics, !countedOpen {
             countedOpen = true
             metrics.connectionsOpen.increment()
@@ -285,6 +288,8 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
             write(packets)
         case .claim(let request):
             connectTimer?.cancel()
+            // Not kept: a held connection would keep the cancelled timer's promise and closure.
+            connectTimer = nil
             claim(request)
         case .deliver(let packet):
             deliver(packet)
