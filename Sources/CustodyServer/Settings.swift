@@ -183,7 +183,9 @@ struct SettingsError: Error, CustomStringConvertible {
 
 extension CustodyConfiguration {
     /// What this build of `custody` cannot honour yet: refused at startup rather than ignored.
-    func validateForStart() throws {
+    /// Not inlined: inlined into `Custody.run()` it made the release compiler (Swift 6.3.1, -O)
+    /// crash splitting run()'s coroutine (signal 11 in CoroSplit, since d306077).
+    @inline(never) func validateForStart() throws {
         // TLS files and the password file are read now: a bad one is named before anything starts.
         _ = try frontListeners()
         _ = try authenticator()
