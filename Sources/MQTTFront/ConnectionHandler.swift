@@ -95,9 +95,9 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
     /// For the log only.
     private var authenticationName: String?
     private var pubsubSession: (any PubSubSession)?
-    /// Starts with one slot (grows as needed): most connections never queue a packet, and 16
-    /// slots of `MQTTPacket` (NIO's default) were kilobytes per held connection.
-    private var brokerQueue = CircularBuffer<MQTTPacket>(initialCapacity: 1)
+    /// Allocated on first use: most connections never queue a packet, and 16 slots of
+    /// `MQTTPacket` (NIO's default) were kilobytes per held connection.
+    private var brokerQueue = PacketQueue()
     private var brokerBusy = false
     /// A client's DISCONNECT, or the loss of the connection, that came while the broker still
     /// had this connection's earlier packets: the connection ends once they are handled, so
@@ -577,6 +577,29 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         context.write(data, promise: promise)
+    }
+}
+
+/// A FIFO of packets whose storage is allocated by the first `append` (a held connection
+/// that never queues anything keeps none).
+struct PacketQueue {
+    private var buffer: CircularBuffer<MQTTPacket>?
+
+    var count: Int { buffer?.count ?? 0 }
+    var isEmpty: Bool { buffer?.isEmpty ?? true }
+
+    mutating func append(_ packet: MQTTPacket) {
+        if buffer == nil { buffer = CircularBuffer(initialCapacity: 4) }
+        buffer!.append(packet)
+    }
+
+    mutating func popFirst() -> MQTTPacket? {
+        buffer?.popFirst()
+    }
+
+    /// Empties the queue; its storage is kept for the next packets.
+    mutating func removeAll() {
+        buffer?.removeAll(keepingCapacity: true)
     }
 }
 
