@@ -86,10 +86,10 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
     private var channel: (any Channel)?
     private var eventLoop: (any EventLoop)?
     private var remoteAddress = ""
-    private var connectTimer: Scheduled<Void>?
+    private var connectTimer: NIOScheduledCallback?
     /// `started` ran (from handlerAdded or channelActive, whichever saw the channel active).
     private var isStarted = false
-    private var keepAliveTimer: Scheduled<Void>?
+    private var keepAliveTimer: NIOScheduledCallback?
     private var connection: ConnectionNumber?
     private var sessionName: SessionName?
     /// For the log only.
@@ -157,9 +157,9 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
         if let address = context.remoteAddress, let ip = address.ipAddress {
             remoteAddress = address.protocol == .inet6 ? "[\(ip)]:\(address.port ?? 0)" : "\(ip):\(address.port ?? 0)"
         }
-        connectTimer = context.eventLoop.assumeIsolated().scheduleTask(in: services.connectTimeout) { [self] in
-            perform(machine.connectTimeoutFired())
-        }
+        connectTimer = try? context.eventLoop.scheduleCallback(
+            in: services.connectTimeout,
+            handler: ConnectionTimer(NIOLoopBound(self, eventLoop: context.eventLoop), .connectTimeout))
         services.logger.debug("connection accepted", metadata: ["remote_address": "\(remoteAddress)"])
     }
 
@@ -288,7 +288,7 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
             write(packets)
         case .claim(let request):
             connectTimer?.cancel()
-            // Not kept: a held connection would keep the cancelled timer's promise and closure.
+            // Cancelled for good: nothing of it is kept for the life of the connection.
             connectTimer = nil
             claim(request)
         case .deliver(let packet):
@@ -390,8 +390,15 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
 
     private func scheduleKeepAlive(_ deadline: NIODeadline) {
         guard let eventLoop else { return }
-        keepAliveTimer = eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
-            perform(machine.keepAliveTimerFired(now: .now()))
+        keepAliveTimer = try? eventLoop.scheduleCallback(
+            at: deadline, handler: ConnectionTimer(NIOLoopBound(self, eventLoop: eventLoop), .keepAlive))
+    }
+
+    /// A `ConnectionTimer` went off (on this loop).
+    fileprivate func timerFired(_ kind: ConnectionTimer.Kind) {
+        switch kind {
+        case .connectTimeout: perform(machine.connectTimeoutFired())
+        case .keepAlive: perform(machine.keepAliveTimerFired(now: .now()))
         }
     }
 
@@ -577,6 +584,25 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         context.write(data, promise: promise)
+    }
+}
+
+/// The connect timeout and the keep-alive of a connection, as NIO scheduled callbacks: one
+/// small object per timer where `scheduleTask` allocated a promise, a future and closures
+/// (and a held connection kept them).
+private final class ConnectionTimer: NIOScheduledCallbackHandler, Sendable {
+    enum Kind { case connectTimeout, keepAlive }
+
+    let handler: NIOLoopBound<MQTTConnectionHandler>
+    let kind: Kind
+
+    init(_ handler: NIOLoopBound<MQTTConnectionHandler>, _ kind: Kind) {
+        self.handler = handler
+        self.kind = kind
+    }
+
+    func handleScheduledCallback(eventLoop: some EventLoop) {
+        handler.value.timerFired(kind)
     }
 }
 
