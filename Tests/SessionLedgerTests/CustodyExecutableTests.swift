@@ -178,6 +178,15 @@ struct CustodyConfigurationFileTests {
         }
     }
 
+    /// The sample shipped in Tools/ stays valid.
+    @Test func exampleConfigurationIsValid() throws {
+        let example = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("Tools/custody.example.yaml").path
+        let (status, output, error) = try runToEnd(try builtExecutable("custody"), ["--check-config", example])
+        #expect(status == 0, "stderr: \(error)")
+        #expect(output.contains("is valid"))
+    }
+
     @Test func missingFileIsNamed() throws {
         let file = temporaryDirectory("no-such") + ".yaml"
         let (status, _, error) = try runToEnd(try builtExecutable("custody"), ["--config", file])
