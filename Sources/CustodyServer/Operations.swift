@@ -158,11 +158,7 @@ extension Settings {
     /// `--log-format`, `--metrics`, `--metrics-allow-remote`, `--event-subscriber` over the file's values.
     static func applyOperationsFlags(_ flags: FlagValues, to configuration: inout CustodyConfiguration) throws {
         if let value = flags.logFormat {
-            guard let format = CustodyConfiguration.LogFormat(rawValue: value) else {
-                throw SettingsError(
-                    "--log-format '\(value)' is not one of \(CustodyConfiguration.LogFormat.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-            configuration.logFormat = format
+            configuration.logFormat = try choice(value, flag: "--log-format")
         }
         if let value = flags.metrics {
             guard let address = HostPort(parsing: value, defaultPort: 9090) else {

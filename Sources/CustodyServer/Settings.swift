@@ -30,6 +30,15 @@ struct FlagValues {
 
 /// What `custody` runs with: the configuration file (if any), then the flags over it.
 enum Settings {
+    /// The value of an enumerated flag (`--log-level`, `--log-format`, ...), or an error that lists the choices.
+    static func choice<Value: CaseIterable & RawRepresentable>(_ text: String, flag: String) throws -> Value
+    where Value.RawValue == String {
+        guard let value = Value(rawValue: text) else {
+            throw SettingsError("\(flag) '\(text)' is not one of \(Value.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return value
+    }
+
     /// `flagsOnly`: the flags are checked on their own (a file will come later), so what
     /// depends on the file's listeners is not judged yet.
     static func resolve(file: String?, flags: FlagValues, flagsOnly: Bool = false) throws -> CustodyConfiguration {
@@ -88,11 +97,7 @@ enum Settings {
             configuration.connectTimeoutSeconds = value
         }
         if let value = flags.logLevel {
-            guard let level = CustodyConfiguration.LogLevel(rawValue: value) else {
-                throw SettingsError(
-                    "--log-level '\(value)' is not one of \(CustodyConfiguration.LogLevel.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-            configuration.logLevel = level
+            configuration.logLevel = try choice(value, flag: "--log-level")
         }
         if let value = flags.passwordFile { configuration.passwordFile = value }
         try applyOperationsFlags(flags, to: &configuration)
@@ -125,11 +130,7 @@ enum Settings {
         }
         var mode: ListenerConfiguration.ClientCertificates?
         if let value = flags.tlsClientCertificates {
-            guard let parsed = ListenerConfiguration.ClientCertificates(rawValue: value) else {
-                throw SettingsError(
-                    "--tls-client-certificates '\(value)' is not one of \(ListenerConfiguration.ClientCertificates.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-            mode = parsed
+            mode = try choice(value, flag: "--tls-client-certificates") as ListenerConfiguration.ClientCertificates
         }
         let given = flags.tlsCertificate != nil || flags.tlsPrivateKey != nil || mode != nil || !flags.tlsTrustedCertificates.isEmpty
         let indices = configuration.listeners.indices.filter { configuration.listeners[$0].kind == .mqtts }

@@ -186,7 +186,10 @@ public struct MQTTReasonCode: RawRepresentable, Sendable, Hashable, CustomString
         }
     }
 
-    public var description: String { "0x\(hex2(rawValue)) \(name)" }
+    /// `0x87`: the code alone, as operators look it up (log lines, metric labels).
+    public var hexCode: String { "0x" + hex2(rawValue) }
+
+    public var description: String { "\(hexCode) \(name)" }
 }
 
 /// The CONNACK return code of 3.1.1 (and 3.1). The broker decides in v5 reason codes and

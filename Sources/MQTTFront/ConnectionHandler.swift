@@ -154,9 +154,7 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
             countedOpen = true
             metrics.connectionsOpen.increment()
         }
-        if let address = context.remoteAddress, let ip = address.ipAddress {
-            remoteAddress = address.protocol == .inet6 ? "[\(ip)]:\(address.port ?? 0)" : "\(ip):\(address.port ?? 0)"
-        }
+        if let text = context.remoteAddressText { remoteAddress = text }
         connectTimer = try? context.eventLoop.scheduleCallback(
             in: services.connectTimeout,
             handler: ConnectionTimer(NIOLoopBound(self, eventLoop: context.eventLoop), .connectTimeout))
@@ -299,7 +297,7 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
             var code: MQTTReasonCode?
             if case .connack(let answer)? = connack { code = answer.reasonCode }
             var metadata: Logger.Metadata = ["remote_address": "\(remoteAddress)", "reason": "\(why)"]
-            if let code { metadata["reason_code"] = "\(Self.hex(code.rawValue))" }
+            if let code { metadata["reason_code"] = "\(code.hexCode)" }
             if let connection, let sessionName {
                 metadata["session_name"] = "\(sessionName)"
                 metadata["authentication_name"] = "\(authenticationName ?? "-")"
@@ -555,11 +553,6 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
     }
 
     // MARK: - Logs
-
-    /// `0x87`: reason codes as operators look them up.
-    static func hex(_ value: UInt8) -> String {
-        "0x" + (value < 16 ? "0" : "") + String(value, radix: 16, uppercase: true)
-    }
 
     /// Debug only: one line per packet, without payloads.
     private func logPacket(_ inbound: MQTTInbound, received: Bool) {

@@ -1,4 +1,5 @@
 import CoreMetrics
+import MQTTCodec
 import SessionLedger
 import Synchronization
 
@@ -44,7 +45,7 @@ public final class FrontMetrics: Sendable {
         let key = granted ? 0 : UInt16(reasonCode ?? 0) | 0x100 | (reasonCode == nil ? 0x200 : 0)
         let counter = connects.withLock { table in
             if let counter = table[key] { return counter }
-            let code = reasonCode.map { "0x" + ($0 < 16 ? "0" : "") + String($0, radix: 16, uppercase: true) } ?? "none"
+            let code = reasonCode.map { MQTTReasonCode(rawValue: $0).hexCode } ?? "none"
             let counter = CoreMetrics.Counter(
                 label: Self.connectsLabel,
                 dimensions: [("outcome", granted ? "granted" : "rejected"), ("reason_code", granted ? "0x00" : code)],

@@ -88,12 +88,6 @@ public struct TLSTransport: Sendable {
     }
 }
 
-/// A listener's transport is not available (yet).
-public struct UnsupportedTransportError: Error, CustomStringConvertible {
-    public var listener: String
-    public var description: String { "\(listener): this transport is not supported yet" }
-}
-
 public struct MQTTFrontConfiguration: Sendable {
     public var listeners: [FrontListener]
     /// Metrics, and who may subscribe to `$custody/...` (FrontMetrics.swift).

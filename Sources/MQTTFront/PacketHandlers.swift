@@ -64,11 +64,6 @@ final class MQTTPacketEncoderHandler: ChannelOutboundHandler {
     /// Set only when debug lines are wanted: one "packet sent" line per packet.
     var debugLogger: Logger?
 
-    /// `IP:port` (`[IPv6]:port`), as the connection's other log lines write it.
-    static func remote(_ context: ChannelHandlerContext) -> String {
-        guard let address = context.remoteAddress, let ip = address.ipAddress else { return "-" }
-        return address.protocol == .inet6 ? "[\(ip)]:\(address.port ?? 0)" : "\(ip):\(address.port ?? 0)"
-    }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let packet = unwrapOutboundIn(data)
@@ -86,7 +81,7 @@ final class MQTTPacketEncoderHandler: ChannelOutboundHandler {
             if let debugLogger {
                 debugLogger.debug("packet sent", metadata: [
                     "packet_type": "\(packet.type)", "bytes": "\(buffer.readableBytes)",
-                    "remote_address": "\(Self.remote(context))",
+                    "remote_address": "\(context.remoteAddressText ?? "-")",
                 ])
             }
         } catch {
@@ -95,5 +90,14 @@ final class MQTTPacketEncoderHandler: ChannelOutboundHandler {
             return
         }
         context.write(wrapOutboundOut(buffer), promise: promise)
+    }
+}
+
+extension ChannelHandlerContext {
+    /// The peer as `IP:port` (`[IPv6]:port`), as log lines and ledger events write it; nil
+    /// when the channel has no IP peer.
+    var remoteAddressText: String? {
+        guard let address = remoteAddress, let ip = address.ipAddress else { return nil }
+        return address.protocol == .inet6 ? "[\(ip)]:\(address.port ?? 0)" : "\(ip):\(address.port ?? 0)"
     }
 }

@@ -114,7 +114,7 @@ final class WebSocketHTTPHandler: ChannelInboundHandler, RemovableChannelHandler
         let bound = context.loopBound
         timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [logger] in
             let context = bound.value
-            logger.notice("mqtt: closed remote=\(Self.remote(context)) why=no WebSocket upgrade in time")
+            logger.notice("mqtt: closed remote=\(context.remoteAddressText ?? "-") why=no WebSocket upgrade in time")
             context.close(promise: nil)
         }
     }
@@ -145,7 +145,7 @@ final class WebSocketHTTPHandler: ChannelInboundHandler, RemovableChannelHandler
                 : (.upgradeRequired, "MQTT here is over WebSocket: upgrade with subprotocol mqtt")
         }
         logger.notice(
-            "mqtt: refused WebSocket remote=\(Self.remote(context)) path=\(head.uri) why=\(text) status=\(status.code)")
+            "mqtt: refused WebSocket remote=\(context.remoteAddressText ?? "-") path=\(head.uri) why=\(text) status=\(status.code)")
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
         headers.add(name: "Content-Length", value: "\(text.utf8.count + 1)")
@@ -165,13 +165,8 @@ final class WebSocketHTTPHandler: ChannelInboundHandler, RemovableChannelHandler
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // A refused upgrade is followed by its request, answered in channelRead.
         if error is NIOWebSocketUpgradeError { return }
-        logger.debug("mqtt: WebSocket HTTP remote=\(Self.remote(context)): \(error)")
+        logger.debug("mqtt: WebSocket HTTP remote=\(context.remoteAddressText ?? "-"): \(error)")
         context.close(promise: nil)
-    }
-
-    static func remote(_ context: ChannelHandlerContext) -> String {
-        guard let address = context.remoteAddress, let ip = address.ipAddress else { return "-" }
-        return address.protocol == .inet6 ? "[\(ip)]:\(address.port ?? 0)" : "\(ip):\(address.port ?? 0)"
     }
 }
 
@@ -225,7 +220,7 @@ final class WebSocketMQTTBridge: ChannelDuplexHandler {
 
     private func refuse(_ context: ChannelHandlerContext, _ why: String) {
         logger.warning(
-            "mqtt: closed WebSocket remote=\(WebSocketHTTPHandler.remote(context)) why=\(why) is not MQTT (MQTT-6.0.0-1)")
+            "mqtt: closed WebSocket remote=\(context.remoteAddressText ?? "-") why=\(why) is not MQTT (MQTT-6.0.0-1)")
         sendClose(context, code: .unacceptableData)
     }
 

@@ -228,7 +228,7 @@ struct CustodyConfigurationFileTests {
         #expect(process.terminationStatus == 0, "\(printed)")
         #expect(printed.contains("custody: ledger \(directory) "), "\(printed)")
         #expect(printed.contains("max_sessions_per_client=7 max_session_expiry_hours=5"), "\(printed)")
-        #expect(FileManager.default.fileExists(atPath: directory + "/data.mdb") || FileManager.default.fileExists(atPath: directory))
+        #expect(FileManager.default.fileExists(atPath: directory + "/data.mdb"), "the ledger is where the file says")
     }
 }
 
