@@ -44,6 +44,8 @@ let package = Package(
             name: "SessionLedger",
             dependencies: ["LedgerCore", "LedgerLMDB"]
         ),
+        // epoll and eventfd for the plain-TCP front's own event loop (headers only).
+        .target(name: "CEpoll"),
         .target(
             name: "MQTTCodec",
             dependencies: [.product(name: "NIOCore", package: "swift-nio")]
@@ -91,7 +93,7 @@ let package = Package(
         .target(
             name: "MQTTFront",
             dependencies: [
-                "MQTTCodec", "Broker", "SessionLedger", "CustodyConfig",
+                "MQTTCodec", "Broker", "SessionLedger", "CustodyConfig", "CEpoll",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 // MQTT over WebSocket: the HTTP upgrade and the frames.

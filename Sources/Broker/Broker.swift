@@ -576,7 +576,7 @@ public final class Broker: @unchecked Sendable {
             for state in sessions.values where state.queueMayExpire {
                 guard state.queue.contains(where: { isExpired($0, now: now) }) else { continue }
                 var mayExpire = false
-                var kept = CircularBuffer<Delivery>(initialCapacity: state.queue.count)
+                var kept = DeliveryQueue(initialCapacity: state.queue.count)
                 for delivery in state.queue {
                     if isExpired(delivery, now: now) {
                         release(delivery, state, &ops, deleteRecord: true)

@@ -78,7 +78,9 @@ final class Delivery: @unchecked Sendable {
 /// A session's pub/sub state. Every field is guarded by the broker's lock.
 final class SessionState: @unchecked Sendable {
     let name: SessionName
-    let prefix: [UInt8]
+    /// The key prefix of its records in the store; made on first use (only persistent
+    /// sessions write records).
+    lazy var prefix: [UInt8] = BrokerRecords.sessionPrefix(name)
     var persistent: Bool
     var sink: BrokerSink?
     /// The token of the `BrokerSession` currently attached; 0 when detached.
@@ -90,8 +92,8 @@ final class SessionState: @unchecked Sendable {
     var discarded = 0
     var subscriptions: [String: Subscriber] = [:]
     var inflight: [UInt16: Delivery] = [:]
-    /// One slot to start with (grows as needed): most sessions never queue a message.
-    var queue = CircularBuffer<Delivery>(initialCapacity: 1)
+    /// Allocated by the first message queued: most sessions never queue one.
+    var queue = DeliveryQueue()
     var nextPacketIdentifier: UInt16 = 1
     var inboundQoS2: Set<UInt16> = []
     /// Inbound QoS 2 messages whose commit is not known yet: a resend of one (after a
@@ -124,8 +126,40 @@ final class SessionState: @unchecked Sendable {
 
     init(name: SessionName, persistent: Bool) {
         self.name = name
-        self.prefix = BrokerRecords.sessionPrefix(name)
         self.persistent = persistent
+    }
+}
+
+/// A FIFO of deliveries whose storage is allocated on the first `append`.
+struct DeliveryQueue: Sequence {
+    private var buffer: CircularBuffer<Delivery>?
+
+    init() {}
+
+    init(initialCapacity: Int) {
+        buffer = CircularBuffer(initialCapacity: initialCapacity)
+    }
+
+    var count: Int { buffer?.count ?? 0 }
+    var isEmpty: Bool { buffer?.isEmpty ?? true }
+    var first: Delivery? { buffer?.first }
+
+    mutating func append(_ delivery: Delivery) {
+        if buffer == nil { buffer = CircularBuffer(initialCapacity: 4) }
+        buffer!.append(delivery)
+    }
+
+    @discardableResult
+    mutating func removeFirst() -> Delivery {
+        buffer!.removeFirst()
+    }
+
+    mutating func removeAll() {
+        buffer = nil
+    }
+
+    func makeIterator() -> IndexingIterator<[Delivery]> {
+        Array(buffer ?? []).makeIterator()
     }
 }
 

@@ -66,30 +66,171 @@ final class FrontServices: Sendable {
     }
 }
 
-/// Performs what the connection's state machine decides: talks to the ledger, the broker,
-/// the registry and the socket. Lives on its channel's event loop; answers from the ledger
-/// thread and from other connections hop there first.
-final class MQTTConnectionHandler: ChannelDuplexHandler {
+/// What a connection's logic needs of its transport: a NIO channel (`MQTTChannelHandler`,
+/// TLS and WebSocket listeners) or a bare socket on an `EpollEventLoop` (`RawConnection`,
+/// plain TCP). Called on the connection's event loop only.
+protocol ConnectionIO: AnyObject {
+    /// Queues a packet (encoded in the connection's protocol version); `flush` sends.
+    func write(_ packet: MQTTPacket)
+    func flush()
+    /// Sends `packets`, then closes once they are written.
+    func close(sending packets: [MQTTPacket])
+    /// Reading was held back (`MQTTConnection.mayRead` was false): read again.
+    func resumeReading()
+    /// Completes when the connection is closed.
+    var closeFuture: EventLoopFuture<Void> { get }
+    /// The version packets are encoded in, once the CONNECT is known.
+    func setProtocolVersion(_ version: MQTTProtocolVersion)
+    /// The client's v5 Maximum Packet Size: larger packets are not sent (MQTT-3.1.2-24).
+    func setMaximumPacketSize(_ size: Int?)
+    /// Where the broker sends deliveries to this connection (from any thread).
+    func makeSink() -> ConnectionSink
+    /// The NIO channel under a TLS connection (for its client certificate); nil otherwise.
+    var channel: (any Channel)? { get }
+}
+
+/// The NIO face of a connection: a handler at the end of the channel's pipeline (after the
+/// frame decoder and the packet encoder) that hands everything to its `MQTTConnection`.
+final class MQTTChannelHandler: ChannelDuplexHandler, ConnectionIO {
     typealias InboundIn = MQTTInbound
     typealias InboundOut = Never
     typealias OutboundIn = MQTTPacket
     typealias OutboundOut = MQTTPacket
 
     private let services: FrontServices
-    private let encoder: MQTTPacketEncoderHandler
-    /// The TLS layer under this connection, if any: the client certificate comes from it.
     private let tls: TLSTransport?
-    /// What the CONNECT presented, kept to decide again when the registry is reloaded.
-    private var credentials: ConnectCredentials?
-    private var machine: ConnectionStateMachine
+    /// Made once the handler knows its event loop (handlerAdded).
+    private var connection: MQTTConnection!
+    private let encoder: MQTTPacketEncoderHandler
     private var context: ChannelHandlerContext?
-    private var channel: (any Channel)?
-    private var eventLoop: (any EventLoop)?
+    private(set) var channel: (any Channel)?
+    /// A `read` from the pipeline held back while the broker or the claim catches up.
+    private var readHeld = false
+
+    init(services: FrontServices, encoder: MQTTPacketEncoderHandler, tls: TLSTransport? = nil) {
+        self.encoder = encoder
+        self.services = services
+        self.tls = tls
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        self.channel = context.channel
+        let logger = services.logger
+        encoder.onEncodingError = { packet, error in
+            logger.error("packet encoding failed", metadata: ["packet_type": "\(packet.type)", "error": "\(error)"])
+        }
+        connection = MQTTConnection(services: services, eventLoop: context.eventLoop, tls: tls)
+        connection.attach(self)
+        if context.channel.isActive { connection.start(remoteAddress: context.remoteAddressText) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        connection.transportRemoved()
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        connection.start(remoteAddress: context.remoteAddressText)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        connection.process(unwrapInboundIn(data))
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        connection.inactive()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // Resets and the like: the channel closes and channelInactive records the loss.
+        connection.failed(error)
+        context.close(promise: nil)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if connection.mayRead {
+            context.read()
+        } else {
+            readHeld = true
+        }
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        context.write(data, promise: promise)
+    }
+
+    // MARK: ConnectionIO
+
+    func write(_ packet: MQTTPacket) {
+        context?.write(wrapOutboundOut(packet), promise: nil)
+    }
+
+    func flush() {
+        context?.flush()
+    }
+
+    func close(sending packets: [MQTTPacket]) {
+        guard let context else { return }
+        guard let last = packets.last else {
+            context.close(promise: nil)
+            return
+        }
+        for packet in packets.dropLast() { context.write(wrapOutboundOut(packet), promise: nil) }
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(last), promise: written)
+        written.futureResult.assumeIsolated().whenComplete { [self] _ in
+            self.context?.close(promise: nil)
+        }
+    }
+
+    func resumeReading() {
+        guard readHeld, let context else { return }
+        readHeld = false
+        context.read()
+    }
+
+    var closeFuture: EventLoopFuture<Void> { channel!.closeFuture }
+
+    func setProtocolVersion(_ version: MQTTProtocolVersion) {
+        encoder.encoder.protocolVersion = version
+    }
+
+    func setMaximumPacketSize(_ size: Int?) {
+        encoder.maximumPacketSize = size
+    }
+
+    func makeSink() -> ConnectionSink {
+        ConnectionSink(channel: channel!)
+    }
+}
+
+/// Performs what the connection's state machine decides: talks to the ledger, the broker,
+/// the registry and the transport (`ConnectionIO`). Lives on its connection's event loop;
+/// answers from the ledger thread and from other connections hop there first.
+///
+/// Kept small (a held connection is mostly this object): what few connections need (TLS,
+/// credentials under an identity authority, a close waiting for the broker) is boxed.
+final class MQTTConnection: @unchecked Sendable {
+    let services: FrontServices
+    /// Everything of this object but `eventLoop` is touched on that loop only.
+    let eventLoop: any EventLoop
+    /// The TLS layer under this connection, if any: the client certificate comes from it.
+    private let tls: Boxed<TLSTransport>?
+    /// What the CONNECT presented, kept to decide again when the registry is reloaded.
+    private var credentials: Boxed<ConnectCredentials>?
+    private var machine: ConnectionStateMachine
+    /// Set by `attach`; dropped once the connection is finished (it refers back to this).
+    private var io: (any ConnectionIO)?
     private var remoteAddress = ""
-    private var connectTimer: NIOScheduledCallback?
-    /// `started` ran (from handlerAdded or channelActive, whichever saw the channel active).
+    /// The peer as `IP:port`, for log lines.
+    var remoteAddressText: String { remoteAddress }
+    /// The connect timeout until the CONNECT, then the keep-alive (never both).
+    private var timer: NIOScheduledCallback?
+    /// `start` ran (from handlerAdded or channelActive, whichever saw the channel active).
     private var isStarted = false
-    private var keepAliveTimer: NIOScheduledCallback?
     private var connection: ConnectionNumber?
     private var sessionName: SessionName?
     /// For the log only.
@@ -103,103 +244,90 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
     /// had this connection's earlier packets: the connection ends once they are handled, so
     /// that a PUBLISH sent just before a DISCONNECT (mosquitto_pub's QoS 0) or just before the
     /// socket closed is not lost.
-    private var closingAfterBroker: ConnectionStateMachine.Closing?
-    /// A `read` from the pipeline held back while the broker or the claim catches up.
-    private var readHeld = false
+    private var closingAfterBroker: Boxed<ConnectionStateMachine.Closing>?
+    /// Made when someone waits for the end (`finishedFuture`); `isFinished` once it came.
     private var finished: EventLoopPromise<Void>?
+    private var isFinished = false
     private var finishStarted = false
     /// Of the channel's close and the release's answer, how many `finish` still waits for.
     private var finishWaiting = 0
-    /// Counted in `custody_mqtt_connections_open` (until channelInactive).
+    /// Counted in `custody_mqtt_connections_open` (until `inactive`).
     private var countedOpen = false
 
     private static let brokerQueueLimit = 64
 
-    init(services: FrontServices, encoder: MQTTPacketEncoderHandler, tls: TLSTransport? = nil) {
+    init(services: FrontServices, eventLoop: any EventLoop, tls: TLSTransport? = nil) {
         self.services = services
-        self.encoder = encoder
-        self.tls = tls
+        self.eventLoop = eventLoop
+        self.tls = tls.map(Boxed.init)
         self.machine = ConnectionStateMachine(settings: services.machineSettings)
     }
 
-    // MARK: - Channel events
+    // MARK: - Transport events
 
-    func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
-        self.channel = context.channel
-        self.eventLoop = context.eventLoop
-        self.finished = context.eventLoop.makePromise(of: Void.self)
-        let logger = services.logger
-        encoder.onEncodingError = { packet, error in
-            logger.error("packet encoding failed", metadata: ["packet_type": "\(packet.type)", "error": "\(error)"])
-        }
-        if context.channel.isActive { started(context) }
+    func attach(_ io: any ConnectionIO) {
+        self.io = io
     }
 
-    func handlerRemoved(context: ChannelHandlerContext) {
-        self.context = nil
-        connectTimer?.cancel()
-        keepAliveTimer?.cancel()
+    func transportRemoved() {
+        cancelTimer()
     }
 
-    func channelActive(context: ChannelHandlerContext) {
-        started(context)
-        context.fireChannelActive()
+    private func cancelTimer() {
+        timer?.cancel()
+        timer = nil
     }
 
-    private func started(_ context: ChannelHandlerContext) {
+    /// Succeeds once the connection is closed, detached from the broker and its end recorded.
+    func finishedFuture() -> EventLoopFuture<Void> {
+        if isFinished { return eventLoop.makeSucceededVoidFuture() }
+        if finished == nil { finished = eventLoop.makePromise(of: Void.self) }
+        return finished!.futureResult
+    }
+
+    /// The connection is open. `remoteAddress`: the peer as `IP:port`.
+    func start(remoteAddress: String?) {
         guard !isStarted else { return }
         isStarted = true
         if let metrics = services.metrics, !countedOpen {
             countedOpen = true
             metrics.connectionsOpen.increment()
         }
-        if let text = context.remoteAddressText { remoteAddress = text }
-        connectTimer = try? context.eventLoop.scheduleCallback(
+        if let remoteAddress { self.remoteAddress = remoteAddress }
+        timer = try? eventLoop.scheduleCallback(
             in: services.connectTimeout,
-            handler: ConnectionTimer(NIOLoopBound(self, eventLoop: context.eventLoop), .connectTimeout))
-        services.logger.debug("connection accepted", metadata: ["remote_address": "\(remoteAddress)"])
+            handler: ConnectionTimer(NIOLoopBound(self, eventLoop: eventLoop), .connectTimeout))
+        services.logger.debug("connection accepted", metadata: ["remote_address": "\(self.remoteAddress)"])
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        process(unwrapInboundIn(data))
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
+    /// The connection is closed (by either side).
+    func inactive() {
         if countedOpen {
             countedOpen = false
             services.metrics?.connectionsOpen.decrement()
         }
-        connectTimer?.cancel()
-        keepAliveTimer?.cancel()
+        cancelTimer()
         perform(machine.channelInactive())
         if connection == nil { finish(after: nil) }
-        context.fireChannelInactive()
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // Resets and the like: the channel closes and channelInactive records the loss.
+    /// The transport failed (a reset, a TLS error); it closes next.
+    func failed(_ error: any Error) {
         if tls != nil, connection == nil {
             // On TLS before any CONNECT: mostly a failed handshake (an untrusted certificate).
             services.logger.notice("TLS connection closed", metadata: ["remote_address": "\(remoteAddress)", "error": "\(error)"])
         } else {
             services.logger.debug("connection error", metadata: ["remote_address": "\(remoteAddress)", "error": "\(error)"])
         }
-        context.close(promise: nil)
     }
 
-    func read(context: ChannelHandlerContext) {
-        if machine.pendingIsFull || brokerQueue.count >= Self.brokerQueueLimit {
-            readHeld = true
-        } else {
-            context.read()
-        }
+    /// Whether more bytes may be read now; when not, the transport waits for `resumeReading`.
+    var mayRead: Bool {
+        !machine.pendingIsFull && brokerQueue.count < Self.brokerQueueLimit
     }
 
     private func resumeReadsIfHeld() {
-        guard readHeld, let context, !machine.pendingIsFull, brokerQueue.count < Self.brokerQueueLimit else { return }
-        readHeld = false
-        context.read()
+        if mayRead { io?.resumeReading() }
     }
 
     // MARK: - Inputs from elsewhere (on this event loop)
@@ -215,7 +343,7 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
     /// The identity authority was replaced: decide again with what the CONNECT presented; a
     /// client no longer accepted (or now named otherwise) is disconnected. True when it was.
     func reauthorize(_ authority: any IdentityAuthority) -> Bool {
-        guard let credentials, let connection, let sessionName, !finishStarted else { return false }
+        guard let credentials = credentials?.value, let connection, let sessionName, !finishStarted else { return false }
         let decision = authority.decide(credentials)
         let name = authenticationName.map { AuthenticationName(unchecked: $0) }
         guard decision.verdict != .authenticated || decision.authenticationName != name else { return false }
@@ -233,7 +361,7 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
     private func decideIdentity(_ connect: MQTTConnect) -> IdentityDecision? {
         guard let authority = services.authority.authority else { return nil }
         var certificate: CertificateIdentity?
-        if let tls, let channel {
+        if let tls = tls?.value, let channel = io?.channel {
             do {
                 certificate = try tls.peerIdentity(channel)
             } catch {
@@ -245,7 +373,7 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
         let credentials = ConnectCredentials(
             username: connect.userName, password: connect.password.map { Array($0.readableBytesView) },
             sessionName: connect.clientIdentifier, certificate: certificate)
-        self.credentials = credentials
+        self.credentials = Boxed(credentials)
         return authority.decide(credentials)
     }
 
@@ -255,16 +383,13 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
 
     // MARK: - Doing what the machine says
 
-    private func process(_ inbound: MQTTInbound) {
+    func process(_ inbound: MQTTInbound) {
         var number: ConnectionNumber = 0
         var decision: IdentityDecision?
         if machine.needsConnectionNumber(for: inbound) {
             number = services.ledger.nextConnectionNumber()
             connection = number
-            if let eventLoop, let finished {
-                services.registry.register(number, ConnectionHandle(
-                    eventLoop: eventLoop, handler: NIOLoopBound(self, eventLoop: eventLoop), finished: finished.futureResult))
-            }
+            services.registry.register(number, self)
             // Decided after registering: a registry reload either finds this connection (and
             // decides again, on this loop, after this) or replaced the authority before this read it.
             if case .packet(.connect(let connect)) = inbound {
@@ -278,16 +403,15 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
     }
 
     private func perform(_ action: ConnectionStateMachine.Action) {
-        if let version = machine.protocolVersion { encoder.encoder.protocolVersion = version }
+        if let version = machine.protocolVersion { io?.setProtocolVersion(version) }
         switch action {
         case .none:
             break
         case .send(let packets):
             write(packets)
         case .claim(let request):
-            connectTimer?.cancel()
             // Cancelled for good: nothing of it is kept for the life of the connection.
-            connectTimer = nil
+            cancelTimer()
             claim(request)
         case .deliver(let packet):
             deliver(packet)
@@ -314,7 +438,7 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
             if closing.release?.reason == .clientInitiatedDisconnect || closing.channelGone,
                 brokerBusy || !brokerQueue.isEmpty
             {
-                closingAfterBroker = closing
+                closingAfterBroker = Boxed(closing)
             } else {
                 end(closing)
             }
@@ -328,7 +452,7 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
     }
 
     private func claim(_ request: ClaimRequest) {
-        guard let eventLoop else { return }
+        let eventLoop = self.eventLoop
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
         services.ledger.writer.claim(request) { result in
             eventLoop.execute { bound.value.claimCompleted(result) }
@@ -353,7 +477,7 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
         }
         services.metrics?.connect(granted: true, reasonCode: 0)
         // R4: the old connection hears 0x8E and is gone (detached, closed) before the new CONNACK.
-        if let replaced = grant.replacedConnection, let eventLoop,
+        if let replaced = grant.replacedConnection,
             let gone = services.registry.takeOver(replaced)
         {
             gone.hop(to: eventLoop).assumeIsolated().whenComplete { [self] _ in
@@ -365,10 +489,10 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
     }
 
     private func completeAcceptance(_ acceptance: ConnectionStateMachine.Acceptance) {
-        guard machine.isAccepting, let context else { return }
+        guard machine.isAccepting, let io else { return }
         let identity = acceptance.identity
-        encoder.maximumPacketSize = identity.maximumPacketSize
-        context.write(wrapOutboundOut(acceptance.connack), promise: nil)
+        io.setMaximumPacketSize(identity.maximumPacketSize)
+        io.write(acceptance.connack)
         if let pubsub = services.pubsub {
             // Attached after the CONNACK is written, so that queued deliveries follow it.
             pubsubSession = pubsub.attachSession(
@@ -377,18 +501,17 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
                 receiveMaximum: identity.receiveMaximum, maximumPacketSize: identity.maximumPacketSize,
                 will: identity.will, expiryInterval: acceptance.grant.expiryInterval,
                 readsServerTopics: services.operations.readsServerTopics(identity.authenticationName),
-                sink: ConnectionSink(channel: context.channel))
+                sink: io.makeSink())
             services.registry.attached(identity.sessionName, by: identity.connection)
         }
         let (pending, keepAlive) = machine.accepted(now: .now())
-        context.flush()
+        io.flush()
         if let keepAlive { scheduleKeepAlive(keepAlive) }
         for inbound in pending { process(inbound) }
     }
 
     private func scheduleKeepAlive(_ deadline: NIODeadline) {
-        guard let eventLoop else { return }
-        keepAliveTimer = try? eventLoop.scheduleCallback(
+        timer = try? eventLoop.scheduleCallback(
             at: deadline, handler: ConnectionTimer(NIOLoopBound(self, eventLoop: eventLoop), .keepAlive))
     }
 
@@ -400,30 +523,24 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
         }
     }
 
+    /// The broker's deliveries (through a `ConnectionSink`).
+    func send(_ packets: [MQTTPacket]) {
+        write(packets)
+    }
+
     private func write(_ packets: [MQTTPacket]) {
-        guard let context, !packets.isEmpty else { return }
-        for packet in packets { context.write(wrapOutboundOut(packet), promise: nil) }
-        context.flush()
+        guard let io, !packets.isEmpty else { return }
+        for packet in packets { io.write(packet) }
+        io.flush()
     }
 
     /// Sends what is left to say, then closes once it is written.
     private func close(sending packets: [MQTTPacket]) {
-        guard let context else { return }
-        guard !packets.isEmpty else {
-            context.close(promise: nil)
-            return
-        }
-        for packet in packets.dropLast() { context.write(wrapOutboundOut(packet), promise: nil) }
-        let written = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(wrapOutboundOut(packets.last!), promise: written)
-        written.futureResult.assumeIsolated().whenComplete { [self] _ in
-            self.context?.close(promise: nil)
-        }
+        io?.close(sending: packets)
     }
 
     private func end(_ closing: ConnectionStateMachine.Closing) {
-        connectTimer?.cancel()
-        keepAliveTimer?.cancel()
+        cancelTimer()
         let name = closing.release?.sessionName ?? sessionName
         // A client that broke the protocol is worth a warning; the rest is the normal course of things.
         let level: Logger.Level = closing.release?.reason == .clientError ? .warning : .info
@@ -436,7 +553,7 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
             services.logger.log(level: level, "disconnected", metadata: metadata)
         }
         detach(publishWill: closing.publishWill)
-        guard let request = closing.release, let eventLoop else {
+        guard let request = closing.release else {
             if !closing.channelGone { close(sending: closing.packets) }
             finish(after: nil)
             return
@@ -474,11 +591,11 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
 
     /// Completes `finished` once the channel is closed and `released` (if any) is done.
     private func finish(after released: EventLoopFuture<Void>?) {
-        guard !finishStarted, finished != nil, let channel else { return }
+        guard !finishStarted, let io else { return }
         finishStarted = true
         // Both futures complete on this loop: a count instead of `and` + `map` (fewer allocations).
         finishWaiting = released == nil ? 1 : 2
-        channel.closeFuture.assumeIsolated().whenComplete { [self] _ in finishStep() }
+        io.closeFuture.assumeIsolated().whenComplete { [self] _ in finishStep() }
         released?.assumeIsolated().whenComplete { [self] _ in finishStep() }
     }
 
@@ -486,6 +603,9 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
         finishWaiting -= 1
         guard finishWaiting == 0 else { return }
         if let connection { services.registry.unregister(connection) }
+        // The transport refers to this connection: let both go.
+        io = nil
+        isFinished = true
         finished?.succeed()
     }
 
@@ -503,7 +623,7 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
     }
 
     private func pump(_ session: any PubSubSession) {
-        guard let eventLoop, let packet = brokerQueue.popFirst() else {
+        guard let packet = brokerQueue.popFirst() else {
             brokerBusy = false
             return
         }
@@ -521,7 +641,7 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
     }
 
     private func brokerAnswered(_ result: Result<[MQTTPacket], any Error>, session: any PubSubSession) {
-        if let closing = closingAfterBroker {
+        if let closing = closingAfterBroker?.value {
             // The client said DISCONNECT or is gone: answers are moot, what it sent before is not.
             if case .failure = result { brokerQueue.removeAll() }
             guard brokerQueue.isEmpty else { return pump(session) }
@@ -572,12 +692,6 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
         }
         services.logger.debug(received ? "packet received" : "packet sent", metadata: metadata)
     }
-
-    // MARK: - Outbound
-
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        context.write(data, promise: promise)
-    }
 }
 
 /// The connect timeout and the keep-alive of a connection, as NIO scheduled callbacks: one
@@ -586,16 +700,25 @@ final class MQTTConnectionHandler: ChannelDuplexHandler {
 private final class ConnectionTimer: NIOScheduledCallbackHandler, Sendable {
     enum Kind { case connectTimeout, keepAlive }
 
-    let handler: NIOLoopBound<MQTTConnectionHandler>
+    let handler: NIOLoopBound<MQTTConnection>
     let kind: Kind
 
-    init(_ handler: NIOLoopBound<MQTTConnectionHandler>, _ kind: Kind) {
+    init(_ handler: NIOLoopBound<MQTTConnection>, _ kind: Kind) {
         self.handler = handler
         self.kind = kind
     }
 
     func handleScheduledCallback(eventLoop: some EventLoop) {
         handler.value.timerFired(kind)
+    }
+}
+
+/// A value kept out of line: fields most connections never set cost one pointer.
+final class Boxed<Value>: @unchecked Sendable {
+    let value: Value
+
+    init(_ value: Value) {
+        self.value = value
     }
 }
 

@@ -2,26 +2,19 @@ import NIOCore
 import SessionLedger
 import Synchronization
 
-/// A connection that holds (or is claiming) a session, reachable from other event loops.
-struct ConnectionHandle: Sendable {
-    let eventLoop: any EventLoop
-    let handler: NIOLoopBound<MQTTConnectionHandler>
-    /// Succeeds once the connection is closed, detached from the broker and its end recorded.
-    let finished: EventLoopFuture<Void>
-}
-
 /// Connections by number, so that a takeover (R4) reaches the connection the ledger names,
 /// and sessions attached to the broker by name, so that an expiry never ends a session that
 /// a newer connection already holds.
 final class ConnectionRegistry: Sendable {
     private struct Tables {
-        var connections: [ConnectionNumber: ConnectionHandle] = [:]
+        /// One pointer per connection (its event loop is in it).
+        var connections: [ConnectionNumber: MQTTConnection] = [:]
         var attached: [SessionName: ConnectionNumber] = [:]
     }
 
     private let tables = Mutex(Tables())
 
-    func register(_ connection: ConnectionNumber, _ handle: ConnectionHandle) {
+    func register(_ connection: ConnectionNumber, _ handle: MQTTConnection) {
         tables.withLock { $0.connections[connection] = handle }
     }
 
@@ -47,16 +40,20 @@ final class ConnectionRegistry: Sendable {
     /// nil when no such connection is here any more.
     func takeOver(_ connection: ConnectionNumber) -> EventLoopFuture<Void>? {
         guard let handle = tables.withLock({ $0.connections[connection] }) else { return nil }
-        handle.eventLoop.execute { handle.handler.value.takenOver() }
-        return handle.finished
+        return handle.eventLoop.submit {
+            handle.takenOver()
+            return handle.finishedFuture()
+        }.flatMap { $0 }
     }
 
     /// Asks every connection to close; the futures say when each is gone.
     func shutdownAll() -> [EventLoopFuture<Void>] {
         let handles = tables.withLock { Array($0.connections.values) }
         return handles.map { handle in
-            handle.eventLoop.execute { handle.handler.value.shutdown() }
-            return handle.finished
+            handle.eventLoop.flatSubmit {
+                handle.shutdown()
+                return handle.finishedFuture()
+            }
         }
     }
 
@@ -65,7 +62,7 @@ final class ConnectionRegistry: Sendable {
     func reauthorizeAll(_ authority: any IdentityAuthority) -> [EventLoopFuture<Bool>] {
         let handles = tables.withLock { Array($0.connections.values) }
         return handles.map { handle in
-            handle.eventLoop.submit { handle.handler.value.reauthorize(authority) }
+            handle.eventLoop.submit { handle.reauthorize(authority) }
         }
     }
 
@@ -73,8 +70,9 @@ final class ConnectionRegistry: Sendable {
     /// any, handed to the ledger or to the shutdown batch).
     func shutdownAllAsked() -> (asked: [EventLoopFuture<Void>], finished: [EventLoopFuture<Void>]) {
         let handles = tables.withLock { Array($0.connections.values) }
-        let asked = handles.map { handle in handle.eventLoop.submit { handle.handler.value.shutdown() } }
-        return (asked, handles.map(\.finished))
+        let asked = handles.map { handle in handle.eventLoop.submit { handle.shutdown() } }
+        let finished = handles.map { handle in handle.eventLoop.flatSubmit { handle.finishedFuture() } }
+        return (asked, finished)
     }
 
     var count: Int { tables.withLock { $0.connections.count } }

@@ -40,11 +40,57 @@ public struct ConnectionStateMachine: Sendable {
         public var maximumPacketSize: Int?
         public var remoteAddress: String
         /// The CONNECT named an authentication method; none is supported (0x8C).
-        public var authenticationMethod: String?
+        public var authenticationMethod: String? {
+            get { rare?.value.authenticationMethod }
+            set { updateRare { $0.authenticationMethod = newValue } }
+        }
         /// The CONNECT's will message, for the broker.
-        public var will: MQTTWill?
+        public var will: MQTTWill? {
+            get { rare?.value.will }
+            set { updateRare { $0.will = newValue } }
+        }
         /// The identity authority's refusal (R7): the code to answer with and why, for the log.
-        public var identityRefusal: (code: MQTTReasonCode, detail: String)? = nil
+        public var identityRefusal: (code: MQTTReasonCode, detail: String)? {
+            get { rare?.value.identityRefusal }
+            set { updateRare { $0.identityRefusal = newValue } }
+        }
+
+        /// What few CONNECTs carry, out of line: every held connection keeps an Identity.
+        private struct Rare: Sendable {
+            var authenticationMethod: String?
+            var will: MQTTWill?
+            var identityRefusal: (code: MQTTReasonCode, detail: String)?
+        }
+        private var rare: Boxed<Rare>?
+
+        private mutating func updateRare(_ change: (inout Rare) -> Void) {
+            var value = rare?.value ?? Rare()
+            change(&value)
+            let empty = value.authenticationMethod == nil && value.will == nil && value.identityRefusal == nil
+            rare = empty ? nil : Boxed(value)
+        }
+
+        public init(
+            sessionName: SessionName, authenticationName: AuthenticationName, connection: ConnectionNumber,
+            protocolVersion: MQTTProtocolVersion, requestedExpiry: UInt32, keepAlive: UInt16,
+            serverKeepAlive: UInt16? = nil, receiveMaximum: Int, maximumPacketSize: Int?, remoteAddress: String,
+            authenticationMethod: String? = nil, will: MQTTWill? = nil,
+            identityRefusal: (code: MQTTReasonCode, detail: String)? = nil
+        ) {
+            self.sessionName = sessionName
+            self.authenticationName = authenticationName
+            self.connection = connection
+            self.protocolVersion = protocolVersion
+            self.requestedExpiry = requestedExpiry
+            self.keepAlive = keepAlive
+            self.serverKeepAlive = serverKeepAlive
+            self.receiveMaximum = receiveMaximum
+            self.maximumPacketSize = maximumPacketSize
+            self.remoteAddress = remoteAddress
+            if authenticationMethod != nil || will != nil || identityRefusal != nil {
+                rare = Boxed(Rare(authenticationMethod: authenticationMethod, will: will, identityRefusal: identityRefusal))
+            }
+        }
     }
 
     /// Why a connection that is not yet active must not become so when its claim comes back.

@@ -111,6 +111,21 @@ public struct MQTTFrontConfiguration: Sendable {
     public var receiveMaximum: UInt16 = 100
     /// Longest keep-alive, in seconds; nil: the client's. See `ConnectionStateMachine.Settings`.
     public var maximumKeepAlive: UInt16?
+    /// How plain-TCP (`mqtt`) listeners carry their connections. TLS and WebSocket
+    /// listeners always use SwiftNIO channels.
+    public enum PlainTCPFront: Sendable {
+        /// Bare sockets on Custody's own epoll loops (EpollEventLoop.swift, RawTCP.swift):
+        /// a connection is one small object instead of a NIO channel and its pipeline. The
+        /// default on Linux.
+        case epoll
+        /// A SwiftNIO channel per connection, as TLS and WebSocket listeners.
+        case nio
+    }
+    #if os(Linux)
+    public var plainTCPFront = PlainTCPFront.epoll
+    #else
+    public var plainTCPFront = PlainTCPFront.nio
+    #endif
 
     public init(
         listeners: [FrontListener] = [FrontListener(address: .defaultMQTT)], connectTimeout: TimeAmount = .seconds(10),
@@ -147,6 +162,10 @@ public final class MQTTFront: Sendable {
     private let configuration: MQTTFrontConfiguration
     private let group: MultiThreadedEventLoopGroup
     private let servers = Mutex<[any Channel]>([])
+    #if os(Linux)
+    /// The plain-TCP front's loops (made with the first such listener) and its listeners.
+    private let epoll = Mutex<(loops: [EpollEventLoop], listeners: [RawTCPListener])>(([], []))
+    #endif
 
     public init(
         ledger: SessionLedger, pubsub: (any PubSubEngine)?, configuration: MQTTFrontConfiguration = .init(),
@@ -169,6 +188,12 @@ public final class MQTTFront: Sendable {
         for listener in configuration.listeners {
             let address = listener.address
             do {
+                #if os(Linux)
+                if case .tcp = listener.transport, configuration.plainTCPFront == .epoll {
+                    bound.append(ListenAddress(host: address.host, port: try startEpollListener(address)))
+                    continue
+                }
+                #endif
                 let bootstrap: ServerBootstrap
                 switch listener.transport {
                 case .tcp:
@@ -188,6 +213,21 @@ public final class MQTTFront: Sendable {
         }
         return bound
     }
+
+    #if os(Linux)
+    /// A plain-TCP listener on the epoll loops; returns its port.
+    private func startEpollListener(_ address: ListenAddress) throws -> Int {
+        try epoll.withLock { epoll in
+            if epoll.loops.isEmpty {
+                let count = max(1, configuration.eventLoopThreads)
+                epoll.loops = try (0..<count).map { try EpollEventLoop(name: "custody-mqtt-\($0)") }
+            }
+            let listener = try RawTCPListener(address: address, loops: epoll.loops, services: services)
+            epoll.listeners.append(listener)
+            return listener.port
+        }
+    }
+    #endif
 
     /// A server bootstrap whose connections get their pipeline from `pipeline` (on their loop).
     private func serverBootstrap(
@@ -233,7 +273,7 @@ public final class MQTTFront: Sendable {
         try operations.addHandler(ByteToMessageHandler(
             MQTTFrameDecoder(maximumPacketSize: services.maximumPacketSize, metrics: services.metrics)))
         try operations.addHandler(encoder)
-        try operations.addHandler(MQTTConnectionHandler(services: services, encoder: encoder, tls: tls))
+        try operations.addHandler(MQTTChannelHandler(services: services, encoder: encoder, tls: tls))
     }
 
     /// `mqtt`: MQTT straight on the TCP stream.
@@ -298,6 +338,9 @@ public final class MQTTFront: Sendable {
         try? await timeout.futureResult.get()
         timer.cancel()
         try? await group.shutdownGracefully()
+        #if os(Linux)
+        for loop in epoll.withLock({ $0.loops }) { try? await loop.shutdownGracefully() }
+        #endif
         return batched
     }
 
@@ -307,5 +350,12 @@ public final class MQTTFront: Sendable {
             return channels
         }
         for channel in channels { try? await channel.close() }
+        #if os(Linux)
+        let listeners = epoll.withLock { epoll in
+            defer { epoll.listeners.removeAll() }
+            return epoll.listeners
+        }
+        for listener in listeners { await listener.close() }
+        #endif
     }
 }

@@ -27,27 +27,41 @@ extension PubSubEngine {
     public func hasSession(_ name: SessionName) -> Bool { true }
 }
 
-public protocol PubSubSession: Sendable {
+public protocol PubSubSession: AnyObject, Sendable {
     /// One client packet, in arrival order; returns the answers to send.
     func handle(_ packet: MQTTPacket) async throws -> [MQTTPacket]
 }
 
 /// Packets the broker sends on its own (deliveries) to one connection, from any thread.
 public final class ConnectionSink: Sendable {
-    let channel: any Channel
+    private enum Target: Sendable {
+        case channel(any Channel)
+        case connection(any EventLoop, NIOLoopBound<MQTTConnection>)
+    }
+
+    private let target: Target
 
     init(channel: any Channel) {
-        self.channel = channel
+        self.target = .channel(channel)
+    }
+
+    /// A connection that is not a NIO channel: it writes through its transport on `eventLoop`.
+    init(eventLoop: any EventLoop, connection: NIOLoopBound<MQTTConnection>) {
+        self.target = .connection(eventLoop, connection)
     }
 
     public func send(_ packets: [MQTTPacket]) {
         guard !packets.isEmpty else { return }
         // Always later, never inline: the broker calls this under its lock, and a write that
         // fails can close the channel, whose handler then detaches from the broker.
-        let channel = self.channel
-        channel.eventLoop.execute {
-            for packet in packets { channel.write(packet, promise: nil) }
-            channel.flush()
+        switch target {
+        case .channel(let channel):
+            channel.eventLoop.execute {
+                for packet in packets { channel.write(packet, promise: nil) }
+                channel.flush()
+            }
+        case .connection(let eventLoop, let connection):
+            eventLoop.execute { connection.value.send(packets) }
         }
     }
 }
