@@ -108,14 +108,46 @@ final class SessionState: @unchecked Sendable {
     var queueMayExpire = false
     /// The current connection's will message (`BrokerSession.setWill`), and the session
     /// expiry interval that bounds its delay.
-    var will: MQTTWill?
-    var willSessionExpiry: UInt32?
+    var will: MQTTWill? {
+        get { wills?.will }
+        set { if newValue != nil || wills != nil { willsForWriting.will = newValue } }
+    }
+    var willSessionExpiry: UInt32? {
+        get { wills?.willSessionExpiry }
+        set { if newValue != nil || wills != nil { willsForWriting.willSessionExpiry = newValue } }
+    }
     /// A will waiting for its Will Delay Interval after the connection ended; `willGeneration`
     /// tells the timer whether it is still the one it was set for.
-    var pendingWill: MQTTWill?
-    var willGeneration: UInt64 = 0
+    var pendingWill: MQTTWill? {
+        get { wills?.pendingWill }
+        set { if newValue != nil || wills != nil { willsForWriting.pendingWill = newValue } }
+    }
+    var willGeneration: UInt64 {
+        get { wills?.willGeneration ?? 0 }
+        set { willsForWriting.willGeneration = newValue }
+    }
     /// A `W` record of the will is in the store (persistent sessions, delay > 0).
-    var willStored = false
+    var willStored: Bool {
+        get { wills?.willStored ?? false }
+        set { if newValue || wills != nil { willsForWriting.willStored = newValue } }
+    }
+    /// The will fields, out of line: most sessions never have a will. Kept once made (the
+    /// generation only grows).
+    private var wills: WillState?
+    private var willsForWriting: WillState {
+        if let wills { return wills }
+        let made = WillState()
+        wills = made
+        return made
+    }
+
+    final class WillState {
+        var will: MQTTWill?
+        var willSessionExpiry: UInt32?
+        var pendingWill: MQTTWill?
+        var willGeneration: UInt64 = 0
+        var willStored = false
+    }
     /// Packets decided under the lock, sent after it (see `Broker.drain`).
     var outbox: [MQTTPacket] = []
     var draining = false

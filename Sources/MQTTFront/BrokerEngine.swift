@@ -2,8 +2,6 @@ import Broker
 import MQTTCodec
 import SessionLedger
 
-extension ConnectionSink: BrokerSink {}
-
 extension BrokerError: PubSubFailure {}
 
 /// `handle(_:) async throws(BrokerError)` is the witness.
@@ -13,7 +11,7 @@ extension Broker: PubSubEngine {
     public func attachSession(
         name: SessionName, persistent: Bool, sessionPresent: Bool, protocolVersion: MQTTProtocolVersion,
         receiveMaximum: Int, maximumPacketSize: Int?, will: MQTTWill?, expiryInterval: UInt32,
-        readsServerTopics: Bool, sink: ConnectionSink
+        readsServerTopics: Bool, sink: any ConnectionSink
     ) -> any PubSubSession {
         let session = attach(
             session: name, persistent: persistent, sessionPresent: sessionPresent, protocolVersion: protocolVersion,

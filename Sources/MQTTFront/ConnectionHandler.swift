@@ -83,8 +83,6 @@ protocol ConnectionIO: AnyObject {
     func setProtocolVersion(_ version: MQTTProtocolVersion)
     /// The client's v5 Maximum Packet Size: larger packets are not sent (MQTT-3.1.2-24).
     func setMaximumPacketSize(_ size: Int?)
-    /// Where the broker sends deliveries to this connection (from any thread).
-    func makeSink() -> ConnectionSink
     /// The NIO channel under a TLS connection (for its client certificate); nil otherwise.
     var channel: (any Channel)? { get }
 }
@@ -201,10 +199,6 @@ final class MQTTChannelHandler: ChannelDuplexHandler, ConnectionIO {
     func setMaximumPacketSize(_ size: Int?) {
         encoder.maximumPacketSize = size
     }
-
-    func makeSink() -> ConnectionSink {
-        ConnectionSink(channel: channel!)
-    }
 }
 
 /// Performs what the connection's state machine decides: talks to the ledger, the broker,
@@ -213,7 +207,7 @@ final class MQTTChannelHandler: ChannelDuplexHandler, ConnectionIO {
 ///
 /// Kept small (a held connection is mostly this object): what few connections need (TLS,
 /// credentials under an identity authority, a close waiting for the broker) is boxed.
-final class MQTTConnection: @unchecked Sendable {
+final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchecked Sendable {
     let services: FrontServices
     /// Everything of this object but `eventLoop` is touched on that loop only.
     let eventLoop: any EventLoop
@@ -229,6 +223,8 @@ final class MQTTConnection: @unchecked Sendable {
     var remoteAddressText: String { remoteAddress }
     /// The connect timeout until the CONNECT, then the keep-alive (never both).
     private var timer: NIOScheduledCallback?
+    private var timerKind = TimerKind.connectTimeout
+    private enum TimerKind { case connectTimeout, keepAlive }
     /// `start` ran (from handlerAdded or channelActive, whichever saw the channel active).
     private var isStarted = false
     private var connection: ConnectionNumber?
@@ -296,7 +292,7 @@ final class MQTTConnection: @unchecked Sendable {
         if let remoteAddress { self.remoteAddress = remoteAddress }
         timer = try? eventLoop.scheduleCallback(
             in: services.connectTimeout,
-            handler: ConnectionTimer(NIOLoopBound(self, eventLoop: eventLoop), .connectTimeout))
+            handler: self)
         services.logger.debug("connection accepted", metadata: ["remote_address": "\(self.remoteAddress)"])
     }
 
@@ -501,7 +497,7 @@ final class MQTTConnection: @unchecked Sendable {
                 receiveMaximum: identity.receiveMaximum, maximumPacketSize: identity.maximumPacketSize,
                 will: identity.will, expiryInterval: acceptance.grant.expiryInterval,
                 readsServerTopics: services.operations.readsServerTopics(identity.authenticationName),
-                sink: io.makeSink())
+                sink: self)
             services.registry.attached(identity.sessionName, by: identity.connection)
         }
         let (pending, keepAlive) = machine.accepted(now: .now())
@@ -511,21 +507,25 @@ final class MQTTConnection: @unchecked Sendable {
     }
 
     private func scheduleKeepAlive(_ deadline: NIODeadline) {
-        timer = try? eventLoop.scheduleCallback(
-            at: deadline, handler: ConnectionTimer(NIOLoopBound(self, eventLoop: eventLoop), .keepAlive))
+        timerKind = .keepAlive
+        timer = try? eventLoop.scheduleCallback(at: deadline, handler: self)
     }
 
-    /// A `ConnectionTimer` went off (on this loop).
-    fileprivate func timerFired(_ kind: ConnectionTimer.Kind) {
-        switch kind {
+    /// `timer` went off (on this loop). The connection is its own callback handler: no
+    /// object per timer.
+    func handleScheduledCallback(eventLoop: some EventLoop) {
+        switch timerKind {
         case .connectTimeout: perform(machine.connectTimeoutFired())
         case .keepAlive: perform(machine.keepAliveTimerFired(now: .now()))
         }
     }
 
-    /// The broker's deliveries (through a `ConnectionSink`).
+    /// The broker's deliveries (`ConnectionSink`), from any thread: always written later,
+    /// never inline (the broker calls this under its lock, and a write that fails can close
+    /// the connection, which then detaches from the broker).
     func send(_ packets: [MQTTPacket]) {
-        write(packets)
+        guard !packets.isEmpty else { return }
+        eventLoop.execute { self.write(packets) }
     }
 
     private func write(_ packets: [MQTTPacket]) {
@@ -691,25 +691,6 @@ final class MQTTConnection: @unchecked Sendable {
             metadata["error"] = "\(error)"
         }
         services.logger.debug(received ? "packet received" : "packet sent", metadata: metadata)
-    }
-}
-
-/// The connect timeout and the keep-alive of a connection, as NIO scheduled callbacks: one
-/// small object per timer where `scheduleTask` allocated a promise, a future and closures
-/// (and a held connection kept them).
-private final class ConnectionTimer: NIOScheduledCallbackHandler, Sendable {
-    enum Kind { case connectTimeout, keepAlive }
-
-    let handler: NIOLoopBound<MQTTConnection>
-    let kind: Kind
-
-    init(_ handler: NIOLoopBound<MQTTConnection>, _ kind: Kind) {
-        self.handler = handler
-        self.kind = kind
-    }
-
-    func handleScheduledCallback(eventLoop: some EventLoop) {
-        handler.value.timerFired(kind)
     }
 }
 

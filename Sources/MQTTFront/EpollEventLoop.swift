@@ -39,7 +39,9 @@ final class EpollEventLoop: EventLoop, @unchecked Sendable {
     // Loop-only state (touched on the loop's thread only).
     private var watched: [(any EpollReadiness)?] = []
     private var timers = TimerHeap()
-    private var timerActions: [UInt64: TimerAction] = [:]
+    /// Each timer's action: a `TaskTimer`, or the callback handler itself (one pointer an
+    /// entry: a held connection's keep-alive costs a heap entry and this, nothing more).
+    private var timerActions: [UInt64: AnyObject] = [:]
     private var nextTimerID: UInt64 = 1
     /// Shared by every connection of this loop for its reads (each copies out what it read).
     let readScratch: UnsafeMutableRawBufferPointer
@@ -47,9 +49,9 @@ final class EpollEventLoop: EventLoop, @unchecked Sendable {
     let allocator = ByteBufferAllocator()
     let name: String
 
-    private enum TimerAction {
-        case task(() -> Void)
-        case callback(any NIOScheduledCallbackHandler & Sendable)
+    private final class TaskTimer {
+        let run: () -> Void
+        init(_ run: @escaping () -> Void) { self.run = run }
     }
 
     init(name: String) throws {
@@ -120,13 +122,13 @@ final class EpollEventLoop: EventLoop, @unchecked Sendable {
         if inEventLoop {
             let id = nextTimerID
             nextTimerID += 1
-            timerActions[id] = .callback(handler)
+            timerActions[id] = handler as AnyObject
             timers.push(deadline.uptimeNanoseconds, id)
             return NIOScheduledCallback(self, id: id)
         }
         let id = allocateTimerID()
         execute { [self] in
-            timerActions[id] = .callback(handler)
+            timerActions[id] = handler as AnyObject
             timers.push(deadline.uptimeNanoseconds, id)
         }
         return NIOScheduledCallback(self, id: id)
@@ -142,7 +144,7 @@ final class EpollEventLoop: EventLoop, @unchecked Sendable {
     func cancelScheduledCallback(_ scheduledCallback: NIOScheduledCallback) {
         guard let id = scheduledCallback.customCallbackID else { return }
         if inEventLoop {
-            if case .callback(let handler)? = timerActions.removeValue(forKey: id) {
+            if let handler = timerActions.removeValue(forKey: id) as? any NIOScheduledCallbackHandler {
                 handler.didCancelScheduledCallback(eventLoop: self)
             }
         } else {
@@ -265,7 +267,7 @@ final class EpollEventLoop: EventLoop, @unchecked Sendable {
         }
         // Stopping: scheduled work is cancelled, watched descriptors closed.
         for (_, action) in timerActions {
-            if case .callback(let handler) = action { handler.didCancelScheduledCallback(eventLoop: self) }
+            if let handler = action as? any NIOScheduledCallbackHandler { handler.didCancelScheduledCallback(eventLoop: self) }
         }
         timerActions.removeAll()
         for index in watched.indices where watched[index] != nil {
@@ -292,9 +294,10 @@ final class EpollEventLoop: EventLoop, @unchecked Sendable {
         while let next = timers.peek(), next.deadline <= now {
             timers.pop()
             guard let action = timerActions.removeValue(forKey: next.id) else { continue }
-            switch action {
-            case .task(let task): task()
-            case .callback(let handler): handler.handleScheduledCallback(eventLoop: self)
+            if let task = action as? TaskTimer {
+                task.run()
+            } else if let handler = action as? any NIOScheduledCallbackHandler {
+                handler.handleScheduledCallback(eventLoop: self)
             }
         }
     }
@@ -310,13 +313,13 @@ final class EpollEventLoop: EventLoop, @unchecked Sendable {
         if inEventLoop {
             let id = nextTimerID
             nextTimerID += 1
-            timerActions[id] = .task(action)
+            timerActions[id] = TaskTimer(action)
             timers.push(deadline.uptimeNanoseconds, id)
             return id
         }
         let id = allocateTimerID()
         execute { [self] in
-            timerActions[id] = .task(action)
+            timerActions[id] = TaskTimer(action)
             timers.push(deadline.uptimeNanoseconds, id)
         }
         return id

@@ -1,3 +1,4 @@
+import Broker
 import MQTTCodec
 import NIOCore
 import SessionLedger
@@ -11,7 +12,7 @@ public protocol PubSubEngine: Sendable {
     func attachSession(
         name: SessionName, persistent: Bool, sessionPresent: Bool, protocolVersion: MQTTProtocolVersion,
         receiveMaximum: Int, maximumPacketSize: Int?, will: MQTTWill?, expiryInterval: UInt32,
-        readsServerTopics: Bool, sink: ConnectionSink
+        readsServerTopics: Bool, sink: any ConnectionSink
     ) -> any PubSubSession
     /// `publishWill`: false only after a client DISCONNECT with 0x00.
     func detachSession(_ session: any PubSubSession, publishWill: Bool)
@@ -32,39 +33,9 @@ public protocol PubSubSession: AnyObject, Sendable {
     func handle(_ packet: MQTTPacket) async throws -> [MQTTPacket]
 }
 
-/// Packets the broker sends on its own (deliveries) to one connection, from any thread.
-public final class ConnectionSink: Sendable {
-    private enum Target: Sendable {
-        case channel(any Channel)
-        case connection(any EventLoop, NIOLoopBound<MQTTConnection>)
-    }
-
-    private let target: Target
-
-    init(channel: any Channel) {
-        self.target = .channel(channel)
-    }
-
-    /// A connection that is not a NIO channel: it writes through its transport on `eventLoop`.
-    init(eventLoop: any EventLoop, connection: NIOLoopBound<MQTTConnection>) {
-        self.target = .connection(eventLoop, connection)
-    }
-
-    public func send(_ packets: [MQTTPacket]) {
-        guard !packets.isEmpty else { return }
-        // Always later, never inline: the broker calls this under its lock, and a write that
-        // fails can close the channel, whose handler then detaches from the broker.
-        switch target {
-        case .channel(let channel):
-            channel.eventLoop.execute {
-                for packet in packets { channel.write(packet, promise: nil) }
-                channel.flush()
-            }
-        case .connection(let eventLoop, let connection):
-            eventLoop.execute { connection.value.send(packets) }
-        }
-    }
-}
+/// Where the broker sends packets on its own (deliveries) to one connection: the
+/// connection itself (`MQTTConnection`). Called from any thread, never blocks.
+public protocol ConnectionSink: BrokerSink {}
 
 /// The answers a front without a broker gives: acknowledge what needs acknowledging so that
 /// clients proceed, refuse subscriptions (nothing would ever be delivered).

@@ -324,10 +324,6 @@ final class RawConnection: EpollReadiness, ConnectionIO {
         maximumPacketSize = size
     }
 
-    func makeSink() -> ConnectionSink {
-        ConnectionSink(eventLoop: loop, connection: NIOLoopBound(connection, eventLoop: loop))
-    }
-
     var channel: (any Channel)? { nil }
 
     // MARK: Writing and closing
