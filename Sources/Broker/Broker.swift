@@ -547,6 +547,11 @@ public final class Broker: @unchecked Sendable {
         locked { sessions[name] != nil }
     }
 
+    /// Whether state for `name` is kept with no connection attached (what `endSession` drops).
+    public func hasDetachedSession(_ name: SessionName) -> Bool {
+        locked { sessions[name].map { $0.attachment == 0 } ?? false }
+    }
+
     public var sessionNames: Set<SessionName> {
         locked { Set(sessions.keys) }
     }

@@ -10,7 +10,7 @@ final class FrontServices: Sendable {
     let pubsub: (any PubSubEngine)?
     let registry = ConnectionRegistry()
     let logger: Logger
-    let machineSettings: ConnectionStateMachine.Settings
+    let machineSettings: Boxed<ConnectionStateMachine.Settings>
     let connectTimeout: TimeAmount
     let maximumPacketSize: Int
     /// Who a CONNECT is; nil inside: every Username believed.
@@ -38,9 +38,9 @@ final class FrontServices: Sendable {
         if maximumPacketSize < MQTTDecoder.largestPacketSize {
             capabilities.append(.maximumPacketSize(UInt32(maximumPacketSize)))
         }
-        self.machineSettings = ConnectionStateMachine.Settings(
+        self.machineSettings = Boxed(ConnectionStateMachine.Settings(
             capabilities: capabilities, topicAliasMaximum: topicAliasMaximum, receiveMaximum: receiveMaximum,
-            maximumKeepAlive: maximumKeepAlive)
+            maximumKeepAlive: maximumKeepAlive))
     }
 
     /// Without a broker nothing is delivered: say so in the CONNACK.
@@ -54,7 +54,7 @@ final class FrontServices: Sendable {
     func sessionEnded(_ name: SessionName) {
         // Without state for the name (a clean session is dropped when it detaches) there is
         // nothing to end: no task then.
-        guard let pubsub, !registry.isAttached(name), pubsub.hasSession(name) else { return }
+        guard let pubsub, pubsub.hasDetachedSession(name) else { return }
         let logger = self.logger
         Task {
             do {
@@ -221,13 +221,6 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
     private var remoteAddress = ""
     /// The peer as `IP:port`, for log lines.
     var remoteAddressText: String { remoteAddress }
-    /// The connect timeout until the CONNECT, then the keep-alive (never both).
-    private var timer: NIOScheduledCallback?
-    private var timerKind = TimerKind.connectTimeout
-    private enum TimerKind { case connectTimeout, keepAlive }
-    /// `start` ran (from handlerAdded or channelActive, whichever saw the channel active).
-    private var isStarted = false
-    private var connection: ConnectionNumber?
     private var sessionName: SessionName?
     /// For the log only.
     private var authenticationName: String?
@@ -235,7 +228,6 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
     /// Allocated on first use: most connections never queue a packet, and 16 slots of
     /// `MQTTPacket` (NIO's default) were kilobytes per held connection.
     private var brokerQueue = PacketQueue()
-    private var brokerBusy = false
     /// A client's DISCONNECT, or the loss of the connection, that came while the broker still
     /// had this connection's earlier packets: the connection ends once they are handled, so
     /// that a PUBLISH sent just before a DISCONNECT (mosquitto_pub's QoS 0) or just before the
@@ -243,10 +235,19 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
     private var closingAfterBroker: Boxed<ConnectionStateMachine.Closing>?
     /// Made when someone waits for the end (`finishedFuture`); `isFinished` once it came.
     private var finished: EventLoopPromise<Void>?
+    /// The connect timeout until the CONNECT, then the keep-alive (never both).
+    private var timer: NIOScheduledCallback?
+    private var connection: ConnectionNumber?
+    // The small ones last, together (a held connection is mostly this object).
+    private var timerKind = TimerKind.connectTimeout
+    private enum TimerKind { case connectTimeout, keepAlive }
+    /// `start` ran (from handlerAdded or channelActive, whichever saw the channel active).
+    private var isStarted = false
+    private var brokerBusy = false
     private var isFinished = false
     private var finishStarted = false
     /// Of the channel's close and the release's answer, how many `finish` still waits for.
-    private var finishWaiting = 0
+    private var finishWaiting: UInt8 = 0
     /// Counted in `custody_mqtt_connections_open` (until `inactive`).
     private var countedOpen = false
 
@@ -256,7 +257,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         self.services = services
         self.eventLoop = eventLoop
         self.tls = tls.map(Boxed.init)
-        self.machine = ConnectionStateMachine(settings: services.machineSettings)
+        self.machine = ConnectionStateMachine(sharedSettings: services.machineSettings)
     }
 
     // MARK: - Transport events
@@ -498,7 +499,6 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
                 will: identity.will, expiryInterval: acceptance.grant.expiryInterval,
                 readsServerTopics: services.operations.readsServerTopics(identity.authenticationName),
                 sink: self)
-            services.registry.attached(identity.sessionName, by: identity.connection)
         }
         let (pending, keepAlive) = machine.accepted(now: .now())
         io.flush()
@@ -586,7 +586,6 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         guard let session = pubsubSession else { return }
         pubsubSession = nil
         services.pubsub?.detachSession(session, publishWill: publishWill)
-        if let sessionName, let connection { services.registry.detached(sessionName, by: connection) }
     }
 
     /// Completes `finished` once the channel is closed and `released` (if any) is done.

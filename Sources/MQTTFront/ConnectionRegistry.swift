@@ -2,14 +2,12 @@ import NIOCore
 import SessionLedger
 import Synchronization
 
-/// Connections by number, so that a takeover (R4) reaches the connection the ledger names,
-/// and sessions attached to the broker by name, so that an expiry never ends a session that
-/// a newer connection already holds.
+/// Connections by number, so that a takeover (R4) reaches the connection the ledger names.
+/// (Whether a session is attached is the broker's to say: `hasDetachedSession`.)
 final class ConnectionRegistry: Sendable {
     private struct Tables {
         /// One pointer per connection (its event loop is in it).
         var connections: [ConnectionNumber: MQTTConnection] = [:]
-        var attached: [SessionName: ConnectionNumber] = [:]
     }
 
     private let tables = Mutex(Tables())
@@ -20,20 +18,6 @@ final class ConnectionRegistry: Sendable {
 
     func unregister(_ connection: ConnectionNumber) {
         tables.withLock { _ = $0.connections.removeValue(forKey: connection) }
-    }
-
-    func attached(_ name: SessionName, by connection: ConnectionNumber) {
-        tables.withLock { $0.attached[name] = connection }
-    }
-
-    func detached(_ name: SessionName, by connection: ConnectionNumber) {
-        tables.withLock { tables in
-            if tables.attached[name] == connection { tables.attached.removeValue(forKey: name) }
-        }
-    }
-
-    func isAttached(_ name: SessionName) -> Bool {
-        tables.withLock { $0.attached[name] != nil }
     }
 
     /// Tells `connection` it lost its session; the future says when it is gone.

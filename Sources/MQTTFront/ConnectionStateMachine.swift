@@ -181,7 +181,9 @@ public struct ConnectionStateMachine: Sendable {
     }
 
     var state: State = .awaitingConnect
-    let settings: Settings
+    /// Shared by the connections of a front (one pointer each).
+    private let sharedSettings: Boxed<Settings>
+    var settings: Settings { sharedSettings.value }
     /// The client's topic aliases (v5, this connection only: MQTT-3.3.2-7).
     var inboundAliases: [UInt16: String] = [:]
     /// Packet identifiers of the client's QoS 1 and 2 PUBLISHes not yet answered with PUBACK,
@@ -189,7 +191,11 @@ public struct ConnectionStateMachine: Sendable {
     var inboundInFlight: Set<UInt16> = []
 
     public init(settings: Settings = Settings()) {
-        self.settings = settings
+        self.sharedSettings = Boxed(settings)
+    }
+
+    init(sharedSettings: Boxed<Settings>) {
+        self.sharedSettings = sharedSettings
     }
 
     /// The version to encode in: the CONNECT's, once there is one. A CONNECT refused before

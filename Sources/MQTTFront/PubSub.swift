@@ -18,14 +18,15 @@ public protocol PubSubEngine: Sendable {
     func detachSession(_ session: any PubSubSession, publishWill: Bool)
     /// The session is over (expired, or ended with its connection): drop its state.
     func endSession(_ name: SessionName) async throws
-    /// Whether the engine keeps any state for `name`; false: `endSession` would do nothing.
-    func hasSession(_ name: SessionName) -> Bool
+    /// Whether the engine keeps state for `name` that no connection is attached to; false:
+    /// `endSession` would do nothing.
+    func hasDetachedSession(_ name: SessionName) -> Bool
     /// Added to every v5 CONNACK that grants: what this engine does not do.
     var capabilities: MQTTProperties { get }
 }
 
 extension PubSubEngine {
-    public func hasSession(_ name: SessionName) -> Bool { true }
+    public func hasDetachedSession(_ name: SessionName) -> Bool { true }
 }
 
 public protocol PubSubSession: AnyObject, Sendable {

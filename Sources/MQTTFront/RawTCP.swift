@@ -142,23 +142,25 @@ private final class RawAcceptor: EpollReadiness, @unchecked Sendable {
 final class RawConnection: EpollReadiness, ConnectionIO {
     static let readEvents = EPOLLIN.rawValue | EPOLLRDHUP.rawValue
 
-    private let descriptor: Int32
+    // Ordered so that the small fields pack together: a held connection keeps this object.
     private unowned let loop: EpollEventLoop
     private let connection: MQTTConnection
     private var decoder: MQTTDecoder
-    private var encoder = MQTTEncoder(protocolVersion: .mqtt3_1_1)
-    private var maximumPacketSize: Int?
     /// An incomplete packet's bytes, between reads.
     private var inbound: ByteBuffer?
     /// Bytes written but not yet taken by the socket.
     private var outbound: ByteBuffer?
     /// Made when someone waits for the close (`closeFuture`).
     private var closed: EventLoopPromise<Void>?
+    private let descriptor: Int32
+    /// The errno a read or send failed with (reported with the close); 0: none.
+    private var failure: Int32 = 0
+    /// The client's v5 Maximum Packet Size (MQTT-3.1.2-24); 0: none.
+    private var maximumPacketSize: UInt32 = 0
+    private var encoder = MQTTEncoder(protocolVersion: .mqtt3_1_1)
     private var isClosed = false
     /// The connection heard of the close (`afterEvents`).
     private var closeReported = false
-    /// The errno a read or send failed with (reported with the close); 0: none.
-    private var failure: Int32 = 0
     /// The connection asked to stop reading (its broker or claim is behind).
     private var readHeld = false
     /// After a decoding failure the stream cannot be resynchronised: bytes are dropped.
@@ -272,7 +274,7 @@ final class RawConnection: EpollReadiness, ConnectionIO {
         guard !isClosed else { return }
         let services = connection.services
         do {
-            if let maximum = maximumPacketSize, try encoder.encodedSize(of: packet) > maximum { return }
+            if maximumPacketSize > 0, try encoder.encodedSize(of: packet) > Int(maximumPacketSize) { return }
             if outbound == nil { outbound = loop.allocator.buffer(capacity: 64) }
             let before = outbound!.writerIndex
             try encoder.encode(packet, into: &outbound!)
@@ -321,7 +323,7 @@ final class RawConnection: EpollReadiness, ConnectionIO {
     }
 
     func setMaximumPacketSize(_ size: Int?) {
-        maximumPacketSize = size
+        maximumPacketSize = size.map { UInt32(clamping: $0) } ?? 0
     }
 
     var channel: (any Channel)? { nil }
