@@ -177,7 +177,7 @@ let package = Package(
             name: "MQTTFrontTests",
             // Unit tests of the connection state machine, and end-to-end tests that run the real
             // `custody` with mosquitto_pub/sub and paho-mqtt over 127.0.0.1.
-            dependencies: ["MQTTFront", "MQTTCodec", "SessionLedger", "CustodyConfig", "CustodyServer"]
+            dependencies: ["MQTTFront", "MQTTCodec", "SessionLedger", "CustodyConfig", "CustodyServer", "Broker"]
         ),
         .testTarget(
             name: "MQTTCodecTests",

@@ -163,12 +163,16 @@ final class RawClient {
     private let encoder: MQTTEncoder
     private(set) var closedByPeer = false
 
-    init(port: Int, version: MQTTProtocolVersion = .mqtt5) throws {
+    /// `receiveBuffer`: SO_RCVBUF set before connecting (a small one makes a slow reader).
+    init(port: Int, version: MQTTProtocolVersion = .mqtt5, receiveBuffer: Int32? = nil) throws {
         decoder = MQTTDecoder(protocolVersion: version)
         encoder = MQTTEncoder(protocolVersion: version)
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw E2EError.unexpected("socket: \(errno)") }
         self.fd = fd
+        if var size = receiveBuffer {
+            _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = in_port_t(UInt16(port).bigEndian)

@@ -1,0 +1,375 @@
+#if os(Linux)
+import Broker
+import Foundation
+import Glibc
+import MQTTCodec
+import NIOCore
+import SessionLedger
+import Synchronization
+import Testing
+
+@testable import MQTTFront
+
+// The plain-TCP front's own event loop (EpollEventLoop.swift) and its bare-socket connections
+// (RawTCP.swift), tested on their own and, end to end over 127.0.0.1, next to the NIO channel
+// front that TLS and WebSocket listeners use (and plain TCP with `plainTCPFront = .nio`).
+
+/// Values appended from any thread.
+private final class Recorder<Value: Sendable>: Sendable {
+    private let values = Mutex<[Value]>([])
+    func append(_ value: Value) { values.withLock { $0.append(value) } }
+    var all: [Value] { values.withLock { $0 } }
+}
+
+private final class CountingHandler: NIOScheduledCallbackHandler, Sendable {
+    let fired = Atomic<Int>(0)
+    let cancelled = Atomic<Int>(0)
+    func handleScheduledCallback(eventLoop: some EventLoop) { fired.add(1, ordering: .relaxed) }
+    func didCancelScheduledCallback(eventLoop: some EventLoop) { cancelled.add(1, ordering: .relaxed) }
+}
+
+@Suite("Epoll event loop")
+struct EpollEventLoopTests {
+    @Test func tasksRunOnTheLoopInOrder() async throws {
+        let loop = try EpollEventLoop(name: "test-tasks")
+        #expect(!loop.inEventLoop)
+        let order = Recorder<Int>()
+        let done = (0..<200).map { index in
+            loop.submit {
+                precondition(loop.inEventLoop)
+                order.append(index)
+            }
+        }
+        try await EventLoopFuture.andAllSucceed(done, on: loop).get()
+        #expect(order.all == Array(0..<200))
+        // A task a task queues runs too (the loop does not sleep on it).
+        let nested = try await loop.flatSubmit { loop.submit { 42 } }.get()
+        #expect(nested == 42)
+        try await loop.shutdownGracefully()
+    }
+
+    @Test func timersFireInDeadlineOrderAndCancelledOnesDoNot() async throws {
+        let loop = try EpollEventLoop(name: "test-timers")
+        let fired = Recorder<Int>()
+        let start = NIODeadline.now()
+        let late = loop.scheduleTask(deadline: start + .milliseconds(80)) { fired.append(3) }
+        let early = loop.scheduleTask(deadline: start + .milliseconds(20)) { fired.append(1) }
+        let cancelled = loop.scheduleTask(deadline: start + .milliseconds(50)) { fired.append(2) }
+        cancelled.cancel()
+        try await early.futureResult.get()
+        try await late.futureResult.get()
+        await #expect(throws: EventLoopError.self) { try await cancelled.futureResult.get() }
+        #expect(fired.all == [1, 3])
+        #expect(NIODeadline.now() >= start + .milliseconds(80))
+        try await loop.shutdownGracefully()
+    }
+
+    @Test func scheduledCallbacksFireOrHearOfTheirCancellation() async throws {
+        let loop = try EpollEventLoop(name: "test-callbacks")
+        let kept = CountingHandler()
+        let dropped = CountingHandler()
+        try await loop.submit {
+            _ = try loop.scheduleCallback(in: .milliseconds(10), handler: kept)
+            try loop.scheduleCallback(in: .milliseconds(10), handler: dropped).cancel()
+        }.get()
+        // From another thread: scheduled and cancelled through the loop's queue, in order.
+        let fromOutside = CountingHandler()
+        try loop.scheduleCallback(in: .seconds(30), handler: fromOutside).cancel()
+        // Pending at shutdown: cancelled then.
+        let pending = CountingHandler()
+        _ = try loop.scheduleCallback(in: .seconds(30), handler: pending)
+        try await Task.sleep(for: .milliseconds(150))
+        #expect(kept.fired.load(ordering: .relaxed) == 1)
+        #expect(kept.cancelled.load(ordering: .relaxed) == 0)
+        #expect(dropped.fired.load(ordering: .relaxed) == 0)
+        #expect(dropped.cancelled.load(ordering: .relaxed) == 1)
+        #expect(fromOutside.cancelled.load(ordering: .relaxed) == 1)
+        try await loop.shutdownGracefully()
+        #expect(pending.cancelled.load(ordering: .relaxed) == 1)
+        #expect(pending.fired.load(ordering: .relaxed) == 0)
+        // A second shutdown answers at once.
+        try await loop.shutdownGracefully()
+    }
+
+    @Test func timerHeapPopsInDeadlineOrder() {
+        var heap = TimerHeap()
+        var generator = SystemRandomNumberGenerator()
+        var pushed: [(UInt64, UInt64)] = []
+        for id in 1...500 {
+            let deadline = UInt64.random(in: 0...1_000, using: &generator)
+            heap.push(deadline, UInt64(id))
+            pushed.append((deadline, UInt64(id)))
+        }
+        var popped: [(UInt64, UInt64)] = []
+        while let entry = heap.pop() { popped.append((entry.deadline, entry.id)) }
+        let expected = pushed.sorted { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
+        #expect(popped.map(\.0) == expected.map(\.0))
+        #expect(popped.map(\.1) == expected.map(\.1))
+        #expect(heap.isEmpty)
+    }
+}
+
+/// An in-process front with a broker (memory only) and a ledger in a temporary folder.
+private final class InProcessFront {
+    let directory: String
+    let ledger: SessionLedger
+    let broker: Broker
+    let front: MQTTFront
+    let port: Int
+
+    init(_ kind: MQTTFrontConfiguration.PlainTCPFront, host: String = "127.0.0.1") async throws {
+        directory = scratchDirectory("epoll")
+        ledger = try SessionLedger(directory: directory)
+        broker = try Broker(directory: nil)
+        var configuration = MQTTFrontConfiguration(listeners: [ListenAddress(host: host, port: 0)])
+        configuration.plainTCPFront = kind
+        front = MQTTFront(ledger: ledger, pubsub: broker, configuration: configuration)
+        do {
+            port = try await front.start()[0].port
+        } catch {
+            await front.shutdown()
+            broker.close()
+            ledger.close()
+            throw error
+        }
+    }
+
+    func stop() async {
+        await front.shutdown()
+        broker.close()
+        ledger.close()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    func events() throws -> [LedgerEvent] {
+        try ledger.store.read { snapshot in
+            let head = try snapshot.head().sequence
+            guard head > 0 else { return [] }
+            return try (1...head).compactMap { try snapshot.record(at: $0)?.event }
+        }
+    }
+
+    func waitForEvent(timeout: Double = 10, _ match: (LedgerEvent) -> Bool) async throws -> LedgerEvent {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if let event = try events().first(where: match) { return event }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw E2EError.timeout("ledger event; have \(try events().map { "\($0.kind) \($0.sessionName)" })")
+    }
+}
+
+private func encoded(_ packets: [MQTTPacket], _ version: MQTTProtocolVersion = .mqtt5) throws -> [UInt8] {
+    var buffer = ByteBuffer()
+    for packet in packets { try MQTTEncoder(protocolVersion: version).encode(packet, into: &buffer) }
+    return Array(buffer.readableBytesView)
+}
+
+private func connectPacket(_ id: String, _ version: MQTTProtocolVersion = .mqtt5) -> MQTTPacket {
+    .connect(MQTTConnect(protocolVersion: version, clientIdentifier: id, cleanStart: true, keepAlive: 60, userName: "u"))
+}
+
+private func subscribePacket(_ filter: String, id: UInt16 = 1) -> MQTTPacket {
+    .subscribe(MQTTSubscribe(packetIdentifier: id, subscriptions: [MQTTSubscription(topicFilter: filter)]))
+}
+
+/// Runs blocking client code on a thread of its own: `RawClient`'s blocking sockets must not
+/// hold one of Swift concurrency's few threads, which the broker's tasks need meanwhile.
+private func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try body() }) }.start()
+    }
+}
+
+/// Runs `body` with a front, stopping it afterwards whatever happens.
+private func withFront(
+    _ kind: MQTTFrontConfiguration.PlainTCPFront, host: String = "127.0.0.1",
+    _ body: (InProcessFront) async throws -> Void
+) async throws {
+    let front = try await InProcessFront(kind, host: host)
+    do {
+        try await body(front)
+    } catch {
+        await front.stop()
+        throw error
+    }
+    await front.stop()
+}
+
+@Suite("Plain-TCP front: bare sockets on epoll, and NIO channels", .serialized)
+struct PlainTCPFrontTests {
+    static let fronts: [MQTTFrontConfiguration.PlainTCPFront] = [.epoll, .nio]
+
+    @Test(arguments: fronts)
+    func packetsSplitAcrossReadsAndSeveralInOneRead(_ kind: MQTTFrontConfiguration.PlainTCPFront) async throws {
+        try await withFront(kind) { front in
+            let port = front.port
+            let (connack, kinds, delivered, closedQuietly) = try await offPool {
+                let client = try RawClient(port: port)
+                // The CONNECT one byte per write: a packet across many reads.
+                for byte in try encoded([connectPacket("split")]) {
+                    try client.sendRaw([byte])
+                    usleep(500)
+                }
+                guard case .connack(let connack)? = try client.receive() else { throw E2EError.unexpected("no CONNACK") }
+                // SUBSCRIBE, PINGREQ and a PUBLISH to the subscribed topic in one write.
+                try client.sendRaw(encoded([
+                    subscribePacket("s/#"), .pingreq, .publish(MQTTPublish(topicName: "s/1", payload: ByteBuffer(string: "hello"))),
+                ]))
+                var kinds: [String] = []
+                var delivered: MQTTPublish?
+                for _ in 0..<3 {
+                    guard let packet = try client.receive(timeout: 10) else { throw E2EError.unexpected("closed after \(kinds)") }
+                    kinds.append("\(packet.type)")
+                    if case .publish(let publish) = packet { delivered = publish }
+                }
+                try client.send(.disconnect(MQTTDisconnect()))
+                return (connack, kinds, delivered, try client.receiveUntilClosed().isEmpty)
+            }
+            #expect(connack.reasonCode == .success)
+            #expect(kinds.sorted() == ["PINGRESP", "PUBLISH", "SUBACK"])
+            #expect(delivered?.payload == ByteBuffer(string: "hello"))
+            #expect(delivered?.topicName == "s/1")
+            #expect(closedQuietly)
+        }
+    }
+
+    @Test(arguments: fronts)
+    func largeMessagesReachAReaderThatFallsBehind(_ kind: MQTTFrontConfiguration.PlainTCPFront) async throws {
+        try await withFront(kind) { front in
+            let port = front.port
+            // A 4 KiB receive buffer, and nothing read while 9.6 MB are published (more than the
+            // sockets buffer): the front keeps what the socket does not take and writes it when
+            // it can (EPOLLOUT).
+            let payloads = (0..<32).map { index in ByteBuffer(repeating: UInt8(index), count: 300_000) }
+            let (acknowledged, received) = try await offPool {
+                let reader = try RawClient(port: port, receiveBuffer: 4096)
+                _ = try reader.connect("reader", user: "u")
+                try reader.send(subscribePacket("big/#"))
+                guard case .suback? = try reader.receive(timeout: 10) else { throw E2EError.unexpected("no SUBACK") }
+                let publisher = try RawClient(port: port)
+                _ = try publisher.connect("publisher", user: "u")
+                var acknowledged: [UInt16] = []
+                for (index, payload) in payloads.enumerated() {
+                    try publisher.send(.publish(MQTTPublish(
+                        topicName: "big/\(index)", payload: payload, qos: .atLeastOnce, packetIdentifier: UInt16(index + 1))))
+                    guard case .puback(let ack)? = try publisher.receive(timeout: 10) else { throw E2EError.unexpected("no PUBACK") }
+                    acknowledged.append(ack.packetIdentifier)
+                }
+                var received: [MQTTPublish] = []
+                for index in payloads.indices {
+                    guard case .publish(let message)? = try reader.receive(timeout: 20) else {
+                        throw E2EError.unexpected("message \(index) missing")
+                    }
+                    received.append(message)
+                }
+                return (acknowledged, received)
+            }
+            #expect(acknowledged == (1...32).map { UInt16($0) })
+            #expect(received.map(\.topicName) == payloads.indices.map { "big/\($0)" })
+            #expect(received.map(\.payload) == payloads)
+        }
+    }
+
+    @Test(arguments: fronts)
+    func aMalformedPacketClosesThatConnectionOnly(_ kind: MQTTFrontConfiguration.PlainTCPFront) async throws {
+        try await withFront(kind) { front in
+            let port = front.port
+            let answers = try await offPool {
+                let client = try RawClient(port: port)
+                _ = try client.connect("malformed", user: "u")
+                // PINGREQ with a reserved flag set (MQTT-2.1.3-1): malformed.
+                try client.sendRaw([0xC1, 0x00])
+                return try client.receiveUntilClosed()
+            }
+            guard case .disconnect(let disconnect)? = answers.last else { throw E2EError.unexpected("\(answers)") }
+            #expect(disconnect.reasonCode == .malformedPacket)
+            let event = try await front.waitForEvent {
+                if case .disconnected(.clientError) = $0.kind { return $0.sessionName.value == "malformed" }
+                return false
+            }
+            #expect(event.remoteAddress.hasPrefix("127.0.0.1:"))
+            // The listener goes on.
+            let next = try await offPool { try RawClient(port: port).connect("next", user: "u").reasonCode }
+            #expect(next == .success)
+        }
+    }
+
+    @Test(arguments: fronts)
+    func aResetIsALostConnection(_ kind: MQTTFrontConfiguration.PlainTCPFront) async throws {
+        try await withFront(kind) { front in
+            let port = front.port
+            try await offPool {
+                let client = try RawClient(port: port)
+                _ = try client.connect("reset", user: "u")
+                var abort = linger(l_onoff: 1, l_linger: 0)
+                _ = setsockopt(client.fd, SOL_SOCKET, SO_LINGER, &abort, socklen_t(MemoryLayout<linger>.size))
+                client.drop()
+            }
+            _ = try await front.waitForEvent {
+                if case .disconnected(.connectionLost) = $0.kind { return $0.sessionName.value == "reset" }
+                return false
+            }
+            let deadline = Date().addingTimeInterval(5)
+            while front.front.connectionCount > 0 && Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(front.front.connectionCount == 0)
+        }
+    }
+
+    @Test func anIPv6ListenerNamesItsPeersInBrackets() async throws {
+        // Without ::1 on this machine there is nothing to test.
+        let probe = socket(AF_INET6, Int32(SOCK_STREAM.rawValue), 0)
+        guard probe >= 0 else { return }
+        var loopback = sockaddr_in6()
+        loopback.sin6_family = sa_family_t(AF_INET6)
+        loopback.sin6_addr = in6addr_loopback
+        let bound = withUnsafePointer(to: &loopback) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+        }
+        close(probe)
+        guard bound == 0 else { return }
+        let front = try await InProcessFront(.epoll, host: "::1")
+        let mosquittoPub = "/usr/bin/mosquitto_pub"
+        guard FileManager.default.isExecutableFile(atPath: mosquittoPub) else {
+            await front.stop()
+            throw E2EError.missing("mosquitto_pub (Tools/custody-setup installs it)")
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: mosquittoPub)
+        process.arguments = ["-h", "::1", "-p", "\(front.port)", "-i", "six", "-u", "u", "-t", "t", "-m", "m", "-V", "mqttv5"]
+        do {
+            try process.run()
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 0)
+            let event = try await front.waitForEvent { $0.kind == .connected && $0.sessionName.value == "six" }
+            #expect(event.remoteAddress.hasPrefix("[::1]:"))
+        } catch {
+            await front.stop()
+            throw error
+        }
+        await front.stop()
+    }
+
+    @Test func aPortInUseIsRefusedWithItsAddress() async throws {
+        try await withFront(.epoll) { first in
+            let directory = scratchDirectory("epoll-busy")
+            let ledger = try SessionLedger(directory: directory)
+            defer {
+                ledger.close()
+                try? FileManager.default.removeItem(atPath: directory)
+            }
+            let front = MQTTFront(
+                ledger: ledger, pubsub: nil,
+                configuration: MQTTFrontConfiguration(listeners: [ListenAddress(host: "127.0.0.1", port: first.port)]))
+            do {
+                _ = try await front.start()
+                Issue.record("a second listener on port \(first.port) started")
+            } catch let error as ListenError {
+                #expect(error.description.contains("127.0.0.1:\(first.port)"))
+                #expect(error.description.contains("bind"))
+            }
+            await front.shutdown()
+        }
+    }
+}
+#endif
