@@ -77,8 +77,6 @@ protocol ConnectionIO: AnyObject {
     func close(sending packets: [MQTTPacket])
     /// Reading was held back (`MQTTConnection.mayRead` was false): read again.
     func resumeReading()
-    /// Completes when the connection is closed.
-    var closeFuture: EventLoopFuture<Void> { get }
     /// The version packets are encoded in, once the CONNECT is known.
     func setProtocolVersion(_ version: MQTTProtocolVersion)
     /// The client's v5 Maximum Packet Size: larger packets are not sent (MQTT-3.1.2-24).
@@ -190,8 +188,6 @@ final class MQTTChannelHandler: ChannelDuplexHandler, ConnectionIO {
         context.read()
     }
 
-    var closeFuture: EventLoopFuture<Void> { channel!.closeFuture }
-
     func setProtocolVersion(_ version: MQTTProtocolVersion) {
         encoder.encoder.protocolVersion = version
     }
@@ -236,15 +232,27 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
     /// Made when someone waits for the end (`finishedFuture`); `isFinished` once it came.
     private var finished: EventLoopPromise<Void>?
     /// The connect timeout until the CONNECT, then the keep-alive (never both).
-    private var timer: NIOScheduledCallback?
+    private var timer = ConnectionTimer.none
     private var connection: ConnectionNumber?
     // The small ones last, together (a held connection is mostly this object).
     private var timerKind = TimerKind.connectTimeout
     private enum TimerKind { case connectTimeout, keepAlive }
+    private enum ConnectionTimer {
+        case none
+        case scheduled(NIOScheduledCallback)
+        #if os(Linux)
+        /// The id of a timer on an `EpollEventLoop`.
+        case onEpoll(UInt64)
+        #endif
+    }
+    /// `eventLoop` is an `EpollEventLoop` (plain TCP): its timers are called directly.
+    private let onEpollLoop: Bool
     /// `start` ran (from handlerAdded or channelActive, whichever saw the channel active).
     private var isStarted = false
     private var brokerBusy = false
     private var isFinished = false
+    /// The transport is closed (`inactive` ran).
+    private var isInactive = false
     private var finishStarted = false
     /// Of the channel's close and the release's answer, how many `finish` still waits for.
     private var finishWaiting: UInt8 = 0
@@ -256,6 +264,11 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
     init(services: FrontServices, eventLoop: any EventLoop, tls: TLSTransport? = nil) {
         self.services = services
         self.eventLoop = eventLoop
+        #if os(Linux)
+        self.onEpollLoop = eventLoop is EpollEventLoop
+        #else
+        self.onEpollLoop = false
+        #endif
         self.tls = tls.map(Boxed.init)
         self.machine = ConnectionStateMachine(sharedSettings: services.machineSettings)
     }
@@ -271,9 +284,35 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
     }
 
     private func cancelTimer() {
-        timer?.cancel()
-        timer = nil
+        switch timer {
+        case .none: return
+        case .scheduled(let callback): callback.cancel()
+        #if os(Linux)
+        case .onEpoll(let id): epollLoop.cancelConnectionTimer(id)
+        #endif
+        }
+        timer = .none
     }
+
+    /// Sets `timer` to fire `handleScheduledCallback` at `deadline` (the connection is its own
+    /// handler: no object per timer). On an `EpollEventLoop` without a generic call or a cast.
+    private func setTimer(_ kind: TimerKind, at deadline: NIODeadline) {
+        timerKind = kind
+        #if os(Linux)
+        if onEpollLoop {
+            timer = .onEpoll(epollLoop.scheduleConnectionTimer(self, at: deadline))
+            return
+        }
+        #endif
+        if let callback = try? eventLoop.scheduleCallback(at: deadline, handler: self) {
+            timer = .scheduled(callback)
+        }
+    }
+
+    #if os(Linux)
+    /// The loop, known to be an `EpollEventLoop` when `onEpollLoop`.
+    private var epollLoop: EpollEventLoop { unsafeDowncast(eventLoop as AnyObject, to: EpollEventLoop.self) }
+    #endif
 
     /// Succeeds once the connection is closed, detached from the broker and its end recorded.
     func finishedFuture() -> EventLoopFuture<Void> {
@@ -291,21 +330,23 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
             metrics.connectionsOpen.increment()
         }
         if let remoteAddress { self.remoteAddress = remoteAddress }
-        timer = try? eventLoop.scheduleCallback(
-            in: services.connectTimeout,
-            handler: self)
+        setTimer(.connectTimeout, at: .now() + services.connectTimeout)
         services.logger.debug("connection accepted", metadata: ["remote_address": "\(self.remoteAddress)"])
     }
 
     /// The connection is closed (by either side).
     func inactive() {
+        // A finish under way was waiting for this close; one started from here on knows.
+        let finishWasWaiting = finishStarted && !isInactive
+        isInactive = true
+        defer { if finishWasWaiting { finishStep() } }
         if countedOpen {
             countedOpen = false
             services.metrics?.connectionsOpen.decrement()
         }
         cancelTimer()
         perform(machine.channelInactive())
-        if connection == nil { finish(after: nil) }
+        if connection == nil { finish(releasing: false) }
     }
 
     /// The transport failed (a reset, a TLS error); it closes next.
@@ -430,7 +471,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
             // A CONNECT refused (not a connection that never sent one, or timed out first).
             if connection != nil || code != nil { services.metrics?.connect(granted: false, reasonCode: code?.rawValue) }
             close(sending: connack.map { [$0] } ?? [])
-            finish(after: nil)
+            finish(releasing: false)
         case .close(let closing):
             if closing.release?.reason == .clientInitiatedDisconnect || closing.channelGone,
                 brokerBusy || !brokerQueue.isEmpty
@@ -507,8 +548,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
     }
 
     private func scheduleKeepAlive(_ deadline: NIODeadline) {
-        timerKind = .keepAlive
-        timer = try? eventLoop.scheduleCallback(at: deadline, handler: self)
+        setTimer(.keepAlive, at: deadline)
     }
 
     /// `timer` went off (on this loop). The connection is its own callback handler: no
@@ -555,16 +595,16 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         detach(publishWill: closing.publishWill)
         guard let request = closing.release else {
             if !closing.channelGone { close(sending: closing.packets) }
-            finish(after: nil)
+            finish(releasing: false)
             return
         }
         // The release is queued before the socket closes: a client that reconnects as soon
         // as it sees the close finds its old session released (the writer decides in order),
         // instead of counted against its quota (R3) a moment longer.
-        let released = eventLoop.makePromise(of: Void.self)
         let services = self.services
         defer { if !closing.channelGone { close(sending: closing.packets) } }
-        services.release(request) { result in
+        finish(releasing: true)
+        services.release(request) { [self] result in
             switch result {
             case .success(let event?):
                 // Interval 0: the session ended with its connection.
@@ -576,9 +616,8 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
                     "connection": "\(request.connection)", "session_name": "\(request.sessionName)", "error": "\(error)",
                 ])
             }
-            released.succeed()
+            eventLoop.execute { self.finishStep() }
         }
-        finish(after: released.futureResult)
     }
 
     private func detach(publishWill: Bool) {
@@ -588,19 +627,21 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         services.pubsub?.detachSession(session, publishWill: publishWill)
     }
 
-    /// Completes `finished` once the channel is closed and `released` (if any) is done.
-    private func finish(after released: EventLoopFuture<Void>?) {
-        guard !finishStarted, let io else { return }
+    /// Completes `finished` once the transport is closed (`inactive`) and, when `releasing`,
+    /// the ledger has answered the release: two counts, no futures.
+    private func finish(releasing: Bool) {
+        guard !finishStarted, io != nil else { return }
         finishStarted = true
-        // Both futures complete on this loop: a count instead of `and` + `map` (fewer allocations).
-        finishWaiting = released == nil ? 1 : 2
-        io.closeFuture.assumeIsolated().whenComplete { [self] _ in finishStep() }
-        released?.assumeIsolated().whenComplete { [self] _ in finishStep() }
+        finishWaiting = (isInactive ? 0 : 1) + (releasing ? 1 : 0)
+        if finishWaiting == 0 { finishDone() }
     }
 
     private func finishStep() {
         finishWaiting -= 1
-        guard finishWaiting == 0 else { return }
+        if finishWaiting == 0 { finishDone() }
+    }
+
+    private func finishDone() {
         if let connection { services.registry.unregister(connection) }
         // The transport refers to this connection: let both go.
         io = nil

@@ -562,8 +562,10 @@ public struct ConnectionStateMachine: Sendable {
             state = .closing(identity.protocolVersion)
             var request = release(identity, .clientInitiatedDisconnect)
             request.newExpiryInterval = newExpiry
+            let why = disconnect.reasonCode == .normalDisconnection
+                ? Self.normalDisconnectWhy : "clientInitiatedDisconnect (\(disconnect.reasonCode))"
             return .close(Closing(
-                packets: [], release: request, why: "clientInitiatedDisconnect (\(disconnect.reasonCode))",
+                packets: [], release: request, why: why,
                 channelGone: false, publishWill: disconnect.reasonCode != .normalDisconnection))
         case .connect:
             return closeForClientError(identity, code: .protocolError, why: "second CONNECT")
@@ -573,6 +575,9 @@ public struct ConnectionStateMachine: Sendable {
             return closeForClientError(identity, code: .protocolError, why: "\(packet.type) from a client")
         }
     }
+
+    /// Made once: every clean end would format it again.
+    private static let normalDisconnectWhy = "clientInitiatedDisconnect (\(MQTTReasonCode.normalDisconnection))"
 
     private mutating func closeForClientError(_ identity: Identity, code: MQTTReasonCode, why: String) -> Action {
         state = .closing(identity.protocolVersion)

@@ -141,6 +141,21 @@ final class EpollEventLoop: EventLoop, @unchecked Sendable {
         try scheduleCallback(at: .now() + amount, handler: handler)
     }
 
+    /// A connection's connect timeout or keep-alive (on this loop): its
+    /// `handleScheduledCallback` runs at `deadline`; returns the id to cancel it with.
+    func scheduleConnectionTimer(_ connection: MQTTConnection, at deadline: NIODeadline) -> UInt64 {
+        let id = nextTimerID
+        nextTimerID += 1
+        timerActions[id] = connection
+        timers.push(deadline.uptimeNanoseconds, id)
+        return id
+    }
+
+    /// A connection's timer will not fire (on this loop; its handler hears nothing).
+    func cancelConnectionTimer(_ id: UInt64) {
+        timerActions.removeValue(forKey: id)
+    }
+
     func cancelScheduledCallback(_ scheduledCallback: NIOScheduledCallback) {
         guard let id = scheduledCallback.customCallbackID else { return }
         if inEventLoop {
@@ -294,7 +309,9 @@ final class EpollEventLoop: EventLoop, @unchecked Sendable {
         while let next = timers.peek(), next.deadline <= now {
             timers.pop()
             guard let action = timerActions.removeValue(forKey: next.id) else { continue }
-            if let task = action as? TaskTimer {
+            if let connection = action as? MQTTConnection {
+                connection.handleScheduledCallback(eventLoop: self)
+            } else if let task = action as? TaskTimer {
                 task.run()
             } else if let handler = action as? any NIOScheduledCallbackHandler {
                 handler.handleScheduledCallback(eventLoop: self)

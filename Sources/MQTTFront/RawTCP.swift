@@ -150,8 +150,6 @@ final class RawConnection: EpollReadiness, ConnectionIO {
     private var inbound: ByteBuffer?
     /// Bytes written but not yet taken by the socket.
     private var outbound: ByteBuffer?
-    /// Made when someone waits for the close (`closeFuture`).
-    private var closed: EventLoopPromise<Void>?
     private let descriptor: Int32
     /// The errno a read or send failed with (reported with the close); 0: none.
     private var failure: Int32 = 0
@@ -159,8 +157,6 @@ final class RawConnection: EpollReadiness, ConnectionIO {
     private var maximumPacketSize: UInt32 = 0
     private var encoder = MQTTEncoder(protocolVersion: .mqtt3_1_1)
     private var isClosed = false
-    /// The connection heard of the close (`afterEvents`).
-    private var closeReported = false
     /// The connection asked to stop reading (its broker or claim is behind).
     private var readHeld = false
     /// After a decoding failure the stream cannot be resynchronised: bytes are dropped.
@@ -312,12 +308,6 @@ final class RawConnection: EpollReadiness, ConnectionIO {
         updateInterest()
     }
 
-    var closeFuture: EventLoopFuture<Void> {
-        if closeReported { return loop.makeSucceededVoidFuture() }
-        if closed == nil { closed = loop.makePromise(of: Void.self) }
-        return closed!.futureResult
-    }
-
     func setProtocolVersion(_ version: MQTTProtocolVersion) {
         encoder.protocolVersion = version
     }
@@ -381,10 +371,6 @@ final class RawConnection: EpollReadiness, ConnectionIO {
             failure = 0
         }
         connection.inactive()
-        // From now on `closeFuture` answers with a succeeded future.
-        closeReported = true
-        closed?.succeed()
-        closed = nil
     }
 }
 
