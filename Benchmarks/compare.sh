@@ -146,11 +146,25 @@ run_one() { # broker port pid mode proto conns
     echo "compare.sh: $broker $mode proto=$proto conns=$conns done" >&2
 }
 
+# Warm both brokers before the first hold (a short connect storm and a small hold): what a
+# broker pays once (code paged in, allocator arenas, the ledger's first pages) is not a cost
+# per connection, and would otherwise be divided by the first hold's connections.
+warm_up() { # port
+    "$BENCH" connect --host 127.0.0.1 --port "$1" --conns 64 --seconds 1 --proto 4 > /dev/null 2>&1 || true
+    "$BENCH" hold --host 127.0.0.1 --port "$1" --conns 50 --seconds 1 --proto 4 > /dev/null 2>&1 || true
+}
+case " $MODES " in
+    *" hold "*)
+        warm_up "$MOSQ_PORT"
+        [ -z "$CUSTODY_PID" ] || warm_up "$CUSTODY_PORT"
+        ;;
+esac
+
 ROUND=0
 for mode in $MODES; do
     sizes="$CONNS"
     # hold goes first and largest first: a broker's allocator keeps what earlier runs freed,
-    # so only a hold on a fresh broker shows what a connection costs in RSS.
+    # so only a hold on a fresh (warmed-up) broker shows what a connection costs in RSS.
     [ "$mode" != hold ] || sizes="$HOLD_EXTRA $CONNS"
     for proto in $PROTOS; do
         for conns in $sizes; do
@@ -224,7 +238,8 @@ holds = [(k, v) for k, v in rows.items() if k[0] == "hold" and "bytes_per_conn" 
 if holds:
     print()
     print("RSS grows only when the broker's allocator has nothing left from earlier runs: the first "
-          "(largest) hold on the fresh brokers is the one that shows bytes per connection. "
+          "(largest) hold on the fresh brokers (each warmed up first by a 1 s connect storm and a hold "
+          "of 50) is the one that shows bytes per connection. "
           "CPU is read in 10 ms ticks, so small runs show 0.")
     print()
     print("| hold | proto | conns | broker | RSS before KiB | RSS after KiB | bytes/conn | CPU % while held |")
