@@ -156,13 +156,25 @@ public struct ConnectionStateMachine: Sendable {
 
     public struct Settings: Sendable {
         /// Appended to every v5 CONNACK that grants: what the broker does and does not do.
-        public var capabilities: MQTTProperties
+        public var capabilities: MQTTProperties { didSet { refreshGrantProperties() } }
         /// Most pending packets kept while the claim is in flight; beyond, reads stop.
         public var pendingLimit: Int
         /// v5 Topic Alias Maximum: aliases 1...this are accepted from clients (0: none).
-        public var topicAliasMaximum: UInt16
+        public var topicAliasMaximum: UInt16 { didSet { refreshGrantProperties() } }
         /// v5 Receive Maximum: QoS 1 and 2 PUBLISHes a client may have unacknowledged (65535: no limit told).
-        public var receiveMaximum: UInt16
+        public var receiveMaximum: UInt16 { didSet { refreshGrantProperties() } }
+        /// What every granting v5 CONNACK says of this server (Receive Maximum, Topic Alias
+        /// Maximum, capabilities), made once: most CONNACKs say nothing else.
+        private(set) var grantProperties = MQTTProperties()
+
+        private mutating func refreshGrantProperties() {
+            var properties = MQTTProperties()
+            // Absent means 65535 and 0 (section 3.2.2.3.3, 3.2.2.3.8).
+            if receiveMaximum < 65_535 { properties.append(.receiveMaximum(receiveMaximum)) }
+            if topicAliasMaximum > 0 { properties.append(.topicAliasMaximum(topicAliasMaximum)) }
+            properties.list.append(contentsOf: capabilities.list)
+            grantProperties = properties
+        }
         /// Longest keep-alive a client may use, in seconds; nil: whatever the client asks.
         /// v5 clients asking more (or 0) are told this one (Server Keep Alive); v3.1.1 clients,
         /// who cannot be told, are refused (return code 2, as mosquitto's max_keepalive does).
@@ -177,6 +189,7 @@ public struct ConnectionStateMachine: Sendable {
             self.topicAliasMaximum = topicAliasMaximum
             self.receiveMaximum = max(1, receiveMaximum)
             self.maximumKeepAlive = maximumKeepAlive.map { max(1, $0) }
+            refreshGrantProperties()
         }
     }
 
@@ -604,14 +617,14 @@ public struct ConnectionStateMachine: Sendable {
         var properties = MQTTProperties()
         if identity.protocolVersion == .mqtt5 {
             // Section 3.2.2.3.2: the server tells the interval in force when it is not the one asked.
-            if grant.expiryInterval != identity.requestedExpiry {
-                properties.append(.sessionExpiryInterval(grant.expiryInterval))
+            let changedExpiry = grant.expiryInterval != identity.requestedExpiry
+            if !changedExpiry && identity.serverKeepAlive == nil {
+                properties = settings.grantProperties
+            } else {
+                if changedExpiry { properties.append(.sessionExpiryInterval(grant.expiryInterval)) }
+                if let serverKeepAlive = identity.serverKeepAlive { properties.append(.serverKeepAlive(serverKeepAlive)) }
+                properties.list.append(contentsOf: settings.grantProperties.list)
             }
-            if let serverKeepAlive = identity.serverKeepAlive { properties.append(.serverKeepAlive(serverKeepAlive)) }
-            // Absent means 65535 and 0 (section 3.2.2.3.3, 3.2.2.3.8).
-            if settings.receiveMaximum < 65_535 { properties.append(.receiveMaximum(settings.receiveMaximum)) }
-            if settings.topicAliasMaximum > 0 { properties.append(.topicAliasMaximum(settings.topicAliasMaximum)) }
-            properties.list.append(contentsOf: settings.capabilities.list)
         }
         return .connack(MQTTConnAck(sessionPresent: grant.sessionPresent, reasonCode: .success, properties: properties))
     }

@@ -215,6 +215,14 @@ final class RawConnection: EpollReadiness, ConnectionIO {
     private func received(_ bytes: UnsafeRawBufferPointer) {
         guard !decodingFailed else { return }
         let metrics = connection.services.metrics
+        // A read that is exactly a DISCONNECT or PINGREQ without a body (a clean end, a
+        // keep-alive): no buffer, no decoding.
+        if inbound == nil, decoder.protocolVersion != nil, let packet = Self.bodilessPacket(bytes) {
+            metrics?.bytesReceived.increment(by: 2)
+            connection.process(.packet(packet))
+            if !connection.mayRead { holdReads() }
+            return
+        }
         // Packets keep slices of the buffer they were decoded from (payloads): each read gets
         // a buffer of its own, the size of what was read.
         var buffer: ByteBuffer
@@ -246,6 +254,17 @@ final class RawConnection: EpollReadiness, ConnectionIO {
                 connection.process(.failure(error))
                 return
             }
+        }
+    }
+
+    /// The packet `bytes` are when they are exactly `E0 00` (DISCONNECT, normal) or `C0 00`
+    /// (PINGREQ), as the decoder would read them in either version; nil otherwise.
+    static func bodilessPacket(_ bytes: UnsafeRawBufferPointer) -> MQTTPacket? {
+        guard bytes.count == 2, bytes[1] == 0 else { return nil }
+        switch bytes[0] {
+        case 0xE0: return .disconnect(MQTTDisconnect())
+        case 0xC0: return .pingreq
+        default: return nil
         }
     }
 
@@ -392,10 +411,11 @@ enum RawSocketAddress {
 
     static func text(of storage: sockaddr_storage) -> String? {
         let family = Int32(storage.ss_family)
-        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
         func ip(_ address: UnsafeRawPointer) -> String? {
-            guard inet_ntop(family, address, &text, socklen_t(text.count)) != nil else { return nil }
-            return text.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+            withUnsafeTemporaryAllocation(of: CChar.self, capacity: Int(INET6_ADDRSTRLEN)) { text in
+                guard inet_ntop(family, address, text.baseAddress, socklen_t(text.count)) != nil else { return nil }
+                return String(cString: text.baseAddress!)
+            }
         }
         return withUnsafePointer(to: storage) { pointer -> String? in
             switch family {

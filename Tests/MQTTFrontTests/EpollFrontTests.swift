@@ -91,6 +91,25 @@ struct EpollEventLoopTests {
         try await loop.shutdownGracefully()
     }
 
+    /// The read fast path for `E0 00` and `C0 00` gives what the decoder gives, in both versions.
+    @Test func bodilessPacketsAsTheDecoderReadsThem() throws {
+        for version in [MQTTProtocolVersion.mqtt3_1_1, .mqtt5] {
+            for bytes: [UInt8] in [[0xE0, 0x00], [0xC0, 0x00]] {
+                var buffer = ByteBuffer(bytes: bytes)
+                var decoder = MQTTDecoder(protocolVersion: version)
+                guard case .packet(let decoded) = decoder.decode(&buffer) else {
+                    Issue.record("\(bytes) did not decode")
+                    continue
+                }
+                let fast = bytes.withUnsafeBytes { RawConnection.bodilessPacket($0) }
+                #expect(fast == decoded)
+            }
+        }
+        for bytes: [UInt8] in [[0xE0, 0x01], [0xE1, 0x00], [0xC0, 0x00, 0xC0], [0x30, 0x00]] {
+            #expect(bytes.withUnsafeBytes { RawConnection.bodilessPacket($0) } == nil)
+        }
+    }
+
     @Test func timerHeapPopsInDeadlineOrder() {
         var heap = TimerHeap()
         var generator = SystemRandomNumberGenerator()
