@@ -82,7 +82,6 @@ private final class RawAcceptor: EpollReadiness, @unchecked Sendable {
     let descriptor: Int32
     unowned let loop: EpollEventLoop
     let services: FrontServices
-    private var pausedUntil: NIODeadline?
 
     init(descriptor: Int32, loop: EpollEventLoop, services: FrontServices) {
         self.descriptor = descriptor
