@@ -57,11 +57,11 @@ final class EpollEventLoop: EventLoop, @unchecked Sendable {
     init(name: String) throws {
         self.name = name
         epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
-        guard epoll >= 0 else { throw IOError(errnoCode: errno, reason: "epoll_create1") }
+        guard epoll >= 0 else { throw RawSocketError("epoll_create1", errno: errno) }
         wakeDescriptor = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
         guard wakeDescriptor >= 0 else {
             Glibc.close(epoll)
-            throw IOError(errnoCode: errno, reason: "eventfd")
+            throw RawSocketError("eventfd", errno: errno)
         }
         readScratch = .allocate(byteCount: 65_536, alignment: 16)
         var event = epoll_event()
@@ -70,7 +70,7 @@ final class EpollEventLoop: EventLoop, @unchecked Sendable {
         guard epoll_ctl(epoll, EPOLL_CTL_ADD, wakeDescriptor, &event) == 0 else {
             Glibc.close(epoll)
             Glibc.close(wakeDescriptor)
-            throw IOError(errnoCode: errno, reason: "epoll_ctl(eventfd)")
+            throw RawSocketError("epoll_ctl(eventfd)", errno: errno)
         }
         let box = Unmanaged.passRetained(self)
         let result = pthread_create(&thread, nil, { argument in
@@ -82,7 +82,7 @@ final class EpollEventLoop: EventLoop, @unchecked Sendable {
             box.release()
             Glibc.close(epoll)
             Glibc.close(wakeDescriptor)
-            throw IOError(errnoCode: result, reason: "pthread_create")
+            throw RawSocketError("pthread_create", errno: result)
         }
         // The thread sets its id first thing; wait for it so that inEventLoop is right at once.
         while threadID.load(ordering: .acquiring) == 0 { sched_yield() }
@@ -201,7 +201,7 @@ final class EpollEventLoop: EventLoop, @unchecked Sendable {
         event.events = events
         event.data.u64 = UInt64(descriptor)
         guard epoll_ctl(epoll, EPOLL_CTL_ADD, descriptor, &event) == 0 else {
-            throw IOError(errnoCode: errno, reason: "epoll_ctl(add)")
+            throw RawSocketError("epoll_ctl(add)", errno: errno)
         }
         let index = Int(descriptor)
         if index >= watched.count { watched.append(contentsOf: repeatElement(nil, count: index + 1 - watched.count)) }

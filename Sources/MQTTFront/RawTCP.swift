@@ -26,16 +26,16 @@ final class RawTCPListener: @unchecked Sendable {
         }
         defer { freeaddrinfo(found) }
         let descriptor = socket(first.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard descriptor >= 0 else { throw IOError(errnoCode: errno, reason: "socket") }
+        guard descriptor >= 0 else { throw RawSocketError("socket", errno: errno) }
         var one: Int32 = 1
         _ = setsockopt(descriptor, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         guard bind(descriptor, first.pointee.ai_addr, first.pointee.ai_addrlen) == 0 else {
-            let error = IOError(errnoCode: errno, reason: "bind")
+            let error = RawSocketError("bind", errno: errno)
             Glibc.close(descriptor)
             throw error
         }
         guard listen(descriptor, 1024) == 0 else {
-            let error = IOError(errnoCode: errno, reason: "listen")
+            let error = RawSocketError("listen", errno: errno)
             Glibc.close(descriptor)
             throw error
         }
@@ -72,9 +72,14 @@ final class RawTCPListener: @unchecked Sendable {
     }
 }
 
+/// A system call of the plain-TCP front failed: `bind: Address already in use (errno 98)`.
 struct RawSocketError: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }
+
+    init(_ call: String, errno code: Int32) {
+        self.description = "\(call): \(String(cString: strerror(code))) (errno \(code))"
+    }
 }
 
 /// One loop's side of a listening socket.
@@ -100,16 +105,17 @@ private final class RawAcceptor: EpollReadiness, @unchecked Sendable {
                 }
             }
             if accepted < 0 {
-                switch errno {
+                let code = errno
+                switch code {
                 case EAGAIN, EWOULDBLOCK: return
                 case EINTR, ECONNABORTED, EPROTO: continue
                 case EMFILE, ENFILE, ENOBUFS, ENOMEM:
                     // Out of descriptors or memory: stop accepting for a moment instead of spinning.
-                    services.logger.warning("accept failed", metadata: ["error": "\(IOError(errnoCode: errno, reason: "accept4"))"])
+                    services.logger.warning("accept failed", metadata: ["error": "\(RawSocketError("accept4", errno: code))"])
                     pause()
                     return
                 default:
-                    services.logger.warning("accept failed", metadata: ["error": "\(IOError(errnoCode: errno, reason: "accept4"))"])
+                    services.logger.warning("accept failed", metadata: ["error": "\(RawSocketError("accept4", errno: code))"])
                     return
                 }
             }
@@ -385,7 +391,7 @@ final class RawConnection: EpollReadiness, ConnectionIO {
 
     func afterEvents() {
         if failure != 0 {
-            connection.failed(IOError(errnoCode: failure, reason: "socket"))
+            connection.failed(RawSocketError("socket", errno: failure))
             failure = 0
         }
         connection.inactive()
