@@ -12,6 +12,8 @@ final class FrontServices: Sendable {
     let logger: Logger
     let machineSettings: Boxed<ConnectionStateMachine.Settings>
     let connectTimeout: TimeAmount
+    /// See `MQTTFrontConfiguration.closeGrace`.
+    let closeGrace: TimeAmount
     let maximumPacketSize: Int
     /// Who a CONNECT is; nil inside: every Username believed.
     let authority: AuthorityBox
@@ -24,8 +26,9 @@ final class FrontServices: Sendable {
         ledger: SessionLedger, pubsub: (any PubSubEngine)?, logger: Logger, connectTimeout: TimeAmount,
         maximumPacketSize: Int, topicAliasMaximum: UInt16 = 0, receiveMaximum: UInt16 = 65_535,
         maximumKeepAlive: UInt16? = nil, authority: (any IdentityAuthority)? = nil,
-        operations: FrontOperations = FrontOperations()
+        operations: FrontOperations = FrontOperations(), closeGrace: TimeAmount = .seconds(10)
     ) {
+        self.closeGrace = closeGrace
         self.authority = AuthorityBox(authority)
         self.operations = operations
         self.metrics = operations.metrics
@@ -177,7 +180,11 @@ final class MQTTChannelHandler: ChannelDuplexHandler, ConnectionIO {
         for packet in packets.dropLast() { context.write(wrapOutboundOut(packet), promise: nil) }
         let written = context.eventLoop.makePromise(of: Void.self)
         context.writeAndFlush(wrapOutboundOut(last), promise: written)
+        let channel = context.channel
+        // A client that does not read must not keep the channel: closed anyway after the grace.
+        let grace = context.eventLoop.scheduleTask(in: services.closeGrace) { channel.close(promise: nil) }
         written.futureResult.assumeIsolated().whenComplete { [self] _ in
+            grace.cancel()
             self.context?.close(promise: nil)
         }
     }

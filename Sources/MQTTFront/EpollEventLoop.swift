@@ -49,9 +49,14 @@ final class EpollEventLoop: EventLoop, @unchecked Sendable {
     let allocator = ByteBufferAllocator()
     let name: String
 
+    /// A `scheduleTask`: what to run, and how to fail its promise when the loop stops first.
     private final class TaskTimer {
         let run: () -> Void
-        init(_ run: @escaping () -> Void) { self.run = run }
+        let abandon: () -> Void
+        init(_ run: @escaping () -> Void, abandon: @escaping () -> Void) {
+            self.run = run
+            self.abandon = abandon
+        }
     }
 
     init(name: String) throws {
@@ -102,7 +107,7 @@ final class EpollEventLoop: EventLoop, @unchecked Sendable {
 
     func scheduleTask<T>(deadline: NIODeadline, _ task: @escaping @Sendable () throws -> T) -> Scheduled<T> {
         let promise = makePromise(of: T.self)
-        let id = allocateTimer(deadline) {
+        let id = allocateTimer(deadline, abandon: { promise.fail(EventLoopError.shutdown) }) {
             // Timers run on this loop: the result need not be Sendable.
             do { promise.assumeIsolated().succeed(try task()) } catch { promise.fail(error) }
         }
@@ -282,7 +287,11 @@ final class EpollEventLoop: EventLoop, @unchecked Sendable {
         }
         // Stopping: scheduled work is cancelled, watched descriptors closed.
         for (_, action) in timerActions {
-            if let handler = action as? any NIOScheduledCallbackHandler { handler.didCancelScheduledCallback(eventLoop: self) }
+            if let task = action as? TaskTimer {
+                task.abandon()
+            } else if let handler = action as? any NIOScheduledCallbackHandler {
+                handler.didCancelScheduledCallback(eventLoop: self)
+            }
         }
         timerActions.removeAll()
         for index in watched.indices where watched[index] != nil {
@@ -326,17 +335,19 @@ final class EpollEventLoop: EventLoop, @unchecked Sendable {
         timerIDs.add(1, ordering: .relaxed).newValue
     }
 
-    private func allocateTimer(_ deadline: NIODeadline, _ action: @escaping @Sendable () -> Void) -> UInt64 {
+    private func allocateTimer(
+        _ deadline: NIODeadline, abandon: @escaping @Sendable () -> Void, _ action: @escaping @Sendable () -> Void
+    ) -> UInt64 {
         if inEventLoop {
             let id = nextTimerID
             nextTimerID += 1
-            timerActions[id] = TaskTimer(action)
+            timerActions[id] = TaskTimer(action, abandon: abandon)
             timers.push(deadline.uptimeNanoseconds, id)
             return id
         }
         let id = allocateTimerID()
         execute { [self] in
-            timerActions[id] = TaskTimer(action)
+            timerActions[id] = TaskTimer(action, abandon: abandon)
             timers.push(deadline.uptimeNanoseconds, id)
         }
         return id

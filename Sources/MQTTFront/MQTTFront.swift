@@ -94,6 +94,10 @@ public struct MQTTFrontConfiguration: Sendable {
     public var operations = FrontOperations()
     /// How long a new connection may take to send its CONNECT.
     public var connectTimeout: TimeAmount
+    /// How long a connection being closed may take to read what it is told last (a DISCONNECT,
+    /// a refusing CONNACK): a client that stops reading must not keep its socket, nor hold up
+    /// the takeover of its session, for ever.
+    public var closeGrace: TimeAmount = .seconds(10)
     /// Largest packet accepted from a client, fixed header included; announced in v5 CONNACKs.
     /// Larger ones close the connection (0x95) before their body is buffered. Event Grid's
     /// limit is 512 KiB; the default leaves room above it.
@@ -176,7 +180,7 @@ public final class MQTTFront: Sendable {
             ledger: ledger, pubsub: pubsub, logger: logger, connectTimeout: configuration.connectTimeout,
             maximumPacketSize: configuration.maximumPacketSize, topicAliasMaximum: configuration.topicAliasMaximum,
             receiveMaximum: configuration.receiveMaximum, maximumKeepAlive: configuration.maximumKeepAlive,
-            authority: authority, operations: configuration.operations)
+            authority: authority, operations: configuration.operations, closeGrace: configuration.closeGrace)
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.eventLoopThreads))
     }
 

@@ -323,7 +323,12 @@ final class RawConnection: EpollReadiness, ConnectionIO {
         for packet in packets { write(packet) }
         closeWhenWritten = true
         writePending()
-        if !isClosed { updateInterest() }
+        guard !isClosed else { return }
+        updateInterest()
+        // The socket is full: a client that does not read must not keep it (nor hold up the
+        // takeover of its session) for ever. Closed anyway after the grace.
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        _ = loop.scheduleTask(in: connection.services.closeGrace) { bound.value.closeNow(failure: 0) }
     }
 
     func resumeReading() {

@@ -75,9 +75,13 @@ struct EpollEventLoopTests {
         // From another thread: scheduled and cancelled through the loop's queue, in order.
         let fromOutside = CountingHandler()
         try loop.scheduleCallback(in: .seconds(30), handler: fromOutside).cancel()
-        // Pending at shutdown: cancelled then.
+        // Pending at shutdown: cancelled then; a pending task's future fails.
         let pending = CountingHandler()
         _ = try loop.scheduleCallback(in: .seconds(30), handler: pending)
+        let pendingTask = loop.scheduleTask(in: .seconds(30)) { 1 }
+        // Heard now: a stopped loop runs nothing more, so its futures cannot be awaited after.
+        let taskOutcome = Recorder<String>()
+        pendingTask.futureResult.whenComplete { result in taskOutcome.append("\(result)") }
         try await Task.sleep(for: .milliseconds(150))
         #expect(kept.fired.load(ordering: .relaxed) == 1)
         #expect(kept.cancelled.load(ordering: .relaxed) == 0)
@@ -87,6 +91,8 @@ struct EpollEventLoopTests {
         try await loop.shutdownGracefully()
         #expect(pending.cancelled.load(ordering: .relaxed) == 1)
         #expect(pending.fired.load(ordering: .relaxed) == 0)
+        #expect(taskOutcome.all.count == 1)
+        #expect(taskOutcome.all.first?.contains("shutdown") == true)
         // A second shutdown answers at once.
         try await loop.shutdownGracefully()
     }
@@ -136,12 +142,15 @@ private final class InProcessFront {
     let front: MQTTFront
     let port: Int
 
-    init(_ kind: MQTTFrontConfiguration.PlainTCPFront, host: String = "127.0.0.1") async throws {
+    init(
+        _ kind: MQTTFrontConfiguration.PlainTCPFront, host: String = "127.0.0.1", closeGrace: TimeAmount = .seconds(10)
+    ) async throws {
         directory = scratchDirectory("epoll")
         ledger = try SessionLedger(directory: directory)
         broker = try Broker(directory: nil)
         var configuration = MQTTFrontConfiguration(listeners: [ListenAddress(host: host, port: 0)])
         configuration.plainTCPFront = kind
+        configuration.closeGrace = closeGrace
         front = MQTTFront(ledger: ledger, pubsub: broker, configuration: configuration)
         do {
             port = try await front.start()[0].port
@@ -202,10 +211,10 @@ private func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) as
 
 /// Runs `body` with a front, stopping it afterwards whatever happens.
 private func withFront(
-    _ kind: MQTTFrontConfiguration.PlainTCPFront, host: String = "127.0.0.1",
+    _ kind: MQTTFrontConfiguration.PlainTCPFront, host: String = "127.0.0.1", closeGrace: TimeAmount = .seconds(10),
     _ body: (InProcessFront) async throws -> Void
 ) async throws {
-    let front = try await InProcessFront(kind, host: host)
+    let front = try await InProcessFront(kind, host: host, closeGrace: closeGrace)
     do {
         try await body(front)
     } catch {
@@ -332,6 +341,39 @@ struct PlainTCPFrontTests {
             let deadline = Date().addingTimeInterval(5)
             while front.front.connectionCount > 0 && Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
             #expect(front.front.connectionCount == 0)
+        }
+    }
+
+    /// A client that stops reading holds unwritten bytes when it is taken over: its socket is
+    /// closed after the close grace, and the new connection gets its CONNACK (R4 waits for the
+    /// old connection to be gone).
+    @Test(arguments: fronts)
+    func aTakeoverDoesNotWaitForAClientThatStoppedReading(_ kind: MQTTFrontConfiguration.PlainTCPFront) async throws {
+        try await withFront(kind, closeGrace: .milliseconds(300)) { front in
+            let port = front.port
+            let takeover = try await offPool { () -> MQTTConnAck in
+                let stuck = try RawClient(port: port, receiveBuffer: 4096)
+                _ = try stuck.connect("stuck", user: "u")
+                try stuck.send(subscribePacket("flood/#"))
+                guard case .suback? = try stuck.receive(timeout: 10) else { throw E2EError.unexpected("no SUBACK") }
+                // 9.6 MB the stuck client never reads: more than its socket takes.
+                let publisher = try RawClient(port: port)
+                _ = try publisher.connect("flooder", user: "u")
+                for index in 0..<32 {
+                    try publisher.send(.publish(MQTTPublish(
+                        topicName: "flood/\(index)", payload: ByteBuffer(repeating: 7, count: 300_000), qos: .atLeastOnce,
+                        packetIdentifier: UInt16(index + 1))))
+                    guard case .puback? = try publisher.receive(timeout: 10) else { throw E2EError.unexpected("no PUBACK") }
+                }
+                // Within RawClient's 5 s: the old connection is closed after 300 ms.
+                return try RawClient(port: port).connect("stuck", user: "u")
+            }
+            #expect(takeover.reasonCode == .success)
+            #expect(takeover.sessionPresent == false)
+            _ = try await front.waitForEvent {
+                if case .disconnected(.sessionTakenOver) = $0.kind { return $0.sessionName.value == "stuck" }
+                return false
+            }
         }
     }
 
