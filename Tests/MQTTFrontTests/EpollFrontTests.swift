@@ -143,12 +143,13 @@ private final class InProcessFront {
     let port: Int
 
     init(
-        _ kind: MQTTFrontConfiguration.PlainTCPFront, host: String = "127.0.0.1", closeGrace: TimeAmount = .seconds(10)
+        _ kind: MQTTFrontConfiguration.PlainTCPFront, host: String = "127.0.0.1", closeGrace: TimeAmount = .seconds(10),
+        loops: Int = MQTTFrontConfiguration.defaultEventLoopThreads
     ) async throws {
         directory = scratchDirectory("epoll")
         ledger = try SessionLedger(directory: directory)
         broker = try Broker(directory: nil)
-        var configuration = MQTTFrontConfiguration(listeners: [ListenAddress(host: host, port: 0)])
+        var configuration = MQTTFrontConfiguration(listeners: [ListenAddress(host: host, port: 0)], eventLoopThreads: loops)
         configuration.plainTCPFront = kind
         configuration.closeGrace = closeGrace
         front = MQTTFront(ledger: ledger, pubsub: broker, configuration: configuration)
@@ -212,9 +213,9 @@ private func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) as
 /// Runs `body` with a front, stopping it afterwards whatever happens.
 private func withFront(
     _ kind: MQTTFrontConfiguration.PlainTCPFront, host: String = "127.0.0.1", closeGrace: TimeAmount = .seconds(10),
-    _ body: (InProcessFront) async throws -> Void
+    loops: Int = MQTTFrontConfiguration.defaultEventLoopThreads, _ body: (InProcessFront) async throws -> Void
 ) async throws {
-    let front = try await InProcessFront(kind, host: host, closeGrace: closeGrace)
+    let front = try await InProcessFront(kind, host: host, closeGrace: closeGrace, loops: loops)
     do {
         try await body(front)
     } catch {
@@ -374,6 +375,46 @@ struct PlainTCPFrontTests {
                 if case .disconnected(.sessionTakenOver) = $0.kind { return $0.sessionName.value == "stuck" }
                 return false
             }
+        }
+    }
+
+    /// Three loops share the listening socket; takeovers hop between them (the old connection
+    /// is on whichever loop accepted it).
+    @Test func severalLoopsShareTheListenerAndTakeOverAcrossLoops() async throws {
+        try await withFront(.epoll, loops: 3) { front in
+            let port = front.port
+            let (first, second) = try await offPool { () -> ([MQTTConnAck], [MQTTConnAck]) in
+                let originals = try (0..<24).map { _ in try RawClient(port: port) }
+                let first = try originals.enumerated().map { index, client in
+                    // One user name each: the default cap is 10 live sessions per name.
+                    try client.connect("loop-\(index)", user: "u\(index)", clean: false, expiry: 600)
+                }
+                let replacements = try (0..<24).map { _ in try RawClient(port: port) }
+                let second = try replacements.enumerated().map { index, client in
+                    // One user name each: the default cap is 10 live sessions per name.
+                    try client.connect("loop-\(index)", user: "u\(index)", clean: false, expiry: 600)
+                }
+                // Every original heard 0x8E and was closed.
+                for client in originals {
+                    let heard = try client.receiveUntilClosed()
+                    guard case .disconnect(let disconnect)? = heard.last,
+                        disconnect.reasonCode == .sessionTakenOver
+                    else { throw E2EError.unexpected("an original connection was not taken over: heard \(heard)") }
+                }
+                return (first, second)
+            }
+            #expect(first.allSatisfy { $0.reasonCode == .success && !$0.sessionPresent })
+            #expect(second.allSatisfy { $0.reasonCode == .success && $0.sessionPresent })
+            let takenOver = try front.events().filter {
+                if case .disconnected(.sessionTakenOver) = $0.kind { return true }
+                return false
+            }
+            #expect(takenOver.count == 24)
+            // The loops' threads are all there.
+            let threads = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").compactMap {
+                try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8)
+            }
+            #expect(threads.filter { $0.hasPrefix("custody-mqtt-") }.count >= 3)
         }
     }
 
