@@ -543,10 +543,6 @@ public final class Broker: @unchecked Sendable {
     /// Names of the sessions the broker holds state for (attached or not).
     /// Whether the broker keeps any state for `name` (attached or not): when it does not,
     /// `endSession(name)` has nothing to do.
-    public func hasSession(_ name: SessionName) -> Bool {
-        locked { sessions[name] != nil }
-    }
-
     /// Whether state for `name` is kept with no connection attached (what `endSession` drops).
     public func hasDetachedSession(_ name: SessionName) -> Bool {
         locked { sessions[name].map { $0.attachment == 0 } ?? false }

@@ -30,17 +30,6 @@ final class ConnectionRegistry: Sendable {
         }.flatMap { $0 }
     }
 
-    /// Asks every connection to close; the futures say when each is gone.
-    func shutdownAll() -> [EventLoopFuture<Void>] {
-        let handles = tables.withLock { Array($0.connections.values) }
-        return handles.map { handle in
-            handle.eventLoop.flatSubmit {
-                handle.shutdown()
-                return handle.finishedFuture()
-            }
-        }
-    }
-
     /// Asks every connection to decide its identity again with `authority`; each future
     /// says whether that connection was disconnected for it.
     func reauthorizeAll(_ authority: any IdentityAuthority) -> [EventLoopFuture<Bool>] {
@@ -50,8 +39,8 @@ final class ConnectionRegistry: Sendable {
         }
     }
 
-    /// As `shutdownAll`; `asked` says when each connection has acted on it (its release, if
-    /// any, handed to the ledger or to the shutdown batch).
+    /// Asks every connection to close: `asked` says when each has acted on it (its release, if
+    /// any, handed to the ledger or to the shutdown batch), `finished` when each is gone.
     func shutdownAllAsked() -> (asked: [EventLoopFuture<Void>], finished: [EventLoopFuture<Void>]) {
         let handles = tables.withLock { Array($0.connections.values) }
         let asked = handles.map { handle in handle.eventLoop.submit { handle.shutdown() } }

@@ -139,13 +139,6 @@ final class EpollEventLoop: EventLoop, @unchecked Sendable {
         return NIOScheduledCallback(self, id: id)
     }
 
-    @discardableResult
-    func scheduleCallback(
-        in amount: TimeAmount, handler: some (NIOScheduledCallbackHandler & Sendable)
-    ) throws -> NIOScheduledCallback {
-        try scheduleCallback(at: .now() + amount, handler: handler)
-    }
-
     /// A connection's connect timeout or keep-alive (on this loop): its
     /// `handleScheduledCallback` runs at `deadline`; returns the id to cancel it with.
     func scheduleConnectionTimer(_ connection: MQTTConnection, at deadline: NIODeadline) -> UInt64 {

@@ -202,6 +202,28 @@ private func subscribePacket(_ filter: String, id: UInt16 = 1) -> MQTTPacket {
     .subscribe(MQTTSubscribe(packetIdentifier: id, subscriptions: [MQTTSubscription(topicFilter: filter)]))
 }
 
+/// A client `id` with a 4 KiB receive buffer subscribes to `topics/#` and reads nothing
+/// more, while another publishes `payloads` to `topics/0`, `topics/1`, ... at QoS 1. Returns
+/// that client (still open) and the identifiers of the PUBACKs, in order.
+private func floodAClientThatDoesNotRead(
+    port: Int, _ id: String, topics: String, _ payloads: [ByteBuffer]
+) throws -> (RawClient, [UInt16]) {
+    let reader = try RawClient(port: port, receiveBuffer: 4096)
+    _ = try reader.connect(id, user: "u")
+    try reader.send(subscribePacket("\(topics)/#"))
+    guard case .suback? = try reader.receive(timeout: 10) else { throw E2EError.unexpected("no SUBACK") }
+    let publisher = try RawClient(port: port)
+    _ = try publisher.connect("\(id)-publisher", user: "u")
+    var acknowledged: [UInt16] = []
+    for (index, payload) in payloads.enumerated() {
+        try publisher.send(.publish(MQTTPublish(
+            topicName: "\(topics)/\(index)", payload: payload, qos: .atLeastOnce, packetIdentifier: UInt16(index + 1))))
+        guard case .puback(let ack)? = try publisher.receive(timeout: 10) else { throw E2EError.unexpected("no PUBACK") }
+        acknowledged.append(ack.packetIdentifier)
+    }
+    return (reader, acknowledged)
+}
+
 /// Runs blocking client code on a thread of its own: `RawClient`'s blocking sockets must not
 /// hold one of Swift concurrency's few threads, which the broker's tasks need meanwhile.
 private func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
@@ -272,19 +294,7 @@ struct PlainTCPFrontTests {
             // it can (EPOLLOUT).
             let payloads = (0..<32).map { index in ByteBuffer(repeating: UInt8(index), count: 300_000) }
             let (acknowledged, received) = try await offPool {
-                let reader = try RawClient(port: port, receiveBuffer: 4096)
-                _ = try reader.connect("reader", user: "u")
-                try reader.send(subscribePacket("big/#"))
-                guard case .suback? = try reader.receive(timeout: 10) else { throw E2EError.unexpected("no SUBACK") }
-                let publisher = try RawClient(port: port)
-                _ = try publisher.connect("publisher", user: "u")
-                var acknowledged: [UInt16] = []
-                for (index, payload) in payloads.enumerated() {
-                    try publisher.send(.publish(MQTTPublish(
-                        topicName: "big/\(index)", payload: payload, qos: .atLeastOnce, packetIdentifier: UInt16(index + 1))))
-                    guard case .puback(let ack)? = try publisher.receive(timeout: 10) else { throw E2EError.unexpected("no PUBACK") }
-                    acknowledged.append(ack.packetIdentifier)
-                }
+                let (reader, acknowledged) = try floodAClientThatDoesNotRead(port: port, "reader", topics: "big", payloads)
                 var received: [MQTTPublish] = []
                 for index in payloads.indices {
                     guard case .publish(let message)? = try reader.receive(timeout: 20) else {
@@ -353,21 +363,12 @@ struct PlainTCPFrontTests {
         try await withFront(kind, closeGrace: .milliseconds(300)) { front in
             let port = front.port
             let takeover = try await offPool { () -> MQTTConnAck in
-                let stuck = try RawClient(port: port, receiveBuffer: 4096)
-                _ = try stuck.connect("stuck", user: "u")
-                try stuck.send(subscribePacket("flood/#"))
-                guard case .suback? = try stuck.receive(timeout: 10) else { throw E2EError.unexpected("no SUBACK") }
                 // 9.6 MB the stuck client never reads: more than its socket takes.
-                let publisher = try RawClient(port: port)
-                _ = try publisher.connect("flooder", user: "u")
-                for index in 0..<32 {
-                    try publisher.send(.publish(MQTTPublish(
-                        topicName: "flood/\(index)", payload: ByteBuffer(repeating: 7, count: 300_000), qos: .atLeastOnce,
-                        packetIdentifier: UInt16(index + 1))))
-                    guard case .puback? = try publisher.receive(timeout: 10) else { throw E2EError.unexpected("no PUBACK") }
-                }
-                // Within RawClient's 5 s: the old connection is closed after 300 ms.
-                return try RawClient(port: port).connect("stuck", user: "u")
+                let payloads = Array(repeating: ByteBuffer(repeating: 7, count: 300_000), count: 32)
+                let (stuck, _) = try floodAClientThatDoesNotRead(port: port, "stuck", topics: "flood", payloads)
+                // Kept open (not reading) while it is taken over; within RawClient's 5 s the
+                // old connection is closed after its 300 ms grace.
+                return try withExtendedLifetime(stuck) { try RawClient(port: port).connect("stuck", user: "u") }
             }
             #expect(takeover.reasonCode == .success)
             #expect(takeover.sessionPresent == false)

@@ -305,17 +305,15 @@ private final class FeatureClient: @unchecked Sendable {
 private func withCustody(
     _ label: String, directory: String? = nil, _ body: (RunningCustody, inout [FeatureClient]) throws -> Void
 ) throws {
-    let custody = try RunningCustody(label, directory: directory)
-    var clients: [FeatureClient] = []
-    defer {
-        for client in clients { client.cleanUp() }
-        custody.cleanUp()
-    }
-    do {
-        try body(custody, &clients)
-    } catch {
-        Issue.record("custody log:\n\(custody.stderr)\nclients:\n\(clients.map { "\($0.name):\n\($0.output)" }.joined(separator: "\n"))")
-        throw error
+    try MQTTFrontTests.withCustody(label, directory: directory) { custody in
+        var clients: [FeatureClient] = []
+        defer { for client in clients { client.cleanUp() } }
+        do {
+            try body(custody, &clients)
+        } catch {
+            Issue.record("clients:\n\(clients.map { "\($0.name):\n\($0.output)" }.joined(separator: "\n"))")
+            throw error
+        }
     }
 }
 

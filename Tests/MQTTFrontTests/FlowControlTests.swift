@@ -171,16 +171,6 @@ func flowClient(_ arguments: [String]) throws -> Background {
     return try Background(try pahoPython(), ["-u", script] + arguments)
 }
 
-private func withCustody(_ label: String, _ arguments: [String] = [], _ body: (RunningCustody) throws -> Void) throws {
-    let custody = try RunningCustody(label, arguments: arguments)
-    defer { custody.cleanUp() }
-    do {
-        try body(custody)
-    } catch {
-        Issue.record("custody log:\n\(custody.stderr)")
-        throw error
-    }
-}
 
 /// The CONNACK properties paho printed, as JSON.
 private func connackProperties(_ output: String) throws -> [String: Any] {

@@ -9,18 +9,6 @@ import Testing
 // End to end: the real `custody` binary on 127.0.0.1 with its own ledger, driven by paho-mqtt,
 // mosquitto_pub/sub and a raw socket client. Waits are for events, never fixed sleeps.
 
-private func withCustody(
-    _ label: String, _ arguments: [String] = [], _ body: (RunningCustody) throws -> Void
-) throws {
-    let custody = try RunningCustody(label, arguments: arguments)
-    defer { custody.cleanUp() }
-    do {
-        try body(custody)
-    } catch {
-        Issue.record("custody log:\n\(custody.stderr)")
-        throw error
-    }
-}
 
 /// The CONNACK a v5 client should get; a success also lists the broker's capabilities.
 private func connack(_ code: MQTTReasonCode, present: Bool = false, _ properties: [MQTTProperty] = []) -> MQTTConnAck {

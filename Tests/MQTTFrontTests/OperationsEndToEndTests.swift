@@ -12,18 +12,6 @@ import Glibc
 // sequence, lifecycle events over MQTT against `custody-audit export`, a graceful SIGTERM
 // with open connections, JSON log lines, and the refusals (remote metrics, foreign subscribers).
 
-private func withOperatedCustody(
-    _ label: String, _ arguments: [String] = [], _ body: (RunningCustody) throws -> Void
-) throws {
-    let custody = try RunningCustody(label, arguments: arguments)
-    defer { custody.cleanUp() }
-    do {
-        try body(custody)
-    } catch {
-        Issue.record("custody output:\n\(custody.stdout)\ncustody log:\n\(custody.stderr)")
-        throw error
-    }
-}
 
 /// The port `custody: metrics http://127.0.0.1:PORT/metrics` names.
 private func metricsPort(_ custody: RunningCustody) throws -> Int {
@@ -110,7 +98,7 @@ private func subscribe(_ filter: String, qos: MQTTQoS = .atLeastOnce, id: UInt16
 @Suite("Operations end to end", .serialized)
 struct OperationsEndToEndTests {
     @Test func metricsCountAScriptedSessionSequence() throws {
-        try withOperatedCustody("metrics", ["--metrics", "127.0.0.1:0", "--event-subscriber", "ops"]) { custody in
+        try withCustody("metrics", ["--metrics", "127.0.0.1:0", "--event-subscriber", "ops"]) { custody in
             let port = try metricsPort(custody)
             // A connection that never sends a CONNECT is no CONNECT to count.
             let silent = try RawClient(port: custody.port)
@@ -192,7 +180,7 @@ struct OperationsEndToEndTests {
     }
 
     @Test func eventSubscribersSeeTheLedgerInOrderAndNobodyElseDoes() throws {
-        try withOperatedCustody("events", ["--event-subscriber", "Ops"]) { custody in
+        try withCustody("events", ["--event-subscriber", "Ops"]) { custody in
             // The operator (names compare case-insensitively), with a real client.
             let operatorSub = try Background("/usr/bin/stdbuf", [
                 "-oL", "/usr/bin/mosquitto_sub", "-h", "127.0.0.1", "-p", "\(custody.port)", "-u", "ops", "-i", "ops-watch", "-V", "mqttv5",
@@ -318,13 +306,9 @@ struct OperationsEndToEndTests {
         #expect(again.stdout.contains("custody: recovered sessions disconnected_by_restart=0 expired_while_down=0"))
     }
 
-    /// A second signal does not wait for the graceful stop: exit 128 + 15 at once; the ledger
-    /// stays valid (the next start recovers what the stop did not record). The graceful stop
-    /// is kept busy by a subscriber that reads nothing while megabytes are sent to it: its
-    /// DISCONNECT waits behind them (up to the 5 s grace).
-    @Test func aSecondSigtermExitsAtOnce() throws {
-        let custody = try RunningCustody("second-signal")
-        defer { custody.cleanUp() }
+    /// A subscriber that reads nothing while 300 × 64 KiB are published to it, and the
+    /// publisher (both still open).
+    private func stallASubscriber(_ custody: RunningCustody) throws -> (stalled: RawClient, publisher: RawClient) {
         let stalled = try RawClient(port: custody.port)
         #expect(try stalled.connect("stalled", user: "u").reasonCode == .success)
         try stalled.send(subscribe("big", qos: .atMostOnce))
@@ -333,6 +317,17 @@ struct OperationsEndToEndTests {
         #expect(try publisher.connect("publisher", user: "u").reasonCode == .success)
         let chunk = ByteBuffer(repeating: 0x61, count: 64 * 1024)
         for _ in 0..<300 { try publisher.send(.publish(MQTTPublish(topicName: "big", payload: chunk))) }
+        return (stalled, publisher)
+    }
+
+    /// A second signal does not wait for the graceful stop: exit 128 + 15 at once; the ledger
+    /// stays valid (the next start recovers what the stop did not record). The graceful stop
+    /// is kept busy by a subscriber that reads nothing while megabytes are sent to it: its
+    /// DISCONNECT waits behind them (up to the 5 s grace).
+    @Test func aSecondSigtermExitsAtOnce() throws {
+        let custody = try RunningCustody("second-signal")
+        defer { custody.cleanUp() }
+        let (stalled, publisher) = try stallASubscriber(custody)
         // Everything was taken in: a PINGRESP comes after the 300 PUBLISHes were handled.
         try publisher.send(.pingreq)
         #expect(try publisher.receive(timeout: 20) == .pingresp)
@@ -356,14 +351,7 @@ struct OperationsEndToEndTests {
     @Test func aStalledClientDoesNotHoldTheStop() throws {
         let custody = try RunningCustody("stalled-stop")
         defer { custody.cleanUp() }
-        let stalled = try RawClient(port: custody.port)
-        #expect(try stalled.connect("stalled", user: "u").reasonCode == .success)
-        try stalled.send(subscribe("big", qos: .atMostOnce))
-        guard case .suback? = try stalled.receive() else { throw E2EError.unexpected("no SUBACK") }
-        let publisher = try RawClient(port: custody.port)
-        #expect(try publisher.connect("publisher", user: "u").reasonCode == .success)
-        let chunk = ByteBuffer(repeating: 0x61, count: 64 * 1024)
-        for _ in 0..<300 { try publisher.send(.publish(MQTTPublish(topicName: "big", payload: chunk))) }
+        let (stalled, publisher) = try stallASubscriber(custody)
         try publisher.send(.pingreq)
         #expect(try publisher.receive(timeout: 20) == .pingresp)
         let before = try custody.events().count
@@ -383,7 +371,7 @@ struct OperationsEndToEndTests {
     /// custody runs and clients come and go; the copy verifies and a custody starts from it.
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/mdb_copy")))
     func mdbCopyOfARunningLedgerVerifies() throws {
-        try withOperatedCustody("backup") { custody in
+        try withCustody("backup") { custody in
             let backup = scratchDirectory("backup-copy")
             defer { try? FileManager.default.removeItem(atPath: backup) }
             try FileManager.default.createDirectory(atPath: backup + "/broker", withIntermediateDirectories: true)
@@ -415,7 +403,7 @@ struct OperationsEndToEndTests {
     }
 
     @Test func jsonLogLinesParse() throws {
-        try withOperatedCustody("jsonlog", ["--log-format", "json", "--log-level", "debug"]) { custody in
+        try withCustody("jsonlog", ["--log-format", "json", "--log-level", "debug"]) { custody in
             let client = try RawClient(port: custody.port)
             #expect(try client.connect("json-1", user: "alice").reasonCode == .success)
             try client.send(.disconnect(MQTTDisconnect()))

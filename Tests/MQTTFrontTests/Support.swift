@@ -154,6 +154,44 @@ final class RunningCustody: @unchecked Sendable {
     deinit { stop() }
 }
 
+/// Runs `body` against its own `custody` (stopped and removed afterwards); when it fails,
+/// custody's output goes into the test's issues.
+func withCustody(
+    _ label: String, _ arguments: [String] = [], directory: String? = nil, _ body: (RunningCustody) throws -> Void
+) throws {
+    let custody = try RunningCustody(label, arguments: arguments, directory: directory)
+    defer { custody.cleanUp() }
+    do {
+        try body(custody)
+    } catch {
+        Issue.record("custody output:\n\(custody.stdout)\ncustody log:\n\(custody.stderr)")
+        throw error
+    }
+}
+
+/// A blocking TCP socket connected to 127.0.0.1:`port`; `receiveBuffer`: SO_RCVBUF set first.
+func connectedSocket(port: Int, receiveBuffer: Int32? = nil) throws -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw E2EError.unexpected("socket: \(errno)") }
+    if var size = receiveBuffer {
+        _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+    }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let result = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+        }
+    }
+    guard result == 0 else {
+        close(fd)
+        throw E2EError.unexpected("connect to \(port): errno \(errno)")
+    }
+    return fd
+}
+
 /// A blocking MQTT client over a plain socket, built on the package's codec, for what the
 /// real clients cannot do on purpose (malformed bytes, silence, exact packets).
 final class RawClient {
@@ -167,25 +205,7 @@ final class RawClient {
     init(port: Int, version: MQTTProtocolVersion = .mqtt5, receiveBuffer: Int32? = nil) throws {
         decoder = MQTTDecoder(protocolVersion: version)
         encoder = MQTTEncoder(protocolVersion: version)
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw E2EError.unexpected("socket: \(errno)") }
-        self.fd = fd
-        if var size = receiveBuffer {
-            _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
-        }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let result = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        guard result == 0 else {
-            close(fd)
-            throw E2EError.unexpected("connect to \(port): errno \(errno)")
-        }
+        fd = try connectedSocket(port: port, receiveBuffer: receiveBuffer)
     }
 
     deinit { if fd >= 0 { close(fd) } }

@@ -21,14 +21,7 @@ private func webSocketPort(_ custody: RunningCustody) throws -> Int {
 }
 
 private func withWebSocketCustody(_ label: String, _ body: (RunningCustody, Int) throws -> Void) throws {
-    let custody = try RunningCustody(label, arguments: ["--listen-ws", "127.0.0.1:0"])
-    defer { custody.cleanUp() }
-    do {
-        try body(custody, try webSocketPort(custody))
-    } catch {
-        Issue.record("custody log:\n\(custody.stdout)\n\(custody.stderr)")
-        throw error
-    }
+    try withCustody(label, ["--listen-ws", "127.0.0.1:0"]) { custody in try body(custody, try webSocketPort(custody)) }
 }
 
 /// A plain blocking socket to 127.0.0.1 for a hand-made WebSocket session.
@@ -37,17 +30,7 @@ private final class RawSocket {
     private var received: [UInt8] = []
 
     init(port: Int) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let result = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        guard result == 0 else { throw E2EError.unexpected("connect to \(port): errno \(errno)") }
+        fd = try connectedSocket(port: port)
     }
 
     deinit { close(fd) }
