@@ -1,8 +1,8 @@
 // swift-tools-version:6.1
 import PackageDescription
 
-// Arrows point down: executables -> MQTTFront -> Broker/SessionLedger -> LedgerLMDB -> LedgerCore.
-// Only LedgerLMDB sees CLMDB; LedgerCore is pure (no I/O). MQTTCodec imports NIOCore only.
+// Arrows point down: executables -> MQTTFront -> Broker/SessionLedger -> LMDBStorage -> LedgerCore.
+// Only LMDBStorage sees CLMDB; LedgerCore is pure (no I/O). MQTTCodec imports NIOCore only.
 let package = Package(
     name: "Custody",
     platforms: [.macOS(.v15)],
@@ -37,12 +37,12 @@ let package = Package(
             exclude: ["RECORD-FORMAT.md"]
         ),
         .target(
-            name: "LedgerLMDB",
+            name: "LMDBStorage",
             dependencies: ["CLMDB", "LedgerCore"]
         ),
         .target(
             name: "SessionLedger",
-            dependencies: ["LedgerCore", "LedgerLMDB"]
+            dependencies: ["LedgerCore", "LMDBStorage"]
         ),
         // epoll and eventfd for the plain-TCP front's own event loop (headers only).
         .target(name: "CEpoll"),
@@ -77,7 +77,7 @@ let package = Package(
             // What operators watch: the ledger's metrics (swift-metrics) and the Prometheus
             // `/metrics` endpoint (swift-prometheus over NIOHTTP1).
             dependencies: [
-                "LedgerLMDB", "Broker",
+                "LMDBStorage", "Broker",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -87,8 +87,8 @@ let package = Package(
         ),
         .target(
             name: "Broker",
-            // Pub/sub: topic tree, subscriptions, QoS flows, queues; its LMDB store lives in LedgerLMDB.
-            dependencies: ["MQTTCodec", "LedgerCore", "LedgerLMDB", .product(name: "NIOCore", package: "swift-nio")]
+            // Pub/sub: topic tree, subscriptions, QoS flows, queues; its LMDB store lives in LMDBStorage.
+            dependencies: ["MQTTCodec", "LedgerCore", "LMDBStorage", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .target(
             name: "MQTTFront",
@@ -141,9 +141,9 @@ let package = Package(
             resources: [.copy("Golden")]
         ),
         .testTarget(
-            name: "LedgerLMDBTests",
+            name: "LMDBStorageTests",
             // CLMDB only to write foreign LMDB files that the store must refuse.
-            dependencies: ["LedgerLMDB", "LedgerCore", "CLMDB"]
+            dependencies: ["LMDBStorage", "LedgerCore", "CLMDB"]
         ),
         .testTarget(
             name: "SessionBenchTests",
@@ -171,7 +171,7 @@ let package = Package(
         ),
         .testTarget(
             name: "BrokerTests",
-            dependencies: ["Broker", "MQTTCodec", "LedgerLMDB", "LedgerCore"]
+            dependencies: ["Broker", "MQTTCodec", "LMDBStorage", "LedgerCore"]
         ),
         .testTarget(
             name: "MQTTFrontTests",
@@ -187,12 +187,12 @@ let package = Package(
             name: "SessionLedgerTests",
             // The crash test drives the real `custody-bench` binary as a child process, and
             // the executable tests the real `custody`.
-            dependencies: ["SessionLedger", "LedgerCore", "LedgerLMDB", "SessionBench", "CustodyServer"]
+            dependencies: ["SessionLedger", "LedgerCore", "LMDBStorage", "SessionBench", "CustodyServer"]
         ),
         .testTarget(
             name: "CustodyAuditTests",
             // Drives the real `custody-audit` binary as a child process against real ledgers.
-            dependencies: ["CustodyAudit", "SessionLedger", "LedgerCore", "LedgerLMDB"]
+            dependencies: ["CustodyAudit", "SessionLedger", "LedgerCore", "LMDBStorage"]
         ),
     ]
 )

@@ -1,7 +1,7 @@
 // The pub/sub core: see DESIGN.md §3.
 import Foundation
 import LedgerCore
-import LedgerLMDB
+import LMDBStorage
 import MQTTCodec
 import NIOCore
 

@@ -1,5 +1,5 @@
 import LedgerCore
-import LedgerLMDB
+import LMDBStorage
 import MQTTCodec
 import NIOCore
 

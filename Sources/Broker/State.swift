@@ -1,6 +1,6 @@
 import Foundation
 import LedgerCore
-import LedgerLMDB
+import LMDBStorage
 import MQTTCodec
 import NIOCore
 

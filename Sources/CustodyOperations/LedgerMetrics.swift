@@ -1,5 +1,5 @@
 import Foundation
-import LedgerLMDB
+import LMDBStorage
 import CoreMetrics
 import Metrics
 import Prometheus

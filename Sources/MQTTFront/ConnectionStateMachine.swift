@@ -663,3 +663,10 @@ public struct ConnectionStateMachine: Sendable {
         }
     }
 }
+
+extension ConnectionStateMachine {
+    var isAccepting: Bool {
+        if case .accepting = state { return true }
+        return false
+    }
+}

@@ -65,3 +65,7 @@ enum MinimalPubSub {
         }
     }
 }
+/// An error from the pub/sub core that names the reason code to close with.
+public protocol PubSubFailure: Error {
+    var reasonCode: MQTTReasonCode { get }
+}

@@ -1,5 +1,5 @@
 @_exported import LedgerCore
-@_exported import LedgerLMDB
+@_exported import LMDBStorage
 
 /// The service the fronts talk to: claim a session for a CONNECT, release it when the
 /// connection ends, expire what outlived its deadline, and ask who owns what.

@@ -4,7 +4,7 @@ import LedgerCore
 import Synchronization
 import Testing
 
-@testable import LedgerLMDB
+@testable import LMDBStorage
 
 /// Shared state for escaping callbacks. A class, because a `Mutex` local captured by an
 /// escaping closure was miscompiled in release builds (see Benchmarks/RESULTS.md notes).

@@ -1,11 +1,11 @@
 import Foundation
 import Testing
 
-@testable import LedgerLMDB
+@testable import LMDBStorage
 
 /// The broker's LMDB store: group commit, range deletes, reopening.
 @Suite("Broker message store")
-struct MessageStoreTests {
+struct BrokerStoreTests {
     func contents(_ store: BrokerStore, _ table: BrokerTable) throws -> [[UInt8]: [UInt8]] {
         var all: [[UInt8]: [UInt8]] = [:]
         try store.forEach(table) { key, value in all[Array(key)] = Array(value) }

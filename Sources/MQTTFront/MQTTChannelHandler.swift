@@ -1,0 +1,121 @@
+import CustodyConfig
+import Logging
+import MQTTCodec
+import NIOCore
+import SessionLedger
+
+/// The NIO face of a connection: a handler at the end of the channel's pipeline (after the
+/// frame decoder and the packet encoder) that hands everything to its `MQTTConnection`.
+final class MQTTChannelHandler: ChannelDuplexHandler, ConnectionIO {
+    typealias InboundIn = MQTTInbound
+    typealias InboundOut = Never
+    typealias OutboundIn = MQTTPacket
+    typealias OutboundOut = MQTTPacket
+
+    private let services: FrontServices
+    private let tls: TLSTransport?
+    /// Made once the handler knows its event loop (handlerAdded).
+    private var connection: MQTTConnection!
+    private let encoder: MQTTPacketEncoderHandler
+    private var context: ChannelHandlerContext?
+    private(set) var channel: (any Channel)?
+    /// A `read` from the pipeline held back while the broker or the claim catches up.
+    private var readHeld = false
+
+    init(services: FrontServices, encoder: MQTTPacketEncoderHandler, tls: TLSTransport? = nil) {
+        self.encoder = encoder
+        self.services = services
+        self.tls = tls
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        self.channel = context.channel
+        let logger = services.logger
+        encoder.onEncodingError = { packet, error in
+            logger.error("packet encoding failed", metadata: ["packet_type": "\(packet.type)", "error": "\(error)"])
+        }
+        connection = MQTTConnection(services: services, eventLoop: context.eventLoop, tls: tls)
+        connection.attach(self)
+        if context.channel.isActive { connection.start(remoteAddress: context.remoteAddressText) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        connection.transportRemoved()
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        connection.start(remoteAddress: context.remoteAddressText)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        connection.process(unwrapInboundIn(data))
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        connection.inactive()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // Resets and the like: the channel closes and channelInactive records the loss.
+        connection.failed(error)
+        context.close(promise: nil)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if connection.mayRead {
+            context.read()
+        } else {
+            readHeld = true
+        }
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        context.write(data, promise: promise)
+    }
+
+    // MARK: ConnectionIO
+
+    func write(_ packet: MQTTPacket) {
+        context?.write(wrapOutboundOut(packet), promise: nil)
+    }
+
+    func flush() {
+        context?.flush()
+    }
+
+    func close(sending packets: [MQTTPacket]) {
+        guard let context else { return }
+        guard let last = packets.last else {
+            context.close(promise: nil)
+            return
+        }
+        for packet in packets.dropLast() { context.write(wrapOutboundOut(packet), promise: nil) }
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(last), promise: written)
+        let channel = context.channel
+        // A client that does not read must not keep the channel: closed anyway after the grace.
+        let grace = context.eventLoop.scheduleTask(in: services.closeGrace) { channel.close(promise: nil) }
+        written.futureResult.assumeIsolated().whenComplete { [self] _ in
+            grace.cancel()
+            self.context?.close(promise: nil)
+        }
+    }
+
+    func resumeReading() {
+        guard readHeld, let context else { return }
+        readHeld = false
+        context.read()
+    }
+
+    func setProtocolVersion(_ version: MQTTProtocolVersion) {
+        encoder.encoder.protocolVersion = version
+    }
+
+    func setMaximumPacketSize(_ size: Int?) {
+        encoder.maximumPacketSize = size
+    }
+}
