@@ -51,11 +51,17 @@ let package = Package(
             dependencies: [.product(name: "NIOCore", package: "swift-nio")]
         ),
         .target(
+            name: "CustodyModel",
+            // Small pure values the parts share: one host:port type, and who a CONNECT is
+            // (credentials, certificate facts, the decision, the authority that makes it).
+            dependencies: ["LedgerCore"]
+        ),
+        .target(
             name: "CustodyConfig",
             // The YAML configuration, the client registry and the password file: pure, no I/O
             // beyond reading the files it is given.
             dependencies: [
-                "LedgerCore",
+                "LedgerCore", "CustodyModel",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "CryptoExtras", package: "swift-crypto"),
@@ -65,7 +71,7 @@ let package = Package(
             name: "CustodyTLS",
             // TLS listeners' contexts (swift-nio-ssl) and what a client certificate says of its holder.
             dependencies: [
-                "CustodyConfig",
+                "CustodyConfig", "CustodyModel",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "X509", package: "swift-certificates"),
@@ -77,7 +83,7 @@ let package = Package(
             // What operators watch: the ledger's metrics (swift-metrics) and the Prometheus
             // `/metrics` endpoint (swift-prometheus over NIOHTTP1).
             dependencies: [
-                "LMDBStorage", "Broker",
+                "LedgerCore", "Broker",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -93,7 +99,7 @@ let package = Package(
         .target(
             name: "MQTTFront",
             dependencies: [
-                "MQTTCodec", "Broker", "SessionLedger", "CustodyConfig", "CEpoll",
+                "MQTTCodec", "Broker", "SessionLedger", "CustodyModel", "CEpoll",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 // MQTT over WebSocket: the HTTP upgrade and the frames.
@@ -104,10 +110,18 @@ let package = Package(
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
         ),
+        .target(
+            name: "CustodyTesting",
+            // What the test targets share: the built executables, scratch directories, a
+            // manual clock, a running `custody` and child processes, an in-memory
+            // SessionAuthority. Used by tests only.
+            dependencies: ["LedgerCore", "LMDBStorage", "SessionLedger"]
+        ),
         .executableTarget(
             name: "CustodyServer",
             dependencies: [
-                "SessionLedger", "MQTTFront", "CustodyConfig", "CustodyTLS", "CustodyOperations",
+                "SessionLedger", "MQTTFront", "MQTTCodec", "Broker", "CustodyModel", "CustodyConfig", "CustodyTLS",
+                "CustodyOperations",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // Graceful shutdown on SIGTERM/SIGINT; metrics served on --metrics.
@@ -119,7 +133,7 @@ let package = Package(
         .executableTarget(
             name: "CustodyAudit",
             dependencies: [
-                "SessionLedger",
+                "SessionLedger", "LMDBStorage",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Tools/Audit"
@@ -127,7 +141,7 @@ let package = Package(
         .executableTarget(
             name: "SessionBench",
             dependencies: [
-                "SessionLedger", "MQTTCodec",
+                "SessionLedger", "LMDBStorage", "MQTTCodec",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
@@ -143,7 +157,7 @@ let package = Package(
         .testTarget(
             name: "LMDBStorageTests",
             // CLMDB only to write foreign LMDB files that the store must refuse.
-            dependencies: ["LMDBStorage", "LedgerCore", "CLMDB"]
+            dependencies: ["LMDBStorage", "LedgerCore", "CLMDB", "CustodyTesting"]
         ),
         .testTarget(
             name: "SessionBenchTests",
@@ -152,13 +166,13 @@ let package = Package(
         ),
         .testTarget(
             name: "CustodyConfigTests",
-            dependencies: ["CustodyConfig", "LedgerCore"]
+            dependencies: ["CustodyConfig", "CustodyModel", "LedgerCore"]
         ),
         .testTarget(
             name: "CustodyTLSTests",
             // Real TLS handshakes over 127.0.0.1 with certificates made by the openssl command.
             dependencies: [
-                "CustodyTLS", "CustodyConfig",
+                "CustodyTLS", "CustodyConfig", "CustodyModel",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -177,7 +191,10 @@ let package = Package(
             name: "MQTTFrontTests",
             // Unit tests of the connection state machine, and end-to-end tests that run the real
             // `custody` with mosquitto_pub/sub and paho-mqtt over 127.0.0.1.
-            dependencies: ["MQTTFront", "MQTTCodec", "SessionLedger", "CustodyConfig", "CustodyServer", "Broker"]
+            dependencies: [
+                "MQTTFront", "MQTTCodec", "SessionLedger", "CustodyModel", "CustodyConfig", "CustodyServer", "Broker",
+                "CustodyTesting",
+            ]
         ),
         .testTarget(
             name: "MQTTCodecTests",
@@ -185,14 +202,19 @@ let package = Package(
         ),
         .testTarget(
             name: "SessionLedgerTests",
-            // The crash test drives the real `custody-bench` binary as a child process, and
-            // the executable tests the real `custody`.
-            dependencies: ["SessionLedger", "LedgerCore", "LMDBStorage", "SessionBench", "CustodyServer"]
+            // The crash test drives the real `custody-bench` binary as a child process.
+            dependencies: ["SessionLedger", "LedgerCore", "LMDBStorage", "SessionBench", "CustodyTesting"]
+        ),
+        .testTarget(
+            name: "CustodyServerTests",
+            // The real `custody` as a child process (flags, configuration files, signals), and
+            // what only the executable holds: its log handlers and lifecycle event publisher.
+            dependencies: ["CustodyServer", "SessionLedger", "LMDBStorage", "CustodyTesting", "Broker", "MQTTCodec"]
         ),
         .testTarget(
             name: "CustodyAuditTests",
             // Drives the real `custody-audit` binary as a child process against real ledgers.
-            dependencies: ["CustodyAudit", "SessionLedger", "LedgerCore", "LMDBStorage"]
+            dependencies: ["CustodyAudit", "SessionLedger", "LedgerCore", "LMDBStorage", "CustodyTesting"]
         ),
     ]
 )

@@ -1,3 +1,4 @@
+import LMDBStorage
 import ArgumentParser
 import Foundation
 import SessionLedger

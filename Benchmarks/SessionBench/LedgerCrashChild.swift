@@ -19,7 +19,7 @@ struct LedgerCrashChild: ParsableCommand {
     var window: Int = 64
 
     func run() throws {
-        let ledger = try SessionLedger(directory: dataDir, policy: try NamespacePolicy(maximumClientSessionsPerAuthenticationName: 100))
+        let ledger = try LMDBSessionLedger(directory: dataDir, policy: try NamespacePolicy(maximumClientSessionsPerAuthenticationName: 100))
         emit("ready head=\(ledger.head.sequence)")
         let gate = DispatchSemaphore(value: window)
         var i = 0
@@ -32,7 +32,7 @@ struct LedgerCrashChild: ParsableCommand {
                 sessionName: SessionName(unchecked: name), connection: connection,
                 requestedExpiryInterval: i % 3 == 0 ? 0 : 600)
             let release = i % 2 == 0
-            ledger.writer.claim(request) { result in
+            ledger.claim(request) { result in
                 guard case .success(.granted(let grant)) = result else {
                     emit("failed \(name) \(result)")
                     gate.signal()
@@ -40,7 +40,7 @@ struct LedgerCrashChild: ParsableCommand {
                 }
                 emit("granted \(name) \(grant.sequence)")
                 if release {
-                    ledger.writer.release(ReleaseRequest(sessionName: SessionName(unchecked: name), connection: connection, reason: .clientInitiatedDisconnect)) { result in
+                    ledger.release(ReleaseRequest(sessionName: SessionName(unchecked: name), connection: connection, reason: .clientInitiatedDisconnect)) { result in
                         if case .success(.some(let event)) = result { emit("released \(name) \(event.sequence)") }
                         gate.signal()
                     }

@@ -1,5 +1,5 @@
 import Foundation
-import LMDBStorage
+import LedgerCore
 import CoreMetrics
 import Metrics
 import Prometheus

@@ -1,7 +1,7 @@
 import Broker
 import CoreMetrics
 import LedgerCore
-import LMDBStorage
+import LedgerCore
 import Synchronization
 
 /// Sessions as the ledger sees them, through swift-metrics: what each committed event says

@@ -1,3 +1,4 @@
+import CustodyModel
 import ArgumentParser
 import Broker
 import CustodyConfig
@@ -175,10 +176,10 @@ struct Custody: AsyncParsableCommand {
         let operations = Operations(settings: settings, logger: Logger(label: "custody.ledger"))
         let dataDir = settings.dataDir
         let policy = try settings.policy()
-        let ledger: SessionLedger
+        let ledger: any SessionAuthority
         do {
-            ledger = try SessionLedger(
-                directory: dataDir, policy: policy, options: LedgerStoreOptions(mapSize: settings.ledgerMapSizeMiB << 20),
+            ledger = try LMDBSessionLedger(
+                directory: dataDir, policy: policy, mapSize: settings.ledgerMapSizeMiB << 20,
                 onCommit: operations.onCommit, onCommitFailure: operations.onCommitFailure,
                 onEvents: operations.onEvents, countSessions: true)
         } catch {
@@ -196,12 +197,7 @@ struct Custody: AsyncParsableCommand {
         do {
             broker = try Broker(directory: brokerDirectory)
             // Sessions the ledger no longer holds (expired while down) lose their queues too.
-            let live = try ledger.store.read { snapshot in
-                var names = Set<SessionName>()
-                try snapshot.forEachSession { name, _ in names.insert(name) }
-                return names
-            }
-            try await broker.retainOnly(live: live)
+            try await broker.retainOnly(live: try ledger.liveSessionNames())
         } catch {
             FileHandle.standardError.write(Data("custody: cannot open the broker store in \(brokerDirectory): \(error)\n".utf8))
             ledger.close()
@@ -231,7 +227,7 @@ struct Custody: AsyncParsableCommand {
             metrics: operations.frontMetrics, serverTopicReaders: settings.eventSubscribers)
         let front = MQTTFront(
             ledger: ledger, pubsub: broker, configuration: frontConfiguration, logger: logger, authority: authority)
-        let addresses: [ListenAddress]
+        let addresses: [HostPort]
         do {
             addresses = try await front.start()
         } catch {

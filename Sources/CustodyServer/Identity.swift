@@ -1,3 +1,4 @@
+import CustodyModel
 import CustodyConfig
 import CustodyTLS
 import Foundation
@@ -8,12 +9,15 @@ import NIOCore
 // Client identity for `custody`: the listeners' transports (TLS from CustodyTLS), the
 // identity authority (CustodyConfig's Authenticator) and its reload on SIGHUP.
 
+/// The configuration decides identities for the front.
+extension Authenticator: IdentityAuthority {}
+
 extension CustodyConfiguration {
     /// The front's listeners, in the configuration's order; an mqtts listener's certificate,
     /// key and trusted CAs are read here, so a bad file stops startup with its name.
     func frontListeners() throws -> [FrontListener] {
         try listeners.map { listener in
-            let address = ListenAddress(host: listener.host, port: listener.port)
+            let address = HostPort(host: listener.host, port: listener.port)
             switch listener.kind {
             case .mqtt:
                 return FrontListener(address: address, transport: .tcp)

@@ -1,3 +1,4 @@
+import CustodyModel
 import Broker
 import CustodyConfig
 import CustodyOperations
@@ -81,7 +82,7 @@ final class Operations: Sendable {
         }
     }
 
-    /// Hooks for `SessionLedger.init`.
+    /// Hooks for `LMDBSessionLedger.init`.
     var onCommit: (@Sendable (CommitStatistics) -> Void)? {
         guard let metrics = ledgerMetrics else { return nil }
         return { statistics in metrics.record(statistics) }
@@ -98,13 +99,13 @@ final class Operations: Sendable {
     }
 
     /// Recovery's events (published and counted first), then every commit's, to `broker`.
-    func attach(ledger: SessionLedger, broker: Broker) {
+    func attach(ledger: any SessionAuthority, broker: Broker) {
         events.publish(ledger.recovery.events)
         events.attach(broker)
     }
 
     /// Serves `/metrics` at `address`; returns the port bound. The gauges are read at each scrape.
-    func startMetrics(at address: HostPort, ledger: SessionLedger, broker: Broker) async throws -> Int? {
+    func startMetrics(at address: HostPort, ledger: any SessionAuthority, broker: Broker) async throws -> Int? {
         guard let registry else { return nil }
         let sessions = sessionMetrics
         let brokers = brokerMetrics

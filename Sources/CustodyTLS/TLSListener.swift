@@ -1,3 +1,4 @@
+import CustodyModel
 import Crypto
 import CustodyConfig
 import Foundation

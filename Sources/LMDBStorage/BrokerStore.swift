@@ -1,6 +1,7 @@
 import CLMDB
 import Dispatch
 import Foundation
+import LedgerCore
 
 /// The tables of the broker's own LMDB environment (in its own directory, apart from the
 /// ledger's, so neither writer ever waits for the other):

@@ -2,44 +2,6 @@ import CLMDB
 import Foundation
 import LedgerCore
 
-/// A failure of the store. LMDB's own errors keep their code and message; the writer
-/// passes them to every caller whose claim was in the failed commit (rule R8).
-public enum LedgerError: Error, Sendable, Equatable, CustomStringConvertible {
-    /// An LMDB call failed. `code` is LMDB's or errno's.
-    case storage(operation: String, code: Int32, message: String)
-    /// The directory holds no Custody ledger (no LMDB environment, or not ours).
-    case notALedger(path: String, detail: String)
-    /// The ledger was written by a newer Custody with a format this one does not know.
-    case unsupportedFormat(found: UInt8, supported: UInt8)
-    /// A stored record or projection value cannot be decoded.
-    case corruptRecord(table: String, detail: String)
-    /// The ledger was closed before the request could be served.
-    case closed
-
-    public var isMapFull: Bool {
-        if case .storage(_, let code, _) = self { return code == MDB_MAP_FULL }
-        return false
-    }
-
-    public var description: String {
-        switch self {
-        case .storage(let operation, let code, let message):
-            if code == MDB_MAP_FULL {
-                return "ledger storage is full (\(operation): \(message)); raise the map size or free disk space"
-            }
-            return "ledger storage failed in \(operation): \(message) (code \(code))"
-        case .notALedger(let path, let detail):
-            return "\(path) is not a Custody ledger: \(detail)"
-        case .unsupportedFormat(let found, let supported):
-            return "ledger format \(found) is newer than this program understands (\(supported))"
-        case .corruptRecord(let table, let detail):
-            return "corrupt value in the \(table) table: \(detail)"
-        case .closed:
-            return "the ledger is closed"
-        }
-    }
-}
-
 @inline(__always)
 func check(_ code: Int32, _ operation: @autoclosure () -> String) throws(LedgerError) {
     guard code == 0 else {
@@ -195,20 +157,7 @@ enum MetaKey {
     static let connections: [UInt8] = Array("connections".utf8)
 }
 
-/// The end of the log: last sequence number, its timestamp and its chain hash.
-public struct LedgerHead: Sendable, Equatable {
-    public var sequence: UInt64
-    public var timestamp: Int64
-    public var hash: ChainHash
-
-    public static let empty = LedgerHead(sequence: 0, timestamp: 0, hash: .genesis)
-
-    public init(sequence: UInt64, timestamp: Int64, hash: ChainHash) {
-        self.sequence = sequence
-        self.timestamp = timestamp
-        self.hash = hash
-    }
-
+extension LedgerHead {
     static let encodedSize = 48
 
     func encode(into buffer: UnsafeMutableRawBufferPointer) {

@@ -1,4 +1,4 @@
-import CustodyConfig
+import CustodyModel
 import Logging
 import MQTTCodec
 import NIOCore

@@ -1,3 +1,4 @@
+import CustodyModel
 import NIOCore
 import SessionLedger
 import Synchronization

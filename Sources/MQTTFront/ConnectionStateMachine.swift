@@ -1,4 +1,4 @@
-import CustodyConfig
+import CustodyModel
 import MQTTCodec
 import NIOCore
 import SessionLedger

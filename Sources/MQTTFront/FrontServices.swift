@@ -1,4 +1,4 @@
-import CustodyConfig
+import CustodyModel
 import Logging
 import MQTTCodec
 import NIOCore
@@ -6,7 +6,7 @@ import SessionLedger
 
 /// What every connection shares: the ledger, the pub/sub core, the registry, the log.
 final class FrontServices: Sendable {
-    let ledger: SessionLedger
+    let ledger: any SessionAuthority
     let pubsub: (any PubSubEngine)?
     let registry = ConnectionRegistry()
     let logger: Logger
@@ -23,7 +23,7 @@ final class FrontServices: Sendable {
     let shutdownBatch = ShutdownBatch()
 
     init(
-        ledger: SessionLedger, pubsub: (any PubSubEngine)?, logger: Logger, connectTimeout: TimeAmount,
+        ledger: any SessionAuthority, pubsub: (any PubSubEngine)?, logger: Logger, connectTimeout: TimeAmount,
         maximumPacketSize: Int, topicAliasMaximum: UInt16 = 0, receiveMaximum: UInt16 = 65_535,
         maximumKeepAlive: UInt16? = nil, authority: (any IdentityAuthority)? = nil,
         operations: FrontOperations = FrontOperations(), closeGrace: TimeAmount = .seconds(10)

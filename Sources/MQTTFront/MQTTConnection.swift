@@ -1,4 +1,4 @@
-import CustodyConfig
+import CustodyModel
 import Logging
 import MQTTCodec
 import NIOCore
@@ -299,7 +299,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
     private func claim(_ request: ClaimRequest) {
         let eventLoop = self.eventLoop
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
-        services.ledger.writer.claim(request) { result in
+        services.ledger.claim(request) { result in
             eventLoop.execute { bound.value.claimCompleted(result) }
         }
     }

@@ -1,5 +1,5 @@
 // The MQTT front: listeners and the connection state machine; see DESIGN.md §3.
-import CustodyConfig
+import CustodyModel
 import Logging
 import MQTTCodec
 import NIOCore
@@ -7,37 +7,9 @@ import NIOPosix
 import SessionLedger
 import Synchronization
 
-/// `HOST:PORT`, as `--listen` takes it. IPv6 hosts go in brackets: `[::1]:1883`.
-public struct ListenAddress: Sendable, Hashable, CustomStringConvertible {
-    public var host: String
-    public var port: Int
-
-    public static let defaultMQTT = ListenAddress(host: "127.0.0.1", port: 1883)
-
-    public init(host: String, port: Int) {
-        self.host = host
-        self.port = port
-    }
-
-    /// nil when `text` is not `HOST:PORT` with a port of 0-65535 (0: any free port).
-    public init?(parsing text: String) {
-        guard let colon = text.lastIndex(of: ":") else { return nil }
-        var host = String(text[..<colon])
-        let portText = text[text.index(after: colon)...]
-        guard !portText.isEmpty, portText.allSatisfy(\.isASCII), let port = Int(portText), (0...65_535).contains(port)
-        else { return nil }
-        if host.hasPrefix("[") {
-            guard host.hasSuffix("]"), host.count > 2 else { return nil }
-            host = String(host.dropFirst().dropLast())
-        } else if host.contains(":") {
-            return nil  // an IPv6 address without brackets is ambiguous
-        }
-        guard !host.isEmpty, !host.contains(where: { $0 == " " || $0 == "/" }) else { return nil }
-        self.host = host
-        self.port = port
-    }
-
-    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+extension HostPort {
+    /// MQTT's registered port on loopback: where `custody` listens unless told otherwise.
+    public static let defaultMQTT = HostPort(host: "127.0.0.1", port: 1883)
 }
 
 /// One listener: where, and how its connections carry MQTT. Each transport sets up its
@@ -52,10 +24,10 @@ public struct FrontListener: Sendable, CustomStringConvertible {
         case webSocket(path: String)
     }
 
-    public var address: ListenAddress
+    public var address: HostPort
     public var transport: Transport
 
-    public init(address: ListenAddress, transport: Transport = .tcp) {
+    public init(address: HostPort, transport: Transport = .tcp) {
         self.address = address
         self.transport = transport
     }
@@ -143,7 +115,7 @@ public struct MQTTFrontConfiguration: Sendable {
 
     /// Plain TCP listeners at `listeners`.
     public init(
-        listeners: [ListenAddress], connectTimeout: TimeAmount = .seconds(10),
+        listeners: [HostPort], connectTimeout: TimeAmount = .seconds(10),
         maximumPacketSize: Int = 1 << 20, eventLoopThreads: Int = MQTTFrontConfiguration.defaultEventLoopThreads
     ) {
         self.init(
@@ -154,7 +126,7 @@ public struct MQTTFrontConfiguration: Sendable {
 
 /// A listener could not be opened.
 public struct ListenError: Error, CustomStringConvertible {
-    public var address: ListenAddress
+    public var address: HostPort
     public var underlying: any Error
     public var description: String { "cannot listen on \(address): \(underlying)" }
 }
@@ -172,7 +144,7 @@ public final class MQTTFront: Sendable {
     #endif
 
     public init(
-        ledger: SessionLedger, pubsub: (any PubSubEngine)?, configuration: MQTTFrontConfiguration = .init(),
+        ledger: any SessionAuthority, pubsub: (any PubSubEngine)?, configuration: MQTTFrontConfiguration = .init(),
         logger: Logger = Logger(label: "custody.mqtt"), authority: (any IdentityAuthority)? = nil
     ) {
         self.configuration = configuration
@@ -187,14 +159,14 @@ public final class MQTTFront: Sendable {
     /// Opens every listener; returns the addresses actually bound (port 0 becomes a real port),
     /// in the order of `configuration.listeners`. If one fails, those already open are closed
     /// and the error names the address.
-    public func start() async throws -> [ListenAddress] {
-        var bound: [ListenAddress] = []
+    public func start() async throws -> [HostPort] {
+        var bound: [HostPort] = []
         for listener in configuration.listeners {
             let address = listener.address
             do {
                 #if os(Linux)
                 if case .tcp = listener.transport, configuration.plainTCPFront == .epoll {
-                    bound.append(ListenAddress(host: address.host, port: try startEpollListener(address)))
+                    bound.append(HostPort(host: address.host, port: try startEpollListener(address)))
                     continue
                 }
                 #endif
@@ -209,7 +181,7 @@ public final class MQTTFront: Sendable {
                 }
                 let channel = try await bootstrap.bind(host: address.host, port: address.port).get()
                 servers.withLock { $0.append(channel) }
-                bound.append(ListenAddress(host: address.host, port: channel.localAddress?.port ?? address.port))
+                bound.append(HostPort(host: address.host, port: channel.localAddress?.port ?? address.port))
             } catch {
                 await closeListeners()
                 throw ListenError(address: address, underlying: error)
@@ -220,7 +192,7 @@ public final class MQTTFront: Sendable {
 
     #if os(Linux)
     /// A plain-TCP listener on the epoll loops; returns its port.
-    private func startEpollListener(_ address: ListenAddress) throws -> Int {
+    private func startEpollListener(_ address: HostPort) throws -> Int {
         try epoll.withLock { epoll in
             if epoll.loops.isEmpty {
                 let count = max(1, configuration.eventLoopThreads)

@@ -1,4 +1,5 @@
 #if os(Linux)
+import CustodyModel
 import CEpoll
 import Glibc
 import Logging
@@ -14,7 +15,7 @@ final class RawTCPListener: @unchecked Sendable {
     private let loops: [EpollEventLoop]
 
     /// Binds and listens; the loops start accepting at once.
-    init(address: ListenAddress, loops: [EpollEventLoop], services: FrontServices) throws {
+    init(address: HostPort, loops: [EpollEventLoop], services: FrontServices) throws {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)

@@ -3,7 +3,7 @@ import SessionLedger
 import Synchronization
 
 /// While the front shuts down, the ends of the connections it closes are collected here and
-/// recorded in the ledger together (`SessionLedger.releaseAll`): one commit, one fsync and
+/// recorded in the ledger together (`SessionAuthority.releaseAll`): one commit, one fsync and
 /// one timestamp for every `disconnected(serverInitiatedDisconnect)`. Outside a shutdown
 /// (and after the batch went) each release goes to the ledger on its own.
 final class ShutdownBatch: Sendable {
@@ -28,13 +28,13 @@ final class ShutdownBatch: Sendable {
     /// Records every collected release in one ledger commit and answers each; later
     /// releases go on their own. Returns how many were in the batch.
     @discardableResult
-    func flush(to ledger: SessionLedger) -> Int {
+    func flush(to ledger: any SessionAuthority) -> Int {
         let batch = waiting.withLock { waiting in
             defer { waiting = nil }
             return waiting ?? []
         }
         guard !batch.isEmpty else { return 0 }
-        ledger.writer.releaseAll(batch.map(\.0)) { result in
+        ledger.releaseAll(batch.map(\.0)) { result in
             switch result {
             case .success(let events):
                 for (index, (_, done)) in batch.enumerated() { done(.success(events[index])) }
@@ -50,6 +50,6 @@ extension FrontServices {
     /// Records the end of a connection: in the shutdown batch while one is collected, else at once.
     func release(_ request: ReleaseRequest, _ done: @escaping ShutdownBatch.Done) {
         if shutdownBatch.add(request, done) { return }
-        ledger.writer.release(request, done)
+        ledger.release(request, done)
     }
 }

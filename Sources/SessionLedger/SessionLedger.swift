@@ -1,33 +1,32 @@
-@_exported import LedgerCore
-@_exported import LMDBStorage
+import LMDBStorage
+import LedgerCore
 
-/// The service the fronts talk to: claim a session for a CONNECT, release it when the
-/// connection ends, expire what outlived its deadline, and ask who owns what.
-///
-/// Every answer that changes ownership comes back only after its event is durable.
-public final class SessionLedger: Sendable {
-    public let store: LedgerStore
-    public let writer: LedgerWriter
-    /// What opening the ledger found: sessions disconnected by the restart and expired.
+/// The embedded ledger: session ownership decided by one LMDB environment and its
+/// group-commit writer thread (`LedgerWriter`). The first `SessionAuthority`.
+public final class LMDBSessionLedger: SessionAuthority {
+    private let store: LedgerStore
+    private let writer: LedgerWriter
     public let recovery: RecoveryReport
     public var policy: NamespacePolicy { writer.policy }
-    let clock: LedgerClock
+    private let clock: LedgerClock
 
     /// Opens (or creates) the ledger in `directory`, recovers it and starts the writer.
     /// `onCommit` and `onCommitFailure` observe every batch the writer commits or fails
     /// (for metrics); they run on the writer thread and must be quick. `onEvents` receives
     /// the events of every commit after recovery, in sequence order (recovery's own are in
     /// `recovery.events`). `countSessions`: keep live/connected counts (`sessionCounts`),
-    /// at the price of one scan of the sessions at open.
+    /// at the price of one scan of the sessions at open. `mapSize`: the largest the data
+    /// file may grow (bytes); nil keeps the store's default.
     public init(
-        directory: String, policy: NamespacePolicy = .default,
-        options: LedgerStoreOptions = LedgerStoreOptions(),
+        directory: String, policy: NamespacePolicy = .default, mapSize: Int? = nil,
         clock: @escaping LedgerClock = wallClockMicroseconds,
         onCommit: (@Sendable (CommitStatistics) -> Void)? = nil,
         onCommitFailure: (@Sendable (LedgerError) -> Void)? = nil,
         onEvents: (@Sendable ([CommittedEvent]) -> Void)? = nil,
         countSessions: Bool = false
     ) throws {
+        var options = LedgerStoreOptions()
+        if let mapSize { options.mapSize = mapSize }
         let store = try LedgerStore(directory: directory, options: options)
         do {
             let writer = try LedgerWriter(store: store, policy: policy, clock: clock)
@@ -46,73 +45,34 @@ public final class SessionLedger: Sendable {
         self.clock = clock
     }
 
-    /// A fresh connection number, unique for the life of the ledger.
     public func nextConnectionNumber() -> ConnectionNumber { writer.nextConnectionNumber() }
 
-    /// Decides a CONNECT (rules R1–R7) and returns once the decision is durable.
-    /// Throws (R8) when the decision could not be made durable: grant nothing then.
-    public func claim(_ request: ClaimRequest) async throws(LedgerError) -> ClaimOutcome {
-        let result = await withCheckedContinuation { continuation in
-            writer.claim(request) { continuation.resume(returning: $0) }
-        }
-        return try result.get()
+    public func claim(_ request: ClaimRequest, _ done: @escaping @Sendable (Result<ClaimOutcome, LedgerError>) -> Void) {
+        writer.claim(request, done)
     }
 
-    /// Records the end of a connection. Returns nil when the connection no longer held
-    /// the session (it was taken over): then there is nothing to record.
-    @discardableResult
-    public func release(_ request: ReleaseRequest) async throws(LedgerError) -> LedgerEvent? {
-        let result = await withCheckedContinuation { continuation in
-            writer.release(request) { continuation.resume(returning: $0) }
-        }
-        return try result.get()
+    public func release(_ request: ReleaseRequest, _ done: @escaping @Sendable (Result<LedgerEvent?, LedgerError>) -> Void) {
+        writer.release(request, done)
     }
 
-    /// Records the ends of many connections in one commit (a shutdown); answers in order.
-    @discardableResult
-    public func releaseAll(_ requests: [ReleaseRequest]) async throws(LedgerError) -> [LedgerEvent?] {
-        let result = await withCheckedContinuation { continuation in
-            writer.releaseAll(requests) { continuation.resume(returning: $0) }
-        }
-        return try result.get()
+    public func releaseAll(
+        _ requests: [ReleaseRequest], _ done: @escaping @Sendable (Result<[LedgerEvent?], LedgerError>) -> Void
+    ) {
+        writer.releaseAll(requests, done)
     }
 
-    /// Live and connected sessions now; nil unless opened with `countSessions: true`.
+    public func expireDue(limit: Int, _ done: @escaping @Sendable (Result<[LedgerEvent], LedgerError>) -> Void) {
+        writer.expireDue(limit: limit, done)
+    }
+
+    public func earliestDeadline() throws -> Int64? {
+        try store.read { try $0.earliestDeadline() }
+    }
+
+    public func now() -> Int64 { clock() }
+
     public var sessionCounts: SessionCounts? { writer.sessionCounts }
 
-    /// Expires sessions whose deadline has passed; returns their `expired` events.
-    @discardableResult
-    public func expireDue(limit: Int = 10_000) async throws(LedgerError) -> [LedgerEvent] {
-        let result = await withCheckedContinuation { continuation in
-            writer.expireDue(limit: limit) { continuation.resume(returning: $0) }
-        }
-        return try result.get()
-    }
-
-    /// Expires sessions as their deadlines pass, until the task is cancelled.
-    /// Wakes at the earliest deadline, and at least every `maximumSleep` seconds to see new ones.
-    public func runExpiry(maximumSleep: Double = 1.0, onExpired: (@Sendable ([LedgerEvent]) -> Void)? = nil) async {
-        let cap = Int64(maximumSleep * 1_000_000)
-        while !Task.isCancelled {
-            var wait = cap
-            do {
-                let earliest = try store.read { try $0.earliestDeadline() }
-                let now = clock()
-                if let earliest, earliest <= now {
-                    let expired = try await expireDue()
-                    onExpired?(expired)
-                    continue
-                }
-                if let earliest { wait = min(cap, earliest - now) }
-            } catch {
-                // Storage trouble: the next round tries again; claims report it themselves.
-            }
-            try? await Task.sleep(for: .microseconds(max(wait, 1_000)))
-        }
-    }
-
-    /// The projection's entry for a session name; nil when the name is free.
-    /// An entry past its deadline still shows until its `expired` event is recorded.
     public func session(_ name: SessionName) throws -> SessionEntry? {
         try store.read { try $0.session(name) }
     }
@@ -121,7 +81,30 @@ public final class SessionLedger: Sendable {
         try store.read { try $0.liveSessionCount(of: client) }
     }
 
+    public func liveSessionNames() throws -> Set<SessionName> {
+        Set(try liveSessions().keys)
+    }
+
+    /// The projection's sessions, by name, from one snapshot.
+    public func liveSessions() throws -> [SessionName: SessionEntry] {
+        try store.read { snapshot in
+            var sessions: [SessionName: SessionEntry] = [:]
+            try snapshot.forEachSession { name, entry in sessions[name] = entry }
+            return sessions
+        }
+    }
+
     public var head: LedgerHead { writer.currentHead }
+
+    /// The records of the log from `first` through the head, in sequence order (for audit
+    /// and tests; `custody-audit` reads a ledger on its own).
+    public func records(from first: UInt64 = 1) throws -> [LedgerRecord] {
+        try store.read { snapshot in
+            let head = try snapshot.head().sequence
+            guard first <= head else { return [] }
+            return try (first...head).compactMap { try snapshot.record(at: $0) }
+        }
+    }
 
     /// Replays the whole log and checks it against the stored projection.
     public func verify() throws -> VerifyReport {
@@ -133,7 +116,6 @@ public final class SessionLedger: Sendable {
         try store.read { try $0.replay(through: limit).0 }
     }
 
-    /// Answers what is queued, stops the writer and closes the store.
     public func close() {
         writer.stop()
         store.close()

@@ -1,3 +1,4 @@
+import CustodyTesting
 import Foundation
 import LedgerCore
 import LMDBStorage
@@ -5,7 +6,7 @@ import SessionLedger
 import Testing
 
 // `custody-audit` as users run it: the built binary, as a child process, against a ledger
-// written through the real `SessionLedger` (see `ScriptedLedger` for the events).
+// written through the real `LMDBSessionLedger` (see `ScriptedLedger` for the events).
 
 private let t0 = ScriptedLedger.t0
 private func at(_ seconds: Int64) -> Int64 { ScriptedLedger.at(seconds) }
@@ -453,7 +454,7 @@ struct CustodyAuditTests {
 
             // The broker starts again (recovery disconnects s5) and takes a new claim.
             script.clock.set(at(3000))
-            let ledger = try SessionLedger(directory: script.directory, policy: ScriptedLedger.policy, clock: script.clock.ledgerClock)
+            let ledger = try LMDBSessionLedger(directory: script.directory, policy: ScriptedLedger.policy, clock: script.clock.ledgerClock)
             defer { ledger.close() }
             _ = try await ledger.claim(ClaimRequest(
                 authenticationName: AuthenticationName(unchecked: "erin"), sessionName: SessionName(unchecked: "s6"),
@@ -484,7 +485,7 @@ struct CustodyAuditTests {
             usleep(100_000)
             #expect(child.isRunning)
             script.clock.set(at(3000))
-            let ledger = try SessionLedger(directory: script.directory, policy: ScriptedLedger.policy, clock: script.clock.ledgerClock)
+            let ledger = try LMDBSessionLedger(directory: script.directory, policy: ScriptedLedger.policy, clock: script.clock.ledgerClock)
             ledger.close()
             let deadline = Date().addingTimeInterval(20)
             while child.isRunning && Date() < deadline { usleep(10_000) }
@@ -590,7 +591,7 @@ struct CustodyAuditTests {
 
             // The broker is running on it.
             script.clock.set(at(3000))
-            let ledger = try SessionLedger(directory: script.directory, policy: ScriptedLedger.policy, clock: script.clock.ledgerClock)
+            let ledger = try LMDBSessionLedger(directory: script.directory, policy: ScriptedLedger.policy, clock: script.clock.ledgerClock)
             defer { ledger.close() }
             let run = try runAudit(["verify", "--data-dir", script.directory])
             #expect(run.stdout == "verify: ok events=15 head=\(ledger.head.hash.hex)\n")

@@ -1,3 +1,4 @@
+import CustodyTesting
 import Foundation
 import LedgerCore
 import LMDBStorage
@@ -7,49 +8,13 @@ import Testing
 
 // Helpers for driving the real `custody-audit` binary against real ledgers.
 
-/// A clock the test moves by hand; the ledger reads it from its writer thread.
-final class ManualClock: Sendable {
-    private let current: Mutex<Int64>
-
-    init(start: Int64 = 1_750_000_000_000_000) { current = Mutex(start) }
-
-    var now: Int64 { current.withLock { $0 } }
-
-    func advance(seconds: Int64) { advance(microseconds: seconds * 1_000_000) }
-    func advance(microseconds: Int64) { current.withLock { $0 += microseconds } }
-    func set(_ micros: Int64) { current.withLock { $0 = micros } }
-
-    var ledgerClock: @Sendable () -> Int64 { { [self] in now } }
-}
-
-let second: Int64 = 1_000_000
-
 enum AuditTestError: Error {
-    case missingExecutable([String])
     case timedOut(String)
 }
 
-/// The built `custody-audit`, next to this test binary (SwiftPM puts all products of a
-/// configuration in one directory), or in `.build/debug`.
-func auditExecutable() throws -> URL {
-    let candidates = [
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent(),
-        packageDirectory().appendingPathComponent(".build/debug"),
-    ]
-    for directory in candidates {
-        let url = directory.appendingPathComponent("custody-audit")
-        if FileManager.default.isExecutableFile(atPath: url.path) { return url }
-    }
-    throw AuditTestError.missingExecutable(candidates.map(\.path))
-}
+func auditExecutable() throws -> URL { try builtProduct("custody-audit") }
 
-func packageDirectory() -> URL {
-    URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-}
-
-func temporaryPath(_ label: String) -> String {
-    FileManager.default.temporaryDirectory.appendingPathComponent("custody-audit-\(label)-\(UUID().uuidString)").path
-}
+func temporaryPath(_ label: String) -> String { scratchDirectory("audit-\(label)") }
 
 struct AuditRun {
     var status: Int32
@@ -130,7 +95,7 @@ func occurrences(of pattern: [UInt8], in bytes: [UInt8]) -> [Int] {
 
 func littleEndian16(_ value: Int) -> [UInt8] { [UInt8(value & 0xFF), UInt8(value >> 8)] }
 
-/// The ledger every test questions, written through the real `SessionLedger` with a manual
+/// The ledger every test questions, written through the real `LMDBSessionLedger` with a manual
 /// clock. t0 = 2025-03-01T08:00:00Z; policy: 2 sessions per client, 1 h maximum expiry.
 ///
 ///     seq  t0+s   event
@@ -172,10 +137,10 @@ struct ScriptedLedger {
     static let policy = try! NamespacePolicy(maximumClientSessionsPerAuthenticationName: 2, maximumSessionExpiryInHours: 1)
 
     private mutating func write() async throws {
-        var ledger = try SessionLedger(directory: directory, policy: Self.policy, clock: clock.ledgerClock)
+        var ledger = try LMDBSessionLedger(directory: directory, policy: Self.policy, clock: clock.ledgerClock)
 
         func claim(
-            _ ledger: SessionLedger, _ label: String, _ client: String, _ session: String, expiry: UInt32 = 600,
+            _ ledger: LMDBSessionLedger, _ label: String, _ client: String, _ session: String, expiry: UInt32 = 600,
             version: ProtocolVersion = .mqtt5, cleanStart: Bool = false, remote: String = ""
         ) async throws -> ClaimOutcome {
             let connection = ledger.nextConnectionNumber()
@@ -216,12 +181,12 @@ struct ScriptedLedger {
         ledger.close()
 
         clock.set(Self.at(800))
-        ledger = try SessionLedger(directory: directory, policy: Self.policy, clock: clock.ledgerClock)
+        ledger = try LMDBSessionLedger(directory: directory, policy: Self.policy, clock: clock.ledgerClock)
         #expect(ledger.recovery.disconnected.map(\.sequence) == [11])
         ledger.close()
 
         clock.set(Self.at(2000))
-        ledger = try SessionLedger(directory: directory, policy: Self.policy, clock: clock.ledgerClock)
+        ledger = try LMDBSessionLedger(directory: directory, policy: Self.policy, clock: clock.ledgerClock)
         #expect(ledger.recovery.expired.map(\.sequence) == [12])
         clock.set(Self.at(2010))
         _ = try await claim(ledger, "carol-s5", "carol", "s5", expiry: 300, remote: "[::1]:2001")

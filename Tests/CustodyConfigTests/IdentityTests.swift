@@ -1,3 +1,4 @@
+import CustodyModel
 import Foundation
 import LedgerCore
 import Testing

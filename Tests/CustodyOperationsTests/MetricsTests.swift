@@ -52,7 +52,7 @@ struct MetricsTests {
         let metrics = LedgerMetrics(factory: PrometheusMetricsFactory.custody(registry: registry))
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("custody-metrics-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let ledger = try SessionLedger(
+        let ledger = try LMDBSessionLedger(
             directory: directory, onCommit: { metrics.record($0) }, onCommitFailure: { metrics.recordFailure($0) })
         // Ten concurrent claims (group commit may join them) and one release.
         try await withThrowingTaskGroup(of: Void.self) { group in

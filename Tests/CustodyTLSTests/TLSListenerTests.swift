@@ -1,3 +1,4 @@
+import CustodyModel
 import CustodyConfig
 import Foundation
 import NIOCore

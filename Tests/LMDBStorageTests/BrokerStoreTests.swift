@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 
+import LedgerCore
 @testable import LMDBStorage
 
 /// The broker's LMDB store: group commit, range deletes, reopening.

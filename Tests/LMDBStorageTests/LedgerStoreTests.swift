@@ -1,4 +1,5 @@
 import CLMDB
+import CustodyTesting
 import Foundation
 import LedgerCore
 import Synchronization
@@ -14,9 +15,7 @@ final class Locked<Value: Sendable>: Sendable {
     func withLock<R>(_ body: (inout Value) -> R) -> R { mutex.withLock { body(&$0) } }
 }
 
-func scratchDirectory() -> String {
-    FileManager.default.temporaryDirectory.appendingPathComponent("custody-store-\(UUID().uuidString)").path
-}
+func scratchDirectory() -> String { CustodyTesting.scratchDirectory("store") }
 
 /// Writes raw LMDB data that Custody did not write, to see how opening refuses it.
 func writeForeignLMDB(at directory: String, tables: [String], format: UInt8?) throws {

@@ -1,3 +1,4 @@
+import CustodyModel
 import MQTTCodec
 import NIOCore
 import SessionLedger
@@ -572,13 +573,13 @@ struct ConnectionStateMachineTests {
 
     @Test(arguments: ["127.0.0.1:1883", "0.0.0.0:0", "[::1]:8883", "localhost:65535"])
     func listenAddressesParse(text: String) throws {
-        let address = try #require(ListenAddress(parsing: text))
+        let address = try #require(HostPort(parsing: text))
         #expect(address.description == text)
     }
 
     @Test(arguments: ["1883", "127.0.0.1", "127.0.0.1:", ":1883", "127.0.0.1:65536", "127.0.0.1:-1", "::1:1883", "[::1:1883", "a b:1"])
     func badListenAddressesDoNot(text: String) {
-        #expect(ListenAddress(parsing: text) == nil)
+        #expect(HostPort(parsing: text) == nil)
     }
 }
 

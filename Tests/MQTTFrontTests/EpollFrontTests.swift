@@ -1,5 +1,7 @@
 #if os(Linux)
+import CustodyModel
 import Broker
+import CustodyServer
 import Foundation
 import Glibc
 import MQTTCodec
@@ -137,7 +139,7 @@ struct EpollEventLoopTests {
 /// An in-process front with a broker (memory only) and a ledger in a temporary folder.
 private final class InProcessFront {
     let directory: String
-    let ledger: SessionLedger
+    let ledger: LMDBSessionLedger
     let broker: Broker
     let front: MQTTFront
     let port: Int
@@ -147,9 +149,9 @@ private final class InProcessFront {
         loops: Int = MQTTFrontConfiguration.defaultEventLoopThreads
     ) async throws {
         directory = scratchDirectory("epoll")
-        ledger = try SessionLedger(directory: directory)
+        ledger = try LMDBSessionLedger(directory: directory)
         broker = try Broker(directory: nil)
-        var configuration = MQTTFrontConfiguration(listeners: [ListenAddress(host: host, port: 0)], eventLoopThreads: loops)
+        var configuration = MQTTFrontConfiguration(listeners: [HostPort(host: host, port: 0)], eventLoopThreads: loops)
         configuration.plainTCPFront = kind
         configuration.closeGrace = closeGrace
         front = MQTTFront(ledger: ledger, pubsub: broker, configuration: configuration)
@@ -171,11 +173,7 @@ private final class InProcessFront {
     }
 
     func events() throws -> [LedgerEvent] {
-        try ledger.store.read { snapshot in
-            let head = try snapshot.head().sequence
-            guard head > 0 else { return [] }
-            return try (1...head).compactMap { try snapshot.record(at: $0)?.event }
-        }
+        try ledger.records().map(\.event)
     }
 
     func waitForEvent(timeout: Double = 10, _ match: (LedgerEvent) -> Bool) async throws -> LedgerEvent {
@@ -456,14 +454,14 @@ struct PlainTCPFrontTests {
     @Test func aPortInUseIsRefusedWithItsAddress() async throws {
         try await withFront(.epoll) { first in
             let directory = scratchDirectory("epoll-busy")
-            let ledger = try SessionLedger(directory: directory)
+            let ledger = try LMDBSessionLedger(directory: directory)
             defer {
                 ledger.close()
                 try? FileManager.default.removeItem(atPath: directory)
             }
             let front = MQTTFront(
                 ledger: ledger, pubsub: nil,
-                configuration: MQTTFrontConfiguration(listeners: [ListenAddress(host: "127.0.0.1", port: first.port)]))
+                configuration: MQTTFrontConfiguration(listeners: [HostPort(host: "127.0.0.1", port: first.port)]))
             do {
                 _ = try await front.start()
                 Issue.record("a second listener on port \(first.port) started")

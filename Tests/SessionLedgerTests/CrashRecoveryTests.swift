@@ -1,30 +1,11 @@
+import LMDBStorage
+import CustodyTesting
 import Foundation
 import SessionLedger
 import Testing
 
-/// The built `custody-bench`, next to this test binary (SwiftPM puts all products of a
-/// configuration in one directory).
-func benchExecutable() throws -> URL {
-    let candidates = [
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent(),
-        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent(".build/debug"),
-    ]
-    for directory in candidates {
-        let url = directory.appendingPathComponent("custody-bench")
-        if FileManager.default.isExecutableFile(atPath: url.path) { return url }
-    }
-    throw CrashTestError.missingExecutable(candidates.map(\.path))
-}
-
 enum CrashTestError: Error {
-    case missingExecutable([String])
     case childNeverReady(String)
-}
-
-func temporaryDirectory(_ label: String) -> String {
-    let url = FileManager.default.temporaryDirectory.appendingPathComponent("custody-\(label)-\(UUID().uuidString)")
-    return url.path
 }
 
 @Suite("Crash safety")
@@ -33,8 +14,8 @@ struct CrashRecoveryTests {
     /// it is durable. Killed with SIGKILL at random moments, round after round on the same
     /// ledger: everything it printed must be in the reopened log, and verify must pass.
     @Test func everyReportedGrantSurvivesSIGKILL() throws {
-        let executable = try benchExecutable()
-        let directory = temporaryDirectory("crash")
+        let executable = try builtProduct("custody-bench")
+        let directory = scratchDirectory("crash")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         var generator = SystemRandomNumberGenerator()
         var totalGranted = 0
@@ -92,7 +73,7 @@ struct CrashRecoveryTests {
             store.close()
 
             // Then recovery: no session may stay connected, and the result must verify.
-            let ledger = try SessionLedger(directory: directory)
+            let ledger = try LMDBSessionLedger(directory: directory)
             let replayed = try ledger.replay(through: .end)
             #expect(!replayed.sessions.values.contains { $0.isConnected })
             #expect(try ledger.verify().isIntact)

@@ -14,12 +14,12 @@ private final class Collected: Sendable {
 }
 
 private func withHookedLedger(
-    countSessions: Bool = true, _ body: (SessionLedger, Collected, String) async throws -> Void
+    countSessions: Bool = true, _ body: (LMDBSessionLedger, Collected, String) async throws -> Void
 ) async throws {
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("custody-hooks-\(UUID().uuidString)").path
     defer { try? FileManager.default.removeItem(atPath: directory) }
     let collected = Collected()
-    let ledger = try SessionLedger(
+    let ledger = try LMDBSessionLedger(
         directory: directory, onCommit: { stats in collected.commits.withLock { $0.append(stats) } },
         onEvents: { events in collected.events.withLock { $0.append(contentsOf: events) } },
         countSessions: countSessions)
@@ -27,7 +27,7 @@ private func withHookedLedger(
     try await body(ledger, collected, directory)
 }
 
-private func claim(_ ledger: SessionLedger, _ client: String, _ session: String, expiry: UInt32 = 0) async throws -> (ClaimOutcome, ConnectionNumber) {
+private func claim(_ ledger: LMDBSessionLedger, _ client: String, _ session: String, expiry: UInt32 = 0) async throws -> (ClaimOutcome, ConnectionNumber) {
     let connection = ledger.nextConnectionNumber()
     let outcome = try await ledger.claim(ClaimRequest(
         authenticationName: AuthenticationName(unchecked: client), sessionName: SessionName(unchecked: session),
@@ -50,12 +50,11 @@ struct LedgerHooksTests {
             let head = ledger.head.sequence
             #expect(events.map(\.event.sequence) == Array(1...head))
             // Each is the stored record, hash included.
-            try ledger.store.read { snapshot in
-                for committed in events {
-                    let record = try #require(try snapshot.record(at: committed.event.sequence))
-                    #expect(record.event == committed.event)
-                    #expect(record.hash == committed.hash)
-                }
+            let records = try ledger.records()
+            for committed in events {
+                let record = try #require(records.first { $0.event.sequence == committed.event.sequence })
+                #expect(record.event == committed.event)
+                #expect(record.hash == committed.hash)
             }
         }
     }
@@ -91,7 +90,7 @@ struct LedgerHooksTests {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("custody-counts-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: directory) }
         do {
-            let ledger = try SessionLedger(directory: directory, countSessions: true)
+            let ledger = try LMDBSessionLedger(directory: directory, countSessions: true)
             #expect(ledger.sessionCounts == SessionCounts(live: 0, connected: 0))
             let (_, a) = try await claim(ledger, "alice", "a", expiry: 300)
             let (_, b) = try await claim(ledger, "alice", "b", expiry: 0)
@@ -109,10 +108,10 @@ struct LedgerHooksTests {
             ledger.close()
         }
         // Reopened: the count starts from a scan and agrees.
-        let reopened = try SessionLedger(directory: directory, countSessions: true)
+        let reopened = try LMDBSessionLedger(directory: directory, countSessions: true)
         defer { reopened.close() }
         #expect(reopened.sessionCounts == SessionCounts(live: 1, connected: 0))
-        let unCounted = reopened.writer.sessionCounts
+        let unCounted = reopened.sessionCounts
         #expect(unCounted != nil)
     }
 
@@ -120,12 +119,12 @@ struct LedgerHooksTests {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("custody-recovery-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: directory) }
         do {
-            let ledger = try SessionLedger(directory: directory)
+            let ledger = try LMDBSessionLedger(directory: directory)
             _ = try await claim(ledger, "alice", "a", expiry: 300)
             _ = try await claim(ledger, "alice", "b", expiry: 300)
             ledger.close()  // both still shown connected: a crash, as far as the ledger knows
         }
-        let reopened = try SessionLedger(directory: directory, countSessions: true)
+        let reopened = try LMDBSessionLedger(directory: directory, countSessions: true)
         defer { reopened.close() }
         let events = reopened.recovery.events
         #expect(events.map(\.event.sequence) == [3, 4])

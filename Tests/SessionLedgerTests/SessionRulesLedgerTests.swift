@@ -1,3 +1,4 @@
+import CustodyTesting
 import Foundation
 import LedgerCore
 import LMDBStorage
@@ -6,44 +7,17 @@ import Synchronization
 import Testing
 
 // The session rules of DESIGN.md §1 (R1–R8) and the ledger guarantees of §2, through the
-// real `SessionLedger` over LMDB in a fresh temporary directory per test, with a manual clock.
+// real `LMDBSessionLedger` over LMDB in a fresh temporary directory per test, with a manual clock.
 
 // MARK: - Helpers
 
-/// A clock the test moves by hand; the ledger reads it from its writer thread.
-private final class ManualClock: Sendable {
-    private let current: Mutex<Int64>
-
-    init(start: Int64 = 1_750_000_000_000_000) { current = Mutex(start) }
-
-    var now: Int64 { current.withLock { $0 } }
-
-    func advance(seconds: Int64) { advance(microseconds: seconds * 1_000_000) }
-    func advance(microseconds: Int64) { current.withLock { $0 += microseconds } }
-
-    var ledgerClock: @Sendable () -> Int64 { { [self] in now } }
-}
-
-private let second: Int64 = 1_000_000
-
-private func temporaryLedgerDirectory() -> String {
-    FileManager.default.temporaryDirectory
-        .appendingPathComponent("custody-session-rules-\(UUID().uuidString)").path
-}
-
-private func withTemporaryDirectory(_ body: (String) async throws -> Void) async throws {
-    let directory = temporaryLedgerDirectory()
-    defer { try? FileManager.default.removeItem(atPath: directory) }
-    try await body(directory)
-}
-
 /// Opens a ledger in a fresh directory, runs `body`, closes the ledger and removes the directory.
 private func withLedger(
-    policy: NamespacePolicy = .default, options: LedgerStoreOptions = LedgerStoreOptions(),
-    clock: ManualClock = ManualClock(), _ body: (SessionLedger, ManualClock) async throws -> Void
+    policy: NamespacePolicy = .default, mapSize: Int? = nil,
+    clock: ManualClock = ManualClock(), _ body: (LMDBSessionLedger, ManualClock) async throws -> Void
 ) async throws {
-    try await withTemporaryDirectory { directory in
-        let ledger = try SessionLedger(directory: directory, policy: policy, options: options, clock: clock.ledgerClock)
+    try await withScratchDirectory("session-rules") { directory in
+        let ledger = try LMDBSessionLedger(directory: directory, policy: policy, mapSize: mapSize, clock: clock.ledgerClock)
         defer { ledger.close() }
         try await body(ledger, clock)
     }
@@ -75,7 +49,7 @@ private struct Claimed: Sendable {
     }
 }
 
-extension SessionLedger {
+extension LMDBSessionLedger {
     fileprivate func claim(
         _ client: String, _ session: String, cleanStart: Bool = false, expiry: UInt32 = 600,
         identity: IdentityVerdict = .authenticated, connection: ConnectionNumber? = nil
@@ -103,19 +77,15 @@ extension SessionLedger {
     }
 
     fileprivate func event(at sequence: UInt64) throws -> LedgerEvent? {
-        try store.read { try $0.record(at: sequence)?.event }
+        try records(from: sequence).first?.event
     }
 
     fileprivate func allEvents() throws -> [LedgerEvent] {
-        try store.allEvents()
+        try records().map(\.event)
     }
 
     fileprivate func storedSessions() throws -> [SessionName: SessionEntry] {
-        try store.read { snapshot in
-            var sessions: [SessionName: SessionEntry] = [:]
-            try snapshot.forEachSession { name, entry in sessions[name] = entry }
-            return sessions
-        }
+        try liveSessions()
     }
 }
 
@@ -466,9 +436,9 @@ struct SessionRulesLedgerTests {
 
     @Test("R8: when the map is full the claim throws, nothing is granted, and the ledger stays intact")
     func r8MapFull() async throws {
-        try await withTemporaryDirectory { directory in
-            let ledger = try SessionLedger(
-                directory: directory, policy: .default, options: LedgerStoreOptions(mapSize: 256 << 10),
+        try await withScratchDirectory("session-rules") { directory in
+            let ledger = try LMDBSessionLedger(
+                directory: directory, policy: .default, mapSize: 256 << 10,
                 clock: ManualClock().ledgerClock)
             var granted: [(String, ConnectionNumber)] = []
             var failure: LedgerError?
@@ -679,9 +649,9 @@ struct SessionRulesLedgerTests {
 
     @Test("Restart: recovery disconnects, expires, and the log continues densely")
     func restart() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withScratchDirectory("session-rules") { directory in
             let clock = ManualClock()
-            var ledger = try SessionLedger(directory: directory, clock: clock.ledgerClock)
+            var ledger = try LMDBSessionLedger(directory: directory, clock: clock.ledgerClock)
             #expect(ledger.recovery.disconnected.isEmpty && ledger.recovery.expired.isEmpty)
 
             let online = try await ledger.claim("alice", "online", expiry: 600)
@@ -697,7 +667,7 @@ struct SessionRulesLedgerTests {
             ledger.close()
 
             clock.advance(seconds: 60)
-            ledger = try SessionLedger(directory: directory, clock: clock.ledgerClock)
+            ledger = try LMDBSessionLedger(directory: directory, clock: clock.ledgerClock)
             defer { ledger.close() }
             let recovery = ledger.recovery
 
@@ -741,14 +711,14 @@ struct SessionRulesLedgerTests {
 
     @Test("Restart: connection numbers handed out and recorded before are never reused")
     func restartConnectionNumbers() async throws {
-        try await withTemporaryDirectory { directory in
-            var ledger = try SessionLedger(directory: directory, clock: ManualClock().ledgerClock)
+        try await withScratchDirectory("session-rules") { directory in
+            var ledger = try LMDBSessionLedger(directory: directory, clock: ManualClock().ledgerClock)
             var used: [ConnectionNumber] = []
             for i in 0..<5 { used.append(try await ledger.claim("c\(i)", "s\(i)").connection) }
             // A number chosen by the front beyond the counter must also be respected.
             used.append(try await ledger.claim("big", "big", connection: 1_000).connection)
             ledger.close()
-            ledger = try SessionLedger(directory: directory, clock: ManualClock().ledgerClock)
+            ledger = try LMDBSessionLedger(directory: directory, clock: ManualClock().ledgerClock)
             defer { ledger.close() }
             #expect(ledger.nextConnectionNumber() > used.max()!)
         }
@@ -788,10 +758,10 @@ struct SessionRulesLedgerTests {
 
     @Test("Verify finds an edited log record at its sequence number")
     func tamperedLogRecord() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withScratchDirectory("session-rules") { directory in
             let marker = "TamperTarget-0123456"
             #expect(marker.count == 20)
-            let ledger = try SessionLedger(directory: directory, clock: ManualClock().ledgerClock)
+            let ledger = try LMDBSessionLedger(directory: directory, clock: ManualClock().ledgerClock)
             _ = try await ledger.claim("bob", "before")
             _ = try await ledger.claim("bob", "held")
             // Rejected: the marker name is in this one log record only, not in the projection.
@@ -819,10 +789,10 @@ struct SessionRulesLedgerTests {
 
     @Test("Verify finds a stored projection entry that disagrees with the log")
     func tamperedProjection() async throws {
-        try await withTemporaryDirectory { directory in
+        try await withScratchDirectory("session-rules") { directory in
             let owner = "projection-owner"
             let session = "ProjectionTarget-987"
-            let ledger = try SessionLedger(directory: directory, clock: ManualClock().ledgerClock)
+            let ledger = try LMDBSessionLedger(directory: directory, clock: ManualClock().ledgerClock)
             _ = try await ledger.claim("x", "before")
             let claimed = try await ledger.claim(owner, session)
             #expect(claimed.grant != nil)

@@ -1,5 +1,6 @@
 import Broker
 import MQTTCodec
+import MQTTFront
 import SessionLedger
 
 extension BrokerError: PubSubFailure {}

@@ -17,7 +17,7 @@ import Darwin
 /// sessionName, connection, protocolVersion, cleanStart, sessionExpiryInterval,
 /// remoteAddress, hash).
 ///
-/// Events come from the ledger's commit hook (`SessionLedger(onEvents:)`), commit after
+/// Events come from the ledger's commit hook (`LMDBSessionLedger(onEvents:)`), commit after
 /// commit, and are published in that order from one serial queue: a subscriber sees them in
 /// sequence order. Events committed before the broker is attached (and recovery's) wait.
 ///

@@ -2,7 +2,7 @@ import Foundation
 import Logging
 import Testing
 
-@testable import MQTTFront
+@testable import CustodyServer
 
 @Suite("line log handler")
 struct LineLogHandlerTests {

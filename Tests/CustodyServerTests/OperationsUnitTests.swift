@@ -3,7 +3,7 @@ import Logging
 import SessionLedger
 import Testing
 
-@testable import MQTTFront
+@testable import CustodyServer
 
 @Suite("Operations: JSON logs, event topics and documents")
 struct OperationsUnitTests {

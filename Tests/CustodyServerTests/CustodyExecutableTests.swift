@@ -1,20 +1,8 @@
+import CustodyTesting
 import Foundation
+import LMDBStorage
 import SessionLedger
 import Testing
-
-/// A built executable of this package, next to the test binary.
-func builtExecutable(_ name: String) throws -> URL {
-    let candidates = [
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent(),
-        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent(".build/debug"),
-    ]
-    for directory in candidates {
-        let url = directory.appendingPathComponent(name)
-        if FileManager.default.isExecutableFile(atPath: url.path) { return url }
-    }
-    throw CrashTestError.missingExecutable(candidates.map(\.path))
-}
 
 /// Runs a process to its end and returns its exit code, standard output and error.
 func runToEnd(_ executable: URL, _ arguments: [String]) throws -> (Int32, String, String) {
@@ -47,16 +35,16 @@ struct CustodyExecutableTests {
         (["--log-level", "loud"], "--log-level"),
     ])
     func badFlagsExitWithAMessageNamingThem(arguments: [String], message: String) throws {
-        let (status, _, error) = try runToEnd(try builtExecutable("custody"), arguments + ["--data-dir", temporaryDirectory("flags")])
+        let (status, _, error) = try runToEnd(try builtProduct("custody"), arguments + ["--data-dir", scratchDirectory("flags")])
         #expect(status == 64)
         #expect(error.contains(message), "stderr: \(error)")
     }
 
     @Test func unusableDataDirectoryIsNamed() throws {
-        let file = temporaryDirectory("not-a-dir")
+        let file = scratchDirectory("not-a-dir")
         #expect(FileManager.default.createFile(atPath: file, contents: Data("x".utf8)))
         defer { try? FileManager.default.removeItem(atPath: file) }
-        let (status, _, error) = try runToEnd(try builtExecutable("custody"), ["--data-dir", file])
+        let (status, _, error) = try runToEnd(try builtProduct("custody"), ["--data-dir", file])
         #expect(status == 1)
         #expect(error.contains("cannot open the ledger in \(file)"), "stderr: \(error)")
     }
@@ -77,10 +65,10 @@ struct CustodyExecutableTests {
         }
         #expect(bound)
         let port = Int(UInt16(bigEndian: address.sin_port))
-        let directory = temporaryDirectory("port-in-use")
+        let directory = scratchDirectory("port-in-use")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let (status, output, error) = try runToEnd(
-            try builtExecutable("custody"), ["--data-dir", directory, "--listen", "127.0.0.1:\(port)"])
+            try builtProduct("custody"), ["--data-dir", directory, "--listen", "127.0.0.1:\(port)"])
         #expect(status == 1)
         #expect(error.contains("cannot listen on 127.0.0.1:\(port)"), "stderr: \(error)")
         #expect(!output.contains("custody: running"))
@@ -89,9 +77,9 @@ struct CustodyExecutableTests {
     /// Sessions left connected by a crash are closed by the next start; SIGTERM stops
     /// the broker cleanly, and the ledger it leaves verifies.
     @Test func startsRecoversAndStopsOnSIGTERM() throws {
-        let directory = temporaryDirectory("custody-run")
+        let directory = scratchDirectory("custody-run")
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let ledger = try SessionLedger(directory: directory)
+        let ledger = try LMDBSessionLedger(directory: directory)
         for index in 0..<3 {
             let outcome = try waitForClaim(ledger, ClaimRequest(
                 authenticationName: AuthenticationName(unchecked: "device"), sessionName: SessionName(unchecked: "s\(index)"),
@@ -101,7 +89,7 @@ struct CustodyExecutableTests {
         ledger.close()  // without releasing: as if the broker had crashed
 
         let process = Process()
-        process.executableURL = try builtExecutable("custody")
+        process.executableURL = try builtProduct("custody")
         process.arguments = ["--data-dir", directory, "--listen", "127.0.0.1:0"]
         let output = directory + ".out"
         _ = FileManager.default.createFile(atPath: output, contents: nil)
@@ -137,7 +125,7 @@ struct CustodyExecutableTests {
 @Suite("custody configuration file")
 struct CustodyConfigurationFileTests {
     func write(_ text: String, _ label: String) throws -> String {
-        let path = temporaryDirectory(label) + ".yaml"
+        let path = scratchDirectory(label) + ".yaml"
         try text.write(toFile: path, atomically: true, encoding: .utf8)
         return path
     }
@@ -152,7 +140,7 @@ struct CustodyConfigurationFileTests {
               maximumSessionExpiryInHours: 3
             """, "check-good")
         defer { try? FileManager.default.removeItem(atPath: file) }
-        let (status, output, error) = try runToEnd(try builtExecutable("custody"), ["--check-config", file])
+        let (status, output, error) = try runToEnd(try builtProduct("custody"), ["--check-config", file])
         #expect(status == 0, "stderr: \(error)")
         #expect(output.contains("\(file) is valid"))
         #expect(output.contains("dataDir /tmp/custody-check-config-data"))
@@ -170,7 +158,7 @@ struct CustodyConfigurationFileTests {
         let file = try write(text, "check-bad")
         defer { try? FileManager.default.removeItem(atPath: file) }
         for arguments in [["--check-config", file], ["--config", file]] {
-            let (status, output, error) = try runToEnd(try builtExecutable("custody"), arguments)
+            let (status, output, error) = try runToEnd(try builtProduct("custody"), arguments)
             #expect(status == 1, "\(arguments): stdout \(output)")
             #expect(error.contains("\(file):\(line)"), "stderr: \(error)")
             #expect(error.contains(key), "stderr: \(error)")
@@ -182,21 +170,21 @@ struct CustodyConfigurationFileTests {
     @Test func exampleConfigurationIsValid() throws {
         let example = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("Tools/custody.example.yaml").path
-        let (status, output, error) = try runToEnd(try builtExecutable("custody"), ["--check-config", example])
+        let (status, output, error) = try runToEnd(try builtProduct("custody"), ["--check-config", example])
         #expect(status == 0, "stderr: \(error)")
         #expect(output.contains("is valid"))
     }
 
     @Test func missingFileIsNamed() throws {
-        let file = temporaryDirectory("no-such") + ".yaml"
-        let (status, _, error) = try runToEnd(try builtExecutable("custody"), ["--config", file])
+        let file = scratchDirectory("no-such") + ".yaml"
+        let (status, _, error) = try runToEnd(try builtProduct("custody"), ["--config", file])
         #expect(status == 1)
         #expect(error.contains(file), "stderr: \(error)")
     }
 
     /// The file sets the ledger directory and the policy; a flag given as well wins.
     @Test func fileThenFlags() throws {
-        let directory = temporaryDirectory("config-run")
+        let directory = scratchDirectory("config-run")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let file = try write("""
             dataDir: \(directory)
@@ -208,7 +196,7 @@ struct CustodyConfigurationFileTests {
             """, "config-run")
         defer { try? FileManager.default.removeItem(atPath: file) }
         let process = Process()
-        process.executableURL = try builtExecutable("custody")
+        process.executableURL = try builtProduct("custody")
         process.arguments = ["--config", file, "--max-session-expiry-hours", "5"]
         let output = directory + ".out"
         _ = FileManager.default.createFile(atPath: output, contents: nil)
@@ -233,10 +221,10 @@ struct CustodyConfigurationFileTests {
 }
 
 /// Claims synchronously, for tests outside async contexts.
-func waitForClaim(_ ledger: SessionLedger, _ request: ClaimRequest) throws -> ClaimOutcome {
+func waitForClaim(_ ledger: LMDBSessionLedger, _ request: ClaimRequest) throws -> ClaimOutcome {
     let box = ClaimBox()
     let done = DispatchSemaphore(value: 0)
-    ledger.writer.claim(request) { result in
+    ledger.claim(request) { result in
         box.result = result
         done.signal()
     }
