@@ -15,32 +15,32 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
     /// Everything of this object but `eventLoop` is touched on that loop only.
     let eventLoop: any EventLoop
     /// The TLS layer under this connection, if any: the client certificate comes from it.
-    private let tls: Boxed<TLSTransport>?
+    let tls: Boxed<TLSTransport>?
     /// What the CONNECT presented, kept to decide again when the registry is reloaded.
-    private var credentials: Boxed<ConnectCredentials>?
-    private var machine: ConnectionStateMachine
+    var credentials: Boxed<ConnectCredentials>?
+    var machine: ConnectionStateMachine
     /// Set by `attach`; dropped once the connection is finished (it refers back to this).
-    private var io: (any ConnectionIO)?
-    private var remoteAddress = ""
+    var io: (any ConnectionIO)?
+    var remoteAddress = ""
     /// The peer as `IP:port`, for log lines.
     var remoteAddressText: String { remoteAddress }
-    private var sessionName: SessionName?
+    var sessionName: SessionName?
     /// For the log only.
-    private var authenticationName: String?
-    private var pubsubSession: (any PubSubSession)?
+    var authenticationName: String?
+    var pubsubSession: (any PubSubSession)?
     /// Allocated on first use: most connections never queue a packet, and 16 slots of
     /// `MQTTPacket` (NIO's default) were kilobytes per held connection.
-    private var brokerQueue = PacketQueue()
+    var brokerQueue = PacketQueue()
     /// A client's DISCONNECT, or the loss of the connection, that came while the broker still
     /// had this connection's earlier packets: the connection ends once they are handled, so
     /// that a PUBLISH sent just before a DISCONNECT (mosquitto_pub's QoS 0) or just before the
     /// socket closed is not lost.
-    private var closingAfterBroker: Boxed<ConnectionStateMachine.Closing>?
+    var closingAfterBroker: Boxed<ConnectionStateMachine.Closing>?
     /// Made when someone waits for the end (`finishedFuture`); `isFinished` once it came.
-    private var finished: EventLoopPromise<Void>?
+    var finished: EventLoopPromise<Void>?
     /// The connect timeout until the CONNECT, then the keep-alive (never both).
     private var timer = ConnectionTimer.none
-    private var connection: ConnectionNumber?
+    var connection: ConnectionNumber?
     // The small ones last, together (a held connection is mostly this object).
     private var timerKind = TimerKind.connectTimeout
     private enum TimerKind { case connectTimeout, keepAlive }
@@ -53,20 +53,20 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         #endif
     }
     /// `eventLoop` is an `EpollEventLoop` (plain TCP): its timers are called directly.
-    private let onEpollLoop: Bool
+    let onEpollLoop: Bool
     /// `start` ran (from handlerAdded or channelActive, whichever saw the channel active).
-    private var isStarted = false
-    private var brokerBusy = false
-    private var isFinished = false
+    var isStarted = false
+    var brokerBusy = false
+    var isFinished = false
     /// The transport is closed (`inactive` ran).
-    private var isInactive = false
-    private var finishStarted = false
+    var isInactive = false
+    var finishStarted = false
     /// Of the channel's close and the release's answer, how many `finish` still waits for.
-    private var finishWaiting: UInt8 = 0
+    var finishWaiting: UInt8 = 0
     /// Counted in `custody_mqtt_connections_open` (until `inactive`).
-    private var countedOpen = false
+    var countedOpen = false
 
-    private static let brokerQueueLimit = 64
+    static let brokerQueueLimit = 64
 
     init(services: FrontServices, eventLoop: any EventLoop, tls: TLSTransport? = nil) {
         self.services = services
@@ -90,7 +90,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         cancelTimer()
     }
 
-    private func cancelTimer() {
+    func cancelTimer() {
         switch timer {
         case .none: return
         case .scheduled(let callback): callback.cancel()
@@ -171,7 +171,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         !machine.pendingIsFull && brokerQueue.count < Self.brokerQueueLimit
     }
 
-    private func resumeReadsIfHeld() {
+    func resumeReadsIfHeld() {
         if mayRead { io?.resumeReading() }
     }
 
@@ -183,47 +183,6 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
 
     func shutdown() {
         perform(machine.shutdown())
-    }
-
-    /// The identity authority was replaced: decide again with what the CONNECT presented; a
-    /// client no longer accepted (or now named otherwise) is disconnected. True when it was.
-    func reauthorize(_ authority: any IdentityAuthority) -> Bool {
-        guard let credentials = credentials?.value, let connection, let sessionName, !finishStarted else { return false }
-        let decision = authority.decide(credentials)
-        let name = authenticationName.map { AuthenticationName(unchecked: $0) }
-        guard decision.verdict != .authenticated || decision.authenticationName != name else { return false }
-        let why = decision.verdict == .authenticated
-            ? "now named \(decision.authenticationName)" : "\(decision.verdict): \(decision.detail)"
-        services.logger.info("identity revoked", metadata: [
-            "session_name": "\(sessionName)", "authentication_name": "\(authenticationName ?? "-")",
-            "connection": "\(connection)", "remote_address": "\(remoteAddress)", "reason": "\(why)",
-        ])
-        perform(machine.revoked(why: why))
-        return true
-    }
-
-    /// The identity authority's decision on a first CONNECT; nil without an authority.
-    private func decideIdentity(_ connect: MQTTConnect) -> IdentityDecision? {
-        guard let authority = services.authority.authority else { return nil }
-        var certificate: CertificateIdentity?
-        if let tls = tls?.value, let channel = io?.channel {
-            do {
-                certificate = try tls.peerIdentity(channel)
-            } catch {
-                return IdentityDecision(
-                    authenticationName: AuthenticationName(unchecked: connect.userName ?? connect.clientIdentifier),
-                    verdict: .authenticationFailed, detail: "cannot read the client certificate: \(error)")
-            }
-        }
-        let credentials = ConnectCredentials(
-            username: connect.userName, password: connect.password.map { Array($0.readableBytesView) },
-            sessionName: connect.clientIdentifier, certificate: certificate)
-        self.credentials = Boxed(credentials)
-        return authority.decide(credentials)
-    }
-
-    private func claimCompleted(_ result: Result<ClaimOutcome, LedgerError>) {
-        perform(machine.claimCompleted(result))
     }
 
     // MARK: - Doing what the machine says
@@ -247,7 +206,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         perform(machine.received(inbound, connection: number, remoteAddress: remoteAddress, identity: decision, now: .now()))
     }
 
-    private func perform(_ action: ConnectionStateMachine.Action) {
+    func perform(_ action: ConnectionStateMachine.Action) {
         if let version = machine.protocolVersion { io?.setProtocolVersion(version) }
         switch action {
         case .none:
@@ -296,65 +255,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         resumeReadsIfHeld()
     }
 
-    private func claim(_ request: ClaimRequest) {
-        let eventLoop = self.eventLoop
-        let bound = NIOLoopBound(self, eventLoop: eventLoop)
-        services.ledger.claim(request) { result in
-            eventLoop.execute { bound.value.claimCompleted(result) }
-        }
-    }
-
-    private func accept(_ acceptance: ConnectionStateMachine.Acceptance) {
-        let grant = acceptance.grant
-        // The metadata is made only when the lines are written (not at --log-level warning).
-        if services.logger.logLevel <= .info {
-            var metadata: Logger.Metadata = [
-                "session_name": "\(acceptance.identity.sessionName)",
-                "authentication_name": "\(acceptance.identity.authenticationName)", "connection": "\(grant.connection)",
-                "session_present": "\(grant.sessionPresent)", "session_expiry_interval": "\(grant.expiryInterval)",
-                "protocol_version": "\(acceptance.identity.protocolVersion.rawValue)", "remote_address": "\(remoteAddress)",
-            ]
-            if let replaced = grant.replacedConnection {
-                metadata["replaced_connection"] = "\(replaced)"
-                services.logger.info("session taken over", metadata: metadata)
-            }
-            services.logger.info("connect granted", metadata: metadata)
-        }
-        services.metrics?.connect(granted: true, reasonCode: 0)
-        // R4: the old connection hears 0x8E and is gone (detached, closed) before the new CONNACK.
-        if let replaced = grant.replacedConnection,
-            let gone = services.registry.takeOver(replaced)
-        {
-            gone.hop(to: eventLoop).assumeIsolated().whenComplete { [self] _ in
-                completeAcceptance(acceptance)
-            }
-            return
-        }
-        completeAcceptance(acceptance)
-    }
-
-    private func completeAcceptance(_ acceptance: ConnectionStateMachine.Acceptance) {
-        guard machine.isAccepting, let io else { return }
-        let identity = acceptance.identity
-        io.setMaximumPacketSize(identity.maximumPacketSize)
-        io.write(acceptance.connack)
-        if let pubsub = services.pubsub {
-            // Attached after the CONNACK is written, so that queued deliveries follow it.
-            pubsubSession = pubsub.attachSession(
-                name: identity.sessionName, persistent: acceptance.grant.expiryInterval > 0,
-                sessionPresent: acceptance.grant.sessionPresent, protocolVersion: identity.protocolVersion,
-                receiveMaximum: identity.receiveMaximum, maximumPacketSize: identity.maximumPacketSize,
-                will: identity.will, expiryInterval: acceptance.grant.expiryInterval,
-                readsServerTopics: services.operations.readsServerTopics(identity.authenticationName),
-                sink: self)
-        }
-        let (pending, keepAlive) = machine.accepted(now: .now())
-        io.flush()
-        if let keepAlive { scheduleKeepAlive(keepAlive) }
-        for inbound in pending { process(inbound) }
-    }
-
-    private func scheduleKeepAlive(_ deadline: NIODeadline) {
+    func scheduleKeepAlive(_ deadline: NIODeadline) {
         setTimer(.keepAlive, at: deadline)
     }
 
@@ -367,26 +268,18 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         }
     }
 
-    /// The broker's deliveries (`ConnectionSink`), from any thread: always written later,
-    /// never inline (the broker calls this under its lock, and a write that fails can close
-    /// the connection, which then detaches from the broker).
-    func send(_ packets: [MQTTPacket]) {
-        guard !packets.isEmpty else { return }
-        eventLoop.execute { self.write(packets) }
-    }
-
-    private func write(_ packets: [MQTTPacket]) {
+    func write(_ packets: [MQTTPacket]) {
         guard let io, !packets.isEmpty else { return }
         for packet in packets { io.write(packet) }
         io.flush()
     }
 
     /// Sends what is left to say, then closes once it is written.
-    private func close(sending packets: [MQTTPacket]) {
+    func close(sending packets: [MQTTPacket]) {
         io?.close(sending: packets)
     }
 
-    private func end(_ closing: ConnectionStateMachine.Closing) {
+    func end(_ closing: ConnectionStateMachine.Closing) {
         cancelTimer()
         let name = closing.release?.sessionName ?? sessionName
         // A client that broke the protocol is worth a warning; the rest is the normal course of things.
@@ -427,7 +320,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         }
     }
 
-    private func detach(publishWill: Bool) {
+    func detach(publishWill: Bool) {
         brokerQueue.removeAll()
         guard let session = pubsubSession else { return }
         pubsubSession = nil
@@ -436,107 +329,23 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
 
     /// Completes `finished` once the transport is closed (`inactive`) and, when `releasing`,
     /// the ledger has answered the release: two counts, no futures.
-    private func finish(releasing: Bool) {
+    func finish(releasing: Bool) {
         guard !finishStarted, io != nil else { return }
         finishStarted = true
         finishWaiting = (isInactive ? 0 : 1) + (releasing ? 1 : 0)
         if finishWaiting == 0 { finishDone() }
     }
 
-    private func finishStep() {
+    func finishStep() {
         finishWaiting -= 1
         if finishWaiting == 0 { finishDone() }
     }
 
-    private func finishDone() {
+    func finishDone() {
         if let connection { services.registry.unregister(connection) }
         // The transport refers to this connection: let both go.
         io = nil
         isFinished = true
         finished?.succeed()
-    }
-
-    // MARK: - Pub/sub
-
-    private func deliver(_ packet: MQTTPacket) {
-        guard let session = pubsubSession else {
-            let answers = MinimalPubSub.answer(packet, version: machine.protocolVersion ?? .mqtt3_1_1)
-            machine.answered(answers)
-            write(answers)
-            return
-        }
-        brokerQueue.append(packet)
-        if !brokerBusy { pump(session) }
-    }
-
-    private func pump(_ session: any PubSubSession) {
-        guard let packet = brokerQueue.popFirst() else {
-            brokerBusy = false
-            return
-        }
-        brokerBusy = true
-        let bound = NIOLoopBound(self, eventLoop: eventLoop)
-        Task {
-            let result: Result<[MQTTPacket], any Error>
-            do {
-                result = .success(try await session.handle(packet))
-            } catch {
-                result = .failure(error)
-            }
-            eventLoop.execute { bound.value.brokerAnswered(result, session: session) }
-        }
-    }
-
-    private func brokerAnswered(_ result: Result<[MQTTPacket], any Error>, session: any PubSubSession) {
-        if let closing = closingAfterBroker?.value {
-            // The client said DISCONNECT or is gone: answers are moot, what it sent before is not.
-            if case .failure = result { brokerQueue.removeAll() }
-            guard brokerQueue.isEmpty else { return pump(session) }
-            brokerBusy = false
-            closingAfterBroker = nil
-            end(closing)
-            return
-        }
-        guard machine.isActive else {
-            brokerBusy = false
-            return
-        }
-        switch result {
-        case .success(let packets):
-            machine.answered(packets)
-            write(packets)
-            pump(session)
-        case .failure(let error):
-            brokerBusy = false
-            let (code, why) = brokerFailure(error)
-            perform(machine.brokerFailed(code: code, why: why))
-        }
-        resumeReadsIfHeld()
-    }
-
-    private func brokerFailure(_ error: any Error) -> (MQTTReasonCode, String) {
-        if let failure = error as? any PubSubFailure { return (failure.reasonCode, "broker: \(error)") }
-        return (.implementationSpecificError, "broker: \(error)")
-    }
-
-    // MARK: - Logs
-
-    /// Debug only: one line per packet, without payloads.
-    private func logPacket(_ inbound: MQTTInbound, received: Bool) {
-        var metadata: Logger.Metadata = [
-            "connection": "\(connection ?? 0)", "remote_address": "\(remoteAddress)",
-        ]
-        switch inbound {
-        case .packet(let packet):
-            metadata["packet_type"] = "\(packet.type)"
-            if case .publish(let publish) = packet {
-                metadata["topic"] = "\(publish.topicName)"
-                metadata["qos"] = "\(publish.qos.rawValue)"
-                metadata["payload_bytes"] = "\(publish.payload.readableBytes)"
-            }
-        case .failure(let error):
-            metadata["error"] = "\(error)"
-        }
-        services.logger.debug(received ? "packet received" : "packet sent", metadata: metadata)
     }
 }

@@ -156,3 +156,12 @@ struct LedgerStoreTests {
         store.close()
     }
 }
+
+@Suite("Ledger errors")
+struct LedgerErrorCodeTests {
+    /// LedgerCore names a full store without seeing LMDB: its code must stay LMDB's.
+    @Test func mapFullCodeIsLMDBs() {
+        #expect(LedgerError.mapFullCode == MDB_MAP_FULL)
+        #expect(LedgerError.storage(operation: "mdb_put", code: MDB_MAP_FULL, message: "full").isMapFull)
+    }
+}

@@ -1,0 +1,83 @@
+import CustodyModel
+import Logging
+import MQTTCodec
+import NIOCore
+import SessionLedger
+
+// The broker pump: the client's pub/sub packets go to the broker one at a time, in order;
+// its answers come back on this loop. A DISCONNECT or a lost socket that arrives while
+// packets are still with the broker waits for them (`closingAfterBroker`), so that nothing
+// the client sent before is lost.
+
+extension MQTTConnection {
+    /// The broker's deliveries (`ConnectionSink`), from any thread: always written later,
+    /// never inline (the broker calls this under its lock, and a write that fails can close
+    /// the connection, which then detaches from the broker).
+    func send(_ packets: [MQTTPacket]) {
+        guard !packets.isEmpty else { return }
+        eventLoop.execute { self.write(packets) }
+    }
+
+    // MARK: - Pub/sub
+
+    func deliver(_ packet: MQTTPacket) {
+        guard let session = pubsubSession else {
+            let answers = MinimalPubSub.answer(packet, version: machine.protocolVersion ?? .mqtt3_1_1)
+            machine.answered(answers)
+            write(answers)
+            return
+        }
+        brokerQueue.append(packet)
+        if !brokerBusy { pump(session) }
+    }
+
+    func pump(_ session: any PubSubSession) {
+        guard let packet = brokerQueue.popFirst() else {
+            brokerBusy = false
+            return
+        }
+        brokerBusy = true
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        Task {
+            let result: Result<[MQTTPacket], any Error>
+            do {
+                result = .success(try await session.handle(packet))
+            } catch {
+                result = .failure(error)
+            }
+            eventLoop.execute { bound.value.brokerAnswered(result, session: session) }
+        }
+    }
+
+    func brokerAnswered(_ result: Result<[MQTTPacket], any Error>, session: any PubSubSession) {
+        if let closing = closingAfterBroker?.value {
+            // The client said DISCONNECT or is gone: answers are moot, what it sent before is not.
+            if case .failure = result { brokerQueue.removeAll() }
+            guard brokerQueue.isEmpty else { return pump(session) }
+            brokerBusy = false
+            closingAfterBroker = nil
+            end(closing)
+            return
+        }
+        guard machine.isActive else {
+            brokerBusy = false
+            return
+        }
+        switch result {
+        case .success(let packets):
+            machine.answered(packets)
+            write(packets)
+            pump(session)
+        case .failure(let error):
+            brokerBusy = false
+            let (code, why) = brokerFailure(error)
+            perform(machine.brokerFailed(code: code, why: why))
+        }
+        resumeReadsIfHeld()
+    }
+
+    func brokerFailure(_ error: any Error) -> (MQTTReasonCode, String) {
+        if let failure = error as? any PubSubFailure { return (failure.reasonCode, "broker: \(error)") }
+        return (.implementationSpecificError, "broker: \(error)")
+    }
+}

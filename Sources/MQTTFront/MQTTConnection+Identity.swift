@@ -1,0 +1,47 @@
+import CustodyModel
+import Logging
+import MQTTCodec
+import NIOCore
+import SessionLedger
+
+// Who the client is: the identity authority's decision on the CONNECT, and again whenever
+// the authority is replaced (a SIGHUP reload) while the connection lives.
+
+extension MQTTConnection {
+    /// The identity authority was replaced: decide again with what the CONNECT presented; a
+    /// client no longer accepted (or now named otherwise) is disconnected. True when it was.
+    func reauthorize(_ authority: any IdentityAuthority) -> Bool {
+        guard let credentials = credentials?.value, let connection, let sessionName, !finishStarted else { return false }
+        let decision = authority.decide(credentials)
+        let name = authenticationName.map { AuthenticationName(unchecked: $0) }
+        guard decision.verdict != .authenticated || decision.authenticationName != name else { return false }
+        let why = decision.verdict == .authenticated
+            ? "now named \(decision.authenticationName)" : "\(decision.verdict): \(decision.detail)"
+        services.logger.info("identity revoked", metadata: [
+            "session_name": "\(sessionName)", "authentication_name": "\(authenticationName ?? "-")",
+            "connection": "\(connection)", "remote_address": "\(remoteAddress)", "reason": "\(why)",
+        ])
+        perform(machine.revoked(why: why))
+        return true
+    }
+
+    /// The identity authority's decision on a first CONNECT; nil without an authority.
+    func decideIdentity(_ connect: MQTTConnect) -> IdentityDecision? {
+        guard let authority = services.authority.authority else { return nil }
+        var certificate: CertificateIdentity?
+        if let tls = tls?.value, let channel = io?.channel {
+            do {
+                certificate = try tls.peerIdentity(channel)
+            } catch {
+                return IdentityDecision(
+                    authenticationName: AuthenticationName(unchecked: connect.userName ?? connect.clientIdentifier),
+                    verdict: .authenticationFailed, detail: "cannot read the client certificate: \(error)")
+            }
+        }
+        let credentials = ConnectCredentials(
+            username: connect.userName, password: connect.password.map { Array($0.readableBytesView) },
+            sessionName: connect.clientIdentifier, certificate: certificate)
+        self.credentials = Boxed(credentials)
+        return authority.decide(credentials)
+    }
+}
