@@ -259,26 +259,19 @@ struct Custody: AsyncParsableCommand {
             say("custody: lifecycle events on $custody/events/clients/+/sessions/+ for \(settings.eventSubscribers.map(\.value).joined(separator: ", "))")
         }
         let reload = IdentityReload(configFile: config, flags: flags, front: front, logger: logger)
-        let reloading = Task { await reload.run(hangups) }
-        let expiry = Task { await ledger.runExpiry { events in front.sessionsExpired(events) } }
         say("custody: running; SIGINT or SIGTERM stops")
-        // The first SIGINT/SIGTERM shuts down gracefully (swift-service-lifecycle); a second
-        // one exits at once (`terminationSignals`).
-        let service = BrokerService {
-            reloading.cancel()
-            let closed = await front.shutdown()
-            expiry.cancel()
-            _ = await expiry.value
-            operations.events.drain()
-            broker.close()
-            ledger.close()
-            await operations.stopMetrics()
-            say("custody: stopped head=\(ledger.head.sequence) connections_closed=\(closed)")
-        }
+        let closed = ShutdownTally()
         // The service group's own chatter (debug) is not for operators.
         var lifecycleLogger = Logger(label: "custody.lifecycle")
         lifecycleLogger.logLevel = max(lifecycleLogger.logLevel, .notice)
-        let serviceGroup = lifecycle(service, logger: lifecycleLogger)
+        // Shut down in reverse order: the front first, the stores last.
+        let serviceGroup = custodyServices([
+            StorageService(ledger: ledger, broker: broker, operations: operations, closed: closed),
+            MetricsService(operations: operations),
+            ExpiryService(ledger: ledger, front: front),
+            IdentityReloadService(reload: reload, hangups: hangups),
+            MQTTFrontService(front: front, closed: closed),
+        ], logger: lifecycleLogger)
         // Our own signal sources (not ServiceGroup's, which would share the signals with them)
         // start the graceful shutdown; the second signal is handled in `terminationSignals`.
         let announced = Task {

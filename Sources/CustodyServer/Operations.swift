@@ -130,31 +130,6 @@ private final class EndpointBox: Sendable {
     func take() -> MetricsEndpoint? { endpoint.withLock { value in defer { value = nil }; return value } }
 }
 
-/// The broker under swift-service-lifecycle: runs until a graceful shutdown (SIGTERM or
-/// SIGINT), then performs `stop` (close connections, record their ends in one commit,
-/// flush, close the stores).
-struct BrokerService: Service, CustomStringConvertible {
-    let stop: @Sendable () async -> Void
-
-    func run() async throws {
-        try? await gracefulShutdown()
-        await stop()
-    }
-
-    var description: String { "custody" }
-}
-
-/// The service group: the first SIGTERM or SIGINT (from `terminationSignals`, whose second
-/// signal exits at once) triggers its graceful shutdown; one that takes longer than `limit` is
-/// cancelled (and the process ends through `ServiceGroup`'s cancellation limit at worst).
-/// The group listens to no signal itself: custody's own sources count the signals.
-func lifecycle(_ service: BrokerService, logger: Logger, limit: Duration = .seconds(25)) -> ServiceGroup {
-    var configuration = ServiceGroupConfiguration(services: [.init(service: service)], logger: logger)
-    configuration.maximumGracefulShutdownDuration = limit
-    configuration.maximumCancellationDuration = .seconds(5)
-    return ServiceGroup(configuration: configuration)
-}
-
 extension Settings {
     /// `--log-format`, `--metrics`, `--metrics-allow-remote`, `--event-subscriber` over the file's values.
     static func applyOperationsFlags(_ flags: FlagValues, to configuration: inout CustodyConfiguration) throws {
