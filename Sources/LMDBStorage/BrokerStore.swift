@@ -57,11 +57,11 @@ public struct BrokerCommitStatistics: Sendable {
 /// submission order (so a caller that submits A before B hears of A first, and A is on disk
 /// whenever B is). If the commit fails, every submission in it fails.
 public final class BrokerStore: @unchecked Sendable {
-    private let env: OpaquePointer
+    private let lmdb: LMDBEnvironment
     private let messages: MDB_dbi
     private let sessions: MDB_dbi
     private let retained: MDB_dbi
-    public let directory: String
+    public var directory: String { lmdb.path }
 
     static let formatVersion: UInt8 = 1
 
@@ -70,71 +70,17 @@ public final class BrokerStore: @unchecked Sendable {
         var done: (@Sendable (Result<Void, LedgerError>) -> Void)?
     }
 
-    private let condition = NSCondition()
-    private var queue: [Submission] = []
-    private var running = true
-    private var threadDone = false
-    private let finished = NSCondition()
-    private var closed = false
+    private var thread: GroupCommitThread<Submission>!
     /// Observes each commit. Set before the first `submit`.
     public var onCommit: (@Sendable (BrokerCommitStatistics) -> Void)?
 
     public init(directory: String, options: BrokerStoreOptions = BrokerStoreOptions()) throws(LedgerError) {
-        do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        } catch {
-            throw .storage(operation: "create directory \(directory)", code: EIO, message: "\(error)")
-        }
-        var env: OpaquePointer?
-        try check(mdb_env_create(&env), "mdb_env_create")
-        guard let env else { throw .storage(operation: "mdb_env_create", code: ENOMEM, message: "no environment") }
-        var opened: [MDB_dbi] = []
-        do throws(LedgerError) {
-            try check(mdb_env_set_maxdbs(env, 8), "mdb_env_set_maxdbs")
-            try check(mdb_env_set_mapsize(env, options.mapSize), "mdb_env_set_mapsize")
-            let code = mdb_env_open(env, directory, UInt32(MDB_NOTLS), 0o640)
-            if code == MDB_INVALID || code == MDB_VERSION_MISMATCH {
-                throw LedgerError.notALedger(path: directory, detail: String(cString: mdb_strerror(code)))
-            }
-            try check(code, "mdb_env_open \(directory)")
-            var txn: OpaquePointer?
-            try check(mdb_txn_begin(env, nil, 0, &txn), "mdb_txn_begin")
-            do throws(LedgerError) {
-                for name in ["messages", "sessions", "retained", "meta"] {
-                    var dbi: MDB_dbi = 0
-                    try check(mdb_dbi_open(txn, name, UInt32(MDB_CREATE), &dbi), "mdb_dbi_open \(name)")
-                    opened.append(dbi)
-                }
-                try withVal(Array("format".utf8)) { (key) throws(LedgerError) in
-                    var value = MDB_val()
-                    let code = mdb_get(txn, opened[3], &key, &value)
-                    if code == MDB_NOTFOUND {
-                        try withVal([Self.formatVersion]) { (v) throws(LedgerError) in
-                            try check(mdb_put(txn, opened[3], &key, &v, 0), "mdb_put format")
-                        }
-                    } else {
-                        try check(code, "mdb_get format")
-                        let found = value.mv_size == 1 ? value.mv_data!.load(as: UInt8.self) : 0xFF
-                        guard found == Self.formatVersion else {
-                            throw LedgerError.unsupportedFormat(found: found, supported: Self.formatVersion)
-                        }
-                    }
-                }
-                try check(mdb_txn_commit(txn), "mdb_txn_commit (open)")
-            } catch {
-                mdb_txn_abort(txn)
-                throw error
-            }
-        } catch {
-            mdb_env_close(env)
-            throw error
-        }
-        self.env = env
-        self.directory = directory
-        (messages, sessions, retained) = (opened[0], opened[1], opened[2])
-        let thread = Thread { [self] in run() }
-        thread.name = "custody-broker-store"
-        thread.stackSize = 1 << 20
+        lmdb = try LMDBEnvironment(
+            directory: directory, mapSize: options.mapSize,
+            tables: [.init(name: "messages"), .init(name: "sessions"), .init(name: "retained"), .init(name: "meta")],
+            meta: "meta", formatVersion: Self.formatVersion)
+        (messages, sessions, retained) = (lmdb.tables[0], lmdb.tables[1], lmdb.tables[2])
+        thread = GroupCommitThread(name: "custody-store") { [unowned self] batch in process(batch) }
         thread.start()
     }
 
@@ -151,15 +97,7 @@ public final class BrokerStore: @unchecked Sendable {
     public func submit(
         _ operations: [BrokerStoreOperation], done: (@Sendable (Result<Void, LedgerError>) -> Void)? = nil
     ) {
-        condition.lock()
-        guard running else {
-            condition.unlock()
-            done?(.failure(.closed))
-            return
-        }
-        queue.append(Submission(operations: operations, done: done))
-        if queue.count == 1 { condition.signal() }
-        condition.unlock()
+        if !thread.enqueue(Submission(operations: operations, done: done)) { done?(.failure(.closed)) }
     }
 
     /// Queues and waits for the commit.
@@ -175,7 +113,7 @@ public final class BrokerStore: @unchecked Sendable {
         _ table: BrokerTable, _ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> Void
     ) throws {
         var txn: OpaquePointer?
-        try check(mdb_txn_begin(env, nil, UInt32(MDB_RDONLY), &txn), "mdb_txn_begin (read)")
+        try check(mdb_txn_begin(lmdb.env, nil, UInt32(MDB_RDONLY), &txn), "mdb_txn_begin (read)")
         defer { mdb_txn_abort(txn) }
         try scanTable(txn: txn!, dbi: dbi(table), first: nil) { key, value in
             try body(key, value)
@@ -186,7 +124,7 @@ public final class BrokerStore: @unchecked Sendable {
     /// The number of keys in `table`.
     public func count(_ table: BrokerTable) throws(LedgerError) -> Int {
         var txn: OpaquePointer?
-        try check(mdb_txn_begin(env, nil, UInt32(MDB_RDONLY), &txn), "mdb_txn_begin (read)")
+        try check(mdb_txn_begin(lmdb.env, nil, UInt32(MDB_RDONLY), &txn), "mdb_txn_begin (read)")
         defer { mdb_txn_abort(txn) }
         var stat = MDB_stat()
         try check(mdb_stat(txn, dbi(table), &stat), "mdb_stat")
@@ -195,38 +133,7 @@ public final class BrokerStore: @unchecked Sendable {
 
     /// Answers every queued submission, stops the writer and closes the environment.
     public func close() {
-        condition.lock()
-        let wasRunning = running
-        running = false
-        condition.signal()
-        condition.unlock()
-        guard wasRunning else { return }
-        finished.lock()
-        while !threadDone { finished.wait() }
-        finished.unlock()
-        mdb_env_close(env)
-    }
-
-    private func run() {
-        var spare: [Submission] = []
-        while true {
-            condition.lock()
-            while queue.isEmpty && running { condition.wait() }
-            if queue.isEmpty {
-                condition.unlock()
-                break
-            }
-            var batch = spare
-            swap(&batch, &queue)
-            condition.unlock()
-            process(batch)
-            batch.removeAll(keepingCapacity: true)
-            spare = batch
-        }
-        finished.lock()
-        threadDone = true
-        finished.signal()
-        finished.unlock()
+        if thread.stop() { lmdb.close() }
     }
 
     private func process(_ batch: [Submission]) {
@@ -237,7 +144,7 @@ public final class BrokerStore: @unchecked Sendable {
         if operations > 0 {
             do throws(LedgerError) {
                 var txn: OpaquePointer?
-                try check(mdb_txn_begin(env, nil, 0, &txn), "mdb_txn_begin (write)")
+                try check(mdb_txn_begin(lmdb.env, nil, 0, &txn), "mdb_txn_begin (write)")
                 do throws(LedgerError) {
                     for submission in batch {
                         for operation in submission.operations { try apply(operation, txn!) }

@@ -5,12 +5,12 @@ import LedgerCore
 /// An open ledger directory. Reads run in LMDB read transactions on any thread; all
 /// writes go through the one `LedgerWriter`.
 public final class LedgerStore: @unchecked Sendable {
-    let lmdb: LMDBEnvironment
+    let lmdb: LedgerEnvironment
     public var directory: String { lmdb.path }
     public var isReadOnly: Bool { lmdb.readOnly }
 
     public init(directory: String, options: LedgerStoreOptions = LedgerStoreOptions()) throws(LedgerError) {
-        lmdb = try LMDBEnvironment(directory: directory, options: options)
+        lmdb = try LedgerEnvironment(directory: directory, options: options)
     }
 
     /// Runs `body` against one consistent snapshot of the ledger.

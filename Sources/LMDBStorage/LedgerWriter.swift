@@ -37,17 +37,10 @@ public final class LedgerWriter: @unchecked Sendable {
     public let policy: NamespacePolicy
     let clock: LedgerClock
 
-    private let condition = NSCondition()
-    private var queue: [Command] = []
-    /// Whether the queue holds claims (guarded by `condition`).
-    private var queueHasClaim = false
-    /// The writer is holding a small batch without claims, waiting for one to join it.
-    private var holding = false
-    private var spare: [Command] = []
-    private var state: RunState = .notStarted
-    private var thread: Thread?
-    private let finished = NSCondition()
-    private var threadDone = false
+    /// The writer thread; created in `init`, started by `start()`.
+    private var thread: GroupCommitThread<Command>!
+    /// What other threads read of the writer's state: the head and the session counts.
+    private let published: Mutex<(head: LedgerHead, counts: SessionCounts?)>
 
     // Owned by the writer thread once it runs (before that, by the opener).
     private var head: LedgerHead
@@ -71,10 +64,8 @@ public final class LedgerWriter: @unchecked Sendable {
     /// before any caller hears its answer; commits follow one another (one writer thread).
     /// Runs on the writer thread: hand the events on, do not block. Set before `start()`.
     public var onEvents: (@Sendable ([CommittedEvent]) -> Void)?
-    /// The projection's session counts, kept up to date by every commit (guarded by `condition`).
+    /// The projection's session counts, kept up to date by every commit (writer thread).
     private var counts: SessionCounts?
-
-    enum RunState { case notStarted, running, stopping, stopped }
 
     public init(store: LedgerStore, policy: NamespacePolicy, clock: @escaping LedgerClock = wallClockMicroseconds) throws {
         precondition(!store.isReadOnly, "a read-only ledger cannot be written")
@@ -85,6 +76,10 @@ public final class LedgerWriter: @unchecked Sendable {
         self.head = head
         self.highestConnection = connections
         self.connectionCounter = Mutex(connections)
+        self.published = Mutex((head, nil))
+        thread = GroupCommitThread(name: "custody-writer", isUrgent: \.isClaim) { [unowned self] batch in
+            process(batch)
+        }
     }
 
     /// A connection number never used before, also across restarts.
@@ -96,22 +91,18 @@ public final class LedgerWriter: @unchecked Sendable {
     }
 
     public var currentHead: LedgerHead {
-        condition.lock()
-        defer { condition.unlock() }
-        return head
+        published.withLock { $0.head }
     }
 
     /// Live and connected sessions as of the last commit; nil until `countSessions()`.
     public var sessionCounts: SessionCounts? {
-        condition.lock()
-        defer { condition.unlock() }
-        return counts
+        published.withLock { $0.counts }
     }
 
     /// Counts the sessions of the projection once (one scan of the sessions table) and keeps
     /// the counts up to date from then on at no further cost. Call before `start()`.
     public func countSessions() throws {
-        precondition(state == .notStarted)
+        precondition(!thread.isRunning)
         var live = 0
         var connected = 0
         try store.read { snapshot in
@@ -121,6 +112,7 @@ public final class LedgerWriter: @unchecked Sendable {
             }
         }
         counts = SessionCounts(live: live, connected: connected)
+        published.withLock { $0.counts = counts }
     }
 
     /// Brings the projection up to date after a stop or a crash, in one commit:
@@ -128,7 +120,7 @@ public final class LedgerWriter: @unchecked Sendable {
     /// `disconnected(brokerRestart)` for every session still shown as connected.
     /// Call once, before `start()`.
     public func recover() throws(LedgerError) -> RecoveryReport {
-        precondition(state == .notStarted)
+        precondition(!thread.isRunning)
         let now = max(clock(), head.timestamp)
         let ((expired, disconnected), w) = try store.write(
             head: head, highestConnection: highestConnection, timestamp: now
@@ -157,6 +149,7 @@ public final class LedgerWriter: @unchecked Sendable {
         }
         head = w.head
         highestConnection = w.highestConnection
+        published.withLock { $0.head = w.head }
         return RecoveryReport(disconnected: disconnected, expired: expired, head: head, events: w.appended ?? [])
     }
 
@@ -190,29 +183,15 @@ public final class LedgerWriter: @unchecked Sendable {
     }
 
     public func start() {
-        condition.lock()
-        precondition(state == .notStarted)
-        state = .running
-        condition.unlock()
-        let thread = Thread { [self] in run() }
-        thread.name = "custody-ledger-writer"
-        thread.stackSize = 1 << 20
-        self.thread = thread
+        thread.holdDelay = claimlessCommitDelay
+        thread.holdThreshold = claimlessCommitThreshold
         thread.start()
     }
 
     /// Answers every request already queued, then stops the thread. Later requests fail
     /// with `.closed`.
     public func stop() {
-        condition.lock()
-        let wasRunning = state == .running
-        if state == .running { state = .stopping } else if state == .notStarted { state = .stopped }
-        condition.signal()
-        condition.unlock()
-        guard wasRunning else { return }
-        finished.lock()
-        while !threadDone { finished.wait() }
-        finished.unlock()
+        thread.stop()
     }
 
     public func claim(_ request: ClaimRequest, _ done: @escaping @Sendable (Result<ClaimOutcome, LedgerError>) -> Void) {
@@ -236,53 +215,7 @@ public final class LedgerWriter: @unchecked Sendable {
     }
 
     private func enqueue(_ command: Command) {
-        condition.lock()
-        guard state == .running else {
-            condition.unlock()
-            command.fail(.closed)
-            return
-        }
-        queue.append(command)
-        if command.isClaim { queueHasClaim = true }
-        if queue.count == 1 || (holding && (command.isClaim || queue.count >= claimlessCommitThreshold)) {
-            condition.signal()
-        }
-        condition.unlock()
-    }
-
-    private func run() {
-        // Named for top, perf and gdb (at most 15 characters).
-        Thread.current.name = "custody-writer"
-        while true {
-            condition.lock()
-            while queue.isEmpty && state == .running { condition.wait() }
-            if queue.isEmpty {
-                state = .stopped
-                condition.unlock()
-                break
-            }
-            if !queueHasClaim && claimlessCommitDelay > 0 && queue.count < claimlessCommitThreshold {
-                let deadline = Date(timeIntervalSinceNow: claimlessCommitDelay)
-                holding = true
-                while !queueHasClaim && state == .running && queue.count < claimlessCommitThreshold
-                    && condition.wait(until: deadline)
-                {}
-                holding = false
-            }
-            var batch = spare
-            swap(&batch, &queue)
-            queueHasClaim = false
-            condition.unlock()
-
-            process(batch)
-
-            batch.removeAll(keepingCapacity: true)
-            spare = batch
-        }
-        finished.lock()
-        threadDone = true
-        finished.signal()
-        finished.unlock()
+        if !thread.enqueue(command) { command.fail(.closed) }
     }
 
     private func process(_ batch: [Command]) {
@@ -324,11 +257,10 @@ public final class LedgerWriter: @unchecked Sendable {
                 }
             }
             let events = Int(w.head.sequence - head.sequence)
-            condition.lock()
             head = w.head
             counts?.live += w.liveDelta
             counts?.connected += w.connectedDelta
-            condition.unlock()
+            published.withLock { $0 = (head, counts) }
             highestConnection = w.highestConnection
             onCommit?(CommitStatistics(
                 requests: batch.count, events: events,

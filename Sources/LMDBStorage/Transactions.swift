@@ -5,7 +5,7 @@ import LedgerCore
 /// Valid only inside the closure that received it.
 public struct LedgerSnapshot {
     let txn: OpaquePointer
-    let lmdb: LMDBEnvironment
+    let lmdb: LedgerEnvironment
 
     public func head() throws(LedgerError) -> LedgerHead {
         try readHead(txn: txn, lmdb: lmdb)
@@ -140,7 +140,7 @@ func scanTable(
     }
 }
 
-func readHead(txn: OpaquePointer, lmdb: LMDBEnvironment) throws(LedgerError) -> LedgerHead {
+func readHead(txn: OpaquePointer, lmdb: LedgerEnvironment) throws(LedgerError) -> LedgerHead {
     try withVal(MetaKey.head) { (key) throws(LedgerError) -> LedgerHead in
         var value = MDB_val()
         let code = mdb_get(txn, lmdb.meta, &key, &value)
@@ -150,7 +150,7 @@ func readHead(txn: OpaquePointer, lmdb: LMDBEnvironment) throws(LedgerError) -> 
     }
 }
 
-func readSession(txn: OpaquePointer, lmdb: LMDBEnvironment, key: [UInt8]) throws(LedgerError) -> (SessionName, SessionEntry)? {
+func readSession(txn: OpaquePointer, lmdb: LedgerEnvironment, key: [UInt8]) throws(LedgerError) -> (SessionName, SessionEntry)? {
     try withVal(key) { (k) throws(LedgerError) -> (SessionName, SessionEntry)? in
         var value = MDB_val()
         let code = mdb_get(txn, lmdb.sessions, &k, &value)
@@ -164,7 +164,7 @@ func readSession(txn: OpaquePointer, lmdb: LMDBEnvironment, key: [UInt8]) throws
     }
 }
 
-func readLiveCount(txn: OpaquePointer, lmdb: LMDBEnvironment, key: [UInt8]) throws(LedgerError) -> Int {
+func readLiveCount(txn: OpaquePointer, lmdb: LedgerEnvironment, key: [UInt8]) throws(LedgerError) -> Int {
     try withVal(key) { (k) throws(LedgerError) -> Int in
         var value = MDB_val()
         let code = mdb_get(txn, lmdb.clients, &k, &value)
@@ -187,7 +187,7 @@ struct ClientKeyBytes: Hashable {
 
 struct LedgerWriteTransaction {
     let txn: OpaquePointer
-    let lmdb: LMDBEnvironment
+    let lmdb: LedgerEnvironment
     var head: LedgerHead
     var highestConnection: UInt64
     let startingConnection: UInt64
