@@ -162,17 +162,17 @@ let package = Package(
         .testTarget(
             name: "SessionBenchTests",
             // Runs the real `custody-bench` against a real mosquitto and a real `custody` on 127.0.0.1.
-            dependencies: ["SessionBench", "CustodyServer"]
+            dependencies: ["SessionBench", "CustodyServer", "CustodyTesting"]
         ),
         .testTarget(
             name: "CustodyConfigTests",
-            dependencies: ["CustodyConfig", "CustodyModel", "LedgerCore"]
+            dependencies: ["CustodyConfig", "CustodyModel", "LedgerCore", "CustodyTesting"]
         ),
         .testTarget(
             name: "CustodyTLSTests",
             // Real TLS handshakes over 127.0.0.1 with certificates made by the openssl command.
             dependencies: [
-                "CustodyTLS", "CustodyConfig", "CustodyModel",
+                "CustodyTLS", "CustodyConfig", "CustodyModel", "CustodyTesting",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -181,7 +181,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CustodyOperationsTests",
-            dependencies: ["CustodyOperations", "SessionLedger"]
+            dependencies: ["CustodyOperations", "SessionLedger", "CustodyTesting"]
         ),
         .testTarget(
             name: "BrokerTests",

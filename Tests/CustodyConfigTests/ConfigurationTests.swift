@@ -1,3 +1,4 @@
+import CustodyTesting
 import CustodyModel
 import Foundation
 import LedgerCore
@@ -162,7 +163,7 @@ struct ConfigurationTests {
     }
 
     @Test func loadReadsAFileAndNamesAMissingOne() throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("custody-config-\(UUID().uuidString)").path
+        let directory = scratchDirectory("config")
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let path = directory + "/custody.yaml"

@@ -1,3 +1,4 @@
+import CustodyTesting
 import CustodyModel
 import Foundation
 import LedgerCore
@@ -120,7 +121,7 @@ struct PasswordFileTests {
     }
 
     func temporaryFile() -> String {
-        FileManager.default.temporaryDirectory.appendingPathComponent("custody-passwd-\(UUID().uuidString)").path
+        scratchDirectory("passwd")
     }
 
     @Test func readsWhatMosquittoPasswdWrites() throws {

@@ -1,3 +1,4 @@
+import CustodyTesting
 import Foundation
 import Prometheus
 import SessionLedger
@@ -50,7 +51,7 @@ struct MetricsTests {
     @Test func theLedgersCommitsAreScrapedFromMetrics() async throws {
         let registry = PrometheusCollectorRegistry()
         let metrics = LedgerMetrics(factory: PrometheusMetricsFactory.custody(registry: registry))
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("custody-metrics-\(UUID().uuidString)").path
+        let directory = scratchDirectory("metrics")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let ledger = try LMDBSessionLedger(
             directory: directory, onCommit: { metrics.record($0) }, onCommitFailure: { metrics.recordFailure($0) })

@@ -1,3 +1,4 @@
+import CustodyTesting
 import CustodyModel
 import CustodyConfig
 import Foundation
@@ -17,7 +18,7 @@ final class TestCertificates {
     let directory: String
 
     init() throws {
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("custody-tls-\(UUID().uuidString)").path
+        directory = scratchDirectory("tls")
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let key = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
         try run("""

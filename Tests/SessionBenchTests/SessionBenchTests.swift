@@ -1,23 +1,11 @@
+import CustodyTesting
 import Foundation
 import Testing
 
 // The real `custody-bench` binary against a real mosquitto (and, where it listens, the real
 // `custody`) on 127.0.0.1. Each broker gets its own temporary directory and a free port.
 
-/// A product of this package, next to the test binary (SwiftPM puts all products of a
-/// configuration in one directory).
-private func product(_ name: String) throws -> URL {
-    let candidates = [
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent(),
-        Bundle.main.bundleURL,
-        Bundle.main.bundleURL.deletingLastPathComponent(),
-    ]
-    for directory in candidates {
-        let url = directory.appendingPathComponent(name)
-        if FileManager.default.isExecutableFile(atPath: url.path) { return url }
-    }
-    throw BenchTestError.missing("\(name) in \(candidates.map(\.path))")
-}
+private func product(_ name: String) throws -> URL { try builtProduct(name) }
 
 enum BenchTestError: Error, CustomStringConvertible {
     case missing(String)
@@ -70,7 +58,7 @@ final class Mosquitto {
     let process = Process()
 
     init() throws {
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("custody-bench-mosquitto-\(UUID().uuidString)").path
+        directory = scratchDirectory("bench-mosquitto")
         // Started as root, mosquitto drops to its own user, which must write its log and database here.
         try FileManager.default.createDirectory(
             atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o777])
@@ -113,64 +101,24 @@ final class Mosquitto {
     }
 }
 
-/// The real `custody` on a free loopback port with its own ledger, if this build listens.
-final class Custody {
-    let directory: String
-    let port: Int
-    let process = Process()
-    private let output: String
+/// Whether this build of `custody` listens (it always has since its MQTT front landed).
+private var custodyListens: Bool {
+    guard let url = try? product("custody") else { return false }
+    let help = Process()
+    help.executableURL = url
+    help.arguments = ["--help"]
+    let pipe = Pipe()
+    help.standardOutput = pipe
+    help.standardError = FileHandle.nullDevice
+    guard (try? help.run()) != nil else { return false }
+    let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    help.waitUntilExit()
+    return text.contains("--listen")
+}
 
-    static var listens: Bool {
-        guard let url = try? product("custody") else { return false }
-        let help = Process()
-        help.executableURL = url
-        help.arguments = ["--help"]
-        let pipe = Pipe()
-        help.standardOutput = pipe
-        help.standardError = FileHandle.nullDevice
-        guard (try? help.run()) != nil else { return false }
-        let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        help.waitUntilExit()
-        return text.contains("--listen")
-    }
-
-    init() throws {
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("custody-bench-custody-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        port = try freePort()
-        output = directory + "/custody.out"
-        _ = FileManager.default.createFile(atPath: output, contents: nil)
-        process.executableURL = try product("custody")
-        process.arguments = [
-            "--listen", "127.0.0.1:\(port)", "--data-dir", directory + "/data", "--max-sessions-per-client", "100",
-        ]
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
-        process.standardOutput = handle
-        process.standardError = handle
-        try process.run()
-        let deadline = Date().addingTimeInterval(15)
-        while !log.contains("custody: listening mqtt") {
-            guard Date() < deadline, process.isRunning else {
-                let text = log
-                stop()
-                throw BenchTestError.brokerNeverReady(text)
-            }
-            usleep(20_000)
-        }
-    }
-
-    var log: String { (try? String(contentsOfFile: output, encoding: .utf8)) ?? "" }
+extension RunningCustody {
     var pid: Int32 { process.processIdentifier }
-
-    /// SIGKILL: Foundation's Process starts children with SIGTERM blocked, and nothing of
-    /// this broker needs to survive the test.
-    func stop() {
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
-        try? FileManager.default.removeItem(atPath: directory)
-    }
+    var log: String { stdout + stderr }
 }
 
 struct BenchRun {
@@ -208,7 +156,7 @@ private func bench(_ arguments: [String], limit: TimeInterval = 60) throws -> Be
     let process = Process()
     process.executableURL = try product("custody-bench")
     process.arguments = arguments
-    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("custody-bench-run-\(UUID().uuidString)")
+    let directory = URL(fileURLWithPath: scratchDirectory("bench-run"))
     try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(at: directory) }
     let out = directory.appendingPathComponent("out"), err = directory.appendingPathComponent("err")
@@ -390,11 +338,11 @@ struct SessionBenchTests {
         #expect(run.stdout.isEmpty)
     }
 
-    @Test("against custody: connect, persistent, takeover and reject (refused with 0x87 / 5)", .enabled(if: Custody.listens),
+    @Test("against custody: connect, persistent, takeover and reject (refused with 0x87 / 5)", .enabled(if: custodyListens),
           arguments: [4, 5])
     func againstCustody(proto: Int) throws {
-        let custody = try Custody()
-        defer { custody.stop() }
+        let custody = try RunningCustody("bench", arguments: ["--max-sessions-per-client", "100"])
+        defer { custody.cleanUp() }
         let connect = try bench([
             "connect", "--port", "\(custody.port)", "--conns", "4", "--seconds", "1", "--proto", "\(proto)", "--pid", "\(custody.pid)",
         ])

@@ -1,3 +1,4 @@
+import CustodyTesting
 import Foundation
 import LedgerCore
 import LMDBStorage
@@ -16,7 +17,7 @@ private final class Collected: Sendable {
 private func withHookedLedger(
     countSessions: Bool = true, _ body: (LMDBSessionLedger, Collected, String) async throws -> Void
 ) async throws {
-    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("custody-hooks-\(UUID().uuidString)").path
+    let directory = scratchDirectory("hooks")
     defer { try? FileManager.default.removeItem(atPath: directory) }
     let collected = Collected()
     let ledger = try LMDBSessionLedger(
@@ -87,7 +88,7 @@ struct LedgerHooksTests {
     }
 
     @Test func sessionCountsFollowEveryKindOfEventAndMatchAFreshCount() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("custody-counts-\(UUID().uuidString)").path
+        let directory = scratchDirectory("counts")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         do {
             let ledger = try LMDBSessionLedger(directory: directory, countSessions: true)
@@ -116,7 +117,7 @@ struct LedgerHooksTests {
     }
 
     @Test func recoveryReportsItsEventsWithHashes() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("custody-recovery-\(UUID().uuidString)").path
+        let directory = scratchDirectory("recovery")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         do {
             let ledger = try LMDBSessionLedger(directory: directory)
