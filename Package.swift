@@ -1,7 +1,8 @@
 // swift-tools-version:6.1
 import PackageDescription
 
-// Arrows point down: executables -> MQTTFront -> Broker/SessionLedger -> LMDBStorage -> LedgerCore.
+// Arrows point down: executables -> MQTTFront -> Broker/SessionLedger -> LMDBStorage -> LedgerCore;
+// MQTTFront -> EpollTransport (knows no MQTT) -> CEpoll.
 // Only LMDBStorage sees CLMDB; LedgerCore is pure (no I/O). MQTTCodec imports NIOCore only.
 let package = Package(
     name: "Custody",
@@ -46,6 +47,15 @@ let package = Package(
         ),
         // epoll and eventfd for the plain-TCP front's own event loop (headers only).
         .target(name: "CEpoll"),
+        .target(
+            name: "EpollTransport",
+            // Custody's own event loop over epoll and the plain-TCP byte streams on it: no MQTT.
+            dependencies: [
+                "CEpoll",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .target(
             name: "MQTTCodec",
             dependencies: [.product(name: "NIOCore", package: "swift-nio")]
@@ -93,7 +103,7 @@ let package = Package(
         .target(
             name: "MQTTFront",
             dependencies: [
-                "MQTTCodec", "Broker", "SessionLedger", "CustodyConfig", "CEpoll",
+                "MQTTCodec", "Broker", "SessionLedger", "CustodyConfig", "EpollTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 // MQTT over WebSocket: the HTTP upgrade and the frames.
@@ -178,6 +188,11 @@ let package = Package(
             // Unit tests of the connection state machine, and end-to-end tests that run the real
             // `custody` with mosquitto_pub/sub and paho-mqtt over 127.0.0.1.
             dependencies: ["MQTTFront", "MQTTCodec", "SessionLedger", "CustodyConfig", "CustodyServer", "Broker"]
+        ),
+        .testTarget(
+            name: "EpollTransportTests",
+            // The event loop, its timers and the byte streams, over socket pairs and 127.0.0.1.
+            dependencies: ["EpollTransport", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "MQTTCodecTests",
