@@ -234,7 +234,12 @@ public final class EpollEventLoop: EventLoop, @unchecked Sendable {
     }
 
     private func control(_ operation: Int32, _ descriptor: Int32, _ event: inout epoll_event, _ call: String) -> Bool {
-        epoll_ctl(epoll, operation, descriptor, &event) == 0
+        guard epoll_ctl(epoll, operation, descriptor, &event) == 0 else {
+            let error = RawSocketError(call, errno: errno)
+            logger.error("epoll_ctl failed", metadata: ["loop": "\(name)", "descriptor": "\(descriptor)", "error": "\(error)"])
+            return false
+        }
+        return true
     }
 
     // MARK: - The loop

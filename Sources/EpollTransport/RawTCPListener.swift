@@ -143,10 +143,23 @@ final class RawAcceptor: EpollReadiness, @unchecked Sendable {
         }
     }
 
-    /// Stops watching the socket for `RawAcceptor.pause`.
+    /// Stops watching the socket for `RawAcceptor.pause`. Unwatched, not modified: epoll
+    /// refuses EPOLL_CTL_MOD on a descriptor added with EPOLLEXCLUSIVE.
     func pause() {
-        loop.modify(descriptor, events: 0)
-        _ = loop.scheduleTask(in: Self.pause) { [self] in loop.modify(descriptor, events: Self.events) }
+        guard watching else { return }
+        watching = false
+        loop.unwatch(descriptor)
+        _ = loop.scheduleTask(in: Self.pause) { [self] in resume() }
+    }
+
+    private func resume() {
+        guard !stopped, !watching else { return }
+        do {
+            try start()
+        } catch {
+            logger.error("accepting again failed", metadata: ["error": "\(error)"])
+            _ = loop.scheduleTask(in: Self.pause) { [self] in resume() }
+        }
     }
 }
 #endif

@@ -73,5 +73,32 @@ struct RawTCPTests {
         await listener.close()
         try await loop.shutdownGracefully()
     }
+
+    /// Out of descriptors (EMFILE), the acceptor stops watching the listening socket for a
+    /// moment, then accepts again. Stopped it must be: epoll refuses EPOLL_CTL_MOD on a
+    /// descriptor added with EPOLLEXCLUSIVE, and a listener left watched makes the loop spin
+    /// on accept4's EMFILE.
+    @Test func aPausedAcceptorAcceptsNothingUntilItResumes() async throws {
+        let loop = try EpollEventLoop(name: "test-pause")
+        let accepted = Recorder<NIODeadline>()
+        let listener = try RawTCPListener(host: "127.0.0.1", port: 0, loops: [loop], logger: Logger(label: "test")) {
+            accepted.append(.now())
+            return LineEcho(descriptor: $0, loop: $1)
+        }
+        let acceptor = listener.acceptors[0]
+        let paused = try await loop.submit { () -> NIODeadline in
+            acceptor.pause()
+            return .now()
+        }.get()
+        // The kernel completes the handshake (the backlog); the loop must not take it yet.
+        let client = try connectedClient(port: listener.port)
+        defer { close(client) }
+        let deadline = NIODeadline.now() + .seconds(5)
+        while accepted.all.isEmpty && NIODeadline.now() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(accepted.all.count == 1)
+        #expect(accepted.all.allSatisfy { $0 >= paused + RawAcceptor.pause })
+        await listener.close()
+        try await loop.shutdownGracefully()
+    }
 }
 #endif
