@@ -230,7 +230,7 @@ public final class EpollEventLoop: EventLoop, @unchecked Sendable {
     }
 
     private func token(_ descriptor: Int32) -> UInt64 {
-        UInt64(UInt32(bitPattern: descriptor))
+        UInt64(registrations[Int(descriptor)]) << 32 | UInt64(UInt32(bitPattern: descriptor))
     }
 
     private func control(_ operation: Int32, _ descriptor: Int32, _ event: inout epoll_event, _ call: String) -> Bool {
@@ -276,7 +276,7 @@ public final class EpollEventLoop: EventLoop, @unchecked Sendable {
                         continue
                     }
                     let slot = Int(UInt32(truncatingIfNeeded: token))
-                    guard slot < watched.count,
+                    guard slot < watched.count, registrations[slot] == UInt32(truncatingIfNeeded: token >> 32),
                         let handler = watched[slot]
                     else { continue }
                     handler.ready(events[index].events)

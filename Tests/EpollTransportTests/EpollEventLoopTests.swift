@@ -1,4 +1,5 @@
 #if os(Linux)
+import Dispatch
 import Glibc
 import NIOCore
 import Synchronization
@@ -142,6 +143,97 @@ struct EpollEventLoopTests {
         #expect(popped == expected)
         #expect(queue.isEmpty)
     }
+
+    /// An event the loop took in for a descriptor that an earlier event of the same batch
+    /// closed, and whose number was reused at once, does not reach the new handler.
+    @Test func anEventOfAClosedDescriptorDoesNotReachTheNextOneWithItsNumber() async throws {
+        let loop = try EpollEventLoop(name: "test-stale")
+        let first = try SocketPair()
+        let second = try SocketPair()
+        let spare = try SocketPair()
+        let heard = Recorder<String>()
+        let swapper = Swapper(loop: loop, heard: heard)
+        try await loop.submit {
+            swapper.watch(first.local, "first")
+            swapper.watch(second.local, "second")
+            swapper.pair = (first.local, second.local, spare.local)
+            // Both readable before the loop waits again: one batch, in that order.
+            first.send("x")
+            second.send("y")
+        }.get()
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(heard.all.count == 1)
+        #expect(!heard.all.contains("newcomer"))
+        try await loop.shutdownGracefully()
+    }
 }
 
+/// The first of two watched descriptors to be ready closes the other and puts a new, idle
+/// socket under its number, watched by a "newcomer" that must hear nothing.
+private final class Swapper: @unchecked Sendable {
+    let loop: EpollEventLoop
+    let heard: Recorder<String>
+    var pair: (Int32, Int32, Int32) = (-1, -1, -1)
+    private var swapped = false
+
+    init(loop: EpollEventLoop, heard: Recorder<String>) {
+        self.loop = loop
+        self.heard = heard
+    }
+
+    final class Handler: EpollReadiness {
+        let name: String
+        let descriptor: Int32
+        let ready: (String) -> Void
+        init(_ name: String, _ descriptor: Int32, _ ready: @escaping (String) -> Void) {
+            self.name = name
+            self.descriptor = descriptor
+            self.ready = ready
+        }
+        func ready(_ events: UInt32) {
+            // Drained, so that a level-triggered descriptor is heard once.
+            var byte: UInt8 = 0
+            while Glibc.read(descriptor, &byte, 1) > 0 {}
+            ready(name)
+        }
+    }
+
+    func watch(_ descriptor: Int32, _ name: String) {
+        try! loop.watch(descriptor, events: 1 /* EPOLLIN */, Handler(name, descriptor) { [self] in ready($0) })
+    }
+
+    private func ready(_ name: String) {
+        heard.append(name)
+        guard !swapped else { return }
+        swapped = true
+        let other = name == "first" ? pair.1 : pair.0
+        loop.closeWatched(other)
+        // The idle spare socket takes the closed one's number.
+        precondition(dup2(pair.2, other) == other)
+        watch(other, "newcomer")
+    }
+}
+
+/// A connected pair of Unix stream sockets, closed when this goes.
+final class SocketPair: @unchecked Sendable {
+    let local: Int32
+    let remote: Int32
+
+    init() throws {
+        var descriptors: [Int32] = [0, 0]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0, &descriptors) == 0 else {
+            throw RawSocketError("socketpair", errno: errno)
+        }
+        local = descriptors[0]
+        remote = descriptors[1]
+    }
+
+    func send(_ text: String) {
+        _ = text.utf8CString.withUnsafeBytes { Glibc.write(remote, $0.baseAddress, text.utf8.count) }
+    }
+
+    deinit {
+        close(remote)
+    }
+}
 #endif
