@@ -11,6 +11,7 @@ class ScheduledWork: EpollTimerHandler, @unchecked Sendable {
     private var finished = false
 
     final func insert(on loop: EpollEventLoop, at deadline: NIODeadline) {
+        guard !finished else { return }
         timer = loop.scheduleTimer(self, at: deadline)
     }
 

@@ -103,6 +103,29 @@ struct EpollEventLoopTests {
         try await loop.shutdownGracefully()
     }
 
+    /// A task scheduled from another thread joins the timers only when the loop gets to it; a
+    /// cancel the loop runs before that still holds.
+    @Test func aCancelThatComesBeforeTheTimerIsInsertedHolds() async throws {
+        let loop = try EpollEventLoop(name: "test-lost-cancel")
+        let fired = Recorder<Int>()
+        let handle = Recorder<Scheduled<Void>>()
+        let scheduled = DispatchSemaphore(value: 0)
+        // The loop waits in this task while the timer is scheduled from here, so that the
+        // timer's insertion is queued behind it: the cancel runs first.
+        let cancelled = loop.submit {
+            scheduled.wait()
+            handle.all.first!.cancel()
+        }
+        let task = loop.scheduleTask(in: .milliseconds(20)) { fired.append(1) }
+        handle.append(task)
+        scheduled.signal()
+        try await cancelled.get()
+        await #expect(throws: EventLoopError.cancelled) { try await task.futureResult.get() }
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(fired.all.isEmpty)
+        try await loop.shutdownGracefully()
+    }
+
     @Test func ownTimersFireInDeadlineOrderAndCancelledOnesDoNot() async throws {
         let loop = try EpollEventLoop(name: "test-own-timers")
         let fired = Recorder<Int>()
