@@ -54,6 +54,7 @@ struct TimerQueue {
             let handler = release(id.slot)
         else { return nil }
         dead += 1
+        if dead > entries.count / 2 && entries.count >= Self.compactionFloor { compact() }
         return handler
     }
 

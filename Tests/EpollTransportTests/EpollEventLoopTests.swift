@@ -126,6 +126,25 @@ struct EpollEventLoopTests {
         try await loop.shutdownGracefully()
     }
 
+    /// A connect storm cancels every timer long before its deadline: the dead entries do not
+    /// stay in the heap until then.
+    @Test func cancelledTimersDoNotPileUp() async throws {
+        let loop = try EpollEventLoop(name: "test-dead-timers")
+        let fired = Recorder<Int>()
+        let entries = try await loop.submit { () -> Int in
+            let held = (0..<100).map { loop.scheduleTimer(NumberedTimer($0, fired), at: .now() + .seconds(60)) }
+            for cycle in 0..<100_000 {
+                let timer = loop.scheduleTimer(NumberedTimer(cycle, fired), at: .now() + .seconds(60))
+                loop.cancelTimer(timer)
+            }
+            _ = held
+            return loop.timerEntryCount
+        }.get()
+        #expect(entries <= 300)
+        #expect(fired.all.isEmpty)
+        try await loop.shutdownGracefully()
+    }
+
     @Test func ownTimersFireInDeadlineOrderAndCancelledOnesDoNot() async throws {
         let loop = try EpollEventLoop(name: "test-own-timers")
         let fired = Recorder<Int>()
