@@ -167,11 +167,13 @@ public final class EpollEventLoop: EventLoop, @unchecked Sendable {
 
     /// `handler.timerFired` runs at `deadline` (on this loop) unless cancelled first.
     public func scheduleTimer(_ handler: any EpollTimerHandler, at deadline: NIODeadline) -> EpollTimerID {
+        assert(inEventLoop, "EpollEventLoop.scheduleTimer off its loop")
         return timers.schedule(handler, at: deadline.uptimeNanoseconds)
     }
 
     /// The timer will not fire; its handler hears nothing. An id that fired already cancels nothing.
     public func cancelTimer(_ id: EpollTimerID) {
+        assert(inEventLoop, "EpollEventLoop.cancelTimer off its loop")
         timers.cancel(id)
     }
 
@@ -182,6 +184,7 @@ public final class EpollEventLoop: EventLoop, @unchecked Sendable {
 
     /// Watches `descriptor` for `events` (level-triggered); `handler` hears of them on this loop.
     public func watch(_ descriptor: Int32, events: UInt32, _ handler: any EpollReadiness) throws {
+        assert(inEventLoop, "EpollEventLoop.watch off its loop")
         let index = Int(descriptor)
         if index >= watched.count {
             let more = index + 1 - watched.count
@@ -201,6 +204,7 @@ public final class EpollEventLoop: EventLoop, @unchecked Sendable {
     /// Stops watching `descriptor` (it stays open). False when epoll refused (logged).
     @discardableResult
     public func unwatch(_ descriptor: Int32) -> Bool {
+        assert(inEventLoop, "EpollEventLoop.unwatch off its loop")
         let index = Int(descriptor)
         if index < watched.count { watched[index] = nil }
         var event = epoll_event()
@@ -211,6 +215,7 @@ public final class EpollEventLoop: EventLoop, @unchecked Sendable {
     /// Not for a descriptor watched with EPOLLEXCLUSIVE (epoll refuses): unwatch and watch it.
     @discardableResult
     public func modify(_ descriptor: Int32, events: UInt32) -> Bool {
+        assert(inEventLoop, "EpollEventLoop.modify off its loop")
         var event = epoll_event()
         event.events = events
         event.data.u64 = token(descriptor)
@@ -219,6 +224,7 @@ public final class EpollEventLoop: EventLoop, @unchecked Sendable {
 
     /// Stops watching and closes `descriptor` (closing removes it from epoll).
     public func closeWatched(_ descriptor: Int32) {
+        assert(inEventLoop, "EpollEventLoop.closeWatched off its loop")
         let index = Int(descriptor)
         if index < watched.count { watched[index] = nil }
         Glibc.close(descriptor)
@@ -226,6 +232,7 @@ public final class EpollEventLoop: EventLoop, @unchecked Sendable {
 
     /// `handler.afterEvents()` runs once the events at hand are handled (on this loop).
     public func afterEvents(_ handler: any EpollReadiness) {
+        assert(inEventLoop, "EpollEventLoop.afterEvents off its loop")
         deferred.append(handler)
     }
 

@@ -56,24 +56,28 @@ open class RawConnection: EpollReadiness {
 
     /// Appends to what is to be sent; `flush` sends.
     public func appendOutbound(_ append: (inout ByteBuffer) -> Void) {
+        assert(loop.inEventLoop, "RawConnection.appendOutbound off its loop")
         guard !isClosed else { return }
         if outbound == nil { outbound = loop.allocator.buffer(capacity: 64) }
         append(&outbound!)
     }
 
     public func flush() {
+        assert(loop.inEventLoop, "RawConnection.flush off its loop")
         guard !watchingWrites else { return }  // the socket is full: EPOLLOUT will write
         writePending()
     }
 
     /// Stops reading until `resumeReading` (what the socket holds stays there).
     public func pauseReading() {
+        assert(loop.inEventLoop, "RawConnection.pauseReading off its loop")
         guard !readHeld, !isClosed else { return }
         readHeld = true
         updateInterest()
     }
 
     public func resumeReading() {
+        assert(loop.inEventLoop, "RawConnection.resumeReading off its loop")
         guard readHeld, !isClosed else { return }
         readHeld = false
         updateInterest()
@@ -82,6 +86,7 @@ open class RawConnection: EpollReadiness {
     /// Reads no more and closes once everything written is sent. True when it is closed now.
     @discardableResult
     public func closeAfterFlush() -> Bool {
+        assert(loop.inEventLoop, "RawConnection.closeAfterFlush off its loop")
         guard !isClosed else { return true }
         closeWhenWritten = true
         writePending()
@@ -92,6 +97,7 @@ open class RawConnection: EpollReadiness {
 
     /// Closes now; what is not sent is lost.
     public func close() {
+        assert(loop.inEventLoop, "RawConnection.close off its loop")
         closeNow(failure: 0)
     }
 

@@ -208,6 +208,29 @@ struct EpollEventLoopTests {
         #expect(!heard.all.contains("newcomer"))
         try await loop.shutdownGracefully()
     }
+
+    #if DEBUG
+    /// The loop's own methods trap off its thread (debug builds).
+    @Test func descriptorsAreWatchedOnTheLoopOnly() async {
+        await #expect(processExitsWith: .failure) {
+            let loop = try EpollEventLoop(name: "test-thread")
+            let pair = try SocketPair()
+            try loop.watch(pair.local, events: 1, Silent())
+        }
+    }
+
+    @Test func timersAreSetOnTheLoopOnly() async {
+        await #expect(processExitsWith: .failure) {
+            let loop = try EpollEventLoop(name: "test-thread")
+            _ = loop.scheduleTimer(NumberedTimer(0, Recorder()), at: .now())
+        }
+    }
+    #endif
+}
+
+/// Hears nothing.
+private final class Silent: EpollReadiness {
+    func ready(_ events: UInt32) {}
 }
 
 /// The first of two watched descriptors to be ready closes the other and puts a new, idle
