@@ -13,11 +13,11 @@ extension EpollTimerHandler {
     public func timerAbandoned(on loop: EpollEventLoop) {}
 }
 
-/// A timer of one `EpollEventLoop`, to cancel it with. A slot in the loop's timer table and
-/// the slot's generation: once the timer fired or was cancelled the slot moves on, so an old
-/// id cancels nothing.
+/// A timer of one `EpollEventLoop`, to cancel it with: a slot in the loop's timer table and
+/// the timer's sequence number. Once the timer fired or was cancelled the slot is empty or
+/// holds another timer, so an old id cancels nothing.
 public struct EpollTimerID: Sendable, Hashable {
     let slot: UInt32
-    let generation: UInt32
+    let sequence: UInt32
 }
 #endif

@@ -6,17 +6,19 @@
 /// at 10k cycles a second and a 60 s keep-alive, a heap that only drops dead entries at their
 /// deadline would hold about a million).
 struct TimerQueue {
+    /// 16 bytes, as the heap held before it had slots: the sequence both orders equal
+    /// deadlines (they fire in the order they were set, as on NIO's loops) and tells a live
+    /// entry from a dead one (its slot holds another sequence, or none).
     struct Entry {
         var deadline: UInt64
-        /// Equal deadlines fire in the order they were set, as on NIO's loops.
-        var sequence: UInt64
+        var sequence: UInt32
         var slot: UInt32
-        var generation: UInt32
     }
 
     private struct Slot {
         var handler: (any EpollTimerHandler)?
-        var generation: UInt32 = 0
+        /// The timer's that is in the slot, or was last.
+        var sequence: UInt32
     }
 
     private var entries: [Entry] = []
@@ -24,7 +26,9 @@ struct TimerQueue {
     private var freeSlots: [UInt32] = []
     /// Entries whose timer was cancelled.
     private var dead = 0
-    private var sequence: UInt64 = 0
+    /// Wraps after 2^32 timers; entries compare by their difference, and no dead entry lives
+    /// that long.
+    private var sequence: UInt32 = 0
     /// Below this many entries the heap is never rebuilt: dead ones are popped soon enough.
     private static let compactionFloor = 64
 
@@ -33,24 +37,23 @@ struct TimerQueue {
     var isEmpty: Bool { entries.count == dead }
 
     mutating func schedule(_ handler: any EpollTimerHandler, at deadline: UInt64) -> EpollTimerID {
+        sequence &+= 1
         let slot: UInt32
         if let free = freeSlots.popLast() {
             slot = free
-            slots[Int(slot)].handler = handler
+            slots[Int(slot)] = Slot(handler: handler, sequence: sequence)
         } else {
             slot = UInt32(slots.count)
-            slots.append(Slot(handler: handler))
+            slots.append(Slot(handler: handler, sequence: sequence))
         }
-        let generation = slots[Int(slot)].generation
-        sequence &+= 1
-        push(Entry(deadline: deadline, sequence: sequence, slot: slot, generation: generation))
-        return EpollTimerID(slot: slot, generation: generation)
+        push(Entry(deadline: deadline, sequence: sequence, slot: slot))
+        return EpollTimerID(slot: slot, sequence: sequence)
     }
 
     /// The handler of `id` when it was still pending (it will not fire); nil otherwise.
     @discardableResult
     mutating func cancel(_ id: EpollTimerID) -> (any EpollTimerHandler)? {
-        guard Int(id.slot) < slots.count, slots[Int(id.slot)].generation == id.generation,
+        guard Int(id.slot) < slots.count, slots[Int(id.slot)].sequence == id.sequence,
             let handler = release(id.slot)
         else { return nil }
         dead += 1
@@ -87,13 +90,12 @@ struct TimerQueue {
     }
 
     private static func isLive(_ entry: Entry, in slots: [Slot]) -> Bool {
-        slots[Int(entry.slot)].generation == entry.generation && slots[Int(entry.slot)].handler != nil
+        slots[Int(entry.slot)].sequence == entry.sequence && slots[Int(entry.slot)].handler != nil
     }
 
     private mutating func release(_ slot: UInt32) -> (any EpollTimerHandler)? {
         guard let handler = slots[Int(slot)].handler else { return nil }
         slots[Int(slot)].handler = nil
-        slots[Int(slot)].generation &+= 1
         freeSlots.append(slot)
         return handler
     }
@@ -149,7 +151,7 @@ struct TimerQueue {
     }
 
     private static func before(_ a: Entry, _ b: Entry) -> Bool {
-        a.deadline < b.deadline || (a.deadline == b.deadline && a.sequence < b.sequence)
+        a.deadline < b.deadline || (a.deadline == b.deadline && Int32(bitPattern: a.sequence &- b.sequence) < 0)
     }
 }
 #endif

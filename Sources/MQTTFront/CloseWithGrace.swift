@@ -5,9 +5,11 @@ import NIOCore
 /// own: a NIO channel's write promise, the epoll transport's close after flush), or close at
 /// once.
 protocol GracefulClose: AnyObject {
-    /// Writes `packets` and closes once they are written. nil: closed already (nothing was
-    /// left to write); else completes once the writes are done with (written or failed).
-    func writeThenClose(_ packets: [MQTTPacket]) -> EventLoopFuture<Void>?
+    /// Writes `packets` and closes once they are written; true when it is closed already.
+    func writeThenClose(_ packets: [MQTTPacket]) -> Bool
+    /// `timer` closes the transport anyway once the grace is over; a transport that hears
+    /// when its last writes are done may cancel it then.
+    func closingAnyway(_ timer: Scheduled<Void>)
     /// Closes now; what is not written is lost.
     func closeAtOnce()
 }
@@ -16,9 +18,8 @@ extension GracefulClose {
     /// Says `packets` and closes. A client that does not read them must not keep its socket,
     /// nor hold up the takeover of its session, for ever: closed anyway after `grace`.
     func close(sending packets: [MQTTPacket], grace: TimeAmount, on eventLoop: any EventLoop) {
-        guard let written = writeThenClose(packets) else { return }
+        guard !writeThenClose(packets) else { return }
         let bound = NIOLoopBound<any GracefulClose>(self, eventLoop: eventLoop)
-        let timer = eventLoop.scheduleTask(in: grace) { bound.value.closeAtOnce() }
-        written.whenComplete { _ in timer.cancel() }
+        closingAnyway(eventLoop.scheduleTask(in: grace) { bound.value.closeAtOnce() })
     }
 }

@@ -21,6 +21,8 @@ final class MQTTChannelHandler: ChannelDuplexHandler, ConnectionIO, GracefulClos
     private(set) var channel: (any Channel)?
     /// A `read` from the pipeline held back while the broker or the claim catches up.
     private var readHeld = false
+    /// The write of the last packets of a close (`writeThenClose`).
+    private var closing: EventLoopFuture<Void>?
 
     init(services: FrontServices, encoder: MQTTPacketEncoderHandler, tls: TLSTransport? = nil) {
         self.encoder = encoder
@@ -94,26 +96,32 @@ final class MQTTChannelHandler: ChannelDuplexHandler, ConnectionIO, GracefulClos
     }
 
     func setProtocolVersion(_ version: MQTTProtocolVersion) {
-        encoder.writer.encoder.protocolVersion = version
+        encoder.framing.encoder.protocolVersion = version
     }
 
     func setMaximumPacketSize(_ size: Int?) {
-        encoder.writer.setMaximumPacketSize(size)
+        encoder.framing.setClientMaximumPacketSize(size)
     }
 
     // MARK: GracefulClose
 
-    func writeThenClose(_ packets: [MQTTPacket]) -> EventLoopFuture<Void>? {
-        guard let context else { return nil }
+    func writeThenClose(_ packets: [MQTTPacket]) -> Bool {
+        guard let context else { return true }
         guard let last = packets.last else {
             context.close(promise: nil)
-            return nil
+            return true
         }
         for packet in packets.dropLast() { context.write(wrapOutboundOut(packet), promise: nil) }
         let written = context.eventLoop.makePromise(of: Void.self)
         context.writeAndFlush(wrapOutboundOut(last), promise: written)
         written.futureResult.assumeIsolated().whenComplete { [self] _ in self.context?.close(promise: nil) }
-        return written.futureResult
+        closing = written.futureResult
+        return false
+    }
+
+    func closingAnyway(_ timer: Scheduled<Void>) {
+        // Once the last packet is written (or failed) the channel is closed: no grace left to wait.
+        closing?.whenComplete { _ in timer.cancel() }
     }
 
     func closeAtOnce() {

@@ -6,17 +6,26 @@ import NIOCore
 // the epoll transport's RawConnectionIO): decoding with the maximum packet size, encoding in
 // the connection's version within the client's Maximum Packet Size, the counts of
 // FrontMetrics and the "packet sent" debug line. The metrics and the log are passed in, not
-// kept: a held connection keeps these two values and nothing more.
+// kept: a held connection keeps the framing's 24 bytes and nothing more.
 
-/// Bytes to packets. After the first failure the stream cannot be resynchronised: the
-/// failure is given once and every later byte is dropped while the connection closes.
-struct MQTTFrameReader {
+/// Bytes to packets and packets to bytes for one connection. After the first decoding
+/// failure the stream cannot be resynchronised: the failure is given once and every later
+/// byte is dropped while the connection closes. One value for both directions, laid out to
+/// fill 24 bytes: a held plain-TCP connection keeps it.
+struct MQTTFraming {
     private var decoder: MQTTDecoder
+    /// Packets are written in the connection's version, once the CONNECT is known.
+    var encoder = MQTTEncoder(protocolVersion: .mqtt3_1_1)
     private var failed = false
+    /// The client's v5 Maximum Packet Size (MQTT-3.1.2-24); 0: none.
+    private var clientMaximumPacketSize: UInt32 = 0
 
-    init(maximumPacketSize: Int) {
+    /// `maximumPacketSize`: the largest packet accepted from the client.
+    init(maximumPacketSize: Int = MQTTDecoder.largestPacketSize) {
         decoder = MQTTDecoder(maximumPacketSize: maximumPacketSize)
     }
+
+    // MARK: Reading
 
     /// The next packet, or the failure, taken from `buffer`; nil when more bytes are needed.
     /// `metrics` counts the packet's bytes, and PUBLISHes by QoS.
@@ -61,17 +70,12 @@ struct MQTTFrameReader {
         default: return nil
         }
     }
-}
 
-/// Packets to bytes, in the connection's version (set once the CONNECT is known).
-struct MQTTFrameWriter {
-    var encoder = MQTTEncoder(protocolVersion: .mqtt3_1_1)
-    /// The client's v5 Maximum Packet Size (MQTT-3.1.2-24); 0: none.
-    private var maximumPacketSize: UInt32 = 0
+    // MARK: Writing
 
     /// Larger packets are not sent (MQTT-3.1.2-24); nil: any size.
-    mutating func setMaximumPacketSize(_ size: Int?) {
-        maximumPacketSize = size.map { UInt32(clamping: $0) } ?? 0
+    mutating func setClientMaximumPacketSize(_ size: Int?) {
+        clientMaximumPacketSize = size.map { UInt32(clamping: $0) } ?? 0
     }
 
     /// Appends `packet` to `buffer`; false when it is not sent, being larger than the client
@@ -82,7 +86,9 @@ struct MQTTFrameWriter {
         remoteAddress: @autoclosure () -> String
     ) throws(MQTTEncodingError) -> Bool {
         do {
-            if maximumPacketSize > 0, try encoder.encodedSize(of: packet) > Int(maximumPacketSize) { return false }
+            if clientMaximumPacketSize > 0, try encoder.encodedSize(of: packet) > Int(clientMaximumPacketSize) {
+                return false
+            }
             let size = try encoder.encode(packet, into: &buffer)
             if let metrics {
                 metrics.bytesSent.increment(by: size)

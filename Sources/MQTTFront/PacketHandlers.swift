@@ -6,17 +6,17 @@ import NIOCore
 struct MQTTFrameDecoder: ByteToMessageDecoder {
     typealias InboundOut = MQTTInbound
 
-    private var reader: MQTTFrameReader
+    private var framing: MQTTFraming
     /// Counts PUBLISHes by QoS and the bytes of every packet; nil: nothing is counted.
     private let metrics: FrontMetrics?
 
     init(maximumPacketSize: Int, metrics: FrontMetrics? = nil) {
-        reader = MQTTFrameReader(maximumPacketSize: maximumPacketSize)
+        framing = MQTTFraming(maximumPacketSize: maximumPacketSize)
         self.metrics = metrics
     }
 
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let inbound = reader.next(from: &buffer, metrics: metrics) else { return .needMoreData }
+        guard let inbound = framing.next(from: &buffer, metrics: metrics) else { return .needMoreData }
         context.fireChannelRead(wrapInboundOut(inbound))
         if case .failure = inbound { return .needMoreData }
         return .continue
@@ -36,7 +36,8 @@ final class MQTTPacketEncoderHandler: ChannelOutboundHandler {
     typealias OutboundIn = MQTTPacket
     typealias OutboundOut = ByteBuffer
 
-    var writer = MQTTFrameWriter()
+    /// Its writing half only (the decoder has its own).
+    var framing = MQTTFraming()
     /// Counts PUBLISHes by QoS and the bytes of every packet sent; nil: nothing is counted.
     private let metrics: FrontMetrics?
     private let logger: Logger
@@ -50,7 +51,7 @@ final class MQTTPacketEncoderHandler: ChannelOutboundHandler {
         let packet = unwrapOutboundIn(data)
         var buffer = context.channel.allocator.buffer(capacity: 64)
         do {
-            guard try writer.write(
+            guard try framing.write(
                 packet, into: &buffer, metrics: metrics, logger: logger, remoteAddress: context.remoteAddressText ?? "-")
             else {
                 promise?.succeed()

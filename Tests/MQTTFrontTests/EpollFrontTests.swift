@@ -26,13 +26,18 @@ struct MQTTFramingTests {
                     Issue.record("\(bytes) did not decode")
                     continue
                 }
-                let fast = bytes.withUnsafeBytes { MQTTFrameReader.bodilessPacket($0) }
+                let fast = bytes.withUnsafeBytes { MQTTFraming.bodilessPacket($0) }
                 #expect(fast == decoded)
             }
         }
         for bytes: [UInt8] in [[0xE0, 0x01], [0xE1, 0x00], [0xC0, 0x00, 0xC0], [0x30, 0x00]] {
-            #expect(bytes.withUnsafeBytes { MQTTFrameReader.bodilessPacket($0) } == nil)
+            #expect(bytes.withUnsafeBytes { MQTTFraming.bodilessPacket($0) } == nil)
         }
+    }
+
+    /// A held plain-TCP connection keeps its framing: both directions in 24 bytes.
+    @Test func framingFitsIn24Bytes() {
+        #expect(MemoryLayout<MQTTFraming>.size <= 24)
     }
 }
 
