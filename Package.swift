@@ -1,7 +1,8 @@
 // swift-tools-version:6.1
 import PackageDescription
 
-// Arrows point down: executables -> MQTTFront -> Broker/SessionLedger -> LMDBStorage -> LedgerCore.
+// Arrows point down: executables -> MQTTFront -> Broker/SessionLedger -> LMDBStorage -> LedgerCore;
+// MQTTFront -> EpollTransport (knows no MQTT) -> CEpoll.
 // Only LMDBStorage sees CLMDB; LedgerCore is pure (no I/O). MQTTCodec imports NIOCore only.
 let package = Package(
     name: "Custody",
@@ -46,6 +47,15 @@ let package = Package(
         ),
         // epoll and eventfd for the plain-TCP front's own event loop (headers only).
         .target(name: "CEpoll"),
+        .target(
+            name: "EpollTransport",
+            // Custody's own event loop over epoll and the plain-TCP byte streams on it: no MQTT.
+            dependencies: [
+                "CEpoll",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .target(
             name: "MQTTCodec",
             dependencies: [.product(name: "NIOCore", package: "swift-nio")]
@@ -99,7 +109,7 @@ let package = Package(
         .target(
             name: "MQTTFront",
             dependencies: [
-                "MQTTCodec", "Broker", "SessionLedger", "CustodyModel", "CEpoll",
+                "MQTTCodec", "Broker", "SessionLedger", "CustodyModel", "EpollTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 // MQTT over WebSocket: the HTTP upgrade and the frames.
@@ -195,6 +205,11 @@ let package = Package(
                 "MQTTFront", "MQTTCodec", "SessionLedger", "CustodyModel", "CustodyConfig", "CustodyServer", "Broker",
                 "CustodyTesting",
             ]
+        ),
+        .testTarget(
+            name: "EpollTransportTests",
+            // The event loop, its timers and the byte streams, over socket pairs and 127.0.0.1.
+            dependencies: ["EpollTransport", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "MQTTCodecTests",

@@ -105,7 +105,8 @@ CUSTODY_PORT=""
 CUSTODY_WHY="not built"
 if [ -x "$BIN/custody" ]; then
     CUSTODY_WHY="does not listen yet (no --listen)"
-    if "$BIN/custody" --help 2>&1 | grep -q -- '--listen'; then
+    # grep -c reads all of the help: grep -q may exit first and custody die of SIGPIPE (pipefail).
+    if "$BIN/custody" --help 2>&1 | grep -c -- '--listen' > /dev/null; then
         CUSTODY_PORT=$(free_port)
         "$BIN/custody" --listen "127.0.0.1:$CUSTODY_PORT" --data-dir "$WORK/custody" \
             --max-sessions-per-client 100 --log-level warning > "$WORK/custody.log" 2>&1 &

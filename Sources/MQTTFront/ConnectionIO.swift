@@ -5,7 +5,7 @@ import NIOCore
 import SessionLedger
 
 /// What a connection's logic needs of its transport: a NIO channel (`MQTTChannelHandler`,
-/// TLS and WebSocket listeners) or a bare socket on an `EpollEventLoop` (`RawConnection`,
+/// TLS and WebSocket listeners) or a bare socket on an `EpollEventLoop` (`RawConnectionIO`,
 /// plain TCP). Called on the connection's event loop only.
 protocol ConnectionIO: AnyObject {
     /// Queues a packet (encoded in the connection's protocol version); `flush` sends.

@@ -6,7 +6,7 @@ import SessionLedger
 
 /// The NIO face of a connection: a handler at the end of the channel's pipeline (after the
 /// frame decoder and the packet encoder) that hands everything to its `MQTTConnection`.
-final class MQTTChannelHandler: ChannelDuplexHandler, ConnectionIO {
+final class MQTTChannelHandler: ChannelDuplexHandler, ConnectionIO, GracefulClose {
     typealias InboundIn = MQTTInbound
     typealias InboundOut = Never
     typealias OutboundIn = MQTTPacket
@@ -21,6 +21,8 @@ final class MQTTChannelHandler: ChannelDuplexHandler, ConnectionIO {
     private(set) var channel: (any Channel)?
     /// A `read` from the pipeline held back while the broker or the claim catches up.
     private var readHeld = false
+    /// The write of the last packets of a close (`writeThenClose`).
+    private var closing: EventLoopFuture<Void>?
 
     init(services: FrontServices, encoder: MQTTPacketEncoderHandler, tls: TLSTransport? = nil) {
         self.encoder = encoder
@@ -31,10 +33,6 @@ final class MQTTChannelHandler: ChannelDuplexHandler, ConnectionIO {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         self.channel = context.channel
-        let logger = services.logger
-        encoder.onEncodingError = { packet, error in
-            logger.error("packet encoding failed", metadata: ["packet_type": "\(packet.type)", "error": "\(error)"])
-        }
         connection = MQTTConnection(services: services, eventLoop: context.eventLoop, tls: tls)
         connection.attach(self)
         if context.channel.isActive { connection.start(remoteAddress: context.remoteAddressText) }
@@ -88,21 +86,7 @@ final class MQTTChannelHandler: ChannelDuplexHandler, ConnectionIO {
     }
 
     func close(sending packets: [MQTTPacket]) {
-        guard let context else { return }
-        guard let last = packets.last else {
-            context.close(promise: nil)
-            return
-        }
-        for packet in packets.dropLast() { context.write(wrapOutboundOut(packet), promise: nil) }
-        let written = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(wrapOutboundOut(last), promise: written)
-        let channel = context.channel
-        // A client that does not read must not keep the channel: closed anyway after the grace.
-        let grace = context.eventLoop.scheduleTask(in: services.closeGrace) { channel.close(promise: nil) }
-        written.futureResult.assumeIsolated().whenComplete { [self] _ in
-            grace.cancel()
-            self.context?.close(promise: nil)
-        }
+        close(sending: packets, grace: services.closeGrace, on: connection.eventLoop)
     }
 
     func resumeReading() {
@@ -112,10 +96,35 @@ final class MQTTChannelHandler: ChannelDuplexHandler, ConnectionIO {
     }
 
     func setProtocolVersion(_ version: MQTTProtocolVersion) {
-        encoder.encoder.protocolVersion = version
+        encoder.framing.encoder.protocolVersion = version
     }
 
     func setMaximumPacketSize(_ size: Int?) {
-        encoder.maximumPacketSize = size
+        encoder.framing.setClientMaximumPacketSize(size)
+    }
+
+    // MARK: GracefulClose
+
+    func writeThenClose(_ packets: [MQTTPacket]) -> Bool {
+        guard let context else { return true }
+        guard let last = packets.last else {
+            context.close(promise: nil)
+            return true
+        }
+        for packet in packets.dropLast() { context.write(wrapOutboundOut(packet), promise: nil) }
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(last), promise: written)
+        written.futureResult.assumeIsolated().whenComplete { [self] _ in self.context?.close(promise: nil) }
+        closing = written.futureResult
+        return false
+    }
+
+    func closingAnyway(_ timer: Scheduled<Void>) {
+        // Once the last packet is written (or failed) the channel is closed: no grace left to wait.
+        closing?.whenComplete { _ in timer.cancel() }
+    }
+
+    func closeAtOnce() {
+        channel?.close(promise: nil)
     }
 }

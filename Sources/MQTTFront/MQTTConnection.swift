@@ -1,4 +1,7 @@
 import CustodyModel
+#if os(Linux)
+import EpollTransport
+#endif
 import Logging
 import MQTTCodec
 import NIOCore
@@ -49,7 +52,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         case scheduled(NIOScheduledCallback)
         #if os(Linux)
         /// The id of a timer on an `EpollEventLoop`.
-        case onEpoll(UInt64)
+        case onEpoll(EpollTimerID)
         #endif
     }
     /// `eventLoop` is an `EpollEventLoop` (plain TCP): its timers are called directly.
@@ -95,7 +98,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         case .none: return
         case .scheduled(let callback): callback.cancel()
         #if os(Linux)
-        case .onEpoll(let id): epollLoop.cancelConnectionTimer(id)
+        case .onEpoll(let id): epollLoop.cancelTimer(id)
         #endif
         }
         timer = .none
@@ -107,7 +110,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         timerKind = kind
         #if os(Linux)
         if onEpollLoop {
-            timer = .onEpoll(epollLoop.scheduleConnectionTimer(self, at: deadline))
+            timer = .onEpoll(epollLoop.scheduleTimer(self, at: deadline))
             return
         }
         #endif

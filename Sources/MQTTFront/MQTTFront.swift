@@ -1,5 +1,8 @@
 // The MQTT front: listeners and the connection state machine; see DESIGN.md §3.
 import CustodyModel
+#if os(Linux)
+import EpollTransport
+#endif
 import Logging
 import MQTTCodec
 import NIOCore
@@ -90,7 +93,7 @@ public struct MQTTFrontConfiguration: Sendable {
     /// How plain-TCP (`mqtt`) listeners carry their connections. TLS and WebSocket
     /// listeners always use SwiftNIO channels.
     public enum PlainTCPFront: Sendable {
-        /// Bare sockets on Custody's own epoll loops (EpollEventLoop.swift, RawTCP.swift):
+        /// Bare sockets on Custody's own epoll loops (the EpollTransport module, RawConnectionIO.swift):
         /// a connection is one small object instead of a NIO channel and its pipeline. The
         /// default on Linux.
         case epoll
@@ -196,9 +199,13 @@ public final class MQTTFront: Sendable {
         try epoll.withLock { epoll in
             if epoll.loops.isEmpty {
                 let count = max(1, configuration.eventLoopThreads)
-                epoll.loops = try (0..<count).map { try EpollEventLoop(name: "custody-mqtt-\($0)") }
+                epoll.loops = try (0..<count).map { try EpollEventLoop(name: "custody-mqtt-\($0)", logger: services.logger) }
             }
-            let listener = try RawTCPListener(address: address, loops: epoll.loops, services: services)
+            let listener = try RawTCPListener(
+                host: address.host, port: address.port, loops: epoll.loops, logger: services.logger
+            ) { [services] descriptor, loop in
+                RawConnectionIO(descriptor: descriptor, loop: loop, services: services)
+            }
             epoll.listeners.append(listener)
             return listener.port
         }
@@ -242,9 +249,7 @@ public final class MQTTFront: Sendable {
     private static func addMQTTHandlers(
         _ channel: any Channel, _ services: FrontServices, tls: TLSTransport? = nil
     ) throws {
-        let encoder = MQTTPacketEncoderHandler()
-        encoder.metrics = services.metrics
-        if services.logger.logLevel <= .debug { encoder.debugLogger = services.logger }
+        let encoder = MQTTPacketEncoderHandler(metrics: services.metrics, logger: services.logger)
         let operations = channel.pipeline.syncOperations
         try operations.addHandler(ByteToMessageHandler(
             MQTTFrameDecoder(maximumPacketSize: services.maximumPacketSize, metrics: services.metrics)))

@@ -2,43 +2,24 @@ import Logging
 import MQTTCodec
 import NIOCore
 
-/// Bytes to packets. After the first failure the stream cannot be resynchronised: the
-/// failure goes up once and every later byte is dropped while the connection closes.
+/// Bytes to packets on a NIO channel (MQTTFraming.swift does the framing).
 struct MQTTFrameDecoder: ByteToMessageDecoder {
     typealias InboundOut = MQTTInbound
 
-    private var decoder: MQTTDecoder
-    private var failed = false
+    private var framing: MQTTFraming
     /// Counts PUBLISHes by QoS and the bytes of every packet; nil: nothing is counted.
     private let metrics: FrontMetrics?
 
     init(maximumPacketSize: Int, metrics: FrontMetrics? = nil) {
-        decoder = MQTTDecoder(maximumPacketSize: maximumPacketSize)
+        framing = MQTTFraming(maximumPacketSize: maximumPacketSize)
         self.metrics = metrics
     }
 
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        if failed {
-            buffer.moveReaderIndex(to: buffer.writerIndex)
-            return .needMoreData
-        }
-        let before = buffer.readerIndex
-        switch decoder.decode(&buffer) {
-        case .needMoreData:
-            return .needMoreData
-        case .packet(let packet):
-            if let metrics {
-                metrics.bytesReceived.increment(by: buffer.readerIndex - before)
-                if case .publish(let publish) = packet { metrics.messagesReceived[Int(publish.qos.rawValue)].increment() }
-            }
-            context.fireChannelRead(wrapInboundOut(.packet(packet)))
-            return .continue
-        case .failure(let error):
-            failed = true
-            buffer.moveReaderIndex(to: buffer.writerIndex)
-            context.fireChannelRead(wrapInboundOut(.failure(error)))
-            return .needMoreData
-        }
+        guard let inbound = framing.next(from: &buffer, metrics: metrics) else { return .needMoreData }
+        context.fireChannelRead(wrapInboundOut(inbound))
+        if case .failure = inbound { return .needMoreData }
+        return .continue
     }
 
     mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws
@@ -49,43 +30,34 @@ struct MQTTFrameDecoder: ByteToMessageDecoder {
     }
 }
 
-/// Packets to bytes, in the connection's version (set by the connection handler once the
-/// CONNECT is known; same event loop, so a plain property).
+/// Packets to bytes on a NIO channel, in the connection's version (set by the connection
+/// handler once the CONNECT is known; same event loop, so a plain property).
 final class MQTTPacketEncoderHandler: ChannelOutboundHandler {
     typealias OutboundIn = MQTTPacket
     typealias OutboundOut = ByteBuffer
 
-    var encoder = MQTTEncoder(protocolVersion: .mqtt3_1_1)
-    /// The client's v5 Maximum Packet Size: larger packets are not sent (MQTT-3.1.2-24).
-    var maximumPacketSize: Int?
-    var onEncodingError: ((MQTTPacket, MQTTEncodingError) -> Void)?
+    /// Its writing half only (the decoder has its own).
+    var framing = MQTTFraming()
     /// Counts PUBLISHes by QoS and the bytes of every packet sent; nil: nothing is counted.
-    var metrics: FrontMetrics?
-    /// Set only when debug lines are wanted: one "packet sent" line per packet.
-    var debugLogger: Logger?
+    private let metrics: FrontMetrics?
+    private let logger: Logger
 
+    init(metrics: FrontMetrics?, logger: Logger) {
+        self.metrics = metrics
+        self.logger = logger
+    }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let packet = unwrapOutboundIn(data)
         var buffer = context.channel.allocator.buffer(capacity: 64)
         do {
-            if let maximum = maximumPacketSize, try encoder.encodedSize(of: packet) > maximum {
+            guard try framing.write(
+                packet, into: &buffer, metrics: metrics, logger: logger, remoteAddress: context.remoteAddressText ?? "-")
+            else {
                 promise?.succeed()
                 return
             }
-            try encoder.encode(packet, into: &buffer)
-            if let metrics {
-                metrics.bytesSent.increment(by: buffer.readableBytes)
-                if case .publish(let publish) = packet { metrics.messagesSent[Int(publish.qos.rawValue)].increment() }
-            }
-            if let debugLogger {
-                debugLogger.debug("packet sent", metadata: [
-                    "packet_type": "\(packet.type)", "bytes": "\(buffer.readableBytes)",
-                    "remote_address": "\(context.remoteAddressText ?? "-")",
-                ])
-            }
         } catch {
-            onEncodingError?(packet, error)
             promise?.fail(error)
             return
         }

@@ -7,99 +7,18 @@ import Glibc
 import MQTTCodec
 import NIOCore
 import SessionLedger
-import Synchronization
 import Testing
 
 @testable import MQTTFront
 
-// The plain-TCP front's own event loop (EpollEventLoop.swift) and its bare-socket connections
-// (RawTCP.swift), tested on their own and, end to end over 127.0.0.1, next to the NIO channel
-// front that TLS and WebSocket listeners use (and plain TCP with `plainTCPFront = .nio`).
+// MQTT over the epoll transport (RawConnectionIO.swift; the transport's own tests are in
+// EpollTransportTests), end to end over 127.0.0.1, next to the NIO channel front that TLS and
+// WebSocket listeners use (and plain TCP with `plainTCPFront = .nio`).
 
-/// Values appended from any thread.
-private final class Recorder<Value: Sendable>: Sendable {
-    private let values = Mutex<[Value]>([])
-    func append(_ value: Value) { values.withLock { $0.append(value) } }
-    var all: [Value] { values.withLock { $0 } }
-}
-
-private final class CountingHandler: NIOScheduledCallbackHandler, Sendable {
-    let fired = Atomic<Int>(0)
-    let cancelled = Atomic<Int>(0)
-    func handleScheduledCallback(eventLoop: some EventLoop) { fired.add(1, ordering: .relaxed) }
-    func didCancelScheduledCallback(eventLoop: some EventLoop) { cancelled.add(1, ordering: .relaxed) }
-}
-
-@Suite("Epoll event loop")
-struct EpollEventLoopTests {
-    @Test func tasksRunOnTheLoopInOrder() async throws {
-        let loop = try EpollEventLoop(name: "test-tasks")
-        #expect(!loop.inEventLoop)
-        let order = Recorder<Int>()
-        let done = (0..<200).map { index in
-            loop.submit {
-                precondition(loop.inEventLoop)
-                order.append(index)
-            }
-        }
-        try await EventLoopFuture.andAllSucceed(done, on: loop).get()
-        #expect(order.all == Array(0..<200))
-        // A task a task queues runs too (the loop does not sleep on it).
-        let nested = try await loop.flatSubmit { loop.submit { 42 } }.get()
-        #expect(nested == 42)
-        try await loop.shutdownGracefully()
-    }
-
-    @Test func timersFireInDeadlineOrderAndCancelledOnesDoNot() async throws {
-        let loop = try EpollEventLoop(name: "test-timers")
-        let fired = Recorder<Int>()
-        let start = NIODeadline.now()
-        let late = loop.scheduleTask(deadline: start + .milliseconds(80)) { fired.append(3) }
-        let early = loop.scheduleTask(deadline: start + .milliseconds(20)) { fired.append(1) }
-        let cancelled = loop.scheduleTask(deadline: start + .milliseconds(50)) { fired.append(2) }
-        cancelled.cancel()
-        try await early.futureResult.get()
-        try await late.futureResult.get()
-        await #expect(throws: EventLoopError.self) { try await cancelled.futureResult.get() }
-        #expect(fired.all == [1, 3])
-        #expect(NIODeadline.now() >= start + .milliseconds(80))
-        try await loop.shutdownGracefully()
-    }
-
-    @Test func scheduledCallbacksFireOrHearOfTheirCancellation() async throws {
-        let loop = try EpollEventLoop(name: "test-callbacks")
-        let kept = CountingHandler()
-        let dropped = CountingHandler()
-        try await loop.submit {
-            _ = try loop.scheduleCallback(in: .milliseconds(10), handler: kept)
-            try loop.scheduleCallback(in: .milliseconds(10), handler: dropped).cancel()
-        }.get()
-        // From another thread: scheduled and cancelled through the loop's queue, in order.
-        let fromOutside = CountingHandler()
-        try loop.scheduleCallback(in: .seconds(30), handler: fromOutside).cancel()
-        // Pending at shutdown: cancelled then; a pending task's future fails.
-        let pending = CountingHandler()
-        _ = try loop.scheduleCallback(in: .seconds(30), handler: pending)
-        let pendingTask = loop.scheduleTask(in: .seconds(30)) { 1 }
-        // Heard now: a stopped loop runs nothing more, so its futures cannot be awaited after.
-        let taskOutcome = Recorder<String>()
-        pendingTask.futureResult.whenComplete { result in taskOutcome.append("\(result)") }
-        try await Task.sleep(for: .milliseconds(150))
-        #expect(kept.fired.load(ordering: .relaxed) == 1)
-        #expect(kept.cancelled.load(ordering: .relaxed) == 0)
-        #expect(dropped.fired.load(ordering: .relaxed) == 0)
-        #expect(dropped.cancelled.load(ordering: .relaxed) == 1)
-        #expect(fromOutside.cancelled.load(ordering: .relaxed) == 1)
-        try await loop.shutdownGracefully()
-        #expect(pending.cancelled.load(ordering: .relaxed) == 1)
-        #expect(pending.fired.load(ordering: .relaxed) == 0)
-        #expect(taskOutcome.all.count == 1)
-        #expect(taskOutcome.all.first?.contains("shutdown") == true)
-        // A second shutdown answers at once.
-        try await loop.shutdownGracefully()
-    }
-
-    /// The read fast path for `E0 00` and `C0 00` gives what the decoder gives, in both versions.
+/// The epoll transport's read fast path for `E0 00` and `C0 00` (MQTTFraming.swift) gives
+/// what the decoder gives, in both versions.
+@Suite("MQTT framing")
+struct MQTTFramingTests {
     @Test func bodilessPacketsAsTheDecoderReadsThem() throws {
         for version in [MQTTProtocolVersion.mqtt3_1_1, .mqtt5] {
             for bytes: [UInt8] in [[0xE0, 0x00], [0xC0, 0x00]] {
@@ -109,30 +28,18 @@ struct EpollEventLoopTests {
                     Issue.record("\(bytes) did not decode")
                     continue
                 }
-                let fast = bytes.withUnsafeBytes { RawConnection.bodilessPacket($0) }
+                let fast = bytes.withUnsafeBytes { MQTTFraming.bodilessPacket($0) }
                 #expect(fast == decoded)
             }
         }
         for bytes: [UInt8] in [[0xE0, 0x01], [0xE1, 0x00], [0xC0, 0x00, 0xC0], [0x30, 0x00]] {
-            #expect(bytes.withUnsafeBytes { RawConnection.bodilessPacket($0) } == nil)
+            #expect(bytes.withUnsafeBytes { MQTTFraming.bodilessPacket($0) } == nil)
         }
     }
 
-    @Test func timerHeapPopsInDeadlineOrder() {
-        var heap = TimerHeap()
-        var generator = SystemRandomNumberGenerator()
-        var pushed: [(UInt64, UInt64)] = []
-        for id in 1...500 {
-            let deadline = UInt64.random(in: 0...1_000, using: &generator)
-            heap.push(deadline, UInt64(id))
-            pushed.append((deadline, UInt64(id)))
-        }
-        var popped: [(UInt64, UInt64)] = []
-        while let entry = heap.pop() { popped.append((entry.deadline, entry.id)) }
-        let expected = pushed.sorted { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
-        #expect(popped.map(\.0) == expected.map(\.0))
-        #expect(popped.map(\.1) == expected.map(\.1))
-        #expect(heap.isEmpty)
+    /// A held plain-TCP connection keeps its framing: both directions in 24 bytes.
+    @Test func framingFitsIn24Bytes() {
+        #expect(MemoryLayout<MQTTFraming>.size <= 24)
     }
 }
 

@@ -1,4 +1,4 @@
-// The Linux headers the plain-TCP front (MQTTFront/EpollEventLoop.swift, RawTCP.swift)
+// The Linux headers the epoll transport (Sources/EpollTransport)
 // needs and that Swift's Glibc module does not bring: epoll, eventfd, TCP options.
 #ifndef CEPOLL_H
 #define CEPOLL_H
