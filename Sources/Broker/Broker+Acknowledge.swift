@@ -6,14 +6,14 @@ extension Broker {
     /// PUBACK, PUBREC and PUBCOMP for messages the broker sent. Nothing to wait for: the
     /// client already has the message, and losing the deletion only means a resend.
     func acknowledge(
-        _ response: MQTTPublishResponse, _ expected: DeliveryState, from session: BrokerSession
+        _ response: MQTTPublishResponse, _ expected: OutboundState, from session: BrokerSession
     ) throws(BrokerError) -> [MQTTPacket] {
         let state = session.state
         return try locked { () throws(BrokerError) -> [MQTTPacket] in
             try check(session)
             let id = response.packetIdentifier
-            var ops: [BrokerStoreOperation] = []
-            defer { submit(ops) }
+            var batch = StoreBatch()
+            defer { submit(batch) }
             guard let delivery = state.inflight[id] else {
                 // PUBREC for an unknown identifier still gets its PUBREL (v5: 0x92);
                 // stray PUBACKs and PUBCOMPs are ignored.
@@ -25,16 +25,16 @@ extension Broker {
             }
             switch (expected, delivery.state) {
             case (.awaitingAck, .awaitingAck), (.awaitingComp, .awaitingComp):
-                finish(delivery, state, &ops)
+                finish(delivery, state, &batch)
                 return []
             case (.awaitingRec, .awaitingRec):
                 if response.reasonCode.isFailure {
                     // The receiver refused it: the flow ends here, without PUBREL (4.3.3).
-                    finish(delivery, state, &ops)
+                    finish(delivery, state, &batch)
                     return []
                 }
                 delivery.state = .awaitingComp
-                if delivery.stored { ops.append(putRecord(delivery, state)) }
+                if delivery.stored { putRecord(delivery, state, &batch) }
                 return [.pubrel(MQTTPublishResponse(packetIdentifier: id))]
             case (.awaitingRec, .awaitingComp):
                 return [.pubrel(MQTTPublishResponse(packetIdentifier: id))]
@@ -48,25 +48,9 @@ extension Broker {
     }
 
     /// The end of a delivery's flow: out of the window, off the disk, next one in.
-    func finish(_ delivery: Delivery, _ session: SessionState, _ ops: inout [BrokerStoreOperation]) {
+    func finish(_ delivery: OutboundMessage, _ session: SessionState, _ batch: inout StoreBatch) {
         session.inflight[delivery.packetIdentifier] = nil
-        release(delivery, session, &ops, deleteRecord: true)
-        pump(session, &ops)
-    }
-
-    func release(
-        _ delivery: Delivery, _ session: SessionState, _ ops: inout [BrokerStoreOperation], deleteRecord: Bool
-    ) {
-        guard delivery.stored else { return }
-        delivery.stored = false
-        if deleteRecord {
-            ops.append(.delete(.sessions, key: BrokerRecords.deliveryKey(session.prefix, delivery.sequence)))
-        }
-        let message = delivery.message
-        message.references -= 1
-        if message.references == 0, message.storeKey != 0 {
-            ops.append(.delete(.messages, key: BrokerRecords.messageKey(message.storeKey)))
-            message.storeKey = 0
-        }
+        forget(delivery, session, &batch, deleteRecord: true)
+        pump(session, &batch)
     }
 }

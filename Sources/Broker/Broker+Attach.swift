@@ -34,7 +34,7 @@ extension Broker {
         _ name: SessionName, _ persistent: Bool, _ sessionPresent: Bool,
         _ protocolVersion: MQTTProtocolVersion, _ receiveMaximum: Int, _ maximumPacketSize: Int?, _ sink: BrokerSink
     ) -> BrokerSession {
-        var ops: [BrokerStoreOperation] = []
+        var batch = StoreBatch()
         if let old = sessions[name] {
             // A will waiting for its delay is cancelled by the resumption (MQTT-3.1.3-9) and
             // sent now when the session starts over. The will of a connection taken over is
@@ -42,22 +42,22 @@ extension Broker {
             if let will = old.pendingWill {
                 old.pendingWill = nil
                 if !sessionPresent { publishWill(will, from: old) }
-                forgetStoredWill(old, &ops)
+                forgetStoredWill(old, &batch)
             }
             if old.attachment != 0, let will = old.will {
                 old.will = nil
                 if !sessionPresent || willDelay(will, old) == 0 { publishWill(will, from: old) }
-                forgetStoredWill(old, &ops)
+                forgetStoredWill(old, &batch)
             }
         }
         if !sessionPresent, let old = sessions[name] {
-            discard(old, &ops)
+            discard(old, &batch)
             sessions[name] = nil
         }
         let state: SessionState
         if let existing = sessions[name] {
             state = existing
-            if state.persistent != persistent { changePersistence(state, to: persistent, &ops) }
+            if state.persistent != persistent { changePersistence(state, to: persistent, &batch) }
         } else {
             state = SessionState(name: name, persistent: persistent)
             sessions[name] = state
@@ -81,14 +81,14 @@ extension Broker {
             for delivery in state.inflight.values.sorted(by: { $0.sequence < $1.sequence }) {
                 if delivery.state == .awaitingComp {
                     packets.append(.pubrel(MQTTPublishResponse(packetIdentifier: delivery.packetIdentifier)))
-                } else if delivery.durable, let packet = transmit(delivery, state, now: now, &ops) {
+                } else if delivery.durable, let packet = transmit(delivery, state, now: now, &batch) {
                     packets.append(packet)
                 }
             }
             post(state, packets)
         }
-        pump(state, &ops)
-        submit(ops)
+        pump(state, &batch)
+        submit(batch)
         return BrokerSession(name: name, broker: self, state: state, token: state.attachment)
     }
 
@@ -113,61 +113,54 @@ extension Broker {
         state.sink = nil
         if let will = state.will {
             state.will = nil
-            var ops: [BrokerStoreOperation] = []
+            var batch = StoreBatch()
             let delay = willDelay(will, state)
             if publishWill, delay > 0 {
-                storeWill(will, state, due: clock() + Int64(delay) * 1_000_000, &ops)
+                storeWill(will, state, due: clock() + Int64(delay) * 1_000_000, &batch)
                 schedule(will, state, afterMicroseconds: Int64(delay) * 1_000_000)
             } else {
                 if publishWill { self.publishWill(will, from: state) }
-                forgetStoredWill(state, &ops)
+                forgetStoredWill(state, &batch)
             }
-            submit(ops)
+            submit(batch)
         }
         if !state.persistent {
-            var ops: [BrokerStoreOperation] = []
-            discard(state, &ops)
+            var batch = StoreBatch()
+            discard(state, &batch)
             if sessions[state.name] === state { sessions[state.name] = nil }
-            submit(ops)
+            submit(batch)
         }
     }
 
     /// A session resumed with another expiry: a persistent one that becomes non-persistent
     /// leaves the disk; the other way round everything it holds is written.
-    func changePersistence(_ state: SessionState, to persistent: Bool, _ ops: inout [BrokerStoreOperation]) {
+    func changePersistence(_ state: SessionState, to persistent: Bool, _ batch: inout StoreBatch) {
         state.persistent = persistent
         guard store != nil else { return }
         let deliveries = Array(state.inflight.values) + Array(state.queue)
         if !persistent {
             for delivery in deliveries {
-                release(delivery, state, &ops, deleteRecord: false)
+                forget(delivery, state, &batch, deleteRecord: false)
                 delivery.durable = true
             }
-            ops.append(.deletePrefix(.sessions, prefix: state.prefix))
+            batch.deletePrefix(.sessions, prefix: state.prefix)
             state.willStored = false
             return
         }
         for (filter, subscriber) in state.subscriptions {
-            ops.append(.put(
+            batch.put(
                 .sessions, key: BrokerRecords.subscriptionKey(state.prefix, filter),
-                value: BrokerRecords.encodeSubscription(subscriber.options, subscriber.identifier)))
+                value: BrokerRecords.encodeSubscription(subscriber.options, subscriber.identifier))
         }
         for id in state.inboundQoS2 {
-            ops.append(.put(.sessions, key: BrokerRecords.inboundKey(state.prefix, id), value: []))
+            batch.put(.sessions, key: BrokerRecords.inboundKey(state.prefix, id), value: [])
         }
         for delivery in deliveries.sorted(by: { $0.sequence < $1.sequence }) {
-            let message = delivery.message
-            if message.storeKey == 0 {
-                guard let bytes = BrokerRecords.encodeMessage(message.publish, receivedAt: message.receivedAt) else {
-                    continue
-                }
-                sequence += 1
-                message.storeKey = sequence
-                ops.append(.put(.messages, key: BrokerRecords.messageKey(sequence), value: bytes))
-            }
-            message.references += 1
+            // Already sent or in memory as durable: nothing to hold back, only records to write.
+            guard storeMessage(delivery.message, &batch) else { continue }
+            delivery.message.references += 1
             delivery.stored = true
-            ops.append(putRecord(delivery, state))
+            putRecord(delivery, state, &batch)
         }
     }
 }

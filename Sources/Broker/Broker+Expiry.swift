@@ -9,7 +9,7 @@ extension Broker {
     public func sweepExpired() -> Int {
         locked {
             let now = clock()
-            var ops: [BrokerStoreOperation] = []
+            var batch = StoreBatch()
             var count = 0
             // Only queues that took a message with an expiry since they were last found clean.
             for state in sessions.values where state.queueMayExpire {
@@ -18,9 +18,9 @@ extension Broker {
                 var kept = DeliveryQueue(initialCapacity: state.queue.count)
                 for delivery in state.queue {
                     if isExpired(delivery, now: now) {
-                        release(delivery, state, &ops, deleteRecord: true)
+                        forget(delivery, state, &batch, deleteRecord: true)
                         state.expired += 1
-                        expiredTotal += 1
+                        droppedExpired += 1
                         count += 1
                     } else {
                         if delivery.message.expiresAt != nil { mayExpire = true }
@@ -32,14 +32,14 @@ extension Broker {
             }
             for (topic, message) in retained where isExpired(message, now: now) {
                 retained[topic] = nil
-                if store != nil { ops.append(.delete(.retained, key: Array(topic.utf8))) }
+                if store != nil { batch.delete(.retained, key: Array(topic.utf8)) }
             }
-            submit(ops)
+            submit(batch)
             return count
         }
     }
 
-    func isExpired(_ delivery: Delivery, now: Int64) -> Bool {
+    func isExpired(_ delivery: OutboundMessage, now: Int64) -> Bool {
         isExpired(delivery.message, now: now)
     }
 

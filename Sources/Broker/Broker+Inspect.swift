@@ -54,9 +54,9 @@ extension Broker {
                 totals.inflight += state.inflight.count
             }
             totals.retained = retained.count
-            totals.droppedQueueFull = droppedTotal
-            totals.droppedExpired = expiredTotal
-            totals.droppedTooLarge = discardedTotal
+            totals.droppedQueueFull = droppedQueueFull
+            totals.droppedExpired = droppedExpired
+            totals.droppedTooLarge = droppedTooLarge
             totals.willsPublished = willsPublished
             totals.serverPublished = serverPublished
             return totals
@@ -70,14 +70,12 @@ extension Broker {
     /// Will messages published since the broker started.
     public var publishedWills: Int { locked { willsPublished } }
 
-    /// Names of the sessions the broker holds state for (attached or not).
-    /// Whether the broker keeps any state for `name` (attached or not): when it does not,
-    /// `endSession(name)` has nothing to do.
     /// Whether state for `name` is kept with no connection attached (what `endSession` drops).
     public func hasDetachedSession(_ name: SessionName) -> Bool {
         locked { sessions[name].map { $0.attachment == 0 } ?? false }
     }
 
+    /// Names of the sessions the broker holds state for (attached or not).
     public var sessionNames: Set<SessionName> {
         locked { Set(sessions.keys) }
     }
@@ -93,7 +91,4 @@ extension Broker {
                 expired: state.expired, willPending: state.pendingWill != nil)
         }
     }
-
-    /// Messages dropped from full queues since the broker started.
-    public var droppedMessages: Int { locked { droppedTotal } }
 }

@@ -8,13 +8,13 @@ extension Broker {
     func load() throws {
         guard let store else { return }
         var messages: [UInt64: Message] = [:]
-        var cleanup: [BrokerStoreOperation] = []
+        var cleanup = StoreBatch()
         var highest: UInt64 = 0
         var loadedWills: [(SessionState, MQTTWill, Int64)] = []
         let now = clock()
         try store.forEach(.messages) { key, value in
             guard key.count == 8, let (publish, receivedAt) = BrokerRecords.decodeMessage(value) else {
-                cleanup.append(.delete(.messages, key: Array(key)))
+                cleanup.delete(.messages, key: Array(key))
                 return
             }
             let storeKey = UInt64(bigEndian: key.loadUnaligned(as: UInt64.self))
@@ -25,7 +25,7 @@ extension Broker {
         }
         try store.forEach(.retained) { key, value in
             guard let (publish, receivedAt) = BrokerRecords.decodeMessage(value) else {
-                cleanup.append(.delete(.retained, key: Array(key)))
+                cleanup.delete(.retained, key: Array(key))
                 return
             }
             var kept = publish
@@ -34,7 +34,7 @@ extension Broker {
         }
         try store.forEach(.sessions) { key, value in
             guard let separator = key.firstIndex(of: 0), separator + 1 < key.count else {
-                cleanup.append(.delete(.sessions, key: Array(key)))
+                cleanup.delete(.sessions, key: Array(key))
                 return
             }
             let name = SessionName(unchecked: String(decoding: key[..<separator], as: UTF8.self))
@@ -53,7 +53,7 @@ extension Broker {
                 guard TopicRules.checkFilter(filter) == nil,
                     let (options, identifier) = BrokerRecords.decodeSubscription(value)
                 else {
-                    cleanup.append(.delete(.sessions, key: Array(key)))
+                    cleanup.delete(.sessions, key: Array(key))
                     return
                 }
                 let subscriber = Subscriber(session: state, options: options, identifier: identifier)
@@ -63,12 +63,12 @@ extension Broker {
                 guard suffix.count == 8, let record = BrokerRecords.decodeDelivery(value),
                     let message = messages[record.messageKey]
                 else {
-                    cleanup.append(.delete(.sessions, key: Array(key)))
+                    cleanup.delete(.sessions, key: Array(key))
                     return
                 }
                 let sequence = UInt64(bigEndian: suffix.loadUnaligned(as: UInt64.self))
                 highest = max(highest, sequence)
-                let delivery = Delivery(
+                let delivery = OutboundMessage(
                     sequence: sequence, message: message, qos: record.qos, retain: record.retain,
                     identifiers: record.identifiers, share: record.share)
                 delivery.stored = true
@@ -92,7 +92,7 @@ extension Broker {
                 }
             case BrokerRecords.willKind:
                 guard suffix.isEmpty, let (will, due, delay) = BrokerRecords.decodeWill(value) else {
-                    cleanup.append(.delete(.sessions, key: Array(key)))
+                    cleanup.delete(.sessions, key: Array(key))
                     return
                 }
                 // Due 0: the broker stopped while its connection was up, an unclean end.
@@ -100,16 +100,16 @@ extension Broker {
                 loadedWills.append((state, will, due == 0 ? now + Int64(delay) * 1_000_000 : due))
             case BrokerRecords.inboundKind:
                 guard suffix.count == 2 else {
-                    cleanup.append(.delete(.sessions, key: Array(key)))
+                    cleanup.delete(.sessions, key: Array(key))
                     return
                 }
                 state.inboundQoS2.insert(UInt16(bigEndian: suffix.loadUnaligned(as: UInt16.self)))
             default:
-                cleanup.append(.delete(.sessions, key: Array(key)))
+                cleanup.delete(.sessions, key: Array(key))
             }
         }
         for message in messages.values where message.references == 0 {
-            cleanup.append(.delete(.messages, key: BrokerRecords.messageKey(message.storeKey)))
+            cleanup.delete(.messages, key: BrokerRecords.messageKey(message.storeKey))
             message.storeKey = 0
         }
         sequence = highest
@@ -117,22 +117,10 @@ extension Broker {
             // A connection that was up at the stop gets its due time written (and keeps it
             // across further restarts).
             if let bytes = BrokerRecords.encodeWill(will, due: due, delay: will.properties.willDelayInterval ?? 0) {
-                cleanup.append(.put(.sessions, key: BrokerRecords.willKey(state.prefix), value: bytes))
+                cleanup.put(.sessions, key: BrokerRecords.willKey(state.prefix), value: bytes)
             }
             schedule(will, state, afterMicroseconds: due - now)
         }
-        if !cleanup.isEmpty { try await_(store, cleanup) }
-    }
-
-    /// Init is synchronous: the cleanup commit is waited for on a semaphore.
-    func await_(_ store: BrokerStore, _ ops: [BrokerStoreOperation]) throws {
-        let semaphore = DispatchSemaphore(value: 0)
-        let outcome = CommitOutcome()
-        store.submit(ops) { result in
-            outcome.set(result)
-            semaphore.signal()
-        }
-        semaphore.wait()
-        try outcome.get()
+        try commitBlocking(cleanup)
     }
 }

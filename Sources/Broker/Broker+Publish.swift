@@ -38,21 +38,20 @@ extension Broker {
         }
         let (answer, waiter): (MQTTPacket?, CommitWaiter?) = try locked { () throws(BrokerError) in
             try check(session)
-            var ops: [BrokerStoreOperation] = []
-            var pending: [(SessionState, Delivery)] = []
+            var batch = StoreBatch()
             let id = publish.packetIdentifier ?? 0
             let v5 = state.version == .mqtt5
             switch publish.qos {
             case .atMostOnce:
-                _ = route(publish, from: state, &ops, &pending)
-                if publish.retain { keepRetained(publish, &ops) }
-                return (nil, submitWaiting(ops, pending))
+                _ = route(publish, from: state, &batch)
+                if publish.retain { keepRetained(publish, &batch) }
+                return (nil, submitWaiting(batch))
             case .atLeastOnce:
-                let matched = route(publish, from: state, &ops, &pending)
-                if publish.retain { keepRetained(publish, &ops) }
+                let matched = route(publish, from: state, &batch)
+                if publish.retain { keepRetained(publish, &batch) }
                 let code: MQTTReasonCode = v5 && matched == 0 ? .noMatchingSubscribers : .success
                 return (.puback(MQTTPublishResponse(packetIdentifier: id, reasonCode: code)),
-                        submitWaiting(ops, pending))
+                        submitWaiting(batch))
             case .exactlyOnce:
                 // Seen before PUBREL: the client resends; it was delivered already (4.3.3).
                 if state.inboundQoS2.contains(id) {
@@ -60,12 +59,12 @@ extension Broker {
                 }
                 state.inboundQoS2.insert(id)
                 if state.persistent, store != nil {
-                    ops.append(.put(.sessions, key: BrokerRecords.inboundKey(state.prefix, id), value: []))
+                    batch.put(.sessions, key: BrokerRecords.inboundKey(state.prefix, id), value: [])
                 }
-                let matched = route(publish, from: state, &ops, &pending)
-                if publish.retain { keepRetained(publish, &ops) }
+                let matched = route(publish, from: state, &batch)
+                if publish.retain { keepRetained(publish, &batch) }
                 let code: MQTTReasonCode = v5 && matched == 0 ? .noMatchingSubscribers : .success
-                let waiter = submitWaiting(ops, pending)
+                let waiter = submitWaiting(batch)
                 if let waiter { state.inboundCommits[id] = waiter }
                 return (.pubrec(MQTTPublishResponse(packetIdentifier: id, reasonCode: code)), waiter)
             }
@@ -93,7 +92,9 @@ extension Broker {
             guard state.persistent, store != nil else { return (true, nil) }
             // Waited for: after PUBCOMP the client may reuse the identifier, which a stale
             // record would make look like a duplicate after a restart.
-            return (true, submitWaiting([.delete(.sessions, key: BrokerRecords.inboundKey(state.prefix, id))]))
+            var batch = StoreBatch()
+            batch.delete(.sessions, key: BrokerRecords.inboundKey(state.prefix, id))
+            return (true, submitWaiting(batch))
         }
         if let waiter, case .failure(let error) = await waiter.wait() { throw .storage(error) }
         let code: MQTTReasonCode = known || state.version != .mqtt5 ? .success : .packetIdentifierNotFound
@@ -116,20 +117,15 @@ extension Broker {
     }
 
     /// Delivers or queues `publish` for every matching session; returns how many matched.
-    /// Deliveries that must become durable first are appended to `pending` and go out when
-    /// their commit completes.
-    func route(
-        _ publish: MQTTPublish, from publisher: SessionState?,
-        _ ops: inout [BrokerStoreOperation], _ pending: inout [(SessionState, Delivery)]
-    ) -> Int {
+    /// Deliveries that must become durable first are held in `batch` and go out when its
+    /// commit completes.
+    func route(_ publish: MQTTPublish, from publisher: SessionState?, _ batch: inout StoreBatch) -> Int {
         tree.match(publish.topicName, publisher: publisher, into: &matches)
         defer { matches.removeAll(keepingCapacity: true) }
         guard !matches.isEmpty else { return 0 }
         var message: Message?
-        var encoded: [UInt8]??
         let now = clock()
         // What every copy starts from: no Topic Alias, no identifiers, no DUP.
-        var direct: [MQTTPacket] = []
         var base = publish
         clean(&base.properties)
         base.packetIdentifier = nil
@@ -151,7 +147,7 @@ extension Broker {
                     (try? MQTTEncoder(protocolVersion: session.version).encodedSize(of: .publish(packet))) ?? Int.max > maximum
                 {
                     session.discarded += 1
-                    discardedTotal += 1
+                    droppedTooLarge += 1
                     continue
                 }
                 post(session, .publish(packet))
@@ -168,30 +164,11 @@ extension Broker {
                 message = shared
             }
             sequence += 1
-            let delivery = Delivery(
+            let delivery = OutboundMessage(
                 sequence: sequence, message: shared, qos: qos, retain: retain,
                 identifiers: match.identifiers, share: match.share?.key)
-            if session.persistent, store != nil {
-                if shared.storeKey == 0 {
-                    if encoded == nil { encoded = BrokerRecords.encodeMessage(shared.publish, receivedAt: now) }
-                    if let bytes = encoded! {
-                        sequence += 1
-                        shared.storeKey = sequence
-                        ops.append(.put(.messages, key: BrokerRecords.messageKey(sequence), value: bytes))
-                    }
-                }
-                if shared.storeKey != 0 {
-                    shared.references += 1
-                    delivery.stored = true
-                    delivery.durable = false
-                    pending.append((session, delivery))
-                }
-            }
-            enqueue(delivery, session, &ops, into: &direct)
-            if !direct.isEmpty {
-                for packet in direct { post(session, packet) }
-                direct.removeAll(keepingCapacity: true)
-            }
+            if session.persistent, store != nil { storeAndHold(delivery, for: session, &batch) }
+            if let packet = enqueue(delivery, session, &batch) { post(session, packet) }
         }
         return matches.count
     }

@@ -24,11 +24,10 @@ extension Broker {
             let publish = MQTTPublish(
                 topicName: topic, payload: payload, qos: qos, retain: false,
                 packetIdentifier: qos == .atMostOnce ? nil : 1)
-            var ops: [BrokerStoreOperation] = []
-            var pending: [(SessionState, Delivery)] = []
-            _ = route(publish, from: nil, &ops, &pending)
+            var batch = StoreBatch()
+            _ = route(publish, from: nil, &batch)
             serverPublished += 1
-            _ = submitWaiting(ops, pending)
+            _ = submitWaiting(batch)
         }
     }
 

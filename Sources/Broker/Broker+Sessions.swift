@@ -17,10 +17,10 @@ extension Broker {
                 state.pendingWill = nil
                 publishWill(will, from: state)
             }
-            var ops: [BrokerStoreOperation] = []
-            discard(state, &ops)
+            var batch = StoreBatch()
+            discard(state, &batch)
             sessions[name] = nil
-            return submitWaiting(ops)
+            return submitWaiting(batch)
         }
         if let waiter { try await waiter.wait().get() }
     }
@@ -28,27 +28,27 @@ extension Broker {
     /// Drops stored state of every session not in `live` (call at startup after ledger recovery).
     public func retainOnly(live: Set<SessionName>) async throws {
         let waiter: CommitWaiter? = locked {
-            var ops: [BrokerStoreOperation] = []
+            var batch = StoreBatch()
             for (name, state) in sessions where !live.contains(name) && state.attachment == 0 {
                 if let will = state.pendingWill {
                     state.pendingWill = nil
                     publishWill(will, from: state)
                 }
-                discard(state, &ops)
+                discard(state, &batch)
                 sessions[name] = nil
             }
-            return submitWaiting(ops)
+            return submitWaiting(batch)
         }
         if let waiter { try await waiter.wait().get() }
     }
 
-    /// Forgets a session's state, in memory and (through `ops`) on disk.
-    func discard(_ state: SessionState, _ ops: inout [BrokerStoreOperation]) {
+    /// Forgets a session's state, in memory and (through `batch`) on disk.
+    func discard(_ state: SessionState, _ batch: inout StoreBatch) {
         for filter in state.subscriptions.keys { tree.remove(filter, session: state) }
         redistributeShares(of: state)
-        for delivery in state.inflight.values { release(delivery, state, &ops, deleteRecord: false) }
-        for delivery in state.queue { release(delivery, state, &ops, deleteRecord: false) }
-        if state.persistent, store != nil { ops.append(.deletePrefix(.sessions, prefix: state.prefix)) }
+        for delivery in state.inflight.values { forget(delivery, state, &batch, deleteRecord: false) }
+        for delivery in state.queue { forget(delivery, state, &batch, deleteRecord: false) }
+        if state.persistent, store != nil { batch.deletePrefix(.sessions, prefix: state.prefix) }
         state.subscriptions = [:]
         state.inflight = [:]
         state.queue.removeAll()
@@ -70,45 +70,25 @@ extension Broker {
             .filter { $0.share != nil }
             .sorted { $0.sequence < $1.sequence }
         guard !candidates.isEmpty else { return }
-        var ops: [BrokerStoreOperation] = []
-        var pending: [(SessionState, Delivery)] = []
-        var direct: [MQTTPacket] = []
+        var batch = StoreBatch()
         for old in candidates {
             guard let key = old.share, let group = tree.groups[key], let member = group.pick() else { continue }
             let session = member.session
             let message = old.message
             sequence += 1
-            let delivery = Delivery(
+            let delivery = OutboundMessage(
                 sequence: sequence, message: message, qos: min(message.publish.qos, member.options.qos),
                 retain: message.publish.retain && member.options.retainAsPublished,
                 identifiers: member.identifier.map { [$0] } ?? [], share: key)
             if delivery.qos == .atMostOnce {
                 guard session.sink != nil else { continue }
-                if let packet = transmit(delivery, session, now: clock(), &ops) { post(session, packet) }
+                if let packet = transmit(delivery, session, now: clock(), &batch) { post(session, packet) }
                 continue
             }
-            if session.persistent, store != nil {
-                if message.storeKey == 0,
-                    let bytes = BrokerRecords.encodeMessage(message.publish, receivedAt: message.receivedAt)
-                {
-                    sequence += 1
-                    message.storeKey = sequence
-                    ops.append(.put(.messages, key: BrokerRecords.messageKey(sequence), value: bytes))
-                }
-                if message.storeKey != 0 {
-                    message.references += 1
-                    delivery.stored = true
-                    delivery.durable = false
-                    pending.append((session, delivery))
-                }
-            }
-            enqueue(delivery, session, &ops, into: &direct)
-            if !direct.isEmpty {
-                for packet in direct { post(session, packet) }
-                direct.removeAll(keepingCapacity: true)
-            }
+            if session.persistent, store != nil { storeAndHold(delivery, for: session, &batch) }
+            if let packet = enqueue(delivery, session, &batch) { post(session, packet) }
             redistributed += 1
         }
-        _ = submitWaiting(ops, pending)
+        _ = submitWaiting(batch)
     }
 }

@@ -8,7 +8,9 @@ extension Broker {
     {
         let state = session.state
         var retainedPackets: [MQTTPacket] = []
-        var retainedPending: [Delivery] = []
+        // Retained messages for a persistent session: sent by this handler after the commit,
+        // so that they follow the SUBACK.
+        var retainedHeld: [(session: SessionState, delivery: OutboundMessage)] = []
         let (codes, waiter) = try locked { () throws(BrokerError) -> ([MQTTReasonCode], CommitWaiter?) in
             try check(session)
             let v5 = state.version == .mqtt5
@@ -18,7 +20,7 @@ extension Broker {
                 throw BrokerError(.protocolError, "No Local on the shared subscription '\(bad.topicFilter)' (MQTT-3.8.3-4)")
             }
             let identifier = v5 ? subscribe.properties.subscriptionIdentifiers.first : nil
-            var ops: [BrokerStoreOperation] = []
+            var batch = StoreBatch()
             var codes: [MQTTReasonCode] = []
             codes.reserveCapacity(subscribe.subscriptions.count)
             for subscription in subscribe.subscriptions {
@@ -38,9 +40,9 @@ extension Broker {
                 let existed = state.subscriptions.updateValue(subscriber, forKey: filter) != nil
                 tree.insert(filter, subscriber)
                 if state.persistent, store != nil {
-                    ops.append(.put(
+                    batch.put(
                         .sessions, key: BrokerRecords.subscriptionKey(state.prefix, filter),
-                        value: BrokerRecords.encodeSubscription(options, identifier)))
+                        value: BrokerRecords.encodeSubscription(options, identifier))
                 }
                 codes.append(MQTTReasonCode(rawValue: options.qos.rawValue))
                 // Shared subscriptions get no retained messages (MQTT 5.0 section 4.8.2).
@@ -50,31 +52,31 @@ extension Broker {
                 case .doNotSend: false
                 }
                 if sendRetained, !retained.isEmpty {
-                    sendRetainedMessages(
-                        filter, subscriber, state, &ops, &retainedPackets, &retainedPending)
+                    sendRetainedMessages(filter, subscriber, state, &batch, &retainedPackets)
                 }
             }
-            return (codes, submitWaiting(ops))
+            retainedHeld = batch.takeHeld()
+            return (codes, submitWaiting(batch))
         }
         if let waiter {
             let result = await waiter.wait()
-            if !retainedPending.isEmpty {
+            if !retainedHeld.isEmpty {
                 // Stored now (or never): send what is in flight, after the SUBACK.
                 let sendable = result.isSuccess
                 locked {
                     let now = clock()
-                    var ops: [BrokerStoreOperation] = []
-                    for delivery in retainedPending {
+                    var batch = StoreBatch()
+                    for (_, delivery) in retainedHeld {
                         delivery.durable = true
                         guard sendable, delivery.state != .queued, !delivery.sent, state.sink != nil,
                             state.inflight[delivery.packetIdentifier] === delivery
                         else { continue }
-                        guard let packet = transmit(delivery, state, now: now, &ops) else { continue }
+                        guard let packet = transmit(delivery, state, now: now, &batch) else { continue }
                         // Taken over meanwhile: the new connection gets it through its sink.
                         if state.attachment == session.token { retainedPackets.append(packet) } else { post(state, packet) }
                     }
-                    pump(state, &ops)
-                    submit(ops)
+                    pump(state, &batch)
+                    submit(batch)
                 }
             }
             if case .failure(let error) = result { throw .storage(error) }
@@ -89,7 +91,7 @@ extension Broker {
         let state = session.state
         let (codes, waiter) = try locked { () throws(BrokerError) -> ([MQTTReasonCode], CommitWaiter?) in
             try check(session)
-            var ops: [BrokerStoreOperation] = []
+            var batch = StoreBatch()
             var codes: [MQTTReasonCode] = []
             for filter in unsubscribe.topicFilters {
                 if TopicRules.checkFilter(filter) != nil {
@@ -102,11 +104,11 @@ extension Broker {
                 }
                 tree.remove(filter, session: state)
                 if state.persistent, store != nil {
-                    ops.append(.delete(.sessions, key: BrokerRecords.subscriptionKey(state.prefix, filter)))
+                    batch.delete(.sessions, key: BrokerRecords.subscriptionKey(state.prefix, filter))
                 }
                 codes.append(.success)
             }
-            return (codes, submitWaiting(ops))
+            return (codes, submitWaiting(batch))
         }
         if let waiter, case .failure(let error) = await waiter.wait() { throw .storage(error) }
         let v5 = state.version == .mqtt5

@@ -10,33 +10,33 @@ extension Broker {
             guard state.attachment == session.token else { return }
             state.will = will
             state.willSessionExpiry = sessionExpiryInterval
-            var ops: [BrokerStoreOperation] = []
+            var batch = StoreBatch()
             if let will {
-                storeWill(will, state, due: 0, &ops)
+                storeWill(will, state, due: 0, &batch)
             } else {
-                forgetStoredWill(state, &ops)
+                forgetStoredWill(state, &batch)
             }
-            submit(ops)
+            submit(batch)
         }
     }
 
     /// A persistent session's will with a delay is kept in the store, so that a restart
     /// (or a crash) neither loses it nor sends it early. Not waited for: it promises nothing.
-    func storeWill(_ will: MQTTWill, _ state: SessionState, due: Int64, _ ops: inout [BrokerStoreOperation]) {
+    func storeWill(_ will: MQTTWill, _ state: SessionState, due: Int64, _ batch: inout StoreBatch) {
         guard state.persistent, store != nil else { return }
         let delay = willDelay(will, state)
         guard delay > 0, let bytes = BrokerRecords.encodeWill(will, due: due, delay: delay) else {
-            forgetStoredWill(state, &ops)
+            forgetStoredWill(state, &batch)
             return
         }
         state.willStored = true
-        ops.append(.put(.sessions, key: BrokerRecords.willKey(state.prefix), value: bytes))
+        batch.put(.sessions, key: BrokerRecords.willKey(state.prefix), value: bytes)
     }
 
-    func forgetStoredWill(_ state: SessionState, _ ops: inout [BrokerStoreOperation]) {
+    func forgetStoredWill(_ state: SessionState, _ batch: inout StoreBatch) {
         guard state.willStored else { return }
         state.willStored = false
-        ops.append(.delete(.sessions, key: BrokerRecords.willKey(state.prefix)))
+        batch.delete(.sessions, key: BrokerRecords.willKey(state.prefix))
     }
 
     /// Seconds to wait before a will goes: its Will Delay Interval, at most the session's
@@ -62,9 +62,9 @@ extension Broker {
             guard state.willGeneration == generation, let will = state.pendingWill else { return }
             state.pendingWill = nil
             publishWill(will, from: state)
-            var ops: [BrokerStoreOperation] = []
-            forgetStoredWill(state, &ops)
-            submit(ops)
+            var batch = StoreBatch()
+            forgetStoredWill(state, &batch)
+            submit(batch)
         }
     }
 
@@ -78,11 +78,10 @@ extension Broker {
         let publish = MQTTPublish(
             topicName: will.topic, payload: will.payload, qos: will.qos, retain: will.retain,
             packetIdentifier: will.qos == .atMostOnce ? nil : 1, properties: properties)
-        var ops: [BrokerStoreOperation] = []
-        var pending: [(SessionState, Delivery)] = []
-        _ = route(publish, from: publisher, &ops, &pending)
-        if will.retain { keepRetained(publish, &ops) }
+        var batch = StoreBatch()
+        _ = route(publish, from: publisher, &batch)
+        if will.retain { keepRetained(publish, &batch) }
         willsPublished += 1
-        _ = submitWaiting(ops, pending)
+        _ = submitWaiting(batch)
     }
 }

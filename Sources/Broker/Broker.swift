@@ -20,7 +20,7 @@ import LMDBStorage
 ///
 /// **Offline queue.** Each session queues at most `offlineQueueLimit` messages (default 1000)
 /// beyond its in-flight window. When the queue is full the OLDEST queued message is dropped
-/// and counted (`BrokerSessionInfo.dropped`, `droppedMessages`): a device that returns after
+/// and counted (`BrokerSessionInfo.dropped`, `totals.droppedQueueFull`): a device that returns after
 /// a long absence gets the latest state rather than a stale backlog. (Event Grid would end the
 /// session with SessionOverflow instead.) QoS 0 messages are not queued for detached sessions.
 ///
@@ -67,7 +67,6 @@ public final class Broker: @unchecked Sendable {
     var sequence: UInt64 = 0
     var attachments: UInt64 = 0
     var matches: [Match] = []
-    var droppedTotal = 0
     var closed = false
     var dirtySessions: [SessionState] = []
     /// The retained message of each topic that has one.
@@ -80,10 +79,12 @@ public final class Broker: @unchecked Sendable {
     var willsPublished = 0
     var redistributed = 0
     var serverPublished = 0
-    /// Queued messages dropped because their Message Expiry Interval passed, and PUBLISHes not
-    /// sent because they exceed a client's Maximum Packet Size, since the broker started.
-    var expiredTotal = 0
-    var discardedTotal = 0
+    /// Since the broker started, under the names `Totals` gives them: queued messages dropped
+    /// from full queues and because their Message Expiry Interval passed, and PUBLISHes not
+    /// sent because they exceed a client's Maximum Packet Size.
+    var droppedQueueFull = 0
+    var droppedExpired = 0
+    var droppedTooLarge = 0
 
     /// `directory`: where persistent session state lives (created if missing); nil = memory only.
     /// `storeOptions`: the LMDB map size (default 16 GiB of address space; the file grows as it fills).

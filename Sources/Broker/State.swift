@@ -7,7 +7,7 @@ import NIOCore
 // What the broker keeps per message and per session; every mutable field is guarded by the
 // broker's lock (hence @unchecked Sendable).
 
-enum DeliveryState: UInt8 {
+enum OutboundState: UInt8 {
     case queued = 0
     case awaitingAck = 1
     case awaitingRec = 2
@@ -45,8 +45,9 @@ final class Message: @unchecked Sendable {
     }
 }
 
-/// One message on its way to one session (QoS 1 or 2).
-final class Delivery: @unchecked Sendable {
+/// One message on its way from the broker to one session (QoS 1 or 2): queued, in flight, or
+/// awaiting PUBCOMP.
+final class OutboundMessage: @unchecked Sendable {
     /// Broker-wide, increasing: a session's deliveries go out in this order.
     let sequence: UInt64
     let message: Message
@@ -57,7 +58,7 @@ final class Delivery: @unchecked Sendable {
     /// the session ends before the client has it, another member gets it.
     let share: String?
     var packetIdentifier: UInt16 = 0
-    var state: DeliveryState = .queued
+    var state: OutboundState = .queued
     /// Sent at least once: a resend carries DUP.
     var sent = false
     /// A record of it is (or is being) written in the store.
@@ -91,7 +92,7 @@ final class SessionState: @unchecked Sendable {
     /// PUBLISHes not sent because they exceed `maximumPacketSize`.
     var discarded = 0
     var subscriptions: [String: Subscriber] = [:]
-    var inflight: [UInt16: Delivery] = [:]
+    var inflight: [UInt16: OutboundMessage] = [:]
     /// Allocated by the first message queued: most sessions never queue one.
     var queue = DeliveryQueue()
     var nextPacketIdentifier: UInt16 = 1
@@ -164,7 +165,7 @@ final class SessionState: @unchecked Sendable {
 
 /// A FIFO of deliveries whose storage is allocated on the first `append`.
 struct DeliveryQueue: Sequence {
-    private var buffer: CircularBuffer<Delivery>?
+    private var buffer: CircularBuffer<OutboundMessage>?
 
     init() {}
 
@@ -174,15 +175,15 @@ struct DeliveryQueue: Sequence {
 
     var count: Int { buffer?.count ?? 0 }
     var isEmpty: Bool { buffer?.isEmpty ?? true }
-    var first: Delivery? { buffer?.first }
+    var first: OutboundMessage? { buffer?.first }
 
-    mutating func append(_ delivery: Delivery) {
+    mutating func append(_ delivery: OutboundMessage) {
         if buffer == nil { buffer = CircularBuffer(initialCapacity: 4) }
         buffer!.append(delivery)
     }
 
     @discardableResult
-    mutating func removeFirst() -> Delivery {
+    mutating func removeFirst() -> OutboundMessage {
         buffer!.removeFirst()
     }
 
@@ -190,7 +191,7 @@ struct DeliveryQueue: Sequence {
         buffer = nil
     }
 
-    func makeIterator() -> IndexingIterator<[Delivery]> {
+    func makeIterator() -> IndexingIterator<[OutboundMessage]> {
         Array(buffer ?? []).makeIterator()
     }
 }
