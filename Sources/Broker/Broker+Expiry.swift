@@ -15,7 +15,7 @@ extension Broker {
             for state in sessions.values where state.queueMayExpire {
                 guard state.queue.contains(where: { isExpired($0, now: now) }) else { continue }
                 var mayExpire = false
-                var kept = DeliveryQueue(initialCapacity: state.queue.count)
+                var kept = LazyFIFO<OutboundMessage>(initialCapacity: state.queue.count)
                 for delivery in state.queue {
                     if isExpired(delivery, now: now) {
                         forget(delivery, state, &batch, deleteRecord: true)

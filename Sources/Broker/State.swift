@@ -94,7 +94,7 @@ final class SessionState: @unchecked Sendable {
     var subscriptions: [String: Subscriber] = [:]
     var inflight: [UInt16: OutboundMessage] = [:]
     /// Allocated by the first message queued: most sessions never queue one.
-    var queue = DeliveryQueue()
+    var queue = LazyFIFO<OutboundMessage>()
     var nextPacketIdentifier: UInt16 = 1
     var inboundQoS2: Set<UInt16> = []
     /// Inbound QoS 2 messages whose commit is not known yet: a resend of one (after a
@@ -160,39 +160,6 @@ final class SessionState: @unchecked Sendable {
     init(name: SessionName, persistent: Bool) {
         self.name = name
         self.persistent = persistent
-    }
-}
-
-/// A FIFO of deliveries whose storage is allocated on the first `append`.
-struct DeliveryQueue: Sequence {
-    private var buffer: CircularBuffer<OutboundMessage>?
-
-    init() {}
-
-    init(initialCapacity: Int) {
-        buffer = CircularBuffer(initialCapacity: initialCapacity)
-    }
-
-    var count: Int { buffer?.count ?? 0 }
-    var isEmpty: Bool { buffer?.isEmpty ?? true }
-    var first: OutboundMessage? { buffer?.first }
-
-    mutating func append(_ delivery: OutboundMessage) {
-        if buffer == nil { buffer = CircularBuffer(initialCapacity: 4) }
-        buffer!.append(delivery)
-    }
-
-    @discardableResult
-    mutating func removeFirst() -> OutboundMessage {
-        buffer!.removeFirst()
-    }
-
-    mutating func removeAll() {
-        buffer = nil
-    }
-
-    func makeIterator() -> IndexingIterator<[OutboundMessage]> {
-        Array(buffer ?? []).makeIterator()
     }
 }
 
