@@ -116,8 +116,9 @@ extension Broker {
             var batch = StoreBatch()
             let delay = willDelay(will, state)
             if publishWill, delay > 0 {
-                storeWill(will, state, due: clock() + Int64(delay) * 1_000_000, &batch)
-                schedule(will, state, afterMicroseconds: Int64(delay) * 1_000_000)
+                let due = clock() + Int64(delay) * 1_000_000
+                storeWill(will, state, due: due, &batch)
+                schedule(will, state, due: due)
             } else {
                 if publishWill { self.publishWill(will, from: state) }
                 forgetStoredWill(state, &batch)

@@ -7,36 +7,38 @@ extension Broker {
     /// messages went. Messages in flight are not touched: their delivery has begun.
     @discardableResult
     public func sweepExpired() -> Int {
-        locked {
-            let now = clock()
-            var batch = StoreBatch()
-            var count = 0
-            // Only queues that took a message with an expiry since they were last found clean.
-            for state in sessions.values where state.queueMayExpire {
-                guard state.queue.contains(where: { isExpired($0, now: now) }) else { continue }
-                var mayExpire = false
-                var kept = LazyFIFO<OutboundMessage>(initialCapacity: state.queue.count)
-                for delivery in state.queue {
-                    if isExpired(delivery, now: now) {
-                        forget(delivery, state, &batch, deleteRecord: true)
-                        state.expired += 1
-                        droppedExpired += 1
-                        count += 1
-                    } else {
-                        if delivery.message.expiresAt != nil { mayExpire = true }
-                        kept.append(delivery)
-                    }
+        locked { sweepExpiredLocked(now: clock()) }
+    }
+
+    @discardableResult
+    func sweepExpiredLocked(now: Int64) -> Int {
+        var batch = StoreBatch()
+        var count = 0
+        // Only queues that took a message with an expiry since they were last found clean.
+        for state in sessions.values where state.queueMayExpire {
+            guard state.queue.contains(where: { isExpired($0, now: now) }) else { continue }
+            var mayExpire = false
+            var kept = LazyFIFO<OutboundMessage>(initialCapacity: state.queue.count)
+            for delivery in state.queue {
+                if isExpired(delivery, now: now) {
+                    forget(delivery, state, &batch, deleteRecord: true)
+                    state.expired += 1
+                    droppedExpired += 1
+                    count += 1
+                } else {
+                    if delivery.message.expiresAt != nil { mayExpire = true }
+                    kept.append(delivery)
                 }
-                state.queue = kept
-                state.queueMayExpire = mayExpire
             }
-            for (topic, message) in retained where isExpired(message, now: now) {
-                retained[topic] = nil
-                if store != nil { batch.delete(.retained, key: Array(topic.utf8)) }
-            }
-            submit(batch)
-            return count
+            state.queue = kept
+            state.queueMayExpire = mayExpire
         }
+        for (topic, message) in retained where isExpired(message, now: now) {
+            retained[topic] = nil
+            if store != nil { batch.delete(.retained, key: Array(topic.utf8)) }
+        }
+        submit(batch)
+        return count
     }
 
     func isExpired(_ delivery: OutboundMessage, now: Int64) -> Bool {

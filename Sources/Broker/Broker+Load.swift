@@ -119,7 +119,7 @@ extension Broker {
             if let bytes = BrokerRecords.encodeWill(will, due: due, delay: will.properties.willDelayInterval ?? 0) {
                 cleanup.put(.sessions, key: BrokerRecords.willKey(state.prefix), value: bytes)
             }
-            schedule(will, state, afterMicroseconds: due - now)
+            schedule(will, state, due: due)
         }
         try commitBlocking(cleanup)
     }

@@ -1,5 +1,4 @@
 // Will messages: kept per connection, waiting out their delay, stored for persistent sessions.
-import Foundation
 import LMDBStorage
 import MQTTCodec
 
@@ -47,25 +46,24 @@ extension Broker {
         return min(delay, state.willSessionExpiry ?? delay)
     }
 
-    /// Makes `will` the session's pending will, published by the timer unless cancelled.
-    func schedule(_ will: MQTTWill, _ state: SessionState, afterMicroseconds delay: Int64) {
-        state.willGeneration &+= 1
+    /// Makes `will` the session's pending will, published when `due` (the broker's clock, µs)
+    /// unless cancelled first (`pendingWill` set to nil).
+    func schedule(_ will: MQTTWill, _ state: SessionState, due: Int64) {
         state.pendingWill = will
-        let generation = state.willGeneration
-        timers.asyncAfter(deadline: .now() + .microseconds(Int(max(0, delay)))) { [weak self] in
-            self?.willDelayEnded(state, generation)
-        }
+        state.willDue = due
+        willsScheduled &+= 1
+        state.willOrder = willsScheduled
+        waitingWills[ObjectIdentifier(state)] = state
+        armTimer(for: due)
     }
 
-    func willDelayEnded(_ state: SessionState, _ generation: UInt64) {
-        locked {
-            guard state.willGeneration == generation, let will = state.pendingWill else { return }
-            state.pendingWill = nil
-            publishWill(will, from: state)
-            var batch = StoreBatch()
-            forgetStoredWill(state, &batch)
-            submit(batch)
-        }
+    func willDelayEnded(_ state: SessionState) {
+        guard let will = state.pendingWill else { return }
+        state.pendingWill = nil
+        publishWill(will, from: state)
+        var batch = StoreBatch()
+        forgetStoredWill(state, &batch)
+        submit(batch)
     }
 
     /// Publishes a will message as if its client had sent it (under the lock). Its

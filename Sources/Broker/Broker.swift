@@ -71,11 +71,19 @@ public final class Broker: @unchecked Sendable {
     var dirtySessions: [SessionState] = []
     /// The retained message of each topic that has one.
     var retained: [String: Message] = [:]
-    /// Wall clock in µs since the epoch (injectable for tests of Message Expiry).
+    /// Wall clock in µs since the epoch (injectable for tests of Message Expiry and timers).
     let clock: @Sendable () -> Int64
-    /// Runs the delayed will messages and the periodic expiry sweep.
-    let timers = DispatchQueue(label: "custody.broker.timers")
-    var sweeper: DispatchSourceTimer?
+    /// Fires `fireDueTimers` (nil with `BrokerTimerDriver.manual`); `armedDeadline` is
+    /// what it is set for, by `clock`.
+    let timer: DispatchSourceTimer?
+    var armedDeadline: Int64 = .max
+    /// Wills waiting out their delay (each session's `willDue`), including cancelled ones
+    /// until the next firing; `willsScheduled` numbers them.
+    var waitingWills: [ObjectIdentifier: SessionState] = [:]
+    var willsScheduled: UInt64 = 0
+    /// µs between expiry sweeps (nil: none), and when the next is due, by `clock`.
+    let sweepInterval: Int64?
+    var nextSweep: Int64
     var willsPublished = 0
     var redistributed = 0
     var serverPublished = 0
@@ -91,37 +99,51 @@ public final class Broker: @unchecked Sendable {
     /// `clock`: µs since the epoch; `expirySweepInterval`: how often queued messages whose
     /// Message Expiry Interval has passed are dropped from every queue and from the store
     /// (nil: only when they reach the head of a queue, and on `sweepExpired()`).
+    /// `timers`: `.manual` leaves will delays and the sweep to `fireDueTimers()`.
     public init(
         directory: String?, offlineQueueLimit: Int = 1000, storeOptions: BrokerStoreOptions = BrokerStoreOptions(),
-        clock: (@Sendable () -> Int64)? = nil, expirySweepInterval: Duration? = .seconds(60)
+        clock: (@Sendable () -> Int64)? = nil, expirySweepInterval: Duration? = .seconds(60),
+        timers: BrokerTimerDriver = .dispatch
     ) throws {
         precondition(offlineQueueLimit >= 1, "the offline queue holds at least one message")
         self.offlineQueueLimit = offlineQueueLimit
-        self.clock = clock ?? { wallClock() }
+        let clock = clock ?? { wallClock() }
+        self.clock = clock
+        let interval = expirySweepInterval.map {
+            $0.components.seconds * 1_000_000 + $0.components.attoseconds / 1_000_000_000_000
+        }
+        sweepInterval = interval
+        nextSweep = interval.map { clock() + $0 } ?? .max
+        // Made (and activated, not armed) before `load`, which schedules the wills it finds;
+        // its handler needs the whole `self`, so it is armed for real at the end.
+        switch timers {
+        case .dispatch:
+            let source = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "custody.broker.timers"))
+            source.resume()
+            timer = source
+        case .manual:
+            timer = nil
+        }
         if let directory {
             store = try BrokerStore(directory: directory, options: storeOptions)
             do {
                 try load()
             } catch {
+                timer?.cancel()
                 store?.close()
                 throw error
             }
         } else {
             store = nil
         }
-        if let expirySweepInterval {
-            let interval = DispatchTimeInterval.milliseconds(
-                Int(expirySweepInterval.components.seconds * 1000 + expirySweepInterval.components.attoseconds / 1_000_000_000_000_000))
-            let timer = DispatchSource.makeTimerSource(queue: timers)
-            timer.schedule(deadline: .now() + interval, repeating: interval, leeway: .seconds(1))
-            timer.setEventHandler { [weak self] in _ = self?.sweepExpired() }
-            timer.resume()
-            sweeper = timer
+        if let timer {
+            timer.setEventHandler { [weak self] in self?.fireDueTimers() }
+            locked { armForNextDeadline() }
         }
     }
 
     deinit {
-        sweeper?.cancel()
+        timer?.cancel()
     }
 
     /// Stops the store's writer after the writes already queued; later writes fail.
@@ -129,7 +151,7 @@ public final class Broker: @unchecked Sendable {
     /// Wills still waiting for their delay that are not in the store are published first
     /// (server shutdown ends the connection); stored ones wait for their delay after the restart.
     public func close() {
-        sweeper?.cancel()
+        timer?.cancel()
         locked {
             for state in sessions.values where !state.willStored {
                 guard let will = state.pendingWill else { continue }

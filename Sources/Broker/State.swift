@@ -117,23 +117,26 @@ final class SessionState: @unchecked Sendable {
         get { wills?.willSessionExpiry }
         set { if newValue != nil || wills != nil { willsForWriting.willSessionExpiry = newValue } }
     }
-    /// A will waiting for its Will Delay Interval after the connection ended; `willGeneration`
-    /// tells the timer whether it is still the one it was set for.
+    /// A will waiting for its Will Delay Interval after the connection ended, until
+    /// `willDue` (the broker's clock, µs); `willOrder` orders wills due at the same time.
     var pendingWill: MQTTWill? {
         get { wills?.pendingWill }
         set { if newValue != nil || wills != nil { willsForWriting.pendingWill = newValue } }
     }
-    var willGeneration: UInt64 {
-        get { wills?.willGeneration ?? 0 }
-        set { willsForWriting.willGeneration = newValue }
+    var willDue: Int64 {
+        get { wills?.willDue ?? .max }
+        set { willsForWriting.willDue = newValue }
+    }
+    var willOrder: UInt64 {
+        get { wills?.willOrder ?? 0 }
+        set { willsForWriting.willOrder = newValue }
     }
     /// A `W` record of the will is in the store (persistent sessions, delay > 0).
     var willStored: Bool {
         get { wills?.willStored ?? false }
         set { if newValue || wills != nil { willsForWriting.willStored = newValue } }
     }
-    /// The will fields, out of line: most sessions never have a will. Kept once made (the
-    /// generation only grows).
+    /// The will fields, out of line: most sessions never have a will. Kept once made.
     private var wills: WillState?
     private var willsForWriting: WillState {
         if let wills { return wills }
@@ -146,7 +149,8 @@ final class SessionState: @unchecked Sendable {
         var will: MQTTWill?
         var willSessionExpiry: UInt32?
         var pendingWill: MQTTWill?
-        var willGeneration: UInt64 = 0
+        var willDue: Int64 = .max
+        var willOrder: UInt64 = 0
         var willStored = false
     }
     /// Packets decided under the lock, sent after it (see `Broker.drain`).
@@ -199,11 +203,6 @@ final class CommitOutcome: @unchecked Sendable {
     func get() throws(LedgerError) { lock.lock(); defer { lock.unlock() }; try result.get() }
 }
 
-func wallClock() -> Int64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return Int64(ts.tv_sec) * 1_000_000 + Int64(ts.tv_nsec) / 1_000
-}
 
 extension Result {
     var isSuccess: Bool {

@@ -40,7 +40,7 @@ struct StoreBatchTests {
     /// The one place a message is stored for a persistent session: the message once, however
     /// many deliveries refer to it; each delivery held until the commit.
     @Test func aMessageIsStoredOnceForEveryDeliveryThatHoldsIt() throws {
-        let broker = try Broker(directory: nil)
+        let broker = try Broker(directory: nil, timers: .manual)
         defer { broker.close() }
         let message = Message(publish: MQTTPublish(topicName: "t", payload: ByteBuffer(string: "x"), qos: .atLeastOnce), receivedAt: 0)
         var batch = StoreBatch()
