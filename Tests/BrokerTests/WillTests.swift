@@ -232,6 +232,17 @@ struct StoredWillTests {
     func broker(_ directory: String, timers: BrokerTimerDriver = .manual) throws -> Broker {
         try Broker(directory: directory, clock: { [clock] in clock.now }, timers: timers)
     }
+
+    /// A broker that stops with session "c" holding `will`: its connection lost first
+    /// (`detach`), or still up at the stop.
+    func stop(_ directory: String, with will: MQTTWill, detach: Bool = true) throws {
+        let broker = try broker(directory)
+        let client = broker.connect("c", persistent: true)
+        client.session.setWill(will)
+        if detach { broker.detach(client.session) }
+        broker.close()
+    }
+
     func delayed(_ body: String, _ delay: UInt32) -> MQTTWill {
         MQTTWill(topic: "will/c", payload: payload(body), qos: .atLeastOnce, properties: [.willDelayInterval(delay), .contentType("t")])
     }
@@ -249,13 +260,7 @@ struct StoredWillTests {
     @Test func aDelayedWillSurvivesARestartAndGoesWhenDue() async throws {
         let directory = scratchDirectory()
         defer { removeDirectory(directory) }
-        do {
-            let broker = try broker(directory)
-            let client = broker.connect("c", persistent: true)
-            client.session.setWill(delayed("after restart", 2))
-            broker.detach(client.session)
-            broker.close()  // not published: it is in the store
-        }
+        try stop(directory, with: delayed("after restart", 2))  // not published: it is in the store
         #expect(try willRecords(directory) == 1)
         let broker = try broker(directory)
         defer { broker.close() }
@@ -277,12 +282,7 @@ struct StoredWillTests {
     @Test func aStopWhileConnectedSchedulesTheWillAndAResumeCancelsIt() async throws {
         let directory = scratchDirectory()
         defer { removeDirectory(directory) }
-        do {
-            let broker = try broker(directory)
-            let client = broker.connect("c", persistent: true)
-            client.session.setWill(delayed("never", 3600))
-            broker.close()  // the process stops with the connection up
-        }
+        try stop(directory, with: delayed("never", 3600), detach: false)  // the process stops with the connection up
         #expect(try willRecords(directory) == 1)
         do {
             let broker = try broker(directory)
@@ -299,13 +299,7 @@ struct StoredWillTests {
     @Test func aSessionTheLedgerDroppedAtStartupSendsItsWill() async throws {
         let directory = scratchDirectory()
         defer { removeDirectory(directory) }
-        do {
-            let broker = try broker(directory)
-            let client = broker.connect("c", persistent: true)
-            client.session.setWill(delayed("expired meanwhile", 3600))
-            broker.detach(client.session)
-            broker.close()
-        }
+        try stop(directory, with: delayed("expired meanwhile", 3600))
         let broker = try broker(directory)
         defer { broker.close() }
         let watcher = broker.connect("watcher")
@@ -320,13 +314,7 @@ struct StoredWillTests {
     @Test func theDispatchTimerPublishesAWillThatIsDue() async throws {
         let directory = scratchDirectory()
         defer { removeDirectory(directory) }
-        do {
-            let broker = try broker(directory)
-            let client = broker.connect("c", persistent: true)
-            client.session.setWill(delayed("due", 5))
-            broker.detach(client.session)
-            broker.close()
-        }
+        try stop(directory, with: delayed("due", 5))
         clock.advance(seconds: 10)
         // Nobody can subscribe before the load schedules it: the count tells it went.
         let broker = try broker(directory, timers: .dispatch)
