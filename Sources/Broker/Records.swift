@@ -130,7 +130,7 @@ enum BrokerRecords {
     struct DeliveryRecord {
         var messageKey: UInt64
         var qos: MQTTQoS
-        var state: DeliveryState
+        var state: OutboundState
         var packetIdentifier: UInt16
         var sent: Bool
         var retain: Bool
@@ -138,7 +138,7 @@ enum BrokerRecords {
         var share: String?
     }
 
-    static func encodeDelivery(_ d: Delivery) -> [UInt8] {
+    static func encodeDelivery(_ d: OutboundMessage) -> [UInt8] {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(16 + 4 * d.identifiers.count)
         withUnsafeBytes(of: d.message.storeKey.littleEndian) { bytes.append(contentsOf: $0) }
@@ -156,7 +156,7 @@ enum BrokerRecords {
     static func decodeDelivery(_ bytes: UnsafeRawBufferPointer) -> DeliveryRecord? {
         guard bytes.count >= 16 else { return nil }
         guard let qos = MQTTQoS(rawValue: bytes[8]), qos != .atMostOnce,
-            let state = DeliveryState(rawValue: bytes[9])
+            let state = OutboundState(rawValue: bytes[9])
         else { return nil }
         let count = Int(UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: 14, as: UInt16.self)))
         guard bytes.count >= 16 + 4 * count else { return nil }

@@ -7,7 +7,7 @@ import NIOCore
 // What the broker keeps per message and per session; every mutable field is guarded by the
 // broker's lock (hence @unchecked Sendable).
 
-enum DeliveryState: UInt8 {
+enum OutboundState: UInt8 {
     case queued = 0
     case awaitingAck = 1
     case awaitingRec = 2
@@ -45,8 +45,9 @@ final class Message: @unchecked Sendable {
     }
 }
 
-/// One message on its way to one session (QoS 1 or 2).
-final class Delivery: @unchecked Sendable {
+/// One message on its way from the broker to one session (QoS 1 or 2): queued, in flight, or
+/// awaiting PUBCOMP.
+final class OutboundMessage: @unchecked Sendable {
     /// Broker-wide, increasing: a session's deliveries go out in this order.
     let sequence: UInt64
     let message: Message
@@ -57,7 +58,7 @@ final class Delivery: @unchecked Sendable {
     /// the session ends before the client has it, another member gets it.
     let share: String?
     var packetIdentifier: UInt16 = 0
-    var state: DeliveryState = .queued
+    var state: OutboundState = .queued
     /// Sent at least once: a resend carries DUP.
     var sent = false
     /// A record of it is (or is being) written in the store.
@@ -91,9 +92,9 @@ final class SessionState: @unchecked Sendable {
     /// PUBLISHes not sent because they exceed `maximumPacketSize`.
     var discarded = 0
     var subscriptions: [String: Subscriber] = [:]
-    var inflight: [UInt16: Delivery] = [:]
+    var inflight: [UInt16: OutboundMessage] = [:]
     /// Allocated by the first message queued: most sessions never queue one.
-    var queue = DeliveryQueue()
+    var queue = LazyFIFO<OutboundMessage>()
     var nextPacketIdentifier: UInt16 = 1
     var inboundQoS2: Set<UInt16> = []
     /// Inbound QoS 2 messages whose commit is not known yet: a resend of one (after a
@@ -116,23 +117,26 @@ final class SessionState: @unchecked Sendable {
         get { wills?.willSessionExpiry }
         set { if newValue != nil || wills != nil { willsForWriting.willSessionExpiry = newValue } }
     }
-    /// A will waiting for its Will Delay Interval after the connection ended; `willGeneration`
-    /// tells the timer whether it is still the one it was set for.
+    /// A will waiting for its Will Delay Interval after the connection ended, until
+    /// `willDue` (the broker's clock, µs); `willOrder` orders wills due at the same time.
     var pendingWill: MQTTWill? {
         get { wills?.pendingWill }
         set { if newValue != nil || wills != nil { willsForWriting.pendingWill = newValue } }
     }
-    var willGeneration: UInt64 {
-        get { wills?.willGeneration ?? 0 }
-        set { willsForWriting.willGeneration = newValue }
+    var willDue: Int64 {
+        get { wills?.willDue ?? .max }
+        set { willsForWriting.willDue = newValue }
+    }
+    var willOrder: UInt64 {
+        get { wills?.willOrder ?? 0 }
+        set { willsForWriting.willOrder = newValue }
     }
     /// A `W` record of the will is in the store (persistent sessions, delay > 0).
     var willStored: Bool {
         get { wills?.willStored ?? false }
         set { if newValue || wills != nil { willsForWriting.willStored = newValue } }
     }
-    /// The will fields, out of line: most sessions never have a will. Kept once made (the
-    /// generation only grows).
+    /// The will fields, out of line: most sessions never have a will. Kept once made.
     private var wills: WillState?
     private var willsForWriting: WillState {
         if let wills { return wills }
@@ -145,7 +149,8 @@ final class SessionState: @unchecked Sendable {
         var will: MQTTWill?
         var willSessionExpiry: UInt32?
         var pendingWill: MQTTWill?
-        var willGeneration: UInt64 = 0
+        var willDue: Int64 = .max
+        var willOrder: UInt64 = 0
         var willStored = false
     }
     /// Packets decided under the lock, sent after it (see `Broker.drain`).
@@ -159,87 +164,5 @@ final class SessionState: @unchecked Sendable {
     init(name: SessionName, persistent: Bool) {
         self.name = name
         self.persistent = persistent
-    }
-}
-
-/// A FIFO of deliveries whose storage is allocated on the first `append`.
-struct DeliveryQueue: Sequence {
-    private var buffer: CircularBuffer<Delivery>?
-
-    init() {}
-
-    init(initialCapacity: Int) {
-        buffer = CircularBuffer(initialCapacity: initialCapacity)
-    }
-
-    var count: Int { buffer?.count ?? 0 }
-    var isEmpty: Bool { buffer?.isEmpty ?? true }
-    var first: Delivery? { buffer?.first }
-
-    mutating func append(_ delivery: Delivery) {
-        if buffer == nil { buffer = CircularBuffer(initialCapacity: 4) }
-        buffer!.append(delivery)
-    }
-
-    @discardableResult
-    mutating func removeFirst() -> Delivery {
-        buffer!.removeFirst()
-    }
-
-    mutating func removeAll() {
-        buffer = nil
-    }
-
-    func makeIterator() -> IndexingIterator<[Delivery]> {
-        Array(buffer ?? []).makeIterator()
-    }
-}
-
-/// Resolves once a store commit is known; waiters may come before or after, and several may wait.
-final class CommitWaiter: @unchecked Sendable {
-    private let lock = NSLock()
-    private var result: Result<Void, LedgerError>?
-    private var continuations: [CheckedContinuation<Result<Void, LedgerError>, Never>] = []
-
-    func complete(_ value: Result<Void, LedgerError>) {
-        lock.lock()
-        result = value
-        let waiting = continuations
-        continuations = []
-        lock.unlock()
-        for continuation in waiting { continuation.resume(returning: value) }
-    }
-
-    func wait() async -> Result<Void, LedgerError> {
-        await withCheckedContinuation { continuation in
-            lock.lock()
-            if let result {
-                lock.unlock()
-                continuation.resume(returning: result)
-            } else {
-                continuations.append(continuation)
-                lock.unlock()
-            }
-        }
-    }
-}
-
-final class CommitOutcome: @unchecked Sendable {
-    private let lock = NSLock()
-    private var result: Result<Void, LedgerError> = .success(())
-    func set(_ value: Result<Void, LedgerError>) { lock.lock(); result = value; lock.unlock() }
-    func get() throws(LedgerError) { lock.lock(); defer { lock.unlock() }; try result.get() }
-}
-
-func wallClock() -> Int64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return Int64(ts.tv_sec) * 1_000_000 + Int64(ts.tv_nsec) / 1_000
-}
-
-extension Result {
-    var isSuccess: Bool {
-        if case .success = self { return true }
-        return false
     }
 }

@@ -382,7 +382,7 @@ struct SessionTests {
         let info = try #require(broker.info(name("sub")))
         #expect(info.queued == 3)
         #expect(info.dropped == 2)
-        #expect(broker.droppedMessages == 2)
+        #expect(broker.totals.droppedQueueFull == 2)
         sub = broker.connect("sub", persistent: true, present: true)
         let got = sub.sink.takePublishes()
         #expect(got.map(text) == ["3", "4", "5"])

@@ -7,24 +7,6 @@ import Testing
 
 @testable import Broker
 
-/// A clock the test moves by hand (µs since the epoch).
-final class TestClock: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: Int64 = 1_700_000_000_000_000
-
-    var now: Int64 {
-        lock.lock()
-        defer { lock.unlock() }
-        return value
-    }
-
-    func advance(seconds: Int64) {
-        lock.lock()
-        value += seconds * 1_000_000
-        lock.unlock()
-    }
-}
-
 @Suite("MQTT 5 features")
 struct MQTT5FeatureTests {
     @Test func messageExpiryIsDecrementedByTheTimeTheMessageWaited() async throws {

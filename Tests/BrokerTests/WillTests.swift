@@ -7,8 +7,11 @@ import Testing
 
 @testable import Broker
 
+/// Will delays run on the broker's clock: these tests move a `TestClock` and call
+/// `fireDueTimers()` instead of waiting.
 @Suite("Will messages")
 struct WillTests {
+    let clock = TestClock()
     func will(
         _ body: String, topic: String = "will/c", qos: MQTTQoS = .atLeastOnce, retain: Bool = false, delay: UInt32? = nil,
         properties: MQTTProperties = []
@@ -18,9 +21,9 @@ struct WillTests {
         return MQTTWill(topic: topic, payload: payload(body), qos: qos, retain: retain, properties: props)
     }
 
-    /// A subscriber to `will/#` and the broker.
+    /// A subscriber to `will/#` and the broker, whose timers fire only when told.
     func setUp(directory: String? = nil) async throws -> (Broker, Client) {
-        let broker = try Broker(directory: directory)
+        let broker = try Broker(directory: directory, clock: { [clock] in clock.now }, timers: .manual)
         let watcher = broker.connect("watcher")
         _ = try await watcher.session.handle(subscribe([("will/#", .exactlyOnce)]))
         return (broker, watcher)
@@ -90,20 +93,18 @@ struct WillTests {
         defer { broker.close() }
         let client = broker.connect("c", persistent: true)
         client.session.setWill(will("late", delay: 1))
-        let start = ContinuousClock.now
         broker.detach(client.session)
         #expect(watcher.sink.take().isEmpty)
         #expect(broker.info(name("c"))?.willPending == true)
-        var got: [MQTTPublish] = []
-        var waited = Duration.zero
-        for _ in 0..<500 where got.isEmpty {
-            got = watcher.sink.takePublishes()
-            waited = ContinuousClock.now - start
-            if got.isEmpty { try await Task.sleep(for: .milliseconds(10)) }
-        }
-        #expect(got.map(text) == ["late"])
-        #expect(waited >= .milliseconds(990))
+        clock.advance(milliseconds: 999)
+        broker.fireDueTimers()
+        #expect(watcher.sink.take().isEmpty)
+        #expect(broker.info(name("c"))?.willPending == true)
+        clock.advance(milliseconds: 1)
+        broker.fireDueTimers()
+        #expect(watcher.sink.takePublishes().map(text) == ["late"])
         #expect(broker.info(name("c"))?.willPending == false)
+        #expect(broker.publishedWills == 1)
     }
 
     @Test func theDelayIsBoundedByTheSessionExpiry() async throws {
@@ -112,7 +113,11 @@ struct WillTests {
         let client = broker.connect("c", persistent: true)
         client.session.setWill(will("bounded", delay: 3600), sessionExpiryInterval: 1)
         broker.detach(client.session)
-        try await Task.sleep(for: .milliseconds(1500))
+        clock.advance(milliseconds: 999)
+        broker.fireDueTimers()
+        #expect(watcher.sink.take().isEmpty)
+        clock.advance(milliseconds: 1)
+        broker.fireDueTimers()
         #expect(watcher.sink.takePublishes().map(text) == ["bounded"])
     }
 
@@ -124,7 +129,8 @@ struct WillTests {
         broker.detach(client.session)
         let back = broker.connect("c", persistent: true, present: true)
         #expect(broker.info(name("c"))?.willPending == false)
-        try await Task.sleep(for: .milliseconds(1500))
+        clock.advance(seconds: 2)
+        broker.fireDueTimers()
         #expect(watcher.sink.take().isEmpty)
         // The new connection has no will until it sets one.
         broker.detach(back.session)
@@ -220,6 +226,23 @@ struct WillTests {
 
 @Suite("Will messages in the store")
 struct StoredWillTests {
+    let clock = TestClock()
+
+    /// A broker on the test's clock whose timers fire only when told (`.dispatch`: on their own).
+    func broker(_ directory: String, timers: BrokerTimerDriver = .manual) throws -> Broker {
+        try Broker(directory: directory, clock: { [clock] in clock.now }, timers: timers)
+    }
+
+    /// A broker that stops with session "c" holding `will`: its connection lost first
+    /// (`detach`), or still up at the stop.
+    func stop(_ directory: String, with will: MQTTWill, detach: Bool = true) throws {
+        let broker = try broker(directory)
+        let client = broker.connect("c", persistent: true)
+        client.session.setWill(will)
+        if detach { broker.detach(client.session) }
+        broker.close()
+    }
+
     func delayed(_ body: String, _ delay: UInt32) -> MQTTWill {
         MQTTWill(topic: "will/c", payload: payload(body), qos: .atLeastOnce, properties: [.willDelayInterval(delay), .contentType("t")])
     }
@@ -237,24 +260,19 @@ struct StoredWillTests {
     @Test func aDelayedWillSurvivesARestartAndGoesWhenDue() async throws {
         let directory = scratchDirectory()
         defer { removeDirectory(directory) }
-        do {
-            let broker = try Broker(directory: directory)
-            let client = broker.connect("c", persistent: true)
-            client.session.setWill(delayed("after restart", 2))
-            broker.detach(client.session)
-            broker.close()  // not published: it is in the store
-        }
+        try stop(directory, with: delayed("after restart", 2))  // not published: it is in the store
         #expect(try willRecords(directory) == 1)
-        let broker = try Broker(directory: directory)
+        let broker = try broker(directory)
         defer { broker.close() }
         #expect(broker.info(name("c"))?.willPending == true)
         let watcher = broker.connect("watcher")
         _ = try await watcher.session.handle(subscribe([("will/#", .atLeastOnce)]))
-        var got: [MQTTPublish] = []
-        for _ in 0..<400 where got.isEmpty {
-            got = watcher.sink.takePublishes()
-            if got.isEmpty { try await Task.sleep(for: .milliseconds(10)) }
-        }
+        clock.advance(milliseconds: 1999)
+        broker.fireDueTimers()
+        #expect(watcher.sink.take().isEmpty)
+        clock.advance(milliseconds: 1)
+        broker.fireDueTimers()
+        let got = watcher.sink.takePublishes()
         #expect(got.map(text) == ["after restart"])
         #expect(got.first?.properties.contentType == "t")
         #expect(got.first?.properties.willDelayInterval == nil)
@@ -264,15 +282,10 @@ struct StoredWillTests {
     @Test func aStopWhileConnectedSchedulesTheWillAndAResumeCancelsIt() async throws {
         let directory = scratchDirectory()
         defer { removeDirectory(directory) }
-        do {
-            let broker = try Broker(directory: directory)
-            let client = broker.connect("c", persistent: true)
-            client.session.setWill(delayed("never", 3600))
-            broker.close()  // the process stops with the connection up
-        }
+        try stop(directory, with: delayed("never", 3600), detach: false)  // the process stops with the connection up
         #expect(try willRecords(directory) == 1)
         do {
-            let broker = try Broker(directory: directory)
+            let broker = try broker(directory)
             #expect(broker.info(name("c"))?.willPending == true)
             let back = broker.connect("c", persistent: true, present: true)
             #expect(broker.info(name("c"))?.willPending == false)
@@ -286,19 +299,32 @@ struct StoredWillTests {
     @Test func aSessionTheLedgerDroppedAtStartupSendsItsWill() async throws {
         let directory = scratchDirectory()
         defer { removeDirectory(directory) }
-        do {
-            let broker = try Broker(directory: directory)
-            let client = broker.connect("c", persistent: true)
-            client.session.setWill(delayed("expired meanwhile", 3600))
-            broker.detach(client.session)
-            broker.close()
-        }
-        let broker = try Broker(directory: directory)
+        try stop(directory, with: delayed("expired meanwhile", 3600))
+        let broker = try broker(directory)
         defer { broker.close() }
         let watcher = broker.connect("watcher")
         _ = try await watcher.session.handle(subscribe([("will/#", .atMostOnce)]))
         try await broker.retainOnly(live: [name("watcher")])
         #expect(watcher.sink.takePublishes().map(text) == ["expired meanwhile"])
+        #expect(broker.publishedWills == 1)
+    }
+
+    /// Production's driver: a dispatch timer armed by the broker's clock. The will was due
+    /// before the restart, so the timer fires at once; only its (asynchronous) firing is waited for.
+    @Test func theDispatchTimerPublishesAWillThatIsDue() async throws {
+        let directory = scratchDirectory()
+        defer { removeDirectory(directory) }
+        try stop(directory, with: delayed("due", 5))
+        clock.advance(seconds: 10)
+        // Nobody can subscribe before the load schedules it: the count tells it went.
+        let broker = try broker(directory, timers: .dispatch)
+        defer { broker.close() }
+        var pending = true
+        for _ in 0..<500 where pending {
+            pending = broker.info(name("c"))?.willPending ?? false
+            if pending { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        #expect(!pending)
         #expect(broker.publishedWills == 1)
     }
 }

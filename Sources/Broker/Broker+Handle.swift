@@ -1,0 +1,31 @@
+// The entry point for packets from a client, and the check that the connection still owns its session.
+import MQTTCodec
+
+extension Broker {
+    func handle(_ packet: MQTTPacket, from session: BrokerSession) async throws(BrokerError) -> [MQTTPacket] {
+        switch packet {
+        case .publish(let publish):
+            return try await handlePublish(publish, from: session)
+        case .pubrel(let response):
+            return try await handlePubrel(response.packetIdentifier, from: session)
+        case .puback(let response):
+            return try acknowledge(response, .awaitingAck, from: session)
+        case .pubrec(let response):
+            return try acknowledge(response, .awaitingRec, from: session)
+        case .pubcomp(let response):
+            return try acknowledge(response, .awaitingComp, from: session)
+        case .subscribe(let subscribe):
+            return try await handleSubscribe(subscribe, from: session)
+        case .unsubscribe(let unsubscribe):
+            return try await handleUnsubscribe(unsubscribe, from: session)
+        default:
+            throw BrokerError(.protocolError, "\(packet.type) is not for the broker")
+        }
+    }
+
+    func check(_ session: BrokerSession) throws(BrokerError) {
+        guard session.state.attachment == session.token else {
+            throw BrokerError(.sessionTakenOver, "session \(session.name) is no longer attached to this connection")
+        }
+    }
+}

@@ -1,0 +1,183 @@
+// Inbound PUBLISH and PUBREL, and routing a message to every matching session.
+import LMDBStorage
+import MQTTCodec
+import NIOCore
+
+extension Broker {
+    func handlePublish(_ publish: MQTTPublish, from session: BrokerSession) async throws(BrokerError)
+        -> [MQTTPacket]
+    {
+        guard TopicRules.isValidTopicName(publish.topicName) else {
+            throw BrokerError(.topicNameInvalid, "PUBLISH topic name '\(publish.topicName)' is not valid here")
+        }
+        if Self.isServerTopic(publish.topicName) {
+            // The server's own topics: refused, not routed (v5 says so; 3.1.1 cannot).
+            let id = publish.packetIdentifier ?? 0
+            let code: MQTTReasonCode = session.state.version == .mqtt5 ? .notAuthorized : .success
+            switch publish.qos {
+            case .atMostOnce: return []
+            case .atLeastOnce: return [.puback(MQTTPublishResponse(packetIdentifier: id, reasonCode: code))]
+            case .exactlyOnce: return [.pubrec(MQTTPublishResponse(packetIdentifier: id, reasonCode: code))]
+            }
+        }
+        if publish.qos != .atMostOnce, publish.packetIdentifier == nil || publish.packetIdentifier == 0 {
+            throw BrokerError(.protocolError, "PUBLISH QoS \(publish.qos.rawValue) without packet identifier")
+        }
+        let state = session.state
+        if publish.properties.payloadFormatIndicator == .utf8, !Self.isValidUTF8(publish.payload) {
+            // Refused, not routed (MQTT 5.0 section 3.3.2.3.2); QoS 0 has nothing to answer with.
+            let id = publish.packetIdentifier ?? 0
+            switch publish.qos {
+            case .atMostOnce:
+                throw BrokerError(.payloadFormatInvalid, "PUBLISH to '\(publish.topicName)' marked UTF-8 is not UTF-8")
+            case .atLeastOnce:
+                return [.puback(MQTTPublishResponse(packetIdentifier: id, reasonCode: .payloadFormatInvalid))]
+            case .exactlyOnce:
+                return [.pubrec(MQTTPublishResponse(packetIdentifier: id, reasonCode: .payloadFormatInvalid))]
+            }
+        }
+        let (answer, waiter): (MQTTPacket?, CommitWaiter?) = try locked { () throws(BrokerError) in
+            try check(session)
+            var batch = StoreBatch()
+            let id = publish.packetIdentifier ?? 0
+            let v5 = state.version == .mqtt5
+            switch publish.qos {
+            case .atMostOnce:
+                _ = route(publish, from: state, &batch)
+                if publish.retain { keepRetained(publish, &batch) }
+                return (nil, submitWaiting(batch))
+            case .atLeastOnce:
+                let matched = route(publish, from: state, &batch)
+                if publish.retain { keepRetained(publish, &batch) }
+                let code: MQTTReasonCode = v5 && matched == 0 ? .noMatchingSubscribers : .success
+                return (.puback(MQTTPublishResponse(packetIdentifier: id, reasonCode: code)),
+                        submitWaiting(batch))
+            case .exactlyOnce:
+                // Seen before PUBREL: the client resends; it was delivered already (4.3.3).
+                if state.inboundQoS2.contains(id) {
+                    return (.pubrec(MQTTPublishResponse(packetIdentifier: id)), state.inboundCommits[id])
+                }
+                state.inboundQoS2.insert(id)
+                if state.persistent, store != nil {
+                    batch.put(.sessions, key: BrokerRecords.inboundKey(state.prefix, id), value: [])
+                }
+                let matched = route(publish, from: state, &batch)
+                if publish.retain { keepRetained(publish, &batch) }
+                let code: MQTTReasonCode = v5 && matched == 0 ? .noMatchingSubscribers : .success
+                let waiter = submitWaiting(batch)
+                if let waiter { state.inboundCommits[id] = waiter }
+                return (.pubrec(MQTTPublishResponse(packetIdentifier: id, reasonCode: code)), waiter)
+            }
+        }
+        if let waiter {
+            let result = await waiter.wait()
+            if publish.qos == .exactlyOnce, let id = publish.packetIdentifier {
+                locked {
+                    guard state.inboundCommits[id] === waiter else { return }
+                    state.inboundCommits[id] = nil
+                    // Not promised: let the client's resend be delivered, rather than lost.
+                    if case .failure = result { state.inboundQoS2.remove(id) }
+                }
+            }
+            if case .failure(let error) = result { throw .storage(error) }
+        }
+        return answer.map { [$0] } ?? []
+    }
+
+    func handlePubrel(_ id: UInt16, from session: BrokerSession) async throws(BrokerError) -> [MQTTPacket] {
+        let state = session.state
+        let (known, waiter) = try locked { () throws(BrokerError) -> (Bool, CommitWaiter?) in
+            try check(session)
+            guard state.inboundQoS2.remove(id) != nil else { return (false, nil) }
+            guard state.persistent, store != nil else { return (true, nil) }
+            // Waited for: after PUBCOMP the client may reuse the identifier, which a stale
+            // record would make look like a duplicate after a restart.
+            var batch = StoreBatch()
+            batch.delete(.sessions, key: BrokerRecords.inboundKey(state.prefix, id))
+            return (true, submitWaiting(batch))
+        }
+        if let waiter, case .failure(let error) = await waiter.wait() { throw .storage(error) }
+        let code: MQTTReasonCode = known || state.version != .mqtt5 ? .success : .packetIdentifierNotFound
+        return [.pubcomp(MQTTPublishResponse(packetIdentifier: id, reasonCode: code))]
+    }
+
+    /// Well-formed UTF-8 (no overlong forms, no surrogates), as Payload Format Indicator 1 promises.
+    static func isValidUTF8(_ buffer: ByteBuffer) -> Bool {
+        buffer.withUnsafeReadableBytes { bytes in
+            var iterator = bytes.makeIterator()
+            var decoder = UTF8()
+            while true {
+                switch decoder.decode(&iterator) {
+                case .scalarValue: continue
+                case .emptyInput: return true
+                case .error: return false
+                }
+            }
+        }
+    }
+
+    /// Delivers or queues `publish` for every matching session; returns how many matched.
+    /// Deliveries that must become durable first are held in `batch` and go out when its
+    /// commit completes.
+    func route(_ publish: MQTTPublish, from publisher: SessionState?, _ batch: inout StoreBatch) -> Int {
+        tree.match(publish.topicName, publisher: publisher, into: &matches)
+        defer { matches.removeAll(keepingCapacity: true) }
+        guard !matches.isEmpty else { return 0 }
+        var message: Message?
+        let now = clock()
+        // What every copy starts from: no Topic Alias, no identifiers, no DUP.
+        var base = publish
+        clean(&base.properties)
+        base.packetIdentifier = nil
+        base.duplicate = false
+        for match in matches {
+            let session = match.session
+            let qos = min(publish.qos, match.qos)
+            let retain = publish.retain && match.retainAsPublished
+            if qos == .atMostOnce {
+                // Not queued for detached sessions (optional in 4.6; Mosquitto does not either).
+                guard session.sink != nil else { continue }
+                var packet = base
+                packet.qos = .atMostOnce
+                packet.retain = retain
+                if session.version == .mqtt5, !match.identifiers.isEmpty {
+                    packet.properties.subscriptionIdentifiers = match.identifiers
+                }
+                if let maximum = session.maximumPacketSize,
+                    (try? MQTTEncoder(protocolVersion: session.version).encodedSize(of: .publish(packet))) ?? Int.max > maximum
+                {
+                    session.discarded += 1
+                    droppedTooLarge += 1
+                    continue
+                }
+                post(session, .publish(packet))
+                continue
+            }
+            if session.sink == nil && !session.persistent { continue }
+            let shared: Message
+            if let message {
+                shared = message
+            } else {
+                var held = base
+                held.payload = Message.compacted(held.payload)
+                shared = Message(publish: held, receivedAt: now)
+                message = shared
+            }
+            sequence += 1
+            let delivery = OutboundMessage(
+                sequence: sequence, message: shared, qos: qos, retain: retain,
+                identifiers: match.identifiers, share: match.share?.key)
+            if session.persistent, store != nil { storeAndHold(delivery, for: session, &batch) }
+            if let packet = enqueue(delivery, session, &batch) { post(session, packet) }
+        }
+        return matches.count
+    }
+
+    func clean(_ properties: inout MQTTProperties) {
+        guard !properties.isEmpty else { return }
+        properties.topicAlias = nil
+        if properties.contains(where: { if case .subscriptionIdentifier = $0 { true } else { false } }) {
+            properties.subscriptionIdentifiers = []
+        }
+    }
+}
