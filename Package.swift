@@ -195,7 +195,7 @@ let package = Package(
         ),
         .testTarget(
             name: "BrokerTests",
-            dependencies: ["Broker", "MQTTCodec", "LMDBStorage", "LedgerCore"]
+            dependencies: ["Broker", "MQTTCodec", "LMDBStorage", "LedgerCore", "CustodyTesting"]
         ),
         .testTarget(
             name: "MQTTFrontTests",

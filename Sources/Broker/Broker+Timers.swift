@@ -57,10 +57,3 @@ extension Broker {
         timer.schedule(deadline: .now() + .microseconds(Int(delay)), leeway: .milliseconds(10))
     }
 }
-
-/// µs since the epoch: the production clock.
-func wallClock() -> Int64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return Int64(ts.tv_sec) * 1_000_000 + Int64(ts.tv_nsec) / 1_000
-}

@@ -107,7 +107,7 @@ public final class Broker: @unchecked Sendable {
     ) throws {
         precondition(offlineQueueLimit >= 1, "the offline queue holds at least one message")
         self.offlineQueueLimit = offlineQueueLimit
-        let clock = clock ?? { wallClock() }
+        let clock = clock ?? { wallClockMicroseconds() }
         self.clock = clock
         let interval = expirySweepInterval.map {
             $0.components.seconds * 1_000_000 + $0.components.attoseconds / 1_000_000_000_000

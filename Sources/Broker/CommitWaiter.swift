@@ -1,4 +1,5 @@
 // What a store commit's waiters get: an async wait for handlers, a blocking one for init.
+import LedgerCore
 import Foundation
 import LMDBStorage
 

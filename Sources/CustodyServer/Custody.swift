@@ -286,46 +286,6 @@ struct Custody: AsyncParsableCommand {
     }
 }
 
-/// Signal sources live as long as the process; kept here so they are not released.
-nonisolated(unsafe) private var signalSources: [DispatchSourceSignal] = []
-
-/// Children inherit their parent's blocked-signal mask (Foundation's `Process` blocks
-/// SIGTERM in the children it starts); a blocked SIGTERM would never reach our handlers.
-func unblockTerminationSignals() {
-    var set = sigset_t()
-    sigemptyset(&set)
-    for number in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&set, number) }
-    pthread_sigmask(SIG_UNBLOCK, &set, nil)
-}
-
-/// SIGINT and SIGTERM by name, handled from the moment this returns. The first one asks
-/// for a graceful stop; a second one ends the process at once (exit 128 + signal number).
-func terminationSignals() -> AsyncStream<String> {
-    AsyncStream<String> { continuation in
-        let seen = SignalCount()
-        for (number, name) in [(SIGINT, "SIGINT"), (SIGTERM, "SIGTERM")] {
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { [source] in
-                // Signals that arrive before the handler runs are merged into one event;
-                // `data` says how many there were.
-                if seen.increment(by: max(1, Int(source.data))) > 1 {
-                    FileHandle.standardError.write(Data("custody: second \(name), exiting at once\n".utf8))
-                    _exit(128 + number)
-                }
-                continuation.yield(name)
-            }
-            source.resume()
-            signalSources.append(source)
-        }
-    }
-}
-
-private final class SignalCount: Sendable {
-    private let count = Mutex(0)
-    func increment(by amount: Int = 1) -> Int { count.withLock { $0 += amount; return $0 } }
-}
-
 /// One line to standard output, unbuffered: operators and supervisors read it as it happens.
 func say(_ line: String) {
     FileHandle.standardOutput.write(Data((line + "\n").utf8))

@@ -96,17 +96,3 @@ struct IdentityReload {
         say("custody: SIGHUP: registry reloaded clients=\(configuration.clients.count) disconnected=\(disconnected)")
     }
 }
-
-/// Kept for the life of the process.
-nonisolated(unsafe) private var hangupSource: DispatchSourceSignal?
-
-/// SIGHUP, each time it comes, from the moment this returns (until then it would end the process).
-func hangupSignals() -> AsyncStream<Void> {
-    AsyncStream<Void>(bufferingPolicy: .bufferingNewest(1)) { continuation in
-        signal(SIGHUP, SIG_IGN)
-        let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
-        source.setEventHandler { continuation.yield() }
-        source.resume()
-        hangupSource = source
-    }
-}

@@ -10,6 +10,7 @@ public final class ManualClock: Sendable {
     public var now: Int64 { current.withLock { $0 } }
 
     public func advance(seconds: Int64) { advance(microseconds: seconds * 1_000_000) }
+    public func advance(milliseconds: Int64) { advance(microseconds: milliseconds * 1_000) }
     public func advance(microseconds: Int64) { current.withLock { $0 += microseconds } }
     public func set(_ micros: Int64) { current.withLock { $0 = micros } }
 

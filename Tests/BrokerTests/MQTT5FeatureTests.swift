@@ -1,3 +1,4 @@
+import CustodyTesting
 import Foundation
 import LedgerCore
 import LMDBStorage
@@ -10,7 +11,7 @@ import Testing
 @Suite("MQTT 5 features")
 struct MQTT5FeatureTests {
     @Test func messageExpiryIsDecrementedByTheTimeTheMessageWaited() async throws {
-        let clock = TestClock()
+        let clock = ManualClock()
         let broker = try Broker(directory: nil, clock: { clock.now }, expirySweepInterval: nil)
         defer { broker.close() }
         let sub = broker.connect("sub", persistent: true)
@@ -32,7 +33,7 @@ struct MQTT5FeatureTests {
     @Test func expiredMessagesAreDroppedFromAnOfflineQueueAndFromTheStore() async throws {
         let directory = scratchDirectory()
         defer { removeDirectory(directory) }
-        let clock = TestClock()
+        let clock = ManualClock()
         do {
             let broker = try Broker(directory: directory, clock: { clock.now }, expirySweepInterval: nil)
             let sub = broker.connect("sub", persistent: true)
@@ -67,7 +68,7 @@ struct MQTT5FeatureTests {
     }
 
     @Test func anExpiredMessageAtTheHeadOfTheQueueIsNotSent() async throws {
-        let clock = TestClock()
+        let clock = ManualClock()
         let broker = try Broker(directory: nil, clock: { clock.now }, expirySweepInterval: nil)
         defer { broker.close() }
         let sub = broker.connect("sub", persistent: true)
@@ -83,7 +84,7 @@ struct MQTT5FeatureTests {
     }
 
     @Test func theSweepTimerRuns() async throws {
-        let clock = TestClock()
+        let clock = ManualClock()
         let broker = try Broker(directory: nil, clock: { clock.now }, expirySweepInterval: .milliseconds(50))
         defer { broker.close() }
         let sub = broker.connect("sub", persistent: true)
@@ -100,7 +101,7 @@ struct MQTT5FeatureTests {
     /// The sweep's cost (printed, debug build): 100 offline sessions × 1000 queued messages,
     /// half of which expire; queues without expiring messages are not scanned again.
     @Test func sweepCost() async throws {
-        let clock = TestClock()
+        let clock = ManualClock()
         let broker = try Broker(directory: nil, clock: { clock.now }, expirySweepInterval: nil)
         defer { broker.close() }
         for i in 0..<100 {
@@ -132,7 +133,7 @@ struct MQTT5FeatureTests {
     }
 
     @Test func expiredRetainedMessagesAreNotSent() async throws {
-        let clock = TestClock()
+        let clock = ManualClock()
         let broker = try Broker(directory: nil, clock: { clock.now }, expirySweepInterval: nil)
         defer { broker.close() }
         let pub = broker.connect("pub")
@@ -149,7 +150,7 @@ struct MQTT5FeatureTests {
     @Test func expiredRetainedMessagesLeaveTheStore() async throws {
         let directory = scratchDirectory()
         defer { removeDirectory(directory) }
-        let clock = TestClock()
+        let clock = ManualClock()
         do {
             let broker = try Broker(directory: directory, clock: { clock.now }, expirySweepInterval: nil)
             let pub = broker.connect("pub")
@@ -227,7 +228,7 @@ struct MQTT5FeatureTests {
     @Test func propertiesArePassedThroughUnchanged() async throws {
         let directory = scratchDirectory()
         defer { removeDirectory(directory) }
-        let clock = TestClock()
+        let clock = ManualClock()
         let props: MQTTProperties = [
             .payloadFormatIndicator(.utf8), .messageExpiryInterval(3600), .contentType("application/json"),
             .responseTopic("reply/here"), .correlationData(ByteBuffer(bytes: [0, 1, 2, 255])),

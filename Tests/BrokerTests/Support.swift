@@ -1,3 +1,4 @@
+import CustodyTesting
 import Foundation
 import LedgerCore
 import MQTTCodec
@@ -31,9 +32,7 @@ final class RecordingSink: BrokerSink, @unchecked Sendable {
     }
 }
 
-func scratchDirectory() -> String {
-    FileManager.default.temporaryDirectory.appendingPathComponent("custody-broker-\(UUID().uuidString)").path
-}
+func scratchDirectory() -> String { CustodyTesting.scratchDirectory("broker") }
 
 func removeDirectory(_ path: String) {
     try? FileManager.default.removeItem(atPath: path)
@@ -69,27 +68,6 @@ func ack(_ id: UInt16, _ code: MQTTReasonCode = .success) -> MQTTPublishResponse
     MQTTPublishResponse(packetIdentifier: id, reasonCode: code)
 }
 
-/// A clock the test moves by hand (µs since the epoch).
-final class TestClock: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: Int64 = 1_700_000_000_000_000
-
-    var now: Int64 {
-        lock.lock()
-        defer { lock.unlock() }
-        return value
-    }
-
-    func advance(seconds: Int64) {
-        advance(milliseconds: seconds * 1000)
-    }
-
-    func advance(milliseconds: Int64) {
-        lock.lock()
-        value += milliseconds * 1000
-        lock.unlock()
-    }
-}
 
 /// A connected client: its session and what it received.
 struct Client {

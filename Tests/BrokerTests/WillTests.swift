@@ -1,3 +1,4 @@
+import CustodyTesting
 import Foundation
 import LedgerCore
 import LMDBStorage
@@ -7,11 +8,11 @@ import Testing
 
 @testable import Broker
 
-/// Will delays run on the broker's clock: these tests move a `TestClock` and call
+/// Will delays run on the broker's clock: these tests move a `ManualClock` and call
 /// `fireDueTimers()` instead of waiting.
 @Suite("Will messages")
 struct WillTests {
-    let clock = TestClock()
+    let clock = ManualClock()
     func will(
         _ body: String, topic: String = "will/c", qos: MQTTQoS = .atLeastOnce, retain: Bool = false, delay: UInt32? = nil,
         properties: MQTTProperties = []
@@ -226,7 +227,7 @@ struct WillTests {
 
 @Suite("Will messages in the store")
 struct StoredWillTests {
-    let clock = TestClock()
+    let clock = ManualClock()
 
     /// A broker on the test's clock whose timers fire only when told (`.dispatch`: on their own).
     func broker(_ directory: String, timers: BrokerTimerDriver = .manual) throws -> Broker {
