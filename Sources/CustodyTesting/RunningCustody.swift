@@ -16,18 +16,21 @@ public final class RunningCustody: @unchecked Sendable {
     public private(set) var port = 0
     private var stopped = false
 
-    public init(_ label: String, arguments: [String] = [], directory: String? = nil) throws {
+    /// `directory`: the data directory (a fresh one by default). Unless `ownFlags`, custody
+    /// is told `--data-dir directory --listen 127.0.0.1:0` before `arguments`; with
+    /// `ownFlags` it gets `arguments` alone (a test of a configuration file, say).
+    public init(_ label: String, arguments: [String] = [], directory: String? = nil, ownFlags: Bool = false) throws {
         self.directory = directory ?? scratchDirectory("front-\(label)")
         stdoutPath = self.directory + ".out"
         stderrPath = self.directory + ".err"
-        try start(arguments)
+        try start(ownFlags ? arguments : ["--data-dir", self.directory, "--listen", "127.0.0.1:0"] + arguments)
     }
 
     private func start(_ arguments: [String]) throws {
         _ = FileManager.default.createFile(atPath: stdoutPath, contents: nil)
         _ = FileManager.default.createFile(atPath: stderrPath, contents: nil)
         process.executableURL = try builtProduct("custody")
-        process.arguments = ["--data-dir", directory, "--listen", "127.0.0.1:0"] + arguments
+        process.arguments = arguments
         // Files, not pipes: nobody has to drain them for custody to keep running.
         process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: stdoutPath))
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: stderrPath))

@@ -141,7 +141,7 @@ public struct ConnectionStateMachine: Sendable {
         /// Ask the ledger; come back with `claimCompleted`.
         case claim(ClaimRequest)
         /// A pub/sub packet for the broker session, in arrival order.
-        case deliver(MQTTPacket)
+        case toBroker(MQTTPacket)
         /// Granted: end `grant.replacedConnection` if any, attach, send the CONNACK, then call `accepted(now:)`.
         case accept(Acceptance)
         /// Refused CONNECT: send this CONNACK (if any) and close; the ledger recorded the rejection.
@@ -562,9 +562,9 @@ public struct ConnectionStateMachine: Sendable {
                 }
                 inboundInFlight.insert(id)
             }
-            return .deliver(.publish(publish))
+            return .toBroker(.publish(publish))
         case .puback, .pubrec, .pubrel, .pubcomp, .subscribe, .unsubscribe:
-            return .deliver(packet)
+            return .toBroker(packet)
         case .disconnect(let disconnect):
             let newExpiry = identity.protocolVersion == .mqtt5 ? disconnect.properties.sessionExpiryInterval : nil
             if let newExpiry, newExpiry != 0, identity.requestedExpiry == 0 {

@@ -20,7 +20,7 @@ extension MQTTConnection {
 
     // MARK: - Pub/sub
 
-    func deliver(_ packet: MQTTPacket) {
+    func handToBroker(_ packet: MQTTPacket) {
         guard let session = pubsubSession else {
             let answers = MinimalPubSub.answer(packet, version: machine.protocolVersion ?? .mqtt3_1_1)
             machine.answered(answers)

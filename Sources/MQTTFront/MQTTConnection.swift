@@ -220,8 +220,8 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
             // Cancelled for good: nothing of it is kept for the life of the connection.
             cancelTimer()
             claim(request)
-        case .deliver(let packet):
-            deliver(packet)
+        case .toBroker(let packet):
+            handToBroker(packet)
         case .accept(let acceptance):
             accept(acceptance)
         case .reject(let connack, let why):

@@ -88,25 +88,11 @@ struct CustodyExecutableTests {
         }
         ledger.close()  // without releasing: as if the broker had crashed
 
-        let process = Process()
-        process.executableURL = try builtProduct("custody")
-        process.arguments = ["--data-dir", directory, "--listen", "127.0.0.1:0"]
-        let output = directory + ".out"
-        _ = FileManager.default.createFile(atPath: output, contents: nil)
-        defer { try? FileManager.default.removeItem(atPath: output) }
-        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
-        try process.run()
-        let deadline = Date().addingTimeInterval(20)
-        var running = false
-        while !running, Date() < deadline, process.isRunning {
-            running = ((try? String(contentsOfFile: output, encoding: .utf8)) ?? "").contains("custody: running")
-            if !running { usleep(20_000) }
-        }
-        #expect(running, "custody did not report that it runs")
-        process.terminate()  // SIGTERM
-        process.waitUntilExit()
-        #expect(process.terminationReason == .exit && process.terminationStatus == 0)
-        let printed = try String(contentsOfFile: output, encoding: .utf8)
+        let custody = try RunningCustody("run", directory: directory)
+        defer { custody.cleanUp() }
+        custody.stop()  // SIGTERM
+        #expect(custody.process.terminationReason == .exit && custody.process.terminationStatus == 0)
+        let printed = custody.stdout
         #expect(printed.contains("disconnected_by_restart=3"), "\(printed)")
         #expect(printed.contains("SIGTERM received"))
         #expect(printed.contains("custody: listening mqtt 127.0.0.1:"))
@@ -195,25 +181,13 @@ struct CustodyConfigurationFileTests {
               maximumSessionExpiryInHours: 3
             """, "config-run")
         defer { try? FileManager.default.removeItem(atPath: file) }
-        let process = Process()
-        process.executableURL = try builtProduct("custody")
-        process.arguments = ["--config", file, "--max-session-expiry-hours", "5"]
-        let output = directory + ".out"
-        _ = FileManager.default.createFile(atPath: output, contents: nil)
-        defer { try? FileManager.default.removeItem(atPath: output) }
-        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
-        try process.run()
-        let deadline = Date().addingTimeInterval(20)
-        var printed = ""
-        while !printed.contains("custody: running"), Date() < deadline, process.isRunning {
-            usleep(20_000)
-            printed = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
-        }
-        process.terminate()
-        process.waitUntilExit()
-        printed = try String(contentsOfFile: output, encoding: .utf8)
-        #expect(process.terminationStatus == 0, "\(printed)")
+        let custody = try RunningCustody(
+            "config-run", arguments: ["--config", file, "--max-session-expiry-hours", "5"], directory: directory,
+            ownFlags: true)
+        defer { custody.cleanUp() }
+        custody.stop()
+        let printed = custody.stdout
+        #expect(custody.process.terminationStatus == 0, "\(printed)\n\(custody.stderr)")
         #expect(printed.contains("custody: ledger \(directory) "), "\(printed)")
         #expect(printed.contains("max_sessions_per_client=7 max_session_expiry_hours=5"), "\(printed)")
         #expect(FileManager.default.fileExists(atPath: directory + "/data.mdb"), "the ledger is where the file says")

@@ -188,7 +188,7 @@ struct ConnectionStateMachineTests {
         guard case .send(let answer) = machine.received(.packet(.pingreq), now: t0) else { Issue.record("no send"); return }
         #expect(answer == [.pingresp])
         let subscribe = MQTTPacket.subscribe(MQTTSubscribe(packetIdentifier: 1, subscriptions: [MQTTSubscription(topicFilter: "a/#")]))
-        guard case .deliver(let delivered) = machine.received(.packet(subscribe), now: t0) else { Issue.record("no deliver"); return }
+        guard case .toBroker(let delivered) = machine.received(.packet(subscribe), now: t0) else { Issue.record("no deliver"); return }
         #expect(delivered == subscribe)
     }
 
@@ -215,13 +215,13 @@ struct ConnectionStateMachineTests {
     @Test func topicAliasIsSetThenUsedAndTheBrokerSeesTheFullTopic() {
         var machine = activeMachine(settings: .init(topicAliasMaximum: 10))
         let first = MQTTPublish(topicName: "plant/7/temp", payload: ByteBuffer(string: "1"), properties: [.topicAlias(3)])
-        guard case .deliver(.publish(let delivered)) = machine.received(.packet(.publish(first)), now: t0) else {
+        guard case .toBroker(.publish(let delivered)) = machine.received(.packet(.publish(first)), now: t0) else {
             Issue.record("no delivery"); return
         }
         #expect(delivered.topicName == "plant/7/temp")
         #expect(delivered.properties.topicAlias == nil)
         let second = MQTTPublish(topicName: "", payload: ByteBuffer(string: "2"), properties: [.topicAlias(3)])
-        guard case .deliver(.publish(let aliased)) = machine.received(.packet(.publish(second)), now: t0) else {
+        guard case .toBroker(.publish(let aliased)) = machine.received(.packet(.publish(second)), now: t0) else {
             Issue.record("no delivery"); return
         }
         #expect(aliased == MQTTPublish(topicName: "plant/7/temp", payload: ByteBuffer(string: "2")))
@@ -229,7 +229,7 @@ struct ConnectionStateMachineTests {
         let third = MQTTPublish(topicName: "plant/8/temp", payload: ByteBuffer(string: "3"), properties: [.topicAlias(3)])
         _ = machine.received(.packet(.publish(third)), now: t0)
         let fourth = MQTTPublish(topicName: "", payload: ByteBuffer(string: "4"), properties: [.topicAlias(3)])
-        guard case .deliver(.publish(let again)) = machine.received(.packet(.publish(fourth)), now: t0) else {
+        guard case .toBroker(.publish(let again)) = machine.received(.packet(.publish(fourth)), now: t0) else {
             Issue.record("no delivery"); return
         }
         #expect(again.topicName == "plant/8/temp")
@@ -589,6 +589,6 @@ private func isNone(_ action: ConnectionStateMachine.Action) -> Bool {
 }
 
 private func isDeliver(_ action: ConnectionStateMachine.Action) -> Bool {
-    if case .deliver = action { return true }
+    if case .toBroker = action { return true }
     return false
 }
