@@ -111,6 +111,23 @@ final class TopicNode {
     var isEmpty: Bool {
         children.isEmpty && plus == nil && exact.isEmpty && multi.isEmpty && sharedExact.isEmpty && sharedMulti.isEmpty
     }
+
+    /// Takes the subtree apart one node at a time: released the usual way, a filter of
+    /// tens of thousands of levels would be freed by as many nested deinits and overflow
+    /// the stack.
+    deinit {
+        guard !children.isEmpty || plus != nil else { return }
+        var pending: [TopicNode] = Array(children.values)
+        children = [:]
+        if let plus { pending.append(plus) }
+        plus = nil
+        while let node = pending.popLast() {
+            pending.append(contentsOf: node.children.values)
+            node.children = [:]
+            if let next = node.plus { pending.append(next) }
+            node.plus = nil
+        }
+    }
 }
 
 /// One shared subscription `$share/{ShareName}/{filter}` and the sessions subscribed to it.
@@ -172,6 +189,8 @@ struct TopicTree {
     private(set) var groups: [String: ShareGroup] = [:]
     /// Routing scratch: the shares a topic matched.
     private var sharedHits: [ShareGroup] = []
+    /// Routing scratch: the nodes still to walk (kept, so that routing does not allocate).
+    private var pending: [(node: TopicNode, index: Int)] = []
 
     /// Adds or replaces `subscriber`'s subscription to `filter` (which may be `$share/...`).
     mutating func insert(_ filter: String, _ subscriber: Subscriber) {
@@ -243,21 +262,41 @@ struct TopicTree {
         }
     }
 
+    /// Finds the node `levels` end at, lets `body` remove the subscription there, then prunes
+    /// the nodes left empty on the way back. A loop, not a recursion: a filter may have as
+    /// many levels as a packet has bytes.
     private func remove(
-        _ levels: ArraySlice<Substring>, from node: TopicNode, _ body: (TopicNode, Bool) -> Bool
+        _ levels: ArraySlice<Substring>, from root: TopicNode, _ body: (TopicNode, Bool) -> Bool
     ) -> Bool {
-        guard let level = levels.first else { return body(node, false) }
-        if level == "#" && levels.count == 1 { return body(node, true) }
-        let rest = levels.dropFirst()
-        if level == "+" {
-            guard let child = node.plus else { return false }
-            let removed = remove(rest, from: child, body)
-            if child.isEmpty { node.plus = nil }
-            return removed
+        var path: [(parent: TopicNode, level: Substring?)] = []  // nil level: the `+` child
+        var node = root
+        var multi = false
+        for (offset, level) in levels.enumerated() {
+            if level == "#" && offset == levels.count - 1 {
+                multi = true
+                break
+            }
+            let child: TopicNode?
+            if level == "+" {
+                child = node.plus
+                path.append((node, nil))
+            } else {
+                child = node.children[level]
+                path.append((node, level))
+            }
+            guard let child else { return false }
+            node = child
         }
-        guard let child = node.children[level] else { return false }
-        let removed = remove(rest, from: child, body)
-        if child.isEmpty { node.children[level] = nil }
+        let removed = body(node, multi)
+        while let (parent, level) = path.popLast() {
+            if let level {
+                guard let child = parent.children[level], child.isEmpty else { break }
+                parent.children[level] = nil
+            } else {
+                guard let child = parent.plus, child.isEmpty else { break }
+                parent.plus = nil
+            }
+        }
         return removed
     }
 
@@ -314,25 +353,27 @@ struct TopicTree {
         }
     }
 
+    /// Depth first, children before `+`, as a loop with a stack of its own: a subscription
+    /// may be tens of thousands of levels deep.
     private mutating func walk(
-        _ node: TopicNode, _ levels: [Substring], _ index: Int, dollar: Bool,
+        _ root: TopicNode, _ levels: [Substring], _ start: Int, dollar: Bool,
         _ collector: inout Collector, _ matches: inout [Match]
     ) {
-        let top = index == 0 && dollar
-        if !top {
-            if !node.multi.isEmpty { collector.add(node.multi, &matches) }
-            if !node.sharedMulti.isEmpty { sharedHits.append(contentsOf: node.sharedMulti) }
-        }
-        if index == levels.count {
-            collector.add(node.exact, &matches)
-            if !node.sharedExact.isEmpty { sharedHits.append(contentsOf: node.sharedExact) }
-            return
-        }
-        if let child = node.children[levels[index]] {
-            walk(child, levels, index + 1, dollar: dollar, &collector, &matches)
-        }
-        if let plus = node.plus, !top {
-            walk(plus, levels, index + 1, dollar: dollar, &collector, &matches)
+        pending.append((root, start))
+        while let (node, index) = pending.popLast() {
+            let top = index == 0 && dollar
+            if !top {
+                if !node.multi.isEmpty { collector.add(node.multi, &matches) }
+                if !node.sharedMulti.isEmpty { sharedHits.append(contentsOf: node.sharedMulti) }
+            }
+            if index == levels.count {
+                collector.add(node.exact, &matches)
+                if !node.sharedExact.isEmpty { sharedHits.append(contentsOf: node.sharedExact) }
+                continue
+            }
+            // Pushed in reverse: the exact child is walked first, as a recursion would.
+            if let plus = node.plus, !top { pending.append((plus, index + 1)) }
+            if let child = node.children[levels[index]] { pending.append((child, index + 1)) }
         }
     }
 }
