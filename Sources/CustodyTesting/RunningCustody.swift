@@ -19,18 +19,28 @@ public final class RunningCustody: @unchecked Sendable {
     /// `directory`: the data directory (a fresh one by default). Unless `ownFlags`, custody
     /// is told `--data-dir directory --listen 127.0.0.1:0` before `arguments`; with
     /// `ownFlags` it gets `arguments` alone (a test of a configuration file, say).
-    public init(_ label: String, arguments: [String] = [], directory: String? = nil, ownFlags: Bool = false) throws {
+    /// `launcher`: a command that execs custody with the arguments that follow (e.g.
+    /// `prlimit --nofile=256 --`); the process keeps custody's pid.
+    public init(
+        _ label: String, arguments: [String] = [], directory: String? = nil, ownFlags: Bool = false,
+        launcher: [String] = []
+    ) throws {
         self.directory = directory ?? scratchDirectory("front-\(label)")
         stdoutPath = self.directory + ".out"
         stderrPath = self.directory + ".err"
-        try start(ownFlags ? arguments : ["--data-dir", self.directory, "--listen", "127.0.0.1:0"] + arguments)
+        try start(ownFlags ? arguments : ["--data-dir", self.directory, "--listen", "127.0.0.1:0"] + arguments, launcher)
     }
 
-    private func start(_ arguments: [String]) throws {
+    private func start(_ arguments: [String], _ launcher: [String]) throws {
         _ = FileManager.default.createFile(atPath: stdoutPath, contents: nil)
         _ = FileManager.default.createFile(atPath: stderrPath, contents: nil)
-        process.executableURL = try builtProduct("custody")
-        process.arguments = arguments
+        if let command = launcher.first {
+            process.executableURL = URL(fileURLWithPath: command)
+            process.arguments = Array(launcher.dropFirst()) + [try builtProduct("custody").path] + arguments
+        } else {
+            process.executableURL = try builtProduct("custody")
+            process.arguments = arguments
+        }
         // Files, not pipes: nobody has to drain them for custody to keep running.
         process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: stdoutPath))
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: stderrPath))

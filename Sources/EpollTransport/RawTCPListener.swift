@@ -87,6 +87,9 @@ final class RawAcceptor: EpollReadiness, @unchecked Sendable {
     // Loop-only.
     private var watching = false
     private var stopped = false
+    /// Pauses since accepting last succeeded: one line when they start, one when they end,
+    /// instead of one every `pause` for as long as the process is out of descriptors.
+    private var pausesInARow = 0
 
     init(descriptor: Int32, loop: EpollEventLoop, logger: Logger, makeConnection: @escaping RawTCPListener.MakeConnection) {
         self.descriptor = descriptor
@@ -123,13 +126,23 @@ final class RawAcceptor: EpollReadiness, @unchecked Sendable {
                 case EINTR, ECONNABORTED, EPROTO: continue
                 case EMFILE, ENFILE, ENOBUFS, ENOMEM:
                     // Out of descriptors or memory: stop accepting for a moment instead of spinning.
-                    logger.warning("accept failed", metadata: ["error": "\(RawSocketError("accept4", errno: code))"])
+                    if pausesInARow == 0 {
+                        logger.warning("accept paused", metadata: [
+                            "error": "\(RawSocketError("accept4", errno: code))",
+                            "retry_ms": "\(Self.pause.nanoseconds / 1_000_000)",
+                        ])
+                    }
+                    pausesInARow += 1
                     pause()
                     return
                 default:
                     logger.warning("accept failed", metadata: ["error": "\(RawSocketError("accept4", errno: code))"])
                     return
                 }
+            }
+            if pausesInARow > 0 {
+                logger.notice("accept resumed", metadata: ["pauses": "\(pausesInARow)"])
+                pausesInARow = 0
             }
             var one: Int32 = 1
             _ = setsockopt(accepted, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
