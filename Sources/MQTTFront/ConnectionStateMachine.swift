@@ -179,11 +179,16 @@ public struct ConnectionStateMachine: Sendable {
         /// v5 clients asking more (or 0) are told this one (Server Keep Alive); v3.1.1 clients,
         /// who cannot be told, are refused (return code 2, as mosquitto's max_keepalive does).
         public var maximumKeepAlive: UInt16?
+        /// Most QoS 1/2 messages sent to one client and not yet acknowledged, whatever its
+        /// Receive Maximum (a v5 client that names none would allow 65,535, and hold them all
+        /// in the broker's memory); the rest wait in its session queue.
+        public var maximumOutboundInflight: Int
 
         public init(
             capabilities: MQTTProperties = [], pendingLimit: Int = 256, topicAliasMaximum: UInt16 = 0,
-            receiveMaximum: UInt16 = 65_535, maximumKeepAlive: UInt16? = nil
+            receiveMaximum: UInt16 = 65_535, maximumKeepAlive: UInt16? = nil, maximumOutboundInflight: Int = 100
         ) {
+            self.maximumOutboundInflight = max(1, maximumOutboundInflight)
             self.capabilities = capabilities
             self.pendingLimit = pendingLimit
             self.topicAliasMaximum = topicAliasMaximum
@@ -507,7 +512,9 @@ public struct ConnectionStateMachine: Sendable {
             authenticationName: authenticationName,
             connection: connection, protocolVersion: version, requestedExpiry: requested,
             keepAlive: keepAlive,
-            receiveMaximum: version == .mqtt5 ? Int(connect.properties.receiveMaximum ?? 65_535) : 20,
+            receiveMaximum: min(
+                version == .mqtt5 ? Int(connect.properties.receiveMaximum ?? 65_535) : 20,
+                settings.maximumOutboundInflight),
             maximumPacketSize: version == .mqtt5 ? connect.properties.maximumPacketSize.map(Int.init) : nil,
             remoteAddress: remoteAddress, authenticationMethod: method, will: connect.will)
         identity.serverKeepAlive = serverKeepAlive

@@ -25,7 +25,7 @@ final class FrontServices: Sendable {
     init(
         ledger: any SessionAuthority, pubsub: (any PubSubEngine)?, logger: Logger, connectTimeout: TimeAmount,
         maximumPacketSize: Int, topicAliasMaximum: UInt16 = 0, receiveMaximum: UInt16 = 65_535,
-        maximumKeepAlive: UInt16? = nil, authority: (any IdentityAuthority)? = nil,
+        maximumKeepAlive: UInt16? = nil, maximumOutboundInflight: Int = 100, authority: (any IdentityAuthority)? = nil,
         operations: FrontOperations = FrontOperations(), closeGrace: TimeAmount = .seconds(10)
     ) {
         self.closeGrace = closeGrace
@@ -43,7 +43,7 @@ final class FrontServices: Sendable {
         }
         self.machineSettings = Boxed(ConnectionStateMachine.Settings(
             capabilities: capabilities, topicAliasMaximum: topicAliasMaximum, receiveMaximum: receiveMaximum,
-            maximumKeepAlive: maximumKeepAlive))
+            maximumKeepAlive: maximumKeepAlive, maximumOutboundInflight: maximumOutboundInflight))
     }
 
     /// Without a broker nothing is delivered: say so in the CONNACK.

@@ -88,6 +88,9 @@ public struct MQTTFrontConfiguration: Sendable {
     /// v5 Receive Maximum announced in CONNACKs: QoS 1/2 PUBLISHes a client may have
     /// unacknowledged; one more closes its connection (0x93).
     public var receiveMaximum: UInt16 = 100
+    /// Most QoS 1/2 messages in flight to one client: the smaller of this and its Receive
+    /// Maximum (v3.1.1 clients: 20, mosquitto's max_inflight_messages).
+    public var maximumOutboundInflight = 100
     /// Longest keep-alive, in seconds; nil: the client's. See `ConnectionStateMachine.Settings`.
     public var maximumKeepAlive: UInt16?
     /// How plain-TCP (`mqtt`) listeners carry their connections. TLS and WebSocket
@@ -155,7 +158,7 @@ public final class MQTTFront: Sendable {
             ledger: ledger, pubsub: pubsub, logger: logger, connectTimeout: configuration.connectTimeout,
             maximumPacketSize: configuration.maximumPacketSize, topicAliasMaximum: configuration.topicAliasMaximum,
             receiveMaximum: configuration.receiveMaximum, maximumKeepAlive: configuration.maximumKeepAlive,
-            authority: authority, operations: configuration.operations, closeGrace: configuration.closeGrace)
+            maximumOutboundInflight: configuration.maximumOutboundInflight, authority: authority, operations: configuration.operations, closeGrace: configuration.closeGrace)
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.eventLoopThreads))
     }
 
