@@ -25,6 +25,8 @@ public struct CustodyConfiguration: Sendable, Equatable {
     /// Authentication names whose connections may subscribe to `$custody/...` (lifecycle
     /// events); everyone else gets SUBACK 0x87 for such filters.
     public var eventSubscribers: [AuthenticationName] = []
+    /// What one client may take of the broker.
+    public var limits = LimitsConfiguration()
 
     public init() {}
 

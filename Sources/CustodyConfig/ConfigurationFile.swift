@@ -155,7 +155,7 @@ struct ConfigurationReader {
         let keys = try mapping(root, nil, known: [
             "dataDir", "listeners", "namespace", "clients", "passwordFile", "ledgerMapSizeMiB",
             "connectTimeoutSeconds", "logLevel", "logFormat", "metrics", "metricsAllowRemote", "eventSubscribers",
-            "maxKeepAliveSeconds",
+            "maxKeepAliveSeconds", "limits",
         ])
         var config = CustodyConfiguration()
         if let (_, value) = keys["dataDir"] { config.dataDir = try path(value, "dataDir") }
@@ -198,6 +198,7 @@ struct ConfigurationReader {
         if let (_, value) = keys["maxKeepAliveSeconds"] {
             config.maxKeepAliveSeconds = try int(value, "maxKeepAliveSeconds", range: 1...65_535)
         }
+        if let (_, value) = keys["limits"] { config.limits = try limits(value) }
         if let (_, value) = keys["logLevel"] { config.logLevel = try choice(value, "logLevel", CustodyConfiguration.LogLevel.self) }
         if let (_, value) = keys["logFormat"] { config.logFormat = try choice(value, "logFormat", CustodyConfiguration.LogFormat.self) }
         if let (_, value) = keys["metrics"] {
@@ -262,6 +263,24 @@ struct ConfigurationReader {
             }
         }
         return listener
+    }
+
+    func limits(_ node: Node) throws(ConfigurationError) -> LimitsConfiguration {
+        let keys = try mapping(node, "limits", known: ["maxOutboundInflight", "outboundHighWaterBytes", "slowConsumerSeconds"])
+        var limits = LimitsConfiguration()
+        if let (_, value) = keys["maxOutboundInflight"] {
+            limits.maxOutboundInflight = try int(
+                value, "limits.maxOutboundInflight", range: LimitsConfiguration.maxOutboundInflightRange)
+        }
+        if let (_, value) = keys["outboundHighWaterBytes"] {
+            limits.outboundHighWaterBytes = try int(
+                value, "limits.outboundHighWaterBytes", range: LimitsConfiguration.outboundHighWaterBytesRange)
+        }
+        if let (_, value) = keys["slowConsumerSeconds"] {
+            limits.slowConsumerSeconds = try int(
+                value, "limits.slowConsumerSeconds", range: LimitsConfiguration.slowConsumerSecondsRange)
+        }
+        return limits
     }
 
     func namespace(_ node: Node) throws(ConfigurationError) -> NamespaceConfiguration {

@@ -81,6 +81,15 @@ struct Custody: AsyncParsableCommand {
     @Option(help: "Longest keep-alive a client may use, 1-65535 s; v5 clients asking more (or 0) get this one as Server Keep Alive, v3.1.1 clients asking more are refused (default: the client's; config key maxKeepAliveSeconds).")
     var maxKeepAliveSeconds: Int?
 
+    @Option(help: "Most QoS 1/2 messages in flight to one client, 1-65535 (the smaller of this and its Receive Maximum; default 100; config key limits.maxOutboundInflight).")
+    var maxOutboundInflight: Int?
+
+    @Option(help: "Bytes waiting to be written to one client above which QoS 0 messages to it are dropped, 16384-1073741824 (default 1048576; config key limits.outboundHighWaterBytes).")
+    var outboundHighWaterBytes: Int?
+
+    @Option(help: "Seconds a client may stay above the outbound high-water mark before it is disconnected (v5 0x97), 1-86400 (default 60; config key limits.slowConsumerSeconds).")
+    var slowConsumerSeconds: Int?
+
     @Option(help: ArgumentHelp("Server certificate chain of the mqtts listeners, PEM (config key listeners[].certificate).", valueName: "file"))
     var tlsCertificate: String?
 
@@ -125,7 +134,8 @@ struct Custody: AsyncParsableCommand {
             tlsPrivateKey: tlsPrivateKey, tlsClientCertificates: tlsClientCertificates,
             tlsTrustedCertificates: tlsTrustedCertificates, logFormat: logFormat, metrics: metrics,
             metricsAllowRemote: metricsAllowRemote, eventSubscribers: eventSubscribers, listenWS: listenWS,
-            maxKeepAliveSeconds: maxKeepAliveSeconds)
+            maxKeepAliveSeconds: maxKeepAliveSeconds, maxOutboundInflight: maxOutboundInflight,
+            outboundHighWaterBytes: outboundHighWaterBytes, slowConsumerSeconds: slowConsumerSeconds)
     }
 
     /// Bad flag values are usage errors (exit 64), named before anything else happens.
@@ -223,6 +233,9 @@ struct Custody: AsyncParsableCommand {
         var frontConfiguration = MQTTFrontConfiguration(
             listeners: listeners, connectTimeout: .seconds(Int64(settings.connectTimeoutSeconds)))
         frontConfiguration.maximumKeepAlive = settings.maxKeepAliveSeconds.map { UInt16($0) }
+        frontConfiguration.maximumOutboundInflight = settings.limits.maxOutboundInflight
+        frontConfiguration.outboundHighWaterBytes = settings.limits.outboundHighWaterBytes
+        frontConfiguration.slowConsumerTimeout = .seconds(Int64(settings.limits.slowConsumerSeconds))
         frontConfiguration.operations = FrontOperations(
             metrics: operations.frontMetrics, serverTopicReaders: settings.eventSubscribers)
         let front = MQTTFront(

@@ -27,6 +27,10 @@ struct FlagValues {
     /// MQTT over WebSocket and the keep-alive cap (issue 4): --listen-ws, --max-keep-alive-seconds.
     var listenWS: [String] = []
     var maxKeepAliveSeconds: Int?
+    /// Limits (issue 15): --max-outbound-inflight, --outbound-high-water-bytes, --slow-consumer-seconds.
+    var maxOutboundInflight: Int?
+    var outboundHighWaterBytes: Int?
+    var slowConsumerSeconds: Int?
 }
 
 /// What `custody` runs with: the configuration file (if any), then the flags over it.
@@ -90,6 +94,20 @@ enum Settings {
                 throw SettingsError("--max-keep-alive-seconds must be between 1 and 65535, got \(value)")
             }
             configuration.maxKeepAliveSeconds = value
+        }
+        for (value, flag, range, key) in [
+            (flags.maxOutboundInflight, "--max-outbound-inflight", LimitsConfiguration.maxOutboundInflightRange,
+             \LimitsConfiguration.maxOutboundInflight),
+            (flags.outboundHighWaterBytes, "--outbound-high-water-bytes", LimitsConfiguration.outboundHighWaterBytesRange,
+             \LimitsConfiguration.outboundHighWaterBytes),
+            (flags.slowConsumerSeconds, "--slow-consumer-seconds", LimitsConfiguration.slowConsumerSecondsRange,
+             \LimitsConfiguration.slowConsumerSeconds),
+        ] {
+            guard let value else { continue }
+            guard range.contains(value) else {
+                throw SettingsError("\(flag) must be between \(range.lowerBound) and \(range.upperBound), got \(value)")
+            }
+            configuration.limits[keyPath: key] = value
         }
         if let value = flags.connectTimeoutSeconds {
             guard (1...3600).contains(value) else {

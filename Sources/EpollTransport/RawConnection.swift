@@ -54,6 +54,9 @@ open class RawConnection: EpollReadiness {
 
     public var isOpen: Bool { !isClosed }
 
+    /// Bytes appended and not yet taken by the socket.
+    public var outboundBytes: Int { outbound?.readableBytes ?? 0 }
+
     /// Appends to what is to be sent; `flush` sends.
     public func appendOutbound(_ append: (inout ByteBuffer) -> Void) {
         assert(loop.inEventLoop, "RawConnection.appendOutbound off its loop")

@@ -19,6 +19,9 @@ protocol ConnectionIO: AnyObject {
     func setProtocolVersion(_ version: MQTTProtocolVersion)
     /// The client's v5 Maximum Packet Size: larger packets are not sent (MQTT-3.1.2-24).
     func setMaximumPacketSize(_ size: Int?)
+    /// More is waiting to be written than the front's outbound high-water mark
+    /// (`MQTTFrontConfiguration.outboundHighWaterBytes`): the client does not keep up.
+    var isAboveOutboundHighWater: Bool { get }
     /// The NIO channel under a TLS connection (for its client certificate); nil otherwise.
     var channel: (any Channel)? { get }
 }

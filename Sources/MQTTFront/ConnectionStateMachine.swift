@@ -456,6 +456,16 @@ public struct ConnectionStateMachine: Sendable {
             packets: disconnect(identity, code), release: release(identity, .serverError), why: why, channelGone: false))
     }
 
+    /// The client has not kept up with what is sent to it for too long (the outbound
+    /// high-water mark): v5 DISCONNECT 0x97 Quota exceeded, `disconnected(quotaExceeded)`.
+    public mutating func slowConsumer(why: String) -> Action {
+        guard case .active(let identity, _, _) = state else { return .none }
+        state = .closing(identity.protocolVersion)
+        return .close(Closing(
+            packets: disconnect(identity, .quotaExceeded), release: release(identity, .quotaExceeded), why: why,
+            channelGone: false))
+    }
+
     /// The channel is gone (peer closed, reset, or we closed it).
     public mutating func channelInactive() -> Action {
         switch state {

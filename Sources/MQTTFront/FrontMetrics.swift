@@ -23,6 +23,8 @@ public final class FrontMetrics: Sendable {
     let messagesSent: [CoreMetrics.Counter]
     let bytesReceived: CoreMetrics.Counter
     let bytesSent: CoreMetrics.Counter
+    /// QoS 0 messages not sent to a client above the outbound high-water mark.
+    let messagesDroppedSlowConsumer: CoreMetrics.Counter
     private let connects = Mutex<[UInt16: CoreMetrics.Counter]>([:])
 
     public init(factory: any MetricsFactory = MetricsSystem.factory) {
@@ -37,6 +39,8 @@ public final class FrontMetrics: Sendable {
         }
         bytesReceived = CoreMetrics.Counter(label: Self.bytesReceivedLabel, factory: factory)
         bytesSent = CoreMetrics.Counter(label: Self.bytesSentLabel, factory: factory)
+        messagesDroppedSlowConsumer = CoreMetrics.Counter(
+            label: "custody_broker_messages_dropped_total", dimensions: [("reason", "slow_consumer")], factory: factory)
     }
 
     /// A CONNECT answered: granted (0x00) or refused with `reasonCode` (v5 numbering, also for

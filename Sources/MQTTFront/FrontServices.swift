@@ -14,6 +14,9 @@ final class FrontServices: Sendable {
     let connectTimeout: TimeAmount
     /// See `MQTTFrontConfiguration.closeGrace`.
     let closeGrace: TimeAmount
+    /// See `MQTTFrontConfiguration.outboundHighWaterBytes` and `slowConsumerTimeout`.
+    let outboundHighWaterBytes: Int
+    let slowConsumerTimeout: TimeAmount
     let maximumPacketSize: Int
     /// Who a CONNECT is; nil inside: every Username believed.
     let authority: AuthorityBox
@@ -26,9 +29,12 @@ final class FrontServices: Sendable {
         ledger: any SessionAuthority, pubsub: (any PubSubEngine)?, logger: Logger, connectTimeout: TimeAmount,
         maximumPacketSize: Int, topicAliasMaximum: UInt16 = 0, receiveMaximum: UInt16 = 65_535,
         maximumKeepAlive: UInt16? = nil, maximumOutboundInflight: Int = 100, authority: (any IdentityAuthority)? = nil,
-        operations: FrontOperations = FrontOperations(), closeGrace: TimeAmount = .seconds(10)
+        operations: FrontOperations = FrontOperations(), closeGrace: TimeAmount = .seconds(10),
+        outboundHighWaterBytes: Int = 1 << 20, slowConsumerTimeout: TimeAmount = .seconds(60)
     ) {
         self.closeGrace = closeGrace
+        self.outboundHighWaterBytes = outboundHighWaterBytes
+        self.slowConsumerTimeout = slowConsumerTimeout
         self.authority = AuthorityBox(authority)
         self.operations = operations
         self.metrics = operations.metrics

@@ -81,6 +81,10 @@ final class MQTTChannelHandler: ChannelDuplexHandler, ConnectionIO, GracefulClos
         context?.write(wrapOutboundOut(packet), promise: nil)
     }
 
+    /// The channel stops being writable above the high-water mark set on it at accept
+    /// (`MQTTFront.setConnectionOptions`).
+    var isAboveOutboundHighWater: Bool { !(channel?.isWritable ?? true) }
+
     func flush() {
         context?.flush()
     }

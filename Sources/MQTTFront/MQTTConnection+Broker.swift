@@ -15,7 +15,41 @@ extension MQTTConnection {
     /// the connection, which then detaches from the broker).
     func send(_ packets: [MQTTPacket]) {
         guard !packets.isEmpty else { return }
-        eventLoop.execute { self.write(packets) }
+        eventLoop.execute { self.writeDeliveries(packets) }
+    }
+
+    /// Writes the broker's deliveries, unless the client does not keep up: above the outbound
+    /// high-water mark QoS 0 messages are dropped (QoS 1/2 are bounded by the in-flight cap
+    /// and wait in the session queue), and a client still above it after the slow-consumer
+    /// timeout is disconnected. Its buffer then stays near the mark, however much is published.
+    private func writeDeliveries(_ packets: [MQTTPacket]) {
+        guard let io else { return }
+        guard io.isAboveOutboundHighWater else {
+            if slowSince != nil { slowSince = nil }
+            return write(packets)
+        }
+        let now = NIODeadline.now()
+        if let since = slowSince?.value {
+            if now - since > services.slowConsumerTimeout {
+                slowSince = nil
+                perform(machine.slowConsumer(
+                    why: "quotaExceeded: above the outbound high-water mark for more than \(services.slowConsumerTimeout.nanoseconds / 1_000_000_000) s"))
+                return
+            }
+        } else {
+            slowSince = Boxed(now)
+            services.logger.notice("slow consumer", metadata: [
+                "connection": "\(connection ?? 0)", "session_name": "\(sessionName.map { "\($0)" } ?? "-")",
+                "remote_address": "\(remoteAddress)", "high_water_bytes": "\(services.outboundHighWaterBytes)",
+            ])
+        }
+        var kept = packets
+        kept.removeAll { packet in
+            if case .publish(let publish) = packet { return publish.qos == .atMostOnce }
+            return false
+        }
+        if kept.count < packets.count { services.metrics?.messagesDroppedSlowConsumer.increment(by: packets.count - kept.count) }
+        write(kept)
     }
 
     // MARK: - Pub/sub

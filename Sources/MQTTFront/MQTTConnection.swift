@@ -39,6 +39,8 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
     /// that a PUBLISH sent just before a DISCONNECT (mosquitto_pub's QoS 0) or just before the
     /// socket closed is not lost.
     var closingAfterBroker: Boxed<ConnectionStateMachine.Closing>?
+    /// Since when the client has been above the outbound high-water mark; nil while it keeps up.
+    var slowSince: Boxed<NIODeadline>?
     /// Made when someone waits for the end (`finishedFuture`); `isFinished` once it came.
     var finished: EventLoopPromise<Void>?
     /// The connect timeout until the CONNECT, then the keep-alive (never both).

@@ -91,6 +91,12 @@ public struct MQTTFrontConfiguration: Sendable {
     /// Most QoS 1/2 messages in flight to one client: the smaller of this and its Receive
     /// Maximum (v3.1.1 clients: 20, mosquitto's max_inflight_messages).
     public var maximumOutboundInflight = 100
+    /// Bytes waiting to be written to one connection above which QoS 0 messages to it are
+    /// dropped (QoS 1/2 wait in its session queue, bounded by the in-flight cap).
+    public var outboundHighWaterBytes = 1 << 20
+    /// How long a connection may stay above the high-water mark before it is closed (v5
+    /// DISCONNECT 0x97; ledger `disconnected(quotaExceeded)`).
+    public var slowConsumerTimeout: TimeAmount = .seconds(60)
     /// Longest keep-alive, in seconds; nil: the client's. See `ConnectionStateMachine.Settings`.
     public var maximumKeepAlive: UInt16?
     /// How plain-TCP (`mqtt`) listeners carry their connections. TLS and WebSocket
@@ -158,7 +164,10 @@ public final class MQTTFront: Sendable {
             ledger: ledger, pubsub: pubsub, logger: logger, connectTimeout: configuration.connectTimeout,
             maximumPacketSize: configuration.maximumPacketSize, topicAliasMaximum: configuration.topicAliasMaximum,
             receiveMaximum: configuration.receiveMaximum, maximumKeepAlive: configuration.maximumKeepAlive,
-            maximumOutboundInflight: configuration.maximumOutboundInflight, authority: authority, operations: configuration.operations, closeGrace: configuration.closeGrace)
+            maximumOutboundInflight: configuration.maximumOutboundInflight, authority: authority,
+            operations: configuration.operations, closeGrace: configuration.closeGrace,
+            outboundHighWaterBytes: configuration.outboundHighWaterBytes,
+            slowConsumerTimeout: configuration.slowConsumerTimeout)
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.eventLoopThreads))
     }
 
@@ -219,12 +228,13 @@ public final class MQTTFront: Sendable {
     private func serverBootstrap(
         _ pipeline: @escaping @Sendable (any Channel) throws -> Void
     ) -> ServerBootstrap {
-        ServerBootstrap(group: group)
+        let highWater = services.outboundHighWaterBytes
+        return ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try Self.setConnectionOptions(channel)
+                    try Self.setConnectionOptions(channel, outboundHighWater: highWater)
                     try pipeline(channel)
                 }
             }
@@ -232,10 +242,13 @@ public final class MQTTFront: Sendable {
 
     /// A new connection's options, set directly on its loop: as `childChannelOption`s each
     /// cost a chain of futures (about 15 allocations per connection for these three).
-    private static func setConnectionOptions(_ channel: any Channel) throws {
+    private static func setConnectionOptions(_ channel: any Channel, outboundHighWater: Int) throws {
         guard let options = channel.syncOptions else {
             throw ChannelError.operationUnsupported
         }
+        // Not writable above the mark: MQTTChannelHandler.isAboveOutboundHighWater.
+        try options.setOption(
+            .writeBufferWaterMark, value: .init(low: outboundHighWater / 2, high: outboundHighWater))
         try options.setOption(.socketOption(.tcp_nodelay), value: 1)
         try options.setOption(.maxMessagesPerRead, value: 16)
         try options.setOption(.recvAllocator, value: receiveBuffers())

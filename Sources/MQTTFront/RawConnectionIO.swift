@@ -18,6 +18,8 @@ final class RawConnectionIO: RawConnection, ConnectionIO, GracefulClose {
         connection.attach(self)
     }
 
+    var isAboveOutboundHighWater: Bool { outboundBytes > connection.services.outboundHighWaterBytes }
+
     // MARK: The byte stream
 
     override func started(remoteAddress: String?) {

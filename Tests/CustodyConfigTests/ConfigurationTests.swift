@@ -184,3 +184,29 @@ struct ConfigurationTests {
         #expect(HostPort(parsing: text, defaultPort: 1883) == nil)
     }
 }
+
+@Suite("Configuration file: limits")
+struct LimitsConfigurationTests {
+    @Test func limitsAreReadWithTheirDefaultsAndRanges() throws {
+        let defaults = try CustodyConfiguration.parse(yaml: "dataDir: /tmp/x", file: "c.yaml")
+        #expect(defaults.limits == LimitsConfiguration())
+        let set = try CustodyConfiguration.parse(yaml: """
+            limits:
+              maxOutboundInflight: 20
+              outboundHighWaterBytes: 65536
+              slowConsumerSeconds: 5
+            """, file: "c.yaml")
+        #expect(set.limits.maxOutboundInflight == 20)
+        #expect(set.limits.outboundHighWaterBytes == 65_536)
+        #expect(set.limits.slowConsumerSeconds == 5)
+        #expect(throws: ConfigurationError.self) {
+            try CustodyConfiguration.parse(yaml: "limits:\n  slowConsumerSeconds: 0\n", file: "c.yaml")
+        }
+        do {
+            _ = try CustodyConfiguration.parse(yaml: "limits:\n  maxInflight: 5\n", file: "c.yaml")
+            Issue.record("an unknown key was accepted")
+        } catch {
+            #expect("\(error)".contains("limits.maxInflight"), "\(error)")
+        }
+    }
+}

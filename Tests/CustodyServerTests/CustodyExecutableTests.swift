@@ -33,6 +33,9 @@ struct CustodyExecutableTests {
         (["--listen", "127.0.0.1:0", "--listen", "::1:1883"], "--listen"),
         (["--connect-timeout-seconds", "0"], "--connect-timeout-seconds must be between 1 and 3600, got 0"),
         (["--log-level", "loud"], "--log-level"),
+        (["--slow-consumer-seconds", "0"], "--slow-consumer-seconds must be between 1 and 86400, got 0"),
+        (["--outbound-high-water-bytes", "1024"], "--outbound-high-water-bytes must be between 16384 and 1073741824, got 1024"),
+        (["--max-outbound-inflight", "0"], "--max-outbound-inflight must be between 1 and 65535, got 0"),
     ])
     func badFlagsExitWithAMessageNamingThem(arguments: [String], message: String) throws {
         let (status, _, error) = try runToEnd(try builtProduct("custody"), arguments + ["--data-dir", scratchDirectory("flags")])

@@ -103,8 +103,12 @@ private func connectPacket(_ id: String, _ version: MQTTProtocolVersion = .mqtt5
     .connect(MQTTConnect(protocolVersion: version, clientIdentifier: id, cleanStart: true, keepAlive: 60, userName: "u"))
 }
 
+/// At QoS 1: a client that falls behind gets every QoS 1 message in the end, while QoS 0
+/// above the outbound high-water mark is dropped (see OutboundLimitTests).
 private func subscribePacket(_ filter: String, id: UInt16 = 1) -> MQTTPacket {
-    .subscribe(MQTTSubscribe(packetIdentifier: id, subscriptions: [MQTTSubscription(topicFilter: filter)]))
+    .subscribe(MQTTSubscribe(
+        packetIdentifier: id,
+        subscriptions: [MQTTSubscription(topicFilter: filter, options: MQTTSubscriptionOptions(qos: .atLeastOnce))]))
 }
 
 /// A client `id` with a 4 KiB receive buffer subscribes to `topics/#` and reads nothing
