@@ -104,7 +104,11 @@ let package = Package(
         .target(
             name: "Broker",
             // Pub/sub: topic tree, subscriptions, QoS flows, queues; its LMDB store lives in LMDBStorage.
-            dependencies: ["MQTTCodec", "LedgerCore", "LMDBStorage", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: [
+                "MQTTCodec", "LedgerCore", "LMDBStorage", .product(name: "NIOCore", package: "swift-nio"),
+                // SHA-256 names the store keys of topics too long for LMDB (Records.swift).
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
         ),
         .target(
             name: "MQTTFront",

@@ -151,7 +151,7 @@ extension Broker {
         for (filter, subscriber) in state.subscriptions {
             batch.put(
                 .sessions, key: BrokerRecords.subscriptionKey(state.prefix, filter),
-                value: BrokerRecords.encodeSubscription(subscriber.options, subscriber.identifier))
+                value: BrokerRecords.subscriptionValue(state.prefix, filter, subscriber.options, subscriber.identifier))
         }
         for id in state.inboundQoS2 {
             batch.put(.sessions, key: BrokerRecords.inboundKey(state.prefix, id), value: [])

@@ -35,7 +35,7 @@ extension Broker {
         }
         for (topic, message) in retained where isExpired(message, now: now) {
             retained[topic] = nil
-            if store != nil { batch.delete(.retained, key: Array(topic.utf8)) }
+            if store != nil { batch.delete(.retained, key: BrokerRecords.retainedKey(topic)) }
         }
         submit(batch)
         return count

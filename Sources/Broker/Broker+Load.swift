@@ -30,7 +30,8 @@ extension Broker {
             }
             var kept = publish
             kept.retain = true
-            retained[String(decoding: key, as: UTF8.self)] = Message(publish: kept, receivedAt: receivedAt)
+            // The topic from the stored PUBLISH: a long one's key is a digest.
+            retained[publish.topicName] = Message(publish: kept, receivedAt: receivedAt)
         }
         try store.forEach(.sessions) { key, value in
             guard let separator = key.firstIndex(of: 0), separator + 1 < key.count else {
@@ -49,7 +50,10 @@ extension Broker {
             }
             switch kind {
             case BrokerRecords.subscriptionKind:
-                let filter = String(decoding: suffix, as: UTF8.self)
+                // Under a digest key the filter is in the value, after its six bytes.
+                let filter = value.count > 6
+                    ? String(decoding: UnsafeRawBufferPointer(rebasing: value[6...]), as: UTF8.self)
+                    : String(decoding: suffix, as: UTF8.self)
                 guard TopicRules.checkFilter(filter) == nil,
                     let (options, identifier) = BrokerRecords.decodeSubscription(value)
                 else {

@@ -8,7 +8,7 @@ extension Broker {
         let topic = publish.topicName
         if publish.payload.readableBytes == 0 {
             if retained.removeValue(forKey: topic) != nil, store != nil {
-                batch.delete(.retained, key: Array(topic.utf8))
+                batch.delete(.retained, key: BrokerRecords.retainedKey(topic))
             }
             return
         }
@@ -21,7 +21,7 @@ extension Broker {
         kept.payload = Message.compacted(kept.payload)
         retained[topic] = Message(publish: kept, receivedAt: now)
         if store != nil, let bytes = BrokerRecords.encodeMessage(kept, receivedAt: now) {
-            batch.put(.retained, key: Array(topic.utf8), value: bytes)
+            batch.put(.retained, key: BrokerRecords.retainedKey(topic), value: bytes)
         }
     }
 
@@ -42,7 +42,7 @@ extension Broker {
         for (topic, message) in matching {
             if isExpired(message, now: now) {
                 retained[topic] = nil
-                if store != nil { batch.delete(.retained, key: Array(topic.utf8)) }
+                if store != nil { batch.delete(.retained, key: BrokerRecords.retainedKey(topic)) }
                 continue
             }
             let qos = min(message.publish.qos, subscriber.options.qos)

@@ -42,7 +42,7 @@ extension Broker {
                 if state.persistent, store != nil {
                     batch.put(
                         .sessions, key: BrokerRecords.subscriptionKey(state.prefix, filter),
-                        value: BrokerRecords.encodeSubscription(options, identifier))
+                        value: BrokerRecords.subscriptionValue(state.prefix, filter, options, identifier))
                 }
                 codes.append(MQTTReasonCode(rawValue: options.qos.rawValue))
                 // Shared subscriptions get no retained messages (MQTT 5.0 section 4.8.2).

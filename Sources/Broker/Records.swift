@@ -1,3 +1,4 @@
+import Crypto
 import LedgerCore
 import LMDBStorage
 import MQTTCodec
@@ -21,6 +22,9 @@ import NIOCore
 ///   chosen for a shared subscription, its `$share/...` filter (UTF-8, to the end).
 /// - `I` + packet identifier (UInt16 BE): an inbound QoS 2 message delivered, PUBREL not yet
 ///   received; empty value.
+/// - A subscription whose key would pass `longestKey` is stored under `S` + the filter's first
+///   bytes + 0xFF + SHA-256 of the filter, and its value carries the filter after the six
+///   bytes (0xFF never occurs in UTF-8, so such a key never equals a plain one).
 /// - `W` (no suffix): the session's will message: when it is due (Int64 µs LE; 0 while its
 ///   connection is up), its delay in seconds (UInt32 LE), then the will as a PUBLISH, as in
 ///   the `messages` table (received-at 0, without the Will Delay Interval).
@@ -51,7 +55,32 @@ enum BrokerRecords {
     static func subscriptionKey(_ prefix: [UInt8], _ filter: String) -> [UInt8] {
         var key = prefix
         key.append(subscriptionKind)
-        key.append(contentsOf: filter.utf8)
+        return boundedKey(key, Array(filter.utf8))
+    }
+
+    /// Whether a subscription's key is a digest (its filter is then in the value).
+    static func subscriptionKeyIsHashed(_ prefix: [UInt8], _ filter: String) -> Bool {
+        prefix.count + 1 + filter.utf8.count > longestKey
+    }
+
+    /// `retained` table key of a topic: the topic, or a digest when it is too long (the full
+    /// topic is in the stored PUBLISH anyway).
+    static func retainedKey(_ topic: String) -> [UInt8] {
+        boundedKey([], Array(topic.utf8))
+    }
+
+    /// LMDB refuses keys longer than 511 bytes (MDB_BAD_VALSIZE); topics and filters may be
+    /// 65,535. Keys up to this length are stored as they are.
+    static let longestKey = 480
+
+    /// `head` + `name` when that fits in `longestKey`; otherwise `head`, the first bytes of
+    /// `name`, 0xFF and the SHA-256 of `name` (33 bytes), within `longestKey`.
+    static func boundedKey(_ head: [UInt8], _ name: [UInt8]) -> [UInt8] {
+        guard head.count + name.count > longestKey else { return head + name }
+        var key = head
+        key.append(contentsOf: name.prefix(max(0, longestKey - head.count - 33)))
+        key.append(0xFF)
+        key.append(contentsOf: SHA256.hash(data: name))
         return key
     }
 
@@ -184,8 +213,19 @@ enum BrokerRecords {
         return bytes
     }
 
+    /// A subscription's stored value: its options and identifier, and its filter when the
+    /// key is a digest (`subscriptionKey`).
+    static func subscriptionValue(
+        _ prefix: [UInt8], _ filter: String, _ options: MQTTSubscriptionOptions, _ identifier: UInt32?
+    ) -> [UInt8] {
+        var bytes = encodeSubscription(options, identifier)
+        if subscriptionKeyIsHashed(prefix, filter) { bytes.append(contentsOf: filter.utf8) }
+        return bytes
+    }
+
+    /// The options, the identifier, and the filter when the value carries it (a hashed key).
     static func decodeSubscription(_ bytes: UnsafeRawBufferPointer) -> (MQTTSubscriptionOptions, UInt32?)? {
-        guard bytes.count == 6 else { return nil }
+        guard bytes.count >= 6 else { return nil }
         let byte = bytes[0]
         guard let qos = MQTTQoS(rawValue: byte & 0b11),
             let handling = MQTTRetainHandling(rawValue: (byte >> 4) & 0b11)
