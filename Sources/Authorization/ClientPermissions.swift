@@ -8,11 +8,13 @@ public struct ClientPermissions: Sendable, Equatable {
     public let isOpen: Bool
     /// The client groups the client belongs to (`$all` included); empty for a Mosquitto ACL.
     public let clientGroups: [String]
-    let publishGrants: [Grant]
-    let subscribeGrants: [Grant]
-    /// Mosquitto `deny` lines; a matching one wins over every grant.
-    let publishDenials: [Grant]
-    let subscribeDenials: [Grant]
+    /// The substituted Publisher templates (or ACL write lines), in the order they are tried.
+    public let publishGrants: [Grant]
+    /// The substituted Subscriber templates (or ACL read lines), in the order they are tried.
+    public let subscribeGrants: [Grant]
+    /// Mosquitto `deny` lines; a matching one wins over every grant. Empty for a policy.
+    public let publishDenials: [Grant]
+    public let subscribeDenials: [Grant]
 
     init(isOpen: Bool, clientGroups: [String], publishGrants: [Grant], subscribeGrants: [Grant],
          publishDenials: [Grant] = [], subscribeDenials: [Grant] = []) {
@@ -59,9 +61,41 @@ public struct ClientPermissions: Sendable, Equatable {
         return AuthorizationDecision(isAllowed: false, reason: .noGrant)
     }
 
-    /// Every grant and denial that applies to the client, for `--check-config --client`.
-    public var publishRules: (grants: [Grant], denials: [Grant]) { (publishGrants, publishDenials) }
-    public var subscribeRules: (grants: [Grant], denials: [Grant]) { (subscribeGrants, subscribeDenials) }
+    /// The decision on `topic` and EVERY grant and denial that matches it, for
+    /// `--check-config --client NAME --publish TOPIC`; ``mayPublish(_:)`` stops at the first.
+    public func explainPublish(_ topic: String) -> AuthorizationExplanation {
+        let decision = mayPublish(topic)
+        guard !isOpen, TopicFilter.isValidTopicName(topic) else {
+            return AuthorizationExplanation(decision: decision, clientGroups: clientGroups, matchingGrants: [], matchingDenials: [])
+        }
+        return AuthorizationExplanation(
+            decision: decision, clientGroups: clientGroups,
+            matchingGrants: publishGrants.filter { TopicFilter.matches($0.levels, topic: topic) },
+            matchingDenials: publishDenials.filter { TopicFilter.matches($0.levels, topic: topic) })
+    }
+
+    /// The decision on `filter` with every grant that covers it and every denial that overlaps it.
+    public func explainSubscribe(_ filter: String) -> AuthorizationExplanation {
+        let decision = maySubscribe(filter)
+        guard !isOpen, let inner = TopicFilter.unshared(filter), let levels = TopicFilter.levels(of: inner) else {
+            return AuthorizationExplanation(decision: decision, clientGroups: clientGroups, matchingGrants: [], matchingDenials: [])
+        }
+        return AuthorizationExplanation(
+            decision: decision, clientGroups: clientGroups,
+            matchingGrants: subscribeGrants.filter { TopicFilter.covers($0.levels, levels) },
+            matchingDenials: subscribeDenials.filter { TopicFilter.overlaps($0.levels, levels) })
+    }
+}
+
+/// A decision with all that bears on it (the slow path, for operators).
+public struct AuthorizationExplanation: Sendable, Equatable {
+    public let decision: AuthorizationDecision
+    /// The client's groups (`$all` first); empty for a Mosquitto ACL or in open mode.
+    public let clientGroups: [String]
+    /// Every grant that matches the topic (publish) or covers the filter (subscribe).
+    public let matchingGrants: [Grant]
+    /// Every denial that matches the topic (publish) or overlaps the filter (subscribe).
+    public let matchingDenials: [Grant]
 }
 
 /// The answer to one check, with what decided it (for logs and `--check-config --client`).

@@ -66,8 +66,8 @@ indirect enum QueryNode: Sendable, Equatable {
             }
         case (.caseless(let v), .string(let l)):
             switch op {
-            case .equal: return v == l.lowercased()
-            case .notEqual: return v != l.lowercased()
+            case .equal: return v == l
+            case .notEqual: return v != l
             default: return false
             }
         case (.scalar(.strings(let elements)), .string(let l)):
@@ -85,7 +85,7 @@ indirect enum QueryNode: Sendable, Equatable {
 
 enum ColumnValue {
     case scalar(AttributeValue)
-    /// The authentication name, lower-cased for its case-insensitive comparisons.
+    /// The authentication name, lower-cased like its literals (see `QueryParser.folded`).
     case caseless(String)
 }
 

@@ -68,7 +68,7 @@ struct QueryParser {
                     literals.append(try parseLiteral())
                 } else if peek == "]" {
                     position += 1
-                    return .member(column, literals)
+                    return .member(column, literals.map { Self.folded($0, for: column) })
                 } else {
                     throw error(expected: "']' or ','")
                 }
@@ -81,7 +81,14 @@ struct QueryParser {
         if op != .equal && op != .notEqual, case .string = literal {
             throw QueryError(column: literalColumn + 1, expected: "an integer after '\(op.rawValue)'", found: describe(at: literalColumn))
         }
-        return .comparison(column, op, literal)
+        return .comparison(column, op, Self.folded(literal, for: column))
+    }
+
+    /// Authentication names compare case-insensitively: their literals are lower-cased once
+    /// here rather than at every CONNECT.
+    private static func folded(_ literal: QueryLiteral, for column: QueryColumn) -> QueryLiteral {
+        if column == .authenticationName, case .string(let text) = literal { return .string(text.lowercased()) }
+        return literal
     }
 
     private mutating func parseColumn() throws(QueryError) -> QueryColumn {

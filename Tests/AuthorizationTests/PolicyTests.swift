@@ -89,8 +89,33 @@ struct PolicyTests {
             topicSpaces: [TopicSpace(name: "area", topicTemplates: ["commands/${client.attributes.area}/#", "all/#"])],
             permissionBindings: [PermissionBinding(name: "b", clientGroupName: "$all", topicSpaceName: "area", permission: .subscriber)])
         let permissions = policy.permissions(for: noArea)
-        #expect(permissions.subscribeRules.grants.map(\.filter) == ["all/#"])
+        #expect(permissions.subscribeGrants.map(\.filter) == ["all/#"])
         #expect(!permissions.maySubscribe("commands/+/x").isAllowed)
+    }
+
+    @Test func explanationsListEveryGrantThatApplies() throws {
+        let policy = try AuthorizationPolicy(
+            clientGroups: [ClientGroup(name: "area1", query: "attributes.area = 'area1'")],
+            topicSpaces: [
+                TopicSpace(name: "wide", topicTemplates: ["areas/#", "areas/${client.attributes.area}/#"]),
+                TopicSpace(name: "narrow", topicTemplates: ["areas/area1/+"]),
+            ],
+            permissionBindings: [
+                PermissionBinding(name: "wide-sub", clientGroupName: "$all", topicSpaceName: "wide", permission: .subscriber),
+                PermissionBinding(name: "narrow-sub", clientGroupName: "area1", topicSpaceName: "narrow", permission: .subscriber),
+                PermissionBinding(name: "narrow-pub", clientGroupName: "area1", topicSpaceName: "narrow", permission: .publisher),
+            ])
+        let permissions = policy.permissions(for: machine)
+        let subscribe = permissions.explainSubscribe("areas/area1/x")
+        #expect(subscribe.decision.isAllowed)
+        #expect(subscribe.clientGroups == ["$all", "area1"])
+        #expect(subscribe.matchingGrants.map(\.filter) == ["areas/#", "areas/area1/#", "areas/area1/+"])
+        #expect(subscribe.matchingGrants.map(\.description).last
+            == "binding 'narrow-sub' (group 'area1', topic space 'narrow', template 'areas/area1/+' as 'areas/area1/+')")
+        let publish = permissions.explainPublish("areas/area1/x")
+        #expect(publish.decision.isAllowed && publish.matchingGrants.count == 1 && publish.matchingDenials == [])
+        let denied = permissions.explainPublish("areas/area2/x")
+        #expect(!denied.decision.isAllowed && denied.matchingGrants == [])
     }
 
     @Test func openModeAllowsEverything() throws {
