@@ -140,8 +140,9 @@ enum TemplateParser {
                         parts.append(.authenticationName)
                     } else if name.hasPrefix("client.attributes."), name.count > "client.attributes.".count {
                         let key = name.dropFirst("client.attributes.".count)
-                        if key.contains(where: { $0 == "$" || $0 == "{" || $0.isWhitespace }) {
-                            throw fail("bad attribute name '\(key)'")
+                        // The characters a query's `attributes.KEY` accepts, so both name the same keys.
+                        if !key.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "." || $0 == "_" || $0 == "-" }) {
+                            throw fail("bad attribute name '\(key)' (letters, digits, '.', '_', '-')")
                         }
                         parts.append(.attribute(String(key)))
                     } else {

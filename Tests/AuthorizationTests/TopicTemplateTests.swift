@@ -73,6 +73,7 @@ struct TopicTemplateTests {
         ("a/${client.name}", "unknown variable '${client.name}' (expected ${client.authenticationName} or ${client.attributes.KEY})"),
         ("a/${client.attributes.}", "unknown variable '${client.attributes.}' (expected ${client.authenticationName} or ${client.attributes.KEY})"),
         ("${client.authenticationName/x}", "unterminated '${' (level 1)"),
+        ("a/${client.attributes.a b}", "bad attribute name 'a b' (letters, digits, '.', '_', '-')"),
         ("", "empty"),
     ])
     func badTemplatesAreRefused(template: String, reason: String) {
