@@ -34,11 +34,13 @@ public struct ClientPermissions: Sendable, Equatable {
     public func mayPublish(_ topic: String) -> AuthorizationDecision {
         if isOpen { return AuthorizationDecision(isAllowed: true, reason: .openMode) }
         guard TopicFilter.isValidTopicName(topic) else { return AuthorizationDecision(isAllowed: false, reason: .invalid) }
-        for denial in publishDenials where TopicFilter.matches(denial.levels, topic: topic) {
-            return AuthorizationDecision(isAllowed: false, reason: .deniedBy(denial))
+        // Indices, not `for grant in grants`: in a debug build the element loop allocated
+        // twice per check (measured with a malloc counter); this one allocates nothing.
+        for index in publishDenials.indices where TopicFilter.matches(publishDenials[index].levels, topic: topic) {
+            return AuthorizationDecision(isAllowed: false, reason: .deniedBy(publishDenials[index]))
         }
-        for grant in publishGrants where TopicFilter.matches(grant.levels, topic: topic) {
-            return AuthorizationDecision(isAllowed: true, reason: .grantedBy(grant))
+        for index in publishGrants.indices where TopicFilter.matches(publishGrants[index].levels, topic: topic) {
+            return AuthorizationDecision(isAllowed: true, reason: .grantedBy(publishGrants[index]))
         }
         return AuthorizationDecision(isAllowed: false, reason: .noGrant)
     }
