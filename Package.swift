@@ -125,6 +125,12 @@ let package = Package(
             ]
         ),
         .target(
+            name: "Authorization",
+            // Event Grid's client groups, topic spaces and permission bindings, and Mosquitto's
+            // acl_file: pure, no I/O, no dependency.
+            dependencies: []
+        ),
+        .target(
             name: "CustodyTesting",
             // What the test targets share: the built executables, scratch directories, a
             // manual clock, a running `custody` and child processes, an in-memory
@@ -229,6 +235,10 @@ let package = Package(
             // The real `custody` as a child process (flags, configuration files, signals), and
             // what only the executable holds: its log handlers and lifecycle event publisher.
             dependencies: ["CustodyServer", "SessionLedger", "LMDBStorage", "CustodyTesting", "Broker", "MQTTCodec"]
+        ),
+        .testTarget(
+            name: "AuthorizationTests",
+            dependencies: ["Authorization"]
         ),
         .testTarget(
             name: "CustodyAuditTests",
