@@ -266,7 +266,9 @@ struct ConfigurationReader {
     }
 
     func limits(_ node: Node) throws(ConfigurationError) -> LimitsConfiguration {
-        let keys = try mapping(node, "limits", known: ["maxOutboundInflight", "outboundHighWaterBytes", "slowConsumerSeconds"])
+        let keys = try mapping(node, "limits", known: [
+            "maxOutboundInflight", "outboundHighWaterBytes", "slowConsumerSeconds", "maxPacketBytes",
+        ])
         var limits = LimitsConfiguration()
         if let (_, value) = keys["maxOutboundInflight"] {
             limits.maxOutboundInflight = try int(
@@ -279,6 +281,9 @@ struct ConfigurationReader {
         if let (_, value) = keys["slowConsumerSeconds"] {
             limits.slowConsumerSeconds = try int(
                 value, "limits.slowConsumerSeconds", range: LimitsConfiguration.slowConsumerSecondsRange)
+        }
+        if let (_, value) = keys["maxPacketBytes"] {
+            limits.maxPacketBytes = try int(value, "limits.maxPacketBytes", range: LimitsConfiguration.maxPacketBytesRange)
         }
         return limits
     }

@@ -11,10 +11,16 @@ public struct LimitsConfiguration: Sendable, Equatable {
     /// DISCONNECT 0x97; ledger `disconnected(quotaExceeded)`): `limits.slowConsumerSeconds`,
     /// `--slow-consumer-seconds`.
     public var slowConsumerSeconds = 60
+    /// The largest packet a client may send, announced as Maximum Packet Size in v5 CONNACKs;
+    /// a larger one closes its connection (v5 DISCONNECT 0x95; ledger `disconnected(clientError)`):
+    /// `limits.maxPacketBytes`, `--max-packet-bytes`.
+    public var maxPacketBytes = 512 << 10
 
     public static let maxOutboundInflightRange = 1...65_535
     public static let outboundHighWaterBytesRange = 16_384...(1 << 30)
     public static let slowConsumerSecondsRange = 1...86_400
+    /// From a small CONNECT to MQTT's own largest packet (a 4-byte remaining length).
+    public static let maxPacketBytesRange = 1_024...268_435_460
 
     public init() {}
 }

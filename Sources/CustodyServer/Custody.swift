@@ -90,6 +90,9 @@ struct Custody: AsyncParsableCommand {
     @Option(help: "Seconds a client may stay above the outbound high-water mark before it is disconnected (v5 0x97), 1-86400 (default 60; config key limits.slowConsumerSeconds).")
     var slowConsumerSeconds: Int?
 
+    @Option(help: "Largest packet a client may send, announced as Maximum Packet Size; larger ones close the connection (v5 0x95), 1024-268435460 (default 524288; config key limits.maxPacketBytes).")
+    var maxPacketBytes: Int?
+
     @Option(help: ArgumentHelp("Server certificate chain of the mqtts listeners, PEM (config key listeners[].certificate).", valueName: "file"))
     var tlsCertificate: String?
 
@@ -135,7 +138,8 @@ struct Custody: AsyncParsableCommand {
             tlsTrustedCertificates: tlsTrustedCertificates, logFormat: logFormat, metrics: metrics,
             metricsAllowRemote: metricsAllowRemote, eventSubscribers: eventSubscribers, listenWS: listenWS,
             maxKeepAliveSeconds: maxKeepAliveSeconds, maxOutboundInflight: maxOutboundInflight,
-            outboundHighWaterBytes: outboundHighWaterBytes, slowConsumerSeconds: slowConsumerSeconds)
+            outboundHighWaterBytes: outboundHighWaterBytes, slowConsumerSeconds: slowConsumerSeconds,
+            maxPacketBytes: maxPacketBytes)
     }
 
     /// Bad flag values are usage errors (exit 64), named before anything else happens.
@@ -234,6 +238,7 @@ struct Custody: AsyncParsableCommand {
             listeners: listeners, connectTimeout: .seconds(Int64(settings.connectTimeoutSeconds)))
         frontConfiguration.maximumKeepAlive = settings.maxKeepAliveSeconds.map { UInt16($0) }
         frontConfiguration.maximumOutboundInflight = settings.limits.maxOutboundInflight
+        frontConfiguration.maximumPacketSize = settings.limits.maxPacketBytes
         frontConfiguration.outboundHighWaterBytes = settings.limits.outboundHighWaterBytes
         frontConfiguration.slowConsumerTimeout = .seconds(Int64(settings.limits.slowConsumerSeconds))
         frontConfiguration.operations = FrontOperations(

@@ -31,6 +31,7 @@ struct FlagValues {
     var maxOutboundInflight: Int?
     var outboundHighWaterBytes: Int?
     var slowConsumerSeconds: Int?
+    var maxPacketBytes: Int?
 }
 
 /// What `custody` runs with: the configuration file (if any), then the flags over it.
@@ -102,6 +103,8 @@ enum Settings {
              \LimitsConfiguration.outboundHighWaterBytes),
             (flags.slowConsumerSeconds, "--slow-consumer-seconds", LimitsConfiguration.slowConsumerSecondsRange,
              \LimitsConfiguration.slowConsumerSeconds),
+            (flags.maxPacketBytes, "--max-packet-bytes", LimitsConfiguration.maxPacketBytesRange,
+             \LimitsConfiguration.maxPacketBytes),
         ] {
             guard let value else { continue }
             guard range.contains(value) else {

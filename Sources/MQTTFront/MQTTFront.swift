@@ -117,7 +117,7 @@ public struct MQTTFrontConfiguration: Sendable {
 
     public init(
         listeners: [FrontListener] = [FrontListener(address: .defaultMQTT)], connectTimeout: TimeAmount = .seconds(10),
-        maximumPacketSize: Int = 1 << 20, eventLoopThreads: Int = MQTTFrontConfiguration.defaultEventLoopThreads
+        maximumPacketSize: Int = 512 << 10, eventLoopThreads: Int = MQTTFrontConfiguration.defaultEventLoopThreads
     ) {
         self.listeners = listeners
         self.connectTimeout = connectTimeout
@@ -128,7 +128,7 @@ public struct MQTTFrontConfiguration: Sendable {
     /// Plain TCP listeners at `listeners`.
     public init(
         listeners: [HostPort], connectTimeout: TimeAmount = .seconds(10),
-        maximumPacketSize: Int = 1 << 20, eventLoopThreads: Int = MQTTFrontConfiguration.defaultEventLoopThreads
+        maximumPacketSize: Int = 512 << 10, eventLoopThreads: Int = MQTTFrontConfiguration.defaultEventLoopThreads
     ) {
         self.init(
             listeners: listeners.map { FrontListener(address: $0) }, connectTimeout: connectTimeout,

@@ -195,7 +195,9 @@ struct LimitsConfigurationTests {
               maxOutboundInflight: 20
               outboundHighWaterBytes: 65536
               slowConsumerSeconds: 5
+              maxPacketBytes: 4096
             """, file: "c.yaml")
+        #expect(set.limits.maxPacketBytes == 4_096)
         #expect(set.limits.maxOutboundInflight == 20)
         #expect(set.limits.outboundHighWaterBytes == 65_536)
         #expect(set.limits.slowConsumerSeconds == 5)

@@ -36,6 +36,7 @@ struct CustodyExecutableTests {
         (["--slow-consumer-seconds", "0"], "--slow-consumer-seconds must be between 1 and 86400, got 0"),
         (["--outbound-high-water-bytes", "1024"], "--outbound-high-water-bytes must be between 16384 and 1073741824, got 1024"),
         (["--max-outbound-inflight", "0"], "--max-outbound-inflight must be between 1 and 65535, got 0"),
+        (["--max-packet-bytes", "100"], "--max-packet-bytes must be between 1024 and 268435460, got 100"),
     ])
     func badFlagsExitWithAMessageNamingThem(arguments: [String], message: String) throws {
         let (status, _, error) = try runToEnd(try builtProduct("custody"), arguments + ["--data-dir", scratchDirectory("flags")])

@@ -20,28 +20,30 @@ struct DescriptorLimitTests {
     }
 
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/prlimit")))
-    func atTheDescriptorLimitAcceptingPausesQuietlyAndResumes() throws {
-        let custody = try RunningCustody(
-            "nofile", arguments: ["--log-level", "notice", "--connect-timeout-seconds", "30"],
-            launcher: ["/usr/bin/prlimit", "--nofile=256", "--"])
-        defer { custody.cleanUp() }
-        var idle: [Int32] = []
-        defer { for fd in idle { close(fd) } }
-        for _ in 0..<400 { idle.append(try connectedSocket(port: custody.port)) }
-        try custody.waitForLog("accept paused", timeout: 10)
-        let pid = custody.process.processIdentifier
-        let before = try cpuTicks(pid)
-        Thread.sleep(forTimeInterval: 3)
-        let used = try cpuTicks(pid) - before
-        // Under 5% of one core over 3 s (100 ticks a second).
-        #expect(used < 15, "custody used \(used) ticks in 3 s at the descriptor limit")
-        let paused = custody.stderr.components(separatedBy: "accept paused").count - 1
-        #expect(paused == 1, "one line per pause, not per retry:\n\(custody.stderr.prefix(2000))")
-        for fd in idle { close(fd) }
-        idle = []
-        let client = try RawClient(port: custody.port)
-        let connack = try client.connect("after-the-storm")
-        #expect(connack.reasonCode == .success)
-        try custody.waitForLog("accept resumed", timeout: 10)
+    func atTheDescriptorLimitAcceptingPausesQuietlyAndResumes() async throws {
+        try await offPool {
+            let custody = try RunningCustody(
+                "nofile", arguments: ["--log-level", "notice", "--connect-timeout-seconds", "30"],
+                launcher: ["/usr/bin/prlimit", "--nofile=256", "--"])
+            defer { custody.cleanUp() }
+            var idle: [Int32] = []
+            defer { for fd in idle { close(fd) } }
+            for _ in 0..<400 { idle.append(try connectedSocket(port: custody.port)) }
+            try custody.waitForLog("accept paused", timeout: 10)
+            let pid = custody.process.processIdentifier
+            let before = try cpuTicks(pid)
+            Thread.sleep(forTimeInterval: 3)
+            let used = try cpuTicks(pid) - before
+            // Under 5% of one core over 3 s (100 ticks a second).
+            #expect(used < 15, "custody used \(used) ticks in 3 s at the descriptor limit")
+            let paused = custody.stderr.components(separatedBy: "accept paused").count - 1
+            #expect(paused == 1, "one line per pause, not per retry:\n\(custody.stderr.prefix(2000))")
+            for fd in idle { close(fd) }
+            idle = []
+            let client = try RawClient(port: custody.port)
+            let connack = try client.connect("after-the-storm")
+            #expect(connack.reasonCode == .success)
+            try custody.waitForLog("accept resumed", timeout: 10)
+        }
     }
 }

@@ -133,14 +133,6 @@ private func floodAClientThatDoesNotRead(
     return (reader, acknowledged)
 }
 
-/// Runs blocking client code on a thread of its own: `RawClient`'s blocking sockets must not
-/// hold one of Swift concurrency's few threads, which the broker's tasks need meanwhile.
-private func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread { continuation.resume(with: Result { try body() }) }.start()
-    }
-}
-
 /// Runs `body` with a front, stopping it afterwards whatever happens.
 private func withFront(
     _ kind: MQTTFrontConfiguration.PlainTCPFront, host: String = "127.0.0.1", closeGrace: TimeAmount = .seconds(10),

@@ -184,7 +184,7 @@ private func connackProperties(_ output: String) throws -> [String: Any] {
 @Suite("MQTT 5 flow and limits end to end", .serialized)
 struct FlowControlEndToEndTests {
     /// What the CONNACK says, as paho reads it: Receive Maximum 100, Topic Alias Maximum 10,
-    /// Maximum Packet Size 1 MiB; QoS 2, retain, wildcards, subscription identifiers and shared
+    /// Maximum Packet Size 512 KiB; QoS 2, retain, wildcards, subscription identifiers and shared
     /// subscriptions all available, so absent (absence means available) — and each of them works.
     @Test func connAckAnnouncesWhatTheBrokerDoes() throws {
         try withCustody("connack") { custody in
@@ -196,7 +196,7 @@ struct FlowControlEndToEndTests {
             let properties = try connackProperties(client.output)
             #expect(properties["ReceiveMaximum"] as? Int == 100)
             #expect(properties["TopicAliasMaximum"] as? Int == 10)
-            #expect(properties["MaximumPacketSize"] as? Int == 1 << 20)
+            #expect(properties["MaximumPacketSize"] as? Int == 512 << 10)
             for absent in ["MaximumQoS", "RetainAvailable", "WildcardSubscriptionAvailable",
                 "SubscriptionIdentifierAvailable", "SharedSubscriptionAvailable", "ServerKeepAlive"]
             {

@@ -94,7 +94,9 @@ final class ConnectionHarness: @unchecked Sendable {
         var logger = Logger(label: "test")
         logger.logLevel = .critical
         services = FrontServices(
-            ledger: authority, pubsub: nil, logger: logger, connectTimeout: .seconds(10),
+            // Long: these tests are about the claim, not the timeout, and a loaded machine may
+            // leave a test's task waiting for seconds between its steps.
+            ledger: authority, pubsub: nil, logger: logger, connectTimeout: .seconds(120),
             maximumPacketSize: MQTTDecoder.largestPacketSize)
     }
 

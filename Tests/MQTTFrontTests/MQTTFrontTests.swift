@@ -388,7 +388,7 @@ struct MQTTFrontEndToEndTests {
 }
 
 /// What a granting v5 CONNACK of `custody` says about its broker, after the interval: up to 100
-/// QoS 1/2 PUBLISHes in flight, topic aliases 1-10, packets up to 1 MiB. Everything else (QoS 2,
+/// QoS 1/2 PUBLISHes in flight, topic aliases 1-10, packets up to 512 KiB. Everything else (QoS 2,
 /// retain, wildcards, subscription identifiers, shared subscriptions) is available, which is
 /// what leaving it out says.
-let capabilities: [MQTTProperty] = [.receiveMaximum(100), .topicAliasMaximum(10), .maximumPacketSize(1 << 20)]
+let capabilities: [MQTTProperty] = [.receiveMaximum(100), .topicAliasMaximum(10), .maximumPacketSize(512 << 10)]

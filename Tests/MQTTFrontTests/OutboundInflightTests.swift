@@ -32,34 +32,36 @@ struct OutboundInflightTests {
         #expect(acceptance.identity.receiveMaximum == 100)
     }
 
-    @Test func aSubscriberThatDoesNotAcknowledgeHoldsAtMostOneHundred() throws {
-        try withCustody("inflight") { custody in
-            let subscriber = try RawClient(port: custody.port)
-            #expect(try subscriber.connect("slow", expiry: 600).reasonCode == .success)
-            try subscriber.send(.subscribe(MQTTSubscribe(
-                packetIdentifier: 1,
-                subscriptions: [MQTTSubscription(topicFilter: "load/#", options: MQTTSubscriptionOptions(qos: .atLeastOnce))])))
-            guard case .suback = try subscriber.receive() else {
-                Issue.record("no SUBACK")
-                return
+    @Test func aSubscriberThatDoesNotAcknowledgeHoldsAtMostOneHundred() async throws {
+        try await offPool {
+            try withCustody("inflight") { custody in
+                let subscriber = try RawClient(port: custody.port)
+                #expect(try subscriber.connect("slow", expiry: 600).reasonCode == .success)
+                try subscriber.send(.subscribe(MQTTSubscribe(
+                    packetIdentifier: 1,
+                    subscriptions: [MQTTSubscription(topicFilter: "load/#", options: MQTTSubscriptionOptions(qos: .atLeastOnce))])))
+                guard case .suback = try subscriber.receive() else {
+                    Issue.record("no SUBACK")
+                    return
+                }
+                let publisher = try RawClient(port: custody.port)
+                #expect(try publisher.connect("fast").reasonCode == .success)
+                for id in 1...300 {
+                    try publisher.send(.publish(MQTTPublish(
+                        topicName: "load/x", payload: ByteBuffer(string: "\(id)"), qos: .atLeastOnce,
+                        packetIdentifier: UInt16(id))))
+                    _ = try publisher.receive()  // PUBACK
+                }
+                let received = quietAfter(subscriber).compactMap { packet -> UInt16? in
+                    if case .publish(let publish) = packet { return publish.packetIdentifier }
+                    return nil
+                }
+                #expect(received.count == 100)
+                // One acknowledgement makes room for one more.
+                try subscriber.send(.puback(MQTTPublishResponse(packetIdentifier: received[0])))
+                let more = quietAfter(subscriber).filter { if case .publish = $0 { true } else { false } }
+                #expect(more.count == 1)
             }
-            let publisher = try RawClient(port: custody.port)
-            #expect(try publisher.connect("fast").reasonCode == .success)
-            for id in 1...300 {
-                try publisher.send(.publish(MQTTPublish(
-                    topicName: "load/x", payload: ByteBuffer(string: "\(id)"), qos: .atLeastOnce,
-                    packetIdentifier: UInt16(id))))
-                _ = try publisher.receive()  // PUBACK
-            }
-            let received = quietAfter(subscriber).compactMap { packet -> UInt16? in
-                if case .publish(let publish) = packet { return publish.packetIdentifier }
-                return nil
-            }
-            #expect(received.count == 100)
-            // One acknowledgement makes room for one more.
-            try subscriber.send(.puback(MQTTPublishResponse(packetIdentifier: received[0])))
-            let more = quietAfter(subscriber).filter { if case .publish = $0 { true } else { false } }
-            #expect(more.count == 1)
         }
     }
 }

@@ -26,58 +26,60 @@ struct OutboundLimitTests {
         return Int(line.split(separator: " ", omittingEmptySubsequences: true)[1])!
     }
 
-    @Test func aStalledQoS0SubscriberIsBoundedAndDisconnectedWhileAReaderGetsEverything() throws {
-        let messages = 20_000
-        try withCustody("high-water", ["--slow-consumer-seconds", "2", "--metrics", "127.0.0.1:0"]) { custody in
-            let stalled = try RawClient(port: custody.port, receiveBuffer: 4096)
-            #expect(try stalled.connect("stalled").reasonCode == .success)
-            try stalled.send(.subscribe(MQTTSubscribe(
-                packetIdentifier: 1, subscriptions: [MQTTSubscription(topicFilter: "flood/#")])))
-            guard case .suback = try stalled.receive() else { throw E2EError.unexpected("no SUBACK") }
+    @Test func aStalledQoS0SubscriberIsBoundedAndDisconnectedWhileAReaderGetsEverything() async throws {
+        try await offPool {
+            let messages = 20_000
+            try withCustody("high-water", ["--slow-consumer-seconds", "2", "--metrics", "127.0.0.1:0"]) { custody in
+                let stalled = try RawClient(port: custody.port, receiveBuffer: 4096)
+                #expect(try stalled.connect("stalled").reasonCode == .success)
+                try stalled.send(.subscribe(MQTTSubscribe(
+                    packetIdentifier: 1, subscriptions: [MQTTSubscription(topicFilter: "flood/#")])))
+                guard case .suback = try stalled.receive() else { throw E2EError.unexpected("no SUBACK") }
 
-            let reader = try RawClient(port: custody.port)
-            #expect(try reader.connect("reader").reasonCode == .success)
-            try reader.send(.subscribe(MQTTSubscribe(
-                packetIdentifier: 1, subscriptions: [MQTTSubscription(topicFilter: "flood/#")])))
-            guard case .suback = try reader.receive() else { throw E2EError.unexpected("no SUBACK") }
-            let received = Mutex(0)
-            let readerDone = DispatchSemaphore(value: 0)
-            let handOver = ReaderBox(reader)
-            Thread {
-                defer { readerDone.signal() }
-                while let packet = try? handOver.client.receive(timeout: 30) {
-                    guard case .publish = packet else { continue }
-                    if received.withLock({ $0 += 1; return $0 }) == messages { return }
+                let reader = try RawClient(port: custody.port)
+                #expect(try reader.connect("reader").reasonCode == .success)
+                try reader.send(.subscribe(MQTTSubscribe(
+                    packetIdentifier: 1, subscriptions: [MQTTSubscription(topicFilter: "flood/#")])))
+                guard case .suback = try reader.receive() else { throw E2EError.unexpected("no SUBACK") }
+                let received = Mutex(0)
+                let readerDone = DispatchSemaphore(value: 0)
+                let handOver = ReaderBox(reader)
+                Thread {
+                    defer { readerDone.signal() }
+                    while let packet = try? handOver.client.receive(timeout: 30) {
+                        guard case .publish = packet else { continue }
+                        if received.withLock({ $0 += 1; return $0 }) == messages { return }
+                    }
+                }.start()
+
+                let pid = custody.process.processIdentifier
+                let before = try residentKiB(pid)
+                let publisher = try RawClient(port: custody.port)
+                #expect(try publisher.connect("publisher").reasonCode == .success)
+                let payload = ByteBuffer(repeating: 0x62, count: 1024)
+                var peak = before
+                for id in 1...messages {
+                    try publisher.send(.publish(MQTTPublish(
+                        topicName: "flood/m", payload: payload, qos: .atLeastOnce, packetIdentifier: UInt16(id % 65_535 + 1))))
+                    guard case .puback? = try publisher.receive(timeout: 20) else { throw E2EError.unexpected("no PUBACK \(id)") }
+                    if id % 2_000 == 0 { peak = max(peak, try residentKiB(pid)) }
                 }
-            }.start()
+                readerDone.wait()
+                #expect(received.withLock { $0 } == messages, "the reader got every message")
+                // Start + twice the high-water mark + 10 MiB: 20 MB were published to the stalled one.
+                #expect(peak - before < 2 * 1024 + 10 * 1024, "RSS grew by \(peak - before) KiB")
 
-            let pid = custody.process.processIdentifier
-            let before = try residentKiB(pid)
-            let publisher = try RawClient(port: custody.port)
-            #expect(try publisher.connect("publisher").reasonCode == .success)
-            let payload = ByteBuffer(repeating: 0x62, count: 1024)
-            var peak = before
-            for id in 1...messages {
-                try publisher.send(.publish(MQTTPublish(
-                    topicName: "flood/m", payload: payload, qos: .atLeastOnce, packetIdentifier: UInt16(id % 65_535 + 1))))
-                guard case .puback? = try publisher.receive(timeout: 20) else { throw E2EError.unexpected("no PUBACK \(id)") }
-                if id % 2_000 == 0 { peak = max(peak, try residentKiB(pid)) }
+                let end = try custody.waitForEvent(timeout: 20) {
+                    $0.sessionName.value == "stalled" && $0.kind == .disconnected(.quotaExceeded)
+                }
+                #expect(end.authenticationName.value == "stalled")
+                try custody.waitForLog("slow consumer", "session_name=stalled")
+                let metrics = try run("/usr/bin/curl", ["-s", "http://\(try metricsAddress(custody))/metrics"]).1
+                let dropped = metrics.split(separator: "\n").first {
+                    $0.hasPrefix("custody_broker_messages_dropped_total{reason=\"slow_consumer\"}")
+                }
+                #expect(dropped.map { Int($0.split(separator: " ").last!)! > 1_000 } == true, "\(dropped ?? "no slow_consumer count")")
             }
-            readerDone.wait()
-            #expect(received.withLock { $0 } == messages, "the reader got every message")
-            // Start + twice the high-water mark + 10 MiB: 20 MB were published to the stalled one.
-            #expect(peak - before < 2 * 1024 + 10 * 1024, "RSS grew by \(peak - before) KiB")
-
-            let end = try custody.waitForEvent(timeout: 20) {
-                $0.sessionName.value == "stalled" && $0.kind == .disconnected(.quotaExceeded)
-            }
-            #expect(end.authenticationName.value == "stalled")
-            try custody.waitForLog("slow consumer", "session_name=stalled")
-            let metrics = try run("/usr/bin/curl", ["-s", "http://\(try metricsAddress(custody))/metrics"]).1
-            let dropped = metrics.split(separator: "\n").first {
-                $0.hasPrefix("custody_broker_messages_dropped_total{reason=\"slow_consumer\"}")
-            }
-            #expect(dropped.map { Int($0.split(separator: " ").last!)! > 1_000 } == true, "\(dropped ?? "no slow_consumer count")")
         }
     }
 
@@ -86,5 +88,56 @@ struct OutboundLimitTests {
             throw E2EError.unexpected("no metrics line: \(custody.stdout)")
         }
         return String(line.dropFirst("custody: metrics http://".count).dropLast("/metrics".count))
+    }
+}
+
+/// The largest packet a client may send (`limits.maxPacketBytes`, default 512 KiB): announced
+/// in the v5 CONNACK; a packet of exactly that size is taken, one byte more closes the
+/// connection (v5 DISCONNECT 0x95, ledger `disconnected(clientError)`; v3.1.1: closed).
+@Suite("Maximum packet size")
+struct MaximumPacketSizeTests {
+    /// A QoS 1 PUBLISH to `t` whose whole packet is `size` bytes.
+    private func publish(totalSize size: Int) -> MQTTPacket {
+        // Fixed header 1 + 2 (remaining length below 16,384), topic 2 + 1, identifier 2,
+        // properties length 1 (v5), payload the rest.
+        .publish(MQTTPublish(
+            topicName: "t", payload: ByteBuffer(repeating: 0x70, count: size - 9), qos: .atLeastOnce,
+            packetIdentifier: 1))
+    }
+
+    @Test func atTheLimitTakenOneByteMoreRefused() async throws {
+        try await offPool {
+            try withCustody("max-packet", ["--max-packet-bytes", "2048"]) { custody in
+                let client = try RawClient(port: custody.port)
+                let connack = try client.connect("at-limit")
+                #expect(connack.properties.maximumPacketSize == UInt32(2048))
+                var encoded = ByteBuffer()
+                _ = try MQTTEncoder(protocolVersion: .mqtt5).encode(publish(totalSize: 2048), into: &encoded)
+                #expect(encoded.readableBytes == 2048)
+                try client.send(publish(totalSize: 2048))
+                guard case .puback? = try client.receive() else { throw E2EError.unexpected("no PUBACK at the limit") }
+                try client.send(publish(totalSize: 2049))
+                #expect(try client.receiveUntilClosed() == [.disconnect(MQTTDisconnect(reasonCode: .packetTooLarge))])
+                let end = try custody.waitForEvent { $0.sessionName.value == "at-limit" && $0.kind != .connected }
+                #expect(end.kind == .disconnected(.clientError))
+
+                let v3 = try RawClient(port: custody.port, version: .mqtt3_1_1)
+                _ = try v3.connect("v3-over", version: .mqtt3_1_1)
+                var big = ByteBuffer()
+                _ = try MQTTEncoder(protocolVersion: .mqtt3_1_1).encode(.publish(MQTTPublish(
+                    topicName: "t", payload: ByteBuffer(repeating: 0x70, count: 4096))), into: &big)
+                try v3.sendRaw(Array(big.readableBytesView))
+                #expect(try v3.receiveUntilClosed().isEmpty)
+            }
+        }
+    }
+
+    @Test func theDefaultIs512KiB() async throws {
+        try await offPool {
+            try withCustody("max-packet-default") { custody in
+                let connack = try RawClient(port: custody.port).connect("default")
+                #expect(connack.properties.maximumPacketSize == UInt32(512 * 1024))
+            }
+        }
     }
 }
