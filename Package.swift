@@ -171,7 +171,7 @@ let package = Package(
         ),
         .testTarget(
             name: "LedgerCoreTests",
-            dependencies: ["LedgerCore"],
+            dependencies: ["LedgerCore", "CustodyTesting"],
             resources: [.copy("Golden")]
         ),
         .testTarget(
@@ -223,7 +223,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MQTTCodecTests",
-            dependencies: ["MQTTCodec", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["MQTTCodec", "CustodyTesting", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "SessionLedgerTests",

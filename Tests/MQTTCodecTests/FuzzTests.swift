@@ -1,3 +1,4 @@
+import CustodyTesting
 import MQTTCodec
 import NIOCore
 import Testing
@@ -7,18 +8,6 @@ import Testing
 // chunks and (every tenth) byte by byte. Nothing may crash, trap or hang; every failure
 // carries a reason code a server may close with; and how the bytes arrive never changes
 // what they decode to.
-
-/// SplitMix64: small, fast, and the same sequence on every machine for one seed.
-private struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// What a stream of bytes decoded to, up to the first failure or the end of the bytes.
 private enum Outcome: Equatable {
@@ -68,7 +57,7 @@ struct FuzzTests {
                 corpus.append((Array(buffer.readableBytesView), version))
             }
         }
-        var random = SplitMix64(state: 0x00C0_FFEE_2026_1204)
+        var random = SplitMix(seed: 0x00C0_FFEE_2026_1204)
         var failures = 0
         var packets = 0
         for index in 0..<Self.inputs {
@@ -100,7 +89,7 @@ struct FuzzTests {
                 }
             }
             let whole = decodeAll(bytes, version: version) { $0 }
-            var chunking = SplitMix64(state: UInt64(index))
+            var chunking = SplitMix(seed: UInt64(index))
             let chunked = decodeAll(bytes, version: version) { _ in Int.random(in: 1...7, using: &chunking) }
             #expect(chunked == whole, "input \(index): \(bytes)")
             if index % 10 == 0 {

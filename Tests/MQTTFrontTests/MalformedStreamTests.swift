@@ -1,3 +1,4 @@
+import CustodyTesting
 import Foundation
 import MQTTCodec
 import NIOCore
@@ -13,16 +14,6 @@ import Glibc
 /// bystander and custody see nothing of it.
 @Suite("Malformed streams end only their own connection")
 struct MalformedStreamTests {
-    private struct SplitMix64: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
 
     private static func encoded(_ packet: MQTTPacket) throws -> [UInt8] {
         var buffer = ByteBuffer()
@@ -48,7 +39,7 @@ struct MalformedStreamTests {
             try withCustody("malformed") { custody in
                 let bystander = try RawClient(port: custody.port)
                 #expect(try bystander.connect("bystander").reasonCode == .success)
-                var random = SplitMix64(state: 0x5EED_0F_C0DE)
+                var random = SplitMix(seed: 0x5EED_0F_C0DE)
                 var checked = 0
                 for index in 0..<300 {
                     var bad = templates[Int.random(in: 0..<templates.count, using: &random)]
