@@ -15,8 +15,7 @@ public final class ManualClock: Sendable {
     public func set(_ micros: Int64) { current.withLock { $0 = micros } }
 
     /// What the ledger and the broker take as their clock.
-    public var read: @Sendable () -> Int64 { { [self] in now } }
-    public var ledgerClock: @Sendable () -> Int64 { read }
+    public var ledgerClock: @Sendable () -> Int64 { { [self] in now } }
 }
 
 /// One second in the clock's unit.

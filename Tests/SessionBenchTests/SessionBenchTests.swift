@@ -101,21 +101,6 @@ final class Mosquitto {
     }
 }
 
-/// Whether this build of `custody` listens (it always has since its MQTT front landed).
-private var custodyListens: Bool {
-    guard let url = try? product("custody") else { return false }
-    let help = Process()
-    help.executableURL = url
-    help.arguments = ["--help"]
-    let pipe = Pipe()
-    help.standardOutput = pipe
-    help.standardError = FileHandle.nullDevice
-    guard (try? help.run()) != nil else { return false }
-    let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    help.waitUntilExit()
-    return text.contains("--listen")
-}
-
 extension RunningCustody {
     var pid: Int32 { process.processIdentifier }
     var log: String { stdout + stderr }
@@ -338,8 +323,7 @@ struct SessionBenchTests {
         #expect(run.stdout.isEmpty)
     }
 
-    @Test("against custody: connect, persistent, takeover and reject (refused with 0x87 / 5)", .enabled(if: custodyListens),
-          arguments: [4, 5])
+    @Test("against custody: connect, persistent, takeover and reject (refused with 0x87 / 5)", arguments: [4, 5])
     func againstCustody(proto: Int) throws {
         let custody = try RunningCustody("bench", arguments: ["--max-sessions-per-client", "100"])
         defer { custody.cleanUp() }
