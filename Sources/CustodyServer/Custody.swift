@@ -8,7 +8,6 @@ import MQTTFront
 import NIOCore
 import ServiceLifecycle
 import SessionLedger
-import Synchronization
 
 @main
 struct Custody: AsyncParsableCommand {
