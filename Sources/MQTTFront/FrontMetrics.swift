@@ -26,6 +26,11 @@ public final class FrontMetrics: Sendable {
     /// QoS 0 messages not sent to a client above the outbound high-water mark.
     let messagesDroppedSlowConsumer: CoreMetrics.Counter
     private let connects = Mutex<[UInt16: CoreMetrics.Counter]>([:])
+    /// `custody_limit_exceeded_total{limit}` and `custody_authorization_denied_total{action}`,
+    /// made on first use of a label value (a small fixed set) and kept.
+    private let labelled = Mutex<[String: CoreMetrics.Counter]>([:])
+    public static let limitExceededLabel = "custody_limit_exceeded_total"
+    public static let authorizationDeniedLabel = "custody_authorization_denied_total"
 
     public init(factory: any MetricsFactory = MetricsSystem.factory) {
         self.factory = factory
@@ -58,6 +63,26 @@ public final class FrontMetrics: Sendable {
             return counter
         }
         counter.increment()
+    }
+
+    /// A limit (README "Limits", the key under `limits:`) refused or cut something.
+    public func limitExceeded(_ limit: String, by count: Int = 1) {
+        counter(Self.limitExceededLabel, "limit", limit).increment(by: count)
+    }
+
+    /// An authorization denial: `action` is publish, subscribe or will.
+    public func authorizationDenied(_ action: String, by count: Int = 1) {
+        counter(Self.authorizationDeniedLabel, "action", action).increment(by: count)
+    }
+
+    private func counter(_ label: String, _ dimension: String, _ value: String) -> CoreMetrics.Counter {
+        labelled.withLock { table in
+            let key = "\(label)\u{0}\(value)"
+            if let counter = table[key] { return counter }
+            let counter = CoreMetrics.Counter(label: label, dimensions: [(dimension, value)], factory: factory)
+            table[key] = counter
+            return counter
+        }
     }
 }
 

@@ -24,6 +24,8 @@ final class FrontServices: Sendable {
     let operations: FrontOperations
     let metrics: FrontMetrics?
     let shutdownBatch = ShutdownBatch()
+    /// Rate-limits the lines a client can cause at will (denials, limits exceeded).
+    let logThrottle = LogThrottle()
 
     init(
         ledger: any SessionAuthority, pubsub: (any PubSubEngine)?, logger: Logger, connectTimeout: TimeAmount,
