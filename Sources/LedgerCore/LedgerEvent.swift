@@ -52,6 +52,9 @@ public enum RejectionReason: UInt8, Sendable, CaseIterable {
     case authenticationFailed = 6
     /// R7: the authentication name itself is not acceptable (empty, too long).
     case invalidAuthenticationName = 7
+    /// DESIGN.md §5: the client may not do what its CONNECT asks (its will topic is not one
+    /// it may publish to).
+    case clientAuthorizationError = 8
 }
 
 /// What happened, with the reason that belongs to that kind of fact.

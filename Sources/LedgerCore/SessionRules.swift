@@ -51,6 +51,12 @@ public enum IdentityVerdict: Sendable, Equatable {
     case unknownClient
     case clientDisabled
     case authenticationFailed
+    /// Authenticated, but authorization refuses the CONNECT (DESIGN.md §5: its will topic):
+    /// recorded as `rejected(clientAuthorizationError)`.
+    case authorizationDenied
+    /// Authenticated, but the session name was CONNECTed too often (a limit, DESIGN.md §6):
+    /// recorded as `rejected(quotaExceeded)`.
+    case connectRateExceeded
 }
 
 /// A CONNECT, as the ledger sees it.
@@ -161,6 +167,8 @@ public enum SessionRules {
         case .unknownClient: return reject(.unknownClient)
         case .clientDisabled: return reject(.clientDisabled)
         case .authenticationFailed: return reject(.authenticationFailed)
+        case .authorizationDenied: return reject(.clientAuthorizationError)
+        case .connectRateExceeded: return reject(.quotaExceeded)
         }
         guard claim.authenticationName.isValid else {
             return reject(.invalidAuthenticationName)

@@ -305,7 +305,8 @@ public struct ConnectionStateMachine: Sendable {
             var code = Self.reasonCode(for: reason, authenticationMethod: identity.authenticationMethod)
             var why = "\(reason)"
             if let refusal = identity.identityRefusal, identity.authenticationMethod == nil,
-                [.unknownClient, .clientDisabled, .authenticationFailed].contains(reason)
+                [.unknownClient, .clientDisabled, .authenticationFailed, .clientAuthorizationError, .quotaExceeded]
+                    .contains(reason)
             {
                 code = refusal.code
                 why += ": \(refusal.detail)"
@@ -659,6 +660,7 @@ public struct ConnectionStateMachine: Sendable {
         case .quotaExceeded: .quotaExceeded  // R3
         case .ownedByAnotherClient: .notAuthorized  // R6
         case .unknownClient, .clientDisabled: .notAuthorized  // R7
+        case .clientAuthorizationError: .notAuthorized  // DESIGN §5
         case .authenticationFailed: authenticationMethod == nil ? .badUserNameOrPassword : .badAuthenticationMethod
         case .invalidAuthenticationName: .badUserNameOrPassword
         }
