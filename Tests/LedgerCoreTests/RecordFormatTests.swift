@@ -31,10 +31,25 @@ func goldenEvents() -> [LedgerEvent] {
     for reason in ExpiryReason.allCases {
         add(.expired(reason), auth: "device-\(reason.rawValue)", session: "s-\(reason.rawValue)", connection: 200 + UInt64(reason.rawValue), remote: "")
     }
-    for reason in RejectionReason.allCases {
+    // The file was written when 7 was the last rejection code; later codes are appended to the
+    // format, never into this file (`laterReasonCodesRoundTrip`).
+    for reason in RejectionReason.allCases where reason.rawValue <= 7 {
         add(.rejected(reason), auth: "device-\(reason.rawValue)", session: "r-\(reason.rawValue)", connection: 300 + UInt64(reason.rawValue), expiry: 0)
     }
     return events
+}
+
+/// Reason codes appended after the golden file was written: each encodes and decodes.
+@Test func laterReasonCodesRoundTrip() throws {
+    for reason in RejectionReason.allCases where reason.rawValue > 7 {
+        let event = LedgerEvent(
+            sequence: 1, timestamp: 1_764_000_000_000_000, kind: .rejected(reason),
+            authenticationName: AuthenticationName(unchecked: "device"), sessionName: SessionName(unchecked: "s"),
+            connection: 1, protocolVersion: .mqtt5, cleanStart: false, expiryInterval: 0, remoteAddress: "127.0.0.1:1")
+        let record = EventRecordFormat.encode(event, previous: .genesis)
+        let decoded = try record.withUnsafeBytes { bytes in try EventRecordFormat.decode(bytes) }
+        #expect(decoded.event == event)
+    }
 }
 
 /// Golden file layout: for each record, its length (UInt32 little-endian) then its bytes.
