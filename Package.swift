@@ -71,7 +71,7 @@ let package = Package(
             // The YAML configuration, the client registry and the password file: pure, no I/O
             // beyond reading the files it is given.
             dependencies: [
-                "LedgerCore", "CustodyModel",
+                "LedgerCore", "CustodyModel", "Authorization",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "CryptoExtras", package: "swift-crypto"),
@@ -113,7 +113,7 @@ let package = Package(
         .target(
             name: "MQTTFront",
             dependencies: [
-                "MQTTCodec", "Broker", "SessionLedger", "CustodyModel", "EpollTransport",
+                "MQTTCodec", "Broker", "SessionLedger", "CustodyModel", "EpollTransport", "Authorization",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 // MQTT over WebSocket: the HTTP upgrade and the frames.
@@ -141,7 +141,7 @@ let package = Package(
             name: "CustodyServer",
             dependencies: [
                 "SessionLedger", "MQTTFront", "MQTTCodec", "Broker", "CustodyModel", "CustodyConfig", "CustodyTLS",
-                "CustodyOperations",
+                "CustodyOperations", "Authorization",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // Graceful shutdown on SIGTERM/SIGINT; metrics served on --metrics.
@@ -186,7 +186,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CustodyConfigTests",
-            dependencies: ["CustodyConfig", "CustodyModel", "LedgerCore", "CustodyTesting"]
+            dependencies: ["CustodyConfig", "CustodyModel", "LedgerCore", "CustodyTesting", "Authorization"]
         ),
         .testTarget(
             name: "CustodyTLSTests",

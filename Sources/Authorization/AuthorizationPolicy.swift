@@ -1,6 +1,6 @@
 /// `open`: every client may publish and subscribe everywhere (the development default);
 /// `enforced`: only what the permission bindings grant.
-public enum AuthorizationMode: String, Sendable, Equatable {
+public enum AuthorizationMode: String, Sendable, Equatable, CaseIterable {
     case open
     case enforced
 }
@@ -32,7 +32,7 @@ public struct TopicSpace: Sendable, Equatable {
     }
 }
 
-public enum Permission: String, Sendable, Equatable {
+public enum Permission: String, Sendable, Equatable, CaseIterable {
     case publisher = "Publisher"
     case subscriber = "Subscriber"
 }

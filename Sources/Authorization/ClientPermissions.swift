@@ -105,7 +105,7 @@ public struct AuthorizationDecision: Sendable, Equatable {
     public let isAllowed: Bool
     public let reason: Reason
 
-    public enum Reason: Sendable, Equatable {
+    public enum Reason: Sendable, Equatable, CustomStringConvertible {
         /// `authorization: open`.
         case openMode
         /// The first grant that matched (publish) or covered (subscribe).
@@ -116,6 +116,16 @@ public struct AuthorizationDecision: Sendable, Equatable {
         case noGrant
         /// Not a valid topic name (publish) or filter (subscribe).
         case invalid
+
+        public var description: String {
+            switch self {
+            case .openMode: "authorization is open"
+            case .grantedBy(let grant): "granted by \(grant)"
+            case .deniedBy(let grant): "denied by \(grant)"
+            case .noGrant: "no permission binding grants it"
+            case .invalid: "not a valid topic name or filter"
+            }
+        }
     }
 }
 

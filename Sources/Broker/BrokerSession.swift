@@ -35,6 +35,12 @@ public final class BrokerSession: Sendable {
         broker.setWill(will, sessionExpiryInterval: sessionExpiryInterval, for: self)
     }
 
+    /// The filters the session subscribes to now (restored ones of a resumed session included),
+    /// for the front to check again when the rules change.
+    public var subscriptionFilters: [String] {
+        broker.locked { Array(state.subscriptions.keys) }
+    }
+
     /// Whether this connection's client may subscribe to the server's own topics
     /// (`Broker.serverTopicPrefix`); false after `attach`. Others get 0x87 (3.1.1: 0x80) for
     /// such filters. Subscriptions already held (a resumed session) are not re-checked.

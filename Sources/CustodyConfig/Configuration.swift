@@ -27,6 +27,8 @@ public struct CustodyConfiguration: Sendable, Equatable {
     public var eventSubscribers: [AuthenticationName] = []
     /// What one client may take of the broker.
     public var limits = LimitsConfiguration()
+    /// What clients may publish and subscribe to.
+    public var authorization = AuthorizationConfiguration()
 
     public init() {}
 

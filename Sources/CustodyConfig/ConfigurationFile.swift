@@ -156,7 +156,7 @@ struct ConfigurationReader {
             "dataDir", "listeners", "namespace", "clients", "passwordFile", "ledgerMapSizeMiB",
             "connectTimeoutSeconds", "logLevel", "logFormat", "metrics", "metricsAllowRemote", "eventSubscribers",
             "maxKeepAliveSeconds", "limits",
-        ])
+        ] + Self.authorizationKeys)
         var config = CustodyConfiguration()
         if let (_, value) = keys["dataDir"] { config.dataDir = try path(value, "dataDir") }
         if let (_, value) = keys["listeners"] {
@@ -220,6 +220,7 @@ struct ConfigurationReader {
                 }
             }
         }
+        config.authorization = try authorization(keys)
         if config.namespace.registeredClientsOnly && config.clients.isEmpty {
             throw fail(keys["namespace"]?.value, "namespace.registeredClientsOnly",
                        "is true but no clients are registered: nobody could connect")

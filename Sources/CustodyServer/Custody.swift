@@ -128,6 +128,9 @@ struct Custody: AsyncParsableCommand {
             valueName: "name"))
     var eventSubscribers: [String] = []
 
+    @OptionGroup(title: "Authorization")
+    var access: AccessOptions
+
     var flags: FlagValues {
         FlagValues(
             dataDir: dataDir, maxSessionsPerClient: maxSessionsPerClient, maxSessionExpiryHours: maxSessionExpiryHours,
@@ -138,11 +141,12 @@ struct Custody: AsyncParsableCommand {
             metricsAllowRemote: metricsAllowRemote, eventSubscribers: eventSubscribers, listenWS: listenWS,
             maxKeepAliveSeconds: maxKeepAliveSeconds, maxOutboundInflight: maxOutboundInflight,
             outboundHighWaterBytes: outboundHighWaterBytes, slowConsumerSeconds: slowConsumerSeconds,
-            maxPacketBytes: maxPacketBytes)
+            maxPacketBytes: maxPacketBytes, aclFile: access.aclFile)
     }
 
     /// Bad flag values are usage errors (exit 64), named before anything else happens.
     func validate() throws {
+        try access.validate(checkConfig: checkConfig)
         do {
             _ = try Settings.resolve(file: nil, flags: flags, flagsOnly: config != nil || checkConfig != nil)
         } catch {
@@ -169,8 +173,15 @@ struct Custody: AsyncParsableCommand {
                 let configuration = try Settings.resolve(file: checkConfig, flags: flags)
                 try configuration.validateForStart()
                 try configuration.validateMetrics()
+                guard access.client == nil else {
+                    if try explainAccess(configuration, options: access) { return }
+                    throw ExitCode.failure
+                }
+                _ = try configuration.accessRules()
                 say(Settings.summary(of: configuration, file: checkConfig))
                 return
+            } catch let exit as ExitCode {
+                throw exit
             } catch {
                 FileHandle.standardError.write(Data("custody: \(error)\n".utf8))
                 throw ExitCode.failure
@@ -224,9 +235,11 @@ struct Custody: AsyncParsableCommand {
         let logger = Logger(label: "custody.mqtt")
         let listeners: [FrontListener]
         let authority: Authenticator?
+        let accessRules: AccessRules
         do {
             listeners = try settings.frontListeners()
             authority = settings.needsAuthority(configFile: config) ? try settings.authenticator() : nil
+            accessRules = try settings.accessRules()
         } catch {
             FileHandle.standardError.write(Data("custody: \(error)\n".utf8))
             broker.close()
@@ -243,7 +256,8 @@ struct Custody: AsyncParsableCommand {
         frontConfiguration.operations = FrontOperations(
             metrics: operations.frontMetrics, serverTopicReaders: settings.eventSubscribers)
         let front = MQTTFront(
-            ledger: ledger, pubsub: broker, configuration: frontConfiguration, logger: logger, authority: authority)
+            ledger: ledger, pubsub: broker, configuration: frontConfiguration, logger: logger, authority: authority,
+            access: accessRules)
         let addresses: [HostPort]
         do {
             addresses = try await front.start()
@@ -260,6 +274,7 @@ struct Custody: AsyncParsableCommand {
         if let authority {
             say("custody: identity clients=\(settings.clients.count) registered_clients_only=\(authority.namespace.registeredClientsOnly) password_file=\(authority.passwords != nil ? 1 : 0); SIGHUP reloads the registry")
         }
+        for line in settings.accessLines(accessRules) { say(line) }
         if let address = settings.metrics {
             do {
                 let port = try await operations.startMetrics(at: address, ledger: ledger, broker: broker) ?? address.port

@@ -60,8 +60,8 @@ extension TLSListenerSetup {
     }
 }
 
-/// Reloads the client registry (clients, namespace identity settings, password file) on
-/// SIGHUP. Listeners, data directory and session limits stay as they started; a file that
+/// Reloads the client registry (clients, namespace identity settings, password file) and the
+/// authorization rules (groups, topic spaces, bindings, attributes, acl file) on SIGHUP. Listeners, data directory and session limits stay as they started; a file that
 /// does not load leaves the registry in force as it was.
 struct IdentityReload {
     let configFile: String?
@@ -75,24 +75,32 @@ struct IdentityReload {
     }
 
     func reload() async {
-        guard configFile != nil || flags.passwordFile != nil else {
-            say("custody: SIGHUP: no configuration or password file, nothing to reload")
+        let identity = configFile != nil || flags.passwordFile != nil
+        guard identity || flags.aclFile != nil else {
+            say("custody: SIGHUP: no configuration, password or acl file, nothing to reload")
             return
         }
-        let authority: Authenticator
+        let authority: Authenticator?
+        let access: AccessRules
         let configuration: CustodyConfiguration
         do {
             configuration = try Settings.resolve(file: configFile, flags: flags)
-            authority = try configuration.authenticator()
+            authority = identity ? try configuration.authenticator() : nil
+            access = try configuration.accessRules()
         } catch {
             logger.error("registry reload failed; the registry in force is kept", metadata: ["error": "\(error)"])
             say("custody: SIGHUP: reload failed, registry kept: \(error)")
             return
         }
-        let disconnected = await front.replaceAuthority(authority)
+        var disconnected = 0
+        if let authority { disconnected = await front.replaceAuthority(authority) }
+        // After the identities: a connection that is gone loses nothing here.
+        let revoked = await front.replaceAccess(access)
         logger.notice("registry reloaded", metadata: [
             "clients": "\(configuration.clients.count)", "disconnected": "\(disconnected)",
+            "authorization": "\(access.mode)", "subscriptions_revoked": "\(revoked)",
         ])
-        say("custody: SIGHUP: registry reloaded clients=\(configuration.clients.count) disconnected=\(disconnected)")
+        say("custody: SIGHUP: registry reloaded clients=\(configuration.clients.count) disconnected=\(disconnected) authorization=\(access.mode) subscriptions_revoked=\(revoked)")
+        for warning in access.warnings { say("custody: warning: \(warning)") }
     }
 }

@@ -32,6 +32,8 @@ struct FlagValues {
     var outboundHighWaterBytes: Int?
     var slowConsumerSeconds: Int?
     var maxPacketBytes: Int?
+    /// Authorization (issue 14): --acl-file.
+    var aclFile: String?
 }
 
 /// What `custody` runs with: the configuration file (if any), then the flags over it.
@@ -122,6 +124,12 @@ enum Settings {
             configuration.logLevel = try choice(value, flag: "--log-level")
         }
         if let value = flags.passwordFile { configuration.passwordFile = value }
+        if let value = flags.aclFile {
+            guard configuration.authorization.permissionBindings.isEmpty else {
+                throw SettingsError("--acl-file: not together with the configuration's permissionBindings")
+            }
+            configuration.authorization.aclFile = value
+        }
         try applyOperationsFlags(flags, to: &configuration)
         return configuration
     }

@@ -1,3 +1,4 @@
+import Authorization
 import CustodyModel
 import NIOCore
 import SessionLedger
@@ -37,6 +38,15 @@ final class ConnectionRegistry: Sendable {
         let handles = tables.withLock { Array($0.connections.values) }
         return handles.map { handle in
             handle.eventLoop.submit { handle.reauthorize(authority) }
+        }
+    }
+
+    /// Asks every connection to decide its permissions again with `access`; each future says
+    /// how many subscriptions that connection's session lost for it.
+    func reaccessAll(_ access: any AccessControl) -> [EventLoopFuture<Int>] {
+        let handles = tables.withLock { Array($0.connections.values) }
+        return handles.map { handle in
+            handle.eventLoop.submit { handle.revokeSubscriptions(access: access) }
         }
     }
 

@@ -449,6 +449,17 @@ public struct ConnectionStateMachine: Sendable {
         }
     }
 
+    /// The client did what it may not (a 3.1.1 PUBLISH authorization denies, which 3.1.1
+    /// cannot answer otherwise): closed, recorded as `disconnected(clientAuthorizationError)`;
+    /// a v5 client would hear DISCONNECT 0x87.
+    public mutating func notAuthorized(why: String) -> Action {
+        guard case .active(let identity, _, _) = state else { return .none }
+        state = .closing(identity.protocolVersion)
+        return .close(Closing(
+            packets: disconnect(identity, .notAuthorized), release: release(identity, .clientAuthorizationError),
+            why: "clientAuthorizationError: \(why)", channelGone: false))
+    }
+
     /// The broker session failed to handle a packet: close with `code`.
     public mutating func brokerFailed(code: MQTTReasonCode, why: String) -> Action {
         guard case .active(let identity, _, _) = state else { return .none }

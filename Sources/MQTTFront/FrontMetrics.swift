@@ -75,6 +75,12 @@ public final class FrontMetrics: Sendable {
         counter(Self.authorizationDeniedLabel, "action", action).increment(by: count)
     }
 
+    /// Subscriptions removed because the rules no longer allow them (a reload).
+    public func subscriptionsRevoked(by count: Int) {
+        counter(Self.subscriptionsRevokedLabel, "reason", "reload").increment(by: count)
+    }
+    public static let subscriptionsRevokedLabel = "custody_authorization_subscriptions_revoked_total"
+
     private func counter(_ label: String, _ dimension: String, _ value: String) -> CoreMetrics.Counter {
         labelled.withLock { table in
             let key = "\(label)\u{0}\(value)"

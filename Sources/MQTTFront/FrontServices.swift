@@ -1,3 +1,4 @@
+import Authorization
 import CustodyModel
 import Logging
 import MQTTCodec
@@ -20,6 +21,10 @@ final class FrontServices: Sendable {
     let maximumPacketSize: Int
     /// Who a CONNECT is; nil inside: every Username believed.
     let authority: AuthorityBox
+    /// What a client may publish and subscribe to (DESIGN.md §5).
+    let access: AccessBox
+    /// The front's checks of SUBSCRIBE filters (limits).
+    let subscribeLimits: SubscribeScreen.Limits
     /// Metrics and `$custody/...` readers (FrontMetrics.swift); shutdown's one-commit release batch.
     let operations: FrontOperations
     let metrics: FrontMetrics?
@@ -32,8 +37,11 @@ final class FrontServices: Sendable {
         maximumPacketSize: Int, topicAliasMaximum: UInt16 = 0, receiveMaximum: UInt16 = 65_535,
         maximumKeepAlive: UInt16? = nil, maximumOutboundInflight: Int = 100, authority: (any IdentityAuthority)? = nil,
         operations: FrontOperations = FrontOperations(), closeGrace: TimeAmount = .seconds(10),
-        outboundHighWaterBytes: Int = 1 << 20, slowConsumerTimeout: TimeAmount = .seconds(60)
+        outboundHighWaterBytes: Int = 1 << 20, slowConsumerTimeout: TimeAmount = .seconds(60),
+        access: any AccessControl = OpenAccess(), subscribeLimits: SubscribeScreen.Limits = SubscribeScreen.Limits()
     ) {
+        self.access = AccessBox(access)
+        self.subscribeLimits = subscribeLimits
         self.closeGrace = closeGrace
         self.outboundHighWaterBytes = outboundHighWaterBytes
         self.slowConsumerTimeout = slowConsumerTimeout

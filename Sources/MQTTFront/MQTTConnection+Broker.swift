@@ -65,33 +65,38 @@ extension MQTTConnection {
         if !brokerBusy { pump(session) }
     }
 
+    /// Hands the next packet to the broker, after the front's own checks (`screened`): those
+    /// answered here are written in their turn, so no answer overtakes an earlier one. Once the
+    /// queue is empty, a close that waited for it (`closingAfterBroker`) goes ahead.
     func pump(_ session: any PubSubSession) {
-        guard let packet = brokerQueue.popFirst() else {
-            brokerBusy = false
+        while let next = brokerQueue.popFirst() {
+            guard let packet = screened(next) else { continue }
+            brokerBusy = true
+            let bound = NIOLoopBound(self, eventLoop: eventLoop)
+            Task {
+                let result: Result<[MQTTPacket], any Error>
+                do {
+                    result = .success(try await session.handle(packet))
+                } catch {
+                    result = .failure(error)
+                }
+                eventLoop.execute { bound.value.brokerAnswered(result, session: session) }
+            }
             return
         }
-        brokerBusy = true
-        let bound = NIOLoopBound(self, eventLoop: eventLoop)
-        Task {
-            let result: Result<[MQTTPacket], any Error>
-            do {
-                result = .success(try await session.handle(packet))
-            } catch {
-                result = .failure(error)
-            }
-            eventLoop.execute { bound.value.brokerAnswered(result, session: session) }
+        brokerBusy = false
+        if let closing = closingAfterBroker?.value {
+            closingAfterBroker = nil
+            end(closing)
         }
     }
 
     func brokerAnswered(_ result: Result<[MQTTPacket], any Error>, session: any PubSubSession) {
-        if let closing = closingAfterBroker?.value {
+        if closingAfterBroker != nil {
             // The client said DISCONNECT or is gone: answers are moot, what it sent before is not.
+            subscribeScreen = nil
             if case .failure = result { brokerQueue.removeAll() }
-            guard brokerQueue.isEmpty else { return pump(session) }
-            brokerBusy = false
-            closingAfterBroker = nil
-            end(closing)
-            return
+            return pump(session)
         }
         guard machine.isActive else {
             brokerBusy = false
@@ -99,11 +104,13 @@ extension MQTTConnection {
         }
         switch result {
         case .success(let packets):
-            machine.answered(packets)
-            write(packets)
+            let answers = completed(packets)
+            machine.answered(answers)
+            write(answers)
             pump(session)
         case .failure(let error):
             brokerBusy = false
+            subscribeScreen = nil
             let (code, why) = brokerFailure(error)
             perform(machine.brokerFailed(code: code, why: why))
         }

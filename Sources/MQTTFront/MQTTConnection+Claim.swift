@@ -63,6 +63,8 @@ extension MQTTConnection {
                 sink: self)
         }
         let (pending, keepAlive) = machine.accepted(now: .now())
+        // A kept session's subscriptions were allowed by the rules of their day.
+        if acceptance.grant.sessionPresent, permissions != nil { revokeSubscriptions(access: nil) }
         io.flush()
         if let keepAlive { scheduleKeepAlive(keepAlive) }
         for inbound in pending { process(inbound) }

@@ -1,3 +1,4 @@
+import Authorization
 import CustodyModel
 #if os(Linux)
 import EpollTransport
@@ -41,6 +42,12 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
     var closingAfterBroker: Boxed<ConnectionStateMachine.Closing>?
     /// Since when the client has been above the outbound high-water mark; nil while it keeps up.
     var slowSince: Boxed<NIODeadline>?
+    /// What the client may publish and subscribe to, decided at CONNECT; nil: authorization
+    /// is open (or there is no CONNECT yet).
+    var permissions: Boxed<ClientPermissions>?
+    /// The checks of the SUBSCRIBE the broker has now, when some of its filters were refused
+    /// here: its SUBACK is merged with them.
+    var subscribeScreen: Boxed<SubscribeScreen>?
     /// Made when someone waits for the end (`finishedFuture`); `isFinished` once it came.
     var finished: EventLoopPromise<Void>?
     /// The connect timeout until the CONNECT, then the keep-alive (never both).
@@ -204,7 +211,9 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
             if case .packet(.connect(let connect)) = inbound {
                 sessionName = SessionName(unchecked: connect.clientIdentifier)
                 decision = decideIdentity(connect)
-                authenticationName = decision?.authenticationName.value ?? connect.userName ?? connect.clientIdentifier
+                let name = decision?.authenticationName.value ?? connect.userName ?? connect.clientIdentifier
+                authenticationName = name
+                decision = decideAccess(connect, authenticationName: name, identity: decision)
             }
         }
         if services.logger.logLevel <= .debug { logPacket(inbound, received: true) }

@@ -1,4 +1,5 @@
 // The MQTT front: listeners and the connection state machine; see DESIGN.md §3.
+import Authorization
 import CustodyModel
 #if os(Linux)
 import EpollTransport
@@ -99,6 +100,8 @@ public struct MQTTFrontConfiguration: Sendable {
     public var slowConsumerTimeout: TimeAmount = .seconds(60)
     /// Longest keep-alive, in seconds; nil: the client's. See `ConnectionStateMachine.Settings`.
     public var maximumKeepAlive: UInt16?
+    /// What one SUBSCRIBE may ask: filters per packet, filter length and depth.
+    public var subscribeLimits = SubscribeLimits()
     /// How plain-TCP (`mqtt`) listeners carry their connections. TLS and WebSocket
     /// listeners always use SwiftNIO channels.
     public enum PlainTCPFront: Sendable {
@@ -157,7 +160,8 @@ public final class MQTTFront: Sendable {
 
     public init(
         ledger: any SessionAuthority, pubsub: (any PubSubEngine)?, configuration: MQTTFrontConfiguration = .init(),
-        logger: Logger = Logger(label: "custody.mqtt"), authority: (any IdentityAuthority)? = nil
+        logger: Logger = Logger(label: "custody.mqtt"), authority: (any IdentityAuthority)? = nil,
+        access: any AccessControl = OpenAccess()
     ) {
         self.configuration = configuration
         self.services = FrontServices(
@@ -167,7 +171,8 @@ public final class MQTTFront: Sendable {
             maximumOutboundInflight: configuration.maximumOutboundInflight, authority: authority,
             operations: configuration.operations, closeGrace: configuration.closeGrace,
             outboundHighWaterBytes: configuration.outboundHighWaterBytes,
-            slowConsumerTimeout: configuration.slowConsumerTimeout)
+            slowConsumerTimeout: configuration.slowConsumerTimeout, access: access,
+            subscribeLimits: configuration.subscribeLimits)
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.eventLoopThreads))
     }
 
@@ -313,6 +318,19 @@ public final class MQTTFront: Sendable {
             if (try? await decided.get()) == true { ended += 1 }
         }
         return ended
+    }
+
+    /// Puts `access` in force for new CONNECTs and decides every connection's permissions
+    /// again with it: each session loses the subscriptions no longer allowed (logged and
+    /// counted); connections stay up. Returns how many subscriptions were removed.
+    @discardableResult
+    public func replaceAccess(_ access: any AccessControl) async -> Int {
+        services.access.replace(with: access)
+        var removed = 0
+        for revoked in services.registry.reaccessAll(access) {
+            removed += (try? await revoked.get()) ?? 0
+        }
+        return removed
     }
 
     /// Stops listening, ends every connection (v5: DISCONNECT 0x8B) and records every end in

@@ -32,6 +32,8 @@ extension PubSubEngine {
 public protocol PubSubSession: AnyObject, Sendable {
     /// One client packet, in arrival order; returns the answers to send.
     func handle(_ packet: MQTTPacket) async throws -> [MQTTPacket]
+    /// The filters the session subscribes to now, restored ones included.
+    var subscriptionFilters: [String] { get }
 }
 
 /// Where the broker sends packets on its own (deliveries) to one connection: the
