@@ -32,7 +32,7 @@ import Glibc
 ///
 /// The configuration (JSON, first argument): port, id, user, v3, clean, expiry, and a will
 /// {"topic", "payload", "qos", "retain", "props"}.
-private let featureScript = #"""
+let featureScript = #"""
 import json, sys, threading
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -71,7 +71,7 @@ def payload_of(spec):
 v5 = not cfg.get("v3", False)
 c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg["id"], protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
                 clean_session=None if v5 else bool(cfg.get("clean", True)))
-c.username_pw_set(cfg.get("user", "dev"))
+c.username_pw_set(cfg.get("user", "dev"), cfg.get("password"))
 c.max_inflight_messages_set(0)
 will = cfg.get("will")
 if will:
@@ -142,7 +142,7 @@ c.loop_stop()
 """#
 
 /// One line of the feature script's output.
-private struct FeatureEvent: CustomStringConvertible {
+struct FeatureEvent: CustomStringConvertible {
     let fields: [String: Any]
     let line: String
 
@@ -166,7 +166,7 @@ private struct FeatureEvent: CustomStringConvertible {
 
 /// A running feature script: one paho client, one connection. Like `Background`, with its
 /// standard input a pipe for the commands (Background starts its process before one could be set).
-private final class FeatureClient: @unchecked Sendable {
+final class FeatureClient: @unchecked Sendable {
     let name: String
     private let process = Process()
     private let input = Pipe()
@@ -175,11 +175,12 @@ private final class FeatureClient: @unchecked Sendable {
 
     /// Starts the client and waits for its CONNACK (which must be a success).
     init(
-        _ custody: RunningCustody, _ name: String, user: String = "dev", v3: Bool = false, clean: Bool = true,
-        expiry: Int? = nil, will: [String: Any]? = nil
+        _ custody: RunningCustody, _ name: String, user: String = "dev", password: String? = nil, v3: Bool = false,
+        clean: Bool = true, expiry: Int? = nil, will: [String: Any]? = nil
     ) throws {
         self.name = name
         var config: [String: Any] = ["port": custody.port, "id": name, "user": user, "v3": v3, "clean": clean]
+        if let password { config["password"] = password }
         if let expiry { config["expiry"] = expiry }
         if let will { config["will"] = will }
         let json = String(decoding: try JSONSerialization.data(withJSONObject: config), as: UTF8.self)

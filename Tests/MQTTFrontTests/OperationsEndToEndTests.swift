@@ -14,7 +14,7 @@ import Glibc
 
 
 /// The port `custody: metrics http://127.0.0.1:PORT/metrics` names.
-private func metricsPort(_ custody: RunningCustody) throws -> Int {
+func metricsPort(_ custody: RunningCustody) throws -> Int {
     let out = try custody.waitForOutput(containing: "custody: metrics http://", timeout: 10)
     guard let line = out.split(separator: "\n").first(where: { $0.hasPrefix("custody: metrics http://127.0.0.1:") }),
         let port = Int(line.dropFirst("custody: metrics http://127.0.0.1:".count).prefix { $0.isNumber })
@@ -23,7 +23,7 @@ private func metricsPort(_ custody: RunningCustody) throws -> Int {
 }
 
 /// GET /metrics over a real socket.
-private func scrape(_ port: Int) throws -> String {
+func scrape(_ port: Int) throws -> String {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw E2EError.unexpected("socket") }
     defer { close(fd) }
