@@ -196,6 +196,12 @@ enum Settings {
             lines.append("  alternativeAuthenticationNameSources \(namespace.alternativeAuthenticationNameSources.map(\.rawValue).joined(separator: ", "))")
         }
         if let passwordFile = configuration.passwordFile { lines.append("  passwordFile \(passwordFile)") }
+        let authorization = configuration.authorization
+        if let acl = authorization.aclFile {
+            lines.append("  authorization \(authorization.effectiveMode.rawValue) aclFile \(acl)")
+        } else {
+            lines.append("  authorization \(authorization.effectiveMode.rawValue) clientGroups=\(authorization.clientGroups.count) topicSpaces=\(authorization.topicSpaces.count) permissionBindings=\(authorization.permissionBindings.count)")
+        }
         lines.append("  logLevel \(configuration.logLevel.rawValue) logFormat \(configuration.logFormat.rawValue)")
         if let metrics = configuration.metrics {
             lines.append("  metrics \(metrics)\(configuration.metricsAllowRemote ? " (remote allowed)" : "")")

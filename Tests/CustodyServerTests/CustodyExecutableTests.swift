@@ -213,3 +213,38 @@ func waitForClaim(_ ledger: LMDBSessionLedger, _ request: ClaimRequest) throws -
 final class ClaimBox: @unchecked Sendable {
     var result: Result<ClaimOutcome, LedgerError>?
 }
+
+/// `custody --check-config FILE --client NAME [--publish TOPIC | --subscribe FILTER]`: allow or
+/// deny with what decided it, exit 0 or 1; the client's grants without a question.
+@Suite("custody --check-config --client")
+struct CheckAccessTests {
+    @Test func explainsAllowAndDenyWithTheBindingAndTemplate() throws {
+        let file = scratchDirectory("check-access") + ".yaml"
+        try """
+            clientGroups:
+              - { name: machines, query: "authenticationName IN ['m1', 'm2']" }
+            topicSpaces:
+              - { name: telemetry, topicTemplates: ["machines/${client.authenticationName}/#"] }
+            permissionBindings:
+              - { name: machines-pub, clientGroupName: machines, topicSpaceName: telemetry, permission: Publisher }
+            """.write(toFile: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let custody = try builtProduct("custody")
+        let (allowed, out, err) = try runToEnd(custody, ["--check-config", file, "--client", "m1", "--publish", "machines/m1/temp"])
+        #expect(allowed == 0, "\(err)")
+        #expect(out.contains("allow: publish machines/m1/temp: granted by binding 'machines-pub' (group 'machines', topic space 'telemetry', template 'machines/${client.authenticationName}/#' as 'machines/m1/#')"), "\(out)")
+        #expect(out.contains("client groups: $all, machines"), "\(out)")
+        let (denied, out2, _) = try runToEnd(custody, ["--check-config", file, "--client", "m1", "--publish", "machines/m2/temp"])
+        #expect(denied == 1)
+        #expect(out2.contains("deny: publish machines/m2/temp: no permission binding grants it"), "\(out2)")
+        let (subscribe, out3, _) = try runToEnd(custody, ["--check-config", file, "--client", "m1", "--subscribe", "machines/#"])
+        #expect(subscribe == 1)
+        #expect(out3.contains("deny: subscribe machines/#"), "\(out3)")
+        let (listing, out4, _) = try runToEnd(custody, ["--check-config", file, "--client", "m2"])
+        #expect(listing == 0)
+        #expect(out4.contains("publish: binding 'machines-pub'"), "\(out4)")
+        let (usage, _, err5) = try runToEnd(custody, ["--client", "m2", "--publish", "x"])
+        #expect(usage != 0)
+        #expect(err5.contains("--client goes with --check-config FILE"), "\(err5)")
+    }
+}
