@@ -269,6 +269,7 @@ struct ConfigurationReader {
     func limits(_ node: Node) throws(ConfigurationError) -> LimitsConfiguration {
         let keys = try mapping(node, "limits", known: [
             "maxOutboundInflight", "outboundHighWaterBytes", "slowConsumerSeconds", "maxPacketBytes",
+            "maxFiltersPerSubscribe",
         ])
         var limits = LimitsConfiguration()
         if let (_, value) = keys["maxOutboundInflight"] {
@@ -285,6 +286,10 @@ struct ConfigurationReader {
         }
         if let (_, value) = keys["maxPacketBytes"] {
             limits.maxPacketBytes = try int(value, "limits.maxPacketBytes", range: LimitsConfiguration.maxPacketBytesRange)
+        }
+        if let (_, value) = keys["maxFiltersPerSubscribe"] {
+            limits.maxFiltersPerSubscribe = try int(
+                value, "limits.maxFiltersPerSubscribe", range: LimitsConfiguration.maxFiltersPerSubscribeRange)
         }
         return limits
     }

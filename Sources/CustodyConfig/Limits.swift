@@ -15,12 +15,16 @@ public struct LimitsConfiguration: Sendable, Equatable {
     /// a larger one closes its connection (v5 DISCONNECT 0x95; ledger `disconnected(clientError)`):
     /// `limits.maxPacketBytes`, `--max-packet-bytes`.
     public var maxPacketBytes = 512 << 10
+    /// Filters one SUBSCRIBE may carry; those past it get SUBACK 0x97 Quota exceeded (3.1.1:
+    /// 0x80): `limits.maxFiltersPerSubscribe`, `--max-filters-per-subscribe`.
+    public var maxFiltersPerSubscribe = 10
 
     public static let maxOutboundInflightRange = 1...65_535
     public static let outboundHighWaterBytesRange = 16_384...(1 << 30)
     public static let slowConsumerSecondsRange = 1...86_400
     /// From a small CONNECT to MQTT's own largest packet (a 4-byte remaining length).
     public static let maxPacketBytesRange = 1_024...268_435_460
+    public static let maxFiltersPerSubscribeRange = 1...65_535
 
     public init() {}
 }

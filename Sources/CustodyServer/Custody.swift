@@ -92,6 +92,9 @@ struct Custody: AsyncParsableCommand {
     @Option(help: "Largest packet a client may send, announced as Maximum Packet Size; larger ones close the connection (v5 0x95), 1024-268435460 (default 524288; config key limits.maxPacketBytes).")
     var maxPacketBytes: Int?
 
+    @Option(help: "Filters one SUBSCRIBE may carry; those past it get SUBACK 0x97 (3.1.1: 0x80), 1-65535 (default 10; config key limits.maxFiltersPerSubscribe).")
+    var maxFiltersPerSubscribe: Int?
+
     @Option(help: ArgumentHelp("Server certificate chain of the mqtts listeners, PEM (config key listeners[].certificate).", valueName: "file"))
     var tlsCertificate: String?
 
@@ -141,7 +144,7 @@ struct Custody: AsyncParsableCommand {
             metricsAllowRemote: metricsAllowRemote, eventSubscribers: eventSubscribers, listenWS: listenWS,
             maxKeepAliveSeconds: maxKeepAliveSeconds, maxOutboundInflight: maxOutboundInflight,
             outboundHighWaterBytes: outboundHighWaterBytes, slowConsumerSeconds: slowConsumerSeconds,
-            maxPacketBytes: maxPacketBytes, aclFile: access.aclFile)
+            maxPacketBytes: maxPacketBytes, maxFiltersPerSubscribe: maxFiltersPerSubscribe, aclFile: access.aclFile)
     }
 
     /// Bad flag values are usage errors (exit 64), named before anything else happens.
@@ -253,6 +256,7 @@ struct Custody: AsyncParsableCommand {
         frontConfiguration.maximumPacketSize = settings.limits.maxPacketBytes
         frontConfiguration.outboundHighWaterBytes = settings.limits.outboundHighWaterBytes
         frontConfiguration.slowConsumerTimeout = .seconds(Int64(settings.limits.slowConsumerSeconds))
+        frontConfiguration.subscribeLimits.maxFiltersPerSubscribe = settings.limits.maxFiltersPerSubscribe
         frontConfiguration.operations = FrontOperations(
             metrics: operations.frontMetrics, serverTopicReaders: settings.eventSubscribers)
         let front = MQTTFront(

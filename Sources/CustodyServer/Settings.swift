@@ -32,6 +32,7 @@ struct FlagValues {
     var outboundHighWaterBytes: Int?
     var slowConsumerSeconds: Int?
     var maxPacketBytes: Int?
+    var maxFiltersPerSubscribe: Int?
     /// Authorization (issue 14): --acl-file.
     var aclFile: String?
 }
@@ -107,6 +108,8 @@ enum Settings {
              \LimitsConfiguration.slowConsumerSeconds),
             (flags.maxPacketBytes, "--max-packet-bytes", LimitsConfiguration.maxPacketBytesRange,
              \LimitsConfiguration.maxPacketBytes),
+            (flags.maxFiltersPerSubscribe, "--max-filters-per-subscribe", LimitsConfiguration.maxFiltersPerSubscribeRange,
+             \LimitsConfiguration.maxFiltersPerSubscribe),
         ] {
             guard let value else { continue }
             guard range.contains(value) else {
