@@ -305,6 +305,59 @@ struct AuthorizationEndToEndTests {
         }
     }
 
+    /// Retained messages reach only allowed subscriptions; `$share/G/F` is checked on F;
+    /// `$custody/...` keeps its own rule (event subscribers); a client flooding denials is
+    /// counted in full but logged at most 10 times per 10 s, with what was suppressed.
+    @Test func retainedSharedServerTopicsAndAThrottledLog() async throws {
+        try await offPool {
+            let config = try configuration("mixed", """
+                eventSubscribers: [ops]
+                topicSpaces:
+                  - { name: own, topicTemplates: ["devices/${client.authenticationName}/#"] }
+                  - { name: status, topicTemplates: ["status/#"] }
+                permissionBindings:
+                  - { name: own-sub, clientGroupName: $all, topicSpaceName: own, permission: Subscriber }
+                  - { name: status-pub, clientGroupName: $all, topicSpaceName: status, permission: Publisher }
+                  - { name: own-pub, clientGroupName: $all, topicSpaceName: own, permission: Publisher }
+                """)
+            let custody = try startCustody("mixed", config: config)
+            defer { custody.cleanUp() }
+            let dev1 = try FeatureClient(custody, "dev1-w", user: "dev1")
+            defer { dev1.cleanUp() }
+            let retainedAck = try dev1.publish("devices/dev1/state", "retained-1", retain: true).ack
+            #expect(retainedAck == 0x10, "no subscriber yet: 0x10 No matching subscribers")
+            let dev2 = try FeatureClient(custody, "dev2-r", user: "dev2")
+            defer { dev2.cleanUp() }
+            #expect(try dev2.subscribe("devices/dev1/state") == [135])
+            #expect(try dev2.subscribe("devices/+/state") == [135])
+            #expect(try dev2.subscribe("devices/dev2/#") == [1])
+            #expect(try dev2.subscribe("$share/g/devices/dev2/x") == [1])
+            #expect(try dev2.subscribe("$share/g/devices/dev1/#") == [135])
+            let reader = try FeatureClient(custody, "dev1-r", user: "dev1")
+            defer { reader.cleanUp() }
+            #expect(try reader.subscribe("devices/dev1/#") == [1])
+            try reader.waitForMessage("devices/dev1/state", "retained-1")
+            #expect(!dev2.messages.contains { $0.payload == "retained-1" })
+            // Lifecycle events: no binding grants them; the event subscriber may read them anyway.
+            let ops = try FeatureClient(custody, "ops-1", user: "ops")
+            defer { ops.cleanUp() }
+            #expect(try ops.subscribe("$custody/events/#") == [1])
+            #expect(try dev2.subscribe("$custody/events/#") == [135])
+
+            let flooder = try RawClient(port: custody.port)
+            _ = try flooder.connect("flooder", user: "dev3")
+            for index in 0..<50 {
+                try flooder.send(.publish(MQTTPublish(
+                    topicName: "devices/dev1/cmd", payload: ByteBuffer(string: "\(index)"), qos: .atMostOnce)))
+            }
+            try flooder.send(.pingreq)
+            #expect(try flooder.receive() == .pingresp)
+            #expect(try denials(custody, "publish") == 50)
+            let lines = custody.stderr.split(separator: "\n").filter { $0.contains("publish denied") }
+            #expect(lines.count == 10, "\(lines.count) lines")
+        }
+    }
+
     /// Mosquitto's acl_file, with a `pattern` line (%u, %c) and the Paho interoperability
     /// suite's `test_subscribe_failure` (3.1.1: a filter that may not be subscribed gets 0x80).
     @Test func aclFileWithAPatternAndPahosSubscribeFailure() async throws {
