@@ -34,6 +34,8 @@ struct SubscribeLimitTests {
         try await offPool {
             let custody = try RunningCustody("subscribe-limits", arguments: ["--metrics", "127.0.0.1:0"])
             defer { custody.cleanUp() }
+            // Without permission bindings nobody is kept from anything, and start-up says so.
+            #expect(custody.stdout.contains("custody: authorization: open (every client may publish and subscribe anywhere)"))
             let bystander = try RawClient(port: custody.port)
             _ = try bystander.connect("bystander")
             try bystander.send(subscribe(["calm/#"]))
