@@ -113,6 +113,12 @@ struct QueueLimitTests {
         #expect(broker.info(name("full"))?.dropped == 0)
         try await publishAll(broker, ["a"], topic: "u")
         #expect(broker.info(name("calm"))?.queued == 1)
+        // Until then a connection that resumes it gets its queue, and it queues again.
+        let resumed = broker.connect("full", persistent: true, present: true, receiveMaximum: 1)
+        #expect(resumed.sink.takePublishes().map(text) == ["1"])
+        try await publishAll(broker, ["7"])
+        #expect(broker.queuedTexts("full") == ["2", "3", "7"])
+        broker.detach(resumed.session)
         // What the observer does next: the session's state goes, on disk too.
         try await broker.endSession(name("full"))
         #expect(broker.info(name("full")) == nil)
