@@ -66,6 +66,10 @@ extension Broker {
         state.attachment = attachments
         state.sink = sink
         state.readsServerTopics = false
+        // Resumed before its overflow ended it (the ledger decides which came first; its end
+        // then disconnects this connection), or its end could not be recorded: it queues again
+        // rather than never getting a message.
+        state.overflowed = false
         // Whatever was decided for the previous connection is moot: in-flight messages go
         // again below, and QoS 0 ones are not owed.
         state.outbox.removeAll()

@@ -3,27 +3,37 @@ import Foundation
 import LMDBStorage
 
 extension Broker {
-    /// Writes that promise nothing to anyone: submitted in order, not waited for.
+    /// Writes that promise nothing to anyone: submitted in order, not waited for. Nothing in
+    /// them is put back if they fail: a batch with an undo log goes through `submitWaiting`.
     func submit(_ batch: StoreBatch) {
+        assert(batch.undoLog.isEmpty, "a batch with changes to put back on failure was submitted unwaited")
         guard let store, !batch.isEmpty, !closed else { return }
         store.submit(batch.operations)
     }
 
     /// Submits `batch` (under the lock, so the store sees it in the broker's order) and
     /// returns what to wait on; nil when there is nothing to write. Its held deliveries are
-    /// sent once the commit is known (also when it failed: the message is then held in
-    /// memory only, and the publisher, which gets no acknowledgement, will send it again).
+    /// sent once the commit succeeded. When it failed, what the batch changed in memory is put
+    /// back first (`undo`): the held deliveries leave their queues unsent (the publisher, which
+    /// gets no acknowledgement, sends the message again), and the waiter hears of the failure
+    /// only after that.
     func submitWaiting(_ batch: StoreBatch) -> CommitWaiter? {
         guard let store, !batch.isEmpty else { return nil }
         let waiter = CommitWaiter()
         let held = batch.heldUntilCommit
+        let undoLog = batch.undoLog
         guard !closed else {
-            releaseAfterCommit(held)
+            undo(undoLog)
             waiter.complete(.failure(.closed))
             return waiter
         }
         store.submit(batch.operations) { [self] result in
-            if !held.isEmpty { locked { releaseAfterCommit(held) } }
+            switch result {
+            case .success:
+                if !held.isEmpty { locked { releaseAfterCommit(held) } }
+            case .failure:
+                if !undoLog.isEmpty { locked { undo(undoLog) } }
+            }
             waiter.complete(result)
         }
         return waiter

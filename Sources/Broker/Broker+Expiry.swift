@@ -16,22 +16,15 @@ extension Broker {
         var count = 0
         // Only queues that took a message with an expiry since they were last found clean.
         for state in sessions.values where state.queueMayExpire {
-            guard state.queue.contains(where: { isExpired($0, now: now) }) else { continue }
-            var mayExpire = false
-            var kept = LazyFIFO<OutboundMessage>(initialCapacity: state.queue.count)
-            for delivery in state.queue {
-                if isExpired(delivery, now: now) {
-                    forget(delivery, state, &batch, deleteRecord: true)
-                    state.expired += 1
-                    droppedExpired += 1
-                    count += 1
-                } else {
-                    if delivery.message.expiresAt != nil { mayExpire = true }
-                    kept.append(delivery)
-                }
+            let gone = state.removeQueued { isExpired($0, now: now) }
+            guard !gone.isEmpty else { continue }
+            for delivery in gone {
+                forget(delivery, state, &batch, deleteRecord: true)
+                state.expired += 1
+                droppedExpired += 1
+                count += 1
             }
-            state.queue = kept
-            state.queueMayExpire = mayExpire
+            state.queueMayExpire = state.queue.contains { $0.message.expiresAt != nil }
         }
         for (topic, message) in retained where isExpired(message, now: now) {
             retained[topic] = nil

@@ -9,9 +9,11 @@ public struct BrokerSessionInfo: Sendable, Equatable {
     public var subscriptions: [String]
     /// Messages waiting for a free slot in the in-flight window (or for the client to return).
     public var queued: Int
+    /// Their payload bytes (`BrokerLimits.queueMaxBytes`).
+    public var queuedBytes: Int
     /// Messages sent (or to be sent) and not yet acknowledged, plus PUBRELs not yet completed.
     public var inflight: Int
-    /// Messages dropped because the queue was full.
+    /// Messages dropped because the queue was full (`dropOldest`).
     public var dropped: Int
     /// Inbound QoS 2 packet identifiers awaiting PUBREL.
     public var inboundAwaitingRelease: Int
@@ -85,7 +87,7 @@ extension Broker {
             guard let state = sessions[name] else { return nil }
             return BrokerSessionInfo(
                 attached: state.attachment != 0, persistent: state.persistent,
-                subscriptions: state.subscriptions.keys.sorted(), queued: state.queue.count,
+                subscriptions: state.subscriptions.keys.sorted(), queued: state.queue.count, queuedBytes: state.queuedBytes,
                 inflight: state.inflight.count, dropped: state.dropped,
                 inboundAwaitingRelease: state.inboundQoS2.count, discardedTooLarge: state.discarded,
                 expired: state.expired, willPending: state.pendingWill != nil)

@@ -84,7 +84,7 @@ extension Broker {
                     || state.inflight[record.packetIdentifier] != nil
                 {
                     delivery.sent = false
-                    state.queue.append(delivery)
+                    state.appendQueued(delivery)
                     if message.expiresAt != nil { state.queueMayExpire = true }
                 } else {
                     delivery.state = record.state

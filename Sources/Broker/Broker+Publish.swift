@@ -41,14 +41,23 @@ extension Broker {
             var batch = StoreBatch()
             let id = publish.packetIdentifier ?? 0
             let v5 = state.version == .mqtt5
+            // A retained message the limits refuse: a v5 QoS 1/2 publisher hears 0x97 and the
+            // message goes nowhere (an error PUBACK says it was not accepted, so delivering it
+            // would contradict the answer); QoS 0 and 3.1.1 messages, which cannot be refused,
+            // are delivered and not kept (`keepRetained`).
+            let refused = publish.retain && v5 ? retainedRefusal(publish) : nil
             switch publish.qos {
             case .atMostOnce:
                 _ = route(publish, from: state, &batch)
-                if publish.retain { keepRetained(publish, &batch) }
+                if publish.retain { keepRetained(publish, from: state.name, &batch) }
                 return (nil, submitWaiting(batch))
             case .atLeastOnce:
+                if let refused {
+                    note(refused, state.name)
+                    return (.puback(MQTTPublishResponse(packetIdentifier: id, reasonCode: .quotaExceeded)), nil)
+                }
                 let matched = route(publish, from: state, &batch)
-                if publish.retain { keepRetained(publish, &batch) }
+                if publish.retain { keepRetained(publish, from: state.name, &batch) }
                 let code: MQTTReasonCode = v5 && matched == 0 ? .noMatchingSubscribers : .success
                 return (.puback(MQTTPublishResponse(packetIdentifier: id, reasonCode: code)),
                         submitWaiting(batch))
@@ -57,12 +66,17 @@ extension Broker {
                 if state.inboundQoS2.contains(id) {
                     return (.pubrec(MQTTPublishResponse(packetIdentifier: id)), state.inboundCommits[id])
                 }
+                if let refused {
+                    // An error PUBREC ends the flow: no PUBREL follows, nothing to remember.
+                    note(refused, state.name)
+                    return (.pubrec(MQTTPublishResponse(packetIdentifier: id, reasonCode: .quotaExceeded)), nil)
+                }
                 state.inboundQoS2.insert(id)
                 if state.persistent, store != nil {
                     batch.put(.sessions, key: BrokerRecords.inboundKey(state.prefix, id), value: [])
                 }
                 let matched = route(publish, from: state, &batch)
-                if publish.retain { keepRetained(publish, &batch) }
+                if publish.retain { keepRetained(publish, from: state.name, &batch) }
                 let code: MQTTReasonCode = v5 && matched == 0 ? .noMatchingSubscribers : .success
                 let waiter = submitWaiting(batch)
                 if let waiter { state.inboundCommits[id] = waiter }

@@ -1,14 +1,22 @@
 // Retained messages: kept per topic, sent to new subscriptions.
+import LedgerCore
 import LMDBStorage
 import MQTTCodec
 
 extension Broker {
-    /// Replaces (or, with an empty payload, deletes) the retained message of a topic.
-    func keepRetained(_ publish: MQTTPublish, _ batch: inout StoreBatch) {
+    /// Replaces (or, with an empty payload, deletes) the retained message of a topic, unless
+    /// the retained limits refuse it (`retainedRefusal`; the caller may have answered for that
+    /// already): then it is noted for `publisher` and nothing is kept.
+    func keepRetained(_ publish: MQTTPublish, from publisher: SessionName?, _ batch: inout StoreBatch) {
         let topic = publish.topicName
+        if let limit = retainedRefusal(publish) {
+            if let publisher { note(limit, publisher) }
+            return
+        }
         if publish.payload.readableBytes == 0 {
-            if retained.removeValue(forKey: topic) != nil, store != nil {
+            if let previous = retained.removeValue(forKey: topic), store != nil {
                 batch.delete(.retained, key: BrokerRecords.retainedKey(topic))
+                batch.undoOnFailure(.retained(topic: topic, kept: nil, previous: previous))
             }
             return
         }
@@ -19,9 +27,11 @@ extension Broker {
         kept.retain = true
         let now = clock()
         kept.payload = Message.compacted(kept.payload)
-        retained[topic] = Message(publish: kept, receivedAt: now)
+        let message = Message(publish: kept, receivedAt: now)
+        let previous = retained.updateValue(message, forKey: topic)
         if store != nil, let bytes = BrokerRecords.encodeMessage(kept, receivedAt: now) {
             batch.put(.retained, key: BrokerRecords.retainedKey(topic), value: bytes)
+            batch.undoOnFailure(.retained(topic: topic, kept: message, previous: previous))
         }
     }
 

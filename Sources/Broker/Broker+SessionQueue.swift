@@ -4,21 +4,20 @@ import MQTTCodec
 
 extension Broker {
     /// Puts a delivery in flight or in the queue. Returns its PUBLISH when it may go now; the
-    /// caller decides how (posted to the sink, or returned after a SUBACK).
+    /// caller decides how (posted to the sink, or returned after a SUBACK). A delivery the
+    /// queue limits keep out (`makeRoom`) is forgotten, its stored copy with it.
     func enqueue(_ delivery: OutboundMessage, _ session: SessionState, _ batch: inout StoreBatch) -> MQTTPacket? {
-        if session.sink != nil, session.queue.isEmpty, session.inflight.count < session.window {
+        if session.sink != nil, session.queue.isEmpty, session.inflight.count < session.window, !session.overflowed {
             assignIdentifier(delivery, session)
             if delivery.stored { putRecord(delivery, session, &batch) }
             guard delivery.durable else { return nil }
             return transmit(delivery, session, now: clock(), &batch)
         }
-        if session.queue.count >= offlineQueueLimit {
-            let oldest = session.queue.removeFirst()
-            forget(oldest, session, &batch, deleteRecord: true)
-            session.dropped += 1
-            droppedQueueFull += 1
+        guard makeRoom(for: delivery, in: session, &batch) else {
+            forget(delivery, session, &batch, deleteRecord: false)
+            return nil
         }
-        session.queue.append(delivery)
+        session.appendQueued(delivery)
         if delivery.message.expiresAt != nil { session.queueMayExpire = true }
         if delivery.stored { putRecord(delivery, session, &batch) }
         return nil
@@ -38,8 +37,8 @@ extension Broker {
         guard session.sink != nil, !session.queue.isEmpty else { return }
         var packets: [MQTTPacket] = []
         let now = clock()
-        while session.inflight.count < session.window, let delivery = session.queue.first {
-            session.queue.removeFirst()
+        while session.inflight.count < session.window, !session.queue.isEmpty {
+            let delivery = session.removeFirstQueued()
             if isExpired(delivery, now: now) {
                 forget(delivery, session, &batch, deleteRecord: true)
                 session.expired += 1

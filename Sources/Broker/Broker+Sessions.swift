@@ -51,7 +51,8 @@ extension Broker {
         if state.persistent, store != nil { batch.deletePrefix(.sessions, prefix: state.prefix) }
         state.subscriptions = [:]
         state.inflight = [:]
-        state.queue.removeAll()
+        state.removeAllQueued()
+        state.overflowed = false
         state.inboundQoS2 = []
         state.inboundCommits = [:]
         state.attachment = 0

@@ -33,12 +33,23 @@ extension Broker {
                     codes.append(v5 ? .notAuthorized : .unspecifiedError)
                     continue
                 }
+                // A filter the session holds is replaced, whatever the count; a new one past the
+                // limit is refused on its own (the others in the packet still count).
+                if state.subscriptions[filter] == nil, state.subscriptions.count >= limits.maxSubscriptionsPerSession {
+                    codes.append(v5 ? .quotaExceeded : .unspecifiedError)
+                    note(.maxSubscriptionsPerSession, state.name)
+                    continue
+                }
                 let shared = TopicRules.splitShare(filter) != nil
                 var options = subscription.options
                 if !v5 { options = MQTTSubscriptionOptions(qos: options.qos) }
-                let subscriber = Subscriber(session: state, options: options, identifier: identifier)
-                let existed = state.subscriptions.updateValue(subscriber, forKey: filter) != nil
+                subscriptionStamps += 1
+                let subscriber = Subscriber(
+                    session: state, options: options, identifier: identifier, stamp: subscriptionStamps)
+                let previous = state.subscriptions.updateValue(subscriber, forKey: filter)
+                let existed = previous != nil
                 tree.insert(filter, subscriber)
+                batch.undoOnFailure(.subscribed(state, filter: filter, added: subscriber, previous: previous))
                 if state.persistent, store != nil {
                     batch.put(
                         .sessions, key: BrokerRecords.subscriptionKey(state.prefix, filter),
@@ -98,11 +109,12 @@ extension Broker {
                     codes.append(.topicFilterInvalid)
                     continue
                 }
-                guard state.subscriptions.removeValue(forKey: filter) != nil else {
+                guard let removed = state.subscriptions.removeValue(forKey: filter) else {
                     codes.append(.noSubscriptionExisted)
                     continue
                 }
                 tree.remove(filter, session: state)
+                batch.undoOnFailure(.unsubscribed(state, filter: filter, removed: removed))
                 if state.persistent, store != nil {
                     batch.delete(.sessions, key: BrokerRecords.subscriptionKey(state.prefix, filter))
                 }

@@ -78,7 +78,7 @@ extension Broker {
             packetIdentifier: will.qos == .atMostOnce ? nil : 1, properties: properties)
         var batch = StoreBatch()
         _ = route(publish, from: publisher, &batch)
-        if will.retain { keepRetained(publish, &batch) }
+        if will.retain { keepRetained(publish, from: publisher.name, &batch) }
         willsPublished += 1
         _ = submitWaiting(batch)
     }

@@ -18,11 +18,25 @@ import LMDBStorage
 /// such a message is delivered again with DUP, which QoS 1 allows and QoS 2's packet
 /// identifier check absorbs.
 ///
-/// **Offline queue.** Each session queues at most `offlineQueueLimit` messages (default 1000)
-/// beyond its in-flight window. When the queue is full the OLDEST queued message is dropped
-/// and counted (`BrokerSessionInfo.dropped`, `totals.droppedQueueFull`): a device that returns after
-/// a long absence gets the latest state rather than a stale backlog. (Event Grid would end the
-/// session with SessionOverflow instead.) QoS 0 messages are not queued for detached sessions.
+/// **Limits** (`BrokerLimits`, README "Limits"). Each session queues at most
+/// `queueMaxMessages` messages and `queueMaxBytes` payload bytes beyond its in-flight window.
+/// When one more would pass either bound, `queueOverflow` decides: `dropOldest` drops the
+/// OLDEST queued messages (never one in flight), in memory and in the store, and counts them
+/// (`BrokerSessionInfo.dropped`, `totals.droppedQueueFull`): a device that returns after a
+/// long absence gets the latest state rather than a stale backlog. `endSession` stops queueing
+/// for the session and asks the `BrokerObserver` to end it, as Event Grid does
+/// (SessionOverflow). QoS 0 messages are not queued for detached sessions. A session holds at
+/// most `maxSubscriptionsPerSession` filters (SUBACK 0x97 for new ones past it); a retained
+/// message larger than `maxRetainedBytes`, or for a new topic once `maxRetainedMessages`
+/// topics have one, is not retained (v5 QoS 1/2: refused with PUBACK/PUBREC 0x97, and then
+/// not delivered either). Each refusal or cut is told to the observer (`limitExceeded`), after
+/// the lock.
+///
+/// **A write that fails is not applied.** What a decision changed in memory ahead of its
+/// commit (subscriptions, retained messages, deliveries queued for persistent sessions and the
+/// drops that made room for them) is put back as it was when the commit fails (`StoreBatch`'s
+/// undo log, `Broker+Undo.swift`), so that memory never holds what the store does not, nor
+/// lacks what the store still holds.
 ///
 /// **In-flight window.** At most the client's Receive Maximum (clamped to 1...65535) QoS 1/2
 /// messages are unacknowledged at once; the rest wait in the queue. The front passes the v5
@@ -61,11 +75,17 @@ import LMDBStorage
 public final class Broker: @unchecked Sendable {
     let lock = NSLock()
     let store: BrokerStore?
-    public let offlineQueueLimit: Int
+    public let limits: BrokerLimits
+    /// Told about limits exceeded and queues overflowed (see `BrokerObserver`); nil: nobody.
+    let observer: (any BrokerObserver)?
+    /// What to tell `observer`, decided under the lock and told after it (`locked`).
+    var notices: [BrokerNotice] = []
     var tree = TopicTree()
     var sessions: [SessionName: SessionState] = [:]
     var sequence: UInt64 = 0
     var attachments: UInt64 = 0
+    /// Numbers each subscription a SUBSCRIBE makes (`Subscriber.stamp`).
+    var subscriptionStamps: UInt64 = 0
     var matches: [Match] = []
     var closed = false
     var dirtySessions: [SessionState] = []
@@ -95,18 +115,19 @@ public final class Broker: @unchecked Sendable {
     var droppedTooLarge = 0
 
     /// `directory`: where persistent session state lives (created if missing); nil = memory only.
+    /// `limits`: what one session may take (`BrokerLimits`); `observer`: who hears of them.
     /// `storeOptions`: the LMDB map size (default 16 GiB of address space; the file grows as it fills).
     /// `clock`: µs since the epoch; `expirySweepInterval`: how often queued messages whose
     /// Message Expiry Interval has passed are dropped from every queue and from the store
     /// (nil: only when they reach the head of a queue, and on `sweepExpired()`).
     /// `timers`: `.manual` leaves will delays and the sweep to `fireDueTimers()`.
     public init(
-        directory: String?, offlineQueueLimit: Int = 1000, storeOptions: BrokerStoreOptions = BrokerStoreOptions(),
+        directory: String?, limits: BrokerLimits = BrokerLimits(), storeOptions: BrokerStoreOptions = BrokerStoreOptions(),
         clock: (@Sendable () -> Int64)? = nil, expirySweepInterval: Duration? = .seconds(60),
-        timers: BrokerTimerDriver = .dispatch
+        timers: BrokerTimerDriver = .dispatch, observer: (any BrokerObserver)? = nil
     ) throws {
-        precondition(offlineQueueLimit >= 1, "the offline queue holds at least one message")
-        self.offlineQueueLimit = offlineQueueLimit
+        self.limits = limits
+        self.observer = observer
         let clock = clock ?? { wallClockMicroseconds() }
         self.clock = clock
         let interval = expirySweepInterval.map {
@@ -171,13 +192,17 @@ public final class Broker: @unchecked Sendable {
             result = try body()
         } catch {
             let dirty = takeDirty()
+            let told = takeNotices()
             lock.unlock()
             for session in dirty { drain(session) }
+            tell(told)
             throw error
         }
         let dirty = takeDirty()
+        let told = takeNotices()
         lock.unlock()
         for session in dirty { drain(session) }
+        tell(told)
         return result
     }
 
@@ -185,8 +210,10 @@ public final class Broker: @unchecked Sendable {
         lock.lock()
         let result = body()
         let dirty = takeDirty()
+        let told = takeNotices()
         lock.unlock()
         for session in dirty { drain(session) }
+        tell(told)
         return result
     }
 }

@@ -34,6 +34,13 @@ public struct LazyFIFO<Element>: Sequence {
         buffer!.append(element)
     }
 
+    /// At the head, before every other element.
+    @inlinable
+    public mutating func prepend(_ element: Element) {
+        if buffer == nil { buffer = CircularBuffer(initialCapacity: 4) }
+        buffer!.prepend(element)
+    }
+
     @inlinable
     public mutating func popFirst() -> Element? {
         buffer?.popFirst()

@@ -28,6 +28,9 @@ final class Message: @unchecked Sendable {
     /// Stored deliveries that need it; at 0 the stored copy is deleted.
     var references = 0
 
+    /// What it weighs in a session queue (`BrokerLimits.queueMaxBytes`).
+    var payloadBytes: Int { publish.payload.readableBytes }
+
     init(publish: MQTTPublish, receivedAt: Int64) {
         self.publish = publish
         self.receivedAt = receivedAt
@@ -93,8 +96,14 @@ final class SessionState: @unchecked Sendable {
     var discarded = 0
     var subscriptions: [String: Subscriber] = [:]
     var inflight: [UInt16: OutboundMessage] = [:]
-    /// Allocated by the first message queued: most sessions never queue one.
-    var queue = LazyFIFO<OutboundMessage>()
+    /// Allocated by the first message queued: most sessions never queue one. Changed only
+    /// through the methods below, which keep `queuedBytes` with it.
+    private(set) var queue = LazyFIFO<OutboundMessage>()
+    /// Payload bytes of the messages in `queue` (`BrokerLimits.queueMaxBytes`).
+    private(set) var queuedBytes = 0
+    /// Its queue overflowed under `QueueOverflowPolicy.endSession`: nothing more is queued
+    /// for it while it waits to be ended.
+    var overflowed = false
     var nextPacketIdentifier: UInt16 = 1
     var inboundQoS2: Set<UInt16> = []
     /// Inbound QoS 2 messages whose commit is not known yet: a resend of one (after a
@@ -164,5 +173,46 @@ final class SessionState: @unchecked Sendable {
     init(name: SessionName, persistent: Bool) {
         self.name = name
         self.persistent = persistent
+    }
+
+    func appendQueued(_ delivery: OutboundMessage) {
+        queue.append(delivery)
+        queuedBytes += delivery.message.payloadBytes
+    }
+
+    /// Back at the head: a dropped delivery restored because its drop was not written.
+    func prependQueued(_ delivery: OutboundMessage) {
+        queue.prepend(delivery)
+        queuedBytes += delivery.message.payloadBytes
+    }
+
+    /// The head of the queue, which must be there.
+    func removeFirstQueued() -> OutboundMessage {
+        let delivery = queue.removeFirst()
+        queuedBytes -= delivery.message.payloadBytes
+        return delivery
+    }
+
+    /// Removes the queued deliveries `isRemoved` picks, keeping the order of the others;
+    /// returns the removed ones, in queue order.
+    func removeQueued(where isRemoved: (OutboundMessage) -> Bool) -> [OutboundMessage] {
+        guard queue.contains(where: isRemoved) else { return [] }
+        var kept = LazyFIFO<OutboundMessage>(initialCapacity: queue.count)
+        var removed: [OutboundMessage] = []
+        for delivery in queue {
+            if isRemoved(delivery) {
+                removed.append(delivery)
+                queuedBytes -= delivery.message.payloadBytes
+            } else {
+                kept.append(delivery)
+            }
+        }
+        queue = kept
+        return removed
+    }
+
+    func removeAllQueued() {
+        queue.removeAll()
+        queuedBytes = 0
     }
 }

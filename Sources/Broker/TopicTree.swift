@@ -94,6 +94,9 @@ struct Subscriber {
     let session: SessionState
     var options: MQTTSubscriptionOptions
     var identifier: UInt32?
+    /// Which SUBSCRIBE made it (`Broker.subscriptionStamps`; 0: loaded): a failed commit takes
+    /// back only the subscription it wrote, not an equal one a later SUBSCRIBE made.
+    var stamp: UInt64 = 0
 }
 
 /// One level of the tree. `exact` holds subscriptions whose filter ends at this node,

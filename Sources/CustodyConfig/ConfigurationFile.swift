@@ -270,8 +270,24 @@ struct ConfigurationReader {
         let keys = try mapping(node, "limits", known: [
             "maxOutboundInflight", "outboundHighWaterBytes", "slowConsumerSeconds", "maxPacketBytes",
             "maxFiltersPerSubscribe",
+            "maxSubscriptionsPerSession", "maxRetainedBytes", "maxRetainedMessages", "queueMaxMessages", "queueMaxBytes",
+            "queueOverflow",
         ])
         var limits = LimitsConfiguration()
+        for (key, range, field) in [
+            ("maxSubscriptionsPerSession", LimitsConfiguration.maxSubscriptionsPerSessionRange,
+             \LimitsConfiguration.maxSubscriptionsPerSession),
+            ("maxRetainedBytes", LimitsConfiguration.maxRetainedBytesRange, \LimitsConfiguration.maxRetainedBytes),
+            ("maxRetainedMessages", LimitsConfiguration.maxRetainedMessagesRange, \LimitsConfiguration.maxRetainedMessages),
+            ("queueMaxMessages", LimitsConfiguration.queueMaxMessagesRange, \LimitsConfiguration.queueMaxMessages),
+            ("queueMaxBytes", LimitsConfiguration.queueMaxBytesRange, \LimitsConfiguration.queueMaxBytes),
+        ] {
+            guard let (_, value) = keys[key] else { continue }
+            limits[keyPath: field] = try int(value, "limits.\(key)", range: range)
+        }
+        if let (_, value) = keys["queueOverflow"] {
+            limits.queueOverflow = try choice(value, "limits.queueOverflow", LimitsConfiguration.QueueOverflow.self)
+        }
         if let (_, value) = keys["maxOutboundInflight"] {
             limits.maxOutboundInflight = try int(
                 value, "limits.maxOutboundInflight", range: LimitsConfiguration.maxOutboundInflightRange)

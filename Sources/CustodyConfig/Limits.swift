@@ -19,6 +19,37 @@ public struct LimitsConfiguration: Sendable, Equatable {
     /// 0x80): `limits.maxFiltersPerSubscribe`, `--max-filters-per-subscribe`.
     public var maxFiltersPerSubscribe = 10
 
+    /// Topic filters one session may hold; a new one past it gets SUBACK 0x97 (3.1.1: 0x80):
+    /// `limits.maxSubscriptionsPerSession`, `--max-subscriptions-per-session`.
+    public var maxSubscriptionsPerSession = 50
+    /// Largest retained payload, bytes; a larger retained PUBLISH is not retained (v5 QoS 1/2:
+    /// refused with 0x97): `limits.maxRetainedBytes`, `--max-retained-bytes`.
+    public var maxRetainedBytes = 64 << 10
+    /// Most topics with a retained message; a retained PUBLISH to a new topic past it is not
+    /// retained (v5 QoS 1/2: refused with 0x97): `limits.maxRetainedMessages`, `--max-retained-messages`.
+    public var maxRetainedMessages = 100_000
+    /// Most messages one session's queue holds (offline, or behind its in-flight window):
+    /// `limits.queueMaxMessages`, `--queue-max-messages`.
+    public var queueMaxMessages = 1_000
+    /// Most payload bytes one session's queue holds: `limits.queueMaxBytes`, `--queue-max-bytes`.
+    public var queueMaxBytes = 16 << 20
+    /// What a full session queue does with one more message: `limits.queueOverflow`, `--queue-overflow`.
+    public var queueOverflow = QueueOverflow.dropOldest
+
+    /// `dropOldest`: the oldest queued messages go (counted as dropped, `queue_full`);
+    /// `endSession`: the session ends as Event Grid ends it (ledger `expired(sessionOverflow)`,
+    /// a connected client gets DISCONNECT 0x97).
+    public enum QueueOverflow: String, Sendable, CaseIterable {
+        case dropOldest
+        case endSession
+    }
+
+    public static let maxSubscriptionsPerSessionRange = 1...100_000
+    public static let maxRetainedBytesRange = 1...268_435_455
+    public static let maxRetainedMessagesRange = 1...100_000_000
+    public static let queueMaxMessagesRange = 1...100_000_000
+    public static let queueMaxBytesRange = 1_024...(1 << 40)
+
     public static let maxOutboundInflightRange = 1...65_535
     public static let outboundHighWaterBytesRange = 16_384...(1 << 30)
     public static let slowConsumerSecondsRange = 1...86_400

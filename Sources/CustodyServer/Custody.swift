@@ -95,6 +95,24 @@ struct Custody: AsyncParsableCommand {
     @Option(help: "Filters one SUBSCRIBE may carry; those past it get SUBACK 0x97 (3.1.1: 0x80), 1-65535 (default 10; config key limits.maxFiltersPerSubscribe).")
     var maxFiltersPerSubscribe: Int?
 
+    @Option(help: "Topic filters one session may hold; a new one past it gets SUBACK 0x97 (3.1.1: 0x80), 1-100000 (default 50; config key limits.maxSubscriptionsPerSession).")
+    var maxSubscriptionsPerSession: Int?
+
+    @Option(help: "Largest retained payload in bytes; a larger retained message is not retained (v5 QoS 1/2: PUBACK/PUBREC 0x97 and not delivered), 1-268435455 (default 65536; config key limits.maxRetainedBytes).")
+    var maxRetainedBytes: Int?
+
+    @Option(help: "Most topics with a retained message; a retained message for a new topic past it is not retained (v5 QoS 1/2: 0x97), 1-100000000 (default 100000; config key limits.maxRetainedMessages).")
+    var maxRetainedMessages: Int?
+
+    @Option(help: "Most messages one session's queue holds (offline, or behind its in-flight window), 1-100000000 (default 1000; config key limits.queueMaxMessages).")
+    var queueMaxMessages: Int?
+
+    @Option(help: "Most payload bytes one session's queue holds, 1024-1099511627776 (default 16777216; config key limits.queueMaxBytes).")
+    var queueMaxBytes: Int?
+
+    @Option(help: "What a full session queue does: dropOldest (the oldest queued messages go) or endSession (the session ends: ledger expired(sessionOverflow), v5 DISCONNECT 0x97) (default dropOldest; config key limits.queueOverflow).")
+    var queueOverflow: String?
+
     @Option(help: ArgumentHelp("Server certificate chain of the mqtts listeners, PEM (config key listeners[].certificate).", valueName: "file"))
     var tlsCertificate: String?
 
@@ -135,7 +153,7 @@ struct Custody: AsyncParsableCommand {
     var access: AccessOptions
 
     var flags: FlagValues {
-        FlagValues(
+        var flags = FlagValues(
             dataDir: dataDir, maxSessionsPerClient: maxSessionsPerClient, maxSessionExpiryHours: maxSessionExpiryHours,
             ledgerMapSizeMib: ledgerMapSizeMib, listen: listen, connectTimeoutSeconds: connectTimeoutSeconds,
             logLevel: logLevel, passwordFile: passwordFile, listenTLS: listenTLS, tlsCertificate: tlsCertificate,
@@ -144,7 +162,12 @@ struct Custody: AsyncParsableCommand {
             metricsAllowRemote: metricsAllowRemote, eventSubscribers: eventSubscribers, listenWS: listenWS,
             maxKeepAliveSeconds: maxKeepAliveSeconds, maxOutboundInflight: maxOutboundInflight,
             outboundHighWaterBytes: outboundHighWaterBytes, slowConsumerSeconds: slowConsumerSeconds,
-            maxPacketBytes: maxPacketBytes, maxFiltersPerSubscribe: maxFiltersPerSubscribe, aclFile: access.aclFile)
+            maxPacketBytes: maxPacketBytes, maxFiltersPerSubscribe: maxFiltersPerSubscribe,
+            maxSubscriptionsPerSession: maxSubscriptionsPerSession,
+            maxRetainedBytes: maxRetainedBytes, maxRetainedMessages: maxRetainedMessages,
+            queueMaxMessages: queueMaxMessages, queueMaxBytes: queueMaxBytes, queueOverflow: queueOverflow)
+        flags.aclFile = access.aclFile
+        return flags
     }
 
     /// Bad flag values are usage errors (exit 64), named before anything else happens.
@@ -221,8 +244,9 @@ struct Custody: AsyncParsableCommand {
         let hangups = hangupSignals()
         let brokerDirectory = (dataDir as NSString).appendingPathComponent("broker")
         let broker: Broker
+        let limitReporter = BrokerLimitReporter(metrics: operations.frontMetrics, logger: Logger(label: "custody.broker"))
         do {
-            broker = try Broker(directory: brokerDirectory)
+            broker = try Broker(directory: brokerDirectory, limits: settings.brokerLimits, observer: limitReporter)
             // Sessions the ledger no longer holds (expired while down) lose their queues too.
             try await broker.retainOnly(live: try ledger.liveSessionNames())
         } catch {
@@ -262,6 +286,7 @@ struct Custody: AsyncParsableCommand {
         let front = MQTTFront(
             ledger: ledger, pubsub: broker, configuration: frontConfiguration, logger: logger, authority: authority,
             access: accessRules)
+        limitReporter.attach(front)
         let addresses: [HostPort]
         do {
             addresses = try await front.start()

@@ -35,6 +35,14 @@ struct FlagValues {
     var maxFiltersPerSubscribe: Int?
     /// Authorization (issue 14): --acl-file.
     var aclFile: String?
+    /// Broker limits (issue 15): --max-subscriptions-per-session, --max-retained-bytes,
+    /// --max-retained-messages, --queue-max-messages, --queue-max-bytes, --queue-overflow.
+    var maxSubscriptionsPerSession: Int?
+    var maxRetainedBytes: Int?
+    var maxRetainedMessages: Int?
+    var queueMaxMessages: Int?
+    var queueMaxBytes: Int?
+    var queueOverflow: String?
 }
 
 /// What `custody` runs with: the configuration file (if any), then the flags over it.
@@ -110,12 +118,25 @@ enum Settings {
              \LimitsConfiguration.maxPacketBytes),
             (flags.maxFiltersPerSubscribe, "--max-filters-per-subscribe", LimitsConfiguration.maxFiltersPerSubscribeRange,
              \LimitsConfiguration.maxFiltersPerSubscribe),
+            (flags.maxSubscriptionsPerSession, "--max-subscriptions-per-session",
+             LimitsConfiguration.maxSubscriptionsPerSessionRange, \LimitsConfiguration.maxSubscriptionsPerSession),
+            (flags.maxRetainedBytes, "--max-retained-bytes", LimitsConfiguration.maxRetainedBytesRange,
+             \LimitsConfiguration.maxRetainedBytes),
+            (flags.maxRetainedMessages, "--max-retained-messages", LimitsConfiguration.maxRetainedMessagesRange,
+             \LimitsConfiguration.maxRetainedMessages),
+            (flags.queueMaxMessages, "--queue-max-messages", LimitsConfiguration.queueMaxMessagesRange,
+             \LimitsConfiguration.queueMaxMessages),
+            (flags.queueMaxBytes, "--queue-max-bytes", LimitsConfiguration.queueMaxBytesRange,
+             \LimitsConfiguration.queueMaxBytes),
         ] {
             guard let value else { continue }
             guard range.contains(value) else {
                 throw SettingsError("\(flag) must be between \(range.lowerBound) and \(range.upperBound), got \(value)")
             }
             configuration.limits[keyPath: key] = value
+        }
+        if let value = flags.queueOverflow {
+            configuration.limits.queueOverflow = try choice(value, flag: "--queue-overflow")
         }
         if let value = flags.connectTimeoutSeconds {
             guard (1...3600).contains(value) else {

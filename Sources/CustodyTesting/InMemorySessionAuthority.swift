@@ -101,6 +101,16 @@ public final class InMemorySessionAuthority: SessionAuthority {
         }
     }
 
+    public func endSession(
+        _ name: SessionName, reason: ExpiryReason, _ done: @escaping @Sendable (Result<[LedgerEvent], LedgerError>) -> Void
+    ) {
+        let now = clock()
+        answer(done) { state throws(LedgerError) in
+            guard let entry = state.projection.sessions[name] else { return [] }
+            return SessionRules.forcedEnd(of: entry, named: name, reason: reason).map { Self.append($0, at: now, to: &state) }
+        }
+    }
+
     public func earliestDeadline() throws -> Int64? {
         state.withLock { $0.projection.sessions.values.compactMap(\.deadline).min() }
     }

@@ -2,6 +2,7 @@ import CLMDB
 import Dispatch
 import Foundation
 import LedgerCore
+import Synchronization
 
 /// The tables of the broker's own LMDB environment (in its own directory, apart from the
 /// ledger's, so neither writer ever waits for the other):
@@ -73,6 +74,8 @@ public final class BrokerStore: @unchecked Sendable {
     private var thread: GroupCommitThread<Submission>!
     /// Observes each commit. Set before the first `submit`.
     public var onCommit: (@Sendable (BrokerCommitStatistics) -> Void)?
+    /// Commits still to fail on purpose (`failNextCommits`), and with what.
+    private let injectedFailures = Mutex<[LedgerError]>([])
 
     public init(directory: String, options: BrokerStoreOptions = BrokerStoreOptions()) throws(LedgerError) {
         lmdb = try LMDBEnvironment(
@@ -98,6 +101,14 @@ public final class BrokerStore: @unchecked Sendable {
         _ operations: [BrokerStoreOperation], done: (@Sendable (Result<Void, LedgerError>) -> Void)? = nil
     ) {
         if !thread.enqueue(Submission(operations: operations, done: done)) { done?(.failure(.closed)) }
+    }
+
+    /// For tests of what a failed write leaves behind: the next `count` commits fail with
+    /// `error` without writing anything, as a full disk would make them fail (every submission
+    /// in such a commit fails). A full map (MDB_MAP_FULL) fails whichever writes need pages it
+    /// no longer has; this fails exactly the ones a test names.
+    public func failNextCommits(_ count: Int = 1, with error: LedgerError) {
+        injectedFailures.withLock { $0 += Array(repeating: error, count: count) }
     }
 
     /// Queues and waits for the commit.
@@ -141,7 +152,10 @@ public final class BrokerStore: @unchecked Sendable {
         var operations = 0
         for submission in batch { operations += submission.operations.count }
         var result: Result<Void, LedgerError> = .success(())
-        if operations > 0 {
+        let injected = operations > 0 ? injectedFailures.withLock { $0.isEmpty ? nil : $0.removeFirst() } : nil
+        if let injected {
+            result = .failure(injected)
+        } else if operations > 0 {
             do throws(LedgerError) {
                 var txn: OpaquePointer?
                 try check(mdb_txn_begin(lmdb.env, nil, 0, &txn), "mdb_txn_begin (write)")

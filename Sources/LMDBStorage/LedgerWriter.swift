@@ -17,6 +17,7 @@ public final class LedgerWriter: @unchecked Sendable {
         case release(ReleaseRequest, @Sendable (Result<LedgerEvent?, LedgerError>) -> Void)
         case releaseAll([ReleaseRequest], @Sendable (Result<[LedgerEvent?], LedgerError>) -> Void)
         case expire(limit: Int, @Sendable (Result<[LedgerEvent], LedgerError>) -> Void)
+        case end(SessionName, ExpiryReason, @Sendable (Result<[LedgerEvent], LedgerError>) -> Void)
 
         var isClaim: Bool {
             if case .claim = self { return true }
@@ -29,6 +30,7 @@ public final class LedgerWriter: @unchecked Sendable {
             case .release(_, let done): done(.failure(error))
             case .releaseAll(_, let done): done(.failure(error))
             case .expire(_, let done): done(.failure(error))
+            case .end(_, _, let done): done(.failure(error))
             }
         }
     }
@@ -214,6 +216,14 @@ public final class LedgerWriter: @unchecked Sendable {
         enqueue(.expire(limit: limit, done))
     }
 
+    /// Ends one live session now for `reason` (`SessionRules.forcedEnd`); answers its events
+    /// (none when the session is not live).
+    public func end(
+        _ name: SessionName, reason: ExpiryReason, _ done: @escaping @Sendable (Result<[LedgerEvent], LedgerError>) -> Void
+    ) {
+        enqueue(.end(name, reason, done))
+    }
+
     private func enqueue(_ command: Command) {
         if !thread.enqueue(command) { command.fail(.closed) }
     }
@@ -252,6 +262,9 @@ public final class LedgerWriter: @unchecked Sendable {
                     case .expire(let limit, let done):
                         let events = swept + (try Self.expireDue(&w, now: now, limit: limit, reason: .sessionExpired))
                         swept = []
+                        deliveries.append { done(.success(events)) }
+                    case .end(let name, let reason, let done):
+                        let events = try Self.end(name, reason: reason, in: &w)
                         deliveries.append { done(.success(events)) }
                     }
                 }
@@ -299,6 +312,22 @@ public final class LedgerWriter: @unchecked Sendable {
         case .reject(let reason):
             return .rejected(reason, sequence: sequence)
         }
+    }
+
+    static func end(
+        _ name: SessionName, reason: ExpiryReason, in w: inout LedgerWriteTransaction
+    ) throws(LedgerError) -> [LedgerEvent] {
+        guard name.isValid else { return [] }
+        let key = ProjectionFormat.sessionKey(name)
+        var entry = try w.session(key)
+        guard let live = entry else { return [] }
+        var events: [LedgerEvent] = []
+        for draft in SessionRules.forcedEnd(of: live, named: name, reason: reason) {
+            let (event, next) = try w.append(draft, current: entry, sessionKey: key)
+            events.append(event)
+            entry = next
+        }
+        return events
     }
 
     static func release(

@@ -215,6 +215,21 @@ public enum SessionRules {
             expiryInterval: entry.expiryInterval)
     }
 
+    /// The events that end a live session at once for `reason`, whatever its state (the
+    /// broker's queue for it overflowed): a connected session's connection ends first
+    /// (`disconnected` with the matching reason), then the session (`expired`) unless that
+    /// connection's end already ended it (expiry interval 0).
+    public static func forcedEnd(of entry: SessionEntry, named name: SessionName, reason: ExpiryReason) -> [LedgerEvent] {
+        let ended = endingEvent(of: entry, named: name, kind: .expired(reason))
+        guard entry.isConnected else { return [ended] }
+        let disconnect: DisconnectReason = switch reason {
+        case .sessionOverflow: .sessionOverflow
+        case .sessionExpired, .expiredWhileBrokerDown: .serverInitiatedDisconnect
+        }
+        let closed = endingEvent(of: entry, named: name, kind: .disconnected(disconnect))
+        return entry.expiryInterval > 0 ? [closed, ended] : [closed]
+    }
+
     /// The `disconnected` event for a connection that ended, or nil when that connection no
     /// longer holds the session (it was taken over, or never held it).
     ///

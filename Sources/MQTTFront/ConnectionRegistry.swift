@@ -32,6 +32,16 @@ final class ConnectionRegistry: Sendable {
         }.flatMap { $0 }
     }
 
+    /// Tells `connection` its session was ended for overflowing its queue; the future says
+    /// when it is gone. nil when no such connection is here any more.
+    func sessionOverflowed(_ connection: ConnectionNumber) -> EventLoopFuture<Void>? {
+        guard let handle = tables.withLock({ $0.connections[connection] }) else { return nil }
+        return handle.eventLoop.submit {
+            handle.sessionOverflowed()
+            return handle.finishedFuture()
+        }.flatMap { $0 }
+    }
+
     /// Asks every connection to decide its identity again with `authority`; each future
     /// says whether that connection was disconnected for it.
     func reauthorizeAll(_ authority: any IdentityAuthority) -> [EventLoopFuture<Bool>] {

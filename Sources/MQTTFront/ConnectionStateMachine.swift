@@ -103,6 +103,8 @@ public struct ConnectionStateMachine: Sendable {
         case shutdown
         /// The identity authority no longer accepts the client (registry reloaded).
         case revoked(String)
+        /// The session was ended by the ledger (its queue overflowed), end recorded already.
+        case sessionOverflowed
     }
 
     enum State: Sendable {
@@ -341,6 +343,13 @@ public struct ConnectionStateMachine: Sendable {
             return .abandon(grant, Closing(
                 packets: packets, release: release(identity, .serverInitiatedDisconnect), why: "serverInitiatedDisconnect",
                 channelGone: false))
+        case .sessionOverflowed:
+            state = .closing(identity.protocolVersion)
+            var packets = [successConnack(identity, grant)]
+            if identity.protocolVersion == .mqtt5 {
+                packets.append(.disconnect(MQTTDisconnect(reasonCode: .quotaExceeded)))
+            }
+            return .abandon(grant, Closing(packets: packets, release: nil, why: "sessionOverflow", channelGone: false))
         case .revoked(let why):
             state = .closing(identity.protocolVersion)
             var packets = [successConnack(identity, grant)]
@@ -458,6 +467,23 @@ public struct ConnectionStateMachine: Sendable {
         return .close(Closing(
             packets: disconnect(identity, .notAuthorized), release: release(identity, .clientAuthorizationError),
             why: "clientAuthorizationError: \(why)", channelGone: false))
+    }
+
+    /// The session's queue overflowed and the ledger ended the session (`expired(sessionOverflow)`,
+    /// after `disconnected(sessionOverflow)` for this connection): v5 DISCONNECT 0x97 Quota
+    /// exceeded, nothing more to record.
+    public mutating func sessionOverflowed() -> Action {
+        switch state {
+        case .connecting(let identity, let pending, let abandoned):
+            state = .connecting(identity, pending: pending, abandoned: abandoned ?? .sessionOverflowed)
+            return .none
+        case .accepting(let identity, _, _), .active(let identity, _, _):
+            state = .closing(identity.protocolVersion)
+            return .close(Closing(
+                packets: disconnect(identity, .quotaExceeded), release: nil, why: "sessionOverflow", channelGone: false))
+        case .awaitingConnect, .closing:
+            return .none
+        }
     }
 
     /// The broker session failed to handle a packet: close with `code`.

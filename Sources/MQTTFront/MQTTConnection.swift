@@ -197,6 +197,10 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         perform(machine.shutdown())
     }
 
+    func sessionOverflowed() {
+        perform(machine.sessionOverflowed())
+    }
+
     // MARK: - Doing what the machine says
 
     func process(_ inbound: MQTTInbound) {

@@ -302,6 +302,33 @@ public final class MQTTFront: Sendable {
         for event in events { services.sessionEnded(event.sessionName) }
     }
 
+    /// The broker's queue for `name` overflowed (`limits.queueOverflow: endSession`): the
+    /// session ends as Event Grid ends it. The ledger records it (`disconnected(sessionOverflow)`
+    /// for a connected session's connection, then `expired(sessionOverflow)`); a connected
+    /// client gets v5 DISCONNECT 0x97 Quota exceeded (3.1.1: the connection closes); once it
+    /// is gone, the session's pub/sub state is dropped. Returns the ledger's events (none when
+    /// the session was no longer live: ended meanwhile, or taken by a clean start).
+    @discardableResult
+    public func endOverflowedSession(_ name: SessionName) async -> [LedgerEvent] {
+        let events: [LedgerEvent]
+        do {
+            events = try await services.ledger.endSession(name, reason: .sessionOverflow)
+        } catch {
+            services.logger.error("session overflow not recorded", metadata: ["session_name": "\(name)", "error": "\(error)"])
+            return []
+        }
+        for event in events where event.kind == .disconnected(.sessionOverflow) {
+            if let gone = services.registry.sessionOverflowed(event.connection) { try? await gone.get() }
+        }
+        guard !events.isEmpty, let pubsub = services.pubsub else { return events }
+        do {
+            try await pubsub.endSession(name)
+        } catch {
+            services.logger.error("broker session end failed", metadata: ["session_name": "\(name)", "error": "\(error)"])
+        }
+        return events
+    }
+
     /// Connections holding a session (or claiming one) right now.
     public var connectionCount: Int { services.registry.count }
 

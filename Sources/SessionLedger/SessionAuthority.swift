@@ -38,6 +38,13 @@ public protocol SessionAuthority: AnyObject, Sendable {
     /// Ends sessions whose deadline has passed (at most `limit`); answers their `expired` events.
     func expireDue(limit: Int, _ done: @escaping @Sendable (Result<[LedgerEvent], LedgerError>) -> Void)
 
+    /// Ends one live session now, connected or not, for `reason` (the broker's queue for it
+    /// overflowed: `sessionOverflow`): a connected one's connection is recorded as ended first
+    /// (`disconnected(sessionOverflow)`), then the session (`expired(reason)`). Answers those
+    /// events, in order; none when the session was not live.
+    func endSession(
+        _ name: SessionName, reason: ExpiryReason, _ done: @escaping @Sendable (Result<[LedgerEvent], LedgerError>) -> Void)
+
     /// The earliest expiry deadline (µs since the epoch), nil when no session waits to expire.
     func earliestDeadline() throws -> Int64?
 
@@ -87,6 +94,13 @@ extension SessionAuthority {
     public func expireDue(limit: Int = 10_000) async throws(LedgerError) -> [LedgerEvent] {
         let result = await withCheckedContinuation { continuation in
             expireDue(limit: limit) { continuation.resume(returning: $0) }
+        }
+        return try result.get()
+    }
+
+    public func endSession(_ name: SessionName, reason: ExpiryReason) async throws(LedgerError) -> [LedgerEvent] {
+        let result = await withCheckedContinuation { continuation in
+            endSession(name, reason: reason) { continuation.resume(returning: $0) }
         }
         return try result.get()
     }

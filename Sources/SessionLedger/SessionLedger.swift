@@ -47,6 +47,12 @@ public final class LMDBSessionLedger: SessionAuthority {
 
     public func nextConnectionNumber() -> ConnectionNumber { writer.nextConnectionNumber() }
 
+    public func endSession(
+        _ name: SessionName, reason: ExpiryReason, _ done: @escaping @Sendable (Result<[LedgerEvent], LedgerError>) -> Void
+    ) {
+        writer.end(name, reason: reason, done)
+    }
+
     public func claim(_ request: ClaimRequest, _ done: @escaping @Sendable (Result<ClaimOutcome, LedgerError>) -> Void) {
         writer.claim(request, done)
     }

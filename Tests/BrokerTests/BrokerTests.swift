@@ -371,7 +371,7 @@ struct QoSFlowTests {
 @Suite("Sessions")
 struct SessionTests {
     @Test func offlineQueueDropsTheOldest() async throws {
-        let broker = try Broker(directory: nil, offlineQueueLimit: 3)
+        let broker = try Broker(directory: nil, limits: BrokerLimits(queueMaxMessages: 3))
         var sub = broker.connect("sub", persistent: true)
         _ = try await sub.session.handle(subscribe([("t", .atLeastOnce)]))
         broker.detach(sub.session)

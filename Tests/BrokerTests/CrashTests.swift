@@ -35,7 +35,7 @@ struct CrashTests {
     func crashWriterChild() async throws {
         let directory = try #require(ProcessInfo.processInfo.environment[childDirectoryVariable])
         let round = ProcessInfo.processInfo.environment[childRoundVariable] ?? "0"
-        let broker = try Broker(directory: directory, offlineQueueLimit: 1_000_000)
+        let broker = try Broker(directory: directory, limits: BrokerLimits(queueMaxMessages: 1_000_000, queueMaxBytes: 1 << 40))
         let sub = broker.connect("sub", persistent: true, present: true)
         _ = try await sub.session.handle(subscribe([("t/#", .atLeastOnce)]))
         broker.detach(sub.session)
@@ -107,7 +107,7 @@ struct CrashTests {
             #expect(log.count > 0, "the child acknowledged nothing in round \(round)")
             acknowledged += log.all
         }
-        let broker = try Broker(directory: directory, offlineQueueLimit: 1_000_000)
+        let broker = try Broker(directory: directory, limits: BrokerLimits(queueMaxMessages: 1_000_000, queueMaxBytes: 1 << 40))
         defer { broker.close() }
         let sub = broker.connect("sub", persistent: true, present: true)
         // More may be stored than one in-flight window (65,535) holds when the child ran

@@ -71,7 +71,7 @@ struct FanOutTests {
     @Test func sequentialPersistentPublishLatency() async throws {
         let directory = scratchDirectory()
         defer { removeDirectory(directory) }
-        let broker = try Broker(directory: directory, offlineQueueLimit: 10_000)
+        let broker = try Broker(directory: directory, limits: BrokerLimits(queueMaxMessages: 10_000, queueMaxBytes: 1 << 40))
         defer { broker.close() }
         let sub = broker.connect("sub", persistent: true)
         _ = try await sub.session.handle(subscribe([("t", .atLeastOnce)]))

@@ -207,7 +207,7 @@ struct PersistenceTests {
         let directory = scratchDirectory()
         defer { removeDirectory(directory) }
         do {
-            let broker = try Broker(directory: directory, offlineQueueLimit: 2)
+            let broker = try Broker(directory: directory, limits: BrokerLimits(queueMaxMessages: 2))
             let c = broker.connect("s", persistent: true)
             _ = try await c.session.handle(subscribe([("t", .atLeastOnce)]))
             broker.detach(c.session)
@@ -217,7 +217,7 @@ struct PersistenceTests {
         }
         let counts = try storedCounts(directory)
         #expect(counts.messages == 2)
-        let broker = try Broker(directory: directory, offlineQueueLimit: 2)
+        let broker = try Broker(directory: directory, limits: BrokerLimits(queueMaxMessages: 2))
         defer { broker.close() }
         let c = broker.connect("s", persistent: true, present: true)
         #expect(c.sink.takePublishes().map(text) == ["4", "5"])
@@ -259,7 +259,7 @@ struct PersistenceTests {
     @Test func concurrentPublishesShareCommits() async throws {
         let directory = scratchDirectory()
         defer { removeDirectory(directory) }
-        let broker = try Broker(directory: directory, offlineQueueLimit: 100_000)
+        let broker = try Broker(directory: directory, limits: BrokerLimits(queueMaxMessages: 100_000, queueMaxBytes: 1 << 40))
         let sub = broker.connect("sub", persistent: true)
         _ = try await sub.session.handle(subscribe([("t/#", .atLeastOnce)]))
         broker.detach(sub.session)
@@ -283,7 +283,7 @@ struct PersistenceTests {
         broker.close()
         let counts = try storedCounts(directory)
         #expect(counts.messages == publishers * each)
-        let reopened = try Broker(directory: directory, offlineQueueLimit: 100_000)
+        let reopened = try Broker(directory: directory, limits: BrokerLimits(queueMaxMessages: 100_000, queueMaxBytes: 1 << 40))
         defer { reopened.close() }
         #expect(reopened.info(name("sub"))?.queued == publishers * each)
         // Per publisher, the order is kept.
@@ -308,7 +308,7 @@ struct StorageFailureTests {
         var acknowledged: [String] = []
         do {
             let broker = try Broker(
-                directory: directory, offlineQueueLimit: 100_000, storeOptions: BrokerStoreOptions(mapSize: 1 << 20))
+                directory: directory, limits: BrokerLimits(queueMaxMessages: 100_000, queueMaxBytes: 1 << 40), storeOptions: BrokerStoreOptions(mapSize: 1 << 20))
             let sub = broker.connect("sub", persistent: true)
             _ = try await sub.session.handle(subscribe([("t", .atLeastOnce)]))
             broker.detach(sub.session)
@@ -330,7 +330,7 @@ struct StorageFailureTests {
             #expect(!acknowledged.isEmpty)
             broker.close()
         }
-        let broker = try Broker(directory: directory, offlineQueueLimit: 100_000)
+        let broker = try Broker(directory: directory, limits: BrokerLimits(queueMaxMessages: 100_000, queueMaxBytes: 1 << 40))
         defer { broker.close() }
         let sub = broker.connect("sub", persistent: true, present: true)
         let stored = sub.sink.takePublishes().map { String(text($0).prefix { $0 != " " }) }

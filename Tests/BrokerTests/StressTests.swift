@@ -73,7 +73,7 @@ struct StressTests {
     @Test func concurrentPublishersAcksAndTakeovers() async throws {
         let directory = scratchDirectory()
         defer { removeDirectory(directory) }
-        let broker = try Broker(directory: directory, offlineQueueLimit: 100_000)
+        let broker = try Broker(directory: directory, limits: BrokerLimits(queueMaxMessages: 100_000, queueMaxBytes: 1 << 40))
         defer { broker.close() }
         let first = AckingClient()
         let session = broker.attach(

@@ -87,3 +87,39 @@ extension Broker {
         return Client(session: s, sink: sink)
     }
 }
+
+/// An observer that keeps what the broker told it about its limits.
+final class RecordingObserver: BrokerObserver, @unchecked Sendable {
+    private let lock = NSLock()
+    private var limits: [(BrokerLimit, SessionName, Int)] = []
+    private var overflows: [SessionName] = []
+
+    func limitExceeded(_ limit: BrokerLimit, session: SessionName, count: Int) {
+        lock.lock()
+        limits.append((limit, session, count))
+        lock.unlock()
+    }
+
+    func queueOverflowed(_ session: SessionName) {
+        lock.lock()
+        overflows.append(session)
+        lock.unlock()
+    }
+
+    /// How many times `limit` was exceeded, by `session` when given.
+    func count(_ limit: BrokerLimit, _ session: String? = nil) -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return limits.filter { $0.0 == limit && (session == nil || $0.1.value == session) }.reduce(0) { $0 + $1.2 }
+    }
+
+    var overflowed: [String] {
+        lock.lock()
+        defer { lock.unlock() }
+        return overflows.map(\.value)
+    }
+}
+
+func subscribeCodes(_ answers: [MQTTPacket]) -> [MQTTReasonCode] {
+    answers.compactMap { if case .suback(let suback) = $0 { suback.reasonCodes } else { nil } }.flatMap { $0 }
+}

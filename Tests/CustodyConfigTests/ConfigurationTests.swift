@@ -211,4 +211,47 @@ struct LimitsConfigurationTests {
             #expect("\(error)".contains("limits.maxInflight"), "\(error)")
         }
     }
+
+    @Test func brokerLimitsAreReadWithTheirDefaultsAndRanges() throws {
+        let defaults = LimitsConfiguration()
+        #expect(defaults.maxSubscriptionsPerSession == 50)
+        #expect(defaults.maxRetainedBytes == 65_536)
+        #expect(defaults.maxRetainedMessages == 100_000)
+        #expect(defaults.queueMaxMessages == 1_000)
+        #expect(defaults.queueMaxBytes == 16_777_216)
+        #expect(defaults.queueOverflow == .dropOldest)
+        let set = try CustodyConfiguration.parse(yaml: """
+            limits:
+              maxSubscriptionsPerSession: 5
+              maxRetainedBytes: 1024
+              maxRetainedMessages: 10
+              queueMaxMessages: 100
+              queueMaxBytes: 65536
+              queueOverflow: endSession
+            """, file: "c.yaml")
+        #expect(set.limits.maxSubscriptionsPerSession == 5)
+        #expect(set.limits.maxRetainedBytes == 1_024)
+        #expect(set.limits.maxRetainedMessages == 10)
+        #expect(set.limits.queueMaxMessages == 100)
+        #expect(set.limits.queueMaxBytes == 65_536)
+        #expect(set.limits.queueOverflow == .endSession)
+        // Event Grid's spelling is accepted whatever its case.
+        #expect(try CustodyConfiguration.parse(yaml: "limits:\n  queueOverflow: ENDSESSION\n", file: "c.yaml")
+            .limits.queueOverflow == .endSession)
+        for (yaml, key) in [
+            ("maxSubscriptionsPerSession: 0", "limits.maxSubscriptionsPerSession"),
+            ("maxRetainedBytes: -1", "limits.maxRetainedBytes"),
+            ("maxRetainedMessages: 0", "limits.maxRetainedMessages"),
+            ("queueMaxMessages: lots", "limits.queueMaxMessages"),
+            ("queueMaxBytes: 1", "limits.queueMaxBytes"),
+            ("queueOverflow: dropNewest", "limits.queueOverflow"),
+        ] {
+            do {
+                _ = try CustodyConfiguration.parse(yaml: "limits:\n  \(yaml)\n", file: "c.yaml")
+                Issue.record("\(yaml) was accepted")
+            } catch {
+                #expect("\(error)".contains(key), "\(error)")
+            }
+        }
+    }
 }

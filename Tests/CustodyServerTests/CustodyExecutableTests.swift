@@ -37,6 +37,12 @@ struct CustodyExecutableTests {
         (["--outbound-high-water-bytes", "1024"], "--outbound-high-water-bytes must be between 16384 and 1073741824, got 1024"),
         (["--max-outbound-inflight", "0"], "--max-outbound-inflight must be between 1 and 65535, got 0"),
         (["--max-packet-bytes", "100"], "--max-packet-bytes must be between 1024 and 268435460, got 100"),
+        (["--max-subscriptions-per-session", "0"], "--max-subscriptions-per-session must be between 1 and 100000, got 0"),
+        (["--max-retained-bytes", "0"], "--max-retained-bytes must be between 1 and 268435455, got 0"),
+        (["--max-retained-messages", "0"], "--max-retained-messages must be between 1 and 100000000, got 0"),
+        (["--queue-max-messages", "0"], "--queue-max-messages must be between 1 and 100000000, got 0"),
+        (["--queue-max-bytes", "10"], "--queue-max-bytes must be between 1024 and 1099511627776, got 10"),
+        (["--queue-overflow", "dropNewest"], "--queue-overflow 'dropNewest' is not one of dropOldest, endSession"),
     ])
     func badFlagsExitWithAMessageNamingThem(arguments: [String], message: String) throws {
         let (status, _, error) = try runToEnd(try builtProduct("custody"), arguments + ["--data-dir", scratchDirectory("flags")])

@@ -540,6 +540,25 @@ struct ConnectionStateMachineTests {
         #expect(closing.release == nil)
     }
 
+    /// The ledger ended the session for overflowing its queue and recorded the connection's
+    /// end itself: 0x97, nothing more to record, before or after the grant came back.
+    @Test func sessionOverflowClosesWith0x97AndRecordsNothing() {
+        var machine = activeMachine()
+        guard case .close(let closing) = machine.sessionOverflowed() else { Issue.record("no close"); return }
+        #expect(closing.packets == [.disconnect(MQTTDisconnect(reasonCode: .quotaExceeded))])
+        #expect(closing.release == nil)
+        #expect(isNone(machine.channelInactive()))
+
+        var claiming = ConnectionStateMachine()
+        _ = claiming.received(v5Connect("s", user: "u", expiry: 10), connection: 4, now: t0)
+        #expect(isNone(claiming.sessionOverflowed()))
+        guard case .abandon(_, let abandoned) = claiming.claimCompleted(grant(connection: 4, expiry: 10)) else {
+            Issue.record("no abandon"); return
+        }
+        #expect(abandoned.packets.last == .disconnect(MQTTDisconnect(reasonCode: .quotaExceeded)))
+        #expect(abandoned.release == nil)
+    }
+
     @Test func shutdownDisconnectsWithServerShuttingDown() {
         var machine = activeMachine()
         guard case .close(let closing) = machine.shutdown() else { Issue.record("no close"); return }

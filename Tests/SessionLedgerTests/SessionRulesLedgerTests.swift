@@ -823,3 +823,39 @@ struct SessionRulesLedgerTests {
         }
     }
 }
+
+/// `endSession(_:reason:)`: the broker's queue for a session overflowed and the session ends
+/// at once, as Event Grid ends it, whatever its state; the log still replays to the projection.
+@Suite("Ending a session for overflow")
+struct SessionOverflowLedgerTests {
+    @Test func aConnectedSessionLosesItsConnectionThenItself() async throws {
+        try await withLedger { ledger, _ in
+            let claimed = try await ledger.claim("alice", "s1", expiry: 600)
+            let events = try await ledger.endSession(SessionName(unchecked: "s1"), reason: .sessionOverflow)
+            #expect(events.map(\.kind) == [.disconnected(.sessionOverflow), .expired(.sessionOverflow)])
+            #expect(events.allSatisfy { $0.connection == claimed.connection && $0.authenticationName.value == "alice" })
+            #expect(try ledger.session("s1") == nil)
+            #expect(try ledger.liveSessionCount(of: AuthenticationName(unchecked: "alice")) == 0)
+            // The connection's own end comes later and finds nothing to record.
+            #expect(try await ledger.release("s1", claimed.connection, reason: .serverInitiatedDisconnect) == nil)
+            // The name is free for anyone now.
+            #expect(try await ledger.claim("bob", "s1").grant?.sessionPresent == false)
+            #expect(try ledger.verify().isIntact)
+        }
+    }
+
+    @Test func aDetachedSessionExpiresAndOneWithoutExpiryEndsWithItsConnection() async throws {
+        try await withLedger { ledger, _ in
+            let offline = try await ledger.claim("alice", "offline", expiry: 600)
+            try await ledger.release("offline", offline.connection)
+            #expect(try await ledger.endSession(SessionName(unchecked: "offline"), reason: .sessionOverflow).map(\.kind)
+                == [.expired(.sessionOverflow)])
+            _ = try await ledger.claim("alice", "clean", cleanStart: true, expiry: 0)
+            #expect(try await ledger.endSession(SessionName(unchecked: "clean"), reason: .sessionOverflow).map(\.kind)
+                == [.disconnected(.sessionOverflow)])
+            #expect(try await ledger.endSession(SessionName(unchecked: "never"), reason: .sessionOverflow).isEmpty)
+            #expect(try ledger.liveSessionCount(of: AuthenticationName(unchecked: "alice")) == 0)
+            #expect(try ledger.verify().isIntact)
+        }
+    }
+}
