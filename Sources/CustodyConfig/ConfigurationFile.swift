@@ -268,6 +268,9 @@ struct ConfigurationReader {
     func limits(_ node: Node) throws(ConfigurationError) -> LimitsConfiguration {
         let keys = try mapping(node, "limits", known: [
             "maxOutboundInflight", "outboundHighWaterBytes", "slowConsumerSeconds", "maxPacketBytes",
+            "maxTopicBytes", "maxTopicLevels", "maxUserPropertyBytes", "maxPropertyValueBytes", "receiveMaximum",
+            "topicAliasMaximum", "connectsPerSecondPerSession", "publishMessagesPerSecond", "publishBytesPerSecond",
+            "maxConnections",
         ])
         var limits = LimitsConfiguration()
         if let (_, value) = keys["maxOutboundInflight"] {
@@ -284,6 +287,25 @@ struct ConfigurationReader {
         }
         if let (_, value) = keys["maxPacketBytes"] {
             limits.maxPacketBytes = try int(value, "limits.maxPacketBytes", range: LimitsConfiguration.maxPacketBytesRange)
+        }
+        for (key, range, field) in [
+            ("maxTopicBytes", LimitsConfiguration.maxTopicBytesRange, \LimitsConfiguration.maxTopicBytes),
+            ("maxTopicLevels", LimitsConfiguration.maxTopicLevelsRange, \LimitsConfiguration.maxTopicLevels),
+            ("maxUserPropertyBytes", LimitsConfiguration.maxUserPropertyBytesRange, \LimitsConfiguration.maxUserPropertyBytes),
+            ("maxPropertyValueBytes", LimitsConfiguration.maxPropertyValueBytesRange, \LimitsConfiguration.maxPropertyValueBytes),
+            ("receiveMaximum", LimitsConfiguration.receiveMaximumRange, \LimitsConfiguration.receiveMaximum),
+            ("topicAliasMaximum", LimitsConfiguration.topicAliasMaximumRange, \LimitsConfiguration.topicAliasMaximum),
+            ("connectsPerSecondPerSession", LimitsConfiguration.connectsPerSecondPerSessionRange,
+             \LimitsConfiguration.connectsPerSecondPerSession),
+            ("publishMessagesPerSecond", LimitsConfiguration.publishMessagesPerSecondRange,
+             \LimitsConfiguration.publishMessagesPerSecond),
+            ("publishBytesPerSecond", LimitsConfiguration.publishBytesPerSecondRange,
+             \LimitsConfiguration.publishBytesPerSecond),
+        ] {
+            if let (_, value) = keys[key] { limits[keyPath: field] = try int(value, "limits.\(key)", range: range) }
+        }
+        if let (_, value) = keys["maxConnections"] {
+            limits.maxConnections = try int(value, "limits.maxConnections", range: LimitsConfiguration.maxConnectionsRange)
         }
         return limits
     }

@@ -32,6 +32,20 @@ struct FlagValues {
     var outboundHighWaterBytes: Int?
     var slowConsumerSeconds: Int?
     var maxPacketBytes: Int?
+    /// Front limits (issue 15): --max-topic-bytes, --max-topic-levels, --max-user-property-bytes,
+    /// --max-property-value-bytes, --receive-maximum, --topic-alias-maximum,
+    /// --connects-per-second-per-session, --publish-messages-per-second, --publish-bytes-per-second,
+    /// --max-connections.
+    var maxTopicBytes: Int?
+    var maxTopicLevels: Int?
+    var maxUserPropertyBytes: Int?
+    var maxPropertyValueBytes: Int?
+    var receiveMaximum: Int?
+    var topicAliasMaximum: Int?
+    var connectsPerSecondPerSession: Int?
+    var publishMessagesPerSecond: Int?
+    var publishBytesPerSecond: Int?
+    var maxConnections: Int?
 }
 
 /// What `custody` runs with: the configuration file (if any), then the flags over it.
@@ -105,12 +119,37 @@ enum Settings {
              \LimitsConfiguration.slowConsumerSeconds),
             (flags.maxPacketBytes, "--max-packet-bytes", LimitsConfiguration.maxPacketBytesRange,
              \LimitsConfiguration.maxPacketBytes),
+            (flags.maxTopicBytes, "--max-topic-bytes", LimitsConfiguration.maxTopicBytesRange,
+             \LimitsConfiguration.maxTopicBytes),
+            (flags.maxTopicLevels, "--max-topic-levels", LimitsConfiguration.maxTopicLevelsRange,
+             \LimitsConfiguration.maxTopicLevels),
+            (flags.maxUserPropertyBytes, "--max-user-property-bytes", LimitsConfiguration.maxUserPropertyBytesRange,
+             \LimitsConfiguration.maxUserPropertyBytes),
+            (flags.maxPropertyValueBytes, "--max-property-value-bytes", LimitsConfiguration.maxPropertyValueBytesRange,
+             \LimitsConfiguration.maxPropertyValueBytes),
+            (flags.receiveMaximum, "--receive-maximum", LimitsConfiguration.receiveMaximumRange,
+             \LimitsConfiguration.receiveMaximum),
+            (flags.topicAliasMaximum, "--topic-alias-maximum", LimitsConfiguration.topicAliasMaximumRange,
+             \LimitsConfiguration.topicAliasMaximum),
+            (flags.connectsPerSecondPerSession, "--connects-per-second-per-session",
+             LimitsConfiguration.connectsPerSecondPerSessionRange, \LimitsConfiguration.connectsPerSecondPerSession),
+            (flags.publishMessagesPerSecond, "--publish-messages-per-second",
+             LimitsConfiguration.publishMessagesPerSecondRange, \LimitsConfiguration.publishMessagesPerSecond),
+            (flags.publishBytesPerSecond, "--publish-bytes-per-second", LimitsConfiguration.publishBytesPerSecondRange,
+             \LimitsConfiguration.publishBytesPerSecond),
         ] {
             guard let value else { continue }
             guard range.contains(value) else {
                 throw SettingsError("\(flag) must be between \(range.lowerBound) and \(range.upperBound), got \(value)")
             }
             configuration.limits[keyPath: key] = value
+        }
+        if let value = flags.maxConnections {
+            let range = LimitsConfiguration.maxConnectionsRange
+            guard range.contains(value) else {
+                throw SettingsError("--max-connections must be between \(range.lowerBound) and \(range.upperBound), got \(value)")
+            }
+            configuration.limits.maxConnections = value
         }
         if let value = flags.connectTimeoutSeconds {
             guard (1...3600).contains(value) else {

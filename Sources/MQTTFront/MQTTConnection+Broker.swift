@@ -61,13 +61,29 @@ extension MQTTConnection {
             write(answers)
             return
         }
-        brokerQueue.append(packet)
+        brokerQueue.append(.packet(packet))
         if !brokerBusy { pump(session) }
     }
 
+    /// Writes `answer` once the broker has answered everything the client sent before.
+    func answerInOrder(_ answer: MQTTPacket) {
+        guard pubsubSession != nil, brokerBusy else { return write([answer]) }
+        brokerQueue.append(.answer(answer))
+    }
+
     func pump(_ session: any PubSubSession) {
-        guard let packet = brokerQueue.popFirst() else {
+        var next = brokerQueue.popFirst()
+        while case .answer(let answer)? = next {
+            write([answer])
+            next = brokerQueue.popFirst()
+        }
+        guard case .packet(let packet)? = next else {
             brokerBusy = false
+            // Only answers were left after the client's DISCONNECT (or its loss): it ends now.
+            if let closing = closingAfterBroker?.value {
+                closingAfterBroker = nil
+                end(closing)
+            }
             return
         }
         brokerBusy = true
