@@ -15,12 +15,13 @@ extension LimitsConfiguration {
     /// descriptors, the metrics endpoint and its scrapers, a TLS file read at a reload.
     static let descriptorReserve = 64
 
-    /// `maxConnections` when it is not set: the soft RLIMIT_NOFILE less `descriptorReserve` (a
-    /// quarter of it when the limit is small), so that accepting stops on this limit, with a
-    /// line and a count, before the process runs out of descriptors. nil: no descriptor limit.
+    /// `maxConnections` when it is not set: the soft RLIMIT_NOFILE less `descriptorReserve` (or
+    /// less a quarter of the limit, when that is smaller), so that accepting stops on this limit,
+    /// with a line and a count, before the process runs out of descriptors. nil: no descriptor
+    /// limit (RLIM_INFINITY, all ones).
     static func defaultMaxConnections() -> (connections: Int, descriptors: Int)? {
         var limit = rlimit()
-        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max /* RLIM_INFINITY */ else { return nil }
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else { return nil }
         let descriptors = Int(clamping: limit.rlim_cur)
         let reserve = min(descriptorReserve, descriptors / 4)
         return (min(maxConnectionsRange.upperBound, max(1, descriptors - reserve)), descriptors)
