@@ -99,7 +99,8 @@ PIDS+=("$MOSQ_PID")
 wait_port "$MOSQ_PORT" 10 || { echo "compare.sh: mosquitto did not start" >&2; cat "$WORK/mosquitto/mosquitto.log" >&2; exit 1; }
 MOSQ_VERSION=$(/usr/sbin/mosquitto -h 2>&1 | head -1 || true)
 
-# custody: its own ledger, loopback, 100 live sessions per user name (the policy's maximum).
+# custody: its own ledger, loopback, 100 live sessions per user name (the policy's maximum),
+# no connect rate limit (the connect cycles reuse each session name many times a second).
 CUSTODY_PID=""
 CUSTODY_PORT=""
 CUSTODY_WHY="not built"
@@ -109,7 +110,8 @@ if [ -x "$BIN/custody" ]; then
     if "$BIN/custody" --help 2>&1 | grep -c -- '--listen' > /dev/null; then
         CUSTODY_PORT=$(free_port)
         "$BIN/custody" --listen "127.0.0.1:$CUSTODY_PORT" --data-dir "$WORK/custody" \
-            --max-sessions-per-client 100 --log-level warning > "$WORK/custody.log" 2>&1 &
+            --max-sessions-per-client 100 --connects-per-second-per-session 0 --log-level warning \
+            > "$WORK/custody.log" 2>&1 &
         CUSTODY_PID=$!
         PIDS+=("$CUSTODY_PID")
         for _ in $(seq 1 150); do

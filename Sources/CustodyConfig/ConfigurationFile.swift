@@ -272,6 +272,9 @@ struct ConfigurationReader {
             "maxFiltersPerSubscribe",
             "maxSubscriptionsPerSession", "maxRetainedBytes", "maxRetainedMessages", "queueMaxMessages", "queueMaxBytes",
             "queueOverflow",
+            "maxTopicBytes", "maxTopicLevels", "maxUserPropertyBytes", "maxPropertyValueBytes", "receiveMaximum",
+            "topicAliasMaximum", "connectsPerSecondPerSession", "publishMessagesPerSecond", "publishBytesPerSecond",
+            "maxConnections",
         ])
         var limits = LimitsConfiguration()
         for (key, range, field) in [
@@ -306,6 +309,25 @@ struct ConfigurationReader {
         if let (_, value) = keys["maxFiltersPerSubscribe"] {
             limits.maxFiltersPerSubscribe = try int(
                 value, "limits.maxFiltersPerSubscribe", range: LimitsConfiguration.maxFiltersPerSubscribeRange)
+        }
+        for (key, range, field) in [
+            ("maxTopicBytes", LimitsConfiguration.maxTopicBytesRange, \LimitsConfiguration.maxTopicBytes),
+            ("maxTopicLevels", LimitsConfiguration.maxTopicLevelsRange, \LimitsConfiguration.maxTopicLevels),
+            ("maxUserPropertyBytes", LimitsConfiguration.maxUserPropertyBytesRange, \LimitsConfiguration.maxUserPropertyBytes),
+            ("maxPropertyValueBytes", LimitsConfiguration.maxPropertyValueBytesRange, \LimitsConfiguration.maxPropertyValueBytes),
+            ("receiveMaximum", LimitsConfiguration.receiveMaximumRange, \LimitsConfiguration.receiveMaximum),
+            ("topicAliasMaximum", LimitsConfiguration.topicAliasMaximumRange, \LimitsConfiguration.topicAliasMaximum),
+            ("connectsPerSecondPerSession", LimitsConfiguration.connectsPerSecondPerSessionRange,
+             \LimitsConfiguration.connectsPerSecondPerSession),
+            ("publishMessagesPerSecond", LimitsConfiguration.publishMessagesPerSecondRange,
+             \LimitsConfiguration.publishMessagesPerSecond),
+            ("publishBytesPerSecond", LimitsConfiguration.publishBytesPerSecondRange,
+             \LimitsConfiguration.publishBytesPerSecond),
+        ] {
+            if let (_, value) = keys[key] { limits[keyPath: field] = try int(value, "limits.\(key)", range: range) }
+        }
+        if let (_, value) = keys["maxConnections"] {
+            limits.maxConnections = try int(value, "limits.maxConnections", range: LimitsConfiguration.maxConnectionsRange)
         }
         return limits
     }

@@ -50,12 +50,59 @@ public struct LimitsConfiguration: Sendable, Equatable {
     public static let queueMaxMessagesRange = 1...100_000_000
     public static let queueMaxBytesRange = 1_024...(1 << 40)
 
+    /// Longest topic name of a PUBLISH or a will, in UTF-8 bytes (Event Grid's 256): v5 QoS 1/2
+    /// PUBACK/PUBREC 0x90 (message dropped), v5 QoS 0 DISCONNECT 0x90, 3.1.1 closed; a will:
+    /// v5 CONNACK 0x90, 3.1.1 closed. `limits.maxTopicBytes`, `--max-topic-bytes`.
+    public var maxTopicBytes = 256
+    /// Most levels of such a topic name (Event Grid's 15), refused alike:
+    /// `limits.maxTopicLevels`, `--max-topic-levels`.
+    public var maxTopicLevels = 15
+    /// Most bytes of User Properties (names and values) in one packet; more: v5 DISCONNECT 0x95
+    /// (CONNACK 0x95 on a CONNECT). `limits.maxUserPropertyBytes`, `--max-user-property-bytes`.
+    public var maxUserPropertyBytes = 32 << 10
+    /// Longest Response Topic, Correlation Data or Content Type, refused alike:
+    /// `limits.maxPropertyValueBytes`, `--max-property-value-bytes`.
+    public var maxPropertyValueBytes = 256
+    /// QoS 1/2 PUBLISHes a client may have unacknowledged, announced as Receive Maximum in v5
+    /// CONNACKs; one more: DISCONNECT 0x93. `limits.receiveMaximum`, `--receive-maximum`.
+    public var receiveMaximum = 100
+    /// Topic Aliases a client may set (announced in v5 CONNACKs; above: DISCONNECT 0x94), and the
+    /// most the server uses towards a client that announced its own.
+    /// `limits.topicAliasMaximum`, `--topic-alias-maximum`.
+    public var topicAliasMaximum = 10
+    /// CONNECTs a second per session name, as Event Grid (0: no limit); more: v5 CONNACK 0x9F,
+    /// 3.1.1 return code 3, ledger `rejected(quotaExceeded)`.
+    /// `limits.connectsPerSecondPerSession`, `--connects-per-second-per-session`.
+    public var connectsPerSecondPerSession = 1
+    /// PUBLISH messages a second one connection may send (0: no limit; Event Grid: 100); above
+    /// it its socket is not read until its budget refills. `limits.publishMessagesPerSecond`,
+    /// `--publish-messages-per-second`.
+    public var publishMessagesPerSecond = 0
+    /// PUBLISH bytes (topic and payload) a second, alike (0: no limit; Event Grid: 1 MB).
+    /// `limits.publishBytesPerSecond`, `--publish-bytes-per-second`.
+    public var publishBytesPerSecond = 0
+    /// Connections open at once, every listener together; one more is closed as soon as it is
+    /// accepted. nil: the descriptor limit (RLIMIT_NOFILE) less a reserve, decided at start.
+    /// `limits.maxConnections`, `--max-connections`.
+    public var maxConnections: Int?
+
     public static let maxOutboundInflightRange = 1...65_535
     public static let outboundHighWaterBytesRange = 16_384...(1 << 30)
     public static let slowConsumerSecondsRange = 1...86_400
     /// From a small CONNECT to MQTT's own largest packet (a 4-byte remaining length).
     public static let maxPacketBytesRange = 1_024...268_435_460
     public static let maxFiltersPerSubscribeRange = 1...65_535
+    public static let maxTopicBytesRange = 1...65_535
+    /// A topic of 65,535 bytes has at most 32,768 levels.
+    public static let maxTopicLevelsRange = 1...32_768
+    public static let maxUserPropertyBytesRange = 0...268_435_455
+    public static let maxPropertyValueBytesRange = 1...65_535
+    public static let receiveMaximumRange = 1...65_535
+    public static let topicAliasMaximumRange = 0...65_535
+    public static let connectsPerSecondPerSessionRange = 0...1_000
+    public static let publishMessagesPerSecondRange = 0...1_000_000
+    public static let publishBytesPerSecondRange = 0...(1 << 30)
+    public static let maxConnectionsRange = 1...10_000_000
 
     public init() {}
 }

@@ -113,6 +113,36 @@ struct Custody: AsyncParsableCommand {
     @Option(help: "What a full session queue does: dropOldest (the oldest queued messages go) or endSession (the session ends: ledger expired(sessionOverflow), v5 DISCONNECT 0x97) (default dropOldest; config key limits.queueOverflow).")
     var queueOverflow: String?
 
+    @Option(help: "Longest topic name of a PUBLISH or a will, in bytes, 1-65535; longer: v5 PUBACK/PUBREC 0x90 (QoS 0: DISCONNECT 0x90), 3.1.1 closed (default 256; config key limits.maxTopicBytes).")
+    var maxTopicBytes: Int?
+
+    @Option(help: "Most levels of a topic name of a PUBLISH or a will, 1-32768; refused as --max-topic-bytes (default 15; config key limits.maxTopicLevels).")
+    var maxTopicLevels: Int?
+
+    @Option(help: "Most bytes of User Properties (names and values) in one packet, 0-268435455; more closes the connection (v5 0x95) (default 32768; config key limits.maxUserPropertyBytes).")
+    var maxUserPropertyBytes: Int?
+
+    @Option(help: "Longest Response Topic, Correlation Data or Content Type, 1-65535 bytes; longer closes the connection (v5 0x95) (default 256; config key limits.maxPropertyValueBytes).")
+    var maxPropertyValueBytes: Int?
+
+    @Option(help: "Receive Maximum announced to v5 clients: QoS 1/2 PUBLISHes a client may have unacknowledged, 1-65535; one more closes its connection (0x93) (default 100; config key limits.receiveMaximum).")
+    var receiveMaximum: Int?
+
+    @Option(help: "Topic Alias Maximum announced to v5 clients, 0-65535 (0: no aliases; above: 0x94); also the most aliases the server uses towards a client (default 10; config key limits.topicAliasMaximum).")
+    var topicAliasMaximum: Int?
+
+    @Option(help: "CONNECTs a second per session name, 0-1000 (0: no limit); more get CONNACK 0x9F (3.1.1: 3) (default 1; config key limits.connectsPerSecondPerSession).")
+    var connectsPerSecondPerSession: Int?
+
+    @Option(help: "PUBLISH messages a second one connection may send, 0-1000000 (0: no limit); above, its socket is not read until its budget refills (default 0; config key limits.publishMessagesPerSecond).")
+    var publishMessagesPerSecond: Int?
+
+    @Option(help: "PUBLISH bytes (topic and payload) a second one connection may send, 0-1073741824 (0: no limit); throttled as --publish-messages-per-second (default 0; config key limits.publishBytesPerSecond).")
+    var publishBytesPerSecond: Int?
+
+    @Option(help: "Connections open at once, every listener together, 1-10000000; one more is closed as soon as it is accepted (default: the descriptor limit less a reserve; config key limits.maxConnections).")
+    var maxConnections: Int?
+
     @Option(help: ArgumentHelp("Server certificate chain of the mqtts listeners, PEM (config key listeners[].certificate).", valueName: "file"))
     var tlsCertificate: String?
 
@@ -165,7 +195,13 @@ struct Custody: AsyncParsableCommand {
             maxPacketBytes: maxPacketBytes, maxFiltersPerSubscribe: maxFiltersPerSubscribe,
             maxSubscriptionsPerSession: maxSubscriptionsPerSession,
             maxRetainedBytes: maxRetainedBytes, maxRetainedMessages: maxRetainedMessages,
-            queueMaxMessages: queueMaxMessages, queueMaxBytes: queueMaxBytes, queueOverflow: queueOverflow)
+            queueMaxMessages: queueMaxMessages, queueMaxBytes: queueMaxBytes, queueOverflow: queueOverflow,
+            maxTopicBytes: maxTopicBytes, maxTopicLevels: maxTopicLevels,
+            maxUserPropertyBytes: maxUserPropertyBytes, maxPropertyValueBytes: maxPropertyValueBytes,
+            receiveMaximum: receiveMaximum, topicAliasMaximum: topicAliasMaximum,
+            connectsPerSecondPerSession: connectsPerSecondPerSession,
+            publishMessagesPerSecond: publishMessagesPerSecond, publishBytesPerSecond: publishBytesPerSecond,
+            maxConnections: maxConnections)
         flags.aclFile = access.aclFile
         return flags
     }
@@ -280,7 +316,7 @@ struct Custody: AsyncParsableCommand {
         frontConfiguration.maximumPacketSize = settings.limits.maxPacketBytes
         frontConfiguration.outboundHighWaterBytes = settings.limits.outboundHighWaterBytes
         frontConfiguration.slowConsumerTimeout = .seconds(Int64(settings.limits.slowConsumerSeconds))
-        frontConfiguration.subscribeLimits.maxFiltersPerSubscribe = settings.limits.maxFiltersPerSubscribe
+        settings.limits.apply(to: &frontConfiguration)
         frontConfiguration.operations = FrontOperations(
             metrics: operations.frontMetrics, serverTopicReaders: settings.eventSubscribers)
         let front = MQTTFront(
@@ -300,6 +336,7 @@ struct Custody: AsyncParsableCommand {
         for (listener, address) in zip(listeners, addresses) {
             say("custody: listening \(FrontListener(address: address, transport: listener.transport))")
         }
+        say(limitsLine(settings.limits, front: frontConfiguration))
         if let authority {
             say("custody: identity clients=\(settings.clients.count) registered_clients_only=\(authority.namespace.registeredClientsOnly) password_file=\(authority.passwords != nil ? 1 : 0); SIGHUP reloads the registry")
         }

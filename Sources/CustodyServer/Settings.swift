@@ -43,6 +43,20 @@ struct FlagValues {
     var queueMaxMessages: Int?
     var queueMaxBytes: Int?
     var queueOverflow: String?
+    /// Front limits (issue 15): --max-topic-bytes, --max-topic-levels, --max-user-property-bytes,
+    /// --max-property-value-bytes, --receive-maximum, --topic-alias-maximum,
+    /// --connects-per-second-per-session, --publish-messages-per-second, --publish-bytes-per-second,
+    /// --max-connections.
+    var maxTopicBytes: Int?
+    var maxTopicLevels: Int?
+    var maxUserPropertyBytes: Int?
+    var maxPropertyValueBytes: Int?
+    var receiveMaximum: Int?
+    var topicAliasMaximum: Int?
+    var connectsPerSecondPerSession: Int?
+    var publishMessagesPerSecond: Int?
+    var publishBytesPerSecond: Int?
+    var maxConnections: Int?
 }
 
 /// What `custody` runs with: the configuration file (if any), then the flags over it.
@@ -128,6 +142,24 @@ enum Settings {
              \LimitsConfiguration.queueMaxMessages),
             (flags.queueMaxBytes, "--queue-max-bytes", LimitsConfiguration.queueMaxBytesRange,
              \LimitsConfiguration.queueMaxBytes),
+            (flags.maxTopicBytes, "--max-topic-bytes", LimitsConfiguration.maxTopicBytesRange,
+             \LimitsConfiguration.maxTopicBytes),
+            (flags.maxTopicLevels, "--max-topic-levels", LimitsConfiguration.maxTopicLevelsRange,
+             \LimitsConfiguration.maxTopicLevels),
+            (flags.maxUserPropertyBytes, "--max-user-property-bytes", LimitsConfiguration.maxUserPropertyBytesRange,
+             \LimitsConfiguration.maxUserPropertyBytes),
+            (flags.maxPropertyValueBytes, "--max-property-value-bytes", LimitsConfiguration.maxPropertyValueBytesRange,
+             \LimitsConfiguration.maxPropertyValueBytes),
+            (flags.receiveMaximum, "--receive-maximum", LimitsConfiguration.receiveMaximumRange,
+             \LimitsConfiguration.receiveMaximum),
+            (flags.topicAliasMaximum, "--topic-alias-maximum", LimitsConfiguration.topicAliasMaximumRange,
+             \LimitsConfiguration.topicAliasMaximum),
+            (flags.connectsPerSecondPerSession, "--connects-per-second-per-session",
+             LimitsConfiguration.connectsPerSecondPerSessionRange, \LimitsConfiguration.connectsPerSecondPerSession),
+            (flags.publishMessagesPerSecond, "--publish-messages-per-second",
+             LimitsConfiguration.publishMessagesPerSecondRange, \LimitsConfiguration.publishMessagesPerSecond),
+            (flags.publishBytesPerSecond, "--publish-bytes-per-second", LimitsConfiguration.publishBytesPerSecondRange,
+             \LimitsConfiguration.publishBytesPerSecond),
         ] {
             guard let value else { continue }
             guard range.contains(value) else {
@@ -137,6 +169,13 @@ enum Settings {
         }
         if let value = flags.queueOverflow {
             configuration.limits.queueOverflow = try choice(value, flag: "--queue-overflow")
+        }
+        if let value = flags.maxConnections {
+            let range = LimitsConfiguration.maxConnectionsRange
+            guard range.contains(value) else {
+                throw SettingsError("--max-connections must be between \(range.lowerBound) and \(range.upperBound), got \(value)")
+            }
+            configuration.limits.maxConnections = value
         }
         if let value = flags.connectTimeoutSeconds {
             guard (1...3600).contains(value) else {

@@ -38,6 +38,9 @@ public struct ConnectionStateMachine: Sendable {
         public var receiveMaximum: Int
         /// v5 Maximum Packet Size of the client, if it set one.
         public var maximumPacketSize: Int?
+        /// Topic Aliases the server may use towards the client: the smaller of the client's
+        /// Topic Alias Maximum and the server's own (0: none; see `OutboundTopicAliases`).
+        public var outboundTopicAliasMaximum: UInt16 = 0
         public var remoteAddress: String
         /// The CONNECT named an authentication method; none is supported (0x8C).
         public var authenticationMethod: String? {
@@ -134,6 +137,8 @@ public struct ConnectionStateMachine: Sendable {
         public var channelGone: Bool
         /// False only after a DISCONNECT with 0x00 (MQTT-3.1.2-10: the will is discarded).
         public var publishWill: Bool = true
+        /// The limit the client exceeded, if that is why: counted and logged as that limit.
+        public var limit: FrontLimit? = nil
     }
 
     public enum Action: Sendable {
@@ -148,6 +153,13 @@ public struct ConnectionStateMachine: Sendable {
         case accept(Acceptance)
         /// Refused CONNECT: send this CONNACK (if any) and close; the ledger recorded the rejection.
         case reject(connack: MQTTPacket?, why: String)
+        /// A CONNECT (or a connection before it) refused by `limit`: as `reject`, but counted
+        /// and logged as that limit, at a bounded rate (a client can cause these at will).
+        case refuse(connack: MQTTPacket?, limit: FrontLimit, why: String)
+        /// A PUBLISH refused by `limit` while the connection stays: send `answer` (PUBACK or
+        /// PUBREC with a failure code) after the answers to what the client sent before it
+        /// (MQTT-4.6.0-2: acknowledgements in the order of the PUBLISHes); count and log the limit.
+        case refuseMessage(answer: MQTTPacket, limit: FrontLimit, why: String)
         case close(Closing)
         /// Granted, but the connection is already gone or taken over: end
         /// `grant.replacedConnection` if any, then perform `closing`.
@@ -185,11 +197,27 @@ public struct ConnectionStateMachine: Sendable {
         /// Receive Maximum (a v5 client that names none would allow 65,535, and hold them all
         /// in the broker's memory); the rest wait in its session queue.
         public var maximumOutboundInflight: Int
+        /// Longest topic name, in UTF-8 bytes (`limits.maxTopicBytes`), of a PUBLISH or a will;
+        /// the SUBSCRIBE screening holds filters to the same.
+        public var maximumTopicBytes: Int
+        /// Most levels of a topic name (`limits.maxTopicLevels`): one more than its `/`s.
+        public var maximumTopicLevels: Int
+        /// Most bytes of User Properties (names and values, UTF-8) in one packet
+        /// (`limits.maxUserPropertyBytes`).
+        public var maximumUserPropertyBytes: Int
+        /// Longest Response Topic, Correlation Data or Content Type (`limits.maxPropertyValueBytes`).
+        public var maximumPropertyValueBytes: Int
 
         public init(
             capabilities: MQTTProperties = [], pendingLimit: Int = 256, topicAliasMaximum: UInt16 = 0,
-            receiveMaximum: UInt16 = 65_535, maximumKeepAlive: UInt16? = nil, maximumOutboundInflight: Int = 100
+            receiveMaximum: UInt16 = 65_535, maximumKeepAlive: UInt16? = nil, maximumOutboundInflight: Int = 100,
+            maximumTopicBytes: Int = 256, maximumTopicLevels: Int = 15, maximumUserPropertyBytes: Int = 32 << 10,
+            maximumPropertyValueBytes: Int = 256
         ) {
+            self.maximumTopicBytes = max(1, maximumTopicBytes)
+            self.maximumTopicLevels = max(1, maximumTopicLevels)
+            self.maximumUserPropertyBytes = max(0, maximumUserPropertyBytes)
+            self.maximumPropertyValueBytes = max(0, maximumPropertyValueBytes)
             self.maximumOutboundInflight = max(1, maximumOutboundInflight)
             self.capabilities = capabilities
             self.pendingLimit = pendingLimit
@@ -266,6 +294,9 @@ public struct ConnectionStateMachine: Sendable {
             case .failure(let error):
                 let answer = Self.connackForBrokenConnect(error)
                 state = .closing(answer.map { _ in error.protocolVersion ?? .mqtt3_1_1 })
+                if let limit = Self.limit(of: error) {
+                    return .refuse(connack: answer, limit: limit, why: error.description)
+                }
                 return .reject(connack: answer, why: error.description)
             }
         case .connecting(let identity, var pending, let abandoned):
@@ -279,9 +310,15 @@ public struct ConnectionStateMachine: Sendable {
         case .active(let identity, let grant, _):
             state = .active(identity, grant, lastActivity: now)
             switch inbound {
-            case .packet(let packet): return activePacket(packet, identity: identity, grant: grant)
+            case .packet(let packet):
+                if identity.protocolVersion == .mqtt5, let (limit, why) = propertyViolation(packet) {
+                    // MQTT 5 has no code for a property too large but the packet's own (0x95).
+                    return closeForClientError(identity, code: .packetTooLarge, why: why, limit: limit)
+                }
+                return activePacket(packet, identity: identity, grant: grant)
             case .failure(let error):
-                return closeForClientError(identity, code: error.reasonCode, why: error.description)
+                return closeForClientError(
+                    identity, code: error.reasonCode, why: error.description, limit: Self.limit(of: error))
             }
         case .closing:
             return .none
@@ -312,6 +349,9 @@ public struct ConnectionStateMachine: Sendable {
             {
                 code = refusal.code
                 why += ": \(refusal.detail)"
+                if code == .connectionRateExceeded {
+                    return .refuse(connack: connack(identity, code: code), limit: .connectsPerSecondPerSession, why: why)
+                }
             }
             return .reject(connack: connack(identity, code: code), why: why)
         case .success(.granted(let granted)):
@@ -386,6 +426,13 @@ public struct ConnectionStateMachine: Sendable {
         }
     }
 
+    /// The client is known to be sending although nothing was handed in (its packets are held
+    /// back by the publish budget): keep-alive counts from `now`.
+    public mutating func touched(now: NIODeadline) {
+        guard case .active(let identity, let grant, _) = state else { return }
+        state = .active(identity, grant, lastActivity: now)
+    }
+
     /// The keep-alive timer fired.
     public mutating func keepAliveTimerFired(now: NIODeadline) -> Action {
         guard case .active(let identity, _, let last) = state, let deadline = keepAliveDeadline(identity, from: last)
@@ -401,7 +448,14 @@ public struct ConnectionStateMachine: Sendable {
     public mutating func connectTimeoutFired() -> Action {
         guard case .awaitingConnect = state else { return .none }
         state = .closing(nil)
-        return .reject(connack: nil, why: "no CONNECT in time")
+        return .refuse(connack: nil, limit: .connectTimeoutSeconds, why: "no CONNECT in time")
+    }
+
+    /// The connection is one more than `limits.maxConnections`: closed before anything is read.
+    public mutating func tooManyConnections(maximum: Int) -> Action {
+        guard case .awaitingConnect = state else { return .none }
+        state = .closing(nil)
+        return .refuse(connack: nil, limit: .maxConnections, why: "more than \(maximum) connections")
     }
 
     /// Another connection of the same identity took the session over (R4): the ledger has
@@ -555,6 +609,13 @@ public struct ConnectionStateMachine: Sendable {
             keepAlive = maximum
             serverKeepAlive = maximum
         }
+        if let (limit, why, code) = connectViolation(connect) {
+            // Refused before the ledger is asked, as a CONNECT the decoder refused: 3.1.1 has no
+            // return code for it and just loses the connection.
+            state = .closing(version)
+            let connack: MQTTPacket? = version == .mqtt5 ? .connack(MQTTConnAck(reasonCode: code)) : nil
+            return .refuse(connack: connack, limit: limit, why: why)
+        }
         var identity = Identity(
             sessionName: SessionName(unchecked: connect.clientIdentifier),
             authenticationName: authenticationName,
@@ -566,8 +627,15 @@ public struct ConnectionStateMachine: Sendable {
             maximumPacketSize: version == .mqtt5 ? connect.properties.maximumPacketSize.map(Int.init) : nil,
             remoteAddress: remoteAddress, authenticationMethod: method, will: connect.will)
         identity.serverKeepAlive = serverKeepAlive
+        if version == .mqtt5 {
+            identity.outboundTopicAliasMaximum = min(connect.properties.topicAliasMaximum ?? 0, settings.topicAliasMaximum)
+        }
         if let decision, decision.verdict != .authenticated {
-            identity.identityRefusal = (decision.badUserNameOrPassword ? .badUserNameOrPassword : .notAuthorized, decision.detail)
+            let code: MQTTReasonCode =
+                decision.verdict == .connectRateExceeded
+                ? .connectionRateExceeded
+                : decision.badUserNameOrPassword ? .badUserNameOrPassword : .notAuthorized
+            identity.identityRefusal = (code, decision.detail)
         }
         state = .connecting(identity, pending: [], abandoned: nil)
         return .claim(ClaimRequest(
@@ -587,7 +655,8 @@ public struct ConnectionStateMachine: Sendable {
                 guard alias != 0, alias <= settings.topicAliasMaximum else {
                     return closeForClientError(
                         identity, code: .topicAliasInvalid,
-                        why: "Topic Alias \(alias), the maximum is \(settings.topicAliasMaximum)")
+                        why: "Topic Alias \(alias), the maximum is \(settings.topicAliasMaximum)",
+                        limit: alias == 0 ? nil : .topicAliasMaximum)
                 }
                 if publish.topicName.isEmpty {
                     guard let topic = inboundAliases[alias] else {
@@ -603,6 +672,10 @@ public struct ConnectionStateMachine: Sendable {
             } else if publish.topicName.isEmpty {
                 return closeForClientError(identity, code: .protocolError, why: "PUBLISH without a topic name")
             }
+            // After the alias is resolved: an alias must not carry a topic the limits refuse.
+            if let (limit, why) = topicViolation(publish.topicName) {
+                return refusePublish(publish, identity: identity, limit: limit, why: why)
+            }
             // Section 3.2.2.3.5: Retain Available 0 in the CONNACK makes a retained PUBLISH an error (0x9A).
             if publish.retain, identity.protocolVersion == .mqtt5, settings.capabilities.retainAvailable == false {
                 return closeForClientError(identity, code: .retainNotSupported, why: "retained PUBLISH, retain is not available")
@@ -613,7 +686,8 @@ public struct ConnectionStateMachine: Sendable {
                 guard inboundInFlight.count < Int(settings.receiveMaximum) else {
                     return closeForClientError(
                         identity, code: .receiveMaximumExceeded,
-                        why: "more than \(settings.receiveMaximum) QoS 1/2 PUBLISHes unacknowledged")
+                        why: "more than \(settings.receiveMaximum) QoS 1/2 PUBLISHes unacknowledged",
+                        limit: .receiveMaximum)
                 }
                 inboundInFlight.insert(id)
             }
@@ -647,10 +721,13 @@ public struct ConnectionStateMachine: Sendable {
     /// Made once: every clean end would format it again.
     private static let normalDisconnectWhy = "clientInitiatedDisconnect (\(MQTTReasonCode.normalDisconnection))"
 
-    private mutating func closeForClientError(_ identity: Identity, code: MQTTReasonCode, why: String) -> Action {
+    mutating func closeForClientError(
+        _ identity: Identity, code: MQTTReasonCode, why: String, limit: FrontLimit? = nil
+    ) -> Action {
         state = .closing(identity.protocolVersion)
         return .close(Closing(
-            packets: disconnect(identity, code), release: release(identity, .clientError), why: why, channelGone: false))
+            packets: disconnect(identity, code), release: release(identity, .clientError), why: why, channelGone: false,
+            limit: limit))
     }
 
     private func release(_ identity: Identity, _ reason: DisconnectReason) -> ReleaseRequest {

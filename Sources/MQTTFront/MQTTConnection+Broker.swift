@@ -61,16 +61,31 @@ extension MQTTConnection {
             write(answers)
             return
         }
-        brokerQueue.append(packet)
+        brokerQueue.append(.packet(packet))
         if !brokerBusy { pump(session) }
     }
 
-    /// Hands the next packet to the broker, after the front's own checks (`screened`): those
-    /// answered here are written in their turn, so no answer overtakes an earlier one. Once the
-    /// queue is empty, a close that waited for it (`closingAfterBroker`) goes ahead.
+    /// Writes `answer` once the broker has answered everything the client sent before.
+    func answerInOrder(_ answer: MQTTPacket) {
+        guard pubsubSession != nil, brokerBusy else { return write([answer]) }
+        brokerQueue.append(.answer(answer))
+    }
+
+    /// Hands the next packet to the broker, after the front's own checks (`screened`): what is
+    /// answered here, or was answered by a limit (`answerInOrder`), is written in its turn, so
+    /// no answer overtakes an earlier one (MQTT-4.6.0-2). Once the queue is empty, a close that
+    /// waited for it (`closingAfterBroker`) goes ahead.
     func pump(_ session: any PubSubSession) {
-        while let next = brokerQueue.popFirst() {
-            guard let packet = screened(next) else { continue }
+        while let work = brokerQueue.popFirst() {
+            let packet: MQTTPacket
+            switch work {
+            case .answer(let answer):
+                write([answer])
+                continue
+            case .packet(let next):
+                guard let checked = screened(next) else { continue }
+                packet = checked
+            }
             brokerBusy = true
             let bound = NIOLoopBound(self, eventLoop: eventLoop)
             Task {

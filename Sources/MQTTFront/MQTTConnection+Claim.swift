@@ -52,6 +52,7 @@ extension MQTTConnection {
         let identity = acceptance.identity
         io.setMaximumPacketSize(identity.maximumPacketSize)
         io.write(acceptance.connack)
+        startLimiting(identity)
         if let pubsub = services.pubsub {
             // Attached after the CONNACK is written, so that queued deliveries follow it.
             pubsubSession = pubsub.attachSession(

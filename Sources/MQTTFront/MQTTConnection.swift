@@ -48,6 +48,8 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
     /// The checks of the SUBSCRIBE the broker has now, when some of its filters were refused
     /// here: its SUBACK is merged with them.
     var subscribeScreen: Boxed<SubscribeScreen>?
+    /// The publish budget and outbound Topic Aliases, for the few connections that have either.
+    var limiting: ConnectionLimiting?
     /// Made when someone waits for the end (`finishedFuture`); `isFinished` once it came.
     var finished: EventLoopPromise<Void>?
     /// The connect timeout until the CONNECT, then the keep-alive (never both).
@@ -75,7 +77,8 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
     var finishStarted = false
     /// Of the channel's close and the release's answer, how many `finish` still waits for.
     var finishWaiting: UInt8 = 0
-    /// Counted in `custody_mqtt_connections_open` (until `inactive`).
+    /// Counted in the front's open connections (`limits.maxConnections`) and in
+    /// `custody_mqtt_connections_open`, until `inactive`.
     var countedOpen = false
 
     static let brokerQueueLimit = 64
@@ -144,11 +147,10 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
     func start(remoteAddress: String?) {
         guard !isStarted else { return }
         isStarted = true
-        if let metrics = services.metrics, !countedOpen {
-            countedOpen = true
-            metrics.connectionsOpen.increment()
-        }
         if let remoteAddress { self.remoteAddress = remoteAddress }
+        guard admit() else { return }
+        countedOpen = true
+        services.metrics?.connectionsOpen.increment()
         setTimer(.connectTimeout, at: .now() + services.connectTimeout)
         services.logger.debug("connection accepted", metadata: ["remote_address": "\(self.remoteAddress)"])
     }
@@ -161,9 +163,12 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         defer { if finishWasWaiting { finishStep() } }
         if countedOpen {
             countedOpen = false
+            services.connectionClosed()
             services.metrics?.connectionsOpen.decrement()
         }
         cancelTimer()
+        // What the client sent before it went is not lost, budget or not (as `closingAfterBroker`).
+        releaseHeldPackets()
         perform(machine.channelInactive())
         if connection == nil { finish(releasing: false) }
     }
@@ -180,7 +185,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
 
     /// Whether more bytes may be read now; when not, the transport waits for `resumeReading`.
     var mayRead: Bool {
-        !machine.pendingIsFull && brokerQueue.count < Self.brokerQueueLimit
+        !machine.pendingIsFull && brokerQueue.count < Self.brokerQueueLimit && !throttleHoldsReads
     }
 
     func resumeReadsIfHeld() {
@@ -204,6 +209,14 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
     // MARK: - Doing what the machine says
 
     func process(_ inbound: MQTTInbound) {
+        if let limiting, limiting.throttleHolds || !limiting.held.isEmpty {
+            return holdForThrottle(inbound)
+        }
+        handle(inbound)
+    }
+
+    /// `process` once nothing holds the packet back.
+    func handle(_ inbound: MQTTInbound) {
         var number: ConnectionNumber = 0
         var decision: IdentityDecision?
         if machine.needsConnectionNumber(for: inbound) {
@@ -214,11 +227,13 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
             // decides again, on this loop, after this) or replaced the authority before this read it.
             if case .packet(.connect(let connect)) = inbound {
                 sessionName = SessionName(unchecked: connect.clientIdentifier)
-                decision = decideIdentity(connect)
+                decision = applyConnectRate(connect, decideIdentity(connect))
                 let name = decision?.authenticationName.value ?? connect.userName ?? connect.clientIdentifier
                 authenticationName = name
                 decision = decideAccess(connect, authenticationName: name, identity: decision)
             }
+        } else if limiting != nil, case .packet(.publish(let publish)) = inbound, machine.isActive {
+            chargePublish(publish)
         }
         if services.logger.logLevel <= .debug { logPacket(inbound, received: true) }
         perform(machine.received(inbound, connection: number, remoteAddress: remoteAddress, identity: decision, now: .now()))
@@ -240,23 +255,14 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         case .accept(let acceptance):
             accept(acceptance)
         case .reject(let connack, let why):
-            var code: MQTTReasonCode?
-            if case .connack(let answer)? = connack { code = answer.reasonCode }
-            var metadata: Logger.Metadata = ["remote_address": "\(remoteAddress)", "reason": "\(why)"]
-            if let code { metadata["reason_code"] = "\(code.hexCode)" }
-            if let connection, let sessionName {
-                metadata["session_name"] = "\(sessionName)"
-                metadata["authentication_name"] = "\(authenticationName ?? "-")"
-                metadata["connection"] = "\(connection)"
-                services.logger.info("connect rejected", metadata: metadata)
-            } else {
-                services.logger.notice("connection closed", metadata: metadata)
-            }
-            // A CONNECT refused (not a connection that never sent one, or timed out first).
-            if connection != nil || code != nil { services.metrics?.connect(granted: false, reasonCode: code?.rawValue) }
-            close(sending: connack.map { [$0] } ?? [])
-            finish(releasing: false)
+            reject(connack, why: why, limit: nil)
+        case .refuse(let connack, let limit, let why):
+            reject(connack, why: why, limit: limit)
+        case .refuseMessage(let answer, let limit, let why):
+            limitExceeded(limit, why: why)
+            answerInOrder(answer)
         case .close(let closing):
+            if let limit = closing.limit { limitExceeded(limit, why: closing.why) }
             if closing.release?.reason == .clientInitiatedDisconnect || closing.channelGone,
                 brokerBusy || !brokerQueue.isEmpty
             {
@@ -273,6 +279,31 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         resumeReadsIfHeld()
     }
 
+    /// A refused CONNECT (or a connection refused before one): the CONNACK, if any, then the
+    /// close. Refused by a limit, it is counted and logged as that limit, at a bounded rate.
+    private func reject(_ connack: MQTTPacket?, why: String, limit: FrontLimit?) {
+        var code: MQTTReasonCode?
+        if case .connack(let answer)? = connack { code = answer.reasonCode }
+        if let limit {
+            limitExceeded(limit, why: why)
+        } else {
+            var metadata: Logger.Metadata = ["remote_address": "\(remoteAddress)", "reason": "\(why)"]
+            if let code { metadata["reason_code"] = "\(code.hexCode)" }
+            if let connection, let sessionName {
+                metadata["session_name"] = "\(sessionName)"
+                metadata["authentication_name"] = "\(authenticationName ?? "-")"
+                metadata["connection"] = "\(connection)"
+                services.logger.info("connect rejected", metadata: metadata)
+            } else {
+                services.logger.notice("connection closed", metadata: metadata)
+            }
+        }
+        // A CONNECT refused (not a connection that never sent one, or timed out first).
+        if connection != nil || code != nil { services.metrics?.connect(granted: false, reasonCode: code?.rawValue) }
+        close(sending: connack.map { [$0] } ?? [])
+        finish(releasing: false)
+    }
+
     func scheduleKeepAlive(_ deadline: NIODeadline) {
         setTimer(.keepAlive, at: deadline)
     }
@@ -282,13 +313,20 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
     func handleScheduledCallback(eventLoop: some EventLoop) {
         switch timerKind {
         case .connectTimeout: perform(machine.connectTimeoutFired())
-        case .keepAlive: perform(machine.keepAliveTimerFired(now: .now()))
+        case .keepAlive:
+            // A client whose reads the publish budget holds back is not idle: we do not read it.
+            if throttleHoldsReads { machine.touched(now: .now()) }
+            perform(machine.keepAliveTimerFired(now: .now()))
         }
     }
 
     func write(_ packets: [MQTTPacket]) {
         guard let io, !packets.isEmpty else { return }
-        for packet in packets { io.write(packet) }
+        if limiting == nil {
+            for packet in packets { io.write(packet) }
+        } else {
+            for packet in packets { io.write(outbound(packet)) }
+        }
         io.flush()
     }
 

@@ -100,8 +100,28 @@ public struct MQTTFrontConfiguration: Sendable {
     public var slowConsumerTimeout: TimeAmount = .seconds(60)
     /// Longest keep-alive, in seconds; nil: the client's. See `ConnectionStateMachine.Settings`.
     public var maximumKeepAlive: UInt16?
-    /// What one SUBSCRIBE may ask: filters per packet, filter length and depth.
-    public var subscribeLimits = SubscribeLimits()
+    /// Longest topic name of a PUBLISH or a will, in UTF-8 bytes (Event Grid's 256): v5 QoS 1/2
+    /// get PUBACK/PUBREC 0x90, v5 QoS 0 DISCONNECT 0x90, 3.1.1 a closed connection.
+    public var maximumTopicBytes = 256
+    /// Most levels of such a topic name (Event Grid's 15); refused as `maximumTopicBytes`.
+    public var maximumTopicLevels = 15
+    /// Most bytes of User Properties (names and values) in one packet; more closes the
+    /// connection (v5 DISCONNECT 0x95).
+    public var maximumUserPropertyBytes = 32 << 10
+    /// Longest Response Topic, Correlation Data or Content Type; longer closes the connection (0x95).
+    public var maximumPropertyValueBytes = 256
+    /// CONNECTs a second per session name (and client); more get CONNACK 0x9F (3.1.1: 3) and
+    /// are recorded as `rejected(quotaExceeded)`. 0: no limit. See `ConnectRateLimiter`.
+    public var connectsPerSecondPerSession = 1
+    /// PUBLISH messages and bytes (topic and payload) a second one connection may send; above,
+    /// its socket is not read until its budget refills. 0: no limit. See `PublishThrottle`.
+    public var publishMessagesPerSecond = 0
+    public var publishBytesPerSecond = 0
+    /// Connections open at once on every listener together; one more is closed as soon as it
+    /// is accepted. nil: no limit (the executable sets one from its descriptor limit).
+    public var maximumConnections: Int?
+    /// Filters one SUBSCRIBE may carry (its filters are bounded by the topic limits above).
+    public var maxFiltersPerSubscribe = 10
     /// How plain-TCP (`mqtt`) listeners carry their connections. TLS and WebSocket
     /// listeners always use SwiftNIO channels.
     public enum PlainTCPFront: Sendable {
@@ -171,8 +191,15 @@ public final class MQTTFront: Sendable {
             maximumOutboundInflight: configuration.maximumOutboundInflight, authority: authority,
             operations: configuration.operations, closeGrace: configuration.closeGrace,
             outboundHighWaterBytes: configuration.outboundHighWaterBytes,
-            slowConsumerTimeout: configuration.slowConsumerTimeout, access: access,
-            subscribeLimits: configuration.subscribeLimits)
+            slowConsumerTimeout: configuration.slowConsumerTimeout, maximumTopicBytes: configuration.maximumTopicBytes,
+            maximumTopicLevels: configuration.maximumTopicLevels,
+            maximumUserPropertyBytes: configuration.maximumUserPropertyBytes,
+            maximumPropertyValueBytes: configuration.maximumPropertyValueBytes,
+            connectsPerSecondPerSession: configuration.connectsPerSecondPerSession,
+            publishMessagesPerSecond: configuration.publishMessagesPerSecond,
+            publishBytesPerSecond: configuration.publishBytesPerSecond,
+            maximumConnections: configuration.maximumConnections, access: access,
+            maxFiltersPerSubscribe: configuration.maxFiltersPerSubscribe)
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.eventLoopThreads))
     }
 

@@ -254,4 +254,47 @@ struct LimitsConfigurationTests {
             }
         }
     }
+
+    /// The front's limits (issue 15): Event Grid's defaults, each key read, a value out of its
+    /// range named with its key.
+    @Test func frontLimitsAreReadWithTheirDefaultsAndRanges() throws {
+        let defaults = LimitsConfiguration()
+        #expect(defaults.maxTopicBytes == 256 && defaults.maxTopicLevels == 15)
+        #expect(defaults.maxUserPropertyBytes == 32_768 && defaults.maxPropertyValueBytes == 256)
+        #expect(defaults.receiveMaximum == 100 && defaults.topicAliasMaximum == 10)
+        #expect(defaults.connectsPerSecondPerSession == 1)
+        #expect(defaults.publishMessagesPerSecond == 0 && defaults.publishBytesPerSecond == 0)
+        #expect(defaults.maxConnections == nil)
+        let set = try CustodyConfiguration.parse(yaml: """
+            limits:
+              maxTopicBytes: 128
+              maxTopicLevels: 8
+              maxUserPropertyBytes: 1024
+              maxPropertyValueBytes: 64
+              receiveMaximum: 20
+              topicAliasMaximum: 0
+              connectsPerSecondPerSession: 0
+              publishMessagesPerSecond: 100
+              publishBytesPerSecond: 1000000
+              maxConnections: 5000
+            """, file: "c.yaml").limits
+        #expect(set.maxTopicBytes == 128 && set.maxTopicLevels == 8)
+        #expect(set.maxUserPropertyBytes == 1_024 && set.maxPropertyValueBytes == 64)
+        #expect(set.receiveMaximum == 20 && set.topicAliasMaximum == 0)
+        #expect(set.connectsPerSecondPerSession == 0)
+        #expect(set.publishMessagesPerSecond == 100 && set.publishBytesPerSecond == 1_000_000)
+        #expect(set.maxConnections == 5_000)
+        for (key, value) in [
+            ("maxTopicBytes", "0"), ("maxTopicLevels", "40000"), ("maxPropertyValueBytes", "0"), ("receiveMaximum", "0"),
+            ("topicAliasMaximum", "70000"), ("connectsPerSecondPerSession", "-1"), ("publishMessagesPerSecond", "-5"),
+            ("publishBytesPerSecond", "x"), ("maxConnections", "0"),
+        ] {
+            do {
+                _ = try CustodyConfiguration.parse(yaml: "limits:\n  \(key): \(value)\n", file: "c.yaml")
+                Issue.record("limits.\(key): \(value) was accepted")
+            } catch {
+                #expect("\(error)".contains("limits.\(key)"), "\(error)")
+            }
+        }
+    }
 }

@@ -43,6 +43,16 @@ struct CustodyExecutableTests {
         (["--queue-max-messages", "0"], "--queue-max-messages must be between 1 and 100000000, got 0"),
         (["--queue-max-bytes", "10"], "--queue-max-bytes must be between 1024 and 1099511627776, got 10"),
         (["--queue-overflow", "dropNewest"], "--queue-overflow 'dropNewest' is not one of dropOldest, endSession"),
+        (["--max-topic-bytes", "0"], "--max-topic-bytes must be between 1 and 65535, got 0"),
+        (["--max-topic-levels", "32769"], "--max-topic-levels must be between 1 and 32768, got 32769"),
+        (["--max-user-property-bytes", "268435456"], "--max-user-property-bytes must be between 0 and 268435455, got 268435456"),
+        (["--max-property-value-bytes", "0"], "--max-property-value-bytes must be between 1 and 65535, got 0"),
+        (["--receive-maximum", "65536"], "--receive-maximum must be between 1 and 65535, got 65536"),
+        (["--topic-alias-maximum", "65536"], "--topic-alias-maximum must be between 0 and 65535, got 65536"),
+        (["--connects-per-second-per-session", "1001"], "--connects-per-second-per-session must be between 0 and 1000, got 1001"),
+        (["--publish-messages-per-second", "1000001"], "--publish-messages-per-second must be between 0 and 1000000, got 1000001"),
+        (["--publish-bytes-per-second", "1073741825"], "--publish-bytes-per-second must be between 0 and 1073741824, got 1073741825"),
+        (["--max-connections", "0"], "--max-connections must be between 1 and 10000000, got 0"),
     ])
     func badFlagsExitWithAMessageNamingThem(arguments: [String], message: String) throws {
         let (status, _, error) = try runToEnd(try builtProduct("custody"), arguments + ["--data-dir", scratchDirectory("flags")])

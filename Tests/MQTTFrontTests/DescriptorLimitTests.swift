@@ -23,7 +23,11 @@ struct DescriptorLimitTests {
     func atTheDescriptorLimitAcceptingPausesQuietlyAndResumes() async throws {
         try await offPool {
             let custody = try RunningCustody(
-                "nofile", arguments: ["--log-level", "notice", "--connect-timeout-seconds", "30"],
+                // --max-connections above the descriptor limit: this is about running out of
+                // descriptors, which the connection limit (ConnectionLimitTests) normally prevents.
+                "nofile", arguments: [
+                    "--log-level", "notice", "--connect-timeout-seconds", "30", "--max-connections", "1000",
+                ],
                 launcher: ["/usr/bin/prlimit", "--nofile=256", "--"])
             defer { custody.cleanUp() }
             var idle: [Int32] = []

@@ -61,6 +61,8 @@ private final class InProcessFront {
         var configuration = MQTTFrontConfiguration(listeners: [HostPort(host: host, port: 0)], eventLoopThreads: loops)
         configuration.plainTCPFront = kind
         configuration.closeGrace = closeGrace
+        // These tests take sessions over within a second.
+        configuration.connectsPerSecondPerSession = 0
         front = MQTTFront(ledger: ledger, pubsub: broker, configuration: configuration)
         do {
             port = try await front.start()[0].port

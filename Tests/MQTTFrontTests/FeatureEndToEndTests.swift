@@ -304,9 +304,10 @@ final class FeatureClient: @unchecked Sendable {
 
 /// Runs `body` against its own `custody`; the clients it makes are ended and removed after.
 private func withCustody(
-    _ label: String, directory: String? = nil, _ body: (RunningCustody, inout [FeatureClient]) throws -> Void
+    _ label: String, _ arguments: [String] = [], directory: String? = nil,
+    _ body: (RunningCustody, inout [FeatureClient]) throws -> Void
 ) throws {
-    try MQTTFrontTests.withCustody(label, directory: directory) { custody in
+    try MQTTFrontTests.withCustody(label, arguments, directory: directory) { custody in
         var clients: [FeatureClient] = []
         defer { for client in clients { client.cleanUp() } }
         do {
@@ -656,7 +657,7 @@ struct FeatureEndToEndTests {
 
     /// A session resumed before its will's delay ends cancels the will.
     @Test func willIsNotSentWhenTheSessionResumesInTime() throws {
-        try withCustody("will-resumed") { custody, clients in
+        try withCustody("will-resumed", fastReconnects) { custody, clients in
             let watcher = try FeatureClient(custody, "resume-watch")
             clients.append(watcher)
             try watcher.subscribe("resume/#")
@@ -822,7 +823,7 @@ struct FeatureEndToEndTests {
     /// keys, order, non-ASCII) and the Payload Format Indicator reach a subscriber exactly as
     /// published, both live and queued for an offline persistent session (through LMDB).
     @Test func propertiesArePassedThroughUnchanged() throws {
-        try withCustody("properties") { custody, clients in
+        try withCustody("properties", fastReconnects) { custody, clients in
             let live = try FeatureClient(custody, "props-live")
             let offline = try FeatureClient(custody, "props-offline", clean: true, expiry: 60)
             clients += [live, offline]

@@ -97,7 +97,8 @@ final class ConnectionHarness: @unchecked Sendable {
             // Long: these tests are about the claim, not the timeout, and a loaded machine may
             // leave a test's task waiting for seconds between its steps.
             ledger: authority, pubsub: nil, logger: logger, connectTimeout: .seconds(120),
-            maximumPacketSize: MQTTDecoder.largestPacketSize)
+            // Takeovers within a second: no connect rate limit.
+            maximumPacketSize: MQTTDecoder.largestPacketSize, connectsPerSecondPerSession: 0)
     }
 
     var loop: any EventLoop { group.next() }

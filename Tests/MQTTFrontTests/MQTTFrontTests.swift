@@ -42,7 +42,7 @@ struct MQTTFrontEndToEndTests {
     /// R4: the same identity connecting again takes the session over; the old connection
     /// hears 0x8E, the new one finds its session present.
     @Test func takeoverBySameIdentity() throws {
-        try withCustody("takeover") { custody in
+        try withCustody("takeover", fastReconnects) { custody in
             let old = try paho(["--port", "\(custody.port)", "--id", "dev-session", "--user", "Device", "--clean", "0", "--expiry", "60"])
             defer { old.stop() }
             try old.waitForOutput(containing: "CONNACK rc=0 present=0")
@@ -63,7 +63,7 @@ struct MQTTFrontEndToEndTests {
     /// R4 in order: the old connection's DISCONNECT 0x8E and close happen before the new
     /// CONNACK is written (on loopback they are in the old socket's buffer by then).
     @Test func takeoverEndsTheOldConnectionBeforeTheNewConnAck() throws {
-        try withCustody("takeover-order") { custody in
+        try withCustody("takeover-order", fastReconnects) { custody in
             let old = try RawClient(port: custody.port, version: .mqtt3_1_1)
             #expect(try old.connect("order", user: "dev", clean: true, version: .mqtt3_1_1) == MQTTConnAck(reasonCode: .success))
             let new = try RawClient(port: custody.port)
@@ -79,7 +79,7 @@ struct MQTTFrontEndToEndTests {
     /// R6: another identity is refused while the owner is connected and after it left,
     /// as long as the session has not expired; the owner is untouched.
     @Test func anotherIdentityIsRefusedWhileTheSessionLives() throws {
-        try withCustody("r6") { custody in
+        try withCustody("r6", fastReconnects) { custody in
             let alice = try RawClient(port: custody.port)
             #expect(try alice.connect("shared", user: "alice", clean: false, expiry: 60) == connack(.success))
             let bob = try RawClient(port: custody.port)
@@ -109,7 +109,7 @@ struct MQTTFrontEndToEndTests {
 
     /// After the owner's session expires, the name is free for anyone.
     @Test func sessionNameIsFreeAfterExpiry() throws {
-        try withCustody("expiry") { custody in
+        try withCustody("expiry", fastReconnects) { custody in
             let alice = try RawClient(port: custody.port)
             #expect(try alice.connect("short", user: "alice", clean: false, expiry: 1) == connack(.success))
             try alice.send(.disconnect(MQTTDisconnect()))
@@ -126,7 +126,7 @@ struct MQTTFrontEndToEndTests {
 
     /// R3 with `--max-sessions-per-client 2`.
     @Test func thirdSessionOverTheCapIsQuotaExceeded() throws {
-        try withCustody("cap", ["--max-sessions-per-client", "2"]) { custody in
+        try withCustody("cap", ["--max-sessions-per-client", "2"] + fastReconnects) { custody in
             let one = try RawClient(port: custody.port)
             #expect(try one.connect("cap-1", user: "dev") == connack(.success))
             let two = try RawClient(port: custody.port)
@@ -259,7 +259,7 @@ struct MQTTFrontEndToEndTests {
 
     /// v3.1.1 clean session 0 gets the policy's maximum; the session is present on return.
     @Test func v3PersistentSessionIsPresentOnReturn() throws {
-        try withCustody("v3-persistent") { custody in
+        try withCustody("v3-persistent", fastReconnects) { custody in
             let first = try RawClient(port: custody.port, version: .mqtt3_1_1)
             #expect(try first.connect("v3", user: "dev", clean: false, version: .mqtt3_1_1) == MQTTConnAck(sessionPresent: false, reasonCode: .success))
             try first.send(.disconnect(MQTTDisconnect()))
@@ -285,7 +285,7 @@ struct MQTTFrontEndToEndTests {
 
     /// Pub/sub through the broker: mosquitto_sub (5.0, QoS 1, wildcard) gets what mosquitto_pub sends.
     @Test func qos1PublishSubscribeWithMosquitto() throws {
-        try withCustody("pubsub") { custody in
+        try withCustody("pubsub", fastReconnects) { custody in
             // Line-buffered, so that the debug line about the SUBACK shows as it happens.
             let subscriber = try Background("/usr/bin/stdbuf", [
                 "-oL", "/usr/bin/mosquitto_sub", "-p", "\(custody.port)", "-h", "127.0.0.1", "-V", "mqttv5", "-i", "sub-1", "-u", "dev", "-t", "sensors/#",
@@ -326,7 +326,7 @@ struct MQTTFrontEndToEndTests {
     /// A persistent session (v5, expiry 300 s) that is offline gets its QoS 1 and QoS 2
     /// messages after the broker restarts: they were acknowledged, so they are on disk.
     @Test func offlinePersistentSessionGetsItsMessagesAfterRestart() throws {
-        let first = try RunningCustody("restart")
+        let first = try RunningCustody("restart", arguments: fastReconnects)
         defer { first.cleanUp() }
         let subscribe = try paho([
             "--port", "\(first.port)", "--id", "inbox", "--user", "dev", "--clean", "0", "--expiry", "300",

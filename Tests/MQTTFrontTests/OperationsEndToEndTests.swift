@@ -98,7 +98,7 @@ private func subscribe(_ filter: String, qos: MQTTQoS = .atLeastOnce, id: UInt16
 @Suite("Operations end to end", .serialized)
 struct OperationsEndToEndTests {
     @Test func metricsCountAScriptedSessionSequence() throws {
-        try withCustody("metrics", ["--metrics", "127.0.0.1:0", "--event-subscriber", "ops"]) { custody in
+        try withCustody("metrics", ["--metrics", "127.0.0.1:0", "--event-subscriber", "ops"] + fastReconnects) { custody in
             let port = try metricsPort(custody)
             // A connection that never sends a CONNECT is no CONNECT to count.
             let silent = try RawClient(port: custody.port)
@@ -180,7 +180,7 @@ struct OperationsEndToEndTests {
     }
 
     @Test func eventSubscribersSeeTheLedgerInOrderAndNobodyElseDoes() throws {
-        try withCustody("events", ["--event-subscriber", "Ops"]) { custody in
+        try withCustody("events", ["--event-subscriber", "Ops"] + fastReconnects) { custody in
             // The operator (names compare case-insensitively), with a real client.
             let operatorSub = try Background("/usr/bin/stdbuf", [
                 "-oL", "/usr/bin/mosquitto_sub", "-h", "127.0.0.1", "-p", "\(custody.port)", "-u", "ops", "-i", "ops-watch", "-V", "mqttv5",
@@ -371,7 +371,7 @@ struct OperationsEndToEndTests {
     /// custody runs and clients come and go; the copy verifies and a custody starts from it.
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/mdb_copy")))
     func mdbCopyOfARunningLedgerVerifies() throws {
-        try withCustody("backup") { custody in
+        try withCustody("backup", fastReconnects) { custody in
             let backup = scratchDirectory("backup-copy")
             defer { try? FileManager.default.removeItem(atPath: backup) }
             try FileManager.default.createDirectory(atPath: backup + "/broker", withIntermediateDirectories: true)

@@ -11,6 +11,11 @@ import Glibc
 
 typealias E2EError = TestFailure
 
+/// For tests that CONNECT the same session name again within a second (takeovers, resumed
+/// sessions, a client id used twice in a row): the connect rate limit
+/// (`limits.connectsPerSecondPerSession`, 1 a second by default) off. ConnectRateTests tests it.
+let fastReconnects = ["--connects-per-second-per-session", "0"]
+
 /// A blocking TCP socket connected to 127.0.0.1:`port`; `receiveBuffer`: SO_RCVBUF set first.
 func connectedSocket(port: Int, receiveBuffer: Int32? = nil) throws -> Int32 {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
