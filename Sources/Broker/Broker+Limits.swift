@@ -43,8 +43,8 @@ extension Broker {
     func retainedRefusal(_ publish: MQTTPublish) -> BrokerLimit? {
         let size = publish.payload.readableBytes
         guard size > 0 else { return nil }
-        if size > limits.maxRetainedBytes { return .maxRetainedBytes }
-        if retained.count >= limits.maxRetainedMessages, retained[publish.topicName] == nil { return .maxRetainedMessages }
+        if size > currentLimits.maxRetainedBytes { return .maxRetainedBytes }
+        if retained.count >= currentLimits.maxRetainedMessages, retained[publish.topicName] == nil { return .maxRetainedMessages }
         return nil
     }
 
@@ -55,17 +55,17 @@ extension Broker {
     func makeRoom(for delivery: OutboundMessage, in session: SessionState, _ batch: inout StoreBatch) -> Bool {
         if session.overflowed { return false }
         let size = delivery.message.payloadBytes
-        let countFits = session.queue.count < limits.queueMaxMessages
-        guard !countFits || session.queuedBytes + size > limits.queueMaxBytes else { return true }
+        let countFits = session.queue.count < currentLimits.queueMaxMessages
+        guard !countFits || session.queuedBytes + size > currentLimits.queueMaxBytes else { return true }
         let limit: BrokerLimit = countFits ? .queueMaxBytes : .queueMaxMessages
-        switch limits.queueOverflow {
+        switch currentLimits.queueOverflow {
         case .endSession:
             session.overflowed = true
             note(limit, session.name)
             if observer != nil { notices.append(.overflowed(session.name)) }
             return false
         case .dropOldest:
-            guard size <= limits.queueMaxBytes else {
+            guard size <= currentLimits.queueMaxBytes else {
                 session.dropped += 1
                 droppedQueueFull += 1
                 note(.queueMaxBytes, session.name)
@@ -73,7 +73,7 @@ extension Broker {
             }
             var dropped = 0
             while !session.queue.isEmpty,
-                session.queue.count >= limits.queueMaxMessages || session.queuedBytes + size > limits.queueMaxBytes
+                session.queue.count >= currentLimits.queueMaxMessages || session.queuedBytes + size > currentLimits.queueMaxBytes
             {
                 dropOldest(session, &batch)
                 dropped += 1

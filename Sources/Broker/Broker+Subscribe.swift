@@ -35,7 +35,7 @@ extension Broker {
                 }
                 // A filter the session holds is replaced, whatever the count; a new one past the
                 // limit is refused on its own (the others in the packet still count).
-                if state.subscriptions[filter] == nil, state.subscriptions.count >= limits.maxSubscriptionsPerSession {
+                if state.subscriptions[filter] == nil, state.subscriptions.count >= currentLimits.maxSubscriptionsPerSession {
                     codes.append(v5 ? .quotaExceeded : .unspecifiedError)
                     note(.maxSubscriptionsPerSession, state.name)
                     continue

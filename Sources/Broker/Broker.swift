@@ -75,7 +75,9 @@ import LMDBStorage
 public final class Broker: @unchecked Sendable {
     let lock = NSLock()
     let store: BrokerStore?
-    public let limits: BrokerLimits
+    /// What one session may take; read and replaced under `lock` only.
+    var currentLimits: BrokerLimits
+    public var limits: BrokerLimits { locked { currentLimits } }
     /// Told about limits exceeded and queues overflowed (see `BrokerObserver`); nil: nobody.
     let observer: (any BrokerObserver)?
     /// What to tell `observer`, decided under the lock and told after it (`locked`).
@@ -126,7 +128,7 @@ public final class Broker: @unchecked Sendable {
         clock: (@Sendable () -> Int64)? = nil, expirySweepInterval: Duration? = .seconds(60),
         timers: BrokerTimerDriver = .dispatch, observer: (any BrokerObserver)? = nil
     ) throws {
-        self.limits = limits
+        self.currentLimits = limits
         self.observer = observer
         let clock = clock ?? { wallClockMicroseconds() }
         self.clock = clock
@@ -204,6 +206,12 @@ public final class Broker: @unchecked Sendable {
         for session in dirty { drain(session) }
         tell(told)
         return result
+    }
+
+    /// Limits from now on (a reload): new subscriptions, retained messages and queued
+    /// messages are held to them; what is held already is not trimmed.
+    public func replaceLimits(_ limits: BrokerLimits) {
+        locked { currentLimits = limits }
     }
 
     func locked<R>(_ body: () -> R) -> R {

@@ -309,16 +309,9 @@ struct Custody: AsyncParsableCommand {
             ledger.close()
             throw ExitCode.failure
         }
-        var frontConfiguration = MQTTFrontConfiguration(
-            listeners: listeners, connectTimeout: .seconds(Int64(settings.connectTimeoutSeconds)))
-        frontConfiguration.maximumKeepAlive = settings.maxKeepAliveSeconds.map { UInt16($0) }
-        frontConfiguration.maximumOutboundInflight = settings.limits.maxOutboundInflight
-        frontConfiguration.maximumPacketSize = settings.limits.maxPacketBytes
-        frontConfiguration.outboundHighWaterBytes = settings.limits.outboundHighWaterBytes
-        frontConfiguration.slowConsumerTimeout = .seconds(Int64(settings.limits.slowConsumerSeconds))
-        settings.limits.apply(to: &frontConfiguration)
-        frontConfiguration.operations = FrontOperations(
-            metrics: operations.frontMetrics, serverTopicReaders: settings.eventSubscribers)
+        let frontConfiguration = settings.frontConfiguration(
+            listeners: listeners,
+            operations: FrontOperations(metrics: operations.frontMetrics, serverTopicReaders: settings.eventSubscribers))
         let front = MQTTFront(
             ledger: ledger, pubsub: broker, configuration: frontConfiguration, logger: logger, authority: authority,
             access: accessRules)
@@ -356,7 +349,9 @@ struct Custody: AsyncParsableCommand {
         if !settings.eventSubscribers.isEmpty {
             say("custody: lifecycle events on $custody/events/clients/+/sessions/+ for \(settings.eventSubscribers.map(\.value).joined(separator: ", "))")
         }
-        let reload = IdentityReload(configFile: config, flags: flags, front: front, logger: logger)
+        let reload = IdentityReload(
+            configFile: config, flags: flags, front: front, broker: broker, frontOperations: frontConfiguration.operations,
+            logger: logger)
         say("custody: running; SIGINT or SIGTERM stops")
         let closed = ShutdownTally()
         // The service group's own chatter (debug) is not for operators.

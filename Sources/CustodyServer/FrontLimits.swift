@@ -43,6 +43,23 @@ extension LimitsConfiguration {
     }
 }
 
+extension CustodyConfiguration {
+    /// The front's configuration: listeners and operations as given, the rest (timeouts,
+    /// announced maxima, `limits:`) from this configuration. A reload builds it again for the
+    /// connections made after it.
+    func frontConfiguration(listeners: [FrontListener], operations: FrontOperations) -> MQTTFrontConfiguration {
+        var front = MQTTFrontConfiguration(listeners: listeners, connectTimeout: .seconds(Int64(connectTimeoutSeconds)))
+        front.maximumKeepAlive = maxKeepAliveSeconds.map { UInt16($0) }
+        front.maximumOutboundInflight = limits.maxOutboundInflight
+        front.maximumPacketSize = limits.maxPacketBytes
+        front.outboundHighWaterBytes = limits.outboundHighWaterBytes
+        front.slowConsumerTimeout = .seconds(Int64(limits.slowConsumerSeconds))
+        limits.apply(to: &front)
+        front.operations = operations
+        return front
+    }
+}
+
 /// The start-up line that says what a client may take (the connection limit is worked out at start).
 func limitsLine(_ limits: LimitsConfiguration, front: MQTTFrontConfiguration) -> String {
     var connections = front.maximumConnections.map { "\($0)" } ?? "none"

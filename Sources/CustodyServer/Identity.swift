@@ -1,3 +1,4 @@
+import Broker
 import CustodyModel
 import CustodyConfig
 import CustodyTLS
@@ -60,13 +61,17 @@ extension TLSListenerSetup {
     }
 }
 
-/// Reloads the client registry (clients, namespace identity settings, password file) and the
-/// authorization rules (groups, topic spaces, bindings, attributes, acl file) on SIGHUP. Listeners, data directory and session limits stay as they started; a file that
+/// Reloads the client registry (clients, namespace identity settings, password file), the
+/// authorization rules (groups, topic spaces, bindings, attributes, acl file) and the limits
+/// (`limits:`, connect timeout, keep-alive cap: for connections made after it) on SIGHUP. Listeners, data directory and session limits stay as they started; a file that
 /// does not load leaves the registry in force as it was.
 struct IdentityReload {
     let configFile: String?
     let flags: FlagValues
     let front: MQTTFront
+    let broker: Broker
+    /// The front's operations (metrics, event readers), kept as they started.
+    let frontOperations: FrontOperations
     let logger: Logger
 
     /// Reloads at each signal of `signals` (from `hangupSignals()`, set up early).
@@ -96,6 +101,9 @@ struct IdentityReload {
         if let authority { disconnected = await front.replaceAuthority(authority) }
         // After the identities: a connection that is gone loses nothing here.
         let revoked = await front.replaceAccess(access)
+        // Limits: for the connections made from now on (the broker's: from now on).
+        front.replaceLimits(configuration.frontConfiguration(listeners: [], operations: frontOperations))
+        broker.replaceLimits(configuration.brokerLimits)
         logger.notice("registry reloaded", metadata: [
             "clients": "\(configuration.clients.count)", "disconnected": "\(disconnected)",
             "authorization": "\(access.mode)", "subscriptions_revoked": "\(revoked)",

@@ -90,7 +90,7 @@ final class MQTTChannelHandler: ChannelDuplexHandler, ConnectionIO, GracefulClos
     }
 
     func close(sending packets: [MQTTPacket]) {
-        close(sending: packets, grace: services.closeGrace, on: connection.eventLoop)
+        close(sending: packets, grace: connection.tunables.closeGrace, on: connection.eventLoop)
     }
 
     func resumeReading() {

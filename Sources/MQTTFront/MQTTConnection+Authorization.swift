@@ -57,7 +57,7 @@ extension MQTTConnection {
             return nil
         case .subscribe(let subscribe):
             let screen = SubscribeScreen(
-                subscribe, permissions: permissions?.value, limits: services.subscribeLimits,
+                subscribe, permissions: permissions?.value, limits: tunables.subscribeLimits,
                 version: machine.protocolVersion ?? .mqtt3_1_1)
             if screen.refusals.isEmpty { return packet }
             for (filter, refusal) in screen.refusals {

@@ -30,17 +30,17 @@ extension MQTTConnection {
         }
         let now = NIODeadline.now()
         if let since = slowSince?.value {
-            if now - since > services.slowConsumerTimeout {
+            if now - since > tunables.slowConsumerTimeout {
                 slowSince = nil
                 perform(machine.slowConsumer(
-                    why: "quotaExceeded: above the outbound high-water mark for more than \(services.slowConsumerTimeout.nanoseconds / 1_000_000_000) s"))
+                    why: "quotaExceeded: above the outbound high-water mark for more than \(tunables.slowConsumerTimeout.nanoseconds / 1_000_000_000) s"))
                 return
             }
         } else {
             slowSince = Boxed(now)
             services.logger.notice("slow consumer", metadata: [
                 "connection": "\(connection ?? 0)", "session_name": "\(sessionName.map { "\($0)" } ?? "-")",
-                "remote_address": "\(remoteAddress)", "high_water_bytes": "\(services.outboundHighWaterBytes)",
+                "remote_address": "\(remoteAddress)", "high_water_bytes": "\(tunables.outboundHighWaterBytes)",
             ])
         }
         var kept = packets

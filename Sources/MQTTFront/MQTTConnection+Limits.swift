@@ -45,7 +45,7 @@ extension MQTTConnection {
     /// `limits.maxConnections`: counts this connection in, or refuses it (closed at once).
     func admit() -> Bool {
         guard services.admitConnection() else {
-            perform(machine.tooManyConnections(maximum: services.maximumConnections))
+            perform(machine.tooManyConnections(maximum: tunables.maximumConnections))
             return false
         }
         return true
@@ -55,7 +55,7 @@ extension MQTTConnection {
     /// `connectRateExceeded` when its session name was CONNECTed too recently. Only CONNECTs
     /// the identity authority accepts spend from the budget.
     func applyConnectRate(_ connect: MQTTConnect, _ decision: IdentityDecision?) -> IdentityDecision? {
-        guard let limiter = services.connectRate, (decision?.verdict ?? .authenticated) == .authenticated else {
+        guard let limiter = tunables.connectRate, (decision?.verdict ?? .authenticated) == .authenticated else {
             return decision
         }
         let name = decision?.authenticationName ?? AuthenticationName(unchecked: connect.userName ?? connect.clientIdentifier)
@@ -68,7 +68,7 @@ extension MQTTConnection {
     /// Made when the CONNACK goes out: the publish budget and the outbound aliases, if any.
     func startLimiting(_ identity: ConnectionStateMachine.Identity) {
         let throttle = PublishThrottle(
-            messagesPerSecond: services.publishMessagesPerSecond, bytesPerSecond: services.publishBytesPerSecond,
+            messagesPerSecond: tunables.publishMessagesPerSecond, bytesPerSecond: tunables.publishBytesPerSecond,
             now: .now())
         let aliases = identity.outboundTopicAliasMaximum > 0
             ? OutboundTopicAliases(

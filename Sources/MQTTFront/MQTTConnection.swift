@@ -16,6 +16,8 @@ import SessionLedger
 /// credentials under an identity authority, a close waiting for the broker) is boxed.
 final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchecked Sendable {
     let services: FrontServices
+    /// The limits in force when this connection began (a reload does not change them).
+    let tunables: FrontTunables
     /// Everything of this object but `eventLoop` is touched on that loop only.
     let eventLoop: any EventLoop
     /// The TLS layer under this connection, if any: the client certificate comes from it.
@@ -85,6 +87,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
 
     init(services: FrontServices, eventLoop: any EventLoop, tls: TLSTransport? = nil) {
         self.services = services
+        self.tunables = services.tunables
         self.eventLoop = eventLoop
         #if os(Linux)
         self.onEpollLoop = eventLoop is EpollEventLoop
@@ -92,7 +95,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         self.onEpollLoop = false
         #endif
         self.tls = tls.map(Boxed.init)
-        self.machine = ConnectionStateMachine(sharedSettings: services.machineSettings)
+        self.machine = ConnectionStateMachine(sharedSettings: tunables.machineSettings)
     }
 
     // MARK: - Transport events
@@ -151,7 +154,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         guard admit() else { return }
         countedOpen = true
         services.metrics?.connectionsOpen.increment()
-        setTimer(.connectTimeout, at: .now() + services.connectTimeout)
+        setTimer(.connectTimeout, at: .now() + tunables.connectTimeout)
         services.logger.debug("connection accepted", metadata: ["remote_address": "\(self.remoteAddress)"])
     }
 

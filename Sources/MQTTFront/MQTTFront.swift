@@ -185,21 +185,8 @@ public final class MQTTFront: Sendable {
     ) {
         self.configuration = configuration
         self.services = FrontServices(
-            ledger: ledger, pubsub: pubsub, logger: logger, connectTimeout: configuration.connectTimeout,
-            maximumPacketSize: configuration.maximumPacketSize, topicAliasMaximum: configuration.topicAliasMaximum,
-            receiveMaximum: configuration.receiveMaximum, maximumKeepAlive: configuration.maximumKeepAlive,
-            maximumOutboundInflight: configuration.maximumOutboundInflight, authority: authority,
-            operations: configuration.operations, closeGrace: configuration.closeGrace,
-            outboundHighWaterBytes: configuration.outboundHighWaterBytes,
-            slowConsumerTimeout: configuration.slowConsumerTimeout, maximumTopicBytes: configuration.maximumTopicBytes,
-            maximumTopicLevels: configuration.maximumTopicLevels,
-            maximumUserPropertyBytes: configuration.maximumUserPropertyBytes,
-            maximumPropertyValueBytes: configuration.maximumPropertyValueBytes,
-            connectsPerSecondPerSession: configuration.connectsPerSecondPerSession,
-            publishMessagesPerSecond: configuration.publishMessagesPerSecond,
-            publishBytesPerSecond: configuration.publishBytesPerSecond,
-            maximumConnections: configuration.maximumConnections, access: access,
-            maxFiltersPerSubscribe: configuration.maxFiltersPerSubscribe)
+            ledger: ledger, pubsub: pubsub, logger: logger, configuration: configuration, authority: authority,
+            access: access)
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.eventLoopThreads))
     }
 
@@ -260,13 +247,13 @@ public final class MQTTFront: Sendable {
     private func serverBootstrap(
         _ pipeline: @escaping @Sendable (any Channel) throws -> Void
     ) -> ServerBootstrap {
-        let highWater = services.outboundHighWaterBytes
+        let services = self.services
         return ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try Self.setConnectionOptions(channel, outboundHighWater: highWater)
+                    try Self.setConnectionOptions(channel, outboundHighWater: services.tunables.outboundHighWaterBytes)
                     try pipeline(channel)
                 }
             }
@@ -300,7 +287,7 @@ public final class MQTTFront: Sendable {
         let encoder = MQTTPacketEncoderHandler(metrics: services.metrics, logger: services.logger)
         let operations = channel.pipeline.syncOperations
         try operations.addHandler(ByteToMessageHandler(
-            MQTTFrameDecoder(maximumPacketSize: services.maximumPacketSize, metrics: services.metrics)))
+            MQTTFrameDecoder(maximumPacketSize: services.tunables.maximumPacketSize, metrics: services.metrics)))
         try operations.addHandler(encoder)
         try operations.addHandler(MQTTChannelHandler(services: services, encoder: encoder, tls: tls))
     }
@@ -385,6 +372,13 @@ public final class MQTTFront: Sendable {
             removed += (try? await revoked.get()) ?? 0
         }
         return removed
+    }
+
+    /// Puts the limits of `configuration` (its `limits:`, timeouts and announced maxima) in
+    /// force for the connections made from now on; open connections keep theirs. Listeners
+    /// and event-loop threads stay as they started.
+    public func replaceLimits(_ configuration: MQTTFrontConfiguration) {
+        services.replaceTunables(with: configuration)
     }
 
     /// Stops listening, ends every connection (v5: DISCONNECT 0x8B) and records every end in

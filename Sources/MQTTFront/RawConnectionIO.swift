@@ -12,13 +12,13 @@ final class RawConnectionIO: RawConnection, ConnectionIO, GracefulClose {
     private var framing: MQTTFraming
 
     init(descriptor: Int32, loop: EpollEventLoop, services: FrontServices) {
-        framing = MQTTFraming(maximumPacketSize: services.maximumPacketSize)
         connection = MQTTConnection(services: services, eventLoop: loop)
+        framing = MQTTFraming(maximumPacketSize: connection.tunables.maximumPacketSize)
         super.init(descriptor: descriptor, loop: loop)
         connection.attach(self)
     }
 
-    var isAboveOutboundHighWater: Bool { outboundBytes > connection.services.outboundHighWaterBytes }
+    var isAboveOutboundHighWater: Bool { outboundBytes > connection.tunables.outboundHighWaterBytes }
 
     // MARK: The byte stream
 
@@ -62,7 +62,7 @@ final class RawConnectionIO: RawConnection, ConnectionIO, GracefulClose {
     }
 
     func close(sending packets: [MQTTPacket]) {
-        close(sending: packets, grace: connection.services.closeGrace, on: loop)
+        close(sending: packets, grace: connection.tunables.closeGrace, on: loop)
     }
 
     func setProtocolVersion(_ version: MQTTProtocolVersion) {

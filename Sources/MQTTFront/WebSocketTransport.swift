@@ -57,12 +57,12 @@ enum WebSocketTransport {
         mqttHandlers: @escaping @Sendable (any Channel) throws -> Void
     ) throws {
         let operations = channel.pipeline.syncOperations
-        let http = WebSocketHTTPHandler(path: path, logger: services.logger, timeout: services.connectTimeout)
+        let http = WebSocketHTTPHandler(path: path, logger: services.logger, timeout: services.tunables.connectTimeout)
         let httpBound = NIOLoopBound(http, eventLoop: channel.eventLoop)
         let logger = services.logger
         // A frame may hold a whole packet (most clients send one packet per frame): room for
         // the largest packet accepted, so that an oversized one gets MQTT's 0x95, not a close 1009.
-        let maxFrameSize = min(Int(UInt32.max), services.maximumPacketSize + 64 * 1024)
+        let maxFrameSize = min(Int(UInt32.max), services.tunables.maximumPacketSize + 64 * 1024)
         let upgrader = NIOWebSocketServerUpgrader(
             maxFrameSize: maxFrameSize, automaticErrorHandling: true,
             shouldUpgrade: { channel, head in

@@ -165,7 +165,11 @@ struct PlainTCPFrontTests {
                     try client.sendRaw([byte])
                     usleep(500)
                 }
-                guard case .connack(let connack)? = try client.receive() else { throw E2EError.unexpected("no CONNACK") }
+                // Generous: with the whole suite and builds beside it, the first durable claim of
+                // a fresh ledger has taken over 5 s.
+                guard case .connack(let connack)? = try client.receive(timeout: 30) else {
+                    throw E2EError.unexpected("no CONNACK")
+                }
                 // SUBSCRIBE, PINGREQ and a PUBLISH to the subscribed topic in one write.
                 try client.sendRaw(encoded([
                     subscribePacket("s/#"), .pingreq, .publish(MQTTPublish(topicName: "s/1", payload: ByteBuffer(string: "hello"))),

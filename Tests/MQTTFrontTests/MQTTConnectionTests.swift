@@ -93,12 +93,13 @@ final class ConnectionHarness: @unchecked Sendable {
         authority = InMemorySessionAuthority(policy: policy)
         var logger = Logger(label: "test")
         logger.logLevel = .critical
-        services = FrontServices(
-            // Long: these tests are about the claim, not the timeout, and a loaded machine may
-            // leave a test's task waiting for seconds between its steps.
-            ledger: authority, pubsub: nil, logger: logger, connectTimeout: .seconds(120),
-            // Takeovers within a second: no connect rate limit.
-            maximumPacketSize: MQTTDecoder.largestPacketSize, connectsPerSecondPerSession: 0)
+        // Long: these tests are about the claim, not the timeout, and a loaded machine may
+        // leave a test's task waiting for seconds between its steps.
+        var configuration = MQTTFrontConfiguration(
+            listeners: [FrontListener](), connectTimeout: .seconds(120), maximumPacketSize: MQTTDecoder.largestPacketSize)
+        // Takeovers within a second: no connect rate limit.
+        configuration.connectsPerSecondPerSession = 0
+        services = FrontServices(ledger: authority, pubsub: nil, logger: logger, configuration: configuration)
     }
 
     var loop: any EventLoop { group.next() }
