@@ -44,7 +44,7 @@ struct Custody: AsyncParsableCommand {
     @Option(help: "Longest session expiry a client may ask for, in hours, 1-8 (default 1; config key namespace.maximumSessionExpiryInHours).")
     var maxSessionExpiryHours: Int?
 
-    @Option(help: "Largest size the ledger's data file may grow to, in MiB (default 65536; config key ledgerMapSizeMiB).")
+    @Option(help: "Most the ledger's map may grow to, in MiB; it starts small and grows, and CONNECTs are refused (0x88) once only its reserve is left (default 65536; config key ledgerMapSizeMiB).")
     var ledgerMapSizeMib: Int?
 
     @Option(

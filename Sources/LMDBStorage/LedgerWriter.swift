@@ -49,6 +49,8 @@ public final class LedgerWriter: @unchecked Sendable {
     private var highestConnection: UInt64
 
     private let connectionCounter: Mutex<UInt64>
+    /// How full the map was after the last commit.
+    private let publishedUsage: Mutex<MapUsage?> = Mutex(nil)
     /// How long a small batch without claims (releases, expiries) may wait for a claim to
     /// share its commit and fsync. Nobody waits on those answers before replying to a client,
     /// and at low concurrency every CONNECT/DISCONNECT cycle then costs one fsync instead of
@@ -90,6 +92,11 @@ public final class LedgerWriter: @unchecked Sendable {
             value += 1
             return value
         }
+    }
+
+    /// How full the ledger's map was after the last commit (nil before the first).
+    public var mapUsage: MapUsage? {
+        publishedUsage.withLock { $0 }
     }
 
     public var currentHead: LedgerHead {
@@ -228,6 +235,13 @@ public final class LedgerWriter: @unchecked Sendable {
         if !thread.enqueue(command) { command.fail(.closed) }
     }
 
+    /// The error a claim gets while the map is in its reserve: a full store, rule R8 (0x88).
+    static func reserveRefusal(_ usage: MapUsage) -> LedgerError {
+        .storage(
+            operation: "claim", code: LedgerError.mapFullCode,
+            message: "the ledger map is in its reserve (\(usage.usedBytes >> 10) KiB used of \(usage.maximumBytes >> 10) KiB, \((usage.reserveBytes + usage.endingBytes) >> 10) KiB kept for recovery and the ends of live sessions); CONNECTs are refused until room is made")
+    }
+
     private func process(_ batch: [Command]) {
         let started = DispatchTime.now().uptimeNanoseconds
         let now = max(clock(), head.timestamp)
@@ -235,20 +249,31 @@ public final class LedgerWriter: @unchecked Sendable {
         deliveries.reserveCapacity(batch.count)
         let policy = self.policy
         let observer = onEvents
+        var usage: MapUsage?
         do {
             let (_, w) = try store.write(head: head, highestConnection: highestConnection, timestamp: now) {
                 (w) throws(LedgerError) in
+                // The body runs again from the start when the map had to grow.
+                deliveries.removeAll(keepingCapacity: true)
                 if observer != nil { w.appended = [] }
+                // Claims are refused once the map is in its reserve; releases, expiries and
+                // ends still go into it, so that no disconnect goes unrecorded.
+                let before = w.lmdb.usage(txn: w.txn)
+                let refusal = before.isInReserve ? Self.reserveRefusal(before) : nil
                 // Before claims are decided, sessions past their deadline end, so that the
                 // decisions see only live sessions (the R3 cap counts live ones, not the
                 // unswept dead). With nothing due this is one cursor positioning.
                 var swept: [LedgerEvent] = []
-                if batch.contains(where: \.isClaim) {
+                if refusal == nil, batch.contains(where: \.isClaim) {
                     swept = try Self.expireDue(&w, now: now, limit: Int.max, reason: .sessionExpired)
                 }
                 for command in batch {
                     switch command {
                     case .claim(let request, let done):
+                        if let refusal {
+                            deliveries.append { done(.failure(refusal)) }
+                            continue
+                        }
                         let outcome = try Self.decide(request, in: &w, policy: policy, now: now)
                         deliveries.append { done(.success(outcome)) }
                     case .release(let request, let done):
@@ -268,12 +293,14 @@ public final class LedgerWriter: @unchecked Sendable {
                         deliveries.append { done(.success(events)) }
                     }
                 }
+                usage = w.lmdb.usage(txn: w.txn)
             }
             let events = Int(w.head.sequence - head.sequence)
             head = w.head
             counts?.live += w.liveDelta
             counts?.connected += w.connectedDelta
             published.withLock { $0 = (head, counts) }
+            if let usage { publishedUsage.withLock { $0 = usage } }
             highestConnection = w.highestConnection
             onCommit?(CommitStatistics(
                 requests: batch.count, events: events,

@@ -16,9 +16,11 @@ public final class LMDBSessionLedger: SessionAuthority {
     /// the events of every commit after recovery, in sequence order (recovery's own are in
     /// `recovery.events`). `countSessions`: keep live/connected counts (`sessionCounts`),
     /// at the price of one scan of the sessions at open. `mapSize`: the largest the data
-    /// file may grow (bytes); nil keeps the store's default.
+    /// file may grow (bytes); nil keeps the store's default. The map starts small and grows
+    /// up to it. `mapReserve`: the part of it kept for recovery, checkpoints, disconnects and
+    /// expiries, where claims may not go (nil: `MapReserve.defaultReserve(for:)`).
     public init(
-        directory: String, policy: NamespacePolicy = .default, mapSize: Int? = nil,
+        directory: String, policy: NamespacePolicy = .default, mapSize: Int? = nil, mapReserve: Int? = nil,
         clock: @escaping LedgerClock = wallClockMicroseconds,
         onCommit: (@Sendable (CommitStatistics) -> Void)? = nil,
         onCommitFailure: (@Sendable (LedgerError) -> Void)? = nil,
@@ -27,6 +29,7 @@ public final class LMDBSessionLedger: SessionAuthority {
     ) throws {
         var options = LedgerStoreOptions()
         if let mapSize { options.mapSize = mapSize }
+        options.reserve = mapReserve
         let store = try LedgerStore(directory: directory, options: options)
         do {
             let writer = try LedgerWriter(store: store, policy: policy, clock: clock)
@@ -101,6 +104,11 @@ public final class LMDBSessionLedger: SessionAuthority {
     }
 
     public var head: LedgerHead { writer.currentHead }
+
+    /// How full the ledger's map is: after the last commit, or read now before the first.
+    public var mapUsage: MapUsage? {
+        writer.mapUsage ?? (try? store.mapUsage())
+    }
 
     /// The records of the log from `first` through the head, in sequence order (for audit
     /// and tests; `custody-audit` reads a ledger on its own).

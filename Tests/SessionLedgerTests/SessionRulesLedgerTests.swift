@@ -859,3 +859,135 @@ struct SessionOverflowLedgerTests {
         }
     }
 }
+
+// MARK: - A map that grows, and its reserve
+
+@Suite("Ledger map")
+struct LedgerMapTests {
+    private static let padding = String(repeating: "x", count: 100)
+
+    /// Claims connected sessions until the ledger refuses one for want of room; answers the
+    /// granted ones (name, connection).
+    private static func fill(_ ledger: LMDBSessionLedger) async throws -> (granted: [(String, ConnectionNumber)], refusal: LedgerError) {
+        var granted: [(String, ConnectionNumber)] = []
+        for i in 0..<200_000 {
+            let name = "session-\(i)-\(padding)"
+            do {
+                let claimed = try await ledger.claim("client-\(i)-\(padding)", name)
+                let grant = try #require(claimed.grant)
+                granted.append((name, grant.connection))
+            } catch let error as LedgerError {
+                return (granted, error)
+            }
+        }
+        throw TestFailure.unexpected("the map never filled")
+    }
+
+    @Test("The map starts small and grows on demand up to its maximum, without a failed claim")
+    func mapGrows() async throws {
+        try await withScratchDirectory("ledger-map") { directory in
+            let ledger = try LMDBSessionLedger(directory: directory, mapSize: 64 << 20, clock: ManualClock().ledgerClock)
+            defer { ledger.close() }
+            let initial = try #require(ledger.mapUsage)
+            #expect(initial.mappedBytes == 8 << 20)
+            #expect(initial.maximumBytes == 64 << 20)
+            // About 20,000 claims of ~700 bytes of log and projection each: past 8 MiB.
+            let requests = (0..<20_000).map { i in
+                ClaimRequest(
+                    authenticationName: AuthenticationName(unchecked: "client-\(i)-\(Self.padding)"),
+                    sessionName: SessionName(unchecked: "session-\(i)-\(Self.padding)"),
+                    connection: ledger.nextConnectionNumber(), protocolVersion: .mqtt5, cleanStart: false,
+                    requestedExpiryInterval: 600, remoteAddress: "127.0.0.1:50000", identity: .authenticated)
+            }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for chunk in stride(from: 0, to: requests.count, by: 1000) {
+                    let part = Array(requests[chunk..<min(chunk + 1000, requests.count)])
+                    group.addTask {
+                        for request in part { _ = try await ledger.claim(request) }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let grown = try #require(ledger.mapUsage)
+            #expect(grown.mappedBytes > 8 << 20, "\(grown)")
+            #expect(grown.mappedBytes <= 64 << 20)
+            #expect(grown.usedBytes > 8 << 20, "\(grown)")
+            #expect(ledger.head.sequence == 20_000)
+            let report = try ledger.verify()
+            #expect(report.isIntact, "\(String(describing: report.problem))")
+        }
+    }
+
+    @Test("In the reserve, CONNECTs are refused as a full store while disconnects are all recorded")
+    func disconnectsWhileFullAreRecorded() async throws {
+        try await withScratchDirectory("ledger-map") { directory in
+            let ledger = try LMDBSessionLedger(
+                directory: directory, mapSize: 2 << 20, mapReserve: 512 << 10, clock: ManualClock().ledgerClock)
+            defer { ledger.close() }
+            let (granted, refusal) = try await Self.fill(ledger)
+            #expect(refusal.isMapFull, "\(refusal)")
+            #expect("\(refusal)".contains("reserve"), "\(refusal)")
+            #expect(granted.count > 100)
+            let usage = try #require(ledger.mapUsage)
+            #expect(usage.isInReserve, "\(usage)")
+            // Still refused: nothing granted that would eat the reserve.
+            await #expect(throws: LedgerError.self) { try await ledger.claim("late", "late-session") }
+            #expect(try ledger.session("late-session") == nil)
+
+            // Every disconnect is recorded, into the reserve.
+            for (name, connection) in granted {
+                let event = try await ledger.release(name, connection)
+                #expect(event?.kind == .disconnected(.clientInitiatedDisconnect), "\(name)")
+                #expect(try ledger.session(name)?.state.isDisconnected == true)
+            }
+            // Sessions ending (as the broker's overflow ends them) are recorded too.
+            for (name, _) in granted.prefix(20) {
+                let ended = try await ledger.endSession(SessionName(unchecked: name), reason: .sessionOverflow)
+                #expect(ended.count == 1, "\(name)")
+            }
+            let report = try ledger.verify()
+            #expect(report.isIntact, "\(String(describing: report.problem))")
+            #expect(report.events == UInt64(2 * granted.count + 20))
+        }
+    }
+
+    @Test("A start on a full ledger recovers into the reserve, refuses CONNECTs and records disconnects")
+    func startOnAFullLedger() async throws {
+        try await withScratchDirectory("ledger-map") { directory in
+            let clock = ManualClock()
+            var granted: [(String, ConnectionNumber)] = []
+            do {
+                let ledger = try LMDBSessionLedger(
+                    directory: directory, mapSize: 2 << 20, mapReserve: 512 << 10, clock: clock.ledgerClock)
+                (granted, _) = try await Self.fill(ledger)
+                // Stopped with every session connected, as a crash leaves them.
+                ledger.close()
+            }
+            // The same maximum: recovery needs pages for a disconnect of every session.
+            let ledger = try LMDBSessionLedger(
+                directory: directory, mapSize: 2 << 20, mapReserve: 512 << 10, clock: clock.ledgerClock)
+            defer { ledger.close() }
+            #expect(ledger.recovery.disconnected.count == granted.count)
+            #expect(try ledger.liveSessions().values.allSatisfy { !$0.isConnected })
+            do {
+                _ = try await ledger.claim("new", "new-session")
+                Issue.record("a claim was granted from the reserve")
+            } catch let error as LedgerError {
+                #expect(error.isMapFull, "\(error)")
+            }
+            // The old sessions can still end (their expiries are recorded).
+            clock.advance(seconds: 601)
+            let expired = try await ledger.expireDue(limit: 100_000)
+            #expect(expired.count == granted.count)
+            let report = try ledger.verify()
+            #expect(report.isIntact, "\(String(describing: report.problem))")
+        }
+    }
+}
+
+extension SessionEntry.State {
+    fileprivate var isDisconnected: Bool {
+        if case .disconnected = self { return true }
+        return false
+    }
+}
