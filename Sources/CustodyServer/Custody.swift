@@ -47,6 +47,15 @@ struct Custody: AsyncParsableCommand {
     @Option(help: "Most the ledger's map may grow to, in MiB; it starts small and grows, and CONNECTs are refused (0x88) once only its reserve is left (default 65536; config key ledgerMapSizeMiB).")
     var ledgerMapSizeMib: Int?
 
+    @Option(help: "A checkpoint record every N ledger records; recovery checks the log from the newest (default 100000, 0: none; config ledger.checkpointEvery).")
+    var checkpointEvery: Int?
+
+    @Option(help: "Archive ledger events older than D days (0: no age limit; default 30; config ledger.retention.days).")
+    var retentionDays: Int?
+
+    @Option(help: "Archive the oldest ledger events while the live log holds more than this (8GiB, 512MiB, bytes; 0: no size limit; default 8GiB; config ledger.retention.maxLiveBytes).")
+    var retentionMaxLiveBytes: String?
+
     @Option(
         name: .customLong("listen"),
         help: ArgumentHelp(
@@ -185,7 +194,8 @@ struct Custody: AsyncParsableCommand {
     var flags: FlagValues {
         var flags = FlagValues(
             dataDir: dataDir, maxSessionsPerClient: maxSessionsPerClient, maxSessionExpiryHours: maxSessionExpiryHours,
-            ledgerMapSizeMib: ledgerMapSizeMib, listen: listen, connectTimeoutSeconds: connectTimeoutSeconds,
+            ledgerMapSizeMib: ledgerMapSizeMib, checkpointEvery: checkpointEvery, retentionDays: retentionDays,
+            retentionMaxLiveBytes: retentionMaxLiveBytes, listen: listen, connectTimeoutSeconds: connectTimeoutSeconds,
             logLevel: logLevel, passwordFile: passwordFile, listenTLS: listenTLS, tlsCertificate: tlsCertificate,
             tlsPrivateKey: tlsPrivateKey, tlsClientCertificates: tlsClientCertificates,
             tlsTrustedCertificates: tlsTrustedCertificates, logFormat: logFormat, metrics: metrics,
@@ -267,14 +277,15 @@ struct Custody: AsyncParsableCommand {
             ledger = try LMDBSessionLedger(
                 directory: dataDir, policy: policy, mapSize: settings.ledgerMapSizeMiB << 20,
                 onCommit: operations.onCommit, onCommitFailure: operations.onCommitFailure,
-                onEvents: operations.onEvents, countSessions: true)
+                onEvents: operations.onEvents, countSessions: true,
+                checkpointEvery: UInt64(settings.ledger.checkpointEvery))
         } catch {
             FileHandle.standardError.write(Data("custody: cannot open the ledger in \(dataDir): \(error)\n".utf8))
             throw ExitCode.failure
         }
         let recovery = ledger.recovery
         say("custody: ledger \(dataDir) head=\(recovery.head.sequence) hash=\(recovery.head.hash)")
-        say("custody: recovered sessions disconnected_by_restart=\(recovery.disconnected.count) expired_while_down=\(recovery.expired.count)")
+        say("custody: recovered sessions disconnected_by_restart=\(recovery.disconnected.count) expired_while_down=\(recovery.expired.count) checked_from=\(recovery.checkedFrom) checked_records=\(recovery.checkedRecords)")
         say("custody: policy max_sessions_per_client=\(policy.maximumClientSessionsPerAuthenticationName) max_session_expiry_hours=\(policy.maximumSessionExpiryInHours)")
         let signals = terminationSignals()
         let hangups = hangupSignals()

@@ -381,6 +381,12 @@ extension MDB_val {
 enum MetaKey {
     static let head: [UInt8] = Array("head".utf8)
     static let connections: [UInt8] = Array("connections".utf8)
+    /// The projection's running digest (32 bytes, `ProjectionDigest`).
+    static let digest: [UInt8] = Array("digest".utf8)
+    /// The newest checkpoint record's sequence number (UInt64 little-endian).
+    static let checkpoint: [UInt8] = Array("checkpoint".utf8)
+    /// The archive boundary (`ArchiveBoundary`): the last archived sequence, its time and hash.
+    static let archived: [UInt8] = Array("archived".utf8)
 }
 
 extension LedgerHead {

@@ -63,6 +63,7 @@ public final class LedgerStore: @unchecked Sendable {
             startingConnection: highestConnection, timestamp: timestamp)
         let result: R
         do {
+            try w.loadMeta()
             result = try body(&w)
             try w.finish()
         } catch {

@@ -59,6 +59,10 @@ public final class LedgerWriter: @unchecked Sendable {
     public var claimlessCommitDelay: Double = 0.005
     /// Batches at least this large commit at once, claims or not.
     public var claimlessCommitThreshold = 64
+    /// A checkpoint record is appended, in the commit that reaches it, once this many
+    /// records follow the last one; 0 writes none. Set before `recover()`.
+    public var checkpointEvery: UInt64 = LedgerWriter.defaultCheckpointEvery
+    public static let defaultCheckpointEvery: UInt64 = 100_000
 
     /// Observes each committed batch. Set before `start()`.
     public var onCommit: (@Sendable (CommitStatistics) -> Void)?
@@ -131,10 +135,12 @@ public final class LedgerWriter: @unchecked Sendable {
     public func recover() throws(LedgerError) -> RecoveryReport {
         precondition(!thread.isRunning)
         let now = max(clock(), head.timestamp)
+        var tail: (from: UInt64, records: Int) = (0, 0)
         let ((expired, disconnected), w) = try store.write(
             head: head, highestConnection: highestConnection, timestamp: now
         ) { (w) throws(LedgerError) -> ([LedgerEvent], [LedgerEvent]) in
             w.appended = []
+            tail = try Self.checkTail(w, every: checkpointEvery == 0 ? Self.defaultCheckpointEvery : checkpointEvery)
             let expired = try Self.expireDue(&w, now: now, limit: Int.max, reason: .expiredWhileBrokerDown)
             var connected: [[UInt8]] = []
             do {
@@ -154,12 +160,77 @@ public final class LedgerWriter: @unchecked Sendable {
                 let draft = SessionRules.endingEvent(of: entry, named: name, kind: .disconnected(.brokerRestart))
                 disconnected.append(try w.append(draft, current: entry, sessionKey: key).0)
             }
+            try Self.checkpointIfDue(&w, every: checkpointEvery)
             return (expired, disconnected)
         }
         head = w.head
         highestConnection = w.highestConnection
         published.withLock { $0.head = w.head }
-        return RecoveryReport(disconnected: disconnected, expired: expired, head: head, events: w.appended ?? [])
+        var report = RecoveryReport(disconnected: disconnected, expired: expired, head: head, events: w.appended ?? [])
+        report.checkedFrom = tail.from
+        report.checkedRecords = tail.records
+        return report
+    }
+
+    /// Appends a checkpoint when `every` records have followed the last one (or the log's start).
+    static func checkpointIfDue(_ w: inout LedgerWriteTransaction, every: UInt64) throws(LedgerError) {
+        guard every > 0, w.head.sequence > 0, w.head.sequence - w.lastCheckpoint >= every else { return }
+        try w.appendCheckpoint()
+    }
+
+    /// Recovery's check of the log's tail: the newest checkpoint and every record after it
+    /// are read, decoded and chained, and the last is the stored head. Without a checkpoint
+    /// the last `every` records are. Answers the sequence it started from and the records read.
+    static func checkTail(_ w: LedgerWriteTransaction, every: UInt64) throws(LedgerError) -> (from: UInt64, records: Int) {
+        let head = w.head
+        guard head.sequence > 0 else { return (0, 0) }
+        let fallback = head.sequence > every ? head.sequence - every + 1 : 1
+        let from = w.lastCheckpoint > 0 ? w.lastCheckpoint : max(fallback, w.archivedThrough + 1)
+        var previous: ChainHash
+        if from == w.archivedThrough + 1 {
+            previous = w.archivedHash
+        } else {
+            guard let before = try readRecordBytes(txn: w.txn, lmdb: w.lmdb, sequence: from - 1) else {
+                throw .corruptRecord(table: "log", detail: "record \(from - 1) before the tail is missing")
+            }
+            previous = before.withUnsafeBytes { EventRecordFormat.storedHash($0) }
+        }
+        var expected = from
+        var problem: String?
+        do {
+            var start = from
+            try withUnsafeMutableBytes(of: &start) { startBytes in
+                var key = MDB_val(mv_size: 8, mv_data: startBytes.baseAddress)
+                try scanTable(txn: w.txn, dbi: w.lmdb.log, first: &key) { k, bytes in
+                    let sequence = k.loadUnaligned(as: UInt64.self)
+                    guard sequence == expected else {
+                        problem = "sequence gap: expected \(expected), found \(sequence)"
+                        return false
+                    }
+                    if let failure = LogRecordCheck.problem(bytes, sequence: sequence) {
+                        problem = "record \(sequence) is unreadable: \(failure)"
+                        return false
+                    }
+                    let stored = EventRecordFormat.storedHash(bytes)
+                    guard EventRecordFormat.chainHash(of: bytes, previous: previous) == stored else {
+                        problem = "record \(sequence) does not match its hash chain"
+                        return false
+                    }
+                    previous = stored
+                    expected += 1
+                    return true
+                }
+            }
+        } catch let error as LedgerError {
+            throw error
+        } catch {
+            throw .corruptRecord(table: "log", detail: "\(error)")
+        }
+        if let problem { throw .corruptRecord(table: "log", detail: "recovery's check from \(from): \(problem)") }
+        guard expected - 1 == head.sequence, previous == head.hash else {
+            throw .corruptRecord(table: "meta", detail: "the stored head \(head.sequence) is not where the log ends (\(expected - 1))")
+        }
+        return (from, Int(expected - from))
     }
 
     /// Expires up to `limit` sessions whose deadline is at or before `now`, earliest first.
@@ -293,6 +364,7 @@ public final class LedgerWriter: @unchecked Sendable {
                         deliveries.append { done(.success(events)) }
                     }
                 }
+                try Self.checkpointIfDue(&w, every: checkpointEvery)
                 usage = w.lmdb.usage(txn: w.txn)
             }
             let events = Int(w.head.sequence - head.sequence)

@@ -7,13 +7,17 @@ public enum VerifyProblem: Sendable, Equatable, CustomStringConvertible {
     case hashMismatch(sequence: UInt64)
     case headMismatch(detail: String)
     case projectionMismatch(detail: String)
+    /// A checkpoint record states a projection the log before it does not imply.
+    case checkpointMismatch(sequence: UInt64, detail: String)
+    /// An archive segment is missing, altered or does not link to its neighbours.
+    case archiveDamaged(segment: String, detail: String)
 
     /// The first sequence number that is bad, where the problem lies in the log.
     public var firstBadSequence: UInt64? {
         switch self {
-        case .unreadableRecord(let s, _), .hashMismatch(let s): s
+        case .unreadableRecord(let s, _), .hashMismatch(let s), .checkpointMismatch(let s, _): s
         case .sequenceGap(let expected, _): expected
-        case .headMismatch, .projectionMismatch: nil
+        case .headMismatch, .projectionMismatch, .archiveDamaged: nil
         }
     }
 
@@ -24,6 +28,8 @@ public enum VerifyProblem: Sendable, Equatable, CustomStringConvertible {
         case .hashMismatch(let s): "record \(s) does not match its hash chain (edited, or a record before it was)"
         case .headMismatch(let d): "log head does not match: \(d)"
         case .projectionMismatch(let d): "stored projection disagrees with the log: \(d)"
+        case .checkpointMismatch(let s, let d): "checkpoint \(s) disagrees with the log before it: \(d)"
+        case .archiveDamaged(let segment, let d): "archive segment \(segment): \(d)"
         }
     }
 }
@@ -63,6 +69,33 @@ extension LedgerSnapshot {
                 return false
             }
             if case .sequence(let through) = limit, key > through { return false }
+            if CheckpointRecordFormat.isCheckpoint(bytes) {
+                let checkpoint: Checkpoint
+                do {
+                    checkpoint = try CheckpointRecordFormat.decode(bytes)
+                } catch {
+                    problem = .unreadableRecord(sequence: key, detail: "\(error)")
+                    return false
+                }
+                guard checkpoint.sequence == key else {
+                    problem = .unreadableRecord(sequence: key, detail: "stored under \(key) but numbered \(checkpoint.sequence)")
+                    return false
+                }
+                if case .time(let time) = limit, checkpoint.timestamp > time { return false }
+                let hash = EventRecordFormat.storedHash(bytes)
+                if checkingChain {
+                    guard EventRecordFormat.chainHash(of: bytes, previous: last.hash) == hash else {
+                        problem = .hashMismatch(sequence: key)
+                        return false
+                    }
+                    if let mismatch = Self.compare(checkpoint, observe == nil ? fold.projection : projection) {
+                        problem = .checkpointMismatch(sequence: key, detail: mismatch)
+                        return false
+                    }
+                }
+                last = LedgerHead(sequence: key, timestamp: checkpoint.timestamp, hash: hash)
+                return true
+            }
             let header: EventRecordFormat.Header
             do {
                 header = try EventRecordFormat.header(bytes)
@@ -100,6 +133,40 @@ extension LedgerSnapshot {
         return (observe == nil ? fold.projection : projection, last, problem)
     }
 
+    /// How a checkpoint differs from the projection folded up to it; nil when it does not.
+    static func compare(_ checkpoint: Checkpoint, _ projection: OwnershipProjection) -> String? {
+        let live = UInt64(projection.sessions.count)
+        let disconnected = UInt64(projection.sessions.values.filter { !$0.isConnected }.count)
+        let clients = UInt64(projection.liveSessionCounts.count)
+        guard checkpoint.liveSessions == live, checkpoint.disconnectedSessions == disconnected,
+              checkpoint.clients == clients
+        else {
+            return "it counts \(checkpoint.liveSessions) live sessions (\(checkpoint.disconnectedSessions) disconnected) of \(checkpoint.clients) clients, the log \(live) (\(disconnected)) of \(clients)"
+        }
+        let digest = ProjectionDigest.of(projection)
+        guard checkpoint.digest == digest else {
+            return "its projection digest is \(checkpoint.digest), the log's \(digest)"
+        }
+        return nil
+    }
+
+    /// The projection's running digest as stored (nil in a ledger that never kept one).
+    public func storedDigest() throws(LedgerError) -> ProjectionDigest? {
+        guard let bytes = try readMetaBytes(txn: txn, lmdb: lmdb, key: MetaKey.digest), bytes.count == 32 else { return nil }
+        return bytes.withUnsafeBytes { ProjectionDigest(bytes: $0) }
+    }
+
+    /// The newest checkpoint's sequence number, 0 when there is none.
+    public func lastCheckpoint() throws(LedgerError) -> UInt64 {
+        guard let bytes = try readMetaBytes(txn: txn, lmdb: lmdb, key: MetaKey.checkpoint), bytes.count == 8 else { return 0 }
+        return bytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+    }
+
+    /// The archive boundary: the last archived record, nil when nothing was archived.
+    public func archiveBoundary() throws(LedgerError) -> ArchiveBoundary? {
+        try readArchiveBoundary(txn: txn, lmdb: lmdb)
+    }
+
     /// Replays the whole log and proves the stored head and projection equal what it implies.
     public func verify() throws -> VerifyReport {
         let (projection, last, problem) = try replay()
@@ -113,6 +180,12 @@ extension LedgerSnapshot {
         let stored = try head()
         guard stored == last else {
             return .headMismatch(detail: "stored head is \(stored.sequence)/\(stored.hash), log ends at \(last.sequence)/\(last.hash)")
+        }
+        if let storedDigest = try storedDigest() {
+            let digest = ProjectionDigest.of(projection)
+            guard storedDigest == digest else {
+                return .projectionMismatch(detail: "the stored projection digest is \(storedDigest), the log's \(digest)")
+            }
         }
 
         var expectedSessions = projection.sessions

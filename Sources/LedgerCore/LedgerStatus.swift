@@ -28,6 +28,10 @@ public struct RecoveryReport: Sendable, Equatable {
     public var head: LedgerHead
     /// Every event recovery recorded, with its hash, in sequence order.
     public var events: [CommittedEvent] = []
+    /// Where recovery's check of the log began (the newest checkpoint, or the last records
+    /// when there is none) and how many records it read and chained to the head.
+    public var checkedFrom: UInt64 = 0
+    public var checkedRecords = 0
 
     public init(disconnected: [LedgerEvent], expired: [LedgerEvent], head: LedgerHead, events: [CommittedEvent] = []) {
         self.disconnected = disconnected

@@ -25,7 +25,8 @@ public final class LMDBSessionLedger: SessionAuthority {
         onCommit: (@Sendable (CommitStatistics) -> Void)? = nil,
         onCommitFailure: (@Sendable (LedgerError) -> Void)? = nil,
         onEvents: (@Sendable ([CommittedEvent]) -> Void)? = nil,
-        countSessions: Bool = false
+        countSessions: Bool = false,
+        checkpointEvery: UInt64 = LedgerWriter.defaultCheckpointEvery
     ) throws {
         var options = LedgerStoreOptions()
         if let mapSize { options.mapSize = mapSize }
@@ -36,6 +37,7 @@ public final class LMDBSessionLedger: SessionAuthority {
             writer.onCommit = onCommit
             writer.onCommitFailure = onCommitFailure
             writer.onEvents = onEvents
+            writer.checkpointEvery = checkpointEvery
             self.recovery = try writer.recover()
             if countSessions { try writer.countSessions() }
             writer.start()

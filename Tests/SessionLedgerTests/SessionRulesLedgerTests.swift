@@ -1,3 +1,4 @@
+import CLMDB
 import CustodyTesting
 import Foundation
 import LedgerCore
@@ -990,4 +991,121 @@ extension SessionEntry.State {
         if case .disconnected = self { return true }
         return false
     }
+}
+
+// MARK: - Checkpoints
+
+@Suite("Checkpoints")
+struct CheckpointTests {
+    /// Claims and releases `cycles` sessions of a few clients, some left connected.
+    private static func churn(_ ledger: LMDBSessionLedger, cycles: Int, prefix: String = "s") async throws {
+        for i in 0..<cycles {
+            let claimed = try await ledger.claim("client-\(i % 7)", "\(prefix)-\(i % 13)", expiry: UInt32(i % 3) * 300)
+            if let grant = claimed.grant, i % 5 != 0 { try await ledger.release("\(prefix)-\(i % 13)", grant.connection) }
+        }
+    }
+
+    @Test("Every N records a checkpoint is written with the projection's digest and counts; verify proves each")
+    func checkpointsAreWrittenAndVerified() async throws {
+        try await withScratchDirectory("checkpoints") { directory in
+            let clock = ManualClock()
+            let ledger = try LMDBSessionLedger(directory: directory, clock: clock.ledgerClock, checkpointEvery: 10)
+            defer { ledger.close() }
+            try await Self.churn(ledger, cycles: 60)
+            let store = try LedgerStore(directory: directory, options: LedgerStoreOptions(readOnly: true))
+            defer { store.close() }
+            let checkpoints = try store.read { snapshot -> [Checkpoint] in
+                var found: [Checkpoint] = []
+                for sequence in 1...ledger.head.sequence {
+                    if let checkpoint = try snapshot.checkpoint(at: sequence) { found.append(checkpoint) }
+                }
+                return found
+            }
+            #expect(checkpoints.count >= Int(ledger.head.sequence / 11) - 1 && checkpoints.count >= 5, "\(checkpoints.count)")
+            var previous: UInt64 = 0
+            for checkpoint in checkpoints {
+                #expect(checkpoint.previousCheckpoint == previous)
+                // At most N records after the one before, and no fewer than N.
+                #expect(checkpoint.sequence - previous >= 11 || previous == 0)
+                previous = checkpoint.sequence
+                // The digest describes the projection replayed through the records before it.
+                let projection = try ledger.replay(through: .sequence(checkpoint.sequence - 1))
+                #expect(checkpoint.digest == ProjectionDigest.of(projection))
+                #expect(checkpoint.liveSessions == UInt64(projection.sessions.count))
+            }
+            #expect(try store.read { try $0.lastCheckpoint() } == previous)
+            // Events are still dense around the checkpoints, and records() skips them.
+            #expect(try ledger.records().count == Int(ledger.head.sequence) - checkpoints.count)
+            let report = try ledger.verify()
+            #expect(report.isIntact, "\(String(describing: report.problem))")
+            // The stored running digest is the digest of the stored projection.
+            let stored = try store.read { try $0.storedDigest() }
+            #expect(stored == ProjectionDigest.of(try ledger.replay(through: .end)))
+        }
+    }
+
+    @Test("Recovery checks the log from the newest checkpoint, and refuses a tail that does not chain")
+    func recoveryStartsFromTheNewestCheckpoint() async throws {
+        try await withScratchDirectory("checkpoints") { directory in
+            let clock = ManualClock()
+            var last: UInt64 = 0
+            do {
+                let ledger = try LMDBSessionLedger(directory: directory, clock: clock.ledgerClock, checkpointEvery: 25)
+                try await Self.churn(ledger, cycles: 40)
+                ledger.close()
+                let store = try LedgerStore(directory: directory, options: LedgerStoreOptions(readOnly: true))
+                last = try store.read { try $0.lastCheckpoint() }
+                store.close()
+            }
+            #expect(last > 0)
+            do {
+                let ledger = try LMDBSessionLedger(directory: directory, clock: clock.ledgerClock, checkpointEvery: 25)
+                #expect(ledger.recovery.checkedFrom == last)
+                #expect(ledger.recovery.checkedRecords > 0)
+                #expect(ledger.recovery.checkedRecords <= 26 + 13)
+                #expect(try ledger.verify().isIntact)
+                ledger.close()
+            }
+            // An edit after the newest checkpoint is found at start, and the ledger is not opened.
+            let head = try LedgerStore(directory: directory, options: LedgerStoreOptions(readOnly: true)).read { try $0.head() }
+            try editRecord(in: directory, sequence: head.sequence)
+            #expect(throws: LedgerError.self) {
+                _ = try LMDBSessionLedger(directory: directory, clock: clock.ledgerClock, checkpointEvery: 25)
+            }
+        }
+    }
+}
+
+/// Flips a byte in the authentication name or the body of a stored record, as an intruder would.
+func editRecord(in directory: String, sequence: UInt64) throws {
+    let env = try #require({ () -> OpaquePointer? in
+        var env: OpaquePointer?
+        mdb_env_create(&env)
+        mdb_env_set_maxdbs(env, 8)
+        mdb_env_set_mapsize(env, 64 << 20)
+        guard mdb_env_open(env, directory, 0, 0o640) == 0 else { return nil }
+        return env
+    }())
+    defer { mdb_env_close(env) }
+    var txn: OpaquePointer?
+    mdb_txn_begin(env, nil, 0, &txn)
+    var dbi: MDB_dbi = 0
+    mdb_dbi_open(txn, "log", UInt32(MDB_INTEGERKEY), &dbi)
+    var key = sequence
+    withUnsafeMutableBytes(of: &key) { keyBytes in
+        var k = MDB_val(mv_size: 8, mv_data: keyBytes.baseAddress)
+        var v = MDB_val()
+        mdb_get(txn, dbi, &k, &v)
+        var copy = Array(v.bytesForTest)
+        copy[24] ^= 0x01  // the timestamp
+        copy.withUnsafeMutableBytes { raw in
+            var nv = MDB_val(mv_size: raw.count, mv_data: raw.baseAddress)
+            mdb_put(txn, dbi, &k, &nv, 0)
+        }
+    }
+    mdb_txn_commit(txn)
+}
+
+extension MDB_val {
+    fileprivate var bytesForTest: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: mv_data, count: mv_size) }
 }

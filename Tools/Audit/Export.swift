@@ -121,7 +121,7 @@ struct Exporter {
                 damage = .unreadableRecord(sequence: key, detail: "format this custody-audit cannot read")
                 return false
             }
-            out.bytes = eventJSON(raw, into: out.bytes)
+            out.bytes = raw.isCheckpoint ? checkpointJSON(raw, into: out.bytes) : eventJSON(raw, into: out.bytes)
             out.bytes.append(UInt8(ascii: "\n"))
             out.flushIfLarge()
             next += 1

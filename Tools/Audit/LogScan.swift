@@ -13,6 +13,17 @@ enum RecordCheck {
     }
 
     static func check(_ key: UInt64, _ bytes: UnsafeRawBufferPointer, previous: ChainHash) -> Outcome {
+        if CheckpointRecordFormat.isCheckpoint(bytes) {
+            if let problem = LogRecordCheck.problem(bytes, sequence: key) {
+                return .damaged(.unreadableRecord(sequence: key, detail: problem))
+            }
+            let stored = EventRecordFormat.storedHash(bytes)
+            guard EventRecordFormat.chainHash(of: bytes, previous: previous) == stored else {
+                return .damaged(.hashMismatch(sequence: key))
+            }
+            let timestamp = Int64(littleEndian: bytes.loadUnaligned(fromByteOffset: 24, as: Int64.self))
+            return .intact(LedgerHead(sequence: key, timestamp: timestamp, hash: stored))
+        }
         // `EventRecordFormat.decode` is `header` plus UTF-8 names; this is the same check
         // without building the strings.
         let header: EventRecordFormat.Header
@@ -144,7 +155,9 @@ enum LogScan {
     /// on a second thread) and must be numbered densely from 1; `body` sees each record
     /// here, before its check has finished, so callers act on what they collected only
     /// when the outcome has no problem. Stops at the first gap or unreadable layout.
-    static func run(_ snapshot: LedgerSnapshot, _ body: (RawRecord) throws -> Void) throws -> ScanOutcome {
+    static func run(
+        _ snapshot: LedgerSnapshot, checkpoint: ((RawRecord) throws -> Void)? = nil, _ body: (RawRecord) throws -> Void
+    ) throws -> ScanOutcome {
         let validator = ChainValidator(after: .empty)
         validator.start()
         var batch: [ChainValidator.Reference] = []
@@ -169,7 +182,8 @@ enum LogScan {
                     problem = .unreadableRecord(sequence: key, detail: "its field lengths do not match its size")
                     return false
                 }
-                try body(raw)
+                // Checkpoints are records of the chain but no event: they go to their own observer.
+                if raw.isCheckpoint { try checkpoint?(raw) } else { try body(raw) }
                 expected += 1
                 return true
             }
