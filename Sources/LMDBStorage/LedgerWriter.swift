@@ -18,6 +18,8 @@ public final class LedgerWriter: @unchecked Sendable {
         case releaseAll([ReleaseRequest], @Sendable (Result<[LedgerEvent?], LedgerError>) -> Void)
         case expire(limit: Int, @Sendable (Result<[LedgerEvent], LedgerError>) -> Void)
         case end(SessionName, ExpiryReason, @Sendable (Result<[LedgerEvent], LedgerError>) -> Void)
+        /// Deletes the live records through `boundary.sequence`, which an archive segment holds.
+        case trim(ArchiveBoundary, @Sendable (Result<Void, LedgerError>) -> Void)
 
         var isClaim: Bool {
             if case .claim = self { return true }
@@ -31,6 +33,7 @@ public final class LedgerWriter: @unchecked Sendable {
             case .releaseAll(_, let done): done(.failure(error))
             case .expire(_, let done): done(.failure(error))
             case .end(_, _, let done): done(.failure(error))
+            case .trim(_, let done): done(.failure(error))
             }
         }
     }
@@ -362,6 +365,9 @@ public final class LedgerWriter: @unchecked Sendable {
                     case .end(let name, let reason, let done):
                         let events = try Self.end(name, reason: reason, in: &w)
                         deliveries.append { done(.success(events)) }
+                    case .trim(let boundary, let done):
+                        let result = try Self.trim(&w, through: boundary)
+                        deliveries.append { done(result) }
                     }
                 }
                 try Self.checkpointIfDue(&w, every: checkpointEvery)
@@ -411,6 +417,47 @@ public final class LedgerWriter: @unchecked Sendable {
         case .reject(let reason):
             return .rejected(reason, sequence: sequence)
         }
+    }
+
+    /// Moves the archive boundary to `boundary`: deletes the live records up to it, once the
+    /// record there is the one the archive holds (same stored hash), and only records behind
+    /// the newest checkpoint. A refusal is an answer, not a failure of the batch.
+    static func trim(
+        _ w: inout LedgerWriteTransaction, through boundary: ArchiveBoundary
+    ) throws(LedgerError) -> Result<Void, LedgerError> {
+        let through = boundary.sequence
+        guard through > w.archivedThrough else { return .success(()) }
+        guard through < w.lastCheckpoint else {
+            return .failure(.corruptRecord(table: "log", detail: "refused to archive through \(through): not behind the newest checkpoint \(w.lastCheckpoint)"))
+        }
+        guard let record = try readRecordBytes(txn: w.txn, lmdb: w.lmdb, sequence: through),
+              record.withUnsafeBytes({ EventRecordFormat.storedHash($0) }) == boundary.hash
+        else {
+            return .failure(.corruptRecord(table: "log", detail: "refused to archive through \(through): the live record is not the archived one"))
+        }
+        var cursor: OpaquePointer?
+        try check(mdb_cursor_open(w.txn, w.lmdb.log, &cursor), "mdb_cursor_open")
+        defer { mdb_cursor_close(cursor) }
+        var key = MDB_val()
+        var value = MDB_val()
+        var code = mdb_cursor_get(cursor, &key, &value, MDB_FIRST)
+        while code == 0 {
+            guard key.bytes.loadUnaligned(as: UInt64.self) <= through else { break }
+            try check(mdb_cursor_del(cursor, 0), "mdb_cursor_del log")
+            // After a delete, MDB_NEXT yields the key that took the deleted one's place.
+            code = mdb_cursor_get(cursor, &key, &value, MDB_NEXT)
+        }
+        if code != 0 && code != MDB_NOTFOUND { try check(code, "mdb_cursor_get log") }
+        w.archivedThrough = through
+        w.archivedHash = boundary.hash
+        w.archivedTimestamp = boundary.timestamp
+        w.archiveChanged = true
+        return .success(())
+    }
+
+    /// Deletes the live records through `boundary` (see `trim`); answers once it is committed.
+    public func trim(through boundary: ArchiveBoundary, _ done: @escaping @Sendable (Result<Void, LedgerError>) -> Void) {
+        enqueue(.trim(boundary, done))
     }
 
     static func end(

@@ -53,8 +53,10 @@ public enum ReplayLimit: Sendable {
 extension LedgerSnapshot {
     /// Folds the log into a projection, checking record format, density and (optionally)
     /// the hash chain on the way. Stops at the first problem.
+    /// With `archive`, the archive's segments are read first (`ArchivedLog`); a ledger that
+    /// archived records cannot be replayed without them.
     public func replay(
-        through limit: ReplayLimit = .end, checkingChain: Bool = true,
+        through limit: ReplayLimit = .end, checkingChain: Bool = true, archive: String? = nil,
         observe: ((LedgerEvent) throws -> Void)? = nil
     ) throws -> (OwnershipProjection, LedgerHead, VerifyProblem?) {
         // Without an observer nobody needs whole events: the string-free fold is used.
@@ -62,7 +64,7 @@ extension LedgerSnapshot {
         var projection = OwnershipProjection()
         var last = LedgerHead.empty
         var problem: VerifyProblem?
-        try forEachRecord(from: 1) { key, bytes in
+        let archiveProblem = try ArchivedLog.walk(self, archive: archive) { key, bytes in
             let expected = last.sequence + 1
             guard key == expected else {
                 problem = .sequenceGap(expected: expected, found: key)
@@ -130,7 +132,7 @@ extension LedgerSnapshot {
             last = LedgerHead(sequence: key, timestamp: header.timestamp, hash: hash)
             return true
         }
-        return (observe == nil ? fold.projection : projection, last, problem)
+        return (observe == nil ? fold.projection : projection, last, problem ?? archiveProblem)
     }
 
     /// How a checkpoint differs from the projection folded up to it; nil when it does not.
@@ -168,8 +170,8 @@ extension LedgerSnapshot {
     }
 
     /// Replays the whole log and proves the stored head and projection equal what it implies.
-    public func verify() throws -> VerifyReport {
-        let (projection, last, problem) = try replay()
+    public func verify(archive: String? = nil) throws -> VerifyReport {
+        let (projection, last, problem) = try replay(archive: archive)
         var report = VerifyReport(events: last.sequence, head: last, problem: problem)
         guard problem == nil else { return report }
         report.problem = try compare(projection, last)

@@ -280,6 +280,8 @@ struct LedgerWriteTransaction {
     /// The last sequence moved to the archive, and its chain hash (0 and genesis: none).
     var archivedThrough: UInt64 = 0
     var archivedHash: ChainHash = .genesis
+    var archivedTimestamp: Int64 = 0
+    var archiveChanged = false
     var digestChanged = false
     var checkpointChanged = false
     var highestConnection: UInt64
@@ -447,7 +449,7 @@ struct LedgerWriteTransaction {
             lastCheckpoint = stored.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
         }
         if let boundary = try readArchiveBoundary(txn: txn, lmdb: lmdb) {
-            (archivedThrough, archivedHash) = (boundary.sequence, boundary.hash)
+            (archivedThrough, archivedHash, archivedTimestamp) = (boundary.sequence, boundary.hash, boundary.timestamp)
         }
     }
 
@@ -489,6 +491,9 @@ struct LedgerWriteTransaction {
         }
         if checkpointChanged {
             try putMeta(MetaKey.checkpoint, withUnsafeBytes(of: lastCheckpoint.littleEndian) { Array($0) })
+        }
+        if archiveChanged {
+            try putMeta(MetaKey.archived, ArchiveBoundary(sequence: archivedThrough, hash: archivedHash, timestamp: archivedTimestamp).encoded)
         }
         var headBytes = [UInt8](repeating: 0, count: LedgerHead.encodedSize)
         headBytes.withUnsafeMutableBytes { head.encode(into: $0) }

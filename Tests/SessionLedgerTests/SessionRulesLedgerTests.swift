@@ -1109,3 +1109,157 @@ func editRecord(in directory: String, sequence: UInt64) throws {
 extension MDB_val {
     fileprivate var bytesForTest: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: mv_data, count: mv_size) }
 }
+
+// MARK: - Archive
+
+@Suite("Archive")
+struct ArchiveTests {
+    static let day: Int64 = 86_400 * 1_000_000
+
+    /// `days` days of churn, `perDay` claim/release cycles a day, a checkpoint every `every` records.
+    static func history(_ ledger: LMDBSessionLedger, clock: ManualClock, days: Int, perDay: Int) async throws {
+        for d in 0..<days {
+            for i in 0..<perDay {
+                let name = "s-\((d * perDay + i) % 17)"
+                let claimed = try await ledger.claim("client-\(i % 5)", name, expiry: 60)
+                if let grant = claimed.grant { try await ledger.release(name, grant.connection) }
+                clock.advance(seconds: 86_400 / Int64(perDay))
+            }
+        }
+    }
+
+    static func open(_ directory: String, clock: ManualClock, retentionDays: Int64? = 3, maxLiveBytes: Int? = nil) throws -> LMDBSessionLedger {
+        try LMDBSessionLedger(
+            directory: directory, clock: clock.ledgerClock, checkpointEvery: 20,
+            archive: LedgerArchiver.Policy(retention: retentionDays.map { $0 * day }, maxLiveBytes: maxLiveBytes, deleteBatch: 7))
+    }
+
+    @Test("Records older than the retention and behind a checkpoint move to segments; the log reads as one")
+    func archiveByAge() async throws {
+        try await withScratchDirectory("archive") { directory in
+            let clock = ManualClock()
+            let ledger = try Self.open(directory, clock: clock)
+            defer { ledger.close() }
+            try await Self.history(ledger, clock: clock, days: 10, perDay: 12)
+            let before = try ledger.records()
+            let projectionBefore = try ledger.replay(through: .end)
+            var steps = 0
+            while try ledger.archiveOnce() { steps += 1 }
+            #expect(steps > 3)
+            let segments = ArchiveSegment.list(ledger.archiveDirectory)
+            #expect(segments.count == steps)
+            // Contiguous from 1, each ending just before a checkpoint, the live log after them.
+            var expected: UInt64 = 1
+            for segment in segments {
+                #expect(segment.range.lowerBound == expected)
+                expected = segment.range.upperBound + 1
+            }
+            let live = try #require(try ledger.liveLog())
+            #expect(live.first == expected)
+            #expect(try ledger.store.read { try $0.checkpoint(at: live.first) } != nil)
+            // Nothing older than the retention is left live, save the span before the next checkpoint.
+            #expect(live.firstTimestamp >= clock.now - 4 * Self.day)
+            // The whole history still reads, verifies and replays, from the archive and the live log.
+            #expect(try ledger.records() == before)
+            #expect(try ledger.replay(through: .end) == projectionBefore)
+            let report = try ledger.verify()
+            #expect(report.isIntact, "\(String(describing: report.problem))")
+            #expect(report.events == ledger.head.sequence)
+            let early = try ledger.replay(through: .sequence(10))
+            #expect(early.lastSequence == 10)
+        }
+    }
+
+    @Test("Past maxLiveBytes the oldest spans move out, whatever their age")
+    func archiveBySize() async throws {
+        try await withScratchDirectory("archive") { directory in
+            let clock = ManualClock()
+            let ledger = try Self.open(directory, clock: clock, retentionDays: nil, maxLiveBytes: 64 << 10)
+            defer { ledger.close() }
+            try await Self.history(ledger, clock: clock, days: 1, perDay: 600)
+            while try ledger.archiveOnce() {}
+            let live = try #require(try ledger.liveLog())
+            #expect(live.first > 1)
+            #expect(live.bytes <= 64 << 10 + 16 << 10, "\(live.bytes)")
+            #expect(try ledger.verify().isIntact)
+        }
+    }
+
+    @Test("A move a crash interrupted (segment written, live records kept or partly deleted) is finished at open")
+    func halfDoneMoveIsFinished() async throws {
+        try await withScratchDirectory("archive") { directory in
+            let clock = ManualClock()
+            var head = LedgerHead.empty
+            do {
+                let ledger = try Self.open(directory, clock: clock)
+                try await Self.history(ledger, clock: clock, days: 10, perDay: 12)
+                // Archive one span, then write the next segment by hand and delete only part of it.
+                #expect(try ledger.archiveOnce())
+                let span = try #require(try ledger.archiver!.nextSpan())
+                let (records, previous) = try ledger.store.read { snapshot -> ([[UInt8]], ChainHash) in
+                    var records: [[UInt8]] = []
+                    try snapshot.forEachRecord(from: span.lowerBound) { key, bytes in
+                        guard key <= span.upperBound else { return false }
+                        records.append(Array(bytes))
+                        return true
+                    }
+                    return (records, try snapshot.archiveBoundary()!.hash)
+                }
+                _ = try ArchiveSegment.write(records: records, first: span.lowerBound, previousHash: previous, to: ledger.archiveDirectory)
+                // A leftover temporary file, as a crash before the rename leaves.
+                FileManager.default.createFile(atPath: ledger.archiveDirectory + "/.segment-x.tmp", contents: Data([1, 2, 3]))
+                // Both hold the span now: the log still reads once, and verifies.
+                #expect(try ledger.verify().isIntact)
+                head = ledger.head
+                ledger.close()
+            }
+            let ledger = try Self.open(directory, clock: clock)
+            defer { ledger.close() }
+            let segments = ArchiveSegment.list(ledger.archiveDirectory)
+            #expect(segments.count == 2)
+            let live = try #require(try ledger.liveLog())
+            #expect(live.first == segments.last!.range.upperBound + 1)
+            #expect(!FileManager.default.fileExists(atPath: ledger.archiveDirectory + "/.segment-x.tmp"))
+            let report = try ledger.verify()
+            #expect(report.isIntact, "\(String(describing: report.problem))")
+            #expect(ledger.head.sequence >= head.sequence)
+        }
+    }
+
+    @Test("A segment altered by one byte, or missing, is named by verify")
+    func alteredAndMissingSegmentsAreNamed() async throws {
+        try await withScratchDirectory("archive") { directory in
+            let clock = ManualClock()
+            let ledger = try Self.open(directory, clock: clock)
+            defer { ledger.close() }
+            try await Self.history(ledger, clock: clock, days: 10, perDay: 12)
+            while try ledger.archiveOnce() {}
+            let segments = ArchiveSegment.list(ledger.archiveDirectory)
+            try #require(segments.count >= 3)
+            let middle = segments[1].name
+            let path = ledger.archiveDirectory + "/" + middle
+            var bytes = try #require(FileManager.default.contents(atPath: path))
+            let original = bytes
+            chmod(path, 0o640)
+            bytes[bytes.count / 2] ^= 0x20
+            try bytes.write(to: URL(fileURLWithPath: path))
+            let altered = try ledger.verify()
+            guard case .archiveDamaged(let segment, let detail) = altered.problem else {
+                Issue.record("\(String(describing: altered.problem))")
+                return
+            }
+            #expect(segment == middle)
+            #expect(detail.contains("altered"), "\(detail)")
+            try original.write(to: URL(fileURLWithPath: path))
+            #expect(try ledger.verify().isIntact)
+            try FileManager.default.removeItem(atPath: path)
+            let missing = try ledger.verify()
+            guard case .archiveDamaged(let name, let why) = missing.problem else {
+                Issue.record("\(String(describing: missing.problem))")
+                return
+            }
+            #expect(name == middle)
+            #expect(why.contains("missing"), "\(why)")
+        }
+    }
+}
