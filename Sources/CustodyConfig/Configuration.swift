@@ -173,6 +173,9 @@ public struct LedgerConfiguration: Sendable, Equatable {
     /// Whether anything is ever archived.
     public var archives: Bool { retentionDays != nil || maxLiveBytes != nil }
 
+    /// The retention in microseconds, nil without an age limit.
+    public var retentionMicroseconds: Int64? { retentionDays.map { Int64($0) * 86_400 * 1_000_000 } }
+
     /// A byte size: a plain number, or one with a unit (`512MiB`, `8GiB`, `1TiB`, `64KiB`, `100MB`).
     public static func parseBytes(_ text: String) -> Int? {
         let trimmed = text.trimmingCharacters(in: .whitespaces)

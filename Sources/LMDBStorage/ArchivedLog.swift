@@ -296,7 +296,6 @@ public final class LedgerArchiver: @unchecked Sendable {
     /// The next span to archive: from the boundary to the record before the next checkpoint,
     /// when the retention or the size says so.
     public func nextSpan() throws -> ClosedRange<UInt64>? {
-        guard policy.retention != nil || policy.maxLiveBytes != nil else { return nil }
         return try store.read { snapshot -> ClosedRange<UInt64>? in
             let start = (try snapshot.archiveBoundary()?.sequence ?? 0) + 1
             // Checkpoints after the start, newest first, through their back links.
@@ -316,6 +315,8 @@ public final class LedgerArchiver: @unchecked Sendable {
                 if let lastTime, lastTime < clock() - retention { due = true }
             }
             if let maxLiveBytes = policy.maxLiveBytes, try snapshot.logBytes() > maxLiveBytes { due = true }
+            // A ledger whose map is in its reserve refuses CONNECTs: the oldest span goes, whatever its age.
+            if snapshot.mapUsage().isInReserve { due = true }
             return due ? start...end : nil
         }
     }
@@ -340,6 +341,9 @@ final class Locked<Value: Sendable>: @unchecked Sendable {
 }
 
 extension LedgerSnapshot {
+    /// How full the map is, in this snapshot.
+    public func mapUsage() -> MapUsage { lmdb.usage(txn: txn) }
+
     /// The bytes the live log's pages take.
     public func logBytes() throws -> Int {
         var stat = MDB_stat()

@@ -87,6 +87,16 @@ public final class LMDBSessionLedger: SessionAuthority {
     @discardableResult
     public func archiveOnce() throws -> Bool { try archiver?.runOnce() ?? false }
 
+    /// Room taken, live and archived; read now (a read transaction and a look at the archive).
+    public func storageFigures() throws -> LedgerStorageFigures {
+        let (usage, oldest) = try store.read { snapshot in (snapshot.mapUsage(), try snapshot.firstLiveRecord()?.timestamp) }
+        let segments = ArchiveSegment.list(archiveDirectory)
+        return LedgerStorageFigures(
+            liveBytes: usage.usedBytes, archiveBytes: LedgerArchiver.archiveBytes(archiveDirectory),
+            mapUsedRatio: usage.usedRatio, inReserve: usage.isInReserve, oldestLiveEvent: oldest,
+            archiveSegments: segments.count)
+    }
+
     /// The live log: its first record's sequence and time, and the bytes its pages take.
     public func liveLog() throws -> (first: UInt64, firstTimestamp: Int64, bytes: Int)? {
         try store.read { snapshot in
