@@ -1005,7 +1005,7 @@ struct CheckpointTests {
         }
     }
 
-    @Test("Every N records a checkpoint is written with the projection's digest and counts; verify proves each")
+    @Test("Every N records a checkpoint is written with the projection's digest and counts, each true to a replay; verify proves the newest")
     func checkpointsAreWrittenAndVerified() async throws {
         try await withScratchDirectory("checkpoints") { directory in
             let clock = ManualClock()

@@ -155,8 +155,11 @@ enum LogScan {
     /// on a second thread) and must be numbered densely from 1; `body` sees each record
     /// here, before its check has finished, so callers act on what they collected only
     /// when the outcome has no problem. Stops at the first gap or unreadable layout.
+    /// With the archive's segments first (`ArchivedLog`): they stay loaded (`keptSegments`),
+    /// as the records the body saw point into them.
     static func run(
-        _ snapshot: LedgerSnapshot, checkpoint: ((RawRecord) throws -> Void)? = nil, _ body: (RawRecord) throws -> Void
+        _ snapshot: LedgerSnapshot, archive: String?, checkpoint: ((RawRecord) throws -> Void)? = nil,
+        _ body: (RawRecord) throws -> Void
     ) throws -> ScanOutcome {
         let validator = ChainValidator(after: .empty)
         validator.start()
@@ -164,9 +167,10 @@ enum LogScan {
         batch.reserveCapacity(batchSize)
         var expected: UInt64 = 1
         var problem: VerifyProblem?
+        var archiveProblem: VerifyProblem?
         do {
             // From 0, so that a record stored under 0 is found rather than skipped.
-            try snapshot.forEachRecord(from: 0) { key, bytes in
+            archiveProblem = try ArchivedLog.walk(snapshot, archive: archive, from: 0, keep: keptSegments.keep) { key, bytes in
                 guard key == expected else {
                     problem = .sequenceGap(expected: expected, found: key)
                     return false
@@ -194,6 +198,6 @@ enum LogScan {
         }
         validator.submit(batch)
         let (head, checkProblem) = validator.finish()
-        return ScanOutcome(head: head, problem: checkProblem ?? problem)
+        return ScanOutcome(head: head, problem: archiveProblem ?? checkProblem ?? problem)
     }
 }

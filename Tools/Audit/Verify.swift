@@ -26,7 +26,7 @@ struct Verify: ParsableCommand {
                 // The newest checkpoint is proved against the fold of every record before it.
                 let newest = try snapshot.lastCheckpoint()
                 var checkpointProblem: VerifyProblem?
-                let outcome = try LogScan.run(snapshot, checkpoint: { r in
+                let outcome = try LogScan.run(snapshot, archive: ledger.archiveDirectory, checkpoint: { r in
                     guard r.sequence == newest, checkpointProblem == nil else { return }
                     guard let checkpoint = r.checkpoint else { return }  // the chain check reports it
                     if let mismatch = fold.mismatch(with: checkpoint) {
