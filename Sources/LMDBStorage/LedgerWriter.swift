@@ -265,6 +265,48 @@ public final class LedgerWriter: @unchecked Sendable {
         return events
     }
 
+    /// A request of a bulk load (`load`).
+    public enum BulkRequest: Sendable {
+        case claim(ClaimRequest)
+        case release(ReleaseRequest)
+    }
+
+    /// Bulk loading, for tests and benchmarks: decides the requests in order, `batch` of them
+    /// to a transaction (one commit and fsync each), on the caller's thread, before `start()`.
+    /// Answers how many claims were not granted; a failed commit throws.
+    @discardableResult
+    public func load(_ requests: [BulkRequest], batch: Int = 10_000) throws -> Int {
+        precondition(!thread.isRunning)
+        final class Tally: @unchecked Sendable {
+            var refused = 0
+            var failure: LedgerError?
+        }
+        let tally = Tally()
+        var start = 0
+        while start < requests.count {
+            let chunk = requests[start..<min(start + batch, requests.count)].map { request -> Command in
+                switch request {
+                case .claim(let claim):
+                    return .claim(claim) { result in
+                        switch result {
+                        case .success(.granted): break
+                        case .success(.rejected): tally.refused += 1
+                        case .failure(let error): tally.failure = error
+                        }
+                    }
+                case .release(let release):
+                    return .release(release) { result in
+                        if case .failure(let error) = result { tally.failure = error }
+                    }
+                }
+            }
+            process(chunk)
+            if let failure = tally.failure { throw failure }
+            start += batch
+        }
+        return tally.refused
+    }
+
     public func start() {
         thread.holdDelay = claimlessCommitDelay
         thread.holdThreshold = claimlessCommitThreshold

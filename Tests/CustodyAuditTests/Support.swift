@@ -38,8 +38,8 @@ struct AuditRun {
     }
 }
 
-/// Runs `custody-audit` with these arguments and waits (at most a minute) for it to end.
-func runAudit(_ arguments: [String]) throws -> AuditRun {
+/// Runs `custody-audit` with these arguments and waits (at most `timeout` seconds) for it to end.
+func runAudit(_ arguments: [String], timeout: Double = 60) throws -> AuditRun {
     let out = temporaryPath("stdout")
     let err = temporaryPath("stderr")
     _ = FileManager.default.createFile(atPath: out, contents: nil)
@@ -54,7 +54,7 @@ func runAudit(_ arguments: [String]) throws -> AuditRun {
     child.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
     child.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
     try child.run()
-    let deadline = Date().addingTimeInterval(60)
+    let deadline = Date().addingTimeInterval(timeout)
     while child.isRunning {
         if Date() > deadline {
             child.terminate()
