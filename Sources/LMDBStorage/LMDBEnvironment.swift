@@ -246,7 +246,7 @@ final class LMDBEnvironment: @unchecked Sendable {
     var mapSize: Int { mappedSize.withLock { $0 } }
 
     /// Begins a read transaction holding the resize lock shared for as long as it runs
-    /// (`endRead` ends both). Adopts a map another process has grown (MDB_MAP_RESIZED).
+    /// and ends both when `body` returns. Adopts a map another process has grown (MDB_MAP_RESIZED).
     func withReadTransaction<R>(_ body: (OpaquePointer) throws -> R) throws -> R {
         for attempt in 0..<2 {
             let outcome: R? = try resizeLock.withShared { () throws -> R? in
