@@ -93,10 +93,37 @@ if [ "$STORM" = 1 ]; then
     PLAIN_PORT=$(free_port)
     start_custody plain "$PLAIN_PORT" --retention-days 0 --retention-max-live-bytes 0
     PLAIN_PID=${PIDS[-1]}
-    echo "custody-bench compare --mode connect --conns $CONNS --seconds $SECONDS_PER_RUN --rounds $ROUNDS (archiving=--retention-max-live-bytes 1MiB, plain=no archiving; both --checkpoint-every 2000)"
-    "$BIN/custody-bench" compare --broker "archiving=127.0.0.1:$ARCH_PORT" --broker "plain=127.0.0.1:$PLAIN_PORT" \
-        --pid "archiving=$ARCH_PID" --pid "plain=$PLAIN_PID" --mode connect --conns "$CONNS" \
-        --seconds "$SECONDS_PER_RUN" --rounds "$ROUNDS" --proto 5
+    echo "custody-bench connect --conns $CONNS --seconds $SECONDS_PER_RUN --proto 5, $ROUNDS rounds, order alternating (archiving: --retention-max-live-bytes 1MiB; plain: no archiving; both --checkpoint-every 2000)"
+    run_storm() { # name port pid
+        local out
+        out=$("$BIN/custody-bench" connect --port "$2" --pid "$3" --conns "$CONNS" --seconds "$SECONDS_PER_RUN" --proto 5)
+        # The load generator's own CPU share (cores) = its CPU per cycle x cycles per second.
+        echo "$out" | awk -v name="$1" '
+            /detail/ { for (i = 1; i <= NF; i++) { split($i, kv, "="); d[kv[1]] = kv[2] } }
+            /cycles=/ { for (i = 1; i <= NF; i++) { split($i, kv, "="); r[kv[1]] = kv[2] } }
+            END {
+                rate = r["rate"]; sub("/s", "", rate)
+                printf "storm: broker=%s rate=%s/s p50=%s p99=%s p999=%s errors=%s broker_cpu_pct=%s loadgen_cpu_cores=%.2f\n", \
+                    name, rate, r["p50"], r["p99"], r["p999"], r["errors"], d["broker_cpu_pct"], d["bench_cpu_us_per_cycle"] * rate / 1e6
+            }'
+    }
+    for round in $(seq 1 "$ROUNDS"); do
+        if [ $((round % 2)) = 1 ]; then
+            run_storm archiving "$ARCH_PORT" "$ARCH_PID"; sleep 0.5; run_storm plain "$PLAIN_PORT" "$PLAIN_PID"
+        else
+            run_storm plain "$PLAIN_PORT" "$PLAIN_PID"; sleep 0.5; run_storm archiving "$ARCH_PORT" "$ARCH_PID"
+        fi
+        sleep 0.5
+    done | tee "$WORK/storm.txt"
+    python3 - "$WORK/storm.txt" <<'PY'
+import re, statistics, sys
+p99 = {}
+for line in open(sys.argv[1]):
+    m = re.search(r"broker=(\w+) .* p99=(\d+)us", line)
+    if m: p99.setdefault(m.group(1), []).append(int(m.group(2)))
+a, b = statistics.median(p99["archiving"]), statistics.median(p99["plain"])
+print(f"storm: p99 median archiving={a:.0f}us plain={b:.0f}us ratio={a / b:.2f} (goal <= 1.5)")
+PY
     segments=$(ls "$WORK/archiving/archive" 2>/dev/null | grep -c '^segment-' || true)
     echo "archiving instance: segments=$segments archive_bytes=$(du -sb "$WORK/archiving/archive" 2>/dev/null | cut -f1) live_data_file=$(stat -c %s "$WORK/archiving/data.mdb")"
     echo "plain instance: live_data_file=$(stat -c %s "$WORK/plain/data.mdb")"

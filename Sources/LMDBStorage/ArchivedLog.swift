@@ -115,7 +115,7 @@ public final class LedgerArchiver: @unchecked Sendable {
         /// Seconds between passes when there was nothing to do.
         public var interval: Double
 
-        public init(retention: Int64?, maxLiveBytes: Int?, deleteBatch: Int = 2_000, interval: Double = 5) {
+        public init(retention: Int64?, maxLiveBytes: Int?, deleteBatch: Int = 500, interval: Double = 5) {
             self.retention = retention
             self.maxLiveBytes = maxLiveBytes
             self.deleteBatch = deleteBatch
