@@ -1263,3 +1263,51 @@ struct ArchiveTests {
         }
     }
 }
+
+@Suite("Archive when full")
+struct ArchiveWhenFullTests {
+    @Test("A ledger in its reserve archives its oldest spans whatever their age, and takes CONNECTs again")
+    func fullLedgerArchivesToMakeRoom() async throws {
+        try await withScratchDirectory("archive-full") { directory in
+            let clock = ManualClock()
+            // No retention at all: only the reserve makes the archiver move spans.
+            let ledger = try LMDBSessionLedger(
+                directory: directory, mapSize: 2 << 20, mapReserve: 256 << 10, clock: clock.ledgerClock,
+                checkpointEvery: 200, archive: LedgerArchiver.Policy(retention: nil, maxLiveBytes: nil, deleteBatch: 100))
+            defer { ledger.close() }
+            #expect(try ledger.archiver!.nextSpan() == nil)
+            // Sessions that end with their connection: the log grows, the projection does not.
+            // 50 at a time, so that they share commits.
+            var full = false
+            for _ in 0..<2_000 where !full {
+                full = try await withThrowingTaskGroup(of: Bool.self) { group in
+                    for i in 0..<50 {
+                        group.addTask {
+                            do {
+                                let claimed = try await ledger.claim("client-\(i % 10)", "s-\(i)", expiry: 0)
+                                if let grant = claimed.grant { try await ledger.release("s-\(i)", grant.connection) }
+                                return false
+                            } catch let error as LedgerError {
+                                #expect(error.isMapFull, "\(error)")
+                                return true
+                            }
+                        }
+                    }
+                    var any = false
+                    for try await refused in group where refused { any = true }
+                    return any
+                }
+            }
+            #expect(full)
+            #expect(try #require(ledger.mapUsage).isInReserve)
+            var steps = 0
+            while try ledger.archiveOnce() { steps += 1 }
+            #expect(steps > 0)
+            let after = try #require(ledger.mapUsage)
+            #expect(!after.isInReserve, "\(after)")
+            let claimed = try await ledger.claim("late", "late-session", expiry: 0)
+            #expect(claimed.grant != nil)
+            #expect(try ledger.verify().isIntact)
+        }
+    }
+}
