@@ -89,12 +89,6 @@ public enum ArchivedLog {
         }
         return linkProblem
     }
-
-    /// The hash before `sequence` when the live log starts there: the archive boundary's.
-    static func hash(before sequence: UInt64, _ snapshot: LedgerSnapshot) throws -> ChainHash? {
-        guard let boundary = try snapshot.archiveBoundary(), boundary.sequence + 1 == sequence else { return nil }
-        return boundary.hash
-    }
 }
 
 /// Moves old records out of the live log into archive segments, in the background:

@@ -187,7 +187,7 @@ func readRecordBytes(txn: OpaquePointer, lmdb: LedgerEnvironment, sequence: UInt
 }
 
 /// Where the live log begins when older records were archived: the last archived
-/// sequence and its chain hash (`meta` key `archived`, 8 + 32 bytes); nil when none were.
+/// sequence, its time and its chain hash (`meta` key `archived`, laid out as `head`: 48 bytes).
 public struct ArchiveBoundary: Sendable, Equatable {
     public var sequence: UInt64
     public var hash: ChainHash

@@ -23,7 +23,10 @@ struct RawRecord {
         guard bytes.count >= Self.headerSize + Self.hashSize, bytes[0] == EventRecordFormat.version else { return nil }
         self.bytes = bytes
         // A checkpoint: fixed size, no names (its counts and digest: `checkpoint`).
-        if bytes[1] == CheckpointRecordFormat.kindCode { guard bytes.count == CheckpointRecordFormat.size else { return nil }; return }
+        if bytes[1] == CheckpointRecordFormat.kindCode {
+            guard bytes.count == CheckpointRecordFormat.size else { return nil }
+            return
+        }
         guard Self.headerSize + authenticationLength + sessionLength + remoteLength + Self.hashSize == bytes.count
         else { return nil }
     }
