@@ -248,8 +248,9 @@ let package = Package(
         ),
         .testTarget(
             name: "CustodyAuditTests",
-            // Drives the real `custody-audit` binary as a child process against real ledgers.
-            dependencies: ["CustodyAudit", "SessionLedger", "LedgerCore", "LMDBStorage", "CustodyTesting"]
+            // Drives the real `custody-audit` binary as a child process against real ledgers
+            // (and `custody-bench ledger-archive-fixture` to build the largest of them).
+            dependencies: ["CustodyAudit", "SessionBench", "SessionLedger", "LedgerCore", "LMDBStorage", "CustodyTesting"]
         ),
     ]
 )

@@ -39,7 +39,8 @@ struct AuditRun {
 }
 
 /// Runs `custody-audit` with these arguments and waits (at most `timeout` seconds) for it to end.
-func runAudit(_ arguments: [String], timeout: Double = 60) throws -> AuditRun {
+/// `lowPriority`: at nice 19, so that a long run leaves the CPU to the tests beside it.
+func runAudit(_ arguments: [String], timeout: Double = 60, lowPriority: Bool = false) throws -> AuditRun {
     let out = temporaryPath("stdout")
     let err = temporaryPath("stderr")
     _ = FileManager.default.createFile(atPath: out, contents: nil)
@@ -49,8 +50,13 @@ func runAudit(_ arguments: [String], timeout: Double = 60) throws -> AuditRun {
         try? FileManager.default.removeItem(atPath: err)
     }
     let child = Process()
-    child.executableURL = try auditExecutable()
-    child.arguments = arguments
+    if lowPriority && FileManager.default.isExecutableFile(atPath: "/usr/bin/nice") {
+        child.executableURL = URL(fileURLWithPath: "/usr/bin/nice")
+        child.arguments = ["-n", "19", try auditExecutable().path] + arguments
+    } else {
+        child.executableURL = try auditExecutable()
+        child.arguments = arguments
+    }
     child.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
     child.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
     try child.run()
@@ -198,4 +204,42 @@ struct ScriptedLedger {
         #expect(try ledger.verify().isIntact)
         ledger.close()
     }
+}
+
+/// Runs a program at nice 19 (where `nice` exists) and answers its standard output; fails
+/// unless it exits 0 within `timeout` seconds.
+func runLowPriority(_ program: String, _ arguments: [String], timeout: Double) throws -> String {
+    let out = temporaryPath("child-stdout")
+    let err = temporaryPath("child-stderr")
+    _ = FileManager.default.createFile(atPath: out, contents: nil)
+    _ = FileManager.default.createFile(atPath: err, contents: nil)
+    defer {
+        try? FileManager.default.removeItem(atPath: out)
+        try? FileManager.default.removeItem(atPath: err)
+    }
+    let child = Process()
+    if FileManager.default.isExecutableFile(atPath: "/usr/bin/nice") {
+        child.executableURL = URL(fileURLWithPath: "/usr/bin/nice")
+        child.arguments = ["-n", "19", program] + arguments
+    } else {
+        child.executableURL = URL(fileURLWithPath: program)
+        child.arguments = arguments
+    }
+    child.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
+    child.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
+    try child.run()
+    let deadline = Date().addingTimeInterval(timeout)
+    while child.isRunning {
+        if Date() > deadline {
+            child.terminate()
+            child.waitUntilExit()
+            throw AuditTestError.timedOut("\(program) \(arguments.joined(separator: " "))")
+        }
+        usleep(10_000)
+    }
+    let stdout = try String(contentsOfFile: out, encoding: .utf8)
+    guard child.terminationStatus == 0 else {
+        throw AuditTestError.timedOut("\(program) exited \(child.terminationStatus): \(stdout) \((try? String(contentsOfFile: err, encoding: .utf8)) ?? "")")
+    }
+    return stdout
 }

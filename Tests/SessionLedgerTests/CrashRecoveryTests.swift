@@ -86,7 +86,11 @@ struct CrashRecoveryTests {
     /// live log kept under 24 KiB): killed at random moments, round after round, wherever
     /// the move to the archive is. After every restart the log (archive and live) verifies
     /// with no gap, holds everything the child was told, and no move is left half done.
-    @Test func archivingSurvivesSIGKILL() throws {
+    @Test func archivingSurvivesSIGKILL() async throws {
+        try await offPool { try Self.archivingSurvivesSIGKILLBody() }
+    }
+
+    static func archivingSurvivesSIGKILLBody() throws {
         let executable = try builtProduct("custody-bench")
         let directory = scratchDirectory("crash-archive")
         defer { try? FileManager.default.removeItem(atPath: directory) }

@@ -1143,8 +1143,11 @@ struct ArchiveTests {
             try await Self.history(ledger, clock: clock, days: 10, perDay: 12)
             let before = try ledger.records()
             let projectionBefore = try ledger.replay(through: .end)
-            var steps = 0
-            while try ledger.archiveOnce() { steps += 1 }
+            let steps = try await offPool { () throws -> Int in
+                var steps = 0
+                while try ledger.archiveOnce() { steps += 1 }
+                return steps
+            }
             #expect(steps > 3)
             let segments = ArchiveSegment.list(ledger.archiveDirectory)
             #expect(segments.count == steps)
@@ -1177,7 +1180,7 @@ struct ArchiveTests {
             let ledger = try Self.open(directory, clock: clock, retentionDays: nil, maxLiveBytes: 64 << 10)
             defer { ledger.close() }
             try await Self.history(ledger, clock: clock, days: 1, perDay: 600)
-            while try ledger.archiveOnce() {}
+            try await offPool { while try ledger.archiveOnce() {} }
             let live = try #require(try ledger.liveLog())
             #expect(live.first > 1)
             #expect(live.bytes <= 64 << 10 + 16 << 10, "\(live.bytes)")
@@ -1233,7 +1236,7 @@ struct ArchiveTests {
             let ledger = try Self.open(directory, clock: clock)
             defer { ledger.close() }
             try await Self.history(ledger, clock: clock, days: 10, perDay: 12)
-            while try ledger.archiveOnce() {}
+            try await offPool { while try ledger.archiveOnce() {} }
             let segments = ArchiveSegment.list(ledger.archiveDirectory)
             try #require(segments.count >= 3)
             let middle = segments[1].name
@@ -1312,8 +1315,11 @@ struct ArchiveWhenFullTests {
             }
             #expect(refused)
             #expect(try #require(ledger.mapUsage).isInReserve)
-            var steps = 0
-            while try ledger.archiveOnce() { steps += 1 }
+            let steps = try await offPool { () throws -> Int in
+                var steps = 0
+                while try ledger.archiveOnce() { steps += 1 }
+                return steps
+            }
             #expect(steps > 0)
             let after = try #require(ledger.mapUsage)
             #expect(!after.isInReserve, "\(after)")
