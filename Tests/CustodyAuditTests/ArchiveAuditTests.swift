@@ -63,7 +63,7 @@ struct ArchivedLedger {
 
 @Suite("custody-audit across the archive")
 struct ArchiveAuditTests {
-    @Test("A million events, half archived by the retention: checkpoints, segments and live log verify as one")
+    @Test("A million events, half archived by the retention at checkpoints: segments and live log verify as one")
     func millionEvents() async throws {
         try await offPool { try Self.millionEventsBody() }
     }
@@ -97,12 +97,7 @@ struct ArchiveAuditTests {
         #expect(verify.status == 0, "\(verify.stdout) \(verify.stderr)")
         #expect(verify.stdout == "verify: ok events=\(head) head=\(fields["hash"] ?? "?")\n")
 
-        // history across the boundary: s-0's 500 cycles, from the archive and the live log, in order.
-        let history = try runAudit(["history", "--session", "s-0", "--json", "--data-dir", directory], timeout: 600, lowPriority: true).jsonLines()
-        #expect(history.count == 1_000)
-        let sequences = history.compactMap { $0["seq"] as? Int }
-        #expect(sequences == sequences.sorted())
-        #expect(sequences.first! < Int(liveFirst) && sequences.last! > Int(liveFirst))
+        // (history, owner, sessions and export across the boundary: the test below, on a smaller ledger.)
     }
 
     @Test("history, owner --at, sessions --at and export across the boundary; --archive elsewhere")
