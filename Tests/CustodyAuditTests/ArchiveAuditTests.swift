@@ -106,7 +106,7 @@ struct ArchiveAuditTests {
     }
 
     static func queriesAcrossTheBoundaryBody() throws {
-        try withScratchDirectory("audit-archive") { directory in
+        try withMemoryScratchDirectory("audit-archive") { directory in
             let end = wallClockMicroseconds()
             let ledger = try ArchivedLedger.make(directory, cycles: 2_000, days: 10, every: 200, retentionDays: 5, sessions: 20, end: end)
             try #require(ledger.segments.count >= 3)
@@ -145,7 +145,7 @@ struct ArchiveAuditTests {
     }
 
     static func tamperedAndDeletedSegmentsBody() throws {
-        try withScratchDirectory("audit-archive") { directory in
+        try withMemoryScratchDirectory("audit-archive") { directory in
             let ledger = try ArchivedLedger.make(directory, cycles: 2_000, days: 10, every: 200, retentionDays: 5, sessions: 20)
             try #require(ledger.segments.count >= 3)
             let middle = ledger.segments[1].name

@@ -94,7 +94,7 @@ func rechainedEdit(in directory: String, at sequence: UInt64, _ edit: (inout [UI
 struct CheckpointAuditTests {
     @Test("verify proves the newest checkpoint; export prints checkpoints; history skips them")
     func verifyExportHistoryWithCheckpoints() async throws {
-        try await withScratchDirectory("audit-checkpoints") { directory in
+        try await withMemoryScratchDirectory("audit-checkpoints") { directory in
             let head = try await churnedLedger(directory, every: 10, cycles: 40)
             let verify = try runAudit(["verify", "--data-dir", directory])
             #expect(verify.status == 0, "\(verify.stdout) \(verify.stderr)")
@@ -116,7 +116,7 @@ struct CheckpointAuditTests {
 
     @Test("a checkpoint that lies about the projection is found, even with its chain sealed again")
     func lyingCheckpointIsFound() async throws {
-        try await withScratchDirectory("audit-checkpoints") { directory in
+        try await withMemoryScratchDirectory("audit-checkpoints") { directory in
             _ = try await churnedLedger(directory, every: 10, cycles: 40)
             let store = try LedgerStore(directory: directory, options: LedgerStoreOptions(readOnly: true))
             let newest = try store.read { try $0.lastCheckpoint() }

@@ -243,3 +243,19 @@ func runLowPriority(_ program: String, _ arguments: [String], timeout: Double) t
     }
     return stdout
 }
+
+/// Like `withScratchDirectory`, on a tmpfs where there is one: the ledgers these tests build
+/// commit many times, and on ext4 their fsyncs would hold up those of the tests beside them.
+func withMemoryScratchDirectory<R>(_ label: String, _ body: (String) throws -> R) throws -> R {
+    guard FileManager.default.fileExists(atPath: "/dev/shm") else { return try withScratchDirectory(label, body) }
+    let directory = "/dev/shm/custody-\(label)-\(UUID().uuidString)"
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    return try body(directory)
+}
+
+func withMemoryScratchDirectory<R>(_ label: String, _ body: (String) async throws -> R) async throws -> R {
+    guard FileManager.default.fileExists(atPath: "/dev/shm") else { return try await withScratchDirectory(label, body) }
+    let directory = "/dev/shm/custody-\(label)-\(UUID().uuidString)"
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    return try await body(directory)
+}

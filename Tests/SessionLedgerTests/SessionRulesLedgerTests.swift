@@ -863,6 +863,16 @@ struct SessionOverflowLedgerTests {
 
 // MARK: - A map that grows, and its reserve
 
+/// Like `withScratchDirectory`, on a tmpfs where there is one: these tests commit thousands
+/// of times to fill a map, and on ext4 their fsyncs would hold up those of the tests beside
+/// them. What they test (the map, its reserve, the archive) does not depend on the disk.
+func withMemoryScratchDirectory<R>(_ label: String, _ body: (String) async throws -> R) async throws -> R {
+    guard FileManager.default.fileExists(atPath: "/dev/shm") else { return try await withScratchDirectory(label, body) }
+    let directory = "/dev/shm/custody-\(label)-\(UUID().uuidString)"
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    return try await body(directory)
+}
+
 @Suite("Ledger map")
 struct LedgerMapTests {
     private static let padding = String(repeating: "x", count: 100)
@@ -886,7 +896,7 @@ struct LedgerMapTests {
 
     @Test("The map starts small and grows on demand up to its maximum, without a failed claim")
     func mapGrows() async throws {
-        try await withScratchDirectory("ledger-map") { directory in
+        try await withMemoryScratchDirectory("ledger-map") { directory in
             let ledger = try LMDBSessionLedger(directory: directory, mapSize: 64 << 20, clock: ManualClock().ledgerClock)
             defer { ledger.close() }
             let initial = try #require(ledger.mapUsage)
@@ -921,7 +931,7 @@ struct LedgerMapTests {
 
     @Test("In the reserve, CONNECTs are refused as a full store while disconnects are all recorded")
     func disconnectsWhileFullAreRecorded() async throws {
-        try await withScratchDirectory("ledger-map") { directory in
+        try await withMemoryScratchDirectory("ledger-map") { directory in
             let ledger = try LMDBSessionLedger(
                 directory: directory, mapSize: 2 << 20, mapReserve: 512 << 10, clock: ManualClock().ledgerClock)
             defer { ledger.close() }
@@ -954,7 +964,7 @@ struct LedgerMapTests {
 
     @Test("A start on a full ledger recovers into the reserve, refuses CONNECTs and records disconnects")
     func startOnAFullLedger() async throws {
-        try await withScratchDirectory("ledger-map") { directory in
+        try await withMemoryScratchDirectory("ledger-map") { directory in
             let clock = ManualClock()
             var granted: [(String, ConnectionNumber)] = []
             do {
@@ -1007,7 +1017,7 @@ struct CheckpointTests {
 
     @Test("Every N records a checkpoint is written with the projection's digest and counts, each true to a replay; verify proves the newest")
     func checkpointsAreWrittenAndVerified() async throws {
-        try await withScratchDirectory("checkpoints") { directory in
+        try await withMemoryScratchDirectory("checkpoints") { directory in
             let clock = ManualClock()
             let ledger = try LMDBSessionLedger(directory: directory, clock: clock.ledgerClock, checkpointEvery: 10)
             defer { ledger.close() }
@@ -1046,7 +1056,7 @@ struct CheckpointTests {
 
     @Test("Recovery checks the log from the newest checkpoint, and refuses a tail that does not chain")
     func recoveryStartsFromTheNewestCheckpoint() async throws {
-        try await withScratchDirectory("checkpoints") { directory in
+        try await withMemoryScratchDirectory("checkpoints") { directory in
             let clock = ManualClock()
             var last: UInt64 = 0
             do {
@@ -1136,7 +1146,7 @@ struct ArchiveTests {
 
     @Test("Records older than the retention and behind a checkpoint move to segments; the log reads as one")
     func archiveByAge() async throws {
-        try await withScratchDirectory("archive") { directory in
+        try await withMemoryScratchDirectory("archive") { directory in
             let clock = ManualClock()
             let ledger = try Self.open(directory, clock: clock)
             defer { ledger.close() }
@@ -1175,7 +1185,7 @@ struct ArchiveTests {
 
     @Test("Past maxLiveBytes the oldest spans move out, whatever their age")
     func archiveBySize() async throws {
-        try await withScratchDirectory("archive") { directory in
+        try await withMemoryScratchDirectory("archive") { directory in
             let clock = ManualClock()
             let ledger = try Self.open(directory, clock: clock, retentionDays: nil, maxLiveBytes: 64 << 10)
             defer { ledger.close() }
@@ -1190,7 +1200,7 @@ struct ArchiveTests {
 
     @Test("A move a crash interrupted (segment written, live records kept or partly deleted) is finished at open")
     func halfDoneMoveIsFinished() async throws {
-        try await withScratchDirectory("archive") { directory in
+        try await withMemoryScratchDirectory("archive") { directory in
             let clock = ManualClock()
             var head = LedgerHead.empty
             do {
@@ -1231,7 +1241,7 @@ struct ArchiveTests {
 
     @Test("A segment altered by one byte, or missing, is named by verify")
     func alteredAndMissingSegmentsAreNamed() async throws {
-        try await withScratchDirectory("archive") { directory in
+        try await withMemoryScratchDirectory("archive") { directory in
             let clock = ManualClock()
             let ledger = try Self.open(directory, clock: clock)
             defer { ledger.close() }
@@ -1271,7 +1281,7 @@ struct ArchiveTests {
 struct ArchiveWhenFullTests {
     @Test("A ledger in its reserve archives its oldest spans whatever their age, and takes CONNECTs again")
     func fullLedgerArchivesToMakeRoom() async throws {
-        try await withScratchDirectory("archive-full") { directory in
+        try await withMemoryScratchDirectory("archive-full") { directory in
             let clock = ManualClock()
             // No retention at all: only the reserve makes the archiver move spans.
             let ledger = try LMDBSessionLedger(
