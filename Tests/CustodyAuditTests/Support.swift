@@ -38,8 +38,13 @@ struct AuditRun {
     }
 }
 
-/// Runs `custody-audit` with these arguments and waits (at most a minute) for it to end.
-func runAudit(_ arguments: [String]) throws -> AuditRun {
+/// Runs `custody-audit` with these arguments and waits (at most a minute) for it to end, on a
+/// thread of its own (`offPool`): the wait would otherwise hold one of the pool's threads.
+func runAudit(_ arguments: [String]) async throws -> AuditRun {
+    try await offPool { try runAuditBlocking(arguments) }
+}
+
+private func runAuditBlocking(_ arguments: [String]) throws -> AuditRun {
     let out = temporaryPath("stdout")
     let err = temporaryPath("stderr")
     _ = FileManager.default.createFile(atPath: out, contents: nil)
