@@ -223,12 +223,13 @@ RESULTS="$WORK/results.jsonl"
 : > "$RESULTS"
 
 run_one() { # broker qos shape round
-    local broker=$1 qos=$2 shape=$3 round=$4 json
+    local broker=$1 qos=$2 shape=$3 round=$4 json load
+    load=$(cut -d' ' -f1 /proc/loadavg)
     if json=$("$BENCH" publish --port "${PORT[$broker]}" --pid "${PID[$broker]}" --proto "$PROTO" --qos "$qos" \
         --shape "$shape" --conns "$CONNS" --seconds "$SECONDS_PER_RUN" --rate "$RATE" --prefix "$PREFIX" --json \
         2> "$WORK/bench.err"); then
-        printf '{"broker":"%s","qos":%s,"shape":"%s","round":%s,"report":%s}\n' \
-            "$broker" "$qos" "$shape" "$round" "$json" >> "$RESULTS"
+        printf '{"broker":"%s","qos":%s,"shape":"%s","round":%s,"load":%s,"report":%s}\n' \
+            "$broker" "$qos" "$shape" "$round" "$load" "$json" >> "$RESULTS"
     else
         echo "publish-compare.sh: $broker qos=$qos $shape round $round failed: $(cat "$WORK/bench.err")" >&2
     fi
@@ -263,7 +264,9 @@ brokers = brokers.split()
 runs = {}
 for line in open(path):
     r = json.loads(line)
+    r["report"]["load"] = r["load"]
     runs.setdefault((r["qos"], r["shape"], r["broker"]), []).append(r["report"])
+loads = [rep["load"] for reps in runs.values() for rep in reps]
 
 def med(values):
     return statistics.median(values) if values else float("nan")
@@ -281,7 +284,8 @@ print(f"Machine: {cores} cores, generator and broker share it. {seconds} s per r
       f"→ 1 subscriber; fan-out: 1 publisher → {conns} subscribers), 64-byte payloads"
       + (f", --rate {rate}/s" if float(rate) > 0 else ", as fast as flow control allows") + ". "
       "rate = messages delivered to subscribers per second; CPU = broker CPU µs per delivered message; "
-      "generator = custody-bench's CPU as a share of one core. Each cell: median (min–max) of the rounds.")
+      "generator = custody-bench's CPU as a share of one core. Each cell: median (min–max) of the rounds. "
+      f"Load average (1 min) at the start of the runs: {min(loads):.2f}–{max(loads):.2f}.")
 print()
 print("| QoS | shape | broker | delivered/s | spread | broker CPU µs/msg | spread | generator CPU | p99 µs | lost | errors |")
 print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
