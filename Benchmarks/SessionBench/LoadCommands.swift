@@ -127,7 +127,8 @@ struct PublishLoad: ParsableCommand {
         discussion: """
             Subscribers subscribe to ROOT/PREFIX/+ (clean start), then publishers publish to \
             ROOT/PREFIX/USER for --seconds; afterwards the run waits for what is still on the \
-            way (at most --drain-ms of silence). Final line: publish: published=N delivered=D \
+            way (at most --drain-ms of silence); --total stops it after that many PUBLISHes. \
+            Final line: publish: published=N delivered=D \
             lost=L duplicates=X errors=E rate=R/s p50=Xus p99=Yus p999=Zus bench_cpu_pct=G \
             [cpu_us_per_msg=C]. delivered and rate count messages received by subscribers (a \
             fan-out message counts once per subscriber); lost is what a subscriber that stayed \
