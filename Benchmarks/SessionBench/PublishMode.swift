@@ -7,15 +7,15 @@ import NIOCore
 /// subscribe to `ROOT/PREFIX/+` at --qos; then publishers connect and, for --seconds, each
 /// publishes to `ROOT/PREFIX/USER` (USER: its own authentication name), as fast as --inflight
 /// (QoS 1: PUBLISHes unacknowledged), --max-ahead (messages not yet seen by every subscriber,
-/// shared out among the publishers) and --rate allow. fan-in: --conns publishers, one subscriber; fan-out: one publisher,
-/// --conns subscribers, each getting every message.
+/// shared out among the publishers) and --rate allow. fan-in: --conns publishers, one
+/// subscriber; fan-out: one publisher, --conns subscribers, each getting every message.
 ///
 /// Every payload starts with the publisher's number, a sequence number and the send time, so
 /// each subscriber counts what it got from whom (and how late) and what never came: after
 /// --seconds the run waits until every message that should arrive did (QoS 1: every
 /// acknowledged one; QoS 0: every one sent), or until nothing arrived for --drain-ms.
-/// The measured window runs from the first PUBLISH to the last delivery; broker and
-/// generator CPU are read over it.
+/// The measured window runs from the first PUBLISH to the last delivery (read on the 1 ms
+/// tick after it); broker and generator CPU are read over it.
 final class PublishMode: LoadMode, @unchecked Sendable {
     private final class Publisher {
         let index: Int
