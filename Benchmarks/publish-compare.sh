@@ -179,7 +179,7 @@ start_custody() { # name extra-arguments...
     local name=$1; shift
     local port
     port=$(free_port)
-    "$BIN/custody" --listen "127.0.0.1:$port" --data-dir "$WORK/$name" --log-level warning "$@" \
+    "$BIN/custody" --listen "127.0.0.1:$port" --data-dir "$WORK/$name" --log-level warning --connects-per-second-per-session 0 "$@" \
         > "$WORK/$name.log" 2>&1 &
     PID[$name]=$!
     PIDS+=("${PID[$name]}")
