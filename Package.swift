@@ -25,6 +25,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        // zlib for the ledger's archive segments (LMDBStorage): a maintained wrapper, no compressor of ours.
+        .package(url: "https://github.com/adam-fowler/compress-nio.git", from: "1.5.0"),
     ],
     targets: [
         .systemLibrary(
@@ -39,7 +41,11 @@ let package = Package(
         ),
         .target(
             name: "LMDBStorage",
-            dependencies: ["CLMDB", "LedgerCore"]
+            dependencies: [
+                "CLMDB", "LedgerCore",
+                .product(name: "CompressNIO", package: "compress-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
         ),
         .target(
             name: "SessionLedger",

@@ -6,7 +6,7 @@ struct CustodyBench: ParsableCommand {
         commandName: "custody-bench",
         abstract: "Measures session throughput of Custody (and, later, of any MQTT broker).",
         subcommands: [
-            LedgerBench.self, ReplayBench.self, LedgerCrashChild.self,
+            LedgerBench.self, ReplayBench.self, LedgerCrashChild.self, LedgerYearsBench.self,
             ConnectLoad.self, PersistentLoad.self, TakeoverLoad.self, RejectLoad.self, HoldLoad.self, PublishLoad.self, CompareLoad.self,
         ]
     )

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import LMDBStorage
 import SessionLedger
 
 /// A child process for the crash test: claims (and now and then releases) sessions
@@ -18,8 +19,23 @@ struct LedgerCrashChild: ParsableCommand {
     @Option(help: "Claims in flight at once.")
     var window: Int = 64
 
+    @Option(help: "With archiving: a checkpoint every N records, and the live log archived past --max-live-bytes.")
+    var checkpointEvery: UInt64?
+
+    @Option(help: "With --checkpoint-every: archive the oldest spans while the live log's pages take more than this.")
+    var maxLiveBytes: Int = 64 << 10
+
     func run() throws {
-        let ledger = try LMDBSessionLedger(directory: dataDir, policy: try NamespacePolicy(maximumClientSessionsPerAuthenticationName: 100))
+        let policy = try NamespacePolicy(maximumClientSessionsPerAuthenticationName: 100)
+        let ledger: LMDBSessionLedger
+        if let checkpointEvery {
+            ledger = try LMDBSessionLedger(
+                directory: dataDir, policy: policy, checkpointEvery: checkpointEvery,
+                archive: LedgerArchiver.Policy(retention: nil, maxLiveBytes: maxLiveBytes, deleteBatch: 50, interval: 0.005))
+            ledger.startArchiving(onArchived: { emit("archived \($0.name)") })
+        } else {
+            ledger = try LMDBSessionLedger(directory: dataDir, policy: policy)
+        }
         emit("ready head=\(ledger.head.sequence)")
         let gate = DispatchSemaphore(value: window)
         var i = 0

@@ -1,3 +1,4 @@
+import Foundation
 import CustodyModel
 import LedgerCore
 
@@ -12,6 +13,8 @@ public struct CustodyConfiguration: Sendable, Equatable {
     /// A Mosquitto-style password file (`user:$7$…` lines, as `mosquitto_passwd` writes).
     public var passwordFile: String?
     public var ledgerMapSizeMiB: Int = 65_536
+    /// Checkpoints, retention and the archive: the `ledger:` section.
+    public var ledger = LedgerConfiguration()
     public var connectTimeoutSeconds: Int = 10
     /// Longest keep-alive a client may use, 1-65535 s; nil: the client's own. v5 clients asking
     /// more (or 0) are told this one (Server Keep Alive); v3.1.1 clients asking more are refused.
@@ -148,5 +151,44 @@ public struct ClientRecord: Sendable, Equatable {
 
     public init(authenticationName: AuthenticationName) {
         self.authenticationName = authenticationName
+    }
+}
+
+/// How the ledger keeps itself for years (`ledger:`): checkpoints, and which events leave the
+/// live LMDB for compressed segments under `DATA/archive/`.
+public struct LedgerConfiguration: Sendable, Equatable {
+    /// A checkpoint record every this many records; 0: none. `ledger.checkpointEvery`, `--checkpoint-every`.
+    public var checkpointEvery = 100_000
+    /// Events older than this many days are archived; nil: no age limit. `ledger.retention.days`, `--retention-days`.
+    public var retentionDays: Int? = 30
+    /// The live log is archived down to this many bytes (oldest first); nil: no size limit.
+    /// `ledger.retention.maxLiveBytes`, `--retention-max-live-bytes`.
+    public var maxLiveBytes: Int? = 8 << 30
+
+    public static let checkpointEveryRange = 0...1_000_000_000
+    public static let retentionDaysRange = 0...36_500
+
+    public init() {}
+
+    /// Whether anything is ever archived.
+    public var archives: Bool { retentionDays != nil || maxLiveBytes != nil }
+
+    /// The retention in microseconds, nil without an age limit.
+    public var retentionMicroseconds: Int64? { retentionDays.map { Int64($0) * 86_400 * 1_000_000 } }
+
+    /// A byte size: a plain number, or one with a unit (`512MiB`, `8GiB`, `1TiB`, `64KiB`, `100MB`).
+    public static func parseBytes(_ text: String) -> Int? {
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        let units: [(String, Int)] = [
+            ("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10),
+            ("TB", 1_000_000_000_000), ("GB", 1_000_000_000), ("MB", 1_000_000), ("KB", 1_000), ("kB", 1_000), ("B", 1),
+        ]
+        for (unit, factor) in units where trimmed.hasSuffix(unit) {
+            let number = trimmed.dropLast(unit.count).trimmingCharacters(in: .whitespaces)
+            guard let value = Int(number), value >= 0, value <= Int.max / factor else { return nil }
+            return value * factor
+        }
+        guard let value = Int(trimmed), value >= 0 else { return nil }
+        return value
     }
 }

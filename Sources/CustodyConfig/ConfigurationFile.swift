@@ -155,7 +155,7 @@ struct ConfigurationReader {
         let keys = try mapping(root, nil, known: [
             "dataDir", "listeners", "namespace", "clients", "passwordFile", "ledgerMapSizeMiB",
             "connectTimeoutSeconds", "logLevel", "logFormat", "metrics", "metricsAllowRemote", "eventSubscribers",
-            "maxKeepAliveSeconds", "limits",
+            "maxKeepAliveSeconds", "limits", "ledger",
         ] + Self.authorizationKeys)
         var config = CustodyConfiguration()
         if let (_, value) = keys["dataDir"] { config.dataDir = try path(value, "dataDir") }
@@ -199,6 +199,7 @@ struct ConfigurationReader {
             config.maxKeepAliveSeconds = try int(value, "maxKeepAliveSeconds", range: 1...65_535)
         }
         if let (_, value) = keys["limits"] { config.limits = try limits(value) }
+        if let (_, value) = keys["ledger"] { config.ledger = try ledger(value) }
         if let (_, value) = keys["logLevel"] { config.logLevel = try choice(value, "logLevel", CustodyConfiguration.LogLevel.self) }
         if let (_, value) = keys["logFormat"] { config.logFormat = try choice(value, "logFormat", CustodyConfiguration.LogFormat.self) }
         if let (_, value) = keys["metrics"] {
@@ -226,6 +227,36 @@ struct ConfigurationReader {
                        "is true but no clients are registered: nobody could connect")
         }
         return config
+    }
+
+    /// `ledger: { checkpointEvery: N, retention: { days: D, maxLiveBytes: 8GiB } }`; `retention: off` archives nothing.
+    func ledger(_ node: Node) throws(ConfigurationError) -> LedgerConfiguration {
+        let keys = try mapping(node, "ledger", known: ["checkpointEvery", "retention"])
+        var ledger = LedgerConfiguration()
+        if let (_, value) = keys["checkpointEvery"] {
+            ledger.checkpointEvery = try int(value, "ledger.checkpointEvery", range: LedgerConfiguration.checkpointEveryRange)
+        }
+        if let (_, value) = keys["retention"] {
+            if let text = value.scalar?.string, ["off", "false", "none"].contains(text) {
+                ledger.retentionDays = nil
+                ledger.maxLiveBytes = nil
+                return ledger
+            }
+            let retention = try mapping(value, "ledger.retention", known: ["days", "maxLiveBytes"])
+            ledger.retentionDays = nil
+            ledger.maxLiveBytes = nil
+            if let (_, days) = retention["days"] {
+                ledger.retentionDays = try int(days, "ledger.retention.days", range: LedgerConfiguration.retentionDaysRange)
+            }
+            if let (_, bytes) = retention["maxLiveBytes"] {
+                let text = try string(bytes, "ledger.retention.maxLiveBytes")
+                guard let parsed = LedgerConfiguration.parseBytes(text), parsed >= 1 << 20 else {
+                    throw fail(bytes, "ledger.retention.maxLiveBytes", "'\(text)' is not a size of at least 1MiB (such as 8GiB or 536870912)")
+                }
+                ledger.maxLiveBytes = parsed
+            }
+        }
+        return ledger
     }
 
     func listener(_ node: Node, _ at: String) throws(ConfigurationError) -> ListenerConfiguration {

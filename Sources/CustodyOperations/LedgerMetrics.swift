@@ -18,6 +18,11 @@ public final class LedgerMetrics: Sendable {
     private let eventsPerCommit: CoreMetrics.Recorder
     private let commitDuration: CoreMetrics.Timer
     private let syncDuration: CoreMetrics.Timer
+    private let liveBytes: CoreMetrics.Gauge
+    private let archiveBytes: CoreMetrics.Gauge
+    private let mapUsedRatio: CoreMetrics.Gauge
+    private let oldestLiveEventAge: CoreMetrics.Gauge
+    private let archiveSegments: CoreMetrics.Gauge
 
     /// `factory`: where the metrics go; the process-wide `MetricsSystem` by default.
     public init(factory: any MetricsFactory = MetricsSystem.factory) {
@@ -28,6 +33,21 @@ public final class LedgerMetrics: Sendable {
         eventsPerCommit = CoreMetrics.Recorder(label: Self.eventsPerCommitLabel, aggregate: true, factory: factory)
         commitDuration = CoreMetrics.Timer(label: Self.commitDurationLabel, factory: factory)
         syncDuration = CoreMetrics.Timer(label: Self.syncDurationLabel, factory: factory)
+        liveBytes = CoreMetrics.Gauge(label: "custody_ledger_bytes", dimensions: [("part", "live")], factory: factory)
+        archiveBytes = CoreMetrics.Gauge(label: "custody_ledger_bytes", dimensions: [("part", "archive")], factory: factory)
+        mapUsedRatio = CoreMetrics.Gauge(label: "custody_ledger_map_used_ratio", factory: factory)
+        oldestLiveEventAge = CoreMetrics.Gauge(label: "custody_ledger_oldest_live_event_age_seconds", factory: factory)
+        archiveSegments = CoreMetrics.Gauge(label: "custody_ledger_archive_segments", factory: factory)
+    }
+
+    /// The storage gauges (read at each scrape): bytes live and archived, the map's used
+    /// ratio, the oldest live event's age, the archive's segments.
+    public func refresh(_ figures: LedgerStorageFigures, now: Int64 = wallClockMicroseconds()) {
+        liveBytes.record(figures.liveBytes)
+        archiveBytes.record(figures.archiveBytes)
+        mapUsedRatio.record(figures.mapUsedRatio)
+        oldestLiveEventAge.record(Double(max(0, now - (figures.oldestLiveEvent ?? now))) / 1_000_000)
+        archiveSegments.record(figures.archiveSegments)
     }
 
     public func record(_ statistics: CommitStatistics) {

@@ -7,6 +7,7 @@ import Logging
 import MQTTFront
 import NIOCore
 import ServiceLifecycle
+import LMDBStorage
 import SessionLedger
 
 @main
@@ -44,8 +45,17 @@ struct Custody: AsyncParsableCommand {
     @Option(help: "Longest session expiry a client may ask for, in hours, 1-8 (default 1; config key namespace.maximumSessionExpiryInHours).")
     var maxSessionExpiryHours: Int?
 
-    @Option(help: "Largest size the ledger's data file may grow to, in MiB (default 65536; config key ledgerMapSizeMiB).")
+    @Option(help: "Most the ledger's map may grow to, in MiB; it starts small and grows, and CONNECTs are refused (0x88) once only its reserve is left (default 65536; config key ledgerMapSizeMiB).")
     var ledgerMapSizeMib: Int?
+
+    @Option(help: "A checkpoint record every N ledger records; recovery checks the log from the newest (default 100000, 0: none; config ledger.checkpointEvery).")
+    var checkpointEvery: Int?
+
+    @Option(help: "Archive ledger events older than D days (0: no age limit; default 30; config ledger.retention.days).")
+    var retentionDays: Int?
+
+    @Option(help: "Archive the oldest ledger events while the live log holds more than this (8GiB, 512MiB, bytes; 0: no size limit; default 8GiB; config ledger.retention.maxLiveBytes).")
+    var retentionMaxLiveBytes: String?
 
     @Option(
         name: .customLong("listen"),
@@ -185,7 +195,8 @@ struct Custody: AsyncParsableCommand {
     var flags: FlagValues {
         var flags = FlagValues(
             dataDir: dataDir, maxSessionsPerClient: maxSessionsPerClient, maxSessionExpiryHours: maxSessionExpiryHours,
-            ledgerMapSizeMib: ledgerMapSizeMib, listen: listen, connectTimeoutSeconds: connectTimeoutSeconds,
+            ledgerMapSizeMib: ledgerMapSizeMib, checkpointEvery: checkpointEvery, retentionDays: retentionDays,
+            retentionMaxLiveBytes: retentionMaxLiveBytes, listen: listen, connectTimeoutSeconds: connectTimeoutSeconds,
             logLevel: logLevel, passwordFile: passwordFile, listenTLS: listenTLS, tlsCertificate: tlsCertificate,
             tlsPrivateKey: tlsPrivateKey, tlsClientCertificates: tlsClientCertificates,
             tlsTrustedCertificates: tlsTrustedCertificates, logFormat: logFormat, metrics: metrics,
@@ -263,18 +274,25 @@ struct Custody: AsyncParsableCommand {
         let dataDir = settings.dataDir
         let policy = try settings.policy()
         let ledger: any SessionAuthority
+        let lmdbLedger: LMDBSessionLedger
         do {
-            ledger = try LMDBSessionLedger(
+            lmdbLedger = try LMDBSessionLedger(
                 directory: dataDir, policy: policy, mapSize: settings.ledgerMapSizeMiB << 20,
                 onCommit: operations.onCommit, onCommitFailure: operations.onCommitFailure,
-                onEvents: operations.onEvents, countSessions: true)
+                onEvents: operations.onEvents, countSessions: true,
+                checkpointEvery: UInt64(settings.ledger.checkpointEvery),
+                archive: settings.ledger.archivePolicy)
+            ledger = lmdbLedger
         } catch {
             FileHandle.standardError.write(Data("custody: cannot open the ledger in \(dataDir): \(error)\n".utf8))
             throw ExitCode.failure
         }
         let recovery = ledger.recovery
         say("custody: ledger \(dataDir) head=\(recovery.head.sequence) hash=\(recovery.head.hash)")
-        say("custody: recovered sessions disconnected_by_restart=\(recovery.disconnected.count) expired_while_down=\(recovery.expired.count)")
+        say("custody: recovered sessions disconnected_by_restart=\(recovery.disconnected.count) expired_while_down=\(recovery.expired.count) checked_from=\(recovery.checkedFrom) checked_records=\(recovery.checkedRecords)")
+        if let figures = try? lmdbLedger.storageFigures() {
+            say("custody: ledger storage live_bytes=\(figures.liveBytes) map_used_ratio=\(String(format: "%.3f", figures.mapUsedRatio)) in_reserve=\(figures.inReserve ? 1 : 0) archive=\(lmdbLedger.archiveDirectory) archive_segments=\(figures.archiveSegments) archive_bytes=\(figures.archiveBytes) retention_days=\(settings.ledger.retentionDays.map(String.init) ?? "none") retention_max_live_bytes=\(settings.ledger.maxLiveBytes.map(String.init) ?? "none")")
+        }
         say("custody: policy max_sessions_per_client=\(policy.maximumClientSessionsPerAuthenticationName) max_session_expiry_hours=\(policy.maximumSessionExpiryInHours)")
         let signals = terminationSignals()
         let hangups = hangupSignals()
@@ -362,6 +380,7 @@ struct Custody: AsyncParsableCommand {
             StorageService(ledger: ledger, broker: broker, operations: operations, closed: closed),
             MetricsService(operations: operations),
             ExpiryService(ledger: ledger, front: front),
+            LedgerStorageService(ledger: lmdbLedger, metrics: operations.ledgerMetrics, logger: Logger(label: "custody.ledger")),
             IdentityReloadService(reload: reload, hangups: hangups),
             MQTTFrontService(front: front, closed: closed),
         ], logger: lifecycleLogger)
@@ -382,4 +401,11 @@ struct Custody: AsyncParsableCommand {
 /// One line to standard output, unbuffered: operators and supervisors read it as it happens.
 func say(_ line: String) {
     FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
+extension LedgerConfiguration {
+    /// What the archiver does with this configuration; nil: nothing is ever archived.
+    var archivePolicy: LedgerArchiver.Policy? {
+        archives ? LedgerArchiver.Policy(retention: retentionMicroseconds, maxLiveBytes: maxLiveBytes) : nil
+    }
 }

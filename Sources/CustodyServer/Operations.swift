@@ -109,8 +109,10 @@ final class Operations: Sendable {
         guard let registry else { return nil }
         let sessions = sessionMetrics
         let brokers = brokerMetrics
+        let storage = ledgerMetrics
         let served = MetricsEndpoint(registry: registry) {
             sessions?.refresh(ledger.sessionCounts)
+            if let lmdb = ledger as? LMDBSessionLedger, let figures = try? lmdb.storageFigures() { storage?.refresh(figures) }
             brokers?.refresh(broker.totals)
         }
         endpointBox.set(served)

@@ -1,4 +1,6 @@
 import Broker
+import CustodyOperations
+import Foundation
 import Logging
 import MQTTFront
 import ServiceLifecycle
@@ -37,6 +39,53 @@ struct ExpiryService: Service, CustomStringConvertible {
     }
 
     var description: String { "session-expiry" }
+}
+
+/// The ledger's room: archiving in the background (when a retention is set), the storage
+/// gauges, and a warning while the map is 80% used or more (once when it gets there, then
+/// every ten minutes while it stays), until the shutdown.
+struct LedgerStorageService: Service, CustomStringConvertible {
+    let ledger: LMDBSessionLedger
+    let metrics: LedgerMetrics?
+    let logger: Logger
+    static let warningRatio = 0.8
+
+    func run() async throws {
+        let logger = self.logger
+        ledger.startArchiving(
+            onArchived: { header in
+                logger.info("ledger segment archived", metadata: [
+                    "segment": "\(header.name)", "first_seq": "\(header.first)", "last_seq": "\(header.last)",
+                    "bytes": "\(header.compressedBytes)", "uncompressed_bytes": "\(header.bodyBytes)",
+                ])
+            },
+            onFailure: { error in logger.error("ledger archiving failed", metadata: ["error": "\(error)"]) })
+        await cancelWhenGracefulShutdown {
+            var warnedAt: ContinuousClock.Instant?
+            while !Task.isCancelled {
+                if let figures = try? ledger.storageFigures() {
+                    metrics?.refresh(figures)
+                    if figures.mapUsedRatio >= Self.warningRatio || figures.inReserve {
+                        let now = ContinuousClock.now
+                        if warnedAt.map({ now - $0 >= .seconds(600) }) ?? true {
+                            warnedAt = now
+                            logger.warning("ledger map nearly full", metadata: [
+                                "map_used_ratio": "\(String(format: "%.3f", figures.mapUsedRatio))",
+                                "live_bytes": "\(figures.liveBytes)", "in_reserve": "\(figures.inReserve)",
+                                "hint": "CONNECTs are refused (0x88) once only the reserve is left: raise --ledger-map-size-mib or lower the retention",
+                            ])
+                        }
+                    } else {
+                        warnedAt = nil
+                    }
+                }
+                try? await Task.sleep(for: .seconds(10))
+            }
+        }
+        ledger.archiver?.stop()
+    }
+
+    var description: String { "ledger-storage" }
 }
 
 /// Reloads the identity registry at each SIGHUP, until the shutdown.

@@ -10,6 +10,10 @@ struct FlagValues {
     var maxSessionsPerClient: Int?
     var maxSessionExpiryHours: Int?
     var ledgerMapSizeMib: Int?
+    /// The ledger for years (issue 16): --checkpoint-every, --retention-days, --retention-max-live-bytes.
+    var checkpointEvery: Int?
+    var retentionDays: Int?
+    var retentionMaxLiveBytes: String?
     var listen: [String] = []
     var connectTimeoutSeconds: Int?
     var logLevel: String?
@@ -93,6 +97,24 @@ enum Settings {
                 throw SettingsError("--ledger-map-size-mib must be between 1 and \(1 << 24), got \(value)")
             }
             configuration.ledgerMapSizeMiB = value
+        }
+        if let value = flags.checkpointEvery {
+            guard LedgerConfiguration.checkpointEveryRange.contains(value) else {
+                throw SettingsError("--checkpoint-every must be between 0 and \(LedgerConfiguration.checkpointEveryRange.upperBound), got \(value)")
+            }
+            configuration.ledger.checkpointEvery = value
+        }
+        if let value = flags.retentionDays {
+            guard LedgerConfiguration.retentionDaysRange.contains(value) else {
+                throw SettingsError("--retention-days must be between 0 and \(LedgerConfiguration.retentionDaysRange.upperBound), got \(value)")
+            }
+            configuration.ledger.retentionDays = value == 0 ? nil : value
+        }
+        if let text = flags.retentionMaxLiveBytes {
+            guard let value = LedgerConfiguration.parseBytes(text), value == 0 || value >= 1 << 20 else {
+                throw SettingsError("--retention-max-live-bytes must be 0 or a size of at least 1MiB (8GiB, 536870912), got \(text)")
+            }
+            configuration.ledger.maxLiveBytes = value == 0 ? nil : value
         }
         if !flags.listen.isEmpty {
             // The flag replaces the file's mqtt listeners; its mqtts and ws listeners stay.

@@ -32,9 +32,18 @@ public enum BrokerStoreOperation: Sendable {
     case deletePrefix(BrokerTable, prefix: [UInt8])
 }
 
+extension BrokerStoreOperation {
+    /// Whether it may need more room (a put); deletes only free it.
+    var adds: Bool {
+        if case .put = self { return true }
+        return false
+    }
+}
+
 /// How to open the broker store.
 public struct BrokerStoreOptions: Sendable {
-    /// LMDB maps it whole; the file only grows as it fills.
+    /// The most the map may grow to: it starts small and grows when full, up to this.
+    /// Past it, writes fail as a full store (the broker's limits' outcomes), never an exit.
     public var mapSize: Int
 
     public init(mapSize: Int = 16 << 30) {
@@ -123,24 +132,31 @@ public final class BrokerStore: @unchecked Sendable {
     public func forEach(
         _ table: BrokerTable, _ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> Void
     ) throws {
-        var txn: OpaquePointer?
-        try check(mdb_txn_begin(lmdb.env, nil, UInt32(MDB_RDONLY), &txn), "mdb_txn_begin (read)")
-        defer { mdb_txn_abort(txn) }
-        try scanTable(txn: txn!, dbi: dbi(table), first: nil) { key, value in
-            try body(key, value)
-            return true
+        try lmdb.withReadTransaction { txn in
+            try scanTable(txn: txn, dbi: dbi(table), first: nil) { key, value in
+                try body(key, value)
+                return true
+            }
         }
     }
 
     /// The number of keys in `table`.
     public func count(_ table: BrokerTable) throws(LedgerError) -> Int {
-        var txn: OpaquePointer?
-        try check(mdb_txn_begin(lmdb.env, nil, UInt32(MDB_RDONLY), &txn), "mdb_txn_begin (read)")
-        defer { mdb_txn_abort(txn) }
-        var stat = MDB_stat()
-        try check(mdb_stat(txn, dbi(table), &stat), "mdb_stat")
-        return Int(stat.ms_entries)
+        do {
+            return try lmdb.withReadTransaction { txn in
+                var stat = MDB_stat()
+                try check(mdb_stat(txn, dbi(table), &stat), "mdb_stat")
+                return Int(stat.ms_entries)
+            }
+        } catch let error as LedgerError {
+            throw error
+        } catch {
+            throw .storage(operation: "count", code: EIO, message: "\(error)")
+        }
     }
+
+    /// How full the store's map is now.
+    public func mapUsage() throws -> MapUsage { try lmdb.usage() }
 
     /// Answers every queued submission, stops the writer and closes the environment.
     public func close() {
@@ -152,10 +168,43 @@ public final class BrokerStore: @unchecked Sendable {
         var operations = 0
         for submission in batch { operations += submission.operations.count }
         var result: Result<Void, LedgerError> = .success(())
+        var refused: [Submission] = []
+        var batch = batch
         let injected = operations > 0 ? injectedFailures.withLock { $0.isEmpty ? nil : $0.removeFirst() } : nil
         if let injected {
             result = .failure(injected)
         } else if operations > 0 {
+            // At its maximum, in the reserve, writes that add fail as a full store; those that
+            // only delete still go through, so that ending sessions and dropping messages
+            // always make room.
+            if let usage = try? lmdb.usage(), usage.mappedBytes >= usage.maximumBytes, usage.isInReserve {
+                refused = batch.filter { $0.operations.contains(where: \.adds) }
+                batch = batch.filter { !$0.operations.contains(where: \.adds) }
+            }
+            // A full map grows (up to its maximum) and the whole batch is written again.
+            while !batch.isEmpty {
+                result = commit(batch)
+                guard case .failure(let error) = result, error.isMapFull else { break }
+                do throws(LedgerError) {
+                    guard try lmdb.grow() else { break }
+                } catch {
+                    result = .failure(error)
+                    break
+                }
+            }
+        }
+        onCommit?(BrokerCommitStatistics(
+            requests: batch.count, operations: operations,
+            microseconds: Int64(DispatchTime.now().uptimeNanoseconds - started) / 1000))
+        for submission in batch { submission.done?(result) }
+        for submission in refused {
+            submission.done?(.failure(.storage(
+                operation: "broker store write", code: LedgerError.mapFullCode,
+                message: "the broker store's map is at its maximum and in its reserve; only deletes are taken")))
+        }
+    }
+
+    private func commit(_ batch: [Submission]) -> Result<Void, LedgerError> {
             do throws(LedgerError) {
                 var txn: OpaquePointer?
                 try check(mdb_txn_begin(lmdb.env, nil, 0, &txn), "mdb_txn_begin (write)")
@@ -168,14 +217,10 @@ public final class BrokerStore: @unchecked Sendable {
                     throw error
                 }
                 try check(mdb_txn_commit(txn), "mdb_txn_commit")
+                return .success(())
             } catch {
-                result = .failure(error)
+                return .failure(error)
             }
-        }
-        onCommit?(BrokerCommitStatistics(
-            requests: batch.count, operations: operations,
-            microseconds: Int64(DispatchTime.now().uptimeNanoseconds - started) / 1000))
-        for submission in batch { submission.done?(result) }
     }
 
     private func apply(_ operation: BrokerStoreOperation, _ txn: OpaquePointer) throws(LedgerError) {

@@ -1,6 +1,7 @@
 import CLMDB
 import Foundation
 import LedgerCore
+import Synchronization
 
 @inline(__always)
 func check(_ code: Int32, _ operation: @autoclosure () -> String) throws(LedgerError) {
@@ -11,14 +12,92 @@ func check(_ code: Int32, _ operation: @autoclosure () -> String) throws(LedgerE
 
 /// How to open the ledger's LMDB environment.
 public struct LedgerStoreOptions: Sendable {
-    /// The largest the data file may grow. LMDB maps it whole; on 64-bit systems
-    /// address space is cheap and the file only grows as it fills.
+    /// The largest the data file may grow: the map starts small and grows on demand
+    /// (`LMDBEnvironment.grow`) up to this size, never beyond.
     public var mapSize: Int = 64 << 30
     public var readOnly = false
+    /// Room kept for what must never fail for lack of pages: recovery, checkpoints and the
+    /// recording of disconnects and expiries. Claims are refused (R8) once the pages in use
+    /// pass `mapSize - reserve`; nil takes `MapReserve.defaultReserve(for:)`.
+    public var reserve: Int?
 
-    public init(mapSize: Int = 64 << 30, readOnly: Bool = false) {
+    public init(mapSize: Int = 64 << 30, readOnly: Bool = false, reserve: Int? = nil) {
         self.mapSize = mapSize
         self.readOnly = readOnly
+        self.reserve = reserve
+    }
+}
+
+/// The part of a map kept back from claims.
+public enum MapReserve {
+    /// An eighth of the map, at least 128 KiB and at most 512 MiB: about 3 million
+    /// disconnects at the top, and the copy-on-write pages of a few transactions at the bottom.
+    public static func defaultReserve(for mapSize: Int) -> Int {
+        min(max(mapSize / 8, 128 << 10), 512 << 20)
+    }
+}
+
+/// How full an LMDB environment is, in bytes.
+public struct MapUsage: Sendable, Equatable {
+    /// Pages held by the tables and the free list's own records, times the page size.
+    public var usedBytes: Int
+    /// The map as it is now (it grows up to `maximumBytes`).
+    public var mappedBytes: Int
+    /// The most it may grow to.
+    public var maximumBytes: Int
+    /// Held back from claims: room for recovery, checkpoints and the copy-on-write pages
+    /// of the transactions that record ends.
+    public var reserveBytes: Int
+    /// Held back too, for the ledger: room to record the end of every live session (a
+    /// disconnect and an expiry each, at three times the log's bytes per record).
+    public var endingBytes: Int
+
+    public init(usedBytes: Int, mappedBytes: Int, maximumBytes: Int, reserveBytes: Int, endingBytes: Int = 0) {
+        self.usedBytes = usedBytes
+        self.mappedBytes = mappedBytes
+        self.maximumBytes = maximumBytes
+        self.reserveBytes = reserveBytes
+        self.endingBytes = endingBytes
+    }
+
+    /// Used over the maximum: what `custody_ledger_map_used_ratio` shows.
+    public var usedRatio: Double { maximumBytes > 0 ? Double(usedBytes) / Double(maximumBytes) : 0 }
+
+    /// Past this, claims are refused: what is left is kept for the ends of live sessions
+    /// and for the reserve.
+    public var isInReserve: Bool { usedBytes + endingBytes > maximumBytes - reserveBytes }
+}
+
+/// A read-write lock over `pthread_rwlock_t`, writers preferred: read transactions hold
+/// it shared, a resize of the map holds it exclusively (LMDB's `mdb_env_set_mapsize` may
+/// only run while no transaction of the process is open). Kept as a stored property.
+final class ResizeLock: @unchecked Sendable {
+    private let lock: UnsafeMutablePointer<pthread_rwlock_t>
+
+    init() {
+        lock = .allocate(capacity: 1)
+        var attributes = pthread_rwlockattr_t()
+        pthread_rwlockattr_init(&attributes)
+        pthread_rwlockattr_setkind_np(&attributes, Int32(PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP))
+        pthread_rwlock_init(lock, &attributes)
+        pthread_rwlockattr_destroy(&attributes)
+    }
+
+    deinit {
+        pthread_rwlock_destroy(lock)
+        lock.deallocate()
+    }
+
+    func withShared<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+        pthread_rwlock_rdlock(lock)
+        defer { pthread_rwlock_unlock(lock) }
+        return try body()
+    }
+
+    func withExclusive<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+        pthread_rwlock_wrlock(lock)
+        defer { pthread_rwlock_unlock(lock) }
+        return try body()
     }
 }
 
@@ -37,14 +116,32 @@ final class LMDBEnvironment: @unchecked Sendable {
     let tables: [MDB_dbi]
     let path: String
     let readOnly: Bool
+    /// The most the map may grow to, and the part of it kept back from claims.
+    let maximumMapSize: Int
+    let reserve: Int
+    /// Shared by read transactions, exclusive while the map is resized.
+    let resizeLock = ResizeLock()
+    /// The map's size now; changed only by `grow` (writer thread) under the exclusive lock.
+    private let mappedSize: Mutex<Int>
+    /// The page size, for usage figures.
+    let pageSize: Int
+
+    /// The map a new or reopened environment starts with: room for what is stored and as
+    /// much again (at least 8 MiB), never more than the maximum.
+    static func initialMapSize(directory: String, maximum: Int) -> Int {
+        let file = (try? FileManager.default.attributesOfItem(atPath: directory + "/data.mdb")[.size] as? Int) ?? 0
+        let wanted = max(8 << 20, file * 2)
+        let rounded = (wanted + (1 << 20) - 1) & ~((1 << 20) - 1)
+        return min(maximum, rounded)
+    }
 
     /// Opens (creating unless `readOnly`) the environment in `directory`. `meta` names the
     /// table holding the `format` marker, which must be `formatVersion` (written when new).
     /// A directory that holds something else is `.notALedger`; a newer format is
     /// `.unsupportedFormat`.
     init(
-        directory: String, mapSize: Int, readOnly: Bool = false, tables wanted: [Table], meta: String,
-        formatVersion: UInt8
+        directory: String, mapSize: Int, readOnly: Bool = false, reserve: Int? = nil, tables wanted: [Table],
+        meta: String, formatVersion: UInt8
     ) throws(LedgerError) {
         let fm = FileManager.default
         var isDirectory: ObjCBool = false
@@ -68,7 +165,10 @@ final class LMDBEnvironment: @unchecked Sendable {
         guard let env else { throw .storage(operation: "mdb_env_create", code: ENOMEM, message: "no environment") }
         do throws(LedgerError) {
             try check(mdb_env_set_maxdbs(env, 8), "mdb_env_set_maxdbs")
-            try check(mdb_env_set_mapsize(env, mapSize), "mdb_env_set_mapsize")
+            // A read-only reader maps the maximum at once (it never grows it); a writer starts
+            // small and grows. LMDB raises a map smaller than the data already stored.
+            let initial = readOnly ? mapSize : Self.initialMapSize(directory: directory, maximum: mapSize)
+            try check(mdb_env_set_mapsize(env, initial), "mdb_env_set_mapsize")
             // NOTLS: read transactions are not tied to a thread, so async code may use them.
             var flags = UInt32(MDB_NOTLS)
             if readOnly { flags |= UInt32(MDB_RDONLY) }
@@ -130,9 +230,76 @@ final class LMDBEnvironment: @unchecked Sendable {
         self.tables = opened
         self.path = directory
         self.readOnly = readOnly
+        var info = MDB_envinfo()
+        mdb_env_info(env, &info)
+        var stat = MDB_stat()
+        mdb_env_stat(env, &stat)
+        self.pageSize = Int(stat.ms_psize)
+        // A file already larger than the maximum (the maximum was lowered) keeps its size as the maximum.
+        self.maximumMapSize = max(mapSize, info.me_mapsize)
+        self.reserve = min(reserve ?? MapReserve.defaultReserve(for: self.maximumMapSize), self.maximumMapSize / 2)
+        self.mappedSize = Mutex(info.me_mapsize)
     }
 
     func close() { mdb_env_close(env) }
+
+    var mapSize: Int { mappedSize.withLock { $0 } }
+
+    /// Begins a read transaction holding the resize lock shared for as long as it runs
+    /// and ends both when `body` returns. Adopts a map another process has grown (MDB_MAP_RESIZED).
+    func withReadTransaction<R>(_ body: (OpaquePointer) throws -> R) throws -> R {
+        for attempt in 0..<2 {
+            let outcome: R? = try resizeLock.withShared { () throws -> R? in
+                var txn: OpaquePointer?
+                let code = mdb_txn_begin(env, nil, UInt32(MDB_RDONLY), &txn)
+                if code == MDB_MAP_RESIZED && attempt == 0 { return nil }
+                try check(code, "mdb_txn_begin (read)")
+                defer { mdb_txn_abort(txn) }
+                return try body(txn!)
+            }
+            if let outcome { return outcome }
+            try resizeLock.withExclusive { () throws(LedgerError) in
+                try check(mdb_env_set_mapsize(env, 0), "mdb_env_set_mapsize (adopt)")
+            }
+        }
+        preconditionFailure("unreachable")
+    }
+
+    /// Grows the map after MDB_MAP_FULL: doubles it (by at least 8 MiB), up to the maximum.
+    /// Only the writer thread calls it, with no transaction of its own open; it waits for
+    /// the read transactions to end. False when the map is at its maximum already.
+    func grow() throws(LedgerError) -> Bool {
+        try resizeLock.withExclusive { () throws(LedgerError) -> Bool in
+            let current = mappedSize.withLock { $0 }
+            guard current < maximumMapSize else { return false }
+            let wanted = min(maximumMapSize, max(current * 2, current + (8 << 20)))
+            try check(mdb_env_set_mapsize(env, wanted), "mdb_env_set_mapsize")
+            var info = MDB_envinfo()
+            mdb_env_info(env, &info)
+            mappedSize.withLock { $0 = info.me_mapsize }
+            return true
+        }
+    }
+
+    /// Pages in use, from the tables' own statistics (no scan): every page of every table,
+    /// of the table of tables and of the free list's records. Pages on the free list are
+    /// not counted: LMDB reuses them before it extends the file.
+    func usage(txn: OpaquePointer) -> MapUsage {
+        var pages = 2  // the two meta pages
+        for dbi in tables + [0, 1] {  // 0: the free list, 1: the table of tables
+            var stat = MDB_stat()
+            if mdb_stat(txn, dbi, &stat) == 0 {
+                pages += Int(stat.ms_branch_pages + stat.ms_leaf_pages + stat.ms_overflow_pages)
+            }
+        }
+        return MapUsage(
+            usedBytes: pages * pageSize, mappedBytes: mapSize, maximumBytes: maximumMapSize, reserveBytes: reserve)
+    }
+
+    /// Usage from a read transaction of its own.
+    func usage() throws -> MapUsage {
+        try withReadTransaction { usage(txn: $0) }
+    }
 
     /// The size of the data file in bytes.
     var dataFileSize: Int {
@@ -164,7 +331,7 @@ final class LedgerEnvironment: @unchecked Sendable {
 
     init(directory: String, options: LedgerStoreOptions) throws(LedgerError) {
         lmdb = try LMDBEnvironment(
-            directory: directory, mapSize: options.mapSize, readOnly: options.readOnly,
+            directory: directory, mapSize: options.mapSize, readOnly: options.readOnly, reserve: options.reserve,
             tables: [
                 .init(name: "log", flags: UInt32(MDB_INTEGERKEY)), .init(name: "sessions"), .init(name: "clients"),
                 .init(name: "deadlines"), .init(name: "meta"),
@@ -175,6 +342,24 @@ final class LedgerEnvironment: @unchecked Sendable {
     }
 
     func close() { lmdb.close() }
+
+    /// The map's usage with room for the end of every live session: each live session may
+    /// still need a disconnect and an expiry record and a deadline key, counted as three
+    /// times the log's stored bytes per record (leaf slack included).
+    func usage(txn: OpaquePointer) -> MapUsage {
+        var usage = lmdb.usage(txn: txn)
+        var sessionStat = MDB_stat()
+        var logStat = MDB_stat()
+        guard mdb_stat(txn, sessions, &sessionStat) == 0, mdb_stat(txn, log, &logStat) == 0 else { return usage }
+        let logBytes = Int(logStat.ms_leaf_pages + logStat.ms_overflow_pages) * lmdb.pageSize
+        let perRecord = logStat.ms_entries > 0 ? max(64, logBytes / Int(logStat.ms_entries)) : 256
+        usage.endingBytes = Int(sessionStat.ms_entries) * 3 * perRecord
+        return usage
+    }
+
+    func usage() throws -> MapUsage {
+        try lmdb.withReadTransaction { usage(txn: $0) }
+    }
 }
 
 // MARK: - Small helpers over MDB_val
@@ -196,6 +381,12 @@ extension MDB_val {
 enum MetaKey {
     static let head: [UInt8] = Array("head".utf8)
     static let connections: [UInt8] = Array("connections".utf8)
+    /// The projection's running digest (32 bytes, `ProjectionDigest`).
+    static let digest: [UInt8] = Array("digest".utf8)
+    /// The newest checkpoint record's sequence number (UInt64 little-endian).
+    static let checkpoint: [UInt8] = Array("checkpoint".utf8)
+    /// The archive boundary (`ArchiveBoundary`): the last archived sequence, its time and hash.
+    static let archived: [UInt8] = Array("archived".utf8)
 }
 
 extension LedgerHead {

@@ -15,11 +15,15 @@ public final class LedgerStore: @unchecked Sendable {
 
     /// Runs `body` against one consistent snapshot of the ledger.
     public func read<R>(_ body: (LedgerSnapshot) throws -> R) throws -> R {
-        var txn: OpaquePointer?
-        try check(mdb_txn_begin(lmdb.env, nil, UInt32(MDB_RDONLY), &txn), "mdb_txn_begin (read)")
-        defer { mdb_txn_abort(txn) }
-        return try body(LedgerSnapshot(txn: txn!, lmdb: lmdb))
+        try lmdb.lmdb.withReadTransaction { txn in try body(LedgerSnapshot(txn: txn, lmdb: lmdb)) }
     }
+
+    /// How full the map is now.
+    public func mapUsage() throws -> MapUsage { try lmdb.usage() }
+
+    /// The map's size now, and the most it may grow to.
+    public var mapSize: Int { lmdb.lmdb.mapSize }
+    public var maximumMapSize: Int { lmdb.lmdb.maximumMapSize }
 
     /// Size of the data file in bytes.
     public var dataFileSize: Int { lmdb.dataFileSize }
@@ -28,8 +32,27 @@ public final class LedgerStore: @unchecked Sendable {
     public func close() { lmdb.close() }
 
     /// Runs one write transaction; commits (and so fsyncs) when `body` returns,
-    /// aborts when it throws. Callers must be the writer thread or run before it starts.
+    /// aborts when it throws. When the map is full it grows the map (up to its maximum) and
+    /// runs `body` again from the start, in a new transaction: `body` must not keep anything
+    /// of an attempt that failed. Callers must be the writer thread or run before it starts.
     func write<R>(
+        head: LedgerHead, highestConnection: UInt64, timestamp: Int64,
+        _ body: (inout LedgerWriteTransaction) throws(LedgerError) -> R
+    ) throws(LedgerError) -> (R, LedgerWriteTransaction) {
+        while true {
+            do throws(LedgerError) {
+                return try writeOnce(head: head, highestConnection: highestConnection, timestamp: timestamp, body)
+            } catch {
+                guard error.isMapFull, try lmdb.lmdb.grow() else { throw error }
+                onGrow?(lmdb.lmdb.mapSize)
+            }
+        }
+    }
+
+    /// Observes each growth of the map, with its new size (writer thread). Set before writing.
+    public var onGrow: (@Sendable (Int) -> Void)?
+
+    private func writeOnce<R>(
         head: LedgerHead, highestConnection: UInt64, timestamp: Int64,
         _ body: (inout LedgerWriteTransaction) throws(LedgerError) -> R
     ) throws(LedgerError) -> (R, LedgerWriteTransaction) {
@@ -40,6 +63,7 @@ public final class LedgerStore: @unchecked Sendable {
             startingConnection: highestConnection, timestamp: timestamp)
         let result: R
         do {
+            try w.loadMeta()
             result = try body(&w)
             try w.finish()
         } catch {

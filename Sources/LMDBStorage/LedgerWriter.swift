@@ -18,6 +18,8 @@ public final class LedgerWriter: @unchecked Sendable {
         case releaseAll([ReleaseRequest], @Sendable (Result<[LedgerEvent?], LedgerError>) -> Void)
         case expire(limit: Int, @Sendable (Result<[LedgerEvent], LedgerError>) -> Void)
         case end(SessionName, ExpiryReason, @Sendable (Result<[LedgerEvent], LedgerError>) -> Void)
+        /// Deletes the live records through `boundary.sequence`, which an archive segment holds.
+        case trim(ArchiveBoundary, @Sendable (Result<Void, LedgerError>) -> Void)
 
         var isClaim: Bool {
             if case .claim = self { return true }
@@ -31,6 +33,7 @@ public final class LedgerWriter: @unchecked Sendable {
             case .releaseAll(_, let done): done(.failure(error))
             case .expire(_, let done): done(.failure(error))
             case .end(_, _, let done): done(.failure(error))
+            case .trim(_, let done): done(.failure(error))
             }
         }
     }
@@ -49,6 +52,8 @@ public final class LedgerWriter: @unchecked Sendable {
     private var highestConnection: UInt64
 
     private let connectionCounter: Mutex<UInt64>
+    /// How full the map was after the last commit.
+    private let publishedUsage: Mutex<MapUsage?> = Mutex(nil)
     /// How long a small batch without claims (releases, expiries) may wait for a claim to
     /// share its commit and fsync. Nobody waits on those answers before replying to a client,
     /// and at low concurrency every CONNECT/DISCONNECT cycle then costs one fsync instead of
@@ -57,6 +62,10 @@ public final class LedgerWriter: @unchecked Sendable {
     public var claimlessCommitDelay: Double = 0.005
     /// Batches at least this large commit at once, claims or not.
     public var claimlessCommitThreshold = 64
+    /// A checkpoint record is appended, in the commit that reaches it, once this many
+    /// records follow the last one; 0 writes none. Set before `recover()`.
+    public var checkpointEvery: UInt64 = LedgerWriter.defaultCheckpointEvery
+    public static let defaultCheckpointEvery: UInt64 = 100_000
 
     /// Observes each committed batch. Set before `start()`.
     public var onCommit: (@Sendable (CommitStatistics) -> Void)?
@@ -92,6 +101,11 @@ public final class LedgerWriter: @unchecked Sendable {
         }
     }
 
+    /// How full the ledger's map was after the last commit (nil before the first).
+    public var mapUsage: MapUsage? {
+        publishedUsage.withLock { $0 }
+    }
+
     public var currentHead: LedgerHead {
         published.withLock { $0.head }
     }
@@ -124,10 +138,12 @@ public final class LedgerWriter: @unchecked Sendable {
     public func recover() throws(LedgerError) -> RecoveryReport {
         precondition(!thread.isRunning)
         let now = max(clock(), head.timestamp)
+        var tail: (from: UInt64, records: Int) = (0, 0)
         let ((expired, disconnected), w) = try store.write(
             head: head, highestConnection: highestConnection, timestamp: now
         ) { (w) throws(LedgerError) -> ([LedgerEvent], [LedgerEvent]) in
             w.appended = []
+            tail = try Self.checkTail(w, every: checkpointEvery == 0 ? Self.defaultCheckpointEvery : checkpointEvery)
             let expired = try Self.expireDue(&w, now: now, limit: Int.max, reason: .expiredWhileBrokerDown)
             var connected: [[UInt8]] = []
             do {
@@ -147,12 +163,77 @@ public final class LedgerWriter: @unchecked Sendable {
                 let draft = SessionRules.endingEvent(of: entry, named: name, kind: .disconnected(.brokerRestart))
                 disconnected.append(try w.append(draft, current: entry, sessionKey: key).0)
             }
+            try Self.checkpointIfDue(&w, every: checkpointEvery)
             return (expired, disconnected)
         }
         head = w.head
         highestConnection = w.highestConnection
         published.withLock { $0.head = w.head }
-        return RecoveryReport(disconnected: disconnected, expired: expired, head: head, events: w.appended ?? [])
+        var report = RecoveryReport(disconnected: disconnected, expired: expired, head: head, events: w.appended ?? [])
+        report.checkedFrom = tail.from
+        report.checkedRecords = tail.records
+        return report
+    }
+
+    /// Appends a checkpoint when `every` records have followed the last one (or the log's start).
+    static func checkpointIfDue(_ w: inout LedgerWriteTransaction, every: UInt64) throws(LedgerError) {
+        guard every > 0, w.head.sequence > 0, w.head.sequence - w.lastCheckpoint >= every else { return }
+        try w.appendCheckpoint()
+    }
+
+    /// Recovery's check of the log's tail: the newest checkpoint and every record after it
+    /// are read, decoded and chained, and the last is the stored head. Without a checkpoint
+    /// the last `every` records are. Answers the sequence it started from and the records read.
+    static func checkTail(_ w: LedgerWriteTransaction, every: UInt64) throws(LedgerError) -> (from: UInt64, records: Int) {
+        let head = w.head
+        guard head.sequence > 0 else { return (0, 0) }
+        let fallback = head.sequence > every ? head.sequence - every + 1 : 1
+        let from = w.lastCheckpoint > 0 ? w.lastCheckpoint : max(fallback, w.archivedThrough + 1)
+        var previous: ChainHash
+        if from == w.archivedThrough + 1 {
+            previous = w.archivedHash
+        } else {
+            guard let before = try readRecordBytes(txn: w.txn, lmdb: w.lmdb, sequence: from - 1) else {
+                throw .corruptRecord(table: "log", detail: "record \(from - 1) before the tail is missing")
+            }
+            previous = before.withUnsafeBytes { EventRecordFormat.storedHash($0) }
+        }
+        var expected = from
+        var problem: String?
+        do {
+            var start = from
+            try withUnsafeMutableBytes(of: &start) { startBytes in
+                var key = MDB_val(mv_size: 8, mv_data: startBytes.baseAddress)
+                try scanTable(txn: w.txn, dbi: w.lmdb.log, first: &key) { k, bytes in
+                    let sequence = k.loadUnaligned(as: UInt64.self)
+                    guard sequence == expected else {
+                        problem = "sequence gap: expected \(expected), found \(sequence)"
+                        return false
+                    }
+                    if let failure = LogRecordCheck.problem(bytes, sequence: sequence) {
+                        problem = "record \(sequence) is unreadable: \(failure)"
+                        return false
+                    }
+                    let stored = EventRecordFormat.storedHash(bytes)
+                    guard EventRecordFormat.chainHash(of: bytes, previous: previous) == stored else {
+                        problem = "record \(sequence) does not match its hash chain"
+                        return false
+                    }
+                    previous = stored
+                    expected += 1
+                    return true
+                }
+            }
+        } catch let error as LedgerError {
+            throw error
+        } catch {
+            throw .corruptRecord(table: "log", detail: "\(error)")
+        }
+        if let problem { throw .corruptRecord(table: "log", detail: "recovery's check from \(from): \(problem)") }
+        guard expected - 1 == head.sequence, previous == head.hash else {
+            throw .corruptRecord(table: "meta", detail: "the stored head \(head.sequence) is not where the log ends (\(expected - 1))")
+        }
+        return (from, Int(expected - from))
     }
 
     /// Expires up to `limit` sessions whose deadline is at or before `now`, earliest first.
@@ -182,6 +263,48 @@ public final class LedgerWriter: @unchecked Sendable {
             events.append(try w.append(draft, current: entry, sessionKey: key).0)
         }
         return events
+    }
+
+    /// A request of a bulk load (`load`).
+    public enum BulkRequest: Sendable {
+        case claim(ClaimRequest)
+        case release(ReleaseRequest)
+    }
+
+    /// Bulk loading, for tests and benchmarks: decides the requests in order, `batch` of them
+    /// to a transaction (one commit and fsync each), on the caller's thread, before `start()`.
+    /// Answers how many claims were not granted; a failed commit throws.
+    @discardableResult
+    public func load(_ requests: [BulkRequest], batch: Int = 10_000) throws -> Int {
+        precondition(!thread.isRunning)
+        final class Tally: @unchecked Sendable {
+            var refused = 0
+            var failure: LedgerError?
+        }
+        let tally = Tally()
+        var start = 0
+        while start < requests.count {
+            let chunk = requests[start..<min(start + batch, requests.count)].map { request -> Command in
+                switch request {
+                case .claim(let claim):
+                    return .claim(claim) { result in
+                        switch result {
+                        case .success(.granted): break
+                        case .success(.rejected): tally.refused += 1
+                        case .failure(let error): tally.failure = error
+                        }
+                    }
+                case .release(let release):
+                    return .release(release) { result in
+                        if case .failure(let error) = result { tally.failure = error }
+                    }
+                }
+            }
+            process(chunk)
+            if let failure = tally.failure { throw failure }
+            start += batch
+        }
+        return tally.refused
     }
 
     public func start() {
@@ -228,6 +351,13 @@ public final class LedgerWriter: @unchecked Sendable {
         if !thread.enqueue(command) { command.fail(.closed) }
     }
 
+    /// The error a claim gets while the map is in its reserve: a full store, rule R8 (0x88).
+    static func reserveRefusal(_ usage: MapUsage) -> LedgerError {
+        .storage(
+            operation: "claim", code: LedgerError.mapFullCode,
+            message: "the ledger map is in its reserve (\(usage.usedBytes >> 10) KiB used of \(usage.maximumBytes >> 10) KiB, \((usage.reserveBytes + usage.endingBytes) >> 10) KiB kept for recovery and the ends of live sessions); CONNECTs are refused until room is made")
+    }
+
     private func process(_ batch: [Command]) {
         let started = DispatchTime.now().uptimeNanoseconds
         let now = max(clock(), head.timestamp)
@@ -235,20 +365,31 @@ public final class LedgerWriter: @unchecked Sendable {
         deliveries.reserveCapacity(batch.count)
         let policy = self.policy
         let observer = onEvents
+        var usage: MapUsage?
         do {
             let (_, w) = try store.write(head: head, highestConnection: highestConnection, timestamp: now) {
                 (w) throws(LedgerError) in
+                // The body runs again from the start when the map had to grow.
+                deliveries.removeAll(keepingCapacity: true)
                 if observer != nil { w.appended = [] }
+                // Claims are refused once the map is in its reserve; releases, expiries and
+                // ends still go into it, so that no disconnect goes unrecorded.
+                let before = w.lmdb.usage(txn: w.txn)
+                let refusal = before.isInReserve ? Self.reserveRefusal(before) : nil
                 // Before claims are decided, sessions past their deadline end, so that the
                 // decisions see only live sessions (the R3 cap counts live ones, not the
                 // unswept dead). With nothing due this is one cursor positioning.
                 var swept: [LedgerEvent] = []
-                if batch.contains(where: \.isClaim) {
+                if refusal == nil, batch.contains(where: \.isClaim) {
                     swept = try Self.expireDue(&w, now: now, limit: Int.max, reason: .sessionExpired)
                 }
                 for command in batch {
                     switch command {
                     case .claim(let request, let done):
+                        if let refusal {
+                            deliveries.append { done(.failure(refusal)) }
+                            continue
+                        }
                         let outcome = try Self.decide(request, in: &w, policy: policy, now: now)
                         deliveries.append { done(.success(outcome)) }
                     case .release(let request, let done):
@@ -266,14 +407,20 @@ public final class LedgerWriter: @unchecked Sendable {
                     case .end(let name, let reason, let done):
                         let events = try Self.end(name, reason: reason, in: &w)
                         deliveries.append { done(.success(events)) }
+                    case .trim(let boundary, let done):
+                        let result = try Self.trim(&w, through: boundary)
+                        deliveries.append { done(result) }
                     }
                 }
+                try Self.checkpointIfDue(&w, every: checkpointEvery)
+                usage = w.lmdb.usage(txn: w.txn)
             }
             let events = Int(w.head.sequence - head.sequence)
             head = w.head
             counts?.live += w.liveDelta
             counts?.connected += w.connectedDelta
             published.withLock { $0 = (head, counts) }
+            if let usage { publishedUsage.withLock { $0 = usage } }
             highestConnection = w.highestConnection
             onCommit?(CommitStatistics(
                 requests: batch.count, events: events,
@@ -312,6 +459,47 @@ public final class LedgerWriter: @unchecked Sendable {
         case .reject(let reason):
             return .rejected(reason, sequence: sequence)
         }
+    }
+
+    /// Moves the archive boundary to `boundary`: deletes the live records up to it, once the
+    /// record there is the one the archive holds (same stored hash), and only records behind
+    /// the newest checkpoint. A refusal is an answer, not a failure of the batch.
+    static func trim(
+        _ w: inout LedgerWriteTransaction, through boundary: ArchiveBoundary
+    ) throws(LedgerError) -> Result<Void, LedgerError> {
+        let through = boundary.sequence
+        guard through > w.archivedThrough else { return .success(()) }
+        guard through < w.lastCheckpoint else {
+            return .failure(.corruptRecord(table: "log", detail: "refused to archive through \(through): not behind the newest checkpoint \(w.lastCheckpoint)"))
+        }
+        guard let record = try readRecordBytes(txn: w.txn, lmdb: w.lmdb, sequence: through),
+              record.withUnsafeBytes({ EventRecordFormat.storedHash($0) }) == boundary.hash
+        else {
+            return .failure(.corruptRecord(table: "log", detail: "refused to archive through \(through): the live record is not the archived one"))
+        }
+        var cursor: OpaquePointer?
+        try check(mdb_cursor_open(w.txn, w.lmdb.log, &cursor), "mdb_cursor_open")
+        defer { mdb_cursor_close(cursor) }
+        var key = MDB_val()
+        var value = MDB_val()
+        var code = mdb_cursor_get(cursor, &key, &value, MDB_FIRST)
+        while code == 0 {
+            guard key.bytes.loadUnaligned(as: UInt64.self) <= through else { break }
+            try check(mdb_cursor_del(cursor, 0), "mdb_cursor_del log")
+            // After a delete, MDB_NEXT yields the key that took the deleted one's place.
+            code = mdb_cursor_get(cursor, &key, &value, MDB_NEXT)
+        }
+        if code != 0 && code != MDB_NOTFOUND { try check(code, "mdb_cursor_get log") }
+        w.archivedThrough = through
+        w.archivedHash = boundary.hash
+        w.archivedTimestamp = boundary.timestamp
+        w.archiveChanged = true
+        return .success(())
+    }
+
+    /// Deletes the live records through `boundary` (see `trim`); answers once it is committed.
+    public func trim(through boundary: ArchiveBoundary, _ done: @escaping @Sendable (Result<Void, LedgerError>) -> Void) {
+        enqueue(.trim(boundary, done))
     }
 
     static func end(

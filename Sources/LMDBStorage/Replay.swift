@@ -7,13 +7,17 @@ public enum VerifyProblem: Sendable, Equatable, CustomStringConvertible {
     case hashMismatch(sequence: UInt64)
     case headMismatch(detail: String)
     case projectionMismatch(detail: String)
+    /// A checkpoint record states a projection the log before it does not imply.
+    case checkpointMismatch(sequence: UInt64, detail: String)
+    /// An archive segment is missing, altered or does not link to its neighbours.
+    case archiveDamaged(segment: String, detail: String)
 
     /// The first sequence number that is bad, where the problem lies in the log.
     public var firstBadSequence: UInt64? {
         switch self {
-        case .unreadableRecord(let s, _), .hashMismatch(let s): s
+        case .unreadableRecord(let s, _), .hashMismatch(let s), .checkpointMismatch(let s, _): s
         case .sequenceGap(let expected, _): expected
-        case .headMismatch, .projectionMismatch: nil
+        case .headMismatch, .projectionMismatch, .archiveDamaged: nil
         }
     }
 
@@ -24,6 +28,8 @@ public enum VerifyProblem: Sendable, Equatable, CustomStringConvertible {
         case .hashMismatch(let s): "record \(s) does not match its hash chain (edited, or a record before it was)"
         case .headMismatch(let d): "log head does not match: \(d)"
         case .projectionMismatch(let d): "stored projection disagrees with the log: \(d)"
+        case .checkpointMismatch(let s, let d): "checkpoint \(s) disagrees with the log before it: \(d)"
+        case .archiveDamaged(let segment, let d): "archive segment \(segment): \(d)"
         }
     }
 }
@@ -47,8 +53,10 @@ public enum ReplayLimit: Sendable {
 extension LedgerSnapshot {
     /// Folds the log into a projection, checking record format, density and (optionally)
     /// the hash chain on the way. Stops at the first problem.
+    /// With `archive`, the archive's segments are read first (`ArchivedLog`); a ledger that
+    /// archived records cannot be replayed without them.
     public func replay(
-        through limit: ReplayLimit = .end, checkingChain: Bool = true,
+        through limit: ReplayLimit = .end, checkingChain: Bool = true, archive: String? = nil,
         observe: ((LedgerEvent) throws -> Void)? = nil
     ) throws -> (OwnershipProjection, LedgerHead, VerifyProblem?) {
         // Without an observer nobody needs whole events: the string-free fold is used.
@@ -56,13 +64,43 @@ extension LedgerSnapshot {
         var projection = OwnershipProjection()
         var last = LedgerHead.empty
         var problem: VerifyProblem?
-        try forEachRecord(from: 1) { key, bytes in
+        let newestCheckpoint = try lastCheckpoint()
+        let archiveProblem = try ArchivedLog.walk(self, archive: archive) { key, bytes in
             let expected = last.sequence + 1
             guard key == expected else {
                 problem = .sequenceGap(expected: expected, found: key)
                 return false
             }
             if case .sequence(let through) = limit, key > through { return false }
+            if CheckpointRecordFormat.isCheckpoint(bytes) {
+                let checkpoint: Checkpoint
+                do {
+                    checkpoint = try CheckpointRecordFormat.decode(bytes)
+                } catch {
+                    problem = .unreadableRecord(sequence: key, detail: "\(error)")
+                    return false
+                }
+                guard checkpoint.sequence == key else {
+                    problem = .unreadableRecord(sequence: key, detail: "stored under \(key) but numbered \(checkpoint.sequence)")
+                    return false
+                }
+                if case .time(let time) = limit, checkpoint.timestamp > time { return false }
+                let hash = EventRecordFormat.storedHash(bytes)
+                if checkingChain {
+                    guard EventRecordFormat.chainHash(of: bytes, previous: last.hash) == hash else {
+                        problem = .hashMismatch(sequence: key)
+                        return false
+                    }
+                    // The newest checkpoint is proved against the fold (each costs a pass over
+                    // the live sessions); the others are held by the chain.
+                    if key == newestCheckpoint, let mismatch = Self.compare(checkpoint, observe == nil ? fold.projection : projection) {
+                        problem = .checkpointMismatch(sequence: key, detail: mismatch)
+                        return false
+                    }
+                }
+                last = LedgerHead(sequence: key, timestamp: checkpoint.timestamp, hash: hash)
+                return true
+            }
             let header: EventRecordFormat.Header
             do {
                 header = try EventRecordFormat.header(bytes)
@@ -97,12 +135,46 @@ extension LedgerSnapshot {
             last = LedgerHead(sequence: key, timestamp: header.timestamp, hash: hash)
             return true
         }
-        return (observe == nil ? fold.projection : projection, last, problem)
+        return (observe == nil ? fold.projection : projection, last, problem ?? archiveProblem)
+    }
+
+    /// How a checkpoint differs from the projection folded up to it; nil when it does not.
+    static func compare(_ checkpoint: Checkpoint, _ projection: OwnershipProjection) -> String? {
+        let live = UInt64(projection.sessions.count)
+        let disconnected = UInt64(projection.sessions.values.filter { !$0.isConnected }.count)
+        let clients = UInt64(projection.liveSessionCounts.count)
+        guard checkpoint.liveSessions == live, checkpoint.disconnectedSessions == disconnected,
+              checkpoint.clients == clients
+        else {
+            return "it counts \(checkpoint.liveSessions) live sessions (\(checkpoint.disconnectedSessions) disconnected) of \(checkpoint.clients) clients, the log \(live) (\(disconnected)) of \(clients)"
+        }
+        let digest = ProjectionDigest.of(projection)
+        guard checkpoint.digest == digest else {
+            return "its projection digest is \(checkpoint.digest), the log's \(digest)"
+        }
+        return nil
+    }
+
+    /// The projection's running digest as stored (nil in a ledger that never kept one).
+    public func storedDigest() throws(LedgerError) -> ProjectionDigest? {
+        guard let bytes = try readMetaBytes(txn: txn, lmdb: lmdb, key: MetaKey.digest), bytes.count == 32 else { return nil }
+        return bytes.withUnsafeBytes { ProjectionDigest(bytes: $0) }
+    }
+
+    /// The newest checkpoint's sequence number, 0 when there is none.
+    public func lastCheckpoint() throws(LedgerError) -> UInt64 {
+        guard let bytes = try readMetaBytes(txn: txn, lmdb: lmdb, key: MetaKey.checkpoint), bytes.count == 8 else { return 0 }
+        return bytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+    }
+
+    /// The archive boundary: the last archived record, nil when nothing was archived.
+    public func archiveBoundary() throws(LedgerError) -> ArchiveBoundary? {
+        try readArchiveBoundary(txn: txn, lmdb: lmdb)
     }
 
     /// Replays the whole log and proves the stored head and projection equal what it implies.
-    public func verify() throws -> VerifyReport {
-        let (projection, last, problem) = try replay()
+    public func verify(archive: String? = nil) throws -> VerifyReport {
+        let (projection, last, problem) = try replay(archive: archive)
         var report = VerifyReport(events: last.sequence, head: last, problem: problem)
         guard problem == nil else { return report }
         report.problem = try compare(projection, last)
@@ -167,6 +239,13 @@ extension LedgerSnapshot {
         if let deadlineProblem { return deadlineProblem }
         if !expectedDeadlines.isEmpty {
             return .projectionMismatch(detail: "\(expectedDeadlines.count) expiry deadline(s) missing from the index")
+        }
+        // Last, the running digest the writer keeps (and checkpoints copy).
+        if let storedDigest = try storedDigest() {
+            let digest = ProjectionDigest.of(projection)
+            guard storedDigest == digest else {
+                return .projectionMismatch(detail: "the stored projection digest is \(storedDigest), the log's \(digest)")
+            }
         }
         return nil
     }

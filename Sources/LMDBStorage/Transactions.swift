@@ -44,11 +44,24 @@ public struct LedgerSnapshot {
         }
     }
 
+    /// The event stored at a sequence number; nil when there is none, or a checkpoint is.
     public func record(at sequence: UInt64) throws -> LedgerRecord? {
         try withRecordBytes(at: sequence) { bytes in
-            guard let bytes else { return nil }
+            guard let bytes, !CheckpointRecordFormat.isCheckpoint(bytes) else { return nil }
             do {
                 return try EventRecordFormat.decode(bytes)
+            } catch {
+                throw LedgerError.corruptRecord(table: "log", detail: "sequence \(sequence): \(error)")
+            }
+        }
+    }
+
+    /// The checkpoint stored at a sequence number; nil when there is none, or an event is.
+    public func checkpoint(at sequence: UInt64) throws -> Checkpoint? {
+        try withRecordBytes(at: sequence) { bytes in
+            guard let bytes, CheckpointRecordFormat.isCheckpoint(bytes) else { return nil }
+            do {
+                return try CheckpointRecordFormat.decode(bytes)
             } catch {
                 throw LedgerError.corruptRecord(table: "log", detail: "sequence \(sequence): \(error)")
             }
@@ -150,6 +163,77 @@ func readHead(txn: OpaquePointer, lmdb: LedgerEnvironment) throws(LedgerError) -
     }
 }
 
+func readMetaBytes(txn: OpaquePointer, lmdb: LedgerEnvironment, key: [UInt8]) throws(LedgerError) -> [UInt8]? {
+    try withVal(key) { (k) throws(LedgerError) -> [UInt8]? in
+        var value = MDB_val()
+        let code = mdb_get(txn, lmdb.meta, &k, &value)
+        if code == MDB_NOTFOUND { return nil }
+        try check(code, "mdb_get meta")
+        return Array(value.bytes)
+    }
+}
+
+/// The raw bytes of one log record, copied.
+func readRecordBytes(txn: OpaquePointer, lmdb: LedgerEnvironment, sequence: UInt64) throws(LedgerError) -> [UInt8]? {
+    var key = sequence
+    return try withUnsafeMutableBytes(of: &key) { (keyBytes) throws(LedgerError) -> [UInt8]? in
+        var k = MDB_val(mv_size: 8, mv_data: keyBytes.baseAddress)
+        var value = MDB_val()
+        let code = mdb_get(txn, lmdb.log, &k, &value)
+        if code == MDB_NOTFOUND { return nil }
+        try check(code, "mdb_get log")
+        return Array(value.bytes)
+    }
+}
+
+/// Where the live log begins when older records were archived: the last archived
+/// sequence, its time and its chain hash (`meta` key `archived`, laid out as `head`: 48 bytes).
+public struct ArchiveBoundary: Sendable, Equatable {
+    public var sequence: UInt64
+    public var hash: ChainHash
+    public var timestamp: Int64
+
+    public init(sequence: UInt64, hash: ChainHash, timestamp: Int64) {
+        self.sequence = sequence
+        self.hash = hash
+        self.timestamp = timestamp
+    }
+
+    static let encodedSize = 48
+
+    var encoded: [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: Self.encodedSize)
+        bytes.withUnsafeMutableBytes { LedgerHead(sequence: sequence, timestamp: timestamp, hash: hash).encode(into: $0) }
+        return bytes
+    }
+}
+
+func readArchiveBoundary(txn: OpaquePointer, lmdb: LedgerEnvironment) throws(LedgerError) -> ArchiveBoundary? {
+    guard let bytes = try readMetaBytes(txn: txn, lmdb: lmdb, key: MetaKey.archived) else { return nil }
+    var decoded: Result<LedgerHead, LedgerError>!
+    bytes.withUnsafeBytes { raw in
+        do throws(LedgerError) { decoded = .success(try LedgerHead.decode(raw)) } catch { decoded = .failure(error) }
+    }
+    let head = try decoded.get()
+    return ArchiveBoundary(sequence: head.sequence, hash: head.hash, timestamp: head.timestamp)
+}
+
+/// The projection's digest from its stored entries: SHA-256 of each stored value, summed.
+func computeDigest(txn: OpaquePointer, lmdb: LedgerEnvironment) throws(LedgerError) -> ProjectionDigest {
+    var digest = ProjectionDigest.empty
+    do {
+        try scanTable(txn: txn, dbi: lmdb.sessions, first: nil) { _, value in
+            digest.add(ProjectionDigest.element(value))
+            return true
+        }
+    } catch let error as LedgerError {
+        throw error
+    } catch {
+        throw .corruptRecord(table: "sessions", detail: "\(error)")
+    }
+    return digest
+}
+
 func readSession(txn: OpaquePointer, lmdb: LedgerEnvironment, key: [UInt8]) throws(LedgerError) -> (SessionName, SessionEntry)? {
     try withVal(key) { (k) throws(LedgerError) -> (SessionName, SessionEntry)? in
         var value = MDB_val()
@@ -189,6 +273,17 @@ struct LedgerWriteTransaction {
     let txn: OpaquePointer
     let lmdb: LedgerEnvironment
     var head: LedgerHead
+    /// The projection's running digest (`ProjectionDigest`), kept in step with every change.
+    var digest: ProjectionDigest = .empty
+    /// The newest checkpoint's sequence number (0: none yet).
+    var lastCheckpoint: UInt64 = 0
+    /// The last sequence moved to the archive, and its chain hash (0 and genesis: none).
+    var archivedThrough: UInt64 = 0
+    var archivedHash: ChainHash = .genesis
+    var archivedTimestamp: Int64 = 0
+    var archiveChanged = false
+    var digestChanged = false
+    var checkpointChanged = false
     var highestConnection: UInt64
     let startingConnection: UInt64
     /// One timestamp for every event of the transaction: they become durable together.
@@ -247,6 +342,9 @@ struct LedgerWriteTransaction {
 
         let next = SessionTransition.apply(event, to: current)
         if case .rejected = event.kind { return (event, next) }
+        if let current { digest.subtract(ProjectionDigest.element(current, named: event.sessionName)) }
+        if let next { digest.add(ProjectionDigest.element(next, named: event.sessionName)) }
+        digestChanged = true
         liveDelta += (next == nil ? 0 : 1) - (current == nil ? 0 : 1)
         connectedDelta += (next?.state == .connected ? 1 : 0) - (current?.state == .connected ? 1 : 0)
 
@@ -295,7 +393,16 @@ struct LedgerWriteTransaction {
         counts[ClientKeyBytes(key)] = (count, true)
     }
 
-    private func storeLiveCounts() throws(LedgerError) {
+    private func putMeta(_ key: [UInt8], _ value: [UInt8]) throws(LedgerError) {
+        try withVal(key) { (k) throws(LedgerError) in
+            try withVal(value) { (v) throws(LedgerError) in
+                try check(mdb_put(txn, lmdb.meta, &k, &v, 0), "mdb_put meta")
+            }
+        }
+    }
+
+    private mutating func storeLiveCounts() throws(LedgerError) {
+        defer { for key in counts.keys { counts[key]?.changed = false } }
         for (wrapped, (count, changed)) in counts where changed {
             let key = wrapped.bytes
             if count == 0 {
@@ -327,9 +434,67 @@ struct LedgerWriteTransaction {
         }
     }
 
-    /// Writes the new head (and connection high-water mark) once per transaction.
-    func finish() throws(LedgerError) {
+    /// Reads the running digest and the newest checkpoint from `meta`. A ledger written before
+    /// digests were kept gets its digest from one scan of its sessions, stored by this transaction.
+    mutating func loadMeta() throws(LedgerError) {
+        if let stored = try readMetaBytes(txn: txn, lmdb: lmdb, key: MetaKey.digest) {
+            guard stored.count == 32 else { throw .corruptRecord(table: "meta", detail: "digest is \(stored.count) bytes") }
+            digest = stored.withUnsafeBytes { ProjectionDigest(bytes: $0) }
+        } else {
+            digest = try computeDigest(txn: txn, lmdb: lmdb)
+            digestChanged = true
+        }
+        if let stored = try readMetaBytes(txn: txn, lmdb: lmdb, key: MetaKey.checkpoint) {
+            guard stored.count == 8 else { throw .corruptRecord(table: "meta", detail: "checkpoint is \(stored.count) bytes") }
+            lastCheckpoint = stored.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        }
+        if let boundary = try readArchiveBoundary(txn: txn, lmdb: lmdb) {
+            (archivedThrough, archivedHash, archivedTimestamp) = (boundary.sequence, boundary.hash, boundary.timestamp)
+        }
+    }
+
+    /// Appends a checkpoint record describing the projection as this transaction has made it.
+    /// Live counts must be stored first (`finish` does it again, at no cost).
+    mutating func appendCheckpoint() throws(LedgerError) {
         try storeLiveCounts()
+        func entries(_ dbi: MDB_dbi) throws(LedgerError) -> UInt64 {
+            var stat = MDB_stat()
+            try check(mdb_stat(txn, dbi, &stat), "mdb_stat")
+            return UInt64(stat.ms_entries)
+        }
+        let checkpoint = Checkpoint(
+            sequence: head.sequence + 1, timestamp: timestamp, highestConnection: highestConnection,
+            liveSessions: try entries(lmdb.sessions), disconnectedSessions: try entries(lmdb.deadlines),
+            clients: try entries(lmdb.clients), previousCheckpoint: lastCheckpoint, digest: digest)
+        var seqKey = checkpoint.sequence
+        let previous = head.hash
+        let hash = try withUnsafeMutableBytes(of: &seqKey) { (keyBytes) throws(LedgerError) -> ChainHash in
+            var k = MDB_val(mv_size: 8, mv_data: keyBytes.baseAddress)
+            var v = MDB_val(mv_size: CheckpointRecordFormat.size, mv_data: nil)
+            try check(mdb_put(txn, lmdb.log, &k, &v, UInt32(MDB_RESERVE | MDB_APPEND)), "mdb_put log (checkpoint)")
+            return CheckpointRecordFormat.encode(
+                checkpoint, previous: previous,
+                into: UnsafeMutableRawBufferPointer(start: v.mv_data, count: CheckpointRecordFormat.size))
+        }
+        head = LedgerHead(sequence: checkpoint.sequence, timestamp: timestamp, hash: hash)
+        lastCheckpoint = checkpoint.sequence
+        checkpointChanged = true
+    }
+
+    /// Writes the new head (and connection high-water mark) once per transaction.
+    mutating func finish() throws(LedgerError) {
+        try storeLiveCounts()
+        if digestChanged {
+            var bytes = [UInt8](repeating: 0, count: 32)
+            digest.withBytes { raw in bytes.withUnsafeMutableBytes { $0.copyMemory(from: raw) } }
+            try putMeta(MetaKey.digest, bytes)
+        }
+        if checkpointChanged {
+            try putMeta(MetaKey.checkpoint, withUnsafeBytes(of: lastCheckpoint.littleEndian) { Array($0) })
+        }
+        if archiveChanged {
+            try putMeta(MetaKey.archived, ArchiveBoundary(sequence: archivedThrough, hash: archivedHash, timestamp: archivedTimestamp).encoded)
+        }
         var headBytes = [UInt8](repeating: 0, count: LedgerHead.encodedSize)
         headBytes.withUnsafeMutableBytes { head.encode(into: $0) }
         try withVal(MetaKey.head) { (k) throws(LedgerError) in

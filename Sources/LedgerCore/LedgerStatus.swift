@@ -28,6 +28,10 @@ public struct RecoveryReport: Sendable, Equatable {
     public var head: LedgerHead
     /// Every event recovery recorded, with its hash, in sequence order.
     public var events: [CommittedEvent] = []
+    /// Where recovery's check of the log began (the newest checkpoint, or the last records
+    /// when there is none) and how many records it read and chained to the head.
+    public var checkedFrom: UInt64 = 0
+    public var checkedRecords = 0
 
     public init(disconnected: [LedgerEvent], expired: [LedgerEvent], head: LedgerHead, events: [CommittedEvent] = []) {
         self.disconnected = disconnected
@@ -87,4 +91,28 @@ public func wallClockMicroseconds() -> Int64 {
     var ts = timespec()
     clock_gettime(CLOCK_REALTIME, &ts)
     return Int64(ts.tv_sec) * 1_000_000 + Int64(ts.tv_nsec) / 1_000
+}
+
+/// How much room the ledger takes, for metrics and warnings.
+public struct LedgerStorageFigures: Sendable, Equatable {
+    /// Bytes in use in the live LMDB map (log and projection).
+    public var liveBytes: Int
+    /// Bytes of the archive's segment files.
+    public var archiveBytes: Int
+    /// The live map's used bytes over its maximum.
+    public var mapUsedRatio: Double
+    /// Whether CONNECTs are refused because only the reserve is left.
+    public var inReserve: Bool
+    /// The oldest live record's time (µs), nil when the live log is empty.
+    public var oldestLiveEvent: Int64?
+    public var archiveSegments: Int
+
+    public init(liveBytes: Int, archiveBytes: Int, mapUsedRatio: Double, inReserve: Bool, oldestLiveEvent: Int64?, archiveSegments: Int) {
+        self.liveBytes = liveBytes
+        self.archiveBytes = archiveBytes
+        self.mapUsedRatio = mapUsedRatio
+        self.inReserve = inReserve
+        self.oldestLiveEvent = oldestLiveEvent
+        self.archiveSegments = archiveSegments
+    }
 }

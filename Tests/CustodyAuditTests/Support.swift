@@ -38,13 +38,13 @@ struct AuditRun {
     }
 }
 
-/// Runs `custody-audit` with these arguments and waits (at most a minute) for it to end, on a
-/// thread of its own (`offPool`): the wait would otherwise hold one of the pool's threads.
-func runAudit(_ arguments: [String]) async throws -> AuditRun {
-    try await offPool { try runAuditBlocking(arguments) }
+/// Runs `custody-audit` with these arguments and waits (at most `timeout` seconds) for it to
+/// end, on a thread of its own (`offPool`): the wait would otherwise hold one of the pool's threads.
+func runAudit(_ arguments: [String], timeout: Double = 60) async throws -> AuditRun {
+    try await offPool { try runAuditBlocking(arguments, timeout: timeout) }
 }
 
-private func runAuditBlocking(_ arguments: [String]) throws -> AuditRun {
+func runAuditBlocking(_ arguments: [String], timeout: Double = 60) throws -> AuditRun {
     let out = temporaryPath("stdout")
     let err = temporaryPath("stderr")
     _ = FileManager.default.createFile(atPath: out, contents: nil)
@@ -59,7 +59,7 @@ private func runAuditBlocking(_ arguments: [String]) throws -> AuditRun {
     child.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
     child.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
     try child.run()
-    let deadline = Date().addingTimeInterval(60)
+    let deadline = Date().addingTimeInterval(timeout)
     while child.isRunning {
         if Date() > deadline {
             child.terminate()

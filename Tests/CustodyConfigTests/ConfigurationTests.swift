@@ -61,6 +61,32 @@ struct ConfigurationTests {
         #expect(config.clients[0].attributes == ["floor": .int(3)])
     }
 
+    @Test("ledger: checkpointEvery and retention { days, maxLiveBytes }, sizes with units, retention: off")
+    func ledgerSection() throws {
+        let defaults = try parse("dataDir: /d")
+        #expect(defaults.ledger.checkpointEvery == 100_000)
+        #expect(defaults.ledger.retentionDays == 30 && defaults.ledger.maxLiveBytes == 8 << 30)
+        let config = try parse("""
+            ledger:
+              checkpointEvery: 5000
+              retention: { days: 7, maxLiveBytes: 512MiB }
+            """)
+        #expect(config.ledger.checkpointEvery == 5000)
+        #expect(config.ledger.retentionDays == 7 && config.ledger.maxLiveBytes == 512 << 20)
+        #expect(config.ledger.retentionMicroseconds == Int64(7) * 86_400 * 1_000_000)
+        let onlyAge = try parse("ledger: { retention: { days: 90 } }")
+        #expect(onlyAge.ledger.retentionDays == 90 && onlyAge.ledger.maxLiveBytes == nil)
+        let off = try parse("ledger: { retention: off }")
+        #expect(!off.ledger.archives)
+        #expect(LedgerConfiguration.parseBytes("8GiB") == 8 << 30)
+        #expect(LedgerConfiguration.parseBytes("100MB") == 100_000_000)
+        #expect(LedgerConfiguration.parseBytes("123") == 123)
+        #expect(LedgerConfiguration.parseBytes("lots") == nil)
+        #expect(throws: ConfigurationError.self) { try parse("ledger: { retention: { maxLiveBytes: 10KiB } }") }
+        #expect(throws: ConfigurationError.self) { try parse("ledger: { checkpointEvery: -1 }") }
+        #expect(throws: ConfigurationError.self) { try parse("ledger: { retention: { weeks: 2 } }") }
+    }
+
     @Test func everyFlagHasAKey() throws {
         let config = try parse("""
             dataDir: /var/lib/custody

@@ -13,6 +13,37 @@ struct BrokerStoreTests {
         return all
     }
 
+    @Test("The store's map grows on demand up to its maximum; past it writes fail as a full store, and it goes on")
+    func mapGrowsThenFailsWithoutEndingTheStore() async throws {
+        let directory = scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try BrokerStore(directory: directory, options: BrokerStoreOptions(mapSize: 24 << 20))
+        defer { store.close() }
+        #expect(try store.mapUsage().mappedBytes == 8 << 20)
+        let value = [UInt8](repeating: 7, count: 64 << 10)
+        var written = 0
+        var failure: LedgerError?
+        for i in 0..<1000 {
+            let result: Result<Void, LedgerError> = await withCheckedContinuation { continuation in
+                store.submit([.put(.messages, key: Array("m\(i)".utf8), value: value)]) { continuation.resume(returning: $0) }
+            }
+            if case .failure(let error) = result {
+                failure = error
+                break
+            }
+            written += 1
+        }
+        // 64 KiB each: more than fit in the first 8 MiB, fewer than in 24 MiB.
+        #expect(written > 200, "\(written)")
+        #expect(try store.mapUsage().mappedBytes == 24 << 20)
+        let error = try #require(failure)
+        #expect(error.isMapFull, "\(error)")
+        // The store goes on: deletes make room, and writes succeed again.
+        try await store.write((0..<100).map { .delete(.messages, key: Array("m\($0)".utf8)) })
+        try await store.write([.put(.messages, key: Array("again".utf8), value: value)])
+        #expect(try store.count(.messages) == written - 100 + 1)
+    }
+
     @Test func putDeleteAndPrefixDeleteSurviveReopen() async throws {
         let directory = scratchDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }

@@ -177,6 +177,13 @@ struct OperationsEndToEndTests {
                 #expect(value("custody_build_info{version=\"\(version.trimmingCharacters(in: .whitespacesAndNewlines))\"}", in: text) == 1)
                 let started = try #require(value("custody_start_time_seconds", in: text))
                 #expect(abs(started - Date().timeIntervalSince1970) < 3600)
+                // The ledger's room, read at the scrape (issue 16).
+                #expect((value("custody_ledger_bytes{part=\"live\"}", in: text) ?? 0) > 0)
+                #expect(value("custody_ledger_bytes{part=\"archive\"}", in: text) == 0)
+                let ratio = try #require(value("custody_ledger_map_used_ratio", in: text))
+                #expect(ratio > 0 && ratio < 0.01)
+                #expect(value("custody_ledger_archive_segments", in: text) == 0)
+                #expect((value("custody_ledger_oldest_live_event_age_seconds", in: text) ?? -1) >= 0)
             }
         }
     }

@@ -1,3 +1,4 @@
+import CLMDB
 import CustodyTesting
 import Foundation
 import LedgerCore
@@ -855,6 +856,469 @@ struct SessionOverflowLedgerTests {
                 == [.disconnected(.sessionOverflow)])
             #expect(try await ledger.endSession(SessionName(unchecked: "never"), reason: .sessionOverflow).isEmpty)
             #expect(try ledger.liveSessionCount(of: AuthenticationName(unchecked: "alice")) == 0)
+            #expect(try ledger.verify().isIntact)
+        }
+    }
+}
+
+// MARK: - A map that grows, and its reserve
+
+@Suite("Ledger map")
+struct LedgerMapTests {
+    private static let padding = String(repeating: "x", count: 100)
+
+    /// Claims connected sessions until the ledger refuses one for want of room; answers the
+    /// granted ones (name, connection).
+    private static func fill(_ ledger: LMDBSessionLedger) async throws -> (granted: [(String, ConnectionNumber)], refusal: LedgerError) {
+        var granted: [(String, ConnectionNumber)] = []
+        for i in 0..<200_000 {
+            let name = "session-\(i)-\(padding)"
+            do {
+                let claimed = try await ledger.claim("client-\(i)-\(padding)", name)
+                let grant = try #require(claimed.grant)
+                granted.append((name, grant.connection))
+            } catch let error as LedgerError {
+                return (granted, error)
+            }
+        }
+        throw TestFailure.unexpected("the map never filled")
+    }
+
+    @Test("The map starts small and grows on demand up to its maximum, without a failed claim")
+    func mapGrows() async throws {
+        try await withScratchDirectory("ledger-map") { directory in
+            let ledger = try LMDBSessionLedger(directory: directory, mapSize: 64 << 20, clock: ManualClock().ledgerClock)
+            defer { ledger.close() }
+            let initial = try #require(ledger.mapUsage)
+            #expect(initial.mappedBytes == 8 << 20)
+            #expect(initial.maximumBytes == 64 << 20)
+            // About 20,000 claims of ~700 bytes of log and projection each: past 8 MiB.
+            let requests = (0..<20_000).map { i in
+                ClaimRequest(
+                    authenticationName: AuthenticationName(unchecked: "client-\(i)-\(Self.padding)"),
+                    sessionName: SessionName(unchecked: "session-\(i)-\(Self.padding)"),
+                    connection: ledger.nextConnectionNumber(), protocolVersion: .mqtt5, cleanStart: false,
+                    requestedExpiryInterval: 600, remoteAddress: "127.0.0.1:50000", identity: .authenticated)
+            }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for chunk in stride(from: 0, to: requests.count, by: 1000) {
+                    let part = Array(requests[chunk..<min(chunk + 1000, requests.count)])
+                    group.addTask {
+                        for request in part { _ = try await ledger.claim(request) }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let grown = try #require(ledger.mapUsage)
+            #expect(grown.mappedBytes > 8 << 20, "\(grown)")
+            #expect(grown.mappedBytes <= 64 << 20)
+            #expect(grown.usedBytes > 8 << 20, "\(grown)")
+            #expect(ledger.head.sequence == 20_000)
+            let report = try ledger.verify()
+            #expect(report.isIntact, "\(String(describing: report.problem))")
+        }
+    }
+
+    @Test("In the reserve, CONNECTs are refused as a full store while disconnects are all recorded")
+    func disconnectsWhileFullAreRecorded() async throws {
+        try await withScratchDirectory("ledger-map") { directory in
+            let ledger = try LMDBSessionLedger(
+                directory: directory, mapSize: 2 << 20, mapReserve: 512 << 10, clock: ManualClock().ledgerClock)
+            defer { ledger.close() }
+            let (granted, refusal) = try await Self.fill(ledger)
+            #expect(refusal.isMapFull, "\(refusal)")
+            #expect("\(refusal)".contains("reserve"), "\(refusal)")
+            #expect(granted.count > 100)
+            let usage = try #require(ledger.mapUsage)
+            #expect(usage.isInReserve, "\(usage)")
+            // Still refused: nothing granted that would eat the reserve.
+            await #expect(throws: LedgerError.self) { try await ledger.claim("late", "late-session") }
+            #expect(try ledger.session("late-session") == nil)
+
+            // Every disconnect is recorded, into the reserve.
+            for (name, connection) in granted {
+                let event = try await ledger.release(name, connection)
+                #expect(event?.kind == .disconnected(.clientInitiatedDisconnect), "\(name)")
+                #expect(try ledger.session(name)?.state.isDisconnected == true)
+            }
+            // Sessions ending (as the broker's overflow ends them) are recorded too.
+            for (name, _) in granted.prefix(20) {
+                let ended = try await ledger.endSession(SessionName(unchecked: name), reason: .sessionOverflow)
+                #expect(ended.count == 1, "\(name)")
+            }
+            let report = try ledger.verify()
+            #expect(report.isIntact, "\(String(describing: report.problem))")
+            #expect(report.events == UInt64(2 * granted.count + 20))
+        }
+    }
+
+    @Test("A start on a full ledger recovers into the reserve, refuses CONNECTs and records disconnects")
+    func startOnAFullLedger() async throws {
+        try await withScratchDirectory("ledger-map") { directory in
+            let clock = ManualClock()
+            var granted: [(String, ConnectionNumber)] = []
+            do {
+                let ledger = try LMDBSessionLedger(
+                    directory: directory, mapSize: 2 << 20, mapReserve: 512 << 10, clock: clock.ledgerClock)
+                (granted, _) = try await Self.fill(ledger)
+                // Stopped with every session connected, as a crash leaves them.
+                ledger.close()
+            }
+            // The same maximum: recovery needs pages for a disconnect of every session.
+            let ledger = try LMDBSessionLedger(
+                directory: directory, mapSize: 2 << 20, mapReserve: 512 << 10, clock: clock.ledgerClock)
+            defer { ledger.close() }
+            #expect(ledger.recovery.disconnected.count == granted.count)
+            #expect(try ledger.liveSessions().values.allSatisfy { !$0.isConnected })
+            do {
+                _ = try await ledger.claim("new", "new-session")
+                Issue.record("a claim was granted from the reserve")
+            } catch let error as LedgerError {
+                #expect(error.isMapFull, "\(error)")
+            }
+            // The old sessions can still end (their expiries are recorded).
+            clock.advance(seconds: 601)
+            let expired = try await ledger.expireDue(limit: 100_000)
+            #expect(expired.count == granted.count)
+            let report = try ledger.verify()
+            #expect(report.isIntact, "\(String(describing: report.problem))")
+        }
+    }
+}
+
+extension SessionEntry.State {
+    fileprivate var isDisconnected: Bool {
+        if case .disconnected = self { return true }
+        return false
+    }
+}
+
+// MARK: - Checkpoints
+
+@Suite("Checkpoints")
+struct CheckpointTests {
+    /// Claims and releases `cycles` sessions of a few clients, some left connected.
+    private static func churn(_ ledger: LMDBSessionLedger, cycles: Int, prefix: String = "s") async throws {
+        for i in 0..<cycles {
+            let claimed = try await ledger.claim("client-\(i % 7)", "\(prefix)-\(i % 13)", expiry: UInt32(i % 3) * 300)
+            if let grant = claimed.grant, i % 5 != 0 { try await ledger.release("\(prefix)-\(i % 13)", grant.connection) }
+        }
+    }
+
+    @Test("Every N records a checkpoint is written with the projection's digest and counts, each true to a replay; verify proves the newest")
+    func checkpointsAreWrittenAndVerified() async throws {
+        try await withScratchDirectory("checkpoints") { directory in
+            let clock = ManualClock()
+            let ledger = try LMDBSessionLedger(directory: directory, clock: clock.ledgerClock, checkpointEvery: 10)
+            defer { ledger.close() }
+            try await Self.churn(ledger, cycles: 60)
+            let store = try LedgerStore(directory: directory, options: LedgerStoreOptions(readOnly: true))
+            defer { store.close() }
+            let checkpoints = try store.read { snapshot -> [Checkpoint] in
+                var found: [Checkpoint] = []
+                for sequence in 1...ledger.head.sequence {
+                    if let checkpoint = try snapshot.checkpoint(at: sequence) { found.append(checkpoint) }
+                }
+                return found
+            }
+            #expect(checkpoints.count >= Int(ledger.head.sequence / 11) - 1 && checkpoints.count >= 5, "\(checkpoints.count)")
+            var previous: UInt64 = 0
+            for checkpoint in checkpoints {
+                #expect(checkpoint.previousCheckpoint == previous)
+                // At most N records after the one before, and no fewer than N.
+                #expect(checkpoint.sequence - previous >= 11 || previous == 0)
+                previous = checkpoint.sequence
+                // The digest describes the projection replayed through the records before it.
+                let projection = try ledger.replay(through: .sequence(checkpoint.sequence - 1))
+                #expect(checkpoint.digest == ProjectionDigest.of(projection))
+                #expect(checkpoint.liveSessions == UInt64(projection.sessions.count))
+            }
+            #expect(try store.read { try $0.lastCheckpoint() } == previous)
+            // Events are still dense around the checkpoints, and records() skips them.
+            #expect(try ledger.records().count == Int(ledger.head.sequence) - checkpoints.count)
+            let report = try ledger.verify()
+            #expect(report.isIntact, "\(String(describing: report.problem))")
+            // The stored running digest is the digest of the stored projection.
+            let stored = try store.read { try $0.storedDigest() }
+            #expect(stored == ProjectionDigest.of(try ledger.replay(through: .end)))
+        }
+    }
+
+    @Test("Recovery checks the log from the newest checkpoint, and refuses a tail that does not chain")
+    func recoveryStartsFromTheNewestCheckpoint() async throws {
+        try await withScratchDirectory("checkpoints") { directory in
+            let clock = ManualClock()
+            var last: UInt64 = 0
+            do {
+                let ledger = try LMDBSessionLedger(directory: directory, clock: clock.ledgerClock, checkpointEvery: 25)
+                try await Self.churn(ledger, cycles: 40)
+                ledger.close()
+                let store = try LedgerStore(directory: directory, options: LedgerStoreOptions(readOnly: true))
+                last = try store.read { try $0.lastCheckpoint() }
+                store.close()
+            }
+            #expect(last > 0)
+            do {
+                let ledger = try LMDBSessionLedger(directory: directory, clock: clock.ledgerClock, checkpointEvery: 25)
+                #expect(ledger.recovery.checkedFrom == last)
+                #expect(ledger.recovery.checkedRecords > 0)
+                #expect(ledger.recovery.checkedRecords <= 26 + 13)
+                #expect(try ledger.verify().isIntact)
+                ledger.close()
+            }
+            // An edit after the newest checkpoint is found at start, and the ledger is not opened.
+            let head = try LedgerStore(directory: directory, options: LedgerStoreOptions(readOnly: true)).read { try $0.head() }
+            try editRecord(in: directory, sequence: head.sequence)
+            #expect(throws: LedgerError.self) {
+                _ = try LMDBSessionLedger(directory: directory, clock: clock.ledgerClock, checkpointEvery: 25)
+            }
+        }
+    }
+}
+
+/// Flips a byte in the authentication name or the body of a stored record, as an intruder would.
+func editRecord(in directory: String, sequence: UInt64) throws {
+    let env = try #require({ () -> OpaquePointer? in
+        var env: OpaquePointer?
+        mdb_env_create(&env)
+        mdb_env_set_maxdbs(env, 8)
+        mdb_env_set_mapsize(env, 64 << 20)
+        guard mdb_env_open(env, directory, 0, 0o640) == 0 else { return nil }
+        return env
+    }())
+    defer { mdb_env_close(env) }
+    var txn: OpaquePointer?
+    mdb_txn_begin(env, nil, 0, &txn)
+    var dbi: MDB_dbi = 0
+    mdb_dbi_open(txn, "log", UInt32(MDB_INTEGERKEY), &dbi)
+    var key = sequence
+    withUnsafeMutableBytes(of: &key) { keyBytes in
+        var k = MDB_val(mv_size: 8, mv_data: keyBytes.baseAddress)
+        var v = MDB_val()
+        mdb_get(txn, dbi, &k, &v)
+        var copy = Array(v.bytesForTest)
+        copy[24] ^= 0x01  // the timestamp
+        copy.withUnsafeMutableBytes { raw in
+            var nv = MDB_val(mv_size: raw.count, mv_data: raw.baseAddress)
+            mdb_put(txn, dbi, &k, &nv, 0)
+        }
+    }
+    mdb_txn_commit(txn)
+}
+
+extension MDB_val {
+    fileprivate var bytesForTest: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: mv_data, count: mv_size) }
+}
+
+// MARK: - Archive
+
+@Suite("Archive")
+struct ArchiveTests {
+    static let day: Int64 = 86_400 * 1_000_000
+
+    /// `days` days of churn, `perDay` claim/release cycles a day, a checkpoint every `every` records.
+    static func history(_ ledger: LMDBSessionLedger, clock: ManualClock, days: Int, perDay: Int) async throws {
+        for d in 0..<days {
+            for i in 0..<perDay {
+                let name = "s-\((d * perDay + i) % 17)"
+                let claimed = try await ledger.claim("client-\(i % 5)", name, expiry: 60)
+                if let grant = claimed.grant { try await ledger.release(name, grant.connection) }
+                clock.advance(seconds: 86_400 / Int64(perDay))
+            }
+        }
+    }
+
+    static func open(_ directory: String, clock: ManualClock, retentionDays: Int64? = 3, maxLiveBytes: Int? = nil) throws -> LMDBSessionLedger {
+        try LMDBSessionLedger(
+            directory: directory, clock: clock.ledgerClock, checkpointEvery: 20,
+            archive: LedgerArchiver.Policy(retention: retentionDays.map { $0 * day }, maxLiveBytes: maxLiveBytes, deleteBatch: 7))
+    }
+
+    @Test("Records older than the retention and behind a checkpoint move to segments; the log reads as one")
+    func archiveByAge() async throws {
+        try await withScratchDirectory("archive") { directory in
+            let clock = ManualClock()
+            let ledger = try Self.open(directory, clock: clock)
+            defer { ledger.close() }
+            try await Self.history(ledger, clock: clock, days: 10, perDay: 12)
+            let before = try ledger.records()
+            let projectionBefore = try ledger.replay(through: .end)
+            var steps = 0
+            while try ledger.archiveOnce() { steps += 1 }
+            #expect(steps > 3)
+            let segments = ArchiveSegment.list(ledger.archiveDirectory)
+            #expect(segments.count == steps)
+            // Contiguous from 1, each ending just before a checkpoint, the live log after them.
+            var expected: UInt64 = 1
+            for segment in segments {
+                #expect(segment.range.lowerBound == expected)
+                expected = segment.range.upperBound + 1
+            }
+            let live = try #require(try ledger.liveLog())
+            #expect(live.first == expected)
+            #expect(try ledger.store.read { try $0.checkpoint(at: live.first) } != nil)
+            // Nothing older than the retention is left live, save the span before the next checkpoint.
+            #expect(live.firstTimestamp >= clock.now - 4 * Self.day)
+            // The whole history still reads, verifies and replays, from the archive and the live log.
+            #expect(try ledger.records() == before)
+            #expect(try ledger.replay(through: .end) == projectionBefore)
+            let report = try ledger.verify()
+            #expect(report.isIntact, "\(String(describing: report.problem))")
+            #expect(report.events == ledger.head.sequence)
+            let early = try ledger.replay(through: .sequence(10))
+            #expect(early.lastSequence == 10)
+        }
+    }
+
+    @Test("Past maxLiveBytes the oldest spans move out, whatever their age")
+    func archiveBySize() async throws {
+        try await withScratchDirectory("archive") { directory in
+            let clock = ManualClock()
+            let ledger = try Self.open(directory, clock: clock, retentionDays: nil, maxLiveBytes: 64 << 10)
+            defer { ledger.close() }
+            try await Self.history(ledger, clock: clock, days: 1, perDay: 600)
+            while try ledger.archiveOnce() {}
+            let live = try #require(try ledger.liveLog())
+            #expect(live.first > 1)
+            #expect(live.bytes <= 64 << 10 + 16 << 10, "\(live.bytes)")
+            #expect(try ledger.verify().isIntact)
+        }
+    }
+
+    @Test("A move a crash interrupted (segment written, live records kept or partly deleted) is finished at open")
+    func halfDoneMoveIsFinished() async throws {
+        try await withScratchDirectory("archive") { directory in
+            let clock = ManualClock()
+            var head = LedgerHead.empty
+            do {
+                let ledger = try Self.open(directory, clock: clock)
+                try await Self.history(ledger, clock: clock, days: 10, perDay: 12)
+                // Archive one span, then write the next segment by hand and delete only part of it.
+                #expect(try ledger.archiveOnce())
+                let span = try #require(try ledger.archiver!.nextSpan())
+                let (records, previous) = try ledger.store.read { snapshot -> ([[UInt8]], ChainHash) in
+                    var records: [[UInt8]] = []
+                    try snapshot.forEachRecord(from: span.lowerBound) { key, bytes in
+                        guard key <= span.upperBound else { return false }
+                        records.append(Array(bytes))
+                        return true
+                    }
+                    return (records, try snapshot.archiveBoundary()!.hash)
+                }
+                _ = try ArchiveSegment.write(records: records, first: span.lowerBound, previousHash: previous, to: ledger.archiveDirectory)
+                // A leftover temporary file, as a crash before the rename leaves.
+                FileManager.default.createFile(atPath: ledger.archiveDirectory + "/.segment-x.tmp", contents: Data([1, 2, 3]))
+                // Both hold the span now: the log still reads once, and verifies.
+                #expect(try ledger.verify().isIntact)
+                head = ledger.head
+                ledger.close()
+            }
+            let ledger = try Self.open(directory, clock: clock)
+            defer { ledger.close() }
+            let segments = ArchiveSegment.list(ledger.archiveDirectory)
+            #expect(segments.count == 2)
+            let live = try #require(try ledger.liveLog())
+            #expect(live.first == segments.last!.range.upperBound + 1)
+            #expect(!FileManager.default.fileExists(atPath: ledger.archiveDirectory + "/.segment-x.tmp"))
+            let report = try ledger.verify()
+            #expect(report.isIntact, "\(String(describing: report.problem))")
+            #expect(ledger.head.sequence >= head.sequence)
+        }
+    }
+
+    @Test("A segment altered by one byte, or missing, is named by verify")
+    func alteredAndMissingSegmentsAreNamed() async throws {
+        try await withScratchDirectory("archive") { directory in
+            let clock = ManualClock()
+            let ledger = try Self.open(directory, clock: clock)
+            defer { ledger.close() }
+            try await Self.history(ledger, clock: clock, days: 10, perDay: 12)
+            while try ledger.archiveOnce() {}
+            let segments = ArchiveSegment.list(ledger.archiveDirectory)
+            try #require(segments.count >= 3)
+            let middle = segments[1].name
+            let path = ledger.archiveDirectory + "/" + middle
+            var bytes = try #require(FileManager.default.contents(atPath: path))
+            let original = bytes
+            chmod(path, 0o640)
+            bytes[bytes.count / 2] ^= 0x20
+            try bytes.write(to: URL(fileURLWithPath: path))
+            let altered = try ledger.verify()
+            guard case .archiveDamaged(let segment, let detail) = altered.problem else {
+                Issue.record("\(String(describing: altered.problem))")
+                return
+            }
+            #expect(segment == middle)
+            #expect(detail.contains("altered"), "\(detail)")
+            try original.write(to: URL(fileURLWithPath: path))
+            #expect(try ledger.verify().isIntact)
+            try FileManager.default.removeItem(atPath: path)
+            let missing = try ledger.verify()
+            guard case .archiveDamaged(let name, let why) = missing.problem else {
+                Issue.record("\(String(describing: missing.problem))")
+                return
+            }
+            #expect(name == middle)
+            #expect(why.contains("missing"), "\(why)")
+        }
+    }
+}
+
+@Suite("Archive when full")
+struct ArchiveWhenFullTests {
+    @Test("A ledger in its reserve archives its oldest spans whatever their age, and takes CONNECTs again")
+    func fullLedgerArchivesToMakeRoom() async throws {
+        try await withScratchDirectory("archive-full") { directory in
+            let clock = ManualClock()
+            // No retention at all: only the reserve makes the archiver move spans.
+            let ledger = try LMDBSessionLedger(
+                directory: directory, mapSize: 2 << 20, mapReserve: 256 << 10, clock: clock.ledgerClock,
+                checkpointEvery: 200, archive: LedgerArchiver.Policy(retention: nil, maxLiveBytes: nil, deleteBatch: 100))
+            defer { ledger.close() }
+            #expect(try ledger.archiver!.nextSpan() == nil)
+            // Sessions that end with their connection: the log grows, the projection does not.
+            // 50 at a time, so that they share commits.
+            var full = false
+            for _ in 0..<2_000 where !full {
+                full = try await withThrowingTaskGroup(of: Bool.self) { group in
+                    for i in 0..<50 {
+                        group.addTask {
+                            do {
+                                let claimed = try await ledger.claim("client-\(i % 10)", "s-\(i)", expiry: 0)
+                                if let grant = claimed.grant { try await ledger.release("s-\(i)", grant.connection) }
+                                return false
+                            } catch let error as LedgerError {
+                                #expect(error.isMapFull, "\(error)")
+                                return true
+                            }
+                        }
+                    }
+                    var any = false
+                    for try await refused in group where refused { any = true }
+                    return any
+                }
+            }
+            #expect(full)
+            // Near the edge the ends of those sessions may free the room the refusal counted:
+            // one at a time, until a claim alone is refused, which leaves no session live.
+            var refused = false
+            for i in 0..<10_000 where !refused {
+                do {
+                    let claimed = try await ledger.claim("client-0", "one-\(i)", expiry: 0)
+                    if let grant = claimed.grant { try await ledger.release("one-\(i)", grant.connection) }
+                } catch {
+                    refused = true
+                }
+            }
+            #expect(refused)
+            #expect(try #require(ledger.mapUsage).isInReserve)
+            var steps = 0
+            while try ledger.archiveOnce() { steps += 1 }
+            #expect(steps > 0)
+            let after = try #require(ledger.mapUsage)
+            #expect(!after.isInReserve, "\(after)")
+            let claimed = try await ledger.claim("late", "late-session", expiry: 0)
+            #expect(claimed.grant != nil)
             #expect(try ledger.verify().isIntact)
         }
     }

@@ -22,7 +22,27 @@ struct CustodyAudit: ParsableCommand {
 struct LedgerOptions: ParsableArguments {
     @Option(help: "Ledger directory (opened read-only, never changed).")
     var dataDir: String = "./data"
+
+    @Option(help: "Where the archive's segments are (default: DATA-DIR/archive); segments copied off the machine are read from there.")
+    var archive: String?
+
+    /// The archive directory: `--archive`, or `archive` under the ledger's directory.
+    var archiveDirectory: String { archive ?? (dataDir as NSString).appendingPathComponent("archive") }
 }
+
+/// Archive segments read during this run: the folds keep pointers into their records, so
+/// they stay loaded until the process ends (it is short-lived).
+final class KeptSegments: @unchecked Sendable {
+    private let lock = NSLock()
+    private var segments: [LoadedSegment] = []
+    func keep(_ segment: LoadedSegment) {
+        lock.lock()
+        segments.append(segment)
+        lock.unlock()
+    }
+}
+
+let keptSegments = KeptSegments()
 
 /// A problem with what the user asked or with the ledger: one line on stderr, exit 1.
 struct AuditError: Error {

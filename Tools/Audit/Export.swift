@@ -37,7 +37,7 @@ struct Export: ParsableCommand {
 
     func run() throws {
         try audit {
-            var exporter = Exporter(next: from, to: to)
+            var exporter = Exporter(next: from, to: to, archive: ledger.archiveDirectory)
             var out = OutputBuffer()
             let store = try ledger.openStore()
             defer { store.close() }
@@ -70,11 +70,13 @@ struct Export: ParsableCommand {
 struct Exporter {
     var next: UInt64
     let to: UInt64?
+    let archive: String?
     private var previous: ChainHash?
 
-    init(next: UInt64, to: UInt64?) {
+    init(next: UInt64, to: UInt64?, archive: String? = nil) {
         self.next = next
         self.to = to
+        self.archive = archive
     }
 
     var isDone: Bool { to.map { next > $0 } ?? false }
@@ -86,12 +88,33 @@ struct Exporter {
             if next == 1 {
                 previous = .genesis
             } else {
-                // The first exported record is checked against the stored hash of the one before.
+                // The first exported record is checked against the stored hash of the one before
+                // (in the live log, at the archive boundary, or in a segment).
                 let before = next - 1
-                let found: ChainHash?? = try snapshot.withRecordBytes(at: before) { bytes in
+                var found: ChainHash?? = try snapshot.withRecordBytes(at: before) { bytes in
                     guard let bytes else { return .some(nil) }
                     guard let raw = RawRecord(bytes) else { return nil }
                     return .some(raw.chainHash)
+                }
+                if case .some(nil) = found, let boundary = try snapshot.archiveBoundary(), before <= boundary.sequence {
+                    if before == boundary.sequence {
+                        found = .some(boundary.hash)
+                    } else if let archive,
+                              let segment = ArchiveSegment.list(archive).first(where: { $0.range.contains(before) })
+                    {
+                        let loaded: LoadedSegment
+                        do {
+                            loaded = try ArchiveSegment.load(archive + "/" + segment.name)
+                        } catch {
+                            throw AuditError("the archive is damaged: \(error) (custody-audit verify checks it)")
+                        }
+                        _ = loaded.forEachRecord(from: before) { _, bytes in
+                            found = .some(EventRecordFormat.storedHash(bytes))
+                            return false
+                        }
+                    } else {
+                        throw AuditError("record \(before) is archived and no segment in \(archive ?? "-") holds it (--archive DIR)")
+                    }
                 }
                 switch found {
                 case .none:
@@ -104,7 +127,7 @@ struct Exporter {
             }
         }
         var damage: VerifyProblem?
-        try snapshot.forEachRecord(from: next) { key, bytes in
+        let archiveDamage = try ArchivedLog.walk(snapshot, archive: archive, from: next) { key, bytes in
             if let to, key > to { return false }
             guard key == next else {
                 damage = .sequenceGap(expected: next, found: key)
@@ -121,13 +144,13 @@ struct Exporter {
                 damage = .unreadableRecord(sequence: key, detail: "format this custody-audit cannot read")
                 return false
             }
-            out.bytes = eventJSON(raw, into: out.bytes)
+            out.bytes = raw.isCheckpoint ? checkpointJSON(raw, into: out.bytes) : eventJSON(raw, into: out.bytes)
             out.bytes.append(UInt8(ascii: "\n"))
             out.flushIfLarge()
             next += 1
             return true
         }
-        if let damage {
+        if let damage = damage ?? archiveDamage {
             out.flush()  // every line so far was checked
             throw AuditError("the ledger is damaged, export stopped: \(damage) (custody-audit verify checks it)")
         }

@@ -361,6 +361,42 @@ struct AuditFold {
         if !expectedDeadlines.isEmpty {
             return .projectionMismatch(detail: "\(expectedDeadlines.count) expiry deadline(s) missing from the index")
         }
+        if let storedDigest = try snapshot.storedDigest() {
+            let replayed = digest()
+            guard storedDigest == replayed else {
+                return .projectionMismatch(detail: "the stored projection digest is \(storedDigest), the log's \(replayed)")
+            }
+        }
+        return nil
+    }
+
+    /// The projection's digest (`ProjectionDigest`) of the live sessions as folded so far.
+    func digest() -> ProjectionDigest {
+        var digest = ProjectionDigest.empty
+        for entry in entries where entry.isLive {
+            digest.add(ProjectionDigest.element(entry.sessionEntry, named: SessionName(unchecked: entry.name.string)))
+        }
+        return digest
+    }
+
+    /// How a checkpoint differs from this fold of the records before it; nil when it does not.
+    func mismatch(with checkpoint: Checkpoint) -> String? {
+        var live: UInt64 = 0
+        var disconnected: UInt64 = 0
+        for entry in entries where entry.isLive {
+            live += 1
+            if entry.state == .disconnected { disconnected += 1 }
+        }
+        let clients = UInt64(self.clients.liveCounts.filter { $0 > 0 }.count)
+        guard checkpoint.liveSessions == live, checkpoint.disconnectedSessions == disconnected,
+              checkpoint.clients == clients
+        else {
+            return "it counts \(checkpoint.liveSessions) live sessions (\(checkpoint.disconnectedSessions) disconnected) of \(checkpoint.clients) clients, the log \(live) (\(disconnected)) of \(clients)"
+        }
+        let replayed = digest()
+        guard checkpoint.digest == replayed else {
+            return "its projection digest is \(checkpoint.digest), the log's \(replayed)"
+        }
         return nil
     }
 

@@ -37,7 +37,7 @@ struct History: ParsableCommand {
                 var rows: [[String]] = []
                 var lines: [UInt8] = []
                 var matched = 0
-                let outcome = try LogScan.run(snapshot) { r in
+                let outcome = try LogScan.run(snapshot, archive: ledger.archiveDirectory) { r in
                     let match = if let sessionName { r.sessionName == sessionName.key } else { clientMatcher!.matches(r.authenticationName) }
                     guard match else { return }
                     matched += 1

@@ -13,6 +13,17 @@ enum RecordCheck {
     }
 
     static func check(_ key: UInt64, _ bytes: UnsafeRawBufferPointer, previous: ChainHash) -> Outcome {
+        if CheckpointRecordFormat.isCheckpoint(bytes) {
+            if let problem = LogRecordCheck.problem(bytes, sequence: key) {
+                return .damaged(.unreadableRecord(sequence: key, detail: problem))
+            }
+            let stored = EventRecordFormat.storedHash(bytes)
+            guard EventRecordFormat.chainHash(of: bytes, previous: previous) == stored else {
+                return .damaged(.hashMismatch(sequence: key))
+            }
+            let timestamp = Int64(littleEndian: bytes.loadUnaligned(fromByteOffset: 24, as: Int64.self))
+            return .intact(LedgerHead(sequence: key, timestamp: timestamp, hash: stored))
+        }
         // `EventRecordFormat.decode` is `header` plus UTF-8 names; this is the same check
         // without building the strings.
         let header: EventRecordFormat.Header
@@ -144,16 +155,22 @@ enum LogScan {
     /// on a second thread) and must be numbered densely from 1; `body` sees each record
     /// here, before its check has finished, so callers act on what they collected only
     /// when the outcome has no problem. Stops at the first gap or unreadable layout.
-    static func run(_ snapshot: LedgerSnapshot, _ body: (RawRecord) throws -> Void) throws -> ScanOutcome {
+    /// With the archive's segments first (`ArchivedLog`): they stay loaded (`keptSegments`),
+    /// as the records the body saw point into them.
+    static func run(
+        _ snapshot: LedgerSnapshot, archive: String?, checkpoint: ((RawRecord) throws -> Void)? = nil,
+        _ body: (RawRecord) throws -> Void
+    ) throws -> ScanOutcome {
         let validator = ChainValidator(after: .empty)
         validator.start()
         var batch: [ChainValidator.Reference] = []
         batch.reserveCapacity(batchSize)
         var expected: UInt64 = 1
         var problem: VerifyProblem?
+        var archiveProblem: VerifyProblem?
         do {
             // From 0, so that a record stored under 0 is found rather than skipped.
-            try snapshot.forEachRecord(from: 0) { key, bytes in
+            archiveProblem = try ArchivedLog.walk(snapshot, archive: archive, from: 0, keep: keptSegments.keep) { key, bytes in
                 guard key == expected else {
                     problem = .sequenceGap(expected: expected, found: key)
                     return false
@@ -169,7 +186,8 @@ enum LogScan {
                     problem = .unreadableRecord(sequence: key, detail: "its field lengths do not match its size")
                     return false
                 }
-                try body(raw)
+                // Checkpoints are records of the chain but no event: they go to their own observer.
+                if raw.isCheckpoint { try checkpoint?(raw) } else { try body(raw) }
                 expected += 1
                 return true
             }
@@ -180,6 +198,6 @@ enum LogScan {
         }
         validator.submit(batch)
         let (head, checkProblem) = validator.finish()
-        return ScanOutcome(head: head, problem: checkProblem ?? problem)
+        return ScanOutcome(head: head, problem: archiveProblem ?? checkProblem ?? problem)
     }
 }

@@ -67,6 +67,24 @@ func eventJSON(_ r: RawRecord, into buffer: [UInt8] = []) -> [UInt8] {
     return j.close()
 }
 
+/// A checkpoint record as one JSON object: what it states of the projection before it.
+func checkpointJSON(_ r: RawRecord, into buffer: [UInt8] = []) -> [UInt8] {
+    var j = JSONObject(into: buffer)
+    j.int("seq", r.sequence)
+    j.time("time", r.timestamp)
+    j.string("kind", "checkpoint")
+    if let checkpoint = r.checkpoint {
+        j.int("liveSessions", checkpoint.liveSessions)
+        j.int("disconnectedSessions", checkpoint.disconnectedSessions)
+        j.int("clients", checkpoint.clients)
+        j.int("highestConnection", checkpoint.highestConnection)
+        j.int("previousCheckpoint", checkpoint.previousCheckpoint)
+        checkpoint.digest.withBytes { j.hex("projectionDigest", $0) }
+    }
+    j.hex("hash", r.hash)
+    return j.close()
+}
+
 /// MQTT protocol levels by name, for tables.
 func protocolName(_ code: UInt8) -> String {
     switch code {

@@ -69,7 +69,7 @@ struct Owner: ParsableCommand {
                 var window = ReplayWindow(sequence: seq, time: atTime)
                 var known = false
                 var seqTime: Int64?
-                let outcome = try LogScan.run(snapshot) { r in
+                let outcome = try LogScan.run(snapshot, archive: ledger.archiveDirectory) { r in
                     if let seq, r.sequence == seq { seqTime = r.timestamp }
                     guard r.sessionName == name.key else {
                         _ = window.admits(r)

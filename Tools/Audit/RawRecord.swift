@@ -22,17 +22,29 @@ struct RawRecord {
     init?(_ bytes: UnsafeRawBufferPointer) {
         guard bytes.count >= Self.headerSize + Self.hashSize, bytes[0] == EventRecordFormat.version else { return nil }
         self.bytes = bytes
+        // A checkpoint: fixed size, no names (its counts and digest: `checkpoint`).
+        if bytes[1] == CheckpointRecordFormat.kindCode {
+            guard bytes.count == CheckpointRecordFormat.size else { return nil }
+            return
+        }
         guard Self.headerSize + authenticationLength + sessionLength + remoteLength + Self.hashSize == bytes.count
         else { return nil }
     }
 
     var kindCode: UInt8 { bytes[1] }
+    var isCheckpoint: Bool { bytes[1] == CheckpointRecordFormat.kindCode }
+    /// The checkpoint this record is (nil for an event, or one that does not decode).
+    var checkpoint: Checkpoint? { isCheckpoint ? try? CheckpointRecordFormat.decode(bytes) : nil }
     var reasonCode: UInt8 { bytes[2] }
     var protocolCode: UInt8 { bytes[3] }
     var cleanStart: Bool { bytes[4] & 1 == 1 }
-    var remoteLength: Int { Int(bytes[5]) }
-    var authenticationLength: Int { Int(UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: 6, as: UInt16.self))) }
-    var sessionLength: Int { Int(UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: 8, as: UInt16.self))) }
+    var remoteLength: Int { isCheckpoint ? 0 : Int(bytes[5]) }
+    var authenticationLength: Int {
+        isCheckpoint ? 0 : Int(UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: 6, as: UInt16.self)))
+    }
+    var sessionLength: Int {
+        isCheckpoint ? 0 : Int(UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: 8, as: UInt16.self)))
+    }
     var expiryInterval: UInt32 { UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: 12, as: UInt32.self)) }
     var sequence: UInt64 { UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 16, as: UInt64.self)) }
     var timestamp: Int64 { Int64(littleEndian: bytes.loadUnaligned(fromByteOffset: 24, as: Int64.self)) }
@@ -135,9 +147,9 @@ enum ReasonNames {
         return table
     }()
 
-    static let kinds: [String] = ["?", "connected", "disconnected", "expired", "rejected"]
+    static let kinds: [String] = ["?", "connected", "disconnected", "expired", "rejected", "checkpoint"]
 
-    static func kind(_ code: UInt8) -> String { code < 5 ? kinds[Int(code)] : "kind\(code)" }
+    static func kind(_ code: UInt8) -> String { code < 6 ? kinds[Int(code)] : "kind\(code)" }
 
     static func reason(kind: UInt8, _ code: UInt8) -> String? {
         guard kind < 5, kind != RawRecord.connected else { return nil }

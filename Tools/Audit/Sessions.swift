@@ -40,7 +40,7 @@ struct Sessions: ParsableCommand {
                 var window = ReplayWindow(time: atTime)
                 let matcher = client.map(ClientMatcher.init)
                 var clientKnown = false
-                let outcome = try LogScan.run(snapshot) { r in
+                let outcome = try LogScan.run(snapshot, archive: ledger.archiveDirectory) { r in
                     if let matcher, !clientKnown, matcher.matches(r.authenticationName) { clientKnown = true }
                     if window.admits(r) { fold.apply(r) }
                 }

@@ -21,7 +21,7 @@ struct Stats: ParsableCommand {
                 var byReason = [[Int]](repeating: [Int](repeating: 0, count: 256), count: 5)
                 var firstTime: Int64?
                 var recordBytes = 0
-                let outcome = try LogScan.run(snapshot) { r in
+                let outcome = try LogScan.run(snapshot, archive: ledger.archiveDirectory) { r in
                     if firstTime == nil { firstTime = r.timestamp }
                     recordBytes += r.bytes.count
                     if r.kindCode < 5 { byReason[Int(r.kindCode)][Int(r.reasonCode)] += 1 }

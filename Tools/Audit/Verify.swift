@@ -1,3 +1,4 @@
+import LMDBStorage
 import ArgumentParser
 import SessionLedger
 
@@ -22,8 +23,18 @@ struct Verify: ParsableCommand {
             let (head, problem) = try ledger.read { _, snapshot in
                 var fold = AuditFold()
                 defer { fold.release() }
-                let outcome = try LogScan.run(snapshot) { fold.apply($0) }
+                // The newest checkpoint is proved against the fold of every record before it.
+                let newest = try snapshot.lastCheckpoint()
+                var checkpointProblem: VerifyProblem?
+                let outcome = try LogScan.run(snapshot, archive: ledger.archiveDirectory, checkpoint: { r in
+                    guard r.sequence == newest, checkpointProblem == nil else { return }
+                    guard let checkpoint = r.checkpoint else { return }  // the chain check reports it
+                    if let mismatch = fold.mismatch(with: checkpoint) {
+                        checkpointProblem = .checkpointMismatch(sequence: r.sequence, detail: mismatch)
+                    }
+                }) { fold.apply($0) }
                 if let problem = outcome.problem { return (outcome.head, Optional(problem)) }
+                if let checkpointProblem { return (outcome.head, Optional(checkpointProblem)) }
                 return (outcome.head, try fold.compare(with: snapshot, head: outcome.head))
             }
             var out = OutputBuffer()

@@ -1,0 +1,155 @@
+import CustodyTesting
+import Foundation
+import LedgerCore
+import LMDBStorage
+import SessionLedger
+import Testing
+
+/// A ledger of `cycles` connect/disconnect cycles (two events each) spread evenly over
+/// `days` days before `end`, built with the writer's bulk load (not through MQTT), a
+/// checkpoint every `every` records; then archived with `retentionDays`. Session `s-K`
+/// is cycled every `sessions` cycles.
+struct ArchivedLedger {
+    var head: LedgerHead
+    var archiveDirectory: String
+    var segments: [(name: String, range: ClosedRange<UInt64>)]
+    var liveFirst: UInt64
+
+    static let day: Int64 = 86_400 * 1_000_000
+
+    static func make(
+        _ directory: String, cycles: Int, days: Int, every: UInt64, retentionDays: Int64, sessions: Int = 1000,
+        end: Int64 = wallClockMicroseconds()
+    ) throws -> ArchivedLedger {
+        let clock = ManualClock(start: end - Int64(days) * day)
+        let step = Int64(days) * day / Int64(cycles)
+        let store = try LedgerStore(directory: directory)
+        defer { store.close() }
+        let writer = try LedgerWriter(store: store, policy: try NamespacePolicy(maximumClientSessionsPerAuthenticationName: 100), clock: clock.ledgerClock)
+        writer.checkpointEvery = every
+        _ = try writer.recover()
+        let chunk = min(5_000, max(1, Int(every) / 4))
+        var requests: [LedgerWriter.BulkRequest] = []
+        requests.reserveCapacity(2 * chunk)
+        for start in stride(from: 0, to: cycles, by: chunk) {
+            requests.removeAll(keepingCapacity: true)
+            for i in start..<min(start + chunk, cycles) {
+                let name = SessionName(unchecked: "s-\(i % sessions)")
+                let connection = writer.nextConnectionNumber()
+                requests.append(.claim(ClaimRequest(
+                    authenticationName: AuthenticationName(unchecked: "client-\(i % sessions % 50)"), sessionName: name,
+                    connection: connection, protocolVersion: .mqtt5, cleanStart: true, requestedExpiryInterval: 0,
+                    remoteAddress: "10.0.\(i % 200).\(i % 250):5\(i % 1000)", identity: .authenticated)))
+                requests.append(.release(ReleaseRequest(sessionName: name, connection: connection, reason: .clientInitiatedDisconnect)))
+            }
+            // One transaction per chunk, all at one time: time moves between chunks.
+            let refused = try writer.load(requests, batch: requests.count)
+            #expect(refused == 0)
+            clock.advance(microseconds: step * Int64(chunk))
+        }
+        writer.start()
+        let archiveDirectory = directory + "/archive"
+        let archiver = LedgerArchiver(
+            store: store, writer: writer, directory: archiveDirectory,
+            policy: LedgerArchiver.Policy(retention: retentionDays * day, maxLiveBytes: nil, deleteBatch: 20_000),
+            clock: clock.ledgerClock)
+        while try archiver.runOnce() {}
+        writer.stop()
+        let (liveFirst, head) = try store.read { (try $0.firstLiveRecord()?.sequence ?? 0, try $0.head()) }
+        return ArchivedLedger(
+            head: head, archiveDirectory: archiveDirectory, segments: ArchiveSegment.list(archiveDirectory), liveFirst: liveFirst)
+    }
+}
+
+@Suite("custody-audit across the archive")
+struct ArchiveAuditTests {
+    @Test("A million events, half archived by the retention: checkpoints, segments and live log verify as one")
+    func millionEvents() throws {
+        try withScratchDirectory("audit-archive-1m") { directory in
+            let ledger = try ArchivedLedger.make(directory, cycles: 500_000, days: 60, every: 50_000, retentionDays: 30)
+            // 1,000,000 events and a checkpoint every 50,000 records.
+            #expect(ledger.head.sequence == 1_000_000 + 1_000_000 / 50_000 - 1 || ledger.head.sequence == 1_000_000 + 1_000_000 / 50_000)
+            // The retention cut the log about in half, at checkpoints.
+            #expect(ledger.segments.count >= 9 && ledger.segments.count <= 11, "\(ledger.segments.map(\.name))")
+            #expect(ledger.liveFirst > 450_000 && ledger.liveFirst < 560_000, "\(ledger.liveFirst)")
+            #expect(ledger.segments.last!.range.upperBound + 1 == ledger.liveFirst)
+
+            let verify = try runAuditBlocking(["verify", "--data-dir", directory], timeout: 300)
+            #expect(verify.status == 0, "\(verify.stdout) \(verify.stderr)")
+            #expect(verify.stdout == "verify: ok events=\(ledger.head.sequence) head=\(ledger.head.hash.hex)\n")
+
+            // history across the boundary: s-0's 500 cycles, from the archive and the live log, in order.
+            let history = try runAuditBlocking(["history", "--session", "s-0", "--json", "--data-dir", directory], timeout: 300).jsonLines()
+            #expect(history.count == 1_000)
+            let sequences = history.compactMap { $0["seq"] as? Int }
+            #expect(sequences == sequences.sorted())
+            #expect(sequences.first! < Int(ledger.liveFirst) && sequences.last! > Int(ledger.liveFirst))
+        }
+    }
+
+    @Test("history, owner --at, sessions --at and export across the boundary; --archive elsewhere")
+    func queriesAcrossTheBoundary() throws {
+        try withScratchDirectory("audit-archive") { directory in
+            let end = wallClockMicroseconds()
+            let ledger = try ArchivedLedger.make(directory, cycles: 2_000, days: 10, every: 200, retentionDays: 5, sessions: 20, end: end)
+            try #require(ledger.segments.count >= 3)
+            #expect(ledger.liveFirst > 1)
+            let history = try runAuditBlocking(["history", "--session", "s-3", "--json", "--data-dir", directory]).jsonLines()
+            #expect(history.count == 200)
+            #expect((history.first?["seq"] as? Int ?? 0) < Int(ledger.liveFirst))
+            // owner --at a time inside the archive: s-3 was last released then, so it is free.
+            let early = iso(end - 9 * ArchivedLedger.day)
+            let owner = try runAuditBlocking(["owner", "--session", "s-3", "--at", early, "--json", "--data-dir", directory])
+            #expect(owner.status == 0, "\(owner.stdout) \(owner.stderr)")
+            let sessions = try runAuditBlocking(["sessions", "--at", early, "--json", "--data-dir", directory])
+            #expect(sessions.status == 0, "\(sessions.stderr)")
+            // export from inside the archive to inside the live log, chained across the boundary.
+            let from = Int(ledger.liveFirst) - 50
+            let export = try runAuditBlocking(["export", "--from", "\(from)", "--to", "\(from + 100)", "--data-dir", directory]).jsonLines()
+            #expect(export.map { $0["seq"] as? Int } == (from...(from + 100)).map { $0 })
+            let all = try runAuditBlocking(["export", "--data-dir", directory]).jsonLines()
+            #expect(all.count == Int(ledger.head.sequence))
+
+            // The archive copied off the machine and read from there.
+            let elsewhere = directory + "-elsewhere"
+            defer { try? FileManager.default.removeItem(atPath: elsewhere) }
+            try FileManager.default.moveItem(atPath: ledger.archiveDirectory, toPath: elsewhere)
+            let without = try runAuditBlocking(["verify", "--data-dir", directory])
+            #expect(without.status == 1)
+            #expect(without.stdout.contains("missing"), "\(without.stdout)")
+            let with = try runAuditBlocking(["verify", "--data-dir", directory, "--archive", elsewhere])
+            #expect(with.status == 0, "\(with.stdout) \(with.stderr)")
+        }
+    }
+
+    @Test("One tampered byte in a segment is found and the segment named; so is a deleted middle segment")
+    func tamperedAndDeletedSegments() throws {
+        try withScratchDirectory("audit-archive") { directory in
+            let ledger = try ArchivedLedger.make(directory, cycles: 2_000, days: 10, every: 200, retentionDays: 5, sessions: 20)
+            try #require(ledger.segments.count >= 3)
+            let middle = ledger.segments[1].name
+            let path = ledger.archiveDirectory + "/" + middle
+            let original = try #require(FileManager.default.contents(atPath: path))
+            for offset in [40, 100, SegmentHeader.size + 10, original.count / 2, original.count - 3] {
+                var bytes = original
+                bytes[offset] ^= 0x01
+                chmod(path, 0o640)
+                try bytes.write(to: URL(fileURLWithPath: path))
+                let verify = try runAuditBlocking(["verify", "--data-dir", directory])
+                #expect(verify.status == 1, "byte \(offset): \(verify.stdout)")
+                #expect(verify.stdout.contains("archive segment \(middle)"), "byte \(offset): \(verify.stdout)")
+                #expect(verify.stdout.contains("altered"), "byte \(offset): \(verify.stdout)")
+                // Nothing is answered from a damaged log.
+                let history = try runAuditBlocking(["history", "--session", "s-1", "--data-dir", directory])
+                #expect(history.status == 1)
+            }
+            try original.write(to: URL(fileURLWithPath: path))
+            #expect(try runAuditBlocking(["verify", "--data-dir", directory]).status == 0)
+            try FileManager.default.removeItem(atPath: path)
+            let verify = try runAuditBlocking(["verify", "--json", "--data-dir", directory]).json()
+            #expect(verify["ok"] as? Bool == false)
+            let problem = verify["problem"] as? String ?? ""
+            #expect(problem.contains(middle) && problem.contains("missing"), "\(problem)")
+        }
+    }
+}
