@@ -225,7 +225,7 @@ let package = Package(
         .testTarget(
             name: "EpollTransportTests",
             // The event loop, its timers and the byte streams, over socket pairs and 127.0.0.1.
-            dependencies: ["EpollTransport", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["EpollTransport", "CustodyTesting", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "MQTTCodecTests",

@@ -31,6 +31,21 @@ func runLoad(_ mode: LoadModeName, address: SocketAddress, pid: Int32?, load: Lo
     }
 }
 
+/// Runs `publish` against one broker on a fresh single-threaded event loop.
+func runPublish(address: SocketAddress, pid: Int32?, load: LoadOptions, publish: PublishOptions) throws -> Report {
+    raiseFileLimit()
+    let engine = LoadEngine(
+        address: address, version: load.version, timeoutMilliseconds: load.timeoutMs,
+        closeWaitMilliseconds: load.closeWaitMs)
+    // Setup (CONNACK and SUBACK timeouts), the run, the drain and the closes; beyond that the
+    // broker has stopped answering.
+    let hardLimit = load.seconds + Double(publish.drainMs) / 1000 + Double(load.timeoutMs) / 1000 * 4
+        + Double(load.closeWaitMs) / 1000 * 2 + 60
+    return try engine.run(hardLimitSeconds: hardLimit) { engine, promise in
+        PublishMode(engine: engine, load: load, publish: publish, pid: pid, promise: promise).start()
+    }
+}
+
 /// The shape of every single-broker subcommand.
 protocol LoadCommand: ParsableCommand {
     static var mode: LoadModeName { get }
@@ -103,6 +118,38 @@ struct HoldLoad: LoadCommand {
         abstract: "Opens --conns connections and keeps them with PINGREQ for --seconds; with --pid the broker's RSS and bytes per connection.")
     @OptionGroup var target: TargetOptions
     @OptionGroup var load: LoadOptions
+}
+
+struct PublishLoad: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "publish",
+        abstract: "Message throughput: --conns publishers to 1 subscriber (fan-in) or 1 publisher to --conns subscribers (fan-out), QoS 0 or 1.",
+        discussion: """
+            Subscribers subscribe to ROOT/PREFIX/+ (clean start), then publishers publish to \
+            ROOT/PREFIX/USER for --seconds; afterwards the run waits for what is still on the \
+            way (at most --drain-ms of silence); --total stops it after that many PUBLISHes. \
+            Final line: publish: published=N delivered=D \
+            lost=L duplicates=X errors=E rate=R/s p50=Xus p99=Yus p999=Zus bench_cpu_pct=G \
+            [cpu_us_per_msg=C]. delivered and rate count messages received by subscribers (a \
+            fan-out message counts once per subscriber); lost is what a subscriber that stayed \
+            connected never got of the messages sent (QoS 0) or acknowledged (QoS 1); latencies \
+            are from the PUBLISH being written to its delivery; bench_cpu_pct is this generator's \
+            CPU as a share of one core (near 100: the generator, not the broker, sets the rate); \
+            cpu_us_per_msg is the broker's CPU (--pid) per delivered message.
+            """)
+    @OptionGroup var target: TargetOptions
+    @OptionGroup var load: LoadOptions
+    @OptionGroup var publish: PublishOptions
+
+    func validate() throws {
+        _ = try BrokerAddress.resolve(host: target.host, port: target.port, allowRemote: load.allowRemote)
+    }
+
+    func run() throws {
+        let address = try BrokerAddress.resolve(host: target.host, port: target.port, allowRemote: load.allowRemote)
+        let report = try runPublish(address: address, pid: target.pid, load: load, publish: publish)
+        report.print(json: load.json)
+    }
 }
 
 /// The same load against several brokers in turn, rounds alternating the order.

@@ -175,6 +175,14 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
 
     var onConnAck: ((BenchConnection) -> Void)?
     var onClose: ((BenchConnection) -> Void)?
+    /// Every other packet from the broker once the CONNACK is in (PUBLISH, PUBACK, SUBACK, ...).
+    var onPacket: ((BenchConnection, MQTTPacket) -> Void)?
+    /// The channel became writable again after NIO's write buffer had filled.
+    var onWritable: ((BenchConnection) -> Void)?
+
+    /// Bytes waiting for `flushQueued`: packets added by `queue`, or written here directly by
+    /// a mode. A read batch ends with a flush, so answers to what it held go out in one write.
+    var queued = ByteBuffer()
 
     init(connect: MQTTConnect, tag: Int) {
         self.connect = connect
@@ -240,9 +248,22 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
                 engine.pongsReceived += 1
             }
         default:
-            break
+            onPacket?(self, packet)
         }
     }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        flushQueued()
+        context.fireChannelReadComplete()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { onWritable?(self) }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Whether NIO's write buffer for this connection is below its high-water mark.
+    var isWritable: Bool { context?.channel.isWritable ?? false }
 
     func channelInactive(context: ChannelHandlerContext) {
         finishClosing()
@@ -267,18 +288,34 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
         let callback = onClose
         onClose = nil
         onConnAck = nil
+        onPacket = nil
+        onWritable = nil
+        queued = ByteBuffer()
         callback?(self)
     }
 
+    /// Sends `packet` now, after anything still in `queued`.
     func send(_ packet: MQTTPacket) {
-        guard let context else { return }
-        var buffer = context.channel.allocator.buffer(capacity: 64)
+        guard context != nil else { return }
+        queue(packet)
+        flushQueued()
+    }
+
+    /// Adds `packet` to `queued`; nothing is sent before `flushQueued`.
+    func queue(_ packet: MQTTPacket) {
         do {
-            try engine.encoder.encode(packet, into: &buffer)
+            try engine.encoder.encode(packet, into: &queued)
         } catch {
-            return fail("encode")
+            fail("encode")
         }
-        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    /// Writes and flushes what `queue` (or a mode) put in `queued`.
+    func flushQueued() {
+        guard queued.readableBytes > 0, let context else { return }
+        let bytes = queued
+        queued = ByteBuffer()
+        context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
     }
 
     /// Sends DISCONNECT (normal) and waits for the broker to close, as MQTT says it must;

@@ -93,6 +93,59 @@ struct LoadOptions: ParsableArguments {
     }
 }
 
+/// Who publishes to whom in `publish`.
+enum PublishShape: String, ExpressibleByArgument, CaseIterable, Sendable {
+    /// --conns publishers, one subscriber on a wildcard filter.
+    case fanIn = "fan-in"
+    /// One publisher, --conns subscribers.
+    case fanOut = "fan-out"
+}
+
+/// What `publish` sends, on top of `LoadOptions` (--conns is the many side of --shape).
+struct PublishOptions: ParsableArguments {
+    @Option(help: "QoS of every PUBLISH and subscription: 0 or 1.")
+    var qos: Int = 1
+
+    @Option(help: "fan-in: --conns publishers and 1 subscriber; fan-out: 1 publisher and --conns subscribers.")
+    var shape: PublishShape = .fanIn
+
+    @Option(help: "Payload bytes of each message (at least 20: publisher, sequence number, send time).")
+    var payloadBytes: Int = 64
+
+    @Option(help: "QoS 1: PUBLISHes a publisher may have unacknowledged (Custody's Receive Maximum is 100).")
+    var inflight: Int = 32
+
+    @Option(help: "Messages the publishers together may be ahead of the slowest subscriber, shared out evenly (0: no limit). Keep it below the broker's queue per session (Custody and mosquitto: 1000), which drops even QoS 1 messages beyond it.")
+    var maxAhead: Int = 500
+
+    @Option(help: "Messages per second from all publishers together (0: as fast as --inflight and --max-ahead allow).")
+    var rate: Double = 0
+
+    @Option(help: "First topic level: publishers publish to ROOT/PREFIX/USER, subscribers subscribe to ROOT/PREFIX/+.")
+    var topicRoot: String = "bench"
+
+    @Option(help: "After --seconds, milliseconds with nothing arriving before what is missing counts as lost.")
+    var drainMs: Int = 2000
+
+    var qosLevel: MQTTQoS { qos == 0 ? .atMostOnce : .atLeastOnce }
+
+    func validate() throws {
+        guard qos == 0 || qos == 1 else { throw ValidationError("--qos must be 0 or 1, got \(qos)") }
+        guard (20...65_536).contains(payloadBytes) else {
+            throw ValidationError("--payload-bytes must be between 20 and 65536, got \(payloadBytes)")
+        }
+        guard (1...65_535).contains(inflight) else { throw ValidationError("--inflight must be between 1 and 65535, got \(inflight)") }
+        guard maxAhead >= 0 else { throw ValidationError("--max-ahead must be 0 or more, got \(maxAhead)") }
+        guard rate >= 0, rate.isFinite else { throw ValidationError("--rate must be 0 or more, got \(rate)") }
+        guard !topicRoot.isEmpty, topicRoot.utf8.count <= 100,
+            !topicRoot.contains(where: { $0 == "/" || $0 == "+" || $0 == "#" || $0 == "\0" }), !topicRoot.hasPrefix("$")
+        else {
+            throw ValidationError("--topic-root must be one topic level (no '/', '+', '#', leading '$'), 1-100 bytes, got '\(topicRoot)'")
+        }
+        guard (1...600_000).contains(drainMs) else { throw ValidationError("--drain-ms must be between 1 and 600000, got \(drainMs)") }
+    }
+}
+
 /// A broker address, checked: an IP literal or localhost, loopback unless allowed otherwise.
 enum BrokerAddress {
     static func resolve(host: String, port: Int, allowRemote: Bool, flag: String = "--host") throws -> SocketAddress {

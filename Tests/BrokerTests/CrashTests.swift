@@ -1,3 +1,4 @@
+import CustodyTesting
 import Foundation
 import LedgerCore
 import MQTTCodec
@@ -100,7 +101,7 @@ struct CrashTests {
                 try await Task.sleep(for: .milliseconds(5))
             }
             kill(child.processIdentifier, SIGKILL)
-            child.waitUntilExit()
+            try await offPool { child.waitUntilExit() }
             #expect(child.terminationReason == .uncaughtSignal)
             // Let the reader take what the pipe still holds.
             try await Task.sleep(for: .milliseconds(100))

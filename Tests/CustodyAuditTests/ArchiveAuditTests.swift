@@ -93,7 +93,7 @@ struct ArchiveAuditTests {
         #expect(liveFirst > 450_000 && liveFirst < 560_000, "\(liveFirst)")
         #expect(segments.last!.range.upperBound + 1 == liveFirst)
 
-        let verify = try runAudit(["verify", "--data-dir", directory], timeout: 600, lowPriority: true)
+        let verify = try runAuditBlocking(["verify", "--data-dir", directory], timeout: 600, lowPriority: true)
         #expect(verify.status == 0, "\(verify.stdout) \(verify.stderr)")
         #expect(verify.stdout == "verify: ok events=\(head) head=\(fields["hash"] ?? "?")\n")
 
@@ -111,30 +111,30 @@ struct ArchiveAuditTests {
             let ledger = try ArchivedLedger.make(directory, cycles: 2_000, days: 10, every: 200, retentionDays: 5, sessions: 20, end: end)
             try #require(ledger.segments.count >= 3)
             #expect(ledger.liveFirst > 1)
-            let history = try runAudit(["history", "--session", "s-3", "--json", "--data-dir", directory]).jsonLines()
+            let history = try runAuditBlocking(["history", "--session", "s-3", "--json", "--data-dir", directory]).jsonLines()
             #expect(history.count == 200)
             #expect((history.first?["seq"] as? Int ?? 0) < Int(ledger.liveFirst))
             // owner --at a time inside the archive: s-3 was last released then, so it is free.
             let early = iso(end - 9 * ArchivedLedger.day)
-            let owner = try runAudit(["owner", "--session", "s-3", "--at", early, "--json", "--data-dir", directory])
+            let owner = try runAuditBlocking(["owner", "--session", "s-3", "--at", early, "--json", "--data-dir", directory])
             #expect(owner.status == 0, "\(owner.stdout) \(owner.stderr)")
-            let sessions = try runAudit(["sessions", "--at", early, "--json", "--data-dir", directory])
+            let sessions = try runAuditBlocking(["sessions", "--at", early, "--json", "--data-dir", directory])
             #expect(sessions.status == 0, "\(sessions.stderr)")
             // export from inside the archive to inside the live log, chained across the boundary.
             let from = Int(ledger.liveFirst) - 50
-            let export = try runAudit(["export", "--from", "\(from)", "--to", "\(from + 100)", "--data-dir", directory]).jsonLines()
+            let export = try runAuditBlocking(["export", "--from", "\(from)", "--to", "\(from + 100)", "--data-dir", directory]).jsonLines()
             #expect(export.map { $0["seq"] as? Int } == (from...(from + 100)).map { $0 })
-            let all = try runAudit(["export", "--data-dir", directory]).jsonLines()
+            let all = try runAuditBlocking(["export", "--data-dir", directory]).jsonLines()
             #expect(all.count == Int(ledger.head.sequence))
 
             // The archive copied off the machine and read from there.
             let elsewhere = directory + "-elsewhere"
             defer { try? FileManager.default.removeItem(atPath: elsewhere) }
             try FileManager.default.moveItem(atPath: ledger.archiveDirectory, toPath: elsewhere)
-            let without = try runAudit(["verify", "--data-dir", directory])
+            let without = try runAuditBlocking(["verify", "--data-dir", directory])
             #expect(without.status == 1)
             #expect(without.stdout.contains("missing"), "\(without.stdout)")
-            let with = try runAudit(["verify", "--data-dir", directory, "--archive", elsewhere])
+            let with = try runAuditBlocking(["verify", "--data-dir", directory, "--archive", elsewhere])
             #expect(with.status == 0, "\(with.stdout) \(with.stderr)")
         }
     }
@@ -156,18 +156,18 @@ struct ArchiveAuditTests {
                 bytes[offset] ^= 0x01
                 chmod(path, 0o640)
                 try bytes.write(to: URL(fileURLWithPath: path))
-                let verify = try runAudit(["verify", "--data-dir", directory])
+                let verify = try runAuditBlocking(["verify", "--data-dir", directory])
                 #expect(verify.status == 1, "byte \(offset): \(verify.stdout)")
                 #expect(verify.stdout.contains("archive segment \(middle)"), "byte \(offset): \(verify.stdout)")
                 #expect(verify.stdout.contains("altered"), "byte \(offset): \(verify.stdout)")
                 // Nothing is answered from a damaged log.
-                let history = try runAudit(["history", "--session", "s-1", "--data-dir", directory])
+                let history = try runAuditBlocking(["history", "--session", "s-1", "--data-dir", directory])
                 #expect(history.status == 1)
             }
             try original.write(to: URL(fileURLWithPath: path))
-            #expect(try runAudit(["verify", "--data-dir", directory]).status == 0)
+            #expect(try runAuditBlocking(["verify", "--data-dir", directory]).status == 0)
             try FileManager.default.removeItem(atPath: path)
-            let verify = try runAudit(["verify", "--json", "--data-dir", directory]).json()
+            let verify = try runAuditBlocking(["verify", "--json", "--data-dir", directory]).json()
             #expect(verify["ok"] as? Bool == false)
             let problem = verify["problem"] as? String ?? ""
             #expect(problem.contains(middle) && problem.contains("missing"), "\(problem)")

@@ -96,11 +96,11 @@ struct CheckpointAuditTests {
     func verifyExportHistoryWithCheckpoints() async throws {
         try await withMemoryScratchDirectory("audit-checkpoints") { directory in
             let head = try await churnedLedger(directory, every: 10, cycles: 40)
-            let verify = try runAudit(["verify", "--data-dir", directory])
+            let verify = try await runAudit(["verify", "--data-dir", directory])
             #expect(verify.status == 0, "\(verify.stdout) \(verify.stderr)")
             #expect(verify.stdout == "verify: ok events=\(head.sequence) head=\(head.hash.hex)\n")
 
-            let export = try runAudit(["export", "--data-dir", directory]).jsonLines()
+            let export = try await runAudit(["export", "--data-dir", directory]).jsonLines()
             #expect(export.count == Int(head.sequence))
             let checkpoints = export.filter { $0["kind"] as? String == "checkpoint" }
             #expect(checkpoints.count >= 4)
@@ -108,7 +108,7 @@ struct CheckpointAuditTests {
                 #expect((checkpoint["projectionDigest"] as? String)?.count == 64)
                 #expect(checkpoint["liveSessions"] is Int)
             }
-            let history = try runAudit(["history", "--session", "s-1", "--json", "--data-dir", directory]).jsonLines()
+            let history = try await runAudit(["history", "--session", "s-1", "--json", "--data-dir", directory]).jsonLines()
             #expect(!history.isEmpty)
             #expect(history.allSatisfy { $0["kind"] as? String != "checkpoint" })
         }
@@ -122,7 +122,7 @@ struct CheckpointAuditTests {
             let newest = try store.read { try $0.lastCheckpoint() }
             store.close()
             try rechainedEdit(in: directory, at: newest) { bytes in bytes[72] ^= 0xFF }  // the digest
-            let verify = try runAudit(["verify", "--data-dir", directory])
+            let verify = try await runAudit(["verify", "--data-dir", directory])
             #expect(verify.status == 1)
             #expect(verify.stdout.contains("first_bad_seq=\(newest)"), "\(verify.stdout)")
             #expect(verify.stdout.contains("checkpoint \(newest) disagrees"), "\(verify.stdout)")

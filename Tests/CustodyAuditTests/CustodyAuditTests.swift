@@ -44,7 +44,7 @@ struct CustodyAuditTests {
     @Test("history --session: every event naming the session, in order, with reason, connection and address")
     func historyOfSession() async throws {
         try await withScript { script in
-            let run = try runAudit(["history", "--session", "s1", "--json", "--data-dir", script.directory])
+            let run = try await runAudit(["history", "--session", "s1", "--json", "--data-dir", script.directory])
             #expect(run.status == 0, "\(run.stderr)")
             let events = try run.jsonLines()
             #expect(seqs(events) == [1, 3, 4, 5, 8, 10])
@@ -65,7 +65,7 @@ struct CustodyAuditTests {
             #expect(events[0]["protocolVersion"] as? Int == 5)
             #expect(events[4]["sessionExpiryInterval"] as? Int == 600)
 
-            let table = try runAudit(["history", "--session", "s1", "--data-dir", script.directory])
+            let table = try await runAudit(["history", "--session", "s1", "--data-dir", script.directory])
             #expect(table.status == 0)
             #expect(table.lines.count == 7)
             #expect(table.lines[0].hasPrefix("SEQ  TIME"))
@@ -81,7 +81,7 @@ struct CustodyAuditTests {
     @Test("history --client: every event of the authentication name, case-insensitively")
     func historyOfClient() async throws {
         try await withScript { script in
-            let run = try runAudit(["history", "--client", "ALICE", "--json", "--data-dir", script.directory])
+            let run = try await runAudit(["history", "--client", "ALICE", "--json", "--data-dir", script.directory])
             #expect(run.status == 0, "\(run.stderr)")
             let events = try run.jsonLines()
             #expect(seqs(events) == [1, 3, 4, 6, 7, 8, 10, 11, 12])
@@ -90,7 +90,7 @@ struct CustodyAuditTests {
             #expect(events[7]["reason"] as? String == "brokerRestart")
             #expect(events[8]["reason"] as? String == "expiredWhileBrokerDown")
 
-            let dave = try runAudit(["history", "--client", "dave", "--json", "--data-dir", script.directory])
+            let dave = try await runAudit(["history", "--client", "dave", "--json", "--data-dir", script.directory])
             let rejected = try dave.jsonLines()
             #expect(seqs(rejected) == [14])
             #expect(rejected.first?["sessionName"] as? String == "")
@@ -100,8 +100,8 @@ struct CustodyAuditTests {
 
     // MARK: owner
 
-    private func owner(_ script: ScriptedLedger, _ extra: [String]) throws -> [String: Any] {
-        let run = try runAudit(["owner", "--session", "s1", "--json", "--data-dir", script.directory] + extra)
+    private func owner(_ script: ScriptedLedger, _ extra: [String]) async throws -> [String: Any] {
+        let run = try await runAudit(["owner", "--session", "s1", "--json", "--data-dir", script.directory] + extra)
         #expect(run.status == 0, "\(run.stderr)")
         return try run.json()
     }
@@ -113,13 +113,13 @@ struct CustodyAuditTests {
     @Test("owner --at between events: state and the event it came from")
     func ownerAtTimes() async throws {
         try await withScript { script in
-            var answer = try owner(script, ["--at", iso(at(0) - 1)])
+            var answer = try await owner(script, ["--at", iso(at(0) - 1)])
             #expect(answer["state"] as? String == "free")
             #expect(answer["owner"] is NSNull)
             #expect(answer["event"] is NSNull)
             #expect(answer["throughSeq"] as? Int == 0)
 
-            answer = try owner(script, ["--at", iso(at(5))])
+            answer = try await owner(script, ["--at", iso(at(5))])
             #expect(answer["state"] as? String == "connected")
             #expect(answer["owner"] as? String == "alice")
             #expect(eventSeq(answer) == 1)
@@ -127,35 +127,35 @@ struct CustodyAuditTests {
             #expect(answer["throughSeq"] as? Int == 1)
 
             // One microsecond before the takeover, and at it (both of its events count).
-            answer = try owner(script, ["--at", iso(at(20) - 1)])
+            answer = try await owner(script, ["--at", iso(at(20) - 1)])
             #expect(answer["owner"] as? String == "alice")
             #expect(eventSeq(answer) == 1)
-            answer = try owner(script, ["--at", iso(at(20))])
+            answer = try await owner(script, ["--at", iso(at(20))])
             #expect(answer["state"] as? String == "connected")
             #expect(answer["owner"] as? String == "Alice")
             #expect(eventSeq(answer) == 4)
             #expect((answer["event"] as? [String: Any])?["connection"] as? Int == Int(script.connections["Alice-s1"]!))
 
             // Disconnected, alive until its deadline.
-            answer = try owner(script, ["--at", iso(at(65))])
+            answer = try await owner(script, ["--at", iso(at(65))])
             #expect(answer["state"] as? String == "disconnected")
             #expect(answer["owner"] as? String == "Alice")
             #expect(answer["deadline"] as? String == iso(at(660)))
             #expect(eventSeq(answer) == 8)
 
             // Past the deadline but before the expired event: free already.
-            answer = try owner(script, ["--at", iso(at(665))])
+            answer = try await owner(script, ["--at", iso(at(665))])
             #expect(answer["state"] as? String == "free")
             #expect(answer["owner"] is NSNull)
             #expect(eventSeq(answer) == 8)
             #expect((answer["note"] as? String)?.contains(iso(at(660))) == true)
 
-            answer = try owner(script, ["--at", iso(at(700))])
+            answer = try await owner(script, ["--at", iso(at(700))])
             #expect(answer["state"] as? String == "free")
             #expect(eventSeq(answer) == 10)
 
             // Default: now.
-            answer = try owner(script, [])
+            answer = try await owner(script, [])
             #expect(answer["state"] as? String == "free")
             #expect(eventSeq(answer) == 10)
             #expect(answer["throughSeq"] as? Int == 14)
@@ -165,7 +165,7 @@ struct CustodyAuditTests {
     @Test("owner --seq: the state right after that event; fractional --at is accepted")
     func ownerAtSequence() async throws {
         try await withScript { script in
-            var answer = try owner(script, ["--seq", "3"])
+            var answer = try await owner(script, ["--seq", "3"])
             // After the takeover's first event the old connection's session waits for its client.
             #expect(answer["state"] as? String == "disconnected")
             #expect(answer["owner"] as? String == "alice")
@@ -173,18 +173,18 @@ struct CustodyAuditTests {
             #expect(answer["at"] as? String == iso(at(20)))
             #expect(eventSeq(answer) == 3)
 
-            answer = try owner(script, ["--seq", "4"])
+            answer = try await owner(script, ["--seq", "4"])
             #expect(answer["owner"] as? String == "Alice")
 
-            answer = try owner(script, ["--at", "2025-03-01T08:00:20.000000Z"])
+            answer = try await owner(script, ["--at", "2025-03-01T08:00:20.000000Z"])
             #expect(eventSeq(answer) == 4)
-            answer = try owner(script, ["--at", "2025-03-01T08:00:19.999999Z"])
+            answer = try await owner(script, ["--at", "2025-03-01T08:00:19.999999Z"])
             #expect(eventSeq(answer) == 1)
-            answer = try owner(script, ["--at", "2025-03-01T08:01:05.5Z"])
+            answer = try await owner(script, ["--at", "2025-03-01T08:01:05.5Z"])
             #expect(answer["at"] as? String == iso(at(65) + 500_000))
             #expect(answer["state"] as? String == "disconnected")
 
-            let s3 = try runAudit(["owner", "--session", "s3", "--at", iso(at(900)), "--data-dir", script.directory])
+            let s3 = try await runAudit(["owner", "--session", "s3", "--at", iso(at(900)), "--data-dir", script.directory])
             #expect(s3.status == 0)
             #expect(s3.stdout.contains("disconnected until \(iso(at(1400)))"))
             #expect(s3.stdout.contains("brokerRestart"))
@@ -194,8 +194,8 @@ struct CustodyAuditTests {
 
     // MARK: sessions
 
-    private func sessions(_ script: ScriptedLedger, _ extra: [String]) throws -> [[String: Any]] {
-        let run = try runAudit(["sessions", "--json", "--data-dir", script.directory] + extra)
+    private func sessions(_ script: ScriptedLedger, _ extra: [String]) async throws -> [[String: Any]] {
+        let run = try await runAudit(["sessions", "--json", "--data-dir", script.directory] + extra)
         #expect(run.status == 0, "\(run.stderr)")
         return try run.jsonLines()
     }
@@ -205,7 +205,7 @@ struct CustodyAuditTests {
     @Test("sessions at moments between events, filtered by client and state")
     func sessionsAtTimes() async throws {
         try await withScript { script in
-            var live = try sessions(script, ["--at", iso(at(45))])
+            var live = try await sessions(script, ["--at", iso(at(45))])
             #expect(names(live) == ["s1", "s2", "s3"])
             #expect(live.map { $0["owner"] as? String } == ["Alice", "bob", "alice"])
             #expect(live.map { $0["state"] as? String } == ["connected", "connected", "connected"])
@@ -215,30 +215,30 @@ struct CustodyAuditTests {
             #expect(live[1]["protocolVersion"] as? Int == 4)
             #expect(live[1]["cleanStart"] as? Bool == true)
 
-            live = try sessions(script, ["--at", iso(at(45)), "--client", "ALICE"])
+            live = try await sessions(script, ["--at", iso(at(45)), "--client", "ALICE"])
             #expect(names(live) == ["s1", "s3"])
 
-            live = try sessions(script, ["--at", iso(at(65)), "--state", "disconnected"])
+            live = try await sessions(script, ["--at", iso(at(65)), "--state", "disconnected"])
             #expect(names(live) == ["s1"])
             #expect(live[0]["deadline"] as? String == iso(at(660)))
-            live = try sessions(script, ["--at", iso(at(65)), "--state", "connected"])
+            live = try await sessions(script, ["--at", iso(at(65)), "--state", "connected"])
             #expect(names(live) == ["s2", "s3"])
 
             // s2 ended with its connection (expiry 0); s1 is past its deadline.
-            live = try sessions(script, ["--at", iso(at(665))])
+            live = try await sessions(script, ["--at", iso(at(665))])
             #expect(names(live) == ["s3"])
 
-            live = try sessions(script, ["--at", iso(at(900))])
+            live = try await sessions(script, ["--at", iso(at(900))])
             #expect(names(live) == ["s3"])
             #expect(live[0]["state"] as? String == "disconnected")
             #expect(live[0]["deadline"] as? String == iso(at(1400)))
 
-            live = try sessions(script, [])
+            live = try await sessions(script, [])
             #expect(names(live) == ["s5"])
             #expect(live[0]["owner"] as? String == "carol")
             #expect(live[0]["remoteAddress"] as? String == "[::1]:2001")
 
-            let table = try runAudit(["sessions", "--at", iso(at(45)), "--data-dir", script.directory])
+            let table = try await runAudit(["sessions", "--at", iso(at(45)), "--data-dir", script.directory])
             #expect(table.status == 0)
             #expect(table.lines.first?.hasPrefix("SESSION  OWNER") == true)
             #expect(table.lines.count == 5)
@@ -263,7 +263,7 @@ struct CustodyAuditTests {
             for time in times {
                 let projection = try store.read { try $0.replay(through: .time(time)).0 }
                 let expected = projection.sessions.filter { !$0.value.hasExpired(at: time) }
-                let live = try sessions(script, ["--at", iso(time)])
+                let live = try await sessions(script, ["--at", iso(time)])
                 #expect(Set(names(live)) == Set(expected.keys.map(\.value)), "at \(iso(time))")
                 for session in live {
                     let name = SessionName(unchecked: session["sessionName"] as! String)
@@ -284,10 +284,10 @@ struct CustodyAuditTests {
     @Test("verify: ok with the events and the head hash")
     func verifyIntact() async throws {
         try await withScript { script in
-            let run = try runAudit(["verify", "--data-dir", script.directory])
+            let run = try await runAudit(["verify", "--data-dir", script.directory])
             #expect(run.status == 0)
             #expect(run.stdout == "verify: ok events=14 head=\(script.head.hash.hex)\n")
-            let json = try runAudit(["verify", "--json", "--data-dir", script.directory]).json()
+            let json = try await runAudit(["verify", "--json", "--data-dir", script.directory]).json()
             #expect(json["ok"] as? Bool == true)
             #expect(json["events"] as? Int == 14)
             #expect(json["head"] as? String == script.head.hash.hex)
@@ -306,13 +306,13 @@ struct CustodyAuditTests {
             for offset in found { bytes[offset] = UInt8(ascii: "S") }
             try Data(bytes).write(to: URL(fileURLWithPath: file))
 
-            let run = try runAudit(["verify", "--data-dir", script.directory])
+            let run = try await runAudit(["verify", "--data-dir", script.directory])
             #expect(run.status == 1)
             #expect(run.stdout.hasPrefix("verify: FAILED first_bad_seq=7 events_ok=6 "), "\(run.stdout)")
             #expect(run.stdout.contains("record 7 does not match its hash chain"))
             #expect(run.lines.count == 1)
 
-            let json = try runAudit(["verify", "--json", "--data-dir", script.directory])
+            let json = try await runAudit(["verify", "--json", "--data-dir", script.directory])
             #expect(json.status == 1)
             #expect(try json.json()["firstBadSeq"] as? Int == 7)
 
@@ -325,15 +325,15 @@ struct CustodyAuditTests {
                 ["history", "--session", "s1"], ["owner", "--session", "s1", "--at", iso(at(5))],
                 ["sessions"], ["stats"], ["history", "--client", "carol"],
             ] {
-                expectBadInput(try runAudit(arguments + ["--data-dir", script.directory]), mentioning: ["damaged", "record 7"])
+                expectBadInput(try await runAudit(arguments + ["--data-dir", script.directory]), mentioning: ["damaged", "record 7"])
             }
             // export prints the records before the damage (each checked), then stops with an error.
-            let export = try runAudit(["export", "--data-dir", script.directory])
+            let export = try await runAudit(["export", "--data-dir", script.directory])
             #expect(export.status == 1)
             #expect(seqs(try export.jsonLines()) == [1, 2, 3, 4, 5, 6])
             #expect(export.stderr.hasPrefix("custody-audit: ") && export.stderr.contains("record 7"))
             // An export that starts after the damaged record checks its own range only.
-            let tail = try runAudit(["export", "--from", "9", "--data-dir", script.directory])
+            let tail = try await runAudit(["export", "--from", "9", "--data-dir", script.directory])
             #expect(tail.status == 0)
             #expect(seqs(try tail.jsonLines()) == [9, 10, 11, 12, 13, 14])
         }
@@ -350,7 +350,7 @@ struct CustodyAuditTests {
             for offset in found { bytes[offset - 40 + 1] = 9 }
             try Data(bytes).write(to: URL(fileURLWithPath: file))
 
-            let run = try runAudit(["verify", "--data-dir", script.directory])
+            let run = try await runAudit(["verify", "--data-dir", script.directory])
             #expect(run.status == 1)
             #expect(run.stdout.hasPrefix("verify: FAILED first_bad_seq=7 "), "\(run.stdout)")
             #expect(run.stdout.contains("record 7 is unreadable: unknown event kind 9"))
@@ -369,11 +369,11 @@ struct CustodyAuditTests {
             for offset in found where offset >= 48 { bytes[offset - 48 + 8] &+= 1 }  // connection number
             try Data(bytes).write(to: URL(fileURLWithPath: file))
 
-            let run = try runAudit(["verify", "--data-dir", script.directory])
+            let run = try await runAudit(["verify", "--data-dir", script.directory])
             #expect(run.status == 1)
             #expect(run.stdout.hasPrefix("verify: FAILED events_ok=14 problem=\"stored projection disagrees with the log: session s5"), "\(run.stdout)")
             // The log itself is intact: the audit questions still have answers.
-            #expect(try runAudit(["history", "--session", "s5", "--data-dir", script.directory]).status == 0)
+            #expect(try await runAudit(["history", "--session", "s5", "--data-dir", script.directory]).status == 0)
         }
     }
 
@@ -382,7 +382,7 @@ struct CustodyAuditTests {
     @Test("export: JSON Lines with the documented fields, chained hashes, --from and --to")
     func export() async throws {
         try await withScript { script in
-            let run = try runAudit(["export", "--data-dir", script.directory])
+            let run = try await runAudit(["export", "--data-dir", script.directory])
             #expect(run.status == 0, "\(run.stderr)")
             let events = try run.jsonLines()
             #expect(seqs(events) == Array(1...14))
@@ -409,10 +409,10 @@ struct CustodyAuditTests {
             #expect(events[13]["sessionName"] as? String == "")
             #expect(events[1]["protocolVersion"] as? Int == 4)
 
-            let range = try runAudit(["export", "--from", "4", "--to", "6", "--data-dir", script.directory])
+            let range = try await runAudit(["export", "--from", "4", "--to", "6", "--data-dir", script.directory])
             #expect(range.status == 0)
             #expect(seqs(try range.jsonLines()) == [4, 5, 6])
-            let end = try runAudit(["export", "--from", "15", "--data-dir", script.directory])
+            let end = try await runAudit(["export", "--from", "15", "--data-dir", script.directory])
             #expect(end.status == 0 && end.stdout.isEmpty)
         }
     }
@@ -436,21 +436,23 @@ struct CustodyAuditTests {
                 }
             }
 
-            func waitForLines(_ count: Int) throws -> [[String: Any]] {
-                let deadline = Date().addingTimeInterval(20)
-                while true {
-                    let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
-                    let lines = text.split(separator: "\n")
-                    if lines.count >= count {
-                        return try lines.map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+            /// Waits (off the pool) until the child printed `count` lines, and parses them.
+            func waitForLines(_ count: Int) async throws -> [[String: Any]] {
+                let lines = try await offPool { () throws -> [String] in
+                    let deadline = Date().addingTimeInterval(20)
+                    while true {
+                        let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+                        let lines = text.split(separator: "\n")
+                        if lines.count >= count { return lines.map(String.init) }
+                        guard Date() < deadline, child.isRunning else {
+                            throw AuditTestError.timedOut("export --follow printed \(lines.count) of \(count) lines")
+                        }
+                        usleep(10_000)
                     }
-                    guard Date() < deadline, child.isRunning else {
-                        throw AuditTestError.timedOut("export --follow printed \(lines.count) of \(count) lines")
-                    }
-                    usleep(10_000)
                 }
+                return try lines.map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
             }
-            #expect(seqs(try waitForLines(3)) == [12, 13, 14])
+            #expect(seqs(try await waitForLines(3)) == [12, 13, 14])
 
             // The broker starts again (recovery disconnects s5) and takes a new claim.
             script.clock.set(at(3000))
@@ -459,7 +461,7 @@ struct CustodyAuditTests {
             _ = try await ledger.claim(ClaimRequest(
                 authenticationName: AuthenticationName(unchecked: "erin"), sessionName: SessionName(unchecked: "s6"),
                 connection: ledger.nextConnectionNumber(), remoteAddress: "10.0.0.5:5000"))
-            let events = try waitForLines(5)
+            let events = try await waitForLines(5)
             #expect(seqs(events) == [12, 13, 14, 15, 16])
             #expect(events[3]["reason"] as? String == "brokerRestart")
             #expect(events[4]["sessionName"] as? String == "s6")
@@ -467,33 +469,35 @@ struct CustodyAuditTests {
             #expect(events[4]["hash"] as? String == ledger.head.hash.hex)
             #expect(child.isRunning)
             child.terminate()
-            child.waitUntilExit()
+            try await offPool { child.waitUntilExit() }
         }
     }
 
     @Test("export --follow --to stops once the last requested event is printed")
     func exportFollowTo() async throws {
         try await withScript { script in
-            let child = Process()
-            child.executableURL = try auditExecutable()
-            let output = temporaryPath("follow-to")
-            _ = FileManager.default.createFile(atPath: output, contents: nil)
-            defer { try? FileManager.default.removeItem(atPath: output) }
-            child.arguments = ["export", "--follow", "--from", "14", "--to", "15", "--data-dir", script.directory, "--poll-milliseconds", "20"]
-            child.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
-            try child.run()
-            usleep(100_000)
-            #expect(child.isRunning)
-            script.clock.set(at(3000))
-            let ledger = try LMDBSessionLedger(directory: script.directory, policy: ScriptedLedger.policy, clock: script.clock.ledgerClock)
-            ledger.close()
-            let deadline = Date().addingTimeInterval(20)
-            while child.isRunning && Date() < deadline { usleep(10_000) }
-            if child.isRunning { child.terminate() }
-            child.waitUntilExit()
-            #expect(child.terminationStatus == 0)
-            let lines = try String(contentsOfFile: output, encoding: .utf8).split(separator: "\n")
-            #expect(lines.count == 2)
+            try await offPool {
+                let child = Process()
+                child.executableURL = try auditExecutable()
+                let output = temporaryPath("follow-to")
+                _ = FileManager.default.createFile(atPath: output, contents: nil)
+                defer { try? FileManager.default.removeItem(atPath: output) }
+                child.arguments = ["export", "--follow", "--from", "14", "--to", "15", "--data-dir", script.directory, "--poll-milliseconds", "20"]
+                child.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+                try child.run()
+                usleep(100_000)
+                #expect(child.isRunning)
+                script.clock.set(at(3000))
+                let ledger = try LMDBSessionLedger(directory: script.directory, policy: ScriptedLedger.policy, clock: script.clock.ledgerClock)
+                ledger.close()
+                let deadline = Date().addingTimeInterval(20)
+                while child.isRunning && Date() < deadline { usleep(10_000) }
+                if child.isRunning { child.terminate() }
+                child.waitUntilExit()
+                #expect(child.terminationStatus == 0)
+                let lines = try String(contentsOfFile: output, encoding: .utf8).split(separator: "\n")
+                #expect(lines.count == 2)
+            }
         }
     }
 
@@ -502,7 +506,7 @@ struct CustodyAuditTests {
     @Test("stats: events by kind and reason, names, clients, rejections, size, times")
     func stats() async throws {
         try await withScript { script in
-            let json = try runAudit(["stats", "--json", "--data-dir", script.directory])
+            let json = try await runAudit(["stats", "--json", "--data-dir", script.directory])
             #expect(json.status == 0, "\(json.stderr)")
             let stats = try json.json()
             #expect(stats["events"] as? Int == 14)
@@ -526,7 +530,7 @@ struct CustodyAuditTests {
             #expect((stats["logBytes"] as? Int ?? 0) > 14 * 72)
             #expect((stats["dataFileBytes"] as? Int ?? 0) > 0)
 
-            let table = try runAudit(["stats", "--data-dir", script.directory])
+            let table = try await runAudit(["stats", "--data-dir", script.directory])
             #expect(table.status == 0)
             #expect(table.lines.contains { $0.hasPrefix("events ") && $0.hasSuffix(" 14") })
             #expect(table.lines.contains { $0.contains("rejected.quotaExceeded") && $0.hasSuffix(" 1") })
@@ -540,38 +544,38 @@ struct CustodyAuditTests {
         try await withScript { script in
             let dir = script.directory
             let missing = temporaryPath("missing")
-            expectBadInput(try runAudit(["verify", "--data-dir", missing]), mentioning: [missing, "no such directory"])
-            expectBadInput(try runAudit(["stats", "--data-dir", missing]), mentioning: [missing])
+            expectBadInput(try await runAudit(["verify", "--data-dir", missing]), mentioning: [missing, "no such directory"])
+            expectBadInput(try await runAudit(["stats", "--data-dir", missing]), mentioning: [missing])
 
             let foreign = temporaryPath("foreign")
             try FileManager.default.createDirectory(atPath: foreign, withIntermediateDirectories: true)
             defer { try? FileManager.default.removeItem(atPath: foreign) }
-            expectBadInput(try runAudit(["sessions", "--data-dir", foreign]), mentioning: [foreign, "not a Custody ledger"])
+            expectBadInput(try await runAudit(["sessions", "--data-dir", foreign]), mentioning: [foreign, "not a Custody ledger"])
             try Data("not a ledger".utf8).write(to: URL(fileURLWithPath: foreign + "/data.mdb"))
-            expectBadInput(try runAudit(["verify", "--data-dir", foreign]), mentioning: [foreign, "not a Custody ledger"])
+            expectBadInput(try await runAudit(["verify", "--data-dir", foreign]), mentioning: [foreign, "not a Custody ledger"])
             #expect(try FileManager.default.contentsOfDirectory(atPath: foreign) == ["data.mdb"], "nothing added to a foreign directory")
 
-            expectBadInput(try runAudit(["history", "--session", "nobody", "--data-dir", dir]), mentioning: ["unknown session", "nobody"])
-            expectBadInput(try runAudit(["owner", "--session", "nobody", "--data-dir", dir]), mentioning: ["unknown session", "nobody"])
-            expectBadInput(try runAudit(["history", "--client", "mallory", "--data-dir", dir]), mentioning: ["unknown client", "mallory"])
-            expectBadInput(try runAudit(["sessions", "--client", "mallory", "--data-dir", dir]), mentioning: ["unknown client", "mallory"])
+            expectBadInput(try await runAudit(["history", "--session", "nobody", "--data-dir", dir]), mentioning: ["unknown session", "nobody"])
+            expectBadInput(try await runAudit(["owner", "--session", "nobody", "--data-dir", dir]), mentioning: ["unknown session", "nobody"])
+            expectBadInput(try await runAudit(["history", "--client", "mallory", "--data-dir", dir]), mentioning: ["unknown client", "mallory"])
+            expectBadInput(try await runAudit(["sessions", "--client", "mallory", "--data-dir", dir]), mentioning: ["unknown client", "mallory"])
             // Session names are case-sensitive.
-            expectBadInput(try runAudit(["history", "--session", "S1", "--data-dir", dir]), mentioning: ["unknown session"])
+            expectBadInput(try await runAudit(["history", "--session", "S1", "--data-dir", dir]), mentioning: ["unknown session"])
 
             let future = iso(wallClockMicroseconds() + 3600 * second)
-            expectBadInput(try runAudit(["owner", "--session", "s1", "--at", future, "--data-dir", dir]), mentioning: [future, "future"])
-            expectBadInput(try runAudit(["sessions", "--at", future, "--data-dir", dir]), mentioning: [future, "future"])
+            expectBadInput(try await runAudit(["owner", "--session", "s1", "--at", future, "--data-dir", dir]), mentioning: [future, "future"])
+            expectBadInput(try await runAudit(["sessions", "--at", future, "--data-dir", dir]), mentioning: [future, "future"])
             for bad in ["yesterday", "2025-03-01", "2025-03-01T08:00:00", "2025-02-30T08:00:00Z", "2025-03-01T25:00:00Z", "2025-03-01T08:00:00+02:00"] {
-                expectBadInput(try runAudit(["sessions", "--at", bad, "--data-dir", dir]), mentioning: [bad, "ISO-8601"])
+                expectBadInput(try await runAudit(["sessions", "--at", bad, "--data-dir", dir]), mentioning: [bad, "ISO-8601"])
             }
-            expectBadInput(try runAudit(["owner", "--session", "s1", "--seq", "99", "--data-dir", dir]), mentioning: ["--seq 99", "past the end"])
-            expectBadInput(try runAudit(["export", "--from", "99", "--data-dir", dir]), mentioning: ["--from 99", "past the end"])
-            expectBadInput(try runAudit(["export", "--to", "99", "--data-dir", dir]), mentioning: ["--to 99", "past the end"])
+            expectBadInput(try await runAudit(["owner", "--session", "s1", "--seq", "99", "--data-dir", dir]), mentioning: ["--seq 99", "past the end"])
+            expectBadInput(try await runAudit(["export", "--from", "99", "--data-dir", dir]), mentioning: ["--from 99", "past the end"])
+            expectBadInput(try await runAudit(["export", "--to", "99", "--data-dir", dir]), mentioning: ["--to 99", "past the end"])
 
             // Flags that do not fit together are ArgumentParser's usage errors.
-            let both = try runAudit(["owner", "--session", "s1", "--seq", "1", "--at", iso(at(0)), "--data-dir", dir])
+            let both = try await runAudit(["owner", "--session", "s1", "--seq", "1", "--at", iso(at(0)), "--data-dir", dir])
             #expect(both.status == 64)
-            let neither = try runAudit(["history", "--data-dir", dir])
+            let neither = try await runAudit(["history", "--data-dir", dir])
             #expect(neither.status == 64)
         }
     }
@@ -585,7 +589,7 @@ struct CustodyAuditTests {
                 ["verify"], ["stats"], ["sessions"], ["export"], ["history", "--client", "alice"],
                 ["owner", "--session", "s1", "--seq", "5"],
             ] {
-                #expect(try runAudit(arguments + ["--data-dir", script.directory]).status == 0, "\(arguments)")
+                #expect(try await runAudit(arguments + ["--data-dir", script.directory]).status == 0, "\(arguments)")
             }
             #expect(try Data(contentsOf: file) == before)
 
@@ -593,9 +597,9 @@ struct CustodyAuditTests {
             script.clock.set(at(3000))
             let ledger = try LMDBSessionLedger(directory: script.directory, policy: ScriptedLedger.policy, clock: script.clock.ledgerClock)
             defer { ledger.close() }
-            let run = try runAudit(["verify", "--data-dir", script.directory])
+            let run = try await runAudit(["verify", "--data-dir", script.directory])
             #expect(run.stdout == "verify: ok events=15 head=\(ledger.head.hash.hex)\n")
-            let live = try runAudit(["sessions", "--json", "--at", iso(at(3000)), "--data-dir", script.directory]).jsonLines()
+            let live = try await runAudit(["sessions", "--json", "--at", iso(at(3000)), "--data-dir", script.directory]).jsonLines()
             #expect(live.map { $0["sessionName"] as? String } == ["s5"])
             #expect(live.map { $0["state"] as? String } == ["disconnected"])
         }

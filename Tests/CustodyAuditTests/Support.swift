@@ -38,9 +38,14 @@ struct AuditRun {
     }
 }
 
-/// Runs `custody-audit` with these arguments and waits (at most `timeout` seconds) for it to end.
+/// Runs `custody-audit` with these arguments and waits (at most `timeout` seconds) for it to
+/// end, on a thread of its own (`offPool`): the wait would otherwise hold one of the pool's threads.
 /// `lowPriority`: at nice 19, so that a long run leaves the CPU to the tests beside it.
-func runAudit(_ arguments: [String], timeout: Double = 60, lowPriority: Bool = false) throws -> AuditRun {
+func runAudit(_ arguments: [String], timeout: Double = 60, lowPriority: Bool = false) async throws -> AuditRun {
+    try await offPool { try runAuditBlocking(arguments, timeout: timeout, lowPriority: lowPriority) }
+}
+
+func runAuditBlocking(_ arguments: [String], timeout: Double = 60, lowPriority: Bool = false) throws -> AuditRun {
     let out = temporaryPath("stdout")
     let err = temporaryPath("stderr")
     _ = FileManager.default.createFile(atPath: out, contents: nil)

@@ -124,60 +124,64 @@ struct PasswordFileTests {
         scratchDirectory("passwd")
     }
 
-    @Test func readsWhatMosquittoPasswdWrites() throws {
-        let path = temporaryFile()
-        defer { try? FileManager.default.removeItem(atPath: path) }
-        try mosquittoPasswd(["-b", "-c", path, "alice", "secret pass"])
-        try mosquittoPasswd(["-b", path, "bob", "hunter2"])
-        try mosquittoPasswd(["-H", "sha512", "-b", path, "carol", "ünïcode"])
-        let file = try PasswordFile.load(file: path)
-        #expect(file.usernames == ["alice", "bob", "carol"])
-        #expect(file.verify(username: "alice", password: Array("secret pass".utf8)))
-        #expect(!file.verify(username: "alice", password: Array("secret pas".utf8)))
-        #expect(file.verify(username: "bob", password: Array("hunter2".utf8)))
-        #expect(!file.verify(username: "bob", password: Array("secret pass".utf8)))
-        #expect(file.verify(username: "carol", password: Array("ünïcode".utf8)))
-        #expect(!file.verify(username: "dave", password: Array("hunter2".utf8)))
+    @Test func readsWhatMosquittoPasswdWrites() async throws {
+        try await offPool {
+            let path = temporaryFile()
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            try mosquittoPasswd(["-b", "-c", path, "alice", "secret pass"])
+            try mosquittoPasswd(["-b", path, "bob", "hunter2"])
+            try mosquittoPasswd(["-H", "sha512", "-b", path, "carol", "ünïcode"])
+            let file = try PasswordFile.load(file: path)
+            #expect(file.usernames == ["alice", "bob", "carol"])
+            #expect(file.verify(username: "alice", password: Array("secret pass".utf8)))
+            #expect(!file.verify(username: "alice", password: Array("secret pas".utf8)))
+            #expect(file.verify(username: "bob", password: Array("hunter2".utf8)))
+            #expect(!file.verify(username: "bob", password: Array("secret pass".utf8)))
+            #expect(file.verify(username: "carol", password: Array("ünïcode".utf8)))
+            #expect(!file.verify(username: "dave", password: Array("hunter2".utf8)))
+        }
     }
 
-    @Test func writesWhatMosquittoReads() throws {
-        // Our entry in a file given to the real mosquitto broker: it must accept the password.
-        let directory = temporaryFile()
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        try (PasswordFile.entry(username: "alice", password: Array("s3cret".utf8)) + "\n")
-            .write(toFile: directory + "/passwd", atomically: true, encoding: .utf8)
-        let port = Int.random(in: 20_000..<40_000)
-        try """
-            listener \(port) 127.0.0.1
-            allow_anonymous false
-            password_file \(directory)/passwd
-            """.write(toFile: directory + "/mosquitto.conf", atomically: true, encoding: .utf8)
-        let broker = Process()
-        broker.executableURL = URL(fileURLWithPath: "/usr/sbin/mosquitto")
-        broker.arguments = ["-c", directory + "/mosquitto.conf"]
-        broker.standardError = FileHandle.nullDevice
-        try broker.run()
-        defer {
-            kill(broker.processIdentifier, SIGKILL)
-            broker.waitUntilExit()
+    @Test func writesWhatMosquittoReads() async throws {
+        try await offPool {
+            // Our entry in a file given to the real mosquitto broker: it must accept the password.
+            let directory = temporaryFile()
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            try (PasswordFile.entry(username: "alice", password: Array("s3cret".utf8)) + "\n")
+                .write(toFile: directory + "/passwd", atomically: true, encoding: .utf8)
+            let port = Int.random(in: 20_000..<40_000)
+            try """
+                listener \(port) 127.0.0.1
+                allow_anonymous false
+                password_file \(directory)/passwd
+                """.write(toFile: directory + "/mosquitto.conf", atomically: true, encoding: .utf8)
+            let broker = Process()
+            broker.executableURL = URL(fileURLWithPath: "/usr/sbin/mosquitto")
+            broker.arguments = ["-c", directory + "/mosquitto.conf"]
+            broker.standardError = FileHandle.nullDevice
+            try broker.run()
+            defer {
+                kill(broker.processIdentifier, SIGKILL)
+                broker.waitUntilExit()
+            }
+            func publish(_ password: String) throws -> Int32 {
+                let client = Process()
+                client.executableURL = URL(fileURLWithPath: "/usr/bin/mosquitto_pub")
+                client.arguments = ["-h", "127.0.0.1", "-p", "\(port)", "-u", "alice", "-P", password, "-t", "t", "-m", "m", "-i", "p-\(password)"]
+                client.standardError = FileHandle.nullDevice
+                try client.run()
+                client.waitUntilExit()
+                return client.terminationStatus
+            }
+            var status = try publish("s3cret")
+            for _ in 0..<50 where status != 0 {
+                usleep(100_000)  // the broker may still be starting
+                status = try publish("s3cret")
+            }
+            #expect(status == 0)
+            #expect(try publish("wrong") != 0)
         }
-        func publish(_ password: String) throws -> Int32 {
-            let client = Process()
-            client.executableURL = URL(fileURLWithPath: "/usr/bin/mosquitto_pub")
-            client.arguments = ["-h", "127.0.0.1", "-p", "\(port)", "-u", "alice", "-P", password, "-t", "t", "-m", "m", "-i", "p-\(password)"]
-            client.standardError = FileHandle.nullDevice
-            try client.run()
-            client.waitUntilExit()
-            return client.terminationStatus
-        }
-        var status = try publish("s3cret")
-        for _ in 0..<50 where status != 0 {
-            usleep(100_000)  // the broker may still be starting
-            status = try publish("s3cret")
-        }
-        #expect(status == 0)
-        #expect(try publish("wrong") != 0)
     }
 
     @Test(arguments: [

@@ -71,7 +71,8 @@ struct MetricsTests {
 
         let endpoint = MetricsEndpoint(registry: registry)
         let port = try await endpoint.start(host: "127.0.0.1", port: 0)
-        let (status, body) = try httpRequest(port: port, path: "/metrics")
+        // The requests block on their sockets: off the pool, which the endpoint may need.
+        let (status, body) = try await offPool { try httpRequest(port: port, path: "/metrics") }
         #expect(status == 200)
         #expect(sample("custody_ledger_events_total", in: body) == Double(events))
         #expect(sample("custody_ledger_requests_total", in: body) == 10)
@@ -84,11 +85,11 @@ struct MetricsTests {
         #expect(sample("custody_ledger_commit_duration_seconds_count", in: body) == commits)
         #expect(body.contains("custody_ledger_sync_duration_seconds_bucket{le=\"0.001\"}"))
 
-        #expect(try httpRequest(port: port, path: "/other").status == 404)
-        #expect(try httpRequest(port: port, method: "POST", path: "/metrics").status == 405)
-        #expect(try httpRequest(port: port, path: "/metrics?x=1").status == 200)
+        #expect(try await offPool { try httpRequest(port: port, path: "/other").status } == 404)
+        #expect(try await offPool { try httpRequest(port: port, method: "POST", path: "/metrics").status } == 405)
+        #expect(try await offPool { try httpRequest(port: port, path: "/metrics?x=1").status } == 200)
         await endpoint.stop()
-        #expect(throws: (any Error).self) { try httpRequest(port: port, path: "/metrics") }
+        await #expect(throws: (any Error).self) { try await offPool { try httpRequest(port: port, path: "/metrics") } }
     }
 
     @Test func aFailedCommitIsCountedByKind() throws {

@@ -13,8 +13,9 @@ import Testing
 
 /// Certificates made by the openssl command in a temporary folder: a CA, a server
 /// certificate for 127.0.0.1, a CA-issued client certificate with every kind of subject
-/// alternative name, and a self-signed client certificate.
-final class TestCertificates {
+/// alternative name, and a self-signed client certificate. Made (openssl runs for a while) and
+/// asked (`fingerprint`) off the pool, with `offPool`.
+final class TestCertificates: Sendable {
     let directory: String
 
     init() throws {
@@ -173,7 +174,7 @@ struct TLSListenerTests {
     }
 
     @Test func aCAIssuedClientCertificateNamesItsHolder() async throws {
-        let certificates = try TestCertificates()
+        let certificates = try await offPool { try TestCertificates() }
         let (answered, identity) = try await handshake(certificates.listener(.required, trusted: true), certificates: certificates, client: "client")
         #expect(answered)
         let seen = try #require(identity)
@@ -183,18 +184,18 @@ struct TLSListenerTests {
         #expect(seen.ipAddresses == ["10.1.2.3", "::1"])
         #expect(seen.emails == ["d1@example.org"])
         #expect(seen.chainVerified)
-        #expect(seen.thumbprint == (try certificates.fingerprint("client.pem")))
+        #expect(seen.thumbprint == (try await offPool { try certificates.fingerprint("client.pem") }))
     }
 
     @Test func requiredMeansNoHandshakeWithoutATrustedCertificate() async throws {
-        let certificates = try TestCertificates()
+        let certificates = try await offPool { try TestCertificates() }
         let listener = certificates.listener(.required, trusted: true)
         #expect(try await handshake(listener, certificates: certificates, client: nil).answered == false)
         #expect(try await handshake(listener, certificates: certificates, client: "self").answered == false)
     }
 
     @Test func optionalAcceptsClientsWithoutACertificate() async throws {
-        let certificates = try TestCertificates()
+        let certificates = try await offPool { try TestCertificates() }
         let listener = certificates.listener(.optional, trusted: true)
         let bare = try await handshake(listener, certificates: certificates, client: nil)
         #expect(bare.answered && bare.identity == nil)
@@ -205,30 +206,30 @@ struct TLSListenerTests {
     }
 
     @Test func withoutTrustedCAsSelfSignedCertificatesAreKnownByThumbprint() async throws {
-        let certificates = try TestCertificates()
+        let certificates = try await offPool { try TestCertificates() }
         let (answered, identity) = try await handshake(certificates.listener(.required, trusted: false), certificates: certificates, client: "self")
         #expect(answered)
         let seen = try #require(identity)
         #expect(!seen.chainVerified)
-        #expect(seen.thumbprint == (try certificates.fingerprint("self.pem")))
+        #expect(seen.thumbprint == (try await offPool { try certificates.fingerprint("self.pem") }))
         #expect(try await handshake(certificates.listener(.required, trusted: false), certificates: certificates, client: nil).answered == false)
     }
 
     @Test func noClientCertificatesAskedForByDefault() async throws {
-        let certificates = try TestCertificates()
+        let certificates = try await offPool { try TestCertificates() }
         let (answered, identity) = try await handshake(certificates.listener(.none, trusted: false), certificates: certificates, client: "client")
         #expect(answered && identity == nil)
     }
 
     @Test func olderThanTLS12IsRefused() async throws {
-        let certificates = try TestCertificates()
+        let certificates = try await offPool { try TestCertificates() }
         let listener = certificates.listener(.none, trusted: false)
         #expect(try await handshake(listener, certificates: certificates, client: nil, maximumVersion: .tlsv11).answered == false)
         #expect(try await handshake(listener, certificates: certificates, client: nil, maximumVersion: .tlsv12).answered)
     }
 
-    @Test func unreadableFilesAreNamed() throws {
-        let certificates = try TestCertificates()
+    @Test func unreadableFilesAreNamed() async throws {
+        let certificates = try await offPool { try TestCertificates() }
         var listener = certificates.listener(.required, trusted: true)
         listener.certificate = certificates.path("missing.pem")
         #expect { try TLSListenerSetup(listener) } throws: { "\($0)".contains("missing.pem") }

@@ -1,5 +1,6 @@
 import CustodyModel
 import CustodyConfig
+import CustodyTesting
 import Foundation
 import LedgerCore
 import Testing
@@ -13,16 +14,20 @@ import Testing
 struct ValidationSchemeTests {
     let certificates: TestCertificates
 
-    init() throws {
-        certificates = try TestCertificates()
-        // Extra CA-issued certificates: one field per scheme, matching "device-1"'s neighbours.
-        try certificates.run("""
-            set -e
-            key='-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes'
-            printf 'subjectAltName=DNS:other.example,URI:urn:device:2,IP:10.9.9.9,email:other@example.org\\n' > other.ext
-            openssl req $key -keyout other.key -out other.csr -subj '/CN=device-2' 2>/dev/null
-            openssl x509 -req -in other.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out other.pem -days 2 -extfile other.ext 2>/dev/null
-            """)
+    /// openssl runs for a while: off the pool.
+    init() async throws {
+        certificates = try await offPool {
+            let certificates = try TestCertificates()
+            // Extra CA-issued certificates: one field per scheme, matching "device-1"'s neighbours.
+            try certificates.run("""
+                set -e
+                key='-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes'
+                printf 'subjectAltName=DNS:other.example,URI:urn:device:2,IP:10.9.9.9,email:other@example.org\\n' > other.ext
+                openssl req $key -keyout other.key -out other.csr -subj '/CN=device-2' 2>/dev/null
+                openssl x509 -req -in other.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out other.pem -days 2 -extfile other.ext 2>/dev/null
+                """)
+            return certificates
+        }
     }
 
     func identity(_ name: String, chainVerified: Bool = true) throws -> CertificateIdentity {
@@ -59,21 +64,23 @@ struct ValidationSchemeTests {
         #expect(!refused.badUserNameOrPassword)
     }
 
-    @Test func thumbprintMatchAcceptsItsSelfSignedCertificateOnly() throws {
-        let thumbprint = try certificates.fingerprint("self.pem")
-        let auth = try authenticator(name: "self-1", scheme: "ThumbprintMatch", thumbprints: [thumbprint])
-        let selfSigned = try identity("self.pem", chainVerified: false)
-        #expect(selfSigned.thumbprint == thumbprint)
-        let accepted = auth.decide(ConnectCredentials(username: "self-1", password: nil, sessionName: "s", certificate: selfSigned))
-        #expect(accepted.verdict == .authenticated)
-        // Same name, another certificate: refused.
-        let other = try identity("client.pem", chainVerified: false)
-        let refused = auth.decide(ConnectCredentials(username: "self-1", password: nil, sessionName: "s", certificate: other))
-        #expect(refused.verdict == .authenticationFailed && refused.detail.contains("thumbprint"))
-        // A self-signed certificate naming a subject-scheme client proves nothing.
-        let subject = try authenticator(name: "self-1", scheme: "SubjectMatchesAuthenticationName")
-        let unproven = subject.decide(ConnectCredentials(username: "self-1", password: nil, sessionName: "s", certificate: selfSigned))
-        #expect(unproven.verdict == .authenticationFailed && unproven.detail.contains("ThumbprintMatch"))
+    @Test func thumbprintMatchAcceptsItsSelfSignedCertificateOnly() async throws {
+        try await offPool {
+            let thumbprint = try certificates.fingerprint("self.pem")
+            let auth = try authenticator(name: "self-1", scheme: "ThumbprintMatch", thumbprints: [thumbprint])
+            let selfSigned = try identity("self.pem", chainVerified: false)
+            #expect(selfSigned.thumbprint == thumbprint)
+            let accepted = auth.decide(ConnectCredentials(username: "self-1", password: nil, sessionName: "s", certificate: selfSigned))
+            #expect(accepted.verdict == .authenticated)
+            // Same name, another certificate: refused.
+            let other = try identity("client.pem", chainVerified: false)
+            let refused = auth.decide(ConnectCredentials(username: "self-1", password: nil, sessionName: "s", certificate: other))
+            #expect(refused.verdict == .authenticationFailed && refused.detail.contains("thumbprint"))
+            // A self-signed certificate naming a subject-scheme client proves nothing.
+            let subject = try authenticator(name: "self-1", scheme: "SubjectMatchesAuthenticationName")
+            let unproven = subject.decide(ConnectCredentials(username: "self-1", password: nil, sessionName: "s", certificate: selfSigned))
+            #expect(unproven.verdict == .authenticationFailed && unproven.detail.contains("ThumbprintMatch"))
+        }
     }
 
     @Test func passwordRefusalsAreBadUserNameOrPassword() throws {

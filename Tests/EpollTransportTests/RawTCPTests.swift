@@ -1,4 +1,5 @@
 #if os(Linux)
+import CustodyTesting
 import Glibc
 import Logging
 import NIOCore
@@ -60,7 +61,8 @@ struct RawTCPTests {
             LineEcho(descriptor: $0, loop: $1)
         }
         let port = listener.port
-        let heard = try await Task.detached {
+        // A blocking client, on a thread of its own: not on one of the pool's.
+        let heard = try await offPool {
             let client = try connectedClient(port: port)
             defer { close(client) }
             for part in ["hel", "lo\nwor", "ld\nby", "e\n"] {
@@ -68,7 +70,7 @@ struct RawTCPTests {
                 usleep(5_000)
             }
             return readUntilClosed(client)
-        }.value
+        }
         #expect(heard == "hello\nworld\nbye\n")
         await listener.close()
         try await loop.shutdownGracefully()

@@ -77,39 +77,41 @@ struct LedgerStoreTests {
         }
     }
 
-    @Test func claimsWaitingTogetherShareOneCommit() throws {
-        let directory = scratchDirectory()
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let store = try LedgerStore(directory: directory)
-        let writer = try LedgerWriter(store: store, policy: try NamespacePolicy(maximumClientSessionsPerAuthenticationName: 100))
-        let commits = Locked<[Int]>([])
-        writer.onCommit = { commit in commits.withLock { $0.append(commit.events) } }
-        _ = try writer.recover()
-        writer.start()
+    @Test func claimsWaitingTogetherShareOneCommit() async throws {
+        try await offPool {
+            let directory = scratchDirectory()
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let store = try LedgerStore(directory: directory)
+            let writer = try LedgerWriter(store: store, policy: try NamespacePolicy(maximumClientSessionsPerAuthenticationName: 100))
+            let commits = Locked<[Int]>([])
+            writer.onCommit = { commit in commits.withLock { $0.append(commit.events) } }
+            _ = try writer.recover()
+            writer.start()
 
-        let count = 2_000
-        let granted = Locked(0)
-        let group = DispatchGroup()
-        for i in 0..<count {
-            group.enter()
-            let request = ClaimRequest(
-                authenticationName: AuthenticationName(unchecked: "client-\(i % 40)"),
-                sessionName: SessionName(unchecked: "session-\(i)"), connection: writer.nextConnectionNumber(),
-                requestedExpiryInterval: 60)
-            writer.claim(request) { result in
-                if case .success(.granted) = result { granted.withLock { $0 += 1 } }
-                group.leave()
+            let count = 2_000
+            let granted = Locked(0)
+            let group = DispatchGroup()
+            for i in 0..<count {
+                group.enter()
+                let request = ClaimRequest(
+                    authenticationName: AuthenticationName(unchecked: "client-\(i % 40)"),
+                    sessionName: SessionName(unchecked: "session-\(i)"), connection: writer.nextConnectionNumber(),
+                    requestedExpiryInterval: 60)
+                writer.claim(request) { result in
+                    if case .success(.granted) = result { granted.withLock { $0 += 1 } }
+                    group.leave()
+                }
             }
+            group.wait()
+            writer.stop()
+            #expect(granted.withLock { $0 } == count)
+            let sizes = commits.withLock { $0 }
+            #expect(sizes.reduce(0, +) == count)
+            // One caller per commit would need `count` commits; group commit needs far fewer.
+            #expect(sizes.count < count / 4, "commits: \(sizes.count)")
+            #expect(try store.read { try $0.verify() }.isIntact)
+            store.close()
         }
-        group.wait()
-        writer.stop()
-        #expect(granted.withLock { $0 } == count)
-        let sizes = commits.withLock { $0 }
-        #expect(sizes.reduce(0, +) == count)
-        // One caller per commit would need `count` commits; group commit needs far fewer.
-        #expect(sizes.count < count / 4, "commits: \(sizes.count)")
-        #expect(try store.read { try $0.verify() }.isIntact)
-        store.close()
     }
 
     @Test func requestsAfterStopFailAsClosed() throws {
@@ -129,31 +131,33 @@ struct LedgerStoreTests {
         store.close()
     }
 
-    @Test func headAndConnectionsPersistAcrossReopen() throws {
-        let directory = scratchDirectory()
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        var store = try LedgerStore(directory: directory)
-        var writer = try LedgerWriter(store: store, policy: .default)
-        _ = try writer.recover()
-        writer.start()
-        let connection = writer.nextConnectionNumber() + 41
-        let done = DispatchSemaphore(value: 0)
-        writer.claim(ClaimRequest(
-            authenticationName: AuthenticationName(unchecked: "a"), sessionName: SessionName(unchecked: "s"),
-            connection: connection, requestedExpiryInterval: 60)) { _ in done.signal() }
-        done.wait()
-        writer.stop()
-        let head = try store.read { try $0.head() }
-        store.close()
+    @Test func headAndConnectionsPersistAcrossReopen() async throws {
+        try await offPool {
+            let directory = scratchDirectory()
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            var store = try LedgerStore(directory: directory)
+            var writer = try LedgerWriter(store: store, policy: .default)
+            _ = try writer.recover()
+            writer.start()
+            let connection = writer.nextConnectionNumber() + 41
+            let done = DispatchSemaphore(value: 0)
+            writer.claim(ClaimRequest(
+                authenticationName: AuthenticationName(unchecked: "a"), sessionName: SessionName(unchecked: "s"),
+                connection: connection, requestedExpiryInterval: 60)) { _ in done.signal() }
+            done.wait()
+            writer.stop()
+            let head = try store.read { try $0.head() }
+            store.close()
 
-        store = try LedgerStore(directory: directory)
-        writer = try LedgerWriter(store: store, policy: .default)
-        #expect(writer.currentHead == head)
-        #expect(writer.nextConnectionNumber() == connection + 1)
-        let report = try writer.recover()
-        #expect(report.disconnected.map(\.kind) == [.disconnected(.brokerRestart)])
-        #expect(report.disconnected.first?.sequence == head.sequence + 1)
-        store.close()
+            store = try LedgerStore(directory: directory)
+            writer = try LedgerWriter(store: store, policy: .default)
+            #expect(writer.currentHead == head)
+            #expect(writer.nextConnectionNumber() == connection + 1)
+            let report = try writer.recover()
+            #expect(report.disconnected.map(\.kind) == [.disconnected(.brokerRestart)])
+            #expect(report.disconnected.first?.sequence == head.sequence + 1)
+            store.close()
+        }
     }
 }
 

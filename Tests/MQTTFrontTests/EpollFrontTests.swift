@@ -344,13 +344,17 @@ struct PlainTCPFrontTests {
             await front.stop()
             throw E2EError.missing("mosquitto_pub (Tools/custody-setup installs it)")
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: mosquittoPub)
-        process.arguments = ["-h", "::1", "-p", "\(front.port)", "-i", "six", "-u", "u", "-t", "t", "-m", "m", "-V", "mqttv5"]
+        let port = front.port
         do {
-            try process.run()
-            process.waitUntilExit()
-            #expect(process.terminationStatus == 0)
+            let status = try await offPool { () throws -> Int32 in
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: mosquittoPub)
+                process.arguments = ["-h", "::1", "-p", "\(port)", "-i", "six", "-u", "u", "-t", "t", "-m", "m", "-V", "mqttv5"]
+                try process.run()
+                process.waitUntilExit()
+                return process.terminationStatus
+            }
+            #expect(status == 0)
             let event = try await front.waitForEvent { $0.kind == .connected && $0.sessionName.value == "six" }
             #expect(event.remoteAddress.hasPrefix("[::1]:"))
         } catch {

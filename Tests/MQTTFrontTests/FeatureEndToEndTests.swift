@@ -350,196 +350,210 @@ struct FeatureEndToEndTests {
     /// Retain Handling 0 sends the retained message on every SUBSCRIBE, 1 only when the
     /// subscription is new (not on a re-subscribe), 2 never. Absence is shown by a later live
     /// message: the retained ones come right after the SUBACK, before anything routed later.
-    @Test func retainHandlingZeroOneTwo() throws {
-        try withCustody("retain-handling") { custody, clients in
-            let publisher = try FeatureClient(custody, "rh-pub")
-            clients.append(publisher)
-            #expect(try publisher.publish("rh/a", "kept", retain: true).ack == 0x10)  // nobody subscribed yet
-            var round = 0
-            /// Subscribes `client` to rh/+ and returns the payloads of what came before the next marker.
-            func subscribeAndCollect(_ client: FeatureClient, retainHandling: Int) throws -> [String] {
-                round += 1
-                let seen = client.messages.count
-                #expect(try client.subscribe("rh/+", retainHandling: retainHandling) == [1])
-                try publisher.publish("rh/marker", "m\(round)")
-                return try messagesBefore(client, marker: "m\(round)", on: "rh/marker").dropFirst(seen)
-                    .filter { $0.topic != "rh/marker" }.map { "\($0.topic) \($0.payload) retain=\($0.retain)" }
-            }
-            let zero = try FeatureClient(custody, "rh-0")
-            let one = try FeatureClient(custody, "rh-1")
-            let two = try FeatureClient(custody, "rh-2")
-            clients += [zero, one, two]
-            #expect(try subscribeAndCollect(zero, retainHandling: 0) == ["rh/a kept retain=true"])
-            #expect(try subscribeAndCollect(zero, retainHandling: 0) == ["rh/a kept retain=true"])
-            #expect(try subscribeAndCollect(one, retainHandling: 1) == ["rh/a kept retain=true"])
-            #expect(try subscribeAndCollect(one, retainHandling: 1) == [])
-            #expect(try subscribeAndCollect(two, retainHandling: 2) == [])
-            #expect(try subscribeAndCollect(two, retainHandling: 2) == [])
-            // A live retained PUBLISH reaches every subscriber, whatever its Retain Handling
-            // (retain flag cleared: Retain As Published is off).
-            try publisher.publish("rh/a", "live", retain: true)
-            for client in [zero, one, two] {
-                #expect(try client.waitForMessage("rh/a", "live").retain == false)
+    @Test func retainHandlingZeroOneTwo() async throws {
+        try await offPool {
+            try withCustody("retain-handling") { custody, clients in
+                let publisher = try FeatureClient(custody, "rh-pub")
+                clients.append(publisher)
+                #expect(try publisher.publish("rh/a", "kept", retain: true).ack == 0x10)  // nobody subscribed yet
+                var round = 0
+                /// Subscribes `client` to rh/+ and returns the payloads of what came before the next marker.
+                func subscribeAndCollect(_ client: FeatureClient, retainHandling: Int) throws -> [String] {
+                    round += 1
+                    let seen = client.messages.count
+                    #expect(try client.subscribe("rh/+", retainHandling: retainHandling) == [1])
+                    try publisher.publish("rh/marker", "m\(round)")
+                    return try messagesBefore(client, marker: "m\(round)", on: "rh/marker").dropFirst(seen)
+                        .filter { $0.topic != "rh/marker" }.map { "\($0.topic) \($0.payload) retain=\($0.retain)" }
+                }
+                let zero = try FeatureClient(custody, "rh-0")
+                let one = try FeatureClient(custody, "rh-1")
+                let two = try FeatureClient(custody, "rh-2")
+                clients += [zero, one, two]
+                #expect(try subscribeAndCollect(zero, retainHandling: 0) == ["rh/a kept retain=true"])
+                #expect(try subscribeAndCollect(zero, retainHandling: 0) == ["rh/a kept retain=true"])
+                #expect(try subscribeAndCollect(one, retainHandling: 1) == ["rh/a kept retain=true"])
+                #expect(try subscribeAndCollect(one, retainHandling: 1) == [])
+                #expect(try subscribeAndCollect(two, retainHandling: 2) == [])
+                #expect(try subscribeAndCollect(two, retainHandling: 2) == [])
+                // A live retained PUBLISH reaches every subscriber, whatever its Retain Handling
+                // (retain flag cleared: Retain As Published is off).
+                try publisher.publish("rh/a", "live", retain: true)
+                for client in [zero, one, two] {
+                    #expect(try client.waitForMessage("rh/a", "live").retain == false)
+                }
             }
         }
     }
 
     /// A retained PUBLISH with an empty payload deletes the topic's retained message: a later
     /// subscriber gets nothing for it; another topic's retained message is untouched.
-    @Test func emptyPayloadClearsTheRetainedMessage() throws {
-        try withCustody("retain-clear") { custody, clients in
-            let publisher = try FeatureClient(custody, "clear-pub")
-            clients.append(publisher)
-            try publisher.publish("clear/a", "first", retain: true)
-            try publisher.publish("clear/b", "stays", retain: true)
-            let before = try FeatureClient(custody, "clear-before")
-            clients.append(before)
-            try before.subscribe("clear/+")
-            try before.waitForMessage("clear/a", "first")
-            try publisher.publish("clear/a", "", retain: true)
-            // The clearing PUBLISH itself is delivered to current subscribers, empty.
-            #expect(try before.waitForMessage("clear/a", "").retain == false)
-            let after = try FeatureClient(custody, "clear-after")
-            clients.append(after)
-            try after.subscribe("clear/+")
-            try publisher.publish("clear/marker", "m")
-            let got = try messagesBefore(after, marker: "m", on: "clear/marker").map { "\($0.topic) \($0.payload)" }
-            #expect(got == ["clear/b stays"])
+    @Test func emptyPayloadClearsTheRetainedMessage() async throws {
+        try await offPool {
+            try withCustody("retain-clear") { custody, clients in
+                let publisher = try FeatureClient(custody, "clear-pub")
+                clients.append(publisher)
+                try publisher.publish("clear/a", "first", retain: true)
+                try publisher.publish("clear/b", "stays", retain: true)
+                let before = try FeatureClient(custody, "clear-before")
+                clients.append(before)
+                try before.subscribe("clear/+")
+                try before.waitForMessage("clear/a", "first")
+                try publisher.publish("clear/a", "", retain: true)
+                // The clearing PUBLISH itself is delivered to current subscribers, empty.
+                #expect(try before.waitForMessage("clear/a", "").retain == false)
+                let after = try FeatureClient(custody, "clear-after")
+                clients.append(after)
+                try after.subscribe("clear/+")
+                try publisher.publish("clear/marker", "m")
+                let got = try messagesBefore(after, marker: "m", on: "clear/marker").map { "\($0.topic) \($0.payload)" }
+                #expect(got == ["clear/b stays"])
+            }
         }
     }
 
     /// Retain As Published: a subscription with it gets a live retained message with RETAIN 1,
     /// one without it gets RETAIN 0; a non-retained message is RETAIN 0 for both.
-    @Test func retainAsPublished() throws {
-        try withCustody("retain-as-published") { custody, clients in
-            let kept = try FeatureClient(custody, "rap-1")
-            let cleared = try FeatureClient(custody, "rap-0")
-            let publisher = try FeatureClient(custody, "rap-pub")
-            clients += [kept, cleared, publisher]
-            try kept.subscribe("rap/#", retainAsPublished: true)
-            try cleared.subscribe("rap/#", retainAsPublished: false)
-            try publisher.publish("rap/x", "retained", retain: true)
-            try publisher.publish("rap/x", "plain", retain: false)
-            #expect(try kept.waitForMessage("rap/x", "retained").retain == true)
-            #expect(try cleared.waitForMessage("rap/x", "retained").retain == false)
-            #expect(try kept.waitForMessage("rap/x", "plain").retain == false)
-            #expect(try cleared.waitForMessage("rap/x", "plain").retain == false)
+    @Test func retainAsPublished() async throws {
+        try await offPool {
+            try withCustody("retain-as-published") { custody, clients in
+                let kept = try FeatureClient(custody, "rap-1")
+                let cleared = try FeatureClient(custody, "rap-0")
+                let publisher = try FeatureClient(custody, "rap-pub")
+                clients += [kept, cleared, publisher]
+                try kept.subscribe("rap/#", retainAsPublished: true)
+                try cleared.subscribe("rap/#", retainAsPublished: false)
+                try publisher.publish("rap/x", "retained", retain: true)
+                try publisher.publish("rap/x", "plain", retain: false)
+                #expect(try kept.waitForMessage("rap/x", "retained").retain == true)
+                #expect(try cleared.waitForMessage("rap/x", "retained").retain == false)
+                #expect(try kept.waitForMessage("rap/x", "plain").retain == false)
+                #expect(try cleared.waitForMessage("rap/x", "plain").retain == false)
+            }
         }
     }
 
     /// Retained messages are in LMDB: after custody stops and starts again on the same data
     /// directory, a new subscriber gets them (payload, QoS and properties as published), and a
     /// cleared one stays cleared.
-    @Test func retainedMessagesSurviveARestart() throws {
-        let first = try RunningCustody("retain-restart")
-        let directory = first.directory
-        let properties: [String: Any] = ["ContentType": "text/plain", "UserProperty": [["k", "v"]]]
-        var sent = ""
-        do {
-            let publisher = try FeatureClient(first, "restart-pub")
-            defer { publisher.cleanUp() }
-            sent = try publisher.publish("keep/a", "durable", retain: true, properties: properties).sent.propsText
-            try publisher.publish("keep/b", "gone", retain: true)
-            try publisher.publish("keep/b", "", retain: true)
-            try publisher.publish("keep/c", "at-most-once", qos: 0, retain: true)
-            try publisher.disconnect()
-        } catch {
-            first.cleanUp()
-            throw error
+    @Test func retainedMessagesSurviveARestart() async throws {
+        try await offPool {
+            let first = try RunningCustody("retain-restart")
+            let directory = first.directory
+            let properties: [String: Any] = ["ContentType": "text/plain", "UserProperty": [["k", "v"]]]
+            var sent = ""
+            do {
+                let publisher = try FeatureClient(first, "restart-pub")
+                defer { publisher.cleanUp() }
+                sent = try publisher.publish("keep/a", "durable", retain: true, properties: properties).sent.propsText
+                try publisher.publish("keep/b", "gone", retain: true)
+                try publisher.publish("keep/b", "", retain: true)
+                try publisher.publish("keep/c", "at-most-once", qos: 0, retain: true)
+                try publisher.disconnect()
+            } catch {
+                first.cleanUp()
+                throw error
+            }
+            first.stop()
+            try withCustody("retain-restart-again", directory: directory) { custody, clients in
+                let subscriber = try FeatureClient(custody, "restart-sub")
+                clients.append(subscriber)
+                try subscriber.subscribe("keep/#", qos: 1)
+                try subscriber.waitForMessage("keep/c", "at-most-once")
+                let got = try #require(subscriber.messages.first { $0.topic == "keep/a" })
+                #expect(got.payload == "durable" && got.retain && got.qos == 1)
+                #expect(got.propsText == sent)
+                #expect(subscriber.messages.first { $0.topic == "keep/c" }?.qos == 0)
+                #expect(!subscriber.messages.contains { $0.topic == "keep/b" })
+            }
+            for path in [first.stdoutPath, first.stderrPath] { try? FileManager.default.removeItem(atPath: path) }
         }
-        first.stop()
-        try withCustody("retain-restart-again", directory: directory) { custody, clients in
-            let subscriber = try FeatureClient(custody, "restart-sub")
-            clients.append(subscriber)
-            try subscriber.subscribe("keep/#", qos: 1)
-            try subscriber.waitForMessage("keep/c", "at-most-once")
-            let got = try #require(subscriber.messages.first { $0.topic == "keep/a" })
-            #expect(got.payload == "durable" && got.retain && got.qos == 1)
-            #expect(got.propsText == sent)
-            #expect(subscriber.messages.first { $0.topic == "keep/c" }?.qos == 0)
-            #expect(!subscriber.messages.contains { $0.topic == "keep/b" })
-        }
-        for path in [first.stdoutPath, first.stderrPath] { try? FileManager.default.removeItem(atPath: path) }
     }
 
     /// mosquitto_pub sends its QoS 0 PUBLISH and its DISCONNECT back to back: the PUBLISH is
     /// handled (here: retained) before the connection ends, every time. (It used to be lost
     /// now and then: the DISCONNECT ended the connection while the broker still had it.)
-    @Test func publishRightBeforeDisconnectIsNotLost() throws {
-        try withCustody("publish-then-disconnect") { custody, clients in
-            let count = 30
-            for i in 0..<count {
-                let (status, _, error) = try run("/usr/bin/mosquitto_pub", [
-                    "-p", "\(custody.port)", "-h", "127.0.0.1", "-V", i % 2 == 0 ? "mqttv5" : "mqttv311", "-i", "quick-\(i)",
-                    "-t", "quick/\(i)", "-m", "v\(i)", "-q", "0", "-r",
-                ])
-                #expect(status == 0, "\(error)")
+    @Test func publishRightBeforeDisconnectIsNotLost() async throws {
+        try await offPool {
+            try withCustody("publish-then-disconnect") { custody, clients in
+                let count = 30
+                for i in 0..<count {
+                    let (status, _, error) = try run("/usr/bin/mosquitto_pub", [
+                        "-p", "\(custody.port)", "-h", "127.0.0.1", "-V", i % 2 == 0 ? "mqttv5" : "mqttv311", "-i", "quick-\(i)",
+                        "-t", "quick/\(i)", "-m", "v\(i)", "-q", "0", "-r",
+                    ])
+                    #expect(status == 0, "\(error)")
+                }
+                let subscriber = try FeatureClient(custody, "quick-sub")
+                clients.append(subscriber)
+                try subscriber.subscribe("quick/#")
+                let marker = try FeatureClient(custody, "quick-marker")
+                clients.append(marker)
+                try marker.publish("quick/marker", "m")
+                let got = try messagesBefore(subscriber, marker: "m", on: "quick/marker")
+                let missing = Set((0..<count).map { "quick/\($0)" }).subtracting(got.map(\.topic))
+                #expect(missing.isEmpty && got.count == count, "lost: \(missing.sorted())")
             }
-            let subscriber = try FeatureClient(custody, "quick-sub")
-            clients.append(subscriber)
-            try subscriber.subscribe("quick/#")
-            let marker = try FeatureClient(custody, "quick-marker")
-            clients.append(marker)
-            try marker.publish("quick/marker", "m")
-            let got = try messagesBefore(subscriber, marker: "m", on: "quick/marker")
-            let missing = Set((0..<count).map { "quick/\($0)" }).subtracting(got.map(\.topic))
-            #expect(missing.isEmpty && got.count == count, "lost: \(missing.sorted())")
         }
     }
 
     /// The same when the connection is lost right after the PUBLISH (socket closed, no
     /// DISCONNECT): what the client sent before is handled, then its will goes.
-    @Test func publishRightBeforeALostConnectionIsNotLost() throws {
-        // 30 connections of one client, each dropped at once: on a loaded machine they come
-        // faster than their releases, and R3's 10 sessions per client is not what this is about.
-        try withCustody("publish-then-lost", ["--max-sessions-per-client", "100"]) { custody, clients in
-            let watcher = try FeatureClient(custody, "lost-watch")
-            clients.append(watcher)
-            try watcher.subscribe("lost/#")
-            let count = 30
-            for i in 0..<count {
-                let client = try RawClient(port: custody.port)
-                let will = MQTTWill(topic: "lost/will/\(i)", payload: ByteBuffer(string: "w\(i)"), qos: .atMostOnce)
-                #expect(try client.connect("lost-\(i)", user: "dev", will: will).reasonCode == .success)
-                try client.send(.publish(MQTTPublish(
-                    topicName: "lost/\(i)", payload: ByteBuffer(string: "v\(i)"), qos: .atMostOnce, retain: true)))
-                client.drop()
-            }
-            for i in 0..<count { try watcher.waitForMessage("lost/will/\(i)", "w\(i)") }
-            let late = try FeatureClient(custody, "lost-late")
-            clients.append(late)
-            try late.subscribe("lost/+")
-            try late.publish("lost/marker", "m")
-            let got = try messagesBefore(late, marker: "m", on: "lost/marker")
-            let missing = Set((0..<count).map { "lost/\($0)" }).subtracting(got.map(\.topic))
-            #expect(missing.isEmpty && got.count == count, "lost: \(missing.sorted())")
-            // Each client's PUBLISH went before its will.
-            let live = watcher.messages.map(\.topic)
-            for i in 0..<count {
-                let publish = live.firstIndex(of: "lost/\(i)") ?? Int.max
-                let will = live.firstIndex(of: "lost/will/\(i)") ?? -1
-                #expect(publish < will, "lost/\(i) and its will in \(live)")
+    @Test func publishRightBeforeALostConnectionIsNotLost() async throws {
+        try await offPool {
+            // 30 connections of one client, each dropped at once: on a loaded machine they come
+            // faster than their releases, and R3's 10 sessions per client is not what this is about.
+            try withCustody("publish-then-lost", ["--max-sessions-per-client", "100"]) { custody, clients in
+                let watcher = try FeatureClient(custody, "lost-watch")
+                clients.append(watcher)
+                try watcher.subscribe("lost/#")
+                let count = 30
+                for i in 0..<count {
+                    let client = try RawClient(port: custody.port)
+                    let will = MQTTWill(topic: "lost/will/\(i)", payload: ByteBuffer(string: "w\(i)"), qos: .atMostOnce)
+                    #expect(try client.connect("lost-\(i)", user: "dev", will: will).reasonCode == .success)
+                    try client.send(.publish(MQTTPublish(
+                        topicName: "lost/\(i)", payload: ByteBuffer(string: "v\(i)"), qos: .atMostOnce, retain: true)))
+                    client.drop()
+                }
+                for i in 0..<count { try watcher.waitForMessage("lost/will/\(i)", "w\(i)") }
+                let late = try FeatureClient(custody, "lost-late")
+                clients.append(late)
+                try late.subscribe("lost/+")
+                try late.publish("lost/marker", "m")
+                let got = try messagesBefore(late, marker: "m", on: "lost/marker")
+                let missing = Set((0..<count).map { "lost/\($0)" }).subtracting(got.map(\.topic))
+                #expect(missing.isEmpty && got.count == count, "lost: \(missing.sorted())")
+                // Each client's PUBLISH went before its will.
+                let live = watcher.messages.map(\.topic)
+                for i in 0..<count {
+                    let publish = live.firstIndex(of: "lost/\(i)") ?? Int.max
+                    let will = live.firstIndex(of: "lost/will/\(i)") ?? -1
+                    #expect(publish < will, "lost/\(i) and its will in \(live)")
+                }
             }
         }
     }
 
     /// A retained message whose Message Expiry Interval has passed is not delivered to a later
     /// subscriber; one still valid goes with its remaining interval.
-    @Test func expiredRetainedMessageIsNotDelivered() throws {
-        try withCustody("retain-expiry") { custody, clients in
-            let publisher = try FeatureClient(custody, "exp-pub")
-            clients.append(publisher)
-            try publisher.publish("exp/short", "1s", retain: true, properties: ["MessageExpiryInterval": 1])
-            try publisher.publish("exp/long", "100s", retain: true, properties: ["MessageExpiryInterval": 100])
-            usleep(1_200_000)  // the short one's interval passes
-            let late = try FeatureClient(custody, "exp-late")
-            clients.append(late)
-            try late.subscribe("exp/#")
-            try publisher.publish("exp/marker", "m")
-            let got = try messagesBefore(late, marker: "m", on: "exp/marker")
-            #expect(got.map(\.topic) == ["exp/long"])
-            let remaining = try #require(got.first?.props["MessageExpiryInterval"] as? Int)
-            #expect((90...99).contains(remaining), "\(got)")
+    @Test func expiredRetainedMessageIsNotDelivered() async throws {
+        try await offPool {
+            try withCustody("retain-expiry") { custody, clients in
+                let publisher = try FeatureClient(custody, "exp-pub")
+                clients.append(publisher)
+                try publisher.publish("exp/short", "1s", retain: true, properties: ["MessageExpiryInterval": 1])
+                try publisher.publish("exp/long", "100s", retain: true, properties: ["MessageExpiryInterval": 100])
+                usleep(1_200_000)  // the short one's interval passes
+                let late = try FeatureClient(custody, "exp-late")
+                clients.append(late)
+                try late.subscribe("exp/#")
+                try publisher.publish("exp/marker", "m")
+                let got = try messagesBefore(late, marker: "m", on: "exp/marker")
+                #expect(got.map(\.topic) == ["exp/long"])
+                let remaining = try #require(got.first?.props["MessageExpiryInterval"] as? Int)
+                #expect((90...99).contains(remaining), "\(got)")
+            }
         }
     }
 
@@ -547,137 +561,147 @@ struct FeatureEndToEndTests {
 
     /// A client killed (no DISCONNECT) has its will published, with the will's properties; a
     /// DISCONNECT 0x00 discards it; a DISCONNECT 0x04 (Disconnect with Will Message) sends it.
-    @Test func willOnUncleanEndAndOnDisconnectWithWill() throws {
-        try withCustody("wills") { custody, clients in
-            let watcher = try FeatureClient(custody, "will-watch")
-            clients.append(watcher)
-            try watcher.subscribe("wills/#")
-            func will(_ name: String) -> [String: Any] {
-                ["topic": "wills/\(name)", "payload": "\(name) gone", "qos": 1,
-                 "props": ["ContentType": "text/plain", "UserProperty": [["who", name]]]]
+    @Test func willOnUncleanEndAndOnDisconnectWithWill() async throws {
+        try await offPool {
+            try withCustody("wills") { custody, clients in
+                let watcher = try FeatureClient(custody, "will-watch")
+                clients.append(watcher)
+                try watcher.subscribe("wills/#")
+                func will(_ name: String) -> [String: Any] {
+                    ["topic": "wills/\(name)", "payload": "\(name) gone", "qos": 1,
+                     "props": ["ContentType": "text/plain", "UserProperty": [["who", name]]]]
+                }
+                let killed = try FeatureClient(custody, "killed", will: will("killed"))
+                let polite = try FeatureClient(custody, "polite", will: will("polite"))
+                let withWill = try FeatureClient(custody, "with-will", will: will("with-will"))
+                clients += [killed, polite, withWill]
+
+                killed.kill()
+                let lost = try watcher.waitForMessage("wills/killed", "killed gone")
+                #expect(lost.props["ContentType"] as? String == "text/plain")
+                #expect((lost.props["UserProperty"] as? [[String]]) == [["who", "killed"]])
+                try custody.waitForEnd(of: "killed")
+                #expect(try custody.events().last { $0.sessionName.value == "killed" }?.kind == .disconnected(.connectionLost))
+
+                try polite.disconnect(reasonCode: 0x00)
+                try custody.waitForEnd(of: "polite")  // the broker detached it before the ledger heard
+                try withWill.disconnect(reasonCode: 0x04)
+                try watcher.waitForMessage("wills/with-will", "with-will gone")
+                let publisher = try FeatureClient(custody, "will-marker")
+                clients.append(publisher)
+                try publisher.publish("wills/marker", "m")
+                let got = try messagesBefore(watcher, marker: "m", on: "wills/marker").map(\.topic)
+                #expect(got == ["wills/killed", "wills/with-will"])
             }
-            let killed = try FeatureClient(custody, "killed", will: will("killed"))
-            let polite = try FeatureClient(custody, "polite", will: will("polite"))
-            let withWill = try FeatureClient(custody, "with-will", will: will("with-will"))
-            clients += [killed, polite, withWill]
-
-            killed.kill()
-            let lost = try watcher.waitForMessage("wills/killed", "killed gone")
-            #expect(lost.props["ContentType"] as? String == "text/plain")
-            #expect((lost.props["UserProperty"] as? [[String]]) == [["who", "killed"]])
-            try custody.waitForEnd(of: "killed")
-            #expect(try custody.events().last { $0.sessionName.value == "killed" }?.kind == .disconnected(.connectionLost))
-
-            try polite.disconnect(reasonCode: 0x00)
-            try custody.waitForEnd(of: "polite")  // the broker detached it before the ledger heard
-            try withWill.disconnect(reasonCode: 0x04)
-            try watcher.waitForMessage("wills/with-will", "with-will gone")
-            let publisher = try FeatureClient(custody, "will-marker")
-            clients.append(publisher)
-            try publisher.publish("wills/marker", "m")
-            let got = try messagesBefore(watcher, marker: "m", on: "wills/marker").map(\.topic)
-            #expect(got == ["wills/killed", "wills/with-will"])
         }
     }
 
     /// The other unclean ends publish the will too: a keep-alive timeout (0x8D) and a protocol
     /// error (0x82). Raw clients: paho neither falls silent nor breaks the protocol on purpose.
-    @Test func willOnKeepAliveTimeoutAndProtocolError() throws {
-        try withCustody("will-unclean") { custody, clients in
-            let watcher = try FeatureClient(custody, "unclean-watch")
-            clients.append(watcher)
-            try watcher.subscribe("gone/#")
-            let silent = try RawClient(port: custody.port)
-            let timeoutWill = MQTTWill(topic: "gone/silent", payload: ByteBuffer(string: "timeout"), qos: .atLeastOnce)
-            #expect(try silent.connect("silent", user: "dev", keepAlive: 1, will: timeoutWill).reasonCode == .success)
-            let rude = try RawClient(port: custody.port)
-            let errorWill = MQTTWill(topic: "gone/rude", payload: ByteBuffer(string: "protocol error"), qos: .atLeastOnce)
-            #expect(try rude.connect("rude", user: "dev", will: errorWill).reasonCode == .success)
-            try rude.sendRaw([0xD0, 0x00])  // PINGRESP, which only a server sends
-            #expect(try rude.receiveUntilClosed() == [.disconnect(MQTTDisconnect(reasonCode: .protocolError))])
-            try watcher.waitForMessage("gone/rude", "protocol error")
-            #expect(try silent.receiveUntilClosed(timeout: 10) == [.disconnect(MQTTDisconnect(reasonCode: .keepAliveTimeout))])
-            try watcher.waitForMessage("gone/silent", "timeout")
+    @Test func willOnKeepAliveTimeoutAndProtocolError() async throws {
+        try await offPool {
+            try withCustody("will-unclean") { custody, clients in
+                let watcher = try FeatureClient(custody, "unclean-watch")
+                clients.append(watcher)
+                try watcher.subscribe("gone/#")
+                let silent = try RawClient(port: custody.port)
+                let timeoutWill = MQTTWill(topic: "gone/silent", payload: ByteBuffer(string: "timeout"), qos: .atLeastOnce)
+                #expect(try silent.connect("silent", user: "dev", keepAlive: 1, will: timeoutWill).reasonCode == .success)
+                let rude = try RawClient(port: custody.port)
+                let errorWill = MQTTWill(topic: "gone/rude", payload: ByteBuffer(string: "protocol error"), qos: .atLeastOnce)
+                #expect(try rude.connect("rude", user: "dev", will: errorWill).reasonCode == .success)
+                try rude.sendRaw([0xD0, 0x00])  // PINGRESP, which only a server sends
+                #expect(try rude.receiveUntilClosed() == [.disconnect(MQTTDisconnect(reasonCode: .protocolError))])
+                try watcher.waitForMessage("gone/rude", "protocol error")
+                #expect(try silent.receiveUntilClosed(timeout: 10) == [.disconnect(MQTTDisconnect(reasonCode: .keepAliveTimeout))])
+                try watcher.waitForMessage("gone/silent", "timeout")
+            }
         }
     }
 
     /// A server shutdown is an unclean end for the connections it closes (0x8B): their wills
     /// are published, and one bound for a persistent session is there for it after the restart.
-    @Test func willOnServerShutdownIsQueuedForAPersistentSession() throws {
-        let first = try RunningCustody("will-shutdown")
-        let directory = first.directory
-        defer { for path in [first.stdoutPath, first.stderrPath] { try? FileManager.default.removeItem(atPath: path) } }
-        do {
-            let watcher = try FeatureClient(first, "down-watch", clean: true, expiry: 300)
-            defer { watcher.cleanUp() }
-            try watcher.subscribe("down/#")
-            let device = try FeatureClient(
-                first, "down-device", will: ["topic": "down/device", "payload": "server went away", "qos": 1])
-            defer { device.cleanUp() }
-            first.stop()
-            #expect(try device.waitFor("DISCONNECT") { $0.ev == "disconnect" }.rc == 0x8B)
-            #expect(try watcher.waitFor("DISCONNECT") { $0.ev == "disconnect" }.rc == 0x8B)
-        } catch {
-            first.cleanUp()
-            throw error
-        }
-        try withCustody("will-shutdown-again", directory: directory) { custody, clients in
-            let watcher = try FeatureClient(custody, "down-watch", clean: false, expiry: 300)
-            clients.append(watcher)
-            #expect(watcher.connack?.present == true)
-            try watcher.waitForMessage("down/device", "server went away")
+    @Test func willOnServerShutdownIsQueuedForAPersistentSession() async throws {
+        try await offPool {
+            let first = try RunningCustody("will-shutdown")
+            let directory = first.directory
+            defer { for path in [first.stdoutPath, first.stderrPath] { try? FileManager.default.removeItem(atPath: path) } }
+            do {
+                let watcher = try FeatureClient(first, "down-watch", clean: true, expiry: 300)
+                defer { watcher.cleanUp() }
+                try watcher.subscribe("down/#")
+                let device = try FeatureClient(
+                    first, "down-device", will: ["topic": "down/device", "payload": "server went away", "qos": 1])
+                defer { device.cleanUp() }
+                first.stop()
+                #expect(try device.waitFor("DISCONNECT") { $0.ev == "disconnect" }.rc == 0x8B)
+                #expect(try watcher.waitFor("DISCONNECT") { $0.ev == "disconnect" }.rc == 0x8B)
+            } catch {
+                first.cleanUp()
+                throw error
+            }
+            try withCustody("will-shutdown-again", directory: directory) { custody, clients in
+                let watcher = try FeatureClient(custody, "down-watch", clean: false, expiry: 300)
+                clients.append(watcher)
+                #expect(watcher.connack?.present == true)
+                try watcher.waitForMessage("down/device", "server went away")
+            }
         }
     }
 
     /// Will Delay Interval: the will goes after the delay, or after the session expiry when
     /// that is shorter (min(delay, expiry)); never before.
-    @Test func willDelayIsTheShorterOfDelayAndSessionExpiry() throws {
-        try withCustody("will-delay") { custody, clients in
-            let watcher = try FeatureClient(custody, "delay-watch")
-            clients.append(watcher)
-            try watcher.subscribe("late/#")
-            let byDelay = try FeatureClient(
-                custody, "by-delay", clean: true, expiry: 60,
-                will: ["topic": "late/by-delay", "payload": "2s", "props": ["WillDelayInterval": 2]])
-            let byExpiry = try FeatureClient(
-                custody, "by-expiry", clean: true, expiry: 2,
-                will: ["topic": "late/by-expiry", "payload": "2s", "props": ["WillDelayInterval": 60]])
-            clients += [byDelay, byExpiry]
-            let start = Date()
-            byDelay.kill()
-            byExpiry.kill()
-            try custody.waitForEnd(of: "by-delay")
-            try custody.waitForEnd(of: "by-expiry")
-            #expect(watcher.messages.isEmpty, "\(watcher.messages)")
-            try watcher.waitForMessage("late/by-delay", "2s")
-            try watcher.waitForMessage("late/by-expiry", "2s")
-            #expect(Date().timeIntervalSince(start) >= 1.9)
-            // The Will Delay Interval is not forwarded.
-            #expect(watcher.messages.allSatisfy { $0.props["WillDelayInterval"] == nil })
+    @Test func willDelayIsTheShorterOfDelayAndSessionExpiry() async throws {
+        try await offPool {
+            try withCustody("will-delay") { custody, clients in
+                let watcher = try FeatureClient(custody, "delay-watch")
+                clients.append(watcher)
+                try watcher.subscribe("late/#")
+                let byDelay = try FeatureClient(
+                    custody, "by-delay", clean: true, expiry: 60,
+                    will: ["topic": "late/by-delay", "payload": "2s", "props": ["WillDelayInterval": 2]])
+                let byExpiry = try FeatureClient(
+                    custody, "by-expiry", clean: true, expiry: 2,
+                    will: ["topic": "late/by-expiry", "payload": "2s", "props": ["WillDelayInterval": 60]])
+                clients += [byDelay, byExpiry]
+                let start = Date()
+                byDelay.kill()
+                byExpiry.kill()
+                try custody.waitForEnd(of: "by-delay")
+                try custody.waitForEnd(of: "by-expiry")
+                #expect(watcher.messages.isEmpty, "\(watcher.messages)")
+                try watcher.waitForMessage("late/by-delay", "2s")
+                try watcher.waitForMessage("late/by-expiry", "2s")
+                #expect(Date().timeIntervalSince(start) >= 1.9)
+                // The Will Delay Interval is not forwarded.
+                #expect(watcher.messages.allSatisfy { $0.props["WillDelayInterval"] == nil })
+            }
         }
     }
 
     /// A session resumed before its will's delay ends cancels the will.
-    @Test func willIsNotSentWhenTheSessionResumesInTime() throws {
-        try withCustody("will-resumed", fastReconnects) { custody, clients in
-            let watcher = try FeatureClient(custody, "resume-watch")
-            clients.append(watcher)
-            try watcher.subscribe("resume/#")
-            let device = try FeatureClient(
-                custody, "resumer", clean: true, expiry: 60,
-                will: ["topic": "resume/will", "payload": "should not go", "props": ["WillDelayInterval": 2]])
-            clients.append(device)
-            device.kill()
-            try custody.waitForEnd(of: "resumer")
-            let start = Date()  // the will's delay began before this
-            let back = try FeatureClient(custody, "resumer", clean: false, expiry: 60)
-            clients.append(back)
-            #expect(back.connack?.present == true)
-            // Past the delay (and a margin), then a marker: no will before it.
-            let left = 2.5 - Date().timeIntervalSince(start)
-            if left > 0 { usleep(UInt32(left * 1_000_000)) }
-            try back.publish("resume/marker", "m")
-            #expect(try messagesBefore(watcher, marker: "m", on: "resume/marker").isEmpty)
+    @Test func willIsNotSentWhenTheSessionResumesInTime() async throws {
+        try await offPool {
+            try withCustody("will-resumed", fastReconnects) { custody, clients in
+                let watcher = try FeatureClient(custody, "resume-watch")
+                clients.append(watcher)
+                try watcher.subscribe("resume/#")
+                let device = try FeatureClient(
+                    custody, "resumer", clean: true, expiry: 60,
+                    will: ["topic": "resume/will", "payload": "should not go", "props": ["WillDelayInterval": 2]])
+                clients.append(device)
+                device.kill()
+                try custody.waitForEnd(of: "resumer")
+                let start = Date()  // the will's delay began before this
+                let back = try FeatureClient(custody, "resumer", clean: false, expiry: 60)
+                clients.append(back)
+                #expect(back.connack?.present == true)
+                // Past the delay (and a margin), then a marker: no will before it.
+                let left = 2.5 - Date().timeIntervalSince(start)
+                if left > 0 { usleep(UInt32(left * 1_000_000)) }
+                try back.publish("resume/marker", "m")
+                #expect(try messagesBefore(watcher, marker: "m", on: "resume/marker").isEmpty)
+            }
         }
     }
 
@@ -686,38 +710,40 @@ struct FeatureEndToEndTests {
     /// `$share/g/jobs/#` with a v5 and a v3.1.1 member: each of N messages goes to exactly one
     /// member, both get some; a plain subscriber gets all N. When one member leaves (killed),
     /// the other gets everything that follows.
-    @Test func sharedSubscriptionSpreadsAndSurvivesAMemberLeaving() throws {
-        try withCustody("shared") { custody, clients in
-            let v5Member = try FeatureClient(custody, "member-5")
-            let v3Member = try FeatureClient(custody, "member-3", v3: true)
-            let plain = try FeatureClient(custody, "plain")
-            let publisher = try FeatureClient(custody, "share-pub")
-            clients += [v5Member, v3Member, plain, publisher]
-            #expect(try v5Member.subscribe("$share/g/jobs/#") == [1])
-            #expect(try v3Member.subscribe("$share/g/jobs/#") == [1])
-            try plain.subscribe("jobs/#")
-            let n = 20
-            for i in 0..<n { try publisher.publish("jobs/x", "n\(i)", waitForAck: false) }
-            try plain.waitForMessage("jobs/x", "n\(n - 1)")
-            let deadline = Date().addingTimeInterval(10)
-            while v5Member.messages.count + v3Member.messages.count < n, Date() < deadline { usleep(10_000) }
-            let first = v5Member.messages.map(\.payload)
-            let second = v3Member.messages.map(\.payload)
-            #expect(first.count + second.count == n, "\(first) \(second)")
-            #expect(Set(first + second) == Set((0..<n).map { "n\($0)" }))
-            #expect(!first.isEmpty && !second.isEmpty)
-            #expect(plain.messages.map(\.payload) == (0..<n).map { "n\($0)" })
+    @Test func sharedSubscriptionSpreadsAndSurvivesAMemberLeaving() async throws {
+        try await offPool {
+            try withCustody("shared") { custody, clients in
+                let v5Member = try FeatureClient(custody, "member-5")
+                let v3Member = try FeatureClient(custody, "member-3", v3: true)
+                let plain = try FeatureClient(custody, "plain")
+                let publisher = try FeatureClient(custody, "share-pub")
+                clients += [v5Member, v3Member, plain, publisher]
+                #expect(try v5Member.subscribe("$share/g/jobs/#") == [1])
+                #expect(try v3Member.subscribe("$share/g/jobs/#") == [1])
+                try plain.subscribe("jobs/#")
+                let n = 20
+                for i in 0..<n { try publisher.publish("jobs/x", "n\(i)", waitForAck: false) }
+                try plain.waitForMessage("jobs/x", "n\(n - 1)")
+                let deadline = Date().addingTimeInterval(10)
+                while v5Member.messages.count + v3Member.messages.count < n, Date() < deadline { usleep(10_000) }
+                let first = v5Member.messages.map(\.payload)
+                let second = v3Member.messages.map(\.payload)
+                #expect(first.count + second.count == n, "\(first) \(second)")
+                #expect(Set(first + second) == Set((0..<n).map { "n\($0)" }))
+                #expect(!first.isEmpty && !second.isEmpty)
+                #expect(plain.messages.map(\.payload) == (0..<n).map { "n\($0)" })
 
-            v3Member.kill()
-            try custody.waitForEnd(of: "member-3")
-            for i in n..<(n + 5) { try publisher.publish("jobs/x", "n\(i)") }
-            try v5Member.waitForMessage("jobs/x", "n\(n + 4)")
-            let later = (n..<(n + 5)).map { "n\($0)" }
-            let after = v5Member.messages.dropFirst(first.count).map(\.payload)
-            #expect(after.filter { later.contains($0) } == later)
-            // Besides those, at most copies of what the killed member had not acknowledged yet,
-            // handed to the remaining member (QoS 1: at least once).
-            #expect(Set(after).subtracting(later).isSubset(of: second), "\(after)")
+                v3Member.kill()
+                try custody.waitForEnd(of: "member-3")
+                for i in n..<(n + 5) { try publisher.publish("jobs/x", "n\(i)") }
+                try v5Member.waitForMessage("jobs/x", "n\(n + 4)")
+                let later = (n..<(n + 5)).map { "n\($0)" }
+                let after = v5Member.messages.dropFirst(first.count).map(\.payload)
+                #expect(after.filter { later.contains($0) } == later)
+                // Besides those, at most copies of what the killed member had not acknowledged yet,
+                // handed to the remaining member (QoS 1: at least once).
+                #expect(Set(after).subtracting(later).isSubset(of: second), "\(after)")
+            }
         }
     }
 
@@ -726,28 +752,30 @@ struct FeatureEndToEndTests {
     /// Messages queued for an offline persistent session: one with a long interval is
     /// delivered with the interval decremented by the time it waited, one without goes as is,
     /// one whose interval passed while it waited is dropped.
-    @Test func queuedMessagesExpire() throws {
-        try withCustody("queued-expiry") { custody, clients in
-            let sleeper = try FeatureClient(custody, "sleeper", clean: true, expiry: 60)
-            clients.append(sleeper)
-            try sleeper.subscribe("q/#")
-            try sleeper.disconnect()
-            try custody.waitForEnd(of: "sleeper")
-            let publisher = try FeatureClient(custody, "q-pub")
-            clients.append(publisher)
-            try publisher.publish("q/long", "60s", properties: ["MessageExpiryInterval": 60])
-            try publisher.publish("q/short", "1s", properties: ["MessageExpiryInterval": 1])
-            try publisher.publish("q/none", "forever")
-            usleep(1_500_000)  // the short one expires; the long one has waited a full second
-            let back = try FeatureClient(custody, "sleeper", clean: false, expiry: 60)
-            clients.append(back)
-            #expect(back.connack?.present == true)
-            try publisher.publish("q/marker", "m")
-            let got = try messagesBefore(back, marker: "m", on: "q/marker")
-            #expect(got.map(\.topic) == ["q/long", "q/none"])
-            let remaining = try #require(got.first?.props["MessageExpiryInterval"] as? Int)
-            #expect((50...59).contains(remaining), "\(got)")
-            #expect(got.last?.props["MessageExpiryInterval"] == nil)
+    @Test func queuedMessagesExpire() async throws {
+        try await offPool {
+            try withCustody("queued-expiry") { custody, clients in
+                let sleeper = try FeatureClient(custody, "sleeper", clean: true, expiry: 60)
+                clients.append(sleeper)
+                try sleeper.subscribe("q/#")
+                try sleeper.disconnect()
+                try custody.waitForEnd(of: "sleeper")
+                let publisher = try FeatureClient(custody, "q-pub")
+                clients.append(publisher)
+                try publisher.publish("q/long", "60s", properties: ["MessageExpiryInterval": 60])
+                try publisher.publish("q/short", "1s", properties: ["MessageExpiryInterval": 1])
+                try publisher.publish("q/none", "forever")
+                usleep(1_500_000)  // the short one expires; the long one has waited a full second
+                let back = try FeatureClient(custody, "sleeper", clean: false, expiry: 60)
+                clients.append(back)
+                #expect(back.connack?.present == true)
+                try publisher.publish("q/marker", "m")
+                let got = try messagesBefore(back, marker: "m", on: "q/marker")
+                #expect(got.map(\.topic) == ["q/long", "q/none"])
+                let remaining = try #require(got.first?.props["MessageExpiryInterval"] as? Int)
+                #expect((50...59).contains(remaining), "\(got)")
+                #expect(got.last?.props["MessageExpiryInterval"] == nil)
+            }
         }
     }
 
@@ -755,41 +783,45 @@ struct FeatureEndToEndTests {
 
     /// Each PUBLISH carries the identifiers of the subscriptions it matched (both, for two
     /// overlapping ones, in one PUBLISH); a subscription without one adds none.
-    @Test func subscriptionIdentifiersComeWithThePublish() throws {
-        try withCustody("subscription-ids") { custody, clients in
-            let subscriber = try FeatureClient(custody, "ids-sub")
-            let publisher = try FeatureClient(custody, "ids-pub")
-            clients += [subscriber, publisher]
-            try subscriber.subscribe("ids/#", identifier: 5)
-            try subscriber.subscribe("ids/+/x", identifier: 9)
-            try subscriber.subscribe("other/#")
-            try publisher.publish("ids/a/x", "both")
-            try publisher.publish("ids/b", "one")
-            try publisher.publish("other/c", "none")
-            try subscriber.waitForMessage("other/c", "none")
-            let byPayload = Dictionary(grouping: subscriber.messages, by: \.payload)
-            #expect(byPayload["both"]?.count == 1, "\(subscriber.messages)")
-            #expect((byPayload["both"]?.first?.props["SubscriptionIdentifier"] as? [Int])?.sorted() == [5, 9])
-            #expect(byPayload["one"]?.first?.props["SubscriptionIdentifier"] as? [Int] == [5])
-            #expect(byPayload["none"]?.first?.props["SubscriptionIdentifier"] == nil)
+    @Test func subscriptionIdentifiersComeWithThePublish() async throws {
+        try await offPool {
+            try withCustody("subscription-ids") { custody, clients in
+                let subscriber = try FeatureClient(custody, "ids-sub")
+                let publisher = try FeatureClient(custody, "ids-pub")
+                clients += [subscriber, publisher]
+                try subscriber.subscribe("ids/#", identifier: 5)
+                try subscriber.subscribe("ids/+/x", identifier: 9)
+                try subscriber.subscribe("other/#")
+                try publisher.publish("ids/a/x", "both")
+                try publisher.publish("ids/b", "one")
+                try publisher.publish("other/c", "none")
+                try subscriber.waitForMessage("other/c", "none")
+                let byPayload = Dictionary(grouping: subscriber.messages, by: \.payload)
+                #expect(byPayload["both"]?.count == 1, "\(subscriber.messages)")
+                #expect((byPayload["both"]?.first?.props["SubscriptionIdentifier"] as? [Int])?.sorted() == [5, 9])
+                #expect(byPayload["one"]?.first?.props["SubscriptionIdentifier"] as? [Int] == [5])
+                #expect(byPayload["none"]?.first?.props["SubscriptionIdentifier"] == nil)
+            }
         }
     }
 
     /// No Local: a client's own messages are not sent back on a No Local subscription; they
     /// are on an ordinary one, and others' messages come either way.
-    @Test func noLocalSuppressesOwnMessages() throws {
-        try withCustody("no-local") { custody, clients in
-            let quiet = try FeatureClient(custody, "quiet")
-            let echo = try FeatureClient(custody, "echo")
-            let marker = try FeatureClient(custody, "nl-marker")
-            clients += [quiet, echo, marker]
-            try quiet.subscribe("nl/#", noLocal: true)
-            try echo.subscribe("nl/#", noLocal: false)
-            try quiet.publish("nl/quiet", "from quiet")
-            try echo.publish("nl/echo", "from echo")
-            try marker.publish("nl/marker", "m")
-            #expect(try messagesBefore(quiet, marker: "m", on: "nl/marker").map(\.payload) == ["from echo"])
-            #expect(try messagesBefore(echo, marker: "m", on: "nl/marker").map(\.payload) == ["from quiet", "from echo"])
+    @Test func noLocalSuppressesOwnMessages() async throws {
+        try await offPool {
+            try withCustody("no-local") { custody, clients in
+                let quiet = try FeatureClient(custody, "quiet")
+                let echo = try FeatureClient(custody, "echo")
+                let marker = try FeatureClient(custody, "nl-marker")
+                clients += [quiet, echo, marker]
+                try quiet.subscribe("nl/#", noLocal: true)
+                try echo.subscribe("nl/#", noLocal: false)
+                try quiet.publish("nl/quiet", "from quiet")
+                try echo.publish("nl/echo", "from echo")
+                try marker.publish("nl/marker", "m")
+                #expect(try messagesBefore(quiet, marker: "m", on: "nl/marker").map(\.payload) == ["from echo"])
+                #expect(try messagesBefore(echo, marker: "m", on: "nl/marker").map(\.payload) == ["from quiet", "from echo"])
+            }
         }
     }
 
@@ -797,57 +829,61 @@ struct FeatureEndToEndTests {
     /// indicator; an invalid one is refused: custody checks it when decoding the PUBLISH and
     /// closes the connection with DISCONNECT 0x99 (Payload format invalid, allowed by MQTT 5.0
     /// 3.3.2.3.2), and routes nothing. Without the indicator, any bytes go through unchanged.
-    @Test func payloadFormatIndicatorIsChecked() throws {
-        try withCustody("payload-format") { custody, clients in
-            let subscriber = try FeatureClient(custody, "pfi-sub")
-            let publisher = try FeatureClient(custody, "pfi-pub")
-            clients += [subscriber, publisher]
-            try subscriber.subscribe("pfi/#")
-            #expect(try publisher.publish("pfi/utf8", "h\u{e9}llo \u{2713}", properties: ["PayloadFormatIndicator": 1]).ack == 0)
-            #expect(try publisher.publish("pfi/binary", hex: "fffe00c3").ack == 0)
-            let good = try subscriber.waitForMessage("pfi/utf8", "h\u{e9}llo \u{2713}")
-            #expect(good.props["PayloadFormatIndicator"] as? Int == 1)
-            let binary = try subscriber.waitFor("binary") { $0.topic == "pfi/binary" }
-            #expect(binary.hex == "fffe00c3" && binary.props["PayloadFormatIndicator"] == nil)
+    @Test func payloadFormatIndicatorIsChecked() async throws {
+        try await offPool {
+            try withCustody("payload-format") { custody, clients in
+                let subscriber = try FeatureClient(custody, "pfi-sub")
+                let publisher = try FeatureClient(custody, "pfi-pub")
+                clients += [subscriber, publisher]
+                try subscriber.subscribe("pfi/#")
+                #expect(try publisher.publish("pfi/utf8", "h\u{e9}llo \u{2713}", properties: ["PayloadFormatIndicator": 1]).ack == 0)
+                #expect(try publisher.publish("pfi/binary", hex: "fffe00c3").ack == 0)
+                let good = try subscriber.waitForMessage("pfi/utf8", "h\u{e9}llo \u{2713}")
+                #expect(good.props["PayloadFormatIndicator"] as? Int == 1)
+                let binary = try subscriber.waitFor("binary") { $0.topic == "pfi/binary" }
+                #expect(binary.hex == "fffe00c3" && binary.props["PayloadFormatIndicator"] == nil)
 
-            try publisher.publish("pfi/bad", hex: "fffe", properties: ["PayloadFormatIndicator": 1], waitForAck: false)
-            #expect(try publisher.waitFor("DISCONNECT") { $0.ev == "disconnect" }.rc == 0x99)
-            try custody.waitForEnd(of: "pfi-pub")
-            #expect(try custody.events().last { $0.sessionName.value == "pfi-pub" }?.kind == .disconnected(.clientError))
-            let marker = try FeatureClient(custody, "pfi-marker")
-            clients.append(marker)
-            try marker.publish("pfi/marker", "m")
-            #expect(try messagesBefore(subscriber, marker: "m", on: "pfi/marker").map(\.topic) == ["pfi/utf8", "pfi/binary"])
+                try publisher.publish("pfi/bad", hex: "fffe", properties: ["PayloadFormatIndicator": 1], waitForAck: false)
+                #expect(try publisher.waitFor("DISCONNECT") { $0.ev == "disconnect" }.rc == 0x99)
+                try custody.waitForEnd(of: "pfi-pub")
+                #expect(try custody.events().last { $0.sessionName.value == "pfi-pub" }?.kind == .disconnected(.clientError))
+                let marker = try FeatureClient(custody, "pfi-marker")
+                clients.append(marker)
+                try marker.publish("pfi/marker", "m")
+                #expect(try messagesBefore(subscriber, marker: "m", on: "pfi/marker").map(\.topic) == ["pfi/utf8", "pfi/binary"])
+            }
         }
     }
 
     /// Content Type, Response Topic, Correlation Data (binary), User Properties (repeated
     /// keys, order, non-ASCII) and the Payload Format Indicator reach a subscriber exactly as
     /// published, both live and queued for an offline persistent session (through LMDB).
-    @Test func propertiesArePassedThroughUnchanged() throws {
-        try withCustody("properties", fastReconnects) { custody, clients in
-            let live = try FeatureClient(custody, "props-live")
-            let offline = try FeatureClient(custody, "props-offline", clean: true, expiry: 60)
-            clients += [live, offline]
-            try live.subscribe("props/#")
-            try offline.subscribe("props/#")
-            try offline.disconnect()
-            try custody.waitForEnd(of: "props-offline")
-            let publisher = try FeatureClient(custody, "props-pub")
-            clients.append(publisher)
-            let properties: [String: Any] = [
-                "PayloadFormatIndicator": 1, "ContentType": "application/json; charset=utf-8",
-                "ResponseTopic": "props/reply/42", "CorrelationData": "00ff10802a",
-                "UserProperty": [["a", "1"], ["b", "2"], ["a", "3"], ["cl\u{e9}", "v\u{e4}rde \u{2713}"], ["", ""]],
-            ]
-            let sent = try publisher.publish("props/x", "{\"v\": 1}", properties: properties).sent.propsText
-            #expect(sent.contains("00ff10802a") && sent.contains("ResponseTopic"), "\(sent)")
-            let got = try live.waitForMessage("props/x", "{\"v\": 1}")
-            #expect(got.propsText == sent)
-            let back = try FeatureClient(custody, "props-offline", clean: false, expiry: 60)
-            clients.append(back)
-            let queued = try back.waitForMessage("props/x", "{\"v\": 1}")
-            #expect(queued.propsText == sent)
+    @Test func propertiesArePassedThroughUnchanged() async throws {
+        try await offPool {
+            try withCustody("properties", fastReconnects) { custody, clients in
+                let live = try FeatureClient(custody, "props-live")
+                let offline = try FeatureClient(custody, "props-offline", clean: true, expiry: 60)
+                clients += [live, offline]
+                try live.subscribe("props/#")
+                try offline.subscribe("props/#")
+                try offline.disconnect()
+                try custody.waitForEnd(of: "props-offline")
+                let publisher = try FeatureClient(custody, "props-pub")
+                clients.append(publisher)
+                let properties: [String: Any] = [
+                    "PayloadFormatIndicator": 1, "ContentType": "application/json; charset=utf-8",
+                    "ResponseTopic": "props/reply/42", "CorrelationData": "00ff10802a",
+                    "UserProperty": [["a", "1"], ["b", "2"], ["a", "3"], ["cl\u{e9}", "v\u{e4}rde \u{2713}"], ["", ""]],
+                ]
+                let sent = try publisher.publish("props/x", "{\"v\": 1}", properties: properties).sent.propsText
+                #expect(sent.contains("00ff10802a") && sent.contains("ResponseTopic"), "\(sent)")
+                let got = try live.waitForMessage("props/x", "{\"v\": 1}")
+                #expect(got.propsText == sent)
+                let back = try FeatureClient(custody, "props-offline", clean: false, expiry: 60)
+                clients.append(back)
+                let queued = try back.waitForMessage("props/x", "{\"v\": 1}")
+                #expect(queued.propsText == sent)
+            }
         }
     }
 }

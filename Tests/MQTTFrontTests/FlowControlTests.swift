@@ -186,204 +186,224 @@ struct FlowControlEndToEndTests {
     /// What the CONNACK says, as paho reads it: Receive Maximum 100, Topic Alias Maximum 10,
     /// Maximum Packet Size 512 KiB; QoS 2, retain, wildcards, subscription identifiers and shared
     /// subscriptions all available, so absent (absence means available) — and each of them works.
-    @Test func connAckAnnouncesWhatTheBrokerDoes() throws {
-        try withCustody("connack") { custody in
-            let client = try flowClient([
-                "--port", "\(custody.port)", "--id", "props", "--subscribe", "$share/g/props/#", "--sub-id", "7",
-            ])
-            defer { client.stop() }
-            try client.waitForOutput(containing: "SUBACK 1")
-            let properties = try connackProperties(client.output)
-            #expect(properties["ReceiveMaximum"] as? Int == 100)
-            #expect(properties["TopicAliasMaximum"] as? Int == 10)
-            #expect(properties["MaximumPacketSize"] as? Int == 512 << 10)
-            for absent in ["MaximumQoS", "RetainAvailable", "WildcardSubscriptionAvailable",
-                "SubscriptionIdentifierAvailable", "SharedSubscriptionAvailable", "ServerKeepAlive"]
-            {
-                #expect(properties[absent] == nil, "\(absent) in \(properties)")
+    @Test func connAckAnnouncesWhatTheBrokerDoes() async throws {
+        try await offPool {
+            try withCustody("connack") { custody in
+                let client = try flowClient([
+                    "--port", "\(custody.port)", "--id", "props", "--subscribe", "$share/g/props/#", "--sub-id", "7",
+                ])
+                defer { client.stop() }
+                try client.waitForOutput(containing: "SUBACK 1")
+                let properties = try connackProperties(client.output)
+                #expect(properties["ReceiveMaximum"] as? Int == 100)
+                #expect(properties["TopicAliasMaximum"] as? Int == 10)
+                #expect(properties["MaximumPacketSize"] as? Int == 512 << 10)
+                for absent in ["MaximumQoS", "RetainAvailable", "WildcardSubscriptionAvailable",
+                    "SubscriptionIdentifierAvailable", "SharedSubscriptionAvailable", "ServerKeepAlive"]
+                {
+                    #expect(properties[absent] == nil, "\(absent) in \(properties)")
+                }
+                // Truthful: a shared wildcard subscription with a Subscription Identifier was granted (above),
+                // a retained QoS 2 PUBLISH is taken, and the message comes with the identifier.
+                let (status, _, error) = try run("/usr/bin/mosquitto_pub", [
+                    "-p", "\(custody.port)", "-h", "127.0.0.1", "-V", "mqttv5", "-i", "p", "-u", "dev", "-t", "props/a",
+                    "-m", "hello", "-q", "2", "-r",
+                ])
+                #expect(status == 0, "\(error)")
+                try client.waitForOutput(containing: "MESSAGE props/a 5 hello qos=1")
+                try client.waitForOutput(containing: "SUBID [7]")
             }
-            // Truthful: a shared wildcard subscription with a Subscription Identifier was granted (above),
-            // a retained QoS 2 PUBLISH is taken, and the message comes with the identifier.
-            let (status, _, error) = try run("/usr/bin/mosquitto_pub", [
-                "-p", "\(custody.port)", "-h", "127.0.0.1", "-V", "mqttv5", "-i", "p", "-u", "dev", "-t", "props/a",
-                "-m", "hello", "-q", "2", "-r",
-            ])
-            #expect(status == 0, "\(error)")
-            try client.waitForOutput(containing: "MESSAGE props/a 5 hello qos=1")
-            try client.waitForOutput(containing: "SUBID [7]")
         }
     }
 
     /// A topic alias set by one PUBLISH and then used alone: accepted (PUBACK 0) and delivered
     /// to the subscriber with the full topic.
-    @Test func topicAliasPublishIsDeliveredWithTheFullTopic() throws {
-        try withCustody("alias") { custody in
-            let subscriber = try paho(["--port", "\(custody.port)", "--id", "alias-sub", "--user", "dev", "--subscribe", "plant/#"])
-            defer { subscriber.stop() }
-            try subscriber.waitForOutput(containing: "SUBACK 1")
-            let publisher = try flowClient([
-                "--port", "\(custody.port)", "--id", "alias-pub", "--scenario", "alias", "--topic", "plant/7/temp",
-            ])
-            defer { publisher.stop() }
-            try publisher.waitForOutput(containing: "DONE")
-            for mid in 1...3 { #expect(publisher.output.contains("PUBACK \(mid) rc=0\n"), "\(publisher.output)") }
-            #expect(!publisher.output.contains("DISCONNECT"), "\(publisher.output)")
-            try subscriber.waitForOutput(containing: "MESSAGE plant/7/temp via-alias-2 qos=1")
-            let messages = subscriber.output.split(separator: "\n").filter { $0.hasPrefix("MESSAGE") }
-            #expect(messages == [
-                "MESSAGE plant/7/temp set qos=1", "MESSAGE plant/7/temp via-alias-1 qos=1",
-                "MESSAGE plant/7/temp via-alias-2 qos=1",
-            ])
+    @Test func topicAliasPublishIsDeliveredWithTheFullTopic() async throws {
+        try await offPool {
+            try withCustody("alias") { custody in
+                let subscriber = try paho(["--port", "\(custody.port)", "--id", "alias-sub", "--user", "dev", "--subscribe", "plant/#"])
+                defer { subscriber.stop() }
+                try subscriber.waitForOutput(containing: "SUBACK 1")
+                let publisher = try flowClient([
+                    "--port", "\(custody.port)", "--id", "alias-pub", "--scenario", "alias", "--topic", "plant/7/temp",
+                ])
+                defer { publisher.stop() }
+                try publisher.waitForOutput(containing: "DONE")
+                for mid in 1...3 { #expect(publisher.output.contains("PUBACK \(mid) rc=0\n"), "\(publisher.output)") }
+                #expect(!publisher.output.contains("DISCONNECT"), "\(publisher.output)")
+                try subscriber.waitForOutput(containing: "MESSAGE plant/7/temp via-alias-2 qos=1")
+                let messages = subscriber.output.split(separator: "\n").filter { $0.hasPrefix("MESSAGE") }
+                #expect(messages == [
+                    "MESSAGE plant/7/temp set qos=1", "MESSAGE plant/7/temp via-alias-1 qos=1",
+                    "MESSAGE plant/7/temp via-alias-2 qos=1",
+                ])
+            }
         }
     }
 
     /// An alias above the announced maximum closes with 0x94; one never set, with an empty
     /// topic, with 0x82; both logged and recorded as ClientError.
-    @Test func badTopicAliasesAreRefused() throws {
-        try withCustody("bad-alias") { custody in
-            let above = try flowClient(["--port", "\(custody.port)", "--id", "above", "--scenario", "alias-invalid", "--alias", "11"])
-            defer { above.stop() }
-            try above.waitForOutput(containing: "DISCONNECT rc=148")
-            try custody.waitForLog("above", "Topic Alias 11, the maximum is 10")
-            let unset = try flowClient(["--port", "\(custody.port)", "--id", "unset", "--scenario", "alias-unset"])
-            defer { unset.stop() }
-            try unset.waitForOutput(containing: "DISCONNECT rc=130")
-            try custody.waitForLog("unset", "Topic Alias 5 used before it was set")
-            for name in ["above", "unset"] {
-                let ended = try custody.waitForEvent { $0.sessionName.value == name && $0.kind != .connected }
-                #expect(ended.kind == .disconnected(.clientError))
+    @Test func badTopicAliasesAreRefused() async throws {
+        try await offPool {
+            try withCustody("bad-alias") { custody in
+                let above = try flowClient(["--port", "\(custody.port)", "--id", "above", "--scenario", "alias-invalid", "--alias", "11"])
+                defer { above.stop() }
+                try above.waitForOutput(containing: "DISCONNECT rc=148")
+                try custody.waitForLog("above", "Topic Alias 11, the maximum is 10")
+                let unset = try flowClient(["--port", "\(custody.port)", "--id", "unset", "--scenario", "alias-unset"])
+                defer { unset.stop() }
+                try unset.waitForOutput(containing: "DISCONNECT rc=130")
+                try custody.waitForLog("unset", "Topic Alias 5 used before it was set")
+                for name in ["above", "unset"] {
+                    let ended = try custody.waitForEvent { $0.sessionName.value == name && $0.kind != .connected }
+                    #expect(ended.kind == .disconnected(.clientError))
+                }
             }
         }
     }
 
     /// Alias 0 (which paho would not send) from the raw client: 0x94 as well.
-    @Test func topicAliasZeroIsRefused() throws {
-        try withCustody("alias-zero") { custody in
-            let client = try RawClient(port: custody.port)
-            #expect(try client.connect("zero", user: "dev").reasonCode == .success)
-            try client.sendRaw([0x30, 0x07, 0x00, 0x01, 0x61, 0x03, 0x23, 0x00, 0x00])
-            #expect(try client.receiveUntilClosed() == [.disconnect(MQTTDisconnect(reasonCode: .topicAliasInvalid))])
+    @Test func topicAliasZeroIsRefused() async throws {
+        try await offPool {
+            try withCustody("alias-zero") { custody in
+                let client = try RawClient(port: custody.port)
+                #expect(try client.connect("zero", user: "dev").reasonCode == .success)
+                try client.sendRaw([0x30, 0x07, 0x00, 0x01, 0x61, 0x03, 0x23, 0x00, 0x00])
+                #expect(try client.receiveUntilClosed() == [.disconnect(MQTTDisconnect(reasonCode: .topicAliasInvalid))])
+            }
         }
     }
 
     /// A client that keeps 101 QoS 2 PUBLISHes unreleased (no PUBREL) exceeds the Receive
     /// Maximum of 100: DISCONNECT 0x93. Its first 100 were taken.
-    @Test func exceedingTheReceiveMaximumIs0x93() throws {
-        try withCustody("receive-max") { custody in
-            let client = try flowClient([
-                "--port", "\(custody.port)", "--id", "flood", "--scenario", "flood-qos2", "--count", "101", "--topic", "flood/a",
-            ])
-            defer { client.stop() }
-            try client.waitForOutput(containing: "DISCONNECT rc=147", timeout: 20)
-            try custody.waitForLog("flood", "more than 100 QoS 1/2 PUBLISHes unacknowledged")
-            // 100 withheld, within the limit, is fine: all are routed (a subscriber gets the
-            // last), and the client stays connected.
-            let subscriber = try paho(["--port", "\(custody.port)", "--id", "watch", "--user", "dev", "--subscribe", "flood/b"])
-            defer { subscriber.stop() }
-            try subscriber.waitForOutput(containing: "SUBACK 1")
-            let polite = try flowClient([
-                "--port", "\(custody.port)", "--id", "polite", "--scenario", "flood-qos2", "--count", "100", "--topic", "flood/b",
-            ])
-            defer { polite.stop() }
-            try subscriber.waitForOutput(containing: "MESSAGE flood/b n99 qos=1", timeout: 20)
-            #expect(!polite.output.contains("DISCONNECT"), "\(polite.output)")
-            let politeEnded = custody.stderr.split(separator: "\n").contains {
-                $0.contains("polite") && ($0.contains("closed") || $0.contains("disconnected"))
+    @Test func exceedingTheReceiveMaximumIs0x93() async throws {
+        try await offPool {
+            try withCustody("receive-max") { custody in
+                let client = try flowClient([
+                    "--port", "\(custody.port)", "--id", "flood", "--scenario", "flood-qos2", "--count", "101", "--topic", "flood/a",
+                ])
+                defer { client.stop() }
+                try client.waitForOutput(containing: "DISCONNECT rc=147", timeout: 20)
+                try custody.waitForLog("flood", "more than 100 QoS 1/2 PUBLISHes unacknowledged")
+                // 100 withheld, within the limit, is fine: all are routed (a subscriber gets the
+                // last), and the client stays connected.
+                let subscriber = try paho(["--port", "\(custody.port)", "--id", "watch", "--user", "dev", "--subscribe", "flood/b"])
+                defer { subscriber.stop() }
+                try subscriber.waitForOutput(containing: "SUBACK 1")
+                let polite = try flowClient([
+                    "--port", "\(custody.port)", "--id", "polite", "--scenario", "flood-qos2", "--count", "100", "--topic", "flood/b",
+                ])
+                defer { polite.stop() }
+                try subscriber.waitForOutput(containing: "MESSAGE flood/b n99 qos=1", timeout: 20)
+                #expect(!polite.output.contains("DISCONNECT"), "\(polite.output)")
+                let politeEnded = custody.stderr.split(separator: "\n").contains {
+                    $0.contains("polite") && ($0.contains("closed") || $0.contains("disconnected"))
+                }
+                #expect(!politeEnded, "\(custody.stderr)")
             }
-            #expect(!politeEnded, "\(custody.stderr)")
         }
     }
 
     /// A message larger than a subscriber's Maximum Packet Size is skipped for that subscriber
     /// (MQTT-3.1.2-25), which stays connected and gets the next one; another subscriber gets both.
-    @Test func oversizedMessageIsSkippedForASmallMaximumPacketSize() throws {
-        try withCustody("max-packet") { custody in
-            let small = try flowClient(["--port", "\(custody.port)", "--id", "small", "--max-packet-size", "200", "--subscribe", "big/#"])
-            defer { small.stop() }
-            let large = try flowClient(["--port", "\(custody.port)", "--id", "large", "--subscribe", "big/#"])
-            defer { large.stop() }
-            try small.waitForOutput(containing: "SUBACK 1")
-            try large.waitForOutput(containing: "SUBACK 1")
-            for (message, id) in [(String(repeating: "x", count: 1000), "pub-big"), ("after", "pub-small")] {
-                let publisher = try flowClient([
-                    "--port", "\(custody.port)", "--id", id, "--scenario", "publish", "--topic", "big/one", "--message", message,
-                ])
-                defer { publisher.stop() }
-                try publisher.waitForOutput(containing: "DONE")
+    @Test func oversizedMessageIsSkippedForASmallMaximumPacketSize() async throws {
+        try await offPool {
+            try withCustody("max-packet") { custody in
+                let small = try flowClient(["--port", "\(custody.port)", "--id", "small", "--max-packet-size", "200", "--subscribe", "big/#"])
+                defer { small.stop() }
+                let large = try flowClient(["--port", "\(custody.port)", "--id", "large", "--subscribe", "big/#"])
+                defer { large.stop() }
+                try small.waitForOutput(containing: "SUBACK 1")
+                try large.waitForOutput(containing: "SUBACK 1")
+                for (message, id) in [(String(repeating: "x", count: 1000), "pub-big"), ("after", "pub-small")] {
+                    let publisher = try flowClient([
+                        "--port", "\(custody.port)", "--id", id, "--scenario", "publish", "--topic", "big/one", "--message", message,
+                    ])
+                    defer { publisher.stop() }
+                    try publisher.waitForOutput(containing: "DONE")
+                }
+                try large.waitForOutput(containing: "MESSAGE big/one 5 after qos=1")
+                try small.waitForOutput(containing: "MESSAGE big/one 5 after qos=1")
+                #expect(large.output.contains("MESSAGE big/one 1000 xxxxxxxxxxxxxxxx qos=1"), "\(large.output)")
+                #expect(!small.output.contains("MESSAGE big/one 1000"), "\(small.output)")
+                #expect(!small.output.contains("DISCONNECT"), "\(small.output)")
             }
-            try large.waitForOutput(containing: "MESSAGE big/one 5 after qos=1")
-            try small.waitForOutput(containing: "MESSAGE big/one 5 after qos=1")
-            #expect(large.output.contains("MESSAGE big/one 1000 xxxxxxxxxxxxxxxx qos=1"), "\(large.output)")
-            #expect(!small.output.contains("MESSAGE big/one 1000"), "\(small.output)")
-            #expect(!small.output.contains("DISCONNECT"), "\(small.output)")
         }
     }
 
     /// The client's own Receive Maximum (2) is honoured: with two QoS 1 messages unacknowledged
     /// it gets no third until it acknowledges; then the rest come, in order.
-    @Test func clientsReceiveMaximumIsHonoured() throws {
-        try withCustody("client-receive-max") { custody in
-            let slow = try flowClient([
-                "--port", "\(custody.port)", "--id", "slow", "--subscribe", "work/#", "--receive-maximum", "2", "--hold-after", "2",
-            ])
-            defer { slow.stop() }
-            try slow.waitForOutput(containing: "SUBACK 1")
-            let publisher = try flowClient([
-                "--port", "\(custody.port)", "--id", "boss", "--scenario", "flood-qos1", "--count", "5", "--topic", "work/item",
-            ])
-            defer { publisher.stop() }
-            try publisher.waitForOutput(containing: "DONE")
-            try slow.waitForOutput(containing: "INFLIGHT count=2")
-            try slow.waitForOutput(containing: "MESSAGE work/item 2 n4 qos=1")
-            let messages = slow.output.split(separator: "\n").filter { $0.hasPrefix("MESSAGE") }
-            #expect(messages.map(String.init) == (0..<5).map { "MESSAGE work/item 2 n\($0) qos=1" })
+    @Test func clientsReceiveMaximumIsHonoured() async throws {
+        try await offPool {
+            try withCustody("client-receive-max") { custody in
+                let slow = try flowClient([
+                    "--port", "\(custody.port)", "--id", "slow", "--subscribe", "work/#", "--receive-maximum", "2", "--hold-after", "2",
+                ])
+                defer { slow.stop() }
+                try slow.waitForOutput(containing: "SUBACK 1")
+                let publisher = try flowClient([
+                    "--port", "\(custody.port)", "--id", "boss", "--scenario", "flood-qos1", "--count", "5", "--topic", "work/item",
+                ])
+                defer { publisher.stop() }
+                try publisher.waitForOutput(containing: "DONE")
+                try slow.waitForOutput(containing: "INFLIGHT count=2")
+                try slow.waitForOutput(containing: "MESSAGE work/item 2 n4 qos=1")
+                let messages = slow.output.split(separator: "\n").filter { $0.hasPrefix("MESSAGE") }
+                #expect(messages.map(String.init) == (0..<5).map { "MESSAGE work/item 2 n\($0) qos=1" })
+            }
         }
     }
 
     /// `--max-keep-alive-seconds 30`: a v5 client asking 600 s is told 30 (paho then uses it);
     /// one asking 20 keeps its own; a v3.1.1 client asking 600 is refused (return code 2).
-    @Test func serverKeepAliveCapsTheClientsKeepAlive() throws {
-        try withCustody("server-keepalive", ["--max-keep-alive-seconds", "30"]) { custody in
-            let asksMore = try flowClient(["--port", "\(custody.port)", "--id", "ka-600", "--keepalive", "600"])
-            defer { asksMore.stop() }
-            try asksMore.waitForOutput(containing: "CONNACK rc=0")
-            #expect(try connackProperties(asksMore.output)["ServerKeepAlive"] as? Int == 30)
-            #expect(asksMore.output.contains("keepalive=30"), "\(asksMore.output)")
-            let asksLess = try flowClient(["--port", "\(custody.port)", "--id", "ka-20", "--keepalive", "20"])
-            defer { asksLess.stop() }
-            try asksLess.waitForOutput(containing: "CONNACK rc=0")
-            #expect(try connackProperties(asksLess.output)["ServerKeepAlive"] == nil)
-            #expect(asksLess.output.contains("keepalive=20"), "\(asksLess.output)")
-            let (status, _, error) = try run("/usr/bin/mosquitto_sub", [
-                "-p", "\(custody.port)", "-h", "127.0.0.1", "-V", "mqttv311", "-i", "ka-v3", "-u", "dev", "-k", "600", "-t", "x",
-            ])
-            #expect(status != 0)
-            #expect(error.contains("identifier rejected"), "\(error)")
-            try custody.waitForLog("ka-v3", "keep-alive 600s, the maximum is 30s")
+    @Test func serverKeepAliveCapsTheClientsKeepAlive() async throws {
+        try await offPool {
+            try withCustody("server-keepalive", ["--max-keep-alive-seconds", "30"]) { custody in
+                let asksMore = try flowClient(["--port", "\(custody.port)", "--id", "ka-600", "--keepalive", "600"])
+                defer { asksMore.stop() }
+                try asksMore.waitForOutput(containing: "CONNACK rc=0")
+                #expect(try connackProperties(asksMore.output)["ServerKeepAlive"] as? Int == 30)
+                #expect(asksMore.output.contains("keepalive=30"), "\(asksMore.output)")
+                let asksLess = try flowClient(["--port", "\(custody.port)", "--id", "ka-20", "--keepalive", "20"])
+                defer { asksLess.stop() }
+                try asksLess.waitForOutput(containing: "CONNACK rc=0")
+                #expect(try connackProperties(asksLess.output)["ServerKeepAlive"] == nil)
+                #expect(asksLess.output.contains("keepalive=20"), "\(asksLess.output)")
+                let (status, _, error) = try run("/usr/bin/mosquitto_sub", [
+                    "-p", "\(custody.port)", "-h", "127.0.0.1", "-V", "mqttv311", "-i", "ka-v3", "-u", "dev", "-k", "600", "-t", "x",
+                ])
+                #expect(status != 0)
+                #expect(error.contains("identifier rejected"), "\(error)")
+                try custody.waitForLog("ka-v3", "keep-alive 600s, the maximum is 30s")
+            }
         }
     }
 
     /// The Server Keep Alive is enforced: a raw v5 client asking keep-alive 0 (none) against a
     /// maximum of 1 s is told 1 and, silent, closed with 0x8D after 1.5 s.
-    @Test func serverKeepAliveIsEnforced() throws {
-        try withCustody("server-keepalive-enforced", ["--max-keep-alive-seconds", "1"]) { custody in
-            let client = try RawClient(port: custody.port)
-            let start = Date()
-            let connack = try client.connect("silent", user: "dev", keepAlive: 0)
-            #expect(connack.reasonCode == .success)
-            #expect(connack.properties.serverKeepAlive == 1)
-            #expect(try client.receiveUntilClosed(timeout: 10) == [.disconnect(MQTTDisconnect(reasonCode: .keepAliveTimeout))])
-            #expect(Date().timeIntervalSince(start) >= 1.4)
+    @Test func serverKeepAliveIsEnforced() async throws {
+        try await offPool {
+            try withCustody("server-keepalive-enforced", ["--max-keep-alive-seconds", "1"]) { custody in
+                let client = try RawClient(port: custody.port)
+                let start = Date()
+                let connack = try client.connect("silent", user: "dev", keepAlive: 0)
+                #expect(connack.reasonCode == .success)
+                #expect(connack.properties.serverKeepAlive == 1)
+                #expect(try client.receiveUntilClosed(timeout: 10) == [.disconnect(MQTTDisconnect(reasonCode: .keepAliveTimeout))])
+                #expect(Date().timeIntervalSince(start) >= 1.4)
+            }
         }
     }
 
-    @Test func badMaxKeepAliveFlagIsRefused() throws {
-        for value in ["0", "65536", "x"] {
-            let (status, _, error) = try run(try builtProduct("custody").path, [
-                "--data-dir", scratchDirectory("bad-keepalive"), "--listen", "127.0.0.1:0", "--max-keep-alive-seconds", value,
-            ])
-            #expect(status != 0)
-            #expect(error.contains("max-keep-alive-seconds"), "\(error)")
+    @Test func badMaxKeepAliveFlagIsRefused() async throws {
+        try await offPool {
+            for value in ["0", "65536", "x"] {
+                let (status, _, error) = try run(try builtProduct("custody").path, [
+                    "--data-dir", scratchDirectory("bad-keepalive"), "--listen", "127.0.0.1:0", "--max-keep-alive-seconds", value,
+                ])
+                #expect(status != 0)
+                #expect(error.contains("max-keep-alive-seconds"), "\(error)")
+            }
         }
     }
 }

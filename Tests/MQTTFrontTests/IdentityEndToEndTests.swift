@@ -9,7 +9,7 @@ import Testing
 /// Certificates for these tests, made by openssl in a temporary folder: a CA, the server's
 /// certificate for 127.0.0.1, CA-issued client certificates, a self-signed one, and one
 /// issued by a CA the server does not trust.
-final class IdentityCertificates {
+final class IdentityCertificates: Sendable {
     let directory: String
 
     init() throws {
@@ -186,8 +186,9 @@ func mosquittoV311Refusal(port: Int, certificates: IdentityCertificates, client:
 struct IdentityEndToEndTests {
     let certificates: IdentityCertificates
 
-    init() throws {
-        certificates = try IdentityCertificates()
+    /// openssl runs for seconds: off the pool, like the tests.
+    init() async throws {
+        certificates = try await offPool { try IdentityCertificates() }
     }
 
     /// A custody with the registry of these tests: two mqtts listeners, the first verifying
@@ -225,295 +226,315 @@ struct IdentityEndToEndTests {
 
     /// The seed's example: client `ipv4=127.0.0.1` (subject CN `ipv4=127.0.0.1`, default
     /// scheme) holds `sessionId1` and `sessionId2` at once with the same certificate.
-    @Test func theSeedClientOpensTwoSessionsWithOneCertificate() throws {
-        try withRegistry("seed") { custody, port, _ in
-            let first = try tlsPaho(port: port, id: "sessionId1", user: "ipv4=127.0.0.1", certificates: certificates, client: "seed")
-            let second = try tlsPaho(port: port, id: "sessionId2", user: "ipv4=127.0.0.1", certificates: certificates, client: "seed")
-            defer { first.stop(); second.stop() }
-            #expect(try connackCode(first) == "0")
-            #expect(try connackCode(second) == "0")
-            try custody.waitForEvent { $0.kind == .connected && $0.sessionName.value == "sessionId2" }
-            let connected = try custody.events().filter { $0.kind == .connected }
-            #expect(Set(connected.map(\.sessionName.value)) == ["sessionId1", "sessionId2"])
-            #expect(connected.allSatisfy { $0.authenticationName.value == "ipv4=127.0.0.1" })
-            #expect(!first.output.contains("DISCONNECT") && !second.output.contains("DISCONNECT"))
+    @Test func theSeedClientOpensTwoSessionsWithOneCertificate() async throws {
+        try await offPool {
+            try withRegistry("seed") { custody, port, _ in
+                let first = try tlsPaho(port: port, id: "sessionId1", user: "ipv4=127.0.0.1", certificates: certificates, client: "seed")
+                let second = try tlsPaho(port: port, id: "sessionId2", user: "ipv4=127.0.0.1", certificates: certificates, client: "seed")
+                defer { first.stop(); second.stop() }
+                #expect(try connackCode(first) == "0")
+                #expect(try connackCode(second) == "0")
+                try custody.waitForEvent { $0.kind == .connected && $0.sessionName.value == "sessionId2" }
+                let connected = try custody.events().filter { $0.kind == .connected }
+                #expect(Set(connected.map(\.sessionName.value)) == ["sessionId1", "sessionId2"])
+                #expect(connected.allSatisfy { $0.authenticationName.value == "ipv4=127.0.0.1" })
+                #expect(!first.output.contains("DISCONNECT") && !second.output.contains("DISCONNECT"))
+            }
         }
     }
 
     /// A Username the certificate does not prove, an unknown client, and the DNS scheme's match.
-    @Test func aUsernameTheCertificateDoesNotProveIsRefused() throws {
-        try withRegistry("mismatch") { custody, port, _ in
-            // The seed certificate (CN ipv4=127.0.0.1) claiming device-7: 0x87, recorded.
-            let liar = try tlsPaho(port: port, id: "liar-1", user: "device-7", certificates: certificates, client: "seed")
-            defer { liar.stop() }
-            #expect(try connackCode(liar) == "135")
-            try custody.waitForEvent { $0.sessionName.value == "liar-1" }
-            #expect(try rejection(custody, session: "liar-1") == .authenticationFailed)
-            let line = try custody.waitForLog("connect rejected", "session_name=liar-1")
-            #expect(line.contains("does not match") && line.contains("reason_code=0x87"), "\(line)")
-            // v3.1.1: return code 5 (not authorized).
-            let v3 = try mosquittoV311Refusal(port: port, certificates: certificates, client: "seed", user: "device-7", id: "liar-3")
-            #expect(v3.contains("not authorised"), "\(v3)")
-            #expect(try rejection(custody, session: "liar-3") == .authenticationFailed)
-            // Not in the registry at all.
-            let stranger = try tlsPaho(port: port, id: "stranger-1", user: "stranger", certificates: certificates, client: "seed")
-            defer { stranger.stop() }
-            #expect(try connackCode(stranger) == "135")
-            try custody.waitForEvent { $0.sessionName.value == "stranger-1" }
-            #expect(try rejection(custody, session: "stranger-1") == .unknownClient)
-            // DnsMatchesAuthenticationName: the certificate's DNS name, not its CN, is the client.
-            let sensor = try tlsPaho(port: port, id: "sensor-s1", user: "sensor.example", certificates: certificates, client: "sensor")
-            defer { sensor.stop() }
-            #expect(try connackCode(sensor) == "0")
-            let dnsLiar = try tlsPaho(port: port, id: "sensor-s2", user: "sensor.example", certificates: certificates, client: "device-7")
-            defer { dnsLiar.stop() }
-            #expect(try connackCode(dnsLiar) == "135")
+    @Test func aUsernameTheCertificateDoesNotProveIsRefused() async throws {
+        try await offPool {
+            try withRegistry("mismatch") { custody, port, _ in
+                // The seed certificate (CN ipv4=127.0.0.1) claiming device-7: 0x87, recorded.
+                let liar = try tlsPaho(port: port, id: "liar-1", user: "device-7", certificates: certificates, client: "seed")
+                defer { liar.stop() }
+                #expect(try connackCode(liar) == "135")
+                try custody.waitForEvent { $0.sessionName.value == "liar-1" }
+                #expect(try rejection(custody, session: "liar-1") == .authenticationFailed)
+                let line = try custody.waitForLog("connect rejected", "session_name=liar-1")
+                #expect(line.contains("does not match") && line.contains("reason_code=0x87"), "\(line)")
+                // v3.1.1: return code 5 (not authorized).
+                let v3 = try mosquittoV311Refusal(port: port, certificates: certificates, client: "seed", user: "device-7", id: "liar-3")
+                #expect(v3.contains("not authorised"), "\(v3)")
+                #expect(try rejection(custody, session: "liar-3") == .authenticationFailed)
+                // Not in the registry at all.
+                let stranger = try tlsPaho(port: port, id: "stranger-1", user: "stranger", certificates: certificates, client: "seed")
+                defer { stranger.stop() }
+                #expect(try connackCode(stranger) == "135")
+                try custody.waitForEvent { $0.sessionName.value == "stranger-1" }
+                #expect(try rejection(custody, session: "stranger-1") == .unknownClient)
+                // DnsMatchesAuthenticationName: the certificate's DNS name, not its CN, is the client.
+                let sensor = try tlsPaho(port: port, id: "sensor-s1", user: "sensor.example", certificates: certificates, client: "sensor")
+                defer { sensor.stop() }
+                #expect(try connackCode(sensor) == "0")
+                let dnsLiar = try tlsPaho(port: port, id: "sensor-s2", user: "sensor.example", certificates: certificates, client: "device-7")
+                defer { dnsLiar.stop() }
+                #expect(try connackCode(dnsLiar) == "135")
+            }
         }
     }
 
     /// ThumbprintMatch: a self-signed certificate, known only by its SHA-256 thumbprint.
-    @Test func aSelfSignedClientIsKnownByItsThumbprint() throws {
-        try withRegistry("thumbprint") { custody, _, selfSigned in
-            let known = try tlsPaho(port: selfSigned, id: "self-s1", user: "self-1", certificates: certificates, client: "self")
-            defer { known.stop() }
-            #expect(try connackCode(known) == "0")
-            try custody.waitForEvent { $0.kind == .connected && $0.sessionName.value == "self-s1" }
-            // Same subject, another key pair: another thumbprint.
-            let impostor = try tlsPaho(port: selfSigned, id: "self-s2", user: "self-1", certificates: certificates, client: "self-other")
-            defer { impostor.stop() }
-            #expect(try connackCode(impostor) == "135")
-            try custody.waitForEvent { $0.sessionName.value == "self-s2" }
-            #expect(try rejection(custody, session: "self-s2") == .authenticationFailed)
+    @Test func aSelfSignedClientIsKnownByItsThumbprint() async throws {
+        try await offPool {
+            try withRegistry("thumbprint") { custody, _, selfSigned in
+                let known = try tlsPaho(port: selfSigned, id: "self-s1", user: "self-1", certificates: certificates, client: "self")
+                defer { known.stop() }
+                #expect(try connackCode(known) == "0")
+                try custody.waitForEvent { $0.kind == .connected && $0.sessionName.value == "self-s1" }
+                // Same subject, another key pair: another thumbprint.
+                let impostor = try tlsPaho(port: selfSigned, id: "self-s2", user: "self-1", certificates: certificates, client: "self-other")
+                defer { impostor.stop() }
+                #expect(try connackCode(impostor) == "135")
+                try custody.waitForEvent { $0.sessionName.value == "self-s2" }
+                #expect(try rejection(custody, session: "self-s2") == .authenticationFailed)
+            }
         }
     }
 
-    @Test func aDisabledClientIsRefused() throws {
-        try withRegistry("disabled") { custody, port, _ in
-            let off = try tlsPaho(port: port, id: "off-1", user: "device-off", certificates: certificates, client: "device-off")
-            defer { off.stop() }
-            #expect(try connackCode(off) == "135")
-            try custody.waitForEvent { $0.sessionName.value == "off-1" }
-            #expect(try rejection(custody, session: "off-1") == .clientDisabled)
-            let line = try custody.waitForLog("connect rejected", "session_name=off-1")
-            #expect(line.contains("clientDisabled"), "\(line)")
-            let v3 = try mosquittoV311Refusal(port: port, certificates: certificates, client: "device-off", user: "device-off", id: "off-3")
-            #expect(v3.contains("not authorised"), "\(v3)")
+    @Test func aDisabledClientIsRefused() async throws {
+        try await offPool {
+            try withRegistry("disabled") { custody, port, _ in
+                let off = try tlsPaho(port: port, id: "off-1", user: "device-off", certificates: certificates, client: "device-off")
+                defer { off.stop() }
+                #expect(try connackCode(off) == "135")
+                try custody.waitForEvent { $0.sessionName.value == "off-1" }
+                #expect(try rejection(custody, session: "off-1") == .clientDisabled)
+                let line = try custody.waitForLog("connect rejected", "session_name=off-1")
+                #expect(line.contains("clientDisabled"), "\(line)")
+                let v3 = try mosquittoV311Refusal(port: port, certificates: certificates, client: "device-off", user: "device-off", id: "off-3")
+                #expect(v3.contains("not authorised"), "\(v3)")
+            }
         }
     }
 
     /// No Username: alternativeAuthenticationNameSources names the client from its certificate.
-    @Test func aClientWithoutUsernameIsNamedByItsCertificate() throws {
-        try withRegistry("noname") { custody, port, _ in
-            let client = try tlsPaho(port: port, id: "lonely-7", certificates: certificates, client: "device-7")
-            defer { client.stop() }
-            #expect(try connackCode(client) == "0")
-            let event = try custody.waitForEvent { $0.kind == .connected && $0.sessionName.value == "lonely-7" }
-            #expect(event.authenticationName.value == "device-7")
-            // With mosquitto_sub too (v3.1.1, no -u): accepted, so no refusal text.
-            #expect(try mosquittoV311Refusal(port: port, certificates: certificates, client: "device-7", user: nil, id: "lonely-8") == "")
-            let second = try custody.waitForEvent { $0.kind == .connected && $0.sessionName.value == "lonely-8" }
-            #expect(second.authenticationName.value == "device-7")
+    @Test func aClientWithoutUsernameIsNamedByItsCertificate() async throws {
+        try await offPool {
+            try withRegistry("noname") { custody, port, _ in
+                let client = try tlsPaho(port: port, id: "lonely-7", certificates: certificates, client: "device-7")
+                defer { client.stop() }
+                #expect(try connackCode(client) == "0")
+                let event = try custody.waitForEvent { $0.kind == .connected && $0.sessionName.value == "lonely-7" }
+                #expect(event.authenticationName.value == "device-7")
+                // With mosquitto_sub too (v3.1.1, no -u): accepted, so no refusal text.
+                #expect(try mosquittoV311Refusal(port: port, certificates: certificates, client: "device-7", user: nil, id: "lonely-8") == "")
+                let second = try custody.waitForEvent { $0.kind == .connected && $0.sessionName.value == "lonely-8" }
+                #expect(second.authenticationName.value == "device-7")
+            }
         }
     }
 
     /// A certificate from a CA the listener does not trust ends in the TLS handshake: no
     /// CONNECT is ever read, nothing reaches the ledger.
-    @Test func anUntrustedCertificateIsRefusedInTheHandshake() throws {
-        try withRegistry("untrusted") { custody, port, _ in
-            let (status, out, err) = try run("/usr/bin/mosquitto_pub", [
-                "-h", "127.0.0.1", "-p", "\(port)", "-V", "mqttv5", "-i", "rogue-1", "-u", "ipv4=127.0.0.1",
-                "-t", "identity/rogue", "-m", "x", "--tls-version", "tlsv1.2",
-                "--cafile", certificates.path("ca.pem"), "--cert", certificates.path("rogue.pem"),
-                "--key", certificates.path("rogue.key"),
-            ], timeout: 15)
-            #expect(status != 0, "mosquitto_pub: \(out) \(err)")
-            try custody.waitForLog("TLS connection closed")
-            // TLS 1.3 (paho's default) as well: the client may finish its side first, but no CONNACK comes.
-            let paho = try tlsPaho(port: port, id: "rogue-2", user: "ipv4=127.0.0.1", certificates: certificates, client: "rogue")
-            defer { paho.stop() }
-            let code = try connackCode(paho)
-            #expect(code != "0" && !code.hasPrefix("1"), "\(code)")
-            // A client that is trusted still gets in afterwards; the rogue ones left no trace.
-            let good = try tlsPaho(port: port, id: "after-rogue", user: "ipv4=127.0.0.1", certificates: certificates, client: "seed")
-            defer { good.stop() }
-            #expect(try connackCode(good) == "0")
-            try custody.waitForEvent { $0.sessionName.value == "after-rogue" }
-            #expect(try custody.events().allSatisfy { !$0.sessionName.value.hasPrefix("rogue") })
+    @Test func anUntrustedCertificateIsRefusedInTheHandshake() async throws {
+        try await offPool {
+            try withRegistry("untrusted") { custody, port, _ in
+                let (status, out, err) = try run("/usr/bin/mosquitto_pub", [
+                    "-h", "127.0.0.1", "-p", "\(port)", "-V", "mqttv5", "-i", "rogue-1", "-u", "ipv4=127.0.0.1",
+                    "-t", "identity/rogue", "-m", "x", "--tls-version", "tlsv1.2",
+                    "--cafile", certificates.path("ca.pem"), "--cert", certificates.path("rogue.pem"),
+                    "--key", certificates.path("rogue.key"),
+                ], timeout: 15)
+                #expect(status != 0, "mosquitto_pub: \(out) \(err)")
+                try custody.waitForLog("TLS connection closed")
+                // TLS 1.3 (paho's default) as well: the client may finish its side first, but no CONNACK comes.
+                let paho = try tlsPaho(port: port, id: "rogue-2", user: "ipv4=127.0.0.1", certificates: certificates, client: "rogue")
+                defer { paho.stop() }
+                let code = try connackCode(paho)
+                #expect(code != "0" && !code.hasPrefix("1"), "\(code)")
+                // A client that is trusted still gets in afterwards; the rogue ones left no trace.
+                let good = try tlsPaho(port: port, id: "after-rogue", user: "ipv4=127.0.0.1", certificates: certificates, client: "seed")
+                defer { good.stop() }
+                #expect(try connackCode(good) == "0")
+                try custody.waitForEvent { $0.sessionName.value == "after-rogue" }
+                #expect(try custody.events().allSatisfy { !$0.sessionName.value.hasPrefix("rogue") })
+            }
         }
     }
 
     /// Mosquitto's password file, set by flags only (`--password-file`, `--listen-tls` with
     /// server-only TLS): right password in, wrong one out with 0x86 (v5) and 4 (v3.1.1).
-    @Test func passwordFileUsersEndToEnd() throws {
-        let passwords = certificates.path("passwords")
-        let (status, _, err) = try run("/usr/bin/mosquitto_passwd", ["-c", "-b", passwords, "alice", "s3cret"])
-        try #require(status == 0, "mosquitto_passwd: \(err)")
-        let custody = try RunningCustody("passwords", arguments: [
-            "--password-file", passwords, "--listen-tls", "127.0.0.1:0",
-            "--tls-certificate", certificates.path("server.pem"), "--tls-private-key", certificates.path("server.key"),
-        ])
-        defer { custody.cleanUp() }
-        let tls = try #require(tlsPorts(custody).first, "\(custody.stdout)")
-        let right = try tlsPaho(port: custody.port, id: "alice-1", user: "alice", password: "s3cret")
-        defer { right.stop() }
-        #expect(try connackCode(right) == "0")
-        let overTLS = try tlsPaho(port: tls, id: "alice-2", user: "alice", password: "s3cret", certificates: certificates)
-        defer { overTLS.stop() }
-        #expect(try connackCode(overTLS) == "0")
-        let wrong = try tlsPaho(port: custody.port, id: "alice-3", user: "alice", password: "guess")
-        defer { wrong.stop() }
-        #expect(try connackCode(wrong) == "134")
-        try custody.waitForEvent { $0.sessionName.value == "alice-3" }
-        #expect(try rejection(custody, session: "alice-3") == .authenticationFailed)
-        let line = try custody.waitForLog("connect rejected", "session_name=alice-3")
-        #expect(line.contains("wrong username or password") && line.contains("reason_code=0x86"), "\(line)")
-        let (_, out, error) = try run("/usr/bin/mosquitto_sub", [
-            "-h", "127.0.0.1", "-p", "\(custody.port)", "-V", "mqttv311", "-i", "alice-4", "-u", "alice", "-P", "guess",
-            "-t", "t", "-W", "2",
-        ], timeout: 15)
-        #expect((out + error).contains("bad user name or password"), "\(out) \(error)")
-        let nobody = try tlsPaho(port: custody.port, id: "anon-1")
-        defer { nobody.stop() }
-        #expect(try connackCode(nobody) == "134")
+    @Test func passwordFileUsersEndToEnd() async throws {
+        try await offPool {
+            let passwords = certificates.path("passwords")
+            let (status, _, err) = try run("/usr/bin/mosquitto_passwd", ["-c", "-b", passwords, "alice", "s3cret"])
+            try #require(status == 0, "mosquitto_passwd: \(err)")
+            let custody = try RunningCustody("passwords", arguments: [
+                "--password-file", passwords, "--listen-tls", "127.0.0.1:0",
+                "--tls-certificate", certificates.path("server.pem"), "--tls-private-key", certificates.path("server.key"),
+            ])
+            defer { custody.cleanUp() }
+            let tls = try #require(tlsPorts(custody).first, "\(custody.stdout)")
+            let right = try tlsPaho(port: custody.port, id: "alice-1", user: "alice", password: "s3cret")
+            defer { right.stop() }
+            #expect(try connackCode(right) == "0")
+            let overTLS = try tlsPaho(port: tls, id: "alice-2", user: "alice", password: "s3cret", certificates: certificates)
+            defer { overTLS.stop() }
+            #expect(try connackCode(overTLS) == "0")
+            let wrong = try tlsPaho(port: custody.port, id: "alice-3", user: "alice", password: "guess")
+            defer { wrong.stop() }
+            #expect(try connackCode(wrong) == "134")
+            try custody.waitForEvent { $0.sessionName.value == "alice-3" }
+            #expect(try rejection(custody, session: "alice-3") == .authenticationFailed)
+            let line = try custody.waitForLog("connect rejected", "session_name=alice-3")
+            #expect(line.contains("wrong username or password") && line.contains("reason_code=0x86"), "\(line)")
+            let (_, out, error) = try run("/usr/bin/mosquitto_sub", [
+                "-h", "127.0.0.1", "-p", "\(custody.port)", "-V", "mqttv311", "-i", "alice-4", "-u", "alice", "-P", "guess",
+                "-t", "t", "-W", "2",
+            ], timeout: 15)
+            #expect((out + error).contains("bad user name or password"), "\(out) \(error)")
+            let nobody = try tlsPaho(port: custody.port, id: "anon-1")
+            defer { nobody.stop() }
+            #expect(try connackCode(nobody) == "134")
+        }
     }
 
     /// SIGHUP reloads the registry: a client now disabled is disconnected (v5 0x87, ledger
     /// `disconnected(clientAuthenticationError)`), another client's connection stays up; a
     /// file that does not load keeps the registry in force.
-    @Test func sighupDisconnectsADisabledClientAndLeavesTheOthers() throws {
-        let config = certificates.path("reload.yaml")
-        func write(device2: String) throws {
-            try """
-                listeners:
-                  - { protocol: mqtts, address: 127.0.0.1:0, certificate: server.pem, privateKey: server.key,
-                      clientCertificates: required, trustedCertificates: [ca.pem] }
-                namespace: { registeredClientsOnly: true }
-                clients:
-                  - { authenticationName: device-1 }
-                  - { authenticationName: device-2, state: \(device2) }
-                """.write(toFile: config, atomically: true, encoding: .utf8)
-        }
-        try write(device2: "Enabled")
-        let custody = try RunningCustody("reload", arguments: ["--config", config])
-        defer { custody.cleanUp() }
-        let port = try #require(tlsPorts(custody).first, "\(custody.stdout)")
-        let one = try tlsPaho(port: port, id: "d1-sub", user: "device-1", certificates: certificates, client: "device-1",
-                              subscribe: "reload/t")
-        let two = try tlsPaho(port: port, id: "d2-sub", user: "device-2", certificates: certificates, client: "device-2")
-        defer { one.stop(); two.stop() }
-        try one.waitForOutput(containing: "SUBACK")
-        #expect(try connackCode(two) == "0")
+    @Test func sighupDisconnectsADisabledClientAndLeavesTheOthers() async throws {
+        try await offPool {
+            let config = certificates.path("reload.yaml")
+            func write(device2: String) throws {
+                try """
+                    listeners:
+                      - { protocol: mqtts, address: 127.0.0.1:0, certificate: server.pem, privateKey: server.key,
+                          clientCertificates: required, trustedCertificates: [ca.pem] }
+                    namespace: { registeredClientsOnly: true }
+                    clients:
+                      - { authenticationName: device-1 }
+                      - { authenticationName: device-2, state: \(device2) }
+                    """.write(toFile: config, atomically: true, encoding: .utf8)
+            }
+            try write(device2: "Enabled")
+            let custody = try RunningCustody("reload", arguments: ["--config", config])
+            defer { custody.cleanUp() }
+            let port = try #require(tlsPorts(custody).first, "\(custody.stdout)")
+            let one = try tlsPaho(port: port, id: "d1-sub", user: "device-1", certificates: certificates, client: "device-1",
+                                  subscribe: "reload/t")
+            let two = try tlsPaho(port: port, id: "d2-sub", user: "device-2", certificates: certificates, client: "device-2")
+            defer { one.stop(); two.stop() }
+            try one.waitForOutput(containing: "SUBACK")
+            #expect(try connackCode(two) == "0")
 
-        try write(device2: "Disabled")
-        kill(custody.process.processIdentifier, SIGHUP)
-        try two.waitForOutput(containing: "DISCONNECT rc=135")
-        let ended = try custody.waitForEvent { event in
-            if case .disconnected(.clientAuthenticationError) = event.kind { return event.sessionName.value == "d2-sub" }
-            return false
-        }
-        #expect(ended.authenticationName.value == "device-2")
-        try custody.waitForOutput(containing: "registry reloaded clients=2 disconnected=1", timeout: 10)
-        // device-1 is still connected: its subscription still delivers.
-        let (status, _, err) = try run("/usr/bin/mosquitto_pub", [
-            "-h", "127.0.0.1", "-p", "\(port)", "-i", "d1-pub", "-u", "device-1", "-t", "reload/t", "-m", "still-here",
-            "-q", "1", "--cafile", certificates.path("ca.pem"), "--cert", certificates.path("device-1.pem"),
-            "--key", certificates.path("device-1.key"),
-        ])
-        #expect(status == 0, "\(err)")
-        try one.waitForOutput(containing: "MESSAGE reload/t still-here")
-        #expect(!one.output.contains("DISCONNECT"))
-        #expect(try custody.events().allSatisfy { !($0.sessionName.value == "d1-sub" && $0.kind != .connected) })
-        // device-2 coming back is refused as disabled.
-        let again = try tlsPaho(port: port, id: "d2-again", user: "device-2", certificates: certificates, client: "device-2")
-        defer { again.stop() }
-        #expect(try connackCode(again) == "135")
-        try custody.waitForEvent { $0.sessionName.value == "d2-again" }
-        #expect(try rejection(custody, session: "d2-again") == .clientDisabled)
+            try write(device2: "Disabled")
+            kill(custody.process.processIdentifier, SIGHUP)
+            try two.waitForOutput(containing: "DISCONNECT rc=135")
+            let ended = try custody.waitForEvent { event in
+                if case .disconnected(.clientAuthenticationError) = event.kind { return event.sessionName.value == "d2-sub" }
+                return false
+            }
+            #expect(ended.authenticationName.value == "device-2")
+            try custody.waitForOutput(containing: "registry reloaded clients=2 disconnected=1", timeout: 10)
+            // device-1 is still connected: its subscription still delivers.
+            let (status, _, err) = try run("/usr/bin/mosquitto_pub", [
+                "-h", "127.0.0.1", "-p", "\(port)", "-i", "d1-pub", "-u", "device-1", "-t", "reload/t", "-m", "still-here",
+                "-q", "1", "--cafile", certificates.path("ca.pem"), "--cert", certificates.path("device-1.pem"),
+                "--key", certificates.path("device-1.key"),
+            ])
+            #expect(status == 0, "\(err)")
+            try one.waitForOutput(containing: "MESSAGE reload/t still-here")
+            #expect(!one.output.contains("DISCONNECT"))
+            #expect(try custody.events().allSatisfy { !($0.sessionName.value == "d1-sub" && $0.kind != .connected) })
+            // device-2 coming back is refused as disabled.
+            let again = try tlsPaho(port: port, id: "d2-again", user: "device-2", certificates: certificates, client: "device-2")
+            defer { again.stop() }
+            #expect(try connackCode(again) == "135")
+            try custody.waitForEvent { $0.sessionName.value == "d2-again" }
+            #expect(try rejection(custody, session: "d2-again") == .clientDisabled)
 
-        // A broken file: logged, and the registry in force (device-2 disabled) stays.
-        try "clients: [ { authenticationName: device-2, state: Enabled }\n".write(toFile: config, atomically: true, encoding: .utf8)
-        kill(custody.process.processIdentifier, SIGHUP)
-        try custody.waitForLog("registry reload failed", "reload.yaml")
-        let still = try tlsPaho(port: port, id: "d2-still", user: "device-2", certificates: certificates, client: "device-2")
-        defer { still.stop() }
-        #expect(try connackCode(still) == "135")
-        #expect(!one.output.contains("DISCONNECT"))
+            // A broken file: logged, and the registry in force (device-2 disabled) stays.
+            try "clients: [ { authenticationName: device-2, state: Enabled }\n".write(toFile: config, atomically: true, encoding: .utf8)
+            kill(custody.process.processIdentifier, SIGHUP)
+            try custody.waitForLog("registry reload failed", "reload.yaml")
+            let still = try tlsPaho(port: port, id: "d2-still", user: "device-2", certificates: certificates, client: "device-2")
+            defer { still.stop() }
+            #expect(try connackCode(still) == "135")
+            #expect(!one.output.contains("DISCONNECT"))
+        }
     }
 
     /// The TLS flags: over a file's mqtts listener (its certificate replaced by
     /// --tls-certificate), client certificates required and verified against
     /// --tls-trusted-certificate; a bad mode is a usage error naming the flag.
-    @Test func tlsFlagsOverrideTheFileAndRequireClientCertificates() throws {
-        let config = certificates.path("flags.yaml")
-        try """
-            listeners:
-              - { protocol: mqtts, address: 127.0.0.1:0, certificate: nowhere.pem, privateKey: server.key }
-            """.write(toFile: config, atomically: true, encoding: .utf8)
-        let custody = try RunningCustody("tls-flags", arguments: [
-            "--config", config, "--tls-certificate", certificates.path("server.pem"),
-            "--tls-client-certificates", "required", "--tls-trusted-certificate", certificates.path("ca.pem"),
-        ])
-        defer { custody.cleanUp() }
-        let port = try #require(tlsPorts(custody).first, "\(custody.stdout)")
-        let withCertificate = try tlsPaho(port: port, id: "flags-1", user: "device-1", certificates: certificates, client: "device-1")
-        defer { withCertificate.stop() }
-        #expect(try connackCode(withCertificate) == "0")
-        // No client certificate: the handshake fails (TLS 1.2 so the client sees it itself).
-        let (status, out, err) = try run("/usr/bin/mosquitto_pub", [
-            "-h", "127.0.0.1", "-p", "\(port)", "-i", "flags-2", "-t", "t", "-m", "x", "--tls-version", "tlsv1.2",
-            "--cafile", certificates.path("ca.pem"),
-        ], timeout: 15)
-        #expect(status != 0, "\(out) \(err)")
-        #expect(try custody.events().allSatisfy { $0.sessionName.value != "flags-2" })
+    @Test func tlsFlagsOverrideTheFileAndRequireClientCertificates() async throws {
+        try await offPool {
+            let config = certificates.path("flags.yaml")
+            try """
+                listeners:
+                  - { protocol: mqtts, address: 127.0.0.1:0, certificate: nowhere.pem, privateKey: server.key }
+                """.write(toFile: config, atomically: true, encoding: .utf8)
+            let custody = try RunningCustody("tls-flags", arguments: [
+                "--config", config, "--tls-certificate", certificates.path("server.pem"),
+                "--tls-client-certificates", "required", "--tls-trusted-certificate", certificates.path("ca.pem"),
+            ])
+            defer { custody.cleanUp() }
+            let port = try #require(tlsPorts(custody).first, "\(custody.stdout)")
+            let withCertificate = try tlsPaho(port: port, id: "flags-1", user: "device-1", certificates: certificates, client: "device-1")
+            defer { withCertificate.stop() }
+            #expect(try connackCode(withCertificate) == "0")
+            // No client certificate: the handshake fails (TLS 1.2 so the client sees it itself).
+            let (status, out, err) = try run("/usr/bin/mosquitto_pub", [
+                "-h", "127.0.0.1", "-p", "\(port)", "-i", "flags-2", "-t", "t", "-m", "x", "--tls-version", "tlsv1.2",
+                "--cafile", certificates.path("ca.pem"),
+            ], timeout: 15)
+            #expect(status != 0, "\(out) \(err)")
+            #expect(try custody.events().allSatisfy { $0.sessionName.value != "flags-2" })
 
-        let (badStatus, _, badError) = try run(try builtProduct("custody").path, [
-            "--listen-tls", "127.0.0.1:0", "--tls-certificate", certificates.path("server.pem"),
-            "--tls-private-key", certificates.path("server.key"), "--tls-client-certificates", "sometimes",
-        ])
-        #expect(badStatus == 64 && badError.contains("--tls-client-certificates 'sometimes'"), "\(badStatus) \(badError)")
-        let (keyless, _, keylessError) = try run(try builtProduct("custody").path, ["--listen-tls", "127.0.0.1:0"])
-        #expect(keyless == 64 && keylessError.contains("--tls-certificate"), "\(keyless) \(keylessError)")
+            let (badStatus, _, badError) = try run(try builtProduct("custody").path, [
+                "--listen-tls", "127.0.0.1:0", "--tls-certificate", certificates.path("server.pem"),
+                "--tls-private-key", certificates.path("server.key"), "--tls-client-certificates", "sometimes",
+            ])
+            #expect(badStatus == 64 && badError.contains("--tls-client-certificates 'sometimes'"), "\(badStatus) \(badError)")
+            let (keyless, _, keylessError) = try run(try builtProduct("custody").path, ["--listen-tls", "127.0.0.1:0"])
+            #expect(keyless == 64 && keylessError.contains("--tls-certificate"), "\(keyless) \(keylessError)")
+        }
     }
 
     /// `custody --check-config`: a good file is summarised (exit 0); a bad one is refused
     /// naming its line and key (exit 1), as is an mqtts listener whose certificate is missing.
-    @Test func checkConfigJudgesIdentitySettings() throws {
-        let custody = try builtProduct("custody").path
-        let good = certificates.path("good.yaml")
-        try """
-            listeners:
-              - { protocol: mqtt, address: 127.0.0.1:1883 }
-              - { protocol: mqtts, address: 127.0.0.1:8883, certificate: server.pem, privateKey: server.key,
-                  clientCertificates: required, trustedCertificates: [ca.pem] }
-            namespace:
-              alternativeAuthenticationNameSources: [ClientCertificateSubject, ClientCertificateDns]
-              registeredClientsOnly: true
-            clients:
-              - { authenticationName: device-1, attributes: { floor: 3 } }
-              - { authenticationName: device-2, state: Disabled }
-            """.write(toFile: good, atomically: true, encoding: .utf8)
-        let (status, out, err) = try run(custody, ["--check-config", good])
-        #expect(status == 0, "\(out) \(err)")
-        #expect(out.contains("mqtts 127.0.0.1:8883") && out.contains("clients 2 (1 disabled)"), "\(out)")
+    @Test func checkConfigJudgesIdentitySettings() async throws {
+        try await offPool {
+            let custody = try builtProduct("custody").path
+            let good = certificates.path("good.yaml")
+            try """
+                listeners:
+                  - { protocol: mqtt, address: 127.0.0.1:1883 }
+                  - { protocol: mqtts, address: 127.0.0.1:8883, certificate: server.pem, privateKey: server.key,
+                      clientCertificates: required, trustedCertificates: [ca.pem] }
+                namespace:
+                  alternativeAuthenticationNameSources: [ClientCertificateSubject, ClientCertificateDns]
+                  registeredClientsOnly: true
+                clients:
+                  - { authenticationName: device-1, attributes: { floor: 3 } }
+                  - { authenticationName: device-2, state: Disabled }
+                """.write(toFile: good, atomically: true, encoding: .utf8)
+            let (status, out, err) = try run(custody, ["--check-config", good])
+            #expect(status == 0, "\(out) \(err)")
+            #expect(out.contains("mqtts 127.0.0.1:8883") && out.contains("clients 2 (1 disabled)"), "\(out)")
 
-        let bad = certificates.path("bad.yaml")
-        try """
-            namespace: { registeredClientsOnly: true }
-            clients:
-              - { authenticationName: device-1 }
-              - { authenticationName: device-2, validationScheme: SubjectMatchesCommonName }
-            """.write(toFile: bad, atomically: true, encoding: .utf8)
-        let (badStatus, _, badError) = try run(custody, ["--check-config", bad])
-        #expect(badStatus == 1)
-        #expect(badError.contains("bad.yaml:4: clients[1].validationScheme:"), "\(badError)")
+            let bad = certificates.path("bad.yaml")
+            try """
+                namespace: { registeredClientsOnly: true }
+                clients:
+                  - { authenticationName: device-1 }
+                  - { authenticationName: device-2, validationScheme: SubjectMatchesCommonName }
+                """.write(toFile: bad, atomically: true, encoding: .utf8)
+            let (badStatus, _, badError) = try run(custody, ["--check-config", bad])
+            #expect(badStatus == 1)
+            #expect(badError.contains("bad.yaml:4: clients[1].validationScheme:"), "\(badError)")
 
-        let missing = certificates.path("missing.yaml")
-        try """
-            listeners:
-              - { protocol: mqtts, address: 127.0.0.1:8883, certificate: nowhere.pem, privateKey: server.key }
-            """.write(toFile: missing, atomically: true, encoding: .utf8)
-        let (missingStatus, _, missingError) = try run(custody, ["--check-config", missing])
-        #expect(missingStatus == 1)
-        #expect(missingError.contains("nowhere.pem"), "\(missingError)")
+            let missing = certificates.path("missing.yaml")
+            try """
+                listeners:
+                  - { protocol: mqtts, address: 127.0.0.1:8883, certificate: nowhere.pem, privateKey: server.key }
+                """.write(toFile: missing, atomically: true, encoding: .utf8)
+            let (missingStatus, _, missingError) = try run(custody, ["--check-config", missing])
+            #expect(missingStatus == 1)
+            #expect(missingError.contains("nowhere.pem"), "\(missingError)")
+        }
     }
 }

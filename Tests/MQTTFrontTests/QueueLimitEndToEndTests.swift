@@ -32,6 +32,7 @@ struct QueueLimitEndToEndTests {
 
                 let publisher = try RawClient(port: custody.port)
                 #expect(try publisher.connect("publisher").reasonCode == .success)
+                let floodStarted = Date()
                 try publish(publisher, (1...5_000).map { ("telemetry/t", "\($0)") })
                 try publish(publisher, (1...5).map { ("calm/c", "calm \($0)") })
 
@@ -48,7 +49,9 @@ struct QueueLimitEndToEndTests {
                 // Logged, but not 4,000 times.
                 try custody.waitForLog("limit exceeded", "limit=queueMaxMessages", "session_name=device")
                 let lines = custody.stderr.split(separator: "\n").filter { $0.contains("limit=queueMaxMessages") }
-                #expect(lines.count <= 20, "\(lines.count) log lines for 4,000 drops")
+                // At most 10 a 10-second window: a loaded machine may spread the drops over several.
+                let windows = Int(Date().timeIntervalSince(floodStarted) / 10) + 2
+                #expect(lines.count <= 10 * windows, "\(lines.count) log lines for 4,000 drops in \(windows) windows")
 
                 // Back: exactly the newest 1,000, in order, then nothing.
                 let returned = try RawClient(port: custody.port)

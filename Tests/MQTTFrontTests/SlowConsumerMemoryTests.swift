@@ -35,13 +35,15 @@ struct SlowConsumerMemoryTests {
         let custody = try await offPool {
             try RunningCustody("slow-200k", arguments: ["--slow-consumer-seconds", "2", "--metrics", "127.0.0.1:0"])
         }
-        defer { custody.cleanUp() }
+        // custody's stop waits for it to end: off the pool too, whatever happens.
         do {
             try await run(custody)
         } catch {
             Issue.record("custody output:\n\(custody.stdout)\ncustody log:\n\(custody.stderr)")
+            try await offPool { custody.cleanUp() }
             throw error
         }
+        try await offPool { custody.cleanUp() }
     }
 
     private func run(_ custody: RunningCustody) async throws {
@@ -61,12 +63,12 @@ struct SlowConsumerMemoryTests {
         }
         let progress = Progress()
         let total = Self.messages
-        // The reader reads as fast as it can, on a thread of its own. Every packet it gets is
-        // the same PUBLISH: it counts bytes rather than decoding 200,000 packets (which in a
-        // debug build would take a core from the tests running beside this one).
+        // The reader reads as fast as it can, on a thread of its own beside the publisher's.
+        // Every packet it gets is the same PUBLISH: it counts bytes rather than decoding 200,000
+        // packets (which in a debug build would take a core from the tests running beside this one).
         let size = try MQTTEncoder(protocolVersion: .mqtt5).encodedSize(
             of: .publish(MQTTPublish(topicName: "flood/m", payload: ByteBuffer(repeating: 0x62, count: 1024))))
-        async let reading: Int = offPool {
+        let (received, peak) = try await offPool({ () throws -> Int in
             var bytes = 0
             var buffer = [UInt8](repeating: 0, count: 1 << 16)
             while bytes < total * size {
@@ -79,11 +81,10 @@ struct SlowConsumerMemoryTests {
             }
             #expect(bytes % size == 0, "nothing but the flood's PUBLISHes (\(size) bytes each)")
             return bytes / size
-        }
-        // The publisher: 250 messages per write, never more than 2,000 ahead of the reader, so
-        // that only the stalled subscriber falls behind (the reader's own backlog stays far
-        // below the mark). QoS 0 needs no acknowledgement: TCP carries the back-pressure.
-        let peak = try await offPool { () throws -> Int in
+        }, beside: { () throws -> Int in
+            // The publisher: 250 messages per write, never more than 2,000 ahead of the reader, so
+            // that only the stalled subscriber falls behind (the reader's own backlog stays far
+            // below the mark). QoS 0 needs no acknowledgement: TCP carries the back-pressure.
             let publisher = try RawClient(port: custody.port)
             #expect(try publisher.connect("publisher").reasonCode == .success)
             var one = ByteBuffer()
@@ -111,8 +112,7 @@ struct SlowConsumerMemoryTests {
                 usleep(200_000)
             }
             return max(peak, try anonymousKiB(pid))
-        }
-        let received = try await reading
+        })
         #expect(received == total, "the reader got every message")
         let allowed = 2 * 1024 + 10 * 1024
         #expect(peak - start < allowed, "RssAnon grew by \(peak - start) KiB (start \(start) KiB)")

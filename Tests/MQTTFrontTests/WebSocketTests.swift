@@ -132,168 +132,182 @@ private func upgradeRequest(path: String = "/mqtt", protocols: String? = "mqtt")
 struct WebSocketEndToEndTests {
     /// paho-mqtt over WebSocket (path /mqtt), v5 and v3.1.1: subscribe and publish at QoS 1,
     /// across transports both ways (a TCP mosquitto_pub reaches a WebSocket subscriber too).
-    @Test func pahoOverWebSocketPublishesAndSubscribes() throws {
-        try withWebSocketCustody("ws-paho") { custody, wsPort in
-            let v5 = try flowClient([
-                "--port", "\(wsPort)", "--id", "ws-sub-5", "--transport", "websockets", "--subscribe", "room/#",
-            ])
-            defer { v5.stop() }
-            let v3 = try flowClient([
-                "--port", "\(wsPort)", "--id", "ws-sub-3", "--v3", "--transport", "websockets", "--subscribe", "room/#",
-            ])
-            defer { v3.stop() }
-            try v5.waitForOutput(containing: "SUBACK 1")
-            try v3.waitForOutput(containing: "SUBACK 1")
-            #expect(try custody.waitForLog("granted", "ws-sub-5").contains("127.0.0.1:"))
-            let publisher = try flowClient([
-                "--port", "\(wsPort)", "--id", "ws-pub", "--transport", "websockets", "--scenario", "publish",
-                "--topic", "room/light", "--message", "on",
-            ])
-            defer { publisher.stop() }
-            try publisher.waitForOutput(containing: "PUBACK 1 rc=0")
-            for subscriber in [v5, v3] { try subscriber.waitForOutput(containing: "MESSAGE room/light 2 on qos=1") }
-            // From TCP to WebSocket, a packet larger than a typical frame (20 KB).
-            let big = String(repeating: "z", count: 20_000)
-            let (status, _, error) = try run("/usr/bin/mosquitto_pub", [
-                "-p", "\(custody.port)", "-h", "127.0.0.1", "-V", "mqttv5", "-i", "tcp-pub", "-u", "dev", "-t", "room/big",
-                "-m", big, "-q", "1",
-            ])
-            #expect(status == 0, "\(error)")
-            for subscriber in [v5, v3] {
-                try subscriber.waitForOutput(containing: "MESSAGE room/big 20000 zzzzzzzzzzzzzzzz qos=1")
+    @Test func pahoOverWebSocketPublishesAndSubscribes() async throws {
+        try await offPool {
+            try withWebSocketCustody("ws-paho") { custody, wsPort in
+                let v5 = try flowClient([
+                    "--port", "\(wsPort)", "--id", "ws-sub-5", "--transport", "websockets", "--subscribe", "room/#",
+                ])
+                defer { v5.stop() }
+                let v3 = try flowClient([
+                    "--port", "\(wsPort)", "--id", "ws-sub-3", "--v3", "--transport", "websockets", "--subscribe", "room/#",
+                ])
+                defer { v3.stop() }
+                try v5.waitForOutput(containing: "SUBACK 1")
+                try v3.waitForOutput(containing: "SUBACK 1")
+                #expect(try custody.waitForLog("granted", "ws-sub-5").contains("127.0.0.1:"))
+                let publisher = try flowClient([
+                    "--port", "\(wsPort)", "--id", "ws-pub", "--transport", "websockets", "--scenario", "publish",
+                    "--topic", "room/light", "--message", "on",
+                ])
+                defer { publisher.stop() }
+                try publisher.waitForOutput(containing: "PUBACK 1 rc=0")
+                for subscriber in [v5, v3] { try subscriber.waitForOutput(containing: "MESSAGE room/light 2 on qos=1") }
+                // From TCP to WebSocket, a packet larger than a typical frame (20 KB).
+                let big = String(repeating: "z", count: 20_000)
+                let (status, _, error) = try run("/usr/bin/mosquitto_pub", [
+                    "-p", "\(custody.port)", "-h", "127.0.0.1", "-V", "mqttv5", "-i", "tcp-pub", "-u", "dev", "-t", "room/big",
+                    "-m", big, "-q", "1",
+                ])
+                #expect(status == 0, "\(error)")
+                for subscriber in [v5, v3] {
+                    try subscriber.waitForOutput(containing: "MESSAGE room/big 20000 zzzzzzzzzzzzzzzz qos=1")
+                }
+                #expect(!v5.output.contains("DISCONNECT") && !v3.output.contains("DISCONNECT"))
+                let connected = try custody.events().filter { $0.kind == .connected }.map(\.sessionName.value)
+                #expect(Set(connected).isSuperset(of: ["ws-sub-5", "ws-sub-3", "ws-pub"]))
             }
-            #expect(!v5.output.contains("DISCONNECT") && !v3.output.contains("DISCONNECT"))
-            let connected = try custody.events().filter { $0.kind == .connected }.map(\.sessionName.value)
-            #expect(Set(connected).isSuperset(of: ["ws-sub-5", "ws-sub-3", "ws-pub"]))
         }
     }
 
     /// Refused handshakes, with curl: another path is 404, a subprotocol list without mqtt is
     /// 400, a plain GET on the path is 426; each logged. With mqtt offered: 101 naming mqtt.
     /// (curl waits after a 101 until --max-time: this test takes a few seconds.)
-    @Test func handshakesOutsideTheRulesAreRefused() throws {
-        try withWebSocketCustody("ws-refuse") { custody, wsPort in
-            func curl(_ path: String, _ headers: [String]) throws -> String {
-                let arguments = ["-si", "--max-time", "3", "http://127.0.0.1:\(wsPort)\(path)"] + headers.flatMap { ["-H", $0] }
-                return try run("/usr/bin/curl", arguments, timeout: 10).1
+    @Test func handshakesOutsideTheRulesAreRefused() async throws {
+        try await offPool {
+            try withWebSocketCustody("ws-refuse") { custody, wsPort in
+                func curl(_ path: String, _ headers: [String]) throws -> String {
+                    let arguments = ["-si", "--max-time", "3", "http://127.0.0.1:\(wsPort)\(path)"] + headers.flatMap { ["-H", $0] }
+                    return try run("/usr/bin/curl", arguments, timeout: 10).1
+                }
+                let upgrade = [
+                    "Connection: Upgrade", "Upgrade: websocket", "Sec-WebSocket-Version: 13",
+                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                ]
+                let wrongPath = try curl("/other", upgrade + ["Sec-WebSocket-Protocol: mqtt"])
+                #expect(wrongPath.hasPrefix("HTTP/1.1 404 Not Found"), "\(wrongPath)")
+                #expect(wrongPath.contains("use /mqtt"))
+                let wrongProtocol = try curl("/mqtt", upgrade + ["Sec-WebSocket-Protocol: chat, superchat"])
+                #expect(wrongProtocol.hasPrefix("HTTP/1.1 400 Bad Request"), "\(wrongProtocol)")
+                #expect(wrongProtocol.contains("subprotocol mqtt required"))
+                let plain = try curl("/mqtt", [])
+                #expect(plain.hasPrefix("HTTP/1.1 426 Upgrade Required"), "\(plain)")
+                try custody.waitForLog("refused WebSocket", "path=/other", "status=404")
+                try custody.waitForLog("refused WebSocket", "status=400")
+                // curl waits after a 101 until --max-time; the head is what counts.
+                let accepted = try curl("/mqtt", upgrade + ["Sec-WebSocket-Protocol: chat, mqtt"])
+                #expect(accepted.hasPrefix("HTTP/1.1 101 Switching Protocols"), "\(accepted)")
+                #expect(accepted.lowercased().contains("sec-websocket-protocol: mqtt"), "\(accepted)")
+                #expect(accepted.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "\(accepted)")
+                // MQTT 3.1's old name is served too, as mosquitto does.
+                let legacy = try curl("/mqtt", upgrade + ["Sec-WebSocket-Protocol: mqttv3.1"])
+                #expect(legacy.hasPrefix("HTTP/1.1 101 Switching Protocols"), "\(legacy)")
+                #expect(legacy.lowercased().contains("sec-websocket-protocol: mqttv3.1"), "\(legacy)")
+                #expect(try custody.events().isEmpty)
             }
-            let upgrade = [
-                "Connection: Upgrade", "Upgrade: websocket", "Sec-WebSocket-Version: 13",
-                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-            ]
-            let wrongPath = try curl("/other", upgrade + ["Sec-WebSocket-Protocol: mqtt"])
-            #expect(wrongPath.hasPrefix("HTTP/1.1 404 Not Found"), "\(wrongPath)")
-            #expect(wrongPath.contains("use /mqtt"))
-            let wrongProtocol = try curl("/mqtt", upgrade + ["Sec-WebSocket-Protocol: chat, superchat"])
-            #expect(wrongProtocol.hasPrefix("HTTP/1.1 400 Bad Request"), "\(wrongProtocol)")
-            #expect(wrongProtocol.contains("subprotocol mqtt required"))
-            let plain = try curl("/mqtt", [])
-            #expect(plain.hasPrefix("HTTP/1.1 426 Upgrade Required"), "\(plain)")
-            try custody.waitForLog("refused WebSocket", "path=/other", "status=404")
-            try custody.waitForLog("refused WebSocket", "status=400")
-            // curl waits after a 101 until --max-time; the head is what counts.
-            let accepted = try curl("/mqtt", upgrade + ["Sec-WebSocket-Protocol: chat, mqtt"])
-            #expect(accepted.hasPrefix("HTTP/1.1 101 Switching Protocols"), "\(accepted)")
-            #expect(accepted.lowercased().contains("sec-websocket-protocol: mqtt"), "\(accepted)")
-            #expect(accepted.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "\(accepted)")
-            // MQTT 3.1's old name is served too, as mosquitto does.
-            let legacy = try curl("/mqtt", upgrade + ["Sec-WebSocket-Protocol: mqttv3.1"])
-            #expect(legacy.hasPrefix("HTTP/1.1 101 Switching Protocols"), "\(legacy)")
-            #expect(legacy.lowercased().contains("sec-websocket-protocol: mqttv3.1"), "\(legacy)")
-            #expect(try custody.events().isEmpty)
         }
     }
 
     /// By hand: one CONNECT split over two frames (the first a fragment), two PINGREQs in one
     /// frame, a WebSocket ping, then a close; the server answers each in kind.
-    @Test func mqttStreamIsIndependentOfFrames() throws {
-        try withWebSocketCustody("ws-frames") { custody, wsPort in
-            let socket = try RawSocket(port: wsPort)
-            try socket.send(upgradeRequest(protocols: nil))  // no subprotocol offered: accepted without one
-            let head = try socket.responseHead()
-            #expect(head.hasPrefix("HTTP/1.1 101"), "\(head)")
-            #expect(!head.lowercased().contains("sec-websocket-protocol"), "\(head)")
-            let connect = try mqttBytes(.connect(MQTTConnect(
-                protocolVersion: .mqtt5, clientIdentifier: "frames", keepAlive: 60, userName: "dev")))
-            try socket.send(clientFrame(0x2, Array(connect[..<5]), fin: false) + clientFrame(0x0, Array(connect[5...])))
-            guard let connack = try socket.frame() else { throw E2EError.unexpected("closed instead of CONNACK") }
-            #expect(connack.opcode == 0x2)
-            var decoder = MQTTDecoder(protocolVersion: .mqtt5)
-            var buffer = ByteBuffer(bytes: connack.payload)
-            guard case .packet(.connack(let answer)) = decoder.decode(&buffer) else { throw E2EError.unexpected("\(connack)") }
-            #expect(answer.reasonCode == .success)
-            let ping = try mqttBytes(.pingreq)
-            try socket.send(clientFrame(0x2, ping + ping))
-            var pongs = 0
-            while pongs < 2, let frame = try socket.frame() {
-                var bytes = ByteBuffer(bytes: frame.payload)
-                while case .packet(.pingresp) = decoder.decode(&bytes) { pongs += 1 }
+    @Test func mqttStreamIsIndependentOfFrames() async throws {
+        try await offPool {
+            try withWebSocketCustody("ws-frames") { custody, wsPort in
+                let socket = try RawSocket(port: wsPort)
+                try socket.send(upgradeRequest(protocols: nil))  // no subprotocol offered: accepted without one
+                let head = try socket.responseHead()
+                #expect(head.hasPrefix("HTTP/1.1 101"), "\(head)")
+                #expect(!head.lowercased().contains("sec-websocket-protocol"), "\(head)")
+                let connect = try mqttBytes(.connect(MQTTConnect(
+                    protocolVersion: .mqtt5, clientIdentifier: "frames", keepAlive: 60, userName: "dev")))
+                try socket.send(clientFrame(0x2, Array(connect[..<5]), fin: false) + clientFrame(0x0, Array(connect[5...])))
+                guard let connack = try socket.frame() else { throw E2EError.unexpected("closed instead of CONNACK") }
+                #expect(connack.opcode == 0x2)
+                var decoder = MQTTDecoder(protocolVersion: .mqtt5)
+                var buffer = ByteBuffer(bytes: connack.payload)
+                guard case .packet(.connack(let answer)) = decoder.decode(&buffer) else { throw E2EError.unexpected("\(connack)") }
+                #expect(answer.reasonCode == .success)
+                let ping = try mqttBytes(.pingreq)
+                try socket.send(clientFrame(0x2, ping + ping))
+                var pongs = 0
+                while pongs < 2, let frame = try socket.frame() {
+                    var bytes = ByteBuffer(bytes: frame.payload)
+                    while case .packet(.pingresp) = decoder.decode(&bytes) { pongs += 1 }
+                }
+                #expect(pongs == 2)
+                try socket.send(clientFrame(0x9, Array("hello".utf8)))
+                let pong = try socket.frame()
+                #expect(pong?.opcode == 0xA && pong?.payload == Array("hello".utf8))
+                try socket.send(clientFrame(0x8, [0x03, 0xE8]))  // close, 1000
+                let close = try socket.frame()
+                #expect(close?.opcode == 0x8 && close?.payload == [0x03, 0xE8])
+                #expect(try socket.closesWithin(5))
+                let ended = try custody.waitForEvent { $0.sessionName.value == "frames" && $0.kind != .connected }
+                #expect(ended.kind == .disconnected(.connectionLost))
             }
-            #expect(pongs == 2)
-            try socket.send(clientFrame(0x9, Array("hello".utf8)))
-            let pong = try socket.frame()
-            #expect(pong?.opcode == 0xA && pong?.payload == Array("hello".utf8))
-            try socket.send(clientFrame(0x8, [0x03, 0xE8]))  // close, 1000
-            let close = try socket.frame()
-            #expect(close?.opcode == 0x8 && close?.payload == [0x03, 0xE8])
-            #expect(try socket.closesWithin(5))
-            let ended = try custody.waitForEvent { $0.sessionName.value == "frames" && $0.kind != .connected }
-            #expect(ended.kind == .disconnected(.connectionLost))
         }
     }
 
     /// A connection that never sends its HTTP request is closed after --connect-timeout-seconds.
-    @Test func silentConnectionIsClosedInTime() throws {
-        let custody = try RunningCustody("ws-silent", arguments: ["--listen-ws", "127.0.0.1:0", "--connect-timeout-seconds", "1"])
-        defer { custody.cleanUp() }
-        let socket = try RawSocket(port: try webSocketPort(custody))
-        let start = Date()
-        #expect(try socket.closesWithin(10))
-        #expect(Date().timeIntervalSince(start) >= 0.9)
-        try custody.waitForLog("no WebSocket upgrade in time")
+    @Test func silentConnectionIsClosedInTime() async throws {
+        try await offPool {
+            let custody = try RunningCustody("ws-silent", arguments: ["--listen-ws", "127.0.0.1:0", "--connect-timeout-seconds", "1"])
+            defer { custody.cleanUp() }
+            let socket = try RawSocket(port: try webSocketPort(custody))
+            let start = Date()
+            #expect(try socket.closesWithin(10))
+            #expect(Date().timeIntervalSince(start) >= 0.9)
+            try custody.waitForLog("no WebSocket upgrade in time")
+        }
     }
 
-    @Test func badListenWSFlagIsRefused() throws {
-        for value in ["127.0.0.1:99999", "no spaces:1", ""] {
-            let (status, _, error) = try run(try builtProduct("custody").path, [
-                "--data-dir", scratchDirectory("bad-ws"), "--listen", "127.0.0.1:0", "--listen-ws", value,
-            ])
-            #expect(status != 0)
-            #expect(error.contains("--listen-ws"), "\(error)")
+    @Test func badListenWSFlagIsRefused() async throws {
+        try await offPool {
+            for value in ["127.0.0.1:99999", "no spaces:1", ""] {
+                let (status, _, error) = try run(try builtProduct("custody").path, [
+                    "--data-dir", scratchDirectory("bad-ws"), "--listen", "127.0.0.1:0", "--listen-ws", value,
+                ])
+                #expect(status != 0)
+                #expect(error.contains("--listen-ws"), "\(error)")
+            }
         }
     }
 
     /// A text frame is not MQTT (MQTT-6.0.0-1): close 1003, then the connection ends.
-    @Test func textFrameClosesTheConnection() throws {
-        try withWebSocketCustody("ws-text") { custody, wsPort in
-            let socket = try RawSocket(port: wsPort)
-            try socket.send(upgradeRequest())
-            let head = try socket.responseHead()
-            #expect(head.hasPrefix("HTTP/1.1 101"), "\(head)")
-            #expect(head.lowercased().contains("sec-websocket-protocol: mqtt"), "\(head)")
-            try socket.send(clientFrame(0x1, Array("CONNECT".utf8)))
-            let close = try socket.frame()
-            #expect(close?.opcode == 0x8 && close?.payload == [0x03, 0xEB])  // 1003
-            #expect(try socket.closesWithin(5))
-            try custody.waitForLog("closed WebSocket", "text frame")
+    @Test func textFrameClosesTheConnection() async throws {
+        try await offPool {
+            try withWebSocketCustody("ws-text") { custody, wsPort in
+                let socket = try RawSocket(port: wsPort)
+                try socket.send(upgradeRequest())
+                let head = try socket.responseHead()
+                #expect(head.hasPrefix("HTTP/1.1 101"), "\(head)")
+                #expect(head.lowercased().contains("sec-websocket-protocol: mqtt"), "\(head)")
+                try socket.send(clientFrame(0x1, Array("CONNECT".utf8)))
+                let close = try socket.frame()
+                #expect(close?.opcode == 0x8 && close?.payload == [0x03, 0xEB])  // 1003
+                #expect(try socket.closesWithin(5))
+                try custody.waitForLog("closed WebSocket", "text frame")
+            }
         }
     }
 
     /// The MQTT side closing (a protocol error) sends its DISCONNECT, then a close frame.
-    @Test func mqttCloseEndsWithACloseFrame() throws {
-        try withWebSocketCustody("ws-mqtt-close") { custody, wsPort in
-            let socket = try RawSocket(port: wsPort)
-            try socket.send(upgradeRequest())
-            _ = try socket.responseHead()
-            try socket.send(clientFrame(0x2, try mqttBytes(.connect(MQTTConnect(
-                protocolVersion: .mqtt5, clientIdentifier: "twice", keepAlive: 60, userName: "dev")))))
-            #expect(try socket.frame()?.opcode == 0x2)  // CONNACK
-            try socket.send(clientFrame(0x2, try mqttBytes(.connect(MQTTConnect(
-                protocolVersion: .mqtt5, clientIdentifier: "twice", keepAlive: 60, userName: "dev")))))
-            let disconnect = try socket.frame()
-            #expect(disconnect?.payload == (try mqttBytes(.disconnect(MQTTDisconnect(reasonCode: .protocolError)))))
-            #expect(try socket.frame()?.opcode == 0x8)
-            #expect(try socket.closesWithin(5))
+    @Test func mqttCloseEndsWithACloseFrame() async throws {
+        try await offPool {
+            try withWebSocketCustody("ws-mqtt-close") { custody, wsPort in
+                let socket = try RawSocket(port: wsPort)
+                try socket.send(upgradeRequest())
+                _ = try socket.responseHead()
+                try socket.send(clientFrame(0x2, try mqttBytes(.connect(MQTTConnect(
+                    protocolVersion: .mqtt5, clientIdentifier: "twice", keepAlive: 60, userName: "dev")))))
+                #expect(try socket.frame()?.opcode == 0x2)  // CONNACK
+                try socket.send(clientFrame(0x2, try mqttBytes(.connect(MQTTConnect(
+                    protocolVersion: .mqtt5, clientIdentifier: "twice", keepAlive: 60, userName: "dev")))))
+                let disconnect = try socket.frame()
+                #expect(disconnect?.payload == (try mqttBytes(.disconnect(MQTTDisconnect(reasonCode: .protocolError)))))
+                #expect(try socket.frame()?.opcode == 0x8)
+                #expect(try socket.closesWithin(5))
+            }
         }
     }
 }

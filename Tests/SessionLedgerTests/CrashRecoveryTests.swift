@@ -13,73 +13,75 @@ struct CrashRecoveryTests {
     /// A child appends claims and releases as fast as it can and prints each one only after
     /// it is durable. Killed with SIGKILL at random moments, round after round on the same
     /// ledger: everything it printed must be in the reopened log, and verify must pass.
-    @Test func everyReportedGrantSurvivesSIGKILL() throws {
-        let executable = try builtProduct("custody-bench")
-        let directory = scratchDirectory("crash")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        var generator = SystemRandomNumberGenerator()
-        var totalGranted = 0
+    @Test func everyReportedGrantSurvivesSIGKILL() async throws {
+        try await offPool {
+            let executable = try builtProduct("custody-bench")
+            let directory = scratchDirectory("crash")
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            var generator = SystemRandomNumberGenerator()
+            var totalGranted = 0
 
-        for round in 0..<5 {
-            let output = directory + "-round\(round).out"
-            _ = FileManager.default.createFile(atPath: output, contents: nil)
-            defer { try? FileManager.default.removeItem(atPath: output) }
-            let child = Process()
-            child.executableURL = executable
-            child.arguments = ["ledger-crash-child", "--data-dir", directory, "--prefix", "round\(round)"]
-            child.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
-            child.standardError = FileHandle.nullDevice
-            try child.run()
+            for round in 0..<5 {
+                let output = directory + "-round\(round).out"
+                _ = FileManager.default.createFile(atPath: output, contents: nil)
+                defer { try? FileManager.default.removeItem(atPath: output) }
+                let child = Process()
+                child.executableURL = executable
+                child.arguments = ["ledger-crash-child", "--data-dir", directory, "--prefix", "round\(round)"]
+                child.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+                child.standardError = FileHandle.nullDevice
+                try child.run()
 
-            let deadline = Date().addingTimeInterval(20)
-            while !((try? String(contentsOfFile: output, encoding: .utf8)) ?? "").contains("ready") {
-                guard Date() < deadline, child.isRunning else {
-                    child.terminate()
-                    throw CrashTestError.childNeverReady(output)
-                }
-                usleep(10_000)
-            }
-            usleep(UInt32.random(in: 50_000...400_000, using: &generator))
-            kill(child.processIdentifier, SIGKILL)
-            child.waitUntilExit()
-            #expect(child.terminationReason == .uncaughtSignal)
-
-            let lines = try String(contentsOfFile: output, encoding: .utf8).split(separator: "\n")
-            var reported: [(kind: String, name: String, sequence: UInt64)] = []
-            for line in lines {
-                let parts = line.split(separator: " ")
-                guard parts.count == 3, parts[0] == "granted" || parts[0] == "released",
-                      let sequence = UInt64(parts[2]) else { continue }
-                reported.append((String(parts[0]), String(parts[1]), sequence))
-            }
-            #expect(!lines.contains { $0.hasPrefix("failed") })
-            totalGranted += reported.filter { $0.kind == "granted" }.count
-
-            // Read-only first: what the crash left, before recovery touches it.
-            let store = try LedgerStore(directory: directory, options: LedgerStoreOptions(readOnly: true))
-            try store.read { snapshot in
-                for item in reported {
-                    let record = try #require(try snapshot.record(at: item.sequence), "\(item.kind) \(item.name) at \(item.sequence) is missing")
-                    #expect(record.event.sessionName.value == item.name)
-                    if item.kind == "granted" {
-                        #expect(record.event.kind == .connected)
-                    } else {
-                        #expect(record.event.kind == .disconnected(.clientInitiatedDisconnect))
+                let deadline = Date().addingTimeInterval(20)
+                while !((try? String(contentsOfFile: output, encoding: .utf8)) ?? "").contains("ready") {
+                    guard Date() < deadline, child.isRunning else {
+                        child.terminate()
+                        throw CrashTestError.childNeverReady(output)
                     }
+                    usleep(10_000)
                 }
-                let report = try snapshot.verify()
-                #expect(report.isIntact, "round \(round): \(String(describing: report.problem))")
-            }
-            store.close()
+                usleep(UInt32.random(in: 50_000...400_000, using: &generator))
+                kill(child.processIdentifier, SIGKILL)
+                child.waitUntilExit()
+                #expect(child.terminationReason == .uncaughtSignal)
 
-            // Then recovery: no session may stay connected, and the result must verify.
-            let ledger = try LMDBSessionLedger(directory: directory)
-            let replayed = try ledger.replay(through: .end)
-            #expect(!replayed.sessions.values.contains { $0.isConnected })
-            #expect(try ledger.verify().isIntact)
-            ledger.close()
+                let lines = try String(contentsOfFile: output, encoding: .utf8).split(separator: "\n")
+                var reported: [(kind: String, name: String, sequence: UInt64)] = []
+                for line in lines {
+                    let parts = line.split(separator: " ")
+                    guard parts.count == 3, parts[0] == "granted" || parts[0] == "released",
+                          let sequence = UInt64(parts[2]) else { continue }
+                    reported.append((String(parts[0]), String(parts[1]), sequence))
+                }
+                #expect(!lines.contains { $0.hasPrefix("failed") })
+                totalGranted += reported.filter { $0.kind == "granted" }.count
+
+                // Read-only first: what the crash left, before recovery touches it.
+                let store = try LedgerStore(directory: directory, options: LedgerStoreOptions(readOnly: true))
+                try store.read { snapshot in
+                    for item in reported {
+                        let record = try #require(try snapshot.record(at: item.sequence), "\(item.kind) \(item.name) at \(item.sequence) is missing")
+                        #expect(record.event.sessionName.value == item.name)
+                        if item.kind == "granted" {
+                            #expect(record.event.kind == .connected)
+                        } else {
+                            #expect(record.event.kind == .disconnected(.clientInitiatedDisconnect))
+                        }
+                    }
+                    let report = try snapshot.verify()
+                    #expect(report.isIntact, "round \(round): \(String(describing: report.problem))")
+                }
+                store.close()
+
+                // Then recovery: no session may stay connected, and the result must verify.
+                let ledger = try LMDBSessionLedger(directory: directory)
+                let replayed = try ledger.replay(through: .end)
+                #expect(!replayed.sessions.values.contains { $0.isConnected })
+                #expect(try ledger.verify().isIntact)
+                ledger.close()
+            }
+            #expect(totalGranted > 0)
         }
-        #expect(totalGranted > 0)
     }
 
     /// The same child with archiving running beside it (a checkpoint every 40 records, the
