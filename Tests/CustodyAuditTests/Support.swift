@@ -10,6 +10,7 @@ import Testing
 
 enum AuditTestError: Error {
     case timedOut(String)
+    case failed(String)
 }
 
 func auditExecutable() throws -> URL { try builtProduct("custody-audit") }
@@ -244,7 +245,7 @@ func runLowPriority(_ program: String, _ arguments: [String], timeout: Double) t
     }
     let stdout = try String(contentsOfFile: out, encoding: .utf8)
     guard child.terminationStatus == 0 else {
-        throw AuditTestError.timedOut("\(program) exited \(child.terminationStatus): \(stdout) \((try? String(contentsOfFile: err, encoding: .utf8)) ?? "")")
+        throw AuditTestError.failed("\(program) exited \(child.terminationStatus): \(stdout) \((try? String(contentsOfFile: err, encoding: .utf8)) ?? "")")
     }
     return stdout
 }
