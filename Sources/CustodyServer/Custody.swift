@@ -293,6 +293,9 @@ struct Custody: AsyncParsableCommand {
         if let figures = try? lmdbLedger.storageFigures() {
             say("custody: ledger storage live_bytes=\(figures.liveBytes) map_used_ratio=\(String(format: "%.3f", figures.mapUsedRatio)) in_reserve=\(figures.inReserve ? 1 : 0) archive=\(lmdbLedger.archiveDirectory) archive_segments=\(figures.archiveSegments) archive_bytes=\(figures.archiveBytes) retention_days=\(settings.ledger.retentionDays.map(String.init) ?? "none") retention_max_live_bytes=\(settings.ledger.maxLiveBytes.map(String.init) ?? "none")")
         }
+        if let usage = lmdbLedger.mapUsage, usage.isAboveConfiguredMaximum {
+            say("custody: warning: the ledger holds \(usage.usedBytes >> 20) MiB, more than --ledger-map-size-mib \(usage.configuredMaximumBytes >> 20) leaves room for (a reserve of \(usage.reserveBytes >> 20) MiB); its map may grow to \(usage.maximumBytes >> 20) MiB so that recovery, disconnects and expiries are recorded, and CONNECTs are refused until archiving (or a larger maximum) makes room")
+        }
         say("custody: policy max_sessions_per_client=\(policy.maximumClientSessionsPerAuthenticationName) max_session_expiry_hours=\(policy.maximumSessionExpiryInHours)")
         let signals = terminationSignals()
         let hangups = hangupSignals()

@@ -51,21 +51,34 @@ public struct MapUsage: Sendable, Equatable {
     /// Held back too, for the ledger: room to record the end of every live session (a
     /// disconnect and an expiry each, at three times the log's bytes per record).
     public var endingBytes: Int
+    /// The maximum asked for; below `maximumBytes` when the stored data and its reserve
+    /// did not fit in it at open (the maximum was lowered).
+    public var configuredMaximumBytes: Int
 
-    public init(usedBytes: Int, mappedBytes: Int, maximumBytes: Int, reserveBytes: Int, endingBytes: Int = 0) {
+    public init(
+        usedBytes: Int, mappedBytes: Int, maximumBytes: Int, reserveBytes: Int, endingBytes: Int = 0,
+        configuredMaximumBytes: Int? = nil
+    ) {
         self.usedBytes = usedBytes
         self.mappedBytes = mappedBytes
         self.maximumBytes = maximumBytes
         self.reserveBytes = reserveBytes
         self.endingBytes = endingBytes
+        self.configuredMaximumBytes = configuredMaximumBytes ?? maximumBytes
     }
+
+    /// True when the map may grow past the maximum asked for, to hold what is stored.
+    public var isAboveConfiguredMaximum: Bool { maximumBytes > configuredMaximumBytes }
 
     /// Used over the maximum: what `custody_ledger_map_used_ratio` shows.
     public var usedRatio: Double { maximumBytes > 0 ? Double(usedBytes) / Double(maximumBytes) : 0 }
 
     /// Past this, claims are refused: what is left is kept for the ends of live sessions
-    /// and for the reserve.
-    public var isInReserve: Bool { usedBytes + endingBytes > maximumBytes - reserveBytes }
+    /// and for the reserve. Claims count against the maximum asked for, even when the map
+    /// was let grow past it at open.
+    public var isInReserve: Bool {
+        usedBytes + endingBytes > min(maximumBytes, configuredMaximumBytes) - reserveBytes
+    }
 }
 
 /// A read-write lock over `pthread_rwlock_t`, writers preferred: read transactions hold
@@ -119,6 +132,8 @@ final class LMDBEnvironment: @unchecked Sendable {
     /// The most the map may grow to, and the part of it kept back from claims.
     let maximumMapSize: Int
     let reserve: Int
+    /// The maximum asked for at open (`maximumMapSize` is larger when the data did not fit).
+    let configuredMaximumMapSize: Int
     /// Shared by read transactions, exclusive while the map is resized.
     let resizeLock = ResizeLock()
     /// The map's size now; changed only by `grow` (writer thread) under the exclusive lock.
@@ -141,7 +156,8 @@ final class LMDBEnvironment: @unchecked Sendable {
     /// `.unsupportedFormat`.
     init(
         directory: String, mapSize: Int, readOnly: Bool = false, reserve: Int? = nil, tables wanted: [Table],
-        meta: String, formatVersion: UInt8
+        meta: String, formatVersion: UInt8,
+        endingRoom: ((_ txn: OpaquePointer, _ tables: [MDB_dbi], _ pageSize: Int) -> Int)? = nil
     ) throws(LedgerError) {
         let fm = FileManager.default
         var isDirectory: ObjCBool = false
@@ -235,9 +251,27 @@ final class LMDBEnvironment: @unchecked Sendable {
         var stat = MDB_stat()
         mdb_env_stat(env, &stat)
         self.pageSize = Int(stat.ms_psize)
-        // A file already larger than the maximum (the maximum was lowered) keeps its size as the maximum.
-        self.maximumMapSize = max(mapSize, info.me_mapsize)
-        self.reserve = min(reserve ?? MapReserve.defaultReserve(for: self.maximumMapSize), self.maximumMapSize / 2)
+        // A file already larger than the maximum (the maximum was lowered) keeps its size as
+        // the maximum. When what is stored, with the room `endingRoom` names and a reserve,
+        // does not fit below that (the maximum was lowered, or the reserve went on ends), the
+        // map may grow past the maximum to hold them, so that recovery, checkpoints,
+        // disconnects and expiries always find pages; claims stay bounded by the maximum
+        // asked for (`MapUsage.isInReserve`), until archiving makes room. Never an exit for
+        // want of room at open.
+        let wantedReserve = reserve ?? MapReserve.defaultReserve(for: mapSize)
+        var maximum = max(mapSize, info.me_mapsize)
+        if !readOnly {
+            var txn: OpaquePointer?
+            if mdb_txn_begin(env, nil, UInt32(MDB_RDONLY), &txn) == 0, let txn {
+                let used = Self.usedPages(txn: txn, tables: opened) * Int(stat.ms_psize)
+                let needed = used + (endingRoom?(txn, opened, Int(stat.ms_psize)) ?? 0) + wantedReserve
+                mdb_txn_abort(txn)
+                if needed > maximum { maximum = (needed + (1 << 20) - 1) & ~((1 << 20) - 1) }
+            }
+        }
+        self.maximumMapSize = maximum
+        self.configuredMaximumMapSize = mapSize
+        self.reserve = min(reserve ?? MapReserve.defaultReserve(for: maximum), maximum / 2)
         self.mappedSize = Mutex(info.me_mapsize)
     }
 
@@ -285,6 +319,12 @@ final class LMDBEnvironment: @unchecked Sendable {
     /// of the table of tables and of the free list's records. Pages on the free list are
     /// not counted: LMDB reuses them before it extends the file.
     func usage(txn: OpaquePointer) -> MapUsage {
+        MapUsage(
+            usedBytes: Self.usedPages(txn: txn, tables: tables) * pageSize, mappedBytes: mapSize,
+            maximumBytes: maximumMapSize, reserveBytes: reserve, configuredMaximumBytes: configuredMaximumMapSize)
+    }
+
+    static func usedPages(txn: OpaquePointer, tables: [MDB_dbi]) -> Int {
         var pages = 2  // the two meta pages
         for dbi in tables + [0, 1] {  // 0: the free list, 1: the table of tables
             var stat = MDB_stat()
@@ -292,9 +332,9 @@ final class LMDBEnvironment: @unchecked Sendable {
                 pages += Int(stat.ms_branch_pages + stat.ms_leaf_pages + stat.ms_overflow_pages)
             }
         }
-        return MapUsage(
-            usedBytes: pages * pageSize, mappedBytes: mapSize, maximumBytes: maximumMapSize, reserveBytes: reserve)
+        return pages
     }
+
 
     /// Usage from a read transaction of its own.
     func usage() throws -> MapUsage {
@@ -336,7 +376,8 @@ final class LedgerEnvironment: @unchecked Sendable {
                 .init(name: "log", flags: UInt32(MDB_INTEGERKEY)), .init(name: "sessions"), .init(name: "clients"),
                 .init(name: "deadlines"), .init(name: "meta"),
             ],
-            meta: "meta", formatVersion: Self.formatVersion)
+            meta: "meta", formatVersion: Self.formatVersion,
+            endingRoom: { txn, tables, pageSize in Self.endingBytes(txn: txn, log: tables[0], sessions: tables[1], pageSize: pageSize) })
         (log, sessions, clients, deadlines, meta) =
             (lmdb.tables[0], lmdb.tables[1], lmdb.tables[2], lmdb.tables[3], lmdb.tables[4])
     }
@@ -348,13 +389,17 @@ final class LedgerEnvironment: @unchecked Sendable {
     /// times the log's stored bytes per record (leaf slack included).
     func usage(txn: OpaquePointer) -> MapUsage {
         var usage = lmdb.usage(txn: txn)
+        usage.endingBytes = Self.endingBytes(txn: txn, log: log, sessions: sessions, pageSize: lmdb.pageSize)
+        return usage
+    }
+
+    static func endingBytes(txn: OpaquePointer, log: MDB_dbi, sessions: MDB_dbi, pageSize: Int) -> Int {
         var sessionStat = MDB_stat()
         var logStat = MDB_stat()
-        guard mdb_stat(txn, sessions, &sessionStat) == 0, mdb_stat(txn, log, &logStat) == 0 else { return usage }
-        let logBytes = Int(logStat.ms_leaf_pages + logStat.ms_overflow_pages) * lmdb.pageSize
+        guard mdb_stat(txn, sessions, &sessionStat) == 0, mdb_stat(txn, log, &logStat) == 0 else { return 0 }
+        let logBytes = Int(logStat.ms_leaf_pages + logStat.ms_overflow_pages) * pageSize
         let perRecord = logStat.ms_entries > 0 ? max(64, logBytes / Int(logStat.ms_entries)) : 256
-        usage.endingBytes = Int(sessionStat.ms_entries) * 3 * perRecord
-        return usage
+        return Int(sessionStat.ms_entries) * 3 * perRecord
     }
 
     func usage() throws -> MapUsage {

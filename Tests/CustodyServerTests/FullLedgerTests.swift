@@ -11,16 +11,21 @@ struct FullLedgerTests {
     @Test("A start on a full ledger runs, refuses a CONNECT with 0x88 and has recorded every restart disconnect")
     func startOnAFullLedger() async throws {
         // Blocking waits (claims, a child process): off the tasks' threads.
-        try await offPool { try Self.startOnAFullLedgerBody() }
+        try await offPool { try Self.startOnAFullLedgerBody(filledMiB: 1, startMiB: 1) }
     }
 
-    static func startOnAFullLedgerBody() throws {
+    @Test("A start with --ledger-map-size-mib lowered below the stored data runs, warns and refuses CONNECTs")
+    func startBelowTheStoredData() async throws {
+        try await offPool { try Self.startOnAFullLedgerBody(filledMiB: 3, startMiB: 1) }
+    }
+
+    static func startOnAFullLedgerBody(filledMiB: Int, startMiB: Int) throws {
         let directory = scratchDirectory("custody-full")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         var granted = 0
         do {
-            // 1 MiB, the smallest --ledger-map-size-mib, filled with connected sessions.
-            let ledger = try LMDBSessionLedger(directory: directory, mapSize: 1 << 20)
+            // A small map (1 MiB is the smallest --ledger-map-size-mib), filled with connected sessions.
+            let ledger = try LMDBSessionLedger(directory: directory, mapSize: filledMiB << 20)
             let padding = String(repeating: "p", count: 60)
             for i in 0..<100_000 {
                 let request = ClaimRequest(
@@ -34,11 +39,14 @@ struct FullLedgerTests {
         }
         #expect(granted > 50)
         let custody = try RunningCustody(
-            "full", arguments: ["--ledger-map-size-mib", "1", "--retention-days", "0", "--retention-max-live-bytes", "0"],
+            "full", arguments: ["--ledger-map-size-mib", "\(startMiB)", "--retention-days", "0", "--retention-max-live-bytes", "0"],
             directory: directory)
         defer { custody.cleanUp() }
         #expect(custody.stdout.contains("disconnected_by_restart=\(granted)"), "\(custody.stdout)")
         #expect(custody.stdout.contains("in_reserve=1"), "\(custody.stdout)")
+        if startMiB < filledMiB {
+            #expect(custody.stdout.contains("custody: warning: the ledger holds"), "\(custody.stdout)")
+        }
         let publish = Process()
         publish.executableURL = URL(fileURLWithPath: "/usr/bin/mosquitto_pub")
         publish.arguments = ["-h", "127.0.0.1", "-p", "\(custody.port)", "-V", "5", "-i", "late-device", "-t", "t", "-m", "x"]

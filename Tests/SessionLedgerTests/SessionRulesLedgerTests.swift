@@ -994,6 +994,41 @@ struct LedgerMapTests {
             #expect(report.isIntact, "\(String(describing: report.problem))")
         }
     }
+
+    @Test("A start with the maximum lowered below the stored data recovers, refuses CONNECTs and records ends")
+    func startBelowTheStoredData() async throws {
+        try await withMemoryScratchDirectory("ledger-map") { directory in
+            let clock = ManualClock()
+            var granted: [(String, ConnectionNumber)] = []
+            do {
+                let ledger = try LMDBSessionLedger(
+                    directory: directory, mapSize: 2 << 20, mapReserve: 512 << 10, clock: clock.ledgerClock)
+                (granted, _) = try await Self.fill(ledger)
+                ledger.close()
+            }
+            // Half the maximum the data was written with: nothing is left of the reserve.
+            let ledger = try LMDBSessionLedger(
+                directory: directory, mapSize: 1 << 20, mapReserve: 512 << 10, clock: clock.ledgerClock)
+            defer { ledger.close() }
+            let usage = try #require(ledger.mapUsage)
+            #expect(usage.isAboveConfiguredMaximum, "\(usage)")
+            #expect(usage.configuredMaximumBytes == 1 << 20)
+            #expect(usage.maximumBytes >= usage.usedBytes + (512 << 10) - (1 << 20), "\(usage)")
+            #expect(ledger.recovery.disconnected.count == granted.count)
+            #expect(try ledger.liveSessions().values.allSatisfy { !$0.isConnected })
+            do {
+                _ = try await ledger.claim("new", "new-session")
+                Issue.record("a claim was granted above the maximum")
+            } catch let error as LedgerError {
+                #expect(error.isMapFull, "\(error)")
+            }
+            clock.advance(seconds: 601)
+            let expired = try await ledger.expireDue(limit: 100_000)
+            #expect(expired.count == granted.count)
+            let report = try ledger.verify()
+            #expect(report.isIntact, "\(String(describing: report.problem))")
+        }
+    }
 }
 
 extension SessionEntry.State {
