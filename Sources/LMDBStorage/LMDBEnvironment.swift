@@ -122,6 +122,9 @@ final class LMDBEnvironment: @unchecked Sendable {
     struct Table {
         var name: String
         var flags: UInt32 = 0
+        /// Added by a later version: a read-only open of an older environment without it
+        /// gets handle 0 (the free list's, never a named table's) in its place.
+        var optional = false
     }
 
     let env: OpaquePointer
@@ -206,6 +209,10 @@ final class LMDBEnvironment: @unchecked Sendable {
             for table in wanted {
                 var dbi: MDB_dbi = 0
                 let code = mdb_dbi_open(txn, table.name, create | table.flags, &dbi)
+                if code == MDB_NOTFOUND && readOnly && table.optional {
+                    opened.append(0)
+                    continue
+                }
                 if code == MDB_NOTFOUND {
                     throw LedgerError.notALedger(path: directory, detail: "it has no '\(table.name)' table")
                 }
@@ -326,7 +333,7 @@ final class LMDBEnvironment: @unchecked Sendable {
 
     static func usedPages(txn: OpaquePointer, tables: [MDB_dbi]) -> Int {
         var pages = 2  // the two meta pages
-        for dbi in tables + [0, 1] {  // 0: the free list, 1: the table of tables
+        for dbi in [0, 1] + tables.filter({ $0 > 1 }) {  // 0: the free list, 1: the table of tables
             var stat = MDB_stat()
             if mdb_stat(txn, dbi, &stat) == 0 {
                 pages += Int(stat.ms_branch_pages + stat.ms_leaf_pages + stat.ms_overflow_pages)
@@ -353,7 +360,11 @@ final class LMDBEnvironment: @unchecked Sendable {
 /// - `sessions`: session key -> session entry (owner and state)
 /// - `clients`: client key -> live session count
 /// - `deadlines`: deadline key -> empty (expiry index)
-/// - `meta`: "format", "head", "connections"
+/// - `meta`: "format", "head", "connections", "digest", "checkpoint", "archived", "prior"
+/// - `prior`: session key -> the session's entry as the newest checkpoint describes it
+///   (1, then the stored entry) or its absence there (0), written the first time the session
+///   changes after that checkpoint and emptied by the next: with the stored projection it
+///   gives the projection at the checkpoint, from which `verify` starts
 final class LedgerEnvironment: @unchecked Sendable {
     static let formatVersion: UInt8 = 1
 
@@ -363,6 +374,8 @@ final class LedgerEnvironment: @unchecked Sendable {
     let clients: MDB_dbi
     let deadlines: MDB_dbi
     let meta: MDB_dbi
+    /// 0 in a read-only open of a ledger written before the table existed.
+    let prior: MDB_dbi
 
     var env: OpaquePointer { lmdb.env }
     var path: String { lmdb.path }
@@ -374,12 +387,12 @@ final class LedgerEnvironment: @unchecked Sendable {
             directory: directory, mapSize: options.mapSize, readOnly: options.readOnly, reserve: options.reserve,
             tables: [
                 .init(name: "log", flags: UInt32(MDB_INTEGERKEY)), .init(name: "sessions"), .init(name: "clients"),
-                .init(name: "deadlines"), .init(name: "meta"),
+                .init(name: "deadlines"), .init(name: "meta"), .init(name: "prior", optional: true),
             ],
             meta: "meta", formatVersion: Self.formatVersion,
             endingRoom: { txn, tables, pageSize in Self.endingBytes(txn: txn, log: tables[0], sessions: tables[1], pageSize: pageSize) })
-        (log, sessions, clients, deadlines, meta) =
-            (lmdb.tables[0], lmdb.tables[1], lmdb.tables[2], lmdb.tables[3], lmdb.tables[4])
+        (log, sessions, clients, deadlines, meta, prior) =
+            (lmdb.tables[0], lmdb.tables[1], lmdb.tables[2], lmdb.tables[3], lmdb.tables[4], lmdb.tables[5])
     }
 
     func close() { lmdb.close() }
@@ -432,6 +445,9 @@ enum MetaKey {
     static let checkpoint: [UInt8] = Array("checkpoint".utf8)
     /// The archive boundary (`ArchiveBoundary`): the last archived sequence, its time and hash.
     static let archived: [UInt8] = Array("archived".utf8)
+    /// The checkpoint whose entries the `prior` table holds (UInt64 little-endian); absent
+    /// or older than the newest checkpoint when the table cannot rebuild it.
+    static let prior: [UInt8] = Array("prior".utf8)
 }
 
 extension LedgerHead {

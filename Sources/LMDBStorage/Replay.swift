@@ -38,6 +38,8 @@ public struct VerifyReport: Sendable, Equatable {
     public var events: UInt64
     public var head: LedgerHead
     public var problem: VerifyProblem?
+    /// The first record read: 1 for the whole log, or the checkpoint the check started from.
+    public var checkedFrom: UInt64 = 1
     public var isIntact: Bool { problem == nil }
 }
 
@@ -181,7 +183,7 @@ extension LedgerSnapshot {
         return report
     }
 
-    private func compare(_ projection: OwnershipProjection, _ last: LedgerHead) throws -> VerifyProblem? {
+    func compare(_ projection: OwnershipProjection, _ last: LedgerHead) throws -> VerifyProblem? {
         let stored = try head()
         guard stored == last else {
             return .headMismatch(detail: "stored head is \(stored.sequence)/\(stored.hash), log ends at \(last.sequence)/\(last.hash)")

@@ -284,6 +284,8 @@ struct LedgerWriteTransaction {
     var archiveChanged = false
     var digestChanged = false
     var checkpointChanged = false
+    /// The checkpoint whose entries the `prior` table holds (`MetaKey.prior`).
+    var priorFor: UInt64 = 0
     var highestConnection: UInt64
     let startingConnection: UInt64
     /// One timestamp for every event of the transaction: they become durable together.
@@ -342,6 +344,9 @@ struct LedgerWriteTransaction {
 
         let next = SessionTransition.apply(event, to: current)
         if case .rejected = event.kind { return (event, next) }
+        if priorFor == lastCheckpoint && lastCheckpoint > 0 {
+            try keepPrior(current, named: event.sessionName, sessionKey: sessionKey)
+        }
         if let current { digest.subtract(ProjectionDigest.element(current, named: event.sessionName)) }
         if let next { digest.add(ProjectionDigest.element(next, named: event.sessionName)) }
         digestChanged = true
@@ -383,6 +388,23 @@ struct LedgerWriteTransaction {
             break
         }
         return (event, next)
+    }
+
+    /// Keeps the session's entry as the newest checkpoint describes it, the first time the
+    /// session changes after that checkpoint (later changes find it kept and write nothing).
+    private func keepPrior(_ current: SessionEntry?, named name: SessionName, sessionKey: [UInt8]) throws(LedgerError) {
+        let size = 1 + (current.map { ProjectionFormat.encodedSize(of: $0, named: name) } ?? 0)
+        try withVal(sessionKey) { (k) throws(LedgerError) in
+            var v = MDB_val(mv_size: size, mv_data: nil)
+            let code = mdb_put(txn, lmdb.prior, &k, &v, UInt32(MDB_RESERVE | MDB_NOOVERWRITE))
+            if code == MDB_KEYEXIST { return }
+            try check(code, "mdb_put prior")
+            let out = UnsafeMutableRawBufferPointer(start: v.mv_data, count: size)
+            out[0] = current == nil ? 0 : 1
+            if let current {
+                ProjectionFormat.encode(current, named: name, into: UnsafeMutableRawBufferPointer(rebasing: out[1...]))
+            }
+        }
     }
 
     private mutating func adjustLiveCount(_ key: [UInt8], by delta: Int) throws(LedgerError) {
@@ -448,6 +470,9 @@ struct LedgerWriteTransaction {
             guard stored.count == 8 else { throw .corruptRecord(table: "meta", detail: "checkpoint is \(stored.count) bytes") }
             lastCheckpoint = stored.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
         }
+        if let stored = try readMetaBytes(txn: txn, lmdb: lmdb, key: MetaKey.prior), stored.count == 8 {
+            priorFor = stored.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        }
         if let boundary = try readArchiveBoundary(txn: txn, lmdb: lmdb) {
             (archivedThrough, archivedHash, archivedTimestamp) = (boundary.sequence, boundary.hash, boundary.timestamp)
         }
@@ -479,6 +504,9 @@ struct LedgerWriteTransaction {
         head = LedgerHead(sequence: checkpoint.sequence, timestamp: timestamp, hash: hash)
         lastCheckpoint = checkpoint.sequence
         checkpointChanged = true
+        // The entries kept for the previous checkpoint go; this one's are the stored projection.
+        try check(mdb_drop(txn, lmdb.prior, 0), "mdb_drop prior")
+        priorFor = checkpoint.sequence
     }
 
     /// Writes the new head (and connection high-water mark) once per transaction.
@@ -491,6 +519,7 @@ struct LedgerWriteTransaction {
         }
         if checkpointChanged {
             try putMeta(MetaKey.checkpoint, withUnsafeBytes(of: lastCheckpoint.littleEndian) { Array($0) })
+            try putMeta(MetaKey.prior, withUnsafeBytes(of: priorFor.littleEndian) { Array($0) })
         }
         if archiveChanged {
             try putMeta(MetaKey.archived, ArchiveBoundary(sequence: archivedThrough, hash: archivedHash, timestamp: archivedTimestamp).encoded)

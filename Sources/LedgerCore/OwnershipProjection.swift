@@ -113,6 +113,14 @@ public struct OwnershipProjection: Sendable, Equatable {
         self.lastTimestamp = lastTimestamp
     }
 
+    /// A projection from stored entries (the ledger's tables, or a checkpoint's), as of a
+    /// sequence number; the live-session counts follow from the entries.
+    public init(entries: [SessionName: SessionEntry], lastSequence: UInt64, lastTimestamp: Int64) {
+        var counts: [String: Int] = [:]
+        for entry in entries.values { counts[entry.owner.key, default: 0] += 1 }
+        self.init(sessions: entries, liveSessionCounts: counts, lastSequence: lastSequence, lastTimestamp: lastTimestamp)
+    }
+
     public mutating func apply(_ event: LedgerEvent) {
         lastSequence = event.sequence
         lastTimestamp = event.timestamp

@@ -191,6 +191,12 @@ public final class LMDBSessionLedger: SessionAuthority {
         try store.read { try $0.verify(archive: archiveDirectory) }
     }
 
+    /// Verifies from the newest checkpoint: its projection rebuilt and proved, the records
+    /// after it chained and replayed (the whole log when there is no checkpoint to start from).
+    public func verifyFromNewestCheckpoint() throws -> VerifyReport {
+        try store.read { try $0.verifyFromNewestCheckpoint(archive: archiveDirectory) }
+    }
+
     /// The projection as it stood after the given sequence number or time (archive included).
     public func replay(through limit: ReplayLimit) throws -> OwnershipProjection {
         try store.read { try $0.replay(through: limit, archive: archiveDirectory).0 }

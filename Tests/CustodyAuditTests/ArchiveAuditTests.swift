@@ -93,9 +93,15 @@ struct ArchiveAuditTests {
         #expect(liveFirst > 450_000 && liveFirst < 560_000, "\(liveFirst)")
         #expect(segments.last!.range.upperBound + 1 == liveFirst)
 
+        // From the newest checkpoint (the default), and every record of every segment (--full).
+        let newest = try LedgerStore(directory: directory, options: LedgerStoreOptions(readOnly: true)).readAndClose { try $0.lastCheckpoint() }
+        #expect(newest > head - 50_000)
         let verify = try runAuditBlocking(["verify", "--data-dir", directory], timeout: 600, lowPriority: true)
         #expect(verify.status == 0, "\(verify.stdout) \(verify.stderr)")
-        #expect(verify.stdout == "verify: ok events=\(head) head=\(fields["hash"] ?? "?")\n")
+        #expect(verify.stdout == "verify: ok events=\(head) head=\(fields["hash"] ?? "?") from_checkpoint=\(newest)\n")
+        let full = try runAuditBlocking(["verify", "--full", "--data-dir", directory], timeout: 600, lowPriority: true)
+        #expect(full.status == 0, "\(full.stdout) \(full.stderr)")
+        #expect(full.stdout == "verify: ok events=\(head) head=\(fields["hash"] ?? "?")\n")
 
         // (history, owner, sessions and export across the boundary: the test below, on a smaller ledger.)
     }
@@ -156,7 +162,8 @@ struct ArchiveAuditTests {
                 bytes[offset] ^= 0x01
                 chmod(path, 0o640)
                 try bytes.write(to: URL(fileURLWithPath: path))
-                let verify = try runAuditBlocking(["verify", "--data-dir", directory])
+                // Inside a segment only --full reads: the default checks the segments' headers.
+                let verify = try runAuditBlocking(["verify", "--full", "--data-dir", directory])
                 #expect(verify.status == 1, "byte \(offset): \(verify.stdout)")
                 #expect(verify.stdout.contains("archive segment \(middle)"), "byte \(offset): \(verify.stdout)")
                 #expect(verify.stdout.contains("altered"), "byte \(offset): \(verify.stdout)")
@@ -165,12 +172,15 @@ struct ArchiveAuditTests {
                 #expect(history.status == 1)
             }
             try original.write(to: URL(fileURLWithPath: path))
+            #expect(try runAuditBlocking(["verify", "--full", "--data-dir", directory]).status == 0)
             #expect(try runAuditBlocking(["verify", "--data-dir", directory]).status == 0)
             try FileManager.default.removeItem(atPath: path)
-            let verify = try runAuditBlocking(["verify", "--json", "--data-dir", directory]).json()
-            #expect(verify["ok"] as? Bool == false)
-            let problem = verify["problem"] as? String ?? ""
-            #expect(problem.contains(middle) && problem.contains("missing"), "\(problem)")
+            for mode in [[], ["--full"]] {
+                let verify = try runAuditBlocking(["verify", "--json", "--data-dir", directory] + mode).json()
+                #expect(verify["ok"] as? Bool == false, "\(mode)")
+                let problem = verify["problem"] as? String ?? ""
+                #expect(problem.contains(middle) && problem.contains("missing"), "\(mode): \(problem)")
+            }
         }
     }
 }

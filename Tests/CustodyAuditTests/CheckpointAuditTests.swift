@@ -96,9 +96,14 @@ struct CheckpointAuditTests {
     func verifyExportHistoryWithCheckpoints() async throws {
         try await withMemoryScratchDirectory("audit-checkpoints") { directory in
             let head = try await churnedLedger(directory, every: 10, cycles: 40)
+            let newest = try LedgerStore(directory: directory, options: LedgerStoreOptions(readOnly: true)).readAndClose { try $0.lastCheckpoint() }
             let verify = try await runAudit(["verify", "--data-dir", directory])
             #expect(verify.status == 0, "\(verify.stdout) \(verify.stderr)")
-            #expect(verify.stdout == "verify: ok events=\(head.sequence) head=\(head.hash.hex)\n")
+            #expect(verify.stdout == "verify: ok events=\(head.sequence) head=\(head.hash.hex) from_checkpoint=\(newest)\n")
+            let full = try await runAudit(["verify", "--full", "--data-dir", directory])
+            #expect(full.stdout == "verify: ok events=\(head.sequence) head=\(head.hash.hex)\n")
+            let json = try await runAudit(["verify", "--json", "--data-dir", directory]).json()
+            #expect(json["checkedFrom"] as? Int == Int(newest))
 
             let export = try await runAudit(["export", "--data-dir", directory]).jsonLines()
             #expect(export.count == Int(head.sequence))
@@ -122,10 +127,12 @@ struct CheckpointAuditTests {
             let newest = try store.read { try $0.lastCheckpoint() }
             store.close()
             try rechainedEdit(in: directory, at: newest) { bytes in bytes[72] ^= 0xFF }  // the digest
-            let verify = try await runAudit(["verify", "--data-dir", directory])
-            #expect(verify.status == 1)
-            #expect(verify.stdout.contains("first_bad_seq=\(newest)"), "\(verify.stdout)")
-            #expect(verify.stdout.contains("checkpoint \(newest) disagrees"), "\(verify.stdout)")
+            for mode in [[], ["--full"]] {
+                let verify = try await runAudit(["verify", "--data-dir", directory] + mode)
+                #expect(verify.status == 1, "\(mode)")
+                #expect(verify.stdout.contains("first_bad_seq=\(newest)"), "\(mode): \(verify.stdout)")
+                #expect(verify.stdout.contains("checkpoint \(newest) disagrees"), "\(mode): \(verify.stdout)")
+            }
         }
     }
 }

@@ -265,3 +265,11 @@ func withMemoryScratchDirectory<R>(_ label: String, _ body: (String) async throw
     defer { try? FileManager.default.removeItem(atPath: directory) }
     return try await body(directory)
 }
+
+extension LedgerStore {
+    /// Reads one snapshot and closes the store.
+    func readAndClose<R>(_ body: (LedgerSnapshot) throws -> R) throws -> R {
+        defer { close() }
+        return try read(body)
+    }
+}

@@ -78,6 +78,7 @@ struct CrashRecoveryTests {
                 let replayed = try ledger.replay(through: .end)
                 #expect(!replayed.sessions.values.contains { $0.isConnected })
                 #expect(try ledger.verify().isIntact)
+                #expect(try ledger.verifyFromNewestCheckpoint().isIntact)
                 ledger.close()
             }
             #expect(totalGranted > 0)
@@ -138,6 +139,9 @@ struct CrashRecoveryTests {
             let ledger = try LMDBSessionLedger(directory: directory)
             let report = try ledger.verify()
             #expect(report.isIntact, "round \(round): \(String(describing: report.problem))")
+            let fromCheckpoint = try ledger.verifyFromNewestCheckpoint()
+            #expect(fromCheckpoint.isIntact, "round \(round): \(String(describing: fromCheckpoint.problem))")
+            #expect(fromCheckpoint.head == report.head)
             let records = try ledger.records()
             var bySequence: [UInt64: LedgerRecord] = [:]
             for record in records { bySequence[record.event.sequence] = record }

@@ -2,15 +2,25 @@ import LMDBStorage
 import ArgumentParser
 import SessionLedger
 
-/// `verify`: the whole log replayed and checked, and the stored projection compared.
+/// `verify`: from the newest checkpoint by default (its projection rebuilt and proved, every
+/// record after it chained and replayed, the archive's structure checked), or `--full`: every
+/// record from sequence 1, archive segments included, and the stored projection compared.
 struct Verify: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Replays the whole log: record format, dense sequence numbers, hash chain, and the stored projection.",
+        abstract: "Checks the log: from the newest checkpoint, or --full from sequence 1 (record format, dense sequence numbers, hash chain, the stored projection).",
         discussion: """
-            Prints `verify: ok events=N head=HASH`, or `verify: FAILED first_bad_seq=N ...` \
-            naming the first bad record (first_bad_seq is absent when the log is intact but \
-            the stored projection or head disagrees with it) and exits 1. Keep the printed \
-            head elsewhere: a rewrite of the whole tail is detected only against it.
+            Prints `verify: ok events=N head=HASH` (with ` from_checkpoint=C` when it started \
+            from checkpoint C), or `verify: FAILED first_bad_seq=N ...` naming the first bad \
+            record (first_bad_seq is absent when the log is intact but the stored projection, \
+            the head or the archive disagrees with it) and exits 1. By default the projection \
+            at the newest checkpoint is rebuilt from the stored projection and the entries kept \
+            as they were there, proved against the checkpoint's digest, and the records after \
+            it are replayed onto it: its cost follows the live sessions and the records since \
+            that checkpoint. The archive's segments are checked for presence and links from \
+            their headers. `--full` re-reads and re-hashes every record ever written, every \
+            archive segment's records included, and folds them from the first: run it when \
+            every byte must be proved (a segment altered inside is found only so). Keep the \
+            printed head elsewhere: a rewrite of the whole tail is detected only against it.
             """)
 
     @OptionGroup var ledger: LedgerOptions
@@ -18,9 +28,15 @@ struct Verify: ParsableCommand {
     @Flag(help: "One JSON object.")
     var json = false
 
+    @Flag(help: "Every record from sequence 1, archive segments included, not only from the newest checkpoint.")
+    var full = false
+
     func run() throws {
         try audit {
-            let (head, problem) = try ledger.read { _, snapshot in
+            let (head, problem, from) = try ledger.read { _, snapshot -> (LedgerHead, VerifyProblem?, UInt64) in
+                if !full, let report = try snapshot.verifySinceNewestCheckpoint(archive: ledger.archiveDirectory) {
+                    return (report.head, report.problem, report.checkedFrom)
+                }
                 var fold = AuditFold()
                 defer { fold.release() }
                 // The newest checkpoint is proved against the fold of every record before it.
@@ -33,9 +49,9 @@ struct Verify: ParsableCommand {
                         checkpointProblem = .checkpointMismatch(sequence: r.sequence, detail: mismatch)
                     }
                 }) { fold.apply($0) }
-                if let problem = outcome.problem { return (outcome.head, Optional(problem)) }
-                if let checkpointProblem { return (outcome.head, Optional(checkpointProblem)) }
-                return (outcome.head, try fold.compare(with: snapshot, head: outcome.head))
+                if let problem = outcome.problem { return (outcome.head, Optional(problem), 1) }
+                if let checkpointProblem { return (outcome.head, Optional(checkpointProblem), 1) }
+                return (outcome.head, try fold.compare(with: snapshot, head: outcome.head), 1)
             }
             var out = OutputBuffer()
             if json {
@@ -45,14 +61,15 @@ struct Verify: ParsableCommand {
                 head.hash.withBytes { j.hex("head", $0) }
                 j.time("headTime", head.sequence == 0 ? nil : head.timestamp)
                 j.int("firstBadSeq", problem?.firstBadSequence)
+                j.int("checkedFrom", from)
                 j.string("problem", problem.map { "\($0)" })
                 out.bytes = j.close()
                 out.bytes.append(UInt8(ascii: "\n"))
             } else if let problem {
                 let at = problem.firstBadSequence.map { " first_bad_seq=\($0)" } ?? ""
-                out.line("verify: FAILED\(at) events_ok=\(head.sequence) problem=\"\(problem)\"")
+                out.line("verify: FAILED\(at) events_ok=\(head.sequence)\(from > 1 ? " from_checkpoint=\(from)" : "") problem=\"\(problem)\"")
             } else {
-                out.line("verify: ok events=\(head.sequence) head=\(head.hash)")
+                out.line("verify: ok events=\(head.sequence) head=\(head.hash)\(from > 1 ? " from_checkpoint=\(from)" : "")")
             }
             out.flush()
             if problem != nil { throw ExitCode.failure }
