@@ -167,9 +167,8 @@ let package = Package(
         .executableTarget(
             name: "SessionBench",
             dependencies: [
-                "SessionLedger", "LMDBStorage", "MQTTCodec",
+                "SessionLedger", "LMDBStorage", "MQTTCodec", "EpollTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],

@@ -3,6 +3,9 @@
 # connections, MQTT 3.1.1 and 5.0, one broker after the other (order alternating), both
 # on 127.0.0.1 with persistence on. Prints a Markdown table (or writes it to --out).
 #
+# In the connect mode the lean C generator (Benchmarks/lean-connect.c, built with gcc) runs
+# too, as the reference custody-bench is measured against (a second table).
+#
 #   Benchmarks/compare.sh [--quick] [--seconds S] [--out FILE] [--conns "1 16 64 256"]
 #                         [--protos "4 5"] [--modes "hold connect persistent takeover reject"]
 #                         [--hold-extra "2000"] [--no-build]
@@ -34,7 +37,7 @@ while [ $# -gt 0 ]; do
         --protos) PROTOS="$2"; shift 2 ;;
         --modes) MODES="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -149,6 +152,36 @@ run_one() { # broker port pid mode proto conns
     echo "compare.sh: $broker $mode proto=$proto conns=$conns done" >&2
 }
 
+# The lean C generator (Benchmarks/lean-connect.c), next to custody-bench in the connect mode:
+# the rate a generator that does as little as possible reaches against the same broker, which
+# custody-bench must come within 90% of. Skipped without gcc.
+LEAN=""
+if command -v gcc > /dev/null && gcc -O2 -o "$WORK/lean-connect" "$ROOT/Benchmarks/lean-connect.c" 2> "$WORK/lean.err"; then
+    LEAN="$WORK/lean-connect"
+else
+    echo "compare.sh: lean-connect not built (no gcc?): no reference generator rows" >&2
+fi
+
+lean_one() { # broker port pid proto conns
+    local broker=$1 port=$2 pid=$3 proto=$4 conns=$5
+    [ -n "$LEAN" ] || return 0
+    local before after line
+    before=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    if line=$("$LEAN" "$port" "$conns" "$SECONDS_PER_RUN" "$proto" 2> "$WORK/lean.err"); then
+        after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+        python3 - "$broker" "$proto" "$conns" "$line" "$((after - before))" "$(getconf CLK_TCK)" >> "$RESULTS" <<'PY'
+import json, sys
+broker, proto, conns, line, ticks, hz = sys.argv[1:7]
+fields = dict(p.split("=", 1) for p in line.split()[1:])
+report = {k: float(v.rstrip("/sus")) for k, v in fields.items()}
+report["cpu_us_per_cycle"] = int(ticks) * 1e6 / int(hz) / max(report["cycles"], 1)
+print(json.dumps({"broker": broker, "mode": "connect-lean", "proto": int(proto), "conns": int(conns), "report": report}))
+PY
+    else
+        echo "compare.sh: lean-connect $broker proto=$proto conns=$conns failed: $(cat "$WORK/lean.err")" >&2
+    fi
+}
+
 # Warm both brokers before the first hold (a short connect storm and a small hold): what a
 # broker pays once (code paged in, allocator arenas, the ledger's first pages) is not a cost
 # per connection, and would otherwise be divided by the first hold's connections.
@@ -178,6 +211,10 @@ for mode in $MODES; do
             else
                 run_one mosquitto "$MOSQ_PORT" "$MOSQ_PID" "$mode" "$proto" "$conns"
                 [ -z "$CUSTODY_PID" ] || run_one custody "$CUSTODY_PORT" "$CUSTODY_PID" "$mode" "$proto" "$conns"
+            fi
+            if [ "$mode" = connect ]; then
+                lean_one mosquitto "$MOSQ_PORT" "$MOSQ_PID" "$proto" "$conns"
+                [ -z "$CUSTODY_PID" ] || lean_one custody "$CUSTODY_PORT" "$CUSTODY_PID" "$proto" "$conns"
             fi
         done
     done
@@ -223,20 +260,43 @@ print(f"Machine: {cores} cores, generator and broker share it. mosquitto: {mosq_
       f"custody: {'running' if custody_running else custody_why}. {seconds} s per run "
       f"(persistent: {persistent_total} sessions). Latency = TCP connect start to CONNACK.")
 print()
-print("| mode | proto | conns | metric | mosquitto | mosq p99 µs | mosq CPU µs/cycle | mosq errors "
-      "| custody | custody p99 µs | custody CPU µs/cycle | custody errors | custody/mosquitto rate | p99 ratio |")
-print("|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---|---:|---:|")
-seen = sorted({(m, p, c) for (m, p, c, _) in rows}, key=lambda k: (list(headline).index(k[0]), k[1], k[2]))
+print("| mode | proto | conns | metric | mosquitto | mosq p99 µs | mosq CPU µs/cycle | generator CPU % | mosq errors "
+      "| custody | custody p99 µs | custody CPU µs/cycle | generator CPU % | custody errors | custody/mosquitto rate | p99 ratio |")
+print("|---|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---:|")
+seen = sorted({(m, p, c) for (m, p, c, _) in rows if m in headline}, key=lambda k: (list(headline).index(k[0]), k[1], k[2]))
 for mode, proto, conns in seen:
     rate_key, p99_key, unit = headline[mode]
     m = rows.get((mode, proto, conns, "mosquitto"))
     c = rows.get((mode, proto, conns, "custody"))
     f1 = lambda v: f"{v:,.0f}"
+    pct = lambda v: f"{v:.0f}"
     print(f"| {mode} | {proto} | {conns} | {unit} | {cell(m, rate_key, f1)} | {cell(m, p99_key, f1)} "
-          f"| {cell(m, 'cpu_us_per_cycle', lambda v: f'{v:.1f}')} | {errors(m)} "
+          f"| {cell(m, 'cpu_us_per_cycle', lambda v: f'{v:.1f}')} | {cell(m, 'bench_cpu_pct', pct)} | {errors(m)} "
           f"| {cell(c, rate_key, f1)} | {cell(c, p99_key, f1)} | {cell(c, 'cpu_us_per_cycle', lambda v: f'{v:.1f}')} "
-          f"| {errors(c)} | {ratio(c and c.get(rate_key), m and m.get(rate_key))} "
+          f"| {cell(c, 'bench_cpu_pct', pct)} | {errors(c)} | {ratio(c and c.get(rate_key), m and m.get(rate_key))} "
           f"| {ratio(c and c.get(p99_key), m and m.get(p99_key))} |")
+leans = sorted({(p, c) for (m, p, c, _) in rows if m == "connect-lean"})
+if leans:
+    print()
+    print("custody-bench's connect mode next to the lean C generator (Benchmarks/lean-connect.c) against "
+          "the same broker, one run after the other: custody-bench must reach 90% of the lean rate. "
+          "Generator CPU is each generator's own share of one core.")
+    print()
+    print("| proto | conns | broker | lean cycles/s | lean p99 µs | lean generator CPU % | lean gen µs/cycle | broker CPU µs/cycle (lean run) "
+          "| custody-bench cycles/s | custody-bench generator CPU % | custody-bench gen µs/cycle | custody-bench/lean |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for proto, conns in leans:
+        for broker in ("mosquitto", "custody"):
+            l = rows.get(("connect-lean", proto, conns, broker))
+            b = rows.get(("connect", proto, conns, broker))
+            if l is None:
+                continue
+            f1 = lambda v: f"{v:,.0f}"
+            print(f"| {proto} | {conns} | {broker} | {cell(l, 'rate', f1)} | {cell(l, 'p99', f1)} "
+                  f"| {cell(l, 'bench_cpu_pct', lambda v: f'{v:.0f}')} | {cell(l, 'bench_cpu_us_per_cycle', lambda v: f'{v:.1f}')} "
+                  f"| {cell(l, 'cpu_us_per_cycle', lambda v: f'{v:.1f}')} | {cell(b, 'rate', f1)} "
+                  f"| {cell(b, 'bench_cpu_pct', lambda v: f'{v:.0f}')} | {cell(b, 'bench_cpu_us_per_cycle', lambda v: f'{v:.1f}')} "
+                  f"| {ratio(b and b.get('rate'), l and l.get('rate'))} |")
 holds = [(k, v) for k, v in rows.items() if k[0] == "hold" and "bytes_per_conn" in v]
 if holds:
     print()

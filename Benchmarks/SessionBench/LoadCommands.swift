@@ -13,7 +13,7 @@ enum LoadModeName: String, ExpressibleByArgument, CaseIterable, Sendable {
 /// Runs one mode against one broker on a fresh single-threaded event loop.
 func runLoad(_ mode: LoadModeName, address: SocketAddress, pid: Int32?, load: LoadOptions) throws -> Report {
     raiseFileLimit()
-    let engine = LoadEngine(
+    let engine = try LoadEngine(
         address: address, version: load.version, timeoutMilliseconds: load.timeoutMs,
         closeWaitMilliseconds: load.closeWaitMs)
     // Every mode stops starting work after its time; this bound only catches a broker that
@@ -34,7 +34,7 @@ func runLoad(_ mode: LoadModeName, address: SocketAddress, pid: Int32?, load: Lo
 /// Runs `publish` against one broker on a fresh single-threaded event loop.
 func runPublish(address: SocketAddress, pid: Int32?, load: LoadOptions, publish: PublishOptions) throws -> Report {
     raiseFileLimit()
-    let engine = LoadEngine(
+    let engine = try LoadEngine(
         address: address, version: load.version, timeoutMilliseconds: load.timeoutMs,
         closeWaitMilliseconds: load.closeWaitMs)
     // Setup (CONNACK and SUBACK timeouts), the run, the drain and the closes; beyond that the
@@ -72,8 +72,11 @@ struct ConnectLoad: LoadCommand {
         abstract: "Connection cycles: each connection loops open, CONNECT (clean start, unique session), CONNACK, DISCONNECT, close.",
         discussion: """
             Final line: connect: cycles=N ok=N errors=E rate=R/s p50=Xus p99=Yus p999=Zus \
-            [cpu_us_per_cycle=C]. rate counts successful cycles only; latencies are from \
-            starting TCP to the CONNACK; cpu_us_per_cycle is the broker's CPU (--pid) per cycle.
+            [cpu_us_per_cycle=C] bench_cpu_us_per_cycle=G bench_cpu_pct=P. rate counts \
+            successful cycles only; latencies are from starting TCP to the CONNACK; \
+            cpu_us_per_cycle is the broker's CPU (--pid) per cycle, bench_cpu_us_per_cycle this \
+            generator's, and bench_cpu_pct its share of one core (near 100: the generator, not \
+            the broker, sets the rate). persistent, takeover and reject end the same way.
             """)
     @OptionGroup var target: TargetOptions
     @OptionGroup var load: LoadOptions

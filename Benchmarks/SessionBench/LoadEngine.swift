@@ -1,6 +1,7 @@
+import Dispatch
+import EpollTransport
 import MQTTCodec
 import NIOCore
-import NIOPosix
 
 #if canImport(Glibc)
 import Glibc
@@ -16,12 +17,14 @@ import Glibc
 /// The load generator's single event loop and the connections it drives.
 ///
 /// Everything below runs on ONE thread: the generator shares a 2-core machine with the broker,
-/// so it must not take a core of its own per connection. All mutable state of the engine, its
-/// connections and the modes is touched only on `loop`; that is why these classes are
-/// `@unchecked Sendable` (NIO's closures must be `@Sendable`, but they only ever run on `loop`).
+/// so it must not take a core of its own per connection. The loop is the epoll transport's
+/// (`EpollEventLoop`, bare non-blocking sockets, the same the broker's front runs on): a
+/// connect cycle costs the generator a socket, a connect, two small writes, two reads and a
+/// close, and no channel pipeline. All mutable state of the engine, its connections and the
+/// modes is touched only on `loop`; that is why these classes are `@unchecked Sendable`
+/// (the loop's closures must be `@Sendable`, but they only ever run on `loop`).
 final class LoadEngine: @unchecked Sendable {
-    let group: MultiThreadedEventLoopGroup
-    let loop: EventLoop
+    let loop: EpollEventLoop
     let address: SocketAddress
     let version: MQTTProtocolVersion
     let encoder: MQTTEncoder
@@ -40,9 +43,8 @@ final class LoadEngine: @unchecked Sendable {
     var pingsSent = 0
     var pongsReceived = 0
 
-    init(address: SocketAddress, version: MQTTProtocolVersion, timeoutMilliseconds: Int, closeWaitMilliseconds: Int) {
-        self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        self.loop = group.next()
+    init(address: SocketAddress, version: MQTTProtocolVersion, timeoutMilliseconds: Int, closeWaitMilliseconds: Int) throws {
+        self.loop = try EpollEventLoop(name: "custody-bench")
         self.address = address
         self.version = version
         self.encoder = MQTTEncoder(protocolVersion: version)
@@ -62,7 +64,16 @@ final class LoadEngine: @unchecked Sendable {
             self.loop.scheduleTask(in: .nanoseconds(Int64(hardLimitSeconds * 1e9))) { self.abort() }
             body(self, promise)
         }
-        defer { try? group.syncShutdownGracefully() }
+        defer {
+            let done = DispatchSemaphore(value: 0)
+            loop.execute {
+                self.sweeper?.cancel()
+                for connection in self.watched where connection.phase != .closed { connection.close() }
+                done.signal()
+            }
+            done.wait()
+            try? loop.syncShutdownGracefully()
+        }
         let report = try promise.futureResult.wait()
         return report
     }
@@ -81,18 +92,17 @@ final class LoadEngine: @unchecked Sendable {
         connection.deadline = connection.startedAt &+ timeout
         connection.phase = .connecting
         watched.append(connection)
-        ClientBootstrap(group: loop)
-            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
-            .connectTimeout(.nanoseconds(Int64(timeout)))
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(connection)
-                }
+        do {
+            let descriptor = try RawConnection.clientSocket(family: address.protocol.rawValue)
+            let socket = BenchSocket(descriptor: descriptor, loop: loop)
+            socket.owner = connection
+            connection.socket = socket
+            try address.withSockAddr { pointer, length in
+                try socket.connect(to: pointer, length: socklen_t(length))
             }
-            .connect(to: address)
-            .whenFailure { error in
-                connection.connectFailed(error)
-            }
+        } catch {
+            connection.connectFailed(error)
+        }
     }
 
     /// Deadlines and keep-alive pings of every watched connection, every 20 ms.
@@ -113,18 +123,8 @@ final class LoadEngine: @unchecked Sendable {
 
     /// Why an I/O error happened, as a short error key.
     static func reason(of error: Error) -> String {
+        if let error = error as? RawSocketError { return error.code == 0 ? "error" : reason(errno: error.code) }
         if let error = error as? IOError { return reason(errno: error.errnoCode) }
-        if let error = error as? NIOConnectionError {
-            if let first = error.connectionErrors.first { return reason(of: first.error) }
-            return "connect_failed"
-        }
-        if let error = error as? ChannelError {
-            switch error {
-            case .connectTimeout: return "timeout"
-            case .ioOnClosedChannel, .alreadyClosed, .eof: return "closed"
-            default: return "channel_error"
-            }
-        }
         return "error"
     }
 
@@ -141,22 +141,36 @@ final class LoadEngine: @unchecked Sendable {
     }
 }
 
+/// The socket of a `BenchConnection`: what the transport hears goes to its owner.
+final class BenchSocket: RawConnection {
+    var owner: BenchConnection?
+
+    override func started(remoteAddress: String?) { owner?.socketStarted() }
+    override func received(_ buffer: inout ByteBuffer) { owner?.socketReceived(&buffer) }
+    override func drained() { owner?.onWritable?(owner!) }
+    override func closed(error: RawSocketError?) {
+        let owner = self.owner
+        self.owner = nil
+        owner?.socketClosed(error)
+    }
+}
+
 /// One MQTT client connection of the generator. It sends CONNECT when TCP is up, reports the
 /// CONNACK, and after that does what its mode asks (DISCONNECT, keep with PINGREQ, wait for the
 /// broker to close it). `onClose` is called exactly once, whatever happened.
-final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
-
+final class BenchConnection: @unchecked Sendable {
     enum Phase { case idle, connecting, awaitingConnAck, open, awaitingClose, disconnecting, closed }
+
+    /// Bytes waiting in the socket's buffer past which a connection is not writable (the
+    /// publish mode holds back until `onWritable`).
+    static let highWaterBytes = 64 << 10
 
     let connect: MQTTConnect
     /// The mode's own number for this connection (slot, session index).
     let tag: Int
     var engine: LoadEngine!
-    private var context: ChannelHandlerContext?
+    fileprivate(set) var socket: BenchSocket?
     private var decoder: MQTTDecoder
-    private var pending = ByteBuffer()
 
     var phase = Phase.idle
     var startedAt: UInt64 = 0
@@ -177,7 +191,7 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
     var onClose: ((BenchConnection) -> Void)?
     /// Every other packet from the broker once the CONNACK is in (PUBLISH, PUBACK, SUBACK, ...).
     var onPacket: ((BenchConnection, MQTTPacket) -> Void)?
-    /// The channel became writable again after NIO's write buffer had filled.
+    /// The socket took everything that had waited for it (after `isWritable` was false).
     var onWritable: ((BenchConnection) -> Void)?
 
     /// Bytes waiting for `flushQueued`: packets added by `queue`, or written here directly by
@@ -193,27 +207,17 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
     /// Connect latency: from starting TCP to the CONNACK, in nanoseconds.
     var connectLatency: UInt64 { connAckAt &- startedAt }
 
-    func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
+    fileprivate func socketStarted() {
         guard phase == .connecting else { return }
         phase = .awaitingConnAck
         send(.connect(connect))
-        context.fireChannelActive()
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var incoming = unwrapInboundIn(data)
-        if pending.readableBytes == 0 {
-            pending = incoming
-        } else {
-            pending.writeBuffer(&incoming)
-        }
+    fileprivate func socketReceived(_ buffer: inout ByteBuffer) {
         while phase != .closed {
-            switch decoder.decode(&pending) {
+            switch decoder.decode(&buffer) {
             case .needMoreData:
+                flushQueued()
                 return
             case .packet(let packet):
                 received(packet)
@@ -252,30 +256,19 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    func channelReadComplete(context: ChannelHandlerContext) {
-        flushQueued()
-        context.fireChannelReadComplete()
-    }
+    /// Whether the socket holds less than `highWaterBytes` not yet sent.
+    var isWritable: Bool { (socket?.outboundBytes ?? Int.max) < Self.highWaterBytes }
 
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { onWritable?(self) }
-        context.fireChannelWritabilityChanged()
-    }
-
-    /// Whether NIO's write buffer for this connection is below its high-water mark.
-    var isWritable: Bool { context?.channel.isWritable ?? false }
-
-    func channelInactive(context: ChannelHandlerContext) {
+    fileprivate func socketClosed(_ error: RawSocketError?) {
+        if let error, failure == nil { failure = LoadEngine.reason(of: error) }
         finishClosing()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        fail(LoadEngine.reason(of: error))
     }
 
     func connectFailed(_ error: Error) {
         guard phase != .closed else { return }
         if failure == nil { failure = LoadEngine.reason(of: error) }
+        socket?.owner = nil
+        socket = nil
         finishClosing()
     }
 
@@ -284,7 +277,7 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
         if failure == nil, phase == .connecting || phase == .awaitingConnAck { failure = "closed_before_connack" }
         phase = .closed
         closedAt = monotonicNanoseconds()
-        context = nil
+        socket = nil
         let callback = onClose
         onClose = nil
         onConnAck = nil
@@ -296,7 +289,7 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
 
     /// Sends `packet` now, after anything still in `queued`.
     func send(_ packet: MQTTPacket) {
-        guard context != nil else { return }
+        guard socket != nil else { return }
         queue(packet)
         flushQueued()
     }
@@ -312,10 +305,10 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
 
     /// Writes and flushes what `queue` (or a mode) put in `queued`.
     func flushQueued() {
-        guard queued.readableBytes > 0, let context else { return }
-        let bytes = queued
-        queued = ByteBuffer()
-        context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
+        guard queued.readableBytes > 0, let socket else { return }
+        socket.appendOutbound { $0.writeBuffer(&queued) }
+        queued.clear()
+        socket.flush()
     }
 
     /// Sends DISCONNECT (normal) and waits for the broker to close, as MQTT says it must;
@@ -337,12 +330,11 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
 
     func close() {
         guard phase != .closed else { return }
-        if let context {
-            context.close(promise: nil)
-        } else if phase == .idle {
+        if let socket {
+            socket.close()  // heard as `closed` after the event at hand
+        } else {
             finishClosing()
         }
-        // While still connecting the bootstrap's connect timeout ends it.
     }
 
     /// Records the first failure and closes.
@@ -355,6 +347,8 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
     /// Called by the engine's sweep.
     func check(_ now: UInt64) {
         switch phase {
+        case .connecting:
+            if deadline != 0, now > deadline { fail("timeout") }
         case .awaitingConnAck:
             if deadline != 0, now > deadline { fail("timeout") }
         case .awaitingClose:
@@ -375,7 +369,7 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
                 engine.pingsSent += 1
                 send(.pingreq)
             }
-        case .idle, .connecting, .closed:
+        case .idle, .closed:
             break
         }
     }

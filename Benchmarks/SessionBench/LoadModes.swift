@@ -49,9 +49,18 @@ class LoadMode: @unchecked Sendable {
             details.append(.number("broker_cpu_us", broker, digits: 0))
             details.append(.number("broker_cpu_pct", broker / 1e4 / max(end.seconds(since: start), 1e-9)))
         }
-        details.append(.number("bench_cpu_us_per_cycle", end.ownMicroseconds(since: start) / Double(max(cycles, 1))))
         details.append(.int("late_closes", engine.lateCloses))
         return details
+    }
+
+    /// The generator's own CPU beside the broker's, in the summary line: per cycle, and as a
+    /// share of one core (near 100: the generator, not the broker, sets the rate).
+    func generatorFields(start: CPUSample, end: CPUSample, cycles: Int) -> [Field] {
+        let own = end.ownMicroseconds(since: start)
+        return [
+            .number("bench_cpu_us_per_cycle", own / Double(max(cycles, 1))),
+            .number("bench_cpu_pct", own / 1e4 / max(end.seconds(since: start), 1e-9)),
+        ]
     }
 
     func cpuPerCycle(start: CPUSample, end: CPUSample, cycles: Int) -> Double? {
@@ -173,6 +182,7 @@ final class ConnectMode: LoadMode, @unchecked Sendable {
             + latencyFields(stats)
         report.brokerCPUPerCycle = cpuPerCycle(start: start, end: end, cycles: stats.cycles)
         if let cpu = report.brokerCPUPerCycle { report.fields.append(.number("cpu_us_per_cycle", cpu)) }
+        report.fields += generatorFields(start: start, end: end, cycles: stats.cycles)
         report.details = commonDetails(start: start, end: end, cycles: stats.cycles, users: users)
         report.errors = stats.errors
         report.rate = pass.rate
@@ -255,6 +265,7 @@ final class PersistentMode: LoadMode, @unchecked Sendable {
         ] + latencyFields(create.stats, prefix: "create_") + latencyFields(resume.stats, prefix: "resume_")
         report.brokerCPUPerCycle = cpuPerCycle(start: start, end: end, cycles: cycles)
         if let cpu = report.brokerCPUPerCycle { report.fields.append(.number("cpu_us_per_cycle", cpu)) }
+        report.fields += generatorFields(start: start, end: end, cycles: cycles)
         report.details = commonDetails(start: start, end: end, cycles: cycles, users: users)
         report.details.append(.int("truncated", create.truncated || resume.truncated ? 1 : 0))
         report.details.append(.int("cleanup_errors", cleanupErrors))
@@ -354,6 +365,7 @@ final class TakeoverMode: LoadMode, @unchecked Sendable {
         // Each takeover is two connections.
         report.brokerCPUPerCycle = cpuPerCycle(start: start, end: end, cycles: stats.cycles)
         if let cpu = report.brokerCPUPerCycle { report.fields.append(.number("cpu_us_per_cycle", cpu)) }
+        report.fields += generatorFields(start: start, end: end, cycles: stats.cycles)
         report.details = commonDetails(start: start, end: end, cycles: stats.cycles, users: users)
         report.errors = stats.errors
         report.rate = rate
@@ -490,6 +502,7 @@ final class RejectMode: LoadMode, @unchecked Sendable {
             + latencyFields(stats)
         report.brokerCPUPerCycle = cpuPerCycle(start: start, end: end, cycles: max(claims, 1))
         if let cpu = report.brokerCPUPerCycle { report.fields.append(.number("cpu_us_per_cycle", cpu)) }
+        report.fields += generatorFields(start: start, end: end, cycles: max(claims, 1))
         report.details = commonDetails(start: start, end: end, cycles: claims, users: users)
         report.details.append(.int("owner_reconnects", ownerReconnects))
         report.errors = stats.errors

@@ -183,7 +183,7 @@ public final class EpollEventLoop: EventLoop, @unchecked Sendable {
     // MARK: - Descriptors
 
     /// Watches `descriptor` for `events` (level-triggered); `handler` hears of them on this loop.
-    public func watch(_ descriptor: Int32, events: UInt32, _ handler: any EpollReadiness) throws {
+    public func watch(_ descriptor: Int32, events: UInt32, _ handler: any EpollReadiness) throws(RawSocketError) {
         assert(inEventLoop, "EpollEventLoop.watch off its loop")
         let index = Int(descriptor)
         if index >= watched.count {

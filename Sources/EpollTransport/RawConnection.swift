@@ -27,6 +27,8 @@ open class RawConnection: EpollReadiness {
     private var closeWhenWritten = false
     /// Whether EPOLLOUT is asked for.
     private var watchingWrites = false
+    /// `connect(to:)` is under way: EPOLLOUT will say how it ended.
+    private var connecting = false
 
     public init(descriptor: Int32, loop: EpollEventLoop) {
         self.descriptor = descriptor
@@ -50,6 +52,9 @@ open class RawConnection: EpollReadiness {
     /// after the event at hand, never from inside a call into this connection.
     open func closed(error: RawSocketError?) {}
 
+    /// Bytes that had to wait for the socket (more than it took at once) are all sent now.
+    open func drained() {}
+
     // MARK: What a subclass does
 
     public var isOpen: Bool { !isClosed }
@@ -67,7 +72,8 @@ open class RawConnection: EpollReadiness {
 
     public func flush() {
         assert(loop.inEventLoop, "RawConnection.flush off its loop")
-        guard !watchingWrites else { return }  // the socket is full: EPOLLOUT will write
+        // The socket is full, or still connecting: EPOLLOUT will write.
+        guard !watchingWrites, !connecting else { return }
         writePending()
     }
 
@@ -104,6 +110,66 @@ open class RawConnection: EpollReadiness {
         closeNow(failure: 0)
     }
 
+    // MARK: Connecting (the client side)
+
+    /// A non-blocking TCP socket for addresses of `family` (AF_INET, AF_INET6), with
+    /// TCP_NODELAY: the descriptor of a connection that will `connect(to:length:)`.
+    public static func clientSocket(family: Int32) throws(RawSocketError) -> Int32 {
+        let descriptor = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard descriptor >= 0 else { throw RawSocketError("socket", errno: errno) }
+        var one: Int32 = 1
+        setsockopt(descriptor, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        return descriptor
+    }
+
+    /// Connects this connection's socket (from `clientSocket`) to `address`. Heard: `started`
+    /// once TCP is up (what was appended before goes out then), or `closed(error:)` when it
+    /// fails. Throws, with the descriptor closed, when the connect cannot even start.
+    public func connect(to address: UnsafePointer<sockaddr>, length: socklen_t) throws(RawSocketError) {
+        assert(loop.inEventLoop, "RawConnection.connect off its loop")
+        if Glibc.connect(descriptor, address, length) == 0 {
+            do {
+                try loop.watch(descriptor, events: Self.readEvents, self)
+            } catch {
+                Glibc.close(descriptor)
+                isClosed = true
+                throw error
+            }
+            started(remoteAddress: nil)
+            return
+        }
+        let code = errno
+        guard code == EINPROGRESS else {
+            Glibc.close(descriptor)
+            isClosed = true
+            throw RawSocketError("connect", errno: code)
+        }
+        connecting = true
+        do {
+            try loop.watch(descriptor, events: EPOLLOUT.rawValue, self)
+        } catch {
+            Glibc.close(descriptor)
+            isClosed = true
+            throw error
+        }
+    }
+
+    /// EPOLLOUT (or an error) on a connecting socket: up, or failed.
+    private func connected(_ events: UInt32) {
+        connecting = false
+        var code: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        if getsockopt(descriptor, SOL_SOCKET, SO_ERROR, &code, &length) != 0 { code = errno }
+        if code == 0, events & (EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 { code = ECONNREFUSED }
+        guard code == 0 else {
+            closeNow(failure: code)
+            return
+        }
+        updateInterest()
+        started(remoteAddress: nil)
+        if !isClosed, outbound != nil, !watchingWrites { writePending() }
+    }
+
     // MARK: Readiness
 
     /// Watches the socket, then says it is open.
@@ -113,6 +179,10 @@ open class RawConnection: EpollReadiness {
     }
 
     public func ready(_ events: UInt32) {
+        if connecting {
+            connected(events)
+            return
+        }
         if events & EPOLLOUT.rawValue != 0 { writePending() }
         guard !isClosed, !readHeld, !closeWhenWritten else { return }
         if events & (EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
@@ -203,6 +273,7 @@ open class RawConnection: EpollReadiness {
         if watchingWrites {
             watchingWrites = false
             updateInterest()
+            if !closeWhenWritten { drained() }
         }
         if closeWhenWritten { closeNow(failure: 0) }
     }

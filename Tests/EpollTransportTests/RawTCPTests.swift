@@ -53,8 +53,75 @@ private func readUntilClosed(_ descriptor: Int32) -> String {
     return String(decoding: bytes, as: UTF8.self)
 }
 
+/// The client side: sends what it was given once TCP is up (appended before that), keeps what
+/// comes back, and reports how it ended.
+private final class LineClient: RawConnection {
+    let heard = Recorder<String>()
+    let ended = Recorder<String>()
+    override func started(remoteAddress: String?) { flush() }
+    override func received(_ buffer: inout ByteBuffer) {
+        heard.append(buffer.readString(length: buffer.readableBytes) ?? "")
+    }
+    override func closed(error: RawSocketError?) { ended.append(error.map { "error \($0.code)" } ?? "closed") }
+}
+
+/// 127.0.0.1:`port` as a sockaddr_in, for `RawConnection.connect(to:length:)`.
+private func withLoopback<R>(port: Int, _ body: (UnsafePointer<sockaddr>, socklen_t) throws -> R) rethrows -> R {
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    return try withUnsafePointer(to: &address) {
+        try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { try body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+}
+
 @Suite("Raw TCP listener and byte streams")
 struct RawTCPTests {
+    @Test func aClientConnectionSendsWhatWasAppendedWhileConnectingAndHearsTheAnswer() async throws {
+        let loop = try EpollEventLoop(name: "test-client")
+        let listener = try RawTCPListener(host: "127.0.0.1", port: 0, loops: [loop], logger: Logger(label: "test")) {
+            LineEcho(descriptor: $0, loop: $1)
+        }
+        let client = try await loop.submit { () -> LineClient in
+            let client = LineClient(descriptor: try RawConnection.clientSocket(family: AF_INET), loop: loop)
+            client.appendOutbound { $0.writeString("ping\n") }
+            try withLoopback(port: listener.port) { try client.connect(to: $0, length: $1) }
+            client.appendOutbound { $0.writeString("bye\n") }
+            client.flush()  // still connecting: nothing goes out before TCP is up
+            return client
+        }.get()
+        let deadline = NIODeadline.now() + .seconds(5)
+        while client.ended.all.isEmpty && NIODeadline.now() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(client.heard.all.joined() == "ping\nbye\n")
+        #expect(client.ended.all == ["closed"])
+        await listener.close()
+        try await loop.shutdownGracefully()
+    }
+
+    @Test func aRefusedConnectIsHeardAsAClosedConnectionWithItsError() async throws {
+        let loop = try EpollEventLoop(name: "test-refused")
+        // A port nobody listens on: bound and closed again.
+        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let port = withLoopback(port: 0) { address, length -> Int in
+            bind(probe, address, length)
+            var bound = sockaddr_in()
+            var size = socklen_t(MemoryLayout<sockaddr_in>.size)
+            withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = getsockname(probe, $0, &size) } }
+            return Int(UInt16(bigEndian: bound.sin_port))
+        }
+        close(probe)
+        let client = try await loop.submit { () -> LineClient in
+            let client = LineClient(descriptor: try RawConnection.clientSocket(family: AF_INET), loop: loop)
+            try withLoopback(port: port) { try client.connect(to: $0, length: $1) }
+            return client
+        }.get()
+        let deadline = NIODeadline.now() + .seconds(5)
+        while client.ended.all.isEmpty && NIODeadline.now() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(client.ended.all == ["error \(ECONNREFUSED)"])
+        try await loop.shutdownGracefully()
+    }
+
     @Test func bytesAcrossWritesComeBackAndCloseAfterFlush() async throws {
         let loop = try EpollEventLoop(name: "test-echo")
         let listener = try RawTCPListener(host: "127.0.0.1", port: 0, loops: [loop], logger: Logger(label: "test")) {

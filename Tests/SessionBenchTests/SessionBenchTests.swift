@@ -164,8 +164,8 @@ private func bench(_ arguments: [String], limit: TimeInterval = 60) throws -> Be
 }
 
 /// The exact shape of connect's final line.
-private var connectLine: Regex<(Substring, Substring, Substring, Substring, Substring, Substring, Substring, Substring, Substring?)> {
-    #/^connect: cycles=(\d+) ok=(\d+) errors=(\d+) rate=(\d+\.\d)/s p50=(\d+)us p99=(\d+)us p999=(\d+)us( cpu_us_per_cycle=\d+\.\d)?$/#
+private var connectLine: Regex<(Substring, Substring, Substring, Substring, Substring, Substring, Substring, Substring, Substring?, Substring, Substring)> {
+    #/^connect: cycles=(\d+) ok=(\d+) errors=(\d+) rate=(\d+\.\d)/s p50=(\d+)us p99=(\d+)us p999=(\d+)us( cpu_us_per_cycle=\d+\.\d)? bench_cpu_us_per_cycle=(\d+\.\d) bench_cpu_pct=(\d+\.\d)$/#
 }
 
 /// The exact shape of publish's final line.
@@ -223,6 +223,9 @@ struct SessionBenchTests {
             let p50 = Int(match.output.5)!, p99 = Int(match.output.6)!, p999 = Int(match.output.7)!
             #expect(0 < p50 && p50 <= p99 && p99 <= p999)
             #expect(match.output.8 != nil, "--pid gives cpu_us_per_cycle")
+            // The generator's own CPU beside it: positive, and a share of one core.
+            let ownPerCycle = Double(match.output.9)!, ownShare = Double(match.output.10)!
+            #expect(ownPerCycle > 0 && ownShare > 0 && ownShare <= 100, "\(run.finalLine)")
             // The rate is successes over about one second.
             let rate = Double(match.output.4)!
             #expect(rate > Double(ok) / 3 && rate < Double(ok) * 2)
