@@ -22,10 +22,14 @@ struct LedgerBench: ParsableCommand {
     @Option(help: "Distinct authentication names the sessions are spread over (default: sessions / 100).")
     var users: Int?
 
+    @Option(help: "A checkpoint record every N records, as custody's --checkpoint-every; 0 writes none (and keeps no prior entries).")
+    var checkpointEvery: Int = Int(LedgerWriter.defaultCheckpointEvery)
+
     func validate() throws {
         guard sessions >= 1 else { throw ValidationError("--sessions must be at least 1, got \(sessions)") }
         guard window >= 1 else { throw ValidationError("--window must be at least 1, got \(window)") }
         if let users, users < 1 { throw ValidationError("--users must be at least 1, got \(users)") }
+        guard checkpointEvery >= 0 else { throw ValidationError("--checkpoint-every must be 0 or more, got \(checkpointEvery)") }
     }
 
     func run() throws {
@@ -50,6 +54,7 @@ struct LedgerBench: ParsableCommand {
         let policy = try NamespacePolicy(maximumClientSessionsPerAuthenticationName: 100, maximumSessionExpiryInHours: 1)
         let store = try LedgerStore(directory: directory)
         let writer = try LedgerWriter(store: store, policy: policy, clock: { clock.now() })
+        writer.checkpointEvery = UInt64(checkpointEvery)
         let commits = CommitLog()
         writer.onCommit = { commits.record($0) }
         _ = try writer.recover()
