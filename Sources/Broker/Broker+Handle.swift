@@ -23,6 +23,35 @@ extension Broker {
         }
     }
 
+    /// `handle` without a hop where none is needed: PUBLISH that makes nothing durable first and
+    /// the acknowledgements of deliveries are answered at once (the answers returned); the rest
+    /// (a PUBLISH whose records must be committed, PUBREL, SUBSCRIBE, UNSUBSCRIBE) return nil
+    /// and answer through `later`, from another thread.
+    func handleAtOnce(
+        _ packet: MQTTPacket, from session: BrokerSession,
+        later: @escaping @Sendable (Result<[MQTTPacket], BrokerError>) -> Void
+    ) throws(BrokerError) -> [MQTTPacket]? {
+        switch packet {
+        case .publish(let publish):
+            return try handlePublishAtOnce(publish, from: session, later: later)
+        case .puback(let response):
+            return try acknowledge(response, .awaitingAck, from: session)
+        case .pubrec(let response):
+            return try acknowledge(response, .awaitingRec, from: session)
+        case .pubcomp(let response):
+            return try acknowledge(response, .awaitingComp, from: session)
+        default:
+            Task {
+                do throws(BrokerError) {
+                    later(.success(try await handle(packet, from: session)))
+                } catch {
+                    later(.failure(error))
+                }
+            }
+            return nil
+        }
+    }
+
     func check(_ session: BrokerSession) throws(BrokerError) {
         guard session.state.attachment == session.token else {
             throw BrokerError(.sessionTakenOver, "session \(session.name) is no longer attached to this connection")

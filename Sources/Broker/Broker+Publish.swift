@@ -1,4 +1,5 @@
 // Inbound PUBLISH and PUBREL, and routing a message to every matching session.
+import LedgerCore
 import LMDBStorage
 import MQTTCodec
 import NIOCore
@@ -6,6 +7,54 @@ import NIOCore
 extension Broker {
     func handlePublish(_ publish: MQTTPublish, from session: BrokerSession) async throws(BrokerError)
         -> [MQTTPacket]
+    {
+        let (answer, waiter) = try decidePublish(publish, from: session)
+        if let waiter { try settlePublish(publish, session.state, waiter, await waiter.wait()) }
+        return answer.map { [$0] } ?? []
+    }
+
+    /// PUBLISH without a wait when nothing it changed must be made durable first (QoS 0, and
+    /// QoS 1/2 to sessions that keep nothing on disk): the answers, at once. Otherwise nil,
+    /// and `later` hears the answers once the store has committed, on the store's thread.
+    func handlePublishAtOnce(
+        _ publish: MQTTPublish, from session: BrokerSession,
+        later: @escaping @Sendable (Result<[MQTTPacket], BrokerError>) -> Void
+    ) throws(BrokerError) -> [MQTTPacket]? {
+        let (answer, waiter) = try decidePublish(publish, from: session)
+        guard let waiter else { return answer.map { [$0] } ?? [] }
+        let state = session.state
+        waiter.whenComplete { [self] result in
+            do throws(BrokerError) {
+                try settlePublish(publish, state, waiter, result)
+                later(.success(answer.map { [$0] } ?? []))
+            } catch {
+                later(.failure(error))
+            }
+        }
+        return nil
+    }
+
+    /// After the commit a PUBLISH waited for: a QoS 2 identifier is let go of when the
+    /// message was not stored (the client's resend is then delivered, not lost); a failed
+    /// commit is the client's failure.
+    private func settlePublish(
+        _ publish: MQTTPublish, _ state: SessionState, _ waiter: CommitWaiter, _ result: Result<Void, LedgerError>
+    ) throws(BrokerError) {
+        if publish.qos == .exactlyOnce, let id = publish.packetIdentifier {
+            locked {
+                guard state.inboundCommits[id] === waiter else { return }
+                state.inboundCommits[id] = nil
+                // Not promised: let the client's resend be delivered, rather than lost.
+                if case .failure = result { state.inboundQoS2.remove(id) }
+            }
+        }
+        if case .failure(let error) = result { throw .storage(error) }
+    }
+
+    /// What a PUBLISH does under the lock (routes it, keeps it retained, records a QoS 2
+    /// identifier) and its answer; the waiter, when the store must commit before the answer.
+    private func decidePublish(_ publish: MQTTPublish, from session: BrokerSession) throws(BrokerError)
+        -> (MQTTPacket?, CommitWaiter?)
     {
         guard TopicRules.isValidTopicName(publish.topicName) else {
             throw BrokerError(.topicNameInvalid, "PUBLISH topic name '\(publish.topicName)' is not valid here")
@@ -15,9 +64,9 @@ extension Broker {
             let id = publish.packetIdentifier ?? 0
             let code: MQTTReasonCode = session.state.version == .mqtt5 ? .notAuthorized : .success
             switch publish.qos {
-            case .atMostOnce: return []
-            case .atLeastOnce: return [.puback(MQTTPublishResponse(packetIdentifier: id, reasonCode: code))]
-            case .exactlyOnce: return [.pubrec(MQTTPublishResponse(packetIdentifier: id, reasonCode: code))]
+            case .atMostOnce: return (nil, nil)
+            case .atLeastOnce: return (.puback(MQTTPublishResponse(packetIdentifier: id, reasonCode: code)), nil)
+            case .exactlyOnce: return (.pubrec(MQTTPublishResponse(packetIdentifier: id, reasonCode: code)), nil)
             }
         }
         if publish.qos != .atMostOnce, publish.packetIdentifier == nil || publish.packetIdentifier == 0 {
@@ -31,12 +80,12 @@ extension Broker {
             case .atMostOnce:
                 throw BrokerError(.payloadFormatInvalid, "PUBLISH to '\(publish.topicName)' marked UTF-8 is not UTF-8")
             case .atLeastOnce:
-                return [.puback(MQTTPublishResponse(packetIdentifier: id, reasonCode: .payloadFormatInvalid))]
+                return (.puback(MQTTPublishResponse(packetIdentifier: id, reasonCode: .payloadFormatInvalid)), nil)
             case .exactlyOnce:
-                return [.pubrec(MQTTPublishResponse(packetIdentifier: id, reasonCode: .payloadFormatInvalid))]
+                return (.pubrec(MQTTPublishResponse(packetIdentifier: id, reasonCode: .payloadFormatInvalid)), nil)
             }
         }
-        let (answer, waiter): (MQTTPacket?, CommitWaiter?) = try locked { () throws(BrokerError) in
+        return try locked { () throws(BrokerError) -> (MQTTPacket?, CommitWaiter?) in
             try check(session)
             var batch = StoreBatch()
             let id = publish.packetIdentifier ?? 0
@@ -83,19 +132,6 @@ extension Broker {
                 return (.pubrec(MQTTPublishResponse(packetIdentifier: id, reasonCode: code)), waiter)
             }
         }
-        if let waiter {
-            let result = await waiter.wait()
-            if publish.qos == .exactlyOnce, let id = publish.packetIdentifier {
-                locked {
-                    guard state.inboundCommits[id] === waiter else { return }
-                    state.inboundCommits[id] = nil
-                    // Not promised: let the client's resend be delivered, rather than lost.
-                    if case .failure = result { state.inboundQoS2.remove(id) }
-                }
-            }
-            if case .failure(let error) = result { throw .storage(error) }
-        }
-        return answer.map { [$0] } ?? []
     }
 
     func handlePubrel(_ id: UInt16, from session: BrokerSession) async throws(BrokerError) -> [MQTTPacket] {

@@ -26,6 +26,16 @@ public final class BrokerSession: Sendable {
         try await broker.handle(packet, from: self)
     }
 
+    /// The same, answered at once where nothing must be waited for (a PUBLISH that makes
+    /// nothing durable first, PUBACK, PUBREC, PUBCOMP): the answers are returned, on the
+    /// caller's thread. Otherwise nil, and `later` hears them from another thread (the
+    /// store's, or a task's). The same order rule holds: one packet at a time.
+    public func handleAtOnce(
+        _ packet: MQTTPacket, later: @escaping @Sendable (Result<[MQTTPacket], BrokerError>) -> Void
+    ) throws(BrokerError) -> [MQTTPacket]? {
+        try broker.handleAtOnce(packet, from: self, later: later)
+    }
+
     /// The will message of this connection's CONNECT (nil: none). Call right after `attach`,
     /// before the first `handle`. It is published when the connection ends without a normal
     /// DISCONNECT (`Broker.detach(_:publishWill: true)`), after its Will Delay Interval

@@ -7,27 +7,33 @@ import LMDBStorage
 final class CommitWaiter: @unchecked Sendable {
     private let lock = NSLock()
     private var result: Result<Void, LedgerError>?
-    private var continuations: [CheckedContinuation<Result<Void, LedgerError>, Never>] = []
+    private var callbacks: [@Sendable (Result<Void, LedgerError>) -> Void] = []
 
     func complete(_ value: Result<Void, LedgerError>) {
         lock.lock()
         result = value
-        let waiting = continuations
-        continuations = []
+        let waiting = callbacks
+        callbacks = []
         lock.unlock()
-        for continuation in waiting { continuation.resume(returning: value) }
+        for callback in waiting { callback(value) }
+    }
+
+    /// `callback` hears the result: at once (on this thread) when it is known, else on the
+    /// thread that completes the commit.
+    func whenComplete(_ callback: @escaping @Sendable (Result<Void, LedgerError>) -> Void) {
+        lock.lock()
+        if let result {
+            lock.unlock()
+            callback(result)
+        } else {
+            callbacks.append(callback)
+            lock.unlock()
+        }
     }
 
     func wait() async -> Result<Void, LedgerError> {
         await withCheckedContinuation { continuation in
-            lock.lock()
-            if let result {
-                lock.unlock()
-                continuation.resume(returning: result)
-            } else {
-                continuations.append(continuation)
-                lock.unlock()
-            }
+            whenComplete { continuation.resume(returning: $0) }
         }
     }
 }

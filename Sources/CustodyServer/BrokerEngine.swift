@@ -5,8 +5,16 @@ import SessionLedger
 
 extension BrokerError: PubSubFailure {}
 
-/// `handle(_:) async throws(BrokerError)` is the witness.
-extension BrokerSession: PubSubSession {}
+/// `handle(_:) async throws(BrokerError)` is the witness of the async form; the other form
+/// answers a PUBLISH that makes nothing durable first, and acknowledgements, on the
+/// connection's own thread.
+extension BrokerSession: PubSubSession {
+    public func handle(
+        _ packet: MQTTPacket, answerLater: @escaping @Sendable (Result<[MQTTPacket], any Error>) -> Void
+    ) throws -> [MQTTPacket]? {
+        try handleAtOnce(packet) { result in answerLater(result.mapError { $0 }) }
+    }
+}
 
 extension Broker: PubSubEngine {
     public func attachSession(

@@ -73,8 +73,11 @@ extension MQTTConnection {
 
     /// Hands the next packet to the broker, after the front's own checks (`screened`): what is
     /// answered here, or was answered by a limit (`answerInOrder`), is written in its turn, so
-    /// no answer overtakes an earlier one (MQTT-4.6.0-2). Once the queue is empty, a close that
-    /// waited for it (`closingAfterBroker`) goes ahead.
+    /// no answer overtakes an earlier one (MQTT-4.6.0-2). What the broker answers at once
+    /// (a PUBLISH that makes nothing durable first, acknowledgements) is settled here, in the
+    /// loop, without leaving this thread; the rest is settled by `brokerAnswered` when the
+    /// broker's answer comes back to this loop. Once the queue is empty, a close that waited
+    /// for it (`closingAfterBroker`) goes ahead.
     func pump(_ session: any PubSubSession) {
         while let work = brokerQueue.popFirst() {
             let packet: MQTTPacket
@@ -88,16 +91,17 @@ extension MQTTConnection {
             }
             brokerBusy = true
             let bound = NIOLoopBound(self, eventLoop: eventLoop)
-            Task {
-                let result: Result<[MQTTPacket], any Error>
-                do {
-                    result = .success(try await session.handle(packet))
-                } catch {
-                    result = .failure(error)
-                }
-                eventLoop.execute { bound.value.brokerAnswered(result, session: session) }
+            let loop = eventLoop
+            let now: Result<[MQTTPacket], any Error>
+            do {
+                guard let answers = try session.handle(packet, answerLater: { result in
+                    loop.execute { bound.value.brokerAnswered(result, session: session) }
+                }) else { return }
+                now = .success(answers)
+            } catch {
+                now = .failure(error)
             }
-            return
+            guard settle(now) else { return }
         }
         brokerBusy = false
         if let closing = closingAfterBroker?.value {
@@ -107,29 +111,37 @@ extension MQTTConnection {
     }
 
     func brokerAnswered(_ result: Result<[MQTTPacket], any Error>, session: any PubSubSession) {
+        if settle(result) { pump(session) }
+        resumeReadsIfHeld()
+    }
+
+    /// The broker's answer to the packet it had: written (or, once the client is closing,
+    /// dropped), or the connection closed for a broker failure. True when the next packet
+    /// may go to the broker.
+    private func settle(_ result: Result<[MQTTPacket], any Error>) -> Bool {
         if closingAfterBroker != nil {
             // The client said DISCONNECT or is gone: answers are moot, what it sent before is not.
             subscribeScreen = nil
             if case .failure = result { brokerQueue.removeAll() }
-            return pump(session)
+            return true
         }
         guard machine.isActive else {
             brokerBusy = false
-            return
+            return false
         }
         switch result {
         case .success(let packets):
             let answers = completed(packets)
             machine.answered(answers)
             write(answers)
-            pump(session)
+            return true
         case .failure(let error):
             brokerBusy = false
             subscribeScreen = nil
             let (code, why) = brokerFailure(error)
             perform(machine.brokerFailed(code: code, why: why))
+            return false
         }
-        resumeReadsIfHeld()
     }
 
     func brokerFailure(_ error: any Error) -> (MQTTReasonCode, String) {

@@ -29,9 +29,30 @@ extension PubSubEngine {
     public func hasDetachedSession(_ name: SessionName) -> Bool { true }
 }
 
+extension PubSubSession {
+    public func handle(
+        _ packet: MQTTPacket, answerLater: @escaping @Sendable (Result<[MQTTPacket], any Error>) -> Void
+    ) throws -> [MQTTPacket]? {
+        Task {
+            do {
+                answerLater(.success(try await handle(packet)))
+            } catch {
+                answerLater(.failure(error))
+            }
+        }
+        return nil
+    }
+}
+
 public protocol PubSubSession: AnyObject, Sendable {
     /// One client packet, in arrival order; returns the answers to send.
     func handle(_ packet: MQTTPacket) async throws -> [MQTTPacket]
+    /// The same without a hop to another thread where none is needed: the answers, returned
+    /// on the caller's thread; or nil, and `answerLater` hears them (once) from another thread.
+    /// The default always answers later, through `handle(_:)` in a task.
+    func handle(
+        _ packet: MQTTPacket, answerLater: @escaping @Sendable (Result<[MQTTPacket], any Error>) -> Void
+    ) throws -> [MQTTPacket]?
     /// The filters the session subscribes to now, restored ones included.
     var subscriptionFilters: [String] { get }
 }
