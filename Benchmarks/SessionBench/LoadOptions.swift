@@ -95,10 +95,13 @@ struct LoadOptions: ParsableArguments {
 
 /// Who publishes to whom in `publish`.
 enum PublishShape: String, ExpressibleByArgument, CaseIterable, Sendable {
-    /// --conns publishers, one subscriber on a wildcard filter.
+    /// --conns publishers, one subscriber on a wildcard filter (every subscriber gets every message).
     case fanIn = "fan-in"
-    /// One publisher, --conns subscribers.
+    /// One publisher, --conns subscribers on the same wildcard filter.
     case fanOut = "fan-out"
+    /// A topic per subscriber: subscriber i subscribes to publisher (i mod P)'s topic only
+    /// (--conns publishers and --conns subscribers unless --publishers/--subscribers say).
+    case perTopic = "per-topic"
 }
 
 /// What `publish` sends, on top of `LoadOptions` (--conns is the many side of --shape).
@@ -106,8 +109,14 @@ struct PublishOptions: ParsableArguments {
     @Option(help: "QoS of every PUBLISH and subscription: 0 or 1.")
     var qos: Int = 1
 
-    @Option(help: "fan-in: --conns publishers and 1 subscriber; fan-out: 1 publisher and --conns subscribers.")
+    @Option(help: "fan-in: --conns publishers and 1 subscriber; fan-out: 1 publisher and --conns subscribers (both on one wildcard filter: every subscriber gets every message); per-topic: --conns publishers and --conns subscribers, subscriber i on publisher (i mod P)'s topic only.")
     var shape: PublishShape = .fanIn
+
+    @Option(help: "Publishers, instead of what --shape and --conns make (e.g. --publishers 8 --subscribers 8 --shape fan-in: every subscriber gets all 8 publishers' messages).")
+    var publishers: Int?
+
+    @Option(help: "Subscribers, instead of what --shape and --conns make.")
+    var subscribers: Int?
 
     @Option(help: "Payload bytes of each message (at least 20: publisher, sequence number, send time).")
     var payloadBytes: Int = 64
@@ -143,6 +152,12 @@ struct PublishOptions: ParsableArguments {
             throw ValidationError("--topic-root must be one topic level (no '/', '+', '#', leading '$'), 1-100 bytes, got '\(topicRoot)'")
         }
         guard (1...600_000).contains(drainMs) else { throw ValidationError("--drain-ms must be between 1 and 600000, got \(drainMs)") }
+        if let publishers, !(1...10_000).contains(publishers) {
+            throw ValidationError("--publishers must be between 1 and 10000, got \(publishers)")
+        }
+        if let subscribers, !(1...10_000).contains(subscribers) {
+            throw ValidationError("--subscribers must be between 1 and 10000, got \(subscribers)")
+        }
     }
 }
 

@@ -8,7 +8,10 @@ import NIOCore
 /// publishes to `ROOT/PREFIX/USER` (USER: its own authentication name), as fast as --inflight
 /// (QoS 1: PUBLISHes unacknowledged), --max-ahead (messages not yet seen by every subscriber,
 /// shared out among the publishers) and --rate allow. fan-in: --conns publishers, one
-/// subscriber; fan-out: one publisher, --conns subscribers, each getting every message.
+/// subscriber; fan-out: one publisher, --conns subscribers, each getting every message;
+/// per-topic: --conns of each, subscriber i subscribing to `ROOT/PREFIX/USER/pN` of publisher
+/// N = i mod P only (publishers then publish there). --publishers and --subscribers set the
+/// counts of any shape.
 ///
 /// Every payload starts with the publisher's number, a sequence number and the send time, so
 /// each subscriber counts what it got from whom (and how late) and what never came: after
@@ -59,12 +62,17 @@ final class PublishMode: LoadMode, @unchecked Sendable {
         var lastSeen: [UInt64]
         var delivered = 0
         var duplicates = 0
+        /// The one publisher it hears (per-topic); nil: every publisher.
+        let only: Int?
 
-        init(index: Int, connection: BenchConnection, publishers: Int) {
+        init(index: Int, connection: BenchConnection, publishers: Int, only: Int?) {
             self.index = index
             self.connection = connection
             self.lastSeen = Array(repeating: 0, count: publishers)
+            self.only = only
         }
+
+        func hears(_ publisher: Int) -> Bool { only == nil || only == publisher }
     }
 
     private enum Stage { case subscribing, connectingPublishers, publishing, draining, closing, done }
@@ -110,12 +118,18 @@ final class PublishMode: LoadMode, @unchecked Sendable {
 
     private func user(_ n: Int) -> String { prefix + "u" + String(n % users) }
 
+    /// Where publisher `n` publishes: `ROOT/PREFIX/USER`, per-topic `ROOT/PREFIX/USER/pN`
+    /// (users are shared by several connections; the topic is the publisher's alone).
+    private func topic(of n: Int) -> String {
+        options.topicRoot + "/" + prefix + "/" + user(n) + (options.shape == .perTopic ? "/p" + String(n) : "")
+    }
+
     func start() {
-        publisherCount = options.shape == .fanIn ? load.conns : 1
-        subscriberCount = options.shape == .fanIn ? 1 : load.conns
+        publisherCount = options.publishers ?? (options.shape == .fanOut ? 1 : load.conns)
+        subscriberCount = options.subscribers ?? (options.shape == .fanIn ? 1 : load.conns)
         users = load.userCount(forLiveSessions: publisherCount + subscriberCount)
         if options.maxAhead > 0 { aheadLimit = UInt64(max(1, options.maxAhead / publisherCount)) }
-        filter = options.topicRoot + "/" + prefix + "/+"
+        filter = options.topicRoot + "/" + prefix + (options.shape == .perTopic ? "/USER/pN" : "/+")
         for index in 0..<subscriberCount {
             // Publishers take users 0, 1, ...; subscribers the ones after them.
             let connection = BenchConnection(
@@ -123,8 +137,10 @@ final class PublishMode: LoadMode, @unchecked Sendable {
                 tag: index)
             // A QoS 0 subscriber sends nothing on its own; the keep-alive is 60 s.
             connection.pingInterval = 20_000_000_000
-            let subscriber = Subscriber(index: index, connection: connection, publishers: publisherCount)
+            let only = options.shape == .perTopic ? index % publisherCount : nil
+            let subscriber = Subscriber(index: index, connection: connection, publishers: publisherCount, only: only)
             subscribers.append(subscriber)
+            let filter = only.map { topic(of: $0) } ?? filter
             connection.onConnAck = { [self] connection in
                 guard connection.connAck?.reasonCode == .success else { return }
                 let subscription = MQTTSubscription(topicFilter: filter, options: MQTTSubscriptionOptions(qos: qos))
@@ -168,7 +184,7 @@ final class PublishMode: LoadMode, @unchecked Sendable {
             // The template: an identifier of 0xABCD to find again (QoS 1), an empty property
             // list (5.0: one byte) between it and the payload, which ends the packet.
             let publish = MQTTPublish(
-                topicName: options.topicRoot + "/" + prefix + "/" + name, payload: payload, qos: qos,
+                topicName: topic(of: index), payload: payload, qos: qos,
                 packetIdentifier: qos == .atMostOnce ? nil : 0xABCD)
             var encoded = ByteBuffer()
             do {
@@ -284,7 +300,9 @@ final class PublishMode: LoadMode, @unchecked Sendable {
     /// The lowest sequence number of `publisher` that every live subscriber has seen.
     private func seenByAll(_ publisher: Int) -> UInt64 {
         var lowest = UInt64.max
-        for subscriber in subscribers where subscriber.live { lowest = min(lowest, subscriber.lastSeen[publisher]) }
+        for subscriber in subscribers where subscriber.live && subscriber.hears(publisher) {
+            lowest = min(lowest, subscriber.lastSeen[publisher])
+        }
         return lowest == .max ? publishers[publisher].sent : lowest
     }
 
@@ -325,7 +343,8 @@ final class PublishMode: LoadMode, @unchecked Sendable {
             guard payload.readableBytes >= Self.payloadHead,
                 let index = payload.getInteger(at: payload.readerIndex, as: UInt32.self), Int(index) < publisherCount,
                 let sequence = payload.getInteger(at: payload.readerIndex + 4, as: UInt64.self),
-                let sentAt = payload.getInteger(at: payload.readerIndex + 12, as: UInt64.self)
+                let sentAt = payload.getInteger(at: payload.readerIndex + 12, as: UInt64.self),
+                subscriber.hears(Int(index))
             else {
                 foreign += 1
                 return
@@ -394,10 +413,17 @@ final class PublishMode: LoadMode, @unchecked Sendable {
 
     // MARK: Drain and end
 
-    /// What each live subscriber should have got: every message acknowledged (QoS 1) or sent (QoS 0).
-    private var expectedPerSubscriber: Int {
-        qos == .atMostOnce ? totalSent : publishers.reduce(0) { $0 + $1.acked }
+    /// What a live subscriber should have got: every message acknowledged (QoS 1) or sent
+    /// (QoS 0) by the publishers it hears.
+    private func expected(by subscriber: Subscriber) -> Int {
+        publishers.reduce(0) { sum, publisher in
+            guard subscriber.hears(publisher.index) else { return sum }
+            return sum + (qos == .atMostOnce ? Int(publisher.sent) : publisher.acked)
+        }
     }
+
+    /// What the subscribers together should have got.
+    private var expectedInAll: Int { subscribers.reduce(0) { $0 + expected(by: $1) } }
 
     private func beginDrain(_ now: UInt64) {
         stage = .draining
@@ -410,8 +436,7 @@ final class PublishMode: LoadMode, @unchecked Sendable {
 
     private func drainTick(_ now: UInt64) {
         let acknowledged = qos == .atMostOnce || !publishers.contains { $0.up && $0.inFlight > 0 }
-        let expected = expectedPerSubscriber
-        if acknowledged, !subscribers.contains(where: { $0.live && $0.delivered < expected }) {
+        if acknowledged, !subscribers.contains(where: { $0.live && $0.delivered < expected(by: $0) }) {
             complete = true
             endSample = CPUSample(pid: pid)
             return finishRun()
@@ -451,13 +476,12 @@ final class PublishMode: LoadMode, @unchecked Sendable {
     private func report() {
         guard stage != .done else { return }
         stage = .done
-        let expected = expectedPerSubscriber
         var delivered = 0, duplicates = 0, lost = 0
         for subscriber in subscribers {
             delivered += subscriber.delivered
             duplicates += subscriber.duplicates
             // A subscriber lost during the run is an error already; what it missed is not counted as lost.
-            if subscriber.stayed { lost += max(0, expected - subscriber.delivered) }
+            if subscriber.stayed { lost += max(0, expected(by: subscriber) - subscriber.delivered) }
         }
         var report = Report(mode: "publish")
         let start = startSample, end = endSample ?? startSample
@@ -482,7 +506,7 @@ final class PublishMode: LoadMode, @unchecked Sendable {
             .string("prefix", prefix), .string("filter", filter),
             .number("elapsed_s", elapsed, digits: 3), .number("publish_s", publishSeconds, digits: 3),
             .rate("publish_rate", Double(totalSent) / max(publishSeconds, 1e-9)),
-            .int("acked", publishers.reduce(0) { $0 + $1.acked }), .int("expected_per_subscriber", expected),
+            .int("acked", publishers.reduce(0) { $0 + $1.acked }), .int("expected_deliveries", expectedInAll),
             .int("drained", complete ? 1 : 0),
         ]
         if let brokerCPU {

@@ -177,7 +177,8 @@ private var publishLine: Regex<(Substring, Substring, Substring, Substring, Subs
 /// summary, messages delivered, none twice, no errors, and for QoS 1 nothing lost. At 2,000
 /// PUBLISHes a second, so that the other suites running meanwhile keep their share of the CPU.
 private func checkPublish(
-    port: Int, pid: Int32, qos: Int, shape: String, proto: Int, conns: Int, extra: [String] = []
+    port: Int, pid: Int32, qos: Int, shape: String, proto: Int, conns: Int, extra: [String] = [],
+    deliveriesPerMessage: Int? = nil
 ) throws {
     let run = try bench([
         "publish", "--port", "\(port)", "--pid", "\(pid)", "--qos", "\(qos)", "--shape", shape, "--proto", "\(proto)",
@@ -186,7 +187,7 @@ private func checkPublish(
     #expect(run.status == 0, "\(run.stderr)")
     let match = try #require(try publishLine.wholeMatch(in: run.finalLine), "final line: \(run.stdout)\n\(run.stderr)")
     let published = Int(match.output.1)!, delivered = Int(match.output.2)!, lost = Int(match.output.3)!
-    let subscribers = shape == "fan-out" ? conns : 1
+    let subscribers = deliveriesPerMessage ?? (shape == "fan-out" ? conns : 1)
     #expect(published > 0)
     #expect(delivered > 0, "\(run.stdout)")
     #expect(delivered + lost == published * subscribers, "every message sent is delivered or lost: \(run.stdout)")
@@ -304,6 +305,20 @@ struct SessionBenchTests {
         defer { mosquitto.stop() }
         try checkPublish(
             port: mosquitto.port, pid: mosquitto.pid, qos: 1, shape: "fan-in", proto: 5, conns: 4, extra: ["--max-ahead", "16"])
+    }
+
+    /// The shapes: P publishers and S subscribers, every subscriber on everything
+    /// (each message delivered S times), or a topic per subscriber (each delivered once).
+    @Test("publish with --publishers and --subscribers: fan-in to all, and a topic per subscriber", arguments: ["fan-in", "per-topic"])
+    func publishersAndSubscribers(shape: String) async throws {
+        try await offPool {
+            let mosquitto = try Mosquitto()
+            defer { mosquitto.stop() }
+            try checkPublish(
+                port: mosquitto.port, pid: mosquitto.pid, qos: 1, shape: shape, proto: 5, conns: 1,
+                extra: ["--publishers", "3", "--subscribers", "3", "--max-ahead", "16"],
+                deliveriesPerMessage: shape == "fan-in" ? 3 : 1)
+        }
     }
 
     @Test("a closed port: every cycle is an error by reason (refused), none a success")
