@@ -7,7 +7,8 @@ struct CustodyBench: ParsableCommand {
         abstract: "Measures session throughput of Custody (and, later, of any MQTT broker).",
         subcommands: [
             LedgerBench.self, ReplayBench.self, LedgerCrashChild.self, LedgerYearsBench.self, LedgerArchiveFixture.self,
-            ConnectLoad.self, PersistentLoad.self, TakeoverLoad.self, RejectLoad.self, HoldLoad.self, PublishLoad.self, CompareLoad.self,
+            ConnectLoad.self, PersistentLoad.self, TakeoverLoad.self, RejectLoad.self, HoldLoad.self, PublishLoad.self,
+            OfflineQueueLoad.self, CompareLoad.self,
         ]
     )
 }

@@ -24,22 +24,22 @@ extension Broker {
     }
 
     /// `handle` without a hop where none is needed: PUBLISH that makes nothing durable first and
-    /// the acknowledgements of deliveries are answered at once (the answers returned); the rest
-    /// (a PUBLISH whose records must be committed, PUBREL, SUBSCRIBE, UNSUBSCRIBE) return nil
-    /// and answer through `later`, from another thread.
+    /// the acknowledgements of deliveries are answered at once; a PUBLISH whose records must be
+    /// committed is decided at once and answered through `later` once they are; PUBREL,
+    /// SUBSCRIBE and UNSUBSCRIBE are decided and answered through `later`, from a task.
     func handleAtOnce(
         _ packet: MQTTPacket, from session: BrokerSession,
         later: @escaping @Sendable (Result<[MQTTPacket], BrokerError>) -> Void
-    ) throws(BrokerError) -> [MQTTPacket]? {
+    ) throws(BrokerError) -> AtOnce {
         switch packet {
         case .publish(let publish):
             return try handlePublishAtOnce(publish, from: session, later: later)
         case .puback(let response):
-            return try acknowledge(response, .awaitingAck, from: session)
+            return .answered(try acknowledge(response, .awaitingAck, from: session))
         case .pubrec(let response):
-            return try acknowledge(response, .awaitingRec, from: session)
+            return .answered(try acknowledge(response, .awaitingRec, from: session))
         case .pubcomp(let response):
-            return try acknowledge(response, .awaitingComp, from: session)
+            return .answered(try acknowledge(response, .awaitingComp, from: session))
         default:
             Task {
                 do throws(BrokerError) {
@@ -48,7 +48,7 @@ extension Broker {
                     later(.failure(error))
                 }
             }
-            return nil
+            return .pending
         }
     }
 

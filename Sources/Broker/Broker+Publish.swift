@@ -14,14 +14,15 @@ extension Broker {
     }
 
     /// PUBLISH without a wait when nothing it changed must be made durable first (QoS 0, and
-    /// QoS 1/2 to sessions that keep nothing on disk): the answers, at once. Otherwise nil,
-    /// and `later` hears the answers once the store has committed, on the store's thread.
+    /// QoS 1/2 to sessions that keep nothing on disk): the answers, at once. Otherwise it is
+    /// decided (routed, queued) at once, and `later` hears the answers once the store has
+    /// committed, on the store's thread.
     func handlePublishAtOnce(
         _ publish: MQTTPublish, from session: BrokerSession,
         later: @escaping @Sendable (Result<[MQTTPacket], BrokerError>) -> Void
-    ) throws(BrokerError) -> [MQTTPacket]? {
+    ) throws(BrokerError) -> AtOnce {
         let (answer, waiter) = try decidePublish(publish, from: session)
-        guard let waiter else { return answer.map { [$0] } ?? [] }
+        guard let waiter else { return .answered(answer.map { [$0] } ?? []) }
         let state = session.state
         waiter.whenComplete { [self] result in
             do throws(BrokerError) {
@@ -31,7 +32,7 @@ extension Broker {
                 later(.failure(error))
             }
         }
-        return nil
+        return .decided
     }
 
     /// After the commit a PUBLISH waited for: a QoS 2 identifier is let go of when the

@@ -26,13 +26,15 @@ public final class BrokerSession: Sendable {
         try await broker.handle(packet, from: self)
     }
 
-    /// The same, answered at once where nothing must be waited for (a PUBLISH that makes
-    /// nothing durable first, PUBACK, PUBREC, PUBCOMP): the answers are returned, on the
-    /// caller's thread. Otherwise nil, and `later` hears them from another thread (the
-    /// store's, or a task's). The same order rule holds: one packet at a time.
+    /// The same, without a wait where none is needed: `.answered` (a PUBLISH that makes nothing
+    /// durable first, PUBACK, PUBREC, PUBCOMP), the answers on the caller's thread; `.decided`
+    /// (a PUBLISH whose records must be committed): routed and queued now, the next packet may
+    /// follow at once, and `later` hears its answers once they are durable; `.pending` (PUBREL,
+    /// SUBSCRIBE, UNSUBSCRIBE): `later` hears them once decided, and nothing may follow before.
+    /// `later` is called from another thread (the store's, or a task's), once.
     public func handleAtOnce(
         _ packet: MQTTPacket, later: @escaping @Sendable (Result<[MQTTPacket], BrokerError>) -> Void
-    ) throws(BrokerError) -> [MQTTPacket]? {
+    ) throws(BrokerError) -> AtOnce {
         try broker.handleAtOnce(packet, from: self, later: later)
     }
 
@@ -57,4 +59,14 @@ public final class BrokerSession: Sendable {
     public func allowServerTopics(_ allowed: Bool) {
         broker.allowServerTopics(allowed, for: self)
     }
+}
+
+/// How `BrokerSession.handleAtOnce` answers.
+public enum AtOnce: Sendable, Equatable {
+    /// Answered now.
+    case answered([MQTTPacket])
+    /// Decided now; the answers come through `later`, and the next packet may be handed over.
+    case decided
+    /// The answers, and the decision, come through `later`; hand nothing over before.
+    case pending
 }

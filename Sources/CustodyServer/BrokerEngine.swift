@@ -7,12 +7,17 @@ extension BrokerError: PubSubFailure {}
 
 /// `handle(_:) async throws(BrokerError)` is the witness of the async form; the other form
 /// answers a PUBLISH that makes nothing durable first, and acknowledgements, on the
-/// connection's own thread.
+/// connection's own thread, and lets a PUBLISH whose records are being committed be
+/// followed by the next packet at once.
 extension BrokerSession: PubSubSession {
     public func handle(
         _ packet: MQTTPacket, answerLater: @escaping @Sendable (Result<[MQTTPacket], any Error>) -> Void
-    ) throws -> [MQTTPacket]? {
-        try handleAtOnce(packet) { result in answerLater(result.mapError { $0 }) }
+    ) throws -> PubSubAnswer {
+        switch try handleAtOnce(packet, later: { result in answerLater(result.mapError { $0 }) }) {
+        case .answered(let answers): .now(answers)
+        case .decided: .decided
+        case .pending: .pending
+        }
     }
 }
 

@@ -53,7 +53,7 @@ extension MQTTConnection {
                 answers.append(publish.qos == .exactlyOnce ? .pubrec(response) : .puback(response))
             }
             machine.answered(answers)
-            write(answers)
+            writeInOrder(answers)
             return nil
         case .subscribe(let subscribe):
             let screen = SubscribeScreen(
@@ -68,7 +68,7 @@ extension MQTTConnection {
                 }
             }
             guard let forwarded = screen.forwarded else {
-                if closingAfterBroker == nil { write([.suback(screen.merged(with: nil))]) }
+                if closingAfterBroker == nil { writeInOrder([.suback(screen.merged(with: nil))]) }
                 return nil
             }
             subscribeScreen = Boxed(screen)

@@ -67,57 +67,117 @@ extension MQTTConnection {
 
     /// Writes `answer` once the broker has answered everything the client sent before.
     func answerInOrder(_ answer: MQTTPacket) {
-        guard pubsubSession != nil, brokerBusy else { return write([answer]) }
+        guard pubsubSession != nil, brokerBusy else { return writeInOrder([answer]) }
         brokerQueue.append(.answer(answer))
     }
 
-    /// Hands the next packet to the broker, after the front's own checks (`screened`): what is
-    /// answered here, or was answered by a limit (`answerInOrder`), is written in its turn, so
-    /// no answer overtakes an earlier one (MQTT-4.6.0-2). What the broker answers at once
-    /// (a PUBLISH that makes nothing durable first, acknowledgements) is settled here, in the
-    /// loop, without leaving this thread; the rest is settled by `brokerAnswered` when the
-    /// broker's answer comes back to this loop. Once the queue is empty, a close that waited
-    /// for it (`closingAfterBroker`) goes ahead.
+    /// Writes `answers` now, or after the answers still on their way (MQTT-4.6.0-2).
+    func writeInOrder(_ answers: [MQTTPacket]) {
+        guard !answers.isEmpty else { return }
+        guard answersOnTheWay.isEmpty else { return answersOnTheWay.append(AnswerSlot(.own(answers))) }
+        write(answers)
+    }
+
+    /// Hands the client's packets to the broker in order, after the front's own checks
+    /// (`screened`). What the broker answers at once (a PUBLISH that makes nothing durable
+    /// first, acknowledgements) is settled here, in the loop; a PUBLISH it decided and is
+    /// making durable (`.decided`) gets a place among the answers on their way and the next
+    /// packet goes at once, so a publisher's window of QoS 1 messages shares the store's
+    /// commits; what the broker decides later (`.pending`: PUBREL, SUBSCRIBE, UNSUBSCRIBE)
+    /// holds the rest until `decisionCame`. No answer overtakes an earlier one: what is ready
+    /// while earlier answers are on their way waits behind them. Once everything is answered,
+    /// a close that waited for it (`closingAfterBroker`) goes ahead.
     func pump(_ session: any PubSubSession) {
         while let work = brokerQueue.popFirst() {
             let packet: MQTTPacket
             switch work {
             case .answer(let answer):
-                write([answer])
+                writeInOrder([answer])
                 continue
             case .packet(let next):
                 guard let checked = screened(next) else { continue }
                 packet = checked
             }
             brokerBusy = true
+            let slot = AnswerSlot(.broker(nil))
             let bound = NIOLoopBound(self, eventLoop: eventLoop)
+            let boundSlot = NIOLoopBound(slot, eventLoop: eventLoop)
             let loop = eventLoop
-            let now: Result<[MQTTPacket], any Error>
+            let answer: PubSubAnswer
             do {
-                guard let answers = try session.handle(packet, answerLater: { result in
-                    loop.execute { bound.value.brokerAnswered(result, session: session) }
-                }) else { return }
-                now = .success(answers)
+                answer = try session.handle(packet, answerLater: { result in
+                    loop.execute { bound.value.answerCame(result, into: boundSlot.value, session: session) }
+                })
             } catch {
-                now = .failure(error)
+                guard settle(.failure(error)) else { return }
+                continue
             }
-            guard settle(now) else { return }
+            switch answer {
+            case .now(let packets):
+                guard settle(.success(packets)) else { return }
+            case .decided:
+                answersOnTheWay.append(slot)
+            case .pending:
+                return
+            }
         }
         brokerBusy = false
-        if let closing = closingAfterBroker?.value {
-            closingAfterBroker = nil
-            end(closing)
-        }
+        closeIfAllAnswered()
     }
 
-    func brokerAnswered(_ result: Result<[MQTTPacket], any Error>, session: any PubSubSession) {
-        if settle(result) { pump(session) }
+    /// The broker's answer to a packet it decided later (`.pending`), or to a PUBLISH it decided
+    /// at once and has now made durable (`.decided`, whose place is `slot`).
+    func answerCame(_ result: Result<[MQTTPacket], any Error>, into slot: AnswerSlot, session: any PubSubSession) {
+        if answersOnTheWay.contains(where: { $0 === slot }) {
+            slot.content = .broker(result)
+            writeReadyAnswers()
+        } else if settle(result) {
+            pump(session)
+        }
         resumeReadsIfHeld()
     }
 
-    /// The broker's answer to the packet it had: written (or, once the client is closing,
-    /// dropped), or the connection closed for a broker failure. True when the next packet
-    /// may go to the broker.
+    /// Writes the answers at the head of `answersOnTheWay` that are ready, in order.
+    private func writeReadyAnswers() {
+        while let first = answersOnTheWay.first, first.isReady {
+            _ = answersOnTheWay.popFirst()
+            switch first.content {
+            case .own(let packets):
+                write(packets)
+            case .broker(.success(let packets)?):
+                // A PUBLISH's answer: nothing to merge (`completed` is for SUBACKs).
+                guard closingAfterBroker == nil, machine.isActive else { continue }
+                machine.answered(packets)
+                write(packets)
+            case .broker(.failure(let error)?):
+                guard closingAfterBroker == nil else { continue }
+                guard machine.isActive else { return answersOnTheWay.removeAll() }
+                answersOnTheWay.removeAll()
+                brokerQueue.removeAll()
+                brokerBusy = false
+                subscribeScreen = nil
+                let (code, why) = brokerFailure(error)
+                return perform(machine.brokerFailed(code: code, why: why))
+            case .broker(nil):
+                break
+            }
+        }
+        closeIfAllAnswered()
+    }
+
+    /// The close a client's DISCONNECT (or its going) asked for, once nothing it sent is
+    /// still with the broker or on its way back.
+    private func closeIfAllAnswered() {
+        guard !brokerBusy, brokerQueue.isEmpty, answersOnTheWay.isEmpty,
+            let closing = closingAfterBroker?.value
+        else { return }
+        closingAfterBroker = nil
+        end(closing)
+    }
+
+    /// The broker's answer to the packet whose decision it had: written in its turn (or, once
+    /// the client is closing, dropped), or the connection closed for a broker failure. True
+    /// when the next packet may go to the broker.
     private func settle(_ result: Result<[MQTTPacket], any Error>) -> Bool {
         if closingAfterBroker != nil {
             // The client said DISCONNECT or is gone: answers are moot, what it sent before is not.
@@ -133,11 +193,12 @@ extension MQTTConnection {
         case .success(let packets):
             let answers = completed(packets)
             machine.answered(answers)
-            write(answers)
+            writeInOrder(answers)
             return true
         case .failure(let error):
             brokerBusy = false
             subscribeScreen = nil
+            answersOnTheWay.removeAll()
             let (code, why) = brokerFailure(error)
             perform(machine.brokerFailed(code: code, why: why))
             return false

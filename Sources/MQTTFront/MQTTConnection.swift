@@ -37,6 +37,9 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
     /// Allocated on first use: most connections never queue a packet, and 16 slots of
     /// `MQTTPacket` (NIO's default) were kilobytes per held connection.
     var brokerQueue = PacketQueue()
+    /// Answers not written yet because an earlier one is still being made durable (a PUBLISH
+    /// to a persistent session): written in order as they become ready. Empty for most.
+    var answersOnTheWay = AnswerQueue()
     /// A client's DISCONNECT, or the loss of the connection, that came while the broker still
     /// had this connection's earlier packets: the connection ends once they are handled, so
     /// that a PUBLISH sent just before a DISCONNECT (mosquitto_pub's QoS 0) or just before the
@@ -84,6 +87,9 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
     var countedOpen = false
 
     static let brokerQueueLimit = 64
+    /// Reads pause while this many answers are on their way (QoS 0 PUBLISHes to persistent
+    /// sessions have one each, without counting against the Receive Maximum).
+    static let answersOnTheWayLimit = 1024
 
     init(services: FrontServices, eventLoop: any EventLoop, tls: TLSTransport? = nil) {
         self.services = services
@@ -189,6 +195,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
     /// Whether more bytes may be read now; when not, the transport waits for `resumeReading`.
     var mayRead: Bool {
         !machine.pendingIsFull && brokerQueue.count < Self.brokerQueueLimit && !throttleHoldsReads
+            && answersOnTheWay.count < Self.answersOnTheWayLimit
     }
 
     func resumeReadsIfHeld() {
@@ -267,7 +274,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         case .close(let closing):
             if let limit = closing.limit { limitExceeded(limit, why: closing.why) }
             if closing.release?.reason == .clientInitiatedDisconnect || closing.channelGone,
-                brokerBusy || !brokerQueue.isEmpty
+                brokerBusy || !brokerQueue.isEmpty || !answersOnTheWay.isEmpty
             {
                 closingAfterBroker = Boxed(closing)
             } else {
@@ -381,6 +388,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
 
     func detach(publishWill: Bool) {
         brokerQueue.removeAll()
+        answersOnTheWay.removeAll()
         guard let session = pubsubSession else { return }
         pubsubSession = nil
         services.pubsub?.detachSession(session, publishWill: publishWill)

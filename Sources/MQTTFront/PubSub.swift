@@ -29,10 +29,21 @@ extension PubSubEngine {
     public func hasDetachedSession(_ name: SessionName) -> Bool { true }
 }
 
+/// How a packet handed to the pub/sub core is answered.
+public enum PubSubAnswer: Sendable {
+    /// Answered now, on the caller's thread.
+    case now([MQTTPacket])
+    /// Decided now (routed, queued); its answers come later (once durable), and the
+    /// connection's next packet may be handed over before they do.
+    case decided
+    /// Decided and answered later; the next packet waits for that.
+    case pending
+}
+
 extension PubSubSession {
     public func handle(
         _ packet: MQTTPacket, answerLater: @escaping @Sendable (Result<[MQTTPacket], any Error>) -> Void
-    ) throws -> [MQTTPacket]? {
+    ) throws -> PubSubAnswer {
         Task {
             do {
                 answerLater(.success(try await handle(packet)))
@@ -40,19 +51,19 @@ extension PubSubSession {
                 answerLater(.failure(error))
             }
         }
-        return nil
+        return .pending
     }
 }
 
 public protocol PubSubSession: AnyObject, Sendable {
     /// One client packet, in arrival order; returns the answers to send.
     func handle(_ packet: MQTTPacket) async throws -> [MQTTPacket]
-    /// The same without a hop to another thread where none is needed: the answers, returned
-    /// on the caller's thread; or nil, and `answerLater` hears them (once) from another thread.
-    /// The default always answers later, through `handle(_:)` in a task.
+    /// The same without a hop to another thread where none is needed (see `PubSubAnswer`);
+    /// `answerLater` is called once, from another thread, unless the answer is `.now`. The
+    /// default is always `.pending`, through `handle(_:)` in a task.
     func handle(
         _ packet: MQTTPacket, answerLater: @escaping @Sendable (Result<[MQTTPacket], any Error>) -> Void
-    ) throws -> [MQTTPacket]?
+    ) throws -> PubSubAnswer
     /// The filters the session subscribes to now, restored ones included.
     var subscriptionFilters: [String] { get }
 }

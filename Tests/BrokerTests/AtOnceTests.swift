@@ -38,19 +38,19 @@ struct AtOnceTests {
         _ = try await subscriber.session.handle(subscribe([("t/#", .atLeastOnce)]))
         let publisher = broker.connect("pub")
         let later = Later()
-        #expect(try publisher.session.handleAtOnce(publish("t/a", "zero"), later: later.callback) == [])
+        #expect(try publisher.session.handleAtOnce(publish("t/a", "zero"), later: later.callback) == .answered([]))
         #expect(try publisher.session.handleAtOnce(publish("t/b", "one", qos: .atLeastOnce, id: 7), later: later.callback)
-            == [.puback(ack(7))])
+            == .answered([.puback(ack(7))]))
         let delivered = subscriber.sink.takePublishes()
         #expect(delivered.map(text) == ["zero", "one"])
         // The subscriber's PUBACK for its QoS 1 delivery: at once too.
         let id = try #require(delivered[1].packetIdentifier)
-        #expect(try subscriber.session.handleAtOnce(.puback(ack(id)), later: later.callback) == [])
+        #expect(try subscriber.session.handleAtOnce(.puback(ack(id)), later: later.callback) == .answered([]))
         try await Task.sleep(for: .milliseconds(50))
         #expect(later.heard.withLock { $0.isEmpty })
     }
 
-    @Test("QoS 1 to a persistent session: answered later, once the message is stored")
+    @Test("QoS 1 to a persistent session: decided at once, answered later once the message is stored")
     func publishThatMustBeStored() async throws {
         let directory = scratchDirectory()
         defer { removeDirectory(directory) }
@@ -61,9 +61,10 @@ struct AtOnceTests {
         broker.detach(subscriber.session)
         let publisher = broker.connect("pub")
         let later = Later()
-        #expect(try publisher.session.handleAtOnce(publish("t/a", "stored", qos: .atLeastOnce, id: 3), later: later.callback) == nil)
-        #expect(try await later.answer() == [.puback(ack(3))])
+        #expect(try publisher.session.handleAtOnce(publish("t/a", "stored", qos: .atLeastOnce, id: 3), later: later.callback) == .decided)
+        // Decided: queued for the offline session before the commit is known.
         #expect(try #require(broker.info(name("kept"))).queued == 1)
+        #expect(try await later.answer() == [.puback(ack(3))])
     }
 
     @Test("SUBSCRIBE is answered later, and a bad PUBLISH throws at once")
@@ -74,7 +75,7 @@ struct AtOnceTests {
         defer { broker.close() }
         let client = broker.connect("c")
         let later = Later()
-        #expect(try client.session.handleAtOnce(subscribe([("a/+", .atMostOnce)], id: 9), later: later.callback) == nil)
+        #expect(try client.session.handleAtOnce(subscribe([("a/+", .atMostOnce)], id: 9), later: later.callback) == .pending)
         #expect(subscribeCodes(try await later.answer()) == [.grantedQoS0])
         #expect(throws: BrokerError.self) {
             _ = try client.session.handleAtOnce(publish("a/+", "wildcard in a topic name"), later: later.callback)
