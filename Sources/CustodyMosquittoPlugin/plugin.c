@@ -192,6 +192,7 @@ static int on_disconnect(int event, void *event_data, void *userdata)
     (void)event;
     (void)userdata;
     struct mosquitto_evt_disconnect *gone = event_data;
+    mosquitto_log_printf(MOSQ_LOG_DEBUG, "custody: disconnect reason %d", gone->reason);
     struct custody_connection *entry = custody_connection_remove(gone->client);
     if (!entry) return MOSQ_ERR_SUCCESS;
     if (!entry->taken_over) {

@@ -40,7 +40,12 @@ final class LedgerServiceContext: Sendable {
     /// another front's (Custody's own listeners), which closes it.
     func takeOver(_ connection: ConnectionNumber, session: SessionName) {
         if let holder = peers.takeHolder(of: connection) {
-            holder.eventLoop.execute { holder.value.lostSession(connection, session: session) }
+            // On this loop (the same peer, or one beside it): told before the claim's answer.
+            if holder.eventLoop.inEventLoop {
+                holder.value.lostSession(connection, session: session)
+            } else {
+                holder.eventLoop.execute { holder.value.lostSession(connection, session: session) }
+            }
         } else if let handler = elsewhere.withLock({ $0 }) {
             handler(connection)
         }
