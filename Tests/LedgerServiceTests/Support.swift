@@ -106,3 +106,139 @@ func wireClaim(_ session: String, user: String?, clean: Bool = true, password: S
 func audit(_ arguments: [String]) throws -> (Int32, String, String) {
     try run(product: "custody-audit", arguments)
 }
+
+/// A client process left running (mosquitto_sub, a paho script); its output is a file.
+final class Spawned {
+    let process = Process()
+    let outPath: String
+
+    init(_ executable: String, _ arguments: [String]) throws {
+        outPath = scratchDirectory("spawned") + ".out"
+        _ = FileManager.default.createFile(atPath: outPath, contents: nil)
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+    }
+
+    var output: String { (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "" }
+
+    @discardableResult
+    func waitForOutput(containing text: String, timeout: Double = 10) throws -> String {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if output.contains(text) { return output }
+            if !process.isRunning, !output.contains(text) {
+                throw TestFailure.unexpected("ended without \"\(text)\": \(output)")
+            }
+            usleep(10_000)
+        }
+        throw TestFailure.timeout("\"\(text)\" in: \(output)")
+    }
+
+    func waitForExit(timeout: Double = 10) throws -> Int32 {
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning, Date() < deadline { usleep(10_000) }
+        guard !process.isRunning else { throw TestFailure.timeout("exit of \(process.arguments ?? []): \(output)") }
+        return process.terminationStatus
+    }
+
+    /// SIGTERM: a paho script then sends DISCONNECT and ends.
+    func stop() throws {
+        guard process.isRunning else { return }
+        Glibc.kill(process.processIdentifier, SIGTERM)
+        _ = try waitForExit()
+    }
+
+    func kill() {
+        guard process.isRunning else { return }
+        Glibc.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    deinit {
+        kill()
+        try? FileManager.default.removeItem(atPath: outPath)
+    }
+}
+
+/// A paho-mqtt client that connects once (no reconnection) and reports, a line each:
+/// `CONNACK rc=N`, `SUBACK codes`, `PUBACK rc=N`, `MESSAGE topic payload`, `DISCONNECT rc=N`.
+let pahoOnce = #"""
+import argparse, signal, sys, threading
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+p = argparse.ArgumentParser()
+p.add_argument("--port", type=int, required=True)
+p.add_argument("--id", required=True)
+p.add_argument("--user")
+p.add_argument("--v3", action="store_true")
+p.add_argument("--subscribe")
+p.add_argument("--publish")
+a = p.parse_args()
+def say(line): print(line, flush=True)
+v5 = not a.v3
+c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=a.id, protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                clean_session=None if v5 else False)
+if a.user is not None: c.username_pw_set(a.user)
+done = threading.Event()
+def on_connect(client, userdata, flags, rc, properties):
+    say("CONNACK rc=%d" % rc.value)
+    if rc.value != 0:
+        done.set(); client.disconnect(); return
+    if a.subscribe: client.subscribe(a.subscribe, qos=1)
+    if a.publish: client.publish(a.publish, b"x", qos=1)
+def on_subscribe(client, userdata, mid, rcs, properties): say("SUBACK " + " ".join(str(r.value) for r in rcs))
+def on_publish(client, userdata, mid, rc, properties): say("PUBACK rc=%d" % rc.value)
+def on_message(client, userdata, m): say("MESSAGE %s %s" % (m.topic, m.payload.decode()))
+def on_disconnect(client, userdata, flags, rc, properties):
+    say("DISCONNECT rc=%d" % rc.value); done.set(); client.disconnect()
+c.on_connect, c.on_subscribe, c.on_publish, c.on_message, c.on_disconnect = on_connect, on_subscribe, on_publish, on_message, on_disconnect
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+signal.signal(signal.SIGTERM, lambda *_: done.set())
+c.connect("127.0.0.1", a.port, keepalive=60)
+c.loop_start()
+done.wait()
+c.disconnect()
+c.loop_stop()
+"""#
+
+func paho(_ arguments: [String]) throws -> Spawned {
+    let python = packageRoot.appendingPathComponent(".venv-tests/bin/python").path
+    guard FileManager.default.isExecutableFile(atPath: python) else {
+        throw TestFailure.missing("\(python): run Tools/custody-setup")
+    }
+    let script = scratchDirectory("paho-once") + ".py"
+    try pahoOnce.write(toFile: script, atomically: true, encoding: .utf8)
+    return try Spawned(python, ["-u", script] + arguments)
+}
+
+/// mosquitto_pub/mosquitto_sub run to their end.
+func mosquittoClient(_ tool: String, port: Int, _ arguments: [String], timeout: Double = 10) throws -> (Int32, String) {
+    let (status, out, err) = try run("/usr/bin/\(tool)", ["-h", "127.0.0.1", "-p", "\(port)"] + arguments, timeout: timeout)
+    return (status, out + err)
+}
+
+/// Debian's mosquitto with the custody plugin on `socket`.
+func mosquittoWithPlugin(_ label: String, socket: String, lines: [String] = []) throws -> RunningMosquitto {
+    try RunningMosquitto(label, lines: [
+        "allow_anonymous true", "plugin \(try builtProduct("libcustody-mosquitto.so").path)", "plugin_opt_socket \(socket)",
+    ] + lines)
+}
+
+/// `custody-audit history --session S` lines after the header: "KIND REASON CLIENT CONN".
+func historyLines(_ directory: String, session: String) throws -> [String] {
+    let (status, out, err) = try audit(["history", "--data-dir", directory, "--session", session])
+    guard status == 0 else { throw TestFailure.unexpected("custody-audit history: \(err)") }
+    return out.split(separator: "\n").dropFirst().map { line in
+        let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+        return "\(fields[2]) \(fields[3]) \(fields[4])"
+    }
+}
+
+func verifyLedger(_ directory: String) throws {
+    let (status, out, err) = try audit(["verify", "--data-dir", directory])
+    guard status == 0 else { throw TestFailure.unexpected("custody-audit verify failed: \(out)\(err)") }
+}
