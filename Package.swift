@@ -192,7 +192,7 @@ let package = Package(
         .executableTarget(
             name: "SessionBench",
             dependencies: [
-                "SessionLedger", "LMDBStorage", "MQTTCodec",
+                "SessionLedger", "LMDBStorage", "MQTTCodec", "LedgerWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),

@@ -106,6 +106,7 @@ void custody_link_close(struct custody_link *link)
 {
     if (link->descriptor >= 0) close(link->descriptor);
     link->descriptor = -1;
+    link->pending_releases = 0;
 }
 
 static int fail(struct custody_link *link, const char *what)
@@ -201,9 +202,16 @@ static int read_frame(struct custody_link *link, uint8_t *type, uint32_t *reques
     return 0;
 }
 
-/* A notice or an error frame; 0 when it was a notice (handled), -1 otherwise. */
+/* A notice, a release's answer or an error frame; 0 when handled, -1 when the link failed. */
 static int handle_unsolicited(struct custody_link *link, uint8_t type)
 {
+    if (type == CUSTODY_RELEASE_ANSWER && link->pending_releases > 0) {
+        link->pending_releases--;
+        uint8_t outcome = custody_get_u8(&link->in);
+        if (link->in.overflow) return fail(link, "malformed release answer");
+        if (outcome == 2) mosquitto_log_printf(MOSQ_LOG_ERR, "custody: the ledger could not record a disconnection");
+        return 0;
+    }
     if (type == CUSTODY_TAKEN_OVER) {
         char session[65536];
         uint64_t connection = custody_get_u64(&link->in);
@@ -223,7 +231,8 @@ static int handle_unsolicited(struct custody_link *link, uint8_t type)
     return fail(link, "unexpected frame");
 }
 
-int custody_link_call(struct custody_link *link, uint8_t expected)
+/* Opens the link if need be and writes `link->out` with its length. */
+static int send_out(struct custody_link *link)
 {
     if (link->out.overflow) {
         mosquitto_log_printf(MOSQ_LOG_ERR, "custody: request too large for the ledger protocol");
@@ -235,9 +244,22 @@ int custody_link_call(struct custody_link *link, uint8_t expected)
     link->out.bytes[1] = (uint8_t)(body >> 16);
     link->out.bytes[2] = (uint8_t)(body >> 8);
     link->out.bytes[3] = (uint8_t)body;
+    if (write_all(link, link->out.bytes, link->out.length) != 0) return fail(link, "cannot send");
+    return 0;
+}
+
+int custody_link_send(struct custody_link *link)
+{
+    if (send_out(link) != 0) return -1;
+    link->pending_releases++;
+    return 0;
+}
+
+int custody_link_call(struct custody_link *link, uint8_t expected)
+{
     uint32_t sent_id = ((uint32_t)link->out.bytes[6] << 24) | ((uint32_t)link->out.bytes[7] << 16) |
                        ((uint32_t)link->out.bytes[8] << 8) | link->out.bytes[9];
-    if (write_all(link, link->out.bytes, link->out.length) != 0) return fail(link, "cannot send");
+    if (send_out(link) != 0) return -1;
     for (;;) {
         uint8_t type;
         uint32_t request_id;

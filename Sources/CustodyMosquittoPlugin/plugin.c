@@ -4,10 +4,11 @@
  *   MOSQ_EVT_BASIC_AUTH  claims the session (Username = authentication name, ClientID =
  *                        session name) and waits for the durable answer: success, or
  *                        MOSQ_ERR_AUTH for every refusal, and for a ledger that cannot answer.
- *   MOSQ_EVT_DISCONNECT  releases the session, with the reason mapped to the ledger's.
+ *   MOSQ_EVT_DISCONNECT  releases the session, with the reason mapped to the ledger's (sent
+ *                        without waiting: Mosquitto's thread waits for claims only).
  *   MOSQ_EVT_ACL_CHECK   asks the authorization decision for a publish or a subscribe,
  *                        cached per connection.
- *   MOSQ_EVT_TICK        reads takeover notices, and disconnects clients the ledger no longer
+ *   MOSQ_EVT_TICK        reads takeover notices and release answers, and disconnects clients the ledger no longer
  *                        knows (the socket failed: nothing is held off the ledger).
  *
  * Options: plugin_opt_socket PATH (required), plugin_opt_timeout_ms N (default 5000).
@@ -192,7 +193,6 @@ static int on_disconnect(int event, void *event_data, void *userdata)
     (void)event;
     (void)userdata;
     struct mosquitto_evt_disconnect *gone = event_data;
-    mosquitto_log_printf(MOSQ_LOG_DEBUG, "custody: disconnect reason %d", gone->reason);
     struct custody_connection *entry = custody_connection_remove(gone->client);
     if (!entry) return MOSQ_ERR_SUCCESS;
     if (!entry->taken_over) {
@@ -205,9 +205,11 @@ static int on_disconnect(int event, void *event_data, void *userdata)
         custody_put_u32(out, 0);
         custody_put_bytes(out, entry->session_name, strlen(entry->session_name));
         custody_put_bytes(out, address ? address : "", address ? strlen(address) : 0);
-        if (call(CUSTODY_RELEASE_ANSWER) != 0) {
+        /* Not waited for: the ledger records it in order, before any later claim's answer. */
+        if (custody_link_send(&state->link) != 0) {
             mosquitto_log_printf(MOSQ_LOG_ERR, "custody: the end of %s's connection %llu was not sent to the ledger",
                                  entry->session_name, (unsigned long long)entry->connection);
+            link_lost();
         }
     }
     custody_connection_free(entry);

@@ -63,6 +63,8 @@ struct custody_link {
     struct custody_buffer in;
     custody_notice_handler on_taken_over;
     void *notice_context;
+    /* Releases sent and not answered yet: their answers are read on the way to later ones. */
+    unsigned pending_releases;
 };
 
 /* Sends `link->out` (started with custody_buffer_start) and reads frames until the answer of
@@ -70,7 +72,10 @@ struct custody_link {
  * fields are then read from `link->in`. Returns 0, or -1 when the link failed (it is closed
  * then; the reason is logged). */
 int custody_link_call(struct custody_link *link, uint8_t expected);
-/* Reads the notices waiting on the socket without blocking. -1: the link failed (closed). */
+/* Sends `link->out` without waiting for its answer (a release: Mosquitto's thread does not wait
+ * for its commit; the answer is read with the next call or poll). -1: the link failed. */
+int custody_link_send(struct custody_link *link);
+/* Reads the notices and answers waiting on the socket without blocking. -1: the link failed. */
 int custody_link_poll(struct custody_link *link);
 void custody_link_close(struct custody_link *link);
 
