@@ -169,6 +169,29 @@ import Glibc
         }
     }
 
+    @Test func aSocketServedElsewhereOrAFileInTheWayStopsStartUp() async throws {
+        try await offPool {
+            let path = try ledgerSocketPath("taken")
+            try withCustody("ledger-taken", ["--ledger-socket", path]) { _ in
+                let other = scratchDirectory("ledger-taken-2")
+                defer { try? FileManager.default.removeItem(atPath: other) }
+                let (status, _, error) = try run(product: "custody", [
+                    "--data-dir", other, "--listen", "127.0.0.1:0", "--ledger-socket", path,
+                ])
+                #expect(status == 1)
+                #expect(error.contains("ledger socket \(path) is served by another process"), "\(error)")
+            }
+            let file = try ledgerSocketPath("file")
+            try "not a socket".write(toFile: file, atomically: true, encoding: .utf8)
+            let data = scratchDirectory("ledger-file")
+            defer { try? FileManager.default.removeItem(atPath: data) }
+            let (status, _, error) = try run(product: "custody", ["--data-dir", data, "--listen", "127.0.0.1:0", "--ledger-socket", file])
+            #expect(status == 1)
+            #expect(error.contains("ledger socket \(file) exists and is not a socket"), "\(error)")
+            #expect(FileManager.default.fileExists(atPath: file), "left alone")
+        }
+    }
+
     @Test func aLedgerOnlyConfigurationHasNoListeners() async throws {
         try await offPool {
             let path = try ledgerSocketPath("only")

@@ -95,6 +95,33 @@ import Testing
         }
     }
 
+    @Test func takeoversReachTheConnectionHeldThroughTheOtherFront() async throws {
+        try await offPool {
+            try withMosquitto("mq-cross") { custody, mosquitto in
+                // Custody's own connection, taken over through Mosquitto: DISCONNECT 0x8E.
+                let own = try paho(["--port", "\(custody.port)", "--id", "both", "--user", "alice"])
+                try own.waitForOutput(containing: "CONNACK rc=0")
+                let throughMosquitto = try paho(["--port", "\(mosquitto.port)", "--id", "both", "--user", "alice"])
+                try throughMosquitto.waitForOutput(containing: "CONNACK rc=0")
+                try own.waitForOutput(containing: "DISCONNECT rc=142")
+                // Mosquitto's client, taken over through custody's listener: the plugin disconnects it.
+                let back = try paho(["--port", "\(custody.port)", "--id", "both", "--user", "alice"])
+                try back.waitForOutput(containing: "CONNACK rc=0")
+                try throughMosquitto.waitForOutput(containing: "DISCONNECT")
+                try back.stop()
+                try custody.waitForEvent { $0.sessionName.value == "both" && $0.kind == .disconnected(.clientInitiatedDisconnect) }
+                #expect(try historyLines(custody.directory, session: "both") == [
+                    "connected - alice",
+                    "disconnected sessionTakenOver alice",
+                    "connected - alice",
+                    "disconnected sessionTakenOver alice",
+                    "connected - alice",
+                    "disconnected clientInitiatedDisconnect alice",
+                ])
+            }
+        }
+    }
+
     @Test func theCapReachesTheClientAsNotAuthorized() async throws {
         try await offPool {
             try withMosquitto("mq-cap", custodyArguments: ["--max-sessions-per-client", "2"]) { custody, mosquitto in
