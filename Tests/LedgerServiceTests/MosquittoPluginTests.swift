@@ -188,6 +188,27 @@ import Testing
         }
     }
 
+    @Test func custodysPasswordFileDecidesWhoConnectsThroughMosquitto() async throws {
+        try await offPool {
+            let passwords = scratchDirectory("mq-passwd") + ".passwd"
+            let (made, _, madeError) = try run("/usr/bin/mosquitto_passwd", ["-c", "-b", passwords, "alice", "s3cret"])
+            try #require(made == 0, "mosquitto_passwd: \(madeError)")
+            defer { try? FileManager.default.removeItem(atPath: passwords) }
+            try withMosquitto("mq-passwd", custodyArguments: ["--password-file", passwords]) { custody, mosquitto in
+                let (wrong, wrongOutput) = try mosquittoClient(
+                    "mosquitto_pub", port: mosquitto.port, ["-u", "alice", "-P", "guess", "-i", "pw1", "-t", "t", "-m", "x"])
+                #expect(wrong != 0)
+                #expect(wrongOutput.contains("not authorised"), "\(wrongOutput)")
+                let (right, rightOutput) = try mosquittoClient(
+                    "mosquitto_pub", port: mosquitto.port, ["-u", "alice", "-P", "s3cret", "-i", "pw2", "-t", "t", "-m", "x"])
+                #expect(right == 0, "\(rightOutput)")
+                try custody.waitForEvent { $0.sessionName.value == "pw2" && $0.kind.name == "disconnected" }
+                let decided = try custody.events().filter { $0.kind.name != "disconnected" }.map { "\($0.kind.name) \($0.kind.reasonName ?? "-") \($0.sessionName)" }
+                #expect(decided == ["rejected authenticationFailed pw1", "connected - pw2"])
+            }
+        }
+    }
+
     @Test func aDeniedSubscribeAndADeniedPublishThroughThePlugin() async throws {
         try await offPool {
             let acl = scratchDirectory("mq-acl") + ".acl"
