@@ -112,6 +112,34 @@ import Glibc
         }
     }
 
+    @Test func aReloadDecidesTheClaimsThatFollow() async throws {
+        try await offPool {
+            let path = try ledgerSocketPath("reload")
+            let acl = scratchDirectory("acl-reload") + ".acl"
+            try "user alice\ntopic readwrite fleet/#\n".write(toFile: acl, atomically: true, encoding: .utf8)
+            defer { try? FileManager.default.removeItem(atPath: acl) }
+            try withCustody("ledger-reload", ["--ledger-socket", path, "--acl-file", acl]) { custody in
+                let client = try LedgerSocketClient(path: path)
+                guard case .claimAnswer(let before) = try client.call(wireClaim("r1", user: "alice"), id: 1) else {
+                    throw TestFailure.unexpected("no claim answer")
+                }
+                #expect(try client.call(.authorize(WireAuthorize(connection: before.connection, action: .publish, topic: "depot/1")), id: 2)
+                    == .authorizeAnswer(false))
+                try "user alice\ntopic readwrite depot/#\n".write(toFile: acl, atomically: true, encoding: .utf8)
+                kill(custody.process.processIdentifier, SIGHUP)
+                try custody.waitForOutput(containing: "SIGHUP: registry reloaded", timeout: 10)
+                guard case .claimAnswer(let after) = try client.call(wireClaim("r2", user: "alice"), id: 3) else {
+                    throw TestFailure.unexpected("no claim answer")
+                }
+                #expect(try client.call(.authorize(WireAuthorize(connection: after.connection, action: .publish, topic: "depot/1")), id: 4)
+                    == .authorizeAnswer(true))
+                // Decided once per claim: the connection granted before keeps what it had.
+                #expect(try client.call(.authorize(WireAuthorize(connection: before.connection, action: .publish, topic: "depot/1")), id: 5)
+                    == .authorizeAnswer(false))
+            }
+        }
+    }
+
     @Test(arguments: [
         ("another version", [0, 0, 0, 6, 2, 0x01, 0, 0, 0, 1] as [UInt8], WireErrorCode.unsupportedVersion),
         ("a length below the header", [0, 0, 0, 3, 1, 0x01, 0], .malformedFrame),

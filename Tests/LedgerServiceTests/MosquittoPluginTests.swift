@@ -184,6 +184,15 @@ import Testing
                 #expect(status != 0)
                 #expect(output.contains("not authorised"), "\(output)")
                 #expect(mosquitto.log.contains("CONNECT of later refused: the ledger could not decide it"), "\(mosquitto.log)")
+                // The ledger back on the same socket: the plugin connects again with the next CONNECT.
+                let again = try RunningCustody(
+                    "mq-away-again", arguments: ["--ledger-socket", socketPath(custody), "--connects-per-second-per-session", "0"],
+                    directory: custody.directory)
+                defer { again.stop() }
+                let (back, backOutput) = try mosquittoClient(
+                    "mosquitto_pub", port: mosquitto.port, ["-u", "alice", "-i", "later", "-t", "t", "-m", "x"])
+                #expect(back == 0, "\(backOutput)")
+                try again.waitForEvent { $0.sessionName.value == "later" && $0.kind == .connected }
             }
         }
     }
@@ -232,4 +241,12 @@ import Testing
             }
         }
     }
+}
+
+/// The ledger socket a running custody serves (from its start-up line).
+func socketPath(_ custody: RunningCustody) throws -> String {
+    guard let line = custody.stdout.split(separator: "\n").first(where: { $0.hasPrefix("custody: ledger socket ") }),
+        let path = line.split(separator: " ").dropFirst(3).first
+    else { throw TestFailure.unexpected("no ledger socket line in \(custody.stdout)") }
+    return String(path)
 }
