@@ -8,50 +8,6 @@ import NIOPosix
 import SessionLedger
 import Synchronization
 
-/// What every peer of the socket shares: the one door (the same `SessionAuthority` as the
-/// MQTT listeners: same group commit, same events, same audit), who a claim is and what it
-/// may do (replaced by a reload), and where takeovers of other fronts' connections go.
-final class LedgerServiceContext: Sendable {
-    let ledger: any SessionAuthority
-    let logger: Logger
-    let group: MultiThreadedEventLoopGroup
-    let peers = LedgerPeers()
-    let authority: LedgerAuthorityBox
-    let access: LedgerAccessBox
-    private let elsewhere: Mutex<(@Sendable (ConnectionNumber) -> Void)?>
-
-    init(
-        ledger: any SessionAuthority, logger: Logger, group: MultiThreadedEventLoopGroup,
-        authority: (any IdentityAuthority)?, access: any AccessControl
-    ) {
-        self.ledger = ledger
-        self.logger = logger
-        self.group = group
-        self.authority = LedgerAuthorityBox(authority)
-        self.access = LedgerAccessBox(access)
-        elsewhere = Mutex(nil)
-    }
-
-    func setElsewhere(_ handler: @escaping @Sendable (ConnectionNumber) -> Void) {
-        elsewhere.withLock { $0 = handler }
-    }
-
-    /// R4: `connection` lost its session. A peer here that holds it is told; otherwise it is
-    /// another front's (Custody's own listeners), which closes it.
-    func takeOver(_ connection: ConnectionNumber, session: SessionName) {
-        if let holder = peers.takeHolder(of: connection) {
-            // On this loop (the same peer, or one beside it): told before the claim's answer.
-            if holder.eventLoop.inEventLoop {
-                holder.value.lostSession(connection, session: session)
-            } else {
-                holder.eventLoop.execute { holder.value.lostSession(connection, session: session) }
-            }
-        } else if let handler = elsewhere.withLock({ $0 }) {
-            handler(connection)
-        }
-    }
-}
-
 /// The ledger as a service: a Unix domain socket (mode 0660) speaking the ledger protocol
 /// (LedgerWire), for fronts outside this process such as Mosquitto with the custody plugin.
 public final class LedgerSocketServer: Sendable {
@@ -159,20 +115,4 @@ public struct LedgerSocketError: Error, CustomStringConvertible {
     public var path: String
     public var problem: String
     public var description: String { "ledger socket \(path) \(problem)" }
-}
-
-/// The identity authority in force; swapped whole by a reload.
-final class LedgerAuthorityBox: Sendable {
-    private let current: Mutex<(any IdentityAuthority)?>
-    init(_ authority: (any IdentityAuthority)?) { current = Mutex(authority) }
-    var authority: (any IdentityAuthority)? { current.withLock { $0 } }
-    func replace(with authority: any IdentityAuthority) { current.withLock { $0 = authority } }
-}
-
-/// The access control in force; swapped whole by a reload.
-final class LedgerAccessBox: Sendable {
-    private let current: Mutex<any AccessControl>
-    init(_ access: any AccessControl) { current = Mutex(access) }
-    var access: any AccessControl { current.withLock { $0 } }
-    func replace(with access: any AccessControl) { current.withLock { $0 = access } }
 }
