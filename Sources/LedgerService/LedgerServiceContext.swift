@@ -37,16 +37,20 @@ final class LedgerServiceContext: Sendable {
     /// R4: `connection` lost its session. A peer here that holds it is told; otherwise it is
     /// another front's (Custody's own listeners), which closes it.
     func takeOver(_ connection: ConnectionNumber, session: SessionName) {
-        if let holder = peers.takeHolder(of: connection) {
-            // On this loop (the same peer, or one beside it): told before the claim's answer.
-            if holder.eventLoop.inEventLoop {
-                holder.value.lostSession(connection, session: session)
-            } else {
-                holder.eventLoop.execute { holder.value.lostSession(connection, session: session) }
-            }
-        } else if let handler = elsewhere.withLock({ $0 }) {
-            handler(connection)
+        guard !tellHolder(of: connection, session: session), let handler = elsewhere.withLock({ $0 }) else { return }
+        handler(connection)
+    }
+
+    /// Tells the peer holding `connection` that it lost its session; false when no peer here holds it.
+    func tellHolder(of connection: ConnectionNumber, session: SessionName) -> Bool {
+        guard let holder = peers.takeHolder(of: connection) else { return false }
+        // On this loop (the same peer, or one beside it): told before the claim's answer.
+        if holder.eventLoop.inEventLoop {
+            holder.value.lostSession(connection, session: session)
+        } else {
+            holder.eventLoop.execute { holder.value.lostSession(connection, session: session) }
         }
+        return true
     }
 }
 

@@ -66,8 +66,7 @@ public final class LedgerSocketServer: Sendable {
 
     /// R4 from Custody's own front: a connection granted through this socket lost its session.
     public func takenOverElsewhere(_ connection: ConnectionNumber, session: SessionName) {
-        guard let holder = shared.peers.takeHolder(of: connection) else { return }
-        holder.eventLoop.execute { holder.value.lostSession(connection, session: session) }
+        _ = shared.tellHolder(of: connection, session: session)
     }
 
     /// A reload: claims from now on are decided by `authority`.
