@@ -45,7 +45,12 @@ struct plugin_state {
     size_t kick_count, kick_capacity;
     /* How long claims held Mosquitto's thread. */
     uint64_t claims, claim_ns_total, claim_ns_max;
+    /* When the socket was last read at a tick (Mosquitto ticks at every turn of its loop). */
+    uint64_t polled_ns;
 };
+
+/* Notices and release answers are read at most this often between requests. */
+#define POLL_INTERVAL_NS 10000000ull
 
 static struct plugin_state *state;
 
@@ -247,7 +252,11 @@ static int on_tick(int event, void *event_data, void *userdata)
     (void)event;
     (void)event_data;
     (void)userdata;
-    if (custody_link_poll(&state->link) != 0) link_lost();
+    uint64_t now = now_ns();
+    if (now - state->polled_ns >= POLL_INTERVAL_NS) {
+        state->polled_ns = now;
+        if (custody_link_poll(&state->link) != 0) link_lost();
+    }
     if (!state->kick_count) return MOSQ_ERR_SUCCESS;
     size_t count = state->kick_count;
     char **kicks = state->kicks;
