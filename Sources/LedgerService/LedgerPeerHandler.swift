@@ -39,6 +39,12 @@ final class LedgerPeerHandler: ChannelInboundHandler {
         shared.peers.add(bound, id: ObjectIdentifier(self))
     }
 
+    func handlerRemoved(context: ChannelHandlerContext) {
+        // Claims in flight keep their own reference; this one would keep the handler forever.
+        bound = nil
+        self.context = nil
+    }
+
     func channelActive(context: ChannelHandlerContext) {
         shared.logger.info("ledger peer connected", metadata: ["peer": "\(peerName)"])
         context.fireChannelActive()
