@@ -12,6 +12,8 @@ let package = Package(
         .executable(name: "custody-audit", targets: ["CustodyAudit"]),
         .executable(name: "custody-bench", targets: ["SessionBench"]),
         .library(name: "SessionLedger", targets: ["SessionLedger"]),
+        // Mosquitto loads it: `plugin /path/libcustody-mosquitto.so`, `plugin_opt_socket PATH`.
+        .library(name: "custody-mosquitto", type: .dynamic, targets: ["CustodyMosquittoPlugin"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
@@ -131,6 +133,29 @@ let package = Package(
             ]
         ),
         .target(
+            name: "LedgerWire",
+            // The ledger socket's protocol (version 1, length-prefixed binary frames): pure.
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .target(
+            name: "LedgerService",
+            // The ledger as a service: the Unix domain socket other fronts (Mosquitto with the
+            // plugin) claim, release and ask authorization through, behind the one SessionAuthority.
+            dependencies: [
+                "LedgerWire", "SessionLedger", "CustodyModel", "Authorization",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "CustodyMosquittoPlugin",
+            // C, against Debian's mosquitto-dev and libmosquitto-dev headers (Mosquitto 2.0 plugin
+            // API v5); Mosquitto's own symbols are resolved when Mosquitto loads the library.
+            dependencies: [],
+            cSettings: [.unsafeFlags(["-Wall", "-Wextra"])]
+        ),
+        .target(
             name: "Authorization",
             // Event Grid's client groups, topic spaces and permission bindings, and Mosquitto's
             // acl_file: pure, no I/O, no dependency.
@@ -147,7 +172,7 @@ let package = Package(
             name: "CustodyServer",
             dependencies: [
                 "SessionLedger", "MQTTFront", "MQTTCodec", "Broker", "CustodyModel", "CustodyConfig", "CustodyTLS",
-                "CustodyOperations", "Authorization",
+                "CustodyOperations", "Authorization", "LedgerService", "LedgerWire",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // Graceful shutdown on SIGTERM/SIGINT; metrics served on --metrics.
@@ -167,7 +192,7 @@ let package = Package(
         .executableTarget(
             name: "SessionBench",
             dependencies: [
-                "SessionLedger", "LMDBStorage", "MQTTCodec", "EpollTransport",
+                "SessionLedger", "LMDBStorage", "MQTTCodec", "EpollTransport", "LedgerWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -240,6 +265,15 @@ let package = Package(
             // The real `custody` as a child process (flags, configuration files, signals), and
             // what only the executable holds: its log handlers and lifecycle event publisher.
             dependencies: ["CustodyServer", "SessionLedger", "LMDBStorage", "CustodyTesting", "Broker", "MQTTCodec"]
+        ),
+        .testTarget(
+            name: "LedgerServiceTests",
+            // The ledger socket's protocol over a real socket to a real `custody`, and the
+            // Mosquitto plugin in a real Mosquitto (2.0) driven by mosquitto_pub/sub and paho-mqtt.
+            dependencies: [
+                "LedgerWire", "LedgerService", "CustodyServer", "SessionLedger", "LedgerCore", "LMDBStorage", "CustodyTesting",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
         ),
         .testTarget(
             name: "AuthorizationTests",

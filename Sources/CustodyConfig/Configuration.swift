@@ -8,6 +8,10 @@ import LedgerCore
 public struct CustodyConfiguration: Sendable, Equatable {
     public var dataDir: String = "./data"
     public var listeners: [ListenerConfiguration] = [ListenerConfiguration(kind: .mqtt, host: "127.0.0.1", port: 1883)]
+    /// The ledger as a service: a Unix domain socket (mode 0660) other fronts (Mosquitto with
+    /// the custody plugin) claim and release sessions through; nil: none. With it, `listeners`
+    /// may be empty (custody only serves as a ledger).
+    public var ledgerSocket: String?
     public var namespace = NamespaceConfiguration()
     public var clients: [ClientRecord] = []
     /// A Mosquitto-style password file (`user:$7$…` lines, as `mosquitto_passwd` writes).

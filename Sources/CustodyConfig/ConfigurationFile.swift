@@ -155,13 +155,15 @@ struct ConfigurationReader {
         let keys = try mapping(root, nil, known: [
             "dataDir", "listeners", "namespace", "clients", "passwordFile", "ledgerMapSizeMiB",
             "connectTimeoutSeconds", "logLevel", "logFormat", "metrics", "metricsAllowRemote", "eventSubscribers",
-            "maxKeepAliveSeconds", "limits", "ledger",
+            "maxKeepAliveSeconds", "limits", "ledger", "ledgerSocket",
         ] + Self.authorizationKeys)
         var config = CustodyConfiguration()
         if let (_, value) = keys["dataDir"] { config.dataDir = try path(value, "dataDir") }
         if let (_, value) = keys["listeners"] {
             let items = try sequence(value, "listeners")
-            guard !items.isEmpty else { throw fail(value, "listeners", "at least one listener is needed") }
+            guard !items.isEmpty || keys["ledgerSocket"] != nil else {
+                throw fail(value, "listeners", "at least one listener is needed (none only with ledgerSocket)")
+            }
             config.listeners = []
             for (index, item) in items.enumerated() {
                 config.listeners.append(try listener(item, "listeners[\(index)]"))
@@ -189,6 +191,7 @@ struct ConfigurationReader {
             }
         }
         if let (_, value) = keys["passwordFile"] { config.passwordFile = try path(value, "passwordFile") }
+        if let (_, value) = keys["ledgerSocket"] { config.ledgerSocket = try path(value, "ledgerSocket") }
         if let (_, value) = keys["ledgerMapSizeMiB"] {
             config.ledgerMapSizeMiB = try int(value, "ledgerMapSizeMiB", range: 1...(1 << 24))
         }

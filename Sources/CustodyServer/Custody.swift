@@ -3,6 +3,8 @@ import ArgumentParser
 import Broker
 import CustodyConfig
 import Foundation
+import LedgerService
+import LedgerWire
 import Logging
 import MQTTFront
 import NIOCore
@@ -189,6 +191,11 @@ struct Custody: AsyncParsableCommand {
             valueName: "name"))
     var eventSubscribers: [String] = []
 
+    @Option(help: ArgumentHelp(
+        "Serve the session ledger on this Unix domain socket (mode 0660) for other fronts, such as Mosquitto with the custody plugin (config key ledgerSocket).",
+        valueName: "path"))
+    var ledgerSocket: String?
+
     @OptionGroup(title: "Authorization")
     var access: AccessOptions
 
@@ -214,6 +221,7 @@ struct Custody: AsyncParsableCommand {
             publishMessagesPerSecond: publishMessagesPerSecond, publishBytesPerSecond: publishBytesPerSecond,
             maxConnections: maxConnections)
         flags.aclFile = access.aclFile
+        flags.ledgerSocket = ledgerSocket
         return flags
     }
 
@@ -330,9 +338,21 @@ struct Custody: AsyncParsableCommand {
             ledger.close()
             throw ExitCode.failure
         }
+        // The ledger as a service: the same ledger (group commit, events, audit) as the listeners.
+        let ledgerSocket = settings.ledgerSocket.map { path in
+            LedgerSocketServer(
+                path: path, ledger: ledger, authority: authority, access: accessRules,
+                logger: Logger(label: "custody.ledger-socket"))
+        }
+        var takenOverElsewhere: (@Sendable (ConnectionNumber, SessionName) -> Void)?
+        if let ledgerSocket {
+            takenOverElsewhere = { connection, session in ledgerSocket.takenOverElsewhere(connection, session: session) }
+        }
         let frontConfiguration = settings.frontConfiguration(
             listeners: listeners,
-            operations: FrontOperations(metrics: operations.frontMetrics, serverTopicReaders: settings.eventSubscribers))
+            operations: FrontOperations(
+                metrics: operations.frontMetrics, serverTopicReaders: settings.eventSubscribers,
+                takenOverElsewhere: takenOverElsewhere))
         let front = MQTTFront(
             ledger: ledger, pubsub: broker, configuration: frontConfiguration, logger: logger, authority: authority,
             access: accessRules)
@@ -349,6 +369,19 @@ struct Custody: AsyncParsableCommand {
         }
         for (listener, address) in zip(listeners, addresses) {
             say("custody: listening \(FrontListener(address: address, transport: listener.transport))")
+        }
+        if let ledgerSocket {
+            ledgerSocket.onTakeoverElsewhere { front.takeOver($0) }
+            do {
+                try await ledgerSocket.start()
+            } catch {
+                FileHandle.standardError.write(Data("custody: \(error)\n".utf8))
+                await front.shutdown()
+                broker.close()
+                ledger.close()
+                throw ExitCode.failure
+            }
+            say("custody: ledger socket \(ledgerSocket.path) mode 0660 protocol \(LedgerWire.version)")
         }
         say(limitsLine(settings.limits, front: frontConfiguration))
         if let authority {
@@ -372,7 +405,7 @@ struct Custody: AsyncParsableCommand {
         }
         let reload = IdentityReload(
             configFile: config, flags: flags, front: front, broker: broker, frontOperations: frontConfiguration.operations,
-            logger: logger)
+            ledgerSocket: ledgerSocket, logger: logger)
         say("custody: running; SIGINT or SIGTERM stops")
         let closed = ShutdownTally()
         // The service group's own chatter (debug) is not for operators.
@@ -386,7 +419,7 @@ struct Custody: AsyncParsableCommand {
             LedgerStorageService(ledger: lmdbLedger, metrics: operations.ledgerMetrics, logger: Logger(label: "custody.ledger")),
             IdentityReloadService(reload: reload, hangups: hangups),
             MQTTFrontService(front: front, closed: closed),
-        ], logger: lifecycleLogger)
+        ] + (ledgerSocket.map { [LedgerSocketService(server: $0, closed: closed)] } ?? []), logger: lifecycleLogger)
         // Our own signal sources (not ServiceGroup's, which would share the signals with them)
         // start the graceful shutdown; the second signal is handled in `terminationSignals`.
         let announced = Task {

@@ -3,6 +3,7 @@ import CustodyModel
 import CustodyConfig
 import CustodyTLS
 import Foundation
+import LedgerService
 import Logging
 import MQTTFront
 import NIOCore
@@ -72,6 +73,8 @@ struct IdentityReload {
     let broker: Broker
     /// The front's operations (metrics, event readers), kept as they started.
     let frontOperations: FrontOperations
+    /// The ledger socket's claims take the reloaded registry and rules too (from the next claim).
+    var ledgerSocket: LedgerSocketServer? = nil
     let logger: Logger
 
     /// Reloads at each signal of `signals` (from `hangupSignals()`, set up early).
@@ -101,6 +104,10 @@ struct IdentityReload {
         if let authority { disconnected = await front.replaceAuthority(authority) }
         // After the identities: a connection that is gone loses nothing here.
         let revoked = await front.replaceAccess(access)
+        if let ledgerSocket {
+            if let authority { ledgerSocket.replaceAuthority(authority) }
+            ledgerSocket.replaceAccess(access)
+        }
         // Limits: for the connections made from now on (the broker's: from now on).
         front.replaceLimits(configuration.frontConfiguration(listeners: [], operations: frontOperations))
         broker.replaceLimits(configuration.brokerLimits)

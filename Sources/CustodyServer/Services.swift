@@ -1,6 +1,7 @@
 import Broker
 import CustodyOperations
 import Foundation
+import LedgerService
 import Logging
 import MQTTFront
 import ServiceLifecycle
@@ -24,6 +25,20 @@ struct MQTTFrontService: Service, CustomStringConvertible {
     }
 
     var description: String { "mqtt-front" }
+}
+
+/// The ledger socket: on graceful shutdown (before the front's) its peers' connections are
+/// recorded as ended by the server and the peers closed; the socket file goes.
+struct LedgerSocketService: Service, CustomStringConvertible {
+    let server: LedgerSocketServer
+    let closed: ShutdownTally
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        closed.socketConnections = await server.shutdown()
+    }
+
+    var description: String { "ledger-socket" }
 }
 
 /// Expires sessions as their deadlines pass and tells the front, until the shutdown.
@@ -124,7 +139,7 @@ struct StorageService: Service, CustomStringConvertible {
         operations.events.drain()
         broker.close()
         ledger.close()
-        say("custody: stopped head=\(ledger.head.sequence) connections_closed=\(closed.connections)")
+        say("custody: stopped head=\(ledger.head.sequence) connections_closed=\(closed.connections) socket_connections_ended=\(closed.socketConnections)")
     }
 
     var description: String { "storage" }
@@ -133,9 +148,15 @@ struct StorageService: Service, CustomStringConvertible {
 /// What the front's shutdown closed, for the last line.
 final class ShutdownTally: Sendable {
     private let count = Mutex(0)
+    private let socketCount = Mutex(0)
     var connections: Int {
         get { count.withLock { $0 } }
         set { count.withLock { $0 = newValue } }
+    }
+    /// Those granted through the ledger socket.
+    var socketConnections: Int {
+        get { socketCount.withLock { $0 } }
+        set { socketCount.withLock { $0 = newValue } }
     }
 }
 

@@ -61,6 +61,8 @@ struct FlagValues {
     var publishMessagesPerSecond: Int?
     var publishBytesPerSecond: Int?
     var maxConnections: Int?
+    /// The ledger as a service (issue 20): --ledger-socket.
+    var ledgerSocket: String?
 }
 
 /// What `custody` runs with: the configuration file (if any), then the flags over it.
@@ -80,6 +82,10 @@ enum Settings {
         var configuration = CustodyConfiguration()
         if let file { configuration = try CustodyConfiguration.load(file: file) }
         if let value = flags.dataDir { configuration.dataDir = value }
+        if let value = flags.ledgerSocket {
+            guard !value.isEmpty else { throw SettingsError("--ledger-socket needs a path") }
+            configuration.ledgerSocket = value
+        }
         if let value = flags.maxSessionsPerClient {
             guard NamespacePolicy.sessionsPerClientRange.contains(value) else {
                 throw SettingsError("--max-sessions-per-client must be between 1 and 100, got \(value)")
@@ -281,6 +287,7 @@ enum Settings {
             lines.append("  alternativeAuthenticationNameSources \(namespace.alternativeAuthenticationNameSources.map(\.rawValue).joined(separator: ", "))")
         }
         if let passwordFile = configuration.passwordFile { lines.append("  passwordFile \(passwordFile)") }
+        if let socket = configuration.ledgerSocket { lines.append("  ledgerSocket \(socket)") }
         let authorization = configuration.authorization
         if let acl = authorization.aclFile {
             lines.append("  authorization \(authorization.effectiveMode.rawValue) aclFile \(acl)")

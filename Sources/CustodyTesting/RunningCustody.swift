@@ -49,7 +49,11 @@ public final class RunningCustody: @unchecked Sendable {
         _ = line
         guard let listening = stdout.split(separator: "\n").first(where: { $0.hasPrefix("custody: listening mqtt 127.0.0.1:") }),
             let port = Int(listening.split(separator: ":").last ?? "")
-        else { throw TestFailure.unexpected("no listening line in:\n\(stdout)\n\(stderr)") }
+        else {
+            // Only a ledger (`listeners: []` with a ledger socket): no MQTT port.
+            if stdout.contains("custody: ledger socket "), !stdout.contains("custody: listening ") { return }
+            throw TestFailure.unexpected("no listening line in:\n\(stdout)\n\(stderr)")
+        }
         self.port = port
     }
 

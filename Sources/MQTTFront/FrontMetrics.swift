@@ -99,10 +99,17 @@ public struct FrontOperations: Sendable {
     /// Authentication names (compared case-insensitively) whose connections may subscribe to
     /// `$custody/...` (lifecycle events); everyone else gets SUBACK 0x87 for such filters.
     public var serverTopicReaders: [AuthenticationName]
+    /// R4 when the replaced connection is not one of this front's (another front, such as the
+    /// ledger socket's peers, holds it): told so it can close it. nil: no other front.
+    public var takenOverElsewhere: (@Sendable (ConnectionNumber, SessionName) -> Void)?
 
-    public init(metrics: FrontMetrics? = nil, serverTopicReaders: [AuthenticationName] = []) {
+    public init(
+        metrics: FrontMetrics? = nil, serverTopicReaders: [AuthenticationName] = [],
+        takenOverElsewhere: (@Sendable (ConnectionNumber, SessionName) -> Void)? = nil
+    ) {
         self.metrics = metrics
         self.serverTopicReaders = serverTopicReaders
+        self.takenOverElsewhere = takenOverElsewhere
     }
 
     func readsServerTopics(_ client: AuthenticationName) -> Bool {

@@ -44,6 +44,10 @@ extension MQTTConnection {
             }
             return
         }
+        if let replaced = grant.replacedConnection {
+            // Held through another front (the ledger socket): that front closes it.
+            services.operations.takenOverElsewhere?(replaced, acceptance.identity.sessionName)
+        }
         completeAcceptance(acceptance)
     }
 

@@ -312,6 +312,12 @@ public final class MQTTFront: Sendable {
     }
 
     /// Sessions the ledger expired: their pub/sub state goes too.
+    /// R4 from another front (the ledger socket): `connection`, if it is one of this front's,
+    /// lost its session and is closed (0x8E).
+    public func takeOver(_ connection: ConnectionNumber) {
+        _ = services.registry.takeOver(connection)
+    }
+
     public func sessionsExpired(_ events: [LedgerEvent]) {
         for event in events { services.sessionEnded(event.sessionName) }
     }
