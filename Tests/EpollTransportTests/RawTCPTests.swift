@@ -101,16 +101,7 @@ struct RawTCPTests {
 
     @Test func aRefusedConnectIsHeardAsAClosedConnectionWithItsError() async throws {
         let loop = try EpollEventLoop(name: "test-refused")
-        // A port nobody listens on: bound and closed again.
-        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        let port = withLoopback(port: 0) { address, length -> Int in
-            bind(probe, address, length)
-            var bound = sockaddr_in()
-            var size = socklen_t(MemoryLayout<sockaddr_in>.size)
-            withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = getsockname(probe, $0, &size) } }
-            return Int(UInt16(bigEndian: bound.sin_port))
-        }
-        close(probe)
+        let port = try freeLoopbackPort()  // nobody listens there
         let client = try await loop.submit { () -> LineClient in
             let client = LineClient(descriptor: try RawConnection.clientSocket(family: AF_INET), loop: loop)
             try withLoopback(port: port) { try client.connect(to: $0, length: $1) }
