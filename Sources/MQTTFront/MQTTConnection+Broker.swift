@@ -84,7 +84,7 @@ extension MQTTConnection {
     /// making durable (`.decided`) gets a place among the answers on their way and the next
     /// packet goes at once, so a publisher's window of QoS 1 messages shares the store's
     /// commits; what the broker decides later (`.pending`: PUBREL, SUBSCRIBE, UNSUBSCRIBE)
-    /// holds the rest until `decisionCame`. No answer overtakes an earlier one: what is ready
+    /// holds the rest until `answerCame`. No answer overtakes an earlier one: what is ready
     /// while earlier answers are on their way waits behind them. Once everything is answered,
     /// a close that waited for it (`closingAfterBroker`) goes ahead.
     func pump(_ session: any PubSubSession) {
@@ -116,6 +116,7 @@ extension MQTTConnection {
             case .now(let packets):
                 guard settle(.success(packets)) else { return }
             case .decided:
+                slot.wasDecided = true
                 answersOnTheWay.append(slot)
             case .pending:
                 return
@@ -128,7 +129,9 @@ extension MQTTConnection {
     /// The broker's answer to a packet it decided later (`.pending`), or to a PUBLISH it decided
     /// at once and has now made durable (`.decided`, whose place is `slot`).
     func answerCame(_ result: Result<[MQTTPacket], any Error>, into slot: AnswerSlot, session: any PubSubSession) {
-        if answersOnTheWay.contains(where: { $0 === slot }) {
+        if slot.wasDecided {
+            // Its place is gone when the connection failed or closed meanwhile: nothing to write.
+            guard answersOnTheWay.contains(where: { $0 === slot }) else { return }
             slot.content = .broker(result)
             writeReadyAnswers()
         } else if settle(result) {

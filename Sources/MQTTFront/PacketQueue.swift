@@ -23,6 +23,8 @@ final class AnswerSlot {
     }
 
     var content: Content
+    /// The broker decided its PUBLISH at once (`.decided`): the answer comes into this place.
+    var wasDecided = false
 
     init(_ content: Content) { self.content = content }
 
