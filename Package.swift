@@ -27,6 +27,9 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         // zlib for the ledger's archive segments (LMDBStorage): a maintained wrapper, no compressor of ours.
         .package(url: "https://github.com/adam-fowler/compress-nio.git", from: "1.5.0"),
+        // Sign-in without certificates: JSON Web Tokens (JOSE, signatures) and the webhook's HTTP client.
+        .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.7.1"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
         .systemLibrary(
@@ -70,7 +73,7 @@ let package = Package(
             name: "CustodyModel",
             // Small pure values the parts share: one host:port type, and who a CONNECT is
             // (credentials, certificate facts, the decision, the authority that makes it).
-            dependencies: ["LedgerCore"]
+            dependencies: ["LedgerCore", "Authorization"]
         ),
         .target(
             name: "CustodyConfig",
@@ -81,6 +84,23 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "CryptoExtras", package: "swift-crypto"),
+            ]
+        ),
+        .target(
+            name: "CustodyAuthentication",
+            // Sign-in without certificates: JSON Web Tokens checked with jwt-kit against keys
+            // from JWKS and PEM files, and the webhook asked with async-http-client.
+            dependencies: [
+                "CustodyConfig", "CustodyModel", "LedgerCore",
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                "Authorization",
             ]
         ),
         .target(
@@ -147,7 +167,7 @@ let package = Package(
             name: "CustodyServer",
             dependencies: [
                 "SessionLedger", "MQTTFront", "MQTTCodec", "Broker", "CustodyModel", "CustodyConfig", "CustodyTLS",
-                "CustodyOperations", "Authorization",
+                "CustodyOperations", "Authorization", "CustodyAuthentication",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // Graceful shutdown on SIGTERM/SIGINT; metrics served on --metrics.

@@ -155,7 +155,7 @@ struct ConfigurationReader {
         let keys = try mapping(root, nil, known: [
             "dataDir", "listeners", "namespace", "clients", "passwordFile", "ledgerMapSizeMiB",
             "connectTimeoutSeconds", "logLevel", "logFormat", "metrics", "metricsAllowRemote", "eventSubscribers",
-            "maxKeepAliveSeconds", "limits", "ledger",
+            "maxKeepAliveSeconds", "limits", "ledger", "authentication",
         ] + Self.authorizationKeys)
         var config = CustodyConfiguration()
         if let (_, value) = keys["dataDir"] { config.dataDir = try path(value, "dataDir") }
@@ -222,6 +222,7 @@ struct ConfigurationReader {
             }
         }
         config.authorization = try authorization(keys)
+        if let (_, value) = keys["authentication"] { config.authentication = try authentication(value) }
         if config.namespace.registeredClientsOnly && config.clients.isEmpty {
             throw fail(keys["namespace"]?.value, "namespace.registeredClientsOnly",
                        "is true but no clients are registered: nobody could connect")

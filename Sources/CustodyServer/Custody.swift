@@ -315,11 +315,12 @@ struct Custody: AsyncParsableCommand {
         operations.attach(ledger: ledger, broker: broker)
         let logger = Logger(label: "custody.mqtt")
         let listeners: [FrontListener]
-        let authority: Authenticator?
+        let authority: (any IdentityAuthority)?
         let accessRules: AccessRules
         do {
             listeners = try settings.frontListeners()
-            authority = settings.needsAuthority(configFile: config) ? try settings.authenticator() : nil
+            authority = settings.needsAuthority(configFile: config)
+                ? try await settings.identityAuthority(logger: Logger(label: "custody.auth")) : nil
             accessRules = try settings.accessRules()
         } catch {
             FileHandle.standardError.write(Data("custody: \(error)\n".utf8))
@@ -348,8 +349,9 @@ struct Custody: AsyncParsableCommand {
             say("custody: listening \(FrontListener(address: address, transport: listener.transport))")
         }
         say(limitsLine(settings.limits, front: frontConfiguration))
-        if let authority {
-            say("custody: identity clients=\(settings.clients.count) registered_clients_only=\(authority.namespace.registeredClientsOnly) password_file=\(authority.passwords != nil ? 1 : 0); SIGHUP reloads the registry")
+        if authority != nil {
+            say("custody: identity clients=\(settings.clients.count) registered_clients_only=\(settings.namespace.registeredClientsOnly) password_file=\(settings.passwordFile != nil ? 1 : 0); SIGHUP reloads the registry")
+            if let line = settings.signInLine() { say(line) }
         }
         for line in settings.accessLines(accessRules) { say(line) }
         if let address = settings.metrics {
