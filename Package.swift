@@ -161,7 +161,11 @@ let package = Package(
             // What the test targets share: the built executables, scratch directories, a
             // manual clock, a running `custody` and child processes, an in-memory
             // SessionAuthority. Used by tests only.
-            dependencies: ["LedgerCore", "LMDBStorage", "SessionLedger"]
+            dependencies: [
+                "LedgerCore", "LMDBStorage", "SessionLedger",
+                // Signs the tokens of the sign-in tests (keys made by openssl).
+                .product(name: "JWTKit", package: "jwt-kit"),
+            ]
         ),
         .executableTarget(
             name: "CustodyServer",
@@ -261,6 +265,12 @@ let package = Package(
             // The real `custody` as a child process (flags, configuration files, signals), and
             // what only the executable holds: its log handlers and lifecycle event publisher.
             dependencies: ["CustodyServer", "SessionLedger", "LMDBStorage", "CustodyTesting", "Broker", "MQTTCodec"]
+        ),
+        .testTarget(
+            name: "CustodyAuthenticationTests",
+            // Tokens signed with keys made by openssl; the webhook against a real HTTP server
+            // (a Python script) on 127.0.0.1.
+            dependencies: ["CustodyAuthentication", "CustodyConfig", "CustodyModel", "LedgerCore", "CustodyTesting", "Authorization"]
         ),
         .testTarget(
             name: "AuthorizationTests",

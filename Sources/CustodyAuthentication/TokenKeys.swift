@@ -46,7 +46,9 @@ struct TokenKeys: Sendable {
             }
         }
         if let secret = issuer.sharedSecret {
-            for (name, digest) in [("HS256", DigestAlgorithm.sha256), ("HS384", .sha384), ("HS512", .sha512)] {
+            // RFC 7518 section 3.2: a key at least as long as the hash (jwt-kit insists).
+            for (name, digest, bytes) in [("HS256", DigestAlgorithm.sha256, 32), ("HS384", .sha384, 48), ("HS512", .sha512, 64)]
+            where secret.utf8.count >= bytes {
                 let collection = JWTKeyCollection()
                 await collection.add(hmac: HMACKey(from: secret), digestAlgorithm: digest)
                 result.keys.append(Key(algorithms: [name], kid: nil, collection: collection, source: "sharedSecret"))

@@ -38,7 +38,11 @@ extension ConfigurationReader {
             }
         }
         if let (_, value) = keys["sharedSecret"] {
-            issuer.sharedSecret = try expanded(try nonEmptyString(value, "\(at).sharedSecret"), value, "\(at).sharedSecret")
+            let secret = try expanded(try nonEmptyString(value, "\(at).sharedSecret"), value, "\(at).sharedSecret")
+            guard secret.utf8.count >= 32 else {
+                throw fail(value, "\(at).sharedSecret", "at least 32 bytes (HS256; 48 for HS384, 64 for HS512)")
+            }
+            issuer.sharedSecret = secret
         }
         if issuer.keys.isEmpty && issuer.sharedSecret == nil {
             throw fail(node, "\(at).keys", "an issuer needs keys (JWKS or PEM files) or a sharedSecret")
