@@ -196,6 +196,8 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                // `sign-token`: tokens for the sign-in benchmarks.
+                .product(name: "JWTKit", package: "jwt-kit"),
             ],
             path: "Benchmarks/SessionBench"
         ),

@@ -8,6 +8,7 @@ struct CustodyBench: ParsableCommand {
         subcommands: [
             LedgerBench.self, ReplayBench.self, LedgerCrashChild.self, LedgerYearsBench.self, LedgerArchiveFixture.self,
             ConnectLoad.self, PersistentLoad.self, TakeoverLoad.self, RejectLoad.self, HoldLoad.self, PublishLoad.self, CompareLoad.self,
+            SignToken.self,
         ]
     )
 }
