@@ -251,6 +251,10 @@ struct Custody: AsyncParsableCommand {
                     throw ExitCode.failure
                 }
                 _ = try configuration.accessRules()
+                // The issuers' key files are read as at start (a private key, a JWKS that is not one).
+                if !configuration.authentication.isEmpty {
+                    _ = try await configuration.identityAuthority(logger: Logger(label: "custody.auth"))
+                }
                 say(Settings.summary(of: configuration, file: checkConfig))
                 return
             } catch let exit as ExitCode {

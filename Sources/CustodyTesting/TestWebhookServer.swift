@@ -26,6 +26,8 @@ public final class TestWebhookServer: @unchecked Sendable {
     count = 0
 
     class Handler(http.server.BaseHTTPRequestHandler):
+        disable_nagle_algorithm = True
+
         def log_message(self, *args):
             pass
 

@@ -209,4 +209,51 @@ struct JWTEndToEndTests {
             #expect(try custody.waitForEvent { $0.sessionName.value == "g-off" }.kind == .rejected(.clientDisabled))
         }
     }
+
+    /// SIGHUP re-reads the issuers' key files: a key added is trusted from then on, one
+    /// removed no longer is (for new CONNECTs); a key file that cannot be used keeps the keys in force.
+    @Test func sighupReloadsTheKeys() async throws {
+        let keys = try await offPool { try TestSigningKeys() }
+        let es256 = try await keys.token(TestClaims(subject: "device-2"), alg: "ES256", key: "ec256")
+        let rs256 = try await keys.token(TestClaims(subject: "device-1"), alg: "RS256")
+        try await offPool {
+            func write(_ files: [String]) throws -> String {
+                try signInConfiguration("jwt-reload", """
+                    authentication:
+                      jwt:
+                        - { issuer: "https://login.example/tenant", audience: custody, keys: [\(files.joined(separator: ", "))] }
+                    """).path
+            }
+            let config = try write([keys.path("rsa.pub")])
+            let custody = try startCustody("jwt-reload", config: config)
+            defer { custody.cleanUp() }
+            let before = try signInPaho(custody, id: "r-1", method: "CUSTOM-JWT", data: es256)
+            defer { before.stop() }
+            #expect(try connackCode(before) == 135)
+            let kept = try signInPaho(custody, id: "r-kept", method: "CUSTOM-JWT", data: rs256)
+            defer { kept.stop() }
+            #expect(try connackCode(kept) == 0)
+
+            try String(contentsOfFile: try write([keys.path("ec256.pub")]), encoding: .utf8)
+                .write(toFile: config, atomically: true, encoding: .utf8)
+            kill(custody.process.processIdentifier, SIGHUP)
+            _ = try custody.waitForOutput(containing: "registry reloaded", timeout: 10)
+            let after = try signInPaho(custody, id: "r-2", method: "CUSTOM-JWT", data: es256)
+            let removed = try signInPaho(custody, id: "r-3", method: "CUSTOM-JWT", data: rs256)
+            defer { after.stop(); removed.stop() }
+            #expect(try connackCode(after) == 0)
+            #expect(try connackCode(removed) == 135)
+            // The connection the removed key let in stays (tokens are not asked again).
+            #expect(!kept.output.contains("DISCONNECT"))
+
+            // A key file that holds a private key: the reload fails, the keys in force stay.
+            try String(contentsOfFile: try write([keys.path("ec256.key")]), encoding: .utf8)
+                .write(toFile: config, atomically: true, encoding: .utf8)
+            kill(custody.process.processIdentifier, SIGHUP)
+            _ = try custody.waitForLog("registry reload failed", "private key")
+            let still = try signInPaho(custody, id: "r-4", method: "CUSTOM-JWT", data: es256)
+            defer { still.stop() }
+            #expect(try connackCode(still) == 0)
+        }
+    }
 }
