@@ -132,10 +132,11 @@ public struct TestClaims: JWTPayload {
         expiresIn: Double = 600, notBeforeIn: Double? = nil, issuedAtIn: Double = 0, extra: [String: Value] = [:]
     ) {
         let now = Date().timeIntervalSince1970
-        values = ["iss": .string(issuer), "aud": .string(audience), "exp": .number((now + expiresIn).rounded()),
-                  "iat": .number((now + issuedAtIn).rounded())]
+        // Whole seconds, rounded down: an iat rounded up would lie in the future (refused without skew).
+        values = ["iss": .string(issuer), "aud": .string(audience), "exp": .number((now + expiresIn).rounded(.down)),
+                  "iat": .number((now + issuedAtIn).rounded(.down))]
         if let subject { values["sub"] = .string(subject) }
-        if let notBeforeIn { values["nbf"] = .number((now + notBeforeIn).rounded()) }
+        if let notBeforeIn { values["nbf"] = .number((now + notBeforeIn).rounded(.down)) }
         values.merge(extra) { _, new in new }
     }
 

@@ -7,8 +7,10 @@ import Testing
 // file, line and key.
 
 @Suite("Authentication configuration")
-struct AuthenticationConfigurationTests {
+final class AuthenticationConfigurationTests {
     let directory: String
+
+    deinit { try? FileManager.default.removeItem(atPath: directory) }
 
     init() throws {
         directory = scratchDirectory("auth-config")

@@ -29,6 +29,14 @@ private func startCustody(_ label: String, config: String) throws -> RunningCust
         label, arguments: ["--config", config, "--metrics", "127.0.0.1:0", "--connects-per-second-per-session", "0"])
 }
 
+/// AUTH 0x19 with `token` (MQTT 5 re-authentication).
+private func reauthenticate(_ client: RawClient, _ token: String) throws {
+    var auth = MQTTProperties()
+    auth.append(.authenticationMethod("CUSTOM-JWT"))
+    auth.append(.authenticationData(ByteBuffer(string: token)))
+    try client.send(.auth(MQTTAuth(reasonCode: .reAuthenticate, properties: auth)))
+}
+
 private func authenticationData(_ packet: MQTTPacket?) -> MQTTAuth? {
     if case .auth(let auth)? = packet { return auth }
     return nil
@@ -108,65 +116,72 @@ struct JWTEndToEndTests {
 
     @Test func expiryEndsTheConnectionUnlessReauthenticated() async throws {
         let keys = try await offPool { try TestSigningKeys() }
-        // Used second, after the first has run out (see the order below).
-        let short = try await keys.token(TestClaims(subject: "device-1", expiresIn: 6), alg: "ES256", key: "ec256")
-        let short2 = try await keys.token(TestClaims(subject: "device-1", expiresIn: 3), alg: "ES256", key: "ec256")
-        let renewed = try await keys.token(TestClaims(subject: "device-1", expiresIn: 600), alg: "ES256", key: "ec256")
-        let someoneElse = try await keys.token(TestClaims(subject: "device-9", expiresIn: 600), alg: "ES256", key: "ec256")
-        let expired = try await keys.token(TestClaims(subject: "device-1", expiresIn: -10), alg: "ES256", key: "ec256")
-        try await offPool {
-            let custody = try startCustody("jwt-expiry", config: try jwtConfiguration("jwt-expiry", keys))
-            defer { custody.cleanUp() }
+        func token(_ subject: String, _ seconds: Double) async throws -> String {
+            try await keys.token(TestClaims(subject: subject, expiresIn: seconds), alg: "ES256", key: "ec256")
+        }
+        let renewed = try await token("device-1", 600)
+        let someoneElse = try await token("device-9", 600)
+        let expired = try await token("device-1", -10)
+        let config = try jwtConfiguration("jwt-expiry", keys)
+        // Short tokens are signed once custody runs (a loaded machine may take seconds to start it).
+        let custody = try await offPool { try startCustody("jwt-expiry", config: config) }
+        do {
             // AUTH 0x19 with a new token before exp: AUTH 0x00, and the connection outlives the first exp.
-            let client = try RawClient(port: custody.port)
-            var properties = MQTTProperties()
-            properties.append(.authenticationMethod("CUSTOM-JWT"))
-            properties.append(.authenticationData(ByteBuffer(string: short2)))
-            try client.send(.connect(MQTTConnect(
-                protocolVersion: .mqtt5, clientIdentifier: "renewing", cleanStart: true, keepAlive: 60, properties: properties)))
-            guard case .connack(let connack)? = try client.receive() else { throw E2EError.unexpected("no CONNACK") }
-            #expect(connack.reasonCode == .success)
-            #expect(connack.properties.authenticationMethod == "CUSTOM-JWT")
-            func reauthenticate(_ client: RawClient, _ token: String) throws {
-                var auth = MQTTProperties()
-                auth.append(.authenticationMethod("CUSTOM-JWT"))
-                auth.append(.authenticationData(ByteBuffer(string: token)))
-                try client.send(.auth(MQTTAuth(reasonCode: .reAuthenticate, properties: auth)))
+            let short = try await token("device-1", 4)
+            try await offPool {
+                let client = try RawClient(port: custody.port)
+                var properties = MQTTProperties()
+                properties.append(.authenticationMethod("CUSTOM-JWT"))
+                properties.append(.authenticationData(ByteBuffer(string: short)))
+                try client.send(.connect(MQTTConnect(
+                    protocolVersion: .mqtt5, clientIdentifier: "renewing", cleanStart: true, keepAlive: 60,
+                    properties: properties)))
+                guard case .connack(let connack)? = try client.receive() else { throw E2EError.unexpected("no CONNACK") }
+                #expect(connack.reasonCode == .success)
+                #expect(connack.properties.authenticationMethod == "CUSTOM-JWT")
+                try reauthenticate(client, renewed)
+                let answer = authenticationData(try client.receive())
+                #expect(answer?.reasonCode == .success)
+                #expect(answer?.properties.authenticationMethod == "CUSTOM-JWT")
+                usleep(5_000_000)
+                try client.send(.pingreq)
+                #expect(try client.receive() == .pingresp)
+                _ = try custody.waitForLog("re-authenticated", "renewing")
             }
-            try reauthenticate(client, renewed)
-            let answer = authenticationData(try client.receive())
-            #expect(answer?.reasonCode == .success)
-            #expect(answer?.properties.authenticationMethod == "CUSTOM-JWT")
-            usleep(3_500_000)
-            try client.send(.pingreq)
-            #expect(try client.receive() == .pingresp)
-            _ = try custody.waitForLog("re-authenticated", "renewing")
 
             // Without re-authentication: DISCONNECT 0x87 at exp, recorded as clientAuthenticationError.
-            let lapsing = try signInPaho(custody, id: "lapsing", method: "CUSTOM-JWT", data: short)
-            defer { lapsing.stop() }
-            #expect(try connackCode(lapsing) == 0)
-            _ = try lapsing.waitForOutput(containing: "DISCONNECT rc=135", timeout: 8)
-            let ended = try custody.waitForEvent { $0.sessionName.value == "lapsing" && $0.kind != .connected }
-            #expect(ended.kind == .disconnected(.clientAuthenticationError))
+            let lapsingToken = try await token("device-1", 2)
+            try await offPool {
+                let lapsing = try signInPaho(custody, id: "lapsing", method: "CUSTOM-JWT", data: lapsingToken)
+                defer { lapsing.stop() }
+                #expect(try connackCode(lapsing) == 0)
+                _ = try lapsing.waitForOutput(containing: "DISCONNECT rc=135", timeout: 10)
+                let ended = try custody.waitForEvent { $0.sessionName.value == "lapsing" && $0.kind != .connected }
+                #expect(ended.kind == .disconnected(.clientAuthenticationError))
 
-            // Re-authentication as someone else, or with a bad token: DISCONNECT 0x87.
-            for (session, token) in [("renaming", someoneElse), ("stale", expired)] {
-                let other = try RawClient(port: custody.port)
-                var connect = MQTTProperties()
-                connect.append(.authenticationMethod("CUSTOM-JWT"))
-                connect.append(.authenticationData(ByteBuffer(string: renewed)))
-                try other.send(.connect(MQTTConnect(
-                    protocolVersion: .mqtt5, clientIdentifier: session, cleanStart: true, keepAlive: 60, properties: connect)))
-                guard case .connack(let ack)? = try other.receive() else { throw E2EError.unexpected("no CONNACK") }
-                #expect(ack.reasonCode == .success)
-                try reauthenticate(other, token)
-                let packets = try other.receiveUntilClosed()
-                #expect(packets == [.disconnect(MQTTDisconnect(reasonCode: .notAuthorized))], "\(session)")
-                let end = try custody.waitForEvent { $0.sessionName.value == session && $0.kind != .connected }
-                #expect(end.kind == .disconnected(.clientAuthenticationError))
+                // Re-authentication as someone else, or with a bad token: DISCONNECT 0x87.
+                for (session, token) in [("renaming", someoneElse), ("stale", expired)] {
+                    let other = try RawClient(port: custody.port)
+                    var connect = MQTTProperties()
+                    connect.append(.authenticationMethod("CUSTOM-JWT"))
+                    connect.append(.authenticationData(ByteBuffer(string: renewed)))
+                    try other.send(.connect(MQTTConnect(
+                        protocolVersion: .mqtt5, clientIdentifier: session, cleanStart: true, keepAlive: 60,
+                        properties: connect)))
+                    guard case .connack(let ack)? = try other.receive() else { throw E2EError.unexpected("no CONNACK") }
+                    #expect(ack.reasonCode == .success)
+                    try reauthenticate(other, token)
+                    let packets = try other.receiveUntilClosed()
+                    #expect(packets == [.disconnect(MQTTDisconnect(reasonCode: .notAuthorized))], "\(session)")
+                    let end = try custody.waitForEvent { $0.sessionName.value == session && $0.kind != .connected }
+                    #expect(end.kind == .disconnected(.clientAuthenticationError))
+                }
             }
+        } catch {
+            _ = try? await offPool { custody.cleanUp() }
+            throw error
         }
+        try await offPool { custody.cleanUp() }
     }
 
     @Test func tokenClaimsSelectClientGroups() async throws {
