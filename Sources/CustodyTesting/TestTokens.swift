@@ -1,3 +1,4 @@
+import Dispatch
 import Foundation
 import JWTKit
 
@@ -93,6 +94,28 @@ public final class TestSigningKeys: Sendable {
         var header = JWTHeader()
         if let kid { header.kid = kid }
         return try await keys.sign(claims, header: header)
+    }
+}
+
+extension TestSigningKeys {
+    /// `token`, waited for on this (blocking) thread: for test bodies in `offPool` that must
+    /// sign a short-lived token just before they use it.
+    public func tokenNow(
+        _ claims: @autoclosure () -> TestClaims, alg: String, key: String = "rsa"
+    ) throws -> String {
+        let claims = claims()
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var result: Result<String, any Error> = .failure(TestFailure.unexpected("not signed"))
+        Task {
+            do {
+                result = .success(try await self.token(claims, alg: alg, key: key))
+            } catch {
+                result = .failure(error)
+            }
+            done.signal()
+        }
+        done.wait()
+        return try result.get()
     }
 }
 

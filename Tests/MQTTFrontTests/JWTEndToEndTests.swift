@@ -123,12 +123,13 @@ struct JWTEndToEndTests {
         let someoneElse = try await token("device-9", 600)
         let expired = try await token("device-1", -10)
         let config = try jwtConfiguration("jwt-expiry", keys)
-        // Short tokens are signed once custody runs (a loaded machine may take seconds to start it).
         let custody = try await offPool { try startCustody("jwt-expiry", config: config) }
         do {
             // AUTH 0x19 with a new token before exp: AUTH 0x00, and the connection outlives the first exp.
-            let short = try await token("device-1", 4)
+            // Short tokens are signed on the test's own thread just before they are used: a loaded
+            // machine may take seconds to get anywhere.
             try await offPool {
+                let short = try keys.tokenNow(TestClaims(subject: "device-1", expiresIn: 6), alg: "ES256", key: "ec256")
                 let client = try RawClient(port: custody.port)
                 var properties = MQTTProperties()
                 properties.append(.authenticationMethod("CUSTOM-JWT"))
@@ -143,19 +144,19 @@ struct JWTEndToEndTests {
                 let answer = authenticationData(try client.receive())
                 #expect(answer?.reasonCode == .success)
                 #expect(answer?.properties.authenticationMethod == "CUSTOM-JWT")
-                usleep(5_000_000)
+                usleep(7_500_000)
                 try client.send(.pingreq)
                 #expect(try client.receive() == .pingresp)
                 _ = try custody.waitForLog("re-authenticated", "renewing")
             }
 
             // Without re-authentication: DISCONNECT 0x87 at exp, recorded as clientAuthenticationError.
-            let lapsingToken = try await token("device-1", 2)
             try await offPool {
+                let lapsingToken = try keys.tokenNow(TestClaims(subject: "device-1", expiresIn: 8), alg: "ES256", key: "ec256")
                 let lapsing = try signInPaho(custody, id: "lapsing", method: "CUSTOM-JWT", data: lapsingToken)
                 defer { lapsing.stop() }
-                #expect(try connackCode(lapsing) == 0)
-                _ = try lapsing.waitForOutput(containing: "DISCONNECT rc=135", timeout: 10)
+                #expect(try connackCode(lapsing, timeout: 20) == 0)
+                _ = try lapsing.waitForOutput(containing: "DISCONNECT rc=135", timeout: 20)
                 let ended = try custody.waitForEvent { $0.sessionName.value == "lapsing" && $0.kind != .connected }
                 #expect(ended.kind == .disconnected(.clientAuthenticationError))
 
