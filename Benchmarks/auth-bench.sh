@@ -96,7 +96,8 @@ python3 "$WORK/webhook.py" "$HOOK_PORT" &
 HOOK_PID=$!
 PIDS+=("$HOOK_PID")
 
-# One custody per configuration; prints its port and pid.
+# One custody per configuration; prints its port and pid. It runs in a subshell (`< <(...)`),
+# so the caller adds the pid to PIDS (written to $WORK/NAME/pid too).
 start_custody() { # name yaml
     local name=$1 port
     port=$(free_port)
@@ -106,7 +107,7 @@ start_custody() { # name yaml
         "limits: { connectsPerSecondPerSession: 0 }" "logLevel: warning" "$2" > "$WORK/$name/custody.yaml"
     "$CUSTODY" --config "$WORK/$name/custody.yaml" > "$WORK/$name/custody.log" 2>&1 &
     local pid=$!
-    PIDS+=("$pid")
+    echo "$pid" > "$WORK/$name/pid"
     for _ in $(seq 1 150); do
         grep -q "custody: listening mqtt" "$WORK/$name/custody.log" && break
         kill -0 "$pid" 2>/dev/null || break
@@ -121,6 +122,10 @@ read -r NONE_PORT NONE_PID < <(start_custody none "")
 read -r JWT_PORT JWT_PID < <(start_custody jwt "$JWT_YAML")
 read -r HOOK0_PORT HOOK0_PID < <(start_custody webhook-nocache "authentication: { webhook: { endpoint: \"http://127.0.0.1:$HOOK_PORT/auth\", cacheSeconds: 0 } }")
 read -r HOOK60_PORT HOOK60_PID < <(start_custody webhook-cache "authentication: { webhook: { endpoint: \"http://127.0.0.1:$HOOK_PORT/auth\", cacheSeconds: 60 } }")
+PIDS+=("$NONE_PID" "$JWT_PID" "$HOOK0_PID" "$HOOK60_PID")
+for name in none jwt webhook-nocache webhook-cache; do
+    [ -s "$WORK/$name/pid" ] || { echo "auth-bench.sh: custody $name did not start" >&2; exit 1; }
+done
 
 echo "# auth-bench: commit $(git -C "$ROOT" rev-parse --short HEAD), $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg), conns=$CONNS proto=$PROTO"
 run() { # label port pid mode args...
