@@ -48,8 +48,9 @@ public struct SignIn: IdentityAuthority {
     /// that is a JWS compact token (three base64url parts, the header a JSON object).
     static func token(in credentials: ConnectCredentials) -> String? {
         if let method = credentials.authenticationMethod {
-            guard tokenMethods.contains(method.uppercased()), let data = credentials.authenticationData else { return nil }
-            return String(decoding: data, as: UTF8.self)
+            // A token method without data is a token that proves nothing (0x87), not an unknown method.
+            guard tokenMethods.contains(method.uppercased()) else { return nil }
+            return String(decoding: credentials.authenticationData ?? [], as: UTF8.self)
         }
         guard let password = credentials.password, password.count > 20, password.starts(with: Array("eyJ".utf8)),
             password.filter({ $0 == UInt8(ascii: ".") }).count == 2,

@@ -89,6 +89,10 @@ struct JWTEndToEndTests {
             defer { mismatch.stop() }
             #expect(try connackCode(mismatch) == 135)
             _ = try custody.waitForLog("connect rejected", "bad-user", "Username is not the token's name claim")
+            // The token method without a token: a token that proves nothing.
+            let empty = try signInPaho(custody, id: "bad-empty", method: "CUSTOM-JWT")
+            defer { empty.stop() }
+            #expect(try connackCode(empty) == 135)
             // A method no way in takes: 0x8C.
             let scram = try signInPaho(custody, id: "bad-method", method: "SCRAM-SHA-256", data: "x")
             defer { scram.stop() }
