@@ -29,6 +29,9 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         // zlib for the ledger's archive segments (LMDBStorage): a maintained wrapper, no compressor of ours.
         .package(url: "https://github.com/adam-fowler/compress-nio.git", from: "1.5.0"),
+        // Sign-in without certificates: JSON Web Tokens (JOSE, signatures) and the webhook's HTTP client.
+        .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.7.1"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
         .systemLibrary(
@@ -72,7 +75,7 @@ let package = Package(
             name: "CustodyModel",
             // Small pure values the parts share: one host:port type, and who a CONNECT is
             // (credentials, certificate facts, the decision, the authority that makes it).
-            dependencies: ["LedgerCore"]
+            dependencies: ["LedgerCore", "Authorization"]
         ),
         .target(
             name: "CustodyConfig",
@@ -83,6 +86,23 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "CryptoExtras", package: "swift-crypto"),
+            ]
+        ),
+        .target(
+            name: "CustodyAuthentication",
+            // Sign-in without certificates: JSON Web Tokens checked with jwt-kit against keys
+            // from JWKS and PEM files, and the webhook asked with async-http-client.
+            dependencies: [
+                "CustodyConfig", "CustodyModel", "LedgerCore",
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                "Authorization",
             ]
         ),
         .target(
@@ -166,13 +186,17 @@ let package = Package(
             // What the test targets share: the built executables, scratch directories, a
             // manual clock, a running `custody` and child processes, an in-memory
             // SessionAuthority. Used by tests only.
-            dependencies: ["LedgerCore", "LMDBStorage", "SessionLedger"]
+            dependencies: [
+                "LedgerCore", "LMDBStorage", "SessionLedger",
+                // Signs the tokens of the sign-in tests (keys made by openssl).
+                .product(name: "JWTKit", package: "jwt-kit"),
+            ]
         ),
         .executableTarget(
             name: "CustodyServer",
             dependencies: [
                 "SessionLedger", "MQTTFront", "MQTTCodec", "Broker", "CustodyModel", "CustodyConfig", "CustodyTLS",
-                "CustodyOperations", "Authorization", "LedgerService", "LedgerWire",
+                "CustodyOperations", "Authorization", "LedgerService", "LedgerWire", "CustodyAuthentication",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // Graceful shutdown on SIGTERM/SIGINT; metrics served on --metrics.
@@ -196,6 +220,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                // `sign-token`: tokens for the sign-in benchmarks.
+                .product(name: "JWTKit", package: "jwt-kit"),
             ],
             path: "Benchmarks/SessionBench"
         ),
@@ -274,6 +300,12 @@ let package = Package(
                 "LedgerWire", "LedgerService", "CustodyServer", "SessionLedger", "LedgerCore", "LMDBStorage", "CustodyTesting",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
+        ),
+        .testTarget(
+            name: "CustodyAuthenticationTests",
+            // Tokens signed with keys made by openssl; the webhook against a real HTTP server
+            // (a Python script) on 127.0.0.1.
+            dependencies: ["CustodyAuthentication", "CustodyConfig", "CustodyModel", "LedgerCore", "CustodyTesting", "Authorization"]
         ),
         .testTarget(
             name: "AuthorizationTests",

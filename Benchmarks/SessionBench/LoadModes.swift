@@ -10,8 +10,11 @@ class LoadMode: @unchecked Sendable {
     let prefix: String
     let version: MQTTProtocolVersion
     let promise: EventLoopPromise<Report>
+    /// `--token-file`'s token, read once.
+    let token: String?
 
     init(engine: LoadEngine, load: LoadOptions, pid: Int32?, promise: EventLoopPromise<Report>) {
+        self.token = try? load.token()
         self.engine = engine
         self.load = load
         self.pid = pid
@@ -25,9 +28,23 @@ class LoadMode: @unchecked Sendable {
     func makeConnect(session: String, user: String, cleanStart: Bool, expiry: UInt32 = 0, keepAlive: UInt16 = 60) -> MQTTConnect {
         var properties = MQTTProperties()
         if version == .mqtt5, expiry > 0 { properties.sessionExpiryInterval = expiry }
+        var userName: String? = user
+        var password = load.password.map { ByteBuffer(string: $0) }
+        if let token {
+            // The token names the client: no Username (a different one would be refused).
+            userName = nil
+            if let method = load.authMethod {
+                properties.authenticationMethod = method
+                properties.authenticationData = ByteBuffer(string: token)
+            } else {
+                // 3.1.1 has no password without a Username: an empty one (equal to no claim).
+                userName = ""
+                password = ByteBuffer(string: token)
+            }
+        }
         return MQTTConnect(
             protocolVersion: version, clientIdentifier: session, cleanStart: cleanStart, keepAlive: keepAlive,
-            userName: user, properties: properties)
+            userName: userName, password: password, properties: properties)
     }
 
     /// nil if the connection got a successful CONNACK and ended cleanly, else why not.

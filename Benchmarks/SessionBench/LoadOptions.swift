@@ -61,6 +61,22 @@ struct LoadOptions: ParsableArguments {
     @Flag(help: "Allow a broker address that is not loopback.")
     var allowRemote = false
 
+    @Option(help: "Every CONNECT carries this password (e.g. for an authentication webhook).")
+    var password: String?
+
+    @Option(help: "A file whose content (trailing newline dropped) every CONNECT carries: a token. With --auth-method (5.0 only) as Authentication Data, otherwise as the password; the CONNECTs then carry no Username (the token names the client).")
+    var tokenFile: String?
+
+    @Option(help: "With --token-file: the MQTT 5 Authentication Method (e.g. CUSTOM-JWT).")
+    var authMethod: String?
+
+    /// The token of `--token-file`, read once.
+    func token() throws -> String? {
+        guard let tokenFile else { return nil }
+        let text = try String(contentsOfFile: tokenFile, encoding: .utf8)
+        return text.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
     var version: MQTTProtocolVersion { proto == 4 ? .mqtt3_1_1 : .mqtt5 }
 
     func validate() throws {
@@ -73,6 +89,12 @@ struct LoadOptions: ParsableArguments {
         guard (0...600_000).contains(closeWaitMs) else { throw ValidationError("--close-wait-ms must be between 0 and 600000, got \(closeWaitMs)") }
         guard pingSeconds > 0, pingSeconds <= 3600 else { throw ValidationError("--ping-seconds must be above 0 and at most 3600, got \(pingSeconds)") }
         guard window >= 1 else { throw ValidationError("--window must be at least 1, got \(window)") }
+        if authMethod != nil {
+            guard tokenFile != nil else { throw ValidationError("--auth-method goes with --token-file") }
+            guard proto == 5 else { throw ValidationError("--auth-method needs --proto 5") }
+        }
+        if tokenFile != nil && password != nil { throw ValidationError("--token-file or --password, not both") }
+        if let tokenFile, (try? token()) == nil { throw ValidationError("--token-file: cannot read \(tokenFile)") }
         if let prefix {
             guard !prefix.isEmpty, prefix.utf8.count <= 40, prefix.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else {
                 throw ValidationError("--prefix must be 1-40 ASCII letters, digits, '-' or '_', got '\(prefix)'")

@@ -5,6 +5,19 @@
 public protocol AccessControl: Sendable {
     var mode: AuthorizationMode { get }
     func permissions(authenticationName: String, sessionName: String) -> ClientPermissions
+    /// As above, for a client whose sign-in (a token's claims, the webhook's answer) gave it
+    /// `attributes`: they override the registry's attributes of the same key.
+    func permissions(
+        authenticationName: String, sessionName: String, attributes: [String: AttributeValue]
+    ) -> ClientPermissions
+}
+
+extension AccessControl {
+    public func permissions(
+        authenticationName: String, sessionName: String, attributes: [String: AttributeValue]
+    ) -> ClientPermissions {
+        permissions(authenticationName: authenticationName, sessionName: sessionName)
+    }
 }
 
 /// `authorization: open`: every client may publish and subscribe anywhere.

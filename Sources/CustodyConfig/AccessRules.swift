@@ -64,17 +64,29 @@ public struct AccessRules: AccessControl {
         return .enforced
     }
 
-    public func facts(authenticationName: String, sessionName: String) -> ClientFacts {
-        ClientFacts(
-            authenticationName: authenticationName, sessionName: sessionName,
-            attributes: attributes[AuthenticationName(unchecked: authenticationName).key] ?? [:])
+    /// The registry's attributes of the client, overridden key by key by `signIn`'s (a
+    /// token's claims, the webhook's answer).
+    public func facts(
+        authenticationName: String, sessionName: String, signIn: [String: AttributeValue] = [:]
+    ) -> ClientFacts {
+        var merged = attributes[AuthenticationName(unchecked: authenticationName).key] ?? [:]
+        if !signIn.isEmpty { merged.merge(signIn) { _, new in new } }
+        return ClientFacts(authenticationName: authenticationName, sessionName: sessionName, attributes: merged)
     }
 
     public func permissions(authenticationName: String, sessionName: String) -> ClientPermissions {
+        permissions(authenticationName: authenticationName, sessionName: sessionName, attributes: [:])
+    }
+
+    public func permissions(
+        authenticationName: String, sessionName: String, attributes signIn: [String: AttributeValue]
+    ) -> ClientPermissions {
         switch rules {
         case .open: .open
-        case .policy(let policy): policy.permissions(for: facts(authenticationName: authenticationName, sessionName: sessionName))
-        case .acl(let acl): acl.permissions(for: facts(authenticationName: authenticationName, sessionName: sessionName))
+        case .policy(let policy):
+            policy.permissions(for: facts(authenticationName: authenticationName, sessionName: sessionName, signIn: signIn))
+        case .acl(let acl):
+            acl.permissions(for: facts(authenticationName: authenticationName, sessionName: sessionName, signIn: signIn))
         }
     }
 }

@@ -46,8 +46,10 @@ public struct Authenticator: Sendable {
 
     public func decide(_ credentials: ConnectCredentials) -> IdentityDecision {
         let name = authenticationName(of: credentials)
+        var method: SignInMethod = credentials.certificate != nil ? .certificate : passwords != nil ? .passwordFile : .registry
         func decision(_ verdict: IdentityVerdict, _ detail: String, password: Bool = false) -> IdentityDecision {
-            IdentityDecision(authenticationName: name, verdict: verdict, detail: detail, badUserNameOrPassword: password)
+            IdentityDecision(
+                authenticationName: name, verdict: verdict, detail: detail, badUserNameOrPassword: password, method: method)
         }
         guard name.isValid else {
             return decision(
@@ -80,7 +82,24 @@ public struct Authenticator: Sendable {
                 return decision(.authenticationFailed, "a registered client needs a client certificate or a password")
             }
         }
+        if !proven { method = .none }
         return decision(.authenticated, proven ? "authenticated" : "believed (no registry, no password file)")
+    }
+
+    /// A name another way in proved (a token, the webhook): the registry may still refuse it
+    /// (disabled, or not registered where only registered clients may connect).
+    public func admit(_ proven: IdentityDecision) -> IdentityDecision {
+        guard proven.verdict == .authenticated else { return proven }
+        var decision = proven
+        let record = clients[proven.authenticationName]
+        if record == nil && namespace.registeredClientsOnly {
+            decision.verdict = .unknownClient
+            decision.detail = "not a registered client"
+        } else if let record, record.state != .enabled {
+            decision.verdict = .clientDisabled
+            decision.detail = "the client is disabled"
+        }
+        return decision
     }
 
     /// nil when `certificate` proves `record`'s identity under its validation scheme.

@@ -36,6 +36,8 @@ public struct CustodyConfiguration: Sendable, Equatable {
     public var limits = LimitsConfiguration()
     /// What clients may publish and subscribe to.
     public var authorization = AuthorizationConfiguration()
+    /// Tokens and the webhook: sign-in without certificates.
+    public var authentication = AuthenticationConfiguration()
 
     public init() {}
 

@@ -155,7 +155,7 @@ struct ConfigurationReader {
         let keys = try mapping(root, nil, known: [
             "dataDir", "listeners", "namespace", "clients", "passwordFile", "ledgerMapSizeMiB",
             "connectTimeoutSeconds", "logLevel", "logFormat", "metrics", "metricsAllowRemote", "eventSubscribers",
-            "maxKeepAliveSeconds", "limits", "ledger", "ledgerSocket",
+            "maxKeepAliveSeconds", "limits", "ledger", "ledgerSocket", "authentication",
         ] + Self.authorizationKeys)
         var config = CustodyConfiguration()
         if let (_, value) = keys["dataDir"] { config.dataDir = try path(value, "dataDir") }
@@ -225,6 +225,7 @@ struct ConfigurationReader {
             }
         }
         config.authorization = try authorization(keys)
+        if let (_, value) = keys["authentication"] { config.authentication = try authentication(value) }
         if config.namespace.registeredClientsOnly && config.clients.isEmpty {
             throw fail(keys["namespace"]?.value, "namespace.registeredClientsOnly",
                        "is true but no clients are registered: nobody could connect")

@@ -259,6 +259,10 @@ struct Custody: AsyncParsableCommand {
                     throw ExitCode.failure
                 }
                 _ = try configuration.accessRules()
+                // The issuers' key files are read as at start (a private key, a JWKS that is not one).
+                if !configuration.authentication.isEmpty {
+                    _ = try await configuration.identityAuthority(logger: Logger(label: "custody.auth"))
+                }
                 say(Settings.summary(of: configuration, file: checkConfig))
                 return
             } catch let exit as ExitCode {
@@ -326,11 +330,12 @@ struct Custody: AsyncParsableCommand {
         operations.attach(ledger: ledger, broker: broker)
         let logger = Logger(label: "custody.mqtt")
         let listeners: [FrontListener]
-        let authority: Authenticator?
+        let authority: (any IdentityAuthority)?
         let accessRules: AccessRules
         do {
             listeners = try settings.frontListeners()
-            authority = settings.needsAuthority(configFile: config) ? try settings.authenticator() : nil
+            authority = settings.needsAuthority(configFile: config)
+                ? try await settings.identityAuthority(logger: Logger(label: "custody.auth")) : nil
             accessRules = try settings.accessRules()
         } catch {
             FileHandle.standardError.write(Data("custody: \(error)\n".utf8))
@@ -384,8 +389,9 @@ struct Custody: AsyncParsableCommand {
             say("custody: ledger socket \(ledgerSocket.path) mode 0660 protocol \(LedgerWire.version)")
         }
         say(limitsLine(settings.limits, front: frontConfiguration))
-        if let authority {
-            say("custody: identity clients=\(settings.clients.count) registered_clients_only=\(authority.namespace.registeredClientsOnly) password_file=\(authority.passwords != nil ? 1 : 0); SIGHUP reloads the registry")
+        if authority != nil {
+            say("custody: identity clients=\(settings.clients.count) registered_clients_only=\(settings.namespace.registeredClientsOnly) password_file=\(settings.passwordFile != nil ? 1 : 0); SIGHUP reloads the registry")
+            if let line = settings.signInLine() { say(line) }
         }
         for line in settings.accessLines(accessRules) { say(line) }
         if let address = settings.metrics {

@@ -1,5 +1,6 @@
 import Broker
 import CustodyModel
+import CustodyAuthentication
 import CustodyConfig
 import CustodyTLS
 import Foundation
@@ -51,6 +52,29 @@ extension CustodyConfiguration {
         if let passwordFile { passwords = try PasswordFile.load(file: passwordFile) }
         return Authenticator(configuration: self, passwords: passwords)
     }
+
+    /// The identity authority in force: the registry alone, or with the `authentication:`
+    /// section's tokens (keys read now) and webhook.
+    func identityAuthority(logger: Logger) async throws -> any IdentityAuthority {
+        let registry = try authenticator()
+        guard !authentication.isEmpty else { return registry }
+        let tokens = authentication.jwt.isEmpty ? nil : try await TokenVerifier.load(authentication.jwt)
+        let webhook = authentication.webhook.map { WebhookAuthenticator($0, logger: logger) }
+        return SignIn(registry: registry, tokens: tokens, webhook: webhook)
+    }
+
+    /// What start-up says of sign-in without certificates; nil without any.
+    func signInLine() -> String? {
+        guard !authentication.isEmpty else { return nil }
+        var parts: [String] = []
+        if !authentication.jwt.isEmpty {
+            parts.append("jwt_issuers=\(authentication.jwt.count) jwt_key_files=\(authentication.jwt.reduce(0) { $0 + $1.keys.count })")
+        }
+        if let webhook = authentication.webhook {
+            parts.append("webhook=\(webhook.endpoint) webhook_timeout_ms=\(webhook.timeoutMilliseconds) webhook_cache_seconds=\(webhook.cacheSeconds)")
+        }
+        return "custody: sign-in order=certificate,jwt,password_file,webhook \(parts.joined(separator: " ")); SIGHUP reloads keys"
+    }
 }
 
 extension TLSListenerSetup {
@@ -88,12 +112,12 @@ struct IdentityReload {
             say("custody: SIGHUP: no configuration, password or acl file, nothing to reload")
             return
         }
-        let authority: Authenticator?
+        let authority: (any IdentityAuthority)?
         let access: AccessRules
         let configuration: CustodyConfiguration
         do {
             configuration = try Settings.resolve(file: configFile, flags: flags)
-            authority = identity ? try configuration.authenticator() : nil
+            authority = identity ? try await configuration.identityAuthority(logger: logger) : nil
             access = try configuration.accessRules()
         } catch {
             logger.error("registry reload failed; the registry in force is kept", metadata: ["error": "\(error)"])

@@ -133,9 +133,10 @@ extension CertificateIdentity {
             let hex = String(byte, radix: 16)
             return byte < 16 ? "0" + hex : hex
         }.joined()
+        let pem = (try? certificate.serializeAsPEM().pemString).map { [$0] } ?? []
         self.init(
             subjectCommonName: commonName, dnsNames: dns, uris: uris, ipAddresses: ips, emails: emails,
-            thumbprint: thumbprint, chainVerified: chainVerified)
+            thumbprint: thumbprint, chainVerified: chainVerified, chainPEM: pem)
     }
 }
 

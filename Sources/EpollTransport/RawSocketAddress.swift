@@ -2,7 +2,7 @@
 import Glibc
 
 /// Socket addresses as log lines and ledger events write them: `IP:port`, `[IPv6]:port`.
-enum RawSocketAddress {
+public enum RawSocketAddress {
     static func port(of storage: sockaddr_storage) -> Int {
         let family = Int32(storage.ss_family)
         return withUnsafePointer(to: storage) { pointer in
@@ -15,6 +15,16 @@ enum RawSocketAddress {
                 0
             }
         }
+    }
+
+    /// The local end of a connected socket (`getsockname`) as `IP:port`.
+    public static func localText(of descriptor: Int32) -> String? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let result = withUnsafeMutablePointer(to: &storage) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
+        }
+        return result == 0 ? text(of: storage) : nil
     }
 
     static func text(of storage: sockaddr_storage) -> String? {

@@ -24,4 +24,6 @@ protocol ConnectionIO: AnyObject {
     var isAboveOutboundHighWater: Bool { get }
     /// The NIO channel under a TLS connection (for its client certificate); nil otherwise.
     var channel: (any Channel)? { get }
+    /// The listener's end of the connection as `IP:port` (for the authentication webhook).
+    var localAddressText: String? { get }
 }

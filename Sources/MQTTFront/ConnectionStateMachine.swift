@@ -42,7 +42,8 @@ public struct ConnectionStateMachine: Sendable {
         /// Topic Alias Maximum and the server's own (0: none; see `OutboundTopicAliases`).
         public var outboundTopicAliasMaximum: UInt16 = 0
         public var remoteAddress: String
-        /// The CONNECT named an authentication method; none is supported (0x8C).
+        /// The CONNECT's authentication method (MQTT 5 enhanced authentication): one a token
+        /// or the webhook took is named again in the CONNACK and in AUTH; any other is refused (0x8C).
         public var authenticationMethod: String? {
             get { rare?.value.authenticationMethod }
             set { updateRare { $0.authenticationMethod = newValue } }
@@ -166,6 +167,9 @@ public struct ConnectionStateMachine: Sendable {
         case abandon(SessionGrant, Closing)
         /// Check keep-alive again at this time.
         case scheduleKeepAlive(NIODeadline)
+        /// AUTH 0x19 with new Authentication Data (`method` as at CONNECT): decide again, then
+        /// answer with `reauthenticated` or end with `revoked`.
+        case reauthenticate(method: String, data: [UInt8])
     }
 
     public struct Settings: Sendable {
@@ -343,7 +347,7 @@ public struct ConnectionStateMachine: Sendable {
             state = .closing(identity.protocolVersion)
             var code = Self.reasonCode(for: reason, authenticationMethod: identity.authenticationMethod)
             var why = "\(reason)"
-            if let refusal = identity.identityRefusal, identity.authenticationMethod == nil,
+            if let refusal = identity.identityRefusal,
                 [.unknownClient, .clientDisabled, .authenticationFailed, .clientAuthorizationError, .quotaExceeded]
                     .contains(reason)
             {
@@ -478,7 +482,9 @@ public struct ConnectionStateMachine: Sendable {
             decision?.authenticationName ?? AuthenticationName(unchecked: connect.userName ?? connect.clientIdentifier)
         let method = version == .mqtt5 ? connect.properties.authenticationMethod : nil
         var verdict = decision?.verdict ?? .authenticated
-        if method != nil { verdict = .authenticationFailed }
+        // Only a token or the webhook takes an authentication method; any other is refused (0x8C).
+        let methodTaken = decision.map { $0.method == .jwt || $0.method == .webhook } ?? false
+        if method != nil && !methodTaken { verdict = .authenticationFailed }
         var keepAlive = connect.keepAlive
         var serverKeepAlive: UInt16?
         if let maximum = settings.maximumKeepAlive, keepAlive == 0 || keepAlive > maximum {
@@ -513,12 +519,10 @@ public struct ConnectionStateMachine: Sendable {
         if version == .mqtt5 {
             identity.outboundTopicAliasMaximum = min(connect.properties.topicAliasMaximum ?? 0, settings.topicAliasMaximum)
         }
-        if let decision, decision.verdict != .authenticated {
-            let code: MQTTReasonCode =
-                decision.verdict == .connectRateExceeded
-                ? .connectionRateExceeded
-                : decision.badUserNameOrPassword ? .badUserNameOrPassword : .notAuthorized
-            identity.identityRefusal = (code, decision.detail)
+        if let method, !methodTaken {
+            identity.identityRefusal = (.badAuthenticationMethod, "authentication method '\(method)' is not supported")
+        } else if let decision, decision.verdict != .authenticated {
+            identity.identityRefusal = (Self.refusalCode(decision), decision.detail)
         }
         state = .connecting(identity, pending: [], abandoned: nil)
         return .claim(ClaimRequest(
@@ -594,8 +598,8 @@ public struct ConnectionStateMachine: Sendable {
                 channelGone: false, publishWill: disconnect.reasonCode != .normalDisconnection))
         case .connect:
             return closeForClientError(identity, code: .protocolError, why: "second CONNECT")
-        case .auth:
-            return closeForClientError(identity, code: .protocolError, why: "AUTH without an authentication method")
+        case .auth(let auth):
+            return authReceived(auth, identity: identity)
         case .connack, .suback, .unsuback, .pingresp:
             return closeForClientError(identity, code: .protocolError, why: "\(packet.type) from a client")
         }
@@ -633,7 +637,13 @@ public struct ConnectionStateMachine: Sendable {
         if identity.protocolVersion == .mqtt5 {
             // Section 3.2.2.3.2: the server tells the interval in force when it is not the one asked.
             let changedExpiry = grant.expiryInterval != identity.requestedExpiry
-            if !changedExpiry && identity.serverKeepAlive == nil {
+            if let method = identity.authenticationMethod {
+                // Section 4.12: an accepted enhanced authentication names its method in the CONNACK.
+                if changedExpiry { properties.append(.sessionExpiryInterval(grant.expiryInterval)) }
+                if let serverKeepAlive = identity.serverKeepAlive { properties.append(.serverKeepAlive(serverKeepAlive)) }
+                properties.append(.authenticationMethod(method))
+                properties.list.append(contentsOf: settings.grantProperties.list)
+            } else if !changedExpiry && identity.serverKeepAlive == nil {
                 properties = settings.grantProperties
             } else {
                 if changedExpiry { properties.append(.sessionExpiryInterval(grant.expiryInterval)) }

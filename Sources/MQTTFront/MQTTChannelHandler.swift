@@ -77,6 +77,11 @@ final class MQTTChannelHandler: ChannelDuplexHandler, ConnectionIO, GracefulClos
 
     // MARK: ConnectionIO
 
+    var localAddressText: String? {
+        guard let address = channel?.localAddress, let ip = address.ipAddress, let port = address.port else { return nil }
+        return address.protocol == .inet6 ? "[\(ip)]:\(port)" : "\(ip):\(port)"
+    }
+
     func write(_ packet: MQTTPacket) {
         context?.write(wrapOutboundOut(packet), promise: nil)
     }

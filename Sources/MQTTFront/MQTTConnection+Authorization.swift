@@ -21,7 +21,9 @@ extension MQTTConnection {
             permissions = nil
             return identity
         }
-        let granted = access.permissions(authenticationName: authenticationName, sessionName: connect.clientIdentifier)
+        let granted = access.permissions(
+            authenticationName: authenticationName, sessionName: connect.clientIdentifier,
+            attributes: signIn?.decision?.attributes ?? [:])
         permissions = Boxed(granted)
         guard let will = connect.will, (identity?.verdict ?? .authenticated) == .authenticated else { return identity }
         let decision = granted.mayPublish(will.topic)
@@ -105,7 +107,9 @@ extension MQTTConnection {
         guard machine.isActive, let sessionName, let name = authenticationName else { return 0 }
         if let access {
             permissions = access.mode == .enforced
-                ? Boxed(access.permissions(authenticationName: name, sessionName: "\(sessionName)")) : nil
+                ? Boxed(access.permissions(
+                    authenticationName: name, sessionName: "\(sessionName)", attributes: signIn?.decision?.attributes ?? [:]))
+                : nil
         }
         guard let permissions = permissions?.value, let session = pubsubSession else { return 0 }
         let revoked = session.subscriptionFilters.filter { filter in

@@ -24,6 +24,9 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
     let tls: Boxed<TLSTransport>?
     /// What the CONNECT presented, kept to decide again when the registry is reloaded.
     var credentials: Boxed<ConnectCredentials>?
+    /// A sign-in decided elsewhere (a token, the webhook): the wait for it, then its decision,
+    /// expiry and re-authentication. nil for the rest.
+    var signIn: SignInState?
     var machine: ConnectionStateMachine
     /// Set by `attach`; dropped once the connection is finished (it refers back to this).
     var io: (any ConnectionIO)?
@@ -179,7 +182,8 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         // What the client sent before it went is not lost, budget or not (as `closingAfterBroker`).
         releaseHeldPackets()
         perform(machine.channelInactive())
-        if connection == nil { finish(releasing: false) }
+        // Gone while its sign-in was being decided: nothing was claimed, nothing to record.
+        if connection == nil || signIn?.asking == true { finish(releasing: false) }
     }
 
     /// The transport failed (a reset, a TLS error); it closes next.
@@ -194,7 +198,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
 
     /// Whether more bytes may be read now; when not, the transport waits for `resumeReading`.
     var mayRead: Bool {
-        !machine.pendingIsFull && brokerQueue.count < Self.brokerQueueLimit && !throttleHoldsReads
+        signIn?.asking != true && !machine.pendingIsFull && brokerQueue.count < Self.brokerQueueLimit && !throttleHoldsReads
             && answersOnTheWay.count < Self.answersOnTheWayLimit
     }
 
@@ -219,6 +223,11 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
     // MARK: - Doing what the machine says
 
     func process(_ inbound: MQTTInbound) {
+        if let signIn, signIn.asking {
+            // MQTT-3.1.4-6 still holds: what follows the CONNECT waits for its decision.
+            signIn.held.append(inbound)
+            return
+        }
         if let limiting, limiting.throttleHolds || !limiting.held.isEmpty {
             return holdForThrottle(inbound)
         }
@@ -237,16 +246,27 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
             // decides again, on this loop, after this) or replaced the authority before this read it.
             if case .packet(.connect(let connect)) = inbound {
                 sessionName = SessionName(unchecked: connect.clientIdentifier)
-                decision = applyConnectRate(connect, decideIdentity(connect))
-                let name = decision?.authenticationName.value ?? connect.userName ?? connect.clientIdentifier
-                authenticationName = name
-                decision = decideAccess(connect, authenticationName: name, identity: decision)
+                guard case .decided(let identity) = decideIdentity(connect) else {
+                    // Asked elsewhere: `signedIn` goes on from here when the answer comes.
+                    if services.logger.logLevel <= .debug { logPacket(inbound, received: true) }
+                    return
+                }
+                decision = connectDecided(connect, identity)
             }
         } else if limiting != nil, case .packet(.publish(let publish)) = inbound, machine.isActive {
             chargePublish(publish)
         }
         if services.logger.logLevel <= .debug { logPacket(inbound, received: true) }
         perform(machine.received(inbound, connection: number, remoteAddress: remoteAddress, identity: decision, now: .now()))
+    }
+
+    /// The identity of a first CONNECT is known: the connect rate and authorization have
+    /// their say on it too.
+    func connectDecided(_ connect: MQTTConnect, _ identity: IdentityDecision?) -> IdentityDecision? {
+        let decision = applyConnectRate(connect, identity)
+        let name = decision?.authenticationName.value ?? connect.userName ?? connect.clientIdentifier
+        authenticationName = name
+        return decideAccess(connect, authenticationName: name, identity: decision)
     }
 
     func perform(_ action: ConnectionStateMachine.Action) {
@@ -285,6 +305,8 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
             end(closing)
         case .scheduleKeepAlive(let deadline):
             scheduleKeepAlive(deadline)
+        case .reauthenticate(let method, let data):
+            reauthenticate(method: method, data: data)
         }
         resumeReadsIfHeld()
     }
@@ -399,6 +421,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
     func finish(releasing: Bool) {
         guard !finishStarted, io != nil else { return }
         finishStarted = true
+        signIn?.end()
         finishWaiting = (isInactive ? 0 : 1) + (releasing ? 1 : 0)
         if finishWaiting == 0 { finishDone() }
     }

@@ -20,6 +20,8 @@ final class RawConnectionIO: RawConnection, ConnectionIO, GracefulClose {
 
     var isAboveOutboundHighWater: Bool { outboundBytes > connection.tunables.outboundHighWaterBytes }
 
+    var localAddressText: String? { RawSocketAddress.localText(of: descriptor) }
+
     // MARK: The byte stream
 
     override func started(remoteAddress: String?) {

@@ -26,6 +26,7 @@ final class MemoryConnectionIO: ConnectionIO, @unchecked Sendable {
     var protocolVersion: MQTTProtocolVersion?
     var maximumPacketSize: Int?
     var channel: (any Channel)? { nil }
+    var localAddressText: String? { nil }
     var isAboveOutboundHighWater = false
 
     init(_ name: String, journal: Journal) {
