@@ -29,6 +29,10 @@ open class RawConnection: EpollReadiness {
     private var watchingWrites = false
     /// `connect(to:)` is under way: EPOLLOUT will say how it ended.
     private var connecting = false
+    /// `flushSoon` asked for a flush after the work at hand.
+    private var flushScheduled = false
+    /// Closed, and `closed(error:)` not heard yet.
+    private var closePending = false
 
     public init(descriptor: Int32, loop: EpollEventLoop) {
         self.descriptor = descriptor
@@ -68,6 +72,16 @@ open class RawConnection: EpollReadiness {
         guard !isClosed else { return }
         if outbound == nil { outbound = loop.allocator.buffer(capacity: 64) }
         append(&outbound!)
+    }
+
+    /// Sends what was appended once the loop has handled the events, timers or tasks at hand,
+    /// so that everything written in one turn of the loop goes out in one `send` (a broker's
+    /// deliveries to one subscriber come one task each).
+    public func flushSoon() {
+        assert(loop.inEventLoop, "RawConnection.flushSoon off its loop")
+        guard !flushScheduled, !isClosed else { return }
+        flushScheduled = true
+        loop.afterEvents(self)
     }
 
     public func flush() {
@@ -282,6 +296,7 @@ open class RawConnection: EpollReadiness {
     private func closeNow(failure: Int32) {
         guard !isClosed else { return }
         isClosed = true
+        closePending = true
         self.failure = failure
         inbound = nil
         outbound = nil
@@ -290,6 +305,12 @@ open class RawConnection: EpollReadiness {
     }
 
     public func afterEvents() {
+        if flushScheduled {
+            flushScheduled = false
+            if !isClosed { flush() }
+        }
+        guard closePending else { return }
+        closePending = false
         let failure = self.failure
         self.failure = 0
         closed(error: failure == 0 ? nil : RawSocketError("socket", errno: failure))

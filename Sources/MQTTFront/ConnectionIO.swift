@@ -8,9 +8,11 @@ import SessionLedger
 /// TLS and WebSocket listeners) or a bare socket on an `EpollEventLoop` (`RawConnectionIO`,
 /// plain TCP). Called on the connection's event loop only.
 protocol ConnectionIO: AnyObject {
-    /// Queues a packet (encoded in the connection's protocol version); `flush` sends.
+    /// Queues a packet (encoded in the connection's protocol version); `flushWrites` sends.
     func write(_ packet: MQTTPacket)
-    func flush()
+    /// Sends what is queued: at once, or (the epoll transport) once the loop has done the
+    /// work at hand, so that one turn's packets go out in one write.
+    func flushWrites()
     /// Sends `packets`, then closes once they are written.
     func close(sending packets: [MQTTPacket])
     /// Reading was held back (`MQTTConnection.mayRead` was false): read again.

@@ -90,7 +90,7 @@ final class MQTTChannelHandler: ChannelDuplexHandler, ConnectionIO, GracefulClos
     /// (`MQTTFront.setConnectionOptions`).
     var isAboveOutboundHighWater: Bool { !(channel?.isWritable ?? true) }
 
-    func flush() {
+    func flushWrites() {
         context?.flush()
     }
 

@@ -70,7 +70,7 @@ extension MQTTConnection {
         let (pending, keepAlive) = machine.accepted(now: .now())
         // A kept session's subscriptions were allowed by the rules of their day.
         if acceptance.grant.sessionPresent, permissions != nil { revokeSubscriptions(access: nil) }
-        io.flush()
+        io.flushWrites()
         if let keepAlive { scheduleKeepAlive(keepAlive) }
         for inbound in pending { process(inbound) }
     }

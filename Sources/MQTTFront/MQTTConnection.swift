@@ -359,7 +359,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
         } else {
             for packet in packets { io.write(outbound(packet)) }
         }
-        io.flush()
+        io.flushWrites()
     }
 
     /// Sends what is left to say, then closes once it is written.

@@ -63,6 +63,12 @@ final class RawConnectionIO: RawConnection, ConnectionIO, GracefulClose {
         }
     }
 
+    /// Sent once the loop has done the work at hand: every packet this connection is given in
+    /// one turn of the loop (answers to a read, a broker's deliveries) goes out in one `send`.
+    func flushWrites() {
+        flushSoon()
+    }
+
     func close(sending packets: [MQTTPacket]) {
         close(sending: packets, grace: connection.tunables.closeGrace, on: loop)
     }

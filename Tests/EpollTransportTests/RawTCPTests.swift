@@ -76,8 +76,54 @@ private func withLoopback<R>(port: Int, _ body: (UnsafePointer<sockaddr>, sockle
     }
 }
 
+/// Greets with two lines written in one turn and flushed with `flushSoon` only, then closes
+/// after flushing when it reads "bye\n".
+private final class SoonGreeter: RawConnection {
+    var closes: Recorder<String>?
+    override func started(remoteAddress: String?) {
+        appendOutbound { $0.writeString("hello\n") }
+        flushSoon()
+        appendOutbound { $0.writeString("again\n") }
+        flushSoon()
+    }
+    override func received(_ buffer: inout ByteBuffer) {
+        if buffer.readableBytesView.elementsEqual("bye\n".utf8) {
+            appendOutbound { $0.writeString("gone\n") }
+            flushSoon()  // and closed in the same turn: the close is heard once
+            closeAfterFlush()
+        }
+        buffer.moveReaderIndex(to: buffer.writerIndex)
+    }
+    override func closed(error: RawSocketError?) { closes?.append(error.map { "\($0)" } ?? "closed") }
+}
+
 @Suite("Raw TCP listener and byte streams")
 struct RawTCPTests {
+    @Test func whatFlushSoonAskedForGoesOutAfterTheTurnAndACloseIsHeardOnce() async throws {
+        let loop = try EpollEventLoop(name: "test-soon")
+        let closes = Recorder<String>()
+        let listener = try RawTCPListener(host: "127.0.0.1", port: 0, loops: [loop], logger: Logger(label: "test")) {
+            let greeter = SoonGreeter(descriptor: $0, loop: $1)
+            greeter.closes = closes
+            return greeter
+        }
+        let port = listener.port
+        let heard = try await offPool {
+            let client = try connectedClient(port: port)
+            defer { close(client) }
+            usleep(50_000)
+            _ = "bye\n".utf8CString.withUnsafeBytes { write(client, $0.baseAddress, 4) }
+            return readUntilClosed(client)
+        }
+        #expect(heard == "hello\nagain\ngone\n")
+        let deadline = NIODeadline.now() + .seconds(5)
+        while closes.all.isEmpty, NIODeadline.now() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(closes.all == ["closed"])
+        await listener.close()
+        try await loop.shutdownGracefully()
+    }
+
     @Test func aClientConnectionSendsWhatWasAppendedWhileConnectingAndHearsTheAnswer() async throws {
         let loop = try EpollEventLoop(name: "test-client")
         let listener = try RawTCPListener(host: "127.0.0.1", port: 0, loops: [loop], logger: Logger(label: "test")) {

@@ -35,7 +35,7 @@ final class MemoryConnectionIO: ConnectionIO, @unchecked Sendable {
     }
 
     func write(_ packet: MQTTPacket) { journal.add(name, .write(packet)) }
-    func flush() { journal.add(name, .flush) }
+    func flushWrites() { journal.add(name, .flush) }
     func resumeReading() {}
     func setProtocolVersion(_ version: MQTTProtocolVersion) { protocolVersion = version }
     func setMaximumPacketSize(_ size: Int?) { maximumPacketSize = size }
