@@ -18,7 +18,15 @@ final class RawConnectionIO: RawConnection, ConnectionIO, GracefulClose {
         connection.attach(self)
     }
 
-    var isAboveOutboundHighWater: Bool { outboundBytes > connection.tunables.outboundHighWaterBytes }
+    /// Bytes the socket has not taken, above the mark. Writes wait for the end of the turn
+    /// (`flushWrites`): what this turn wrote is offered to the socket first, so that only what
+    /// it refuses counts, not a turn's worth of deliveries.
+    var isAboveOutboundHighWater: Bool {
+        let mark = connection.tunables.outboundHighWaterBytes
+        guard outboundBytes > mark else { return false }
+        flush()
+        return outboundBytes > mark
+    }
 
     var localAddressText: String? { RawSocketAddress.localText(of: descriptor) }
 
