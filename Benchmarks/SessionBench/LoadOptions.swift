@@ -158,6 +158,9 @@ struct PublishOptions: ParsableArguments {
     @Option(help: "After --seconds, milliseconds with nothing arriving before what is missing counts as lost.")
     var drainMs: Int = 2000
 
+    @Flag(help: "Subscribers hold persistent sessions (5.0: Session Expiry 1 h; 3.1.1: clean session 0): every QoS 1 message to them is stored before its PUBACK.")
+    var persistentSubscribers = false
+
     var qosLevel: MQTTQoS { qos == 0 ? .atMostOnce : .atLeastOnce }
 
     func validate() throws {

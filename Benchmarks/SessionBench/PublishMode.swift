@@ -133,7 +133,10 @@ final class PublishMode: LoadMode, @unchecked Sendable {
         for index in 0..<subscriberCount {
             // Publishers take users 0, 1, ...; subscribers the ones after them.
             let connection = BenchConnection(
-                connect: makeConnect(session: prefix + "s" + String(index), user: user(publisherCount + index), cleanStart: true),
+                connect: makeConnect(
+                    session: prefix + "s" + String(index), user: user(publisherCount + index),
+                    cleanStart: !(options.persistentSubscribers && version != .mqtt5),
+                    expiry: options.persistentSubscribers ? 3600 : 0),
                 tag: index)
             // A QoS 0 subscriber sends nothing on its own; the keep-alive is 60 s.
             connection.pingInterval = 20_000_000_000
@@ -500,6 +503,7 @@ final class PublishMode: LoadMode, @unchecked Sendable {
         let publishSeconds = start.flatMap { start in publishEndSample.map { $0.seconds(since: start) } } ?? 0
         report.details = [
             .int("qos", Int(qos.rawValue)), .string("shape", options.shape.rawValue),
+            .int("persistent_subscribers", options.persistentSubscribers ? 1 : 0),
             .int("publishers", publisherCount), .int("subscribers", subscriberCount), .int("proto", load.proto),
             .int("payload_bytes", options.payloadBytes), .int("inflight", options.inflight), .int("max_ahead", options.maxAhead),
             .number("rate_limit", options.rate), .number("seconds", load.seconds), .int("users", users),

@@ -430,4 +430,21 @@ struct SessionBenchTests {
             throw error
         }
     }
+
+    /// Every QoS 1 message to a persistent subscriber is stored before its PUBACK; none lost.
+    @Test("publish QoS 1 to persistent subscribers, a topic each, against custody: nothing lost", arguments: [4, 5])
+    func publishToPersistentSubscribers(proto: Int) async throws {
+        try await offPool {
+            let custody = try RunningCustody("bench-persistent", arguments: ["--connects-per-second-per-session", "0"])
+            defer { custody.cleanUp() }
+            do {
+                try checkPublish(
+                    port: custody.port, pid: custody.pid, qos: 1, shape: "per-topic", proto: proto, conns: 2,
+                    extra: ["--persistent-subscribers"], deliveriesPerMessage: 1)
+            } catch {
+                Issue.record("custody log:\n\(custody.log)")
+                throw error
+            }
+        }
+    }
 }
