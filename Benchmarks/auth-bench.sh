@@ -31,34 +31,13 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-BIN="$ROOT/.build-release/release"
-if [ "$BUILD" = 1 ]; then
-    (cd "$ROOT" && swift build -c release --scratch-path .build-release --product custody-bench >&2)
-    (cd "$ROOT" && swift build -c release --scratch-path .build-release --product custody >&2)
-fi
+. "$ROOT/Benchmarks/lib.sh"
+[ "$BUILD" = 1 ] && build_release custody-bench custody
 BENCH="$BIN/custody-bench"
 CUSTODY="$BIN/custody"
-for tool in "$BENCH" "$CUSTODY"; do
-    [ -x "$tool" ] || { echo "auth-bench.sh: $tool is missing (build it or drop --no-build)" >&2; exit 1; }
-done
+require_files auth-bench.sh "$BENCH" "$CUSTODY"
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/custody-auth-bench.XXXXXX")
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
+make_workdir auth-bench
 
 # Keys by openssl, tokens by custody-bench sign-token (jwt-kit).
 (cd "$WORK" &&

@@ -42,45 +42,15 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-BIN="$ROOT/.build-release/release"
+. "$ROOT/Benchmarks/lib.sh"
 if [ "$BUILD" = 1 ]; then
-    (cd "$ROOT" && swift build -c release --scratch-path .build-release --product custody-bench >&2)
-    (cd "$ROOT" && swift build -c release --scratch-path .build-release --product custody >&2) \
-        || echo "compare.sh: custody did not build; measuring mosquitto only" >&2
+    build_release custody-bench
+    build_release custody || echo "compare.sh: custody did not build; measuring mosquitto only" >&2
 fi
 BENCH="$BIN/custody-bench"
-[ -x "$BENCH" ] || { echo "compare.sh: $BENCH is missing (build it or drop --no-build)" >&2; exit 1; }
+require_files compare.sh "$BENCH"
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/custody-compare.XXXXXX")
-PIDS=()
-cleanup() {
-    # SIGTERM first; a parent that blocks SIGTERM passes the mask on, so SIGKILL after 3 s.
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Sockets for hold and the connect storm.
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-wait_port() { # port seconds
-    local deadline=$((SECONDS + $2))
-    while [ $SECONDS -lt $deadline ]; do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
+make_workdir compare
 
 # mosquitto: persistence on, loopback only, quiet (no per-connection log lines).
 MOSQ_PORT=$(free_port)

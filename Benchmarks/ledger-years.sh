@@ -39,26 +39,11 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-BIN="$ROOT/.build-release/release"
-if [ "$BUILD" = 1 ]; then
-    (cd "$ROOT" && swift build -c release --scratch-path .build-release --product custody-bench >&2)
-    (cd "$ROOT" && swift build -c release --scratch-path .build-release --product custody >&2)
-fi
+. "$ROOT/Benchmarks/lib.sh"
+[ "$BUILD" = 1 ] && build_release custody-bench custody
+require_files ledger-years.sh "$BIN/custody-bench" "$BIN/custody"
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/custody-years.XXXXXX")
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+make_workdir years
 
 echo "commit $(git -C "$ROOT" rev-parse --short HEAD) $(date -u +%Y-%m-%dT%H:%M:%SZ) load $(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -69,15 +54,6 @@ if [ "$YEARS" = 1 ]; then
 fi
 
 if [ "$STORM" = 1 ]; then
-    free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
-    wait_port() {
-        local deadline=$((SECONDS + $2))
-        while [ $SECONDS -lt $deadline ]; do
-            (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-            sleep 0.1
-        done
-        return 1
-    }
     start_custody() { # name port extra-flags...
         local name=$1 port=$2
         shift 2

@@ -35,48 +35,13 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-BIN="$ROOT/.build-release/release"
-if [ "$BUILD" = 1 ]; then
-    for product in custody custody-bench custody-mosquitto; do
-        (cd "$ROOT" && swift build -c release --scratch-path .build-release --product "$product" >&2)
-    done
-fi
+. "$ROOT/Benchmarks/lib.sh"
+[ "$BUILD" = 1 ] && build_release custody custody-bench custody-mosquitto
 BENCH="$BIN/custody-bench"
 PLUGIN="$BIN/libcustody-mosquitto.so"
-for file in "$BENCH" "$BIN/custody" "$PLUGIN"; do
-    [ -e "$file" ] || { echo "mosquitto-front.sh: $file is missing (build it or drop --no-build)" >&2; exit 1; }
-done
+require_files mosquitto-front.sh "$BENCH" "$BIN/custody" "$PLUGIN"
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/custody-mqfront.XXXXXX")
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-wait_port() { # port seconds
-    local deadline=$((SECONDS + $2))
-    while [ $SECONDS -lt $deadline ]; do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
-wait_line() { # file text seconds
-    for _ in $(seq 1 $(($3 * 10))); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
-    return 1
-}
+make_workdir mqfront
 
 CUSTODY_FLAGS=(--max-sessions-per-client 100 --connects-per-second-per-session 0 --log-level warning)
 

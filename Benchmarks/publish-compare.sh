@@ -50,42 +50,12 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-BIN="$ROOT/.build-release/release"
-if [ "$BUILD" = 1 ]; then
-    (cd "$ROOT" && swift build -c release --scratch-path .build-release --product custody-bench >&2)
-    (cd "$ROOT" && swift build -c release --scratch-path .build-release --product custody >&2)
-fi
+. "$ROOT/Benchmarks/lib.sh"
+[ "$BUILD" = 1 ] && build_release custody-bench custody
 BENCH="$BIN/custody-bench"
-for program in "$BENCH" "$BIN/custody"; do
-    [ -x "$program" ] || { echo "publish-compare.sh: $program is missing (build it or drop --no-build)" >&2; exit 1; }
-done
+require_files publish-compare.sh "$BENCH" "$BIN/custody"
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/custody-publish-compare.XXXXXX")
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-wait_port() { # port seconds
-    local deadline=$((SECONDS + $2))
-    while [ $SECONDS -lt $deadline ]; do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
+make_workdir publish-compare
 
 # The benchmark connects as pbu0..pbu7 (--prefix pb: 8 user names for up to 70 connections)
 # and publishes to bench/pb/USER; its subscribers take bench/pb/+.
