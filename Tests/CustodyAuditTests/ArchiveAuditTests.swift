@@ -6,11 +6,13 @@ import SessionLedger
 import Testing
 
 /// A ledger of `cycles` connect/disconnect cycles (two events each) spread evenly over
-/// `days` days before `end`, built with the writer's bulk load (not through MQTT), a
-/// checkpoint every `every` records; then archived with `retentionDays`. Session `s-K`
-/// is cycled every `sessions` cycles.
+/// `days` days before `end`, a checkpoint every `every` records, then archived with
+/// `retentionDays`; session `s-K` is cycled every `sessions` cycles. Built by
+/// `custody-bench ledger-archive-fixture` (the writer's bulk load, not MQTT), in a child
+/// process at a low priority.
 struct ArchivedLedger {
-    var head: LedgerHead
+    var head: UInt64
+    var hash: String
     var archiveDirectory: String
     var segments: [(name: String, range: ClosedRange<UInt64>)]
     var liveFirst: UInt64
@@ -19,45 +21,26 @@ struct ArchivedLedger {
 
     static func make(
         _ directory: String, cycles: Int, days: Int, every: UInt64, retentionDays: Int64, sessions: Int = 1000,
-        end: Int64 = wallClockMicroseconds()
+        end: Int64? = nil, timeout: Double = 120
     ) throws -> ArchivedLedger {
-        let clock = ManualClock(start: end - Int64(days) * day)
-        let step = Int64(days) * day / Int64(cycles)
-        let store = try LedgerStore(directory: directory)
-        defer { store.close() }
-        let writer = try LedgerWriter(store: store, policy: try NamespacePolicy(maximumClientSessionsPerAuthenticationName: 100), clock: clock.ledgerClock)
-        writer.checkpointEvery = every
-        _ = try writer.recover()
-        let chunk = min(5_000, max(1, Int(every) / 4))
-        var requests: [LedgerWriter.BulkRequest] = []
-        requests.reserveCapacity(2 * chunk)
-        for start in stride(from: 0, to: cycles, by: chunk) {
-            requests.removeAll(keepingCapacity: true)
-            for i in start..<min(start + chunk, cycles) {
-                let name = SessionName(unchecked: "s-\(i % sessions)")
-                let connection = writer.nextConnectionNumber()
-                requests.append(.claim(ClaimRequest(
-                    authenticationName: AuthenticationName(unchecked: "client-\(i % sessions % 50)"), sessionName: name,
-                    connection: connection, protocolVersion: .mqtt5, cleanStart: true, requestedExpiryInterval: 0,
-                    remoteAddress: "10.0.\(i % 200).\(i % 250):5\(i % 1000)", identity: .authenticated)))
-                requests.append(.release(ReleaseRequest(sessionName: name, connection: connection, reason: .clientInitiatedDisconnect)))
-            }
-            // One transaction per chunk, all at one time: time moves between chunks.
-            let refused = try writer.load(requests, batch: requests.count)
-            #expect(refused == 0)
-            clock.advance(microseconds: step * Int64(chunk))
-        }
-        writer.start()
+        var arguments = [
+            "ledger-archive-fixture", "--data-dir", directory, "--cycles", "\(cycles)", "--days", "\(days)",
+            "--checkpoint-every", "\(every)", "--retention-days", "\(retentionDays)", "--sessions", "\(sessions)",
+        ]
+        if let end { arguments += ["--end", "\(end)"] }
+        let printed = try runLowPriority(try builtProduct("custody-bench").path, arguments, timeout: timeout)
+        // fixture: head=N hash=H live_first=F segments=S
+        let fields = Dictionary(uniqueKeysWithValues: printed.split(whereSeparator: \.isWhitespace).compactMap { part -> (String, String)? in
+            let pair = part.split(separator: "=", maxSplits: 1)
+            return pair.count == 2 ? (String(pair[0]), String(pair[1])) : nil
+        })
+        guard let head = fields["head"].flatMap({ UInt64($0) }), let hash = fields["hash"],
+            let liveFirst = fields["live_first"].flatMap({ UInt64($0) })
+        else { throw TestFailure.unexpected("ledger-archive-fixture printed: \(printed)") }
         let archiveDirectory = directory + "/archive"
-        let archiver = LedgerArchiver(
-            store: store, writer: writer, directory: archiveDirectory,
-            policy: LedgerArchiver.Policy(retention: retentionDays * day, maxLiveBytes: nil, deleteBatch: 20_000),
-            clock: clock.ledgerClock)
-        while try archiver.runOnce() {}
-        writer.stop()
-        let (liveFirst, head) = try store.read { (try $0.firstLiveRecord()?.sequence ?? 0, try $0.head()) }
         return ArchivedLedger(
-            head: head, archiveDirectory: archiveDirectory, segments: ArchiveSegment.list(archiveDirectory), liveFirst: liveFirst)
+            head: head, hash: hash, archiveDirectory: archiveDirectory, segments: ArchiveSegment.list(archiveDirectory),
+            liveFirst: liveFirst)
     }
 }
 
@@ -75,17 +58,10 @@ struct ArchiveAuditTests {
         let base = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory()
         let directory = base + "/custody-audit-1m-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let fixture = try runLowPriority(try builtProduct("custody-bench").path, [
-            "ledger-archive-fixture", "--data-dir", directory, "--cycles", "500000", "--days", "60",
-            "--checkpoint-every", "50000", "--retention-days", "30",
-        ], timeout: 600)
-        let fields = Dictionary(uniqueKeysWithValues: fixture.split(separator: " ").compactMap { part -> (String, String)? in
-            let pair = part.split(separator: "=", maxSplits: 1)
-            return pair.count == 2 ? (String(pair[0]), String(pair[1]).trimmingCharacters(in: .whitespacesAndNewlines)) : nil
-        })
-        let head = try #require(fields["head"].flatMap { UInt64($0) }, "\(fixture)")
-        let liveFirst = try #require(fields["live_first"].flatMap { UInt64($0) }, "\(fixture)")
-        let segments = ArchiveSegment.list(directory + "/archive")
+        let ledger = try ArchivedLedger.make(
+            directory, cycles: 500_000, days: 60, every: 50_000, retentionDays: 30, timeout: 600)
+        let (head, liveFirst) = (ledger.head, ledger.liveFirst)
+        let segments = ledger.segments
         // 1,000,000 events and a checkpoint every 50,000 records.
         #expect(head == 1_000_000 + 1_000_000 / 50_000 - 1 || head == 1_000_000 + 1_000_000 / 50_000)
         // The retention cut the log about in half, at checkpoints.
@@ -98,10 +74,10 @@ struct ArchiveAuditTests {
         #expect(newest > head - 50_000)
         let verify = try runAuditBlocking(["verify", "--data-dir", directory], timeout: 600, lowPriority: true)
         #expect(verify.status == 0, "\(verify.stdout) \(verify.stderr)")
-        #expect(verify.stdout == "verify: ok events=\(head) head=\(fields["hash"] ?? "?") from_checkpoint=\(newest)\n")
+        #expect(verify.stdout == "verify: ok events=\(head) head=\(ledger.hash) from_checkpoint=\(newest)\n")
         let full = try runAuditBlocking(["verify", "--full", "--data-dir", directory], timeout: 600, lowPriority: true)
         #expect(full.status == 0, "\(full.stdout) \(full.stderr)")
-        #expect(full.stdout == "verify: ok events=\(head) head=\(fields["hash"] ?? "?")\n")
+        #expect(full.stdout == "verify: ok events=\(head) head=\(ledger.hash)\n")
 
         // (history, owner, sessions and export across the boundary: the test below, on a smaller ledger.)
     }
@@ -131,7 +107,7 @@ struct ArchiveAuditTests {
             let export = try runAuditBlocking(["export", "--from", "\(from)", "--to", "\(from + 100)", "--data-dir", directory]).jsonLines()
             #expect(export.map { $0["seq"] as? Int } == (from...(from + 100)).map { $0 })
             let all = try runAuditBlocking(["export", "--data-dir", directory]).jsonLines()
-            #expect(all.count == Int(ledger.head.sequence))
+            #expect(all.count == Int(ledger.head))
 
             // The archive copied off the machine and read from there.
             let elsewhere = directory + "-elsewhere"

@@ -8,6 +8,33 @@ enum CrashTestError: Error {
     case childNeverReady(String)
 }
 
+/// Starts the crash child with `arguments` (its output to the file `output`), waits until it
+/// says `ready`, lets it work for a random number of microseconds in `after`, then kills it
+/// with SIGKILL.
+func killedAtRandom(
+    _ executable: URL, _ arguments: [String], output: String, after: ClosedRange<UInt32>,
+    using generator: inout SystemRandomNumberGenerator
+) throws {
+    let child = Process()
+    child.executableURL = executable
+    child.arguments = arguments
+    child.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+    child.standardError = FileHandle.nullDevice
+    try child.run()
+    let deadline = Date().addingTimeInterval(20)
+    while !((try? String(contentsOfFile: output, encoding: .utf8)) ?? "").contains("ready") {
+        guard Date() < deadline, child.isRunning else {
+            child.terminate()
+            throw CrashTestError.childNeverReady(output)
+        }
+        usleep(10_000)
+    }
+    usleep(UInt32.random(in: after, using: &generator))
+    kill(child.processIdentifier, SIGKILL)
+    child.waitUntilExit()
+    #expect(child.terminationReason == .uncaughtSignal)
+}
+
 @Suite("Crash safety")
 struct CrashRecoveryTests {
     /// A child appends claims and releases as fast as it can and prints each one only after
@@ -25,25 +52,9 @@ struct CrashRecoveryTests {
                 let output = directory + "-round\(round).out"
                 _ = FileManager.default.createFile(atPath: output, contents: nil)
                 defer { try? FileManager.default.removeItem(atPath: output) }
-                let child = Process()
-                child.executableURL = executable
-                child.arguments = ["ledger-crash-child", "--data-dir", directory, "--prefix", "round\(round)"]
-                child.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
-                child.standardError = FileHandle.nullDevice
-                try child.run()
-
-                let deadline = Date().addingTimeInterval(20)
-                while !((try? String(contentsOfFile: output, encoding: .utf8)) ?? "").contains("ready") {
-                    guard Date() < deadline, child.isRunning else {
-                        child.terminate()
-                        throw CrashTestError.childNeverReady(output)
-                    }
-                    usleep(10_000)
-                }
-                usleep(UInt32.random(in: 50_000...400_000, using: &generator))
-                kill(child.processIdentifier, SIGKILL)
-                child.waitUntilExit()
-                #expect(child.terminationReason == .uncaughtSignal)
+                try killedAtRandom(
+                    executable, ["ledger-crash-child", "--data-dir", directory, "--prefix", "round\(round)"],
+                    output: output, after: 50_000...400_000, using: &generator)
 
                 let lines = try String(contentsOfFile: output, encoding: .utf8).split(separator: "\n")
                 var reported: [(kind: String, name: String, sequence: UInt64)] = []
@@ -106,27 +117,13 @@ struct CrashRecoveryTests {
             let output = directory + "-round\(round).out"
             _ = FileManager.default.createFile(atPath: output, contents: nil)
             defer { try? FileManager.default.removeItem(atPath: output) }
-            let child = Process()
-            child.executableURL = executable
-            child.arguments = [
-                "ledger-crash-child", "--data-dir", directory, "--prefix", "round\(round)", "--window", "16",
-                "--checkpoint-every", "40", "--max-live-bytes", "\(24 << 10)",
-            ]
-            child.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
-            child.standardError = FileHandle.nullDevice
-            try child.run()
-            let deadline = Date().addingTimeInterval(20)
-            while !((try? String(contentsOfFile: output, encoding: .utf8)) ?? "").contains("ready") {
-                guard Date() < deadline, child.isRunning else {
-                    child.terminate()
-                    throw CrashTestError.childNeverReady(output)
-                }
-                usleep(10_000)
-            }
-            usleep(UInt32.random(in: 200_000...900_000, using: &generator))
-            kill(child.processIdentifier, SIGKILL)
-            child.waitUntilExit()
-            #expect(child.terminationReason == .uncaughtSignal)
+            try killedAtRandom(
+                executable,
+                [
+                    "ledger-crash-child", "--data-dir", directory, "--prefix", "round\(round)", "--window", "16",
+                    "--checkpoint-every", "40", "--max-live-bytes", "\(24 << 10)",
+                ],
+                output: output, after: 200_000...900_000, using: &generator)
 
             let lines = try String(contentsOfFile: output, encoding: .utf8).split(separator: "\n")
             archivedLines += lines.filter { $0.hasPrefix("archived") }.count
