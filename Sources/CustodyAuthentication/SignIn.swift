@@ -59,37 +59,45 @@ public struct SignIn: IdentityAuthority {
         return text
     }
 
+    /// At once: the registry, or a token (its check is CPU only: no hop off the event loop).
     public func decide(_ credentials: ConnectCredentials) -> IdentityDecision {
-        registry.decide(credentials)
+        switch way(credentials) {
+        case .token(let token): tokenDecision(token, credentials)
+        case .registry, .webhook: registry.decide(credentials)
+        }
     }
 
+    /// Only the webhook is asked elsewhere.
     public func asksElsewhere(_ credentials: ConnectCredentials) -> Bool {
-        if case .registry = way(credentials) { return false }
-        return true
+        if case .webhook = way(credentials) { return true }
+        return false
+    }
+
+    func tokenDecision(_ token: String, _ credentials: ConnectCredentials) -> IdentityDecision {
+        let fallback = AuthenticationName(unchecked: credentials.username ?? credentials.sessionName)
+        switch tokens!.verify(token) {
+        case .refused(let why):
+            // v5 enhanced authentication and the password alike: 0x87 (3.1.1: 5).
+            return IdentityDecision(
+                authenticationName: fallback, verdict: .clientAuthenticationError, detail: "token refused: \(why)",
+                refusal: .notAuthorized, method: .jwt)
+        case .accepted(let name, let attributes, let expiration):
+            if let username = credentials.username, !username.isEmpty, AuthenticationName(unchecked: username) != name {
+                return IdentityDecision(
+                    authenticationName: fallback, verdict: .clientAuthenticationError,
+                    detail: "the Username is not the token's name claim", refusal: .notAuthorized, method: .jwt)
+            }
+            return registry.admit(IdentityDecision(
+                authenticationName: name, verdict: .authenticated, detail: "token verified", method: .jwt,
+                attributes: attributes, expiration: expiration))
+        }
     }
 
     public func decideElsewhere(_ credentials: ConnectCredentials) async -> IdentityDecision {
         let fallback = AuthenticationName(unchecked: credentials.username ?? credentials.sessionName)
         switch way(credentials) {
-        case .registry:
-            return registry.decide(credentials)
-        case .token(let token):
-            switch await tokens!.verify(token) {
-            case .refused(let why):
-                // v5 enhanced authentication and the password alike: 0x87 (3.1.1: 5).
-                return IdentityDecision(
-                    authenticationName: fallback, verdict: .authenticationFailed, detail: "token refused: \(why)",
-                    refusal: .notAuthorized, method: .jwt)
-            case .accepted(let name, let attributes, let expiration):
-                if let username = credentials.username, !username.isEmpty, AuthenticationName(unchecked: username) != name {
-                    return IdentityDecision(
-                        authenticationName: fallback, verdict: .authenticationFailed,
-                        detail: "the Username is not the token's name claim", refusal: .notAuthorized, method: .jwt)
-                }
-                return registry.admit(IdentityDecision(
-                    authenticationName: name, verdict: .authenticated, detail: "token verified", method: .jwt,
-                    attributes: attributes, expiration: expiration))
-            }
+        case .registry, .token:
+            return decide(credentials)
         case .webhook:
             switch await webhook!.ask(credentials) {
             case .allow(let name, let attributes, let expiration):
@@ -98,11 +106,11 @@ public struct SignIn: IdentityAuthority {
                     attributes: attributes, expiration: expiration))
             case .deny(let reason):
                 return IdentityDecision(
-                    authenticationName: fallback, verdict: .authenticationFailed, detail: "webhook: \(reason)",
+                    authenticationName: fallback, verdict: .clientAuthenticationError, detail: "webhook: \(reason)",
                     refusal: .notAuthorized, method: .webhook)
             case .failed(let why):
                 return IdentityDecision(
-                    authenticationName: fallback, verdict: .authenticationFailed, detail: "webhook unavailable: \(why)",
+                    authenticationName: fallback, verdict: .clientAuthenticationError, detail: "webhook unavailable: \(why)",
                     refusal: .serverUnavailable, method: .webhook)
             }
         }

@@ -3,17 +3,32 @@ import Foundation
 import JWTKit
 
 /// The keys of one token issuer, read from its JWKS and PEM files (and its shared secret,
-/// when one is configured): each key in a `JWTKeyCollection` of its own, with the algorithms
-/// it may verify. jwt-kit does every signature check; this only says which key may try.
+/// when one is configured): each key as jwt-kit's algorithm for every `alg` it may verify,
+/// taken from a `JWTKeyCollection` once, at load. jwt-kit does every signature check; this
+/// only says which key may try, and lets a CONNECT's check run without a hop into an actor.
 struct TokenKeys: Sendable {
     struct Key: Sendable {
-        /// The `alg` values this key verifies (`RS256`, `ES256`, `EdDSA`, ...).
-        var algorithms: Set<String>
+        /// jwt-kit's verifier of this key for each `alg` it verifies (`RS256`, `ES256`, `EdDSA`, ...).
+        var verifiers: [String: any JWTAlgorithm]
         /// The JWKS `kid`, if any: a token naming another kid is not tried with this key.
         var kid: String?
-        var collection: JWTKeyCollection
         /// Where it came from, for messages.
         var source: String
+
+        var algorithms: Set<String> { Set(verifiers.keys) }
+
+        /// The key as jwt-kit's algorithms, one for each of `algorithms`: asked once of the
+        /// collection it was added to (under `identifier`, or as its default key).
+        static func make(
+            _ collection: JWTKeyCollection, identifier: JWKIdentifier? = nil, algorithms: Set<String>, kid: String?,
+            source: String
+        ) async throws -> Key {
+            var verifiers: [String: any JWTAlgorithm] = [:]
+            for alg in algorithms {
+                verifiers[alg] = try await collection.getKey(for: identifier, alg: alg)
+            }
+            return Key(verifiers: verifiers, kid: kid, source: source)
+        }
     }
 
     /// Algorithms a token may use. `none` never is; HS* only with a configured shared secret.
@@ -51,7 +66,7 @@ struct TokenKeys: Sendable {
             where secret.utf8.count >= bytes {
                 let collection = JWTKeyCollection()
                 await collection.add(hmac: HMACKey(from: secret), digestAlgorithm: digest)
-                result.keys.append(Key(algorithms: [name], kid: nil, collection: collection, source: "sharedSecret"))
+                result.keys.append(try await Key.make(collection, algorithms: [name], kid: nil, source: "sharedSecret"))
             }
         }
         return result
@@ -63,7 +78,7 @@ struct TokenKeys: Sendable {
         let algorithms: Set<String>
         if text.contains("BEGIN CERTIFICATE") {
             if let key = try? Insecure.RSA.PublicKey(certificatePEM: text) {
-                return await rsaKeys(key, source: file)
+                return try await rsaKeys(key, source: file)
             } else if let key = try? ES256PublicKey(certificate: text) {
                 await collection.add(ecdsa: key)
                 algorithms = ["ES256"]
@@ -76,7 +91,7 @@ struct TokenKeys: Sendable {
         } else if text.contains("PRIVATE KEY") {
             throw TokenKeyError(file: file, "holds a private key: give the issuer's public key or certificate")
         } else if let key = try? Insecure.RSA.PublicKey(pem: text) {
-            return await rsaKeys(key, source: file)
+            return try await rsaKeys(key, source: file)
         } else if let key = try? ES256PublicKey(pem: text) {
             await collection.add(ecdsa: key)
             algorithms = ["ES256"]
@@ -89,16 +104,16 @@ struct TokenKeys: Sendable {
         } else {
             throw TokenKeyError(file: file, "not an RSA, EC P-256, EC P-384 or Ed25519 public key")
         }
-        return [Key(algorithms: algorithms, kid: nil, collection: collection, source: file)]
+        return [try await Key.make(collection, algorithms: algorithms, kid: nil, source: file)]
     }
 
     /// An RSA key verifies RS256, RS384 and RS512: one collection per digest.
-    private static func rsaKeys(_ key: Insecure.RSA.PublicKey, kid: String? = nil, source: String) async -> [Key] {
+    private static func rsaKeys(_ key: Insecure.RSA.PublicKey, kid: String? = nil, source: String) async throws -> [Key] {
         var keys: [Key] = []
         for (name, digest) in [("RS256", DigestAlgorithm.sha256), ("RS384", .sha384), ("RS512", .sha512)] {
             let collection = JWTKeyCollection()
             await collection.add(rsa: key, digestAlgorithm: digest)
-            keys.append(Key(algorithms: [name], kid: kid, collection: collection, source: source))
+            keys.append(try await Key.make(collection, algorithms: [name], kid: kid, source: source))
         }
         return keys
     }
@@ -137,7 +152,12 @@ struct TokenKeys: Sendable {
             } catch {
                 throw TokenKeyError(file: file, "key \(index): \(error)")
             }
-            keys.append(Key(algorithms: algorithms, kid: kid, collection: collection, source: file))
+            do {
+                keys.append(try await Key.make(
+                    collection, identifier: jwk.keyIdentifier, algorithms: algorithms, kid: kid, source: file))
+            } catch {
+                throw TokenKeyError(file: file, "key \(index): \(error)")
+            }
         }
         return keys
     }

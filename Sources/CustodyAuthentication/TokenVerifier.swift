@@ -23,6 +23,10 @@ struct TokenClaims: JWTPayload {
         init?(intValue: Int) { nil }
     }
 
+    /// The decoder's `userInfo` under this key names the claims kept in `all` (every issuer's
+    /// name and attribute claims); without it every claim is kept.
+    static let wanted = CodingUserInfoKey(rawValue: "custody.wantedClaims")!
+
     init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: Name.self)
         issuer = try container.decodeIfPresent(IssuerClaim.self, forKey: Name(stringValue: "iss"))
@@ -30,8 +34,14 @@ struct TokenClaims: JWTPayload {
         expiration = try container.decodeIfPresent(ExpirationClaim.self, forKey: Name(stringValue: "exp"))
         notBefore = try container.decodeIfPresent(NotBeforeClaim.self, forKey: Name(stringValue: "nbf"))
         issuedAt = try container.decodeIfPresent(IssuedAtClaim.self, forKey: Name(stringValue: "iat"))
-        for key in container.allKeys {
-            all[key.stringValue] = (try? container.decode(ClaimValue.self, forKey: key)) ?? .other
+        if let wanted = decoder.userInfo[Self.wanted] as? Set<String> {
+            for name in wanted where container.contains(Name(stringValue: name)) {
+                all[name] = (try? container.decode(ClaimValue.self, forKey: Name(stringValue: name))) ?? .other
+            }
+        } else {
+            for key in container.allKeys {
+                all[key.stringValue] = (try? container.decode(ClaimValue.self, forKey: key)) ?? .other
+            }
         }
     }
 
@@ -98,7 +108,9 @@ public enum TokenOutcome: Sendable, Equatable {
 
 /// Checks tokens against the configured issuers: the signature (jwt-kit, with the issuer's
 /// keys and only the algorithms it allows), then `iss`, `aud`, `exp`, `nbf`, `iat` within the
-/// clock skew, then the name claim. Made at start and on each reload.
+/// clock skew, then the name claim. Made at start and on each reload. The check is
+/// synchronous and reads the token once: jwt-kit parses it (header, claims, signature) and
+/// the issuer's key, as jwt-kit's algorithm, verifies the signature over its first two parts.
 public struct TokenVerifier: Sendable {
     struct Issuer: Sendable {
         var settings: AuthenticationConfiguration.JWTIssuer
@@ -106,6 +118,19 @@ public struct TokenVerifier: Sendable {
     }
 
     let issuers: [Issuer]
+    /// jwt-kit's parser, with a decoder that keeps only the claims some issuer reads.
+    let parser: DefaultJWTParser
+
+    init(issuers: [Issuer]) {
+        self.issuers = issuers
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .secondsSince1970
+        decoder.userInfo[TokenClaims.wanted] = issuers.reduce(into: Set<String>()) { wanted, issuer in
+            wanted.insert(issuer.settings.authenticationNameClaim)
+            wanted.formUnion(issuer.settings.attributeClaims.keys)
+        }
+        parser = DefaultJWTParser(jsonDecoder: decoder)
+    }
 
     /// Reads every issuer's keys; a key file that cannot be used throws, naming it.
     public static func load(_ issuers: [AuthenticationConfiguration.JWTIssuer]) async throws -> TokenVerifier {
@@ -119,18 +144,19 @@ public struct TokenVerifier: Sendable {
     /// How many keys were read (for the start-up line).
     public var keyCount: Int { issuers.reduce(0) { $0 + $1.keys.keys.count } }
 
-    public func verify(_ token: String, now: Double = Date().timeIntervalSince1970) async -> TokenOutcome {
+    public func verify(_ token: String, now: Double = Date().timeIntervalSince1970) -> TokenOutcome {
         let bytes = Array(token.utf8)
         let header: JWTHeader
-        let unverified: TokenClaims
+        let claims: TokenClaims
+        let signature: Data
         do {
-            (header, unverified, _) = try DefaultJWTParser().parse(bytes, as: TokenClaims.self)
+            (header, claims, signature) = try parser.parse(bytes, as: TokenClaims.self)
         } catch {
             return .refused("malformed token: \(error)")
         }
         let alg = header.alg ?? "none"
         guard alg.lowercased() != "none" else { return .refused("unsigned token (alg none) is never accepted") }
-        guard let iss = unverified.issuer?.value else { return .refused("the token has no iss") }
+        guard let iss = claims.issuer?.value else { return .refused("the token has no iss") }
         guard let issuer = issuers.first(where: { $0.settings.issuer == iss }) else {
             return .refused("issuer '\(iss)' is not configured")
         }
@@ -142,18 +168,21 @@ public struct TokenVerifier: Sendable {
         guard !candidates.isEmpty else {
             return .refused("no key of issuer '\(iss)' verifies \(alg)\(header.kid.map { " with kid \($0)" } ?? "")")
         }
-        var claims: TokenClaims?
+        // The signing input is the header and the claims as sent: everything before the last dot
+        // (the parser found exactly two).
+        let signingInput = bytes[..<(bytes.lastIndex(of: UInt8(ascii: ".")) ?? bytes.endIndex)]
         var failure = "signature verification failed"
         for key in candidates {
             do {
-                claims = try await key.collection.verify(bytes, as: TokenClaims.self)
-                break
+                if try key.verifiers[alg]!.verify(signature, signs: signingInput) {
+                    return check(claims, issuer.settings, now: now)
+                }
+                failure = "signature not verified by \(key.source)"
             } catch {
                 failure = "signature not verified by \(key.source): \(error)"
             }
         }
-        guard let claims else { return .refused(failure) }
-        return check(claims, issuer.settings, now: now)
+        return .refused(failure)
     }
 
     /// The registered claims within the skew, and the name claim.

@@ -55,6 +55,9 @@ public enum RejectionReason: UInt8, Sendable, CaseIterable {
     /// DESIGN.md §5: the client may not do what its CONNECT asks (its will topic is not one
     /// it may publish to).
     case clientAuthorizationError = 8
+    /// R7: a JSON Web Token or the authentication webhook did not let the client in (Event
+    /// Grid's ClientAuthenticationError: a bad or expired token, a denial, a webhook that failed).
+    case clientAuthenticationError = 9
 }
 
 /// What happened, with the reason that belongs to that kind of fact.

@@ -54,6 +54,9 @@ public enum IdentityVerdict: Sendable, Equatable {
     /// Authenticated, but authorization refuses the CONNECT (DESIGN.md §5: its will topic):
     /// recorded as `rejected(clientAuthorizationError)`.
     case authorizationDenied
+    /// A token or the authentication webhook refused the client: recorded as
+    /// `rejected(clientAuthenticationError)`.
+    case clientAuthenticationError
     /// Authenticated, but the session name was CONNECTed too often (a limit, DESIGN.md §6):
     /// recorded as `rejected(quotaExceeded)`.
     case connectRateExceeded
@@ -168,6 +171,7 @@ public enum SessionRules {
         case .clientDisabled: return reject(.clientDisabled)
         case .authenticationFailed: return reject(.authenticationFailed)
         case .authorizationDenied: return reject(.clientAuthorizationError)
+        case .clientAuthenticationError: return reject(.clientAuthenticationError)
         case .connectRateExceeded: return reject(.quotaExceeded)
         }
         guard claim.authenticationName.isValid else {

@@ -52,7 +52,8 @@ enum LedgerClaims {
         switch reason {
         case .invalidSessionName: 0x85  // R1 Client Identifier not valid
         case .quotaExceeded: 0x97  // R3 Quota exceeded
-        case .ownedByAnotherClient, .unknownClient, .clientDisabled, .clientAuthorizationError: 0x87  // Not authorized
+        case .ownedByAnotherClient, .unknownClient, .clientDisabled, .clientAuthorizationError, .clientAuthenticationError:
+            0x87  // Not authorized
         case .authenticationFailed, .invalidAuthenticationName: 0x86  // Bad User Name or Password
         }
     }

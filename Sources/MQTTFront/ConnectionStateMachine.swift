@@ -348,8 +348,8 @@ public struct ConnectionStateMachine: Sendable {
             var code = Self.reasonCode(for: reason, authenticationMethod: identity.authenticationMethod)
             var why = "\(reason)"
             if let refusal = identity.identityRefusal,
-                [.unknownClient, .clientDisabled, .authenticationFailed, .clientAuthorizationError, .quotaExceeded]
-                    .contains(reason)
+                [.unknownClient, .clientDisabled, .authenticationFailed, .clientAuthorizationError, .quotaExceeded,
+                 .clientAuthenticationError].contains(reason)
             {
                 code = refusal.code
                 why += ": \(refusal.detail)"
@@ -666,7 +666,7 @@ public struct ConnectionStateMachine: Sendable {
         case .invalidSessionName: .clientIdentifierNotValid  // R1
         case .quotaExceeded: .quotaExceeded  // R3
         case .ownedByAnotherClient: .notAuthorized  // R6
-        case .unknownClient, .clientDisabled: .notAuthorized  // R7
+        case .unknownClient, .clientDisabled, .clientAuthenticationError: .notAuthorized  // R7
         case .clientAuthorizationError: .notAuthorized  // DESIGN §5
         case .authenticationFailed: authenticationMethod == nil ? .badUserNameOrPassword : .badAuthenticationMethod
         case .invalidAuthenticationName: .badUserNameOrPassword

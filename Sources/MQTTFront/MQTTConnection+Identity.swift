@@ -56,7 +56,13 @@ extension MQTTConnection {
             certificateChainPEM: certificate?.chainPEM ?? [], remoteAddress: remoteAddress,
             listener: io?.localAddressText ?? "")
         self.credentials = Boxed(credentials)
-        guard authority.asksElsewhere(credentials) else { return .decided(authority.decide(credentials)) }
+        guard authority.asksElsewhere(credentials) else {
+            let identity = authority.decide(credentials)
+            if identity.verdict == .authenticated, identity.method == .jwt || identity.method == .webhook {
+                signedInAtOnce(identity)
+            }
+            return .decided(identity)
+        }
         askElsewhere(authority, credentials, connect: connect)
         return .asking
     }

@@ -5,10 +5,11 @@ import MQTTCodec
 import NIOCore
 import SessionLedger
 
-// Sign-in decided elsewhere (a token's signature, the authentication webhook): the CONNECT
-// waits for the answer without blocking the event loop (asked in a task, answered on this
-// loop, as the ledger's claims are), the packets behind it wait too; then the proof's
-// expiry ends the connection unless the client re-authenticates (MQTT 5 AUTH 0x19).
+// Sign-in by a proof that runs out (a token, checked at once on this loop; the authentication
+// webhook, asked elsewhere: the CONNECT waits for its answer without blocking the event loop,
+// asked in a task and answered on this loop as the ledger's claims are, and the packets behind
+// it wait too); then the proof's expiry ends the connection unless the client
+// re-authenticates (MQTT 5 AUTH 0x19).
 
 /// What a connection whose sign-in was decided elsewhere keeps. On its loop only.
 final class SignInState {
@@ -42,6 +43,15 @@ extension MQTTConnection {
             let decision = await authority.decideElsewhere(credentials)
             eventLoop.execute { bound.value.signedIn(decision, connect: connect) }
         }
+    }
+
+    /// A proof decided at once (a token): kept, like one asked elsewhere, for its expiry and
+    /// for re-authentication.
+    func signedInAtOnce(_ identity: IdentityDecision) {
+        let state = SignInState()
+        state.asking = false
+        state.decision = identity
+        signIn = state
     }
 
     /// The answer to `askElsewhere`: the CONNECT is decided as if it had just come.

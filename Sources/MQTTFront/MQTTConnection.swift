@@ -252,6 +252,7 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
                     return
                 }
                 decision = connectDecided(connect, identity)
+                if decision?.verdict == .authenticated { scheduleExpiry(identity?.expiration) }
             }
         } else if limiting != nil, case .packet(.publish(let publish)) = inbound, machine.isActive {
             chargePublish(publish)

@@ -218,6 +218,41 @@ import Testing
         }
     }
 
+    /// A token is checked at once (no hop off the socket's thread), so a JSON Web Token in the
+    /// password signs in through Mosquitto too; a refused one is recorded as
+    /// `rejected(clientAuthenticationError)`.
+    @Test func aTokenInThePasswordSignsInThroughMosquitto() async throws {
+        let keys = try await offPool { try TestSigningKeys() }
+        let good = try await keys.token(TestClaims(subject: "device-1"), alg: "RS256")
+        let expired = try await keys.token(TestClaims(subject: "device-1", expiresIn: -5), alg: "RS256")
+        try await offPool {
+            let config = scratchDirectory("mq-jwt") + ".yaml"
+            try """
+                authentication:
+                  jwt:
+                    - issuer: https://login.example/tenant
+                      audience: custody
+                      keys: [\(keys.path("rsa.pub"))]
+                      authenticationNameClaim: sub
+                      clockSkewSeconds: 0
+                """.write(toFile: config, atomically: true, encoding: .utf8)
+            defer { try? FileManager.default.removeItem(atPath: config) }
+            try withMosquitto("mq-jwt", custodyArguments: ["--config", config]) { custody, mosquitto in
+                let (refused, refusedOutput) = try mosquittoClient(
+                    "mosquitto_pub", port: mosquitto.port, ["-u", "device-1", "-P", expired, "-i", "tok1", "-t", "t", "-m", "x"])
+                #expect(refused != 0)
+                #expect(refusedOutput.contains("not authorised"), "\(refusedOutput)")
+                let (signed, signedOutput) = try mosquittoClient(
+                    "mosquitto_pub", port: mosquitto.port, ["-u", "device-1", "-P", good, "-i", "tok2", "-t", "t", "-m", "x"])
+                #expect(signed == 0, "\(signedOutput)")
+                try custody.waitForEvent { $0.sessionName.value == "tok2" && $0.kind.name == "disconnected" }
+                let decided = try custody.events().filter { $0.kind.name != "disconnected" }
+                    .map { "\($0.kind.name) \($0.kind.reasonName ?? "-") \($0.sessionName) \($0.authenticationName)" }
+                #expect(decided == ["rejected clientAuthenticationError tok1 device-1", "connected - tok2 device-1"])
+            }
+        }
+    }
+
     @Test func aDeniedSubscribeAndADeniedPublishThroughThePlugin() async throws {
         try await offPool {
             let acl = scratchDirectory("mq-acl") + ".acl"

@@ -72,7 +72,7 @@ struct JWTEndToEndTests {
             #expect(try custody.waitForEvent { $0.kind == .connected && $0.sessionName.value == "jwt-b" }
                 .authenticationName.value == "device-2")
 
-            // Refusals: 0x87, recorded as rejected(authenticationFailed) with the reason logged.
+            // Refusals: 0x87, recorded as rejected(clientAuthenticationError) with the reason logged.
             for (session, token, reason) in [
                 ("bad-expired", expired, "expired"), ("bad-audience", wrongAudience, "audience"),
                 ("bad-none", unsigned, "alg none"), ("bad-key", foreign, "signature"),
@@ -81,7 +81,7 @@ struct JWTEndToEndTests {
                 defer { client.stop() }
                 #expect(try connackCode(client) == 135, "\(session)")
                 let event = try custody.waitForEvent { $0.sessionName.value == session }
-                #expect(event.kind == .rejected(.authenticationFailed), "\(session)")
+                #expect(event.kind == .rejected(.clientAuthenticationError), "\(session)")
                 _ = try custody.waitForLog("connect rejected", session, reason)
             }
             // A Username that is not the name claim.
@@ -89,6 +89,7 @@ struct JWTEndToEndTests {
             defer { mismatch.stop() }
             #expect(try connackCode(mismatch) == 135)
             _ = try custody.waitForLog("connect rejected", "bad-user", "Username is not the token's name claim")
+            #expect(try custody.waitForEvent { $0.sessionName.value == "bad-user" }.kind == .rejected(.clientAuthenticationError))
             // The token method without a token: a token that proves nothing.
             let empty = try signInPaho(custody, id: "bad-empty", method: "CUSTOM-JWT")
             defer { empty.stop() }
@@ -109,7 +110,7 @@ struct JWTEndToEndTests {
             #expect(status != 0 && output.contains("not authorised"), "\(output)")
             (status, output) = try mosquittoPublish(custody, ["-V", "mqttv311", "-i", "pw-4", "-u", "device-1", "-P", expired])
             #expect(status != 0 && output.contains("not authorised"), "\(output)")
-            #expect(try custody.waitForEvent { $0.sessionName.value == "pw-4" }.kind == .rejected(.authenticationFailed))
+            #expect(try custody.waitForEvent { $0.sessionName.value == "pw-4" }.kind == .rejected(.clientAuthenticationError))
             // No token is ever logged.
             let log = custody.stdout + custody.stderr
             for token in [rs256, es256, expired, foreign] {

@@ -56,7 +56,7 @@ struct WebhookEndToEndTests {
             let denied = try signInPaho(custody, id: "w-deny", user: "deny-1", password: "x")
             defer { denied.stop() }
             #expect(try connackCode(denied) == 135)
-            #expect(try custody.waitForEvent { $0.sessionName.value == "w-deny" }.kind == .rejected(.authenticationFailed))
+            #expect(try custody.waitForEvent { $0.sessionName.value == "w-deny" }.kind == .rejected(.clientAuthenticationError))
             _ = try custody.waitForLog("connect rejected", "w-deny", "denied by the test server")
             var (status, output) = try mosquittoPublish(custody, ["-V", "mqttv311", "-i", "w-deny-3", "-u", "deny-2", "-P", "x"])
             #expect(status != 0 && output.contains("not authorised"), "\(output)")
@@ -66,7 +66,7 @@ struct WebhookEndToEndTests {
                 let client = try signInPaho(custody, id: session, user: user, password: "x")
                 defer { client.stop() }
                 #expect(try connackCode(client) == 136, "\(session)")
-                #expect(try custody.waitForEvent { $0.sessionName.value == session }.kind == .rejected(.authenticationFailed))
+                #expect(try custody.waitForEvent { $0.sessionName.value == session }.kind == .rejected(.clientAuthenticationError))
                 _ = try custody.waitForLog("connect rejected", session, "webhook unavailable")
             }
             (status, output) = try mosquittoPublish(custody, ["-V", "mqttv311", "-i", "w-fail-3", "-u", "fail-2", "-P", "x"])
