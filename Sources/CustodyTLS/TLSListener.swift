@@ -18,6 +18,9 @@ public struct TLSListenerSetup: Sendable {
     public let clientCertificates: ListenerConfiguration.ClientCertificates
     /// Whether a presented client certificate has been verified against trusted CAs.
     public let verifiesChain: Bool
+    /// The trusted CAs, to name a verified certificate's chain (the webhook's
+    /// `clientCertificateChain`): BoringSSL verified it; this only finds its issuers again.
+    let issuers: [Certificate]
 
     public init(_ listener: ListenerConfiguration) throws(TLSSetupError) {
         guard let certificatePath = listener.certificate, let keyPath = listener.privateKey else {
@@ -49,6 +52,7 @@ public struct TLSListenerSetup: Sendable {
             }
         }
         verifiesChain = !trusted.isEmpty
+        issuers = trusted.compactMap { try? Certificate(derEncoded: $0.toDERBytes()) }
         switch listener.clientCertificates {
         case .none:
             configuration.certificateVerification = .none
@@ -85,15 +89,16 @@ public struct TLSListenerSetup: Sendable {
     /// On the channel's event loop, from its pipeline (as when a CONNECT arrives).
     public func peerIdentitySynchronously(of channel: any Channel) throws -> CertificateIdentity? {
         guard let certificate = try channel.pipeline.syncOperations.nioSSL_peerCertificate() else { return nil }
-        return try CertificateIdentity(der: certificate.toDERBytes(), chainVerified: verifiesChain)
+        return try CertificateIdentity(der: certificate.toDERBytes(), chainVerified: verifiesChain, issuers: issuers)
     }
 
     /// What the client's certificate says, once the handshake is done; nil without one.
     public func peerIdentity(of channel: any Channel) -> EventLoopFuture<CertificateIdentity?> {
         let verified = verifiesChain
+        let issuers = issuers
         return channel.nioSSL_peerCertificate().flatMapThrowing { certificate in
             guard let certificate else { return nil }
-            return try CertificateIdentity(der: certificate.toDERBytes(), chainVerified: verified)
+            return try CertificateIdentity(der: certificate.toDERBytes(), chainVerified: verified, issuers: issuers)
         }
     }
 }
@@ -105,8 +110,9 @@ public struct TLSSetupError: Error, Sendable, CustomStringConvertible {
 
 extension CertificateIdentity {
     /// Reads the subject's common name, the subject alternative names and the SHA-256
-    /// thumbprint from a DER-encoded X.509 certificate.
-    public init(der: [UInt8], chainVerified: Bool) throws {
+    /// thumbprint from a DER-encoded X.509 certificate; its chain (PEM) is the certificate and
+    /// the `issuers` that signed it, up to a self-signed one.
+    public init(der: [UInt8], chainVerified: Bool, issuers: [Certificate] = []) throws {
         let certificate = try Certificate(derEncoded: der)
         var commonName: String?
         for relative in certificate.subject {
@@ -133,10 +139,24 @@ extension CertificateIdentity {
             let hex = String(byte, radix: 16)
             return byte < 16 ? "0" + hex : hex
         }.joined()
-        let pem = (try? certificate.serializeAsPEM().pemString).map { [$0] } ?? []
+        let pem = Self.chain(of: certificate, issuers: issuers).compactMap { try? $0.serializeAsPEM().pemString }
         self.init(
             subjectCommonName: commonName, dnsNames: dns, uris: uris, ipAddresses: ips, emails: emails,
             thumbprint: thumbprint, chainVerified: chainVerified, chainPEM: pem)
+    }
+}
+
+extension CertificateIdentity {
+    /// `certificate`, then each certificate of `issuers` whose subject is the last one's issuer
+    /// and whose key verifies its signature, until a self-signed one (or none is found).
+    static func chain(of certificate: Certificate, issuers: [Certificate]) -> [Certificate] {
+        var chain = [certificate]
+        while chain.count <= issuers.count, let last = chain.last, last.issuer != last.subject,
+            let issuer = issuers.first(where: { $0.subject == last.issuer && $0.publicKey.isValidSignature(last.signature, for: last) })
+        {
+            chain.append(issuer)
+        }
+        return chain
     }
 }
 

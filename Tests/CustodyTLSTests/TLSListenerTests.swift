@@ -8,6 +8,7 @@ import NIOSSL
 import NIOTLS
 import Synchronization
 import Testing
+import X509
 
 @testable import CustodyTLS
 
@@ -185,6 +186,10 @@ struct TLSListenerTests {
         #expect(seen.emails == ["d1@example.org"])
         #expect(seen.chainVerified)
         #expect(seen.thumbprint == (try await offPool { try certificates.fingerprint("client.pem") }))
+        // Its chain (the webhook's clientCertificateChain): the certificate, then the CA that signed it.
+        #expect(seen.chainPEM.count == 2)
+        #expect(try seen.chainPEM.map { try Certificate(pemEncoded: $0) }
+            == ["client.pem", "ca.pem"].map { try Certificate(pemEncoded: String(contentsOfFile: certificates.path($0), encoding: .utf8)) })
     }
 
     @Test func requiredMeansNoHandshakeWithoutATrustedCertificate() async throws {
@@ -212,6 +217,7 @@ struct TLSListenerTests {
         let seen = try #require(identity)
         #expect(!seen.chainVerified)
         #expect(seen.thumbprint == (try await offPool { try certificates.fingerprint("self.pem") }))
+        #expect(seen.chainPEM.count == 1)
         #expect(try await handshake(certificates.listener(.required, trusted: false), certificates: certificates, client: nil).answered == false)
     }
 
