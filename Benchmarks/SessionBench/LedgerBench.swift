@@ -25,6 +25,16 @@ struct LedgerBench: ParsableCommand {
     @Option(help: "A checkpoint record every N records, as custody's --checkpoint-every; 0 writes none (and keeps no prior entries).")
     var checkpointEvery: Int = Int(LedgerWriter.defaultCheckpointEvery)
 
+    enum MetaSync: String, ExpressibleByArgument, CaseIterable {
+        /// MDB_NOMETASYNC, answers held until the next flush (custody's way).
+        case deferred
+        /// LMDB's default: every commit flushes its data and then its meta page.
+        case immediate
+    }
+
+    @Option(help: "When a commit's meta page is flushed: deferred (custody's: with the next commit's flush, answers held until then) or immediate (LMDB's default: two flushes per commit).")
+    var metaSync: MetaSync = .deferred
+
     func validate() throws {
         guard sessions >= 1 else { throw ValidationError("--sessions must be at least 1, got \(sessions)") }
         guard window >= 1 else { throw ValidationError("--window must be at least 1, got \(window)") }
@@ -52,7 +62,7 @@ struct LedgerBench: ParsableCommand {
         }
         let clock = BenchClock()
         let policy = try NamespacePolicy(maximumClientSessionsPerAuthenticationName: 100, maximumSessionExpiryInHours: 1)
-        let store = try LedgerStore(directory: directory)
+        let store = try LedgerStore(directory: directory, options: LedgerStoreOptions(deferredMetaSync: metaSync == .deferred))
         let writer = try LedgerWriter(store: store, policy: policy, clock: { clock.now() })
         writer.checkpointEvery = UInt64(checkpointEvery)
         let commits = CommitLog()
@@ -120,6 +130,7 @@ struct LedgerBench: ParsableCommand {
         func rate(_ count: Int, _ from: UInt64, _ to: UInt64) -> String {
             String(format: "%.0f", Double(count) / (Double(to - from) / 1e9))
         }
+        print("meta_sync=\(metaSync.rawValue) window=\(window)")
         print("phase connect: sessions=\(sessions) rate=\(rate(sessions, start, connectedAt))/s")
         print("phase disconnect: sessions=\(sessions) rate=\(rate(sessions, connectedAt, releasedAt))/s")
         print("phase expire: sessions=\(expired) rate=\(rate(expired, releasedAt, end))/s")

@@ -17,6 +17,10 @@ final class GroupCommitThread<Request>: @unchecked Sendable {
     /// Set before `start()`.
     var holdDelay: Double = 0
     var holdThreshold = 64
+    /// Runs on the thread whenever it is about to wait (for requests, or holding a small
+    /// batch) and before it stops: what a batch left to finish when no other batch follows at
+    /// once (the ledger's deferred meta flush). Set before `start()`.
+    var beforeWaiting: (() -> Void)?
 
     private let condition = NSCondition()
     private var queue: [Request] = []
@@ -86,9 +90,19 @@ final class GroupCommitThread<Request>: @unchecked Sendable {
         return state == .running
     }
 
+    /// Whether the thread would wait now rather than take the queue (guarded by `condition`).
+    private var wouldWait: Bool {
+        queue.isEmpty || (!queueIsUrgent && holdDelay > 0 && queue.count < holdThreshold && state == .running)
+    }
+
     private func run() {
         while true {
             condition.lock()
+            if let beforeWaiting, wouldWait {
+                condition.unlock()
+                beforeWaiting()
+                condition.lock()
+            }
             while queue.isEmpty && state == .running { condition.wait() }
             if queue.isEmpty {
                 state = .stopped

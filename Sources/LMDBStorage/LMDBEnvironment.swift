@@ -20,11 +20,16 @@ public struct LedgerStoreOptions: Sendable {
     /// recording of disconnects and expiries. Claims are refused (R8) once the pages in use
     /// pass `mapSize - reserve`; nil takes `MapReserve.defaultReserve(for:)`.
     public var reserve: Int?
+    /// MDB_NOMETASYNC: a commit flushes its data pages only; its meta page becomes durable
+    /// with the next commit's flush, or with `syncMeta()`. The ledger's writer answers a
+    /// commit's requests only once its meta page is durable (README: "Durability").
+    public var deferredMetaSync: Bool
 
-    public init(mapSize: Int = 64 << 30, readOnly: Bool = false, reserve: Int? = nil) {
+    public init(mapSize: Int = 64 << 30, readOnly: Bool = false, reserve: Int? = nil, deferredMetaSync: Bool = true) {
         self.mapSize = mapSize
         self.readOnly = readOnly
         self.reserve = reserve
+        self.deferredMetaSync = deferredMetaSync
     }
 }
 
@@ -132,6 +137,8 @@ final class LMDBEnvironment: @unchecked Sendable {
     let tables: [MDB_dbi]
     let path: String
     let readOnly: Bool
+    /// Opened with MDB_NOMETASYNC.
+    let deferredMetaSync: Bool
     /// The most the map may grow to, and the part of it kept back from claims.
     let maximumMapSize: Int
     let reserve: Int
@@ -158,7 +165,8 @@ final class LMDBEnvironment: @unchecked Sendable {
     /// A directory that holds something else is `.notALedger`; a newer format is
     /// `.unsupportedFormat`.
     init(
-        directory: String, mapSize: Int, readOnly: Bool = false, reserve: Int? = nil, tables wanted: [Table],
+        directory: String, mapSize: Int, readOnly: Bool = false, reserve: Int? = nil, deferredMetaSync: Bool = false,
+        tables wanted: [Table],
         meta: String, formatVersion: UInt8,
         endingRoom: ((_ txn: OpaquePointer, _ tables: [MDB_dbi], _ pageSize: Int) -> Int)? = nil
     ) throws(LedgerError) {
@@ -191,6 +199,7 @@ final class LMDBEnvironment: @unchecked Sendable {
             // NOTLS: read transactions are not tied to a thread, so async code may use them.
             var flags = UInt32(MDB_NOTLS)
             if readOnly { flags |= UInt32(MDB_RDONLY) }
+            if deferredMetaSync && !readOnly { flags |= UInt32(MDB_NOMETASYNC) }
             let code = mdb_env_open(env, directory, flags, 0o640)
             if code == MDB_INVALID || code == MDB_VERSION_MISMATCH {
                 throw LedgerError.notALedger(path: directory, detail: String(cString: mdb_strerror(code)))
@@ -253,6 +262,7 @@ final class LMDBEnvironment: @unchecked Sendable {
         self.tables = opened
         self.path = directory
         self.readOnly = readOnly
+        self.deferredMetaSync = deferredMetaSync && !readOnly
         var info = MDB_envinfo()
         mdb_env_info(env, &info)
         var stat = MDB_stat()
@@ -385,6 +395,7 @@ final class LedgerEnvironment: @unchecked Sendable {
     init(directory: String, options: LedgerStoreOptions) throws(LedgerError) {
         lmdb = try LMDBEnvironment(
             directory: directory, mapSize: options.mapSize, readOnly: options.readOnly, reserve: options.reserve,
+            deferredMetaSync: options.deferredMetaSync,
             tables: [
                 .init(name: "log", flags: UInt32(MDB_INTEGERKEY)), .init(name: "sessions"), .init(name: "clients"),
                 .init(name: "deadlines"), .init(name: "meta"), .init(name: "prior", optional: true),
@@ -396,6 +407,14 @@ final class LedgerEnvironment: @unchecked Sendable {
     }
 
     func close() { lmdb.close() }
+
+    /// Whether commits leave their meta page to the next flush (MDB_NOMETASYNC).
+    var deferredMetaSync: Bool { !readOnly && lmdb.deferredMetaSync }
+
+    /// Flushes the data file now (`mdb_env_sync`, forced): the last commit's meta page with it.
+    func syncMeta() throws(LedgerError) {
+        try check(mdb_env_sync(env, 1), "mdb_env_sync")
+    }
 
     /// The map's usage with room for the end of every live session: each live session may
     /// still need a disconnect and an expiry record and a deadline key, counted as three

@@ -78,6 +78,16 @@ public final class LedgerWriter: @unchecked Sendable {
     /// The projection's session counts, kept up to date by every commit (writer thread).
     private var counts: SessionCounts?
 
+    /// A commit whose meta page is not durable yet (deferred meta sync): its observer call
+    /// and answers wait for the next commit's flush, or for `syncMeta` when none follows at
+    /// once. Writer thread.
+    private struct AwaitingMeta {
+        var batch: [Command]
+        var events: [CommittedEvent]?
+        var deliveries: [() -> Void]
+    }
+    private var awaitingMeta: AwaitingMeta?
+
     public init(store: LedgerStore, policy: NamespacePolicy, clock: @escaping LedgerClock = wallClockMicroseconds) throws {
         precondition(!store.isReadOnly, "a read-only ledger cannot be written")
         self.store = store
@@ -91,6 +101,7 @@ public final class LedgerWriter: @unchecked Sendable {
         thread = GroupCommitThread(name: "custody-writer", isUrgent: \.isClaim) { [unowned self] batch in
             process(batch)
         }
+        thread.beforeWaiting = { [unowned self] in syncMeta() }
     }
 
     /// A connection number never used before, also across restarts.
@@ -168,6 +179,7 @@ public final class LedgerWriter: @unchecked Sendable {
         }
         head = w.head
         highestConnection = w.highestConnection
+        if store.lmdb.deferredMetaSync { try store.lmdb.syncMeta() }
         published.withLock { $0.head = w.head }
         var report = RecoveryReport(disconnected: disconnected, expired: expired, head: head, events: w.appended ?? [])
         report.checkedFrom = tail.from
@@ -301,6 +313,7 @@ public final class LedgerWriter: @unchecked Sendable {
                 }
             }
             process(chunk)
+            syncMeta()
             if let failure = tally.failure { throw failure }
             start += batch
         }
@@ -426,11 +439,44 @@ public final class LedgerWriter: @unchecked Sendable {
                 requests: batch.count, events: events,
                 microseconds: Int64(DispatchTime.now().uptimeNanoseconds - started) / 1000,
                 syncMicroseconds: Int64(w.commitNanoseconds / 1000)))
-            if let observer, let appended = w.appended, !appended.isEmpty { observer(appended) }
-            for deliver in deliveries { deliver() }
+            // This commit's flush made the previous commit's meta page durable.
+            if let earlier = awaitingMeta {
+                awaitingMeta = nil
+                answer(earlier)
+            }
+            let committed = AwaitingMeta(batch: batch, events: w.appended, deliveries: deliveries)
+            if store.lmdb.deferredMetaSync {
+                awaitingMeta = committed
+            } else {
+                answer(committed)
+            }
         } catch {
+            // Whether the failed commit flushed anything is unknown: the previous one is synced
+            // before it is answered.
+            syncMeta()
             onCommitFailure?(error)
             for command in batch { command.fail(error) }
+        }
+    }
+
+    /// Hands a durable commit's events to the observer, then answers its requests.
+    private func answer(_ commit: AwaitingMeta) {
+        if let observer = onEvents, let events = commit.events, !events.isEmpty { observer(events) }
+        for deliver in commit.deliveries { deliver() }
+    }
+
+    /// Makes the last commit's meta page durable (one flush) and answers it, when one waits:
+    /// the writer thread does this whenever no other batch follows at once, and before it stops.
+    /// If the flush fails, nobody of that commit is told it succeeded (R8).
+    private func syncMeta() {
+        guard let commit = awaitingMeta else { return }
+        awaitingMeta = nil
+        do {
+            try store.lmdb.syncMeta()
+            answer(commit)
+        } catch {
+            onCommitFailure?(error)
+            for command in commit.batch { command.fail(error) }
         }
     }
 

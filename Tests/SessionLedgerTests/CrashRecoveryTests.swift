@@ -8,16 +8,19 @@ enum CrashTestError: Error {
     case childNeverReady(String)
 }
 
-/// Starts the crash child with `arguments` (its output to the file `output`), waits until it
-/// says `ready`, lets it work for a random number of microseconds in `after`, then kills it
-/// with SIGKILL.
+/// Starts the crash child with `arguments` (and `environment` added to this process's; its
+/// output to the file `output`), waits until it says `ready`, lets it work for a random number
+/// of microseconds in `after`, then kills it with SIGKILL.
 func killedAtRandom(
-    _ executable: URL, _ arguments: [String], output: String, after: ClosedRange<UInt32>,
-    using generator: inout SystemRandomNumberGenerator
+    _ executable: URL, _ arguments: [String], environment: [String: String] = [:], output: String,
+    after: ClosedRange<UInt32>, using generator: inout SystemRandomNumberGenerator
 ) throws {
     let child = Process()
     child.executableURL = executable
     child.arguments = arguments
+    if !environment.isEmpty {
+        child.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    }
     child.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
     child.standardError = FileHandle.nullDevice
     try child.run()

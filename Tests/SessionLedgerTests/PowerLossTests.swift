@@ -1,0 +1,174 @@
+import CustodyTesting
+import Foundation
+import LMDBStorage
+import SessionLedger
+import Testing
+
+/// A model of power loss for the ledger's deferred meta flush (MDB_NOMETASYNC): only what a
+/// flush made durable survives. A preloaded shim wraps `fdatasync`/`fsync` of the ledger's
+/// data file: before the real flush it copies the file (what will be on disk once the flush
+/// returns, and until the next one) and says so on the child's output, where the child also
+/// writes each answer it was given, in the one order the writer thread made them in. Power
+/// lost at any moment after image N's flush and before the next flush leaves exactly image N,
+/// so every answer printed before the next flush line must be in image N, and image N must
+/// open and verify.
+@Suite("Power loss")
+struct PowerLossTests {
+    static let shimSource = #"""
+        #define _GNU_SOURCE
+        #include <dlfcn.h>
+        #include <fcntl.h>
+        #include <stdio.h>
+        #include <stdlib.h>
+        #include <string.h>
+        #include <sys/sendfile.h>
+        #include <sys/stat.h>
+        #include <unistd.h>
+
+        static unsigned long flushes;
+
+        static int ledger_data(int fd) {
+            char link[64], path[4096];
+            snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+            ssize_t n = readlink(link, path, sizeof path - 1);
+            if (n < 9) return 0;
+            path[n] = 0;
+            return strcmp(path + n - 9, "/data.mdb") == 0;
+        }
+
+        static void say(const char *line) {
+            size_t done = 0, size = strlen(line);
+            while (done < size) {
+                ssize_t n = write(1, line + done, size - done);
+                if (n <= 0) return;
+                done += (size_t)n;
+            }
+        }
+
+        /* Copies the data file to IMAGES/image-N/data.mdb (every EVERY-th flush), then says so. */
+        static void before_flush(int fd) {
+            const char *images = getenv("POWERLOSS_IMAGES");
+            if (!images || !ledger_data(fd)) return;
+            unsigned long n = ++flushes;
+            const char *every_text = getenv("POWERLOSS_EVERY");
+            unsigned long every = every_text ? strtoul(every_text, 0, 10) : 1;
+            char line[96];
+            if (every > 1 && n % every != 0) {
+                snprintf(line, sizeof line, "flush %lu\n", n);
+                say(line);
+                return;
+            }
+            char path[4096];
+            snprintf(path, sizeof path, "%s/image-%lu", images, n);
+            mkdir(path, 0755);
+            strncat(path, "/data.mdb", sizeof path - strlen(path) - 1);
+            int out = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            struct stat st;
+            if (out < 0 || fstat(fd, &st) != 0) abort();
+            off_t offset = 0;
+            while (offset < st.st_size) {
+                if (sendfile(out, fd, &offset, (size_t)(st.st_size - offset)) <= 0) abort();
+            }
+            close(out);
+            snprintf(line, sizeof line, "flush %lu image\n", n);
+            say(line);
+        }
+
+        int fdatasync(int fd) {
+            static int (*real)(int);
+            if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+            before_flush(fd);
+            return real(fd);
+        }
+
+        int fsync(int fd) {
+            static int (*real)(int);
+            if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+            before_flush(fd);
+            return real(fd);
+        }
+        """#
+
+    /// Builds the shim with the toolchain's C compiler into `directory`.
+    static func buildShim(in directory: String) throws -> String {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let source = directory + "/powerloss.c"
+        let library = directory + "/powerloss.so"
+        try shimSource.write(toFile: source, atomically: true, encoding: .utf8)
+        let (status, _, errors) = try run("/usr/bin/env", ["clang", "-shared", "-fPIC", "-O1", "-o", library, source, "-ldl"])
+        try #require(status == 0, "clang: \(errors)")
+        return library
+    }
+
+    @Test func everyAnswerIsInTheImageOfTheFlushBeforeIt() async throws {
+        try await offPool {
+            let base = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory()
+            let work = base + "/custody-powerloss-\(UUID().uuidString)"
+            defer { try? FileManager.default.removeItem(atPath: work) }
+            let shim = try Self.buildShim(in: work + "/shim")
+            let images = work + "/images"
+            try FileManager.default.createDirectory(atPath: images, withIntermediateDirectories: true)
+            let output = work + "/child.out"
+            _ = FileManager.default.createFile(atPath: output, contents: nil)
+            var generator = SystemRandomNumberGenerator()
+            try killedAtRandom(
+                try builtProduct("custody-bench"),
+                ["ledger-crash-child", "--data-dir", work + "/ledger", "--prefix", "p", "--window", "16"],
+                environment: ["LD_PRELOAD": shim, "POWERLOSS_IMAGES": images, "POWERLOSS_EVERY": "13"],
+                output: output, after: 150_000...300_000, using: &generator)
+
+            // The output in order: answers, and flush lines (with an image or not).
+            struct Image {
+                var flush: Int
+                /// The answers given since the image before it (the log only grows: those before
+                /// are in that one).
+                var answers: ArraySlice<(kind: String, name: String, sequence: UInt64)>
+            }
+            var imagesSeen: [Image] = []
+            var answered: [(kind: String, name: String, sequence: UInt64)] = []
+            var open: Image?
+            var flushes = 0
+            var checkedThrough = 0
+            for line in try String(contentsOfFile: output, encoding: .utf8).split(separator: "\n") {
+                let parts = line.split(separator: " ")
+                if parts.first == "flush", parts.count >= 2, let number = Int(parts[1]) {
+                    // What was answered before this flush must be in the image of the flush before it.
+                    if var image = open {
+                        image.answers = answered[checkedThrough...]
+                        checkedThrough = answered.count
+                        imagesSeen.append(image)
+                    }
+                    open = parts.count == 3 ? Image(flush: number, answers: []) : nil
+                    flushes += 1
+                } else if parts.count == 3, parts[0] == "granted" || parts[0] == "released", let sequence = UInt64(parts[2]) {
+                    answered.append((String(parts[0]), String(parts[1]), sequence))
+                }
+            }
+            #expect(!answered.isEmpty && flushes > 0)
+            // Each commit flushed its data once: fewer flushes than answers under load.
+            try #require(imagesSeen.count >= 3, "only \(imagesSeen.count) images of \(flushes) flushes")
+
+            // Recovery (a broker started from the image) on a few of them, the last among them.
+            let recovered = Set(stride(from: imagesSeen.count - 1, through: 0, by: -max(1, imagesSeen.count / 4)))
+            for (index, image) in imagesSeen.enumerated() {
+                let directory = images + "/image-\(image.flush)"
+                let store = try LedgerStore(directory: directory, options: LedgerStoreOptions(readOnly: true))
+                try store.read { snapshot in
+                    for item in image.answers {
+                        let record = try snapshot.record(at: item.sequence)
+                        #expect(record?.event.sessionName.value == item.name,
+                                "image \(image.flush): \(item.kind) \(item.name) at \(item.sequence) was answered before the next flush and is not in it")
+                    }
+                    let report = try snapshot.verify()
+                    #expect(report.isIntact, "image \(image.flush): \(String(describing: report.problem))")
+                }
+                store.close()
+                // And a broker could start from it: recovery runs and the result verifies.
+                guard recovered.contains(index) else { continue }
+                let ledger = try LMDBSessionLedger(directory: directory)
+                #expect(try ledger.verify().isIntact)
+                ledger.close()
+            }
+        }
+    }
+}
