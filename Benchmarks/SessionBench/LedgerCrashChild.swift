@@ -36,6 +36,7 @@ struct LedgerCrashChild: ParsableCommand {
         } else {
             ledger = try LMDBSessionLedger(directory: dataDir, policy: policy)
         }
+        exitWhenOrphaned()
         emit("ready head=\(ledger.head.sequence)")
         let gate = DispatchSemaphore(value: window)
         var i = 0
@@ -67,6 +68,17 @@ struct LedgerCrashChild: ParsableCommand {
             i += 1
         }
     }
+}
+
+/// A crash child runs until killed; if its parent (the test) dies first, nobody would kill
+/// it: it ends itself once it is orphaned.
+func exitWhenOrphaned() {
+    let parent = getppid()
+    let watch = Thread {
+        while getppid() == parent { usleep(100_000) }
+        exit(2)
+    }
+    watch.start()
 }
 
 /// Writes a line straight to the pipe: a buffered line could die with the process.

@@ -45,9 +45,13 @@ public struct BrokerStoreOptions: Sendable {
     /// The most the map may grow to: it starts small and grows when full, up to this.
     /// Past it, writes fail as a full store (the broker's limits' outcomes), never an exit.
     public var mapSize: Int
+    /// MDB_NOMETASYNC, with answers held until the meta page is durable: one flush per
+    /// commit under load (README: "Durability", as the ledger's).
+    public var deferredMetaSync: Bool
 
-    public init(mapSize: Int = 16 << 30) {
+    public init(mapSize: Int = 16 << 30, deferredMetaSync: Bool = true) {
         self.mapSize = mapSize
+        self.deferredMetaSync = deferredMetaSync
     }
 }
 
@@ -65,7 +69,9 @@ public struct BrokerCommitStatistics: Sendable {
 /// Every `submit` waiting when the writer becomes free joins one write transaction and one
 /// fsync; each submitter's `done` runs after that commit, on the writer thread, in
 /// submission order (so a caller that submits A before B hears of A first, and A is on disk
-/// whenever B is). If the commit fails, every submission in it fails.
+/// whenever B is). If the commit fails, every submission in it fails. As the ledger's, a
+/// commit's meta page is flushed by the next commit's flush, or at once when none follows,
+/// and its submitters hear of it only then.
 public final class BrokerStore: @unchecked Sendable {
     private let lmdb: LMDBEnvironment
     private let messages: MDB_dbi
@@ -81,6 +87,8 @@ public final class BrokerStore: @unchecked Sendable {
     }
 
     private var thread: GroupCommitThread<Submission>!
+    /// The last commit's submissions, until its meta page is durable (writer thread).
+    private var awaitingMeta: [Submission]?
     /// Observes each commit. Set before the first `submit`.
     public var onCommit: (@Sendable (BrokerCommitStatistics) -> Void)?
     /// Commits still to fail on purpose (`failNextCommits`), and with what.
@@ -88,11 +96,12 @@ public final class BrokerStore: @unchecked Sendable {
 
     public init(directory: String, options: BrokerStoreOptions = BrokerStoreOptions()) throws(LedgerError) {
         lmdb = try LMDBEnvironment(
-            directory: directory, mapSize: options.mapSize,
+            directory: directory, mapSize: options.mapSize, deferredMetaSync: options.deferredMetaSync,
             tables: [.init(name: "messages"), .init(name: "sessions"), .init(name: "retained"), .init(name: "meta")],
             meta: "meta", formatVersion: Self.formatVersion)
         (messages, sessions, retained) = (lmdb.tables[0], lmdb.tables[1], lmdb.tables[2])
         thread = GroupCommitThread(name: "custody-store") { [unowned self] batch in process(batch) }
+        thread.beforeWaiting = { [unowned self] in syncMeta() }
         thread.start()
     }
 
@@ -170,6 +179,7 @@ public final class BrokerStore: @unchecked Sendable {
         var result: Result<Void, LedgerError> = .success(())
         var refused: [Submission] = []
         var batch = batch
+        let transactionBefore = lmdb.lastTransactionID
         let injected = operations > 0 ? injectedFailures.withLock { $0.isEmpty ? nil : $0.removeFirst() } : nil
         if let injected {
             result = .failure(injected)
@@ -196,12 +206,42 @@ public final class BrokerStore: @unchecked Sendable {
         onCommit?(BrokerCommitStatistics(
             requests: batch.count, operations: operations,
             microseconds: Int64(DispatchTime.now().uptimeNanoseconds - started) / 1000))
-        for submission in batch { submission.done?(result) }
+        if case .success = result, lmdb.deferredMetaSync, lmdb.lastTransactionID != transactionBefore {
+            // This commit's flush made the previous commit's meta page durable.
+            if let earlier = awaitingMeta {
+                awaitingMeta = nil
+                for submission in earlier { submission.done?(.success(())) }
+            }
+            awaitingMeta = batch
+            // Refusals are answered at once, behind this commit: it is made durable first.
+            if !refused.isEmpty { syncMeta() }
+        } else {
+            // No commit, one that changed nothing (it flushed nothing), or a failed one (whether
+            // it flushed is unknown): the previous commit is made durable and answered first,
+            // so that answers keep their order.
+            syncMeta()
+            for submission in batch { submission.done?(result) }
+        }
         for submission in refused {
             submission.done?(.failure(.storage(
                 operation: "broker store write", code: LedgerError.mapFullCode,
                 message: "the broker store's map is at its maximum and in its reserve; only deletes are taken")))
         }
+    }
+
+    /// Flushes the data file (the last commit's meta page with it) and answers that commit,
+    /// when one waits; if the flush fails, its submissions fail.
+    private func syncMeta() {
+        guard let commit = awaitingMeta else { return }
+        awaitingMeta = nil
+        let result: Result<Void, LedgerError>
+        do throws(LedgerError) {
+            try check(mdb_env_sync(lmdb.env, 1), "mdb_env_sync")
+            result = .success(())
+        } catch {
+            result = .failure(error)
+        }
+        for submission in commit { submission.done?(result) }
     }
 
     private func commit(_ batch: [Submission]) -> Result<Void, LedgerError> {

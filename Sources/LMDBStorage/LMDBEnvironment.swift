@@ -362,6 +362,14 @@ final class LMDBEnvironment: @unchecked Sendable {
     var dataFileSize: Int {
         (try? FileManager.default.attributesOfItem(atPath: path + "/data.mdb")[.size] as? Int) ?? 0
     }
+
+    /// The last committed transaction's id: a commit that changed nothing writes no meta
+    /// page, flushes nothing and leaves it as it was (writer thread, for the deferred meta sync).
+    var lastTransactionID: Int {
+        var info = MDB_envinfo()
+        mdb_env_info(env, &info)
+        return info.me_last_txnid
+    }
 }
 
 /// The ledger's environment and its five tables:

@@ -373,6 +373,7 @@ public final class LedgerWriter: @unchecked Sendable {
 
     private func process(_ batch: [Command]) {
         let started = DispatchTime.now().uptimeNanoseconds
+        let transactionBefore = store.lmdb.lmdb.lastTransactionID
         let now = max(clock(), head.timestamp)
         var deliveries: [() -> Void] = []
         deliveries.reserveCapacity(batch.count)
@@ -439,15 +440,19 @@ public final class LedgerWriter: @unchecked Sendable {
                 requests: batch.count, events: events,
                 microseconds: Int64(DispatchTime.now().uptimeNanoseconds - started) / 1000,
                 syncMicroseconds: Int64(w.commitNanoseconds / 1000)))
-            // This commit's flush made the previous commit's meta page durable.
-            if let earlier = awaitingMeta {
-                awaitingMeta = nil
-                answer(earlier)
-            }
             let committed = AwaitingMeta(batch: batch, events: w.appended, deliveries: deliveries)
-            if store.lmdb.deferredMetaSync {
+            if !store.lmdb.deferredMetaSync {
+                answer(committed)
+            } else if store.lmdb.lmdb.lastTransactionID != transactionBefore {
+                // This commit's flush made the previous commit's meta page durable.
+                if let earlier = awaitingMeta {
+                    awaitingMeta = nil
+                    answer(earlier)
+                }
                 awaitingMeta = committed
             } else {
+                // Nothing changed, nothing was flushed: answered once the previous commit is durable.
+                syncMeta()
                 answer(committed)
             }
         } catch {

@@ -45,15 +45,17 @@ struct PowerLossTests {
             }
         }
 
-        /* Copies the data file to IMAGES/image-N/data.mdb (every EVERY-th flush), then says so. */
+        /* Copies the data file to IMAGES/image-N/data.mdb (every EVERY-th flush, at most 400
+           times), then says so. */
         static void before_flush(int fd) {
+            static unsigned long copies;
             const char *images = getenv("POWERLOSS_IMAGES");
             if (!images || !ledger_data(fd)) return;
             unsigned long n = ++flushes;
             const char *every_text = getenv("POWERLOSS_EVERY");
             unsigned long every = every_text ? strtoul(every_text, 0, 10) : 1;
             char line[96];
-            if (every > 1 && n % every != 0) {
+            if ((every > 1 && n % every != 0) || copies >= 400) {
                 snprintf(line, sizeof line, "flush %lu\n", n);
                 say(line);
                 return;
@@ -70,6 +72,7 @@ struct PowerLossTests {
                 if (sendfile(out, fd, &offset, (size_t)(st.st_size - offset)) <= 0) abort();
             }
             close(out);
+            copies++;
             snprintf(line, sizeof line, "flush %lu image\n", n);
             say(line);
         }
@@ -100,64 +103,73 @@ struct PowerLossTests {
         return library
     }
 
-    @Test func everyAnswerIsInTheImageOfTheFlushBeforeIt() async throws {
+    /// An image of the data file taken just before flush `flush`, and the answers given since
+    /// the image before it until the next flush: all of them must be in it (the files only grow
+    /// here, so the answers before were checked in the images before).
+    struct Image {
+        var flush: Int
+        var answers: [[Substring]]
+    }
+
+    /// Runs `arguments` of custody-bench with the shim until killed at random; answers the
+    /// images in flush order with their answers (output lines other than flush lines, split
+    /// at spaces, for which `isAnswer` holds).
+    static func images(
+        _ arguments: [String], work: String, every: Int, isAnswer: ([Substring]) -> Bool
+    ) throws -> (images: [Image], directory: String, flushes: Int, answers: Int) {
+        let shim = try buildShim(in: work + "/shim")
+        let images = work + "/images"
+        try FileManager.default.createDirectory(atPath: images, withIntermediateDirectories: true)
+        let output = work + "/child.out"
+        _ = FileManager.default.createFile(atPath: output, contents: nil)
+        var generator = SystemRandomNumberGenerator()
+        try killedAtRandom(
+            try builtProduct("custody-bench"), arguments,
+            environment: ["LD_PRELOAD": shim, "POWERLOSS_IMAGES": images, "POWERLOSS_EVERY": "\(every)"],
+            output: output, after: 150_000...300_000, using: &generator)
+        var seen: [Image] = []
+        var open: Image?
+        var flushes = 0
+        var answers = 0
+        var sinceImage: [[Substring]] = []
+        for line in try String(contentsOfFile: output, encoding: .utf8).split(separator: "\n") {
+            let parts = line.split(separator: " ")
+            if parts.first == "flush", parts.count >= 2, let number = Int(parts[1]) {
+                if var image = open {
+                    image.answers = sinceImage
+                    sinceImage = []
+                    seen.append(image)
+                }
+                open = parts.count == 3 ? Image(flush: number, answers: []) : nil
+                flushes += 1
+            } else if isAnswer(parts) {
+                sinceImage.append(parts)
+                answers += 1
+            }
+        }
+        return (seen, images, flushes, answers)
+    }
+
+    @Test func everyLedgerAnswerIsInTheImageOfTheFlushBeforeIt() async throws {
         try await offPool {
             let base = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory()
             let work = base + "/custody-powerloss-\(UUID().uuidString)"
             defer { try? FileManager.default.removeItem(atPath: work) }
-            let shim = try Self.buildShim(in: work + "/shim")
-            let images = work + "/images"
-            try FileManager.default.createDirectory(atPath: images, withIntermediateDirectories: true)
-            let output = work + "/child.out"
-            _ = FileManager.default.createFile(atPath: output, contents: nil)
-            var generator = SystemRandomNumberGenerator()
-            try killedAtRandom(
-                try builtProduct("custody-bench"),
-                ["ledger-crash-child", "--data-dir", work + "/ledger", "--prefix", "p", "--window", "16"],
-                environment: ["LD_PRELOAD": shim, "POWERLOSS_IMAGES": images, "POWERLOSS_EVERY": "13"],
-                output: output, after: 150_000...300_000, using: &generator)
-
-            // The output in order: answers, and flush lines (with an image or not).
-            struct Image {
-                var flush: Int
-                /// The answers given since the image before it (the log only grows: those before
-                /// are in that one).
-                var answers: ArraySlice<(kind: String, name: String, sequence: UInt64)>
-            }
-            var imagesSeen: [Image] = []
-            var answered: [(kind: String, name: String, sequence: UInt64)] = []
-            var open: Image?
-            var flushes = 0
-            var checkedThrough = 0
-            for line in try String(contentsOfFile: output, encoding: .utf8).split(separator: "\n") {
-                let parts = line.split(separator: " ")
-                if parts.first == "flush", parts.count >= 2, let number = Int(parts[1]) {
-                    // What was answered before this flush must be in the image of the flush before it.
-                    if var image = open {
-                        image.answers = answered[checkedThrough...]
-                        checkedThrough = answered.count
-                        imagesSeen.append(image)
-                    }
-                    open = parts.count == 3 ? Image(flush: number, answers: []) : nil
-                    flushes += 1
-                } else if parts.count == 3, parts[0] == "granted" || parts[0] == "released", let sequence = UInt64(parts[2]) {
-                    answered.append((String(parts[0]), String(parts[1]), sequence))
-                }
-            }
-            #expect(!answered.isEmpty && flushes > 0)
-            // Each commit flushed its data once: fewer flushes than answers under load.
-            try #require(imagesSeen.count >= 3, "only \(imagesSeen.count) images of \(flushes) flushes")
-
+            let (images, directory, flushes, answers) = try Self.images(
+                ["ledger-crash-child", "--data-dir", work + "/ledger", "--prefix", "p", "--window", "16"], work: work, every: 13
+            ) { parts in parts.count == 3 && (parts[0] == "granted" || parts[0] == "released") && UInt64(parts[2]) != nil }
+            #expect(answers > 0 && flushes > 0)
+            try #require(images.count >= 3, "only \(images.count) images of \(flushes) flushes")
             // Recovery (a broker started from the image) on a few of them, the last among them.
-            let recovered = Set(stride(from: imagesSeen.count - 1, through: 0, by: -max(1, imagesSeen.count / 4)))
-            for (index, image) in imagesSeen.enumerated() {
-                let directory = images + "/image-\(image.flush)"
-                let store = try LedgerStore(directory: directory, options: LedgerStoreOptions(readOnly: true))
+            let recovered = Set(stride(from: images.count - 1, through: 0, by: -max(1, images.count / 4)))
+            for (index, image) in images.enumerated() {
+                let path = directory + "/image-\(image.flush)"
+                let store = try LedgerStore(directory: path, options: LedgerStoreOptions(readOnly: true))
                 try store.read { snapshot in
-                    for item in image.answers {
-                        let record = try snapshot.record(at: item.sequence)
-                        #expect(record?.event.sessionName.value == item.name,
-                                "image \(image.flush): \(item.kind) \(item.name) at \(item.sequence) was answered before the next flush and is not in it")
+                    for answer in image.answers {
+                        let record = try snapshot.record(at: UInt64(answer[2])!)
+                        #expect(record?.event.sessionName.value == String(answer[1]),
+                                "image \(image.flush): \(answer.joined(separator: " ")) was answered before the next flush and is not in it")
                     }
                     let report = try snapshot.verify()
                     #expect(report.isIntact, "image \(image.flush): \(String(describing: report.problem))")
@@ -165,9 +177,34 @@ struct PowerLossTests {
                 store.close()
                 // And a broker could start from it: recovery runs and the result verifies.
                 guard recovered.contains(index) else { continue }
-                let ledger = try LMDBSessionLedger(directory: directory)
+                let ledger = try LMDBSessionLedger(directory: path)
                 #expect(try ledger.verify().isIntact)
                 ledger.close()
+            }
+        }
+    }
+
+    /// The broker's store (QoS 1/2 messages and sessions) flushes its meta page the same way.
+    @Test func everyStoredMessageIsInTheImageOfTheFlushBeforeIt() async throws {
+        try await offPool {
+            let base = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory()
+            let work = base + "/custody-powerloss-store-\(UUID().uuidString)"
+            defer { try? FileManager.default.removeItem(atPath: work) }
+            let (images, directory, flushes, answers) = try Self.images(
+                ["store-crash-child", "--data-dir", work + "/store", "--window", "16"], work: work, every: 13
+            ) { parts in parts.count == 2 && parts[0] == "stored" }
+            #expect(answers > 0 && flushes > 0)
+            try #require(images.count >= 3, "only \(images.count) images of \(flushes) flushes")
+            for image in images {
+                let store = try BrokerStore(directory: directory + "/image-\(image.flush)")
+                var keys = Set<String>()
+                try store.forEach(.messages) { key, _ in keys.insert(String(decoding: key, as: UTF8.self)) }
+                store.close()
+                for answer in image.answers {
+                    let present = keys.contains(String(answer[1]))
+                    #expect(present,
+                            "image \(image.flush): \(answer[1]) was stored before the next flush and is not in it")
+                }
             }
         }
     }
