@@ -79,6 +79,18 @@ final class RawAcceptor: EpollReadiness, @unchecked Sendable {
     private static let events = EPOLLIN.rawValue | EPOLLEXCLUSIVE.rawValue
     /// How long accepting stops when the process is out of descriptors or memory.
     static let pause = TimeAmount.milliseconds(100)
+    /// Descriptors accepting never takes: the rest of the process (libdispatch's worker
+    /// monitor reads /proc and traps when it cannot, LMDB, logs, a reload's files) keeps them
+    /// even when clients would take every descriptor (`--max-connections` above the limit).
+    static let spareDescriptors: Int32 = 16
+    /// Descriptors are numbered lowest free first: an accepted one at or above this leaves
+    /// fewer than `spareDescriptors` free, and is closed at once. nil: no descriptor limit.
+    static let descriptorCeiling: Int32? = {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else { return nil }
+        let descriptors = Int32(clamping: limit.rlim_cur)
+        return max(descriptors - spareDescriptors, descriptors / 2)
+    }()
 
     let descriptor: Int32
     unowned let loop: EpollEventLoop
@@ -119,8 +131,13 @@ final class RawAcceptor: EpollReadiness, @unchecked Sendable {
                     cepoll_accept4(descriptor, $0, &length, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
                 }
             }
-            if accepted < 0 {
-                let code = errno
+            var failure: Int32? = accepted < 0 ? errno : nil
+            if let ceiling = Self.descriptorCeiling, accepted >= ceiling {
+                // Into the descriptors kept for the rest of the process: shed this one.
+                Glibc.close(accepted)
+                failure = EMFILE
+            }
+            if let code = failure {
                 switch code {
                 case EAGAIN, EWOULDBLOCK: return
                 case EINTR, ECONNABORTED, EPROTO: continue
@@ -129,6 +146,7 @@ final class RawAcceptor: EpollReadiness, @unchecked Sendable {
                     if pausesInARow == 0 {
                         logger.warning("accept paused", metadata: [
                             "error": "\(RawSocketError("accept4", errno: code))",
+                            "spare_descriptors": "\(Self.spareDescriptors)",
                             "retry_ms": "\(Self.pause.nanoseconds / 1_000_000)",
                         ])
                     }
