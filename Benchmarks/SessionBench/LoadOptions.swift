@@ -128,7 +128,7 @@ enum PublishShape: String, ExpressibleByArgument, CaseIterable, Sendable {
 
 /// What `publish` sends, on top of `LoadOptions` (--conns is the many side of --shape).
 struct PublishOptions: ParsableArguments {
-    @Option(help: "QoS of every PUBLISH and subscription: 0 or 1.")
+    @Option(help: "QoS of every PUBLISH and subscription: 0, 1 or 2 (PUBREC, PUBREL, PUBCOMP both ways).")
     var qos: Int = 1
 
     @Option(help: "fan-in: --conns publishers and 1 subscriber; fan-out: 1 publisher and --conns subscribers (both on one wildcard filter: every subscriber gets every message); per-topic: --conns publishers and --conns subscribers, subscriber i on publisher (i mod P)'s topic only.")
@@ -143,7 +143,7 @@ struct PublishOptions: ParsableArguments {
     @Option(help: "Payload bytes of each message (at least 20: publisher, sequence number, send time).")
     var payloadBytes: Int = 64
 
-    @Option(help: "QoS 1: PUBLISHes a publisher may have unacknowledged (Custody's Receive Maximum is 100).")
+    @Option(help: "QoS 1 and 2: PUBLISHes a publisher may have unacknowledged (Custody's Receive Maximum is 100).")
     var inflight: Int = 32
 
     @Option(help: "Messages the publishers together may be ahead of the slowest subscriber, shared out evenly (0: no limit). Keep it below the broker's queue per session (Custody and mosquitto: 1000), which drops even QoS 1 messages beyond it.")
@@ -161,10 +161,10 @@ struct PublishOptions: ParsableArguments {
     @Flag(help: "Subscribers hold persistent sessions (5.0: Session Expiry 1 h; 3.1.1: clean session 0): every QoS 1 message to them is stored before its PUBACK.")
     var persistentSubscribers = false
 
-    var qosLevel: MQTTQoS { qos == 0 ? .atMostOnce : .atLeastOnce }
+    var qosLevel: MQTTQoS { MQTTQoS(rawValue: UInt8(qos)) ?? .atLeastOnce }
 
     func validate() throws {
-        guard qos == 0 || qos == 1 else { throw ValidationError("--qos must be 0 or 1, got \(qos)") }
+        guard (0...2).contains(qos) else { throw ValidationError("--qos must be 0, 1 or 2, got \(qos)") }
         guard (20...65_536).contains(payloadBytes) else {
             throw ValidationError("--payload-bytes must be between 20 and 65536, got \(payloadBytes)")
         }

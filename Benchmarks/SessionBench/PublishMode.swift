@@ -310,9 +310,26 @@ final class PublishMode: LoadMode, @unchecked Sendable {
     }
 
     private func received(_ packet: MQTTPacket, by publisher: Publisher) {
-        guard case .puback(let response) = packet else { return }
+        let response: MQTTPublishResponse
+        switch packet {
+        case .puback(let ack) where qos == .atLeastOnce:
+            response = ack
+        case .pubrec(let received) where qos == .exactlyOnce:
+            // QoS 2, first half: released at once; the message leaves the window at PUBCOMP.
+            guard publisher.outstanding[Int(received.packetIdentifier)] else { return stats.error("pub_unexpected_pubrec") }
+            if received.reasonCode.rawValue >= 0x80 {
+                response = received
+            } else {
+                publisher.connection.queue(.pubrel(MQTTPublishResponse(packetIdentifier: received.packetIdentifier)))
+                return
+            }
+        case .pubcomp(let complete) where qos == .exactlyOnce:
+            response = complete
+        default:
+            return
+        }
         let identifier = Int(response.packetIdentifier)
-        guard qos != .atMostOnce, publisher.outstanding[identifier] else { return stats.error("pub_unexpected_puback") }
+        guard qos != .atMostOnce, publisher.outstanding[identifier] else { return stats.error("pub_unexpected_ack") }
         publisher.outstanding[identifier] = false
         publisher.inFlight -= 1
         activity += 1
@@ -338,9 +355,12 @@ final class PublishMode: LoadMode, @unchecked Sendable {
                 subscriber.connection.disconnect()
             }
             settle(subscriber)
+        case .pubrel(let release):
+            subscriber.connection.queue(.pubcomp(MQTTPublishResponse(packetIdentifier: release.packetIdentifier)))
         case .publish(let message):
             if let identifier = message.packetIdentifier {
-                subscriber.connection.queue(.puback(MQTTPublishResponse(packetIdentifier: identifier)))
+                let response = MQTTPublishResponse(packetIdentifier: identifier)
+                subscriber.connection.queue(message.qos == .exactlyOnce ? .pubrec(response) : .puback(response))
             }
             let payload = message.payload
             guard payload.readableBytes >= Self.payloadHead,
