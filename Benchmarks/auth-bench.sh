@@ -88,7 +88,7 @@ start_custody() { # name yaml
     local pid=$!
     echo "$pid" > "$WORK/$name/pid"
     for _ in $(seq 1 150); do
-        grep -q "custody: listening mqtt" "$WORK/$name/custody.log" && break
+        grep -qs "custody: listening mqtt" "$WORK/$name/custody.log" && break
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done

@@ -88,7 +88,7 @@ if [ -x "$BIN/custody" ]; then
         CUSTODY_PID=$!
         PIDS+=("$CUSTODY_PID")
         for _ in $(seq 1 150); do
-            grep -q "custody: listening mqtt" "$WORK/custody.log" && break
+            grep -qs "custody: listening mqtt" "$WORK/custody.log" && break
             kill -0 "$CUSTODY_PID" 2>/dev/null || break
             sleep 0.1
         done

@@ -155,7 +155,7 @@ start_custody() { # name extra-arguments...
     PIDS+=("${PID[$name]}")
     PORT[$name]=$port
     for _ in $(seq 1 150); do
-        grep -q "custody: running" "$WORK/$name.log" && break
+        grep -qs "custody: running" "$WORK/$name.log" && break
         kill -0 "${PID[$name]}" 2>/dev/null || break
         sleep 0.1
     done
