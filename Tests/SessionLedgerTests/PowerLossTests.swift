@@ -92,6 +92,13 @@ struct PowerLossTests {
         }
         """#
 
+    /// A new directory on a tmpfs where there is one: the child's nonstop flushes then cost
+    /// nothing, and the images are copies in memory.
+    static func workDirectory(_ label: String) -> String {
+        let base = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory()
+        return base + "/\(label)-\(UUID().uuidString)"
+    }
+
     /// Builds the shim with the toolchain's C compiler into `directory`.
     static func buildShim(in directory: String) throws -> String {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -152,8 +159,7 @@ struct PowerLossTests {
 
     @Test func everyLedgerAnswerIsInTheImageOfTheFlushBeforeIt() async throws {
         try await offPool {
-            let base = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory()
-            let work = base + "/custody-powerloss-\(UUID().uuidString)"
+            let work = Self.workDirectory("custody-powerloss")
             defer { try? FileManager.default.removeItem(atPath: work) }
             let (images, directory, flushes, answers) = try Self.images(
                 ["ledger-crash-child", "--data-dir", work + "/ledger", "--prefix", "p", "--window", "16"], work: work, every: 13
@@ -187,8 +193,7 @@ struct PowerLossTests {
     /// The broker's store (QoS 1/2 messages and sessions) flushes its meta page the same way.
     @Test func everyStoredMessageIsInTheImageOfTheFlushBeforeIt() async throws {
         try await offPool {
-            let base = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory()
-            let work = base + "/custody-powerloss-store-\(UUID().uuidString)"
+            let work = Self.workDirectory("custody-powerloss-store")
             defer { try? FileManager.default.removeItem(atPath: work) }
             let (images, directory, flushes, answers) = try Self.images(
                 ["store-crash-child", "--data-dir", work + "/store", "--window", "16"], work: work, every: 13
