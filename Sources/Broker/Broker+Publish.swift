@@ -100,6 +100,7 @@ extension Broker {
             case .atMostOnce:
                 _ = route(publish, from: state, &batch)
                 if publish.retain { keepRetained(publish, from: state.name, &batch) }
+                showTap(publish, state.publisher, &batch)
                 return (nil, submitWaiting(batch))
             case .atLeastOnce:
                 if let refused {
@@ -108,6 +109,7 @@ extension Broker {
                 }
                 let matched = route(publish, from: state, &batch)
                 if publish.retain { keepRetained(publish, from: state.name, &batch) }
+                showTap(publish, state.publisher, &batch)
                 let code: MQTTReasonCode = v5 && matched == 0 ? .noMatchingSubscribers : .success
                 return (.puback(MQTTPublishResponse(packetIdentifier: id, reasonCode: code)),
                         submitWaiting(batch))
@@ -127,12 +129,25 @@ extension Broker {
                 }
                 let matched = route(publish, from: state, &batch)
                 if publish.retain { keepRetained(publish, from: state.name, &batch) }
+                showTap(publish, state.publisher, &batch)
                 let code: MQTTReasonCode = v5 && matched == 0 ? .noMatchingSubscribers : .success
                 let waiter = submitWaiting(batch)
                 if let waiter { state.inboundCommits[id] = waiter }
                 return (.pubrec(MQTTPublishResponse(packetIdentifier: id, reasonCode: code)), waiter)
             }
         }
+    }
+
+    /// The publish tap's records join the message's write (under the lock, in the broker's order).
+    func showTap(_ publish: MQTTPublish, _ publisher: PublisherFacts?, _ batch: inout StoreBatch) {
+        guard let tap, store != nil, let capture = tap.capture(publish, from: publisher) else { return }
+        batch.add(capture)
+    }
+
+    /// From now on every accepted client PUBLISH is shown to `tap` (nil: to nobody). Needs a store.
+    public func setPublishTap(_ tap: (any BrokerPublishTap)?) {
+        precondition(tap == nil || store != nil, "a publish tap writes to the broker's store")
+        locked { self.tap = tap }
     }
 
     func handlePubrel(_ id: UInt16, from session: BrokerSession) async throws(BrokerError) -> [MQTTPacket] {

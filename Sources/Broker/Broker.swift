@@ -115,6 +115,8 @@ public final class Broker: @unchecked Sendable {
     var droppedQueueFull = 0
     var droppedExpired = 0
     var droppedTooLarge = 0
+    /// Sees every accepted client PUBLISH (routes); nil: nobody.
+    var tap: (any BrokerPublishTap)?
 
     /// `directory`: where persistent session state lives (created if missing); nil = memory only.
     /// `limits`: what one session may take (`BrokerLimits`); `observer`: who hears of them.

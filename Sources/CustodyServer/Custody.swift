@@ -9,6 +9,7 @@ import Logging
 import MQTTFront
 import NIOCore
 import ServiceLifecycle
+import HTTPPublish
 import LMDBStorage
 import SessionLedger
 
@@ -88,6 +89,13 @@ struct Custody: AsyncParsableCommand {
             "MQTT over WebSocket listener as HOST[:PORT] (default port 8080), path /mqtt, subprotocol mqtt. Repeatable; replaces the configured ws listeners (config: listeners with protocol ws).",
             valueName: "host:port"))
     var listenWS: [String] = []
+
+    @Option(
+        name: .customLong("listen-http"),
+        help: ArgumentHelp(
+            "HTTP publish listener (POST /mqtt/messages?topic=T) as HOST[:PORT] (default port 8088). Repeatable; replaces the configured http listeners (config: listeners with protocol http or https).",
+            valueName: "host:port"))
+    var listenHTTP: [String] = []
 
     @Option(help: "Longest keep-alive a client may use, 1-65535 s; v5 clients asking more (or 0) get this one as Server Keep Alive, v3.1.1 clients asking more are refused (default: the client's; config key maxKeepAliveSeconds).")
     var maxKeepAliveSeconds: Int?
@@ -222,6 +230,7 @@ struct Custody: AsyncParsableCommand {
             maxConnections: maxConnections)
         flags.aclFile = access.aclFile
         flags.ledgerSocket = ledgerSocket
+        flags.listenHTTP = listenHTTP
         return flags
     }
 
@@ -388,6 +397,26 @@ struct Custody: AsyncParsableCommand {
             }
             say("custody: ledger socket \(ledgerSocket.path) mode 0660 protocol \(LedgerWire.version)")
         }
+        // HTTP publish: the same identities, rules and broker as the MQTT listeners.
+        var httpGateway: HTTPPublishGateway?
+        var httpServers: [HTTPPublishServer] = []
+        if settings.listeners.contains(where: \.kind.isHTTPPublish) {
+            let gateway = HTTPPublishGateway(
+                rules: HTTPPublishGateway.Rules(
+                    authority: authority, access: accessRules,
+                    messagesPerSecond: settings.limits.publishMessagesPerSecond),
+                broker: broker, logger: Logger(label: "custody.http"))
+            do {
+                httpServers = try settings.httpPublishServers(gateway: gateway, logger: Logger(label: "custody.http"))
+            } catch {
+                FileHandle.standardError.write(Data("custody: \(error)\n".utf8))
+                await front.shutdown()
+                broker.close()
+                ledger.close()
+                throw ExitCode.failure
+            }
+            httpGateway = gateway
+        }
         say(limitsLine(settings.limits, front: frontConfiguration))
         if authority != nil {
             say("custody: identity clients=\(settings.clients.count) registered_clients_only=\(settings.namespace.registeredClientsOnly) password_file=\(settings.passwordFile != nil ? 1 : 0); SIGHUP reloads the registry")
@@ -411,7 +440,7 @@ struct Custody: AsyncParsableCommand {
         }
         let reload = IdentityReload(
             configFile: config, flags: flags, front: front, broker: broker, frontOperations: frontConfiguration.operations,
-            ledgerSocket: ledgerSocket, logger: logger)
+            ledgerSocket: ledgerSocket, httpGateway: httpGateway, logger: logger)
         say("custody: running; SIGINT or SIGTERM stops")
         let closed = ShutdownTally()
         // The service group's own chatter (debug) is not for operators.
@@ -425,7 +454,8 @@ struct Custody: AsyncParsableCommand {
             LedgerStorageService(ledger: lmdbLedger, metrics: operations.ledgerMetrics, logger: Logger(label: "custody.ledger")),
             IdentityReloadService(reload: reload, hangups: hangups),
             MQTTFrontService(front: front, closed: closed),
-        ] + (ledgerSocket.map { [LedgerSocketService(server: $0, closed: closed)] } ?? []), logger: lifecycleLogger)
+        ] + (ledgerSocket.map { [LedgerSocketService(server: $0, closed: closed)] } ?? [])
+            + httpServers.map { $0.application as any Service }, logger: lifecycleLogger)
         // Our own signal sources (not ServiceGroup's, which would share the signals with them)
         // start the graceful shutdown; the second signal is handled in `terminationSignals`.
         let announced = Task {

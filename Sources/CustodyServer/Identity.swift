@@ -19,9 +19,11 @@ extension CustodyConfiguration {
     /// The front's listeners, in the configuration's order; an mqtts listener's certificate,
     /// key and trusted CAs are read here, so a bad file stops startup with its name.
     func frontListeners() throws -> [FrontListener] {
-        try listeners.map { listener in
+        try listeners.filter { !$0.kind.isHTTPPublish }.map { listener in
             let address = HostPort(host: listener.host, port: listener.port)
             switch listener.kind {
+            case .http, .https:
+                preconditionFailure("HTTP publish listeners are not the MQTT front's")
             case .mqtt:
                 return FrontListener(address: address, transport: .tcp)
             case .ws:
@@ -99,6 +101,8 @@ struct IdentityReload {
     let frontOperations: FrontOperations
     /// The ledger socket's claims take the reloaded registry and rules too (from the next claim).
     var ledgerSocket: LedgerSocketServer? = nil
+    /// HTTP publish takes the reloaded registry, rules and rate too (from the next request).
+    var httpGateway: HTTPPublishGateway? = nil
     let logger: Logger
 
     /// Reloads at each signal of `signals` (from `hangupSignals()`, set up early).
@@ -131,6 +135,10 @@ struct IdentityReload {
         if let ledgerSocket {
             if let authority { ledgerSocket.replaceAuthority(authority) }
             ledgerSocket.replaceAccess(access)
+        }
+        if let httpGateway {
+            httpGateway.replace(HTTPPublishGateway.Rules(
+                authority: authority, access: access, messagesPerSecond: configuration.limits.publishMessagesPerSecond))
         }
         // Limits: for the connections made from now on (the broker's: from now on).
         front.replaceLimits(configuration.frontConfiguration(listeners: [], operations: frontOperations))

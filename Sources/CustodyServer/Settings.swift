@@ -31,6 +31,8 @@ struct FlagValues {
     /// MQTT over WebSocket and the keep-alive cap (issue 4): --listen-ws, --max-keep-alive-seconds.
     var listenWS: [String] = []
     var maxKeepAliveSeconds: Int?
+    /// HTTP publish (issue 21): --listen-http.
+    var listenHTTP: [String] = []
     /// Limits (issue 15): --max-outbound-inflight, --outbound-high-water-bytes, --slow-consumer-seconds.
     var maxOutboundInflight: Int?
     var outboundHighWaterBytes: Int?
@@ -133,6 +135,16 @@ enum Settings {
             } + others
         }
         try applyTLSFlags(flags, to: &configuration, flagsOnly: flagsOnly)
+        if !flags.listenHTTP.isEmpty {
+            // The flag replaces the file's http listeners; the others (https too) stay.
+            let others = configuration.listeners.filter { $0.kind != .http }
+            configuration.listeners = try others + flags.listenHTTP.map { text in
+                guard let address = HostPort(parsing: text, defaultPort: ListenerConfiguration.Kind.http.defaultPort) else {
+                    throw SettingsError("--listen-http '\(text)' is not HOST[:PORT] (IPv6 as [HOST]:PORT, port 0-65535, default 8088)")
+                }
+                return ListenerConfiguration(kind: .http, host: address.host, port: address.port)
+            }
+        }
         if !flags.listenWS.isEmpty {
             // The flag replaces the file's ws listeners; the others stay.
             let others = configuration.listeners.filter { $0.kind != .ws }
@@ -246,8 +258,8 @@ enum Settings {
                 return listener
             }
             let mqtt = configuration.listeners.filter { $0.kind == .mqtt }
-            let ws = configuration.listeners.filter { $0.kind == .ws }
-            configuration.listeners = mqtt + tls + ws
+            let others = configuration.listeners.filter { $0.kind != .mqtt && $0.kind != .mqtts }
+            configuration.listeners = mqtt + tls + others
         }
         var mode: ListenerConfiguration.ClientCertificates?
         if let value = flags.tlsClientCertificates {
@@ -317,6 +329,7 @@ extension CustodyConfiguration {
     @inline(never) func validateForStart() throws {
         // TLS files and the password file are read now: a bad one is named before anything starts.
         _ = try frontListeners()
+        for listener in listeners where listener.kind == .https { _ = try Self.httpsConfiguration(listener) }
         _ = try authenticator()
     }
 }
