@@ -230,7 +230,7 @@ let package = Package(
             dependencies: [
                 "SessionLedger", "MQTTFront", "MQTTCodec", "Broker", "CustodyModel", "CustodyConfig", "CustodyTLS",
                 "CustodyOperations", "Authorization", "LedgerService", "LedgerWire", "CustodyAuthentication",
-                "HTTPPublish",
+                "HTTPPublish", "Routing",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -344,6 +344,13 @@ let package = Package(
             // Tokens signed with keys made by openssl; the webhook against a real HTTP server
             // (a Python script) on 127.0.0.1.
             dependencies: ["CustodyAuthentication", "CustodyConfig", "CustodyModel", "LedgerCore", "CustodyTesting", "Authorization"]
+        ),
+        .testTarget(
+            name: "RoutingTests",
+            // The CloudEvents format, and routes end to end: the real `custody` with routes to a
+            // real HTTP receiver (a Python script) on 127.0.0.1 that fails on demand, mosquitto_pub
+            // and curl as publishers, kill -9 and restart.
+            dependencies: ["Routing", "CustodyServer", "CustodyTesting", "Broker", "LMDBStorage", "LedgerCore", "MQTTCodec"]
         ),
         .testTarget(
             name: "AuthorizationTests",

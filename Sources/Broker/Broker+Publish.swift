@@ -150,6 +150,26 @@ extension Broker {
         locked { self.tap = tap }
     }
 
+    /// Writes what `make` returns in the broker's order (under its lock, as a PUBLISH's records
+    /// are): for a tap's records that come from elsewhere (lifecycle events). `make` runs
+    /// under the lock: quick, and no calls into the broker.
+    public func submitInOrder(_ make: () -> TapCapture?) {
+        locked {
+            guard let capture = make() else { return }
+            guard let store, !closed else {
+                capture.committed(false)
+                return
+            }
+            store.submit(capture.operations) { result in
+                if case .success = result { capture.committed(true) } else { capture.committed(false) }
+            }
+        }
+    }
+
+    /// The store the tap's records are in, for what it does with them later (deletes once
+    /// delivered, a read at start): nil for a broker without a store.
+    public var tapStore: BrokerStore? { store }
+
     func handlePubrel(_ id: UInt16, from session: BrokerSession) async throws(BrokerError) -> [MQTTPacket] {
         let state = session.state
         let (known, waiter) = try locked { () throws(BrokerError) -> (Bool, CommitWaiter?) in

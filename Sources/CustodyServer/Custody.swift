@@ -8,6 +8,7 @@ import LedgerWire
 import Logging
 import MQTTFront
 import NIOCore
+import Routing
 import ServiceLifecycle
 import HTTPPublish
 import LMDBStorage
@@ -336,6 +337,26 @@ struct Custody: AsyncParsableCommand {
         if let counts = ledger.sessionCounts {
             say("custody: sessions live=\(counts.live) connected=\(counts.connected) disconnected=\(counts.disconnected)")
         }
+        // Routes: before the ledger's recovery events are handed on, so that they are routed too.
+        var router: Router?
+        let routeAttributes = RouteAttributes()
+        if !settings.routes.isEmpty {
+            do {
+                let made = try Router(
+                    routes: settings.routes, broker: broker, source: settings.routingSource,
+                    logger: Logger(label: "custody.routes"),
+                    clientAttributes: { routeAttributes.attributes(authenticationName: $0, sessionName: $1, signIn: $2) })
+                broker.setPublishTap(made)
+                // Always: a reload may add a route that takes them.
+                operations.lifecycleRouting.set { made.lifecycle($0) }
+                router = made
+            } catch {
+                FileHandle.standardError.write(Data("custody: cannot read the routes' outboxes in \(brokerDirectory): \(error)\n".utf8))
+                broker.close()
+                ledger.close()
+                throw ExitCode.failure
+            }
+        }
         operations.attach(ledger: ledger, broker: broker)
         let logger = Logger(label: "custody.mqtt")
         let listeners: [FrontListener]
@@ -346,6 +367,7 @@ struct Custody: AsyncParsableCommand {
             authority = settings.needsAuthority(configFile: config)
                 ? try await settings.identityAuthority(logger: Logger(label: "custody.auth")) : nil
             accessRules = try settings.accessRules()
+            routeAttributes.replace(accessRules)
         } catch {
             FileHandle.standardError.write(Data("custody: \(error)\n".utf8))
             broker.close()
@@ -417,6 +439,7 @@ struct Custody: AsyncParsableCommand {
             }
             httpGateway = gateway
         }
+        if let router { for line in settings.routeLines(router) { say(line) } }
         say(limitsLine(settings.limits, front: frontConfiguration))
         if authority != nil {
             say("custody: identity clients=\(settings.clients.count) registered_clients_only=\(settings.namespace.registeredClientsOnly) password_file=\(settings.passwordFile != nil ? 1 : 0); SIGHUP reloads the registry")
@@ -440,7 +463,8 @@ struct Custody: AsyncParsableCommand {
         }
         let reload = IdentityReload(
             configFile: config, flags: flags, front: front, broker: broker, frontOperations: frontConfiguration.operations,
-            ledgerSocket: ledgerSocket, httpGateway: httpGateway, logger: logger)
+            ledgerSocket: ledgerSocket, httpGateway: httpGateway, router: router, routeAttributes: routeAttributes,
+            logger: logger)
         say("custody: running; SIGINT or SIGTERM stops")
         let closed = ShutdownTally()
         // The service group's own chatter (debug) is not for operators.
@@ -449,6 +473,7 @@ struct Custody: AsyncParsableCommand {
         // Shut down in reverse order: the front first, the stores last.
         let serviceGroup = custodyServices([
             StorageService(ledger: ledger, broker: broker, operations: operations, closed: closed),
+        ] + (router.map { [RoutesService(router: $0)] } ?? []) + [
             MetricsService(operations: operations),
             ExpiryService(ledger: ledger, front: front),
             LedgerStorageService(ledger: lmdbLedger, metrics: operations.ledgerMetrics, logger: Logger(label: "custody.ledger")),

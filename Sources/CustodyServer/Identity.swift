@@ -8,6 +8,7 @@ import LedgerService
 import Logging
 import MQTTFront
 import NIOCore
+import Routing
 
 // Client identity for `custody`: the listeners' transports (TLS from CustodyTLS), the
 // identity authority (CustodyConfig's Authenticator) and its reload on SIGHUP.
@@ -103,6 +104,9 @@ struct IdentityReload {
     var ledgerSocket: LedgerSocketServer? = nil
     /// HTTP publish takes the reloaded registry, rules and rate too (from the next request).
     var httpGateway: HTTPPublishGateway? = nil
+    /// Routes are replaced too (SIGHUP), and their enrichments read the reloaded attributes.
+    var router: Router? = nil
+    var routeAttributes: RouteAttributes? = nil
     let logger: Logger
 
     /// Reloads at each signal of `signals` (from `hangupSignals()`, set up early).
@@ -112,7 +116,7 @@ struct IdentityReload {
 
     func reload() async {
         let identity = configFile != nil || flags.passwordFile != nil
-        guard identity || flags.aclFile != nil else {
+        guard identity || flags.aclFile != nil || router != nil else {
             say("custody: SIGHUP: no configuration, password or acl file, nothing to reload")
             return
         }
@@ -139,6 +143,11 @@ struct IdentityReload {
         if let httpGateway {
             httpGateway.replace(HTTPPublishGateway.Rules(
                 authority: authority, access: access, messagesPerSecond: configuration.limits.publishMessagesPerSecond))
+        }
+        routeAttributes?.replace(access)
+        if let router {
+            router.replace(configuration.routes)
+            for line in configuration.routeLines(router) { say(line) }
         }
         // Limits: for the connections made from now on (the broker's: from now on).
         front.replaceLimits(configuration.frontConfiguration(listeners: [], operations: frontOperations))

@@ -310,6 +310,9 @@ enum Settings {
         if let metrics = configuration.metrics {
             lines.append("  metrics \(metrics)\(configuration.metricsAllowRemote ? " (remote allowed)" : "")")
         }
+        for route in configuration.routes {
+            lines.append("  route \(route.name) -> \(route.endpoint.absoluteString) mode=\(route.mode.rawValue) topicFilters=\(route.topicFilters.joined(separator: ",")) lifecycleEvents=\(route.lifecycleEvents)")
+        }
         if !configuration.eventSubscribers.isEmpty {
             lines.append("  eventSubscribers \(configuration.eventSubscribers.map(\.value).joined(separator: ", "))")
         }
