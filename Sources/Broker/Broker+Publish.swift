@@ -148,7 +148,11 @@ extension Broker {
     public func setPublishTap(_ tap: (any BrokerPublishTap)?) {
         precondition(tap == nil || store != nil, "a publish tap writes to the broker's store")
         locked { self.tap = tap }
+        if tap != nil { tapInstalled.store(true, ordering: .releasing) }
     }
+
+    /// Whether a publish tap was ever installed: without one, who published is not kept.
+    public var hasPublishTap: Bool { tapInstalled.load(ordering: .acquiring) }
 
     /// Writes what `make` returns in the broker's order (under its lock, as a PUBLISH's records
     /// are): for a tap's records that come from elsewhere (lifecycle events). `make` runs

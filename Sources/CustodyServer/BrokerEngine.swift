@@ -40,7 +40,8 @@ extension Broker: PubSubEngine {
         _ session: any PubSubSession, authenticationName: String, sessionName: String,
         signInAttributes: [String: AttributeValue]
     ) {
-        guard let session = session as? BrokerSession else { return }
+        // Without routes nobody asks who published: nothing kept, nothing locked.
+        guard hasPublishTap, let session = session as? BrokerSession else { return }
         session.describePublisher(PublisherFacts(
             authenticationName: authenticationName, sessionName: sessionName,
             signInAttributes: signInAttributes.mapValues(\.text)))
