@@ -243,7 +243,8 @@ let package = Package(
         .executableTarget(
             name: "CustodyAudit",
             dependencies: [
-                "SessionLedger", "LMDBStorage",
+                // CustodyConfig: `routes --config` reads the routes' dead-letter directories.
+                "SessionLedger", "LMDBStorage", "CustodyConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Tools/Audit"
@@ -253,6 +254,9 @@ let package = Package(
             dependencies: [
                 "SessionLedger", "LMDBStorage", "MQTTCodec", "EpollTransport", "LedgerWire",
                 .product(name: "NIOCore", package: "swift-nio"),
+                // `http-sink`: the 204 endpoint of the routes' benchmarks.
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // `sign-token`: tokens for the sign-in benchmarks.
@@ -350,7 +354,9 @@ let package = Package(
             // The CloudEvents format, and routes end to end: the real `custody` with routes to a
             // real HTTP receiver (a Python script) on 127.0.0.1 that fails on demand, mosquitto_pub
             // and curl as publishers, kill -9 and restart.
-            dependencies: ["Routing", "CustodyServer", "CustodyTesting", "Broker", "LMDBStorage", "LedgerCore", "MQTTCodec"]
+            dependencies: [
+                "Routing", "CustodyServer", "CustodyAudit", "CustodyTesting", "Broker", "LMDBStorage", "LedgerCore", "MQTTCodec",
+            ]
         ),
         .testTarget(
             name: "AuthorizationTests",

@@ -48,9 +48,12 @@ public struct BrokerStoreOptions: Sendable {
     /// The most the map may grow to: it starts small and grows when full, up to this.
     /// Past it, writes fail as a full store (the broker's limits' outcomes), never an exit.
     public var mapSize: Int
+    /// Opened only to read (`custody-audit routes`, while custody runs): writes fail.
+    public var readOnly: Bool
 
-    public init(mapSize: Int = 16 << 30) {
+    public init(mapSize: Int = 16 << 30, readOnly: Bool = false) {
         self.mapSize = mapSize
+        self.readOnly = readOnly
     }
 }
 
@@ -92,7 +95,7 @@ public final class BrokerStore: @unchecked Sendable {
 
     public init(directory: String, options: BrokerStoreOptions = BrokerStoreOptions()) throws(LedgerError) {
         lmdb = try LMDBEnvironment(
-            directory: directory, mapSize: options.mapSize,
+            directory: directory, mapSize: options.mapSize, readOnly: options.readOnly,
             tables: [
                 .init(name: "messages"), .init(name: "sessions"), .init(name: "retained"), .init(name: "meta"),
                 .init(name: "routes", optional: true),

@@ -1,6 +1,7 @@
 import Broker
 import CustodyConfig
 import Foundation
+import LMDBStorage
 import LedgerCore
 import NIOCore
 

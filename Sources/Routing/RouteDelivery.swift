@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import CustodyConfig
 import Foundation
+import LMDBStorage
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1

@@ -1,4 +1,5 @@
 import Foundation
+import LMDBStorage
 import LedgerCore
 import MQTTCodec
 import NIOCore

@@ -191,6 +191,15 @@ struct RoutesEndToEndTests {
             #expect(metrics.contains(#"custody_route_failed_total{route="ingest",status="503"} 3"#))
             #expect(metrics.contains(#"custody_route_outbox_events{route="ingest"} 0"#))
             #expect(metrics.contains("custody_route_delivery_seconds"))
+            // custody-audit shows the dead-letter entries with why.
+            let (audited, listing, auditError) = try run(product: "custody-audit", [
+                "routes", "--data-dir", custody.directory, "--config", config,
+            ])
+            #expect(audited == 0, "\(auditError)")
+            #expect(listing.contains("outbox: empty"), "\(listing)")
+            #expect(listing.contains("dead-letter \(dead): 2 entries"), "\(listing)")
+            #expect(listing.contains("ingest-00000000000000000001.json") && listing.contains("maxAttempts attempts=3 last_status=503"), "\(listing)")
+            #expect(listing.contains("rejected attempts=1 last_status=400"), "\(listing)")
         }
     }
 
@@ -217,6 +226,14 @@ struct RoutesEndToEndTests {
             kill(first.process.processIdentifier, SIGKILL)
             first.process.waitUntilExit()
             let refused = events(try receiver.requests())
+            // custody-audit sees the outbox as it was left.
+            let (audited, listing, auditError) = try run(product: "custody-audit", [
+                "routes", "--data-dir", directory, "--json", "--limit", "0",
+            ])
+            #expect(audited == 0, "\(auditError)")
+            let lines = listing.split(separator: "\n")
+            #expect(lines.count == 10_000)
+            #expect(lines.first?.contains(#""route":"ingest","number":1,"#) == true, "\(lines.first ?? "")")
             try receiver.answerByDefault("204")
             let second = try startCustody("kill-2", config: config, directory: directory)
             defer { second.stop() }

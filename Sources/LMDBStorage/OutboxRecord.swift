@@ -1,6 +1,4 @@
-import LMDBStorage
-
-/// One event in a route's outbox, as the broker store's `routes` table keeps it.
+/// One event in a route's outbox (Routing), as the broker store's `routes` table keeps it.
 ///
 /// Key: the route's name (UTF-8), 0x00, the event's number in the route (8 bytes, big endian):
 /// one key range per route, in the order the events were accepted. Value: format 1 is the
