@@ -329,9 +329,7 @@ struct Custody: AsyncParsableCommand {
             // Sessions the ledger no longer holds (expired while down) lose their queues too.
             try await broker.retainOnly(live: try ledger.liveSessionNames())
         } catch {
-            FileHandle.standardError.write(Data("custody: cannot open the broker store in \(brokerDirectory): \(error)\n".utf8))
-            ledger.close()
-            throw ExitCode.failure
+            throw await startFailed("cannot open the broker store in \(brokerDirectory): \(error)", ledger: ledger)
         }
         say("custody: broker \(brokerDirectory) sessions=\(broker.sessionNames.count)")
         if let counts = ledger.sessionCounts {
@@ -351,10 +349,7 @@ struct Custody: AsyncParsableCommand {
                 operations.lifecycleRouting.set { made.lifecycle($0) }
                 router = made
             } catch {
-                FileHandle.standardError.write(Data("custody: cannot read the routes' outboxes in \(brokerDirectory): \(error)\n".utf8))
-                broker.close()
-                ledger.close()
-                throw ExitCode.failure
+                throw await startFailed("cannot read the routes' outboxes in \(brokerDirectory): \(error)", broker: broker, ledger: ledger)
             }
         }
         operations.attach(ledger: ledger, broker: broker)
@@ -369,10 +364,7 @@ struct Custody: AsyncParsableCommand {
             accessRules = try settings.accessRules()
             routeAttributes.replace(accessRules)
         } catch {
-            FileHandle.standardError.write(Data("custody: \(error)\n".utf8))
-            broker.close()
-            ledger.close()
-            throw ExitCode.failure
+            throw await startFailed("\(error)", broker: broker, ledger: ledger)
         }
         // The ledger as a service: the same ledger (group commit, events, audit) as the listeners.
         let ledgerSocket = settings.ledgerSocket.map { path in
@@ -397,11 +389,7 @@ struct Custody: AsyncParsableCommand {
         do {
             addresses = try await front.start()
         } catch {
-            FileHandle.standardError.write(Data("custody: \(error)\n".utf8))
-            await front.shutdown()
-            broker.close()
-            ledger.close()
-            throw ExitCode.failure
+            throw await startFailed("\(error)", front: front, broker: broker, ledger: ledger)
         }
         for (listener, address) in zip(listeners, addresses) {
             say("custody: listening \(FrontListener(address: address, transport: listener.transport))")
@@ -411,11 +399,7 @@ struct Custody: AsyncParsableCommand {
             do {
                 try await ledgerSocket.start()
             } catch {
-                FileHandle.standardError.write(Data("custody: \(error)\n".utf8))
-                await front.shutdown()
-                broker.close()
-                ledger.close()
-                throw ExitCode.failure
+                throw await startFailed("\(error)", front: front, broker: broker, ledger: ledger)
             }
             say("custody: ledger socket \(ledgerSocket.path) mode 0660 protocol \(LedgerWire.version)")
         }
@@ -431,11 +415,7 @@ struct Custody: AsyncParsableCommand {
             do {
                 httpServers = try settings.httpPublishServers(gateway: gateway, logger: Logger(label: "custody.http"))
             } catch {
-                FileHandle.standardError.write(Data("custody: \(error)\n".utf8))
-                await front.shutdown()
-                broker.close()
-                ledger.close()
-                throw ExitCode.failure
+                throw await startFailed("\(error)", front: front, broker: broker, ledger: ledger)
             }
             httpGateway = gateway
         }
@@ -451,11 +431,7 @@ struct Custody: AsyncParsableCommand {
                 let port = try await operations.startMetrics(at: address, ledger: ledger, broker: broker) ?? address.port
                 say("custody: metrics http://\(HostPort(host: address.host, port: port))/metrics")
             } catch {
-                FileHandle.standardError.write(Data("custody: cannot serve metrics on \(address): \(error)\n".utf8))
-                await front.shutdown()
-                broker.close()
-                ledger.close()
-                throw ExitCode.failure
+                throw await startFailed("cannot serve metrics on \(address): \(error)", front: front, broker: broker, ledger: ledger)
             }
         }
         if !settings.eventSubscribers.isEmpty {
@@ -493,6 +469,18 @@ struct Custody: AsyncParsableCommand {
         try await serviceGroup.run()
         announced.cancel()
     }
+}
+
+/// Start-up failed once some parts were open: says why on standard error, closes them (the
+/// front first, the stores last) and returns the exit status to throw.
+func startFailed(
+    _ message: String, front: MQTTFront? = nil, broker: Broker? = nil, ledger: (any SessionAuthority)? = nil
+) async -> ExitCode {
+    FileHandle.standardError.write(Data("custody: \(message)\n".utf8))
+    _ = await front?.shutdown()
+    broker?.close()
+    ledger?.close()
+    return ExitCode.failure
 }
 
 /// One line to standard output, unbuffered: operators and supervisors read it as it happens.

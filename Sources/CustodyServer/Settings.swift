@@ -135,26 +135,8 @@ enum Settings {
             } + others
         }
         try applyTLSFlags(flags, to: &configuration, flagsOnly: flagsOnly)
-        if !flags.listenHTTP.isEmpty {
-            // The flag replaces the file's http listeners; the others (https too) stay.
-            let others = configuration.listeners.filter { $0.kind != .http }
-            configuration.listeners = try others + flags.listenHTTP.map { text in
-                guard let address = HostPort(parsing: text, defaultPort: ListenerConfiguration.Kind.http.defaultPort) else {
-                    throw SettingsError("--listen-http '\(text)' is not HOST[:PORT] (IPv6 as [HOST]:PORT, port 0-65535, default 8088)")
-                }
-                return ListenerConfiguration(kind: .http, host: address.host, port: address.port)
-            }
-        }
-        if !flags.listenWS.isEmpty {
-            // The flag replaces the file's ws listeners; the others stay.
-            let others = configuration.listeners.filter { $0.kind != .ws }
-            configuration.listeners = try others + flags.listenWS.map { text in
-                guard let address = HostPort(parsing: text, defaultPort: ListenerConfiguration.Kind.ws.defaultPort) else {
-                    throw SettingsError("--listen-ws '\(text)' is not HOST[:PORT] (IPv6 as [HOST]:PORT, port 0-65535, default 8080)")
-                }
-                return ListenerConfiguration(kind: .ws, host: address.host, port: address.port)
-            }
-        }
+        try replaceListeners(of: .http, with: flags.listenHTTP, flag: "--listen-http", in: &configuration)
+        try replaceListeners(of: .ws, with: flags.listenWS, flag: "--listen-ws", in: &configuration)
         if let value = flags.maxKeepAliveSeconds {
             guard (1...65_535).contains(value) else {
                 throw SettingsError("--max-keep-alive-seconds must be between 1 and 65535, got \(value)")
@@ -235,6 +217,21 @@ enum Settings {
         }
         try applyOperationsFlags(flags, to: &configuration)
         return configuration
+    }
+
+    /// A flag's listeners (`HOST[:PORT]`, repeatable) in place of the file's of that kind; the
+    /// others stay. No flag given: the file's stand.
+    static func replaceListeners(
+        of kind: ListenerConfiguration.Kind, with texts: [String], flag: String, in configuration: inout CustodyConfiguration
+    ) throws {
+        guard !texts.isEmpty else { return }
+        let others = configuration.listeners.filter { $0.kind != kind }
+        configuration.listeners = try others + texts.map { text in
+            guard let address = HostPort(parsing: text, defaultPort: kind.defaultPort) else {
+                throw SettingsError("\(flag) '\(text)' is not HOST[:PORT] (IPv6 as [HOST]:PORT, port 0-65535, default \(kind.defaultPort))")
+            }
+            return ListenerConfiguration(kind: kind, host: address.host, port: address.port)
+        }
     }
 
     /// `--listen-tls` replaces the file's mqtts listeners; `--tls-*` set every mqtts listener's

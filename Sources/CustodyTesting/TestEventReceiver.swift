@@ -6,9 +6,9 @@ import Foundation
 /// Answers: the next line of the plan (`fail`: `STATUS` or `STATUS RETRY-AFTER-SECONDS`),
 /// else the default status (`answerByDefault`, at first 204).
 public final class TestEventReceiver: @unchecked Sendable {
-    public let port: Int
-    public let directory: String
-    private let process: Process
+    private let server: PythonServer
+    public var port: Int { server.port }
+    public var directory: String { server.directory }
 
     static let script = #"""
     import base64, http.server, json, os, signal, sys, threading, time
@@ -65,9 +65,7 @@ public final class TestEventReceiver: @unchecked Sendable {
     """#
 
     public init() throws {
-        directory = scratchDirectory("receiver")
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        (process, port) = try startPythonServer(Self.script, in: directory, name: "the event receiver")
+        server = try PythonServer("receiver", script: Self.script, name: "the event receiver")
     }
 
     public var endpoint: String { "http://127.0.0.1:\(port)/events" }
@@ -117,13 +115,5 @@ public final class TestEventReceiver: @unchecked Sendable {
         }
     }
 
-    public func stop() {
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
-        try? FileManager.default.removeItem(atPath: directory)
-    }
-
-    deinit { stop() }
+    public func stop() { server.stop() }
 }

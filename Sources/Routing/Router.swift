@@ -147,70 +147,69 @@ public final class Router: BrokerPublishTap, Sendable {
 
     public func capture(_ publish: MQTTPublish, from publisher: PublisherFacts?) -> TapCapture? {
         let topic = publish.topicName
-        let now = wallClockMicroseconds()
-        var operations: [BrokerStoreOperation] = []
-        var accepted: [(RouteWorker, OutboxRecord)] = []
-        var overflow: [(RouteWorker, OutboxRecord)] = []
+        var admission = Admission(now: wallClockMicroseconds())
         var id: String?
         state.withLock { state in
             for index in state.slots.indices where state.slots[index].filters.contains(where: { $0.matches(topic) }) {
-                let route = state.slots[index].route
                 let eventID = id ?? UUID().uuidString.lowercased()
                 id = eventID
                 let event = CloudEvents.published(
-                    publish, id: eventID, source: source, time: now, authenticationName: publisher?.authenticationName,
-                    sessionName: publisher?.sessionName, extensions: extensions(route, publisher))
-                let record = OutboxRecord(route: route.name, number: state.slots[index].next, acceptedAt: now, event: event)
-                state.slots[index].next += 1
-                let worker = state.slots[index].worker
-                if worker.reserve(record.size) {
-                    operations.append(record.put)
-                    accepted.append((worker, record))
-                } else {
-                    overflow.append((worker, record))
-                }
+                    publish, id: eventID, source: source, time: admission.now, authenticationName: publisher?.authenticationName,
+                    sessionName: publisher?.sessionName, extensions: extensions(state.slots[index].route, publisher))
+                admission.admit(event, into: &state.slots[index])
             }
         }
-        if !overflow.isEmpty { dead(overflow) }
-        guard !accepted.isEmpty else { return nil }
-        return TapCapture(operations: operations) { [accepted] durable in
-            for (worker, record) in accepted {
-                if durable { worker.enqueue([record]) } else { worker.release(record.size) }
-            }
-        }
+        return finish(admission)
     }
 
     /// Ledger events (the lifecycle publisher's queue, in sequence order) for the routes that
     /// take them: written in the broker's order, delivered as the routes' messages are.
     public func lifecycle(_ events: [CommittedEvent]) {
         broker.submitInOrder {
-            let now = wallClockMicroseconds()
-            var operations: [BrokerStoreOperation] = []
-            var accepted: [(RouteWorker, OutboxRecord)] = []
-            var overflow: [(RouteWorker, OutboxRecord)] = []
+            var admission = Admission(now: wallClockMicroseconds())
             state.withLock { state in
                 for index in state.slots.indices where state.slots[index].route.lifecycleEvents {
-                    let route = state.slots[index].route
+                    let extensions = extensions(state.slots[index].route, nil)
                     for committed in events {
-                        let event = CloudEvents.lifecycle(committed, source: source, extensions: extensions(route, nil))
-                        let record = OutboxRecord(route: route.name, number: state.slots[index].next, acceptedAt: now, event: event)
-                        state.slots[index].next += 1
-                        let worker = state.slots[index].worker
-                        if worker.reserve(record.size) {
-                            operations.append(record.put)
-                            accepted.append((worker, record))
-                        } else {
-                            overflow.append((worker, record))
-                        }
+                        admission.admit(CloudEvents.lifecycle(committed, source: source, extensions: extensions), into: &state.slots[index])
                     }
                 }
             }
-            if !overflow.isEmpty { dead(overflow) }
-            guard !accepted.isEmpty else { return nil }
-            return TapCapture(operations: operations) { [accepted] durable in
-                for (worker, record) in accepted {
-                    if durable { worker.enqueue([record]) } else { worker.release(record.size) }
-                }
+            return finish(admission)
+        }
+    }
+
+    /// The events of one capture: numbered in their route, kept within its outbox's limits
+    /// or set aside for dead-letter.
+    private struct Admission {
+        let now: Int64
+        var operations: [BrokerStoreOperation] = []
+        var accepted: [(RouteWorker, OutboxRecord)] = []
+        var overflow: [(RouteWorker, OutboxRecord)] = []
+
+        init(now: Int64) { self.now = now }
+
+        mutating func admit(_ event: [UInt8], into slot: inout Slot) {
+            let record = OutboxRecord(route: slot.route.name, number: slot.next, acceptedAt: now, event: event)
+            slot.next += 1
+            if slot.worker.reserve(record.size) {
+                operations.append(record.put)
+                accepted.append((slot.worker, record))
+            } else {
+                overflow.append((slot.worker, record))
+            }
+        }
+    }
+
+    /// What the admitted events add to the store write, and their hand-over to the workers
+    /// once durable; the overflow goes to dead-letter.
+    private func finish(_ admission: Admission) -> TapCapture? {
+        if !admission.overflow.isEmpty { dead(admission.overflow) }
+        guard !admission.accepted.isEmpty else { return nil }
+        let accepted = admission.accepted
+        return TapCapture(operations: admission.operations) { durable in
+            for (worker, record) in accepted {
+                if durable { worker.enqueue([record]) } else { worker.release(record.size) }
             }
         }
     }
