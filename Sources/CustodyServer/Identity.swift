@@ -148,6 +148,8 @@ struct IdentityReload {
         if let router {
             router.replace(configuration.routes)
             for line in configuration.routeLines(router) { say(line) }
+        } else if !configuration.routes.isEmpty {
+            say("custody: SIGHUP: warning: routes are read at start only when there were some; restart custody to start them")
         }
         // Limits: for the connections made from now on (the broker's: from now on).
         front.replaceLimits(configuration.frontConfiguration(listeners: [], operations: frontOperations))

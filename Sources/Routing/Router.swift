@@ -107,6 +107,8 @@ public final class Router: BrokerPublishTap, Sendable {
             defer { state.client = nil }
             return (state.slots.compactMap(\.task), state.client)
         }
+        // A request under way is abandoned (its events stay in the outbox), not waited for.
+        for task in tasks { task.cancel() }
         for task in tasks { await task.value }
         try? await client?.shutdown()
     }
@@ -126,6 +128,7 @@ public final class Router: BrokerPublishTap, Sendable {
                     }
                     let worker = RouteWorker(route: route, broker: broker, store: store, logger: logger)
                     slot.worker.stop(handingOverTo: worker)
+                    slot.task?.cancel()
                     slots.append(Slot(
                         route: route, filters: route.topicFilters.compactMap(MQTTTopicFilter.init), worker: worker,
                         task: state.client.map { Self.launch(worker, $0) }, next: slot.next))
@@ -138,7 +141,10 @@ public final class Router: BrokerPublishTap, Sendable {
                         task: state.client.map { Self.launch(worker, $0) }, next: (held.last?.number ?? 0) + 1))
                 }
             }
-            for slot in old.values { slot.worker.stop() }
+            for slot in old.values {
+                slot.worker.stop()
+                slot.task?.cancel()
+            }
             state.slots = slots
         }
     }
