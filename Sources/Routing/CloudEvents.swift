@@ -76,10 +76,16 @@ public enum CloudEvents {
     /// The payload is sent as `data` (JSON) when it is UTF-8 JSON, whether or not its
     /// Payload Format Indicator says UTF-8; otherwise as `data_base64`.
     static func isJSON(_ payload: ByteBuffer, marked: Bool) -> Bool {
-        guard payload.readableBytes > 0 else { return false }
+        // What cannot start JSON text is not parsed at all (most binary payloads).
+        guard let first = payload.readableBytesView.first(where: { $0 != 0x20 && $0 != 0x09 && $0 != 0x0A && $0 != 0x0D }),
+            Self.jsonStarts.contains(first)
+        else { return false }
         let data = Data(payload.readableBytesView)
         return (try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])) != nil
     }
+
+    /// The bytes JSON text may start with (RFC 8259): an object, array, string, number, true, false, null.
+    static let jsonStarts = Set(Array("{[\"-0123456789tfn".utf8))
 
     /// Event Grid's lifecycle event types; Custody's rejections and expiries have their own.
     public static func lifecycleType(_ kind: LedgerEventKind) -> String {
