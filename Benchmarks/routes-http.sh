@@ -2,7 +2,9 @@
 # Routes and HTTP publish (issue 21). Two measures, each beside its MQTT counterpart:
 #
 # 1. Routed events per second: `custody-bench publish` (QoS 1, fan-in, --conns publishers)
-#    against custody without routes, then with one route (structured, then batch of 100)
+#    against custody without routes (`none`; and `durable`: the subscriber persistent, so
+#    that every PUBACK waits for a commit, as with a route), then with one route (structured,
+#    then batch of 100)
 #    to `custody-bench http-sink` (answers 204 at once, keep-alive). Routed/s = events
 #    delivered to the sink / time from the first publish until the outbox is empty.
 # 2. HTTP publish requests per second with keep-alive (Debian's curl: `--parallel
@@ -90,16 +92,21 @@ EOF
 
 routed_run() { # mode round
     local mode=$1 round=$2 name="routes-$1-$2" config="" load json started drained sink_before sink_after delivered
-    if [ "$mode" != none ]; then config="$WORK/$name.yaml"; routes_config "$mode" "$config"; fi
+    local extra=()
+    case "$mode" in
+        none) ;;
+        durable) extra=(--persistent-subscribers) ;;
+        *) config="$WORK/$name.yaml"; routes_config "$mode" "$config" ;;
+    esac
     start_custody "$name" "$config"
     load=$(cut -d' ' -f1 /proc/loadavg)
     sink_before=$(cpu_of "$SINK_PID")
     started=$(date +%s.%N)
     json=$("$BENCH" publish --port "$PORT" --pid "$CUSTODY_PID" --qos 1 --shape fan-in --conns "$CONNS" \
-        --seconds "$SECONDS_PER_RUN" --prefix rb --json 2> "$WORK/bench.err") || { cat "$WORK/bench.err" >&2; exit 1; }
+        --seconds "$SECONDS_PER_RUN" --prefix "rb$round$mode" ${extra[@]+"${extra[@]}"} --json 2> "$WORK/bench.err") || { cat "$WORK/bench.err" >&2; exit 1; }
     delivered=0
     drained=$started
-    if [ "$mode" != none ]; then
+    if [ "$mode" = structured ] || [ "$mode" = batch ]; then
         # Until the outbox is empty (at most 10 minutes).
         for _ in $(seq 1 6000); do
             [ "$(metric custody_route_outbox_events)" = 0 ] && break
@@ -140,7 +147,7 @@ http_run() { # round
 }
 
 for round in $(seq 1 "$ROUNDS"); do
-    for mode in none structured batch; do routed_run "$mode" "$round"; done
+    for mode in none durable structured batch; do routed_run "$mode" "$round"; done
     http_run "$round"
 done
 
@@ -157,16 +164,18 @@ print(f"Machine: {cores} cores shared by custody, the generators and the sink (a
       f"{min(loads):.1f}–{max(loads):.1f} at the start of the runs). {seconds} s of QoS 1 publishing a run, "
       f"{conns} publishers (fan-in, 1 subscriber), 64-byte payloads; median (min–max) of the rounds.")
 print()
-print("| route | MQTT QoS 1 published/s | routed events/s | routed / published (no routes) | custody-bench CPU | sink CPU |")
-print("|---|---:|---:|---:|---:|---:|")
+print("| route | MQTT QoS 1 published/s | routed events/s | routed / published (none) | routed / published (durable) | custody-bench CPU | sink CPU |")
+print("|---|---:|---:|---:|---:|---:|---:|")
 base = med([r["report"]["detail"]["publish_rate"] for r in rows if r["kind"] == "routed" and r["mode"] == "none"])
-for mode in ["none", "structured", "batch"]:
+durable = med([r["report"]["detail"]["publish_rate"] for r in rows if r["kind"] == "routed" and r["mode"] == "durable"])
+for mode in ["none", "durable", "structured", "batch"]:
     rs = [r for r in rows if r["kind"] == "routed" and r["mode"] == mode]
     published = [r["report"]["detail"]["publish_rate"] for r in rs]
-    routed = [r["delivered"] / (r["drained"] - r["started"]) for r in rs if mode != "none" and r["drained"] > r["started"]]
-    sink = [r["sink_cpu"] / (r["drained"] - r["started"]) * 100 for r in rs if mode != "none" and r["drained"] > r["started"]]
+    routed = [r["delivered"] / (r["drained"] - r["started"]) for r in rs if r["delivered"] > 0 and r["drained"] > r["started"]]
+    sink = [r["sink_cpu"] / (r["drained"] - r["started"]) * 100 for r in rs if r["delivered"] > 0 and r["drained"] > r["started"]]
     ratio = f"{med(routed) / base:.2f}" if routed and base == base else "–"
-    print(f"| {mode} | {cell(published)} | {cell(routed)} | {ratio} | {cell([r['report']['bench_cpu_pct'] for r in rs])}% "
+    ratio_durable = f"{med(routed) / durable:.2f}" if routed and durable == durable else "–"
+    print(f"| {mode} | {cell(published)} | {cell(routed)} | {ratio} | {ratio_durable} | {cell([r['report']['bench_cpu_pct'] for r in rs])}% "
           f"| {cell(sink) + '%' if sink else '–'} |")
 print()
 hs = [r for r in rows if r["kind"] == "http"]
