@@ -32,6 +32,9 @@ let package = Package(
         // Sign-in without certificates: JSON Web Tokens (JOSE, signatures) and the webhook's HTTP client.
         .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.7.1"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        // HTTP publish (`POST /mqtt/messages`): a maintained HTTP server, no HTTP parsing of ours.
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
     ],
     targets: [
         .systemLibrary(
@@ -176,6 +179,36 @@ let package = Package(
             cSettings: [.unsafeFlags(["-Wall", "-Wextra"])]
         ),
         .target(
+            name: "Routing",
+            // Routes: accepted messages and lifecycle events as CloudEvents in a durable outbox
+            // (the broker's LMDB store, in the message's own write), delivered in order by one
+            // worker per route with async-http-client, retried, or dead-lettered.
+            dependencies: [
+                "Broker", "LedgerCore", "LMDBStorage", "MQTTCodec", "CustodyConfig", "Authorization",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+            ]
+        ),
+        .target(
+            name: "HTTPPublish",
+            // Event Grid's HTTP publish: `POST /mqtt/messages?topic=T` served by Hummingbird 2,
+            // its headers read into one MQTT PUBLISH handed to whoever accepts it.
+            dependencies: [
+                "MQTTCodec", "Authorization",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
             name: "Authorization",
             // Event Grid's client groups, topic spaces and permission bindings, and Mosquitto's
             // acl_file: pure, no I/O, no dependency.
@@ -197,6 +230,8 @@ let package = Package(
             dependencies: [
                 "SessionLedger", "MQTTFront", "MQTTCodec", "Broker", "CustodyModel", "CustodyConfig", "CustodyTLS",
                 "CustodyOperations", "Authorization", "LedgerService", "LedgerWire", "CustodyAuthentication",
+                "HTTPPublish", "Routing",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // Graceful shutdown on SIGTERM/SIGINT; metrics served on --metrics.
@@ -208,7 +243,8 @@ let package = Package(
         .executableTarget(
             name: "CustodyAudit",
             dependencies: [
-                "SessionLedger", "LMDBStorage",
+                // CustodyConfig: `routes --config` reads the routes' dead-letter directories.
+                "SessionLedger", "LMDBStorage", "CustodyConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Tools/Audit"
@@ -218,6 +254,9 @@ let package = Package(
             dependencies: [
                 "SessionLedger", "LMDBStorage", "MQTTCodec", "EpollTransport", "LedgerWire",
                 .product(name: "NIOCore", package: "swift-nio"),
+                // `http-sink`: the 204 endpoint of the routes' benchmarks.
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // `sign-token`: tokens for the sign-in benchmarks.
@@ -291,7 +330,10 @@ let package = Package(
             name: "CustodyServerTests",
             // The real `custody` as a child process (flags, configuration files, signals), and
             // what only the executable holds: its log handlers and lifecycle event publisher.
-            dependencies: ["CustodyServer", "SessionLedger", "LMDBStorage", "CustodyTesting", "Broker", "MQTTCodec"]
+            dependencies: [
+                "CustodyServer", "SessionLedger", "LMDBStorage", "CustodyTesting", "Broker", "MQTTCodec", "HTTPPublish",
+                "Authorization", "LedgerCore",
+            ]
         ),
         .testTarget(
             name: "LedgerServiceTests",
@@ -307,6 +349,15 @@ let package = Package(
             // Tokens signed with keys made by openssl; the webhook against a real HTTP server
             // (a Python script) on 127.0.0.1.
             dependencies: ["CustodyAuthentication", "CustodyConfig", "CustodyModel", "LedgerCore", "CustodyTesting", "Authorization"]
+        ),
+        .testTarget(
+            name: "RoutingTests",
+            // The CloudEvents format, and routes end to end: the real `custody` with routes to a
+            // real HTTP receiver (a Python script) on 127.0.0.1 that fails on demand, mosquitto_pub
+            // and curl as publishers, kill -9 and restart.
+            dependencies: [
+                "Routing", "CustodyServer", "CustodyAudit", "CustodyTesting", "Broker", "LMDBStorage", "LedgerCore", "MQTTCodec",
+            ]
         ),
         .testTarget(
             name: "AuthorizationTests",

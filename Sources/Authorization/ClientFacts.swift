@@ -11,6 +11,15 @@ public enum AttributeValue: Sendable, Equatable, Hashable {
 
     /// A configuration boolean, as the string a query compares it with.
     public static func bool(_ value: Bool) -> AttributeValue { .string(value ? "true" : "false") }
+
+    /// As one string (an array's items joined by commas): for routes' extension attributes.
+    public var text: String {
+        switch self {
+        case .string(let value): value
+        case .int(let value): "\(value)"
+        case .strings(let values): values.joined(separator: ",")
+        }
+    }
 }
 
 /// What authorization knows of one connected client; computed once per CONNECT.

@@ -137,3 +137,28 @@ enum TopicFilter {
         return inner.isEmpty ? nil : String(inner)
     }
 }
+
+/// One concrete MQTT filter (no templates), for whoever matches topics outside the broker's
+/// tree: routes, say.
+public struct MQTTTopicFilter: Sendable, Equatable {
+    public let text: String
+    let levels: [FilterLevel]
+
+    /// nil when `text` is not a valid filter (`#` not last or not a whole level, `+` not a
+    /// whole level, NUL, empty).
+    public init?(_ text: String) {
+        guard let levels = TopicFilter.levels(of: text) else { return nil }
+        self.text = text
+        self.levels = levels
+    }
+
+    /// MQTT matching, `$` rule included.
+    public func matches(_ topic: String) -> Bool {
+        TopicFilter.matches(levels, topic: topic)
+    }
+
+    /// Whether `topic` is a valid PUBLISH topic name: non-empty, no wildcard, no NUL.
+    public static func isValidTopicName(_ topic: String) -> Bool {
+        TopicFilter.isValidTopicName(topic)
+    }
+}

@@ -7,6 +7,7 @@ extension Broker {
     /// them is put back if they fail: a batch with an undo log goes through `submitWaiting`.
     func submit(_ batch: StoreBatch) {
         assert(batch.undoLog.isEmpty, "a batch with changes to put back on failure was submitted unwaited")
+        assert(batch.afterCommit.isEmpty, "a batch with a tap's writes was submitted unwaited")
         guard let store, !batch.isEmpty, !closed else { return }
         store.submit(batch.operations)
     }
@@ -22,8 +23,10 @@ extension Broker {
         let waiter = CommitWaiter()
         let held = batch.heldUntilCommit
         let undoLog = batch.undoLog
+        let afterCommit = batch.afterCommit
         guard !closed else {
             undo(undoLog)
+            for told in afterCommit { told(false) }
             waiter.complete(.failure(.closed))
             return waiter
         }
@@ -33,6 +36,9 @@ extension Broker {
                 if !held.isEmpty { locked { releaseAfterCommit(held) } }
             case .failure:
                 if !undoLog.isEmpty { locked { undo(undoLog) } }
+            }
+            for told in afterCommit {
+                if case .success = result { told(true) } else { told(false) }
             }
             waiter.complete(result)
         }

@@ -100,6 +100,7 @@ extension Broker {
             case .atMostOnce:
                 _ = route(publish, from: state, &batch)
                 if publish.retain { keepRetained(publish, from: state.name, &batch) }
+                showTap(publish, state.publisher, &batch)
                 return (nil, submitWaiting(batch))
             case .atLeastOnce:
                 if let refused {
@@ -108,6 +109,7 @@ extension Broker {
                 }
                 let matched = route(publish, from: state, &batch)
                 if publish.retain { keepRetained(publish, from: state.name, &batch) }
+                showTap(publish, state.publisher, &batch)
                 let code: MQTTReasonCode = v5 && matched == 0 ? .noMatchingSubscribers : .success
                 return (.puback(MQTTPublishResponse(packetIdentifier: id, reasonCode: code)),
                         submitWaiting(batch))
@@ -127,6 +129,7 @@ extension Broker {
                 }
                 let matched = route(publish, from: state, &batch)
                 if publish.retain { keepRetained(publish, from: state.name, &batch) }
+                showTap(publish, state.publisher, &batch)
                 let code: MQTTReasonCode = v5 && matched == 0 ? .noMatchingSubscribers : .success
                 let waiter = submitWaiting(batch)
                 if let waiter { state.inboundCommits[id] = waiter }
@@ -134,6 +137,42 @@ extension Broker {
             }
         }
     }
+
+    /// The publish tap's records join the message's write (under the lock, in the broker's order).
+    func showTap(_ publish: MQTTPublish, _ publisher: PublisherFacts?, _ batch: inout StoreBatch) {
+        guard let tap, store != nil, let capture = tap.capture(publish, from: publisher) else { return }
+        batch.add(capture)
+    }
+
+    /// From now on every accepted client PUBLISH is shown to `tap` (nil: to nobody). Needs a store.
+    public func setPublishTap(_ tap: (any BrokerPublishTap)?) {
+        precondition(tap == nil || store != nil, "a publish tap writes to the broker's store")
+        locked { self.tap = tap }
+        if tap != nil { tapInstalled.store(true, ordering: .releasing) }
+    }
+
+    /// Whether a publish tap was ever installed: without one, who published is not kept.
+    public var hasPublishTap: Bool { tapInstalled.load(ordering: .acquiring) }
+
+    /// Writes what `make` returns in the broker's order (under its lock, as a PUBLISH's records
+    /// are): for a tap's records that come from elsewhere (lifecycle events). `make` runs
+    /// under the lock: quick, and no calls into the broker.
+    public func submitInOrder(_ make: () -> TapCapture?) {
+        locked {
+            guard let capture = make() else { return }
+            guard let store, !closed else {
+                capture.committed(false)
+                return
+            }
+            store.submit(capture.operations) { result in
+                if case .success = result { capture.committed(true) } else { capture.committed(false) }
+            }
+        }
+    }
+
+    /// The store the tap's records are in, for what it does with them later (deletes once
+    /// delivered, a read at start): nil for a broker without a store.
+    public var tapStore: BrokerStore? { store }
 
     func handlePubrel(_ id: UInt16, from session: BrokerSession) async throws(BrokerError) -> [MQTTPacket] {
         let state = session.state

@@ -3,6 +3,7 @@
 import Foundation
 import LedgerCore
 import LMDBStorage
+import Synchronization
 
 /// The pub/sub core: topic tree, subscriptions, QoS 0/1/2 flows in both directions,
 /// per-session queues and in-flight windows, and persistence of sessions with an expiry.
@@ -115,6 +116,10 @@ public final class Broker: @unchecked Sendable {
     var droppedQueueFull = 0
     var droppedExpired = 0
     var droppedTooLarge = 0
+    /// Sees every accepted client PUBLISH (routes); nil: nobody.
+    var tap: (any BrokerPublishTap)?
+    /// Whether `tap` was ever set: read without the lock by who would describe publishers for it.
+    let tapInstalled = Atomic<Bool>(false)
 
     /// `directory`: where persistent session state lives (created if missing); nil = memory only.
     /// `limits`: what one session may take (`BrokerLimits`); `observer`: who hears of them.

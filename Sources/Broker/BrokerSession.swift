@@ -47,6 +47,15 @@ public final class BrokerSession: Sendable {
         broker.setWill(will, sessionExpiryInterval: sessionExpiryInterval, for: self)
     }
 
+    /// Who holds this session, for the publish tap (routes' CloudEvents): call right after
+    /// `attach`, before the first `handle`.
+    public func describePublisher(_ facts: PublisherFacts) {
+        broker.locked {
+            guard state.attachment == token else { return }
+            state.publisher = facts
+        }
+    }
+
     /// The filters the session subscribes to now (restored ones of a resumed session included),
     /// for the front to check again when the rules change.
     public var subscriptionFilters: [String] {

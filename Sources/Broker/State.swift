@@ -110,6 +110,8 @@ final class SessionState: @unchecked Sendable {
     /// takeover, say) must not be acknowledged before the original is durable.
     var inboundCommits: [UInt16: CommitWaiter] = [:]
     var dropped = 0
+    /// Who holds the session (`BrokerSession.describePublisher`), for the publish tap.
+    var publisher: PublisherFacts?
     /// Queued messages dropped because their Message Expiry Interval passed.
     var expired = 0
     /// The current connection may subscribe to the server's topics (`$custody/...`).

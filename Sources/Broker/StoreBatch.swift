@@ -15,6 +15,8 @@ struct StoreBatch {
     private(set) var operations: [BrokerStoreOperation] = []
     private(set) var heldUntilCommit: [(session: SessionState, delivery: OutboundMessage)] = []
     private(set) var undoLog: [Undo] = []
+    /// Told of the commit (true: durable) after it, in order: the publish tap's captures.
+    private(set) var afterCommit: [@Sendable (Bool) -> Void] = []
 
     /// One change in memory whose write is in this batch.
     enum Undo {
@@ -43,6 +45,12 @@ struct StoreBatch {
 
     mutating func deletePrefix(_ table: BrokerTable, prefix: [UInt8]) {
         operations.append(.deletePrefix(table, prefix: prefix))
+    }
+
+    /// A tap's writes, and whom to tell of their commit.
+    mutating func add(_ capture: TapCapture) {
+        operations += capture.operations
+        afterCommit.append(capture.committed)
     }
 
     mutating func hold(_ delivery: OutboundMessage, for session: SessionState) {

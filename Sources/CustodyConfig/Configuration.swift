@@ -38,6 +38,8 @@ public struct CustodyConfiguration: Sendable, Equatable {
     public var authorization = AuthorizationConfiguration()
     /// Tokens and the webhook: sign-in without certificates.
     public var authentication = AuthenticationConfiguration()
+    /// Messages and lifecycle events routed as CloudEvents to HTTP endpoints.
+    public var routes: [RouteConfiguration] = []
 
     public init() {}
 
@@ -65,12 +67,23 @@ public struct ListenerConfiguration: Sendable, Equatable {
         case mqtts
         /// MQTT over WebSocket (path /mqtt, subprotocol mqtt).
         case ws
+        /// HTTP publish (`POST /mqtt/messages?topic=T`), plain HTTP/1.1.
+        case http
+        /// HTTP publish over TLS (the certificate and key as for mqtts).
+        case https
+
+        /// Whether it takes a certificate and a private key.
+        public var isTLS: Bool { self == .mqtts || self == .https }
+        /// Whether it is an HTTP publish listener rather than an MQTT one.
+        public var isHTTPPublish: Bool { self == .http || self == .https }
 
         public var defaultPort: Int {
             switch self {
             case .mqtt: 1883
             case .mqtts: 8883
             case .ws: 8080
+            case .http: 8088
+            case .https: 8443
             }
         }
     }
@@ -112,6 +125,8 @@ public struct NamespaceConfiguration: Sendable, Equatable {
     public var alternativeAuthenticationNameSources: [AlternativeAuthenticationNameSource] = []
     /// Only clients in `clients` may connect.
     public var registeredClientsOnly = false
+    /// The namespace's name: routed CloudEvents' `source`; nil: the host name.
+    public var name: String?
 
     public init() {}
 }

@@ -155,7 +155,7 @@ struct ConfigurationReader {
         let keys = try mapping(root, nil, known: [
             "dataDir", "listeners", "namespace", "clients", "passwordFile", "ledgerMapSizeMiB",
             "connectTimeoutSeconds", "logLevel", "logFormat", "metrics", "metricsAllowRemote", "eventSubscribers",
-            "maxKeepAliveSeconds", "limits", "ledger", "ledgerSocket", "authentication",
+            "maxKeepAliveSeconds", "limits", "ledger", "ledgerSocket", "authentication", "routes",
         ] + Self.authorizationKeys)
         var config = CustodyConfiguration()
         if let (_, value) = keys["dataDir"] { config.dataDir = try path(value, "dataDir") }
@@ -226,6 +226,7 @@ struct ConfigurationReader {
         }
         config.authorization = try authorization(keys)
         if let (_, value) = keys["authentication"] { config.authentication = try authentication(value) }
+        if let (_, value) = keys["routes"] { config.routes = try routes(value, environment: ProcessInfo.processInfo.environment) }
         if config.namespace.registeredClientsOnly && config.clients.isEmpty {
             throw fail(keys["namespace"]?.value, "namespace.registeredClientsOnly",
                        "is true but no clients are registered: nobody could connect")
@@ -267,7 +268,7 @@ struct ConfigurationReader {
         let keys = try mapping(node, at, known: [
             "protocol", "address", "certificate", "privateKey", "clientCertificates", "trustedCertificates",
         ])
-        guard let (_, kindNode) = keys["protocol"] else { throw fail(node, "\(at).protocol", "missing (mqtt, mqtts or ws)") }
+        guard let (_, kindNode) = keys["protocol"] else { throw fail(node, "\(at).protocol", "missing (mqtt, mqtts, ws, http or https)") }
         let kind = try choice(kindNode, "\(at).protocol", ListenerConfiguration.Kind.self)
         guard let (_, addressNode) = keys["address"] else { throw fail(node, "\(at).address", "missing (HOST:PORT)") }
         let text = try nonEmptyString(addressNode, "\(at).address")
@@ -276,17 +277,17 @@ struct ConfigurationReader {
         }
         var listener = ListenerConfiguration(kind: kind, host: address.host, port: address.port)
         let tlsKeys = ["certificate", "privateKey", "clientCertificates", "trustedCertificates"]
-        if kind != .mqtts {
+        if !kind.isTLS {
             if let key = tlsKeys.first(where: { keys[$0] != nil }) {
-                throw fail(keys[key]!.key, "\(at).\(key)", "only an mqtts listener takes TLS settings")
+                throw fail(keys[key]!.key, "\(at).\(key)", "only an mqtts or https listener takes TLS settings")
             }
             return listener
         }
         guard let (_, certificate) = keys["certificate"] else {
-            throw fail(node, "\(at).certificate", "an mqtts listener needs its certificate (PEM file)")
+            throw fail(node, "\(at).certificate", "an \(kind.rawValue) listener needs its certificate (PEM file)")
         }
         guard let (_, privateKey) = keys["privateKey"] else {
-            throw fail(node, "\(at).privateKey", "an mqtts listener needs its private key (PEM file)")
+            throw fail(node, "\(at).privateKey", "an \(kind.rawValue) listener needs its private key (PEM file)")
         }
         listener.certificate = try path(certificate, "\(at).certificate")
         listener.privateKey = try path(privateKey, "\(at).privateKey")
@@ -370,9 +371,10 @@ struct ConfigurationReader {
     func namespace(_ node: Node) throws(ConfigurationError) -> NamespaceConfiguration {
         let keys = try mapping(node, "namespace", known: [
             "maximumClientSessionsPerAuthenticationName", "maximumSessionExpiryInHours",
-            "alternativeAuthenticationNameSources", "registeredClientsOnly",
+            "alternativeAuthenticationNameSources", "registeredClientsOnly", "name",
         ])
         var namespace = NamespaceConfiguration()
+        if let (_, value) = keys["name"] { namespace.name = try nonEmptyString(value, "namespace.name") }
         if let (_, value) = keys["maximumClientSessionsPerAuthenticationName"] {
             namespace.maximumClientSessionsPerAuthenticationName = try int(
                 value, "namespace.maximumClientSessionsPerAuthenticationName", range: NamespacePolicy.sessionsPerClientRange)

@@ -1,3 +1,4 @@
+import Authorization
 import Broker
 import MQTTCodec
 import MQTTFront
@@ -33,6 +34,17 @@ extension Broker: PubSubEngine {
         if let will { session.setWill(will, sessionExpiryInterval: expiryInterval) }
         if readsServerTopics { session.allowServerTopics(true) }
         return session
+    }
+
+    public func describePublisher(
+        _ session: any PubSubSession, authenticationName: String, sessionName: String,
+        signInAttributes: [String: AttributeValue]
+    ) {
+        // Without routes nobody asks who published: nothing kept, nothing locked.
+        guard hasPublishTap, let session = session as? BrokerSession else { return }
+        session.describePublisher(PublisherFacts(
+            authenticationName: authenticationName, sessionName: sessionName,
+            signInAttributes: signInAttributes.mapValues(\.text)))
     }
 
     public func detachSession(_ session: any PubSubSession, publishWill: Bool) {

@@ -8,7 +8,9 @@ import LedgerWire
 import Logging
 import MQTTFront
 import NIOCore
+import Routing
 import ServiceLifecycle
+import HTTPPublish
 import LMDBStorage
 import SessionLedger
 
@@ -88,6 +90,13 @@ struct Custody: AsyncParsableCommand {
             "MQTT over WebSocket listener as HOST[:PORT] (default port 8080), path /mqtt, subprotocol mqtt. Repeatable; replaces the configured ws listeners (config: listeners with protocol ws).",
             valueName: "host:port"))
     var listenWS: [String] = []
+
+    @Option(
+        name: .customLong("listen-http"),
+        help: ArgumentHelp(
+            "HTTP publish listener (POST /mqtt/messages?topic=T) as HOST[:PORT] (default port 8088). Repeatable; replaces the configured http listeners (config: listeners with protocol http or https).",
+            valueName: "host:port"))
+    var listenHTTP: [String] = []
 
     @Option(help: "Longest keep-alive a client may use, 1-65535 s; v5 clients asking more (or 0) get this one as Server Keep Alive, v3.1.1 clients asking more are refused (default: the client's; config key maxKeepAliveSeconds).")
     var maxKeepAliveSeconds: Int?
@@ -222,6 +231,7 @@ struct Custody: AsyncParsableCommand {
             maxConnections: maxConnections)
         flags.aclFile = access.aclFile
         flags.ledgerSocket = ledgerSocket
+        flags.listenHTTP = listenHTTP
         return flags
     }
 
@@ -319,13 +329,28 @@ struct Custody: AsyncParsableCommand {
             // Sessions the ledger no longer holds (expired while down) lose their queues too.
             try await broker.retainOnly(live: try ledger.liveSessionNames())
         } catch {
-            FileHandle.standardError.write(Data("custody: cannot open the broker store in \(brokerDirectory): \(error)\n".utf8))
-            ledger.close()
-            throw ExitCode.failure
+            throw await startFailed("cannot open the broker store in \(brokerDirectory): \(error)", ledger: ledger)
         }
         say("custody: broker \(brokerDirectory) sessions=\(broker.sessionNames.count)")
         if let counts = ledger.sessionCounts {
             say("custody: sessions live=\(counts.live) connected=\(counts.connected) disconnected=\(counts.disconnected)")
+        }
+        // Routes: before the ledger's recovery events are handed on, so that they are routed too.
+        var router: Router?
+        let routeAttributes = RouteAttributes()
+        if !settings.routes.isEmpty {
+            do {
+                let made = try Router(
+                    routes: settings.routes, broker: broker, source: settings.routingSource,
+                    logger: Logger(label: "custody.routes"),
+                    clientAttributes: { routeAttributes.attributes(authenticationName: $0, sessionName: $1, signIn: $2) })
+                broker.setPublishTap(made)
+                // Always: a reload may add a route that takes them.
+                operations.lifecycleRouting.set { made.lifecycle($0) }
+                router = made
+            } catch {
+                throw await startFailed("cannot read the routes' outboxes in \(brokerDirectory): \(error)", broker: broker, ledger: ledger)
+            }
         }
         operations.attach(ledger: ledger, broker: broker)
         let logger = Logger(label: "custody.mqtt")
@@ -337,11 +362,9 @@ struct Custody: AsyncParsableCommand {
             authority = settings.needsAuthority(configFile: config)
                 ? try await settings.identityAuthority(logger: Logger(label: "custody.auth")) : nil
             accessRules = try settings.accessRules()
+            routeAttributes.replace(accessRules)
         } catch {
-            FileHandle.standardError.write(Data("custody: \(error)\n".utf8))
-            broker.close()
-            ledger.close()
-            throw ExitCode.failure
+            throw await startFailed("\(error)", broker: broker, ledger: ledger)
         }
         // The ledger as a service: the same ledger (group commit, events, audit) as the listeners.
         let ledgerSocket = settings.ledgerSocket.map { path in
@@ -366,11 +389,7 @@ struct Custody: AsyncParsableCommand {
         do {
             addresses = try await front.start()
         } catch {
-            FileHandle.standardError.write(Data("custody: \(error)\n".utf8))
-            await front.shutdown()
-            broker.close()
-            ledger.close()
-            throw ExitCode.failure
+            throw await startFailed("\(error)", front: front, broker: broker, ledger: ledger)
         }
         for (listener, address) in zip(listeners, addresses) {
             say("custody: listening \(FrontListener(address: address, transport: listener.transport))")
@@ -380,14 +399,27 @@ struct Custody: AsyncParsableCommand {
             do {
                 try await ledgerSocket.start()
             } catch {
-                FileHandle.standardError.write(Data("custody: \(error)\n".utf8))
-                await front.shutdown()
-                broker.close()
-                ledger.close()
-                throw ExitCode.failure
+                throw await startFailed("\(error)", front: front, broker: broker, ledger: ledger)
             }
             say("custody: ledger socket \(ledgerSocket.path) mode 0660 protocol \(LedgerWire.version)")
         }
+        // HTTP publish: the same identities, rules and broker as the MQTT listeners.
+        var httpGateway: HTTPPublishGateway?
+        var httpServers: [HTTPPublishServer] = []
+        if settings.listeners.contains(where: \.kind.isHTTPPublish) {
+            let gateway = HTTPPublishGateway(
+                rules: HTTPPublishGateway.Rules(
+                    authority: authority, access: accessRules,
+                    messagesPerSecond: settings.limits.publishMessagesPerSecond),
+                broker: broker, logger: Logger(label: "custody.http"))
+            do {
+                httpServers = try settings.httpPublishServers(gateway: gateway, logger: Logger(label: "custody.http"))
+            } catch {
+                throw await startFailed("\(error)", front: front, broker: broker, ledger: ledger)
+            }
+            httpGateway = gateway
+        }
+        if let router { for line in settings.routeLines(router) { say(line) } }
         say(limitsLine(settings.limits, front: frontConfiguration))
         if authority != nil {
             say("custody: identity clients=\(settings.clients.count) registered_clients_only=\(settings.namespace.registeredClientsOnly) password_file=\(settings.passwordFile != nil ? 1 : 0); SIGHUP reloads the registry")
@@ -399,11 +431,7 @@ struct Custody: AsyncParsableCommand {
                 let port = try await operations.startMetrics(at: address, ledger: ledger, broker: broker) ?? address.port
                 say("custody: metrics http://\(HostPort(host: address.host, port: port))/metrics")
             } catch {
-                FileHandle.standardError.write(Data("custody: cannot serve metrics on \(address): \(error)\n".utf8))
-                await front.shutdown()
-                broker.close()
-                ledger.close()
-                throw ExitCode.failure
+                throw await startFailed("cannot serve metrics on \(address): \(error)", front: front, broker: broker, ledger: ledger)
             }
         }
         if !settings.eventSubscribers.isEmpty {
@@ -411,7 +439,8 @@ struct Custody: AsyncParsableCommand {
         }
         let reload = IdentityReload(
             configFile: config, flags: flags, front: front, broker: broker, frontOperations: frontConfiguration.operations,
-            ledgerSocket: ledgerSocket, logger: logger)
+            ledgerSocket: ledgerSocket, httpGateway: httpGateway, router: router, routeAttributes: routeAttributes,
+            logger: logger)
         say("custody: running; SIGINT or SIGTERM stops")
         let closed = ShutdownTally()
         // The service group's own chatter (debug) is not for operators.
@@ -420,12 +449,14 @@ struct Custody: AsyncParsableCommand {
         // Shut down in reverse order: the front first, the stores last.
         let serviceGroup = custodyServices([
             StorageService(ledger: ledger, broker: broker, operations: operations, closed: closed),
+        ] + (router.map { [RoutesService(router: $0)] } ?? []) + [
             MetricsService(operations: operations),
             ExpiryService(ledger: ledger, front: front),
             LedgerStorageService(ledger: lmdbLedger, metrics: operations.ledgerMetrics, logger: Logger(label: "custody.ledger")),
             IdentityReloadService(reload: reload, hangups: hangups),
             MQTTFrontService(front: front, closed: closed),
-        ] + (ledgerSocket.map { [LedgerSocketService(server: $0, closed: closed)] } ?? []), logger: lifecycleLogger)
+        ] + (ledgerSocket.map { [LedgerSocketService(server: $0, closed: closed)] } ?? [])
+            + httpServers.map { $0.application as any Service }, logger: lifecycleLogger)
         // Our own signal sources (not ServiceGroup's, which would share the signals with them)
         // start the graceful shutdown; the second signal is handled in `terminationSignals`.
         let announced = Task {
@@ -438,6 +469,18 @@ struct Custody: AsyncParsableCommand {
         try await serviceGroup.run()
         announced.cancel()
     }
+}
+
+/// Start-up failed once some parts were open: says why on standard error, closes them (the
+/// front first, the stores last) and returns the exit status to throw.
+func startFailed(
+    _ message: String, front: MQTTFront? = nil, broker: Broker? = nil, ledger: (any SessionAuthority)? = nil
+) async -> ExitCode {
+    FileHandle.standardError.write(Data("custody: \(message)\n".utf8))
+    _ = await front?.shutdown()
+    broker?.close()
+    ledger?.close()
+    return ExitCode.failure
 }
 
 /// One line to standard output, unbuffered: operators and supervisors read it as it happens.

@@ -8,6 +8,7 @@ import LedgerService
 import Logging
 import MQTTFront
 import NIOCore
+import Routing
 
 // Client identity for `custody`: the listeners' transports (TLS from CustodyTLS), the
 // identity authority (CustodyConfig's Authenticator) and its reload on SIGHUP.
@@ -19,9 +20,11 @@ extension CustodyConfiguration {
     /// The front's listeners, in the configuration's order; an mqtts listener's certificate,
     /// key and trusted CAs are read here, so a bad file stops startup with its name.
     func frontListeners() throws -> [FrontListener] {
-        try listeners.map { listener in
+        try listeners.filter { !$0.kind.isHTTPPublish }.map { listener in
             let address = HostPort(host: listener.host, port: listener.port)
             switch listener.kind {
+            case .http, .https:
+                preconditionFailure("HTTP publish listeners are not the MQTT front's")
             case .mqtt:
                 return FrontListener(address: address, transport: .tcp)
             case .ws:
@@ -99,6 +102,11 @@ struct IdentityReload {
     let frontOperations: FrontOperations
     /// The ledger socket's claims take the reloaded registry and rules too (from the next claim).
     var ledgerSocket: LedgerSocketServer? = nil
+    /// HTTP publish takes the reloaded registry, rules and rate too (from the next request).
+    var httpGateway: HTTPPublishGateway? = nil
+    /// Routes are replaced too (SIGHUP), and their enrichments read the reloaded attributes.
+    var router: Router? = nil
+    var routeAttributes: RouteAttributes? = nil
     let logger: Logger
 
     /// Reloads at each signal of `signals` (from `hangupSignals()`, set up early).
@@ -108,7 +116,7 @@ struct IdentityReload {
 
     func reload() async {
         let identity = configFile != nil || flags.passwordFile != nil
-        guard identity || flags.aclFile != nil else {
+        guard identity || flags.aclFile != nil || router != nil else {
             say("custody: SIGHUP: no configuration, password or acl file, nothing to reload")
             return
         }
@@ -131,6 +139,17 @@ struct IdentityReload {
         if let ledgerSocket {
             if let authority { ledgerSocket.replaceAuthority(authority) }
             ledgerSocket.replaceAccess(access)
+        }
+        if let httpGateway {
+            httpGateway.replace(HTTPPublishGateway.Rules(
+                authority: authority, access: access, messagesPerSecond: configuration.limits.publishMessagesPerSecond))
+        }
+        routeAttributes?.replace(access)
+        if let router {
+            router.replace(configuration.routes)
+            for line in configuration.routeLines(router) { say(line) }
+        } else if !configuration.routes.isEmpty {
+            say("custody: SIGHUP: warning: routes are read at start only when there were some; restart custody to start them")
         }
         // Limits: for the connections made from now on (the broker's: from now on).
         front.replaceLimits(configuration.frontConfiguration(listeners: [], operations: frontOperations))

@@ -47,6 +47,8 @@ final class Operations: Sendable {
     let brokerMetrics: BrokerMetrics?
     let frontMetrics: FrontMetrics?
     let events: LifecycleEventPublisher
+    /// The routes that take lifecycle events, once there is a router.
+    let lifecycleRouting = LifecycleRouting()
 
     init(settings: CustodyConfiguration, logger: Logger) {
         if settings.metrics != nil {
@@ -69,8 +71,10 @@ final class Operations: Sendable {
             frontMetrics = nil
         }
         let sessions = sessionMetrics
+        let routing = lifecycleRouting
         events = LifecycleEventPublisher(publishes: !settings.eventSubscribers.isEmpty) { batch in
             sessions?.record(batch)
+            routing.send(batch)
             for committed in batch {
                 let event = committed.event
                 guard case .expired(let reason) = event.kind else { continue }

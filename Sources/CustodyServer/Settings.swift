@@ -31,6 +31,8 @@ struct FlagValues {
     /// MQTT over WebSocket and the keep-alive cap (issue 4): --listen-ws, --max-keep-alive-seconds.
     var listenWS: [String] = []
     var maxKeepAliveSeconds: Int?
+    /// HTTP publish (issue 21): --listen-http.
+    var listenHTTP: [String] = []
     /// Limits (issue 15): --max-outbound-inflight, --outbound-high-water-bytes, --slow-consumer-seconds.
     var maxOutboundInflight: Int?
     var outboundHighWaterBytes: Int?
@@ -133,16 +135,8 @@ enum Settings {
             } + others
         }
         try applyTLSFlags(flags, to: &configuration, flagsOnly: flagsOnly)
-        if !flags.listenWS.isEmpty {
-            // The flag replaces the file's ws listeners; the others stay.
-            let others = configuration.listeners.filter { $0.kind != .ws }
-            configuration.listeners = try others + flags.listenWS.map { text in
-                guard let address = HostPort(parsing: text, defaultPort: ListenerConfiguration.Kind.ws.defaultPort) else {
-                    throw SettingsError("--listen-ws '\(text)' is not HOST[:PORT] (IPv6 as [HOST]:PORT, port 0-65535, default 8080)")
-                }
-                return ListenerConfiguration(kind: .ws, host: address.host, port: address.port)
-            }
-        }
+        try replaceListeners(of: .http, with: flags.listenHTTP, flag: "--listen-http", in: &configuration)
+        try replaceListeners(of: .ws, with: flags.listenWS, flag: "--listen-ws", in: &configuration)
         if let value = flags.maxKeepAliveSeconds {
             guard (1...65_535).contains(value) else {
                 throw SettingsError("--max-keep-alive-seconds must be between 1 and 65535, got \(value)")
@@ -225,6 +219,21 @@ enum Settings {
         return configuration
     }
 
+    /// A flag's listeners (`HOST[:PORT]`, repeatable) in place of the file's of that kind; the
+    /// others stay. No flag given: the file's stand.
+    static func replaceListeners(
+        of kind: ListenerConfiguration.Kind, with texts: [String], flag: String, in configuration: inout CustodyConfiguration
+    ) throws {
+        guard !texts.isEmpty else { return }
+        let others = configuration.listeners.filter { $0.kind != kind }
+        configuration.listeners = try others + texts.map { text in
+            guard let address = HostPort(parsing: text, defaultPort: kind.defaultPort) else {
+                throw SettingsError("\(flag) '\(text)' is not HOST[:PORT] (IPv6 as [HOST]:PORT, port 0-65535, default \(kind.defaultPort))")
+            }
+            return ListenerConfiguration(kind: kind, host: address.host, port: address.port)
+        }
+    }
+
     /// `--listen-tls` replaces the file's mqtts listeners; `--tls-*` set every mqtts listener's
     /// certificate, key, client certificate mode and trusted CAs.
     static func applyTLSFlags(
@@ -246,8 +255,8 @@ enum Settings {
                 return listener
             }
             let mqtt = configuration.listeners.filter { $0.kind == .mqtt }
-            let ws = configuration.listeners.filter { $0.kind == .ws }
-            configuration.listeners = mqtt + tls + ws
+            let others = configuration.listeners.filter { $0.kind != .mqtt && $0.kind != .mqtts }
+            configuration.listeners = mqtt + tls + others
         }
         var mode: ListenerConfiguration.ClientCertificates?
         if let value = flags.tlsClientCertificates {
@@ -298,6 +307,9 @@ enum Settings {
         if let metrics = configuration.metrics {
             lines.append("  metrics \(metrics)\(configuration.metricsAllowRemote ? " (remote allowed)" : "")")
         }
+        for route in configuration.routes {
+            lines.append("  route \(route.name) -> \(route.endpoint.absoluteString) mode=\(route.mode.rawValue) topicFilters=\(route.topicFilters.joined(separator: ",")) lifecycleEvents=\(route.lifecycleEvents)")
+        }
         if !configuration.eventSubscribers.isEmpty {
             lines.append("  eventSubscribers \(configuration.eventSubscribers.map(\.value).joined(separator: ", "))")
         }
@@ -317,6 +329,7 @@ extension CustodyConfiguration {
     @inline(never) func validateForStart() throws {
         // TLS files and the password file are read now: a bad one is named before anything starts.
         _ = try frontListeners()
+        for listener in listeners where listener.kind == .https { _ = try Self.httpsConfiguration(listener) }
         _ = try authenticator()
     }
 }

@@ -15,6 +15,8 @@ import X509
 /// identity carries `chainVerified = false`, which other validation schemes refuse.
 public struct TLSListenerSetup: Sendable {
     public let context: NIOSSLContext
+    /// What `context` was made from (for servers that make their own, such as Hummingbird's).
+    public let configuration: TLSConfiguration
     public let clientCertificates: ListenerConfiguration.ClientCertificates
     /// Whether a presented client certificate has been verified against trusted CAs.
     public let verifiesChain: Bool
@@ -66,6 +68,7 @@ public struct TLSListenerSetup: Sendable {
             configuration.sendCANameList = true
         }
         clientCertificates = listener.clientCertificates
+        self.configuration = configuration
         do {
             context = try NIOSSLContext(configuration: configuration)
         } catch {

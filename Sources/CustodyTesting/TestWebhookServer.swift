@@ -13,9 +13,9 @@ import Foundation
 ///
 /// `GET /count` answers how many POSTs came; each POST's body is kept as `last.json`.
 public final class TestWebhookServer: @unchecked Sendable {
-    public let port: Int
-    public let directory: String
-    private let process = Process()
+    private let server: PythonServer
+    public var port: Int { server.port }
+    public var directory: String { server.directory }
 
     static let script = #"""
     import base64, datetime, http.server, json, os, signal, sys, time
@@ -74,30 +74,7 @@ public final class TestWebhookServer: @unchecked Sendable {
     """#
 
     public init() throws {
-        directory = scratchDirectory("webhook")
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let scriptPath = directory + "/server.py"
-        try Self.script.write(toFile: scriptPath, atomically: true, encoding: .utf8)
-        let out = Pipe()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = ["-u", scriptPath, directory]
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        var line = Data()
-        let deadline = Date().addingTimeInterval(10)
-        while !line.contains(UInt8(ascii: "\n")), Date() < deadline {
-            let chunk = out.fileHandleForReading.availableData
-            if chunk.isEmpty { break }
-            line.append(chunk)
-        }
-        guard let text = String(data: line, encoding: .utf8),
-            let port = Int(text.trimmingCharacters(in: .whitespacesAndNewlines))
-        else {
-            process.terminate()
-            throw TestFailure.unexpected("the webhook test server did not start")
-        }
-        self.port = port
+        server = try PythonServer("webhook", script: Self.script, name: "the webhook test server")
     }
 
     public var endpoint: String { "http://127.0.0.1:\(port)/auth" }
@@ -121,13 +98,5 @@ public final class TestWebhookServer: @unchecked Sendable {
         try String(contentsOfFile: directory + "/last-headers.txt", encoding: .utf8)
     }
 
-    public func stop() {
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
-        try? FileManager.default.removeItem(atPath: directory)
-    }
-
-    deinit { stop() }
+    public func stop() { server.stop() }
 }

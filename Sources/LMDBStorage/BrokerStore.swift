@@ -14,6 +14,8 @@ import Synchronization
 ///   0x00 separator makes every session's entries one contiguous key range, and ending a
 ///   session is one range delete.
 /// - `retained`: topic name bytes -> the retained message of that topic.
+/// - `routes`: the routes' outboxes: route name bytes, 0x00, the event's number (8 bytes, big
+///   endian) -> the event (Routing's format). Each route's events are one key range, in order.
 /// - `meta`: "format".
 ///
 /// The store knows nothing of MQTT: the broker encodes and decodes the values.
@@ -21,6 +23,7 @@ public enum BrokerTable: UInt8, Sendable {
     case messages = 0
     case sessions = 1
     case retained = 2
+    case routes = 3
 }
 
 /// One change in a broker write transaction.
@@ -48,10 +51,13 @@ public struct BrokerStoreOptions: Sendable {
     /// MDB_NOMETASYNC, with answers held until the meta page is durable: one flush per
     /// commit under load (README: "Durability", as the ledger's).
     public var deferredMetaSync: Bool
+    /// Opened only to read (`custody-audit routes`, while custody runs): writes fail.
+    public var readOnly: Bool
 
-    public init(mapSize: Int = 16 << 30, deferredMetaSync: Bool = true) {
+    public init(mapSize: Int = 16 << 30, deferredMetaSync: Bool = true, readOnly: Bool = false) {
         self.mapSize = mapSize
         self.deferredMetaSync = deferredMetaSync
+        self.readOnly = readOnly
     }
 }
 
@@ -77,6 +83,7 @@ public final class BrokerStore: @unchecked Sendable {
     private let messages: MDB_dbi
     private let sessions: MDB_dbi
     private let retained: MDB_dbi
+    private let routes: MDB_dbi
     public var directory: String { lmdb.path }
 
     static let formatVersion: UInt8 = 1
@@ -96,10 +103,14 @@ public final class BrokerStore: @unchecked Sendable {
 
     public init(directory: String, options: BrokerStoreOptions = BrokerStoreOptions()) throws(LedgerError) {
         lmdb = try LMDBEnvironment(
-            directory: directory, mapSize: options.mapSize, deferredMetaSync: options.deferredMetaSync,
-            tables: [.init(name: "messages"), .init(name: "sessions"), .init(name: "retained"), .init(name: "meta")],
+            directory: directory, mapSize: options.mapSize, readOnly: options.readOnly,
+            deferredMetaSync: options.deferredMetaSync,
+            tables: [
+                .init(name: "messages"), .init(name: "sessions"), .init(name: "retained"), .init(name: "meta"),
+                .init(name: "routes", optional: true),
+            ],
             meta: "meta", formatVersion: Self.formatVersion)
-        (messages, sessions, retained) = (lmdb.tables[0], lmdb.tables[1], lmdb.tables[2])
+        (messages, sessions, retained, routes) = (lmdb.tables[0], lmdb.tables[1], lmdb.tables[2], lmdb.tables[4])
         thread = GroupCommitThread(name: "custody-store") { [unowned self] batch in process(batch) }
         thread.beforeWaiting = { [unowned self] in syncMeta() }
         thread.start()
@@ -110,6 +121,7 @@ public final class BrokerStore: @unchecked Sendable {
         case .messages: messages
         case .sessions: sessions
         case .retained: retained
+        case .routes: routes
         }
     }
 

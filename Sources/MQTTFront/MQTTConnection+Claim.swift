@@ -66,6 +66,11 @@ extension MQTTConnection {
                 will: identity.will, expiryInterval: acceptance.grant.expiryInterval,
                 readsServerTopics: services.operations.readsServerTopics(identity.authenticationName),
                 sink: self)
+            if let pubsubSession {
+                pubsub.describePublisher(
+                    pubsubSession, authenticationName: authenticationName ?? identity.sessionName.value,
+                    sessionName: identity.sessionName.value, signInAttributes: signIn?.decision?.attributes ?? [:])
+            }
         }
         let (pending, keepAlive) = machine.accepted(now: .now())
         // A kept session's subscriptions were allowed by the rules of their day.

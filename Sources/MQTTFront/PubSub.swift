@@ -1,3 +1,4 @@
+import Authorization
 import Broker
 import MQTTCodec
 import NIOCore
@@ -21,12 +22,22 @@ public protocol PubSubEngine: Sendable {
     /// Whether the engine keeps state for `name` that no connection is attached to; false:
     /// `endSession` would do nothing.
     func hasDetachedSession(_ name: SessionName) -> Bool
+    /// Right after `attachSession`: who holds the session (its authentication name and what
+    /// sign-in said of it), for engines that tell others who published (routes).
+    func describePublisher(
+        _ session: any PubSubSession, authenticationName: String, sessionName: String,
+        signInAttributes: [String: AttributeValue])
     /// Added to every v5 CONNACK that grants: what this engine does not do.
     var capabilities: MQTTProperties { get }
 }
 
 extension PubSubEngine {
     public func hasDetachedSession(_ name: SessionName) -> Bool { true }
+
+    public func describePublisher(
+        _ session: any PubSubSession, authenticationName: String, sessionName: String,
+        signInAttributes: [String: AttributeValue]
+    ) {}
 }
 
 /// How a packet handed to the pub/sub core is answered.

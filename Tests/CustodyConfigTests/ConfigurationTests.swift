@@ -137,7 +137,7 @@ struct ConfigurationTests {
          "namespace.alternativeAuthenticationNameSources[1]", "'ClientCertificatePhone' is not one of"),
         ("listeners:\n  - { protocol: mqtt, address: 127.0.0.1:99999 }\n", 2, "listeners[0].address", "is not HOST:PORT"),
         ("listeners:\n  - { protocol: smtp, address: 127.0.0.1:25 }\n", 2, "listeners[0].protocol", "'smtp' is not one of mqtt, mqtts, ws"),
-        ("listeners:\n  - { protocol: mqtt, address: 127.0.0.1:1883, certificate: a.pem }\n", 2, "listeners[0].certificate", "only an mqtts listener"),
+        ("listeners:\n  - { protocol: mqtt, address: 127.0.0.1:1883, certificate: a.pem }\n", 2, "listeners[0].certificate", "only an mqtts or https listener"),
         ("listeners:\n  - { protocol: mqtts, address: 127.0.0.1:8883 }\n", 2, "listeners[0].certificate", "needs its certificate"),
         ("listeners:\n  - { protocol: mqtt, address: 127.0.0.1:1883 }\n  - { protocol: ws, address: 127.0.0.1:1883 }\n", 3,
          "listeners[1].address", "already used by listeners[0]"),

@@ -14,7 +14,7 @@ struct CustodyAudit: ParsableCommand {
             Times are ISO-8601 UTC, in (2026-11-25T09:00:00Z, fractions allowed) and out \
             (microseconds). Exit status: 0 answered, 1 failed verify or bad input.
             """,
-        subcommands: [History.self, Owner.self, Sessions.self, Verify.self, Export.self, Stats.self]
+        subcommands: [History.self, Owner.self, Sessions.self, Verify.self, Export.self, Stats.self, Routes.self]
     )
 }
 

@@ -1,0 +1,253 @@
+import AsyncHTTPClient
+import Broker
+import CustodyConfig
+import LMDBStorage
+import LedgerCore
+import Logging
+import Synchronization
+
+/// One route's delivery: its outbox in memory (the events the store holds for it, in order)
+/// and the one task that sends them, the oldest first, one request at a time.
+///
+/// A request that fails with 408, 429 or 5xx (or gets no answer) is sent again after an
+/// exponential backoff with jitter (`Retry-After` when the endpoint gives one), the same
+/// events with the same ids, until it succeeds, `retry.maxAttempts` attempts failed, or its
+/// oldest event is older than `retry.maxAgeMinutes`; then, as for any other 4xx, its events
+/// go to the dead-letter target. An event leaves the store once delivered or dead-lettered.
+final class RouteWorker: Sendable {
+    let route: RouteConfiguration
+    private let delivery: RouteDelivery
+    private let deadLetter: DeadLetterSink
+    private let store: BrokerStore
+    private let metrics: RouteMetrics
+    private let logger: Logger
+
+    private struct State {
+        /// Durable events not yet delivered nor dead-lettered, in order (`head` onwards).
+        var pending: [OutboxRecord] = []
+        var head = 0
+        /// What the outbox holds or is about to (accepted, commit under way): its limits.
+        var events = 0
+        var bytes = 0
+        var stopped = false
+        /// After a reload: where events that still come to this worker go.
+        var successor: RouteWorker?
+        var waiting: CheckedContinuation<Void, Never>?
+    }
+    private let state = Mutex(State())
+
+    init(route: RouteConfiguration, broker: Broker, store: BrokerStore, logger: Logger) {
+        self.route = route
+        delivery = RouteDelivery(route: route)
+        deadLetter = DeadLetterSink(route: route.name, target: route.deadLetter, broker: broker)
+        self.store = store
+        metrics = RouteMetrics(route: route.name)
+        self.logger = logger
+    }
+
+    // MARK: The outbox's bookkeeping (any thread)
+
+    /// Takes room for an event of `size` bytes, if the outbox's limits leave it.
+    func reserve(_ size: Int) -> Bool {
+        state.withLock { state in
+            if let successor = state.successor { return successor.reserve(size) }
+            guard state.events < route.maxOutboxEvents, state.bytes + size <= route.maxOutboxBytes else { return false }
+            state.events += 1
+            state.bytes += size
+            return true
+        }
+    }
+
+    /// A reserved event that did not reach the store.
+    func release(_ size: Int) {
+        state.withLock { state in
+            if let successor = state.successor { return successor.release(size) }
+            state.events -= 1
+            state.bytes -= size
+        }
+    }
+
+    /// A reserved event, now durable: delivered in its turn.
+    func enqueue(_ records: [OutboxRecord]) {
+        let waiting = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            if let successor = state.successor {
+                successor.enqueue(records)
+                return nil
+            }
+            state.pending.append(contentsOf: records)
+            defer { state.waiting = nil }
+            return state.waiting
+        }
+        waiting?.resume()
+    }
+
+    /// At start: the events the store held for this route, reserved and pending.
+    func load(_ records: [OutboxRecord]) {
+        state.withLock { state in
+            state.events += records.count
+            state.bytes += records.reduce(0) { $0 + $1.size }
+        }
+        enqueue(records)
+    }
+
+    /// Events and bytes in the outbox (and on their way to it).
+    var usage: (events: Int, bytes: Int) { state.withLock { ($0.events, $0.bytes) } }
+
+    /// Stops after the attempt under way; what it holds goes to `successor` (a reload), or
+    /// stays in the store for the next start.
+    func stop(handingOverTo successor: RouteWorker? = nil) {
+        let (waiting, left) = state.withLock { state -> (CheckedContinuation<Void, Never>?, [OutboxRecord]) in
+            state.stopped = true
+            state.successor = successor
+            let left = Array(state.pending[state.head...])
+            if let successor {
+                successor.state.withLock { next in
+                    next.events += state.events
+                    next.bytes += state.bytes
+                }
+            }
+            state.pending = []
+            state.head = 0
+            defer { state.waiting = nil }
+            return (state.waiting, left)
+        }
+        if let successor, !left.isEmpty { successor.enqueue(left) }
+        waiting?.resume()
+    }
+
+    // MARK: Delivery (its own task)
+
+    /// Delivers until `stop`.
+    func run(client: HTTPClient) async {
+        while let batch = await nextBatch() {
+            await deliver(batch, client: client)
+        }
+    }
+
+    /// The next events to send (nil: stopped), waiting for one if there is none.
+    private func nextBatch() async -> [OutboxRecord]? {
+        while true {
+            let taken = state.withLock { state -> [OutboxRecord]?? in
+                if state.stopped { return .some(nil) }
+                guard state.head < state.pending.count else { return nil }
+                let count = route.mode == .batch ? min(route.maxBatchEvents, state.pending.count - state.head) : 1
+                return .some(Array(state.pending[state.head..<(state.head + count)]))
+            }
+            if let taken {
+                refreshGauges()
+                return taken
+            }
+            refreshGauges()
+            await withCheckedContinuation { continuation in
+                let resumeNow = state.withLock { state -> Bool in
+                    if state.stopped || state.head < state.pending.count { return true }
+                    state.waiting = continuation
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
+        }
+    }
+
+    private var stopped: Bool { state.withLock { $0.stopped } }
+
+    private func deliver(_ batch: [OutboxRecord], client: HTTPClient) async {
+        var attempts = 0
+        while !stopped {
+            attempts += 1
+            let outcome = await delivery.attempt(batch, client: client)
+            switch outcome {
+            case .delivered:
+                let now = wallClockMicroseconds()
+                metrics.delivered.increment(by: batch.count)
+                for record in batch { metrics.latency.recordNanoseconds(max(0, now - record.acceptedAt) * 1000) }
+                remove(batch)
+                return
+            case .rejected(let status, let error):
+                metrics.failed(status: status)
+                await giveUp(batch, reason: .rejected, attempts: attempts, status: status, error: error)
+                return
+            case .retry(let status, let error, let retryAfter):
+                metrics.failed(status: status)
+                let age = wallClockMicroseconds() - batch[0].acceptedAt
+                if attempts >= route.maxAttempts || age > Int64(route.maxAgeMinutes) * 60_000_000 {
+                    let reason: DeadLetterReason = attempts >= route.maxAttempts ? .maxAttempts : .maxAge
+                    await giveUp(batch, reason: reason, attempts: attempts, status: status, error: error)
+                    return
+                }
+                let wait = retryAfter ?? RouteDelivery.backoff(attempts: attempts)
+                logger.debug("route delivery failed, retrying", metadata: [
+                    "route": "\(route.name)", "status": "\(status.map { "\($0)" } ?? "-")", "error": "\(error)",
+                    "attempt": "\(attempts)", "retry_in_seconds": "\(wait)",
+                ])
+                await pause(seconds: wait)
+            }
+        }
+    }
+
+    /// Sleeps, unless stopped first.
+    private func pause(seconds: Double) async {
+        let until = ContinuousClock.now + .milliseconds(Int64(seconds * 1000))
+        while !stopped, ContinuousClock.now < until {
+            try? await Task.sleep(for: min(.milliseconds(100), until - ContinuousClock.now))
+        }
+    }
+
+    private func giveUp(_ batch: [OutboxRecord], reason: DeadLetterReason, attempts: Int, status: Int?, error: String) async {
+        while !stopped {
+            do {
+                try deadLetter.write(batch, reason: reason, attempts: attempts, lastStatus: status, error: error)
+                break
+            } catch {
+                logger.error("route dead-letter write failed; the events stay in the outbox", metadata: [
+                    "route": "\(route.name)", "error": "\(error)",
+                ])
+                await pause(seconds: 5)
+            }
+        }
+        guard !stopped else { return }
+        metrics.deadLettered.increment(by: batch.count)
+        logger.warning("route events dead-lettered", metadata: [
+            "route": "\(route.name)", "events": "\(batch.count)", "reason": "\(reason.rawValue)",
+            "attempts": "\(attempts)", "last_status": "\(status.map { "\($0)" } ?? "-")", "error": "\(error)",
+        ])
+        remove(batch)
+    }
+
+    /// An event that never reached the outbox (it was full): straight to dead-letter.
+    func overflowed(_ record: OutboxRecord) {
+        do {
+            try deadLetter.write([record], reason: .outboxFull, attempts: 0, lastStatus: nil, error: "the route's outbox is full")
+            metrics.deadLettered.increment()
+        } catch {
+            logger.error("route dead-letter write failed; an event of a full outbox is lost", metadata: [
+                "route": "\(route.name)", "number": "\(record.number)", "error": "\(error)",
+            ])
+        }
+    }
+
+    /// Delivered or dead-lettered: out of memory and of the store.
+    private func remove(_ batch: [OutboxRecord]) {
+        state.withLock { state in
+            guard !state.stopped, state.head + batch.count <= state.pending.count,
+                state.pending[state.head].number == batch[0].number
+            else { return }
+            state.head += batch.count
+            state.events -= batch.count
+            state.bytes -= batch.reduce(0) { $0 + $1.size }
+            // Drop what was sent once it is most of the array.
+            if state.head > 1024, state.head * 2 > state.pending.count {
+                state.pending.removeFirst(state.head)
+                state.head = 0
+            }
+        }
+        store.submit(batch.map(\.delete))
+    }
+
+    private func refreshGauges() {
+        let (events, oldest) = state.withLock { state in
+            (state.events, state.head < state.pending.count ? state.pending[state.head].acceptedAt : nil)
+        }
+        metrics.outbox(events: events, oldestAcceptedAt: oldest, now: wallClockMicroseconds())
+    }
+}
