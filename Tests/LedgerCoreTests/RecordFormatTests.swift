@@ -28,7 +28,8 @@ func goldenEvents() -> [LedgerEvent] {
     for reason in DisconnectReason.allCases {
         add(.disconnected(reason), auth: "device-\(reason.rawValue)", session: "s-\(reason.rawValue)", connection: 100 + UInt64(reason.rawValue))
     }
-    for reason in ExpiryReason.allCases {
+    // Expiry codes after 3 came later (`laterReasonCodesRoundTrip`).
+    for reason in ExpiryReason.allCases where reason.rawValue <= 3 {
         add(.expired(reason), auth: "device-\(reason.rawValue)", session: "s-\(reason.rawValue)", connection: 200 + UInt64(reason.rawValue), remote: "")
     }
     // The file was written when 7 was the last rejection code; later codes are appended to the
@@ -49,6 +50,14 @@ func goldenEvents() -> [LedgerEvent] {
         let record = EventRecordFormat.encode(event, previous: .genesis)
         let decoded = try record.withUnsafeBytes { bytes in try EventRecordFormat.decode(bytes) }
         #expect(decoded.event == event)
+    }
+    for reason in ExpiryReason.allCases where reason.rawValue > 3 {
+        let event = LedgerEvent(
+            sequence: 1, timestamp: 1_764_000_000_000_000, kind: .expired(reason),
+            authenticationName: AuthenticationName(unchecked: "device"), sessionName: SessionName(unchecked: "s"),
+            connection: 1, protocolVersion: .mqtt5, cleanStart: false, expiryInterval: 60, remoteAddress: "")
+        let record = EventRecordFormat.encode(event, previous: .genesis)
+        #expect(try record.withUnsafeBytes { bytes in try EventRecordFormat.decode(bytes) }.event == event)
     }
 }
 
@@ -156,8 +165,11 @@ struct RecordFormatTests {
         }
         #expect(decode(Array(record.prefix(10))) == .truncated)
         #expect(decode(Array(record.dropLast())) == .lengthMismatch(expected: record.count, actual: record.count - 1))
-        var bad = record; bad[0] = 2
-        #expect(decode(bad) == .unknownVersion(2))
+        var bad = record; bad[0] = 3
+        #expect(decode(bad) == .unknownVersion(3))
+        // Version 2 has 8 more bytes of header: a version 1 record relabelled is too short.
+        bad = record; bad[0] = 2
+        #expect(decode(bad) == .lengthMismatch(expected: record.count + 8, actual: record.count))
         bad = record; bad[1] = 9
         #expect(decode(bad) == .unknownKind(9))
         bad = record; bad[1] = 2; bad[2] = 200
