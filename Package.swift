@@ -182,6 +182,25 @@ let package = Package(
             dependencies: []
         ),
         .target(
+            name: "EtcdGateway",
+            // etcd's v3 JSON gateway (txn, range, leases, watch) over pooled HTTP/1.1 with
+            // async-http-client: what the cluster decides ownership through. Knows no sessions.
+            dependencies: [
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ]
+        ),
+        .target(
+            name: "ClusterOwnership",
+            // The cluster's SessionAuthority: ownership decided by etcd Txns (EtcdGateway), each
+            // decision recorded with its epoch in the node's own LMDB ledger (SessionLedger).
+            dependencies: [
+                "EtcdGateway", "SessionLedger", "LedgerCore",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
             name: "CustodyTesting",
             // What the test targets share: the built executables, scratch directories, a
             // manual clock, a running `custody` and child processes, an in-memory
@@ -197,6 +216,7 @@ let package = Package(
             dependencies: [
                 "SessionLedger", "MQTTFront", "MQTTCodec", "Broker", "CustodyModel", "CustodyConfig", "CustodyTLS",
                 "CustodyOperations", "Authorization", "LedgerService", "LedgerWire", "CustodyAuthentication",
+                "ClusterOwnership", "EtcdGateway",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // Graceful shutdown on SIGTERM/SIGINT; metrics served on --metrics.
@@ -306,6 +326,17 @@ let package = Package(
             // Tokens signed with keys made by openssl; the webhook against a real HTTP server
             // (a Python script) on 127.0.0.1.
             dependencies: ["CustodyAuthentication", "CustodyConfig", "CustodyModel", "LedgerCore", "CustodyTesting", "Authorization"]
+        ),
+        .testTarget(
+            name: "EtcdGatewayTests",
+            // Against a real etcd (Debian's etcd-server) started by the tests on free ports.
+            dependencies: ["EtcdGateway", "CustodyTesting"]
+        ),
+        .testTarget(
+            name: "ClusterOwnershipTests",
+            // The cluster authority on a real etcd, and three real `custody` nodes with
+            // mosquitto clients over 127.0.0.1.
+            dependencies: ["ClusterOwnership", "EtcdGateway", "SessionLedger", "LedgerCore", "CustodyServer", "CustodyTesting"]
         ),
         .testTarget(
             name: "AuthorizationTests",

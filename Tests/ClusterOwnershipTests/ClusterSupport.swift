@@ -1,0 +1,131 @@
+import CustodyTesting
+import Foundation
+import LedgerCore
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One etcd and `count` custody nodes (n1, n2, …) on it, each with its own ledger.
+final class TestCluster: @unchecked Sendable {
+    let etcd: RunningEtcd
+    private(set) var nodes: [RunningCustody] = []
+    let leaseSeconds: Int
+    let extra: [String]
+
+    init(_ label: String, nodes count: Int = 3, leaseSeconds: Int = 2, etcdMembers: Int = 1, extra: [String] = []) throws {
+        etcd = try RunningEtcd(label, members: etcdMembers)
+        self.leaseSeconds = leaseSeconds
+        self.extra = extra
+        do {
+            for index in 1...count { nodes.append(try start(node: "n\(index)")) }
+        } catch {
+            cleanUp()
+            throw error
+        }
+    }
+
+    func start(node id: String, directory: String? = nil) throws -> RunningCustody {
+        try RunningCustody(
+            "cluster-\(id)",
+            arguments: [
+                "--cluster-etcd", etcd.clientURLs.joined(separator: ","), "--node-id", id,
+                "--cluster-lease-seconds", "\(leaseSeconds)", "--connects-per-second-per-session", "0",
+            ] + extra,
+            directory: directory)
+    }
+
+    func replace(_ index: Int, with node: RunningCustody) { nodes[index] = node }
+
+    subscript(_ index: Int) -> RunningCustody { nodes[index] }
+
+    /// What every node wrote, for a failing test's record.
+    var outputs: String {
+        nodes.enumerated().map { "n\($0.offset + 1):\n\($0.element.stdout)\n\($0.element.stderr)" }.joined(separator: "\n")
+    }
+
+    func cleanUp() {
+        for node in nodes { node.cleanUp() }
+        etcd.cleanUp()
+    }
+}
+
+/// Runs `body` with a fresh cluster; its nodes' output goes into the issues when it fails.
+func withCluster(
+    _ label: String, nodes: Int = 3, leaseSeconds: Int = 2, etcdMembers: Int = 1, extra: [String] = [],
+    _ body: (TestCluster) throws -> Void
+) throws {
+    let cluster = try TestCluster(label, nodes: nodes, leaseSeconds: leaseSeconds, etcdMembers: etcdMembers, extra: extra)
+    defer { cluster.cleanUp() }
+    do {
+        try body(cluster)
+    } catch {
+        Issue.record("cluster output:\n\(cluster.outputs)")
+        throw error
+    }
+}
+
+/// mosquitto_sub (MQTT 5, `-d`) holding a session open on a node until stopped; what it
+/// printed (CONNACK codes, a DISCONNECT from the server) is in `output`.
+final class HeldSession: @unchecked Sendable {
+    let process = Process()
+    let path: String
+
+    init(port: Int, session: String, user: String, expiry: Int = 600, cleanStart: Bool = false) throws {
+        path = scratchDirectory("held-\(session)") + ".log"
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
+        // Line-buffered: its output is a file, read while it runs.
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/stdbuf")
+        process.arguments = [
+            "-oL", "/usr/bin/mosquitto_sub", "-V", "5", "-p", "\(port)", "-i", session, "-u", user, "-t", "t/\(session)", "-d", "-x", "\(expiry)",
+        ] + (cleanStart ? [] : ["-c"])
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+    }
+
+    var output: String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
+
+    /// Waits until the output holds `text`.
+    @discardableResult
+    func wait(for text: String, timeout: Double = 10) throws -> String {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if output.contains(text) { return output }
+            usleep(20_000)
+        }
+        throw TestFailure.timeout("'\(text)' from mosquitto_sub:\n\(output)")
+    }
+
+    /// Ends the client without a DISCONNECT of its own (SIGKILL): custody sees the connection lost.
+    func kill() {
+        guard process.isRunning else { return }
+        Glibc.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        try? FileManager.default.removeItem(atPath: path)
+    }
+
+    deinit { kill() }
+}
+
+/// One CONNECT with mosquitto_pub (MQTT 5, clean start 0 unless told): the CONNACK reason code.
+func connackCode(port: Int, session: String, user: String, expiry: Int = 600) throws -> Int {
+    let (_, out, err) = try run("/usr/bin/mosquitto_pub", [
+        "-V", "5", "-p", "\(port)", "-i", session, "-u", user, "-t", "t/\(session)", "-m", "x", "-d", "-c", "-x", "\(expiry)",
+    ], timeout: 20)
+    let text = out + err
+    guard let range = text.range(of: "received CONNACK ("),
+        let code = Int(text[range.upperBound...].prefix(while: \.isNumber))
+    else {
+        throw TestFailure.unexpected("no CONNACK from mosquitto_pub:\n\(text)")
+    }
+    return code
+}
+
+/// Waits until `node`'s ledger holds an event that satisfies `match`.
+@discardableResult
+func waitForEvent(_ node: RunningCustody, timeout: Double = 15, _ match: (LedgerEvent) -> Bool) throws -> LedgerEvent {
+    try node.waitForEvent(timeout: timeout, match)
+}
