@@ -22,6 +22,7 @@ extension Custody {
             FileHandle.standardError.write(Data(
                 "custody: cannot join the cluster on etcd \(configuration.etcd.joined(separator: ",")) as node \(configuration.nodeID): \(error)\n".utf8))
             authority.close()
+            await gateway.shutdown()
             throw ExitCode.failure
         }
         say("custody: cluster node=\(configuration.nodeID) etcd=\(configuration.etcd.joined(separator: ",")) lease_seconds=\(configuration.leaseSeconds) lease=\(authority.leaseID) expiry_leader=\(authority.isExpiryLeader ? 1 : 0)")

@@ -74,7 +74,7 @@ enum Settings {
     /// `--cluster-etcd`, `--node-id` and `--cluster-lease-seconds` over the file's `cluster:`.
     static func resolveCluster(_ configuration: inout CustodyConfiguration, flags: FlagValues, flagsOnly: Bool) throws {
         if let text = flags.clusterEtcd {
-            let urls = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            let urls = text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
             guard !urls.isEmpty, !urls.contains(where: \.isEmpty) else {
                 throw SettingsError("--cluster-etcd needs etcd's client URLs, comma-separated (http://127.0.0.1:2379,...)")
             }
