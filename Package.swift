@@ -334,9 +334,11 @@ let package = Package(
         ),
         .testTarget(
             name: "ClusterOwnershipTests",
-            // The cluster authority on a real etcd, and three real `custody` nodes with
-            // mosquitto clients over 127.0.0.1.
-            dependencies: ["ClusterOwnership", "EtcdGateway", "SessionLedger", "LedgerCore", "CustodyServer", "CustodyTesting"]
+            // Three real `custody` nodes on a real etcd with mosquitto clients over 127.0.0.1,
+            // and `custody-audit` on their ledgers merged.
+            dependencies: [
+                "ClusterOwnership", "EtcdGateway", "SessionLedger", "LedgerCore", "CustodyServer", "CustodyAudit", "CustodyTesting",
+            ]
         ),
         .testTarget(
             name: "AuthorizationTests",
