@@ -13,8 +13,13 @@ public final class RunningEtcd: @unchecked Sendable {
         public let clientPort: Int
         public let peerPort: Int
         public let directory: String
-        public var clientURL: String { "http://127.0.0.1:\(clientPort)" }
-        public var peerURL: String { "http://127.0.0.1:\(peerPort)" }
+        /// Where it listens: 127.0.0.1, or an address inside a network namespace.
+        public var host = "127.0.0.1"
+        /// A command that execs etcd (and curl, to ask its health) with the arguments that
+        /// follow: `ip netns exec NS` runs the member in a network namespace.
+        public var launcher: [String] = []
+        public var clientURL: String { "http://\(host):\(clientPort)" }
+        public var peerURL: String { "http://\(host):\(peerPort)" }
     }
 
     public let members: [Member]
@@ -27,23 +32,33 @@ public final class RunningEtcd: @unchecked Sendable {
     /// The first member's client URL.
     public var url: String { members[0].clientURL }
 
-    /// Starts `size` members (1 or 3, say) and waits until the cluster answers.
-    public init(_ label: String, members size: Int = 1) throws {
+    /// Starts `size` members (1 or 3, say) on 127.0.0.1 and waits until the cluster answers.
+    public convenience init(_ label: String, members size: Int = 1) throws {
+        try self.init(label, placed: (0..<size).map { _ in (host: "127.0.0.1", launcher: []) })
+    }
+
+    /// One member per place: its address and the launcher that runs it there (a network
+    /// namespace's `ip netns exec NS`, where ports 2379 and 2380 are its own).
+    public init(_ label: String, placed: [(host: String, launcher: [String])]) throws {
         let root = scratchDirectory("etcd-\(label)")
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         var members: [Member] = []
-        for index in 0..<size {
-            members.append(Member(
-                name: "m\(index)", clientPort: try freeLoopbackPort(), peerPort: try freeLoopbackPort(),
-                directory: root + "/m\(index)"))
+        for (index, place) in placed.enumerated() {
+            let loopback = place.launcher.isEmpty
+            var member = Member(
+                name: "m\(index)", clientPort: loopback ? try freeLoopbackPort() : 2379,
+                peerPort: loopback ? try freeLoopbackPort() : 2380, directory: root + "/m\(index)")
+            member.host = place.host
+            member.launcher = place.launcher
+            members.append(member)
         }
         self.members = members
-        processes = Array(repeating: nil, count: size)
+        processes = Array(repeating: nil, count: placed.count)
         initialCluster = members.map { "\($0.name)=\($0.peerURL)" }.joined(separator: ",")
         token = "custody-test-\(UUID().uuidString)"
-        for index in 0..<size { try launch(index) }
+        for index in members.indices { try launch(index) }
         do {
-            for index in 0..<size { try waitUntilHealthy(index) }
+            for index in members.indices { try waitUntilHealthy(index) }
         } catch {
             cleanUp()
             throw error
@@ -53,8 +68,8 @@ public final class RunningEtcd: @unchecked Sendable {
     private func launch(_ index: Int) throws {
         let member = members[index]
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/etcd")
-        process.arguments = [
+        process.executableURL = URL(fileURLWithPath: member.launcher.first ?? "/usr/bin/etcd")
+        process.arguments = Array(member.launcher.dropFirst()) + (member.launcher.isEmpty ? [] : ["/usr/bin/etcd"]) + [
             "--name", member.name, "--data-dir", member.directory,
             "--listen-client-urls", member.clientURL, "--advertise-client-urls", member.clientURL,
             "--listen-peer-urls", member.peerURL, "--initial-advertise-peer-urls", member.peerURL,
@@ -85,7 +100,9 @@ public final class RunningEtcd: @unchecked Sendable {
             guard processes[index]?.isRunning == true else {
                 throw TestFailure.unexpected("etcd \(members[index].name) exited:\n\(log(member: index))")
             }
-            if let (status, out, _) = try? run("/usr/bin/curl", ["-s", "-m", "2", members[index].clientURL + "/health"], timeout: 5),
+            let launcher = members[index].launcher
+            let curl = ["/usr/bin/curl", "-s", "-m", "2", members[index].clientURL + "/health"]
+            if let (status, out, _) = try? run((launcher + curl)[0], Array((launcher + curl).dropFirst()), timeout: 5),
                 status == 0, out.contains("\"health\":\"true\"")
             {
                 return

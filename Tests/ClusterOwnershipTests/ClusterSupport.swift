@@ -72,12 +72,12 @@ final class HeldSession: @unchecked Sendable {
     let process = Process()
     let path: String
 
-    init(port: Int, session: String, user: String, expiry: Int = 600, cleanStart: Bool = false) throws {
+    init(port: Int, session: String, user: String, expiry: Int = 600, cleanStart: Bool = false, launcher: [String] = []) throws {
         path = scratchDirectory("held-\(session)") + ".log"
         _ = FileManager.default.createFile(atPath: path, contents: nil)
         // Line-buffered: its output is a file, read while it runs.
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/stdbuf")
-        process.arguments = [
+        process.executableURL = URL(fileURLWithPath: launcher.first ?? "/usr/bin/stdbuf")
+        process.arguments = Array(launcher.dropFirst()) + (launcher.isEmpty ? [] : ["/usr/bin/stdbuf"]) + [
             "-oL", "/usr/bin/mosquitto_sub", "-V", "5", "-p", "\(port)", "-i", session, "-u", user, "-t", "t/\(session)", "-d", "-x", "\(expiry)",
         ] + (cleanStart ? [] : ["-c"])
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
@@ -111,10 +111,12 @@ final class HeldSession: @unchecked Sendable {
 }
 
 /// One CONNECT with mosquitto_pub (MQTT 5, clean start 0 unless told): the CONNACK reason code.
-func connackCode(port: Int, session: String, user: String, expiry: Int = 600) throws -> Int {
-    let (_, out, err) = try run("/usr/bin/mosquitto_pub", [
-        "-V", "5", "-p", "\(port)", "-i", session, "-u", user, "-t", "t/\(session)", "-m", "x", "-d", "-c", "-x", "\(expiry)",
-    ], timeout: 20)
+func connackCode(port: Int, session: String, user: String, expiry: Int = 600, launcher: [String] = []) throws -> Int {
+    let command = launcher + [
+        "/usr/bin/mosquitto_pub", "-V", "5", "-p", "\(port)", "-i", session, "-u", user, "-t", "t/\(session)", "-m", "x",
+        "-d", "-c", "-x", "\(expiry)",
+    ]
+    let (_, out, err) = try run(command[0], Array(command.dropFirst()), timeout: 20)
     let text = out + err
     guard let range = text.range(of: "received CONNACK ("),
         let code = Int(text[range.upperBound...].prefix(while: \.isNumber))
