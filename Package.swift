@@ -242,6 +242,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // `sign-token`: tokens for the sign-in benchmarks.
                 .product(name: "JWTKit", package: "jwt-kit"),
+                // `etcd-txn`: etcd's own rate for a claim's Txn, the cluster benchmark's yardstick.
+                "EtcdGateway",
             ],
             path: "Benchmarks/SessionBench"
         ),

@@ -8,7 +8,7 @@ struct CustodyBench: ParsableCommand {
         subcommands: [
             LedgerBench.self, ReplayBench.self, LedgerCrashChild.self, LedgerYearsBench.self, LedgerArchiveFixture.self,
             ConnectLoad.self, PersistentLoad.self, TakeoverLoad.self, RejectLoad.self, HoldLoad.self, PublishLoad.self,
-            OfflineQueueLoad.self, CompareLoad.self, LedgerSocketBench.self, SignToken.self,
+            OfflineQueueLoad.self, CompareLoad.self, LedgerSocketBench.self, SignToken.self, EtcdTxnBench.self,
         ]
     )
 }
