@@ -58,7 +58,11 @@ extension ClusterSessionAuthority {
         while !Task.isCancelled {
             let from = view.revision + 1
             do {
-                try await gateway.watch(keys.root + "/", rangeEnd: prefixEnd(of: keys.root + "/"), startRevision: from) { update in
+                // Without previous values: what a change replaced is in the view and in `held`,
+                // and etcd's gateway encodes every event for every watcher (half the bytes).
+                try await gateway.watch(
+                    keys.root + "/", rangeEnd: prefixEnd(of: keys.root + "/"), startRevision: from, previousValues: false
+                ) { update in
                     await self.handle(update)
                 }
             } catch {

@@ -209,12 +209,10 @@ public final class ClusterSessionAuthority: SessionAuthority {
                     events.append(taken.record.event(.disconnected(.sessionTakenOver), session: name, epoch: epoch))
                 }
             }
-            var connected = LedgerEvent(
+            events.append(LedgerEvent(
                 kind: .connected, authenticationName: client, sessionName: name, connection: request.connection,
                 protocolVersion: request.protocolVersion, cleanStart: request.cleanStart, expiryInterval: expiry,
-                remoteAddress: request.remoteAddress, epoch: UInt64(epoch))
-            connected.epoch = UInt64(epoch)
-            events.append(connected)
+                remoteAddress: request.remoteAddress, epoch: UInt64(epoch)))
             state.withLock { $0.held[name.value] = Held(connection: request.connection, modRevision: epoch, record: record) }
             let recorded: [LedgerEvent]
             do {

@@ -75,8 +75,9 @@ public final class RunningEtcd: @unchecked Sendable {
             "--listen-peer-urls", member.peerURL, "--initial-advertise-peer-urls", member.peerURL,
             "--initial-cluster", initialCluster, "--initial-cluster-token", token,
             "--initial-cluster-state", "new",
-            // Short elections, so that a test that stops a member does not wait long for a leader.
-            "--heartbeat-interval", "50", "--election-timeout", "500",
+            // Elections of a second (etcd's default), so that a test that stops a member does not
+            // wait long for a leader, yet a busy machine does not make the members lose theirs.
+            "--heartbeat-interval", "100", "--election-timeout", "1000",
         ]
         let log = member.directory + ".log"
         if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }

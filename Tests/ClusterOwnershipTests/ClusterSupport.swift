@@ -7,6 +7,10 @@ import Testing
 import Glibc
 #endif
 
+/// Every suite that starts etcd and custody nodes, one after another: their leases and
+/// elections are timed, and a machine busy with several clusters at once would let them lapse.
+@Suite(.serialized) enum ClusterSuites {}
+
 /// One etcd and `count` custody nodes (n1, n2, …) on it, each with its own ledger.
 final class TestCluster: @unchecked Sendable {
     let etcd: RunningEtcd
@@ -37,6 +41,12 @@ final class TestCluster: @unchecked Sendable {
     }
 
     func replace(_ index: Int, with node: RunningCustody) { nodes[index] = node }
+
+    /// SIGKILL to one node, waited for: its lease is neither renewed nor revoked.
+    func killNode(_ index: Int) {
+        kill(nodes[index].process.processIdentifier, SIGKILL)
+        nodes[index].process.waitUntilExit()
+    }
 
     subscript(_ index: Int) -> RunningCustody { nodes[index] }
 
@@ -69,45 +79,28 @@ func withCluster(
 /// mosquitto_sub (MQTT 5, `-d`) holding a session open on a node until stopped; what it
 /// printed (CONNACK codes, a DISCONNECT from the server) is in `output`.
 final class HeldSession: @unchecked Sendable {
-    let process = Process()
-    let path: String
+    let spawned: SpawnedProcess
 
     init(port: Int, session: String, user: String, expiry: Int = 600, cleanStart: Bool = false, launcher: [String] = []) throws {
-        path = scratchDirectory("held-\(session)") + ".log"
-        _ = FileManager.default.createFile(atPath: path, contents: nil)
         // Line-buffered: its output is a file, read while it runs.
-        process.executableURL = URL(fileURLWithPath: launcher.first ?? "/usr/bin/stdbuf")
-        process.arguments = Array(launcher.dropFirst()) + (launcher.isEmpty ? [] : ["/usr/bin/stdbuf"]) + [
-            "-oL", "/usr/bin/mosquitto_sub", "-V", "5", "-p", "\(port)", "-i", session, "-u", user, "-t", "t/\(session)", "-d", "-x", "\(expiry)",
+        let command = launcher + [
+            "/usr/bin/stdbuf", "-oL", "/usr/bin/mosquitto_sub", "-V", "5", "-p", "\(port)", "-i", session, "-u", user,
+            "-t", "t/\(session)", "-d", "-x", "\(expiry)",
         ] + (cleanStart ? [] : ["-c"])
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
-        process.standardOutput = handle
-        process.standardError = handle
-        try process.run()
+        spawned = try SpawnedProcess(command[0], Array(command.dropFirst()))
     }
 
-    var output: String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
+    var output: String { spawned.output }
+    var isRunning: Bool { spawned.process.isRunning }
 
     /// Waits until the output holds `text`.
     @discardableResult
     func wait(for text: String, timeout: Double = 10) throws -> String {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if output.contains(text) { return output }
-            usleep(20_000)
-        }
-        throw TestFailure.timeout("'\(text)' from mosquitto_sub:\n\(output)")
+        try spawned.waitForOutput(containing: text, timeout: timeout)
     }
 
     /// Ends the client without a DISCONNECT of its own (SIGKILL): custody sees the connection lost.
-    func kill() {
-        guard process.isRunning else { return }
-        Glibc.kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
-        try? FileManager.default.removeItem(atPath: path)
-    }
-
-    deinit { kill() }
+    func kill() { spawned.kill() }
 }
 
 /// One CONNECT with mosquitto_pub (MQTT 5, clean start 0 unless told): the CONNACK reason code.

@@ -37,16 +37,7 @@ struct RecordFormatV2Tests {
         }
         let golden = try [UInt8](Data(contentsOf: goldenV2URL))
         #expect(encodeGoldenFile(events) == golden)
-        let records = try splitGoldenFile(golden)
-        #expect(records.count == events.count)
-        var previous = ChainHash.genesis
-        for (bytes, expected) in zip(records, events) {
-            let record = try bytes.withUnsafeBytes { try EventRecordFormat.decode($0) }
-            #expect(record.event == expected)
-            #expect(bytes[0] == (expected.epoch == 0 ? 1 : 2))
-            #expect(bytes.withUnsafeBytes { EventRecordFormat.chainHash(of: $0, previous: previous) } == record.hash)
-            previous = record.hash
-        }
+        try checkGoldenRecords(golden, events)
     }
 
     @Test func theEpochSitsAfterTheConnectionNumber() throws {
