@@ -87,7 +87,14 @@ for i in 0 1 2; do
     BENCH_PIDS[$i]=$!
 done
 for i in 0 1 2; do wait "${BENCH_PIDS[$i]}" || true; done
-for i in 0 1 2; do echo "n$((i + 1)) $(tail -1 "$WORK/bench-n$((i + 1)).out")"; done
+for i in 0 1 2; do
+    echo "n$((i + 1)) $(tail -1 "$WORK/bench-n$((i + 1)).out")"
+    grep errors_by_reason "$WORK/bench-n$((i + 1)).out" | sed "s/^/n$((i + 1)) /" || true
+    # What the node logged (warnings and errors): the first lines, and how many.
+    if [ -s "$WORK/n$((i + 1)).err" ]; then
+        echo "n$((i + 1)) log: $(wc -l < "$WORK/n$((i + 1)).err") lines, first: $(head -c 400 "$WORK/n$((i + 1)).err" | head -2 | tr '\n' ' ')"
+    fi
+done
 
 python3 - "$ETCD_LINE" "$WORK"/bench-n1.out "$WORK"/bench-n2.out "$WORK"/bench-n3.out <<'PY'
 import sys, re

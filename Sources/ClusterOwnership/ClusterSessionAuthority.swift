@@ -133,6 +133,7 @@ public final class ClusterSessionAuthority: SessionAuthority {
         var seen = view.session(name.value)
         var slots = view.slots(of: client.key)
         let expiry = policy.effectiveExpiry(requested: request.requestedExpiryInterval)
+        var slotsRead = false
         for _ in 0..<16 {
             let now = self.now()
             var live = seen
@@ -163,6 +164,17 @@ public final class ClusterSessionAuthority: SessionAuthority {
                 // R2/R3: the cap is the client's slots, counted by etcd across every node.
                 guard let free = (0..<policy.maximumClientSessionsPerAuthenticationName).first(where: { slots[$0] == nil })
                 else {
+                    // The view may lag behind the slots freed elsewhere: etcd says, once.
+                    if !slotsRead {
+                        slotsRead = true
+                        do {
+                            let prefix = keys.slots(of: client)
+                            slots = ClusterView.slots(from: try await gateway.range(prefix, rangeEnd: prefixEnd(of: prefix)).keyValues, keys: keys)
+                        } catch {
+                            return .failure(Self.failure(error))
+                        }
+                        continue
+                    }
                     return await recordRejection(request, .quotaExceeded, epoch: view.revision)
                 }
                 slot = free
@@ -182,6 +194,9 @@ public final class ClusterSessionAuthority: SessionAuthority {
                         .range(key: keys.slots(of: client), rangeEnd: prefixEnd(of: keys.slots(of: client))),
                     ]))
             } catch {
+                // No answer: the Txn may have been applied all the same. The client hears 0x88,
+                // so a grant it made must not stay: ended as soon as etcd answers again.
+                abandon(name, connection: request.connection)
                 return .failure(Self.failure(error))
             }
             guard result.succeeded else {
@@ -233,6 +248,30 @@ public final class ClusterSessionAuthority: SessionAuthority {
                 expiryInterval: expiry, replacedConnection: replaced)))
         }
         return .failure(.storage(operation: "etcd", code: -3, message: "the session \(name) changed under 16 claims in a row"))
+    }
+
+    /// A claim whose Txn got no answer: if etcd did apply it, the session stands connected on
+    /// this node for a connection that was refused. It is ended (its key deleted, or written
+    /// disconnected) once etcd answers, so that its slot does not stay taken; nothing is
+    /// recorded here, as nothing was granted here.
+    func abandon(_ name: SessionName, connection: ConnectionNumber) {
+        let key = keys.session(name)
+        Task {
+            for attempt in 0..<30 {
+                if attempt > 0 { try? await Task.sleep(for: .seconds(1)) }
+                guard let (found, _) = try? await gateway.range(key) else { continue }
+                guard let kv = found.first, let record = SessionRecord.decode(kv.value),
+                    record.node == nodeID, record.connection == connection
+                else { return }
+                let ending = end(record, key: key, modRevision: kv.modRevision, expiry: record.expiry)
+                if let result = try? await gateway.txn(ending.txn) {
+                    if result.succeeded {
+                        view.apply(name: name.value, entry: ending.record.map { .init(record: $0, modRevision: result.revision) }, revision: result.revision)
+                    }
+                    return
+                }
+            }
+        }
     }
 
     func recordRejection(_ request: ClaimRequest, _ reason: RejectionReason, epoch: Int64) async -> Result<ClaimOutcome, LedgerError> {
