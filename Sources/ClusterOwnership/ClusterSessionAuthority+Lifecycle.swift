@@ -170,7 +170,7 @@ extension ClusterSessionAuthority {
     // MARK: Lease
 
     func keepAliveLoop() async {
-        let interval = max(Double(settings.leaseSeconds) / 3, 0.2)
+        let interval = max(Double(settings.leaseSeconds) / 4, 0.2)
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(Int64(interval * 1000)))
             if Task.isCancelled { return }
@@ -194,11 +194,12 @@ extension ClusterSessionAuthority {
         }
     }
 
-    /// Stops serving once the last confirmed keepalive is older than the lease less a margin,
-    /// before etcd (which counts from when it received it) can let the lease go.
+    /// Stops serving once the last confirmed keepalive is older than the lease less a third,
+    /// before etcd (which counts from when it received it) can let the lease go: keepalives go
+    /// every quarter, so two may be late before a busy node stops.
     func watchdogLoop() async {
         let lease = UInt64(settings.leaseSeconds) * 1_000_000_000
-        let margin = min(lease / 4, 1_000_000_000)
+        let margin = lease / 3
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(100))
             let (serving, confirmed) = state.withLock { ($0.serving, $0.confirmedAt) }
