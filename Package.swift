@@ -215,6 +215,25 @@ let package = Package(
             dependencies: []
         ),
         .target(
+            name: "EtcdGateway",
+            // etcd's v3 JSON gateway (txn, range, leases, watch) over pooled HTTP/1.1 with
+            // async-http-client: what the cluster decides ownership through. Knows no sessions.
+            dependencies: [
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ]
+        ),
+        .target(
+            name: "ClusterOwnership",
+            // The cluster's SessionAuthority: ownership decided by etcd Txns (EtcdGateway), each
+            // decision recorded with its epoch in the node's own LMDB ledger (SessionLedger).
+            dependencies: [
+                "EtcdGateway", "SessionLedger", "LedgerCore",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
             name: "CustodyTesting",
             // What the test targets share: the built executables, scratch directories, a
             // manual clock, a running `custody` and child processes, an in-memory
@@ -232,6 +251,7 @@ let package = Package(
                 "CustodyOperations", "Authorization", "LedgerService", "LedgerWire", "CustodyAuthentication",
                 "HTTPPublish", "Routing",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                "ClusterOwnership", "EtcdGateway",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // Graceful shutdown on SIGTERM/SIGINT; metrics served on --metrics.
@@ -261,6 +281,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // `sign-token`: tokens for the sign-in benchmarks.
                 .product(name: "JWTKit", package: "jwt-kit"),
+                // `etcd-txn`: etcd's own rate for a claim's Txn, the cluster benchmark's yardstick.
+                "EtcdGateway",
             ],
             path: "Benchmarks/SessionBench"
         ),
@@ -357,6 +379,19 @@ let package = Package(
             // and curl as publishers, kill -9 and restart.
             dependencies: [
                 "Routing", "CustodyServer", "CustodyAudit", "CustodyTesting", "Broker", "LMDBStorage", "LedgerCore", "MQTTCodec",
+            ]
+        ),
+        .testTarget(
+            name: "EtcdGatewayTests",
+            // Against a real etcd (Debian's etcd-server) started by the tests on free ports.
+            dependencies: ["EtcdGateway", "CustodyTesting"]
+        ),
+        .testTarget(
+            name: "ClusterOwnershipTests",
+            // Three real `custody` nodes on a real etcd with mosquitto clients over 127.0.0.1,
+            // and `custody-audit` on their ledgers merged.
+            dependencies: [
+                "ClusterOwnership", "EtcdGateway", "SessionLedger", "LedgerCore", "CustodyServer", "CustodyAudit", "CustodyTesting",
             ]
         ),
         .testTarget(

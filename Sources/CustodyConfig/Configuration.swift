@@ -12,6 +12,8 @@ public struct CustodyConfiguration: Sendable, Equatable {
     /// the custody plugin) claim and release sessions through; nil: none. With it, `listeners`
     /// may be empty (custody only serves as a ledger).
     public var ledgerSocket: String?
+    /// A cluster on etcd (ClusterConfiguration.swift); nil: this node alone decides.
+    public var cluster: ClusterConfiguration?
     public var namespace = NamespaceConfiguration()
     public var clients: [ClientRecord] = []
     /// A Mosquitto-style password file (`user:$7$…` lines, as `mosquitto_passwd` writes).

@@ -155,7 +155,7 @@ struct ConfigurationReader {
         let keys = try mapping(root, nil, known: [
             "dataDir", "listeners", "namespace", "clients", "passwordFile", "ledgerMapSizeMiB",
             "connectTimeoutSeconds", "logLevel", "logFormat", "metrics", "metricsAllowRemote", "eventSubscribers",
-            "maxKeepAliveSeconds", "limits", "ledger", "ledgerSocket", "authentication", "routes",
+            "maxKeepAliveSeconds", "limits", "ledger", "ledgerSocket", "authentication", "routes", "cluster",
         ] + Self.authorizationKeys)
         var config = CustodyConfiguration()
         if let (_, value) = keys["dataDir"] { config.dataDir = try path(value, "dataDir") }
@@ -203,6 +203,7 @@ struct ConfigurationReader {
         }
         if let (_, value) = keys["limits"] { config.limits = try limits(value) }
         if let (_, value) = keys["ledger"] { config.ledger = try ledger(value) }
+        if let (_, value) = keys["cluster"] { config.cluster = try cluster(value) }
         if let (_, value) = keys["logLevel"] { config.logLevel = try choice(value, "logLevel", CustodyConfiguration.LogLevel.self) }
         if let (_, value) = keys["logFormat"] { config.logFormat = try choice(value, "logFormat", CustodyConfiguration.LogFormat.self) }
         if let (_, value) = keys["metrics"] {

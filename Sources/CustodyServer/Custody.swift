@@ -208,6 +208,25 @@ struct Custody: AsyncParsableCommand {
     @OptionGroup(title: "Authorization")
     var access: AccessOptions
 
+    @Option(
+        name: .customLong("cluster-etcd"),
+        help: ArgumentHelp(
+            "Run as a node of a cluster whose session ownership etcd decides: etcd's client URLs, comma-separated (config key cluster.etcd; needs --node-id).",
+            valueName: "url[,url...]"))
+    var clusterEtcd: String?
+
+    @Option(
+        name: .customLong("node-id"),
+        help: ArgumentHelp("This node's name in the cluster, unique among its live nodes (config key cluster.nodeId).", valueName: "name"))
+    var nodeID: String?
+
+    @Option(
+        name: .customLong("cluster-lease-seconds"),
+        help: ArgumentHelp(
+            "How long the node's lease in etcd lives without a keepalive, 2-3600 (default 10; config key cluster.leaseSeconds).",
+            valueName: "seconds"))
+    var clusterLeaseSeconds: Int?
+
     var flags: FlagValues {
         var flags = FlagValues(
             dataDir: dataDir, maxSessionsPerClient: maxSessionsPerClient, maxSessionExpiryHours: maxSessionExpiryHours,
@@ -232,6 +251,9 @@ struct Custody: AsyncParsableCommand {
         flags.aclFile = access.aclFile
         flags.ledgerSocket = ledgerSocket
         flags.listenHTTP = listenHTTP
+        flags.clusterEtcd = clusterEtcd
+        flags.nodeID = nodeID
+        flags.clusterLeaseSeconds = clusterLeaseSeconds
         return flags
     }
 
@@ -295,7 +317,6 @@ struct Custody: AsyncParsableCommand {
         let operations = Operations(settings: settings, logger: Logger(label: "custody.ledger"))
         let dataDir = settings.dataDir
         let policy = try settings.policy()
-        let ledger: any SessionAuthority
         let lmdbLedger: LMDBSessionLedger
         do {
             lmdbLedger = try LMDBSessionLedger(
@@ -304,11 +325,14 @@ struct Custody: AsyncParsableCommand {
                 onEvents: operations.onEvents, countSessions: true,
                 checkpointEvery: UInt64(settings.ledger.checkpointEvery),
                 archive: settings.ledger.archivePolicy)
-            ledger = lmdbLedger
         } catch {
             FileHandle.standardError.write(Data("custody: cannot open the ledger in \(dataDir): \(error)\n".utf8))
             throw ExitCode.failure
         }
+        // Without cluster settings the embedded ledger alone decides; with them, etcd does and
+        // the embedded ledger records each decision with its epoch.
+        let cluster = try await joinCluster(settings.cluster, ledger: lmdbLedger)
+        let ledger: any SessionAuthority = cluster ?? lmdbLedger
         let recovery = ledger.recovery
         say("custody: ledger \(dataDir) head=\(recovery.head.sequence) hash=\(recovery.head.hash)")
         say("custody: recovered sessions disconnected_by_restart=\(recovery.disconnected.count) expired_while_down=\(recovery.expired.count) checked_from=\(recovery.checkedFrom) checked_records=\(recovery.checkedRecords)")
@@ -385,6 +409,7 @@ struct Custody: AsyncParsableCommand {
             ledger: ledger, pubsub: broker, configuration: frontConfiguration, logger: logger, authority: authority,
             access: accessRules)
         limitReporter.attach(front)
+        cluster?.onConnectionEnded(takenOver: { front.takeOver($0) }, lapsed: { front.serverUnavailable($0) })
         let addresses: [HostPort]
         do {
             addresses = try await front.start()

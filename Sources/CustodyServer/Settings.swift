@@ -65,10 +65,47 @@ struct FlagValues {
     var maxConnections: Int?
     /// The ledger as a service (issue 20): --ledger-socket.
     var ledgerSocket: String?
+    /// A cluster on etcd (issue 18): --cluster-etcd, --node-id, --cluster-lease-seconds.
+    var clusterEtcd: String?
+    var nodeID: String?
+    var clusterLeaseSeconds: Int?
 }
 
 /// What `custody` runs with: the configuration file (if any), then the flags over it.
 enum Settings {
+    /// `--cluster-etcd`, `--node-id` and `--cluster-lease-seconds` over the file's `cluster:`.
+    static func resolveCluster(_ configuration: inout CustodyConfiguration, flags: FlagValues, flagsOnly: Bool) throws {
+        if let text = flags.clusterEtcd {
+            let urls = text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+            guard !urls.isEmpty, !urls.contains(where: \.isEmpty) else {
+                throw SettingsError("--cluster-etcd needs etcd's client URLs, comma-separated (http://127.0.0.1:2379,...)")
+            }
+            for url in urls {
+                if let problem = ClusterConfiguration.problem(url: url) { throw SettingsError("--cluster-etcd: \(problem)") }
+            }
+            configuration.cluster = ClusterConfiguration(
+                etcd: urls, nodeID: configuration.cluster?.nodeID ?? "",
+                leaseSeconds: configuration.cluster?.leaseSeconds ?? ClusterConfiguration.defaultLeaseSeconds)
+        }
+        if let nodeID = flags.nodeID {
+            if let problem = ClusterConfiguration.problem(nodeID: nodeID) { throw SettingsError("--node-id: \(problem)") }
+            configuration.cluster?.nodeID = nodeID
+        }
+        if let seconds = flags.clusterLeaseSeconds {
+            guard ClusterConfiguration.leaseSecondsRange.contains(seconds) else {
+                throw SettingsError("--cluster-lease-seconds must be between 2 and 3600, got \(seconds)")
+            }
+            configuration.cluster?.leaseSeconds = seconds
+        }
+        guard !flagsOnly else { return }
+        if configuration.cluster == nil, flags.nodeID != nil || flags.clusterLeaseSeconds != nil {
+            throw SettingsError("--node-id and --cluster-lease-seconds need --cluster-etcd (or cluster: in the configuration file)")
+        }
+        if let cluster = configuration.cluster, cluster.nodeID.isEmpty {
+            throw SettingsError("--cluster-etcd needs --node-id NAME (this node's name in the cluster)")
+        }
+    }
+
     /// The value of an enumerated flag (`--log-level`, `--log-format`, ...), or an error that lists the choices.
     static func choice<Value: CaseIterable & RawRepresentable>(_ text: String, flag: String) throws -> Value
     where Value.RawValue == String {
@@ -88,6 +125,7 @@ enum Settings {
             guard !value.isEmpty else { throw SettingsError("--ledger-socket needs a path") }
             configuration.ledgerSocket = value
         }
+        try resolveCluster(&configuration, flags: flags, flagsOnly: flagsOnly)
         if let value = flags.maxSessionsPerClient {
             guard NamespacePolicy.sessionsPerClientRange.contains(value) else {
                 throw SettingsError("--max-sessions-per-client must be between 1 and 100, got \(value)")

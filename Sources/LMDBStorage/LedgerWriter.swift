@@ -20,10 +20,20 @@ public final class LedgerWriter: @unchecked Sendable {
         case end(SessionName, ExpiryReason, @Sendable (Result<[LedgerEvent], LedgerError>) -> Void)
         /// Deletes the live records through `boundary.sequence`, which an archive segment holds.
         case trim(ArchiveBoundary, @Sendable (Result<Void, LedgerError>) -> Void)
+        /// Appends events another authority decided (a cluster's etcd), in order.
+        case record([LedgerEvent], @Sendable (Result<[LedgerEvent], LedgerError>) -> Void)
 
         var isClaim: Bool {
             if case .claim = self { return true }
             return false
+        }
+
+        /// A CONNECT waits for it: commit without holding the batch back.
+        var isUrgent: Bool {
+            switch self {
+            case .claim, .record: true
+            default: false
+            }
         }
 
         func fail(_ error: LedgerError) {
@@ -34,6 +44,7 @@ public final class LedgerWriter: @unchecked Sendable {
             case .expire(_, let done): done(.failure(error))
             case .end(_, _, let done): done(.failure(error))
             case .trim(_, let done): done(.failure(error))
+            case .record(_, let done): done(.failure(error))
             }
         }
     }
@@ -98,7 +109,7 @@ public final class LedgerWriter: @unchecked Sendable {
         self.highestConnection = connections
         self.connectionCounter = Mutex(connections)
         self.published = Mutex((head, nil))
-        thread = GroupCommitThread(name: "custody-writer", isUrgent: \.isClaim) { [unowned self] batch in
+        thread = GroupCommitThread(name: "custody-writer", isUrgent: \.isUrgent) { [unowned self] batch in
             process(batch)
         }
         thread.beforeWaiting = { [unowned self] in syncMeta() }
@@ -424,6 +435,9 @@ public final class LedgerWriter: @unchecked Sendable {
                     case .trim(let boundary, let done):
                         let result = try Self.trim(&w, through: boundary)
                         deliveries.append { done(result) }
+                    case .record(let drafts, let done):
+                        let events = try Self.record(drafts, in: &w)
+                        deliveries.append { done(.success(events)) }
                     }
                 }
                 try Self.checkpointIfDue(&w, every: checkpointEvery)
@@ -551,6 +565,27 @@ public final class LedgerWriter: @unchecked Sendable {
     /// Deletes the live records through `boundary` (see `trim`); answers once it is committed.
     public func trim(through boundary: ArchiveBoundary, _ done: @escaping @Sendable (Result<Void, LedgerError>) -> Void) {
         enqueue(.trim(boundary, done))
+    }
+
+    /// Appends events decided elsewhere (a cluster's etcd), each applied to the projection as
+    /// its kind says (`SessionTransition`), whatever the projection held before: this
+    /// ledger records what its node was told, the deciding is not its own.
+    public func record(_ events: [LedgerEvent], _ done: @escaping @Sendable (Result<[LedgerEvent], LedgerError>) -> Void) {
+        enqueue(.record(events, done))
+    }
+
+    static func record(_ drafts: [LedgerEvent], in w: inout LedgerWriteTransaction) throws(LedgerError) -> [LedgerEvent] {
+        var events: [LedgerEvent] = []
+        for draft in drafts {
+            let named = draft.sessionName.isValid && draft.authenticationName.isValid
+            if case .rejected = draft.kind, !named {
+                events.append(try w.append(draft, current: nil, sessionKey: []).0)
+                continue
+            }
+            let key = ProjectionFormat.sessionKey(draft.sessionName)
+            events.append(try w.append(draft, current: try w.session(key), sessionKey: key).0)
+        }
+        return events
     }
 
     static func end(

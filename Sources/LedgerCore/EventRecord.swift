@@ -85,7 +85,8 @@ public struct LedgerRecord: Sendable, Equatable {
     public var hash: ChainHash
 }
 
-/// Format version 1 of a ledger record. The authoritative description is
+/// Format versions 1 and 2 of a ledger record (2 adds the cluster's epoch after the
+/// connection number; events without an epoch are still written as version 1). The authoritative description is
 /// `Sources/LedgerCore/RECORD-FORMAT.md`; golden files in the tests pin it.
 ///
 ///     offset  size  field
@@ -102,6 +103,7 @@ public struct LedgerRecord: Sendable, Equatable {
 ///     16      8     sequence number
 ///     24      8     timestamp, microseconds since the Unix epoch (signed)
 ///     32      8     connection number
+///     (40     8     epoch: the etcd revision of the decision; version 2 only, names follow at 48)
 ///     40      A     authentication name, UTF-8
 ///     40+A    S     session name, UTF-8
 ///     40+A+S  R     remote address, UTF-8
@@ -110,7 +112,10 @@ public struct LedgerRecord: Sendable, Equatable {
 /// All integers are little-endian.
 public enum EventRecordFormat {
     public static let version: UInt8 = 1
+    /// The version of a record that carries an epoch (a cluster's event).
+    public static let epochVersion: UInt8 = 2
     public static let headerSize = 40
+    public static let epochHeaderSize = 48
     public static let hashSize = 32
     public static let maximumRemoteAddressBytes = 255
 
@@ -180,8 +185,13 @@ public enum EventRecordFormat {
 
     /// The size of the encoded record of a normalized event.
     public static func encodedSize(of event: LedgerEvent) -> Int {
-        headerSize + event.authenticationName.value.utf8.count + event.sessionName.value.utf8.count
+        headerSize(of: event) + event.authenticationName.value.utf8.count + event.sessionName.value.utf8.count
             + event.remoteAddress.utf8.count + hashSize
+    }
+
+    /// Where the names start: version 2 (an epoch) has 8 more bytes of header.
+    static func headerSize(of event: LedgerEvent) -> Int {
+        event.epoch == 0 ? headerSize : epochHeaderSize
     }
 
     /// Writes a normalized event into exactly `encodedSize(of:)` bytes and returns its chain hash.
@@ -192,10 +202,10 @@ public enum EventRecordFormat {
         let auth = event.authenticationName.value.utf8.count
         let session = event.sessionName.value.utf8.count
         let remote = event.remoteAddress.utf8.count
-        precondition(buffer.count == headerSize + auth + session + remote + hashSize)
+        precondition(buffer.count == headerSize(of: event) + auth + session + remote + hashSize)
         let (kind, reason) = kindCode(event.kind)
         var w = ByteWriter(buffer)
-        w.write(version)
+        w.write(event.epoch == 0 ? version : epochVersion)
         w.write(kind)
         w.write(reason)
         w.write(event.protocolVersion.rawValue)
@@ -208,6 +218,7 @@ public enum EventRecordFormat {
         w.write(event.sequence)
         w.write(event.timestamp)
         w.write(event.connection)
+        if event.epoch != 0 { w.write(event.epoch) }
         w.write(utf8: event.authenticationName.value)
         w.write(utf8: event.sessionName.value)
         w.write(utf8: event.remoteAddress)
@@ -235,6 +246,8 @@ public enum EventRecordFormat {
         public var sequence: UInt64
         public var timestamp: Int64
         public var connection: ConnectionNumber
+        /// 0 in a version 1 record.
+        public var epoch: UInt64
         public var authenticationNameRange: Range<Int>
         public var sessionNameRange: Range<Int>
         public var remoteAddressRange: Range<Int>
@@ -243,7 +256,8 @@ public enum EventRecordFormat {
     public static func header(_ bytes: UnsafeRawBufferPointer) throws(RecordFormatError) -> Header {
         var r = ByteReader(bytes)
         let version = try r.read(UInt8.self)
-        guard version == self.version else { throw .unknownVersion(version) }
+        guard version == self.version || version == epochVersion else { throw .unknownVersion(version) }
+        let start = version == epochVersion ? epochHeaderSize : headerSize
         let kindCode = try r.read(UInt8.self)
         let reasonCode = try r.read(UInt8.self)
         let kind = try kind(code: kindCode, reason: reasonCode)
@@ -255,15 +269,19 @@ public enum EventRecordFormat {
         let auth = Int(try r.read(UInt16.self))
         let session = Int(try r.read(UInt16.self))
         guard try r.read(UInt16.self) == 0 else { throw .reservedBitsSet }
-        let expected = headerSize + auth + session + remote + hashSize
+        let expected = start + auth + session + remote + hashSize
         guard bytes.count == expected else { throw .lengthMismatch(expected: expected, actual: bytes.count) }
+        let expiry = try r.read(UInt32.self)
+        let sequence = try r.read(UInt64.self)
+        let timestamp = try r.read(Int64.self)
+        let connection = try r.read(UInt64.self)
+        let epoch = version == epochVersion ? try r.read(UInt64.self) : 0
         return Header(
             kind: kind, protocolVersion: proto, cleanStart: flags & 1 == 1,
-            expiryInterval: try r.read(UInt32.self), sequence: try r.read(UInt64.self),
-            timestamp: try r.read(Int64.self), connection: try r.read(UInt64.self),
-            authenticationNameRange: headerSize..<headerSize + auth,
-            sessionNameRange: headerSize + auth..<headerSize + auth + session,
-            remoteAddressRange: headerSize + auth + session..<expected - hashSize)
+            expiryInterval: expiry, sequence: sequence, timestamp: timestamp, connection: connection, epoch: epoch,
+            authenticationNameRange: start..<start + auth,
+            sessionNameRange: start + auth..<start + auth + session,
+            remoteAddressRange: start + auth + session..<expected - hashSize)
     }
 
     /// The chain hash stored at the end of a record (whose length `header` has checked).
@@ -282,7 +300,7 @@ public enum EventRecordFormat {
             authenticationName: AuthenticationName(unchecked: try text(h.authenticationNameRange)),
             sessionName: SessionName(unchecked: try text(h.sessionNameRange)),
             connection: h.connection, protocolVersion: h.protocolVersion, cleanStart: h.cleanStart,
-            expiryInterval: h.expiryInterval, remoteAddress: try text(h.remoteAddressRange))
+            expiryInterval: h.expiryInterval, remoteAddress: try text(h.remoteAddressRange), epoch: h.epoch)
         return LedgerRecord(event: event, hash: storedHash(bytes))
     }
 

@@ -33,6 +33,9 @@ public enum ExpiryReason: UInt8, Sendable, CaseIterable {
     case expiredWhileBrokerDown = 2
     /// The session's offline queue overflowed (Event Grid's SessionOverflow).
     case sessionOverflow = 3
+    /// A cluster node found at start that etcd no longer gives it this session (taken over
+    /// on another node, or ended there while this node was down).
+    case notHeldInCluster = 4
 }
 
 /// Why a CONNECT was refused. Reason codes are chosen from these by the MQTT front only.
@@ -102,6 +105,9 @@ public struct LedgerEvent: Sendable, Equatable {
     public var expiryInterval: UInt32
     /// Where the connection came from ("127.0.0.1:51234"); empty when not known.
     public var remoteAddress: String
+    /// The session's epoch in a cluster: the etcd revision of the claim that decided it
+    /// (DESIGN.md §7). 0 on a single node, where the record keeps format version 1.
+    public var epoch: UInt64
 
     public init(
         sequence: UInt64 = 0,
@@ -113,7 +119,8 @@ public struct LedgerEvent: Sendable, Equatable {
         protocolVersion: ProtocolVersion,
         cleanStart: Bool,
         expiryInterval: UInt32,
-        remoteAddress: String = ""
+        remoteAddress: String = "",
+        epoch: UInt64 = 0
     ) {
         self.sequence = sequence
         self.timestamp = timestamp
@@ -125,6 +132,7 @@ public struct LedgerEvent: Sendable, Equatable {
         self.cleanStart = cleanStart
         self.expiryInterval = expiryInterval
         self.remoteAddress = remoteAddress
+        self.epoch = epoch
     }
 
     public static func == (lhs: Self, rhs: Self) -> Bool {
@@ -133,5 +141,6 @@ public struct LedgerEvent: Sendable, Equatable {
             && lhs.sessionName == rhs.sessionName && lhs.connection == rhs.connection
             && lhs.protocolVersion == rhs.protocolVersion && lhs.cleanStart == rhs.cleanStart
             && lhs.expiryInterval == rhs.expiryInterval && lhs.remoteAddress == rhs.remoteAddress
+            && lhs.epoch == rhs.epoch
     }
 }

@@ -228,7 +228,7 @@ public enum SessionRules {
         guard entry.isConnected else { return [ended] }
         let disconnect: DisconnectReason = switch reason {
         case .sessionOverflow: .sessionOverflow
-        case .sessionExpired, .expiredWhileBrokerDown: .serverInitiatedDisconnect
+        case .sessionExpired, .expiredWhileBrokerDown, .notHeldInCluster: .serverInitiatedDisconnect
         }
         let closed = endingEvent(of: entry, named: name, kind: .disconnected(disconnect))
         return entry.expiryInterval > 0 ? [closed, ended] : [closed]

@@ -1,5 +1,6 @@
 import Authorization
 import CustodyModel
+import MQTTCodec
 import NIOCore
 import SessionLedger
 import Synchronization
@@ -24,10 +25,10 @@ final class ConnectionRegistry: Sendable {
 
     /// Tells `connection` it lost its session; the future says when it is gone.
     /// nil when no such connection is here any more.
-    func takeOver(_ connection: ConnectionNumber) -> EventLoopFuture<Void>? {
+    func takeOver(_ connection: ConnectionNumber, reason: MQTTReasonCode = .sessionTakenOver) -> EventLoopFuture<Void>? {
         guard let handle = tables.withLock({ $0.connections[connection] }) else { return nil }
         return handle.eventLoop.submit {
-            handle.takenOver()
+            handle.takenOver(reason: reason)
             return handle.finishedFuture()
         }.flatMap { $0 }
     }

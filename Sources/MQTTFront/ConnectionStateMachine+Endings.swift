@@ -9,8 +9,9 @@ import SessionLedger
 
 extension ConnectionStateMachine {
     /// Another connection of the same identity took the session over (R4): the ledger has
-    /// recorded it, so nothing is released here.
-    public mutating func takenOver() -> Action {
+    /// recorded it, so nothing is released here. `reason`: 0x8E; a cluster node whose lease
+    /// lapsed ends its connections the same way with 0x9C Use another server (recorded by it).
+    public mutating func takenOver(reason: MQTTReasonCode = .sessionTakenOver) -> Action {
         switch state {
         case .connecting(let identity, let pending, _):
             state = .connecting(identity, pending: pending, abandoned: .takenOver)
@@ -18,8 +19,8 @@ extension ConnectionStateMachine {
         case .accepting(let identity, _, _), .active(let identity, _, _):
             state = .closing(identity.protocolVersion)
             return .close(Closing(
-                packets: disconnect(identity, .sessionTakenOver), release: nil, why: "sessionTakenOver",
-                channelGone: false))
+                packets: disconnect(identity, reason), release: nil,
+                why: reason == .sessionTakenOver ? "sessionTakenOver" : "leaseLapsed", channelGone: false))
         case .awaitingConnect, .closing:
             return .none
         }

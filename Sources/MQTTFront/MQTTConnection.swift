@@ -208,8 +208,8 @@ final class MQTTConnection: ConnectionSink, NIOScheduledCallbackHandler, @unchec
 
     // MARK: - Inputs from elsewhere (on this event loop)
 
-    func takenOver() {
-        perform(machine.takenOver())
+    func takenOver(reason: MQTTReasonCode = .sessionTakenOver) {
+        perform(machine.takenOver(reason: reason))
     }
 
     func shutdown() {

@@ -318,6 +318,14 @@ public final class MQTTFront: Sendable {
         _ = services.registry.takeOver(connection)
     }
 
+    /// A cluster node whose lease lapsed stops serving: `connection`, if it is one of this
+    /// front's, is closed with v5 DISCONNECT 0x9C Use another server (MQTT 5 allows 0x88
+    /// Server unavailable only in a CONNACK, which is what this node's CONNECTs get now);
+    /// its end is recorded by the cluster authority, as a takeover's is.
+    public func serverUnavailable(_ connection: ConnectionNumber) {
+        _ = services.registry.takeOver(connection, reason: .useAnotherServer)
+    }
+
     public func sessionsExpired(_ events: [LedgerEvent]) {
         for event in events { services.sessionEnded(event.sessionName) }
     }

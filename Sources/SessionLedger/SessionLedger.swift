@@ -127,6 +127,21 @@ public final class LMDBSessionLedger: SessionAuthority {
         writer.releaseAll(requests, done)
     }
 
+    /// Appends events another authority decided (a cluster's etcd), in one commit; answers
+    /// them stamped (sequence, time) once durable.
+    public func record(_ events: [LedgerEvent], _ done: @escaping @Sendable (Result<[LedgerEvent], LedgerError>) -> Void) {
+        writer.record(events, done)
+    }
+
+    /// The async form of `record(_:_:)`.
+    @discardableResult
+    public func record(_ events: [LedgerEvent]) async throws(LedgerError) -> [LedgerEvent] {
+        let result = await withCheckedContinuation { continuation in
+            record(events) { continuation.resume(returning: $0) }
+        }
+        return try result.get()
+    }
+
     public func expireDue(limit: Int, _ done: @escaping @Sendable (Result<[LedgerEvent], LedgerError>) -> Void) {
         writer.expireDue(limit: limit, done)
     }

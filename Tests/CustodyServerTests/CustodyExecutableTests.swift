@@ -53,12 +53,31 @@ struct CustodyExecutableTests {
         (["--publish-messages-per-second", "1000001"], "--publish-messages-per-second must be between 0 and 1000000, got 1000001"),
         (["--publish-bytes-per-second", "1073741825"], "--publish-bytes-per-second must be between 0 and 1073741824, got 1073741825"),
         (["--max-connections", "0"], "--max-connections must be between 1 and 10000000, got 0"),
+        (["--cluster-etcd", "127.0.0.1:2379", "--node-id", "n1"], "--cluster-etcd: '127.0.0.1:2379' is not an etcd client URL"),
+        (["--cluster-etcd", "http://127.0.0.1:2379,", "--node-id", "n1"], "--cluster-etcd needs etcd's client URLs"),
+        (["--cluster-etcd", "http://127.0.0.1:2379"], "--cluster-etcd needs --node-id NAME"),
+        (["--cluster-etcd", "http://127.0.0.1:2379", "--node-id", "n/1"], "--node-id: 'n/1' is not a node id"),
+        (["--node-id", "n1"], "--node-id and --cluster-lease-seconds need --cluster-etcd"),
+        (["--cluster-etcd", "http://127.0.0.1:2379", "--node-id", "n1", "--cluster-lease-seconds", "1"],
+         "--cluster-lease-seconds must be between 2 and 3600, got 1"),
     ])
     func badFlagsExitWithAMessageNamingThem(arguments: [String], message: String) async throws {
         try await offPool {
             let (status, _, error) = try runToEnd(try builtProduct("custody"), arguments + ["--data-dir", scratchDirectory("flags")])
             #expect(status == 64)
             #expect(error.contains(message), "stderr: \(error)")
+        }
+    }
+
+    @Test func unreachableEtcdIsNamed() async throws {
+        try await offPool {
+            let port = try freeLoopbackPort()
+            let (status, _, error) = try runToEnd(try builtProduct("custody"), [
+                "--data-dir", scratchDirectory("no-etcd"), "--listen", "127.0.0.1:0",
+                "--cluster-etcd", "http://127.0.0.1:\(port)", "--node-id", "n1",
+            ])
+            #expect(status == 1)
+            #expect(error.contains("cannot join the cluster on etcd http://127.0.0.1:\(port) as node n1: etcd unreachable"), "stderr: \(error)")
         }
     }
 

@@ -28,7 +28,8 @@ func goldenEvents() -> [LedgerEvent] {
     for reason in DisconnectReason.allCases {
         add(.disconnected(reason), auth: "device-\(reason.rawValue)", session: "s-\(reason.rawValue)", connection: 100 + UInt64(reason.rawValue))
     }
-    for reason in ExpiryReason.allCases {
+    // Expiry codes after 3 came later (`laterReasonCodesRoundTrip`).
+    for reason in ExpiryReason.allCases where reason.rawValue <= 3 {
         add(.expired(reason), auth: "device-\(reason.rawValue)", session: "s-\(reason.rawValue)", connection: 200 + UInt64(reason.rawValue), remote: "")
     }
     // The file was written when 7 was the last rejection code; later codes are appended to the
@@ -41,9 +42,11 @@ func goldenEvents() -> [LedgerEvent] {
 
 /// Reason codes appended after the golden file was written: each encodes and decodes.
 @Test func laterReasonCodesRoundTrip() throws {
-    for reason in RejectionReason.allCases where reason.rawValue > 7 {
+    let later = RejectionReason.allCases.filter { $0.rawValue > 7 }.map { LedgerEventKind.rejected($0) }
+        + ExpiryReason.allCases.filter { $0.rawValue > 3 }.map { LedgerEventKind.expired($0) }
+    for kind in later {
         let event = LedgerEvent(
-            sequence: 1, timestamp: 1_764_000_000_000_000, kind: .rejected(reason),
+            sequence: 1, timestamp: 1_764_000_000_000_000, kind: kind,
             authenticationName: AuthenticationName(unchecked: "device"), sessionName: SessionName(unchecked: "s"),
             connection: 1, protocolVersion: .mqtt5, cleanStart: false, expiryInterval: 0, remoteAddress: "127.0.0.1:1")
         let record = EventRecordFormat.encode(event, previous: .genesis)
@@ -79,6 +82,24 @@ func splitGoldenFile(_ bytes: [UInt8]) throws -> [[UInt8]] {
     return records
 }
 
+/// Decodes every record of a golden file to its expected event and checks the chain; answers
+/// the last hash.
+@discardableResult
+func checkGoldenRecords(_ golden: [UInt8], _ events: [LedgerEvent]) throws -> ChainHash {
+    let records = try splitGoldenFile(golden)
+    #expect(records.count == events.count)
+    var previous = ChainHash.genesis
+    for (bytes, expected) in zip(records, events) {
+        let record = try bytes.withUnsafeBytes { try EventRecordFormat.decode($0) }
+        #expect(record.event == expected)
+        #expect(bytes[0] == (expected.epoch == 0 ? 1 : 2))
+        let recomputed = bytes.withUnsafeBytes { EventRecordFormat.chainHash(of: $0, previous: previous) }
+        #expect(recomputed == record.hash, "chain broken at \(expected.sequence)")
+        previous = record.hash
+    }
+    return previous
+}
+
 let goldenURL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Golden/records-v1.bin")
 let goldenHeadURL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Golden/records-v1.head")
 
@@ -95,17 +116,7 @@ struct RecordFormatTests {
             for record in try splitGoldenFile(bytes) { head = record.withUnsafeBytes { EventRecordFormat.chainHash(of: $0, previous: head) } }
             try (head.hex + "\n").write(to: goldenHeadURL, atomically: true, encoding: .utf8)
         }
-        let golden = try [UInt8](Data(contentsOf: goldenURL))
-        let records = try splitGoldenFile(golden)
-        #expect(records.count == events.count)
-        var previous = ChainHash.genesis
-        for (bytes, expected) in zip(records, events) {
-            let record = try bytes.withUnsafeBytes { try EventRecordFormat.decode($0) }
-            #expect(record.event == expected)
-            let recomputed = bytes.withUnsafeBytes { EventRecordFormat.chainHash(of: $0, previous: previous) }
-            #expect(recomputed == record.hash, "chain broken at \(expected.sequence)")
-            previous = record.hash
-        }
+        let previous = try checkGoldenRecords(try [UInt8](Data(contentsOf: goldenURL)), events)
         let head = try String(contentsOf: goldenHeadURL, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(previous.hex == head)
     }
@@ -156,8 +167,11 @@ struct RecordFormatTests {
         }
         #expect(decode(Array(record.prefix(10))) == .truncated)
         #expect(decode(Array(record.dropLast())) == .lengthMismatch(expected: record.count, actual: record.count - 1))
-        var bad = record; bad[0] = 2
-        #expect(decode(bad) == .unknownVersion(2))
+        var bad = record; bad[0] = 3
+        #expect(decode(bad) == .unknownVersion(3))
+        // Version 2 has 8 more bytes of header: a version 1 record relabelled is too short.
+        bad = record; bad[0] = 2
+        #expect(decode(bad) == .lengthMismatch(expected: record.count + 8, actual: record.count))
         bad = record; bad[1] = 9
         #expect(decode(bad) == .unknownKind(9))
         bad = record; bad[1] = 2; bad[2] = 200

@@ -107,63 +107,6 @@ func audit(_ arguments: [String]) throws -> (Int32, String, String) {
     try run(product: "custody-audit", arguments)
 }
 
-/// A client process left running (mosquitto_sub, a paho script); its output is a file.
-final class Spawned {
-    let process = Process()
-    let outPath: String
-
-    init(_ executable: String, _ arguments: [String]) throws {
-        outPath = scratchDirectory("spawned") + ".out"
-        _ = FileManager.default.createFile(atPath: outPath, contents: nil)
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
-        process.standardOutput = handle
-        process.standardError = handle
-        try process.run()
-    }
-
-    var output: String { (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "" }
-
-    @discardableResult
-    func waitForOutput(containing text: String, timeout: Double = 10) throws -> String {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if output.contains(text) { return output }
-            if !process.isRunning, !output.contains(text) {
-                throw TestFailure.unexpected("ended without \"\(text)\": \(output)")
-            }
-            usleep(10_000)
-        }
-        throw TestFailure.timeout("\"\(text)\" in: \(output)")
-    }
-
-    func waitForExit(timeout: Double = 10) throws -> Int32 {
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning, Date() < deadline { usleep(10_000) }
-        guard !process.isRunning else { throw TestFailure.timeout("exit of \(process.arguments ?? []): \(output)") }
-        return process.terminationStatus
-    }
-
-    /// SIGTERM: a paho script then sends DISCONNECT and ends.
-    func stop() throws {
-        guard process.isRunning else { return }
-        Glibc.kill(process.processIdentifier, SIGTERM)
-        _ = try waitForExit()
-    }
-
-    func kill() {
-        guard process.isRunning else { return }
-        Glibc.kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
-    }
-
-    deinit {
-        kill()
-        try? FileManager.default.removeItem(atPath: outPath)
-    }
-}
-
 /// A paho-mqtt client that connects once (no reconnection) and reports, a line each:
 /// `CONNACK rc=N`, `SUBACK codes`, `PUBACK rc=N`, `MESSAGE topic payload`, `DISCONNECT rc=N`.
 let pahoOnce = #"""
@@ -205,14 +148,14 @@ c.disconnect()
 c.loop_stop()
 """#
 
-func paho(_ arguments: [String]) throws -> Spawned {
+func paho(_ arguments: [String]) throws -> SpawnedProcess {
     let python = packageRoot.appendingPathComponent(".venv-tests/bin/python").path
     guard FileManager.default.isExecutableFile(atPath: python) else {
         throw TestFailure.missing("\(python): run Tools/custody-setup")
     }
     let script = scratchDirectory("paho-once") + ".py"
     try pahoOnce.write(toFile: script, atomically: true, encoding: .utf8)
-    return try Spawned(python, ["-u", script] + arguments)
+    return try SpawnedProcess(python, ["-u", script] + arguments)
 }
 
 /// mosquitto_pub/mosquitto_sub run to their end.

@@ -20,11 +20,22 @@ struct CustodyAudit: ParsableCommand {
 
 /// The ledger to question. Every subcommand has it.
 struct LedgerOptions: ParsableArguments {
-    @Option(help: "Ledger directory (opened read-only, never changed).")
-    var dataDir: String = "./data"
+    @Option(
+        name: .customLong("data-dir"),
+        help: "Ledger directory (opened read-only, never changed); default ./data. Repeatable: the ledgers of a cluster's nodes (directories or mdb_copy backups), answered from one history merged by epoch, each event naming its node.")
+    var dataDirs: [String] = []
 
     @Option(help: "Where the archive's segments are (default: DATA-DIR/archive); segments copied off the machine are read from there.")
     var archive: String?
+
+    /// The one ledger (the first, when several are given).
+    var dataDir: String { dataDirs.first ?? "./data" }
+
+    func validate() throws {
+        if isMerged, archive != nil {
+            throw ValidationError("--archive names one ledger's archive: with several --data-dir each is read from DATA-DIR/archive")
+        }
+    }
 
     /// The archive directory: `--archive`, or `archive` under the ledger's directory.
     var archiveDirectory: String { archive ?? (dataDir as NSString).appendingPathComponent("archive") }
@@ -73,12 +84,19 @@ func audit(_ body: () throws -> Void) throws {
 extension LedgerOptions {
     /// Opens the ledger read-only and runs `body` in one consistent snapshot of it.
     func read<R>(_ body: (LedgerStore, LedgerSnapshot) throws -> R) throws -> R {
-        let store = try openStore()
+        try Self.read(dataDir, body)
+    }
+
+    func openStore() throws -> LedgerStore { try Self.openStore(dataDir) }
+
+    /// `read` of the ledger in `dataDir` (one node's, with several --data-dir).
+    static func read<R>(_ dataDir: String, _ body: (LedgerStore, LedgerSnapshot) throws -> R) throws -> R {
+        let store = try openStore(dataDir)
         defer { store.close() }
         return try store.read { try body(store, $0) }
     }
 
-    func openStore() throws -> LedgerStore {
+    static func openStore(_ dataDir: String) throws -> LedgerStore {
         // LMDB creates lock.mdb wherever it opens an environment, even read-only; look
         // before opening, so that a wrong directory is refused without leaving one there.
         let dataFile = dataDir + "/data.mdb"

@@ -12,7 +12,8 @@ struct Export: ParsableCommand {
             protocolVersion, cleanStart, sessionExpiryInterval, remoteAddress, hash (see the \
             README). Each record is checked (format, numbering, and its hash-chain link to the \
             record before it) before its line is printed; a damaged record stops the export \
-            with an error and exit status 1.
+            with an error and exit status 1. With several --data-dir: every ledger's events \
+            merged by epoch, each line with `node` and `epoch` (and without `hash`).
             """)
 
     @OptionGroup var ledger: LedgerOptions
@@ -37,6 +38,12 @@ struct Export: ParsableCommand {
 
     func run() throws {
         try audit {
+            if ledger.isMerged {
+                guard !follow, from == 1, to == nil else {
+                    throw AuditError("--from, --to and --follow number one ledger's events: with several --data-dir the whole merged history is exported")
+                }
+                return MergedOutput.print(try ledger.mergedHistory(), json: true)
+            }
             var exporter = Exporter(next: from, to: to, archive: ledger.archiveDirectory)
             var out = OutputBuffer()
             let store = try ledger.openStore()

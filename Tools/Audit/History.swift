@@ -30,6 +30,7 @@ struct History: ParsableCommand {
 
     func run() throws {
         try audit {
+            if ledger.isMerged { return try runMerged() }
             var out = OutputBuffer()
             try ledger.read { _, snapshot in
                 let sessionName = session.map(PinnedBytes.init)
@@ -61,5 +62,19 @@ struct History: ParsableCommand {
             }
             out.flush()
         }
+    }
+
+    /// Several nodes' ledgers: the matching events of the merged history, by epoch.
+    func runMerged() throws {
+        let matcher = client.map { AuthenticationName(unchecked: $0) }
+        let items = try ledger.mergedHistory().filter { item in
+            if let session { return item.event.sessionName.value == session }
+            return item.event.authenticationName == matcher!
+        }
+        guard !items.isEmpty else {
+            if let session { throw AuditError("unknown session '\(session)': no event of the ledgers names it") }
+            throw AuditError("unknown client '\(client!)': no event of the ledgers names it")
+        }
+        MergedOutput.print(items, json: json)
     }
 }

@@ -59,6 +59,7 @@ struct Owner: ParsableCommand {
 
     func run() throws {
         try audit {
+            if ledger.isMerged { return try runMerged() }
             let now = currentTime()
             let atTime = try at.map { try parseTime($0, flag: "--at", now: now) }
             var out = OutputBuffer()
@@ -148,5 +149,67 @@ struct Owner: ParsableCommand {
             }
             out.flush()
         }
+    }
+
+    /// Several nodes' ledgers: the session's events of the merged history (by epoch) up to
+    /// the moment, and the node whose event put it in its state.
+    func runMerged() throws {
+        guard seq == nil else { throw AuditError("--seq numbers one ledger's events: with several --data-dir give --at") }
+        let now = currentTime()
+        let atTime = try at.map { try parseTime($0, flag: "--at", now: now) }
+        let events = try ledger.mergedHistory().filter { $0.event.sessionName.value == session }
+        guard !events.isEmpty else { throw AuditError("unknown session '\(session)': no event of the ledgers names it") }
+        let moment = atTime ?? max(now, events.map(\.event.timestamp).max() ?? now)
+        var entry: SessionEntry?
+        var cause: NodeEvent?
+        for item in events where item.event.timestamp <= moment {
+            if case .rejected = item.event.kind { continue }
+            entry = SessionTransition.apply(item.event, to: entry)
+            cause = item
+        }
+        var state = "free"
+        var deadline: Int64?
+        var note: String?
+        switch entry?.state {
+        case .connected: state = "connected"
+        case .disconnected(let until) where until > moment:
+            state = "disconnected"
+            deadline = until
+        case .disconnected(let until):
+            deadline = until
+            note = "expired at \(ISO8601Time.format(until)); its expired event was not recorded by then"
+            entry = nil
+        case nil:
+            if cause == nil { note = "never held up to then" }
+        }
+        var out = OutputBuffer()
+        if json {
+            var j = JSONObject()
+            j.string("sessionName", session)
+            j.time("at", moment)
+            j.string("state", state)
+            j.string("owner", entry?.owner.value)
+            j.time("deadline", deadline)
+            j.string("note", note)
+            j.string("node", cause?.node)
+            j.int("epoch", cause?.event.epoch)
+            out.bytes = j.close()
+            out.bytes.append(UInt8(ascii: "\n"))
+        } else {
+            var rows: [[String]] = [
+                ["session", session], ["at", ISO8601Time.format(moment)],
+                ["state", state == "disconnected" ? "disconnected until \(ISO8601Time.format(deadline!))" : state],
+                ["owner", entry?.owner.value ?? "-"],
+            ]
+            if let note { rows.append(["note", note]) }
+            if let cause {
+                let e = cause.event
+                rows.append(["event", "node \(cause.node) epoch \(e.epoch) seq \(e.sequence) at \(ISO8601Time.format(e.timestamp)): \(e.kind.name)\(e.kind.reasonName.map { " \($0)" } ?? "")"])
+                rows.append(["client", e.authenticationName.value])
+                rows.append(["connection", String(e.connection)])
+            }
+            renderTable(["FIELD", "VALUE"], rows, into: &out)
+        }
+        out.flush()
     }
 }

@@ -6,7 +6,7 @@ import Glibc
 import Darwin
 #endif
 
-/// A record of format version 1 read in place, in LMDB's memory map, without copying or
+/// A record of format version 1 or 2 (2: with an epoch) read in place, in LMDB's memory map, without copying or
 /// building strings (see `Sources/LedgerCore/RECORD-FORMAT.md`). Valid only inside the
 /// read transaction that produced the bytes.
 ///
@@ -20,15 +20,25 @@ struct RawRecord {
     static let hashSize = EventRecordFormat.hashSize
 
     init?(_ bytes: UnsafeRawBufferPointer) {
-        guard bytes.count >= Self.headerSize + Self.hashSize, bytes[0] == EventRecordFormat.version else { return nil }
+        guard bytes.count >= Self.headerSize + Self.hashSize,
+            bytes[0] == EventRecordFormat.version || bytes[0] == EventRecordFormat.epochVersion
+        else { return nil }
         self.bytes = bytes
+        namesStart = bytes[0] == EventRecordFormat.epochVersion ? EventRecordFormat.epochHeaderSize : Self.headerSize
         // A checkpoint: fixed size, no names (its counts and digest: `checkpoint`).
         if bytes[1] == CheckpointRecordFormat.kindCode {
             guard bytes.count == CheckpointRecordFormat.size else { return nil }
             return
         }
-        guard Self.headerSize + authenticationLength + sessionLength + remoteLength + Self.hashSize == bytes.count
+        guard namesStart + authenticationLength + sessionLength + remoteLength + Self.hashSize == bytes.count
         else { return nil }
+    }
+
+    /// Where the names start: after the epoch in a version 2 record.
+    let namesStart: Int
+    /// The cluster's epoch (the etcd revision of the decision); 0 in a version 1 record.
+    var epoch: UInt64 {
+        namesStart == Self.headerSize ? 0 : UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 40, as: UInt64.self))
     }
 
     var kindCode: UInt8 { bytes[1] }
@@ -51,15 +61,15 @@ struct RawRecord {
     var connection: UInt64 { UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 32, as: UInt64.self)) }
 
     var authenticationName: ByteKey {
-        ByteKey(bytes.baseAddress! + Self.headerSize, authenticationLength)
+        ByteKey(bytes.baseAddress! + namesStart, authenticationLength)
     }
 
     var sessionName: ByteKey {
-        ByteKey(bytes.baseAddress! + Self.headerSize + authenticationLength, sessionLength)
+        ByteKey(bytes.baseAddress! + namesStart + authenticationLength, sessionLength)
     }
 
     var remoteAddress: ByteKey {
-        ByteKey(bytes.baseAddress! + Self.headerSize + authenticationLength + sessionLength, remoteLength)
+        ByteKey(bytes.baseAddress! + namesStart + authenticationLength + sessionLength, remoteLength)
     }
 
     var hash: UnsafeRawBufferPointer {

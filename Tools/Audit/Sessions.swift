@@ -31,6 +31,7 @@ struct Sessions: ParsableCommand {
 
     func run() throws {
         try audit {
+            if ledger.isMerged { return try runMerged() }
             let now = currentTime()
             let atTime = try at.map { try parseTime($0, flag: "--at", now: now) }
             var out = OutputBuffer()
@@ -93,5 +94,56 @@ struct Sessions: ParsableCommand {
             }
             out.flush()
         }
+    }
+
+    /// Several nodes' ledgers: the sessions live after the merged history (by epoch) up to
+    /// the moment, each with the node whose event put it in its state.
+    func runMerged() throws {
+        let now = currentTime()
+        let atTime = try at.map { try parseTime($0, flag: "--at", now: now) }
+        let moment = atTime ?? now
+        let matcher = client.map { AuthenticationName(unchecked: $0) }
+        let (sessions, known) = try ledger.mergedSessions(through: moment)
+        if let matcher, !known.contains(matcher.key) {
+            throw AuditError("unknown client '\(client!)': no event of the ledgers names it")
+        }
+        let live = sessions.filter { _, item in
+            if case .disconnected(let deadline) = item.entry.state, deadline <= moment { return false }
+            if let matcher, item.entry.owner != matcher { return false }
+            switch state {
+            case .connected?: return item.entry.state == .connected
+            case .disconnected?: return item.entry.state != .connected
+            case nil: return true
+            }
+        }.sorted { $0.key.value < $1.key.value }
+        var out = OutputBuffer()
+        func deadline(_ entry: SessionEntry) -> Int64? {
+            if case .disconnected(let deadline) = entry.state { return deadline }
+            return nil
+        }
+        if json {
+            for (name, item) in live {
+                var j = JSONObject()
+                j.string("sessionName", name.value)
+                j.string("owner", item.entry.owner.value)
+                j.string("state", item.entry.state == .connected ? "connected" : "disconnected")
+                j.time("deadline", deadline(item.entry))
+                j.string("node", item.node)
+                j.int("connection", item.entry.connection)
+                j.int("sessionExpiryInterval", UInt64(item.entry.expiryInterval))
+                out.line(String(decoding: j.close(), as: UTF8.self))
+            }
+        } else {
+            let rows = live.map { name, item in
+                [
+                    name.value, item.entry.owner.value, item.entry.state == .connected ? "connected" : "disconnected",
+                    deadline(item.entry).map(ISO8601Time.format) ?? "-", item.node, String(item.entry.connection),
+                    String(item.entry.expiryInterval),
+                ]
+            }
+            renderTable(["SESSION", "OWNER", "STATE", "DEADLINE", "NODE", "CONN", "EXPIRY"], rows, into: &out)
+            out.line("\(live.count) live session\(live.count == 1 ? "" : "s") at \(ISO8601Time.format(moment)) across \(ledger.dataDirs.count) ledgers")
+        }
+        out.flush()
     }
 }

@@ -13,6 +13,7 @@ struct Stats: ParsableCommand {
 
     func run() throws {
         try audit {
+            guard !ledger.isMerged else { throw AuditError("stats reads one ledger: give one --data-dir") }
             let now = currentTime()
             var out = OutputBuffer()
             try ledger.read { store, snapshot in

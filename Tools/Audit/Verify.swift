@@ -1,5 +1,6 @@
 import LMDBStorage
 import ArgumentParser
+import Foundation
 import SessionLedger
 
 /// `verify`: from the newest checkpoint by default (its projection rebuilt and proved, every
@@ -31,8 +32,12 @@ struct Verify: ParsableCommand {
     @Flag(help: "Every record from sequence 1, archive segments included, not only from the newest checkpoint.")
     var full = false
 
+    @Flag(help: "With several --data-dir (a cluster's nodes): also check that no session ever had two owners at once (no two connected intervals overlap, in epoch order).")
+    var cluster = false
+
     func run() throws {
         try audit {
+            if ledger.isMerged || cluster { return try runCluster() }
             let (head, problem, from) = try ledger.read { _, snapshot -> (LedgerHead, VerifyProblem?, UInt64) in
                 if !full, let report = try snapshot.verifySinceNewestCheckpoint(archive: ledger.archiveDirectory) {
                     return (report.head, report.problem, report.checkedFrom)
@@ -74,5 +79,42 @@ struct Verify: ParsableCommand {
             out.flush()
             if problem != nil { throw ExitCode.failure }
         }
+    }
+
+    /// Each node's ledger verified as on its own; with `--cluster`, their merged history
+    /// checked for overlapping owners.
+    func runCluster() throws {
+        var failed = false
+        var out = OutputBuffer()
+        for (directory, node) in zip(ledger.dataDirs.isEmpty ? [ledger.dataDir] : ledger.dataDirs, ledger.nodeNames) {
+            let archive = ledger.isMerged ? (directory as NSString).appendingPathComponent("archive") : ledger.archiveDirectory
+            let (head, problem) = try LedgerOptions.read(directory) { _, snapshot -> (LedgerHead, VerifyProblem?) in
+                if !full, let report = try snapshot.verifySinceNewestCheckpoint(archive: archive) {
+                    return (report.head, report.problem)
+                }
+                var fold = AuditFold()
+                defer { fold.release() }
+                let outcome = try LogScan.run(snapshot, archive: archive) { fold.apply($0) }
+                if let problem = outcome.problem { return (outcome.head, problem) }
+                return (outcome.head, try fold.compare(with: snapshot, head: outcome.head))
+            }
+            if let problem {
+                failed = true
+                out.line("verify: FAILED node=\(node) problem=\"\(problem)\"")
+            } else {
+                out.line("verify: ok node=\(node) events=\(head.sequence) head=\(head.hash)")
+            }
+        }
+        if cluster && !failed {
+            let history = try ledger.mergedHistory()
+            let overlaps = ClusterCheck.overlaps(history)
+            for overlap in overlaps { out.line("verify: FAILED cluster \(overlap)") }
+            if overlaps.isEmpty {
+                out.line("verify: ok cluster nodes=\(ledger.nodeNames.count) events=\(history.count) no session had two owners at once")
+            }
+            failed = !overlaps.isEmpty
+        }
+        out.flush()
+        if failed { throw ExitCode.failure }
     }
 }

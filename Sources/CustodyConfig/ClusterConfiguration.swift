@@ -1,0 +1,68 @@
+import Foundation
+import Yams
+
+/// A cluster of nodes whose session ownership etcd decides (`cluster:` in the file,
+/// `--cluster-etcd URL[,URL…] --node-id NAME [--cluster-lease-seconds S]`). nil: one node,
+/// the embedded ledger alone decides.
+public struct ClusterConfiguration: Sendable, Equatable {
+    /// etcd's client URLs (its v3 JSON gateway), `http://host:port`.
+    public var etcd: [String]
+    /// This node's name in the cluster: unique among live nodes.
+    public var nodeID: String
+    /// How long the node's lease lives without a keepalive; a node cut off from etcd stops
+    /// serving within it, and its sessions become resumable elsewhere after it.
+    public var leaseSeconds: Int
+
+    public static let leaseSecondsRange = 2...3600
+    public static let defaultLeaseSeconds = 10
+
+    public init(etcd: [String], nodeID: String, leaseSeconds: Int = ClusterConfiguration.defaultLeaseSeconds) {
+        self.etcd = etcd
+        self.nodeID = nodeID
+        self.leaseSeconds = leaseSeconds
+    }
+
+    /// What is wrong with one etcd URL, nil when it will do.
+    public static func problem(url: String) -> String? {
+        guard let parsed = URLComponents(string: url), parsed.scheme == "http" || parsed.scheme == "https",
+            let host = parsed.host, !host.isEmpty, parsed.query == nil, parsed.path.isEmpty || parsed.path == "/"
+        else {
+            return "'\(url)' is not an etcd client URL such as http://127.0.0.1:2379"
+        }
+        return nil
+    }
+
+    /// What is wrong with a node id, nil when it will do: 1–128 of A–Z a–z 0–9 . _ -
+    public static func problem(nodeID: String) -> String? {
+        let allowed = nodeID.unicodeScalars.allSatisfy { scalar in
+            scalar.isASCII && (CharacterSet.alphanumerics.contains(scalar) || "._-".unicodeScalars.contains(scalar))
+        }
+        guard (1...128).contains(nodeID.count), allowed else {
+            return "'\(nodeID)' is not a node id (1-128 characters of A-Z a-z 0-9 . _ -)"
+        }
+        return nil
+    }
+}
+
+extension ConfigurationReader {
+    func cluster(_ node: Node) throws(ConfigurationError) -> ClusterConfiguration {
+        let keys = try mapping(node, "cluster", known: ["etcd", "nodeId", "leaseSeconds"])
+        guard let (_, etcdNode) = keys["etcd"] else { throw fail(node, "cluster.etcd", "missing (etcd's client URLs)") }
+        guard let (_, nodeIDNode) = keys["nodeId"] else { throw fail(node, "cluster.nodeId", "missing (this node's name)") }
+        let items = try sequence(etcdNode, "cluster.etcd")
+        guard !items.isEmpty else { throw fail(etcdNode, "cluster.etcd", "at least one URL is needed") }
+        var urls: [String] = []
+        for (index, item) in items.enumerated() {
+            let url = try string(item, "cluster.etcd[\(index)]")
+            if let problem = ClusterConfiguration.problem(url: url) { throw fail(item, "cluster.etcd[\(index)]", problem) }
+            urls.append(url)
+        }
+        let nodeID = try string(nodeIDNode, "cluster.nodeId")
+        if let problem = ClusterConfiguration.problem(nodeID: nodeID) { throw fail(nodeIDNode, "cluster.nodeId", problem) }
+        var cluster = ClusterConfiguration(etcd: urls, nodeID: nodeID)
+        if let (_, value) = keys["leaseSeconds"] {
+            cluster.leaseSeconds = try int(value, "cluster.leaseSeconds", range: ClusterConfiguration.leaseSecondsRange)
+        }
+        return cluster
+    }
+}
