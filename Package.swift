@@ -32,6 +32,8 @@ let package = Package(
         // Sign-in without certificates: JSON Web Tokens (JOSE, signatures) and the webhook's HTTP client.
         .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.7.1"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        // base64url of a token's signature (jwt-kit's own dependency).
+        .package(url: "https://github.com/swift-extras/swift-extras-base64.git", from: "1.2.0"),
         // HTTP publish (`POST /mqtt/messages`): a maintained HTTP server, no HTTP parsing of ours.
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
@@ -98,6 +100,7 @@ let package = Package(
             dependencies: [
                 "CustodyConfig", "CustodyModel", "LedgerCore",
                 .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "ExtrasBase64", package: "swift-extras-base64"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),

@@ -120,6 +120,8 @@ public struct TokenVerifier: Sendable {
     let issuers: [Issuer]
     /// jwt-kit's parser, with a decoder that keeps only the claims some issuer reads.
     let parser: DefaultJWTParser
+    /// Tokens parsed before (their signatures are checked every time all the same).
+    let parsed = ParsedTokens()
 
     init(issuers: [Issuer]) {
         self.issuers = issuers
@@ -146,13 +148,20 @@ public struct TokenVerifier: Sendable {
 
     public func verify(_ token: String, now: Double = Date().timeIntervalSince1970) -> TokenOutcome {
         let bytes = Array(token.utf8)
+        guard let (signingInput, signature) = ParsedTokens.split(bytes) else {
+            return .refused("malformed token: not three base64url parts")
+        }
         let header: JWTHeader
         let claims: TokenClaims
-        let signature: Data
-        do {
-            (header, claims, signature) = try parser.parse(bytes, as: TokenClaims.self)
-        } catch {
-            return .refused("malformed token: \(error)")
+        if let known = parsed.lookUp(signingInput) {
+            (header, claims) = (known.header, known.claims)
+        } else {
+            do {
+                (header, claims, _) = try parser.parse(bytes, as: TokenClaims.self)
+            } catch {
+                return .refused("malformed token: \(error)")
+            }
+            parsed.keep(signingInput, ParsedTokens.Parsed(header: header, claims: claims))
         }
         let alg = header.alg ?? "none"
         guard alg.lowercased() != "none" else { return .refused("unsigned token (alg none) is never accepted") }
@@ -168,9 +177,6 @@ public struct TokenVerifier: Sendable {
         guard !candidates.isEmpty else {
             return .refused("no key of issuer '\(iss)' verifies \(alg)\(header.kid.map { " with kid \($0)" } ?? "")")
         }
-        // The signing input is the header and the claims as sent: everything before the last dot
-        // (the parser found exactly two).
-        let signingInput = bytes[..<(bytes.lastIndex(of: UInt8(ascii: ".")) ?? bytes.endIndex)]
         var failure = "signature verification failed"
         for key in candidates {
             do {

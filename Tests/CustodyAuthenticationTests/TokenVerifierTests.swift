@@ -67,6 +67,27 @@ struct TokenVerifierTests {
         #expect(refusal(await verifier.verify(spliced))?.contains("signature") == true)
     }
 
+    /// A token seen before is not parsed again, but its signature is checked every time: its
+    /// header and claims with another token's signature are refused, and its times are checked
+    /// every time too.
+    @Test func aTokenSeenBeforeIsStillCheckedEveryTime() async throws {
+        let verifier = try await TokenVerifier.load([issuer([keys.path("ec256.pub")])])
+        let good = try await keys.token(TestClaims(subject: "device-1"), alg: "ES256", key: "ec256")
+        let other = try await keys.token(TestClaims(subject: "device-2"), alg: "ES256", key: "ec256")
+        guard case .accepted(let name, _, _) = verifier.verify(good), name.value == "device-1" else {
+            Issue.record("the token was not accepted")
+            return
+        }
+        let (g, o) = (good.split(separator: "."), other.split(separator: "."))
+        let wrongSignature = [g[0], g[1], o[2]].joined(separator: ".")
+        #expect(refusal(verifier.verify(wrongSignature))?.contains("signature") == true)
+        guard case .accepted = verifier.verify(good) else {
+            Issue.record("the token was not accepted again")
+            return
+        }
+        #expect(refusal(verifier.verify(good, now: Date().timeIntervalSince1970 + 3600))?.contains("expired") == true)
+    }
+
     @Test func noneAndSharedSecretsAreRefusedUnlessConfigured() async throws {
         let verifier = try await TokenVerifier.load([issuer([keys.path("rsa.pub")])])
         let unsigned = try await keys.token(TestClaims(), alg: "none")
