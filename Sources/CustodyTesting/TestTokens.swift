@@ -37,6 +37,19 @@ public final class TestSigningKeys: Sendable {
 
     public func text(_ name: String) throws -> String { try String(contentsOfFile: path(name), encoding: .utf8) }
 
+    /// A configuration's `authentication:` section with one issuer, TestClaims' (its default
+    /// issuer and audience, the name in `sub`), trusting the public key files `keys`.
+    public func authenticationSection(keys: [String] = ["rsa.pub"], clockSkewSeconds: Int? = nil) -> String {
+        """
+        authentication:
+          jwt:
+            - issuer: https://login.example/tenant
+              audience: custody
+              keys: [\(keys.map(path).joined(separator: ", "))]
+              authenticationNameClaim: sub
+        """ + (clockSkewSeconds.map { "\n      clockSkewSeconds: \($0)" } ?? "")
+    }
+
     /// A JWKS file with the RSA key (kid `rsa-1`) and the Ed25519 key (kid `ed-1`), their
     /// public numbers read with openssl.
     public func writeJWKS(to file: String) throws {

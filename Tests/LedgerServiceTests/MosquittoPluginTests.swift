@@ -227,15 +227,7 @@ import Testing
         let expired = try await keys.token(TestClaims(subject: "device-1", expiresIn: -5), alg: "RS256")
         try await offPool {
             let config = scratchDirectory("mq-jwt") + ".yaml"
-            try """
-                authentication:
-                  jwt:
-                    - issuer: https://login.example/tenant
-                      audience: custody
-                      keys: [\(keys.path("rsa.pub"))]
-                      authenticationNameClaim: sub
-                      clockSkewSeconds: 0
-                """.write(toFile: config, atomically: true, encoding: .utf8)
+            try keys.authenticationSection(clockSkewSeconds: 0).write(toFile: config, atomically: true, encoding: .utf8)
             defer { try? FileManager.default.removeItem(atPath: config) }
             try withMosquitto("mq-jwt", custodyArguments: ["--config", config]) { custody, mosquitto in
                 let (refused, refusedOutput) = try mosquittoClient(

@@ -153,14 +153,7 @@ struct HTTPPublishEndToEndTests {
         let stranger = try await keys.token(TestClaims(subject: "someone"), alg: "RS256")
         let foreign = try await keys.token(TestClaims(subject: "pub-1"), alg: "RS256", key: "other-rsa")
         try await offPool {
-            let config = try httpConfiguration("http-jwt", extra: """
-                authentication:
-                  jwt:
-                    - issuer: https://login.example/tenant
-                      audience: custody
-                      keys: [\(keys.path("rsa.pub"))]
-                      authenticationNameClaim: sub
-                """)
+            let config = try httpConfiguration("http-jwt", extra: keys.authenticationSection())
             let (custody, port) = try startCustody("http-jwt", config: config)
             defer { custody.cleanUp() }
             #expect(try post(port, query: "topic=factory/a", user: nil, bearer: good).status == 204)
