@@ -2,7 +2,8 @@ import ArgumentParser
 import Foundation
 import LMDBStorage
 
-/// A child process for the broker store's power-loss test: puts messages forever (and now
+/// A child process for the broker store's power-loss test (the store opened with its
+/// deferred meta flush): puts messages forever (and now
 /// and then deletes a key that is not there, a commit that changes nothing) and prints one
 /// line per durable put, so that a parent can check what a flush left on disk.
 struct StoreCrashChild: ParsableCommand {
@@ -16,7 +17,8 @@ struct StoreCrashChild: ParsableCommand {
     var window: Int = 16
 
     func run() throws {
-        let store = try BrokerStore(directory: dataDir)
+        // The deferred meta flush is the mode whose answers a power loss could outrun.
+        let store = try BrokerStore(directory: dataDir, options: BrokerStoreOptions(deferredMetaSync: true))
         exitWhenOrphaned()
         emit("ready")
         let gate = DispatchSemaphore(value: window)

@@ -49,12 +49,15 @@ public struct BrokerStoreOptions: Sendable {
     /// Past it, writes fail as a full store (the broker's limits' outcomes), never an exit.
     public var mapSize: Int
     /// MDB_NOMETASYNC, with answers held until the meta page is durable: one flush per
-    /// commit under load (README: "Durability", as the ledger's).
+    /// commit under load (README: "Durability", as the ledger's). Off by default: the broker's
+    /// QoS 1 flows wait on each commit with a window of messages in flight, so few commits
+    /// follow one another at once, and each then pays the flush at once anyway; measured, the
+    /// offline queue filled and drained 40% slower with it (Benchmarks/RESULTS.md).
     public var deferredMetaSync: Bool
     /// Opened only to read (`custody-audit routes`, while custody runs): writes fail.
     public var readOnly: Bool
 
-    public init(mapSize: Int = 16 << 30, deferredMetaSync: Bool = true, readOnly: Bool = false) {
+    public init(mapSize: Int = 16 << 30, deferredMetaSync: Bool = false, readOnly: Bool = false) {
         self.mapSize = mapSize
         self.deferredMetaSync = deferredMetaSync
         self.readOnly = readOnly
@@ -75,9 +78,9 @@ public struct BrokerCommitStatistics: Sendable {
 /// Every `submit` waiting when the writer becomes free joins one write transaction and one
 /// fsync; each submitter's `done` runs after that commit, on the writer thread, in
 /// submission order (so a caller that submits A before B hears of A first, and A is on disk
-/// whenever B is). If the commit fails, every submission in it fails. As the ledger's, a
-/// commit's meta page is flushed by the next commit's flush, or at once when none follows,
-/// and its submitters hear of it only then.
+/// whenever B is). If the commit fails, every submission in it fails. With
+/// `deferredMetaSync`, as the ledger's, a commit's meta page is flushed by the next commit's
+/// flush, or at once when none follows, and its submitters hear of it only then.
 public final class BrokerStore: @unchecked Sendable {
     private let lmdb: LMDBEnvironment
     private let messages: MDB_dbi

@@ -190,7 +190,8 @@ struct PowerLossTests {
         }
     }
 
-    /// The broker's store (QoS 1/2 messages and sessions) flushes its meta page the same way.
+    /// The broker's store (QoS 1/2 messages and sessions) with its deferred meta flush
+    /// (`BrokerStoreOptions.deferredMetaSync`, off in custody by default).
     @Test func everyStoredMessageIsInTheImageOfTheFlushBeforeIt() async throws {
         try await offPool {
             let work = Self.workDirectory("custody-powerloss-store")
