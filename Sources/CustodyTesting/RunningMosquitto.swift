@@ -48,8 +48,12 @@ public final class RunningMosquitto: @unchecked Sendable {
 
     /// `lines`: more configuration (plugin, plugin_opt_..., allow_anonymous). It runs as the
     /// user running the test (started as root it would drop to `mosquitto`, who may not open
-    /// a root-owned 0660 ledger socket).
-    public init(_ label: String, lines: [String], port: Int? = nil) throws {
+    /// a root-owned 0660 ledger socket). `persistence`: its database in `directory` (what the
+    /// benchmarks compare custody with); `logEverything` false: errors and warnings only, no
+    /// line per connection (for load).
+    public init(
+        _ label: String, lines: [String], port: Int? = nil, persistence: Bool = false, logEverything: Bool = true
+    ) throws {
         directory = scratchDirectory("mosquitto-\(label)")
         try FileManager.default.createDirectory(
             atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o777])
@@ -57,8 +61,9 @@ public final class RunningMosquitto: @unchecked Sendable {
         let user = getpwuid(getuid()).map { String(cString: $0.pointee.pw_name) } ?? "root"
         configuration = ([
             "listener \(self.port) 127.0.0.1", "user \(user)", "log_dest file \(directory)/mosquitto.log",
-            "log_type all", "persistence false",
-        ] + lines).joined(separator: "\n") + "\n"
+        ] + (logEverything ? ["log_type all"] : ["log_type error", "log_type warning", "connection_messages false"])
+            + (persistence ? ["persistence true", "persistence_location \(directory)/"] : ["persistence false"])
+            + lines).joined(separator: "\n") + "\n"
         try configuration.write(toFile: directory + "/mosquitto.conf", atomically: true, encoding: .utf8)
         try start()
     }

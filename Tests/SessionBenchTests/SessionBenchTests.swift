@@ -7,71 +7,10 @@ import Testing
 
 private func product(_ name: String) throws -> URL { try builtProduct(name) }
 
-enum BenchTestError: Error, CustomStringConvertible {
-    case missing(String)
-    case brokerNeverReady(String)
-
-    var description: String {
-        switch self {
-        case .missing(let what): "missing \(what)"
-        case .brokerNeverReady(let log): "broker never became ready; log:\n\(log)"
-        }
-    }
-}
-
-/// A port nobody listens on right now (bound and released).
-private func freePort() throws -> Int { try freeLoopbackPort() }
-
-private func canConnect(port: Int) -> Bool { acceptsConnections(port: port) }
-
-/// Debian's mosquitto with persistence on, in a temporary directory, on a free loopback port.
-final class Mosquitto {
-    let directory: String
-    let port: Int
-    let process = Process()
-
-    init() throws {
-        directory = scratchDirectory("bench-mosquitto")
-        // Started as root, mosquitto drops to its own user, which must write its log and database here.
-        try FileManager.default.createDirectory(
-            atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o777])
-        port = try freePort()
-        let config = """
-            listener \(port) 127.0.0.1
-            allow_anonymous true
-            persistence true
-            persistence_location \(directory)/
-            log_dest file \(directory)/mosquitto.log
-            connection_messages false
-
-            """
-        try config.write(toFile: directory + "/mosquitto.conf", atomically: true, encoding: .utf8)
-        process.executableURL = URL(fileURLWithPath: "/usr/sbin/mosquitto")
-        process.arguments = ["-c", directory + "/mosquitto.conf"]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let deadline = Date().addingTimeInterval(10)
-        while !canConnect(port: port) {
-            guard Date() < deadline, process.isRunning else {
-                stop()
-                throw BenchTestError.brokerNeverReady((try? String(contentsOfFile: directory + "/mosquitto.log", encoding: .utf8)) ?? "")
-            }
-            usleep(20_000)
-        }
-    }
-
-    var pid: Int32 { process.processIdentifier }
-
-    /// SIGKILL: Foundation's Process starts children with SIGTERM blocked, and nothing of
-    /// this broker needs to survive the test.
-    func stop() {
-        if process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
-        try? FileManager.default.removeItem(atPath: directory)
-    }
+/// Debian's mosquitto with persistence on, logging only errors and warnings, on a free
+/// loopback port.
+private func benchMosquitto() throws -> RunningMosquitto {
+    try RunningMosquitto("bench", lines: ["allow_anonymous true"], persistence: true, logEverything: false)
 }
 
 extension RunningCustody {
@@ -182,8 +121,8 @@ struct SessionBenchTests {
     @Test("connect for 1 s: a well-formed summary, ok > 0, no errors", arguments: [4, 5])
     func connectAgainstMosquitto(proto: Int) async throws {
         try await offPool {
-            let mosquitto = try Mosquitto()
-            defer { mosquitto.stop() }
+            let mosquitto = try benchMosquitto()
+            defer { mosquitto.cleanUp() }
             let run = try bench([
                 "connect", "--port", "\(mosquitto.port)", "--conns", "4", "--seconds", "1", "--proto", "\(proto)",
                 "--pid", "\(mosquitto.pid)",
@@ -209,8 +148,8 @@ struct SessionBenchTests {
     @Test("persistent: every reconnect finds its session (session present = 1)", arguments: [4, 5])
     func persistentAgainstMosquitto(proto: Int) async throws {
         try await offPool {
-            let mosquitto = try Mosquitto()
-            defer { mosquitto.stop() }
+            let mosquitto = try benchMosquitto()
+            defer { mosquitto.cleanUp() }
             let run = try bench([
                 "persistent", "--port", "\(mosquitto.port)", "--conns", "8", "--total", "300", "--proto", "\(proto)",
                 "--seconds", "20",
@@ -224,8 +163,8 @@ struct SessionBenchTests {
     @Test("reject: mosquitto takes sessions over instead of refusing; counted as errors, never as successes")
     func rejectAgainstMosquittoCountsTakeovers() async throws {
         try await offPool {
-            let mosquitto = try Mosquitto()
-            defer { mosquitto.stop() }
+            let mosquitto = try benchMosquitto()
+            defer { mosquitto.cleanUp() }
             let run = try bench(["reject", "--port", "\(mosquitto.port)", "--conns", "2", "--seconds", "1", "--proto", "5"])
             #expect(run.status == 0, "\(run.stderr)")
             #expect(run.int("rejected") == 0, "\(run.stdout)")
@@ -238,8 +177,8 @@ struct SessionBenchTests {
     @Test("takeover: second CONNACK and the old connection closed", arguments: [4, 5])
     func takeoverAgainstMosquitto(proto: Int) async throws {
         try await offPool {
-            let mosquitto = try Mosquitto()
-            defer { mosquitto.stop() }
+            let mosquitto = try benchMosquitto()
+            defer { mosquitto.cleanUp() }
             let run = try bench(["takeover", "--port", "\(mosquitto.port)", "--conns", "2", "--seconds", "1", "--proto", "\(proto)"])
             #expect(run.status == 0, "\(run.stderr)")
             let ok = try #require(run.int("ok"), "\(run.stdout)")
@@ -254,8 +193,8 @@ struct SessionBenchTests {
     @Test("hold: connections kept with PINGREQ, RSS read from /proc")
     func holdAgainstMosquitto() async throws {
         try await offPool {
-            let mosquitto = try Mosquitto()
-            defer { mosquitto.stop() }
+            let mosquitto = try benchMosquitto()
+            defer { mosquitto.cleanUp() }
             let run = try bench([
                 "hold", "--port", "\(mosquitto.port)", "--conns", "50", "--seconds", "1.5", "--ping-seconds", "0.5",
                 "--pid", "\(mosquitto.pid)",
@@ -275,28 +214,19 @@ struct SessionBenchTests {
     /// PUBREL and PUBCOMP both ways.
     @Test("publish QoS 1 and 2 fan-in for 1 s against mosquitto: every acknowledged message delivered", arguments: [1, 2])
     func publishAgainstMosquitto(qos: Int) throws {
-        let mosquitto = try Mosquitto()
-        defer { mosquitto.stop() }
+        let mosquitto = try benchMosquitto()
+        defer { mosquitto.cleanUp() }
         try checkPublish(
             port: mosquitto.port, pid: mosquitto.pid, qos: qos, shape: "fan-in", proto: 5, conns: 4, extra: ["--max-ahead", "16"])
     }
 
     /// The issue's shapes: P publishers and S subscribers, every subscriber on everything
     /// (each message delivered S times), or a topic per subscriber (each delivered once).
-    /// QoS 2 both ways (PUBREC, PUBREL, PUBCOMP from the publishers and to the subscriber).
-    @Test("publish QoS 2 fan-in for 1 s against mosquitto: exactly once, nothing lost")
-    func publishQoS2AgainstMosquitto() throws {
-        let mosquitto = try Mosquitto()
-        defer { mosquitto.stop() }
-        try checkPublish(
-            port: mosquitto.port, pid: mosquitto.pid, qos: 2, shape: "fan-in", proto: 5, conns: 4, extra: ["--max-ahead", "16"])
-    }
-
     @Test("publish with --publishers and --subscribers: fan-in to all, and a topic per subscriber", arguments: ["fan-in", "per-topic"])
     func publishersAndSubscribers(shape: String) async throws {
         try await offPool {
-            let mosquitto = try Mosquitto()
-            defer { mosquitto.stop() }
+            let mosquitto = try benchMosquitto()
+            defer { mosquitto.cleanUp() }
             try checkPublish(
                 port: mosquitto.port, pid: mosquitto.pid, qos: 1, shape: shape, proto: 5, conns: 1,
                 extra: ["--publishers", "3", "--subscribers", "3", "--max-ahead", "16"],
@@ -307,7 +237,7 @@ struct SessionBenchTests {
     @Test("a closed port: every cycle is an error by reason (refused), none a success")
     func closedPortCountsRefusals() async throws {
         try await offPool {
-            let port = try freePort()
+            let port = try freeLoopbackPort()
             let run = try bench(["connect", "--port", "\(port)", "--conns", "1", "--total", "20", "--seconds", "2"])
             #expect(run.status == 0, "\(run.stderr)")
             #expect(run.int("ok") == 0, "\(run.stdout)")
@@ -319,8 +249,8 @@ struct SessionBenchTests {
     @Test("--json prints one JSON object")
     func jsonOutput() async throws {
         try await offPool {
-            let mosquitto = try Mosquitto()
-            defer { mosquitto.stop() }
+            let mosquitto = try benchMosquitto()
+            defer { mosquitto.cleanUp() }
             let run = try bench(["connect", "--port", "\(mosquitto.port)", "--conns", "2", "--total", "50", "--json"])
             #expect(run.status == 0, "\(run.stderr)")
             #expect(run.lines.count == 1)
@@ -335,10 +265,10 @@ struct SessionBenchTests {
     @Test("compare: two brokers, rounds alternating, ratio per round and median")
     func compareTwoMosquittos() async throws {
         try await offPool {
-            let a = try Mosquitto()
-            defer { a.stop() }
-            let b = try Mosquitto()
-            defer { b.stop() }
+            let a = try benchMosquitto()
+            defer { a.cleanUp() }
+            let b = try benchMosquitto()
+            defer { b.cleanUp() }
             let run = try bench([
                 "compare", "--broker", "a=127.0.0.1:\(a.port)", "--broker", "b=127.0.0.1:\(b.port)",
                 "--pid", "a=\(a.pid)", "--pid", "b=\(b.pid)", "--mode", "connect", "--rounds", "2",
