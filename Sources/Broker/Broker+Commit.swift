@@ -13,13 +13,15 @@ extension Broker {
     }
 
     /// Submits `batch` (under the lock, so the store sees it in the broker's order) and
-    /// returns what to wait on; nil when there is nothing to write. Its held deliveries are
+    /// returns what to wait on; nil when there is nothing to write and no tap to tell (a tap's
+    /// capture without writes, a QoS 0 message's route event, still goes through the store's
+    /// queue: it is told in commit order, after every earlier write). Its held deliveries are
     /// sent once the commit succeeded. When it failed, what the batch changed in memory is put
     /// back first (`undo`): the held deliveries leave their queues unsent (the publisher, which
     /// gets no acknowledgement, sends the message again), and the waiter hears of the failure
     /// only after that.
     func submitWaiting(_ batch: StoreBatch) -> CommitWaiter? {
-        guard let store, !batch.isEmpty else { return nil }
+        guard let store, !batch.isEmpty || !batch.afterCommit.isEmpty else { return nil }
         let waiter = CommitWaiter()
         let held = batch.heldUntilCommit
         let undoLog = batch.undoLog

@@ -372,6 +372,8 @@ struct Custody: AsyncParsableCommand {
                 // Always: a reload may add a route that takes them.
                 operations.lifecycleRouting.set { made.lifecycle($0) }
                 router = made
+                let missed = try made.replayLifecycle(from: lmdbLedger, recovery: recovery)
+                if missed > 0 { say("custody: routes: \(missed) ledger events read again (committed after the routes' last write)") }
             } catch {
                 throw await startFailed("cannot read the routes' outboxes in \(brokerDirectory): \(error)", broker: broker, ledger: ledger)
             }

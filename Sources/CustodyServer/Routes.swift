@@ -4,6 +4,7 @@ import CustodyConfig
 import Foundation
 import LedgerCore
 import Routing
+import SessionLedger
 import ServiceLifecycle
 import Synchronization
 
@@ -66,4 +67,26 @@ final class LifecycleRouting: Sendable {
     func set(_ body: @escaping @Sendable ([CommittedEvent]) -> Void) { target.withLock { $0 = body } }
 
     func send(_ events: [CommittedEvent]) { target.withLock { $0 }?(events) }
+}
+
+extension Router {
+    /// At start, before the commit hook's events are handed on: the ledger's events after the
+    /// routes' cursor (a crash may have come between their commit and the routes' write), or,
+    /// the first time, from recovery's. Events older than the lifecycle routes' longest
+    /// `retry.maxAgeMinutes` are left: they would only be dead-lettered. Returns how many.
+    func replayLifecycle(from ledger: LMDBSessionLedger, recovery: RecoveryReport) throws -> Int {
+        let first: UInt64
+        if let cursor = lifecycleCursorAtStart {
+            first = cursor + 1
+        } else {
+            first = recovery.events.first?.event.sequence ?? ledger.head.sequence + 1
+        }
+        guard first <= ledger.head.sequence, let maxAge = lifecycleReplayAgeMinutes else { return 0 }
+        let oldest = wallClockMicroseconds() - Int64(maxAge) * 60_000_000
+        let events = try ledger.records(from: first)
+            .filter { $0.event.timestamp >= oldest }
+            .map { CommittedEvent(event: $0.event, hash: $0.hash) }
+        if !events.isEmpty { lifecycle(events) }
+        return events.count
+    }
 }

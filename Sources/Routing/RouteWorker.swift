@@ -14,6 +14,7 @@ import Synchronization
 /// events with the same ids, until it succeeds, `retry.maxAttempts` attempts failed, or its
 /// oldest event is older than `retry.maxAgeMinutes`; then, as for any other 4xx, its events
 /// go to the dead-letter target. An event leaves the store once delivered or dead-lettered.
+/// Failed attempts are written to the events' records, so that a restart goes on counting.
 final class RouteWorker: Sendable {
     let route: RouteConfiguration
     private let delivery: RouteDelivery
@@ -152,7 +153,7 @@ final class RouteWorker: Sendable {
     private var stopped: Bool { state.withLock { $0.stopped } }
 
     private func deliver(_ batch: [OutboxRecord], client: HTTPClient) async {
-        var attempts = 0
+        var attempts = Int(batch.map(\.attempts).max() ?? 0)
         while !stopped {
             attempts += 1
             let outcome = await delivery.attempt(batch, client: client)
@@ -175,6 +176,7 @@ final class RouteWorker: Sendable {
                     await giveUp(batch, reason: reason, attempts: attempts, status: status, error: error)
                     return
                 }
+                remember(batch, attempts: attempts)
                 let wait = retryAfter ?? RouteDelivery.backoff(attempts: attempts)
                 logger.debug("route delivery failed, retrying", metadata: [
                     "route": "\(route.name)", "status": "\(status.map { "\($0)" } ?? "-")", "error": "\(error)",
@@ -241,7 +243,18 @@ final class RouteWorker: Sendable {
                 state.head = 0
             }
         }
-        store.submit(batch.map(\.delete))
+        let deletes = batch.filter(\.inStore).map(\.delete)
+        if !deletes.isEmpty { store.submit(deletes) }
+    }
+
+    /// The failed attempts so far, in the events' records (format 2).
+    private func remember(_ batch: [OutboxRecord], attempts: Int) {
+        let puts = batch.filter(\.inStore).map { record in
+            var record = record
+            record.attempts = UInt32(clamping: attempts)
+            return record.put
+        }
+        if !puts.isEmpty { store.submit(puts) }
     }
 
     private func refreshGauges() {

@@ -18,7 +18,8 @@ import Synchronization
 ///
 /// Installed as the broker's publish tap (`Broker.setPublishTap`): `capture` runs under the
 /// broker's lock, so events are numbered in the order the broker accepted their messages.
-/// QoS 0 messages go through the outbox too (their publisher does not wait for it).
+/// A QoS 0 message's events are best-effort: kept in memory only, not in the store, and
+/// handed to the route behind the writes accepted before them (so a route's order holds).
 public final class Router: BrokerPublishTap, Sendable {
     /// Extension attributes from a client's attributes (the registry's merged with sign-in's):
     /// asked only for routes with `enrichments.fromClientAttributes`.
@@ -39,6 +40,8 @@ public final class Router: BrokerPublishTap, Sendable {
         var client: HTTPClient?
         /// Events of the store for routes no longer configured, by route.
         var orphans: [String: [OutboxRecord]] = [:]
+        /// The last ledger sequence number whose events the routes took (nil: none yet).
+        var lifecycleThrough: UInt64?
     }
 
     private let state: Mutex<State>
@@ -74,7 +77,19 @@ public final class Router: BrokerPublishTap, Sendable {
                 next: (held.last?.number ?? 0) + 1))
         }
         state.orphans = byRoute
+        state.lifecycleThrough = try LifecycleRouteCursor.read(in: store)
+        lifecycleCursorAtStart = state.lifecycleThrough
         self.state = Mutex(state)
+    }
+
+    /// The last ledger sequence number whose events the routes had taken when the store was
+    /// read (nil: never): the executable hands the ledger's later events to `lifecycle` again.
+    public let lifecycleCursorAtStart: UInt64?
+
+    /// The longest `retry.maxAgeMinutes` of the routes that take lifecycle events (nil: none
+    /// does): older events would only be dead-lettered, so they are not read again at start.
+    public var lifecycleReplayAgeMinutes: Int? {
+        state.withLock { state in state.slots.filter(\.route.lifecycleEvents).map(\.route.maxAgeMinutes).max() }
     }
 
     /// Events each route's outbox holds now, by route, in the configuration's order.
@@ -162,24 +177,31 @@ public final class Router: BrokerPublishTap, Sendable {
                 let event = CloudEvents.published(
                     publish, id: eventID, source: source, time: admission.now, authenticationName: publisher?.authenticationName,
                     sessionName: publisher?.sessionName, extensions: extensions(state.slots[index].route, publisher))
-                admission.admit(event, into: &state.slots[index])
+                admission.admit(event, into: &state.slots[index], inStore: publish.qos != .atMostOnce)
             }
         }
         return finish(admission)
     }
 
-    /// Ledger events (the lifecycle publisher's queue, in sequence order) for the routes that
-    /// take them: written in the broker's order, delivered as the routes' messages are.
+    /// Ledger events (the lifecycle publisher's queue, in sequence order; at start, what the
+    /// ledger committed after `lifecycleCursorAtStart`) for the routes that take them: written
+    /// in the broker's order, with the cursor (`LifecycleRouteCursor`) in the same write, and
+    /// delivered as the routes' messages are. Events at or before the cursor were taken
+    /// already and are skipped.
     public func lifecycle(_ events: [CommittedEvent]) {
         broker.submitInOrder {
             var admission = Admission(now: wallClockMicroseconds())
             state.withLock { state in
+                let fresh = state.lifecycleThrough.map { through in events.filter { $0.event.sequence > through } } ?? events
+                guard let last = fresh.last?.event.sequence else { return }
+                state.lifecycleThrough = last
                 for index in state.slots.indices where state.slots[index].route.lifecycleEvents {
                     let extensions = extensions(state.slots[index].route, nil)
-                    for committed in events {
+                    for committed in fresh {
                         admission.admit(CloudEvents.lifecycle(committed, source: source, extensions: extensions), into: &state.slots[index])
                     }
                 }
+                admission.operations.append(LifecycleRouteCursor.put(last))
             }
             return finish(admission)
         }
@@ -195,11 +217,11 @@ public final class Router: BrokerPublishTap, Sendable {
 
         init(now: Int64) { self.now = now }
 
-        mutating func admit(_ event: [UInt8], into slot: inout Slot) {
-            let record = OutboxRecord(route: slot.route.name, number: slot.next, acceptedAt: now, event: event)
+        mutating func admit(_ event: [UInt8], into slot: inout Slot, inStore: Bool = true) {
+            let record = OutboxRecord(route: slot.route.name, number: slot.next, acceptedAt: now, event: event, inStore: inStore)
             slot.next += 1
             if slot.worker.reserve(record.size) {
-                operations.append(record.put)
+                if inStore { operations.append(record.put) }
                 accepted.append((slot.worker, record))
             } else {
                 overflow.append((slot.worker, record))
@@ -211,7 +233,7 @@ public final class Router: BrokerPublishTap, Sendable {
     /// once durable; the overflow goes to dead-letter.
     private func finish(_ admission: Admission) -> TapCapture? {
         if !admission.overflow.isEmpty { dead(admission.overflow) }
-        guard !admission.accepted.isEmpty else { return nil }
+        guard !admission.accepted.isEmpty || !admission.operations.isEmpty else { return nil }
         let accepted = admission.accepted
         return TapCapture(operations: admission.operations) { durable in
             for (worker, record) in accepted {

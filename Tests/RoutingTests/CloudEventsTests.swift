@@ -131,6 +131,18 @@ struct CloudEventsTests {
         #expect(back == record)
         #expect(key.starts(with: OutboxRecord.prefix(route: "r-1")))
         #expect(DeadLetterSink.fileName(route: "r", number: 42) == "r-00000000000000000042.json")
+        // Format 2 keeps the failed attempts; format 1 stays what a record without them is.
+        #expect(value[0] == 1)
+        var tried = record
+        tried.attempts = 0x0A0B_0C0D
+        let triedValue = tried.value
+        #expect(triedValue[0] == 2 && triedValue.count == value.count + 4)
+        let triedBack = key.withUnsafeBytes { k in triedValue.withUnsafeBytes { v in OutboxRecord(key: k, value: v) } }
+        #expect(triedBack == tried)
+        // The routes' lifecycle cursor is not an outbox record.
+        let cursorValue: [UInt8] = [1, 0, 0, 0, 0, 0, 0, 0, 9]
+        let notRecord = LifecycleRouteCursor.key.withUnsafeBytes { k in cursorValue.withUnsafeBytes { v in OutboxRecord(key: k, value: v) } }
+        #expect(notRecord == nil)
     }
 
     @Test func retryAfterAndBackoff() {

@@ -79,13 +79,14 @@ struct Routes: ParsableCommand {
                     j.string("route", name)
                     j.int("number", record.number)
                     j.time("acceptedAt", record.acceptedAt)
+                    j.int("attempts", Int(record.attempts))
                     j.string("id", event["id"] as? String)
                     j.string("type", event["type"] as? String)
                     j.string("subject", event["subject"] as? String)
                     j.int("bytes", record.event.count)
                     out.line(String(decoding: j.close(), as: UTF8.self))
                 } else {
-                    out.line("  #\(record.number) \(ISO8601Time.format(record.acceptedAt)) \(event["type"] as? String ?? "?") \(event["subject"] as? String ?? "-") id=\(event["id"] as? String ?? "?")")
+                    out.line("  #\(record.number) \(ISO8601Time.format(record.acceptedAt)) \(event["type"] as? String ?? "?") \(event["subject"] as? String ?? "-") id=\(event["id"] as? String ?? "?")\(record.attempts > 0 ? " failed_attempts=\(record.attempts)" : "")")
                 }
                 out.flushIfLarge()
             }
