@@ -201,7 +201,7 @@ let package = Package(
             // Event Grid's HTTP publish: `POST /mqtt/messages?topic=T` served by Hummingbird 2,
             // its headers read into one MQTT PUBLISH handed to whoever accepts it.
             dependencies: [
-                "MQTTCodec", "Authorization",
+                "MQTTCodec", "Authorization", "CustodyModel",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),

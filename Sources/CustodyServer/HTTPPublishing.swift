@@ -48,10 +48,12 @@ final class HTTPPublishGateway: HTTPPublishGate {
         windows.withLock { $0 = [:] }
     }
 
-    func publish(_ publish: MQTTPublish, credentials: HTTPCredentials, remoteAddress: String) async -> HTTPPublishOutcome {
+    func publish(
+        _ publish: MQTTPublish, credentials: HTTPCredentials, certificate: CertificateIdentity?, remoteAddress: String
+    ) async -> HTTPPublishOutcome {
         let rules = self.rules.withLock { $0 }
         let identity: IdentityDecision
-        switch await authenticate(credentials, rules.authority, remoteAddress: remoteAddress) {
+        switch await authenticate(credentials, certificate, rules.authority, remoteAddress: remoteAddress) {
         case .success(let decision): identity = decision
         case .failure(let refusal):
             logger.notice("HTTP publish unauthenticated", metadata: [
@@ -96,29 +98,38 @@ final class HTTPPublishGateway: HTTPPublishGate {
         var detail: String
     }
 
+    /// As a CONNECT with these credentials would be: Basic is Username and password (the user
+    /// name also the session name), Bearer a token (OAUTH2-JWT), and a client certificate is
+    /// the CONNECT's certificate, deciding as it does for MQTT. With a certificate alone, its
+    /// subject's common name stands where a ClientID would (the authentication name of last
+    /// resort, after the namespace's alternative sources of a CA-issued certificate).
     private func authenticate(
-        _ credentials: HTTPCredentials, _ authority: (any IdentityAuthority)?, remoteAddress: String
+        _ credentials: HTTPCredentials, _ certificate: CertificateIdentity?, _ authority: (any IdentityAuthority)?,
+        remoteAddress: String
     ) async -> Result<IdentityDecision, Refusal> {
         let connect: ConnectCredentials
         switch credentials {
         case .none:
-            return .failure(Refusal(detail: "no credentials"))
+            guard let certificate else { return .failure(Refusal(detail: "no credentials")) }
+            connect = ConnectCredentials(
+                username: nil, password: nil, sessionName: certificate.subjectCommonName ?? Self.tokenSessionName,
+                certificate: certificate, remoteAddress: remoteAddress, listener: "https")
         case .basic(let username, let password):
             guard AuthenticationName(unchecked: username).isValid else {
                 return .failure(Refusal(detail: "the user name is not 1-128 characters"))
             }
             connect = ConnectCredentials(
-                username: username, password: Array(password.utf8), sessionName: username, certificate: nil,
-                remoteAddress: remoteAddress, listener: "http")
+                username: username, password: Array(password.utf8), sessionName: username, certificate: certificate,
+                remoteAddress: remoteAddress, listener: certificate == nil ? "http" : "https")
         case .bearer(let token):
             connect = ConnectCredentials(
-                username: nil, password: nil, sessionName: Self.tokenSessionName, certificate: nil,
+                username: nil, password: nil, sessionName: Self.tokenSessionName, certificate: certificate,
                 authenticationMethod: "OAUTH2-JWT", authenticationData: Array(token.utf8),
-                remoteAddress: remoteAddress, listener: "http")
+                remoteAddress: remoteAddress, listener: certificate == nil ? "http" : "https")
         }
         guard let authority else {
             guard let username = connect.username else {
-                return .failure(Refusal(detail: "a bearer token, and no token issuers configured"))
+                return .failure(Refusal(detail: "no user name, and no client registry, password file or token issuers configured"))
             }
             return .success(IdentityDecision(
                 authenticationName: AuthenticationName(unchecked: username), verdict: .authenticated,
@@ -149,25 +160,30 @@ extension CustodyConfiguration {
     /// The HTTP publish listeners' servers (TLS files read now: a bad one stops start-up).
     func httpPublishServers(gateway: HTTPPublishGateway, logger: Logger) throws -> [HTTPPublishServer] {
         try listeners.filter(\.kind.isHTTPPublish).map { listener in
-            let tls = listener.kind == .https ? try Self.httpsConfiguration(listener) : nil
+            let setup = listener.kind == .https ? try Self.httpsSetup(listener) : nil
             let kind = listener.kind.rawValue
             let host = listener.host
             return try HTTPPublishServer(
-                host: listener.host, port: listener.port, tls: tls, maxMessageBytes: limits.maxPacketBytes,
+                host: listener.host, port: listener.port, tls: setup?.configuration,
+                acceptsAnyClientCertificate: setup?.acceptsAnyClientCertificate ?? false, clientCertificate: setup.flatMap(Self.clientCertificate), maxMessageBytes: limits.maxPacketBytes,
                 gate: gateway, logger: logger,
                 bound: { port in say("custody: listening \(kind) \(HostPort(host: host, port: port)) POST \(HTTPPublishServer.path)") })
         }
     }
 
-    /// An https listener's TLS (its files read now).
-    static func httpsConfiguration(_ listener: ListenerConfiguration) throws -> TLSConfiguration {
+    /// An https listener's TLS (its files read now): the mqtts listener settings, client
+    /// certificates included (`clientCertificates`, `trustedCertificates`).
+    static func httpsSetup(_ listener: ListenerConfiguration) throws -> TLSListenerSetup {
         do {
-            var configuration = try TLSListenerSetup(listener).configuration
-            // Client certificates are not a way in over HTTP yet: Basic and Bearer only.
-            configuration.certificateVerification = .none
-            return configuration
+            return try TLSListenerSetup(listener)
         } catch {
             throw SettingsError("listener https \(listener.address): \(error)")
         }
+    }
+
+    /// What a connection's client certificate says, on a listener that takes them.
+    static func clientCertificate(_ setup: TLSListenerSetup) -> HTTPPublishServer.ClientCertificate? {
+        guard setup.clientCertificates != .none else { return nil }
+        return { channel in try? await setup.peerIdentity(of: channel).get() }
     }
 }

@@ -367,7 +367,7 @@ extension CustodyConfiguration {
     @inline(never) func validateForStart() throws {
         // TLS files and the password file are read now: a bad one is named before anything starts.
         _ = try frontListeners()
-        for listener in listeners where listener.kind == .https { _ = try Self.httpsConfiguration(listener) }
+        for listener in listeners where listener.kind == .https { _ = try Self.httpsSetup(listener) }
         _ = try authenticator()
     }
 }

@@ -76,9 +76,13 @@ public struct TLSListenerSetup: Sendable {
         }
     }
 
+    /// Whether any certificate a client shows is let through the handshake (self-signed ones:
+    /// the registry's thumbprint check decides), rather than checked against trusted CAs.
+    public var acceptsAnyClientCertificate: Bool { clientCertificates != .none && !verifiesChain }
+
     /// The handler to put first in a connection's pipeline.
     public func makeHandler() -> NIOSSLServerHandler {
-        guard clientCertificates != .none, !verifiesChain else {
+        guard acceptsAnyClientCertificate else {
             return NIOSSLServerHandler(context: context)
         }
         // Self-signed client certificates: the handshake proves the client holds the key;

@@ -9,11 +9,11 @@ public struct CurlAnswer: Sendable, CustomStringConvertible {
 }
 
 /// One POST with Debian's curl: `user` as `NAME:PASSWORD` for Basic, or `bearer` a token;
-/// `headers` as `Name: value`.
+/// `headers` as `Name: value`; `options` more of curl's (`--cacert`, `--cert`, `--key`).
 public func curlPost(
-    _ url: String, user: String? = nil, bearer: String? = nil, headers: [String] = [], body: String
+    _ url: String, user: String? = nil, bearer: String? = nil, headers: [String] = [], options: [String] = [], body: String
 ) throws -> CurlAnswer {
-    var arguments = ["-s", "-i", "-X", "POST", "--max-time", "15"]
+    var arguments = ["-s", "-i", "-X", "POST", "--max-time", "15"] + options
     if let user { arguments += ["-u", user] }
     if let bearer { arguments += ["-H", "Authorization: Bearer \(bearer)"] }
     for header in headers { arguments += ["-H", header] }

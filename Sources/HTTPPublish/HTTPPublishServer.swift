@@ -1,3 +1,4 @@
+import CustodyModel
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -28,7 +29,10 @@ public enum HTTPPublishOutcome: Sendable, Equatable {
 
 /// Decides HTTP publishes: authentication, authorization, the rate limit and the broker.
 public protocol HTTPPublishGate: Sendable {
-    func publish(_ publish: MQTTPublish, credentials: HTTPCredentials, remoteAddress: String) async -> HTTPPublishOutcome
+    /// `certificate`: the client certificate an https listener that takes them was shown.
+    func publish(
+        _ publish: MQTTPublish, credentials: HTTPCredentials, certificate: CertificateIdentity?, remoteAddress: String
+    ) async -> HTTPPublishOutcome
 }
 
 /// One HTTP publish listener: `POST /mqtt/messages?topic=T` (Event Grid's HTTP publish), served
@@ -39,17 +43,31 @@ public struct HTTPPublishServer: Sendable {
 
     public let application: Application<RouterResponder<HTTPPublishContext>>
 
+    /// What the client certificate of a connection says (nil: none shown), for an https
+    /// listener that takes client certificates.
+    public typealias ClientCertificate = @Sendable (any Channel) async -> CertificateIdentity?
+
     /// `maxMessageBytes`: the largest body (payload) taken; more is 413. `bound` hears the
-    /// listening port once the listener is up (port 0 picks one).
+    /// listening port once the listener is up (port 0 picks one). `acceptsAnyClientCertificate`:
+    /// a certificate the client shows passes the handshake unchecked (self-signed ones, which
+    /// `clientCertificate`'s reader and the registry judge by thumbprint).
     public init(
-        host: String, port: Int, tls: TLSConfiguration?, maxMessageBytes: Int, gate: any HTTPPublishGate,
-        logger: Logger, bound: @escaping @Sendable (Int) async -> Void
+        host: String, port: Int, tls: TLSConfiguration?, acceptsAnyClientCertificate: Bool = false,
+        clientCertificate: ClientCertificate? = nil, maxMessageBytes: Int, gate: any HTTPPublishGate, logger: Logger,
+        bound: @escaping @Sendable (Int) async -> Void
     ) throws {
         let router = Router(context: HTTPPublishContext.self)
         router.post(RouterPath(Self.path)) { (request: Request, context: HTTPPublishContext) -> Response in
-            await Self.answer(request, context, maxMessageBytes: maxMessageBytes, gate: gate, logger: logger)
+            let certificate = await clientCertificate?(context.channel)
+            return await Self.answer(
+                request, context, certificate: certificate, maxMessageBytes: maxMessageBytes, gate: gate, logger: logger)
         }
-        let server: HTTPServerBuilder = try tls.map { try .tls(.http1(), tlsConfiguration: $0) } ?? .http1()
+        let server: HTTPServerBuilder = try tls.map { tls in
+            guard acceptsAnyClientCertificate else { return try .tls(.http1(), tlsConfiguration: tls) }
+            return try .tls(.http1(), configuration: TLSChannelConfiguration(tlsConfiguration: tls) { _, promise in
+                promise.succeed(.certificateVerified)
+            })
+        } ?? .http1()
         application = Application(
             router: router, server: server,
             configuration: ApplicationConfiguration(address: .hostname(host, port: port), serverName: "custody"),
@@ -58,15 +76,16 @@ public struct HTTPPublishServer: Sendable {
     }
 
     static func answer(
-        _ request: Request, _ context: HTTPPublishContext, maxMessageBytes: Int, gate: any HTTPPublishGate, logger: Logger
+        _ request: Request, _ context: HTTPPublishContext, certificate: CertificateIdentity?, maxMessageBytes: Int,
+        gate: any HTTPPublishGate, logger: Logger
     ) async -> Response {
         var request = request
         // Credentials first: an unauthenticated caller learns nothing about its request.
         guard let credentials = HTTPCredentials(authorization: request.headers[.authorization]) else {
             return Self.text(.unauthorized, "401 the Authorization header is neither Basic nor Bearer", authenticate: true)
         }
-        if case .none = credentials {
-            return Self.text(.unauthorized, "401 credentials needed: Authorization Basic or Bearer", authenticate: true)
+        if case .none = credentials, certificate == nil {
+            return Self.text(.unauthorized, "401 credentials needed: Authorization Basic or Bearer, or a client certificate", authenticate: true)
         }
         if let length = request.headers[.contentLength].flatMap(Int.init), length > maxMessageBytes {
             return Self.text(.contentTooLarge, "413 the message is \(length) bytes, more than \(maxMessageBytes)")
@@ -89,7 +108,7 @@ public struct HTTPPublishServer: Sendable {
             return Self.text(.badRequest, "400 \(error)")
         }
         let remote = context.remoteAddress
-        switch await gate.publish(parsed.publish, credentials: credentials, remoteAddress: remote) {
+        switch await gate.publish(parsed.publish, credentials: credentials, certificate: certificate, remoteAddress: remote) {
         case .accepted:
             return Response(status: .noContent)
         case .unauthenticated:
@@ -116,13 +135,16 @@ public struct HTTPPublishServer: Sendable {
     }
 }
 
-/// Hummingbird's request context, with the peer's address (for the log and the webhook).
+/// Hummingbird's request context, with the peer's address (for the log and the webhook) and
+/// its connection (for its client certificate).
 public struct HTTPPublishContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
     public let remoteAddress: String
+    public let channel: any Channel
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = CoreRequestContextStorage(source: source)
         remoteAddress = source.channel.remoteAddress.map { "\($0)" } ?? ""
+        channel = source.channel
     }
 }
