@@ -51,6 +51,7 @@ public final class Router: BrokerPublishTap, Sendable {
     public let source: String
     private let clientAttributes: ClientAttributes
     private let logger: Logger
+    private let eventIDs = EventIDs()
     /// Dead-letters for full outboxes, off the broker's lock.
     private let overflowQueue = DispatchQueue(label: "custody.routes.overflow")
 
@@ -172,7 +173,7 @@ public final class Router: BrokerPublishTap, Sendable {
         var id: String?
         state.withLock { state in
             for index in state.slots.indices where state.slots[index].filters.contains(where: { $0.matches(topic) }) {
-                let eventID = id ?? UUID().uuidString.lowercased()
+                let eventID = id ?? eventIDs.next()
                 id = eventID
                 let event = CloudEvents.published(
                     publish, id: eventID, source: source, time: admission.now, authenticationName: publisher?.authenticationName,
