@@ -6,8 +6,16 @@
 # In the connect mode the lean C generator (Benchmarks/lean-connect.c, built with gcc) runs
 # too, as the reference custody-bench is measured against (a second table).
 #
+# Message throughput (issue 17), in the modes `publish` and `offline` (not run by default):
+# `publish` is custody-bench publish with 8 publishers and 8 subscribers, 64-byte payloads,
+# QoS 0 and QoS 1, fan-in and fan-out, and QoS 1 to persistent subscribers (every PUBACK
+# durable on custody); `offline` is custody-bench offline-queue --messages 100000 (a
+# persistent session offline while they are queued, then drained). Both brokers keep every
+# queued message (custody --queue-max-messages/--queue-max-bytes, mosquitto
+# max_queued_messages 0). With either, a last table judges every goal of issue 17.
+#
 #   Benchmarks/compare.sh [--quick] [--seconds S] [--out FILE] [--conns "1 16 64 256"]
-#                         [--protos "4 5"] [--modes "hold connect persistent takeover reject"]
+#                         [--protos "4 5"] [--modes "hold connect persistent takeover reject publish offline"]
 #                         [--hold-extra "2000"] [--no-build]
 #
 # --quick: 1 s per run, fewer persistent sessions, no extra hold sizes. hold also runs at
@@ -65,6 +73,7 @@ persistence_location $WORK/mosquitto/
 log_dest file $WORK/mosquitto/mosquitto.log
 connection_messages false
 max_keepalive 65535
+max_queued_messages 0
 EOF
 /usr/sbin/mosquitto -c "$WORK/mosquitto/mosquitto.conf" &
 MOSQ_PID=$!
@@ -84,6 +93,7 @@ if [ -x "$BIN/custody" ]; then
         CUSTODY_PORT=$(free_port)
         "$BIN/custody" --listen "127.0.0.1:$CUSTODY_PORT" --data-dir "$WORK/custody" \
             --max-sessions-per-client 100 --connects-per-second-per-session 0 --log-level warning \
+            --queue-max-messages 1000000 --queue-max-bytes 1000000000 \
             > "$WORK/custody.log" 2>&1 &
         CUSTODY_PID=$!
         PIDS+=("$CUSTODY_PID")
@@ -104,22 +114,27 @@ fi
 RESULTS="$WORK/results.jsonl"
 : > "$RESULTS"
 
-run_one() { # broker port pid mode proto conns
-    local broker=$1 port=$2 pid=$3 mode=$4 proto=$5 conns=$6
-    local extra=()
+run_one() { # broker port pid mode proto conns [shape]
+    local broker=$1 port=$2 pid=$3 mode=$4 proto=$5 conns=$6 shape=${7:-}
+    local extra=() command=$mode
     case "$mode" in
         persistent) extra=(--total "$PERSISTENT_TOTAL" --seconds 60) ;;
+        # SHAPE: qos0-fan-in, qos1-fan-out, qos1p-fan-in (p: persistent subscribers), ...
+        publish) extra=(--publishers 8 --subscribers 8 --seconds "$SECONDS_PER_RUN" --qos "${shape:3:1}" --shape "${shape#*-}")
+            [ "${shape:4:1}" = p ] && extra+=(--persistent-subscribers) ;;
+        offline) command=offline-queue; extra=(--messages 100000) ;;
         *) extra=(--seconds "$SECONDS_PER_RUN") ;;
     esac
+    [ "$mode" = publish ] || [ "$mode" = offline ] || extra+=(--conns "$conns")
     local json
-    if json=$("$BENCH" "$mode" --host 127.0.0.1 --port "$port" --pid "$pid" --proto "$proto" \
-        --conns "$conns" "${extra[@]}" --json 2> "$WORK/bench.err"); then
-        printf '{"broker":"%s","mode":"%s","proto":%s,"conns":%s,"report":%s}\n' \
-            "$broker" "$mode" "$proto" "$conns" "$json" >> "$RESULTS"
+    if json=$("$BENCH" "$command" --host 127.0.0.1 --port "$port" --pid "$pid" --proto "$proto" \
+        "${extra[@]}" --json 2> "$WORK/bench.err"); then
+        printf '{"broker":"%s","mode":"%s","shape":"%s","proto":%s,"conns":%s,"report":%s}\n' \
+            "$broker" "$mode" "$shape" "$proto" "$conns" "$json" >> "$RESULTS"
     else
-        echo "compare.sh: $broker $mode proto=$proto conns=$conns failed: $(cat "$WORK/bench.err")" >&2
+        echo "compare.sh: $broker $mode $shape proto=$proto conns=$conns failed: $(cat "$WORK/bench.err")" >&2
     fi
-    echo "compare.sh: $broker $mode proto=$proto conns=$conns done" >&2
+    echo "compare.sh: $broker $mode $shape proto=$proto conns=$conns done" >&2
 }
 
 # The lean C generator (Benchmarks/lean-connect.c), next to custody-bench in the connect mode:
@@ -167,21 +182,32 @@ case " $MODES " in
 esac
 
 ROUND=0
+both() { # mode proto conns [shape]: both brokers, the first one alternating
+    ROUND=$((ROUND + 1))
+    if [ -n "$CUSTODY_PID" ] && [ $((ROUND % 2)) = 0 ]; then
+        run_one custody "$CUSTODY_PORT" "$CUSTODY_PID" "$@"
+        run_one mosquitto "$MOSQ_PORT" "$MOSQ_PID" "$@"
+    else
+        run_one mosquitto "$MOSQ_PORT" "$MOSQ_PID" "$@"
+        [ -z "$CUSTODY_PID" ] || run_one custody "$CUSTODY_PORT" "$CUSTODY_PID" "$@"
+    fi
+}
 for mode in $MODES; do
+    case "$mode" in
+        publish)
+            for shape in qos0-fan-in qos0-fan-out qos1-fan-in qos1-fan-out qos1p-fan-in qos1p-fan-out; do
+                both publish 5 16 "$shape"
+            done
+            continue ;;
+        offline) both offline 5 1; continue ;;
+    esac
     sizes="$CONNS"
     # hold goes first and largest first: a broker's allocator keeps what earlier runs freed,
     # so only a hold on a fresh (warmed-up) broker shows what a connection costs in RSS.
     [ "$mode" != hold ] || sizes="$HOLD_EXTRA $CONNS"
     for proto in $PROTOS; do
         for conns in $sizes; do
-            ROUND=$((ROUND + 1))
-            if [ -n "$CUSTODY_PID" ] && [ $((ROUND % 2)) = 0 ]; then
-                run_one custody "$CUSTODY_PORT" "$CUSTODY_PID" "$mode" "$proto" "$conns"
-                run_one mosquitto "$MOSQ_PORT" "$MOSQ_PID" "$mode" "$proto" "$conns"
-            else
-                run_one mosquitto "$MOSQ_PORT" "$MOSQ_PID" "$mode" "$proto" "$conns"
-                [ -z "$CUSTODY_PID" ] || run_one custody "$CUSTODY_PORT" "$CUSTODY_PID" "$mode" "$proto" "$conns"
-            fi
+            both "$mode" "$proto" "$conns"
             if [ "$mode" = connect ]; then
                 lean_one mosquitto "$MOSQ_PORT" "$MOSQ_PID" "$proto" "$conns"
                 [ -z "$CUSTODY_PID" ] || lean_one custody "$CUSTODY_PORT" "$CUSTODY_PID" "$proto" "$conns"
@@ -195,9 +221,13 @@ table() {
 import json, sys
 path, mosq_version, custody_running, custody_why, seconds, persistent_total, cores = sys.argv[1:8]
 rows = {}
+messages = {}
 for line in open(path):
     r = json.loads(line)
-    rows[(r["mode"], r["proto"], r["conns"], r["broker"])] = r["report"]
+    if r["mode"] in ("publish", "offline"):
+        messages[(r["mode"], r.get("shape", ""), r["broker"])] = r["report"]
+    else:
+        rows[(r["mode"], r["proto"], r["conns"], r["broker"])] = r["report"]
 
 # The headline of each mode: which rate and p99 to set side by side.
 headline = {
@@ -280,6 +310,95 @@ if holds:
     for (mode, proto, conns, broker), v in holds:
         print(f"| hold | {proto} | {conns} | {broker} | {v['rss_before_kib']} | {v['rss_after_kib']} "
               f"| {v['bytes_per_conn']} | {v.get('hold_cpu_pct', '–')} |")
+
+def cpu_per_delivery(report):
+    # The broker's CPU per delivered message (a fan-out message counts once per subscriber).
+    return report.get("cpu_us_per_msg") if report else None
+
+shapes = [k for k in ["qos0-fan-in", "qos0-fan-out", "qos1-fan-in", "qos1-fan-out", "qos1p-fan-in", "qos1p-fan-out"]
+          if any(m == "publish" and s == k for (m, s, _) in messages)]
+if shapes:
+    print()
+    print("Message throughput: custody-bench publish, 8 publishers and 8 subscribers, 64-byte payloads, MQTT 5, "
+          f"{seconds} s a run; fan-in: every subscriber on the one wildcard filter (each gets every message), fan-out: "
+          "one topic per subscriber; qos1p: QoS 1 to persistent subscribers (custody answers a PUBACK once "
+          "the message is durable; mosquitto's persistence is a periodic snapshot). Deliveries/s counts every "
+          "subscriber's copy; CPU is the broker's per delivery.")
+    print()
+    print("| load | mosquitto deliveries/s | mosq p99 µs | mosq CPU µs/delivery | generator CPU % | mosq lost "
+          "| custody deliveries/s | custody p99 µs | custody CPU µs/delivery | generator CPU % | custody lost | rate ratio | CPU ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for shape in shapes:
+        m = messages.get(("publish", shape, "mosquitto"))
+        c = messages.get(("publish", shape, "custody"))
+        f1 = lambda v: f"{v:,.0f}"
+        f2 = lambda v: f"{v:.2f}"
+        print(f"| {shape} | {cell(m, 'rate', f1)} | {cell(m, 'p99', f1)} | {cell(m, 'cpu_us_per_msg', f2)} "
+              f"| {cell(m, 'bench_cpu_pct', lambda v: f'{v:.0f}')} | {cell(m, 'lost', f1)} "
+              f"| {cell(c, 'rate', f1)} | {cell(c, 'p99', f1)} | {cell(c, 'cpu_us_per_msg', f2)} "
+              f"| {cell(c, 'bench_cpu_pct', lambda v: f'{v:.0f}')} | {cell(c, 'lost', f1)} "
+              f"| {ratio(c and c.get('rate'), m and m.get('rate'))} | {ratio(cpu_per_delivery(c), cpu_per_delivery(m))} |")
+offline = {b: messages.get(("offline", "", b)) for b in ("mosquitto", "custody")}
+if any(offline.values()):
+    print()
+    print("An offline persistent session's queue: custody-bench offline-queue --messages 100000 (MQTT 5, "
+          "QoS 1, 64-byte payloads, at most 32 unacknowledged).")
+    print()
+    print("| broker | in: acknowledged/s | CPU µs/msg in | generator CPU % in | out: delivered/s | CPU µs/msg out | generator CPU % out | lost |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for broker, o in offline.items():
+        if o is None:
+            continue
+        f1 = lambda v: f"{v:,.0f}"
+        f2 = lambda v: f"{v:.2f}"
+        print(f"| {broker} | {cell(o, 'in_rate', f1)} | {cell(o, 'cpu_us_per_msg_in', f2)} | {cell(o, 'bench_cpu_pct_in', lambda v: f'{v:.0f}')} "
+              f"| {cell(o, 'out_rate', f1)} | {cell(o, 'cpu_us_per_msg_out', f2)} | {cell(o, 'bench_cpu_pct_out', lambda v: f'{v:.0f}')} | {cell(o, 'lost', f1)} |")
+
+# Issue 17's goals, judged from this run's rows (MQTT 5 for the connect goals).
+goals = []
+def judge(name, value, target, higher=True, unit="×", gen=None):
+    if value is None:
+        goals.append((name, "–", target, "not measured", gen))
+        return
+    met = value >= target if higher else value <= target
+    shown = f"{value:,.2f}{unit}" if unit == "×" else f"{value:,.0f}{unit}"
+    bound = (">= " if higher else "<= ") + (f"{target}{unit}" if unit == "×" else f"{target:,}{unit}")
+    goals.append((name, shown, bound, "met" if met else "not met", gen))
+def gens(*reports):
+    shares = [r.get("bench_cpu_pct") for r in reports if r and r.get("bench_cpu_pct") is not None]
+    return "/".join(f"{v:.0f}%" for v in shares) if shares else "–"
+for conns in sorted({c for (m, p, c, _) in rows if m == "connect" and p == 5 and c in (16, 64)}):
+    m = rows.get(("connect", 5, conns, "mosquitto"))
+    c = rows.get(("connect", 5, conns, "custody"))
+    both_ok = m is not None and c is not None
+    judge(f"connect v5 {conns} conns: rate", both_ok and c["rate"] / m["rate"] or None, 0.85, gen=gens(m, c))
+    judge(f"connect v5 {conns} conns: CPU per cycle", both_ok and c.get("cpu_us_per_cycle", 0) / max(m.get("cpu_us_per_cycle", 0), 1e-9) or None,
+          1.25, higher=False, gen=gens(m, c))
+    judge(f"connect v5 {conns} conns: custody p99", c and c.get("p99"), 5000, higher=False, unit=" µs", gen=gens(c))
+for shape, rate_goal, cpu_goal in [("qos0-fan-in", 1.0, 1.0), ("qos0-fan-out", 1.0, 1.0), ("qos1-fan-in", 1.0, 1.25),
+                                   ("qos1-fan-out", 1.0, 1.25), ("qos1p-fan-in", 0.8, None), ("qos1p-fan-out", 0.8, None)]:
+    m = messages.get(("publish", shape, "mosquitto"))
+    c = messages.get(("publish", shape, "custody"))
+    if m is None and c is None:
+        continue
+    both_ok = m is not None and c is not None and m.get("rate")
+    judge(f"{shape}: deliveries/s", both_ok and c["rate"] / m["rate"] or None, rate_goal, gen=gens(m, c))
+    if cpu_goal is not None:
+        mc, cc = cpu_per_delivery(m), cpu_per_delivery(c)
+        judge(f"{shape}: CPU per delivery", mc and cc and cc / mc or None, cpu_goal, higher=False, gen=gens(m, c))
+if offline.get("custody"):
+    o = offline["custody"]
+    judge("offline queue: in (custody)", o.get("in_rate"), 50000, unit="/s", gen=f"{o.get('bench_cpu_pct_in', 0):.0f}%")
+    judge("offline queue: out (custody)", o.get("out_rate"), 50000, unit="/s", gen=f"{o.get('bench_cpu_pct_out', 0):.0f}%")
+if goals:
+    print()
+    print("Issue 17's goals from this run (ratios are custody / mosquitto; generator CPU is custody-bench's share "
+          "of one core in the runs the figure comes from: mosquitto's / custody's).")
+    print()
+    print("| goal | measured | target | verdict | generator CPU |")
+    print("|---|---:|---|---|---:|")
+    for name, shown, bound, verdict, gen in goals:
+        print(f"| {name} | {shown} | {bound} | {verdict} | {gen or '–'} |")
 PY
 }
 
