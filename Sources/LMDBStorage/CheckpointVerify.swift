@@ -2,8 +2,8 @@ import CLMDB
 import LedgerCore
 
 /// `verify` from the newest checkpoint: the projection the checkpoint describes is rebuilt
-/// from the stored projection and the `prior` table (each session changed since, as it was
-/// at the checkpoint), proved against the checkpoint's chained digest and counts, and the
+/// from the stored projection (less the sessions begun after it) and the `prior` table (each
+/// session the checkpoint held and changed since, as it was then), proved against the checkpoint's chained digest and counts, and the
 /// records after it are chained onto the checkpoint's hash and replayed onto it; what that
 /// gives must be the stored head and projection. Its cost follows the live sessions and the
 /// records since the checkpoint, not the log's length. The whole log, archive included,
@@ -27,7 +27,9 @@ extension LedgerSnapshot {
         var names: [[UInt8]: SessionName] = [:]
         try scan(lmdb.sessions, first: nil) { key, value in
             let (name, entry) = try decodeEntry(value, table: "sessions")
-            entries[name] = entry
+            // A session begun after the checkpoint was not in it (and has no `prior` entry,
+            // unless an earlier version wrote one of kind 0).
+            if entry.firstSequence <= newest { entries[name] = entry }
             names[Array(key)] = name
             return true
         }

@@ -344,7 +344,10 @@ struct LedgerWriteTransaction {
 
         let next = SessionTransition.apply(event, to: current)
         if case .rejected = event.kind { return (event, next) }
-        if priorFor == lastCheckpoint && lastCheckpoint > 0 {
+        // Only a session the checkpoint held needs its entry kept: one it did not hold is told
+        // by its own entry (a `firstSequence` after the checkpoint) or by its absence, so its
+        // creation writes nothing here (one page fewer in the commit that creates it).
+        if priorFor == lastCheckpoint && lastCheckpoint > 0, let current, current.firstSequence <= lastCheckpoint {
             try keepPrior(current, named: event.sessionName, sessionKey: sessionKey)
         }
         if let current { digest.subtract(ProjectionDigest.element(current, named: event.sessionName)) }
@@ -392,6 +395,7 @@ struct LedgerWriteTransaction {
 
     /// Keeps the session's entry as the newest checkpoint describes it, the first time the
     /// session changes after that checkpoint (later changes find it kept and write nothing).
+    /// Entries of kind 0 (the session was absent) are no longer written, but still read.
     private func keepPrior(_ current: SessionEntry?, named name: SessionName, sessionKey: [UInt8]) throws(LedgerError) {
         let size = 1 + (current.map { ProjectionFormat.encodedSize(of: $0, named: name) } ?? 0)
         try withVal(sessionKey) { (k) throws(LedgerError) in

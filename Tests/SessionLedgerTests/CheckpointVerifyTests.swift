@@ -149,6 +149,56 @@ struct CheckpointVerifyTests {
     }
 }
 
+/// The entries of one table of a ledger (`mdb_stat`, Debian's lmdb-utils).
+func tableEntries(_ directory: String, _ table: String) throws -> Int {
+    let (status, out, err) = try run("/usr/bin/mdb_stat", ["-s", table, directory])
+    try #require(status == 0, "mdb_stat: \(err)")
+    let line = try #require(out.split(separator: "\n").first { $0.contains("Entries:") })
+    return try #require(Int(line.split(separator: ":").last!.trimmingCharacters(in: .whitespaces)))
+}
+
+@Suite("The prior table keeps only sessions the checkpoint held")
+struct PriorTableTests {
+    /// A session begun after the checkpoint writes no `prior` entry (its creation's commit
+    /// touches one table fewer); one the checkpoint held gets its entry at its first change;
+    /// verify from the checkpoint agrees with the whole log either way.
+    @Test func sessionsBegunAfterTheCheckpointKeepNothing() async throws {
+        try await withMemoryScratchDirectory("prior-table") { directory in
+            let clock = ManualClock()
+            // Eight claims, then the checkpoint (sequence 9); the seven events after it stay
+            // short of the next one.
+            let ledger = try LMDBSessionLedger(directory: directory, clock: clock.ledgerClock, checkpointEvery: 8)
+            var held: [String: ConnectionNumber] = [:]
+            for i in 0..<8 {
+                held["old-\(i)"] = try #require(try await claimSession(ledger, "client-\(i % 4)", "old-\(i)"))
+            }
+            for i in 0..<3 {
+                let connection = try #require(try await claimSession(ledger, "client-\(i)", "new-\(i)"))
+                _ = try await ledger.release(ReleaseRequest(
+                    sessionName: SessionName(unchecked: "new-\(i)"), connection: connection, reason: .clientInitiatedDisconnect))
+            }
+            _ = try await ledger.release(ReleaseRequest(
+                sessionName: SessionName(unchecked: "old-0"), connection: held["old-0"]!, reason: .clientInitiatedDisconnect))
+            let fast = try ledger.verifyFromNewestCheckpoint()
+            let full = try ledger.verify()
+            ledger.close()
+            #expect(try tableEntries(directory, "prior") == 1, "only old-0, which the checkpoint held")
+            #expect(fast.isIntact && fast.checkedFrom == 9, "\(fast)")
+            #expect(full.isIntact && fast.head == full.head)
+        }
+    }
+}
+
+private func claimSession(_ ledger: LMDBSessionLedger, _ client: String, _ session: String) async throws -> ConnectionNumber? {
+    let connection = ledger.nextConnectionNumber()
+    let outcome = try await ledger.claim(ClaimRequest(
+        authenticationName: AuthenticationName(unchecked: client), sessionName: SessionName(unchecked: session),
+        connection: connection, protocolVersion: .mqtt5, cleanStart: false,
+        requestedExpiryInterval: 600, remoteAddress: "127.0.0.1:50000", identity: .authenticated))
+    if case .granted = outcome { return connection }
+    return nil
+}
+
 /// Changes one stored value of a table of a closed ledger, in place.
 func editValue(in directory: String, table: String, flags: UInt32 = 0, key: [UInt8], _ edit: (inout [UInt8]) -> Void) throws {
     var env: OpaquePointer?
