@@ -135,6 +135,9 @@ final class LMDBEnvironment: @unchecked Sendable {
     let env: OpaquePointer
     /// The handles of the tables asked for, in the same order.
     let tables: [MDB_dbi]
+    /// The unnamed database's handle: it holds the tables' names (written by LMDB in every
+    /// commit that changes a table), and may hold other keys that do not name a table.
+    let main: MDB_dbi
     let path: String
     let readOnly: Bool
     /// Opened with MDB_NOMETASYNC.
@@ -212,6 +215,7 @@ final class LMDBEnvironment: @unchecked Sendable {
 
         var txn: OpaquePointer?
         var opened: [MDB_dbi] = []
+        var mainDBI: MDB_dbi = 0
         do throws(LedgerError) {
             try check(mdb_txn_begin(env, nil, readOnly ? UInt32(MDB_RDONLY) : 0, &txn), "mdb_txn_begin")
             let create: UInt32 = readOnly ? 0 : UInt32(MDB_CREATE)
@@ -228,6 +232,7 @@ final class LMDBEnvironment: @unchecked Sendable {
                 try check(code, "mdb_dbi_open \(table.name)")
                 opened.append(dbi)
             }
+            try check(mdb_dbi_open(txn, nil, 0, &mainDBI), "mdb_dbi_open (unnamed)")
             guard let metaIndex = wanted.firstIndex(where: { $0.name == meta }) else {
                 preconditionFailure("the format marker's table \(meta) is not among the tables")
             }
@@ -260,6 +265,7 @@ final class LMDBEnvironment: @unchecked Sendable {
         }
         self.env = env
         self.tables = opened
+        self.main = mainDBI
         self.path = directory
         self.readOnly = readOnly
         self.deferredMetaSync = deferredMetaSync && !readOnly
@@ -394,6 +400,8 @@ final class LedgerEnvironment: @unchecked Sendable {
     let meta: MDB_dbi
     /// 0 in a read-only open of a ledger written before the table existed.
     let prior: MDB_dbi
+    /// Where the keys every commit changes live (`MetaKey.everyCommit`).
+    var main: MDB_dbi { lmdb.main }
 
     var env: OpaquePointer { lmdb.env }
     var path: String { lmdb.path }
@@ -464,6 +472,15 @@ extension MDB_val {
 }
 
 enum MetaKey {
+    /// The keys every commit changes (`head`, and `digest` and `connections` with most) are
+    /// kept in the unnamed database, as `0x00 ‖ name`, rather than in `meta`: LMDB writes that
+    /// database's page in every commit anyway (it holds the tables' roots), so the commit
+    /// writes one page fewer. A ledger written before keeps them in `meta`, where they are
+    /// read until the first commit moves them (`LedgerWriteTransaction.putEveryCommit`).
+    static func everyCommit(_ key: [UInt8]) -> [UInt8]? {
+        key == head || key == connections || key == digest ? [0] + key : nil
+    }
+
     static let head: [UInt8] = Array("head".utf8)
     static let connections: [UInt8] = Array("connections".utf8)
     /// The projection's running digest (32 bytes, `ProjectionDigest`).

@@ -21,14 +21,9 @@ public struct LedgerSnapshot {
 
     /// The connection number ever recorded highest, so new ones never repeat it.
     public func highestConnection() throws(LedgerError) -> UInt64 {
-        try withVal(MetaKey.connections) { (key) throws(LedgerError) -> UInt64 in
-            var value = MDB_val()
-            let code = mdb_get(txn, lmdb.meta, &key, &value)
-            if code == MDB_NOTFOUND { return 0 }
-            try check(code, "mdb_get connections")
-            guard value.mv_size == 8 else { throw .corruptRecord(table: "meta", detail: "connections") }
-            return UInt64(littleEndian: value.bytes.loadUnaligned(as: UInt64.self))
-        }
+        guard let bytes = try readMetaBytes(txn: txn, lmdb: lmdb, key: MetaKey.connections) else { return 0 }
+        guard bytes.count == 8 else { throw .corruptRecord(table: "meta", detail: "connections") }
+        return bytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
     }
 
     /// The raw record of a sequence number, without decoding.
@@ -154,19 +149,24 @@ func scanTable(
 }
 
 func readHead(txn: OpaquePointer, lmdb: LedgerEnvironment) throws(LedgerError) -> LedgerHead {
-    try withVal(MetaKey.head) { (key) throws(LedgerError) -> LedgerHead in
-        var value = MDB_val()
-        let code = mdb_get(txn, lmdb.meta, &key, &value)
-        if code == MDB_NOTFOUND { return .empty }
-        try check(code, "mdb_get head")
-        return try LedgerHead.decode(value.bytes)
-    }
+    guard let bytes = try readMetaBytes(txn: txn, lmdb: lmdb, key: MetaKey.head) else { return .empty }
+    let decoded = bytes.withUnsafeBytes { raw in Result { () throws(LedgerError) in try LedgerHead.decode(raw) } }
+    return try decoded.get()
 }
 
+/// A `meta` value: one every commit changes from the unnamed database (`MetaKey.everyCommit`),
+/// else, or when a ledger written before keeps it there, from `meta`.
 func readMetaBytes(txn: OpaquePointer, lmdb: LedgerEnvironment, key: [UInt8]) throws(LedgerError) -> [UInt8]? {
+    if let moved = MetaKey.everyCommit(key), let bytes = try readBytes(txn: txn, dbi: lmdb.main, key: moved) {
+        return bytes
+    }
+    return try readBytes(txn: txn, dbi: lmdb.meta, key: key)
+}
+
+private func readBytes(txn: OpaquePointer, dbi: MDB_dbi, key: [UInt8]) throws(LedgerError) -> [UInt8]? {
     try withVal(key) { (k) throws(LedgerError) -> [UInt8]? in
         var value = MDB_val()
-        let code = mdb_get(txn, lmdb.meta, &k, &value)
+        let code = mdb_get(txn, dbi, &k, &value)
         if code == MDB_NOTFOUND { return nil }
         try check(code, "mdb_get meta")
         return Array(value.bytes)
@@ -419,11 +419,21 @@ struct LedgerWriteTransaction {
         counts[ClientKeyBytes(key)] = (count, true)
     }
 
+    /// Writes a `meta` value; one every commit changes goes to the unnamed database
+    /// (`MetaKey.everyCommit`), and its copy in `meta`, left by a ledger written before, is
+    /// deleted the first time (a lookup finds it gone in every later commit).
     private func putMeta(_ key: [UInt8], _ value: [UInt8]) throws(LedgerError) {
-        try withVal(key) { (k) throws(LedgerError) in
+        let moved = MetaKey.everyCommit(key)
+        try withVal(moved ?? key) { (k) throws(LedgerError) in
             try withVal(value) { (v) throws(LedgerError) in
-                try check(mdb_put(txn, lmdb.meta, &k, &v, 0), "mdb_put meta")
+                try check(mdb_put(txn, moved == nil ? lmdb.meta : lmdb.main, &k, &v, 0), "mdb_put meta")
             }
+        }
+        guard moved != nil else { return }
+        try withVal(key) { (k) throws(LedgerError) in
+            var found = MDB_val()
+            guard mdb_get(txn, lmdb.meta, &k, &found) == 0 else { return }
+            try check(mdb_del(txn, lmdb.meta, &k, nil), "mdb_del meta")
         }
     }
 
@@ -530,19 +540,9 @@ struct LedgerWriteTransaction {
         }
         var headBytes = [UInt8](repeating: 0, count: LedgerHead.encodedSize)
         headBytes.withUnsafeMutableBytes { head.encode(into: $0) }
-        try withVal(MetaKey.head) { (k) throws(LedgerError) in
-            try withVal(headBytes) { (v) throws(LedgerError) in
-                try check(mdb_put(txn, lmdb.meta, &k, &v, 0), "mdb_put head")
-            }
-        }
+        try putMeta(MetaKey.head, headBytes)
         if highestConnection != startingConnection {
-            var stored = highestConnection.littleEndian
-            try withVal(MetaKey.connections) { (k) throws(LedgerError) in
-                try withUnsafeMutableBytes(of: &stored) { (bytes) throws(LedgerError) in
-                    var v = MDB_val(mv_size: 8, mv_data: bytes.baseAddress)
-                    try check(mdb_put(txn, lmdb.meta, &k, &v, 0), "mdb_put connections")
-                }
-            }
+            try putMeta(MetaKey.connections, withUnsafeBytes(of: highestConnection.littleEndian) { Array($0) })
         }
     }
 }

@@ -39,9 +39,9 @@ func rechainedEdit(in directory: String, at sequence: UInt64, _ edit: (inout [UI
     var txn: OpaquePointer?
     mdb_txn_begin(env, nil, 0, &txn)
     var log: MDB_dbi = 0
-    var meta: MDB_dbi = 0
+    var main: MDB_dbi = 0
     mdb_dbi_open(txn, "log", UInt32(MDB_INTEGERKEY), &log)
-    mdb_dbi_open(txn, "meta", 0, &meta)
+    mdb_dbi_open(txn, nil, 0, &main)
     func get(_ s: UInt64) -> [UInt8]? {
         var key = s
         return withUnsafeMutableBytes(of: &key) { keyBytes in
@@ -79,12 +79,13 @@ func rechainedEdit(in directory: String, at sequence: UInt64, _ edit: (inout [UI
     withUnsafeBytes(of: last.sequence.littleEndian) { for i in 0..<8 { head[i] = $0[i] } }
     withUnsafeBytes(of: last.timestamp.littleEndian) { for i in 0..<8 { head[8 + i] = $0[i] } }
     last.hash.withBytes { for i in 0..<32 { head[16 + i] = $0[i] } }
-    var headKey = Array("head".utf8)
+    // The head lives in the unnamed database, as 0x00 ‖ "head" (RECORD-FORMAT.md).
+    var headKey = [0] + Array("head".utf8)
     headKey.withUnsafeMutableBytes { k in
         head.withUnsafeMutableBytes { v in
             var key = MDB_val(mv_size: k.count, mv_data: k.baseAddress)
             var value = MDB_val(mv_size: v.count, mv_data: v.baseAddress)
-            mdb_put(txn, meta, &key, &value, 0)
+            mdb_put(txn, main, &key, &value, 0)
         }
     }
     try #require(mdb_txn_commit(txn) == 0)
