@@ -164,13 +164,14 @@ final class LMDBEnvironment: @unchecked Sendable {
     }
 
     /// Opens (creating unless `readOnly`) the environment in `directory`. `meta` names the
-    /// table holding the `format` marker, which must be `formatVersion` (written when new).
-    /// A directory that holds something else is `.notALedger`; a newer format is
-    /// `.unsupportedFormat`.
+    /// table holding the `format` marker, which must be `formatVersion` (written when new) or
+    /// one of `olderFormats` (still read; a writable open marks it `formatVersion`, whose
+    /// reader takes the older layout too). A directory that holds something else is
+    /// `.notALedger`; any other format is `.unsupportedFormat`.
     init(
         directory: String, mapSize: Int, readOnly: Bool = false, reserve: Int? = nil, deferredMetaSync: Bool = false,
         tables wanted: [Table],
-        meta: String, formatVersion: UInt8,
+        meta: String, formatVersion: UInt8, olderFormats: [UInt8] = [],
         endingRoom: ((_ txn: OpaquePointer, _ tables: [MDB_dbi], _ pageSize: Int) -> Int)? = nil
     ) throws(LedgerError) {
         let fm = FileManager.default
@@ -240,20 +241,25 @@ final class LMDBEnvironment: @unchecked Sendable {
             var key = MDB_val(mv_size: 6, mv_data: UnsafeMutableRawPointer(mutating: ("format" as StaticString).utf8Start))
             var value = MDB_val()
             let code = mdb_get(txn, metaDBI, &key, &value)
+            var marks = false
             if code == MDB_NOTFOUND {
                 guard !readOnly else {
                     throw LedgerError.notALedger(path: directory, detail: "it has no format marker")
                 }
+                marks = true
+            } else {
+                try check(code, "mdb_get format")
+                let found = value.mv_size == 1 ? value.mv_data!.load(as: UInt8.self) : 0xFF
+                guard found == formatVersion || olderFormats.contains(found) else {
+                    throw LedgerError.unsupportedFormat(found: found, supported: formatVersion)
+                }
+                marks = found != formatVersion && !readOnly
+            }
+            if marks {
                 var version = formatVersion
                 try withUnsafeMutableBytes(of: &version) { (bytes) throws(LedgerError) in
                     var v = MDB_val(mv_size: 1, mv_data: bytes.baseAddress)
                     try check(mdb_put(txn, metaDBI, &key, &v, 0), "mdb_put format")
-                }
-            } else {
-                try check(code, "mdb_get format")
-                let found = value.mv_size == 1 ? value.mv_data!.load(as: UInt8.self) : 0xFF
-                guard found == formatVersion else {
-                    throw LedgerError.unsupportedFormat(found: found, supported: formatVersion)
                 }
             }
             try check(mdb_txn_commit(txn), "mdb_txn_commit (open)")
@@ -390,7 +396,10 @@ final class LMDBEnvironment: @unchecked Sendable {
 ///   changes after that checkpoint and emptied by the next: with the stored projection it
 ///   gives the projection at the checkpoint, from which `verify` starts
 final class LedgerEnvironment: @unchecked Sendable {
-    static let formatVersion: UInt8 = 1
+    /// 2: the keys every commit changes moved to the unnamed database (`MetaKey.everyCommit`);
+    /// a format 1 ledger is read as it is and marked 2 by a writable open (its keys move with
+    /// its next commit). A binary that knows only format 1 refuses it, rather than finding no head.
+    static let formatVersion: UInt8 = 2
 
     let lmdb: LMDBEnvironment
     let log: MDB_dbi
@@ -416,7 +425,7 @@ final class LedgerEnvironment: @unchecked Sendable {
                 .init(name: "log", flags: UInt32(MDB_INTEGERKEY)), .init(name: "sessions"), .init(name: "clients"),
                 .init(name: "deadlines"), .init(name: "meta"), .init(name: "prior", optional: true),
             ],
-            meta: "meta", formatVersion: Self.formatVersion,
+            meta: "meta", formatVersion: Self.formatVersion, olderFormats: [1],
             endingRoom: { txn, tables, pageSize in Self.endingBytes(txn: txn, log: tables[0], sessions: tables[1], pageSize: pageSize) })
         (log, sessions, clients, deadlines, meta, prior) =
             (lmdb.tables[0], lmdb.tables[1], lmdb.tables[2], lmdb.tables[3], lmdb.tables[4], lmdb.tables[5])

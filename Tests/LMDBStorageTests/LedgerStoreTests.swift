@@ -71,8 +71,8 @@ struct LedgerStoreTests {
     @Test func newerFormatIsRefused() throws {
         let directory = scratchDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        try writeForeignLMDB(at: directory, tables: ["log", "sessions", "clients", "deadlines", "meta"], format: 2)
-        #expect(throws: LedgerError.unsupportedFormat(found: 2, supported: 1)) {
+        try writeForeignLMDB(at: directory, tables: ["log", "sessions", "clients", "deadlines", "meta"], format: 3)
+        #expect(throws: LedgerError.unsupportedFormat(found: 3, supported: 2)) {
             try LedgerStore(directory: directory)
         }
     }

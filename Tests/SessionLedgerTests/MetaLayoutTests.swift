@@ -43,7 +43,37 @@ private func moveToEarlierLayout(_ directory: String) throws {
             try #require(mdb_del(txn, main, &k, nil) == 0)
         }
     }
+    var formatKey = Array("format".utf8)
+    var one: UInt8 = 1
+    try formatKey.withUnsafeMutableBytes { k in
+        try withUnsafeMutableBytes(of: &one) { v in
+            var key = MDB_val(mv_size: k.count, mv_data: k.baseAddress)
+            var value = MDB_val(mv_size: 1, mv_data: v.baseAddress)
+            try #require(mdb_put(txn, meta, &key, &value, 0) == 0)
+        }
+    }
     try #require(mdb_txn_commit(txn) == 0)
+}
+
+/// The format marker in `meta`.
+private func formatMarker(_ directory: String) throws -> UInt8? {
+    var env: OpaquePointer?
+    mdb_env_create(&env)
+    mdb_env_set_maxdbs(env, 8)
+    try #require(mdb_env_open(env, directory, UInt32(MDB_RDONLY), 0o640) == 0)
+    defer { mdb_env_close(env) }
+    var txn: OpaquePointer?
+    try #require(mdb_txn_begin(env, nil, UInt32(MDB_RDONLY), &txn) == 0)
+    defer { mdb_txn_abort(txn) }
+    var meta: MDB_dbi = 0
+    try #require(mdb_dbi_open(txn, "meta", 0, &meta) == 0)
+    var key = Array("format".utf8)
+    return key.withUnsafeMutableBytes { raw in
+        var k = MDB_val(mv_size: raw.count, mv_data: raw.baseAddress)
+        var v = MDB_val()
+        guard mdb_get(txn, meta, &k, &v) == 0, v.mv_size == 1 else { return nil }
+        return v.mv_data!.load(as: UInt8.self)
+    }
 }
 
 /// Whether `name` (as `0x00 ‖ name` in the unnamed database, or as `name` in `meta`) is there.
@@ -87,8 +117,15 @@ struct MetaLayoutTests {
             let head = first.head
             first.close()
             #expect(try where_(directory, "head") == (true, false))
+            #expect(try formatMarker(directory) == 2)
             try moveToEarlierLayout(directory)
             #expect(try where_(directory, "head") == (false, true))
+            #expect(try formatMarker(directory) == 1)
+            // Read-only (custody-audit): read as it is, not marked.
+            let readOnly = try LedgerStore(directory: directory, options: LedgerStoreOptions(readOnly: true))
+            #expect(try readOnly.read { try $0.head() } == head)
+            readOnly.close()
+            #expect(try formatMarker(directory) == 1)
 
             // Read from `meta`: the head, the connection numbers (none repeats), the digest
             // that verify from the checkpoint proves.
@@ -111,6 +148,7 @@ struct MetaLayoutTests {
             for name in ["head", "digest", "connections"] {
                 #expect(try where_(directory, name) == (true, false), "\(name) moved by the commit")
             }
+            #expect(try formatMarker(directory) == 2, "marked 2 by the writable open")
             let again = try LMDBSessionLedger(directory: directory, checkpointEvery: 5)
             defer { again.close() }
             #expect(try again.verifyFromNewestCheckpoint().isIntact)
