@@ -127,12 +127,25 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 SOCKET_LINE=$("$BENCH" ledger-socket --socket "$SOCKET" --authorizations 20000 --claims 500 2>&1 | tail -1)
+# The plugin's own round trip: Benchmarks/ledger-ping (the plugin's link code, compiled in),
+# back to back and with 200 µs between requests (both sides asleep in between, as between
+# CONNECTs), with the plugin's default spin and with plugin_opt_spin_us 100. Skipped without cc.
+PING_LINES=""
+if command -v cc > /dev/null && cc -O2 -o "$WORK/ledger-ping" "$ROOT/Benchmarks/ledger-ping/ledger-ping.c" \
+    "$ROOT/Sources/CustodyMosquittoPlugin/ledger_link.c" -I "$ROOT/Sources/CustodyMosquittoPlugin/include" 2> "$WORK/ping.err"; then
+    for setting in "0 0" "200 0" "200 100" "0 100"; do
+        read -r gap spin <<< "$setting"
+        PING_LINES+="spin_us=$spin $("$WORK/ledger-ping" "$SOCKET" 20000 "$gap" 200 "$spin" 2>&1 | tail -1)"$'\n'
+    done
+else
+    echo "mosquitto-front.sh: ledger-ping not built: $(cat "$WORK/ping.err" 2>/dev/null)" >&2
+fi
 PLUGIN_CLAIMS=$(kill -TERM "$PLUGIN_PID" 2>/dev/null; sleep 0.5; grep -o "custody: claims=.*" "$WORK/plugin/mosquitto.log" | tail -1 || true)
 
 table() {
-    python3 - "$RESULTS" "$SOCKET_LINE" "$SECONDS_PER_RUN" "$(nproc)" "$(/usr/sbin/mosquitto -h 2>&1 | head -1)" "$PLUGIN_CLAIMS" <<'PY'
+    python3 - "$RESULTS" "$SOCKET_LINE" "$SECONDS_PER_RUN" "$(nproc)" "$(/usr/sbin/mosquitto -h 2>&1 | head -1)" "$PLUGIN_CLAIMS" "$PING_LINES" <<'PY'
 import json, statistics, sys
-path, socket_line, seconds, cores, mosq_version, plugin_claims = sys.argv[1:7]
+path, socket_line, seconds, cores, mosq_version, plugin_claims, ping_lines = sys.argv[1:8]
 runs = {}
 by_round = {}
 for line in open(path):
@@ -191,6 +204,13 @@ print()
 print("Ledger socket, one peer, one request at a time (`custody-bench ledger-socket`, 20,000 authorize and 500 claim round trips):")
 print()
 print("    " + socket_line)
+if ping_lines.strip():
+    print()
+    print("The plugin's own round trip (`Benchmarks/ledger-ping`: the plugin's link code; 20,000 authorize, "
+          "then 200 claim+release; gap_us between requests; cpu is ledger-ping's own, per authorize):")
+    print()
+    for line in ping_lines.strip().split("\n"):
+        print("    " + line)
 if plugin_claims:
     print()
     print("How long the plugin's claims held Mosquitto's thread, over the whole run (its log at exit):")

@@ -107,6 +107,8 @@ void custody_link_close(struct custody_link *link)
     if (link->descriptor >= 0) close(link->descriptor);
     link->descriptor = -1;
     link->pending_releases = 0;
+    link->rx_start = 0;
+    link->rx_end = 0;
 }
 
 static int fail(struct custody_link *link, const char *what)
@@ -165,33 +167,62 @@ static int write_all(struct custody_link *link, const uint8_t *bytes, size_t len
     return 0;
 }
 
-static int read_all(struct custody_link *link, uint8_t *bytes, size_t length, int timeout_ms)
+static uint64_t monotonic_us(void)
 {
-    while (length > 0) {
-        ssize_t count = recv(link->descriptor, bytes, length, MSG_DONTWAIT);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* Until `need` bytes are buffered (link->rx), receives whatever the socket has, polling it
+ * for up to link->spin_us first and then sleeping in poll() for up to `timeout_ms`: an
+ * answer that comes within the spin finds this thread awake. */
+static int fill(struct custody_link *link, size_t need, int timeout_ms)
+{
+    if (link->rx_end - link->rx_start >= need) return 0;
+    if (link->rx_start > 0) {
+        memmove(link->rx, link->rx + link->rx_start, link->rx_end - link->rx_start);
+        link->rx_end -= link->rx_start;
+        link->rx_start = 0;
+    }
+    uint64_t spin_until = link->spin_us > 0 ? monotonic_us() + (uint64_t)link->spin_us : 0;
+    while (link->rx_end < need) {
+        ssize_t count = recv(link->descriptor, link->rx + link->rx_end, sizeof(link->rx) - link->rx_end, MSG_DONTWAIT);
         if (count == 0) {
             errno = ECONNRESET;
             return -1;
         }
         if (count < 0) {
             if (errno == EINTR) continue;
+            if ((errno == EAGAIN || errno == EWOULDBLOCK) && spin_until && monotonic_us() < spin_until) continue;
             if ((errno == EAGAIN || errno == EWOULDBLOCK) && wait_ready(link, POLLIN, timeout_ms) == 0) continue;
             return -1;
         }
-        bytes += count;
-        length -= (size_t)count;
+        link->rx_end += (size_t)count;
     }
     return 0;
+}
+
+/* Whether a whole frame is buffered. */
+static bool frame_buffered(struct custody_link *link)
+{
+    size_t have = link->rx_end - link->rx_start;
+    if (have < 4) return false;
+    const uint8_t *p = link->rx + link->rx_start;
+    uint32_t length = ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+    return have >= 4 + (size_t)length;
 }
 
 /* Reads one frame into link->in (position after the header); its type and request id out. */
 static int read_frame(struct custody_link *link, uint8_t *type, uint32_t *request_id)
 {
-    uint8_t prefix[4];
-    if (read_all(link, prefix, 4, link->timeout_ms) != 0) return fail(link, "no answer");
+    if (fill(link, 4, link->timeout_ms) != 0) return fail(link, "no answer");
+    const uint8_t *prefix = link->rx + link->rx_start;
     uint32_t length = ((uint32_t)prefix[0] << 24) | ((uint32_t)prefix[1] << 16) | ((uint32_t)prefix[2] << 8) | prefix[3];
     if (length < 6 || length > CUSTODY_WIRE_MAX_BODY) return fail(link, "frame of a bad length");
-    if (read_all(link, link->in.bytes, length, link->timeout_ms) != 0) return fail(link, "frame cut short");
+    if (fill(link, 4 + (size_t)length, link->timeout_ms) != 0) return fail(link, "frame cut short");
+    memcpy(link->in.bytes, link->rx + link->rx_start + 4, length);
+    link->rx_start += 4 + (size_t)length;
     link->in.length = length;
     link->in.position = 0;
     link->in.overflow = false;
@@ -274,7 +305,7 @@ int custody_link_poll(struct custody_link *link)
     if (link->descriptor < 0) return 0;
     for (;;) {
         struct pollfd ready = {.fd = link->descriptor, .events = POLLIN};
-        if (poll(&ready, 1, 0) <= 0) return 0;
+        if (!frame_buffered(link) && poll(&ready, 1, 0) <= 0) return 0;
         uint8_t type;
         uint32_t request_id;
         if (read_frame(link, &type, &request_id) != 0) return -1;

@@ -11,7 +11,8 @@
  *   MOSQ_EVT_TICK        reads takeover notices and release answers, and disconnects clients the ledger no longer
  *                        knows (the socket failed: nothing is held off the ledger).
  *
- * Options: plugin_opt_socket PATH (required), plugin_opt_timeout_ms N (default 5000).
+ * Options: plugin_opt_socket PATH (required), plugin_opt_timeout_ms N (default 5000),
+ * plugin_opt_spin_us N (0-1000: microseconds an answer is polled for before the thread sleeps).
  */
 #include "custody_mosquitto.h"
 
@@ -283,6 +284,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 {
     const char *path = NULL;
     int timeout_ms = 5000;
+    int spin_us = CUSTODY_DEFAULT_SPIN_US;
     for (int i = 0; i < option_count; i++) {
         if (strcmp(options[i].key, "socket") == 0) {
             path = options[i].value;
@@ -292,8 +294,16 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
                 mosquitto_log_printf(MOSQ_LOG_ERR, "custody: plugin_opt_timeout_ms must be 1-600000, got %s", options[i].value);
                 return MOSQ_ERR_INVAL;
             }
+        } else if (strcmp(options[i].key, "spin_us") == 0) {
+            char *end = NULL;
+            long value = strtol(options[i].value, &end, 10);
+            if (!end || *end || value < 0 || value > 1000) {
+                mosquitto_log_printf(MOSQ_LOG_ERR, "custody: plugin_opt_spin_us must be 0-1000, got %s", options[i].value);
+                return MOSQ_ERR_INVAL;
+            }
+            spin_us = (int)value;
         } else {
-            mosquitto_log_printf(MOSQ_LOG_ERR, "custody: unknown option plugin_opt_%s (known: socket, timeout_ms)", options[i].key);
+            mosquitto_log_printf(MOSQ_LOG_ERR, "custody: unknown option plugin_opt_%s (known: socket, timeout_ms, spin_us)", options[i].key);
             return MOSQ_ERR_INVAL;
         }
     }
@@ -307,6 +317,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
     state->link.path = strdup(path);
     state->link.descriptor = -1;
     state->link.timeout_ms = timeout_ms;
+    state->link.spin_us = spin_us;
     state->link.on_taken_over = taken_over;
     *userdata = state;
     int rc = mosquitto_callback_register(identifier, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, state);

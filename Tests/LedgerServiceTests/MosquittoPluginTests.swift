@@ -71,9 +71,10 @@ import Testing
         }
     }
 
+    /// With `plugin_opt_spin_us` (answers polled for before the thread sleeps): the same.
     @Test func theSameClientTakesItsSessionOverAndMosquittoClosesTheOldConnection() async throws {
         try await offPool {
-            try withMosquitto("mq-takeover") { custody, mosquitto in
+            try withMosquitto("mq-takeover", mosquittoLines: ["plugin_opt_spin_us 80"]) { custody, mosquitto in
                 let old = try paho(["--port", "\(mosquitto.port)", "--v3", "--id", "phone", "--user", "alice"])
                 try old.waitForOutput(containing: "CONNACK rc=0")
                 let (status, output) = try mosquittoClient(
@@ -92,6 +93,21 @@ import Testing
                 #expect(events[1].connection == events[0].connection)
                 #expect(events[3].connection == events[2].connection && events[2].connection != events[0].connection)
             }
+        }
+    }
+
+    /// A bad plugin option stops Mosquitto's start, naming the option.
+    @Test func aBadSpinOptionIsNamed() async throws {
+        try await offPool {
+            let path = try ledgerSocketPath("mq-badopt")
+            var failure = ""
+            do {
+                let mosquitto = try mosquittoWithPlugin("mq-badopt", socket: path, lines: ["plugin_opt_spin_us 5000"])
+                mosquitto.cleanUp()
+            } catch {
+                failure = "\(error)"
+            }
+            #expect(failure.contains("plugin_opt_spin_us must be 0-1000, got 5000"), "\(failure)")
         }
     }
 

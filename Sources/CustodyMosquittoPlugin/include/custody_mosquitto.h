@@ -19,6 +19,8 @@ struct mosquitto;
 /* ---- The ledger protocol, version 1 (ledger_link.c) ---- */
 
 #define CUSTODY_WIRE_VERSION 1
+/* plugin_opt_spin_us when not given. */
+#define CUSTODY_DEFAULT_SPIN_US 0
 #define CUSTODY_WIRE_MAX_BODY (64 * 1024)
 
 enum custody_frame_type {
@@ -59,12 +61,20 @@ struct custody_link {
     int descriptor; /* -1: not connected */
     uint32_t next_request;
     int timeout_ms;
+    /* Microseconds an answer is waited for with non-blocking reads before blocking (0: block
+     * at once): an answer that comes sooner finds this thread running, not asleep. */
+    int spin_us;
     struct custody_buffer out;
     struct custody_buffer in;
     custody_notice_handler on_taken_over;
     void *notice_context;
     /* Releases sent and not answered yet: their answers are read on the way to later ones. */
     unsigned pending_releases;
+    /* Bytes received and not framed yet, rx[rx_start, rx_end): a frame (or several) is read
+     * with as few recv calls as the socket allows, usually one. */
+    uint8_t rx[2 * (4 + CUSTODY_WIRE_MAX_BODY)];
+    size_t rx_start;
+    size_t rx_end;
 };
 
 /* Sends `link->out` (started with custody_buffer_start) and reads frames until the answer of
