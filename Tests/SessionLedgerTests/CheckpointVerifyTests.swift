@@ -201,27 +201,10 @@ private func claimSession(_ ledger: LMDBSessionLedger, _ client: String, _ sessi
 
 /// Changes one stored value of a table of a closed ledger, in place.
 func editValue(in directory: String, table: String, flags: UInt32 = 0, key: [UInt8], _ edit: (inout [UInt8]) -> Void) throws {
-    var env: OpaquePointer?
-    mdb_env_create(&env)
-    mdb_env_set_maxdbs(env, 8)
-    mdb_env_set_mapsize(env, 64 << 20)
-    try #require(mdb_env_open(env, directory, 0, 0o640) == 0)
-    defer { mdb_env_close(env) }
-    var txn: OpaquePointer?
-    try #require(mdb_txn_begin(env, nil, 0, &txn) == 0)
-    var dbi: MDB_dbi = 0
-    try #require(mdb_dbi_open(txn, table, flags, &dbi) == 0)
-    var keyBytes = key
-    try keyBytes.withUnsafeMutableBytes { raw in
-        var k = MDB_val(mv_size: raw.count, mv_data: raw.baseAddress)
-        var v = MDB_val()
-        try #require(mdb_get(txn, dbi, &k, &v) == 0, "no \(table) entry under the key")
-        var copy = Array(UnsafeRawBufferPointer(start: v.mv_data, count: v.mv_size))
-        edit(&copy)
-        try copy.withUnsafeMutableBytes { value in
-            var nv = MDB_val(mv_size: value.count, mv_data: value.baseAddress)
-            try #require(mdb_put(txn, dbi, &k, &nv, 0) == 0)
-        }
+    try RawLedger.with(directory, writable: true) { ledger in
+        let dbi = try ledger.table(table, flags: flags)
+        var value = try #require(ledger.get(dbi, key), "no \(table) entry under the key")
+        edit(&value)
+        try ledger.put(dbi, key, value)
     }
-    try #require(mdb_txn_commit(txn) == 0)
 }

@@ -1,4 +1,3 @@
-import CLMDB
 import CustodyTesting
 import Foundation
 import LedgerCore
@@ -10,95 +9,32 @@ import Testing
 // (RECORD-FORMAT.md); a ledger written before keeps them in `meta`. Such a ledger is made
 // here by moving them back, then opened.
 
-/// Moves `0x00 ‖ name` of the unnamed database to `name` in `meta`, for the three keys, in a
-/// closed ledger: the layout an earlier version wrote.
+/// Moves `0x00 ‖ name` of the unnamed database to `name` in `meta`, for the three keys, and
+/// marks the format 1, in a closed ledger: the layout an earlier version wrote.
 private func moveToEarlierLayout(_ directory: String) throws {
-    var env: OpaquePointer?
-    mdb_env_create(&env)
-    mdb_env_set_maxdbs(env, 8)
-    mdb_env_set_mapsize(env, 64 << 20)
-    try #require(mdb_env_open(env, directory, 0, 0o640) == 0)
-    defer { mdb_env_close(env) }
-    var txn: OpaquePointer?
-    try #require(mdb_txn_begin(env, nil, 0, &txn) == 0)
-    var main: MDB_dbi = 0
-    var meta: MDB_dbi = 0
-    try #require(mdb_dbi_open(txn, nil, 0, &main) == 0)
-    try #require(mdb_dbi_open(txn, "meta", 0, &meta) == 0)
-    for name in ["head", "connections", "digest"] {
-        var moved = [UInt8(0)] + Array(name.utf8)
-        var plain = Array(name.utf8)
-        try moved.withUnsafeMutableBytes { movedKey in
-            var k = MDB_val(mv_size: movedKey.count, mv_data: movedKey.baseAddress)
-            var v = MDB_val()
-            try #require(mdb_get(txn, main, &k, &v) == 0, "no \(name) in the unnamed database")
-            var value = Array(UnsafeRawBufferPointer(start: v.mv_data, count: v.mv_size))
-            try plain.withUnsafeMutableBytes { plainKey in
-                try value.withUnsafeMutableBytes { raw in
-                    var pk = MDB_val(mv_size: plainKey.count, mv_data: plainKey.baseAddress)
-                    var pv = MDB_val(mv_size: raw.count, mv_data: raw.baseAddress)
-                    try #require(mdb_put(txn, meta, &pk, &pv, 0) == 0)
-                }
-            }
-            try #require(mdb_del(txn, main, &k, nil) == 0)
+    try RawLedger.with(directory, writable: true) { ledger in
+        let main = try ledger.table(nil)
+        let meta = try ledger.table("meta")
+        for name in ["head", "connections", "digest"] {
+            let moved = [UInt8(0)] + Array(name.utf8)
+            let value = try #require(ledger.get(main, moved), "no \(name) in the unnamed database")
+            try ledger.put(meta, Array(name.utf8), value)
+            try ledger.delete(main, moved)
         }
+        try ledger.put(meta, Array("format".utf8), [1])
     }
-    var formatKey = Array("format".utf8)
-    var one: UInt8 = 1
-    try formatKey.withUnsafeMutableBytes { k in
-        try withUnsafeMutableBytes(of: &one) { v in
-            var key = MDB_val(mv_size: k.count, mv_data: k.baseAddress)
-            var value = MDB_val(mv_size: 1, mv_data: v.baseAddress)
-            try #require(mdb_put(txn, meta, &key, &value, 0) == 0)
-        }
-    }
-    try #require(mdb_txn_commit(txn) == 0)
 }
 
 /// The format marker in `meta`.
 private func formatMarker(_ directory: String) throws -> UInt8? {
-    var env: OpaquePointer?
-    mdb_env_create(&env)
-    mdb_env_set_maxdbs(env, 8)
-    try #require(mdb_env_open(env, directory, UInt32(MDB_RDONLY), 0o640) == 0)
-    defer { mdb_env_close(env) }
-    var txn: OpaquePointer?
-    try #require(mdb_txn_begin(env, nil, UInt32(MDB_RDONLY), &txn) == 0)
-    defer { mdb_txn_abort(txn) }
-    var meta: MDB_dbi = 0
-    try #require(mdb_dbi_open(txn, "meta", 0, &meta) == 0)
-    var key = Array("format".utf8)
-    return key.withUnsafeMutableBytes { raw in
-        var k = MDB_val(mv_size: raw.count, mv_data: raw.baseAddress)
-        var v = MDB_val()
-        guard mdb_get(txn, meta, &k, &v) == 0, v.mv_size == 1 else { return nil }
-        return v.mv_data!.load(as: UInt8.self)
-    }
+    try RawLedger.with(directory) { ledger in ledger.get(try ledger.table("meta"), Array("format".utf8))?.first }
 }
 
-/// Whether `name` (as `0x00 ‖ name` in the unnamed database, or as `name` in `meta`) is there.
+/// Whether `name` is there as `0x00 ‖ name` in the unnamed database, and as `name` in `meta`.
 private func where_(_ directory: String, _ name: String) throws -> (main: Bool, meta: Bool) {
-    var env: OpaquePointer?
-    mdb_env_create(&env)
-    mdb_env_set_maxdbs(env, 8)
-    try #require(mdb_env_open(env, directory, UInt32(MDB_RDONLY), 0o640) == 0)
-    defer { mdb_env_close(env) }
-    var txn: OpaquePointer?
-    try #require(mdb_txn_begin(env, nil, UInt32(MDB_RDONLY), &txn) == 0)
-    defer { mdb_txn_abort(txn) }
-    var main: MDB_dbi = 0
-    var meta: MDB_dbi = 0
-    try #require(mdb_dbi_open(txn, nil, 0, &main) == 0)
-    try #require(mdb_dbi_open(txn, "meta", 0, &meta) == 0)
-    func has(_ dbi: MDB_dbi, _ key: [UInt8]) -> Bool {
-        var key = key
-        return key.withUnsafeMutableBytes { raw in
-            var k = MDB_val(mv_size: raw.count, mv_data: raw.baseAddress)
-            var v = MDB_val()
-            return mdb_get(txn, dbi, &k, &v) == 0
-        }
+    try RawLedger.with(directory) { ledger in
+        (ledger.get(try ledger.table(nil), [0] + Array(name.utf8)) != nil, ledger.get(try ledger.table("meta"), Array(name.utf8)) != nil)
     }
-    return (has(main, [0] + Array(name.utf8)), has(meta, Array(name.utf8)))
 }
 
 @Suite("The keys every commit changes, in the unnamed database")
