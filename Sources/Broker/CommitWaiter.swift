@@ -2,33 +2,43 @@
 import LedgerCore
 import Foundation
 import LMDBStorage
+import Synchronization
 
-/// Resolves once a store commit is known; waiters may come before or after, and several may wait.
-final class CommitWaiter: @unchecked Sendable {
-    private let lock = NSLock()
-    private var result: Result<Void, LedgerError>?
-    private var callbacks: [@Sendable (Result<Void, LedgerError>) -> Void] = []
+/// Resolves once a store commit is known; waiters may come before or after, and several may
+/// wait. One is made per durable PUBLISH: its lock is inline (no allocation of its own), and
+/// the usual single waiter needs no array.
+final class CommitWaiter: Sendable {
+    typealias Callback = @Sendable (Result<Void, LedgerError>) -> Void
+
+    private struct State {
+        var result: Result<Void, LedgerError>?
+        var first: Callback?
+        var more: [Callback] = []
+    }
+    private let state = Mutex(State())
 
     func complete(_ value: Result<Void, LedgerError>) {
-        lock.lock()
-        result = value
-        let waiting = callbacks
-        callbacks = []
-        lock.unlock()
-        for callback in waiting { callback(value) }
+        let (first, more) = state.withLock { state -> (Callback?, [Callback]) in
+            state.result = value
+            defer {
+                state.first = nil
+                state.more = []
+            }
+            return (state.first, state.more)
+        }
+        first?(value)
+        for callback in more { callback(value) }
     }
 
     /// `callback` hears the result: at once (on this thread) when it is known, else on the
     /// thread that completes the commit.
-    func whenComplete(_ callback: @escaping @Sendable (Result<Void, LedgerError>) -> Void) {
-        lock.lock()
-        if let result {
-            lock.unlock()
-            callback(result)
-        } else {
-            callbacks.append(callback)
-            lock.unlock()
+    func whenComplete(_ callback: @escaping Callback) {
+        let known = state.withLock { state -> Result<Void, LedgerError>? in
+            if let result = state.result { return result }
+            if state.first == nil { state.first = callback } else { state.more.append(callback) }
+            return nil
         }
+        if let known { callback(known) }
     }
 
     func wait() async -> Result<Void, LedgerError> {
