@@ -266,8 +266,9 @@ let package = Package(
         .executableTarget(
             name: "CustodyAudit",
             dependencies: [
-                // CustodyConfig: `routes --config` reads the routes' dead-letter directories.
-                "SessionLedger", "LMDBStorage", "CustodyConfig",
+                // CustodyConfig: `routes --config` reads the routes' dead-letter directories;
+                // Routing: the outbox's compact events, read as the JSON they are sent as.
+                "SessionLedger", "LMDBStorage", "CustodyConfig", "Routing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Tools/Audit"

@@ -154,9 +154,11 @@ final class RouteWorker: Sendable {
 
     private func deliver(_ batch: [OutboxRecord], client: HTTPClient) async {
         var attempts = Int(batch.map(\.attempts).max() ?? 0)
+        // The events as they are sent and dead-lettered: JSON (the store keeps them compact).
+        let events = batch.map(StoredEvent.rendered)
         while !stopped {
             attempts += 1
-            let outcome = await delivery.attempt(batch, client: client)
+            let outcome = await delivery.attempt(events, client: client)
             switch outcome {
             case .delivered:
                 let now = wallClockMicroseconds()
@@ -166,14 +168,14 @@ final class RouteWorker: Sendable {
                 return
             case .rejected(let status, let error):
                 metrics.failed(status: status)
-                await giveUp(batch, reason: .rejected, attempts: attempts, status: status, error: error)
+                await giveUp(batch, sent: events, reason: .rejected, attempts: attempts, status: status, error: error)
                 return
             case .retry(let status, let error, let retryAfter):
                 metrics.failed(status: status)
                 let age = wallClockMicroseconds() - batch[0].acceptedAt
                 if attempts >= route.maxAttempts || age > Int64(route.maxAgeMinutes) * 60_000_000 {
                     let reason: DeadLetterReason = attempts >= route.maxAttempts ? .maxAttempts : .maxAge
-                    await giveUp(batch, reason: reason, attempts: attempts, status: status, error: error)
+                    await giveUp(batch, sent: events, reason: reason, attempts: attempts, status: status, error: error)
                     return
                 }
                 remember(batch, attempts: attempts)
@@ -195,10 +197,13 @@ final class RouteWorker: Sendable {
         }
     }
 
-    private func giveUp(_ batch: [OutboxRecord], reason: DeadLetterReason, attempts: Int, status: Int?, error: String) async {
+    /// `sent`: the events as sent (JSON), dead-lettered; `batch`: their records, removed.
+    private func giveUp(
+        _ batch: [OutboxRecord], sent: [OutboxRecord], reason: DeadLetterReason, attempts: Int, status: Int?, error: String
+    ) async {
         while !stopped {
             do {
-                try deadLetter.write(batch, reason: reason, attempts: attempts, lastStatus: status, error: error)
+                try deadLetter.write(sent, reason: reason, attempts: attempts, lastStatus: status, error: error)
                 break
             } catch {
                 logger.error("route dead-letter write failed; the events stay in the outbox", metadata: [
@@ -219,7 +224,8 @@ final class RouteWorker: Sendable {
     /// An event that never reached the outbox (it was full): straight to dead-letter.
     func overflowed(_ record: OutboxRecord) {
         do {
-            try deadLetter.write([record], reason: .outboxFull, attempts: 0, lastStatus: nil, error: "the route's outbox is full")
+            try deadLetter.write(
+                [StoredEvent.rendered(record)], reason: .outboxFull, attempts: 0, lastStatus: nil, error: "the route's outbox is full")
             metrics.deadLettered.increment()
         } catch {
             logger.error("route dead-letter write failed; an event of a full outbox is lost", metadata: [

@@ -175,9 +175,15 @@ public final class Router: BrokerPublishTap, Sendable {
             for index in state.slots.indices where state.slots[index].filters.contains(where: { $0.matches(topic) }) {
                 let eventID = id ?? eventIDs.next()
                 id = eventID
-                let event = CloudEvents.published(
-                    publish, id: eventID, source: source, time: admission.now, authenticationName: publisher?.authenticationName,
-                    sessionName: publisher?.sessionName, extensions: extensions(state.slots[index].route, publisher))
+                // Kept compact: the JSON is made when the event is sent (StoredEvent).
+                let attributes = extensions(state.slots[index].route, publisher)
+                let event = StoredEvent.compact(
+                    publish, id: eventID, source: source, authenticationName: publisher?.authenticationName,
+                    sessionName: publisher?.sessionName, extensions: attributes)
+                    ?? CloudEvents.published(
+                        publish, id: eventID, source: source, time: admission.now,
+                        authenticationName: publisher?.authenticationName, sessionName: publisher?.sessionName,
+                        extensions: attributes)
                 admission.admit(event, into: &state.slots[index], inStore: publish.qos != .atMostOnce)
             }
         }

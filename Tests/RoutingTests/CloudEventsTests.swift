@@ -64,6 +64,41 @@ struct CloudEventsTests {
         #expect(event["site"] as? String == "plant-7")
     }
 
+    /// The outbox keeps a message's event compact; the JSON made from it when it is sent is
+    /// byte for byte the JSON made at once (JSON and binary payloads, every property,
+    /// absent names).
+    @Test(arguments: [true, false])
+    func aCompactEventBecomesTheSameJSON(jsonPayload: Bool) throws {
+        var properties = MQTTProperties()
+        properties.contentType = jsonPayload ? "application/json" : nil
+        properties.responseTopic = "replies/1"
+        properties.correlationData = ByteBuffer(string: "c-1")
+        properties.userProperties = [MQTTUserProperty(name: "site", value: "plant \"7\""), MQTTUserProperty(name: "a", value: "b")]
+        properties.messageExpiryInterval = 90
+        let payload = jsonPayload ? ByteBuffer(string: #"{"t": 21.5}"#) : ByteBuffer(bytes: [0, 1, 2, 0xFF])
+        let publish = MQTTPublish(
+            topicName: "areas/a1/machines/m1", payload: payload, qos: .atLeastOnce, retain: jsonPayload,
+            packetIdentifier: 3, properties: properties)
+        let time: Int64 = 1_700_000_000_123_456
+        for (auth, session) in [("device-1", "s-1"), (nil, nil)] as [(String?, String?)] {
+            let extensions = CloudEvents.Extensions([("site", "plant-7"), ("area", "a1")])
+            let direct = CloudEvents.published(
+                publish, id: "id-1", source: "ns-1", time: time, authenticationName: auth, sessionName: session,
+                extensions: extensions)
+            let compact = try #require(StoredEvent.compact(
+                publish, id: "id-1", source: "ns-1", authenticationName: auth, sessionName: session, extensions: extensions))
+            #expect(compact.first == StoredEvent.compactMarker && compact.count < direct.count)
+            let record = OutboxRecord(route: "r", number: 1, acceptedAt: time, event: compact)
+            #expect(StoredEvent.json(of: record) == direct, "\(String(decoding: StoredEvent.json(of: record), as: UTF8.self))")
+            // And through the store's record format.
+            let back = record.key.withUnsafeBytes { k in record.value.withUnsafeBytes { v in OutboxRecord(key: k, value: v) } }
+            #expect(back.map { StoredEvent.json(of: $0) } == direct)
+        }
+        // A record holding JSON (a lifecycle event, or one written before) is sent as it is.
+        let json = OutboxRecord(route: "r", number: 2, acceptedAt: time, event: Array(#"{"id":"x"}"#.utf8))
+        #expect(StoredEvent.json(of: json) == json.event)
+    }
+
     @Test func aBinaryPayloadIsDataBase64() throws {
         let payload: [UInt8] = [0, 1, 2, 0xFF]
         let publish = MQTTPublish(topicName: "t", payload: ByteBuffer(bytes: payload))

@@ -2,6 +2,7 @@ import ArgumentParser
 import CustodyConfig
 import Foundation
 import LMDBStorage
+import Routing
 import SessionLedger
 
 /// `routes`: what each route's outbox holds (events not yet delivered nor dead-lettered) and
@@ -73,7 +74,7 @@ struct Routes: ParsableCommand {
                 out.line("outbox \(name): \(records.count) events, \(bytes) bytes, oldest accepted \(ISO8601Time.format(records[0].acceptedAt))")
             }
             for record in limit == 0 ? records[...] : records.prefix(limit) {
-                let event = (try? JSONSerialization.jsonObject(with: Data(record.event))) as? [String: Any] ?? [:]
+                let event = (try? JSONSerialization.jsonObject(with: Data(StoredEvent.json(of: record)))) as? [String: Any] ?? [:]
                 if json {
                     var j = JSONObject()
                     j.string("route", name)
