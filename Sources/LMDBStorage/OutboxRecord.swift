@@ -3,7 +3,9 @@
 /// Key: the route's name (UTF-8), 0x00, the event's number in the route (8 bytes, big endian):
 /// one key range per route, in the order the events were accepted. Value: format 1 is the
 /// byte 0x01, the time it was accepted (µs since the epoch, 8 bytes, big endian), then the
-/// CloudEvent as JSON (UTF-8), sent as is on every attempt. Format 2, written once an attempt
+/// event: its CloudEvent as JSON (UTF-8, beginning with `{`), or, for a routed message, the
+/// compact form its JSON is made from when sent (0x01 first: Routing's `StoredEvent`); every
+/// attempt sends the same event. Format 2, written once an attempt
 /// failed, puts the failed attempts so far (4 bytes, big endian) after the time, so that a
 /// restart does not give an event its `retry.maxAttempts` anew.
 public struct OutboxRecord: Sendable, Equatable {
