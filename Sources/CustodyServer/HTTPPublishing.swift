@@ -165,7 +165,8 @@ extension CustodyConfiguration {
             let host = listener.host
             return try HTTPPublishServer(
                 host: listener.host, port: listener.port, tls: setup?.configuration,
-                acceptsAnyClientCertificate: setup?.acceptsAnyClientCertificate ?? false, clientCertificate: setup.flatMap(Self.clientCertificate), maxMessageBytes: limits.maxPacketBytes,
+                acceptsAnyClientCertificate: setup?.acceptsAnyClientCertificate ?? false,
+                clientCertificate: setup.flatMap(Self.clientCertificate), maxMessageBytes: limits.maxPacketBytes,
                 gate: gateway, logger: logger,
                 bound: { port in say("custody: listening \(kind) \(HostPort(host: host, port: port)) POST \(HTTPPublishServer.path)") })
         }

@@ -58,6 +58,18 @@ struct DeadLetterSink: Sendable {
         }
     }
 
+    /// The highest number of `route`'s entries in `directory` (0: none, or no directory).
+    static func highestNumber(route: String, in directory: String) -> UInt64 {
+        let prefix = route + "-"
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        return names.reduce(0) { highest, name in
+            guard name.hasPrefix(prefix), name.hasSuffix(".json"),
+                let number = UInt64(name.dropFirst(prefix.count).dropLast(5))
+            else { return highest }
+            return max(highest, number)
+        }
+    }
+
     /// `ROUTE-NUMBER.json`, the number zero-padded so that names sort in order.
     static func fileName(route: String, number: UInt64) -> String {
         let digits = String(number)

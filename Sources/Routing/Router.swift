@@ -75,7 +75,7 @@ public final class Router: BrokerPublishTap, Sendable {
             worker.load(held)
             state.slots.append(Slot(
                 route: route, filters: route.topicFilters.compactMap(MQTTTopicFilter.init), worker: worker,
-                next: (held.last?.number ?? 0) + 1))
+                next: Self.firstNumber(route, held)))
         }
         state.orphans = byRoute
         state.lifecycleThrough = try LifecycleRouteCursor.read(in: store)
@@ -109,6 +109,17 @@ public final class Router: BrokerPublishTap, Sendable {
             state.client = client
             for index in state.slots.indices { state.slots[index].task = Self.launch(state.slots[index].worker, client) }
         }
+    }
+
+    /// The number a route's next event gets: after the events its outbox holds and after
+    /// those its dead-letter directory holds, so that no entry there is written over by a
+    /// later event of the same number (numbers are not kept once delivered).
+    private static func firstNumber(_ route: RouteConfiguration, _ held: [OutboxRecord]) -> UInt64 {
+        var highest = held.last?.number ?? 0
+        if case .directory(let directory) = route.deadLetter {
+            highest = max(highest, DeadLetterSink.highestNumber(route: route.name, in: directory))
+        }
+        return highest + 1
     }
 
     private static func launch(_ worker: RouteWorker, _ client: HTTPClient) -> Task<Void, Never> {
@@ -154,7 +165,7 @@ public final class Router: BrokerPublishTap, Sendable {
                     worker.load(held)
                     slots.append(Slot(
                         route: route, filters: route.topicFilters.compactMap(MQTTTopicFilter.init), worker: worker,
-                        task: state.client.map { Self.launch(worker, $0) }, next: (held.last?.number ?? 0) + 1))
+                        task: state.client.map { Self.launch(worker, $0) }, next: Self.firstNumber(route, held)))
                 }
             }
             for slot in old.values {

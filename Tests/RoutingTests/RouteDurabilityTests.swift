@@ -106,6 +106,46 @@ struct RouteDurabilityTests {
         }
     }
 
+    /// Numbers are not kept once an event is delivered or dead-lettered; after a restart a
+    /// route numbers its events after its dead-letter directory's entries, so that none is
+    /// written over.
+    @Test func deadLetterEntriesOutliveARestart() async throws {
+        try await offPool {
+            let receiver = try TestEventReceiver()
+            defer { receiver.stop() }
+            try receiver.answerByDefault("400")
+            let (config, directory) = try routesConfiguration("dead-restart", """
+                  - name: ingest
+                    topicFilters: ["t/#"]
+                    endpoint: \(receiver.endpoint)
+                    deadLetter: { directory: dead }
+                """)
+            let dead = directory + "/dead"
+            func entries() -> [String] { ((try? FileManager.default.contentsOfDirectory(atPath: dead)) ?? []).sorted() }
+            func waitForEntries(_ count: Int) {
+                let deadline = Date().addingTimeInterval(20)
+                while entries().count < count, Date() < deadline { usleep(50_000) }
+            }
+            let first = try startCustody("dead-restart", config: config)
+            let data = first.directory
+            defer { first.cleanUp() }
+            try publishOne(first, topic: "t/1", payload: "1", qos: 1, client: "p1")
+            waitForEntries(1)
+            first.stop()
+            let second = try startCustody("dead-restart-2", config: config, directory: data)
+            defer { second.stop() }
+            try publishOne(second, topic: "t/1", payload: "2", qos: 1, client: "p1")
+            waitForEntries(2)
+            let names = entries()
+            #expect(names == ["ingest-00000000000000000001.json", "ingest-00000000000000000002.json"], "\(names)")
+            let payloads = try names.map { name -> Int? in
+                let entry = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dead + "/" + name))) as? [String: Any]
+                return (entry?["event"] as? [String: Any])?["data"] as? Int
+            }
+            #expect(payloads == [1, 2])
+        }
+    }
+
     /// Lifecycle events the routes did not take (here: committed while custody ran without
     /// routes) are read from the ledger at the next start with routes, after the routes'
     /// cursor: each ledger event is routed once.
