@@ -273,8 +273,12 @@ private final class Swapper: @unchecked Sendable {
         swapped = true
         let other = name == "first" ? pair.1 : pair.0
         loop.closeWatched(other)
-        // The idle spare socket takes the closed one's number.
-        precondition(dup2(pair.2, other) == other)
+        // The idle spare socket takes the closed one's number. Linux's dup2 answers EBUSY when
+        // another thread's open() is taking that number at the same moment (tests run in
+        // parallel): tried again then.
+        var duplicated = dup2(pair.2, other)
+        while duplicated == -1 && (errno == EBUSY || errno == EINTR) { duplicated = dup2(pair.2, other) }
+        precondition(duplicated == other, "dup2: errno \(errno)")
         watch(other, "newcomer")
     }
 }

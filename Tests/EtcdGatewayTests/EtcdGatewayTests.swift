@@ -38,7 +38,23 @@ struct EtcdGatewayTests {
         let etcd = try await offPool { try RunningEtcd("gateway-pool") }
         defer { etcd.cleanUp() }
         let gateway = EtcdGateway(endpoints: [etcd.url], connections: 32)
-        let revisions = try await withThrowingTaskGroup(of: Int64.self) { group in
+        // Shut down whatever happens: a client dropped unshut stops the whole test run.
+        let revisions: [Int64]
+        do {
+            revisions = try await fourHundredClaims(gateway)
+        } catch {
+            await gateway.shutdown()
+            throw error
+        }
+        // Each write got a revision of its own.
+        #expect(Set(revisions).count == 400)
+        let (keys, _) = try await gateway.range("/p/", rangeEnd: prefixEnd(of: "/p/"))
+        #expect(keys.count == 400)
+        await gateway.shutdown()
+    }
+
+    private func fourHundredClaims(_ gateway: EtcdGateway) async throws -> [Int64] {
+        try await withThrowingTaskGroup(of: Int64.self) { group in
             for index in 0..<400 {
                 group.addTask {
                     try await gateway.txn(EtcdTxn(
@@ -49,11 +65,6 @@ struct EtcdGatewayTests {
             for try await revision in group { all.append(revision) }
             return all
         }
-        // Each write got a revision of its own.
-        #expect(Set(revisions).count == 400)
-        let (keys, _) = try await gateway.range("/p/", rangeEnd: prefixEnd(of: "/p/"))
-        #expect(keys.count == 400)
-        await gateway.shutdown()
     }
 
     @Test func leasesKeepKeysAliveAndTakeThemWhenTheyLapse() async throws {
