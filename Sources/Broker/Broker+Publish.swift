@@ -101,7 +101,7 @@ extension Broker {
                 _ = route(publish, from: state, &batch)
                 if publish.retain { keepRetained(publish, from: state.name, &batch) }
                 showTap(publish, state.publisher, &batch)
-                return (nil, submitWaiting(batch))
+                return (nil, forwardToCluster(publish, submitWaiting(batch)))
             case .atLeastOnce:
                 if let refused {
                     note(refused, state.name)
@@ -110,9 +110,10 @@ extension Broker {
                 let matched = route(publish, from: state, &batch)
                 if publish.retain { keepRetained(publish, from: state.name, &batch) }
                 showTap(publish, state.publisher, &batch)
-                let code: MQTTReasonCode = v5 && matched == 0 ? .noMatchingSubscribers : .success
+                // In a cluster, other nodes may have subscribers where this one has none.
+                let code: MQTTReasonCode = v5 && matched == 0 && clusterLink == nil ? .noMatchingSubscribers : .success
                 return (.puback(MQTTPublishResponse(packetIdentifier: id, reasonCode: code)),
-                        submitWaiting(batch))
+                        forwardToCluster(publish, submitWaiting(batch)))
             case .exactlyOnce:
                 // Seen before PUBREL: the client resends; it was delivered already (4.3.3).
                 if state.inboundQoS2.contains(id) {
@@ -130,8 +131,9 @@ extension Broker {
                 let matched = route(publish, from: state, &batch)
                 if publish.retain { keepRetained(publish, from: state.name, &batch) }
                 showTap(publish, state.publisher, &batch)
-                let code: MQTTReasonCode = v5 && matched == 0 ? .noMatchingSubscribers : .success
-                let waiter = submitWaiting(batch)
+                // In a cluster, other nodes may have subscribers where this one has none.
+                let code: MQTTReasonCode = v5 && matched == 0 && clusterLink == nil ? .noMatchingSubscribers : .success
+                let waiter = forwardToCluster(publish, submitWaiting(batch))
                 if let waiter { state.inboundCommits[id] = waiter }
                 return (.pubrec(MQTTPublishResponse(packetIdentifier: id, reasonCode: code)), waiter)
             }

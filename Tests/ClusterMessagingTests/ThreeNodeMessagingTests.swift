@@ -1,0 +1,131 @@
+import CustodyTesting
+import Foundation
+import Testing
+
+extension MessagingSuites {
+    @Suite("Messages across three custody nodes on NATS JetStream")
+    struct ThreeNodeMessagingTests {
+        /// A publisher on node 1, subscribers on nodes 2 and 3: QoS 0, 1 and 2 with wildcards
+        /// (`a/#` matching `a` itself), each node's subscribers getting every matching message in
+        /// the publisher's order, and a retained message published on node 1 given to new
+        /// subscribers on nodes 2 and 3.
+        @Test func publisherOnOneNodeSubscribersOnTheOthers() async throws {
+            try await offPool {
+                try withMessagingCluster("three-qos") { cluster in
+                    let retained = try PahoClient.publisher(
+                        port: cluster[0].port, id: "retainer", topic: "r/state", count: 1, qos: 1, prefix: "kept", retain: true)
+                    try retained.spawned.waitForOutput(containing: "DONE", timeout: 30)
+                    let two = try PahoClient.subscriber(port: cluster[1].port, id: "sub-2", filters: ["t/+/c", "r/#"], qos: 2)
+                    let three = try PahoClient.subscriber(port: cluster[2].port, id: "sub-3", filters: ["t/#", "r/#"], qos: 1)
+                    // The retained message: kept on every node, given on subscribe.
+                    try two.wait { $0.messages.contains("r/state kept-0 q1 r1") }
+                    try three.wait { $0.messages.contains("r/state kept-0 q1 r1") }
+                    for (qos, prefix) in [(0, "zero"), (1, "one"), (2, "two")] {
+                        let publisher = try PahoClient.publisher(
+                            port: cluster[0].port, id: "pub-\(qos)", topic: "t/b/c", count: 50, qos: qos, prefix: prefix)
+                        try publisher.spawned.waitForOutput(containing: "DONE", timeout: 60)
+                    }
+                    let parent = try PahoClient.publisher(port: cluster[0].port, id: "pub-t", topic: "t", count: 3, qos: 1, prefix: "parent")
+                    try parent.spawned.waitForOutput(containing: "DONE", timeout: 30)
+                    let stream = ["zero", "one", "two"].flatMap { prefix in (0..<50).map { "\(prefix)-\($0)" } }
+                    try two.wait { $0.payloads.filter { !$0.hasPrefix("kept") }.count >= 150 }
+                    try three.wait { $0.payloads.filter { !$0.hasPrefix("kept") }.count >= 153 }
+                    // Each node in the publisher's order, each QoS as granted (min of both).
+                    #expect(two.payloads.filter { !$0.hasPrefix("kept") } == stream)
+                    #expect(three.payloads.filter { !$0.hasPrefix("kept") && !$0.hasPrefix("parent") } == stream)
+                    #expect(three.payloads.filter { $0.hasPrefix("parent") } == ["parent-0", "parent-1", "parent-2"])
+                    #expect(two.messages.contains("t/b/c two-7 q2 r0"))
+                    #expect(three.messages.contains("t/b/c two-7 q1 r0"))
+                    #expect(two.messages.contains("t/b/c zero-3 q0 r0"))
+                    #expect(!two.payloads.contains { $0.hasPrefix("parent") })
+                    // Nothing twice on the publisher's own node either: a subscriber there gets one copy.
+                    let one = try PahoClient.subscriber(port: cluster[0].port, id: "sub-1", filters: ["t/b/c"], qos: 1)
+                    let again = try PahoClient.publisher(port: cluster[0].port, id: "pub-again", topic: "t/b/c", count: 20, qos: 1, prefix: "again")
+                    try again.spawned.waitForOutput(containing: "DONE", timeout: 30)
+                    try three.wait { $0.payloads.filter { $0.hasPrefix("again") }.count >= 20 }
+                    try one.wait { $0.payloads.filter { $0.hasPrefix("again") }.count >= 20 }
+                    Thread.sleep(forTimeInterval: 0.5)
+                    #expect(one.payloads.filter { $0.hasPrefix("again") } == (0..<20).map { "again-\($0)" })
+                    #expect(three.payloads.filter { $0.hasPrefix("again") } == (0..<20).map { "again-\($0)" })
+                    for client in [one, two, three] { client.stop() }
+                }
+            }
+        }
+
+        /// The publisher's node is killed (SIGKILL) in the middle of a QoS 1 stream: every
+        /// message it PUBACKed reaches the subscribers on the other two nodes. Duplicates are
+        /// allowed at QoS 1, counted and reported.
+        @Test func publishersNodeKilledLosesNothingAcknowledged() async throws {
+            try await offPool {
+                try withMessagingCluster("three-kill") { cluster in
+                    let one = try PahoClient.subscriber(port: cluster[0].port, id: "sub-1", filters: ["k/#"])
+                    let three = try PahoClient.subscriber(port: cluster[2].port, id: "sub-3", filters: ["k/#"])
+                    let publisher = try PahoClient.publisher(
+                        port: cluster[1].port, id: "pub-2", topic: "k/stream", count: 5_000, qos: 1, prefix: "k")
+                    try publisher.wait(timeout: 60) { $0.acknowledged.count >= 500 }
+                    cluster.killNode(1)
+                    _ = try? publisher.spawned.waitForExit(timeout: 10)
+                    let acknowledged = Set(publisher.acknowledged)
+                    #expect(acknowledged.count >= 500)
+                    for (name, subscriber) in [("n1", one), ("n3", three)] {
+                        try subscriber.wait(timeout: 60) { acknowledged.isSubset(of: Set($0.payloads)) }
+                        let received = subscriber.payloads
+                        let lost = acknowledged.subtracting(received).count
+                        let duplicates = received.count - Set(received).count
+                        print("cluster kill test: subscriber on \(name): acknowledged \(acknowledged.count), received \(received.count), lost \(lost), duplicates \(duplicates)")
+                        #expect(lost == 0)
+                    }
+                    one.stop()
+                    three.stop()
+                }
+            }
+        }
+
+        /// A subscriber's node killed (SIGKILL) during a QoS 1 stream: the publisher's PUBACKs
+        /// go on, and the subscriber on the third node gets the whole stream, in order, once.
+        @Test func subscribersNodeKilledOthersGoOn() async throws {
+            try await offPool {
+                try withMessagingCluster("three-sub-kill") { cluster in
+                    let two = try PahoClient.subscriber(port: cluster[1].port, id: "sub-2", filters: ["s/#"])
+                    let three = try PahoClient.subscriber(port: cluster[2].port, id: "sub-3", filters: ["s/#"])
+                    let publisher = try PahoClient.publisher(
+                        port: cluster[0].port, id: "pub-1", topic: "s/stream", count: 2_000, qos: 1, prefix: "s")
+                    try two.wait(timeout: 60) { $0.payloads.count >= 200 }
+                    cluster.killNode(1)
+                    try publisher.spawned.waitForOutput(containing: "DONE", timeout: 120)
+                    let acknowledged = Set(publisher.acknowledged)
+                    #expect(acknowledged.count == 2_000)
+                    try three.wait(timeout: 60) { acknowledged.isSubset(of: Set($0.payloads)) }
+                    #expect(three.payloads == (0..<2_000).map { "s-\($0)" })
+                    three.stop()
+                    two.stop()
+                }
+            }
+        }
+    }
+
+    @Suite("Messages across custody nodes on a 3-server NATS cluster")
+    struct NATSClusterMessagingTests {
+        /// Three NATS servers routed on 127.0.0.1, the stream replicated three times; the server
+        /// the publisher's node is connected to is stopped during a QoS 1 stream: the node moves
+        /// to another server, and every PUBACKed message reaches the subscriber on node 3.
+        @Test func oneNATSServerStoppedDuringAStream() async throws {
+            try await offPool {
+                try withMessagingCluster("nats3", natsServers: 3) { cluster in
+                    let three = try PahoClient.subscriber(port: cluster[2].port, id: "sub-3", filters: ["c/#"])
+                    let publisher = try PahoClient.publisher(
+                        port: cluster[0].port, id: "pub-1", topic: "c/stream", count: 3_000, qos: 1, prefix: "c")
+                    try publisher.wait(timeout: 60) { $0.acknowledged.count >= 300 }
+                    cluster.nats.stop(server: 0)
+                    try publisher.spawned.waitForOutput(containing: "DONE", timeout: 180)
+                    let acknowledged = Set(publisher.acknowledged)
+                    #expect(acknowledged.count == 3_000)
+                    try three.wait(timeout: 90) { acknowledged.isSubset(of: Set($0.payloads)) }
+                    let received = three.payloads
+                    print("NATS server stopped: acknowledged \(acknowledged.count), received \(received.count), lost \(acknowledged.subtracting(received).count), duplicates \(received.count - Set(received).count)")
+                    three.stop()
+                }
+            }
+        }
+    }
+}
