@@ -399,6 +399,8 @@ struct Custody: AsyncParsableCommand {
             messaging = try await joinMessaging(settings.cluster, broker: broker)
         } catch {
             ledger.close()
+            // Its HTTP clients must be shut down before they go.
+            await cluster?.gateway.shutdown()
             throw error
         }
         operations.attach(ledger: ledger, broker: broker)

@@ -16,8 +16,10 @@ final class MessagingCluster: @unchecked Sendable {
     let etcd: RunningEtcd
     private(set) var nodes: [RunningCustody] = []
     let replicas: Int
+    let extra: [String]
 
-    init(_ label: String, nodes count: Int = 3, natsServers: Int = 1) throws {
+    init(_ label: String, nodes count: Int = 3, natsServers: Int = 1, extra: [String] = []) throws {
+        self.extra = extra
         nats = try RunningNATS(label, servers: natsServers)
         replicas = natsServers >= 3 ? 3 : 1
         do {
@@ -44,7 +46,7 @@ final class MessagingCluster: @unchecked Sendable {
                 "--cluster-etcd", etcd.url, "--node-id", "n\(index + 1)", "--cluster-lease-seconds", "2",
                 "--connects-per-second-per-session", "0",
                 "--cluster-nats", rotated.joined(separator: ","), "--cluster-nats-replicas", "\(replicas)",
-            ])
+            ] + extra)
     }
 
     subscript(_ index: Int) -> RunningCustody { nodes[index] }
@@ -66,8 +68,10 @@ final class MessagingCluster: @unchecked Sendable {
     }
 }
 
-func withMessagingCluster(_ label: String, natsServers: Int = 1, _ body: (MessagingCluster) throws -> Void) throws {
-    let cluster = try MessagingCluster(label, natsServers: natsServers)
+func withMessagingCluster(
+    _ label: String, natsServers: Int = 1, extra: [String] = [], _ body: (MessagingCluster) throws -> Void
+) throws {
+    let cluster = try MessagingCluster(label, natsServers: natsServers, extra: extra)
     defer { cluster.cleanUp() }
     do {
         try body(cluster)
@@ -96,6 +100,7 @@ from paho.mqtt.properties import Properties
 p = argparse.ArgumentParser()
 p.add_argument("--port", type=int, required=True)
 p.add_argument("--id", required=True)
+p.add_argument("--user")
 p.add_argument("--sub", action="append", default=[])
 p.add_argument("--qos", type=int, default=1)
 p.add_argument("--pub")
@@ -112,6 +117,8 @@ def say(line):
 
 c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=a.id, protocol=mqtt.MQTTv5)
 c.max_inflight_messages_set(a.inflight)
+if a.user:
+    c.username_pw_set(a.user)
 lock = threading.Lock()
 pending = {}
 ready = threading.Event()
@@ -207,8 +214,9 @@ final class PahoClient: @unchecked Sendable {
         spawned = try SpawnedProcess(try pahoPython(), [clientScriptPath, "--port", "\(port)", "--id", id] + arguments)
     }
 
-    static func subscriber(port: Int, id: String, filters: [String], qos: Int = 1) throws -> PahoClient {
-        let client = try PahoClient(port: port, id: id, ["--qos", "\(qos)"] + filters.flatMap { ["--sub", $0] })
+    static func subscriber(port: Int, id: String, filters: [String], qos: Int = 1, user: String? = nil) throws -> PahoClient {
+        let client = try PahoClient(
+            port: port, id: id, ["--qos", "\(qos)"] + filters.flatMap { ["--sub", $0] } + (user.map { ["--user", $0] } ?? []))
         try client.spawned.waitForOutput(containing: "SUBACK", timeout: 20)
         return client
     }

@@ -104,6 +104,48 @@ extension MessagingSuites {
         }
     }
 
+    @Suite("Lifecycle events and start-up across custody nodes")
+    struct ClusterEventsTests {
+        /// Sessions connect and disconnect on nodes 1 and 2; an event subscriber on node 3 gets
+        /// every node's lifecycle events, each node's in its ledger order.
+        @Test func lifecycleEventsFromEveryNode() async throws {
+            try await offPool {
+                try withMessagingCluster("events", extra: ["--event-subscriber", "ops"]) { cluster in
+                    let events = try PahoClient.subscriber(
+                        port: cluster[2].port, id: "ops-3", filters: ["$custody/events/clients/+/sessions/+"], user: "ops")
+                    for (node, session) in [(0, "on-one"), (1, "on-two")] {
+                        let client = try PahoClient.subscriber(port: cluster[node].port, id: session, filters: ["x"])
+                        // The connection lost: a disconnected event as well.
+                        client.stop()
+                    }
+                    func kinds(_ session: String) -> [String] {
+                        events.messages.filter { $0.contains("/sessions/\(session) ") }.compactMap { line in
+                            ["\"kind\":\"connected\"", "\"kind\":\"disconnected\""].first { line.contains($0) }
+                        }
+                    }
+                    try events.wait { _ in kinds("on-one").count >= 2 && kinds("on-two").count >= 2 }
+                    #expect(kinds("on-one") == ["\"kind\":\"connected\"", "\"kind\":\"disconnected\""])
+                    #expect(kinds("on-two") == ["\"kind\":\"connected\"", "\"kind\":\"disconnected\""])
+                    events.stop()
+                }
+            }
+        }
+
+        @Test func unreachableNATSIsNamed() async throws {
+            try await offPool {
+                let etcd = try RunningEtcd("no-nats")
+                defer { etcd.cleanUp() }
+                let port = try freeLoopbackPort()
+                let (status, _, error) = try run(try builtProduct("custody").path, [
+                    "--data-dir", scratchDirectory("no-nats"), "--listen", "127.0.0.1:0",
+                    "--cluster-etcd", etcd.url, "--node-id", "n1", "--cluster-nats", "nats://127.0.0.1:\(port)",
+                ], timeout: 60)
+                #expect(status == 1)
+                #expect(error.contains("cannot carry the cluster's messages on NATS nats://127.0.0.1:\(port)"), "stderr: \(error)")
+            }
+        }
+    }
+
     @Suite("Messages across custody nodes on a 3-server NATS cluster")
     struct NATSClusterMessagingTests {
         /// Three NATS servers routed on 127.0.0.1, the stream replicated three times; the server
