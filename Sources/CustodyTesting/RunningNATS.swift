@@ -46,8 +46,6 @@ public final class RunningNATS: @unchecked Sendable {
 
     private func launch(_ index: Int) throws {
         let server = servers[index]
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/sbin/nats-server")
         var arguments = [
             "-n", server.name, "-a", "127.0.0.1", "-p", String(server.port), "-m", String(server.monitorPort),
             "-js", "-sd", server.directory,
@@ -59,15 +57,7 @@ public final class RunningNATS: @unchecked Sendable {
                 "--routes", routes.joined(separator: ","),
             ]
         }
-        process.arguments = arguments
-        let log = server.directory + ".log"
-        if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-        handle.seekToEndOfFile()
-        process.standardOutput = handle
-        process.standardError = handle
-        try process.run()
-        processes[index] = process
+        processes[index] = try launchLogged("/usr/sbin/nats-server", arguments, log: server.directory + ".log")
     }
 
     public func log(server index: Int = 0) -> String {
@@ -76,26 +66,17 @@ public final class RunningNATS: @unchecked Sendable {
 
     /// Waits until the server's `/healthz` says ok (JetStream ready, in a cluster: current).
     public func waitUntilHealthy(_ index: Int = 0, timeout: Double = 60) throws {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            guard processes[index]?.isRunning == true else {
-                throw TestFailure.unexpected("nats-server \(servers[index].name) exited:\n\(log(server: index))")
-            }
-            let curl = ["-s", "-m", "2", "http://127.0.0.1:\(servers[index].monitorPort)/healthz"]
-            if let (status, out, _) = try? run("/usr/bin/curl", curl, timeout: 5), status == 0, out.contains("\"ok\"") {
-                return
-            }
-            usleep(100_000)
+        let curl = ["-s", "-m", "2", "http://127.0.0.1:\(servers[index].monitorPort)/healthz"]
+        try CustodyTesting.waitUntilHealthy(
+            "nats-server \(servers[index].name)", process: processes[index], timeout: timeout, log: { log(server: index) }
+        ) {
+            guard let (status, out, _) = try? run("/usr/bin/curl", curl, timeout: 5) else { return false }
+            return status == 0 && out.contains("\"ok\"")
         }
-        throw TestFailure.timeout("nats-server \(servers[index].name) healthy:\n\(log(server: index))")
     }
 
     /// SIGKILL to one server, waited for.
-    public func stop(server index: Int = 0) {
-        guard let process = processes[index], process.isRunning else { return }
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
-    }
+    public func stop(server index: Int = 0) { killAndWait(processes[index]) }
 
     /// Starts a stopped server again with its store (it rejoins its cluster).
     public func start(server index: Int = 0, waitForHealth: Bool = true) throws {
