@@ -60,15 +60,29 @@ extension Broker {
         _ = try routeFromCluster(publishes)
     }
 
+    /// Retained messages as the cluster keeps them (read when the node starts): kept here as
+    /// a retained PUBLISH is, an empty one clearing its topic, but delivered to nobody. Returns
+    /// once durable.
+    public func keepRetainedFromCluster(_ publishes: [MQTTPublish]) async throws(BrokerError) {
+        let waiter = try locked { () throws(BrokerError) -> CommitWaiter? in
+            guard !closed else { throw .storage(.closed) }
+            var batch = StoreBatch()
+            for publish in publishes where TopicRules.isValidTopicName(publish.topicName) {
+                keepRetained(publish, from: nil, &batch)
+            }
+            return submitWaiting(batch)
+        }
+        if let waiter, case .failure(let error) = await waiter.wait() { throw .storage(error) }
+    }
+
     private func routeFromCluster(_ publishes: [MQTTPublish]) throws(BrokerError) -> CommitWaiter? {
         try locked { () throws(BrokerError) -> CommitWaiter? in
             guard !closed else { throw .storage(.closed) }
             var batch = StoreBatch()
             for publish in publishes where TopicRules.isValidTopicName(publish.topicName) {
                 _ = route(publish, from: nil, &batch)
-                if publish.retain, retainedRefusal(publish) == nil {
-                    keepRetained(publish, from: nil, &batch)
-                }
+                // Within this node's retained limits (a refused one is not kept here).
+                if publish.retain { keepRetained(publish, from: nil, &batch) }
             }
             return submitWaiting(batch)
         }

@@ -22,6 +22,8 @@ public struct ClusterMessagingSettings: Sendable {
     /// The stream's replicas: 1 on one NATS server, 3 on a cluster of three or more.
     public var replicas: Int
     public var streamName = "CUSTODY_MESSAGES"
+    /// The last retained message of each topic (an empty one: cleared), for nodes that start later.
+    public var retainedStreamName = "CUSTODY_RETAINED"
     /// How long the stream keeps a message that a stopped node has not consumed.
     public var maxAgeSeconds: Int64 = 3600
     /// How long JetStream waits for a node's ack before delivering again.
@@ -44,6 +46,7 @@ public struct ClusterMessagingSettings: Sendable {
 public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
     public static let reliableMapping = SubjectMapping(prefix: "custody.m")
     public static let bestEffortMapping = SubjectMapping(prefix: "custody.q")
+    public static let retainedMapping = SubjectMapping(prefix: "custody.r")
     static let nodeHeader = "Custody-Node"
 
     public let settings: ClusterMessagingSettings
@@ -70,6 +73,12 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
             stream.maxAge = settings.maxAgeSeconds * 1_000_000_000
             stream.duplicateWindow = 120_000_000_000
             _ = try await retryingWhileJetStreamStarts { try await jetStream.ensureStream(stream) }
+            var retained = StreamConfig(name: settings.retainedStreamName, subjects: [retainedMapping.prefix + ".>"])
+            retained.numReplicas = settings.replicas
+            retained.maxMsgsPerSubject = 1
+            retained.duplicateWindow = 120_000_000_000
+            _ = try await jetStream.ensureStream(retained)
+            try await loadRetained(jetStream, settings, broker)
             if try await jetStream.consumerInfo(stream: settings.streamName, name: settings.consumerName) == nil {
                 var consumer = ConsumerConfig(durableName: settings.consumerName)
                 // A new node takes what is published from now on; a node that restarts goes on
@@ -122,6 +131,32 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
         }
     }
 
+    /// The retained messages the cluster keeps, into this node's broker before it takes
+    /// anything else: an ephemeral consumer delivering the last message of each subject.
+    static func loadRetained(_ jetStream: JetStream, _ settings: ClusterMessagingSettings, _ broker: Broker) async throws {
+        var config = ConsumerConfig(durableName: nil)
+        config.deliverPolicy = "last_per_subject"
+        config.ackPolicy = "none"
+        config.filterSubject = retainedMapping.prefix + ".>"
+        config.inactiveThreshold = 30_000_000_000
+        let consumer = try await jetStream.createConsumer(stream: settings.retainedStreamName, config)
+        var remaining = Int(consumer.numPending ?? 0)
+        guard remaining > 0 else {
+            try? await jetStream.deleteConsumer(stream: settings.retainedStreamName, name: consumer.name)
+            return
+        }
+        let pull = try PullConsumer(jetStream, stream: settings.retainedStreamName, consumer: consumer.name, batch: 1000,
+                                    expires: .seconds(2))
+        defer { pull.stop() }
+        let deadline = Date().addingTimeInterval(60)
+        while remaining > 0, Date() < deadline {
+            let messages = await pull.nextBatch()
+            remaining -= messages.count
+            try await broker.keepRetainedFromCluster(messages.compactMap { ClusterMessageCodec.decode($0.payload) })
+        }
+        try? await jetStream.deleteConsumer(stream: settings.retainedStreamName, name: consumer.name)
+    }
+
     // MARK: - Out: what this node's clients publish
 
     public func forward(_ publish: MQTTPublish) -> EventLoopFuture<Void>? {
@@ -132,6 +167,13 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
             logger.error("cluster: message to '\(publish.topicName)' cannot be encoded for NATS: \(error)")
             return publish.qos == .atMostOnce ? nil : connection.eventLoop.makeFailedFuture(error)
         }
+        // A retained message is also kept as its topic's last one, for nodes that start later.
+        let kept = publish.retain
+            ? jetStream.publishFuture(
+                Self.retainedMapping.subject(topic: publish.topicName), payload: payload, headers: headers,
+                messageID: "\(settings.nodeID)-\(runID)-r\(sequence.add(1, ordering: .relaxed).newValue)"
+            ).map { _ in () }
+            : nil
         if publish.qos == .atMostOnce {
             // Best effort, as within one node: dropped while NATS is unreachable and its buffer full.
             try? connection.publish(Self.bestEffortMapping.subject(topic: publish.topicName), payload: payload, headers: headers)
@@ -140,10 +182,11 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
         }
         let number = sequence.add(1, ordering: .relaxed).newValue
         stats.withLock { $0.sentReliable += 1 }
-        return jetStream.publishFuture(
+        let stored = jetStream.publishFuture(
             Self.reliableMapping.subject(topic: publish.topicName), payload: payload, headers: headers,
             messageID: "\(settings.nodeID)-\(runID)-\(number)"
         ).map { _ in () }
+        return kept.map { stored.and($0).map { _ in () } } ?? stored
     }
 
     // MARK: - In: what other nodes' clients published

@@ -51,6 +51,9 @@ final class MessagingCluster: @unchecked Sendable {
 
     subscript(_ index: Int) -> RunningCustody { nodes[index] }
 
+    /// Starts one more node (n4 for the fourth).
+    func addNode() throws { nodes.append(try start(node: nodes.count)) }
+
     /// SIGKILL to one node, waited for.
     func killNode(_ index: Int) {
         kill(nodes[index].process.processIdentifier, SIGKILL)
@@ -107,6 +110,7 @@ p.add_argument("--pub")
 p.add_argument("--count", type=int, default=0)
 p.add_argument("--prefix", default="m")
 p.add_argument("--retain", action="store_true")
+p.add_argument("--empty", action="store_true")
 p.add_argument("--clean", type=int, default=1)
 p.add_argument("--expiry", type=int, default=0)
 p.add_argument("--inflight", type=int, default=20)
@@ -167,7 +171,7 @@ ready.wait(20)
 if a.pub:
     for i in range(a.count):
         payload = "%s-%d" % (a.prefix, i)
-        info = c.publish(a.pub, payload, qos=a.qos, retain=a.retain)
+        info = c.publish(a.pub, b"" if a.empty else payload, qos=a.qos, retain=a.retain)
         with lock:
             acked = info.mid in early
             if acked:
@@ -197,15 +201,6 @@ let clientScriptPath: String = {
     return path
 }()
 
-/// The Python with paho-mqtt 2.x that `Tools/custody-setup` installs.
-func pahoPython() throws -> String {
-    let path = packageRoot.appendingPathComponent(".venv-tests/bin/python").path
-    guard FileManager.default.isExecutableFile(atPath: path) else {
-        throw TestFailure.unexpected("\(path) is missing: run Tools/custody-setup")
-    }
-    return path
-}
-
 /// One paho client (see `clientScript`) on a node.
 final class PahoClient: @unchecked Sendable {
     let spawned: SpawnedProcess
@@ -221,12 +216,12 @@ final class PahoClient: @unchecked Sendable {
         return client
     }
 
-    static func publisher(port: Int, id: String, topic: String, count: Int, qos: Int, prefix: String, retain: Bool = false)
-        throws -> PahoClient
-    {
+    static func publisher(
+        port: Int, id: String, topic: String, count: Int, qos: Int, prefix: String, retain: Bool = false, empty: Bool = false
+    ) throws -> PahoClient {
         try PahoClient(port: port, id: id, [
             "--pub", topic, "--count", "\(count)", "--qos", "\(qos)", "--prefix", prefix,
-        ] + (retain ? ["--retain"] : []))
+        ] + (retain ? ["--retain"] : []) + (empty ? ["--empty"] : []))
     }
 
     var lines: [Substring] { spawned.output.split(separator: "\n") }

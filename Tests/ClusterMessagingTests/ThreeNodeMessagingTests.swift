@@ -52,6 +52,32 @@ extension MessagingSuites {
             }
         }
 
+        /// Retained messages published (and one cleared) before a node first starts are given
+        /// to subscribers on that node: the cluster keeps each topic's last retained message.
+        @Test func retainedMessagesReachANodeStartedLater() async throws {
+            try await offPool {
+                try withMessagingCluster("retained-later") { cluster in
+                    for (topic, qos, empty) in [("r/a", 1, false), ("r/b", 0, false), ("r/c", 1, false), ("r/c", 1, true)] {
+                        let publisher = try PahoClient.publisher(
+                            port: cluster[0].port, id: "retain-\(topic.last!)\(empty)", topic: topic, count: 1, qos: qos,
+                            prefix: "kept", retain: true, empty: empty)
+                        try publisher.spawned.waitForOutput(containing: "DONE", timeout: 30)
+                    }
+                    // QoS 0 is best effort: wait until node 2 has it before starting node 4.
+                    let two = try PahoClient.subscriber(port: cluster[1].port, id: "sub-2", filters: ["r/#"])
+                    try two.wait { $0.messages.count >= 2 }
+                    try cluster.addNode()
+                    let four = try PahoClient.subscriber(port: cluster[3].port, id: "sub-4", filters: ["r/#"])
+                    try four.wait { $0.messages.count >= 2 }
+                    Thread.sleep(forTimeInterval: 0.3)
+                    #expect(Set(four.messages) == ["r/a kept-0 q1 r1", "r/b kept-0 q0 r1"])
+                    #expect(Set(two.messages) == ["r/a kept-0 q1 r1", "r/b kept-0 q0 r1"])
+                    two.stop()
+                    four.stop()
+                }
+            }
+        }
+
         /// The publisher's node is killed (SIGKILL) in the middle of a QoS 1 stream: every
         /// message it PUBACKed reaches the subscribers on the other two nodes. Duplicates are
         /// allowed at QoS 1, counted and reported.
