@@ -307,6 +307,8 @@ let package = Package(
                 .product(name: "JWTKit", package: "jwt-kit"),
                 // `etcd-txn`: etcd's own rate for a claim's Txn, the cluster benchmark's yardstick.
                 "EtcdGateway",
+                // `nats-publish`: a nats-server's own publish rate, the cluster messages' yardstick.
+                "NATSClient",
             ],
             path: "Benchmarks/SessionBench"
         ),
