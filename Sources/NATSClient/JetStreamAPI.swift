@@ -98,6 +98,12 @@ public struct PublishAck: Decodable, Sendable {
     public var stream: String
     public var sequence: UInt64
     public var duplicate: Bool?
+
+    public init(stream: String, sequence: UInt64, duplicate: Bool?) {
+        self.stream = stream
+        self.sequence = sequence
+        self.duplicate = duplicate
+    }
     enum CodingKeys: String, CodingKey { case stream, sequence = "seq", duplicate }
 }
 
@@ -212,14 +218,33 @@ public struct JetStream: Sendable {
         return attempt(subject, payload, headers, retry: messageID != nil, until: .now() + deadline)
     }
 
+    /// A publish ack read without Foundation's JSON decoder on the hot path: JetStream writes
+    /// `{"stream":"S","seq":N}` (with `"duplicate":true` for a repeat); anything else
+    /// (an error) is decoded in full.
+    static func publishAck(_ payload: ByteBuffer) throws -> PublishAck {
+        let text = String(buffer: payload)
+        if !text.contains("\"error\""), let stream = field(text, "\"stream\":\""),
+            let seq = field(text, "\"seq\":")?.drop(while: { $0 == " " }), let sequence = UInt64(seq.prefix(while: \.isNumber))
+        {
+            let name = String(stream.prefix(while: { $0 != "\"" }))
+            let duplicate = field(text, "\"duplicate\"")?.drop(while: { $0 == ":" || $0 == " " }).hasPrefix("true") == true
+            return PublishAck(stream: name, sequence: sequence, duplicate: duplicate ? true : nil)
+        }
+        let envelope = try JSONDecoder().decode(Envelope<PublishAck>.self, from: Data(payload.readableBytesView))
+        if let error = envelope.error { throw error }
+        return envelope.body!
+    }
+
+    private static func field(_ text: String, _ key: String) -> Substring? {
+        text.range(of: key).map { text[$0.upperBound...] }
+    }
+
     private func attempt(_ subject: String, _ payload: ByteBuffer, _ headers: NATSHeaders, retry: Bool, until: NIODeadline)
         -> EventLoopFuture<PublishAck>
     {
         let connection = self.connection
         return connection.requestFuture(subject, payload: payload, headers: headers).flatMapThrowing { reply in
-            let envelope = try JSONDecoder().decode(Envelope<PublishAck>.self, from: Data(reply.payload.readableBytesView))
-            if let error = envelope.error { throw error }
-            return envelope.body!
+            try Self.publishAck(reply.payload)
         }.flatMapError { error in
             // Again only when a repeat cannot store the message twice: a timeout, a lost
             // server, nobody answering yet, JetStream without a leader (503).

@@ -19,10 +19,14 @@ public final class NATSConnection: @unchecked Sendable {
         var promise: EventLoopPromise<NATSMessage>
         var bytes: ByteBuffer
         var subject: String
+        var deadline: NIODeadline
     }
 
     public let options: NATSOptions
     private let group: EventLoopGroup
+    /// Every channel, promise and timer of the connection is on this one loop: a reply
+    /// completes its request without a hop between threads.
+    private let loop: EventLoop
     private let lock = NIOLock()
     // Everything below is guarded by `lock`.
     private var channel: Channel?
@@ -39,11 +43,13 @@ public final class NATSConnection: @unchecked Sendable {
     private var isClosed = false
     private var serverInfo: NATSServerInfo?
     private var reconnects = 0
+    private var sweeper: RepeatedTask?
     private let inboxPrefix: String
 
     private init(options: NATSOptions, group: EventLoopGroup) {
         self.options = options
         self.group = group
+        self.loop = group.next()
         self.servers = options.servers
         self.outbound = ByteBufferAllocator().buffer(capacity: 4096)
         self.inboxPrefix = "_INBOX.\(UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(22))."
@@ -61,6 +67,13 @@ public final class NATSConnection: @unchecked Sendable {
                 connection?.reply($0)
             }
         }
+        // One timer for every request's timeout, rather than one per request.
+        let sweeper = connection.loop.scheduleRepeatedTask(initialDelay: .milliseconds(100), delay: .milliseconds(100)) {
+            [weak connection] task in
+            guard let connection else { return task.cancel() }
+            connection.expireRequests()
+        }
+        connection.lock.withLock { connection.sweeper = sweeper }
         var problems: [String] = []
         for (index, server) in options.servers.enumerated() {
             do {
@@ -71,7 +84,18 @@ public final class NATSConnection: @unchecked Sendable {
                 problems.append("\(server): \(error)")
             }
         }
+        sweeper.cancel()
         throw NATSError.noServer(problems.joined(separator: "; "))
+    }
+
+    /// Fails the requests whose deadline passed.
+    private func expireRequests() {
+        let now = NIODeadline.now()
+        let expired = lock.withLock { () -> [PendingRequest] in
+            let tokens = requests.filter { $0.value.deadline <= now }.map(\.key)
+            return tokens.compactMap { requests.removeValue(forKey: $0) }
+        }
+        for request in expired { request.promise.fail(NATSError.timeout(subject: request.subject)) }
     }
 
     /// The server now connected, and what its INFO said.
@@ -83,7 +107,7 @@ public final class NATSConnection: @unchecked Sendable {
     public var reconnectCount: Int { lock.withLock { reconnects } }
     public var isConnected: Bool { lock.withLock { channel != nil } }
     /// A loop of the connection's group, for timers of its users.
-    public var eventLoop: EventLoop { group.next() }
+    public var eventLoop: EventLoop { loop }
 
     // MARK: - Publishing and subscribing
 
@@ -127,7 +151,6 @@ public final class NATSConnection: @unchecked Sendable {
     public func requestFuture(_ subject: String, payload: ByteBuffer, headers: NATSHeaders? = nil, timeout: TimeAmount? = nil)
         -> EventLoopFuture<NATSMessage>
     {
-        let loop = group.next()
         let promise = loop.makePromise(of: NATSMessage.self)
         var buffer = ByteBufferAllocator().buffer(capacity: payload.readableBytes + subject.utf8.count + 96)
         let token = lock.withLock { () -> String in
@@ -135,11 +158,8 @@ public final class NATSConnection: @unchecked Sendable {
             return String(nextRequest)
         }
         Self.writePublish(subject, payload: payload, headers: headers, replyTo: inboxPrefix + token, into: &buffer)
-        lock.withLock { requests[token] = PendingRequest(promise: promise, bytes: buffer, subject: subject) }
-        let timer = loop.scheduleTask(in: timeout ?? options.requestTimeout) { [weak self] in
-            guard let self, let pending = self.lock.withLock({ self.requests.removeValue(forKey: token) }) else { return }
-            pending.promise.fail(NATSError.timeout(subject: pending.subject))
-        }
+        let deadline = NIODeadline.now() + (timeout ?? options.requestTimeout)
+        lock.withLock { requests[token] = PendingRequest(promise: promise, bytes: buffer, subject: subject, deadline: deadline) }
         do {
             try send(buffer)
         } catch {
@@ -147,7 +167,6 @@ public final class NATSConnection: @unchecked Sendable {
             promise.fail(error)
         }
         return promise.futureResult.flatMapThrowing { message in
-            timer.cancel()
             if message.headers?.status == 503 { throw NATSError.noResponders(subject: subject) }
             return message
         }
@@ -164,7 +183,6 @@ public final class NATSConnection: @unchecked Sendable {
 
     /// PING, answered by PONG once the server has processed everything sent before it.
     public func flush(timeout: TimeAmount = .seconds(5)) async throws {
-        let loop = group.next()
         let promise = loop.makePromise(of: Void.self)
         let sent = lock.withLock { () -> Bool in
             guard channel != nil, !isClosed else { return false }
@@ -182,6 +200,7 @@ public final class NATSConnection: @unchecked Sendable {
     public func close() async {
         let (channel, requests, pongs) = lock.withLock { () -> (Channel?, [PendingRequest], [EventLoopPromise<Void>]) in
             isClosed = true
+            sweeper?.cancel()
             defer {
                 self.channel = nil
                 self.requests = [:]
@@ -244,7 +263,7 @@ public final class NATSConnection: @unchecked Sendable {
     /// One connection to `server`: INFO, CONNECT, PING, PONG; then it carries the subscriptions,
     /// the pending requests and whatever was buffered.
     private func attach(_ server: NATSServer) async throws {
-        let handshake = Handshake(loop: group.next())
+        let handshake = Handshake(loop: loop)
         // Whatever happens, its promises end (completing one twice does nothing).
         defer { handshake.fail(NATSError.connectionLost) }
         let generation = lock.withLock { () -> Int in

@@ -121,16 +121,23 @@ def say(line):
 
 c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=a.id, protocol=mqtt.MQTTv5)
 c.max_inflight_messages_set(a.inflight)
+c.reconnect_delay_set(min_delay=1, max_delay=1)
 if a.user:
     c.username_pw_set(a.user)
 lock = threading.Lock()
 pending = {}
 ready = threading.Event()
 
+up = threading.Event()
+
 def on_connect(client, userdata, flags, rc, properties):
     say("CONNACK rc=%d present=%d" % (rc.value, 1 if flags.session_present else 0))
+    if rc.value == 136:
+        # Server unavailable (a busy cluster's etcd answered late): paho connects again.
+        return
     if rc.value != 0:
         os._exit(3)
+    up.set()
     if a.sub:
         client.subscribe([(f, a.qos) for f in a.sub])
     ready.set()
@@ -154,7 +161,8 @@ def on_publish(client, userdata, mid, rc, properties):
 
 def on_disconnect(client, userdata, flags, rc, properties):
     say("DISCONNECT rc=%d" % rc.value)
-    os._exit(0)
+    if up.is_set():
+        os._exit(0)
 
 c.on_connect = on_connect
 c.on_subscribe = on_subscribe
@@ -167,7 +175,7 @@ if a.expiry:
     props.SessionExpiryInterval = a.expiry
 c.connect("127.0.0.1", a.port, keepalive=30, clean_start=bool(a.clean), properties=props)
 c.loop_start()
-ready.wait(20)
+ready.wait(60)
 if a.pub:
     for i in range(a.count):
         payload = "%s-%d" % (a.prefix, i)
