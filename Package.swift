@@ -420,9 +420,10 @@ let package = Package(
         .testTarget(
             name: "ClusterMessagingTests",
             // The subject mapping's property tests (and against a real nats-server), and three real
-            // `custody` nodes on real nats-server(s) and etcd with mosquitto clients over 127.0.0.1.
+            // `custody` nodes on real nats-server(s) and etcd with paho-mqtt clients over 127.0.0.1,
+            // and `custody-bench` (cluster mode, nats-publish) against them.
             dependencies: [
-                "ClusterMessaging", "NATSClient", "Broker", "MQTTCodec", "CustodyServer", "CustodyTesting",
+                "ClusterMessaging", "NATSClient", "Broker", "MQTTCodec", "CustodyServer", "SessionBench", "CustodyTesting",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
