@@ -75,12 +75,31 @@ extension Broker {
         if let waiter, case .failure(let error) = await waiter.wait() { throw .storage(error) }
     }
 
+    /// The shared subscriptions (`$share/G/F`) that have members on this node.
+    public var sharedSubscriptions: Set<String> {
+        locked { Set(tree.groups.filter { !$0.value.members.isEmpty }.keys) }
+    }
+
+    /// Messages for one shared subscription, taken from the cluster's consumer of that share:
+    /// each goes to one member here. Returns once durable.
+    public func deliverSharedFromCluster(_ publishes: [MQTTPublish], share: String) async throws(BrokerError) {
+        let waiter = try locked { () throws(BrokerError) -> CommitWaiter? in
+            guard !closed else { throw .storage(.closed) }
+            var batch = StoreBatch()
+            for publish in publishes where TopicRules.isValidTopicName(publish.topicName) {
+                _ = route(publish, from: nil, &batch, shares: .only(share))
+            }
+            return submitWaiting(batch)
+        }
+        if let waiter, case .failure(let error) = await waiter.wait() { throw .storage(error) }
+    }
+
     private func routeFromCluster(_ publishes: [MQTTPublish]) throws(BrokerError) -> CommitWaiter? {
         try locked { () throws(BrokerError) -> CommitWaiter? in
             guard !closed else { throw .storage(.closed) }
             var batch = StoreBatch()
             for publish in publishes where TopicRules.isValidTopicName(publish.topicName) {
-                _ = route(publish, from: nil, &batch)
+                _ = route(publish, from: nil, &batch, shares: .none)
                 // Within this node's retained limits (a refused one is not kept here).
                 if publish.retain { keepRetained(publish, from: nil, &batch) }
             }

@@ -211,10 +211,20 @@ extension Broker {
     /// Delivers or queues `publish` for every matching session; returns how many matched.
     /// Deliveries that must become durable first are held in `batch` and go out when its
     /// commit completes.
-    func route(_ publish: MQTTPublish, from publisher: SessionState?, _ batch: inout StoreBatch) -> Int {
+    /// `shares`: which shared subscriptions (`$share/G/F`) get a copy (see `ShareCopies`).
+    func route(
+        _ publish: MQTTPublish, from publisher: SessionState?, _ batch: inout StoreBatch, shares: ShareCopies = .local
+    ) -> Int {
         tree.match(publish.topicName, publisher: publisher, into: &matches)
         defer { matches.removeAll(keepingCapacity: true) }
         guard !matches.isEmpty else { return 0 }
+        switch shares {
+        case .local:
+            // In a cluster, QoS 1 and 2 reach shared subscriptions through the cluster link.
+            if clusterLink != nil, publish.qos != .atMostOnce { matches.removeAll { $0.share != nil } }
+        case .none: matches.removeAll { $0.share != nil }
+        case .only(let key): matches.removeAll { $0.share?.key != key }
+        }
         var message: Message?
         let now = clock()
         // What every copy starts from: no Topic Alias, no identifiers, no DUP.
@@ -272,4 +282,17 @@ extension Broker {
             properties.subscriptionIdentifiers = []
         }
     }
+}
+
+/// Which shared subscriptions a routed message goes to (one member each).
+enum ShareCopies {
+    /// A message published on this node: every matching share, except, in a cluster, for QoS 1
+    /// and 2 (those come back through the share's own cluster consumer: one member in the
+    /// whole cluster); QoS 0 goes to this node's members.
+    case local
+    /// None: a message from another node (its shares are served by their cluster consumers,
+    /// or, for QoS 0, by the publishing node).
+    case none
+    /// The one share `$share/G/F` whose cluster consumer delivered the message.
+    case only(String)
 }

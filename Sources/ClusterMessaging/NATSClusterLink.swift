@@ -60,6 +60,7 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
     private let sequence = Atomic<UInt64>(0)
     private let stats = Mutex(ClusterMessageCounts())
     private var consuming: Task<Void, Never>?
+    private let shares: SharedSubscriptionConsumers
 
     /// Connects, makes the stream and this node's consumer when missing, and starts taking
     /// other nodes' messages; then shows the broker's publishes to NATS.
@@ -97,6 +98,7 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
             try await connection.flush()
             link.consuming = Task { await link.consume() }
             broker.setClusterLink(link)
+            link.shares.start()
             return link
         } catch {
             await connection.close()
@@ -115,6 +117,7 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
         self.pull = pull
         self.logger = logger
         headers = NATSHeaders([(Self.nodeHeader, settings.nodeID)])
+        shares = SharedSubscriptionConsumers(jetStream: jetStream, broker: broker, settings: settings, logger: logger)
     }
 
     /// JetStream answers 503 or nobody while a fresh cluster elects its meta leader.
@@ -237,6 +240,7 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
     /// Stops forwarding and consuming, and closes the connection.
     public func close() async {
         broker.setClusterLink(nil)
+        await shares.stop()
         pull.stop()
         await consuming?.value
         await connection.close()

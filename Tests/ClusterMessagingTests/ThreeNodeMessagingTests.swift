@@ -78,6 +78,32 @@ extension MessagingSuites {
             }
         }
 
+        /// Members of one shared subscription on nodes 2 and 3, a QoS 1 publisher on node 1:
+        /// each message goes to exactly one member in the whole cluster, both members get some,
+        /// and a plain subscriber still gets every message.
+        @Test func sharedSubscriptionBalancesAcrossNodes() async throws {
+            try await offPool {
+                try withMessagingCluster("shared") { cluster in
+                    let two = try PahoClient.subscriber(port: cluster[1].port, id: "member-2", filters: ["$share/g/w/#"])
+                    let three = try PahoClient.subscriber(port: cluster[2].port, id: "member-3", filters: ["$share/g/w/#"])
+                    let plain = try PahoClient.subscriber(port: cluster[2].port, id: "plain-3", filters: ["w/#"])
+                    // Each node opens its pull on the share's consumer within half a second.
+                    Thread.sleep(forTimeInterval: 1.5)
+                    let publisher = try PahoClient.publisher(port: cluster[0].port, id: "pub-1", topic: "w/x", count: 200, qos: 1, prefix: "w")
+                    try publisher.spawned.waitForOutput(containing: "DONE", timeout: 60)
+                    try plain.wait { $0.payloads.count >= 200 }
+                    try two.wait { $0.payloads.count + three.payloads.count >= 200 }
+                    Thread.sleep(forTimeInterval: 0.5)
+                    let all = two.payloads + three.payloads
+                    #expect(all.count == 200, "each message once: \(two.payloads.count) + \(three.payloads.count)")
+                    #expect(Set(all) == Set((0..<200).map { "w-\($0)" }))
+                    #expect(!two.payloads.isEmpty && !three.payloads.isEmpty, "both members: \(two.payloads.count) + \(three.payloads.count)")
+                    #expect(plain.payloads == (0..<200).map { "w-\($0)" })
+                    for client in [two, three, plain] { client.stop() }
+                }
+            }
+        }
+
         /// The publisher's node is killed (SIGKILL) in the middle of a QoS 1 stream: every
         /// message it PUBACKed reaches the subscribers on the other two nodes. Duplicates are
         /// allowed at QoS 1, counted and reported.
