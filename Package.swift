@@ -228,6 +228,27 @@ let package = Package(
             ]
         ),
         .target(
+            name: "NATSClient",
+            // A small NATS client on SwiftNIO (PUB/SUB, request/reply, reconnect) and the JetStream
+            // API the cluster's messages use (streams, durable pull consumers, acked publishes).
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ]
+        ),
+        .target(
+            name: "ClusterMessaging",
+            // Messages across nodes (issue 19): the broker's cluster link on NATS JetStream and
+            // the MQTT topic <-> NATS subject mapping.
+            dependencies: [
+                "Broker", "MQTTCodec", "NATSClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
             name: "ClusterOwnership",
             // The cluster's SessionAuthority: ownership decided by etcd Txns (EtcdGateway), each
             // decision recorded with its epoch in the node's own LMDB ledger (SessionLedger).
@@ -254,7 +275,7 @@ let package = Package(
                 "CustodyOperations", "Authorization", "LedgerService", "LedgerWire", "CustodyAuthentication",
                 "HTTPPublish", "Routing",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
-                "ClusterOwnership", "EtcdGateway",
+                "ClusterOwnership", "EtcdGateway", "ClusterMessaging", "NATSClient",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 // Graceful shutdown on SIGTERM/SIGINT; metrics served on --metrics.
@@ -287,6 +308,8 @@ let package = Package(
                 .product(name: "JWTKit", package: "jwt-kit"),
                 // `etcd-txn`: etcd's own rate for a claim's Txn, the cluster benchmark's yardstick.
                 "EtcdGateway",
+                // `nats-publish`: a nats-server's own publish rate, the cluster messages' yardstick.
+                "NATSClient",
             ],
             path: "Benchmarks/SessionBench"
         ),
@@ -389,6 +412,21 @@ let package = Package(
             name: "EtcdGatewayTests",
             // Against a real etcd (Debian's etcd-server) started by the tests on free ports.
             dependencies: ["EtcdGateway", "CustodyTesting"]
+        ),
+        .testTarget(
+            name: "NATSClientTests",
+            // Against a real nats-server (Debian's, with JetStream) started by the tests on free ports.
+            dependencies: ["NATSClient", "CustodyTesting", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
+            name: "ClusterMessagingTests",
+            // The subject mapping's property tests (and against a real nats-server), and three real
+            // `custody` nodes on real nats-server(s) and etcd with paho-mqtt clients over 127.0.0.1,
+            // and `custody-bench` (cluster mode, nats-publish) against them.
+            dependencies: [
+                "ClusterMessaging", "NATSClient", "Broker", "MQTTCodec", "CustodyServer", "SessionBench", "CustodyTesting",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
         ),
         .testTarget(
             name: "ClusterOwnershipTests",

@@ -9,7 +9,7 @@ struct CustodyBench: ParsableCommand {
             LedgerBench.self, ReplayBench.self, LedgerCrashChild.self, LedgerYearsBench.self, LedgerArchiveFixture.self,
             ConnectLoad.self, PersistentLoad.self, TakeoverLoad.self, RejectLoad.self, HoldLoad.self, PublishLoad.self,
             OfflineQueueLoad.self, CompareLoad.self, LedgerSocketBench.self, SignToken.self, StoreCrashChild.self,
-            HTTPSink.self, EtcdTxnBench.self,
+            HTTPSink.self, EtcdTxnBench.self, NATSPublishBench.self,
         ]
     )
 }

@@ -85,8 +85,10 @@ final class LoadEngine: @unchecked Sendable {
         }
     }
 
-    /// Opens a TCP connection that sends `connect` once up. The callbacks run on the loop.
-    func open(_ connection: BenchConnection) {
+    /// Opens a TCP connection that sends `connect` once up (to `target`, else the engine's
+    /// address). The callbacks run on the loop.
+    func open(_ connection: BenchConnection, at target: SocketAddress? = nil) {
+        let address = target ?? self.address
         connection.engine = self
         connection.startedAt = monotonicNanoseconds()
         connection.deadline = connection.startedAt &+ timeout

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import MQTTCodec
 import NIOCore
 
@@ -161,6 +162,19 @@ struct PublishOptions: ParsableArguments {
     @Flag(help: "Subscribers hold persistent sessions (5.0: Session Expiry 1 h; 3.1.1: clean session 0): every QoS 1 message to them is stored before its PUBACK.")
     var persistentSubscribers = false
 
+    @Option(help: "A cluster: the MQTT ports of other nodes on the same host, comma-separated; subscriber i connects to the i-th port of --port followed by these, round robin (publishers to --port). Messages then cross nodes.")
+    var subscriberPorts: String?
+
+    /// --subscriber-ports, parsed (empty: every subscriber on --port).
+    func otherPorts() throws -> [Int] {
+        guard let subscriberPorts else { return [] }
+        let ports = subscriberPorts.split(separator: ",", omittingEmptySubsequences: false).map { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !ports.isEmpty, ports.allSatisfy({ $0.map { (1...65535).contains($0) } ?? false }) else {
+            throw ValidationError("--subscriber-ports must be ports (1-65535), comma-separated, got '\(subscriberPorts)'")
+        }
+        return ports.compactMap { $0 }
+    }
+
     var qosLevel: MQTTQoS { MQTTQoS(rawValue: UInt8(qos)) ?? .atLeastOnce }
 
     func validate() throws {
@@ -183,6 +197,7 @@ struct PublishOptions: ParsableArguments {
         if let subscribers, !(1...10_000).contains(subscribers) {
             throw ValidationError("--subscribers must be between 1 and 10000, got \(subscribers)")
         }
+        _ = try otherPorts()
     }
 }
 

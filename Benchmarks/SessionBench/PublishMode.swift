@@ -151,7 +151,11 @@ final class PublishMode: LoadMode, @unchecked Sendable {
             }
             connection.onPacket = { [self] _, packet in received(packet, by: subscriber) }
             connection.onClose = { [self] connection in closed(subscriber: subscriber, connection) }
-            engine.open(connection)
+            // A cluster: subscribers spread over the nodes, round robin from the publishers' node.
+            let ports = [engine.address.port ?? 0] + ((try? options.otherPorts()) ?? [])
+            var target = engine.address
+            if ports.count > 1 { target.port = ports[index % ports.count] }
+            engine.open(connection, at: target)
         }
         // CONNACK timeouts are the engine's; a SUBACK that never comes is this one.
         engine.loop.scheduleTask(in: .milliseconds(Int64(load.timeoutMs) * 2)) { [self] in

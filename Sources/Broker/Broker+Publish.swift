@@ -101,7 +101,7 @@ extension Broker {
                 _ = route(publish, from: state, &batch)
                 if publish.retain { keepRetained(publish, from: state.name, &batch) }
                 showTap(publish, state.publisher, &batch)
-                return (nil, submitWaiting(batch))
+                return (nil, forwardToCluster(publish, submitWaiting(batch)))
             case .atLeastOnce:
                 if let refused {
                     note(refused, state.name)
@@ -110,9 +110,10 @@ extension Broker {
                 let matched = route(publish, from: state, &batch)
                 if publish.retain { keepRetained(publish, from: state.name, &batch) }
                 showTap(publish, state.publisher, &batch)
-                let code: MQTTReasonCode = v5 && matched == 0 ? .noMatchingSubscribers : .success
+                // In a cluster, other nodes may have subscribers where this one has none.
+                let code: MQTTReasonCode = v5 && matched == 0 && clusterLink == nil ? .noMatchingSubscribers : .success
                 return (.puback(MQTTPublishResponse(packetIdentifier: id, reasonCode: code)),
-                        submitWaiting(batch))
+                        forwardToCluster(publish, submitWaiting(batch)))
             case .exactlyOnce:
                 // Seen before PUBREL: the client resends; it was delivered already (4.3.3).
                 if state.inboundQoS2.contains(id) {
@@ -130,8 +131,9 @@ extension Broker {
                 let matched = route(publish, from: state, &batch)
                 if publish.retain { keepRetained(publish, from: state.name, &batch) }
                 showTap(publish, state.publisher, &batch)
-                let code: MQTTReasonCode = v5 && matched == 0 ? .noMatchingSubscribers : .success
-                let waiter = submitWaiting(batch)
+                // In a cluster, other nodes may have subscribers where this one has none.
+                let code: MQTTReasonCode = v5 && matched == 0 && clusterLink == nil ? .noMatchingSubscribers : .success
+                let waiter = forwardToCluster(publish, submitWaiting(batch))
                 if let waiter { state.inboundCommits[id] = waiter }
                 return (.pubrec(MQTTPublishResponse(packetIdentifier: id, reasonCode: code)), waiter)
             }
@@ -209,10 +211,20 @@ extension Broker {
     /// Delivers or queues `publish` for every matching session; returns how many matched.
     /// Deliveries that must become durable first are held in `batch` and go out when its
     /// commit completes.
-    func route(_ publish: MQTTPublish, from publisher: SessionState?, _ batch: inout StoreBatch) -> Int {
+    /// `shares`: which shared subscriptions (`$share/G/F`) get a copy (see `ShareCopies`).
+    func route(
+        _ publish: MQTTPublish, from publisher: SessionState?, _ batch: inout StoreBatch, shares: ShareCopies = .local
+    ) -> Int {
         tree.match(publish.topicName, publisher: publisher, into: &matches)
         defer { matches.removeAll(keepingCapacity: true) }
         guard !matches.isEmpty else { return 0 }
+        switch shares {
+        case .local:
+            // In a cluster, QoS 1 and 2 reach shared subscriptions through the cluster link.
+            if clusterLink != nil, publish.qos != .atMostOnce { matches.removeAll { $0.share != nil } }
+        case .none: matches.removeAll { $0.share != nil }
+        case .only(let key): matches.removeAll { $0.share?.key != key }
+        }
         var message: Message?
         let now = clock()
         // What every copy starts from: no Topic Alias, no identifiers, no DUP.
@@ -270,4 +282,17 @@ extension Broker {
             properties.subscriptionIdentifiers = []
         }
     }
+}
+
+/// Which shared subscriptions a routed message goes to (one member each).
+enum ShareCopies {
+    /// A message published on this node: every matching share, except, in a cluster, for QoS 1
+    /// and 2 (those come back through the share's own cluster consumer: one member in the
+    /// whole cluster); QoS 0 goes to this node's members.
+    case local
+    /// None: a message from another node (its shares are served by their cluster consumers,
+    /// or, for QoS 0, by the publishing node).
+    case none
+    /// The one share `$share/G/F` whose cluster consumer delivered the message.
+    case only(String)
 }

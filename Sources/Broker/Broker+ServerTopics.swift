@@ -15,7 +15,7 @@ extension Broker {
     }
 
     /// Publishes one of the server's own messages (not retained), routed like a client's
-    /// PUBLISH; deliveries to persistent sessions go once durable, and nobody waits for that.
+    /// PUBLISH and shown to the cluster link; deliveries to persistent sessions go once durable, and nobody waits for that.
     /// Calls made one after another are routed (and so delivered to each session) in order.
     public func publishFromServer(topic: String, payload: ByteBuffer, qos: MQTTQoS) {
         guard TopicRules.isValidTopicName(topic) else { return }
@@ -27,7 +27,8 @@ extension Broker {
             var batch = StoreBatch()
             _ = route(publish, from: nil, &batch)
             serverPublished += 1
-            _ = submitWaiting(batch)
+            // In a cluster, event subscribers on every node get them, in this node's order.
+            _ = forwardToCluster(publish, submitWaiting(batch))
         }
     }
 
@@ -40,7 +41,8 @@ extension Broker {
     public func mayDeliverServerTopic(_ topic: String) -> Bool {
         guard topic.utf8.first == UInt8(ascii: "$") else { return true }
         let first = topic.utf8.firstIndex(of: UInt8(ascii: "/")).map { topic[..<$0] } ?? topic[...]
-        return locked { !closed && tree.root.children[first] != nil }
+        // In a cluster, another node may have a subscriber for it.
+        return locked { !closed && (clusterLink != nil || tree.root.children[first] != nil) }
     }
 
     /// Server messages that went to nobody (see `mayDeliverServerTopic`), counted as

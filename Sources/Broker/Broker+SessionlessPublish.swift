@@ -38,7 +38,7 @@ extension Broker {
             let matched = route(publish, from: nil, &batch)
             if publish.retain { keepRetained(publish, from: SessionName(unchecked: publisher.sessionName), &batch) }
             showTap(publish, publisher, &batch)
-            return (.accepted(matched: matched), submitWaiting(batch))
+            return (.accepted(matched: matched), forwardToCluster(publish, submitWaiting(batch)))
         }
         if let waiter, publish.qos != .atMostOnce, case .failure(let error) = await waiter.wait() {
             throw .storage(error)

@@ -80,6 +80,6 @@ extension Broker {
         _ = route(publish, from: publisher, &batch)
         if will.retain { keepRetained(publish, from: publisher.name, &batch) }
         willsPublished += 1
-        _ = submitWaiting(batch)
+        _ = forwardToCluster(publish, submitWaiting(batch))
     }
 }

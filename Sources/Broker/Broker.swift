@@ -118,6 +118,8 @@ public final class Broker: @unchecked Sendable {
     var droppedTooLarge = 0
     /// Sees every accepted client PUBLISH (routes); nil: nobody.
     var tap: (any BrokerPublishTap)?
+    /// Carries what clients publish here to the cluster's other nodes; nil: one node.
+    var clusterLink: (any BrokerClusterLink)?
     /// Whether `tap` was ever set: read without the lock by who would describe publishers for it.
     let tapInstalled = Atomic<Bool>(false)
 

@@ -1,9 +1,13 @@
 import ArgumentParser
+import Broker
+import ClusterMessaging
 import ClusterOwnership
 import CustodyConfig
 import EtcdGateway
 import Foundation
 import Logging
+import NATSClient
+import ServiceLifecycle
 import SessionLedger
 
 extension Custody {
@@ -28,4 +32,34 @@ extension Custody {
         say("custody: cluster node=\(configuration.nodeID) etcd=\(configuration.etcd.joined(separator: ",")) lease_seconds=\(configuration.leaseSeconds) lease=\(authority.leaseID) expiry_leader=\(authority.isExpiryLeader ? 1 : 0)")
         return authority
     }
+}
+
+extension Custody {
+    /// With `cluster.nats`: the node's messages reach the other nodes and theirs reach it, on
+    /// NATS JetStream; exits naming the problem when NATS does not answer. Without it: nil.
+    func joinMessaging(_ configuration: ClusterConfiguration?, broker: Broker) async throws -> NATSClusterLink? {
+        guard let configuration, !configuration.nats.isEmpty else { return nil }
+        let servers = configuration.nats.compactMap(NATSServer.init(url:))
+        let settings = ClusterMessagingSettings(nodeID: configuration.nodeID, servers: servers, replicas: configuration.natsReplicas)
+        do {
+            let link = try await NATSClusterLink.start(settings, broker: broker, logger: Logger(label: "custody.cluster.nats"))
+            say("custody: cluster messages on NATS \(configuration.nats.joined(separator: ",")) stream=\(settings.streamName) replicas=\(settings.replicas) consumer=\(settings.consumerName) server=\(link.connection.connectedServer.map(String.init(describing:)) ?? "-")")
+            return link
+        } catch {
+            throw await startFailed(
+                "cannot carry the cluster's messages on NATS \(configuration.nats.joined(separator: ",")): \(error)", broker: broker)
+        }
+    }
+}
+
+/// Closes the cluster link after the front (no more publishes) and before the stores.
+struct ClusterMessagingService: Service, CustomStringConvertible {
+    let link: NATSClusterLink
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        await link.close()
+    }
+
+    var description: String { "cluster messages" }
 }

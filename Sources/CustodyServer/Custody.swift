@@ -1,6 +1,7 @@
 import CustodyModel
 import ArgumentParser
 import Broker
+import ClusterMessaging
 import CustodyConfig
 import Foundation
 import LedgerService
@@ -227,6 +228,20 @@ struct Custody: AsyncParsableCommand {
             valueName: "seconds"))
     var clusterLeaseSeconds: Int?
 
+    @Option(
+        name: .customLong("cluster-nats"),
+        help: ArgumentHelp(
+            "Carry messages between the cluster's nodes on NATS JetStream: NATS server URLs, comma-separated (config key cluster.nats; needs --cluster-etcd).",
+            valueName: "url[,url...]"))
+    var clusterNATS: String?
+
+    @Option(
+        name: .customLong("cluster-nats-replicas"),
+        help: ArgumentHelp(
+            "Replicas of the JetStream stream that keeps the messages, 1-5 (default 1; 3 on a NATS cluster of three; config key cluster.natsReplicas).",
+            valueName: "n"))
+    var clusterNATSReplicas: Int?
+
     var flags: FlagValues {
         var flags = FlagValues(
             dataDir: dataDir, maxSessionsPerClient: maxSessionsPerClient, maxSessionExpiryHours: maxSessionExpiryHours,
@@ -254,6 +269,8 @@ struct Custody: AsyncParsableCommand {
         flags.clusterEtcd = clusterEtcd
         flags.nodeID = nodeID
         flags.clusterLeaseSeconds = clusterLeaseSeconds
+        flags.clusterNATS = clusterNATS
+        flags.clusterNATSReplicas = clusterNATSReplicas
         return flags
     }
 
@@ -378,6 +395,16 @@ struct Custody: AsyncParsableCommand {
                 throw await startFailed("cannot read the routes' outboxes in \(brokerDirectory): \(error)", broker: broker, ledger: ledger)
             }
         }
+        // Messages across nodes: before the front takes clients, so that none is missed.
+        let messaging: NATSClusterLink?
+        do {
+            messaging = try await joinMessaging(settings.cluster, broker: broker)
+        } catch {
+            ledger.close()
+            // Its HTTP clients must be shut down before they go.
+            await cluster?.gateway.shutdown()
+            throw error
+        }
         operations.attach(ledger: ledger, broker: broker)
         let logger = Logger(label: "custody.mqtt")
         let listeners: [FrontListener]
@@ -476,7 +503,8 @@ struct Custody: AsyncParsableCommand {
         // Shut down in reverse order: the front first, the stores last.
         let serviceGroup = custodyServices([
             StorageService(ledger: ledger, broker: broker, operations: operations, closed: closed),
-        ] + (router.map { [RoutesService(router: $0)] } ?? []) + [
+        ] + (messaging.map { [ClusterMessagingService(link: $0)] } ?? [])
+            + (router.map { [RoutesService(router: $0)] } ?? []) + [
             MetricsService(operations: operations),
             ExpiryService(ledger: ledger, front: front),
             LedgerStorageService(ledger: lmdbLedger, metrics: operations.ledgerMetrics, logger: Logger(label: "custody.ledger")),

@@ -69,6 +69,9 @@ struct FlagValues {
     var clusterEtcd: String?
     var nodeID: String?
     var clusterLeaseSeconds: Int?
+    /// Messages across the nodes on NATS JetStream (issue 19): --cluster-nats, --cluster-nats-replicas.
+    var clusterNATS: String?
+    var clusterNATSReplicas: Int?
 }
 
 /// What `custody` runs with: the configuration file (if any), then the flags over it.
@@ -83,9 +86,34 @@ enum Settings {
             for url in urls {
                 if let problem = ClusterConfiguration.problem(url: url) { throw SettingsError("--cluster-etcd: \(problem)") }
             }
-            configuration.cluster = ClusterConfiguration(
+            var cluster = ClusterConfiguration(
                 etcd: urls, nodeID: configuration.cluster?.nodeID ?? "",
                 leaseSeconds: configuration.cluster?.leaseSeconds ?? ClusterConfiguration.defaultLeaseSeconds)
+            cluster.nats = configuration.cluster?.nats ?? []
+            cluster.natsReplicas = configuration.cluster?.natsReplicas ?? 1
+            configuration.cluster = cluster
+        }
+        if let text = flags.clusterNATS {
+            let urls = text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+            guard !urls.isEmpty, !urls.contains(where: \.isEmpty) else {
+                throw SettingsError("--cluster-nats needs NATS server URLs, comma-separated (nats://127.0.0.1:4222,...)")
+            }
+            for url in urls {
+                if let problem = ClusterConfiguration.problem(natsURL: url) { throw SettingsError("--cluster-nats: \(problem)") }
+            }
+            guard configuration.cluster != nil else {
+                throw SettingsError("--cluster-nats needs --cluster-etcd (or cluster: in the configuration file): etcd decides who owns a session")
+            }
+            configuration.cluster?.nats = urls
+        }
+        if let replicas = flags.clusterNATSReplicas {
+            guard ClusterConfiguration.natsReplicasRange.contains(replicas) else {
+                throw SettingsError("--cluster-nats-replicas must be between 1 and 5, got \(replicas)")
+            }
+            guard configuration.cluster?.nats.isEmpty == false else {
+                throw SettingsError("--cluster-nats-replicas needs --cluster-nats (or cluster.nats in the configuration file)")
+            }
+            configuration.cluster?.natsReplicas = replicas
         }
         if let nodeID = flags.nodeID {
             if let problem = ClusterConfiguration.problem(nodeID: nodeID) { throw SettingsError("--node-id: \(problem)") }

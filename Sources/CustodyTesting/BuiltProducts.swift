@@ -18,3 +18,12 @@ public func builtProduct(_ name: String) throws -> URL {
     }
     throw TestFailure.missing("\(name) in \(candidates.map(\.path))")
 }
+
+/// The Python with paho-mqtt 2.x that `Tools/custody-setup` installs in `.venv-tests`.
+public func pahoPython() throws -> String {
+    let path = packageRoot.appendingPathComponent(".venv-tests/bin/python").path
+    guard FileManager.default.isExecutableFile(atPath: path) else {
+        throw TestFailure.unexpected("\(path) is missing: run Tools/custody-setup")
+    }
+    return path
+}

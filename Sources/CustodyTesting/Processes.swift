@@ -36,3 +36,39 @@ public func run(_ executable: String, _ arguments: [String], timeout: Double = 2
 public func run(product: String, _ arguments: [String], timeout: Double = 60) throws -> (Int32, String, String) {
     try run(builtProduct(product).path, arguments, timeout: timeout)
 }
+
+/// Starts a server that runs until killed, its standard output and error appended to `log`
+/// (a restarted server's lines follow its earlier ones).
+public func launchLogged(_ executable: String, _ arguments: [String], log: String) throws -> Process {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
+    let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+    handle.seekToEndOfFile()
+    process.standardOutput = handle
+    process.standardError = handle
+    try process.run()
+    return process
+}
+
+/// SIGKILL, waited for; nothing when the process is not running.
+public func killAndWait(_ process: Process?) {
+    guard let process, process.isRunning else { return }
+    kill(process.processIdentifier, SIGKILL)
+    process.waitUntilExit()
+}
+
+/// Asks `healthy` every 50 ms until it says yes; throws, with `log()`, when `process` ends
+/// first or `timeout` seconds pass.
+public func waitUntilHealthy(
+    _ what: String, process: Process?, timeout: Double, log: () -> String, healthy: () -> Bool
+) throws {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        guard process?.isRunning == true else { throw TestFailure.unexpected("\(what) exited:\n\(log())") }
+        if healthy() { return }
+        usleep(50_000)
+    }
+    throw TestFailure.timeout("\(what) healthy:\n\(log())")
+}

@@ -67,9 +67,8 @@ public final class RunningEtcd: @unchecked Sendable {
 
     private func launch(_ index: Int) throws {
         let member = members[index]
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: member.launcher.first ?? "/usr/bin/etcd")
-        process.arguments = Array(member.launcher.dropFirst()) + (member.launcher.isEmpty ? [] : ["/usr/bin/etcd"]) + [
+        let executable = member.launcher.first ?? "/usr/bin/etcd"
+        let arguments = Array(member.launcher.dropFirst()) + (member.launcher.isEmpty ? [] : ["/usr/bin/etcd"]) + [
             "--name", member.name, "--data-dir", member.directory,
             "--listen-client-urls", member.clientURL, "--advertise-client-urls", member.clientURL,
             "--listen-peer-urls", member.peerURL, "--initial-advertise-peer-urls", member.peerURL,
@@ -79,14 +78,7 @@ public final class RunningEtcd: @unchecked Sendable {
             // wait long for a leader, yet a busy machine does not make the members lose theirs.
             "--heartbeat-interval", "100", "--election-timeout", "1000",
         ]
-        let log = member.directory + ".log"
-        if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-        handle.seekToEndOfFile()
-        process.standardOutput = handle
-        process.standardError = handle
-        try process.run()
-        processes[index] = process
+        processes[index] = try launchLogged(executable, arguments, log: member.directory + ".log")
     }
 
     /// The member's log (etcd writes it to standard error).
@@ -96,29 +88,20 @@ public final class RunningEtcd: @unchecked Sendable {
 
     /// Waits until the member answers `/health` with `"health":"true"`.
     public func waitUntilHealthy(_ index: Int = 0, timeout: Double = 30) throws {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            guard processes[index]?.isRunning == true else {
-                throw TestFailure.unexpected("etcd \(members[index].name) exited:\n\(log(member: index))")
+        let launcher = members[index].launcher
+        let curl = ["/usr/bin/curl", "-s", "-m", "2", members[index].clientURL + "/health"]
+        try CustodyTesting.waitUntilHealthy(
+            "etcd \(members[index].name)", process: processes[index], timeout: timeout, log: { log(member: index) }
+        ) {
+            guard let (status, out, _) = try? run((launcher + curl)[0], Array((launcher + curl).dropFirst()), timeout: 5) else {
+                return false
             }
-            let launcher = members[index].launcher
-            let curl = ["/usr/bin/curl", "-s", "-m", "2", members[index].clientURL + "/health"]
-            if let (status, out, _) = try? run((launcher + curl)[0], Array((launcher + curl).dropFirst()), timeout: 5),
-                status == 0, out.contains("\"health\":\"true\"")
-            {
-                return
-            }
-            usleep(50_000)
+            return status == 0 && out.contains("\"health\":\"true\"")
         }
-        throw TestFailure.timeout("etcd \(members[index].name) healthy:\n\(log(member: index))")
     }
 
     /// SIGKILL to one member, waited for.
-    public func stop(member index: Int = 0) {
-        guard let process = processes[index], process.isRunning else { return }
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
-    }
+    public func stop(member index: Int = 0) { killAndWait(processes[index]) }
 
     /// Starts a stopped member again with its data directory (it rejoins its cluster).
     public func start(member index: Int = 0, waitForHealth: Bool = true) throws {

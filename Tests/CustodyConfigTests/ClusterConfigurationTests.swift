@@ -21,6 +21,16 @@ struct ClusterConfigurationTests {
             etcd: ["http://10.0.0.1:2379", "http://10.0.0.2:2379"], nodeID: "node-a", leaseSeconds: 5))
         #expect(try parse("cluster: {etcd: [http://127.0.0.1:2379], nodeId: n1}").cluster?.leaseSeconds == 10)
         #expect(try parse("").cluster == nil)
+        let nats = try parse("""
+            cluster:
+              etcd: [http://10.0.0.1:2379]
+              nodeId: node-a
+              nats: [nats://10.0.0.1:4222, nats://10.0.0.2]
+              natsReplicas: 3
+            """).cluster
+        #expect(nats?.nats == ["nats://10.0.0.1:4222", "nats://10.0.0.2"])
+        #expect(nats?.natsReplicas == 3)
+        #expect(try parse("cluster: {etcd: [http://127.0.0.1:2379], nodeId: n1}").cluster?.nats == [])
     }
 
     @Test func badValuesAreNamedWithTheirKey() {
@@ -32,6 +42,10 @@ struct ClusterConfigurationTests {
             ("cluster: {etcd: [http://127.0.0.1:2379], nodeId: 'a b'}", "cluster.nodeId"),
             ("cluster: {etcd: [http://127.0.0.1:2379], nodeId: n1, leaseSeconds: 1}", "cluster.leaseSeconds"),
             ("cluster: {etcd: [http://127.0.0.1:2379], nodeId: n1, lease: 5}", "lease"),
+            ("cluster: {etcd: [http://127.0.0.1:2379], nodeId: n1, nats: []}", "cluster.nats"),
+            ("cluster: {etcd: [http://127.0.0.1:2379], nodeId: n1, nats: [http://h:4222]}", "cluster.nats[0]"),
+            ("cluster: {etcd: [http://127.0.0.1:2379], nodeId: n1, nats: [nats://h:4222], natsReplicas: 0}", "cluster.natsReplicas"),
+            ("cluster: {etcd: [http://127.0.0.1:2379], nodeId: n1, natsReplicas: 3}", "cluster.natsReplicas"),
         ] {
             do {
                 _ = try parse(yaml)

@@ -60,6 +60,15 @@ struct CustodyExecutableTests {
         (["--node-id", "n1"], "--node-id and --cluster-lease-seconds need --cluster-etcd"),
         (["--cluster-etcd", "http://127.0.0.1:2379", "--node-id", "n1", "--cluster-lease-seconds", "1"],
          "--cluster-lease-seconds must be between 2 and 3600, got 1"),
+        (["--cluster-nats", "nats://127.0.0.1:4222"], "--cluster-nats needs --cluster-etcd"),
+        (["--cluster-etcd", "http://127.0.0.1:2379", "--node-id", "n1", "--cluster-nats", "http://127.0.0.1:4222"],
+         "--cluster-nats: 'http://127.0.0.1:4222' is not a NATS server URL"),
+        (["--cluster-etcd", "http://127.0.0.1:2379", "--node-id", "n1", "--cluster-nats", "nats://a:4222,"],
+         "--cluster-nats needs NATS server URLs"),
+        (["--cluster-etcd", "http://127.0.0.1:2379", "--node-id", "n1", "--cluster-nats-replicas", "3"],
+         "--cluster-nats-replicas needs --cluster-nats"),
+        (["--cluster-etcd", "http://127.0.0.1:2379", "--node-id", "n1", "--cluster-nats", "nats://127.0.0.1:4222",
+          "--cluster-nats-replicas", "6"], "--cluster-nats-replicas must be between 1 and 5, got 6"),
     ])
     func badFlagsExitWithAMessageNamingThem(arguments: [String], message: String) async throws {
         try await offPool {

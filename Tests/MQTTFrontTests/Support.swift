@@ -129,15 +129,6 @@ final class RawClient {
     }
 }
 
-/// The Python with paho-mqtt 2.x that `Tools/custody-setup` installs.
-func pahoPython() throws -> String {
-    let path = packageRoot.appendingPathComponent(".venv-tests/bin/python").path
-    guard FileManager.default.isExecutableFile(atPath: path) else {
-        throw E2EError.missing("\(path): run Tools/custody-setup")
-    }
-    return path
-}
-
 /// A background process whose output lines can be awaited (mosquitto_sub, paho scripts).
 final class Background: @unchecked Sendable {
     let process = Process()

@@ -1,0 +1,257 @@
+// The broker's cluster link on NATS: QoS 0 over core NATS, QoS 1 and 2 through a JetStream
+// stream that every node consumes with a durable pull consumer of its own.
+//
+// Each node delivers its own clients' messages locally, as on one node, and skips its own
+// messages when they come back from NATS (they carry its node id). That keeps a node's local
+// latency and its single-node behaviour, and the publisher's PUBACK waits for both the local
+// store and JetStream's acknowledgement. nats-server 2.9 gives a consumer one filter subject,
+// so a node's consumer takes every message (`custody.m.>`) and the node's topic tree picks
+// what its sessions subscribed to; a message is acknowledged to JetStream (ack policy "all",
+// one ack per batch, in order) only once it was delivered here or stored for an offline session.
+import Broker
+import Foundation
+import Logging
+import MQTTCodec
+import NATSClient
+import NIOCore
+import Synchronization
+
+public struct ClusterMessagingSettings: Sendable {
+    public var nodeID: String
+    public var servers: [NATSServer]
+    /// The stream's replicas: 1 on one NATS server, 3 on a cluster of three or more.
+    public var replicas: Int
+    public var streamName = "CUSTODY_MESSAGES"
+    /// The last retained message of each topic (an empty one: cleared), for nodes that start later.
+    public var retainedStreamName = "CUSTODY_RETAINED"
+    /// How long the stream keeps a message that a stopped node has not consumed.
+    public var maxAgeSeconds: Int64 = 3600
+    /// How long JetStream waits for a node's ack before delivering again.
+    public var ackWaitSeconds: Int64 = 30
+    public var pullBatch = 512
+
+    public init(nodeID: String, servers: [NATSServer], replicas: Int = 1) {
+        self.nodeID = nodeID
+        self.servers = servers
+        self.replicas = replicas
+    }
+
+    /// The node's durable consumer: consumer names take no `.` (node ids may), so `_` is
+    /// doubled and `.` written `_d`.
+    public var consumerName: String {
+        "custody-node-" + nodeID.replacingOccurrences(of: "_", with: "__").replacingOccurrences(of: ".", with: "_d")
+    }
+}
+
+public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
+    public static let reliableMapping = SubjectMapping(prefix: "custody.m")
+    public static let bestEffortMapping = SubjectMapping(prefix: "custody.q")
+    public static let retainedMapping = SubjectMapping(prefix: "custody.r")
+    static let nodeHeader = "Custody-Node"
+
+    public let settings: ClusterMessagingSettings
+    public let connection: NATSConnection
+    let jetStream: JetStream
+    let broker: Broker
+    let logger: Logger
+    private let pull: PullConsumer
+    private let headers: NATSHeaders
+    private let runID = UUID().uuidString.prefix(8)
+    private let sequence = Atomic<UInt64>(0)
+    private let stats = Mutex(ClusterMessageCounts())
+    private var consuming: Task<Void, Never>?
+    private let shares: SharedSubscriptionConsumers
+
+    /// Connects, makes the stream and this node's consumer when missing, and starts taking
+    /// other nodes' messages; then shows the broker's publishes to NATS.
+    public static func start(_ settings: ClusterMessagingSettings, broker: Broker, logger: Logger) async throws -> NATSClusterLink {
+        let connection = try await NATSConnection.connect(
+            NATSOptions(servers: settings.servers, name: "custody-\(settings.nodeID)", noEcho: true))
+        do {
+            let jetStream = JetStream(connection)
+            var stream = StreamConfig(name: settings.streamName, subjects: [reliableMapping.prefix + ".>"])
+            stream.numReplicas = settings.replicas
+            stream.maxAge = settings.maxAgeSeconds * 1_000_000_000
+            stream.duplicateWindow = 120_000_000_000
+            _ = try await retryingWhileJetStreamStarts { try await jetStream.ensureStream(stream) }
+            var retained = StreamConfig(name: settings.retainedStreamName, subjects: [retainedMapping.prefix + ".>"])
+            retained.numReplicas = settings.replicas
+            retained.maxMsgsPerSubject = 1
+            retained.duplicateWindow = 120_000_000_000
+            _ = try await jetStream.ensureStream(retained)
+            try await loadRetained(jetStream, settings, broker)
+            if try await jetStream.consumerInfo(stream: settings.streamName, name: settings.consumerName) == nil {
+                var consumer = ConsumerConfig(durableName: settings.consumerName)
+                // A new node takes what is published from now on; a node that restarts goes on
+                // from its consumer's position.
+                consumer.deliverPolicy = "new"
+                consumer.ackPolicy = "all"
+                consumer.ackWait = settings.ackWaitSeconds * 1_000_000_000
+                consumer.maxAckPending = 65_536
+                consumer.numReplicas = settings.replicas
+                _ = try await jetStream.createConsumer(stream: settings.streamName, consumer)
+            }
+            let pull = try PullConsumer(jetStream, stream: settings.streamName, consumer: settings.consumerName,
+                                        batch: settings.pullBatch, expires: .seconds(5))
+            let link = NATSClusterLink(settings, connection, jetStream, broker, pull, logger)
+            try connection.subscribe(bestEffortMapping.prefix + ".>") { [weak link] in link?.arrivedBestEffort($0) }
+            try await connection.flush()
+            link.consuming = Task { await link.consume() }
+            broker.setClusterLink(link)
+            link.shares.start()
+            return link
+        } catch {
+            await connection.close()
+            throw error
+        }
+    }
+
+    private init(
+        _ settings: ClusterMessagingSettings, _ connection: NATSConnection, _ jetStream: JetStream, _ broker: Broker,
+        _ pull: PullConsumer, _ logger: Logger
+    ) {
+        self.settings = settings
+        self.connection = connection
+        self.jetStream = jetStream
+        self.broker = broker
+        self.pull = pull
+        self.logger = logger
+        headers = NATSHeaders([(Self.nodeHeader, settings.nodeID)])
+        shares = SharedSubscriptionConsumers(jetStream: jetStream, broker: broker, settings: settings, logger: logger)
+    }
+
+    /// JetStream answers 503 or nobody while a fresh cluster elects its meta leader.
+    static func retryingWhileJetStreamStarts<T>(_ body: () async throws -> T) async throws -> T {
+        let deadline = Date().addingTimeInterval(30)
+        while true {
+            do {
+                return try await body()
+            } catch let error as JetStreamError where error.code == 503 && Date() < deadline {
+            } catch NATSError.noResponders where Date() < deadline {
+            } catch NATSError.timeout where Date() < deadline {
+            }
+            try await Task.sleep(nanoseconds: 200_000_000)
+        }
+    }
+
+    /// The retained messages the cluster keeps, into this node's broker before it takes
+    /// anything else: an ephemeral consumer delivering the last message of each subject.
+    static func loadRetained(_ jetStream: JetStream, _ settings: ClusterMessagingSettings, _ broker: Broker) async throws {
+        var config = ConsumerConfig(durableName: nil)
+        config.deliverPolicy = "last_per_subject"
+        config.ackPolicy = "none"
+        config.filterSubject = retainedMapping.prefix + ".>"
+        config.inactiveThreshold = 30_000_000_000
+        let consumer = try await jetStream.createConsumer(stream: settings.retainedStreamName, config)
+        var remaining = Int(consumer.numPending ?? 0)
+        guard remaining > 0 else {
+            try? await jetStream.deleteConsumer(stream: settings.retainedStreamName, name: consumer.name)
+            return
+        }
+        let pull = try PullConsumer(jetStream, stream: settings.retainedStreamName, consumer: consumer.name, batch: 1000,
+                                    expires: .seconds(2))
+        defer { pull.stop() }
+        let deadline = Date().addingTimeInterval(60)
+        while remaining > 0, Date() < deadline {
+            let messages = await pull.nextBatch()
+            remaining -= messages.count
+            try await broker.keepRetainedFromCluster(messages.compactMap { ClusterMessageCodec.decode($0.payload) })
+        }
+        try? await jetStream.deleteConsumer(stream: settings.retainedStreamName, name: consumer.name)
+    }
+
+    // MARK: - Out: what this node's clients publish
+
+    public func forward(_ publish: MQTTPublish) -> EventLoopFuture<Void>? {
+        let payload: ByteBuffer
+        do {
+            payload = try ClusterMessageCodec.encode(publish)
+        } catch {
+            logger.error("cluster: message to '\(publish.topicName)' cannot be encoded for NATS: \(error)")
+            return publish.qos == .atMostOnce ? nil : connection.eventLoop.makeFailedFuture(error)
+        }
+        // A retained message is also kept as its topic's last one, for nodes that start later.
+        let kept = publish.retain
+            ? jetStream.publishFuture(
+                Self.retainedMapping.subject(topic: publish.topicName), payload: payload, headers: headers,
+                messageID: "\(settings.nodeID)-\(runID)-r\(sequence.add(1, ordering: .relaxed).newValue)"
+            ).map { _ in () }
+            : nil
+        if publish.qos == .atMostOnce {
+            // Best effort, as within one node: dropped while NATS is unreachable and its buffer full.
+            try? connection.publish(Self.bestEffortMapping.subject(topic: publish.topicName), payload: payload, headers: headers)
+            stats.withLock { $0.sentBestEffort += 1 }
+            return nil
+        }
+        let number = sequence.add(1, ordering: .relaxed).newValue
+        stats.withLock { $0.sentReliable += 1 }
+        let stored = jetStream.publishFuture(
+            Self.reliableMapping.subject(topic: publish.topicName), payload: payload, headers: headers,
+            messageID: "\(settings.nodeID)-\(runID)-\(number)"
+        ).map { _ in () }
+        return kept.map { stored.and($0).map { _ in () } } ?? stored
+    }
+
+    // MARK: - In: what other nodes' clients published
+
+    private func arrivedBestEffort(_ message: NATSMessage) {
+        guard message.headers?[Self.nodeHeader] != settings.nodeID,
+            let publish = ClusterMessageCodec.decode(message.payload)
+        else { return }
+        stats.withLock { $0.receivedBestEffort += 1 }
+        try? broker.publishFromClusterAtOnce([publish])
+    }
+
+    private func consume() async {
+        while true {
+            let messages = await pull.nextBatch()
+            guard let last = messages.last else { return }
+            var publishes: [MQTTPublish] = []
+            var redelivered = 0
+            for message in messages where message.headers?[Self.nodeHeader] != settings.nodeID {
+                guard let publish = ClusterMessageCodec.decode(message.payload) else {
+                    logger.warning("cluster: a message on \(message.subject) is not an MQTT PUBLISH; skipped")
+                    continue
+                }
+                if let meta = JetStreamMetadata(replyTo: message.replyTo), meta.delivered > 1 { redelivered += 1 }
+                publishes.append(publish)
+            }
+            do {
+                if !publishes.isEmpty { try await broker.publishFromCluster(publishes) }
+                try pull.ack(last)
+                stats.withLock {
+                    $0.receivedReliable += publishes.count
+                    $0.redelivered += redelivered
+                }
+            } catch {
+                // Not acknowledged: JetStream delivers them again to this node's consumer
+                // (after its restart); later batches are not taken, since acknowledging one
+                // would acknowledge these too.
+                logger.error("cluster: messages from NATS could not be delivered here (\(error)); consumption stops")
+                pull.stop()
+                return
+            }
+        }
+    }
+
+    /// What the link has carried since it started.
+    public var counts: ClusterMessageCounts { stats.withLock { $0 } }
+
+    /// Stops forwarding and consuming, and closes the connection.
+    public func close() async {
+        broker.setClusterLink(nil)
+        await shares.stop()
+        pull.stop()
+        await consuming?.value
+        await connection.close()
+    }
+}
+
+public struct ClusterMessageCounts: Sendable, Equatable {
+    public var sentBestEffort = 0
+    public var sentReliable = 0
+    public var receivedBestEffort = 0
+    public var receivedReliable = 0
+    /// Received again after a node did not acknowledge them in time (duplicates to clients).
+    public var redelivered = 0
+}
