@@ -34,6 +34,39 @@ struct EtcdGatewayTests {
         await gateway.shutdown()
     }
 
+    @Test func aComparisonHoldsLocallyExactlyWhenEtcdSaysItHolds() async throws {
+        let etcd = try await offPool { try RunningEtcd("gateway-compare") }
+        defer { etcd.cleanUp() }
+        let gateway = EtcdGateway(endpoints: [etcd.url])
+        let lease = try await gateway.grantLease(ttl: 30)
+        try await gateway.put("/c/key", Data("value".utf8), lease: lease.id)
+        let written = try await gateway.put("/c/key", Data("other".utf8), lease: lease.id)
+        let (found, _) = try await gateway.range("/c/key")
+        let kv = try #require(found.first)
+        #expect(kv.modRevision == written && kv.version == 2)
+        var compares: [EtcdCompare] = []
+        for key in ["/c/key", "/c/absent"] {
+            for result: EtcdCompare.Result in [.equal, .notEqual, .greater, .less] {
+                for target: EtcdCompare.Target in [
+                    .createRevision(0), .createRevision(kv.createRevision), .modRevision(written), .modRevision(written - 1),
+                    .version(2), .version(3), .lease(lease.id), .lease(0), .value(Data("other".utf8)), .value(Data("a".utf8)),
+                    .value(Data("z".utf8)),
+                ] {
+                    compares.append(EtcdCompare(key: key, target, result))
+                }
+            }
+        }
+        var held = 0
+        for compare in compares {
+            let local = compare.holds(for: compare.key == "/c/key" ? kv : nil)
+            let remote = try await gateway.txn(EtcdTxn(compare: [compare])).succeeded
+            #expect(local == remote, "\(compare.key) \(compare.target) \(compare.result)")
+            if remote { held += 1 }
+        }
+        #expect(held > 10 && held < compares.count - 10)
+        await gateway.shutdown()
+    }
+
     @Test func manyConcurrentCallsOnThePool() async throws {
         let etcd = try await offPool { try RunningEtcd("gateway-pool") }
         defer { etcd.cleanUp() }
