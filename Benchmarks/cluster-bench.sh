@@ -10,7 +10,9 @@
 # p99, against etcd's own rate, and how many Txns that wrote etcd took (its revision's rise;
 # keepalives do not count) per cycle.
 #
-#   Benchmarks/cluster-bench.sh [--seconds S] [--conns N] [--lease S] [--no-build]
+#   Benchmarks/cluster-bench.sh [--seconds S] [--conns N] [--rounds R] [--lease S] [--no-build]
+# (--rounds: 1 and 2 again, alternately, on the same etcd and nodes: each pair runs minutes
+# apart at most, under the same load of a shared machine).
 #
 # Everything started here is stopped on exit.
 set -euo pipefail
@@ -18,15 +20,17 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SECONDS_PER_RUN=10
 CONNS=64
+ROUNDS=1
 LEASE=10
 BUILD=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) SECONDS_PER_RUN="$2"; shift 2 ;;
         --conns) CONNS="$2"; shift 2 ;;
+        --rounds) ROUNDS="$2"; shift 2 ;;
         --lease) LEASE="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "cluster-bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -62,10 +66,6 @@ done
 ENDPOINTS=$(printf 'http://127.0.0.1:%s,' "${CLIENT[@]}"); ENDPOINTS=${ENDPOINTS%,}
 
 echo "# machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); etcd $(/usr/bin/etcd --version | head -1 | cut -d' ' -f3)"
-echo "# etcd's own claim-shaped Txns, $CONNS in flight, ${SECONDS_PER_RUN}s"
-ETCD_LINE=$("$BENCH" etcd-txn --endpoints "$ENDPOINTS" --conns "$CONNS" --seconds "$SECONDS_PER_RUN" | tail -1)
-echo "$ETCD_LINE"
-
 # Three nodes, each asking its own member first.
 PORTS=() NODE_PIDS=()
 for i in 0 1 2; do
@@ -86,6 +86,12 @@ revision() {
     curl -s -m 2 -X POST "http://127.0.0.1:${CLIENT[0]}/v3/kv/range" -d '{"key":"AA=="}' |
         python3 -c 'import json, sys; print(json.load(sys.stdin)["header"]["revision"])'
 }
+
+for ROUND in $(seq 1 "$ROUNDS"); do
+echo "# round $ROUND of $ROUNDS: load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# etcd's own claim-shaped Txns, $CONNS in flight, ${SECONDS_PER_RUN}s"
+ETCD_LINE=$("$BENCH" etcd-txn --endpoints "$ENDPOINTS" --conns "$CONNS" --seconds "$SECONDS_PER_RUN" | tail -1)
+echo "$ETCD_LINE"
 
 echo "# custody-bench connect on the 3 nodes at once, $CONNS connections in all, ${SECONDS_PER_RUN}s"
 REVISION_BEFORE=$(revision)
@@ -131,3 +137,4 @@ print(f"summary: connect_rate={total:.0f}/s p99_worst={max(p99s)}us errors={erro
       f"bench_cpu_pct={'/'.join(f'{c:.0f}' for c in cpus)} etcd_bench_cpu_pct={float(etcd['bench_cpu_pct']):.0f} "
       f"node_cpu_us_per_cycle={'/'.join(f'{b:.0f}' for b in broker)}")
 PY
+done

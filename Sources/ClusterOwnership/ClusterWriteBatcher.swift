@@ -157,7 +157,7 @@ final class ClusterWriteBatcher: Sendable {
         }
         let result: EtcdTxnResult
         do {
-            result = try await gateway.txn(EtcdTxn(compare: compare, success: success, failure: failure))
+            result = try await gateway.txn(EtcdTxn(compare: compare, success: success, failure: failure), successAnswers: false)
         } catch {
             for pending in batch { pending.continuation.resume(returning: .failed(error)) }
             return []

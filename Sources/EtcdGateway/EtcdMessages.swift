@@ -267,11 +267,18 @@ public struct EtcdTxnResult: Decodable, Sendable {
 
     enum CodingKeys: String, CodingKey { case header, succeeded, responses }
 
+    /// A decoder's `userInfo` key: true leaves a successful Txn's `responses` undecoded.
+    static let skipSuccessAnswers = CodingUserInfoKey(rawValue: "custody.etcd.skipSuccessAnswers")!
+
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         succeeded = try c.decodeIfPresent(Bool.self, forKey: .succeeded) ?? false
         revision = try c.decodeIfPresent(EtcdHeader.self, forKey: .header)?.revision?.value ?? 0
-        responses = try c.decodeIfPresent([EtcdOperationResult].self, forKey: .responses) ?? []
+        if succeeded, decoder.userInfo[Self.skipSuccessAnswers] as? Bool == true {
+            responses = []
+        } else {
+            responses = try c.decodeIfPresent([EtcdOperationResult].self, forKey: .responses) ?? []
+        }
     }
 }
 

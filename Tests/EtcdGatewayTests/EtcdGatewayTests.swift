@@ -153,3 +153,25 @@ struct EtcdGatewayTests {
         await gateway.shutdown()
     }
 }
+
+@Suite("EtcdTxn's JSON body")
+struct EtcdTxnBodyTests {
+    @Test func theWrittenBodyIsTheJSONTheEncoderWrites() throws {
+        let txn = EtcdTxn(
+            compare: [
+                .absent("/k/ä"), EtcdCompare(key: "/k/m", .modRevision(42)), EtcdCompare(key: "/k/v", .version(3), .greater),
+                EtcdCompare(key: "/k/x", .value(Data([0, 255, 7])), .notEqual), EtcdCompare(key: "/k/l", .lease(-9_000_000_000), .less),
+            ],
+            success: [
+                .put(key: "/k/p", value: Data("{\"a\":\"\\\"\"}".utf8), lease: 7), .put(key: "/k/q", value: Data()),
+                .delete(key: "/k/d"), .delete(key: "/k/", rangeEnd: prefixEnd(of: "/k/")),
+            ],
+            failure: [.range(key: "/k/r"), .range(key: "/k/", rangeEnd: "/k0", limit: 5)])
+        let written = try JSONSerialization.jsonObject(with: Data(buffer: txn.jsonBody())) as? NSDictionary
+        let encoded = try JSONSerialization.jsonObject(with: JSONEncoder().encode(txn)) as? NSDictionary
+        #expect(written != nil)
+        #expect(written == encoded)
+        let empty = try JSONSerialization.jsonObject(with: Data(buffer: EtcdTxn().jsonBody())) as? NSDictionary
+        #expect(empty == (try JSONSerialization.jsonObject(with: JSONEncoder().encode(EtcdTxn())) as? NSDictionary))
+    }
+}
