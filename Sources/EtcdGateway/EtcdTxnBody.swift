@@ -37,23 +37,22 @@ extension EtcdCompare {
         out.writeBase64(Data(key.utf8))
         out.writeStaticString(",\"result\":\"")
         out.writeString(result.rawValue)
+        let name: StaticString, field: StaticString
+        var number: Int64 = 0
+        var bytes: Data?
         switch target {
-        case .createRevision(let revision):
-            out.writeStaticString("\",\"target\":\"CREATE\",\"create_revision\":")
-            out.writeQuoted(revision)
-        case .modRevision(let revision):
-            out.writeStaticString("\",\"target\":\"MOD\",\"mod_revision\":")
-            out.writeQuoted(revision)
-        case .version(let version):
-            out.writeStaticString("\",\"target\":\"VERSION\",\"version\":")
-            out.writeQuoted(version)
-        case .value(let value):
-            out.writeStaticString("\",\"target\":\"VALUE\",\"value\":")
-            out.writeBase64(value)
-        case .lease(let lease):
-            out.writeStaticString("\",\"target\":\"LEASE\",\"lease\":")
-            out.writeQuoted(lease)
+        case .createRevision(let revision): (name, field, number) = ("CREATE", "create_revision", revision)
+        case .modRevision(let revision): (name, field, number) = ("MOD", "mod_revision", revision)
+        case .version(let version): (name, field, number) = ("VERSION", "version", version)
+        case .lease(let lease): (name, field, number) = ("LEASE", "lease", lease)
+        case .value(let value): (name, field, bytes) = ("VALUE", "value", value)
         }
+        out.writeStaticString("\",\"target\":\"")
+        out.writeStaticString(name)
+        out.writeStaticString("\",\"")
+        out.writeStaticString(field)
+        out.writeStaticString("\":")
+        if let bytes { out.writeBase64(bytes) } else { out.writeQuoted(number) }
         out.writeStaticString("}")
     }
 }
