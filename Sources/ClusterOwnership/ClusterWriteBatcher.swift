@@ -49,6 +49,12 @@ enum ClusterWriteOutcome: Sendable {
 /// conditions and puts all of it, so a busy node pays one round trip, one JSON body and one
 /// watch event line for many CONNECTs and DISCONNECTs, and etcd one Raft entry.
 ///
+/// One Txn in flight by default: measured on the 3-node benchmark (Benchmarks/RESULTS.md),
+/// etcd answered a few large Txns sooner than many small ones (a 19-write Txn in 22-27 ms
+/// with one in flight per node; 2.5-write Txns in 25-240 ms with 16), so a claim waited less
+/// for a full batch than for a crowd of small ones: 914-987 cycles/s with 1, 729-844 with 2,
+/// 673 with 4, 324 with 16.
+///
 /// A failed compare fails the whole Txn. Its failure branch reads the node key and every
 /// key compared; the writes whose conditions hold on that read go again at the head of the
 /// queue, the others are answered `.conflict` with what etcd holds (their callers decide
@@ -77,7 +83,7 @@ final class ClusterWriteBatcher: Sendable {
     private let lease = Atomic<Int64>(0)
     private let queue = Mutex(Queue())
 
-    init(gateway: EtcdGateway, nodeKey: String, maxInFlight: Int = 4, maxWrites: Int = 32) {
+    init(gateway: EtcdGateway, nodeKey: String, maxInFlight: Int = 1, maxWrites: Int = 32) {
         self.gateway = gateway
         self.nodeKey = nodeKey
         self.maxInFlight = maxInFlight
