@@ -81,22 +81,34 @@ final class ClusterView: Sendable {
     }
 
     /// A watch update: changes in revision order. Answers the session changes (each record
-    /// decoded once, here) and the nodes whose keys went.
+    /// decoded once, here) and the nodes whose keys went. A put the view already holds (this
+    /// node's own write, applied when etcd answered it) is not decoded again.
     func apply(_ update: EtcdGateway.WatchUpdate) -> (sessions: [SessionChange], nodesGone: [String]) {
-        var changes: [SessionChange] = []
+        var sessionEvents: [(name: String, event: EtcdWatchEvent)] = []
+        var others: [EtcdWatchEvent] = []
         var nodesGone: [String] = []
         for event in update.events {
             let key = event.keyValue.keyString
             if let name = keys.sessionName(ofKey: key) {
-                let entry = event.kind == .put ? Entry(event.keyValue) : nil
-                if event.kind == .put && entry == nil { continue }
-                changes.append(SessionChange(name: name, entry: entry, modRevision: event.keyValue.modRevision))
-            } else if event.kind == .delete, let node = keys.nodeID(ofKey: key) {
-                nodesGone.append(node)
+                sessionEvents.append((name, event))
+            } else {
+                others.append(event)
+                if event.kind == .delete, let node = keys.nodeID(ofKey: key) { nodesGone.append(node) }
             }
         }
+        let known = tables.withLock { tables in
+            sessionEvents.map { name, event in
+                event.kind == .put && (tables.sessions[name]?.modRevision ?? -1) >= event.keyValue.modRevision
+            }
+        }
+        var changes: [SessionChange] = []
+        for (index, (name, event)) in sessionEvents.enumerated() where !known[index] {
+            let entry = event.kind == .put ? Entry(event.keyValue) : nil
+            if event.kind == .put && entry == nil { continue }
+            changes.append(SessionChange(name: name, entry: entry, modRevision: event.keyValue.modRevision))
+        }
         tables.withLock { tables in
-            for event in update.events where keys.sessionName(ofKey: event.keyValue.keyString) == nil {
+            for event in others {
                 switch event.kind {
                 case .put: Self.put(event.keyValue, into: &tables, keys: keys)
                 case .delete: Self.delete(event.keyValue, into: &tables, keys: keys)
