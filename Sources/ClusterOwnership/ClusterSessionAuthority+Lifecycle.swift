@@ -185,9 +185,14 @@ extension ClusterSessionAuthority {
                     try await rejoin()
                 }
                 await tryToLeadExpiry()
-                // Once a lease, the expiring node looks for slots that no session holds.
+                // Once a lease, the expiring node looks for slots that no session holds, and
+                // for sessions still connected on nodes whose keys went (a survivor's ending
+                // Txn that got no answer when the node's key went is not retried otherwise).
                 rounds += 1
-                if rounds % 4 == 0, isExpiryLeader { await freeStaleSlots() }
+                if rounds % 4 == 0, isExpiryLeader {
+                    await freeStaleSlots()
+                    await endSessionsOfDeadNodes()
+                }
             } catch {
                 logger.warning("etcd keepalive failed", metadata: ["error": "\(error)"])
             }
