@@ -77,10 +77,8 @@ public final class ClusterSessionAuthority: SessionAuthority {
     public var recovery: RecoveryReport { local.recovery }
     public var head: LedgerHead { local.head }
     /// The cluster's sessions, as etcd holds them (this node's view, kept by its watch): every
-    /// node's, not only this one's. This node's own are `heldHere`.
+    /// node's, not only this one's.
     public var sessionCounts: SessionCounts? { view.counts() }
-    /// Sessions connected on this node now.
-    public var heldHere: Int { state.withLock { $0.held.count } }
 
     public init(
         settings: Settings, gateway: EtcdGateway, local: LMDBSessionLedger, logger: Logger = Logger(label: "custody.cluster"),
