@@ -1,3 +1,4 @@
+import EtcdGateway
 import Foundation
 import LedgerCore
 
@@ -20,6 +21,11 @@ public struct ClusterKeys: Sendable {
     public var clients: String { root + "/clients/" }
     public var nodes: String { root + "/nodes/" }
     public var expiryLeader: String { root + "/expiry" }
+
+    /// One range that holds the node keys and the session keys and nothing else (what a
+    /// node watches): `nodes/` and `sessions/` are neighbours in the root, no other key of
+    /// the layout sorts between them.
+    public var nodesAndSessions: (key: String, rangeEnd: String) { (nodes, prefixEnd(of: sessions)) }
 
     public func session(_ name: SessionName) -> String { sessions + Self.escape(name.value) }
     public func slots(of client: AuthenticationName) -> String { clients + Self.escape(client.key) + "/slots/" }

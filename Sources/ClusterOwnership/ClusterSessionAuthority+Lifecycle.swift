@@ -27,6 +27,7 @@ extension ClusterSessionAuthority {
             }
             try await Task.sleep(for: .milliseconds(250))
         }
+        writes.use(lease: lease.id)
         state.withLock {
             $0.leaseID = lease.id
             $0.serving = true
@@ -60,8 +61,10 @@ extension ClusterSessionAuthority {
             do {
                 // Without previous values: what a change replaced is in the view and in `held`,
                 // and etcd's gateway encodes every event for every watcher (half the bytes).
+                // The node keys and the session keys (one range: nothing else lies between
+                // them); not the slot keys, which the view reads from the session records.
                 try await gateway.watch(
-                    keys.root + "/", rangeEnd: prefixEnd(of: keys.root + "/"), startRevision: from, previousValues: false
+                    keys.nodesAndSessions.key, rangeEnd: keys.nodesAndSessions.rangeEnd, startRevision: from, previousValues: false
                 ) { update in
                     await self.handle(update)
                 }
@@ -79,24 +82,17 @@ extension ClusterSessionAuthority {
     }
 
     func handle(_ update: EtcdGateway.WatchUpdate) async {
-        var deadNodes: [String] = []
+        let (changes, nodesGone) = view.apply(update)
         var moved: [(name: String, held: Held, epoch: Int64)] = []
-        for event in update.events {
-            let key = event.keyValue.keyString
-            if event.kind == .delete, let node = keys.nodeID(ofKey: key), node != nodeID || !isServing {
-                deadNodes.append(node)
-            }
-            guard let name = keys.sessionName(ofKey: key) else { continue }
+        for change in changes {
             // A session this node holds, now someone else's (another node's claim) or gone.
-            let after = event.kind == .put ? SessionRecord.decode(event.keyValue.value) : nil
-            if let after, after.node == nodeID { continue }
+            if let after = change.entry, after.record.node == nodeID { continue }
             let taken = state.withLock { state -> Held? in
-                guard let held = state.held[name], !held.ending, held.modRevision < event.keyValue.modRevision else { return nil }
-                return state.held.removeValue(forKey: name)
+                guard let held = state.held[change.name], !held.ending, held.modRevision < change.modRevision else { return nil }
+                return state.held.removeValue(forKey: change.name)
             }
-            if let taken { moved.append((name, taken, event.keyValue.modRevision)) }
+            if let taken { moved.append((change.name, taken, change.modRevision)) }
         }
-        view.apply(update)
         let notify = state.withLock { $0.onTakenOver }
         for (name, held, epoch) in moved {
             let session = SessionName(unchecked: name)
@@ -107,7 +103,7 @@ extension ClusterSessionAuthority {
             }
             notify?(held.connection)
         }
-        if !deadNodes.isEmpty { await endSessionsOfDeadNodes() }
+        if nodesGone.contains(where: { $0 != nodeID || !isServing }) { await endSessionsOfDeadNodes() }
     }
 
     /// Connected sessions of nodes without a key (their lease lapsed): each becomes
@@ -129,11 +125,11 @@ extension ClusterSessionAuthority {
     func endConnection(name: String, entry: ClusterView.Entry, reason: DisconnectReason, recorded: Bool = false) async {
         let session = SessionName(unchecked: name)
         let ending = end(entry.record, key: keys.session(session), modRevision: entry.modRevision, expiry: entry.record.expiry)
-        guard let result = try? await gateway.txn(ending.txn), result.succeeded else { return }
-        view.apply(name: name, entry: ending.record.map { .init(record: $0, modRevision: result.revision) }, revision: result.revision)
+        guard case .applied(let revision) = await writes.submit(ending.write) else { return }
+        view.apply(name: name, entry: ending.record.map { .init(record: $0, modRevision: revision) }, revision: revision)
         guard !recorded else { return }
         do {
-            try await local.record([entry.record.event(.disconnected(reason), session: session, epoch: result.revision)])
+            try await local.record([entry.record.event(.disconnected(reason), session: session, epoch: revision)])
         } catch {
             logger.error("end of a connection not recorded", metadata: ["session_name": "\(name)", "error": "\(error)"])
         }
@@ -171,6 +167,7 @@ extension ClusterSessionAuthority {
 
     func keepAliveLoop() async {
         let interval = max(Double(settings.leaseSeconds) / 4, 0.2)
+        var rounds = 0
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(Int64(interval * 1000)))
             if Task.isCancelled { return }
@@ -188,6 +185,14 @@ extension ClusterSessionAuthority {
                     try await rejoin()
                 }
                 await tryToLeadExpiry()
+                // Once a lease, the expiring node looks for slots that no session holds, and
+                // for sessions still connected on nodes whose keys went (a survivor's ending
+                // Txn that got no answer when the node's key went is not retried otherwise).
+                rounds += 1
+                if rounds % 4 == 0, isExpiryLeader {
+                    await freeStaleSlots()
+                    await endSessionsOfDeadNodes()
+                }
             } catch {
                 logger.warning("etcd keepalive failed", metadata: ["error": "\(error)"])
             }
@@ -241,6 +246,7 @@ extension ClusterSessionAuthority {
             try? await gateway.revokeLease(lease.id)
             return
         }
+        writes.use(lease: lease.id)
         state.withLock {
             $0.leaseID = lease.id
             $0.confirmedAt = DispatchTime.now().uptimeNanoseconds
@@ -275,6 +281,51 @@ extension ClusterSessionAuthority {
         state.withLock { if $0.leaseID == lease { $0.leader = leads && $0.serving } }
     }
 
+    /// Slot keys whose session does not hold them (the session key is gone, or names another
+    /// owner or slot): a write that lost its session's half cannot happen (one Txn writes
+    /// both), but a slot left by an older version, by hand or by a bug would keep its client
+    /// below its cap for ever. The expiring node reads slots and sessions at one revision
+    /// and deletes each stale slot if neither key changed since. Answers how many went.
+    @discardableResult
+    func freeStaleSlots() async -> Int {
+        let sessions = keys.sessions, clients = keys.clients
+        guard let read = try? await gateway.txn(EtcdTxn(success: [
+            .range(key: clients, rangeEnd: prefixEnd(of: clients)), .range(key: sessions, rangeEnd: prefixEnd(of: sessions)),
+        ])), read.responses.count == 2
+        else { return 0 }
+        var records: [String: (record: SessionRecord, modRevision: Int64)] = [:]
+        for kv in read.responses[1].keyValues {
+            guard let name = keys.sessionName(ofKey: kv.keyString), let record = SessionRecord.decode(kv.value) else { continue }
+            records[name] = (record, kv.modRevision)
+        }
+        var writes: [ClusterWrite] = []
+        for slot in read.responses[0].keyValues {
+            let key = slot.keyString
+            guard let (client, index) = keys.slot(ofKey: key) else { continue }
+            let name = String(decoding: slot.value, as: UTF8.self)
+            let sessionKey = keys.session(SessionName(unchecked: name))
+            let holder = records[name]
+            if let holder, holder.record.ownerName.key == client, holder.record.slot == index { continue }
+            writes.append(ClusterWrite(
+                compare: [EtcdCompare(key: key, .modRevision(slot.modRevision)), EtcdCompare(key: sessionKey, .modRevision(holder?.modRevision ?? 0))],
+                success: [.delete(key: key)], reads: [.range(key: key), .range(key: sessionKey)], keys: [key, sessionKey]))
+        }
+        guard !writes.isEmpty else { return 0 }
+        let freed = await withTaskGroup(of: Bool.self) { group in
+            for write in writes {
+                group.addTask {
+                    if case .applied = await self.writes.submit(write) { return true }
+                    return false
+                }
+            }
+            var freed = 0
+            for await applied in group where applied { freed += 1 }
+            return freed
+        }
+        if freed > 0 { logger.notice("freed slots that no session held", metadata: ["slots": "\(freed)"]) }
+        return freed
+    }
+
     public func earliestDeadline() throws -> Int64? {
         guard isExpiryLeader else { return nil }
         return view.sessions().values.filter { !$0.record.connected }.map(\.record.deadline).min()
@@ -290,16 +341,20 @@ extension ClusterSessionAuthority {
         guard isExpiryLeader else { return [] }
         let now = self.now()
         let due = view.sessions().filter { $0.value.record.hasExpired(at: now) }.prefix(limit)
-        var events: [LedgerEvent] = []
-        for (name, entry) in due {
-            let key = keys.session(SessionName(unchecked: name))
-            guard let result = try? await gateway.txn(EtcdTxn(
-                compare: [EtcdCompare(key: key, .modRevision(entry.modRevision))],
-                success: [.delete(key: key), .delete(key: keys.slot(entry.record.slot, of: entry.record.ownerName))])),
-                result.succeeded
-            else { continue }
-            view.apply(name: name, entry: nil, revision: result.revision)
-            events.append(entry.record.event(.expired(.sessionExpired), session: SessionName(unchecked: name), epoch: result.revision))
+        // Together: the writer batches them into a few Txns.
+        let events = await withTaskGroup(of: LedgerEvent?.self) { group in
+            for (name, entry) in due {
+                group.addTask {
+                    let session = SessionName(unchecked: name)
+                    let ending = self.end(entry.record, key: self.keys.session(session), modRevision: entry.modRevision, expiry: 0)
+                    guard case .applied(let revision) = await self.writes.submit(ending.write) else { return nil }
+                    self.view.apply(name: name, entry: nil, revision: revision)
+                    return entry.record.event(.expired(.sessionExpired), session: session, epoch: revision)
+                }
+            }
+            var events: [LedgerEvent] = []
+            for await event in group { if let event { events.append(event) } }
+            return events.sorted { $0.epoch < $1.epoch }
         }
         guard !events.isEmpty else { return [] }
         let recorded = (try? await local.record(events)) ?? events

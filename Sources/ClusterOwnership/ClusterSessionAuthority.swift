@@ -56,6 +56,8 @@ public final class ClusterSessionAuthority: SessionAuthority {
         var lapsed: Set<String> = []
         var tasks: [Task<Void, Never>] = []
         var closed = false
+        /// Slots of a client that claims on this node are writing now (client key → slots).
+        var reserved: [String: Set<Int>] = [:]
     }
 
     public let settings: Settings
@@ -64,6 +66,8 @@ public final class ClusterSessionAuthority: SessionAuthority {
     public let local: LMDBSessionLedger
     public let policy: NamespacePolicy
     let view: ClusterView
+    /// Every claim, release and ending of this node goes to etcd through it, batched.
+    let writes: ClusterWriteBatcher
     let state = Mutex(State())
     let logger: Logger
     let clock: LedgerClock
@@ -72,7 +76,9 @@ public final class ClusterSessionAuthority: SessionAuthority {
 
     public var recovery: RecoveryReport { local.recovery }
     public var head: LedgerHead { local.head }
-    public var sessionCounts: SessionCounts? { nil }
+    /// The cluster's sessions, as etcd holds them (this node's view, kept by its watch): every
+    /// node's, not only this one's.
+    public var sessionCounts: SessionCounts? { view.counts() }
 
     public init(
         settings: Settings, gateway: EtcdGateway, local: LMDBSessionLedger, logger: Logger = Logger(label: "custody.cluster"),
@@ -85,6 +91,7 @@ public final class ClusterSessionAuthority: SessionAuthority {
         self.logger = logger
         self.clock = clock
         view = ClusterView(keys: settings.keys)
+        writes = ClusterWriteBatcher(gateway: gateway, nodeKey: settings.keys.node(settings.nodeID))
     }
 
     /// Where the front is told of connections that lost their session here: moved to another
@@ -125,8 +132,7 @@ public final class ClusterSessionAuthority: SessionAuthority {
         if case .reject(let reason) = precheck.decision {
             return await recordRejection(request, reason, epoch: view.revision)
         }
-        let (serving, leaseID) = state.withLock { ($0.serving, $0.leaseID) }
-        guard serving else { return .failure(Self.lapsedError) }
+        guard isServing else { return .failure(Self.lapsedError) }
         let name = request.sessionName
         let client = request.authenticationName
         let sessionKey = keys.session(name)
@@ -146,24 +152,25 @@ public final class ClusterSessionAuthority: SessionAuthority {
                 // R6: nothing written in etcd; this node records the refusal.
                 return await recordRejection(request, .ownedByAnotherClient, epoch: max(view.revision, live.modRevision))
             }
-            var compare: [EtcdCompare] = [
-                EtcdCompare(key: keys.node(nodeID), .lease(leaseID)),
-                EtcdCompare(key: sessionKey, .modRevision(seen?.modRevision ?? 0)),
-            ]
+            var compare = [EtcdCompare(key: sessionKey, .modRevision(seen?.modRevision ?? 0))]
             var operations: [EtcdOperation] = []
+            var touched = [sessionKey]
             let slot: Int
+            var reserved: Int?
             if let held = live ?? (stale?.record.ownerName == client ? stale : nil) {
                 slot = held.record.slot
             } else {
                 if let stale {
                     // A session past its deadline that the expiring node has not ended yet:
                     // it ends in this Txn, and its owner's slot goes with it.
-                    operations.append(.delete(key: keys.slot(stale.record.slot, of: stale.record.ownerName)))
-                    slots.removeValue(forKey: stale.record.slot)
+                    let staleSlot = keys.slot(stale.record.slot, of: stale.record.ownerName)
+                    operations.append(.delete(key: staleSlot))
+                    touched.append(staleSlot)
+                    if stale.record.ownerName == client { slots.removeValue(forKey: stale.record.slot) }
                 }
-                // R2/R3: the cap is the client's slots, counted by etcd across every node.
-                guard let free = (0..<policy.maximumClientSessionsPerAuthenticationName).first(where: { slots[$0] == nil })
-                else {
+                // R2/R3: the cap is the client's slots, counted by etcd across every node. A
+                // slot another claim of this node is writing now is not offered twice.
+                guard let free = reserveSlot(of: client, besides: slots) else {
                     // The view may lag behind the slots freed elsewhere: etcd says, once.
                     if !slotsRead {
                         slotsRead = true
@@ -178,47 +185,52 @@ public final class ClusterSessionAuthority: SessionAuthority {
                     return await recordRejection(request, .quotaExceeded, epoch: view.revision)
                 }
                 slot = free
+                reserved = free
                 compare.append(.absent(keys.slot(free, of: client)))
                 operations.append(.put(key: keys.slot(free, of: client), value: Data(name.value.utf8)))
+                touched.append(keys.slot(free, of: client))
             }
             let record = SessionRecord(
                 owner: client.value, node: nodeID, connection: request.connection, connected: true, deadline: 0,
                 expiry: expiry, slot: slot, protocolVersion: request.protocolVersion.rawValue, cleanStart: request.cleanStart)
             operations.append(.put(key: sessionKey, value: record.encoded()))
-            let result: EtcdTxnResult
-            do {
-                result = try await gateway.txn(EtcdTxn(
-                    compare: compare, success: operations,
-                    failure: [
-                        .range(key: keys.node(nodeID)), .range(key: sessionKey),
-                        .range(key: keys.slots(of: client), rangeEnd: prefixEnd(of: keys.slots(of: client))),
-                    ]))
-            } catch {
+            let slotsPrefix = keys.slots(of: client)
+            let outcome = await writes.submit(ClusterWrite(
+                compare: compare, success: operations,
+                reads: [.range(key: sessionKey), .range(key: slotsPrefix, rangeEnd: prefixEnd(of: slotsPrefix))],
+                keys: touched))
+            let result: Int64
+            switch outcome {
+            case .applied(let revision):
+                result = revision
+            case .failed(let error):
+                if let reserved { releaseSlot(reserved, of: client) }
                 // No answer: the Txn may have been applied all the same. The client hears 0x88,
                 // so a grant it made must not stay: ended as soon as etcd answers again.
                 abandon(name, connection: request.connection)
                 return .failure(Self.failure(error))
-            }
-            guard result.succeeded else {
-                // Someone else moved first, or this node's lease is gone: look again.
-                let node = result.responses.first?.keyValues.first
-                guard let node, node.lease == leaseID else {
-                    await lapse(why: "a claim found this node's key gone from etcd or on another lease")
-                    return .failure(Self.lapsedError)
-                }
-                seen = result.responses.dropFirst().first?.keyValues.first.flatMap(ClusterView.Entry.init)
-                slots = ClusterView.slots(from: result.responses.dropFirst(2).first?.keyValues ?? [], keys: keys)
+            case .lapsed:
+                if let reserved { releaseSlot(reserved, of: client) }
+                await lapse(why: "a claim found this node's key gone from etcd or on another lease")
+                return .failure(Self.lapsedError)
+            case .conflict(let reads):
+                // Someone else moved first: look again at what etcd holds.
+                if let reserved { releaseSlot(reserved, of: client) }
+                seen = reads.value(sessionKey).flatMap(ClusterView.Entry.init)
+                slots = ClusterView.slots(from: reads.under(slotsPrefix), keys: keys)
                 continue
             }
-            let epoch = result.revision
+            let epoch = result
             view.apply(name: name.value, entry: ClusterView.Entry(record: record, modRevision: epoch))
+            if let reserved { releaseSlot(reserved, of: client) }
             // R4 on this node: the old connection ends here, as on a single node. On another
             // node: that node sees the move in its watch.
             var events: [LedgerEvent] = []
             var replaced: ConnectionNumber?
             let previous = live?.record
+            var taken: Held?
             if let previous, previous.connected, previous.node == nodeID {
-                let taken = state.withLock { $0.held.removeValue(forKey: name.value) }
+                taken = state.withLock { $0.held.removeValue(forKey: name.value) }
                 if let taken {
                     replaced = taken.connection
                     events.append(taken.record.event(.disconnected(.sessionTakenOver), session: name, epoch: epoch))
@@ -233,8 +245,11 @@ public final class ClusterSessionAuthority: SessionAuthority {
             do {
                 recorded = try await local.record(events)
             } catch {
-                // Granted in etcd but not durable here: nothing is granted (R8); the session
-                // stays this node's until the client or a takeover ends it.
+                // Granted in etcd but not durable here: nothing is granted (R8), so etcd must
+                // not keep the grant either.
+                await takeBack(
+                    Grant(name: name, record: record, epoch: epoch, connection: request.connection),
+                    previous: live, replaced: taken)
                 return .failure(error)
             }
             let present: Bool
@@ -250,27 +265,22 @@ public final class ClusterSessionAuthority: SessionAuthority {
         return .failure(.storage(operation: "etcd", code: -3, message: "the session \(name) changed under 16 claims in a row"))
     }
 
-    /// A claim whose Txn got no answer: if etcd did apply it, the session stands connected on
-    /// this node for a connection that was refused. It is ended (its key deleted, or written
-    /// disconnected) once etcd answers, so that its slot does not stay taken; nothing is
-    /// recorded here, as nothing was granted here.
-    func abandon(_ name: SessionName, connection: ConnectionNumber) {
-        let key = keys.session(name)
-        Task {
-            for attempt in 0..<30 {
-                if attempt > 0 { try? await Task.sleep(for: .seconds(1)) }
-                guard let (found, _) = try? await gateway.range(key) else { continue }
-                guard let kv = found.first, let record = SessionRecord.decode(kv.value),
-                    record.node == nodeID, record.connection == connection
-                else { return }
-                let ending = end(record, key: key, modRevision: kv.modRevision, expiry: record.expiry)
-                if let result = try? await gateway.txn(ending.txn) {
-                    if result.succeeded {
-                        view.apply(name: name.value, entry: ending.record.map { .init(record: $0, modRevision: result.revision) }, revision: result.revision)
-                    }
-                    return
-                }
-            }
+    /// The first slot of `client` neither taken in `slots` nor being written by another claim
+    /// here, now reserved for the caller; nil when every slot is.
+    func reserveSlot(of client: AuthenticationName, besides slots: [Int: String]) -> Int? {
+        state.withLock { state in
+            let busy = state.reserved[client.key] ?? []
+            guard let free = (0..<policy.maximumClientSessionsPerAuthenticationName).first(where: { slots[$0] == nil && !busy.contains($0) })
+            else { return nil }
+            state.reserved[client.key, default: []].insert(free)
+            return free
+        }
+    }
+
+    func releaseSlot(_ slot: Int, of client: AuthenticationName) {
+        state.withLock { state in
+            state.reserved[client.key]?.remove(slot)
+            if state.reserved[client.key]?.isEmpty == true { state.reserved.removeValue(forKey: client.key) }
         }
     }
 
@@ -331,19 +341,20 @@ public final class ClusterSessionAuthority: SessionAuthority {
         }
         let ending = end(held.record, key: keys.session(request.sessionName), modRevision: held.modRevision, expiry: expiry)
         var epoch = held.modRevision
-        do {
-            let result = try await gateway.txn(ending.txn)
-            guard result.succeeded else {
-                // It moved meanwhile (taken over elsewhere): recorded as such here, as the
-                // watch would have; this connection no longer held the session.
-                state.withLock { _ = $0.held.removeValue(forKey: name) }
-                let taken = held.record.event(.disconnected(.sessionTakenOver), session: request.sessionName, epoch: result.revision)
-                do { try await local.record([taken]) } catch { return .failure(error) }
-                return .success(nil)
-            }
-            epoch = result.revision
-            view.apply(name: name, entry: ending.record.map { ClusterView.Entry(record: $0, modRevision: result.revision) })
-        } catch {
+        switch await writes.submit(ending.write) {
+        case .applied(let revision):
+            epoch = revision
+            view.apply(name: name, entry: ending.record.map { ClusterView.Entry(record: $0, modRevision: revision) }, revision: revision)
+        case .conflict(let reads):
+            // It moved meanwhile (taken over elsewhere): recorded as such here, as the
+            // watch would have; this connection no longer held the session.
+            state.withLock { _ = $0.held.removeValue(forKey: name) }
+            let taken = held.record.event(.disconnected(.sessionTakenOver), session: request.sessionName, epoch: reads.revision)
+            do { try await local.record([taken]) } catch { return .failure(error) }
+            return .success(nil)
+        case .lapsed:
+            logger.warning("release not written to etcd: this node's lease has lapsed", metadata: ["session_name": "\(name)"])
+        case .failed(let error):
             // etcd cannot hear it now. The connection has ended all the same and is recorded
             // here; etcd learns it when this node's lease lapses (connection lost) or restarts.
             logger.warning("release not written to etcd", metadata: ["session_name": "\(name)", "error": "\(error)"])
@@ -359,20 +370,19 @@ public final class ClusterSessionAuthority: SessionAuthority {
         }
     }
 
-    /// The Txn that ends `record`'s connection (or the session, with `expiry` 0) if the key is
-    /// still at `modRevision`, and the record it leaves (nil: the key is deleted).
-    func end(_ record: SessionRecord, key: String, modRevision: Int64, expiry: UInt32) -> (txn: EtcdTxn, record: SessionRecord?) {
+    /// The write that ends `record`'s connection (or the session, with `expiry` 0) if the key
+    /// is still at `modRevision`, and the record it leaves (nil: the key is deleted).
+    func end(_ record: SessionRecord, key: String, modRevision: Int64, expiry: UInt32) -> (write: ClusterWrite, record: SessionRecord?) {
         let compare = [EtcdCompare(key: key, .modRevision(modRevision))]
         guard expiry > 0 else {
-            return (EtcdTxn(compare: compare, success: [
-                .delete(key: key), .delete(key: keys.slot(record.slot, of: record.ownerName)),
-            ]), nil)
+            let slot = keys.slot(record.slot, of: record.ownerName)
+            return (ClusterWrite(compare: compare, success: [.delete(key: key), .delete(key: slot)], reads: [.range(key: key)], keys: [key, slot]), nil)
         }
         var left = record
         left.connected = false
         left.expiry = expiry
         left.deadline = now() + Int64(expiry) * SessionTransition.microsecondsPerSecond
-        return (EtcdTxn(compare: compare, success: [.put(key: key, value: left.encoded())]), left)
+        return (ClusterWrite(compare: compare, success: [.put(key: key, value: left.encoded())], reads: [.range(key: key)], keys: [key]), left)
     }
 
     // MARK: Reading

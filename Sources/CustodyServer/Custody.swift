@@ -482,7 +482,7 @@ struct Custody: AsyncParsableCommand {
         for line in settings.accessLines(accessRules) { say(line) }
         if let address = settings.metrics {
             do {
-                let port = try await operations.startMetrics(at: address, ledger: ledger, broker: broker) ?? address.port
+                let port = try await operations.startMetrics(at: address, ledger: ledger, storage: lmdbLedger, broker: broker) ?? address.port
                 say("custody: metrics http://\(HostPort(host: address.host, port: port))/metrics")
             } catch {
                 throw await startFailed("cannot serve metrics on \(address): \(error)", front: front, broker: broker, ledger: ledger)

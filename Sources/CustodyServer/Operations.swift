@@ -109,14 +109,15 @@ final class Operations: Sendable {
     }
 
     /// Serves `/metrics` at `address`; returns the port bound. The gauges are read at each scrape.
-    func startMetrics(at address: HostPort, ledger: any SessionAuthority, broker: Broker) async throws -> Int? {
+    /// `storage`: the node's own LMDB ledger (in a cluster, the one under the cluster authority).
+    func startMetrics(at address: HostPort, ledger: any SessionAuthority, storage local: LMDBSessionLedger, broker: Broker) async throws -> Int? {
         guard let registry else { return nil }
         let sessions = sessionMetrics
         let brokers = brokerMetrics
         let storage = ledgerMetrics
         let served = MetricsEndpoint(registry: registry) {
             sessions?.refresh(ledger.sessionCounts)
-            if let lmdb = ledger as? LMDBSessionLedger, let figures = try? lmdb.storageFigures() { storage?.refresh(figures) }
+            if let figures = try? local.storageFigures() { storage?.refresh(figures) }
             brokers?.refresh(broker.totals)
         }
         endpointBox.set(served)

@@ -60,8 +60,10 @@ public final class EtcdGateway: Sendable {
     // MARK: Key-value
 
     /// One transaction: `compare`, then `success` or `failure`, atomically at one revision.
-    public func txn(_ txn: EtcdTxn) async throws(EtcdGatewayError) -> EtcdTxnResult {
-        try await call("/v3/kv/txn", txn)
+    /// `successAnswers`: false when the caller reads nothing from a successful Txn's
+    /// operations (its writes): their answers are then not decoded (`responses` is empty).
+    public func txn(_ txn: EtcdTxn, successAnswers: Bool = true) async throws(EtcdGatewayError) -> EtcdTxnResult {
+        try await post("/v3/kv/txn", txn.jsonBody(), skipSuccessAnswers: !successAnswers)
     }
 
     /// The keys from `key` (to `rangeEnd`, exclusive, when given) and the store's revision.
@@ -120,6 +122,12 @@ public final class EtcdGateway: Sendable {
     func call<Body: Encodable, Answer: Decodable>(_ path: String, _ body: Body) async throws(EtcdGatewayError) -> Answer {
         let bytes: Data
         do { bytes = try encoder.encode(body) } catch { throw .malformed("\(error)") }
+        return try await post(path, ByteBuffer(data: bytes))
+    }
+
+    /// POSTs `body` to `path` on the preferred endpoint, then the others in turn; decodes
+    /// the answer.
+    func post<Answer: Decodable>(_ path: String, _ body: ByteBuffer, skipSuccessAnswers: Bool = false) async throws(EtcdGatewayError) -> Answer {
         let first = preferred.withLock { $0 }
         var failures: [String] = []
         for step in 0..<endpoints.count {
@@ -127,7 +135,7 @@ public final class EtcdGateway: Sendable {
             var request = HTTPClientRequest(url: endpoints[index] + path)
             request.method = .POST
             request.headers.add(name: "Content-Type", value: "application/json")
-            request.body = .bytes(ByteBuffer(data: bytes))
+            request.body = .bytes(body)
             let answer: ByteBuffer
             let status: Int
             do {
@@ -150,7 +158,9 @@ public final class EtcdGateway: Sendable {
             }
             if index != first { preferred.withLock { $0 = index } }
             do {
-                return try JSONDecoder().decode(Answer.self, from: answer)
+                let decoder = JSONDecoder()
+                if skipSuccessAnswers { decoder.userInfo[EtcdTxnResult.skipSuccessAnswers] = true }
+                return try decoder.decode(Answer.self, from: answer)
             } catch {
                 throw .malformed("\(path): \(error): \(String(buffer: answer).prefix(200))")
             }

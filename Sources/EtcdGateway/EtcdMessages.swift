@@ -92,6 +92,32 @@ public struct EtcdCompare: Encodable, Sendable {
     /// The key does not exist.
     public static func absent(_ key: String) -> EtcdCompare { EtcdCompare(key: key, .createRevision(0)) }
 
+    /// Whether the comparison holds for the key as `keyValue` shows it (nil: absent), as etcd
+    /// decides it: an absent key has every revision, version and lease 0, and no value (a
+    /// comparison of its value fails).
+    public func holds(for keyValue: EtcdKeyValue?) -> Bool {
+        let order: Int
+        switch target {
+        case .createRevision(let revision): order = Self.order(keyValue?.createRevision ?? 0, revision)
+        case .modRevision(let revision): order = Self.order(keyValue?.modRevision ?? 0, revision)
+        case .version(let version): order = Self.order(keyValue?.version ?? 0, version)
+        case .lease(let lease): order = Self.order(keyValue?.lease ?? 0, lease)
+        case .value(let value):
+            guard let keyValue else { return false }
+            order = keyValue.value.lexicographicallyPrecedes(value) ? -1 : (keyValue.value == value ? 0 : 1)
+        }
+        switch result {
+        case .equal: return order == 0
+        case .notEqual: return order != 0
+        case .greater: return order > 0
+        case .less: return order < 0
+        }
+    }
+
+    private static func order(_ actual: Int64, _ expected: Int64) -> Int {
+        actual < expected ? -1 : (actual == expected ? 0 : 1)
+    }
+
     enum CodingKeys: String, CodingKey {
         case key, target, result, value, version, lease
         case createRevision = "create_revision"
@@ -241,11 +267,18 @@ public struct EtcdTxnResult: Decodable, Sendable {
 
     enum CodingKeys: String, CodingKey { case header, succeeded, responses }
 
+    /// A decoder's `userInfo` key: true leaves a successful Txn's `responses` undecoded.
+    static let skipSuccessAnswers = CodingUserInfoKey(rawValue: "custody.etcd.skipSuccessAnswers")!
+
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         succeeded = try c.decodeIfPresent(Bool.self, forKey: .succeeded) ?? false
         revision = try c.decodeIfPresent(EtcdHeader.self, forKey: .header)?.revision?.value ?? 0
-        responses = try c.decodeIfPresent([EtcdOperationResult].self, forKey: .responses) ?? []
+        if succeeded, decoder.userInfo[Self.skipSuccessAnswers] as? Bool == true {
+            responses = []
+        } else {
+            responses = try c.decodeIfPresent([EtcdOperationResult].self, forKey: .responses) ?? []
+        }
     }
 }
 

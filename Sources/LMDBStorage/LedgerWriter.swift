@@ -436,6 +436,11 @@ public final class LedgerWriter: @unchecked Sendable {
                         let result = try Self.trim(&w, through: boundary)
                         deliveries.append { done(result) }
                     case .record(let drafts, let done):
+                        // Another authority's grant is a claim too: not into the reserve.
+                        if let refusal, drafts.contains(where: { $0.kind == .connected }) {
+                            deliveries.append { done(.failure(refusal)) }
+                            continue
+                        }
                         let events = try Self.record(drafts, in: &w)
                         deliveries.append { done(.success(events)) }
                     }
@@ -569,7 +574,8 @@ public final class LedgerWriter: @unchecked Sendable {
 
     /// Appends events decided elsewhere (a cluster's etcd), each applied to the projection as
     /// its kind says (`SessionTransition`), whatever the projection held before: this
-    /// ledger records what its node was told, the deciding is not its own.
+    /// ledger records what its node was told, the deciding is not its own. Events with a
+    /// `connected` among them are refused (R8) once the map is in its reserve, as claims are.
     public func record(_ events: [LedgerEvent], _ done: @escaping @Sendable (Result<[LedgerEvent], LedgerError>) -> Void) {
         enqueue(.record(events, done))
     }

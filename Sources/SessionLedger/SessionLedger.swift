@@ -128,7 +128,8 @@ public final class LMDBSessionLedger: SessionAuthority {
     }
 
     /// Appends events another authority decided (a cluster's etcd), in one commit; answers
-    /// them stamped (sequence, time) once durable.
+    /// them stamped (sequence, time) once durable. Refused, as a claim is, once the map is in
+    /// its reserve when they hold a `connected` event.
     public func record(_ events: [LedgerEvent], _ done: @escaping @Sendable (Result<[LedgerEvent], LedgerError>) -> Void) {
         writer.record(events, done)
     }

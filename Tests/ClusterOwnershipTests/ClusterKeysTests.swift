@@ -17,3 +17,18 @@ struct ClusterKeysTests {
         #expect(keys.sessionName(ofKey: keys.node("n1")) == nil)
     }
 }
+
+@Suite("Cluster keys: the watched range")
+struct ClusterWatchedRangeTests {
+    @Test func theWatchedRangeHoldsNodeAndSessionKeysOnly() {
+        let keys = ClusterKeys()
+        let (start, end) = keys.nodesAndSessions
+        func inside(_ key: String) -> Bool { key >= start && key < end }
+        #expect(inside(keys.node("n1")))
+        #expect(inside(keys.session(SessionName(unchecked: "\u{10FFFF}"))))
+        #expect(inside(keys.session(SessionName(unchecked: "s"))))
+        #expect(!inside(keys.slot(0, of: AuthenticationName(unchecked: "zzz"))))
+        #expect(!inside(keys.expiryLeader))
+        #expect(!inside(keys.root + "/sessionz"))
+    }
+}

@@ -1,6 +1,7 @@
 import CustodyTesting
 import Foundation
 import LedgerCore
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -30,17 +31,20 @@ final class TestCluster: @unchecked Sendable {
         }
     }
 
-    func start(node id: String, directory: String? = nil) throws -> RunningCustody {
+    func start(node id: String, directory: String? = nil, arguments: [String] = []) throws -> RunningCustody {
         try RunningCustody(
             "cluster-\(id)",
             arguments: [
                 "--cluster-etcd", etcd.clientURLs.joined(separator: ","), "--node-id", id,
                 "--cluster-lease-seconds", "\(leaseSeconds)", "--connects-per-second-per-session", "0",
-            ] + extra,
+            ] + extra + arguments,
             directory: directory)
     }
 
     func replace(_ index: Int, with node: RunningCustody) { nodes[index] = node }
+
+    /// One more node, stopped with the others.
+    func add(_ node: RunningCustody) { nodes.append(node) }
 
     /// SIGKILL to one node, waited for: its lease is neither renewed nor revoked.
     func killNode(_ index: Int) {
@@ -123,4 +127,28 @@ func connackCode(port: Int, session: String, user: String, expiry: Int = 600, la
 @discardableResult
 func waitForEvent(_ node: RunningCustody, timeout: Double = 15, _ match: (LedgerEvent) -> Bool) throws -> LedgerEvent {
     try node.waitForEvent(timeout: timeout, match)
+}
+
+/// The answer of an async call, awaited from a blocking test body (inside `offPool`).
+final class Awaited<T: Sendable>: Sendable {
+    private let result = Mutex<Result<T, any Error>?>(nil)
+    private let done = DispatchSemaphore(value: 0)
+
+    init(_ body: @escaping @Sendable () async throws -> T) {
+        Task {
+            let outcome: Result<T, any Error>
+            do { outcome = .success(try await body()) } catch { outcome = .failure(error) }
+            self.result.withLock { $0 = outcome }
+            self.done.signal()
+        }
+    }
+
+    func value(timeout: Double = 20) throws -> T {
+        guard done.wait(timeout: .now() + timeout) == .success else { throw TestFailure.timeout("an async call") }
+        return try result.withLock { $0! }.get()
+    }
+}
+
+func blocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+    try Awaited(body).value()
 }

@@ -1,4 +1,6 @@
+import ClusterOwnership
 import CustodyTesting
+import EtcdGateway
 import Foundation
 import LedgerCore
 import Testing
@@ -32,6 +34,41 @@ extension ClusterSuites {
                     let leader = try #require(cluster[0].stdout.contains("expiry_leader=1") ? 0 : nil)
                     #expect(expired.first?.0 == leader)
                     #expect(try connackCode(port: cluster[2].port, session: "e1", user: "bob") == 0)
+                }
+            }
+        }
+
+        @Test func theExpiringNodeFreesSlotsThatNoSessionHolds() async throws {
+            try await offPool {
+                try withCluster("stale-slots", nodes: 1, leaseSeconds: 2) { cluster in
+                    let gateway = EtcdGateway(endpoints: cluster.etcd.clientURLs)
+                    defer { try? blocking { await gateway.shutdown() } }
+                    let keys = ClusterKeys()
+                    let alice = AuthenticationName(unchecked: "alice")
+                    let prefix = keys.slots(of: alice)
+                    let held = try HeldSession(port: cluster[0].port, session: "real", user: "alice")
+                    defer { held.kill() }
+                    try held.wait(for: "CONNACK (0)")
+                    // Nine slots of alice that no session holds (as a leak would leave them):
+                    // with her real session, she is at her cap of ten.
+                    try blocking {
+                        for index in 1...9 { try await gateway.put(keys.slot(index, of: alice), Data("ghost-\(index)".utf8)) }
+                    }
+                    #expect(try blocking { try await gateway.range(prefix, rangeEnd: prefixEnd(of: prefix)).keyValues.count } == 10)
+                    // Refused (0x97) until the expiring node frees them, within a lease or two.
+                    let deadline = Date().addingTimeInterval(20)
+                    var code = -1
+                    while Date() < deadline {
+                        code = try connackCode(port: cluster[0].port, session: "second", user: "alice")
+                        if code == 0 { break }
+                        usleep(500_000)
+                    }
+                    #expect(code == 0)
+                    let after = try blocking { try await gateway.range(prefix, rangeEnd: prefixEnd(of: prefix)).keyValues }
+                    // The real session's slot stays (connected), and so does the second's
+                    // (waiting to expire); the ghosts are gone.
+                    let names = Set(after.map { String(decoding: $0.value, as: UTF8.self) })
+                    #expect(names == ["real", "second"], "\(names)")
                 }
             }
         }

@@ -34,6 +34,39 @@ struct EtcdGatewayTests {
         await gateway.shutdown()
     }
 
+    @Test func aComparisonHoldsLocallyExactlyWhenEtcdSaysItHolds() async throws {
+        let etcd = try await offPool { try RunningEtcd("gateway-compare") }
+        defer { etcd.cleanUp() }
+        let gateway = EtcdGateway(endpoints: [etcd.url])
+        let lease = try await gateway.grantLease(ttl: 30)
+        try await gateway.put("/c/key", Data("value".utf8), lease: lease.id)
+        let written = try await gateway.put("/c/key", Data("other".utf8), lease: lease.id)
+        let (found, _) = try await gateway.range("/c/key")
+        let kv = try #require(found.first)
+        #expect(kv.modRevision == written && kv.version == 2)
+        var compares: [EtcdCompare] = []
+        for key in ["/c/key", "/c/absent"] {
+            for result: EtcdCompare.Result in [.equal, .notEqual, .greater, .less] {
+                for target: EtcdCompare.Target in [
+                    .createRevision(0), .createRevision(kv.createRevision), .modRevision(written), .modRevision(written - 1),
+                    .version(2), .version(3), .lease(lease.id), .lease(0), .value(Data("other".utf8)), .value(Data("a".utf8)),
+                    .value(Data("z".utf8)),
+                ] {
+                    compares.append(EtcdCompare(key: key, target, result))
+                }
+            }
+        }
+        var held = 0
+        for compare in compares {
+            let local = compare.holds(for: compare.key == "/c/key" ? kv : nil)
+            let remote = try await gateway.txn(EtcdTxn(compare: [compare])).succeeded
+            #expect(local == remote, "\(compare.key) \(compare.target) \(compare.result)")
+            if remote { held += 1 }
+        }
+        #expect(held > 10 && held < compares.count - 10)
+        await gateway.shutdown()
+    }
+
     @Test func manyConcurrentCallsOnThePool() async throws {
         let etcd = try await offPool { try RunningEtcd("gateway-pool") }
         defer { etcd.cleanUp() }
@@ -129,5 +162,27 @@ struct EtcdGatewayTests {
         try await gateway.put("/m/after", Data("2".utf8))
         #expect(try await gateway.range("/m/", rangeEnd: prefixEnd(of: "/m/")).keyValues.count == 2)
         await gateway.shutdown()
+    }
+}
+
+@Suite("EtcdTxn's JSON body")
+struct EtcdTxnBodyTests {
+    @Test func theWrittenBodyIsTheJSONTheEncoderWrites() throws {
+        let txn = EtcdTxn(
+            compare: [
+                .absent("/k/ä"), EtcdCompare(key: "/k/m", .modRevision(42)), EtcdCompare(key: "/k/v", .version(3), .greater),
+                EtcdCompare(key: "/k/x", .value(Data([0, 255, 7])), .notEqual), EtcdCompare(key: "/k/l", .lease(-9_000_000_000), .less),
+            ],
+            success: [
+                .put(key: "/k/p", value: Data("{\"a\":\"\\\"\"}".utf8), lease: 7), .put(key: "/k/q", value: Data()),
+                .delete(key: "/k/d"), .delete(key: "/k/", rangeEnd: prefixEnd(of: "/k/")),
+            ],
+            failure: [.range(key: "/k/r"), .range(key: "/k/", rangeEnd: "/k0", limit: 5)])
+        let written = try JSONSerialization.jsonObject(with: Data(buffer: txn.jsonBody())) as? NSDictionary
+        let encoded = try JSONSerialization.jsonObject(with: JSONEncoder().encode(txn)) as? NSDictionary
+        #expect(written != nil)
+        #expect(written == encoded)
+        let empty = try JSONSerialization.jsonObject(with: Data(buffer: EtcdTxn().jsonBody())) as? NSDictionary
+        #expect(empty == (try JSONSerialization.jsonObject(with: JSONEncoder().encode(EtcdTxn())) as? NSDictionary))
     }
 }
