@@ -9,6 +9,7 @@
  *
  * GAP_US: microseconds slept between authorize requests (0: back to back); with a gap both
  * sides block between requests, as Mosquitto's thread and custody's loop do between CONNECTs.
+ * SPIN_US: plugin_opt_spin_us (default the plugin's).
  * Prints one line: ledger-ping: authorize_p50=Xus authorize_p99=Yus authorize_mean=Zus
  * claim_p50=... claim_p99=... cpu_us_per_authorize=C (this process's CPU).
  */
@@ -89,7 +90,7 @@ int main(int argc, char **argv)
     long count = argc > 2 ? atol(argv[2]) : 20000;
     long gap = argc > 3 ? atol(argv[3]) : 0;
     long claims = argc > 4 ? atol(argv[4]) : 200;
-    int spin = argc > 5 ? atoi(argv[5]) : 0;
+    int spin = argc > 5 ? atoi(argv[5]) : CUSTODY_DEFAULT_SPIN_US;
     struct custody_link *link = calloc(1, sizeof(*link));
     link->path = argv[1];
     link->descriptor = -1;

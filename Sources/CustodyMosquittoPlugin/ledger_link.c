@@ -185,7 +185,7 @@ static int fill(struct custody_link *link, size_t need, int timeout_ms)
         link->rx_end -= link->rx_start;
         link->rx_start = 0;
     }
-    uint64_t spin_until = link->spin_us > 0 ? monotonic_us() + (uint64_t)link->spin_us : 0;
+    uint64_t spin_until = link->spin_us > 0 && link->spinning ? monotonic_us() + (uint64_t)link->spin_us : 0;
     while (link->rx_end < need) {
         ssize_t count = recv(link->descriptor, link->rx + link->rx_end, sizeof(link->rx) - link->rx_end, MSG_DONTWAIT);
         if (count == 0) {
@@ -291,11 +291,18 @@ int custody_link_call(struct custody_link *link, uint8_t expected)
     uint32_t sent_id = ((uint32_t)link->out.bytes[6] << 24) | ((uint32_t)link->out.bytes[7] << 16) |
                        ((uint32_t)link->out.bytes[8] << 8) | link->out.bytes[9];
     if (send_out(link) != 0) return -1;
+    /* Only an authorization is answered without a commit, soon enough to be worth polling for. */
+    link->spinning = expected == CUSTODY_AUTHORIZE_ANSWER;
     for (;;) {
         uint8_t type;
         uint32_t request_id;
-        if (read_frame(link, &type, &request_id) != 0) return -1;
-        if (type == expected && request_id == sent_id) return 0;
+        int failed = read_frame(link, &type, &request_id);
+        if (failed) link->spinning = false;
+        if (failed) return -1;
+        if (type == expected && request_id == sent_id) {
+            link->spinning = false;
+            return 0;
+        }
         if (handle_unsolicited(link, type) != 0) return -1;
     }
 }

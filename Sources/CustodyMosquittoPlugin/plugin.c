@@ -12,7 +12,8 @@
  *                        knows (the socket failed: nothing is held off the ledger).
  *
  * Options: plugin_opt_socket PATH (required), plugin_opt_timeout_ms N (default 5000),
- * plugin_opt_spin_us N (0-1000: microseconds an answer is polled for before the thread sleeps).
+ * plugin_opt_spin_us N (0-1000, default 0: microseconds an authorization's answer is polled for
+ * before the thread sleeps; helps authorizations that come back to back).
  */
 #include "custody_mosquitto.h"
 

@@ -61,9 +61,11 @@ struct custody_link {
     int descriptor; /* -1: not connected */
     uint32_t next_request;
     int timeout_ms;
-    /* Microseconds an answer is waited for with non-blocking reads before blocking (0: block
-     * at once): an answer that comes sooner finds this thread running, not asleep. */
+    /* Microseconds an authorization's answer is waited for with non-blocking reads before
+     * blocking (0: block at once): an answer that comes sooner finds this thread running, not
+     * asleep. A claim's answer waits for a durable commit: it is not spun for. */
     int spin_us;
+    bool spinning;
     struct custody_buffer out;
     struct custody_buffer in;
     custody_notice_handler on_taken_over;
