@@ -214,7 +214,9 @@ extension MessagingSuites {
                     try publisher.spawned.waitForOutput(containing: "DONE", timeout: 180)
                     let acknowledged = Set(publisher.acknowledged)
                     #expect(acknowledged.count == 3_000)
-                    try three.wait(timeout: 90) { acknowledged.isSubset(of: Set($0.payloads)) }
+                    // Messages a stopped server had handed out unacknowledged come again after the
+                    // consumers' ack wait (30 s), more than once on a loaded machine.
+                    try three.wait(timeout: 200) { acknowledged.isSubset(of: Set($0.payloads)) }
                     let received = three.payloads
                     print("NATS server stopped: acknowledged \(acknowledged.count), received \(received.count), lost \(acknowledged.subtracting(received).count), duplicates \(received.count - Set(received).count)")
                     three.stop()
