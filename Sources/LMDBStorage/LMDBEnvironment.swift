@@ -485,7 +485,7 @@ enum MetaKey {
     /// kept in the unnamed database, as `0x00 ‖ name`, rather than in `meta`: LMDB writes that
     /// database's page in every commit anyway (it holds the tables' roots), so the commit
     /// writes one page fewer. A ledger written before keeps them in `meta`, where they are
-    /// read until the first commit moves them (`LedgerWriteTransaction.putEveryCommit`).
+    /// read until the first commit moves them (`LedgerWriteTransaction.putMeta`).
     static func everyCommit(_ key: [UInt8]) -> [UInt8]? {
         key == head || key == connections || key == digest ? [0] + key : nil
     }
