@@ -2,6 +2,7 @@ import CustodyModel
 import ArgumentParser
 import Broker
 import ClusterMessaging
+import ClusterOwnership
 import CustodyConfig
 import Foundation
 import LedgerService
@@ -535,6 +536,8 @@ func startFailed(
     _ = await front?.shutdown()
     broker?.close()
     ledger?.close()
+    // A cluster node's HTTP clients to etcd must be shut down before they go.
+    if let cluster = ledger as? ClusterSessionAuthority { await cluster.gateway.shutdown() }
     return ExitCode.failure
 }
 

@@ -5,9 +5,41 @@ import Foundation
 import LedgerCore
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 extension ClusterSuites {
     @Suite("Cluster expiry and restart", .serialized)
     struct ExpiryAndRestartTests {
+        /// A start that fails after the node joined etcd (here: its listener's port is taken)
+        /// exits 1 naming the problem, as a single node's does.
+        @Test func aStartFailureAfterJoiningExitsCleanly() async throws {
+            try await offPool {
+                let etcd = try RunningEtcd("join-fail")
+                defer { etcd.cleanUp() }
+                let taken = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+                defer { close(taken) }
+                var address = sockaddr_in()
+                address.sin_family = sa_family_t(AF_INET)
+                address.sin_addr.s_addr = inet_addr("127.0.0.1")
+                var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+                let bound = withUnsafeMutablePointer(to: &address) { pointer in
+                    pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
+                        bind(taken, raw, length) == 0 && listen(taken, 1) == 0 && getsockname(taken, raw, &length) == 0
+                    }
+                }
+                try #require(bound)
+                let port = Int(UInt16(bigEndian: address.sin_port))
+                let (status, _, error) = try run(try builtProduct("custody").path, [
+                    "--data-dir", scratchDirectory("join-fail"), "--listen", "127.0.0.1:\(port)",
+                    "--cluster-etcd", etcd.url, "--node-id", "n1", "--cluster-lease-seconds", "2",
+                ], timeout: 60)
+                #expect(status == 1, "exit \(status): \(error)")
+                #expect(error.contains("127.0.0.1:\(port)"), "\(error)")
+            }
+        }
+
         @Test func exactlyOneNodeExpiresADeadline() async throws {
             try await offPool {
                 try withCluster("expiry") { cluster in
