@@ -293,18 +293,19 @@ int custody_link_call(struct custody_link *link, uint8_t expected)
     if (send_out(link) != 0) return -1;
     /* Only an authorization is answered without a commit, soon enough to be worth polling for. */
     link->spinning = expected == CUSTODY_AUTHORIZE_ANSWER;
+    int result = -1;
     for (;;) {
         uint8_t type;
         uint32_t request_id;
-        int failed = read_frame(link, &type, &request_id);
-        if (failed) link->spinning = false;
-        if (failed) return -1;
+        if (read_frame(link, &type, &request_id) != 0) break;
         if (type == expected && request_id == sent_id) {
-            link->spinning = false;
-            return 0;
+            result = 0;
+            break;
         }
-        if (handle_unsolicited(link, type) != 0) return -1;
+        if (handle_unsolicited(link, type) != 0) break;
     }
+    link->spinning = false;
+    return result;
 }
 
 int custody_link_poll(struct custody_link *link)
