@@ -164,6 +164,21 @@ public final class BrokerStore: @unchecked Sendable {
         }
     }
 
+    /// The value stored under `key` in `table` (nil: none).
+    public func value(_ table: BrokerTable, key: [UInt8]) throws -> [UInt8]? {
+        try lmdb.withReadTransaction { txn in
+            var key = key
+            return try key.withUnsafeMutableBytes { raw in
+                var k = MDB_val(mv_size: raw.count, mv_data: raw.baseAddress)
+                var v = MDB_val()
+                let code = mdb_get(txn, dbi(table), &k, &v)
+                if code == MDB_NOTFOUND { return nil }
+                try check(code, "mdb_get")
+                return Array(UnsafeRawBufferPointer(start: v.mv_data, count: v.mv_size))
+            }
+        }
+    }
+
     /// The number of keys in `table`.
     public func count(_ table: BrokerTable) throws(LedgerError) -> Int {
         do {

@@ -429,7 +429,23 @@ final class LedgerEnvironment: @unchecked Sendable {
             endingRoom: { txn, tables, pageSize in Self.endingBytes(txn: txn, log: tables[0], sessions: tables[1], pageSize: pageSize) })
         (log, sessions, clients, deadlines, meta, prior) =
             (lmdb.tables[0], lmdb.tables[1], lmdb.tables[2], lmdb.tables[3], lmdb.tables[4], lmdb.tables[5])
+        let metaDBI = meta
+        everyCommitKeysInMeta = (try? lmdb.withReadTransaction { txn in
+            [MetaKey.head, MetaKey.connections, MetaKey.digest].contains { key in
+                var key = key
+                return key.withUnsafeMutableBytes { raw in
+                    var k = MDB_val(mv_size: raw.count, mv_data: raw.baseAddress)
+                    var v = MDB_val()
+                    return mdb_get(txn, metaDBI, &k, &v) == 0
+                }
+            }
+        }) ?? true
     }
+
+    /// Whether `meta` held a key that every commit changes when the ledger was opened (a
+    /// ledger of the earlier layout): commits then delete the old copies as they write the
+    /// keys where they live now. A ledger without them pays no lookup for it.
+    let everyCommitKeysInMeta: Bool
 
     func close() { lmdb.close() }
 
@@ -485,7 +501,8 @@ enum MetaKey {
     /// kept in the unnamed database, as `0x00 ‖ name`, rather than in `meta`: LMDB writes that
     /// database's page in every commit anyway (it holds the tables' roots), so the commit
     /// writes one page fewer. A ledger written before keeps them in `meta`, where they are
-    /// read until the first commit moves them (`LedgerWriteTransaction.putMeta`).
+    /// read until the first commit moves them (`LedgerWriteTransaction.putMeta`, while
+    /// `LedgerEnvironment.everyCommitKeysInMeta`).
     static func everyCommit(_ key: [UInt8]) -> [UInt8]? {
         key == head || key == connections || key == digest ? [0] + key : nil
     }

@@ -107,11 +107,7 @@ public enum LifecycleRouteCursor {
 
     /// nil: never written.
     public static func read(in store: BrokerStore) throws -> UInt64? {
-        var found: UInt64?
-        try store.forEach(.routes) { key, value in
-            guard key.count == Self.key.count, key.elementsEqual(Self.key), value.count == 9, value[0] == 1 else { return }
-            found = value[1...].reduce(0) { $0 << 8 | UInt64($1) }
-        }
-        return found
+        guard let value = try store.value(.routes, key: key), value.count == 9, value[0] == 1 else { return nil }
+        return value[1...].reduce(0) { $0 << 8 | UInt64($1) }
     }
 }

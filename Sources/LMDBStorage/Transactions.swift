@@ -421,7 +421,7 @@ struct LedgerWriteTransaction {
 
     /// Writes a `meta` value; one every commit changes goes to the unnamed database
     /// (`MetaKey.everyCommit`), and its copy in `meta`, left by a ledger written before, is
-    /// deleted the first time (a lookup finds it gone in every later commit).
+    /// deleted the first time (only a ledger opened with such copies looks for them).
     private func putMeta(_ key: [UInt8], _ value: [UInt8]) throws(LedgerError) {
         let moved = MetaKey.everyCommit(key)
         try withVal(moved ?? key) { (k) throws(LedgerError) in
@@ -429,7 +429,7 @@ struct LedgerWriteTransaction {
                 try check(mdb_put(txn, moved == nil ? lmdb.meta : lmdb.main, &k, &v, 0), "mdb_put meta")
             }
         }
-        guard moved != nil else { return }
+        guard moved != nil, lmdb.everyCommitKeysInMeta else { return }
         try withVal(key) { (k) throws(LedgerError) in
             var found = MDB_val()
             guard mdb_get(txn, lmdb.meta, &k, &found) == 0 else { return }
