@@ -13,6 +13,10 @@ enum LoadModeName: String, ExpressibleByArgument, CaseIterable, Sendable {
 /// Runs one mode against one broker on a fresh single-threaded event loop.
 func runLoad(_ mode: LoadModeName, address: SocketAddress, pid: Int32?, load: LoadOptions) throws -> Report {
     raiseFileLimit()
+    if load.threads > 1 {
+        guard mode == .connect else { throw ValidationError("--threads is for connect only, not \(mode.rawValue)") }
+        return try runThreadedConnect(address: address, pid: pid, load: load)
+    }
     let engine = try LoadEngine(
         address: address, version: load.version, timeoutMilliseconds: load.timeoutMs,
         closeWaitMilliseconds: load.closeWaitMs)
@@ -34,6 +38,7 @@ func runLoad(_ mode: LoadModeName, address: SocketAddress, pid: Int32?, load: Lo
 /// Runs `publish` against one broker on a fresh single-threaded event loop.
 func runPublish(address: SocketAddress, pid: Int32?, load: LoadOptions, publish: PublishOptions) throws -> Report {
     raiseFileLimit()
+    guard load.threads == 1 else { throw ValidationError("--threads is for connect only, not publish") }
     let engine = try LoadEngine(
         address: address, version: load.version, timeoutMilliseconds: load.timeoutMs,
         closeWaitMilliseconds: load.closeWaitMs)

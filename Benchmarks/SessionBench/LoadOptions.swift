@@ -56,6 +56,9 @@ struct LoadOptions: ParsableArguments {
     @Option(help: "Session name prefix (default: a random one, so runs never meet each other's sessions).")
     var prefix: String?
 
+    @Option(help: "connect: generator threads, each with its own event loop and an equal share of --conns (on a machine the broker shares, more than one keeps the generator from being the bottleneck).")
+    var threads: Int = 1
+
     @Flag(help: "Print one JSON object instead of the summary lines.")
     var json = false
 
@@ -90,6 +93,8 @@ struct LoadOptions: ParsableArguments {
         guard (0...600_000).contains(closeWaitMs) else { throw ValidationError("--close-wait-ms must be between 0 and 600000, got \(closeWaitMs)") }
         guard pingSeconds > 0, pingSeconds <= 3600 else { throw ValidationError("--ping-seconds must be above 0 and at most 3600, got \(pingSeconds)") }
         guard window >= 1 else { throw ValidationError("--window must be at least 1, got \(window)") }
+        guard (1...64).contains(threads) else { throw ValidationError("--threads must be between 1 and 64, got \(threads)") }
+        guard threads <= conns else { throw ValidationError("--threads (\(threads)) must not exceed --conns (\(conns))") }
         if authMethod != nil {
             guard tokenFile != nil else { throw ValidationError("--auth-method goes with --token-file") }
             guard proto == 5 else { throw ValidationError("--auth-method needs --proto 5") }
@@ -299,11 +304,16 @@ func raiseFileLimit() {
 struct CPUSample {
     let brokerTicks: UInt64?
     let own: Double
+    /// CPU microseconds of the thread that took the sample (an engine's loop).
+    let thread: Double
     let at: UInt64
 
     init(pid: Int32?) {
         brokerTicks = pid.flatMap { BrokerProcess.cpuTicks(pid: $0) }
         own = ownCPUMicroseconds()
+        var time = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
+        thread = Double(time.tv_sec) * 1e6 + Double(time.tv_nsec) / 1e3
         at = monotonicNanoseconds()
     }
 

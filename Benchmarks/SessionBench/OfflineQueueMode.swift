@@ -264,6 +264,7 @@ struct OfflineQueueLoad: ParsableCommand {
 
     func validate() throws {
         _ = try BrokerAddress.resolve(host: target.host, port: target.port, allowRemote: load.allowRemote)
+        guard load.threads == 1 else { throw ValidationError("--threads is for connect only, not offline-queue") }
     }
 
     func run() throws {

@@ -80,6 +80,8 @@ struct Report: Sendable {
     var rate: Double = 0
     var p99: UInt64 = 0
     var brokerCPUPerCycle: Double?
+    /// connect's raw figures, for merging the passes of several generator threads.
+    var connectPart: ConnectPart?
 
     var summaryLine: String {
         "\(mode): " + fields.map { "\($0.key)=\($0.text)" }.joined(separator: " ")
