@@ -233,9 +233,10 @@ func connectReport(_ parts: [ConnectPart], load: LoadOptions, prefix: String) ->
     report.fields += [
         .number("bench_cpu_us_per_cycle", own / Double(max(stats.cycles, 1))),
         .number("bench_cpu_pct", own / 1e4 / seconds),
-        .int("bench_threads", parts.count),
-        .number("bench_busiest_thread_pct", busiest),
     ]
+    if parts.count > 1 {
+        report.fields += [.int("bench_threads", parts.count), .number("bench_busiest_thread_pct", busiest)]
+    }
     report.details = [
         .int("proto", load.proto), .int("conns", load.conns), .number("seconds", load.seconds),
         .int("users", parts.map(\.users).reduce(0, +)), .string("prefix", prefix),

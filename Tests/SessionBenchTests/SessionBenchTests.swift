@@ -145,6 +145,31 @@ struct SessionBenchTests {
         }
     }
 
+    @Test("connect --threads 2: both threads' cycles in one summary, with the busiest thread's CPU share")
+    func connectWithTwoThreads() async throws {
+        try await offPool {
+            let mosquitto = try benchMosquitto()
+            defer { mosquitto.cleanUp() }
+            let run = try bench([
+                "connect", "--port", "\(mosquitto.port)", "--conns", "4", "--seconds", "1", "--threads", "2",
+                "--pid", "\(mosquitto.pid)", "--prefix", "two",
+            ])
+            #expect(run.status == 0, "\(run.stderr)")
+            let fields = run.summary
+            #expect(fields["bench_threads"] == "2", "\(run.finalLine)")
+            let ok = try #require(run.int("ok")), cycles = try #require(run.int("cycles"))
+            #expect(ok > 0 && cycles == ok && run.int("errors") == 0, "\(run.stdout)")
+            // Each thread's share of a core is at most 100, and together at most the total.
+            let busiest = try #require(fields["bench_busiest_thread_pct"].flatMap(Double.init))
+            let total = try #require(fields["bench_cpu_pct"].flatMap(Double.init))
+            #expect(busiest > 0 && busiest <= 100 && busiest <= total + 1, "\(run.finalLine)")
+            // Each thread has its own users (at least 8 for its 2 connections) and session names:
+            // mosquitto took no session over (that would have been an error above).
+            let detail = try #require(run.lines.first { $0.hasPrefix("connect: detail ") })
+            #expect(detail.contains(" users=16 "), "\(detail)")
+        }
+    }
+
     @Test("persistent: every reconnect finds its session (session present = 1)", arguments: [4, 5])
     func persistentAgainstMosquitto(proto: Int) async throws {
         try await offPool {
@@ -306,6 +331,9 @@ struct SessionBenchTests {
         (["connect", "--seconds", "-1"], "--seconds"),
         (["connect", "--bogus"], "--bogus"),
         (["connect", "--port", "70000"], "--port"),
+        (["connect", "--threads", "0"], "--threads"),
+        (["connect", "--conns", "2", "--threads", "3"], "--threads"),
+        (["persistent", "--threads", "2"], "--threads"),
         (["persistent", "--users", "0"], "--users"),
         (["compare", "--broker", "a=127.0.0.1:1883"], "--broker"),
         (["compare", "--broker", "a=127.0.0.1:1883", "--broker", "b=127.0.0.1:1884", "--rounds", "0"], "--rounds"),
