@@ -18,7 +18,8 @@
 #                         [--protos "4 5"] [--modes "hold connect persistent takeover reject publish offline"]
 #                         [--hold-extra "2000"] [--threads N] [--no-build]
 #
-# --threads N: custody-bench's connect mode runs N generator threads (default 1). On this
+# --threads N: custody-bench's connect mode and the lean C generator run N generator threads
+# (default 1). On this
 # 2-core machine one generator thread saturates before single-threaded Mosquitto does; the
 # tables then show the generator's CPU as "total (busiest thread)" in % of one core.
 # --quick: 1 s per run, fewer persistent sessions, no extra hold sizes. hold also runs at
@@ -147,7 +148,7 @@ run_one() { # broker port pid mode proto conns [shape]
 # the rate a generator that does as little as possible reaches against the same broker, which
 # custody-bench must come within 90% of. Skipped without gcc.
 LEAN=""
-if command -v gcc > /dev/null && gcc -O2 -o "$WORK/lean-connect" "$ROOT/Benchmarks/lean-connect.c" 2> "$WORK/lean.err"; then
+if command -v gcc > /dev/null && gcc -O2 -pthread -o "$WORK/lean-connect" "$ROOT/Benchmarks/lean-connect.c" 2> "$WORK/lean.err"; then
     LEAN="$WORK/lean-connect"
 else
     echo "compare.sh: lean-connect not built (no gcc?): no reference generator rows" >&2
@@ -158,7 +159,7 @@ lean_one() { # broker port pid proto conns
     [ -n "$LEAN" ] || return 0
     local before after line
     before=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-    if line=$("$LEAN" "$port" "$conns" "$SECONDS_PER_RUN" "$proto" 2> "$WORK/lean.err"); then
+    if line=$("$LEAN" "$port" "$conns" "$SECONDS_PER_RUN" "$proto" "$THREADS" 2> "$WORK/lean.err"); then
         after=$(awk '{print $14 + $15}' "/proc/$pid/stat")
         python3 - "$broker" "$proto" "$conns" "$line" "$((after - before))" "$(getconf CLK_TCK)" >> "$RESULTS" <<'PY'
 import json, sys
@@ -293,7 +294,7 @@ if leans:
     print()
     print("custody-bench's connect mode next to the lean C generator (Benchmarks/lean-connect.c) against "
           "the same broker, one run after the other: custody-bench must reach 90% of the lean rate. "
-          "Generator CPU is each generator's own share of one core; custody-bench with several threads: "
+          "Generator CPU is each generator's own share of one core; with several threads: "
           "total (busiest thread).")
     print()
     print("| proto | conns | broker | lean cycles/s | lean p99 µs | lean generator CPU % | lean gen µs/cycle | broker CPU µs/cycle (lean run) "
@@ -307,7 +308,7 @@ if leans:
                 continue
             f1 = lambda v: f"{v:,.0f}"
             print(f"| {proto} | {conns} | {broker} | {cell(l, 'rate', f1)} | {cell(l, 'p99', f1)} "
-                  f"| {cell(l, 'bench_cpu_pct', lambda v: f'{v:.0f}')} | {cell(l, 'bench_cpu_us_per_cycle', lambda v: f'{v:.1f}')} "
+                  f"| {gen_cell(l)} | {cell(l, 'bench_cpu_us_per_cycle', lambda v: f'{v:.1f}')} "
                   f"| {cell(l, 'cpu_us_per_cycle', lambda v: f'{v:.1f}')} | {cell(b, 'rate', f1)} "
                   f"| {gen_cell(b)} | {cell(b, 'bench_cpu_us_per_cycle', lambda v: f'{v:.1f}')} "
                   f"| {ratio(b and b.get('rate'), l and l.get('rate'))} |")
