@@ -15,6 +15,16 @@ import NIOCore
 /// are not shown to it again.
 public protocol BrokerClusterLink: AnyObject, Sendable {
     func forward(_ publish: MQTTPublish) -> EventLoopFuture<Void>?
+    /// A persistent session attached, detached or changed its subscriptions here (under the
+    /// broker's lock, in its order; quick, no calls into the broker).
+    func sessionChanged(_ snapshot: BrokerSessionSnapshot)
+    /// A session the link was told of ended here for good (under the lock, as above).
+    func sessionEnded(_ name: SessionName)
+}
+
+extension BrokerClusterLink {
+    public func sessionChanged(_ snapshot: BrokerSessionSnapshot) {}
+    public func sessionEnded(_ name: SessionName) {}
 }
 
 extension Broker {

@@ -67,6 +67,7 @@ extension Broker {
                 }
             }
             retainedHeld = batch.takeHeld()
+            tellClusterOfSession(state)
             return (codes, submitWaiting(batch))
         }
         if let waiter {
@@ -120,6 +121,7 @@ extension Broker {
                 }
                 codes.append(.success)
             }
+            tellClusterOfSession(state)
             return (codes, submitWaiting(batch))
         }
         if let waiter, case .failure(let error) = await waiter.wait() { throw .storage(error) }

@@ -9,6 +9,7 @@ extension Broker {
             guard state.attachment == session.token else { return }
             state.will = will
             state.willSessionExpiry = sessionExpiryInterval
+            tellClusterOfSession(state)
             var batch = StoreBatch()
             if let will {
                 storeWill(will, state, due: 0, &batch)

@@ -10,6 +10,7 @@
 // one ack per batch, in order) only once it was delivered here or stored for an offline session.
 import Broker
 import Foundation
+import LedgerCore
 import Logging
 import MQTTCodec
 import NATSClient
@@ -24,6 +25,11 @@ public struct ClusterMessagingSettings: Sendable {
     public var streamName = "CUSTODY_MESSAGES"
     /// The last retained message of each topic (an empty one: cleared), for nodes that start later.
     public var retainedStreamName = "CUSTODY_RETAINED"
+    /// Each persistent session's subscriptions and pending-since time (`SessionStateStore`).
+    public var sessionStreamName = "CUSTODY_SESSIONS"
+    /// A session taken on from another node reads the stream from its record's `since` less
+    /// this, for clocks of nodes and NATS servers that disagree a little.
+    public var handoverMarginSeconds: Int64 = 2
     /// How long the stream keeps a message that a stopped node has not consumed.
     public var maxAgeSeconds: Int64 = 3600
     /// How long JetStream waits for a node's ack before delivering again.
@@ -61,6 +67,8 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
     private let stats = Mutex(ClusterMessageCounts())
     private var consuming: Task<Void, Never>?
     private let shares: SharedSubscriptionConsumers
+    let sessions: SessionStateStore
+    let gate = ConsumeGate()
 
     /// Connects, makes the stream and this node's consumer when missing, and starts taking
     /// other nodes' messages; then shows the broker's publishes to NATS.
@@ -80,6 +88,7 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
             retained.duplicateWindow = 120_000_000_000
             _ = try await jetStream.ensureStream(retained)
             try await loadRetained(jetStream, settings, broker)
+            try await SessionStateStore.ensureStream(jetStream, settings)
             if try await jetStream.consumerInfo(stream: settings.streamName, name: settings.consumerName) == nil {
                 var consumer = ConsumerConfig(durableName: settings.consumerName)
                 // A new node takes what is published from now on; a node that restarts goes on
@@ -95,6 +104,7 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
                                         batch: settings.pullBatch, expires: .seconds(5))
             let link = NATSClusterLink(settings, connection, jetStream, broker, pull, logger)
             try connection.subscribe(bestEffortMapping.prefix + ".>") { [weak link] in link?.arrivedBestEffort($0) }
+            try link.sessions.start(connection)
             try await connection.flush()
             link.consuming = Task { await link.consume() }
             broker.setClusterLink(link)
@@ -118,6 +128,7 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
         self.logger = logger
         headers = NATSHeaders([(Self.nodeHeader, settings.nodeID)])
         shares = SharedSubscriptionConsumers(jetStream: jetStream, broker: broker, settings: settings, logger: logger)
+        sessions = SessionStateStore(jetStream: jetStream, settings: settings, broker: broker, logger: logger)
     }
 
     /// JetStream answers 503 or nobody while a fresh cluster elects its meta leader.
@@ -216,6 +227,9 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
                 if let meta = JetStreamMetadata(replyTo: message.replyTo), meta.delivered > 1 { redelivered += 1 }
                 publishes.append(publish)
             }
+            // A session being taken on from another node reads the stream meanwhile.
+            await gate.enterRouting()
+            defer { gate.leaveRouting() }
             do {
                 if !publishes.isEmpty { try await broker.publishFromCluster(publishes) }
                 try pull.ack(last)
@@ -232,6 +246,43 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
                 return
             }
         }
+    }
+
+    // MARK: - Persistent sessions across nodes
+
+    public func sessionChanged(_ snapshot: BrokerSessionSnapshot) {
+        sessions.changed(snapshot)
+    }
+
+    public func sessionEnded(_ name: SessionName) {
+        sessions.ended(name)
+    }
+
+    /// Whether etcd gives this node a session now: only its holder writes its record.
+    public func setSessionOwner(_ owns: @escaping @Sendable (SessionName) -> Bool) {
+        sessions.setOwner(owns)
+    }
+
+    /// Before a CONNECT for `name` is granted here (`present`: its state goes on;
+    /// `previousNode`: the node that held it, nil for a new session): a session that lived on
+    /// another node (or whose state this node lacks) is taken on from its record in JetStream;
+    /// a clean start of a session that lived before deletes its record. Throws when its
+    /// state cannot be read (the CONNECT is then refused, nothing lost).
+    public func prepareSession(_ name: SessionName, present: Bool, previousNode: String?) async throws {
+        guard present else {
+            if previousNode != nil { sessions.ended(name) }
+            return
+        }
+        if previousNode == settings.nodeID, broker.hasSession(name) { return }
+        guard let record = try await sessions.record(of: name) else { return }
+        if record.node == settings.nodeID, broker.hasSession(name) { return }
+        _ = try await SessionHandover(jetStream: jetStream, settings: settings, broker: broker, gate: gate, logger: logger)
+            .takeOn(name, record)
+    }
+
+    /// Sessions the ledger ended (expired): the cluster's records of them go.
+    public func sessionsExpired(_ names: [SessionName]) {
+        for name in names { sessions.ended(name) }
     }
 
     /// What the link has carried since it started.

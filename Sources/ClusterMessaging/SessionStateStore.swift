@@ -1,0 +1,199 @@
+// Where a persistent session's state lives for the cluster: one record per session in the
+// JetStream stream CUSTODY_SESSIONS (`custody.s.<hex of the session name>`, the last message
+// per subject kept: a key-value bucket). The node holding the session writes it when the
+// session attaches, changes its subscriptions and detaches: its subscriptions, and a time no
+// message it has not acknowledged predates. Another node taking the session on reads it
+// (`SessionHandover`); a session that ends has its record deleted. Every node also hears
+// the records written (core NATS) and forgets the local state of a session that now lives
+// elsewhere.
+import Broker
+import Foundation
+import LedgerCore
+import Logging
+import MQTTCodec
+import NATSClient
+import NIOCore
+import Synchronization
+
+/// A persistent session as the cluster keeps it.
+public struct SessionStateRecord: Codable, Sendable, Equatable {
+    /// The node that held it when this was written.
+    public var node: String
+    public var connected: Bool
+    /// µs since the epoch: no message the session had not acknowledged arrived before it.
+    public var since: Int64
+    public var subscriptions: [ClusterSubscription]
+    /// Whether it outlives its connection (nil in records without wills: true).
+    public var persistent: Bool?
+    /// While connected: its will as an MQTT 5.0 PUBLISH packet, and the seconds it waits
+    /// after the connection is lost (`willDelay`), for the node that sees this one die.
+    public var will: Data?
+    public var willDelay: UInt32?
+
+    /// The will as its client gave it (without its delay); nil without one.
+    public var willMessage: MQTTWill? {
+        guard let will, let publish = ClusterMessageCodec.decode(ByteBuffer(bytes: will)) else { return nil }
+        return MQTTWill(topic: publish.topicName, payload: publish.payload, qos: publish.qos, retain: publish.retain, properties: publish.properties)
+    }
+}
+
+final class SessionStateStore: @unchecked Sendable {
+    static let prefix = "custody.s"
+
+    let jetStream: JetStream
+    let settings: ClusterMessagingSettings
+    let broker: Broker
+    let logger: Logger
+    private let runID = UUID().uuidString.prefix(8)
+    private let counter = Atomic<UInt64>(0)
+    /// Whether etcd gives this node the session now (nil: always).
+    private let owner = Mutex<(@Sendable (SessionName) -> Bool)?>(nil)
+
+    init(jetStream: JetStream, settings: ClusterMessagingSettings, broker: Broker, logger: Logger) {
+        self.jetStream = jetStream
+        self.settings = settings
+        self.broker = broker
+        self.logger = logger
+    }
+
+    /// The record's subject: the session name's UTF-8 bytes in hex (any name, one token).
+    static func subject(_ name: SessionName) -> String {
+        var subject = prefix + "."
+        for byte in name.value.utf8 {
+            subject.append(Character(Unicode.Scalar(hexDigit(byte >> 4))))
+            subject.append(Character(Unicode.Scalar(hexDigit(byte & 0xF))))
+        }
+        return subject
+    }
+
+    static func name(subject: String) -> SessionName? {
+        guard subject.hasPrefix(prefix + ".") else { return nil }
+        let hex = Array(subject.utf8.dropFirst(prefix.utf8.count + 1))
+        guard hex.count % 2 == 0 else { return nil }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(hex.count / 2)
+        var index = 0
+        while index < hex.count {
+            guard let high = nibble(hex[index]), let low = nibble(hex[index + 1]) else { return nil }
+            bytes.append(high << 4 | low)
+            index += 2
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else { return nil }
+        return SessionName(unchecked: text)
+    }
+
+    private static func hexDigit(_ nibble: UInt8) -> UInt8 {
+        nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") + nibble - 10
+    }
+
+    private static func nibble(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+        default: nil
+        }
+    }
+
+    static func ensureStream(_ jetStream: JetStream, _ settings: ClusterMessagingSettings) async throws {
+        var config = StreamConfig(name: settings.sessionStreamName, subjects: [prefix + ".>"])
+        config.numReplicas = settings.replicas
+        config.maxMsgsPerSubject = 1
+        config.duplicateWindow = 120_000_000_000
+        _ = try await jetStream.ensureStream(config)
+    }
+
+    /// Hears the records other nodes write: a session that lives elsewhere now (or ended)
+    /// loses its state here.
+    func start(_ connection: NATSConnection) throws {
+        try connection.subscribe(Self.prefix + ".>") { [weak self] message in
+            guard let self, let name = Self.name(subject: message.subject) else { return }
+            let record = message.payload.readableBytes == 0
+                ? nil : try? JSONDecoder().decode(SessionStateRecord.self, from: Data(message.payload.readableBytesView))
+            guard record?.node != self.settings.nodeID else { return }
+            self.forgetHere(name)
+        }
+    }
+
+    func setOwner(_ owns: @escaping @Sendable (SessionName) -> Bool) {
+        owner.withLock { $0 = owns }
+    }
+
+    private func owns(_ name: SessionName) -> Bool {
+        owner.withLock { $0 }?(name) ?? true
+    }
+
+    private func forgetHere(_ name: SessionName) {
+        let broker = self.broker
+        let logger = self.logger
+        Task {
+            do {
+                if try await broker.forgetMovedSession(name) {
+                    logger.info("cluster: session lives on another node now; its state here is dropped", metadata: ["session_name": "\(name)"])
+                }
+            } catch {
+                logger.warning("cluster: stale state of a moved session not dropped: \(error)", metadata: ["session_name": "\(name)"])
+            }
+        }
+    }
+
+    /// Under the broker's lock: written (in the broker's order) while this node holds the
+    /// session; a session etcd gives another node now is forgotten here instead.
+    func changed(_ snapshot: BrokerSessionSnapshot) {
+        guard owns(snapshot.name) else {
+            forgetHere(snapshot.name)
+            return
+        }
+        var record = SessionStateRecord(
+            node: settings.nodeID, connected: snapshot.connected, since: snapshot.pendingSince, subscriptions: snapshot.subscriptions)
+        if let will = snapshot.will {
+            var properties = will.properties
+            properties.willDelayInterval = nil
+            let publish = MQTTPublish(
+                topicName: will.topic, payload: will.payload, qos: will.qos, retain: will.retain,
+                packetIdentifier: will.qos == .atMostOnce ? nil : 1, properties: properties)
+            record.will = (try? ClusterMessageCodec.encode(publish)).map { Data($0.readableBytesView) }
+            record.willDelay = snapshot.willDelay
+            record.persistent = snapshot.persistent
+        }
+        guard let bytes = try? JSONEncoder().encode(record) else { return }
+        let name = snapshot.name
+        let logger = self.logger
+        jetStream.publishFuture(
+            Self.subject(name), payload: ByteBuffer(bytes: bytes), messageID: "\(settings.nodeID)-\(runID)-s\(counter.add(1, ordering: .relaxed).newValue)"
+        ).whenFailure { error in
+            logger.error("cluster: a persistent session's state was not stored in JetStream: \(error)", metadata: ["session_name": "\(name)"])
+        }
+    }
+
+    /// The session ended: its record goes (an empty one first, which the other nodes hear,
+    /// then every message of the subject up to it; a record written after it stays).
+    func ended(_ name: SessionName) {
+        let subject = Self.subject(name)
+        let jetStream = self.jetStream
+        let stream = settings.sessionStreamName
+        let logger = self.logger
+        jetStream.publishFuture(subject, payload: ByteBuffer(), messageID: "\(settings.nodeID)-\(runID)-e\(counter.add(1, ordering: .relaxed).newValue)")
+            .whenComplete { result in
+                switch result {
+                case .success(let ack):
+                    Task {
+                        do {
+                            try await jetStream.purge(stream: stream, subject: subject, before: ack.sequence + 1)
+                        } catch {
+                            logger.warning("cluster: an ended session's record was not purged: \(error)", metadata: ["session_name": "\(name)"])
+                        }
+                    }
+                case .failure(let error):
+                    logger.error("cluster: an ended session's record was not deleted: \(error)", metadata: ["session_name": "\(name)"])
+                }
+            }
+    }
+
+    /// The record of `name`; nil when the cluster keeps none (or it ended).
+    func record(of name: SessionName) async throws -> SessionStateRecord? {
+        guard let stored = try await jetStream.lastMessage(stream: settings.sessionStreamName, subject: Self.subject(name)),
+            !stored.data.isEmpty
+        else { return nil }
+        return try JSONDecoder().decode(SessionStateRecord.self, from: stored.data)
+    }
+}

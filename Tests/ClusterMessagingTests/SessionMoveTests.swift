@@ -1,0 +1,127 @@
+import CustodyTesting
+import Foundation
+import NATSClient
+import Testing
+
+extension MessagingSuites {
+    @Suite("Persistent sessions moving between custody nodes")
+    struct SessionMoveTests {
+        /// A persistent session (clean start 0, expiry 3600) subscribes on node 1 and goes
+        /// away; 1,000 QoS 1 messages are published on node 1 meanwhile (queued there). It
+        /// resumes on node 3 without subscribing: session present, every message there, in
+        /// order; its subscription goes on working on node 3 for messages published on node 2.
+        /// It then resumes on node 3 again (the local path) and moves back to node 1 (whose
+        /// stale copy of it was dropped), each time getting what was published meanwhile.
+        @Test func persistentSessionMovesWithAThousandQueuedMessages() async throws {
+            try await offPool {
+                try withMessagingCluster("session-move") { cluster in
+                    func resume(_ node: Int, _ subscribe: [String] = []) throws -> PahoClient {
+                        let client = try PahoClient(
+                            port: cluster[node].port, id: "mover",
+                            ["--qos", "1", "--clean", "0", "--expiry", "3600"] + subscribe.flatMap { ["--sub", $0] })
+                        try client.spawned.waitForOutput(containing: "CONNACK", timeout: 30)
+                        return client
+                    }
+                    let first = try resume(0, ["q/#"])
+                    try first.spawned.waitForOutput(containing: "SUBACK", timeout: 20)
+                    first.stop()
+                    // Detached on node 1 (and its record written).
+                    Thread.sleep(forTimeInterval: 1)
+                    let publisher = try PahoClient.publisher(port: cluster[0].port, id: "pub-1", topic: "q/x", count: 1_000, qos: 1, prefix: "m")
+                    try publisher.spawned.waitForOutput(containing: "DONE", timeout: 120)
+                    #expect(publisher.acknowledged.count == 1_000)
+
+                    let moved = try resume(2)
+                    #expect(moved.lines.contains("CONNACK rc=0 present=1"))
+                    let expected = (0..<1_000).map { "m-\($0)" }
+                    try moved.wait(timeout: 60) { Set($0.payloads).isSuperset(of: expected) }
+                    let received = moved.payloads
+                    print("session moved n1 -> n3: published 1000, received \(received.count), lost \(Set(expected).subtracting(received).count), duplicates \(received.count - Set(received).count)")
+                    #expect(firstOccurrences(received) == expected)
+                    // Its subscription, kept by the session, works on node 3.
+                    let later = try PahoClient.publisher(port: cluster[1].port, id: "pub-2", topic: "q/y", count: 5, qos: 1, prefix: "new")
+                    try later.spawned.waitForOutput(containing: "DONE", timeout: 30)
+                    try moved.wait { $0.payloads.filter { $0.hasPrefix("new-") }.count >= 5 }
+                    #expect(moved.payloads.filter { $0.hasPrefix("new-") } == (0..<5).map { "new-\($0)" })
+                    // Past the hand-over margin: nothing it acknowledged comes again below.
+                    Thread.sleep(forTimeInterval: 2.5)
+                    moved.stop()
+
+                    // Back on node 3: its own copy, as on one node.
+                    let offline = try PahoClient.publisher(port: cluster[1].port, id: "pub-3", topic: "q/z", count: 10, qos: 1, prefix: "again")
+                    try offline.spawned.waitForOutput(containing: "DONE", timeout: 30)
+                    let again = try resume(2)
+                    #expect(again.lines.contains("CONNACK rc=0 present=1"))
+                    try again.wait { $0.payloads.count >= 10 }
+                    Thread.sleep(forTimeInterval: 2.5)
+                    #expect(again.payloads == (0..<10).map { "again-\($0)" })
+                    again.stop()
+
+                    // Back to node 1, which held a stale copy (the 1,000 it queued): only what came since.
+                    let last = try PahoClient.publisher(port: cluster[1].port, id: "pub-4", topic: "q/w", count: 10, qos: 1, prefix: "back")
+                    try last.spawned.waitForOutput(containing: "DONE", timeout: 30)
+                    let back = try resume(0)
+                    #expect(back.lines.contains("CONNACK rc=0 present=1"))
+                    try back.wait { $0.payloads.count >= 10 }
+                    Thread.sleep(forTimeInterval: 1)
+                    #expect(back.payloads == (0..<10).map { "back-\($0)" })
+                    back.stop()
+                }
+            }
+        }
+
+        /// The cluster keeps a persistent session's record in JetStream while it lives; when
+        /// the ledger expires the session, the record is deleted (looked up with the JetStream
+        /// API). A clean start of a moved session deletes it too.
+        @Test func expiryDeletesTheSessionsJetStreamState() async throws {
+            let cluster = try await offPool { try MessagingCluster("session-expiry") }
+            defer { cluster.cleanUp() }
+            let natsURL = cluster.nats.urls[0]
+            try await offPool {
+                for (node, id, expiry) in [(0, "short", "3"), (1, "cleaned", "3600")] {
+                    let client = try PahoClient(
+                        port: cluster[node].port, id: id, ["--qos", "1", "--clean", "0", "--expiry", expiry, "--sub", "e/#"])
+                    try client.spawned.waitForOutput(containing: "SUBACK", timeout: 30)
+                    client.stop()
+                }
+                Thread.sleep(forTimeInterval: 0.5)
+            }
+            #expect(try await sessionRecord(natsURL, "short") != nil)
+            #expect(try await sessionRecord(natsURL, "cleaned") != nil)
+            // "cleaned" starts again clean on node 3: its old record goes.
+            try await offPool {
+                let client = try PahoClient(port: cluster[2].port, id: "cleaned", ["--qos", "1", "--clean", "1"])
+                try client.spawned.waitForOutput(containing: "CONNACK rc=0 present=0", timeout: 30)
+                client.stop()
+            }
+            // "short" expires 3 s after it went (the expiring node checks every second).
+            let deadline = Date().addingTimeInterval(30)
+            while Date() < deadline, try await sessionRecord(natsURL, "short") != nil {
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            #expect(try await sessionRecord(natsURL, "short") == nil, "\(cluster.outputs)")
+            #expect(try await sessionRecord(natsURL, "cleaned") == nil)
+        }
+    }
+}
+
+/// Each payload at its first arrival (QoS 1 may bring one again later).
+func firstOccurrences(_ payloads: [String]) -> [String] {
+    var seen = Set<String>()
+    return payloads.filter { seen.insert($0).inserted }
+}
+
+/// The session's record in the cluster's JetStream (`CUSTODY_SESSIONS`, subject
+/// `custody.s.<hex of the name>`): its payload, nil when there is none.
+func sessionRecord(_ natsURL: String, _ session: String) async throws -> String? {
+    let connection = try await NATSConnection.connect(NATSOptions(servers: [NATSServer(url: natsURL)!]))
+    let hex = session.utf8.map { String(format: "%02x", $0) }.joined()
+    do {
+        let stored = try await JetStream(connection).lastMessage(stream: "CUSTODY_SESSIONS", subject: "custody.s." + hex)
+        await connection.close()
+        return stored.map { String(decoding: $0.data, as: UTF8.self) }
+    } catch {
+        await connection.close()
+        throw error
+    }
+}
