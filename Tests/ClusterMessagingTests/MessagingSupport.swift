@@ -114,6 +114,10 @@ p.add_argument("--empty", action="store_true")
 p.add_argument("--clean", type=int, default=1)
 p.add_argument("--expiry", type=int, default=0)
 p.add_argument("--inflight", type=int, default=20)
+p.add_argument("--will-topic")
+p.add_argument("--will-payload", default="gone")
+p.add_argument("--will-qos", type=int, default=1)
+p.add_argument("--will-delay", type=int, default=0)
 a = p.parse_args()
 
 def say(line):
@@ -170,6 +174,11 @@ c.on_message = on_message
 c.on_publish = on_publish
 c.on_disconnect = on_disconnect
 signal.signal(signal.SIGTERM, lambda *_: (c.disconnect(), time.sleep(0.2), os._exit(0)))
+if a.will_topic:
+    will_props = Properties(PacketTypes.WILLMESSAGE)
+    if a.will_delay:
+        will_props.WillDelayInterval = a.will_delay
+    c.will_set(a.will_topic, a.will_payload, qos=a.will_qos, properties=will_props)
 props = Properties(PacketTypes.CONNECT)
 if a.expiry:
     props.SessionExpiryInterval = a.expiry
