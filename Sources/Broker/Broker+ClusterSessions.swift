@@ -165,37 +165,58 @@ extension Broker {
                         value: BrokerRecords.subscriptionValue(state.prefix, subscription.filter, subscriber.options, subscriber.identifier))
                 }
             }
-            let plain = state.subscriptions.filter { TopicRules.splitShare($0.key) == nil }
-            var queued = 0
-            for queuedMessage in messages {
-                let publish = queuedMessage.publish
-                guard publish.qos != .atMostOnce, TopicRules.isValidTopicName(publish.topicName) else { continue }
-                var qos: MQTTQoS?
-                var retainAsPublished = false
-                var identifiers: [UInt32] = []
-                for (filter, subscriber) in plain where TopicRules.matches(filter: filter, topic: publish.topicName) {
-                    qos = max(qos ?? .atMostOnce, subscriber.options.qos)
-                    if subscriber.options.retainAsPublished { retainAsPublished = true }
-                    if let id = subscriber.identifier { identifiers.append(id) }
-                }
-                guard let granted = qos.map({ min($0, publish.qos) }), granted != .atMostOnce else { continue }
-                var held = publish
-                clean(&held.properties)
-                held.packetIdentifier = nil
-                held.duplicate = false
-                held.payload = Message.compacted(held.payload)
-                sequence += 1
-                let delivery = OutboundMessage(
-                    sequence: sequence, message: Message(publish: held, receivedAt: queuedMessage.storedAt), qos: granted,
-                    retain: publish.retain && retainAsPublished, identifiers: identifiers)
-                if store != nil { storeAndHold(delivery, for: state, &batch) }
-                _ = enqueue(delivery, state, &batch)
-                queued += 1
-            }
+            let queued = queue(messages, for: state, &batch)
             tellClusterOfSession(state)
             return (submitWaiting(batch), queued)
         }
         if let waiter, case .failure(let error) = await waiter.wait() { throw .storage(error) }
+        return queued
+    }
+
+    /// More messages from the cluster for a session `restoreSession` brought here (queued
+    /// behind what it has); returns how many were queued, once durable.
+    public func queueForSession(_ name: SessionName, _ messages: [ClusterQueuedMessage]) async throws(BrokerError) -> Int {
+        let (waiter, queued) = try locked { () throws(BrokerError) -> (CommitWaiter?, Int) in
+            guard !closed else { throw .storage(.closed) }
+            guard let state = sessions[name], state.persistent else { return (nil, 0) }
+            var batch = StoreBatch()
+            let queued = queue(messages, for: state, &batch)
+            return (submitWaiting(batch), queued)
+        }
+        if let waiter, case .failure(let error) = await waiter.wait() { throw .storage(error) }
+        return queued
+    }
+
+    /// Each message to `state`'s matching plain subscriptions (merged: one copy at the highest
+    /// QoS granted, every identifier), queued (or sent, when attached with room).
+    private func queue(_ messages: [ClusterQueuedMessage], for state: SessionState, _ batch: inout StoreBatch) -> Int {
+        let plain = state.subscriptions.filter { TopicRules.splitShare($0.key) == nil }
+        var queued = 0
+        for queuedMessage in messages {
+            let publish = queuedMessage.publish
+            guard publish.qos != .atMostOnce, TopicRules.isValidTopicName(publish.topicName) else { continue }
+            var qos: MQTTQoS?
+            var retainAsPublished = false
+            var identifiers: [UInt32] = []
+            for (filter, subscriber) in plain where TopicRules.matches(filter: filter, topic: publish.topicName) {
+                qos = max(qos ?? .atMostOnce, subscriber.options.qos)
+                if subscriber.options.retainAsPublished { retainAsPublished = true }
+                if let id = subscriber.identifier { identifiers.append(id) }
+            }
+            guard let granted = qos.map({ min($0, publish.qos) }), granted != .atMostOnce else { continue }
+            var held = publish
+            clean(&held.properties)
+            held.packetIdentifier = nil
+            held.duplicate = false
+            held.payload = Message.compacted(held.payload)
+            sequence += 1
+            let delivery = OutboundMessage(
+                sequence: sequence, message: Message(publish: held, receivedAt: queuedMessage.storedAt), qos: granted,
+                retain: publish.retain && retainAsPublished, identifiers: identifiers)
+            if store != nil { storeAndHold(delivery, for: state, &batch) }
+            if let packet = enqueue(delivery, state, &batch) { post(state, packet) }
+            queued += 1
+        }
         return queued
     }
 }

@@ -64,6 +64,9 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
     private let headers: NATSHeaders
     private let runID = UUID().uuidString.prefix(8)
     private let sequence = Atomic<UInt64>(0)
+    /// QoS 1/2 messages handed to JetStream, and those JetStream answered (either way).
+    private let reliableIssued = Atomic<UInt64>(0)
+    private let reliableAnswered = Atomic<UInt64>(0)
     private let stats = Mutex(ClusterMessageCounts())
     private var consuming: Task<Void, Never>?
     private let shares: SharedSubscriptionConsumers
@@ -196,10 +199,12 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
         }
         let number = sequence.add(1, ordering: .relaxed).newValue
         stats.withLock { $0.sentReliable += 1 }
+        reliableIssued.add(1, ordering: .relaxed)
         let stored = jetStream.publishFuture(
             Self.reliableMapping.subject(topic: publish.topicName), payload: payload, headers: headers,
             messageID: "\(settings.nodeID)-\(runID)-\(number)"
         ).map { _ in () }
+        stored.whenComplete { [weak self] _ in self?.reliableAnswered.add(1, ordering: .relaxed) }
         return kept.map { stored.and($0).map { _ in () } } ?? stored
     }
 
@@ -276,8 +281,23 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
         if previousNode == settings.nodeID, broker.hasSession(name) { return }
         guard let record = try await sessions.record(of: name) else { return }
         if record.node == settings.nodeID, broker.hasSession(name) { return }
-        _ = try await SessionHandover(jetStream: jetStream, settings: settings, broker: broker, gate: gate, logger: logger)
+        _ = try await SessionHandover(jetStream: jetStream, settings: settings, broker: broker, gate: gate, logger: logger, own: self)
             .takeOn(name, record)
+    }
+
+    /// The Nats-Msg-Id of this node's messages in this run: this, then a number.
+    var ownMessageIDPrefix: String { "\(settings.nodeID)-\(runID)-" }
+    /// The last number given to one of this node's messages.
+    var lastMessageNumber: UInt64 { sequence.load(ordering: .relaxed) }
+
+    /// Waits until JetStream has answered every QoS 1/2 message this node handed it so far
+    /// (at most `limit`: a publish is tried again for 30 s).
+    func ownMessagesAnswered(limit: Duration = .seconds(35)) async {
+        let target = reliableIssued.load(ordering: .relaxed)
+        let deadline = ContinuousClock.now + limit
+        while reliableAnswered.load(ordering: .relaxed) < target, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(2))
+        }
     }
 
     /// Sessions the ledger ended (expired): the cluster's records of them go.

@@ -62,6 +62,13 @@ struct SessionHandover {
     let broker: Broker
     let gate: ConsumeGate
     let logger: Logger
+    /// The node's link: its own messages' ids, and whether JetStream has them yet.
+    let own: NATSClusterLink
+
+    enum Start {
+        case time(microseconds: Int64)
+        case sequence(UInt64)
+    }
 
     /// Brings `record`'s session here; returns the number of messages queued for it.
     func takeOn(_ name: SessionName, _ record: SessionStateRecord) async throws -> Int {
@@ -76,25 +83,51 @@ struct SessionHandover {
         }
         var found: [UInt64: ClusterQueuedMessage] = [:]
         for subject in subjects.sorted() {
-            try await read(subject, from: start, through: bound, session: name, into: &found)
+            try await read(subject, from: .time(microseconds: start), through: bound, session: name, into: &found) { _ in true }
         }
         let messages = found.sorted { $0.key < $1.key }.map(\.value)
-        let queued = try await broker.restoreSession(name, subscriptions: record.subscriptions, messages: messages)
+        var queued = try await broker.restoreSession(name, subscriptions: record.subscriptions, messages: messages)
+        // This node's own clients' messages are routed here as they come, not by its consumer:
+        // one routed before the session's subscriptions were in place but stored in JetStream
+        // after `bound` is in neither. Those come now, once JetStream has answered for them
+        // (queued behind what came meanwhile; later ones of this node are here already).
+        let lastOwn = own.lastMessageNumber
+        await own.ownMessagesAnswered()
+        let prefix = own.ownMessageIDPrefix
+        var late: [UInt64: ClusterQueuedMessage] = [:]
+        if let after = try await jetStream.streamInfo(settings.streamName)?.state.lastSeq, after > bound {
+            for subject in subjects.sorted() {
+                try await read(subject, from: .sequence(bound + 1), through: after, session: name, into: &late) { message in
+                    guard let id = message.headers?["Nats-Msg-Id"], id.hasPrefix(prefix), let number = UInt64(id.dropFirst(prefix.count))
+                    else { return false }
+                    return number <= lastOwn
+                }
+            }
+            if !late.isEmpty {
+                queued += try await broker.queueForSession(name, late.sorted { $0.key < $1.key }.map(\.value))
+            }
+        }
         logger.info("cluster: session taken on from another node", metadata: [
             "session_name": "\(name)", "from_node": "\(record.node)", "subscriptions": "\(record.subscriptions.count)",
-            "messages_read": "\(messages.count)", "queued": "\(queued)", "through_sequence": "\(bound)",
+            "messages_read": "\(messages.count)", "own_late": "\(late.count)", "queued": "\(queued)", "through_sequence": "\(bound)",
         ])
         return queued
     }
 
-    /// The messages on `subject` stored from `start` (µs) up to sequence `bound`.
+    /// The messages on `subject` stored from `start` up to sequence `bound` that `keep` keeps.
     private func read(
-        _ subject: String, from start: Int64, through bound: UInt64, session: SessionName,
-        into found: inout [UInt64: ClusterQueuedMessage]
+        _ subject: String, from start: Start, through bound: UInt64, session: SessionName,
+        into found: inout [UInt64: ClusterQueuedMessage], keep: (NATSMessage) -> Bool
     ) async throws {
         var config = ConsumerConfig(durableName: nil)
-        config.deliverPolicy = "by_start_time"
-        config.optStartTime = Self.rfc3339(microseconds: max(start, 0))
+        switch start {
+        case .time(let microseconds):
+            config.deliverPolicy = "by_start_time"
+            config.optStartTime = Self.rfc3339(microseconds: max(microseconds, 0))
+        case .sequence(let first):
+            config.deliverPolicy = "by_start_sequence"
+            config.optStartSeq = first
+        }
         config.ackPolicy = "none"
         config.filterSubject = subject
         config.inactiveThreshold = 30_000_000_000
@@ -126,7 +159,7 @@ struct SessionHandover {
                     remaining = 0
                     break reading
                 }
-                guard let publish = ClusterMessageCodec.decode(message.payload) else { continue }
+                guard keep(message), let publish = ClusterMessageCodec.decode(message.payload) else { continue }
                 found[meta.streamSequence] = ClusterQueuedMessage(publish: publish, storedAt: meta.timestamp / 1000)
                 if meta.pending == 0 {
                     remaining = 0

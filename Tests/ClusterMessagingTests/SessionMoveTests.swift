@@ -14,7 +14,9 @@ extension MessagingSuites {
         /// stale copy of it was dropped), each time getting what was published meanwhile.
         @Test func persistentSessionMovesWithAThousandQueuedMessages() async throws {
             try await offPool {
-                try withMessagingCluster("session-move") { cluster in
+                // Queues long enough for the 1,000 and the live streams (1,000 by default: the
+                // oldest would be dropped).
+                try withMessagingCluster("session-move", extra: ["--queue-max-messages", "100000"]) { cluster in
                     func resume(_ node: Int, _ subscribe: [String] = []) throws -> PahoClient {
                         let client = try PahoClient(
                             port: cluster[node].port, id: "mover",
@@ -31,13 +33,44 @@ extension MessagingSuites {
                     try publisher.spawned.waitForOutput(containing: "DONE", timeout: 120)
                     #expect(publisher.acknowledged.count == 1_000)
 
+                    // Streams go on while it moves: from node 2 (node 3 takes them from its
+                    // consumer) and from node 3 itself (routed there as they come).
+                    let streams = [(1, "two"), (2, "three")].map { node, prefix in
+                        (prefix, try? PahoClient.publisher(port: cluster[node].port, id: "live-\(prefix)", topic: "q/live", count: 2_000, qos: 1, prefix: prefix))
+                    }
+                    for (_, stream) in streams { try #require(stream).wait(timeout: 60) { $0.acknowledged.count >= 100 } }
                     let moved = try resume(2)
                     #expect(moved.lines.contains("CONNACK rc=0 present=1"))
                     let expected = (0..<1_000).map { "m-\($0)" }
-                    try moved.wait(timeout: 60) { Set($0.payloads).isSuperset(of: expected) }
-                    let received = moved.payloads
+                    do {
+                        try moved.wait(timeout: 60) { Set($0.payloads).isSuperset(of: expected) }
+                    } catch {
+                        let missing = Set(expected).subtracting(moved.payloads)
+                        Issue.record("\(missing.count) queued messages missing: \(missing.sorted().prefix(20)); received \(moved.payloads.count)")
+                        throw error
+                    }
+                    let received = moved.payloads.filter { $0.hasPrefix("m-") }
                     print("session moved n1 -> n3: published 1000, received \(received.count), lost \(Set(expected).subtracting(received).count), duplicates \(received.count - Set(received).count)")
                     #expect(firstOccurrences(received) == expected)
+                    // Every message of the live streams that was PUBACKed reaches it: those before
+                    // the move from the stream, the others as they come.
+                    for (prefix, stream) in streams {
+                        let stream = try #require(stream)
+                        try stream.spawned.waitForOutput(containing: "DONE", timeout: 120)
+                        let acknowledged = stream.acknowledged
+                        do {
+                            try moved.wait(timeout: 60) { Set($0.payloads).isSuperset(of: acknowledged) }
+                        } catch {
+                            let missing = Set(acknowledged).subtracting(moved.payloads)
+                            Issue.record("\(prefix): \(missing.count) acknowledged messages missing: \(missing.sorted().prefix(20))")
+                            throw error
+                        }
+                        let got = moved.payloads.filter { $0.hasPrefix(prefix + "-") }
+                        print("live stream from \(prefix) during the move: acknowledged \(acknowledged.count), received \(got.count), duplicates \(got.count - Set(got).count), in order \(firstOccurrences(got) == (0..<2_000).map { "\(prefix)-\($0)" })")
+                        #expect(acknowledged.count == 2_000)
+                        // Node 2's, taken by node 3's consumer, keep their order.
+                        if prefix == "two" { #expect(firstOccurrences(got) == (0..<2_000).map { "two-\($0)" }) }
+                    }
                     // Its subscription, kept by the session, works on node 3.
                     let later = try PahoClient.publisher(port: cluster[1].port, id: "pub-2", topic: "q/y", count: 5, qos: 1, prefix: "new")
                     try later.spawned.waitForOutput(containing: "DONE", timeout: 30)
