@@ -222,23 +222,29 @@ let clientScriptPath: String = {
 final class PahoClient: @unchecked Sendable {
     let spawned: SpawnedProcess
 
-    init(port: Int, id: String, _ arguments: [String]) throws {
-        spawned = try SpawnedProcess(try pahoPython(), [clientScriptPath, "--port", "\(port)", "--id", id] + arguments)
+    /// `launcher`: a command that runs it elsewhere (a network namespace's `ip netns exec NS`).
+    init(port: Int, id: String, _ arguments: [String], launcher: [String] = []) throws {
+        let command = launcher + [try pahoPython(), clientScriptPath, "--port", "\(port)", "--id", id] + arguments
+        spawned = try SpawnedProcess(command[0], Array(command.dropFirst()))
     }
 
-    static func subscriber(port: Int, id: String, filters: [String], qos: Int = 1, user: String? = nil) throws -> PahoClient {
+    static func subscriber(
+        port: Int, id: String, filters: [String], qos: Int = 1, user: String? = nil, launcher: [String] = []
+    ) throws -> PahoClient {
         let client = try PahoClient(
-            port: port, id: id, ["--qos", "\(qos)"] + filters.flatMap { ["--sub", $0] } + (user.map { ["--user", $0] } ?? []))
+            port: port, id: id, ["--qos", "\(qos)"] + filters.flatMap { ["--sub", $0] } + (user.map { ["--user", $0] } ?? []),
+            launcher: launcher)
         try client.spawned.waitForOutput(containing: "SUBACK", timeout: 20)
         return client
     }
 
     static func publisher(
-        port: Int, id: String, topic: String, count: Int, qos: Int, prefix: String, retain: Bool = false, empty: Bool = false
+        port: Int, id: String, topic: String, count: Int, qos: Int, prefix: String, retain: Bool = false, empty: Bool = false,
+        launcher: [String] = []
     ) throws -> PahoClient {
         try PahoClient(port: port, id: id, [
             "--pub", topic, "--count", "\(count)", "--qos", "\(qos)", "--prefix", prefix,
-        ] + (retain ? ["--retain"] : []) + (empty ? ["--empty"] : []))
+        ] + (retain ? ["--retain"] : []) + (empty ? ["--empty"] : []), launcher: launcher)
     }
 
     var lines: [Substring] { spawned.output.split(separator: "\n") }
