@@ -4,6 +4,7 @@
 import Foundation
 import LedgerCore
 import MQTTCodec
+import NIOCore
 
 /// One subscription of a session, as the cluster keeps it.
 public struct ClusterSubscription: Sendable, Equatable, Codable {
@@ -63,15 +64,17 @@ public struct ClusterQueuedMessage: Sendable {
 
 extension Broker {
     /// A persistent session attached, detached or changed its subscriptions: the cluster link
-    /// hears of it (under the lock, in the broker's order).
-    func tellClusterOfSession(_ state: SessionState) {
-        guard let clusterLink, state.persistent || state.will != nil else { return }
+    /// hears of it (under the lock, in the broker's order). The future succeeds once the
+    /// cluster keeps it (nil: nothing to keep).
+    @discardableResult
+    func tellClusterOfSession(_ state: SessionState) -> EventLoopFuture<Void>? {
+        guard let clusterLink, state.persistent || state.will != nil else { return nil }
         state.clusterKept = true
         var since = clock()
         for delivery in state.inflight.values { since = min(since, delivery.message.receivedAt) }
         for delivery in state.queue { since = min(since, delivery.message.receivedAt) }
         let will = state.attachment != 0 ? state.will : nil
-        clusterLink.sessionChanged(BrokerSessionSnapshot(
+        return clusterLink.sessionChanged(BrokerSessionSnapshot(
             name: state.name, persistent: state.persistent,
             subscriptions: state.subscriptions.map { ClusterSubscription(filter: $0.key, options: $0.value.options, identifier: $0.value.identifier) }
                 .sorted { $0.filter < $1.filter },

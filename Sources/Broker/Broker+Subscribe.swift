@@ -67,8 +67,9 @@ extension Broker {
                 }
             }
             retainedHeld = batch.takeHeld()
-            tellClusterOfSession(state)
-            return (codes, submitWaiting(batch))
+            // In a cluster, another node may take the session on: its subscriptions are kept
+            // there before the SUBACK.
+            return (codes, joined(submitWaiting(batch), tellClusterOfSession(state), operation: "cluster session state"))
         }
         if let waiter {
             let result = await waiter.wait()

@@ -255,7 +255,7 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
 
     // MARK: - Persistent sessions across nodes
 
-    public func sessionChanged(_ snapshot: BrokerSessionSnapshot) {
+    public func sessionChanged(_ snapshot: BrokerSessionSnapshot) -> EventLoopFuture<Void>? {
         sessions.changed(snapshot)
     }
 

@@ -138,10 +138,10 @@ final class SessionStateStore: @unchecked Sendable {
 
     /// Under the broker's lock: written (in the broker's order) while this node holds the
     /// session; a session etcd gives another node now is forgotten here instead.
-    func changed(_ snapshot: BrokerSessionSnapshot) {
+    func changed(_ snapshot: BrokerSessionSnapshot) -> EventLoopFuture<Void>? {
         guard owns(snapshot.name) else {
             forgetHere(snapshot.name)
-            return
+            return nil
         }
         var record = SessionStateRecord(
             node: settings.nodeID, connected: snapshot.connected, since: snapshot.pendingSince, subscriptions: snapshot.subscriptions)
@@ -155,14 +155,16 @@ final class SessionStateStore: @unchecked Sendable {
             record.willDelay = snapshot.willDelay
             record.persistent = snapshot.persistent
         }
-        guard let bytes = try? JSONEncoder().encode(record) else { return }
+        guard let bytes = try? JSONEncoder().encode(record) else { return nil }
         let name = snapshot.name
         let logger = self.logger
-        jetStream.publishFuture(
+        let stored = jetStream.publishFuture(
             Self.subject(name), payload: ByteBuffer(bytes: bytes), messageID: "\(settings.nodeID)-\(runID)-s\(counter.add(1, ordering: .relaxed).newValue)"
-        ).whenFailure { error in
+        ).map { _ in () }
+        stored.whenFailure { error in
             logger.error("cluster: a persistent session's state was not stored in JetStream: \(error)", metadata: ["session_name": "\(name)"])
         }
+        return stored
     }
 
     /// The session ended: its record goes (an empty one first, which the other nodes hear,
