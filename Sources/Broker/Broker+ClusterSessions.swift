@@ -70,15 +70,27 @@ extension Broker {
     func tellClusterOfSession(_ state: SessionState) -> EventLoopFuture<Void>? {
         guard let clusterLink, state.persistent || state.will != nil else { return nil }
         state.clusterKept = true
-        var since = clock()
-        for delivery in state.inflight.values { since = min(since, delivery.message.receivedAt) }
-        for delivery in state.queue { since = min(since, delivery.message.receivedAt) }
+        let since = pendingSince(state)
         let will = state.attachment != 0 ? state.will : nil
         return clusterLink.sessionChanged(BrokerSessionSnapshot(
             name: state.name, persistent: state.persistent,
             subscriptions: state.subscriptions.map { ClusterSubscription(filter: $0.key, options: $0.value.options, identifier: $0.value.identifier) }
                 .sorted { $0.filter < $1.filter },
             connected: state.attachment != 0, pendingSince: since, will: will, willDelay: will.map { willDelay($0, state) } ?? 0))
+    }
+
+    /// No message `state` has not acknowledged arrived before this (µs): the oldest queued or
+    /// in-flight one's arrival, or now.
+    func pendingSince(_ state: SessionState) -> Int64 {
+        var since = clock()
+        for delivery in state.inflight.values { since = min(since, delivery.message.receivedAt) }
+        for delivery in state.queue { since = min(since, delivery.message.receivedAt) }
+        return since
+    }
+
+    /// `pendingSince` of the session `name` now; nil when the broker holds no state for it.
+    public func pendingSince(_ name: SessionName) -> Int64? {
+        locked { sessions[name].map { pendingSince($0) } }
     }
 
     /// The session ended here for good (expired, clean start, ended with its connection): the

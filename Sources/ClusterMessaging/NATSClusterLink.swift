@@ -72,6 +72,9 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
     private let shares: SharedSubscriptionConsumers
     let sessions: SessionStateStore
     let gate = ConsumeGate()
+    /// When JetStream stored the oldest message this node's consumer may not have routed yet
+    /// (µs; 0: none, it has routed all it was given, with nothing pending behind them).
+    private let consumedThrough = Atomic<Int64>(0)
 
     /// Connects, makes the stream and this node's consumer when missing, and starts taking
     /// other nodes' messages; then shows the broker's publishes to NATS.
@@ -132,6 +135,11 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
         headers = NATSHeaders([(Self.nodeHeader, settings.nodeID)])
         shares = SharedSubscriptionConsumers(jetStream: jetStream, broker: broker, settings: settings, logger: logger)
         sessions = SessionStateStore(jetStream: jetStream, settings: settings, broker: broker, logger: logger)
+        sessions.consumedThrough = { [weak self] in
+            guard let self else { return nil }
+            let through = self.consumedThrough.load(ordering: .relaxed)
+            return through == 0 ? nil : through
+        }
     }
 
     /// JetStream answers 503 or nobody while a fresh cluster elects its meta leader.
@@ -222,6 +230,9 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
         while true {
             let messages = await pull.nextBatch()
             guard let last = messages.last else { return }
+            if consumedThrough.load(ordering: .relaxed) == 0, let first = JetStreamMetadata(replyTo: messages[0].replyTo) {
+                consumedThrough.store(first.timestamp / 1000, ordering: .relaxed)
+            }
             var publishes: [MQTTPublish] = []
             var redelivered = 0
             for message in messages where message.headers?[Self.nodeHeader] != settings.nodeID {
@@ -238,6 +249,9 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
             do {
                 if !publishes.isEmpty { try await broker.publishFromCluster(publishes) }
                 try pull.ack(last)
+                if let meta = JetStreamMetadata(replyTo: last.replyTo) {
+                    consumedThrough.store(meta.pending == 0 ? 0 : meta.timestamp / 1000, ordering: .relaxed)
+                }
                 stats.withLock {
                     $0.receivedReliable += publishes.count
                     $0.redelivered += redelivered
@@ -279,8 +293,13 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
             return
         }
         if previousNode == settings.nodeID, broker.hasSession(name) { return }
-        guard let record = try await sessions.record(of: name) else { return }
+        guard var record = try await sessions.record(of: name) else { return }
         if record.node == settings.nodeID, broker.hasSession(name) { return }
+
+        if record.connected, record.node != settings.nodeID, let since = await sessions.askPendingSince(name, node: record.node) {
+            // Still attached on a node that answers (a takeover): what it has not delivered yet.
+            record.since = max(record.since, since)
+        }
         _ = try await SessionHandover(jetStream: jetStream, settings: settings, broker: broker, gate: gate, logger: logger, own: self)
             .takeOn(name, record)
     }

@@ -21,6 +21,7 @@ public struct SessionStateRecord: Codable, Sendable, Equatable {
     public var node: String
     public var connected: Bool
     /// µs since the epoch: no message the session had not acknowledged arrived before it.
+    /// Every message stored in JetStream before it was routed by the node's consumer, too.
     public var since: Int64
     public var subscriptions: [ClusterSubscription]
     /// Whether it outlives its connection (nil in records without wills: true).
@@ -48,6 +49,12 @@ final class SessionStateStore: @unchecked Sendable {
     private let counter = Atomic<UInt64>(0)
     /// Whether etcd gives this node the session now (nil: always).
     private let owner = Mutex<(@Sendable (SessionName) -> Bool)?>(nil)
+    /// Sessions this node dropped because another node took them, with their `pendingSince`
+    /// then and when they went (uptime ns): the taking node may ask a moment later.
+    private let dropped = Mutex<[SessionName: (since: Int64, at: UInt64)]>([:])
+    /// When JetStream stored the oldest message the node's consumer may not have routed yet
+    /// (µs; nil: it has routed everything it was given and nothing was pending behind).
+    var consumedThrough: @Sendable () -> Int64? = { nil }
 
     init(jetStream: JetStream, settings: ClusterMessagingSettings, broker: Broker, logger: Logger) {
         self.jetStream = jetStream
@@ -102,9 +109,46 @@ final class SessionStateStore: @unchecked Sendable {
         _ = try await jetStream.ensureStream(config)
     }
 
+    /// Where a node answers what a session held there still waits for (`askPendingSince`).
+    static func pendingSubject(node: String) -> String {
+        "custody.pending." + subject(SessionName(unchecked: node)).dropFirst(prefix.count + 1)
+    }
+
+    /// A time no message the session has not acknowledged here predates, and none this node's
+    /// consumer has yet to route: the older of the broker's and the consumer's.
+    func pendingSince(_ name: SessionName) -> Int64? {
+        guard let since = broker.pendingSince(name) else {
+            let now = DispatchTime.now().uptimeNanoseconds
+            return dropped.withLock { $0[name].flatMap { now - $0.at < 60_000_000_000 ? $0.since : nil } }
+        }
+        return min(since, consumedThrough() ?? since)
+    }
+
+    private func remember(_ name: SessionName, since: Int64) {
+        let now = DispatchTime.now().uptimeNanoseconds
+        dropped.withLock { dropped in
+            if dropped.count >= 1024 { dropped = dropped.filter { now - $0.value.at < 60_000_000_000 } }
+            dropped[name] = (since, now)
+        }
+    }
+
+    /// Asks `node` for `pendingSince` of a session it holds (a takeover from a live node):
+    /// nil when it does not answer within a second or holds nothing.
+    func askPendingSince(_ name: SessionName, node: String) async -> Int64? {
+        guard let reply = try? await jetStream.connection.request(
+            Self.pendingSubject(node: node), payload: ByteBuffer(string: name.value), timeout: .seconds(1))
+        else { return nil }
+        return Int64(String(buffer: reply.payload))
+    }
+
     /// Hears the records other nodes write: a session that lives elsewhere now (or ended)
-    /// loses its state here.
+    /// loses its state here; and answers what a session held here still waits for.
     func start(_ connection: NATSConnection) throws {
+        try connection.subscribe(Self.pendingSubject(node: settings.nodeID)) { [weak self] message in
+            guard let self, let reply = message.replyTo else { return }
+            let since = self.pendingSince(SessionName(unchecked: String(buffer: message.payload)))
+            try? connection.publish(reply, payload: ByteBuffer(string: since.map(String.init) ?? ""))
+        }
         try connection.subscribe(Self.prefix + ".>") { [weak self] message in
             guard let self, let name = Self.name(subject: message.subject) else { return }
             let record = message.payload.readableBytes == 0
@@ -122,10 +166,12 @@ final class SessionStateStore: @unchecked Sendable {
         owner.withLock { $0 }?(name) ?? true
     }
 
-    private func forgetHere(_ name: SessionName) {
+    /// `since`: its `pendingSince` when known (under the broker's lock it cannot be asked).
+    private func forgetHere(_ name: SessionName, since known: Int64? = nil) {
         let broker = self.broker
         let logger = self.logger
         Task {
+            if let since = known ?? self.pendingSince(name) { self.remember(name, since: since) }
             do {
                 if try await broker.forgetMovedSession(name) {
                     logger.info("cluster: session lives on another node now; its state here is dropped", metadata: ["session_name": "\(name)"])
@@ -140,11 +186,12 @@ final class SessionStateStore: @unchecked Sendable {
     /// session; a session etcd gives another node now is forgotten here instead.
     func changed(_ snapshot: BrokerSessionSnapshot) -> EventLoopFuture<Void>? {
         guard owns(snapshot.name) else {
-            forgetHere(snapshot.name)
+            forgetHere(snapshot.name, since: min(snapshot.pendingSince, consumedThrough() ?? snapshot.pendingSince))
             return nil
         }
         var record = SessionStateRecord(
-            node: settings.nodeID, connected: snapshot.connected, since: snapshot.pendingSince, subscriptions: snapshot.subscriptions)
+            node: settings.nodeID, connected: snapshot.connected,
+            since: min(snapshot.pendingSince, consumedThrough() ?? snapshot.pendingSince), subscriptions: snapshot.subscriptions)
         if let will = snapshot.will {
             var properties = will.properties
             properties.willDelayInterval = nil

@@ -103,6 +103,35 @@ extension MessagingSuites {
             }
         }
 
+        /// A persistent session connected on node 1 has received (and acknowledged) 300
+        /// messages when its client connects again on node 3 (a takeover while node 1 still
+        /// holds it): node 1 answers what the session still waits for, so the 300 do not come
+        /// again (its record alone dates from the attach on node 1); what is published after
+        /// reaches it on node 3.
+        @Test func takeoverFromALiveNodeBringsNoOldMessagesAgain() async throws {
+            try await offPool {
+                try withMessagingCluster("session-takeover") { cluster in
+                    let first = try PahoClient(port: cluster[0].port, id: "taken", ["--qos", "1", "--clean", "0", "--expiry", "3600", "--sub", "k/#"])
+                    try first.spawned.waitForOutput(containing: "SUBACK", timeout: 30)
+                    let publisher = try PahoClient.publisher(port: cluster[1].port, id: "pub-old", topic: "k/a", count: 300, qos: 1, prefix: "old")
+                    try publisher.spawned.waitForOutput(containing: "DONE", timeout: 60)
+                    try first.wait { $0.payloads.count >= 300 }
+                    // Past the hand-over margin (2 s) after the last one.
+                    Thread.sleep(forTimeInterval: 3)
+                    let second = try PahoClient(port: cluster[2].port, id: "taken", ["--qos", "1", "--clean", "0", "--expiry", "3600"])
+                    try second.spawned.waitForOutput(containing: "CONNACK rc=0 present=1", timeout: 30)
+                    try first.wait { $0.lines.contains("DISCONNECT rc=142") }
+                    let after = try PahoClient.publisher(port: cluster[1].port, id: "pub-new", topic: "k/b", count: 10, qos: 1, prefix: "new")
+                    try after.spawned.waitForOutput(containing: "DONE", timeout: 30)
+                    try second.wait { $0.payloads.filter { $0.hasPrefix("new-") }.count >= 10 }
+                    Thread.sleep(forTimeInterval: 0.5)
+                    #expect(first.payloads == (0..<300).map { "old-\($0)" })
+                    #expect(second.payloads == (0..<10).map { "new-\($0)" }, "old again: \(second.payloads.filter { $0.hasPrefix("old-") }.count)")
+                    second.stop()
+                }
+            }
+        }
+
         /// The cluster keeps a persistent session's record in JetStream while it lives; when
         /// the ledger expires the session, the record is deleted (looked up with the JetStream
         /// API). A clean start of a moved session deletes it too.
