@@ -106,11 +106,7 @@ extension Broker {
     /// (retained as asked), and to the cluster. Returns once stored here and in the cluster.
     public func publishWillOfLostSession(_ will: MQTTWill, session name: SessionName) async throws(BrokerError) {
         guard TopicRules.isValidTopicName(will.topic) else { return }
-        var properties = will.properties
-        properties.willDelayInterval = nil
-        let publish = MQTTPublish(
-            topicName: will.topic, payload: will.payload, qos: will.qos, retain: will.retain,
-            packetIdentifier: will.qos == .atMostOnce ? nil : 1, properties: properties)
+        let publish = will.publish
         let waiter = try locked { () throws(BrokerError) -> CommitWaiter? in
             guard !closed else { throw .storage(.closed) }
             var batch = StoreBatch()

@@ -67,8 +67,8 @@ final class SessionStateStore: @unchecked Sendable {
     static func subject(_ name: SessionName) -> String {
         var subject = prefix + "."
         for byte in name.value.utf8 {
-            subject.append(Character(Unicode.Scalar(hexDigit(byte >> 4))))
-            subject.append(Character(Unicode.Scalar(hexDigit(byte & 0xF))))
+            subject.append(Character(Unicode.Scalar(SubjectMapping.hex(byte >> 4))))
+            subject.append(Character(Unicode.Scalar(SubjectMapping.hex(byte & 0xF))))
         }
         return subject
     }
@@ -81,24 +81,12 @@ final class SessionStateStore: @unchecked Sendable {
         bytes.reserveCapacity(hex.count / 2)
         var index = 0
         while index < hex.count {
-            guard let high = nibble(hex[index]), let low = nibble(hex[index + 1]) else { return nil }
+            guard let high = SubjectMapping.unhex(hex[index]), let low = SubjectMapping.unhex(hex[index + 1]) else { return nil }
             bytes.append(high << 4 | low)
             index += 2
         }
         guard let text = String(validating: bytes, as: UTF8.self) else { return nil }
         return SessionName(unchecked: text)
-    }
-
-    private static func hexDigit(_ nibble: UInt8) -> UInt8 {
-        nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") + nibble - 10
-    }
-
-    private static func nibble(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-        default: nil
-        }
     }
 
     static func ensureStream(_ jetStream: JetStream, _ settings: ClusterMessagingSettings) async throws {
@@ -193,12 +181,7 @@ final class SessionStateStore: @unchecked Sendable {
             node: settings.nodeID, connected: snapshot.connected,
             since: min(snapshot.pendingSince, consumedThrough() ?? snapshot.pendingSince), subscriptions: snapshot.subscriptions)
         if let will = snapshot.will {
-            var properties = will.properties
-            properties.willDelayInterval = nil
-            let publish = MQTTPublish(
-                topicName: will.topic, payload: will.payload, qos: will.qos, retain: will.retain,
-                packetIdentifier: will.qos == .atMostOnce ? nil : 1, properties: properties)
-            record.will = (try? ClusterMessageCodec.encode(publish)).map { Data($0.readableBytesView) }
+            record.will = (try? ClusterMessageCodec.encode(will.publish)).map { Data($0.readableBytesView) }
             record.willDelay = snapshot.willDelay
             record.persistent = snapshot.persistent
         }

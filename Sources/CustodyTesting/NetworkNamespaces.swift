@@ -61,3 +61,27 @@ public final class NetworkNamespaces: @unchecked Sendable {
         guard status == 0 else { throw TestFailure.unexpected("ip \(arguments.joined(separator: " ")): \(out)\(err)") }
     }
 }
+
+extension NetworkNamespaces {
+    /// One custody node per side (n1, n2, …) in the cluster on `etcd`, with its own side's
+    /// member first (it asks etcd there unless that fails to answer), and `extra` flags.
+    public func custodyNodes(_ label: String, etcd: RunningEtcd, leaseSeconds: Int, extra: [String] = []) throws -> [RunningCustody] {
+        var nodes: [RunningCustody] = []
+        do {
+            for side in 0..<sides {
+                let urls = ([side] + (0..<sides).filter { $0 != side }).map { etcd.members[$0].clientURL }
+                nodes.append(try RunningCustody(
+                    "\(label)-n\(side + 1)",
+                    arguments: [
+                        "--cluster-etcd", urls.joined(separator: ","), "--node-id", "n\(side + 1)",
+                        "--cluster-lease-seconds", "\(leaseSeconds)", "--connects-per-second-per-session", "0",
+                    ] + extra,
+                    launcher: launcher(side)))
+            }
+        } catch {
+            for node in nodes { node.cleanUp() }
+            throw error
+        }
+        return nodes
+    }
+}

@@ -28,19 +28,8 @@ extension MessagingSuites {
                 // As in part 1's partition test: long enough for the majority to elect an etcd
                 // leader again and confirm its keepalives on a busy machine.
                 let lease = 8
-                var nodes: [RunningCustody] = []
+                let nodes = try net.custodyNodes("partition-messages", etcd: etcd, leaseSeconds: lease, extra: ["--cluster-nats", nats.url])
                 defer { for node in nodes { node.cleanUp() } }
-                for side in 0..<3 {
-                    let urls = ([side] + (0..<3).filter { $0 != side }).map { etcd.members[$0].clientURL }
-                    nodes.append(try RunningCustody(
-                        "partition-messages-n\(side + 1)",
-                        arguments: [
-                            "--cluster-etcd", urls.joined(separator: ","), "--node-id", "n\(side + 1)",
-                            "--cluster-lease-seconds", "\(lease)", "--connects-per-second-per-session", "0",
-                            "--cluster-nats", nats.url,
-                        ],
-                        launcher: net.launcher(side)))
-                }
                 do {
                     let subscriber = try PahoClient.subscriber(
                         port: nodes[1].port, id: "major-sub", filters: ["p/#"], launcher: net.launcher(1))

@@ -80,25 +80,23 @@ extension MessagingSuites {
                     Thread.sleep(forTimeInterval: 2.5)
                     moved.stop()
 
+                    /// Ten messages published on node 2 while it is away, then a resume on `node`:
+                    /// those ten, and nothing it had before.
+                    func offlineThenResume(on node: Int, _ prefix: String) throws {
+                        let offline = try PahoClient.publisher(port: cluster[1].port, id: "pub-\(prefix)", topic: "q/\(prefix)", count: 10, qos: 1, prefix: prefix)
+                        try offline.spawned.waitForOutput(containing: "DONE", timeout: 30)
+                        let client = try resume(node)
+                        #expect(client.lines.contains("CONNACK rc=0 present=1"))
+                        try client.wait { $0.payloads.count >= 10 }
+                        // Past the hand-over margin before it goes again.
+                        Thread.sleep(forTimeInterval: 2.5)
+                        #expect(client.payloads == (0..<10).map { "\(prefix)-\($0)" })
+                        client.stop()
+                    }
                     // Back on node 3: its own copy, as on one node.
-                    let offline = try PahoClient.publisher(port: cluster[1].port, id: "pub-3", topic: "q/z", count: 10, qos: 1, prefix: "again")
-                    try offline.spawned.waitForOutput(containing: "DONE", timeout: 30)
-                    let again = try resume(2)
-                    #expect(again.lines.contains("CONNACK rc=0 present=1"))
-                    try again.wait { $0.payloads.count >= 10 }
-                    Thread.sleep(forTimeInterval: 2.5)
-                    #expect(again.payloads == (0..<10).map { "again-\($0)" })
-                    again.stop()
-
+                    try offlineThenResume(on: 2, "again")
                     // Back to node 1, which held a stale copy (the 1,000 it queued): only what came since.
-                    let last = try PahoClient.publisher(port: cluster[1].port, id: "pub-4", topic: "q/w", count: 10, qos: 1, prefix: "back")
-                    try last.spawned.waitForOutput(containing: "DONE", timeout: 30)
-                    let back = try resume(0)
-                    #expect(back.lines.contains("CONNACK rc=0 present=1"))
-                    try back.wait { $0.payloads.count >= 10 }
-                    Thread.sleep(forTimeInterval: 1)
-                    #expect(back.payloads == (0..<10).map { "back-\($0)" })
-                    back.stop()
+                    try offlineThenResume(on: 0, "back")
                 }
             }
         }
@@ -177,7 +175,7 @@ func firstOccurrences(_ payloads: [String]) -> [String] {
 /// `custody.s.<hex of the name>`): its payload, nil when there is none.
 func sessionRecord(_ natsURL: String, _ session: String) async throws -> String? {
     let connection = try await NATSConnection.connect(NATSOptions(servers: [NATSServer(url: natsURL)!]))
-    let hex = session.utf8.map { String(format: "%02x", $0) }.joined()
+    let hex = session.utf8.map { String(format: "%02X", $0) }.joined()
     do {
         let stored = try await JetStream(connection).lastMessage(stream: "CUSTODY_SESSIONS", subject: "custody.s." + hex)
         await connection.close()
