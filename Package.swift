@@ -243,7 +243,7 @@ let package = Package(
             // Messages across nodes (issue 19): the broker's cluster link on NATS JetStream and
             // the MQTT topic <-> NATS subject mapping.
             dependencies: [
-                "Broker", "MQTTCodec", "NATSClient",
+                "Broker", "LedgerCore", "MQTTCodec", "NATSClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -93,6 +93,7 @@ extension Broker {
         }
         pump(state, &batch)
         submit(batch)
+        tellClusterOfSession(state)
         return BrokerSession(name: name, broker: self, state: state, token: state.attachment)
     }
 
@@ -129,7 +130,9 @@ extension Broker {
             }
             submit(batch)
         }
-        if !state.persistent {
+        if state.persistent {
+            tellClusterOfSession(state)
+        } else {
             var batch = StoreBatch()
             discard(state, &batch)
             if sessions[state.name] === state { sessions[state.name] = nil }

@@ -15,6 +15,17 @@ import NIOCore
 /// are not shown to it again.
 public protocol BrokerClusterLink: AnyObject, Sendable {
     func forward(_ publish: MQTTPublish) -> EventLoopFuture<Void>?
+    /// A persistent session attached, detached or changed its subscriptions here (under the
+    /// broker's lock, in its order; quick, no calls into the broker). The future (nil: nothing
+    /// kept) succeeds once the cluster keeps it: a SUBACK waits for it.
+    func sessionChanged(_ snapshot: BrokerSessionSnapshot) -> EventLoopFuture<Void>?
+    /// A session the link was told of ended here for good (under the lock, as above).
+    func sessionEnded(_ name: SessionName)
+}
+
+extension BrokerClusterLink {
+    public func sessionChanged(_ snapshot: BrokerSessionSnapshot) -> EventLoopFuture<Void>? { nil }
+    public func sessionEnded(_ name: SessionName) {}
 }
 
 extension Broker {
@@ -30,15 +41,21 @@ extension Broker {
         var copy = publish
         clean(&copy.properties)
         copy.duplicate = false
-        guard let forwarded = clusterLink.forward(copy) else { return waiter }
+        return joined(waiter, clusterLink.forward(copy), operation: "cluster publish")
+    }
+
+    /// Completes once both `waiter` (the local store) and `future` (the cluster) have: with
+    /// the first failure. `waiter` itself when there is no `future`.
+    func joined(_ waiter: CommitWaiter?, _ future: EventLoopFuture<Void>?, operation: String) -> CommitWaiter? {
+        guard let future else { return waiter }
         let joined = CommitWaiter()
         let gate = JoinGate(parts: waiter == nil ? 1 : 2, joined)
         waiter?.whenComplete { gate.arrive($0) }
-        forwarded.whenComplete { result in
+        future.whenComplete { result in
             switch result {
             case .success: gate.arrive(.success(()))
             case .failure(let error):
-                gate.arrive(.failure(.storage(operation: "cluster publish", code: 5, message: "\(error)")))
+                gate.arrive(.failure(.storage(operation: operation, code: 5, message: "\(error)")))
             }
         }
         return joined

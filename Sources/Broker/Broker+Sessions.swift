@@ -44,6 +44,7 @@ extension Broker {
 
     /// Forgets a session's state, in memory and (through `batch`) on disk.
     func discard(_ state: SessionState, _ batch: inout StoreBatch) {
+        tellClusterSessionEnded(state)
         for filter in state.subscriptions.keys { tree.remove(filter, session: state) }
         redistributeShares(of: state)
         for delivery in state.inflight.values { forget(delivery, state, &batch, deleteRecord: false) }

@@ -67,7 +67,9 @@ extension Broker {
                 }
             }
             retainedHeld = batch.takeHeld()
-            return (codes, submitWaiting(batch))
+            // In a cluster, another node may take the session on: its subscriptions are kept
+            // there before the SUBACK.
+            return (codes, joined(submitWaiting(batch), tellClusterOfSession(state), operation: "cluster session state"))
         }
         if let waiter {
             let result = await waiter.wait()
@@ -120,6 +122,7 @@ extension Broker {
                 }
                 codes.append(.success)
             }
+            tellClusterOfSession(state)
             return (codes, submitWaiting(batch))
         }
         if let waiter, case .failure(let error) = await waiter.wait() { throw .storage(error) }

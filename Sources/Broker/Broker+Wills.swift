@@ -9,6 +9,7 @@ extension Broker {
             guard state.attachment == session.token else { return }
             state.will = will
             state.willSessionExpiry = sessionExpiryInterval
+            tellClusterOfSession(state)
             var batch = StoreBatch()
             if let will {
                 storeWill(will, state, due: 0, &batch)
@@ -71,15 +72,22 @@ extension Broker {
     /// `publisher`: the will's own session, for No Local.
     func publishWill(_ will: MQTTWill, from publisher: SessionState) {
         guard TopicRules.isValidTopicName(will.topic) else { return }
-        var properties = will.properties
-        properties.willDelayInterval = nil
-        let publish = MQTTPublish(
-            topicName: will.topic, payload: will.payload, qos: will.qos, retain: will.retain,
-            packetIdentifier: will.qos == .atMostOnce ? nil : 1, properties: properties)
+        let publish = will.publish
         var batch = StoreBatch()
         _ = route(publish, from: publisher, &batch)
         if will.retain { keepRetained(publish, from: publisher.name, &batch) }
         willsPublished += 1
         _ = forwardToCluster(publish, submitWaiting(batch))
+    }
+}
+
+extension MQTTWill {
+    /// The PUBLISH the will becomes (without its Will Delay Interval).
+    public var publish: MQTTPublish {
+        var properties = self.properties
+        properties.willDelayInterval = nil
+        return MQTTPublish(
+            topicName: topic, payload: payload, qos: qos, retain: retain,
+            packetIdentifier: qos == .atMostOnce ? nil : 1, properties: properties)
     }
 }

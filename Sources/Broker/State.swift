@@ -118,6 +118,8 @@ final class SessionState: @unchecked Sendable {
     var readsServerTopics = false
     /// The queue may hold a message with a Message Expiry Interval (the sweep looks only here).
     var queueMayExpire = false
+    /// The cluster link was told of it (`tellClusterOfSession`): its end is told too.
+    var clusterKept = false
     /// The current connection's will message (`BrokerSession.setWill`), and the session
     /// expiry interval that bounds its delay.
     var will: MQTTWill? {

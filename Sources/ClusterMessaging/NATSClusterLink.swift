@@ -10,6 +10,7 @@
 // one ack per batch, in order) only once it was delivered here or stored for an offline session.
 import Broker
 import Foundation
+import LedgerCore
 import Logging
 import MQTTCodec
 import NATSClient
@@ -24,6 +25,11 @@ public struct ClusterMessagingSettings: Sendable {
     public var streamName = "CUSTODY_MESSAGES"
     /// The last retained message of each topic (an empty one: cleared), for nodes that start later.
     public var retainedStreamName = "CUSTODY_RETAINED"
+    /// Each persistent session's subscriptions and pending-since time (`SessionStateStore`).
+    public var sessionStreamName = "CUSTODY_SESSIONS"
+    /// A session taken on from another node reads the stream from its record's `since` less
+    /// this, for clocks of nodes and NATS servers that disagree a little.
+    public var handoverMarginSeconds: Int64 = 2
     /// How long the stream keeps a message that a stopped node has not consumed.
     public var maxAgeSeconds: Int64 = 3600
     /// How long JetStream waits for a node's ack before delivering again.
@@ -58,9 +64,17 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
     private let headers: NATSHeaders
     private let runID = UUID().uuidString.prefix(8)
     private let sequence = Atomic<UInt64>(0)
+    /// QoS 1/2 messages handed to JetStream, and those JetStream answered (either way).
+    private let reliableIssued = Atomic<UInt64>(0)
+    private let reliableAnswered = Atomic<UInt64>(0)
     private let stats = Mutex(ClusterMessageCounts())
     private var consuming: Task<Void, Never>?
     private let shares: SharedSubscriptionConsumers
+    let sessions: SessionStateStore
+    let gate = ConsumeGate()
+    /// When JetStream stored the oldest message this node's consumer may not have routed yet
+    /// (µs; 0: none, it has routed all it was given, with nothing pending behind them).
+    private let consumedThrough = Atomic<Int64>(0)
 
     /// Connects, makes the stream and this node's consumer when missing, and starts taking
     /// other nodes' messages; then shows the broker's publishes to NATS.
@@ -80,6 +94,7 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
             retained.duplicateWindow = 120_000_000_000
             _ = try await jetStream.ensureStream(retained)
             try await loadRetained(jetStream, settings, broker)
+            try await SessionStateStore.ensureStream(jetStream, settings)
             if try await jetStream.consumerInfo(stream: settings.streamName, name: settings.consumerName) == nil {
                 var consumer = ConsumerConfig(durableName: settings.consumerName)
                 // A new node takes what is published from now on; a node that restarts goes on
@@ -95,6 +110,7 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
                                         batch: settings.pullBatch, expires: .seconds(5))
             let link = NATSClusterLink(settings, connection, jetStream, broker, pull, logger)
             try connection.subscribe(bestEffortMapping.prefix + ".>") { [weak link] in link?.arrivedBestEffort($0) }
+            try link.sessions.start(connection)
             try await connection.flush()
             link.consuming = Task { await link.consume() }
             broker.setClusterLink(link)
@@ -118,6 +134,12 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
         self.logger = logger
         headers = NATSHeaders([(Self.nodeHeader, settings.nodeID)])
         shares = SharedSubscriptionConsumers(jetStream: jetStream, broker: broker, settings: settings, logger: logger)
+        sessions = SessionStateStore(jetStream: jetStream, settings: settings, broker: broker, logger: logger)
+        sessions.consumedThrough = { [weak self] in
+            guard let self else { return nil }
+            let through = self.consumedThrough.load(ordering: .relaxed)
+            return through == 0 ? nil : through
+        }
     }
 
     /// JetStream answers 503 or nobody while a fresh cluster elects its meta leader.
@@ -185,10 +207,12 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
         }
         let number = sequence.add(1, ordering: .relaxed).newValue
         stats.withLock { $0.sentReliable += 1 }
+        reliableIssued.add(1, ordering: .relaxed)
         let stored = jetStream.publishFuture(
             Self.reliableMapping.subject(topic: publish.topicName), payload: payload, headers: headers,
             messageID: "\(settings.nodeID)-\(runID)-\(number)"
         ).map { _ in () }
+        stored.whenComplete { [weak self] _ in self?.reliableAnswered.add(1, ordering: .relaxed) }
         return kept.map { stored.and($0).map { _ in () } } ?? stored
     }
 
@@ -206,6 +230,9 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
         while true {
             let messages = await pull.nextBatch()
             guard let last = messages.last else { return }
+            if consumedThrough.load(ordering: .relaxed) == 0, let first = JetStreamMetadata(replyTo: messages[0].replyTo) {
+                consumedThrough.store(first.timestamp / 1000, ordering: .relaxed)
+            }
             var publishes: [MQTTPublish] = []
             var redelivered = 0
             for message in messages where message.headers?[Self.nodeHeader] != settings.nodeID {
@@ -216,9 +243,15 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
                 if let meta = JetStreamMetadata(replyTo: message.replyTo), meta.delivered > 1 { redelivered += 1 }
                 publishes.append(publish)
             }
+            // A session being taken on from another node reads the stream meanwhile.
+            await gate.enterRouting()
+            defer { gate.leaveRouting() }
             do {
                 if !publishes.isEmpty { try await broker.publishFromCluster(publishes) }
                 try pull.ack(last)
+                if let meta = JetStreamMetadata(replyTo: last.replyTo) {
+                    consumedThrough.store(meta.pending == 0 ? 0 : meta.timestamp / 1000, ordering: .relaxed)
+                }
                 stats.withLock {
                     $0.receivedReliable += publishes.count
                     $0.redelivered += redelivered
@@ -232,6 +265,63 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
                 return
             }
         }
+    }
+
+    // MARK: - Persistent sessions across nodes
+
+    public func sessionChanged(_ snapshot: BrokerSessionSnapshot) -> EventLoopFuture<Void>? {
+        sessions.changed(snapshot)
+    }
+
+    public func sessionEnded(_ name: SessionName) {
+        sessions.ended(name)
+    }
+
+    /// Whether etcd gives this node a session now: only its holder writes its record.
+    public func setSessionOwner(_ owns: @escaping @Sendable (SessionName) -> Bool) {
+        sessions.setOwner(owns)
+    }
+
+    /// Before a CONNECT for `name` is granted here (`present`: its state goes on;
+    /// `previousNode`: the node that held it, nil for a new session): a session that lived on
+    /// another node (or whose state this node lacks) is taken on from its record in JetStream;
+    /// a clean start of a session that lived before deletes its record. Throws when its
+    /// state cannot be read (the CONNECT is then refused, nothing lost).
+    public func prepareSession(_ name: SessionName, present: Bool, previousNode: String?) async throws {
+        guard present else {
+            if previousNode != nil { sessions.ended(name) }
+            return
+        }
+        if previousNode == settings.nodeID, broker.hasSession(name) { return }
+        guard var record = try await sessions.record(of: name) else { return }
+        if record.node == settings.nodeID, broker.hasSession(name) { return }
+
+        if record.connected, record.node != settings.nodeID, let since = await sessions.askPendingSince(name, node: record.node) {
+            // Still attached on a node that answers (a takeover): what it has not delivered yet.
+            record.since = max(record.since, since)
+        }
+        _ = try await SessionHandover(jetStream: jetStream, settings: settings, broker: broker, gate: gate, logger: logger, own: self)
+            .takeOn(name, record)
+    }
+
+    /// The Nats-Msg-Id of this node's messages in this run: this, then a number.
+    var ownMessageIDPrefix: String { "\(settings.nodeID)-\(runID)-" }
+    /// The last number given to one of this node's messages.
+    var lastMessageNumber: UInt64 { sequence.load(ordering: .relaxed) }
+
+    /// Waits until JetStream has answered every QoS 1/2 message this node handed it so far
+    /// (at most `limit`: a publish is tried again for 30 s).
+    func ownMessagesAnswered(limit: Duration = .seconds(35)) async {
+        let target = reliableIssued.load(ordering: .relaxed)
+        let deadline = ContinuousClock.now + limit
+        while reliableAnswered.load(ordering: .relaxed) < target, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(2))
+        }
+    }
+
+    /// Sessions the ledger ended (expired): the cluster's records of them go.
+    public func sessionsExpired(_ names: [SessionName]) {
+        for name in names { sessions.ended(name) }
     }
 
     /// What the link has carried since it started.

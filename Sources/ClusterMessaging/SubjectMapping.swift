@@ -100,11 +100,11 @@ public struct SubjectMapping: Sendable, Equatable {
         return subjects
     }
 
-    private static func hex(_ nibble: UInt8) -> UInt8 {
+    static func hex(_ nibble: UInt8) -> UInt8 {
         nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "A") + nibble - 10
     }
 
-    private static func unhex(_ byte: UInt8) -> UInt8? {
+    static func unhex(_ byte: UInt8) -> UInt8? {
         switch byte {
         case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
         case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10

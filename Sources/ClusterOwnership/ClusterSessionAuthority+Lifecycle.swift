@@ -133,6 +133,7 @@ extension ClusterSessionAuthority {
         } catch {
             logger.error("end of a connection not recorded", metadata: ["session_name": "\(name)", "error": "\(error)"])
         }
+        if reason == .connectionLost, entry.record.node != nodeID { state.withLock { $0.onLost }?(session) }
     }
 
     /// At start: what this node's ledger holds live and etcd no longer gives it ends here

@@ -51,6 +51,11 @@ public final class ClusterSessionAuthority: SessionAuthority {
         var onTakenOver: (@Sendable (ConnectionNumber) -> Void)?
         var onLapsed: (@Sendable (ConnectionNumber) -> Void)?
         var onExpired: (@Sendable ([LedgerEvent]) -> Void)?
+        /// Before a grant is recorded and answered: the session (whether its state is
+        /// present, and the node that held it before) is made ready here; a throw refuses it.
+        var onGrant: (@Sendable (SessionName, Bool, String?) async throws -> Void)?
+        /// A dead node's connection that this node recorded as lost (its will goes now).
+        var onLost: (@Sendable (SessionName) -> Void)?
         /// Sessions whose connections a lapse ended here (recorded already) while etcd could
         /// not hear it: written to etcd once the node has a lease again.
         var lapsed: Set<String> = []
@@ -103,6 +108,30 @@ public final class ClusterSessionAuthority: SessionAuthority {
             $0.onTakenOver = takenOver
             $0.onLapsed = lapsed
         }
+    }
+
+    /// Called before each grant is recorded and answered, with the session, whether its state
+    /// is present, and the node that held it before (nil: a new session); a throw refuses the
+    /// CONNECT (0x88) and takes the grant back in etcd.
+    public func beforeGranting(_ body: @escaping @Sendable (SessionName, Bool, String?) async throws -> Void) {
+        state.withLock { $0.onGrant = body }
+    }
+
+    /// Told of each session of a dead node whose loss this node recorded
+    /// (`disconnected(connectionLost)`), once recorded.
+    public func onConnectionLost(_ body: @escaping @Sendable (SessionName) -> Void) {
+        state.withLock { $0.onLost = body }
+    }
+
+    /// Whether the session is connected now (on any node), as this node's view shows.
+    public func isConnected(_ name: SessionName) -> Bool {
+        view.session(name.value)?.record.connected ?? false
+    }
+
+    /// Whether this node holds `name` in etcd now (connected here, or disconnected here last),
+    /// as its view shows.
+    public func holds(_ name: SessionName) -> Bool {
+        view.session(name.value)?.record.node == nodeID
     }
 
     /// Told of the sessions this node expired (their pub/sub state goes).
@@ -241,22 +270,26 @@ public final class ClusterSessionAuthority: SessionAuthority {
                 protocolVersion: request.protocolVersion, cleanStart: request.cleanStart, expiryInterval: expiry,
                 remoteAddress: request.remoteAddress, epoch: UInt64(epoch)))
             state.withLock { $0.held[name.value] = Held(connection: request.connection, modRevision: epoch, record: record) }
-            let recorded: [LedgerEvent]
-            do {
-                recorded = try await local.record(events)
-            } catch {
-                // Granted in etcd but not durable here: nothing is granted (R8), so etcd must
-                // not keep the grant either.
-                await takeBack(
-                    Grant(name: name, record: record, epoch: epoch, connection: request.connection),
-                    previous: live, replaced: taken)
-                return .failure(error)
-            }
             let present: Bool
             if let previous {
                 present = !request.cleanStart && (previous.connected ? previous.expiry > 0 : true)
             } else {
                 present = false
+            }
+            let recorded: [LedgerEvent]
+            do {
+                // The session's state comes here from the node that held it (cluster messages).
+                if let prepare = state.withLock({ $0.onGrant }) {
+                    try await prepare(name, present, previous?.node)
+                }
+                recorded = try await local.record(events)
+            } catch {
+                // Granted in etcd but not durable here (or its state could not be brought
+                // here): nothing is granted (R8), so etcd must not keep the grant either.
+                await takeBack(
+                    Grant(name: name, record: record, epoch: epoch, connection: request.connection),
+                    previous: live, replaced: taken)
+                return .failure(error as? LedgerError ?? .storage(operation: "cluster session state", code: -4, message: "\(error)"))
             }
             return .success(.granted(SessionGrant(
                 sequence: recorded.last!.sequence, connection: request.connection, sessionPresent: present,

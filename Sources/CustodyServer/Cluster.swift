@@ -5,6 +5,7 @@ import ClusterOwnership
 import CustodyConfig
 import EtcdGateway
 import Foundation
+import LedgerCore
 import Logging
 import NATSClient
 import ServiceLifecycle
@@ -48,6 +49,27 @@ extension Custody {
         } catch {
             throw await startFailed(
                 "cannot carry the cluster's messages on NATS \(configuration.nats.joined(separator: ",")): \(error)", broker: broker)
+        }
+    }
+}
+
+extension NATSClusterLink {
+    /// Persistent sessions follow their owner across nodes: only the node etcd gives a
+    /// session writes its record; a grant first takes the session on from its record when it
+    /// lived elsewhere (refused, and taken back in etcd, when that cannot be read); the node
+    /// that expires a session deletes its record; the node that records a dead node's
+    /// connection as lost publishes its will.
+    func followSessions(of cluster: ClusterSessionAuthority) {
+        setSessionOwner { [weak cluster] name in cluster?.holds(name) ?? true }
+        cluster.beforeGranting { [weak self] name, present, previousNode in
+            try await self?.prepareSession(name, present: present, previousNode: previousNode)
+        }
+        cluster.onSessionsExpired { [weak self] events in
+            self?.sessionsExpired(events.map(\.sessionName))
+        }
+        let isConnected: @Sendable (SessionName) -> Bool = { [weak cluster] in cluster?.isConnected($0) ?? false }
+        cluster.onConnectionLost { [weak self] name in
+            self?.publishWillOfLostSession(name, isConnected: isConnected)
         }
     }
 }

@@ -406,6 +406,7 @@ struct Custody: AsyncParsableCommand {
             await cluster?.gateway.shutdown()
             throw error
         }
+        if let messaging, let cluster { messaging.followSessions(of: cluster) }
         operations.attach(ledger: ledger, broker: broker)
         let logger = Logger(label: "custody.mqtt")
         let listeners: [FrontListener]

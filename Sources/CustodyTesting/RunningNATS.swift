@@ -14,7 +14,11 @@ public final class RunningNATS: @unchecked Sendable {
         public let clusterPort: Int
         public let monitorPort: Int
         public let directory: String
-        public var url: String { "nats://127.0.0.1:\(port)" }
+        /// Where it listens, and the command that runs it there (a network namespace's
+        /// `ip netns exec NS`; empty: here, on 127.0.0.1).
+        public var host = "127.0.0.1"
+        public var launcher: [String] = []
+        public var url: String { "nats://\(host):\(port)" }
     }
 
     public let servers: [Server]
@@ -26,12 +30,28 @@ public final class RunningNATS: @unchecked Sendable {
     public var url: String { servers[0].url }
 
     /// Starts `size` servers (1, or 3 for a JetStream cluster) and waits until each is healthy.
-    public init(_ label: String, servers size: Int = 1) throws {
+    public convenience init(_ label: String, servers size: Int = 1) throws {
+        try self.init(label, size: size, placed: nil)
+    }
+
+    /// One server at `host`, run by `launcher` (a network namespace's `ip netns exec NS`,
+    /// where ports 4222 and 8222 are its own).
+    public convenience init(_ label: String, host: String, launcher: [String]) throws {
+        try self.init(label, size: 1, placed: (host, launcher))
+    }
+
+    private init(_ label: String, size: Int, placed: (host: String, launcher: [String])?) throws {
         let root = scratchDirectory("nats-\(label)")
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         servers = try (0..<size).map { index in
-            Server(name: "n\(index)", port: try freeLoopbackPort(), clusterPort: try freeLoopbackPort(),
-                   monitorPort: try freeLoopbackPort(), directory: root + "/n\(index)")
+            guard let placed else {
+                return Server(name: "n\(index)", port: try freeLoopbackPort(), clusterPort: try freeLoopbackPort(),
+                              monitorPort: try freeLoopbackPort(), directory: root + "/n\(index)")
+            }
+            var server = Server(name: "n\(index)", port: 4222, clusterPort: 6222, monitorPort: 8222, directory: root + "/n\(index)")
+            server.host = placed.host
+            server.launcher = placed.launcher
+            return server
         }
         processes = Array(repeating: nil, count: size)
         clusterName = "custody-test-\(UUID().uuidString.prefix(8))"
@@ -47,7 +67,7 @@ public final class RunningNATS: @unchecked Sendable {
     private func launch(_ index: Int) throws {
         let server = servers[index]
         var arguments = [
-            "-n", server.name, "-a", "127.0.0.1", "-p", String(server.port), "-m", String(server.monitorPort),
+            "-n", server.name, "-a", server.host, "-p", String(server.port), "-m", String(server.monitorPort),
             "-js", "-sd", server.directory,
         ]
         if servers.count > 1 {
@@ -57,7 +77,8 @@ public final class RunningNATS: @unchecked Sendable {
                 "--routes", routes.joined(separator: ","),
             ]
         }
-        processes[index] = try launchLogged("/usr/sbin/nats-server", arguments, log: server.directory + ".log")
+        let command = server.launcher + ["/usr/sbin/nats-server"] + arguments
+        processes[index] = try launchLogged(command[0], Array(command.dropFirst()), log: server.directory + ".log")
     }
 
     public func log(server index: Int = 0) -> String {
@@ -66,11 +87,13 @@ public final class RunningNATS: @unchecked Sendable {
 
     /// Waits until the server's `/healthz` says ok (JetStream ready, in a cluster: current).
     public func waitUntilHealthy(_ index: Int = 0, timeout: Double = 60) throws {
-        let curl = ["-s", "-m", "2", "http://127.0.0.1:\(servers[index].monitorPort)/healthz"]
+        let curl = servers[index].launcher + [
+            "/usr/bin/curl", "-s", "-m", "2", "http://\(servers[index].host):\(servers[index].monitorPort)/healthz",
+        ]
         try CustodyTesting.waitUntilHealthy(
             "nats-server \(servers[index].name)", process: processes[index], timeout: timeout, log: { log(server: index) }
         ) {
-            guard let (status, out, _) = try? run("/usr/bin/curl", curl, timeout: 5) else { return false }
+            guard let (status, out, _) = try? run(curl[0], Array(curl.dropFirst()), timeout: 5) else { return false }
             return status == 0 && out.contains("\"ok\"")
         }
     }

@@ -60,9 +60,11 @@ public struct StreamInfo: Decodable, Sendable {
 /// A consumer's settings (pull consumers: no deliver_subject).
 public struct ConsumerConfig: Codable, Sendable, Equatable {
     public var durableName: String?
-    /// "all", "new", "last", "last_per_subject", "by_start_sequence".
+    /// "all", "new", "last", "last_per_subject", "by_start_sequence", "by_start_time".
     public var deliverPolicy: String = "all"
     public var optStartSeq: UInt64?
+    /// RFC 3339 time, for "by_start_time".
+    public var optStartTime: String?
     /// "explicit", "all" (an ack acknowledges every earlier message too), "none".
     public var ackPolicy: String = "explicit"
     /// Nanoseconds before an unacknowledged message is delivered again.
@@ -79,6 +81,7 @@ public struct ConsumerConfig: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case durableName = "durable_name", deliverPolicy = "deliver_policy", optStartSeq = "opt_start_seq"
+        case optStartTime = "opt_start_time"
         case ackPolicy = "ack_policy", ackWait = "ack_wait", filterSubject = "filter_subject"
         case maxAckPending = "max_ack_pending", maxWaiting = "max_waiting", inactiveThreshold = "inactive_threshold"
         case replayPolicy = "replay_policy", numReplicas = "num_replicas"
@@ -194,6 +197,48 @@ public struct JetStream: Sendable {
             return true
         } catch let error as JetStreamError where error.isNotFound {
             return false
+        }
+    }
+
+    private struct Purge: Encodable {
+        var filter: String?
+        var seq: UInt64?
+    }
+
+    private struct Purged: Decodable { var purged: UInt64? }
+
+    /// Removes the stream's messages on `subject` (nil: every subject) below sequence
+    /// `before` (nil: all of them); returns how many went.
+    @discardableResult
+    public func purge(stream: String, subject: String?, before: UInt64? = nil) async throws -> UInt64 {
+        try await call("STREAM.PURGE.\(stream)", Purge(filter: subject, seq: before), as: Purged.self).purged ?? 0
+    }
+
+    /// A message as the stream keeps it.
+    public struct StoredMessage: Decodable, Sendable {
+        public var subject: String
+        public var sequence: UInt64
+        /// The payload (JetStream sends it base64).
+        public var data: Data
+        enum CodingKeys: String, CodingKey { case subject, sequence = "seq", data }
+
+        public init(from decoder: Decoder) throws {
+            let keys = try decoder.container(keyedBy: CodingKeys.self)
+            subject = try keys.decode(String.self, forKey: .subject)
+            sequence = try keys.decode(UInt64.self, forKey: .sequence)
+            data = try keys.decodeIfPresent(String.self, forKey: .data).flatMap { Data(base64Encoded: $0) } ?? Data()
+        }
+    }
+
+    private struct GetLast: Encodable { var last_by_subj: String }
+    private struct Got: Decodable { var message: StoredMessage }
+
+    /// The stream's last message on `subject`; nil when it has none.
+    public func lastMessage(stream: String, subject: String) async throws -> StoredMessage? {
+        do {
+            return try await call("STREAM.MSG.GET.\(stream)", GetLast(last_by_subj: subject), as: Got.self).message
+        } catch let error as JetStreamError where error.isNotFound {
+            return nil
         }
     }
 

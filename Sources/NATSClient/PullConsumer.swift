@@ -14,6 +14,8 @@ public struct JetStreamMetadata: Sendable, Equatable {
     public var delivered: UInt64
     public var streamSequence: UInt64
     public var consumerSequence: UInt64
+    /// When the stream stored it: ns since the epoch.
+    public var timestamp: Int64
     public var pending: UInt64
 
     public init?(replyTo: String?) {
@@ -22,13 +24,15 @@ public struct JetStreamMetadata: Sendable, Equatable {
         else { return nil }
         let base = tokens.count == 9 ? 2 : 4
         guard let delivered = UInt64(tokens[base + 2]), let streamSequence = UInt64(tokens[base + 3]),
-            let consumerSequence = UInt64(tokens[base + 4]), let pending = UInt64(tokens[base + 6])
+            let consumerSequence = UInt64(tokens[base + 4]), let timestamp = Int64(tokens[base + 5]),
+            let pending = UInt64(tokens[base + 6])
         else { return nil }
         stream = String(tokens[base])
         consumer = String(tokens[base + 1])
         self.delivered = delivered
         self.streamSequence = streamSequence
         self.consumerSequence = consumerSequence
+        self.timestamp = timestamp
         self.pending = pending
     }
 }

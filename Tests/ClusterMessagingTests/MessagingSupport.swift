@@ -114,6 +114,10 @@ p.add_argument("--empty", action="store_true")
 p.add_argument("--clean", type=int, default=1)
 p.add_argument("--expiry", type=int, default=0)
 p.add_argument("--inflight", type=int, default=20)
+p.add_argument("--will-topic")
+p.add_argument("--will-payload", default="gone")
+p.add_argument("--will-qos", type=int, default=1)
+p.add_argument("--will-delay", type=int, default=0)
 a = p.parse_args()
 
 def say(line):
@@ -170,6 +174,11 @@ c.on_message = on_message
 c.on_publish = on_publish
 c.on_disconnect = on_disconnect
 signal.signal(signal.SIGTERM, lambda *_: (c.disconnect(), time.sleep(0.2), os._exit(0)))
+if a.will_topic:
+    will_props = Properties(PacketTypes.WILLMESSAGE)
+    if a.will_delay:
+        will_props.WillDelayInterval = a.will_delay
+    c.will_set(a.will_topic, a.will_payload, qos=a.will_qos, properties=will_props)
 props = Properties(PacketTypes.CONNECT)
 if a.expiry:
     props.SessionExpiryInterval = a.expiry
@@ -213,23 +222,29 @@ let clientScriptPath: String = {
 final class PahoClient: @unchecked Sendable {
     let spawned: SpawnedProcess
 
-    init(port: Int, id: String, _ arguments: [String]) throws {
-        spawned = try SpawnedProcess(try pahoPython(), [clientScriptPath, "--port", "\(port)", "--id", id] + arguments)
+    /// `launcher`: a command that runs it elsewhere (a network namespace's `ip netns exec NS`).
+    init(port: Int, id: String, _ arguments: [String], launcher: [String] = []) throws {
+        let command = launcher + [try pahoPython(), clientScriptPath, "--port", "\(port)", "--id", id] + arguments
+        spawned = try SpawnedProcess(command[0], Array(command.dropFirst()))
     }
 
-    static func subscriber(port: Int, id: String, filters: [String], qos: Int = 1, user: String? = nil) throws -> PahoClient {
+    static func subscriber(
+        port: Int, id: String, filters: [String], qos: Int = 1, user: String? = nil, launcher: [String] = []
+    ) throws -> PahoClient {
         let client = try PahoClient(
-            port: port, id: id, ["--qos", "\(qos)"] + filters.flatMap { ["--sub", $0] } + (user.map { ["--user", $0] } ?? []))
+            port: port, id: id, ["--qos", "\(qos)"] + filters.flatMap { ["--sub", $0] } + (user.map { ["--user", $0] } ?? []),
+            launcher: launcher)
         try client.spawned.waitForOutput(containing: "SUBACK", timeout: 20)
         return client
     }
 
     static func publisher(
-        port: Int, id: String, topic: String, count: Int, qos: Int, prefix: String, retain: Bool = false, empty: Bool = false
+        port: Int, id: String, topic: String, count: Int, qos: Int, prefix: String, retain: Bool = false, empty: Bool = false,
+        launcher: [String] = []
     ) throws -> PahoClient {
         try PahoClient(port: port, id: id, [
             "--pub", topic, "--count", "\(count)", "--qos", "\(qos)", "--prefix", prefix,
-        ] + (retain ? ["--retain"] : []) + (empty ? ["--empty"] : []))
+        ] + (retain ? ["--retain"] : []) + (empty ? ["--empty"] : []), launcher: launcher)
     }
 
     var lines: [Substring] { spawned.output.split(separator: "\n") }

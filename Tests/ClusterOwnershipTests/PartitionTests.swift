@@ -22,19 +22,8 @@ extension ClusterSuites {
                 // may have led) and confirm a keepalive within two thirds of it on a busy machine:
                 // with 5 s, a full parallel test run once saw the majority node stop serving too.
                 let lease = 8
-                var nodes: [RunningCustody] = []
+                let nodes = try net.custodyNodes("partition", etcd: etcd, leaseSeconds: lease)
                 defer { for node in nodes { node.cleanUp() } }
-                for side in 0..<3 {
-                    // Its own member first: the side's node asks etcd there unless it fails to answer.
-                    let urls = ([side] + (0..<3).filter { $0 != side }).map { etcd.members[$0].clientURL }
-                    nodes.append(try RunningCustody(
-                        "partition-n\(side + 1)",
-                        arguments: [
-                            "--cluster-etcd", urls.joined(separator: ","), "--node-id", "n\(side + 1)",
-                            "--cluster-lease-seconds", "\(lease)", "--connects-per-second-per-session", "0",
-                        ],
-                        launcher: net.launcher(side)))
-                }
                 func code(_ side: Int, _ session: String, _ user: String) throws -> Int {
                     try connackCode(port: nodes[side].port, session: session, user: user, launcher: net.launcher(side))
                 }

@@ -91,7 +91,7 @@ struct NATSFrameDecoderTests {
     @Test func jetStreamMetadataFromTheReplySubject() throws {
         let v1 = try #require(JetStreamMetadata(replyTo: "$JS.ACK.S.C.2.17.9.1733300000000000000.4"))
         #expect(v1.stream == "S" && v1.consumer == "C" && v1.delivered == 2 && v1.streamSequence == 17
-            && v1.consumerSequence == 9 && v1.pending == 4)
+            && v1.consumerSequence == 9 && v1.pending == 4 && v1.timestamp == 1_733_300_000_000_000_000)
         let v2 = try #require(JetStreamMetadata(replyTo: "$JS.ACK.dom.acchash.S.C.1.5.6.1733300000000000000.0.rnd"))
         #expect(v2.stream == "S" && v2.delivered == 1 && v2.streamSequence == 5)
         #expect(JetStreamMetadata(replyTo: "_INBOX.x") == nil)
