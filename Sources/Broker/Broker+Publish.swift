@@ -166,7 +166,7 @@ extension Broker {
                 capture.committed(false)
                 return
             }
-            store.submit(capture.operations) { result in
+            store.submit(behindPendingWrites(capture.operations)) { result in
                 if case .success = result { capture.committed(true) } else { capture.committed(false) }
             }
         }

@@ -46,7 +46,19 @@ extension Broker {
                 continue
             }
             assignIdentifier(delivery, session)
-            if delivery.stored { putRecord(delivery, session, &batch) }
+            if delivery.stored {
+                // A QoS 1 record is not rewritten here: one write fewer per queued delivery.
+                // If the broker stops before the PUBACK, the delivery goes again after the
+                // restart with a new packet identifier, as it did whenever this unwaited rewrite
+                // was lost in a crash; a clean stop writes it (`writeStaleRecords`), so the
+                // restart resends it with DUP and the identifier the client knows. QoS 2's
+                // identifier must survive (the receiver's PUBREC/PUBCOMP flow keys on it).
+                if delivery.qos == .atLeastOnce {
+                    delivery.recordStale = true
+                } else {
+                    putRecord(delivery, session, &batch)
+                }
+            }
             if delivery.durable, let packet = transmit(delivery, session, now: now, &batch) {
                 packets.append(packet)
             }
@@ -95,6 +107,7 @@ extension Broker {
     }
 
     func putRecord(_ delivery: OutboundMessage, _ session: SessionState, _ batch: inout StoreBatch) {
+        delivery.recordStale = false
         batch.put(
             .sessions, key: BrokerRecords.deliveryKey(session.prefix, delivery.sequence),
             value: BrokerRecords.encodeDelivery(delivery))
@@ -134,5 +147,18 @@ extension Broker {
         }
         delivery.sent = true
         return packet
+    }
+
+    /// The records `pump` left saying queued for deliveries now in flight (under the lock, at
+    /// close): written, so that a clean restart resends them with their packet identifiers.
+    func writeStaleRecords() {
+        guard store != nil else { return }
+        var batch = StoreBatch()
+        for session in sessions.values where session.persistent {
+            for delivery in session.inflight.values where delivery.stored && delivery.recordStale {
+                putRecord(delivery, session, &batch)
+            }
+        }
+        submit(batch)
     }
 }

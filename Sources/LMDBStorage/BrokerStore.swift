@@ -103,6 +103,10 @@ public final class BrokerStore: @unchecked Sendable {
     public var onCommit: (@Sendable (BrokerCommitStatistics) -> Void)?
     /// Commits still to fail on purpose (`failNextCommits`), and with what.
     private let injectedFailures = Mutex<[LedgerError]>([])
+    /// Runs on the writer thread whenever it finds nothing queued (`whenIdle`).
+    private let idleHook = Mutex<(@Sendable () -> Void)?>(nil)
+    /// Runs after each commit's submissions were answered (`whenAnswered`).
+    private let answeredHook = Mutex<(@Sendable () -> Void)?>(nil)
 
     public init(directory: String, options: BrokerStoreOptions = BrokerStoreOptions()) throws(LedgerError) {
         lmdb = try LMDBEnvironment(
@@ -115,7 +119,10 @@ public final class BrokerStore: @unchecked Sendable {
             meta: "meta", formatVersion: Self.formatVersion)
         (messages, sessions, retained, routes) = (lmdb.tables[0], lmdb.tables[1], lmdb.tables[2], lmdb.tables[4])
         thread = GroupCommitThread(name: "custody-store") { [unowned self] batch in process(batch) }
-        thread.beforeWaiting = { [unowned self] in syncMeta() }
+        thread.beforeWaiting = { [unowned self] in
+            if let hook = idleHook.withLock({ $0 }) { hook() }
+            syncMeta()
+        }
         thread.start()
     }
 
@@ -133,7 +140,34 @@ public final class BrokerStore: @unchecked Sendable {
     public func submit(
         _ operations: [BrokerStoreOperation], done: (@Sendable (Result<Void, LedgerError>) -> Void)? = nil
     ) {
-        if !thread.enqueue(Submission(operations: operations, done: done)) { done?(.failure(.closed)) }
+        if !thread.enqueue(Submission(operations: operations, done: done)) {
+            done?(.failure(.closed))
+            answered()
+        }
+    }
+
+    /// Queues `operations` only if the writer is idle (nothing queued, no commit in hand), and
+    /// says whether it did. For a caller that keeps writes that promise nothing back while the
+    /// writer is busy, and hands them over from `whenIdle`: one commit then takes them all.
+    public func submitIfIdle(_ operations: [BrokerStoreOperation]) -> Bool {
+        thread.enqueueIfIdle(Submission(operations: operations, done: nil))
+    }
+
+    /// `hook` runs on the writer thread each time it finds nothing queued, before it waits
+    /// (it may `submit`: the writer then goes on). It must not wait for a commit.
+    public func whenIdle(_ hook: (@Sendable () -> Void)?) {
+        idleHook.withLock { $0 = hook }
+    }
+
+    /// `hook` runs after the `done` callbacks of a commit's submissions (on the writer thread,
+    /// or on the caller's for a submission refused after `close`): a caller whose callbacks
+    /// only note the outcome acts on all of them at once.
+    public func whenAnswered(_ hook: (@Sendable () -> Void)?) {
+        answeredHook.withLock { $0 = hook }
+    }
+
+    private func answered() {
+        if let hook = answeredHook.withLock({ $0 }) { hook() }
     }
 
     /// For tests of what a failed write leaves behind: the next `count` commits fail with
@@ -257,6 +291,7 @@ public final class BrokerStore: @unchecked Sendable {
                 operation: "broker store write", code: LedgerError.mapFullCode,
                 message: "the broker store's map is at its maximum and in its reserve; only deletes are taken")))
         }
+        answered()
     }
 
     /// Flushes the data file (the last commit's meta page with it) and answers that commit,
@@ -272,6 +307,7 @@ public final class BrokerStore: @unchecked Sendable {
             result = .failure(error)
         }
         for submission in commit { submission.done?(result) }
+        answered()
     }
 
     private func commit(_ batch: [Submission]) -> Result<Void, LedgerError> {

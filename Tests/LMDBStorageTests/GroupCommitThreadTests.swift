@@ -40,6 +40,43 @@ struct GroupCommitThreadTests {
     }
 
     /// A batch of non-urgent requests waits for an urgent one to share its commit.
+    /// `enqueueIfIdle` refuses while a batch is in hand or queued, and takes a request once
+    /// the thread has found nothing queued (`beforeWaiting` has run): what the broker keeps
+    /// back while the writer is busy goes from the idle hook, or at once to an idle writer.
+    @Test func enqueueIfIdleTakesARequestOnlyWhenTheThreadIsIdle() async throws {
+        try await offPool {
+            let batches = Batches()
+            let firstStarted = DispatchSemaphore(value: 0)
+            let release = DispatchSemaphore(value: 0)
+            let idle = DispatchSemaphore(value: 0)
+            let thread = GroupCommitThread<Int>(name: "test-idle") { batch in
+                batches.seen.withLock { $0.append(batch) }
+                if batch == [0] {
+                    firstStarted.signal()
+                    release.wait()
+                }
+            }
+            thread.beforeWaiting = { idle.signal() }
+            thread.start()
+            idle.wait()
+            #expect(thread.enqueue(0))
+            firstStarted.wait()
+            // A batch in hand: refused, and nothing queued.
+            #expect(!thread.enqueueIfIdle(1))
+            #expect(thread.enqueue(2))
+            // Still refused while a request waits in the queue.
+            #expect(!thread.enqueueIfIdle(3))
+            release.signal()
+            // After [2] the thread finds nothing queued and says so before it waits.
+            idle.wait()
+            #expect(thread.enqueueIfIdle(4))
+            idle.wait()
+            #expect(thread.stop())
+            #expect(batches.seen.withLock { $0 } == [[0], [2], [4]])
+            #expect(!thread.enqueueIfIdle(6))
+        }
+    }
+
     @Test func aNonUrgentBatchIsHeldForAnUrgentOne() async throws {
         try await offPool {
             let batches = Batches()
