@@ -104,9 +104,17 @@ public final class BrokerStore: @unchecked Sendable {
     /// Commits still to fail on purpose (`failNextCommits`), and with what.
     private let injectedFailures = Mutex<[LedgerError]>([])
     /// Runs on the writer thread whenever it finds nothing queued (`whenIdle`).
-    private let idleHook = Mutex<(@Sendable () -> Void)?>(nil)
+    private let idleHook = Mutex<Hook?>(nil)
     /// Runs after each commit's submissions were answered (`whenAnswered`).
-    private let answeredHook = Mutex<(@Sendable () -> Void)?>(nil)
+    private let answeredHook = Mutex<Hook?>(nil)
+
+    /// A hook in a box: a closure kept in a `Mutex` directly is reabstracted on every
+    /// `withLock` (its inout access goes through generic code), and each write-back wraps it in
+    /// one more thunk, so that calling it costs more every time.
+    private final class Hook: Sendable {
+        let run: @Sendable () -> Void
+        init(_ run: @escaping @Sendable () -> Void) { self.run = run }
+    }
 
     public init(directory: String, options: BrokerStoreOptions = BrokerStoreOptions()) throws(LedgerError) {
         lmdb = try LMDBEnvironment(
@@ -120,7 +128,7 @@ public final class BrokerStore: @unchecked Sendable {
         (messages, sessions, retained, routes) = (lmdb.tables[0], lmdb.tables[1], lmdb.tables[2], lmdb.tables[4])
         thread = GroupCommitThread(name: "custody-store") { [unowned self] batch in process(batch) }
         thread.beforeWaiting = { [unowned self] in
-            if let hook = idleHook.withLock({ $0 }) { hook() }
+            if let hook = idleHook.withLock({ $0 }) { hook.run() }
             syncMeta()
         }
         thread.start()
@@ -156,18 +164,18 @@ public final class BrokerStore: @unchecked Sendable {
     /// `hook` runs on the writer thread each time it finds nothing queued, before it waits
     /// (it may `submit`: the writer then goes on). It must not wait for a commit.
     public func whenIdle(_ hook: (@Sendable () -> Void)?) {
-        idleHook.withLock { $0 = hook }
+        idleHook.withLock { $0 = hook.map(Hook.init) }
     }
 
     /// `hook` runs after the `done` callbacks of a commit's submissions (on the writer thread,
     /// or on the caller's for a submission refused after `close`): a caller whose callbacks
     /// only note the outcome acts on all of them at once.
     public func whenAnswered(_ hook: (@Sendable () -> Void)?) {
-        answeredHook.withLock { $0 = hook }
+        answeredHook.withLock { $0 = hook.map(Hook.init) }
     }
 
     private func answered() {
-        if let hook = answeredHook.withLock({ $0 }) { hook() }
+        if let hook = answeredHook.withLock({ $0 }) { hook.run() }
     }
 
     /// For tests of what a failed write leaves behind: the next `count` commits fail with
