@@ -84,7 +84,7 @@ extension Broker {
         guard let bytes = BrokerRecords.encodeMessage(message.publish, receivedAt: message.receivedAt) else { return false }
         sequence += 1
         message.storeKey = sequence
-        batch.put(.messages, key: BrokerRecords.messageKey(sequence), value: bytes)
+        batch.putNumbered(.messages, prefix: [], number: sequence, value: bytes)
         return true
     }
 
@@ -96,20 +96,20 @@ extension Broker {
         guard delivery.stored else { return }
         delivery.stored = false
         if deleteRecord {
-            batch.delete(.sessions, key: BrokerRecords.deliveryKey(session.prefix, delivery.sequence))
+            batch.deleteNumbered(.sessions, prefix: session.deliveryPrefix, number: delivery.sequence)
         }
         let message = delivery.message
         message.references -= 1
         if message.references == 0, message.storeKey != 0 {
-            batch.delete(.messages, key: BrokerRecords.messageKey(message.storeKey))
+            batch.deleteNumbered(.messages, prefix: [], number: message.storeKey)
             message.storeKey = 0
         }
     }
 
     func putRecord(_ delivery: OutboundMessage, _ session: SessionState, _ batch: inout StoreBatch) {
         delivery.recordStale = false
-        batch.put(
-            .sessions, key: BrokerRecords.deliveryKey(session.prefix, delivery.sequence),
+        batch.putNumbered(
+            .sessions, prefix: session.deliveryPrefix, number: delivery.sequence,
             value: BrokerRecords.encodeDelivery(delivery))
     }
 

@@ -88,6 +88,8 @@ final class SessionState: @unchecked Sendable {
     /// The key prefix of its records in the store; made on first use (only persistent
     /// sessions write records).
     lazy var prefix: [UInt8] = BrokerRecords.sessionPrefix(name)
+    /// `prefix` + the delivery kind: its delivery records' keys are this + their sequence.
+    lazy var deliveryPrefix: [UInt8] = prefix + [BrokerRecords.deliveryKind]
     var persistent: Bool
     var sink: BrokerSink?
     /// The token of the `BrokerSession` currently attached; 0 when detached.

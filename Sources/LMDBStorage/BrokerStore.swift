@@ -33,13 +33,21 @@ public enum BrokerStoreOperation: Sendable {
     case delete(BrokerTable, key: [UInt8])
     /// Deletes every key that starts with `prefix`.
     case deletePrefix(BrokerTable, prefix: [UInt8])
+    /// `put` with the key `prefix` + `number` (8 bytes, big endian), made when it is written:
+    /// a record keyed by a number under a shared prefix (a session's deliveries, messages)
+    /// costs no key array of its own.
+    case putNumbered(BrokerTable, prefix: [UInt8], number: UInt64, value: [UInt8])
+    /// `delete` of the key `prefix` + `number` (8 bytes, big endian).
+    case deleteNumbered(BrokerTable, prefix: [UInt8], number: UInt64)
 }
 
 extension BrokerStoreOperation {
     /// Whether it may need more room (a put); deletes only free it.
     var adds: Bool {
-        if case .put = self { return true }
-        return false
+        switch self {
+        case .put, .putNumbered: true
+        case .delete, .deletePrefix, .deleteNumbered: false
+        }
     }
 }
 
@@ -351,6 +359,18 @@ public final class BrokerStore: @unchecked Sendable {
                 if code == MDB_NOTFOUND { return }
                 try check(code, "mdb_del broker \(table)")
             }
+        case .putNumbered(let table, let prefix, let number, let value):
+            try withNumberedKey(prefix, number) { (k) throws(LedgerError) in
+                try withVal(value) { (v) throws(LedgerError) in
+                    try check(mdb_put(txn, dbi(table), &k, &v, 0), "mdb_put broker \(table)")
+                }
+            }
+        case .deleteNumbered(let table, let prefix, let number):
+            try withNumberedKey(prefix, number) { (k) throws(LedgerError) in
+                let code = mdb_del(txn, dbi(table), &k, nil)
+                if code == MDB_NOTFOUND { return }
+                try check(code, "mdb_del broker \(table)")
+            }
         case .deletePrefix(let table, let prefix):
             var cursor: OpaquePointer?
             try check(mdb_cursor_open(txn, dbi(table), &cursor), "mdb_cursor_open")
@@ -368,5 +388,19 @@ public final class BrokerStore: @unchecked Sendable {
                 if code != MDB_NOTFOUND { try check(code, "mdb_cursor_get") }
             }
         }
+    }
+
+    /// The key `prefix` + `number` (big endian) in a buffer on the stack, as an MDB_val.
+    private func withNumberedKey(
+        _ prefix: [UInt8], _ number: UInt64, _ body: (inout MDB_val) throws(LedgerError) -> Void
+    ) throws(LedgerError) {
+        var result: Result<Void, LedgerError> = .success(())
+        withUnsafeTemporaryAllocation(byteCount: prefix.count + 8, alignment: 1) { buffer in
+            prefix.withUnsafeBytes { buffer.copyMemory(from: $0) }
+            buffer.storeBytes(of: number.bigEndian, toByteOffset: prefix.count, as: UInt64.self)
+            var key = MDB_val(mv_size: buffer.count, mv_data: buffer.baseAddress)
+            do throws(LedgerError) { try body(&key) } catch { result = .failure(error) }
+        }
+        try result.get()
     }
 }
