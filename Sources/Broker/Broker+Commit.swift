@@ -5,45 +5,49 @@ import LMDBStorage
 
 extension Broker {
     /// Writes that promise nothing to anyone (a PUBACK's delete, a pumped delivery's record):
-    /// kept back in `pendingWrites`, in order, and written with the next submission that
-    /// waits (ahead of its own writes, so in the broker's order), or handed to the store's
-    /// writer as soon as it is idle (`flushPendingWrites`, from its idle hook). Under load a
-    /// window of acknowledgements then costs one submission, not one each, and joins the
-    /// commit that was coming anyway. Nothing in them is put back if they fail: a batch with
-    /// an undo log goes through `submitWaiting`.
+    /// kept back in `pendingWrites`, in order, and handed to the store ahead of the next
+    /// submission that waits (in the broker's order, so in the same commit), or as soon as the
+    /// store's writer is idle (`flushPendingWrites`, from its idle hook). Under load a window
+    /// of acknowledgements then costs one submission, not one each, and joins the commit that
+    /// was coming anyway. Batches that only delete are merged; one that adds stays a
+    /// submission of its own, so that a store at its maximum still takes the deletes (it
+    /// refuses whole submissions that add). Nothing in them is put back if they fail: a batch
+    /// with an undo log goes through `submitWaiting`.
     func submit(_ batch: StoreBatch) {
         assert(batch.undoLog.isEmpty, "a batch with changes to put back on failure was submitted unwaited")
         assert(batch.afterCommit.isEmpty, "a batch with a tap's writes was submitted unwaited")
         guard let store, !batch.isEmpty, !closed else { return }
         let wasEmpty = pendingWrites.isEmpty
-        pendingWrites += batch.operations
-        if pendingWrites.count >= Self.mostPendingWrites {
+        let adds = batch.operations.contains(where: \.adds)
+        if !adds, !wasEmpty, pendingTailOnlyDeletes {
+            pendingWrites[pendingWrites.count - 1] += batch.operations
+        } else {
+            pendingWrites.append(batch.operations)
+            pendingTailOnlyDeletes = !adds
+        }
+        pendingWriteCount += batch.operations.count
+        if pendingWriteCount >= Self.mostPendingWrites {
             flushPendingWrites()
         } else if wasEmpty, store.submitIfIdle(pendingWrites) {
             // An idle writer would not look at `pendingWrites` again before the next commit.
-            pendingWrites.removeAll(keepingCapacity: true)
+            clearPendingWrites()
         }
     }
 
     /// The most writes kept back before they are handed over anyway.
     static let mostPendingWrites = 4096
 
-    /// Hands the writes kept back to the store (under the lock): from the store's idle hook,
-    /// and before the store closes.
+    /// Hands the writes kept back to the store (under the lock): before a submission that
+    /// is waited for, from the store's idle hook, and before the store closes.
     func flushPendingWrites() {
         guard let store, !pendingWrites.isEmpty else { return }
-        store.submit(pendingWrites)
-        pendingWrites.removeAll(keepingCapacity: true)
+        store.submit(each: pendingWrites)
+        clearPendingWrites()
     }
 
-    /// `operations` behind the writes kept back (under the lock): what a submission that
-    /// is waited for writes, in the broker's order.
-    func behindPendingWrites(_ operations: [BrokerStoreOperation]) -> [BrokerStoreOperation] {
-        guard !pendingWrites.isEmpty else { return operations }
-        var all = pendingWrites
-        all += operations
+    private func clearPendingWrites() {
         pendingWrites.removeAll(keepingCapacity: true)
-        return all
+        pendingWriteCount = 0
     }
 
     /// Submits `batch` (under the lock, so the store sees it in the broker's order) and
@@ -69,7 +73,8 @@ extension Broker {
         // Answered on the writer's thread after the commit, with every other submission of
         // that commit (`settleCommitted`): one turn of the broker's lock per commit, not one
         // per PUBLISH, so the writer and the loops hand the lock back and forth less.
-        store.submit(behindPendingWrites(batch.operations)) { [self] result in
+        flushPendingWrites()
+        store.submit(batch.operations) { [self] result in
             committed.withLock {
                 $0.append(Committed(held: held, undoLog: undoLog, afterCommit: afterCommit, waiter: waiter, result: result))
             }
@@ -137,7 +142,8 @@ extension Broker {
         guard let store, !batch.isEmpty else { return }
         let semaphore = DispatchSemaphore(value: 0)
         let outcome = CommitOutcome()
-        store.submit(behindPendingWrites(batch.operations)) { result in
+        flushPendingWrites()
+        store.submit(batch.operations) { result in
             outcome.set(result)
             semaphore.signal()
         }

@@ -166,7 +166,8 @@ extension Broker {
                 capture.committed(false)
                 return
             }
-            store.submit(behindPendingWrites(capture.operations)) { result in
+            flushPendingWrites()
+            store.submit(capture.operations) { result in
                 if case .success = result { capture.committed(true) } else { capture.committed(false) }
             }
         }

@@ -92,8 +92,12 @@ public final class Broker: @unchecked Sendable {
     var matches: [Match] = []
     var closed = false
     var dirtySessions: [SessionState] = []
-    /// Writes that promise nothing, kept back for the next commit (`submit`).
-    var pendingWrites: [BrokerStoreOperation] = []
+    /// Writes that promise nothing, kept back for the next commit (`submit`): one entry per
+    /// submission they will be; the last one only deletes (`pendingTailOnlyDeletes`) when
+    /// later deletes may join it. `pendingWriteCount`: their operations.
+    var pendingWrites: [[BrokerStoreOperation]] = []
+    var pendingTailOnlyDeletes = false
+    var pendingWriteCount = 0
     /// Waited submissions the store has answered, until `settleCommitted` (its own lock: the
     /// store's writer appends to it without the broker's).
     let committed = Mutex<[Committed]>([])

@@ -43,7 +43,7 @@ public enum BrokerStoreOperation: Sendable {
 
 extension BrokerStoreOperation {
     /// Whether it may need more room (a put); deletes only free it.
-    var adds: Bool {
+    public var adds: Bool {
         switch self {
         case .put, .putNumbered: true
         case .delete, .deletePrefix, .deleteNumbered: false
@@ -162,11 +162,17 @@ public final class BrokerStore: @unchecked Sendable {
         }
     }
 
-    /// Queues `operations` only if the writer is idle (nothing queued, no commit in hand), and
-    /// says whether it did. For a caller that keeps writes that promise nothing back while the
+    /// Queues each of `submissions` (without answers) for the next commit, at once: one turn
+    /// of the writer's queue for all of them.
+    public func submit(each submissions: [[BrokerStoreOperation]]) {
+        _ = thread.enqueue(contentsOf: submissions.map { Submission(operations: $0, done: nil) })
+    }
+
+    /// `submit(each:)`, only if the writer is idle (nothing queued, no commit in hand); says
+    /// whether it did. For a caller that keeps writes that promise nothing back while the
     /// writer is busy, and hands them over from `whenIdle`: one commit then takes them all.
-    public func submitIfIdle(_ operations: [BrokerStoreOperation]) -> Bool {
-        thread.enqueueIfIdle(Submission(operations: operations, done: nil))
+    public func submitIfIdle(_ submissions: [[BrokerStoreOperation]]) -> Bool {
+        thread.enqueueIfIdle(contentsOf: submissions.map { Submission(operations: $0, done: nil) })
     }
 
     /// `hook` runs on the writer thread each time it finds nothing queued, before it waits

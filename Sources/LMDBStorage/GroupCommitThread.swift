@@ -71,19 +71,31 @@ final class GroupCommitThread<Request>: @unchecked Sendable {
         return true
     }
 
-    /// Queues `request` only when the thread is idle (`idle`: nothing queued, no batch in
+    /// Queues `requests` in order, in one turn of the lock; false (nothing queued) unless running.
+    func enqueue(contentsOf requests: [Request]) -> Bool {
+        enqueue(requests, onlyIfIdle: false)
+    }
+
+    /// Queues `requests` only when the thread is idle (`idle`: nothing queued, no batch in
     /// hand); false otherwise, or unless running. A caller that keeps requests back while the
     /// thread is busy, and hands them over in `beforeWaiting`, uses it so that nothing it
     /// keeps back waits for a thread that is already asleep.
-    func enqueueIfIdle(_ request: Request) -> Bool {
+    func enqueueIfIdle(contentsOf requests: [Request]) -> Bool {
+        enqueue(requests, onlyIfIdle: true)
+    }
+
+    private func enqueue(_ requests: [Request], onlyIfIdle: Bool) -> Bool {
         condition.lock()
-        guard state == .running, idle else {
+        guard state == .running, idle || !onlyIfIdle else {
             condition.unlock()
             return false
         }
-        queue.append(request)
-        if isUrgent(request) { queueIsUrgent = true }
-        if queue.count == 1 { condition.signal() }
+        let wasEmpty = queue.isEmpty
+        queue += requests
+        if requests.contains(where: isUrgent) { queueIsUrgent = true }
+        if wasEmpty || (holding && (queueIsUrgent || queue.count >= holdThreshold)) {
+            condition.signal()
+        }
         condition.unlock()
         return true
     }

@@ -40,7 +40,7 @@ struct GroupCommitThreadTests {
     }
 
     /// A batch of non-urgent requests waits for an urgent one to share its commit.
-    /// `enqueueIfIdle` refuses while a batch is in hand or queued, and takes a request once
+    /// `enqueueIfIdle(contentsOf:)` refuses while a batch is in hand or queued, and takes a request once
     /// the thread has found nothing queued (`beforeWaiting` has run): what the broker keeps
     /// back while the writer is busy goes from the idle hook, or at once to an idle writer.
     @Test func enqueueIfIdleTakesARequestOnlyWhenTheThreadIsIdle() async throws {
@@ -62,18 +62,18 @@ struct GroupCommitThreadTests {
             #expect(thread.enqueue(0))
             firstStarted.wait()
             // A batch in hand: refused, and nothing queued.
-            #expect(!thread.enqueueIfIdle(1))
+            #expect(!thread.enqueueIfIdle(contentsOf: [1]))
             #expect(thread.enqueue(2))
             // Still refused while a request waits in the queue.
-            #expect(!thread.enqueueIfIdle(3))
+            #expect(!thread.enqueueIfIdle(contentsOf: [3]))
             release.signal()
             // After [2] the thread finds nothing queued and says so before it waits.
             idle.wait()
-            #expect(thread.enqueueIfIdle(4))
+            #expect(thread.enqueueIfIdle(contentsOf: [4, 5]))
             idle.wait()
             #expect(thread.stop())
-            #expect(batches.seen.withLock { $0 } == [[0], [2], [4]])
-            #expect(!thread.enqueueIfIdle(6))
+            #expect(batches.seen.withLock { $0 } == [[0], [2], [4, 5]])
+            #expect(!thread.enqueueIfIdle(contentsOf: [6]))
         }
     }
 
