@@ -28,9 +28,12 @@ extension Broker {
         pendingWriteCount += batch.operations.count
         if pendingWriteCount >= Self.mostPendingWrites {
             flushPendingWrites()
-        } else if wasEmpty, store.submitIfIdle(pendingWrites) {
+        } else if wasEmpty {
+            // Said before the writer is asked: a writer found busy reads it (in its idle hook)
+            // only after it has become idle, which the ask would have seen otherwise.
+            writesPending.store(true, ordering: .releasing)
             // An idle writer would not look at `pendingWrites` again before the next commit.
-            clearPendingWrites()
+            if store.submitIfIdle(pendingWrites) { clearPendingWrites() }
         }
     }
 
@@ -48,6 +51,7 @@ extension Broker {
     private func clearPendingWrites() {
         pendingWrites.removeAll(keepingCapacity: true)
         pendingWriteCount = 0
+        writesPending.store(false, ordering: .releasing)
     }
 
     /// Submits `batch` (under the lock, so the store sees it in the broker's order) and

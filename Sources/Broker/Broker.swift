@@ -98,6 +98,9 @@ public final class Broker: @unchecked Sendable {
     var pendingWrites: [[BrokerStoreOperation]] = []
     var pendingTailOnlyDeletes = false
     var pendingWriteCount = 0
+    /// Whether `pendingWrites` may hold anything: read by the store's idle hook without the
+    /// lock, so that an idle writer takes the lock only when there is something to hand over.
+    let writesPending = Atomic<Bool>(false)
     /// Waited submissions the store has answered, until `settleCommitted` (its own lock: the
     /// store's writer appends to it without the broker's).
     let committed = Mutex<[Committed]>([])
@@ -174,7 +177,7 @@ public final class Broker: @unchecked Sendable {
             }
             // Writes kept back while the writer was busy go as soon as it has nothing else.
             store?.whenIdle { [weak self] in
-                guard let self else { return }
+                guard let self, writesPending.load(ordering: .acquiring) else { return }
                 locked { flushPendingWrites() }
             }
             store?.whenAnswered { [weak self] in self?.settleCommitted() }
