@@ -74,10 +74,11 @@ extension Broker {
             waiter.complete(.failure(.closed))
             return waiter
         }
+        // What was kept back goes first, in the broker's order.
+        flushPendingWrites()
         // Answered on the writer's thread after the commit, with every other submission of
         // that commit (`settleCommitted`): one turn of the broker's lock per commit, not one
         // per PUBLISH, so the writer and the loops hand the lock back and forth less.
-        flushPendingWrites()
         store.submit(batch.operations) { [self] result in
             committed.withLock {
                 $0.append(Committed(held: held, undoLog: undoLog, afterCommit: afterCommit, waiter: waiter, result: result))
