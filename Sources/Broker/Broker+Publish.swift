@@ -166,6 +166,7 @@ extension Broker {
                 capture.committed(false)
                 return
             }
+            flushPendingWrites()
             store.submit(capture.operations) { result in
                 if case .success = result { capture.committed(true) } else { capture.committed(false) }
             }

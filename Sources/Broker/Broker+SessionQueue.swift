@@ -46,7 +46,19 @@ extension Broker {
                 continue
             }
             assignIdentifier(delivery, session)
-            if delivery.stored { putRecord(delivery, session, &batch) }
+            if delivery.stored {
+                // A QoS 1 record is not rewritten here: one write fewer per queued delivery.
+                // If the broker stops before the PUBACK, the delivery goes again after the
+                // restart with a new packet identifier, as it did whenever this unwaited rewrite
+                // was lost in a crash; a clean stop writes it (`writeStaleRecords`), so the
+                // restart resends it with DUP and the identifier the client knows. QoS 2's
+                // identifier must survive (the receiver's PUBREC/PUBCOMP flow keys on it).
+                if delivery.qos == .atLeastOnce {
+                    delivery.recordStale = true
+                } else {
+                    putRecord(delivery, session, &batch)
+                }
+            }
             if delivery.durable, let packet = transmit(delivery, session, now: now, &batch) {
                 packets.append(packet)
             }
@@ -72,7 +84,7 @@ extension Broker {
         guard let bytes = BrokerRecords.encodeMessage(message.publish, receivedAt: message.receivedAt) else { return false }
         sequence += 1
         message.storeKey = sequence
-        batch.put(.messages, key: BrokerRecords.messageKey(sequence), value: bytes)
+        batch.putNumbered(.messages, prefix: [], number: sequence, value: bytes)
         return true
     }
 
@@ -84,19 +96,20 @@ extension Broker {
         guard delivery.stored else { return }
         delivery.stored = false
         if deleteRecord {
-            batch.delete(.sessions, key: BrokerRecords.deliveryKey(session.prefix, delivery.sequence))
+            batch.deleteNumbered(.sessions, prefix: session.deliveryPrefix, number: delivery.sequence)
         }
         let message = delivery.message
         message.references -= 1
         if message.references == 0, message.storeKey != 0 {
-            batch.delete(.messages, key: BrokerRecords.messageKey(message.storeKey))
+            batch.deleteNumbered(.messages, prefix: [], number: message.storeKey)
             message.storeKey = 0
         }
     }
 
     func putRecord(_ delivery: OutboundMessage, _ session: SessionState, _ batch: inout StoreBatch) {
-        batch.put(
-            .sessions, key: BrokerRecords.deliveryKey(session.prefix, delivery.sequence),
+        delivery.recordStale = false
+        batch.putNumbered(
+            .sessions, prefix: session.deliveryPrefix, number: delivery.sequence,
             value: BrokerRecords.encodeDelivery(delivery))
     }
 
@@ -134,5 +147,18 @@ extension Broker {
         }
         delivery.sent = true
         return packet
+    }
+
+    /// The records `pump` left saying queued for deliveries now in flight (under the lock, at
+    /// close): written, so that a clean restart resends them with their packet identifiers.
+    func writeStaleRecords() {
+        guard store != nil else { return }
+        var batch = StoreBatch()
+        for session in sessions.values where session.persistent {
+            for delivery in session.inflight.values where delivery.stored && delivery.recordStale {
+                putRecord(delivery, session, &batch)
+            }
+        }
+        submit(batch)
     }
 }

@@ -92,6 +92,18 @@ public final class Broker: @unchecked Sendable {
     var matches: [Match] = []
     var closed = false
     var dirtySessions: [SessionState] = []
+    /// Writes that promise nothing, kept back for the next commit (`submit`): one entry per
+    /// submission they will be; the last one only deletes (`pendingTailOnlyDeletes`) when
+    /// later deletes may join it. `pendingWriteCount`: their operations.
+    var pendingWrites: [[BrokerStoreOperation]] = []
+    var pendingTailOnlyDeletes = false
+    var pendingWriteCount = 0
+    /// Whether `pendingWrites` may hold anything: read by the store's idle hook without the
+    /// lock, so that an idle writer takes the lock only when there is something to hand over.
+    let writesPending = Atomic<Bool>(false)
+    /// Waited submissions the store has answered, until `settleCommitted` (its own lock: the
+    /// store's writer appends to it without the broker's).
+    let committed = Mutex<[Committed]>([])
     /// The retained message of each topic that has one.
     var retained: [String: Message] = [:]
     /// Wall clock in µs since the epoch (injectable for tests of Message Expiry and timers).
@@ -163,6 +175,12 @@ public final class Broker: @unchecked Sendable {
                 store?.close()
                 throw error
             }
+            // Writes kept back while the writer was busy go as soon as it has nothing else.
+            store?.whenIdle { [weak self] in
+                guard let self, writesPending.load(ordering: .acquiring) else { return }
+                locked { flushPendingWrites() }
+            }
+            store?.whenAnswered { [weak self] in self?.settleCommitted() }
         } else {
             store = nil
         }
@@ -188,6 +206,8 @@ public final class Broker: @unchecked Sendable {
                 state.pendingWill = nil
                 publishWill(will, from: state)
             }
+            writeStaleRecords()
+            flushPendingWrites()
             closed = true
         }
         store?.close()

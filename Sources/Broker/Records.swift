@@ -19,7 +19,11 @@ import NIOCore
 ///   message key (UInt64 LE), QoS, state (0 queued, 1 awaiting PUBACK, 2 awaiting PUBREC,
 ///   3 awaiting PUBCOMP), packet identifier (UInt16 LE), sent flag, retain flag, count of
 ///   subscription identifiers (UInt16 LE), each identifier (UInt32 LE), then, for a copy
-///   chosen for a shared subscription, its `$share/...` filter (UTF-8, to the end).
+///   chosen for a shared subscription, its `$share/...` filter (UTF-8, to the end). The state
+///   is the one the delivery had when the record was last written: a QoS 1 delivery taken
+///   from the queue into flight is not rewritten then (`Broker.pump`), only at the broker's
+///   close (`writeStaleRecords`), so a record that says queued may belong to one in flight.
+///   Loading treats such a record as queued (it goes again, with a new identifier).
 /// - `I` + packet identifier (UInt16 BE): an inbound QoS 2 message delivered, PUBREL not yet
 ///   received; empty value.
 /// - A subscription whose key would pass `longestKey` is stored under `S` + the filter's first

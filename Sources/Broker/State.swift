@@ -68,6 +68,9 @@ final class OutboundMessage: @unchecked Sendable {
     var stored = false
     /// False while its store write is not committed: it is not sent before it is durable.
     var durable = true
+    /// Its stored record still says queued although it is in flight (QoS 1 taken from the
+    /// queue: `Broker.pump`); written at the broker's close (`writeStaleRecords`).
+    var recordStale = false
 
     init(sequence: UInt64, message: Message, qos: MQTTQoS, retain: Bool, identifiers: [UInt32], share: String? = nil) {
         self.sequence = sequence
@@ -85,6 +88,8 @@ final class SessionState: @unchecked Sendable {
     /// The key prefix of its records in the store; made on first use (only persistent
     /// sessions write records).
     lazy var prefix: [UInt8] = BrokerRecords.sessionPrefix(name)
+    /// `prefix` + the delivery kind: its delivery records' keys are this + their sequence.
+    lazy var deliveryPrefix: [UInt8] = prefix + [BrokerRecords.deliveryKind]
     var persistent: Bool
     var sink: BrokerSink?
     /// The token of the `BrokerSession` currently attached; 0 when detached.

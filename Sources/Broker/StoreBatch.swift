@@ -43,6 +43,15 @@ struct StoreBatch {
         operations.append(.delete(table, key: key))
     }
 
+    /// A put under `prefix` + `number` (big endian): the prefix array is shared, not copied.
+    mutating func putNumbered(_ table: BrokerTable, prefix: [UInt8], number: UInt64, value: [UInt8]) {
+        operations.append(.putNumbered(table, prefix: prefix, number: number, value: value))
+    }
+
+    mutating func deleteNumbered(_ table: BrokerTable, prefix: [UInt8], number: UInt64) {
+        operations.append(.deleteNumbered(table, prefix: prefix, number: number))
+    }
+
     mutating func deletePrefix(_ table: BrokerTable, prefix: [UInt8]) {
         operations.append(.deletePrefix(table, prefix: prefix))
     }

@@ -194,6 +194,8 @@ struct TopicTree {
     private var sharedHits: [ShareGroup] = []
     /// Routing scratch: the nodes still to walk (kept, so that routing does not allocate).
     private var pending: [(node: TopicNode, index: Int)] = []
+    /// `match`'s scratch: the topic's levels (kept, so a PUBLISH allocates none).
+    private var levels: [Substring] = []
 
     /// Adds or replaces `subscriber`'s subscription to `filter` (which may be `$share/...`).
     mutating func insert(_ filter: String, _ subscriber: Subscriber) {
@@ -313,7 +315,31 @@ struct TopicTree {
     /// with No Local are skipped for the publishing session.
     mutating func match(_ topic: String, publisher: SessionState?, into matches: inout [Match]) {
         stamp &+= 1
-        let levels = topic.split(separator: "/", omittingEmptySubsequences: false)
+        // The levels, as `split(separator: "/", omittingEmptySubsequences: false)` gives them,
+        // into a kept array: no allocation per PUBLISH.
+        var levels = self.levels
+        self.levels = []
+        levels.removeAll(keepingCapacity: true)
+        let utf8 = topic.utf8
+        if utf8.allSatisfy({ $0 < 0x80 }) {
+            var start = topic.startIndex
+            var index = utf8.startIndex
+            while index != utf8.endIndex {
+                if utf8[index] == UInt8(ascii: "/") {
+                    levels.append(topic[start..<index])
+                    start = utf8.index(after: index)
+                }
+                utf8.formIndex(after: &index)
+            }
+            levels.append(topic[start...])
+        } else {
+            // Beyond ASCII a "/" may begin a longer Character: split as filters are (insert).
+            levels.append(contentsOf: topic.split(separator: "/", omittingEmptySubsequences: false))
+        }
+        defer {
+            levels.removeAll(keepingCapacity: true)
+            self.levels = levels
+        }
         // Wildcards at the first level do not match topics beginning with `$` (4.7.2).
         let dollar = topic.utf8.first == UInt8(ascii: "$")
         var collector = Collector(stamp: stamp, publisher: publisher)

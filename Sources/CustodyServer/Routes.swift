@@ -62,11 +62,18 @@ struct RoutesService: Service, CustomStringConvertible {
 /// Where the lifecycle publisher's queue hands ledger events on to the routes (set once the
 /// router exists, before recovery's events are published).
 final class LifecycleRouting: Sendable {
-    private let target = Mutex<(@Sendable ([CommittedEvent]) -> Void)?>(nil)
+    /// Boxed: a closure kept in a `Mutex` itself is wrapped in one more reabstraction thunk
+    /// by every `withLock { $0 }`, so each call would cost more than the last (and recurse
+    /// deeper) for as long as custody runs.
+    private final class Target: Sendable {
+        let body: @Sendable ([CommittedEvent]) -> Void
+        init(_ body: @escaping @Sendable ([CommittedEvent]) -> Void) { self.body = body }
+    }
+    private let target = Mutex<Target?>(nil)
 
-    func set(_ body: @escaping @Sendable ([CommittedEvent]) -> Void) { target.withLock { $0 = body } }
+    func set(_ body: @escaping @Sendable ([CommittedEvent]) -> Void) { target.withLock { $0 = Target(body) } }
 
-    func send(_ events: [CommittedEvent]) { target.withLock { $0 }?(events) }
+    func send(_ events: [CommittedEvent]) { target.withLock { $0 }?.body(events) }
 }
 
 extension Router {

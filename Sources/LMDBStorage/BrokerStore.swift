@@ -33,13 +33,21 @@ public enum BrokerStoreOperation: Sendable {
     case delete(BrokerTable, key: [UInt8])
     /// Deletes every key that starts with `prefix`.
     case deletePrefix(BrokerTable, prefix: [UInt8])
+    /// `put` with the key `prefix` + `number` (8 bytes, big endian), made when it is written:
+    /// a record keyed by a number under a shared prefix (a session's deliveries, messages)
+    /// costs no key array of its own.
+    case putNumbered(BrokerTable, prefix: [UInt8], number: UInt64, value: [UInt8])
+    /// `delete` of the key `prefix` + `number` (8 bytes, big endian).
+    case deleteNumbered(BrokerTable, prefix: [UInt8], number: UInt64)
 }
 
 extension BrokerStoreOperation {
     /// Whether it may need more room (a put); deletes only free it.
-    var adds: Bool {
-        if case .put = self { return true }
-        return false
+    public var adds: Bool {
+        switch self {
+        case .put, .putNumbered: true
+        case .delete, .deletePrefix, .deleteNumbered: false
+        }
     }
 }
 
@@ -103,6 +111,18 @@ public final class BrokerStore: @unchecked Sendable {
     public var onCommit: (@Sendable (BrokerCommitStatistics) -> Void)?
     /// Commits still to fail on purpose (`failNextCommits`), and with what.
     private let injectedFailures = Mutex<[LedgerError]>([])
+    /// Runs on the writer thread whenever it finds nothing queued (`whenIdle`).
+    private let idleHook = Mutex<Hook?>(nil)
+    /// Runs after each commit's submissions were answered (`whenAnswered`).
+    private let answeredHook = Mutex<Hook?>(nil)
+
+    /// A hook in a box: a closure kept in a `Mutex` directly is reabstracted on every
+    /// `withLock` (its inout access goes through generic code), and each write-back wraps it in
+    /// one more thunk, so that calling it costs more every time.
+    private final class Hook: Sendable {
+        let run: @Sendable () -> Void
+        init(_ run: @escaping @Sendable () -> Void) { self.run = run }
+    }
 
     public init(directory: String, options: BrokerStoreOptions = BrokerStoreOptions()) throws(LedgerError) {
         lmdb = try LMDBEnvironment(
@@ -115,7 +135,10 @@ public final class BrokerStore: @unchecked Sendable {
             meta: "meta", formatVersion: Self.formatVersion)
         (messages, sessions, retained, routes) = (lmdb.tables[0], lmdb.tables[1], lmdb.tables[2], lmdb.tables[4])
         thread = GroupCommitThread(name: "custody-store") { [unowned self] batch in process(batch) }
-        thread.beforeWaiting = { [unowned self] in syncMeta() }
+        thread.beforeWaiting = { [unowned self] in
+            if let hook = idleHook.withLock({ $0 }) { hook.run() }
+            syncMeta()
+        }
         thread.start()
     }
 
@@ -133,7 +156,40 @@ public final class BrokerStore: @unchecked Sendable {
     public func submit(
         _ operations: [BrokerStoreOperation], done: (@Sendable (Result<Void, LedgerError>) -> Void)? = nil
     ) {
-        if !thread.enqueue(Submission(operations: operations, done: done)) { done?(.failure(.closed)) }
+        if !thread.enqueue(Submission(operations: operations, done: done)) {
+            done?(.failure(.closed))
+            answered()
+        }
+    }
+
+    /// Queues each of `submissions` (without answers) for the next commit, at once: one turn
+    /// of the writer's queue for all of them.
+    public func submit(each submissions: [[BrokerStoreOperation]]) {
+        _ = thread.enqueue(contentsOf: submissions.map { Submission(operations: $0, done: nil) })
+    }
+
+    /// `submit(each:)`, only if the writer is idle (nothing queued, no commit in hand); says
+    /// whether it did. For a caller that keeps writes that promise nothing back while the
+    /// writer is busy, and hands them over from `whenIdle`: one commit then takes them all.
+    public func submitIfIdle(_ submissions: [[BrokerStoreOperation]]) -> Bool {
+        thread.enqueueIfIdle(contentsOf: submissions.map { Submission(operations: $0, done: nil) })
+    }
+
+    /// `hook` runs on the writer thread each time it finds nothing queued, before it waits
+    /// (it may `submit`: the writer then goes on). It must not wait for a commit.
+    public func whenIdle(_ hook: (@Sendable () -> Void)?) {
+        idleHook.withLock { $0 = hook.map(Hook.init) }
+    }
+
+    /// `hook` runs after the `done` callbacks of a commit's submissions (on the writer thread,
+    /// or on the caller's for a submission refused after `close`): a caller whose callbacks
+    /// only note the outcome acts on all of them at once.
+    public func whenAnswered(_ hook: (@Sendable () -> Void)?) {
+        answeredHook.withLock { $0 = hook.map(Hook.init) }
+    }
+
+    private func answered() {
+        if let hook = answeredHook.withLock({ $0 }) { hook.run() }
     }
 
     /// For tests of what a failed write leaves behind: the next `count` commits fail with
@@ -257,6 +313,7 @@ public final class BrokerStore: @unchecked Sendable {
                 operation: "broker store write", code: LedgerError.mapFullCode,
                 message: "the broker store's map is at its maximum and in its reserve; only deletes are taken")))
         }
+        answered()
     }
 
     /// Flushes the data file (the last commit's meta page with it) and answers that commit,
@@ -272,6 +329,7 @@ public final class BrokerStore: @unchecked Sendable {
             result = .failure(error)
         }
         for submission in commit { submission.done?(result) }
+        answered()
     }
 
     private func commit(_ batch: [Submission]) -> Result<Void, LedgerError> {
@@ -307,6 +365,18 @@ public final class BrokerStore: @unchecked Sendable {
                 if code == MDB_NOTFOUND { return }
                 try check(code, "mdb_del broker \(table)")
             }
+        case .putNumbered(let table, let prefix, let number, let value):
+            try withNumberedKey(prefix, number) { (k) throws(LedgerError) in
+                try withVal(value) { (v) throws(LedgerError) in
+                    try check(mdb_put(txn, dbi(table), &k, &v, 0), "mdb_put broker \(table)")
+                }
+            }
+        case .deleteNumbered(let table, let prefix, let number):
+            try withNumberedKey(prefix, number) { (k) throws(LedgerError) in
+                let code = mdb_del(txn, dbi(table), &k, nil)
+                if code == MDB_NOTFOUND { return }
+                try check(code, "mdb_del broker \(table)")
+            }
         case .deletePrefix(let table, let prefix):
             var cursor: OpaquePointer?
             try check(mdb_cursor_open(txn, dbi(table), &cursor), "mdb_cursor_open")
@@ -324,5 +394,19 @@ public final class BrokerStore: @unchecked Sendable {
                 if code != MDB_NOTFOUND { try check(code, "mdb_cursor_get") }
             }
         }
+    }
+
+    /// The key `prefix` + `number` (big endian) in a buffer on the stack, as an MDB_val.
+    private func withNumberedKey(
+        _ prefix: [UInt8], _ number: UInt64, _ body: (inout MDB_val) throws(LedgerError) -> Void
+    ) throws(LedgerError) {
+        var result: Result<Void, LedgerError> = .success(())
+        withUnsafeTemporaryAllocation(byteCount: prefix.count + 8, alignment: 1) { buffer in
+            prefix.withUnsafeBytes { buffer.copyMemory(from: $0) }
+            buffer.storeBytes(of: number.bigEndian, toByteOffset: prefix.count, as: UInt64.self)
+            var key = MDB_val(mv_size: buffer.count, mv_data: buffer.baseAddress)
+            do throws(LedgerError) { try body(&key) } catch { result = .failure(error) }
+        }
+        try result.get()
     }
 }

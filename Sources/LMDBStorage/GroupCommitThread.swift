@@ -29,6 +29,9 @@ final class GroupCommitThread<Request>: @unchecked Sendable {
     private var queueIsUrgent = false
     /// The thread is holding a small batch, waiting for an urgent request to join it.
     private var holding = false
+    /// The queue was empty when the thread last looked, and it has not taken a batch since:
+    /// it is about to wait or waiting (`enqueueIfIdle`). Guarded by `condition`.
+    private var idle = false
     private var state = RunState.notStarted
     private let finished = NSCondition()
     private var threadDone = false
@@ -68,6 +71,35 @@ final class GroupCommitThread<Request>: @unchecked Sendable {
         return true
     }
 
+    /// Queues `requests` in order, in one turn of the lock; false (nothing queued) unless running.
+    func enqueue(contentsOf requests: [Request]) -> Bool {
+        enqueue(requests, onlyIfIdle: false)
+    }
+
+    /// Queues `requests` only when the thread is idle (`idle`: nothing queued, no batch in
+    /// hand); false otherwise, or unless running. A caller that keeps requests back while the
+    /// thread is busy, and hands them over in `beforeWaiting`, uses it so that nothing it
+    /// keeps back waits for a thread that is already asleep.
+    func enqueueIfIdle(contentsOf requests: [Request]) -> Bool {
+        enqueue(requests, onlyIfIdle: true)
+    }
+
+    private func enqueue(_ requests: [Request], onlyIfIdle: Bool) -> Bool {
+        condition.lock()
+        guard state == .running, idle || !onlyIfIdle else {
+            condition.unlock()
+            return false
+        }
+        let wasEmpty = queue.isEmpty
+        queue += requests
+        if requests.contains(where: isUrgent) { queueIsUrgent = true }
+        if wasEmpty || (holding && (queueIsUrgent || queue.count >= holdThreshold)) {
+            condition.signal()
+        }
+        condition.unlock()
+        return true
+    }
+
     /// Processes every request already queued, then stops the thread; later requests are
     /// refused. Returns once the thread is done; true when this call stopped it.
     @discardableResult
@@ -98,6 +130,7 @@ final class GroupCommitThread<Request>: @unchecked Sendable {
     private func run() {
         while true {
             condition.lock()
+            if queue.isEmpty { idle = true }
             if let beforeWaiting, wouldWait {
                 condition.unlock()
                 beforeWaiting()
@@ -120,6 +153,7 @@ final class GroupCommitThread<Request>: @unchecked Sendable {
             var batch = spare
             swap(&batch, &queue)
             queueIsUrgent = false
+            idle = false
             condition.unlock()
 
             process(batch)

@@ -16,7 +16,13 @@ final class LedgerServiceContext: Sendable {
     let peers = LedgerPeers()
     let authority: LedgerAuthorityBox
     let access: LedgerAccessBox
-    private let elsewhere: Mutex<(@Sendable (ConnectionNumber) -> Void)?>
+    /// Boxed: a closure kept in a `Mutex` itself is wrapped in one more reabstraction thunk
+    /// by every `withLock { $0 }`, so each takeover would cost more than the last.
+    private let elsewhere: Mutex<Elsewhere?>
+    private final class Elsewhere: Sendable {
+        let handler: @Sendable (ConnectionNumber) -> Void
+        init(_ handler: @escaping @Sendable (ConnectionNumber) -> Void) { self.handler = handler }
+    }
 
     init(
         ledger: any SessionAuthority, logger: Logger, group: MultiThreadedEventLoopGroup,
@@ -31,14 +37,14 @@ final class LedgerServiceContext: Sendable {
     }
 
     func setElsewhere(_ handler: @escaping @Sendable (ConnectionNumber) -> Void) {
-        elsewhere.withLock { $0 = handler }
+        elsewhere.withLock { $0 = Elsewhere(handler) }
     }
 
     /// R4: `connection` lost its session. A peer here that holds it is told; otherwise it is
     /// another front's (Custody's own listeners), which closes it.
     func takeOver(_ connection: ConnectionNumber, session: SessionName) {
-        guard !tellHolder(of: connection, session: session), let handler = elsewhere.withLock({ $0 }) else { return }
-        handler(connection)
+        guard !tellHolder(of: connection, session: session), let elsewhere = elsewhere.withLock({ $0 }) else { return }
+        elsewhere.handler(connection)
     }
 
     /// Tells the peer holding `connection` that it lost its session; false when no peer here holds it.

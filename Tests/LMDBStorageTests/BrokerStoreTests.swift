@@ -47,6 +47,32 @@ struct BrokerStoreTests {
         #expect(try store.count(.messages) == written - 100 + 1)
     }
 
+    @Test("A numbered put's key is the prefix and the number, big endian; a numbered delete removes exactly it")
+    func numberedKeysAreThePrefixAndTheNumberBigEndian() async throws {
+        let directory = scratchDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try BrokerStore(directory: directory)
+        defer { store.close() }
+        let prefix = Array("s\u{0}D".utf8)
+        try await store.write([
+            .putNumbered(.sessions, prefix: prefix, number: 0x0102_0304_0506_0708, value: [1]),
+            .putNumbered(.sessions, prefix: prefix, number: 9, value: [2]),
+            .putNumbered(.messages, prefix: [], number: 7, value: [3]),
+        ])
+        #expect(try contents(store, .sessions) == [
+            prefix + [1, 2, 3, 4, 5, 6, 7, 8]: [1],
+            prefix + [0, 0, 0, 0, 0, 0, 0, 9]: [2],
+        ])
+        #expect(try contents(store, .messages) == [[0, 0, 0, 0, 0, 0, 0, 7]: [3]])
+        try await store.write([
+            .deleteNumbered(.sessions, prefix: prefix, number: 9),
+            .deleteNumbered(.messages, prefix: [], number: 7),
+            .deleteNumbered(.messages, prefix: [], number: 8),  // not there: not an error
+        ])
+        #expect(try contents(store, .sessions) == [prefix + [1, 2, 3, 4, 5, 6, 7, 8]: [1]])
+        #expect(try contents(store, .messages).isEmpty)
+    }
+
     @Test func putDeleteAndPrefixDeleteSurviveReopen() async throws {
         let directory = scratchDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }

@@ -13,20 +13,31 @@ struct GroupCommitThreadTests {
         let gate = NSCondition()
     }
 
-    /// Requests that arrive while a batch is processed are taken together as the next one,
-    /// in order; a stop processes what is queued, then refuses.
-    @Test func waitingRequestsFormOneBatchAndStopDrainsThenRefuses() async throws {
-        try await offPool {
-            let batches = Batches()
-            let firstStarted = DispatchSemaphore(value: 0)
-            let release = DispatchSemaphore(value: 0)
-            let thread = GroupCommitThread<Int>(name: "test-commit") { batch in
+    /// A thread that records its batches and holds the batch `[0]` (saying so on
+    /// `firstStarted`) until `release` is signalled.
+    struct HeldFirst {
+        let batches = Batches()
+        let firstStarted = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+
+        func thread(_ name: String) -> GroupCommitThread<Int> {
+            GroupCommitThread<Int>(name: name) { [batches, firstStarted, release] batch in
                 batches.seen.withLock { $0.append(batch) }
                 if batch == [0] {
                     firstStarted.signal()
                     release.wait()
                 }
             }
+        }
+    }
+
+    /// Requests that arrive while a batch is processed are taken together as the next one,
+    /// in order; a stop processes what is queued, then refuses.
+    @Test func waitingRequestsFormOneBatchAndStopDrainsThenRefuses() async throws {
+        try await offPool {
+            let held = HeldFirst()
+            let (batches, firstStarted, release) = (held.batches, held.firstStarted, held.release)
+            let thread = held.thread("test-commit")
             thread.start()
             #expect(thread.enqueue(0))
             firstStarted.wait()
@@ -36,6 +47,36 @@ struct GroupCommitThreadTests {
             #expect(batches.seen.withLock { $0 } == [[0], [1, 2, 3, 4, 5]])
             #expect(!thread.enqueue(6))
             #expect(!thread.stop())
+        }
+    }
+
+    /// `enqueueIfIdle(contentsOf:)` refuses while a batch is in hand or queued, and takes a request once
+    /// the thread has found nothing queued (`beforeWaiting` has run): what the broker keeps
+    /// back while the writer is busy goes from the idle hook, or at once to an idle writer.
+    @Test func enqueueIfIdleTakesARequestOnlyWhenTheThreadIsIdle() async throws {
+        try await offPool {
+            let held = HeldFirst()
+            let (batches, firstStarted, release) = (held.batches, held.firstStarted, held.release)
+            let idle = DispatchSemaphore(value: 0)
+            let thread = held.thread("test-idle")
+            thread.beforeWaiting = { idle.signal() }
+            thread.start()
+            idle.wait()
+            #expect(thread.enqueue(0))
+            firstStarted.wait()
+            // A batch in hand: refused, and nothing queued.
+            #expect(!thread.enqueueIfIdle(contentsOf: [1]))
+            #expect(thread.enqueue(2))
+            // Still refused while a request waits in the queue.
+            #expect(!thread.enqueueIfIdle(contentsOf: [3]))
+            release.signal()
+            // After [2] the thread finds nothing queued and says so before it waits.
+            idle.wait()
+            #expect(thread.enqueueIfIdle(contentsOf: [4, 5]))
+            idle.wait()
+            #expect(thread.stop())
+            #expect(batches.seen.withLock { $0 } == [[0], [2], [4, 5]])
+            #expect(!thread.enqueueIfIdle(contentsOf: [6]))
         }
     }
 
