@@ -47,8 +47,13 @@ final class SessionStateStore: @unchecked Sendable {
     let logger: Logger
     private let runID = UUID().uuidString.prefix(8)
     private let counter = Atomic<UInt64>(0)
-    /// Whether etcd gives this node the session now (nil: always).
-    private let owner = Mutex<(@Sendable (SessionName) -> Bool)?>(nil)
+    /// Whether etcd gives this node the session now (nil: always). Boxed: a bare closure
+    /// kept in a `Mutex` gains a reabstraction thunk with every `withLock { $0 }`.
+    private final class Owner: Sendable {
+        let owns: @Sendable (SessionName) -> Bool
+        init(_ owns: @escaping @Sendable (SessionName) -> Bool) { self.owns = owns }
+    }
+    private let owner = Mutex<Owner?>(nil)
     /// Sessions this node dropped because another node took them, with their `pendingSince`
     /// then and when they went (uptime ns): the taking node may ask a moment later.
     private let dropped = Mutex<[SessionName: (since: Int64, at: UInt64)]>([:])
@@ -147,11 +152,11 @@ final class SessionStateStore: @unchecked Sendable {
     }
 
     func setOwner(_ owns: @escaping @Sendable (SessionName) -> Bool) {
-        owner.withLock { $0 = owns }
+        owner.withLock { $0 = Owner(owns) }
     }
 
     private func owns(_ name: SessionName) -> Bool {
-        owner.withLock { $0 }?(name) ?? true
+        owner.withLock { $0 }?.owns(name) ?? true
     }
 
     /// `since`: its `pendingSince` when known (under the broker's lock it cannot be asked).
