@@ -69,9 +69,10 @@ struct FlagValues {
     var clusterEtcd: String?
     var nodeID: String?
     var clusterLeaseSeconds: Int?
-    /// Messages across the nodes on NATS JetStream (issue 19): --cluster-nats, --cluster-nats-replicas.
+    /// Messages across the nodes on NATS JetStream (issue 19): --cluster-nats, --cluster-nats-replicas, --cluster-nats-batch.
     var clusterNATS: String?
     var clusterNATSReplicas: Int?
+    var clusterNATSBatch: Int?
 }
 
 /// What `custody` runs with: the configuration file (if any), then the flags over it.
@@ -91,6 +92,7 @@ enum Settings {
                 leaseSeconds: configuration.cluster?.leaseSeconds ?? ClusterConfiguration.defaultLeaseSeconds)
             cluster.nats = configuration.cluster?.nats ?? []
             cluster.natsReplicas = configuration.cluster?.natsReplicas ?? 1
+            cluster.natsBatch = configuration.cluster?.natsBatch ?? ClusterConfiguration.defaultNATSBatch
             configuration.cluster = cluster
         }
         if let text = flags.clusterNATS {
@@ -114,6 +116,15 @@ enum Settings {
                 throw SettingsError("--cluster-nats-replicas needs --cluster-nats (or cluster.nats in the configuration file)")
             }
             configuration.cluster?.natsReplicas = replicas
+        }
+        if let batch = flags.clusterNATSBatch {
+            guard ClusterConfiguration.natsBatchRange.contains(batch) else {
+                throw SettingsError("--cluster-nats-batch must be between 1 and 1024, got \(batch)")
+            }
+            guard configuration.cluster?.nats.isEmpty == false else {
+                throw SettingsError("--cluster-nats-batch needs --cluster-nats (or cluster.nats in the configuration file)")
+            }
+            configuration.cluster?.natsBatch = batch
         }
         if let nodeID = flags.nodeID {
             if let problem = ClusterConfiguration.problem(nodeID: nodeID) { throw SettingsError("--node-id: \(problem)") }
