@@ -40,6 +40,8 @@ public struct ClusterMessagingSettings: Sendable {
     /// older than the batching read).
     public var batchMessages = 256
     public var batchBytes = 128 * 1024
+    /// How long the first QoS 1/2 message waits for others to join its batch (its PUBACK later by as much).
+    public var batchLingerMicroseconds: Int64 = 200
 
     public init(nodeID: String, servers: [NATSServer], replicas: Int = 1) {
         self.nodeID = nodeID
@@ -144,7 +146,8 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
         self.headers = headers
         self.runID = runID
         let prefix = "\(settings.nodeID)-\(runID)-"
-        batcher = ReliableBatcher(loop: connection.eventLoop, maxMessages: settings.batchMessages, maxBytes: settings.batchBytes) {
+        batcher = ReliableBatcher(loop: connection.eventLoop, maxMessages: settings.batchMessages, maxBytes: settings.batchBytes,
+                                  linger: .microseconds(settings.batchMessages > 1 ? settings.batchLingerMicroseconds : 0)) {
             subject, payload, number in
             jetStream.publishFuture(subject, payload: payload, headers: headers, messageID: prefix + String(number)).map { _ in () }
         }

@@ -1,6 +1,7 @@
 // QoS 1/2 messages to the message stream, several per JetStream message (issue 19's speed):
 // nats-server's cost is per stored message, so the publishing node groups the PUBLISHes its
-// clients sent while its NATS connection's event loop was busy, by subject (one batch holds
+// clients sent within `linger` of the first one waiting (and while its NATS connection's
+// event loop was busy), by subject (one batch holds
 // messages of one topic only, in order, so that subject filters, the node consumers and a
 // session move's per-filter reads keep working), and stores each group as one message
 // (`ClusterMessageCodec` version 2). Every message of a batch is answered (its PUBACK or
@@ -38,12 +39,15 @@ final class ReliableBatcher: Sendable {
     let loop: any EventLoop
     let maxMessages: Int
     let maxBytes: Int
+    /// How long the first message of a round waits for others to join it (0: the loop's next turn).
+    let linger: TimeAmount
     private let store: Store
     private let state = Mutex(State())
 
     /// `maxMessages` 1: every message is stored alone, as version 1 of the codec.
-    init(loop: any EventLoop, maxMessages: Int, maxBytes: Int, store: @escaping Store) {
+    init(loop: any EventLoop, maxMessages: Int, maxBytes: Int, linger: TimeAmount = .zero, store: @escaping Store) {
         self.loop = loop
+        self.linger = linger
         self.maxMessages = max(1, maxMessages)
         self.maxBytes = maxBytes
         self.store = store
@@ -67,7 +71,13 @@ final class ReliableBatcher: Sendable {
             defer { state.flushScheduled = true }
             return (batch.promise.futureResult, !state.flushScheduled)
         }
-        if schedule { loop.execute { self.flush() } }
+        if schedule {
+            if linger > .zero {
+                loop.scheduleTask(in: linger) { self.flush() }
+            } else {
+                loop.execute { self.flush() }
+            }
+        }
         return future
     }
 

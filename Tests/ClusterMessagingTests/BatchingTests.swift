@@ -86,6 +86,26 @@ struct BatchingTests {
         try loop.syncShutdownGracefully()
     }
 
+    /// With a linger, the first message waits that long for others before its batch goes.
+    @Test func lingerWaitsForMoreMessages() throws {
+        let loop = EmbeddedEventLoop()
+        let stores = RecordedStores()
+        let batcher = ReliableBatcher(loop: loop, maxMessages: 256, maxBytes: 1 << 20, linger: .microseconds(200)) { subject, payload, number in
+            let promise = loop.makePromise(of: Void.self)
+            promise.succeed(())
+            stores.calls.withLock { $0.append((subject, payload, number, promise)) }
+            return promise.futureResult
+        }
+        _ = batcher.add(try ClusterMessageCodec.encode(publish("s.a", "a1")), subject: "s.a")
+        loop.run()
+        loop.advanceTime(by: .microseconds(150))
+        #expect(stores.calls.withLock { $0.isEmpty }, "still lingering")
+        _ = batcher.add(try ClusterMessageCodec.encode(publish("s.a", "a2")), subject: "s.a")
+        loop.advanceTime(by: .microseconds(50))
+        #expect(stores.calls.withLock { $0.map { texts(ClusterMessageCodec.decodeBatch($0.payload)) } } == [["s.a a1", "s.a a2"]])
+        try loop.syncShutdownGracefully()
+    }
+
     @Test func byteLimitAndSingleMessageMode() throws {
         let loop = EmbeddedEventLoop()
         let stores = RecordedStores()
