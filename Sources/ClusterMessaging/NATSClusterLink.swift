@@ -345,6 +345,9 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
     /// Stops forwarding and consuming, and closes the connection.
     public func close() async {
         broker.setClusterLink(nil)
+        // Batches still waiting go to NATS (stored, or failed as the connection closes), so
+        // that no PUBACK waits on a batch the closed loop would never send.
+        _ = await batcher.flushed()
         await shares.stop()
         pull.stop()
         await consuming?.value
