@@ -426,6 +426,7 @@ let package = Package(
             dependencies: [
                 "ClusterMessaging", "NATSClient", "Broker", "MQTTCodec", "CustodyServer", "SessionBench", "CustodyTesting",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),
         .testTarget(

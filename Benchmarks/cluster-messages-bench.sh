@@ -6,7 +6,11 @@
 # into a file stream).
 #
 #   Benchmarks/cluster-messages-bench.sh [--seconds S] [--publishers P] [--subscribers N]
-#                                        [--payload-bytes B] [--no-build]
+#                                        [--payload-bytes B] [--batch N] [--qos "0 1"]
+#                                        [--no-nats] [--no-build]
+#
+# --batch N: the nodes' --cluster-nats-batch (QoS 1/2 messages per JetStream message; 1: each
+# alone, as before the batching); --qos: the QoS levels run; --no-nats: skip nats-server's own rate.
 #
 # Everything started here is stopped on exit.
 set -euo pipefail
@@ -17,14 +21,20 @@ PUBLISHERS=4
 SUBSCRIBERS=3
 PAYLOAD=64
 BUILD=1
+BATCH=256
+QOS_LEVELS="0 1"
+NATS_OWN=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) SECONDS_PER_RUN="$2"; shift 2 ;;
         --publishers) PUBLISHERS="$2"; shift 2 ;;
         --subscribers) SUBSCRIBERS="$2"; shift 2 ;;
         --payload-bytes) PAYLOAD="$2"; shift 2 ;;
+        --batch) BATCH="$2"; shift 2 ;;
+        --qos) QOS_LEVELS="$2"; shift 2 ;;
+        --no-nats) NATS_OWN=0; shift ;;
         --no-build) BUILD=0; shift ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "cluster-messages-bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -52,8 +62,8 @@ for _ in $(seq 1 100); do
     sleep 0.2
 done
 
-echo "# machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); nats-server $(/usr/sbin/nats-server --version | cut -d' ' -f2); payload ${PAYLOAD} B; ${SECONDS_PER_RUN}s per run"
-for mode in core jetstream; do
+echo "# machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); nats-server $(/usr/sbin/nats-server --version | cut -d' ' -f2); payload ${PAYLOAD} B; ${SECONDS_PER_RUN}s per run; batch ${BATCH}"
+[ "$NATS_OWN" = 1 ] && for mode in core jetstream; do
     echo "nats-server $mode: $("$BENCH" nats-publish --url "nats://127.0.0.1:$NATS_PORT" --mode "$mode" \
         --payload-bytes "$PAYLOAD" --seconds "$SECONDS_PER_RUN" | tail -1)"
 done
@@ -75,7 +85,7 @@ SINGLE_PORT=$(free_port)
 SINGLE_PID=$!
 PIDS+=("$SINGLE_PID")
 wait_line "$WORK/single.out" "custody: running" 30 || { cat "$WORK/single.err" >&2; exit 1; }
-for qos in 0 1; do publish "one node" "$SINGLE_PORT" "$SINGLE_PID" "$qos"; done
+for qos in $QOS_LEVELS; do publish "one node" "$SINGLE_PORT" "$SINGLE_PID" "$qos"; done
 kill "$SINGLE_PID"; wait "$SINGLE_PID" 2>/dev/null || true
 
 # Three nodes on etcd and NATS.
@@ -84,14 +94,16 @@ for i in 0 1 2; do
     PORTS+=("$(free_port)")
     "$CUSTODY" --data-dir "$WORK/n$((i + 1))" --listen "127.0.0.1:${PORTS[$i]}" --log-level warning \
         --cluster-etcd "http://127.0.0.1:$ETCD_CLIENT" --node-id "n$((i + 1))" \
-        --cluster-nats "nats://127.0.0.1:$NATS_PORT" \
+        --cluster-nats "nats://127.0.0.1:$NATS_PORT" --cluster-nats-batch "$BATCH" \
         --connects-per-second-per-session 0 > "$WORK/n$((i + 1)).out" 2> "$WORK/n$((i + 1)).err" &
     NODE_PIDS+=("$!") PIDS+=("$!")
 done
 for i in 0 1 2; do
     wait_line "$WORK/n$((i + 1)).out" "custody: running" 30 || { cat "$WORK/n$((i + 1)).err" >&2; exit 1; }
 done
-for qos in 0 1; do publish "three nodes" "${PORTS[0]}" "${NODE_PIDS[0]}" "$qos" "${PORTS[1]},${PORTS[2]}"; done
+for qos in $QOS_LEVELS; do publish "three nodes" "${PORTS[0]}" "${NODE_PIDS[0]}" "$qos" "${PORTS[1]},${PORTS[2]}"; done
+# JetStream messages stored for them (with batching, fewer than the QoS 1 publishes).
+echo "jetstream messages stored: $(curl -s -m 2 "http://127.0.0.1:$NATS_MONITOR/jsz" | grep -o '"messages": *[0-9]*' | head -1 | grep -o '[0-9]*$')"
 # Where the CPU went over the whole three-node part: every node and the nats-server.
 for i in 0 1 2; do
     echo "n$((i + 1)) cpu_s=$(awk '{printf "%.1f", ($14 + $15) / 100}' "/proc/${NODE_PIDS[$i]}/stat")"

@@ -35,6 +35,13 @@ public struct ClusterMessagingSettings: Sendable {
     /// How long JetStream waits for a node's ack before delivering again.
     public var ackWaitSeconds: Int64 = 30
     public var pullBatch = 512
+    /// At most this many QoS 1/2 messages of one topic, and this many bytes of them, in one
+    /// JetStream message (`ReliableBatcher`); 1: each alone (codec version 1, which nodes
+    /// older than the batching read).
+    public var batchMessages = 256
+    public var batchBytes = 128 * 1024
+    /// How long the first QoS 1/2 message waits for others to join its batch (its PUBACK later by as much).
+    public var batchLingerMicroseconds: Int64 = 200
 
     public init(nodeID: String, servers: [NATSServer], replicas: Int = 1) {
         self.nodeID = nodeID
@@ -62,8 +69,10 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
     let logger: Logger
     private let pull: PullConsumer
     private let headers: NATSHeaders
-    private let runID = UUID().uuidString.prefix(8)
+    private let runID: String
+    /// Numbers the retained messages' Nats-Msg-Ids (the message stream's batches are numbered by `batcher`).
     private let sequence = Atomic<UInt64>(0)
+    private let batcher: ReliableBatcher
     /// QoS 1/2 messages handed to JetStream, and those JetStream answered (either way).
     private let reliableIssued = Atomic<UInt64>(0)
     private let reliableAnswered = Atomic<UInt64>(0)
@@ -132,7 +141,16 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
         self.broker = broker
         self.pull = pull
         self.logger = logger
-        headers = NATSHeaders([(Self.nodeHeader, settings.nodeID)])
+        let headers = NATSHeaders([(Self.nodeHeader, settings.nodeID)])
+        let runID = String(UUID().uuidString.prefix(8))
+        self.headers = headers
+        self.runID = runID
+        let prefix = "\(settings.nodeID)-\(runID)-"
+        batcher = ReliableBatcher(loop: connection.eventLoop, maxMessages: settings.batchMessages, maxBytes: settings.batchBytes,
+                                  linger: .microseconds(settings.batchMessages > 1 ? settings.batchLingerMicroseconds : 0)) {
+            subject, payload, number in
+            jetStream.publishFuture(subject, payload: payload, headers: headers, messageID: prefix + String(number)).map { _ in () }
+        }
         shares = SharedSubscriptionConsumers(jetStream: jetStream, broker: broker, settings: settings, logger: logger)
         sessions = SessionStateStore(jetStream: jetStream, settings: settings, broker: broker, logger: logger)
         sessions.consumedThrough = { [weak self] in
@@ -177,7 +195,7 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
         while remaining > 0, Date() < deadline {
             let messages = await pull.nextBatch()
             remaining -= messages.count
-            try await broker.keepRetainedFromCluster(messages.compactMap { ClusterMessageCodec.decode($0.payload) })
+            try await broker.keepRetainedFromCluster(messages.flatMap { ClusterMessageCodec.decodeBatch($0.payload) ?? [] })
         }
         try? await jetStream.deleteConsumer(stream: settings.retainedStreamName, name: consumer.name)
     }
@@ -205,13 +223,9 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
             stats.withLock { $0.sentBestEffort += 1 }
             return nil
         }
-        let number = sequence.add(1, ordering: .relaxed).newValue
         stats.withLock { $0.sentReliable += 1 }
         reliableIssued.add(1, ordering: .relaxed)
-        let stored = jetStream.publishFuture(
-            Self.reliableMapping.subject(topic: publish.topicName), payload: payload, headers: headers,
-            messageID: "\(settings.nodeID)-\(runID)-\(number)"
-        ).map { _ in () }
+        let stored = batcher.add(payload, subject: Self.reliableMapping.subject(topic: publish.topicName))
         stored.whenComplete { [weak self] _ in self?.reliableAnswered.add(1, ordering: .relaxed) }
         return kept.map { stored.and($0).map { _ in () } } ?? stored
     }
@@ -236,12 +250,12 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
             var publishes: [MQTTPublish] = []
             var redelivered = 0
             for message in messages where message.headers?[Self.nodeHeader] != settings.nodeID {
-                guard let publish = ClusterMessageCodec.decode(message.payload) else {
-                    logger.warning("cluster: a message on \(message.subject) is not an MQTT PUBLISH; skipped")
+                guard let batch = ClusterMessageCodec.decodeBatch(message.payload) else {
+                    logger.warning("cluster: a message on \(message.subject) is not MQTT PUBLISH packets; skipped")
                     continue
                 }
-                if let meta = JetStreamMetadata(replyTo: message.replyTo), meta.delivered > 1 { redelivered += 1 }
-                publishes.append(publish)
+                if let meta = JetStreamMetadata(replyTo: message.replyTo), meta.delivered > 1 { redelivered += batch.count }
+                publishes.append(contentsOf: batch)
             }
             // A session being taken on from another node reads the stream meanwhile.
             await gate.enterRouting()
@@ -306,8 +320,9 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
 
     /// The Nats-Msg-Id of this node's messages in this run: this, then a number.
     var ownMessageIDPrefix: String { "\(settings.nodeID)-\(runID)-" }
-    /// The last number given to one of this node's messages.
-    var lastMessageNumber: UInt64 { sequence.load(ordering: .relaxed) }
+    /// Hands this node's waiting batches to NATS; returns the last number given to one of
+    /// them (every message forwarded before the call has a number up to it).
+    func flushedMessageNumber() async -> UInt64 { await batcher.flushed() }
 
     /// Waits until JetStream has answered every QoS 1/2 message this node handed it so far
     /// (at most `limit`: a publish is tried again for 30 s).
@@ -330,6 +345,9 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
     /// Stops forwarding and consuming, and closes the connection.
     public func close() async {
         broker.setClusterLink(nil)
+        // Batches still waiting go to NATS (stored, or failed as the connection closes), so
+        // that no PUBACK waits on a batch the closed loop would never send.
+        _ = await batcher.flushed()
         await shares.stop()
         pull.stop()
         await consuming?.value

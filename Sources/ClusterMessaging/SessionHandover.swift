@@ -81,20 +81,20 @@ struct SessionHandover {
         for subscription in record.subscriptions where TopicRules.splitShare(subscription.filter) == nil {
             subjects.formUnion(NATSClusterLink.reliableMapping.subjects(filter: subscription.filter))
         }
-        var found: [UInt64: ClusterQueuedMessage] = [:]
+        var found: [UInt64: [ClusterQueuedMessage]] = [:]
         for subject in subjects.sorted() {
             try await read(subject, from: .time(microseconds: start), through: bound, session: name, into: &found) { _ in true }
         }
-        let messages = found.sorted { $0.key < $1.key }.map(\.value)
+        let messages = found.sorted { $0.key < $1.key }.flatMap(\.value)
         var queued = try await broker.restoreSession(name, subscriptions: record.subscriptions, messages: messages)
         // This node's own clients' messages are routed here as they come, not by its consumer:
         // one routed before the session's subscriptions were in place but stored in JetStream
         // after `bound` is in neither. Those come now, once JetStream has answered for them
         // (queued behind what came meanwhile; later ones of this node are here already).
-        let lastOwn = own.lastMessageNumber
+        let lastOwn = await own.flushedMessageNumber()
         await own.ownMessagesAnswered()
         let prefix = own.ownMessageIDPrefix
-        var late: [UInt64: ClusterQueuedMessage] = [:]
+        var late: [UInt64: [ClusterQueuedMessage]] = [:]
         if let after = try await jetStream.streamInfo(settings.streamName)?.state.lastSeq, after > bound {
             for subject in subjects.sorted() {
                 try await read(subject, from: .sequence(bound + 1), through: after, session: name, into: &late) { message in
@@ -104,12 +104,12 @@ struct SessionHandover {
                 }
             }
             if !late.isEmpty {
-                queued += try await broker.queueForSession(name, late.sorted { $0.key < $1.key }.map(\.value))
+                queued += try await broker.queueForSession(name, late.sorted { $0.key < $1.key }.flatMap(\.value))
             }
         }
         logger.info("cluster: session taken on from another node", metadata: [
             "session_name": "\(name)", "from_node": "\(record.node)", "subscriptions": "\(record.subscriptions.count)",
-            "messages_read": "\(messages.count)", "own_late": "\(late.count)", "queued": "\(queued)", "through_sequence": "\(bound)",
+            "messages_read": "\(messages.count)", "own_late": "\(late.values.reduce(0) { $0 + $1.count })", "queued": "\(queued)", "through_sequence": "\(bound)",
         ])
         return queued
     }
@@ -117,7 +117,7 @@ struct SessionHandover {
     /// The messages on `subject` stored from `start` up to sequence `bound` that `keep` keeps.
     private func read(
         _ subject: String, from start: Start, through bound: UInt64, session: SessionName,
-        into found: inout [UInt64: ClusterQueuedMessage], keep: (NATSMessage) -> Bool
+        into found: inout [UInt64: [ClusterQueuedMessage]], keep: (NATSMessage) -> Bool
     ) async throws {
         var config = ConsumerConfig(durableName: nil)
         switch start {
@@ -159,8 +159,9 @@ struct SessionHandover {
                     remaining = 0
                     break reading
                 }
-                guard keep(message), let publish = ClusterMessageCodec.decode(message.payload) else { continue }
-                found[meta.streamSequence] = ClusterQueuedMessage(publish: publish, storedAt: meta.timestamp / 1000)
+                // A batch (codec version 2) is its messages, in order, under its one sequence.
+                guard keep(message), let batch = ClusterMessageCodec.decodeBatch(message.payload) else { continue }
+                found[meta.streamSequence] = batch.map { ClusterQueuedMessage(publish: $0, storedAt: meta.timestamp / 1000) }
                 if meta.pending == 0 {
                     remaining = 0
                     break reading

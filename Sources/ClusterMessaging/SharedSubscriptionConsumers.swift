@@ -81,7 +81,7 @@ final class SharedSubscriptionConsumers: @unchecked Sendable {
             while true {
                 let messages = await pull.nextBatch()
                 guard !messages.isEmpty else { return }
-                let publishes = messages.compactMap { ClusterMessageCodec.decode($0.payload) }
+                let publishes = messages.flatMap { ClusterMessageCodec.decodeBatch($0.payload) ?? [] }
                 do {
                     try await broker.deliverSharedFromCluster(publishes, share: share)
                     for message in messages { try pull.ack(message) }

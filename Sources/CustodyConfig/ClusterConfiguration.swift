@@ -17,9 +17,14 @@ public struct ClusterConfiguration: Sendable, Equatable {
     public var nats: [String] = []
     /// Replicas of the JetStream stream the messages are kept in (3 on a NATS cluster of 3).
     public var natsReplicas = 1
+    /// At most this many QoS 1/2 messages of one topic in one JetStream message (1: each alone,
+    /// as nodes before the batching wrote them; for a rolling upgrade from those).
+    public var natsBatch = ClusterConfiguration.defaultNATSBatch
 
     public static let leaseSecondsRange = 2...3600
     public static let natsReplicasRange = 1...5
+    public static let natsBatchRange = 1...1024
+    public static let defaultNATSBatch = 256
     public static let defaultLeaseSeconds = 10
 
     public init(etcd: [String], nodeID: String, leaseSeconds: Int = ClusterConfiguration.defaultLeaseSeconds) {
@@ -63,7 +68,7 @@ public struct ClusterConfiguration: Sendable, Equatable {
 
 extension ConfigurationReader {
     func cluster(_ node: Node) throws(ConfigurationError) -> ClusterConfiguration {
-        let keys = try mapping(node, "cluster", known: ["etcd", "nodeId", "leaseSeconds", "nats", "natsReplicas"])
+        let keys = try mapping(node, "cluster", known: ["etcd", "nodeId", "leaseSeconds", "nats", "natsReplicas", "natsBatch"])
         guard let (_, etcdNode) = keys["etcd"] else { throw fail(node, "cluster.etcd", "missing (etcd's client URLs)") }
         guard let (_, nodeIDNode) = keys["nodeId"] else { throw fail(node, "cluster.nodeId", "missing (this node's name)") }
         let items = try sequence(etcdNode, "cluster.etcd")
@@ -92,6 +97,10 @@ extension ConfigurationReader {
         if let (_, value) = keys["natsReplicas"] {
             guard !cluster.nats.isEmpty else { throw fail(value, "cluster.natsReplicas", "needs cluster.nats") }
             cluster.natsReplicas = try int(value, "cluster.natsReplicas", range: ClusterConfiguration.natsReplicasRange)
+        }
+        if let (_, value) = keys["natsBatch"] {
+            guard !cluster.nats.isEmpty else { throw fail(value, "cluster.natsBatch", "needs cluster.nats") }
+            cluster.natsBatch = try int(value, "cluster.natsBatch", range: ClusterConfiguration.natsBatchRange)
         }
         return cluster
     }

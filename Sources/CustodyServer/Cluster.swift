@@ -41,10 +41,11 @@ extension Custody {
     func joinMessaging(_ configuration: ClusterConfiguration?, broker: Broker) async throws -> NATSClusterLink? {
         guard let configuration, !configuration.nats.isEmpty else { return nil }
         let servers = configuration.nats.compactMap(NATSServer.init(url:))
-        let settings = ClusterMessagingSettings(nodeID: configuration.nodeID, servers: servers, replicas: configuration.natsReplicas)
+        var settings = ClusterMessagingSettings(nodeID: configuration.nodeID, servers: servers, replicas: configuration.natsReplicas)
+        settings.batchMessages = configuration.natsBatch
         do {
             let link = try await NATSClusterLink.start(settings, broker: broker, logger: Logger(label: "custody.cluster.nats"))
-            say("custody: cluster messages on NATS \(configuration.nats.joined(separator: ",")) stream=\(settings.streamName) replicas=\(settings.replicas) consumer=\(settings.consumerName) server=\(link.connection.connectedServer.map(String.init(describing:)) ?? "-")")
+            say("custody: cluster messages on NATS \(configuration.nats.joined(separator: ",")) stream=\(settings.streamName) replicas=\(settings.replicas) batch=\(settings.batchMessages) consumer=\(settings.consumerName) server=\(link.connection.connectedServer.map(String.init(describing:)) ?? "-")")
             return link
         } catch {
             throw await startFailed(

@@ -243,6 +243,13 @@ struct Custody: AsyncParsableCommand {
             valueName: "n"))
     var clusterNATSReplicas: Int?
 
+    @Option(
+        name: .customLong("cluster-nats-batch"),
+        help: ArgumentHelp(
+            "At most this many QoS 1/2 messages of one topic stored in one JetStream message, 1-1024 (default 256; 1: each alone, readable by nodes older than the batching, for a rolling upgrade; config key cluster.natsBatch).",
+            valueName: "n"))
+    var clusterNATSBatch: Int?
+
     var flags: FlagValues {
         var flags = FlagValues(
             dataDir: dataDir, maxSessionsPerClient: maxSessionsPerClient, maxSessionExpiryHours: maxSessionExpiryHours,
@@ -272,6 +279,7 @@ struct Custody: AsyncParsableCommand {
         flags.clusterLeaseSeconds = clusterLeaseSeconds
         flags.clusterNATS = clusterNATS
         flags.clusterNATSReplicas = clusterNATSReplicas
+        flags.clusterNATSBatch = clusterNATSBatch
         return flags
     }
 

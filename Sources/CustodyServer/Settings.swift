@@ -69,13 +69,26 @@ struct FlagValues {
     var clusterEtcd: String?
     var nodeID: String?
     var clusterLeaseSeconds: Int?
-    /// Messages across the nodes on NATS JetStream (issue 19): --cluster-nats, --cluster-nats-replicas.
+    /// Messages across the nodes on NATS JetStream (issue 19): --cluster-nats, --cluster-nats-replicas, --cluster-nats-batch.
     var clusterNATS: String?
     var clusterNATSReplicas: Int?
+    var clusterNATSBatch: Int?
 }
 
 /// What `custody` runs with: the configuration file (if any), then the flags over it.
 enum Settings {
+    /// A number flag of the NATS link: in `range`, and only with NATS configured.
+    private static func natsNumber(_ value: Int?, _ flag: String, _ range: ClosedRange<Int>, _ configuration: CustodyConfiguration) throws -> Int? {
+        guard let value else { return nil }
+        guard range.contains(value) else {
+            throw SettingsError("\(flag) must be between \(range.lowerBound) and \(range.upperBound), got \(value)")
+        }
+        guard configuration.cluster?.nats.isEmpty == false else {
+            throw SettingsError("\(flag) needs --cluster-nats (or cluster.nats in the configuration file)")
+        }
+        return value
+    }
+
     /// `--cluster-etcd`, `--node-id` and `--cluster-lease-seconds` over the file's `cluster:`.
     static func resolveCluster(_ configuration: inout CustodyConfiguration, flags: FlagValues, flagsOnly: Bool) throws {
         if let text = flags.clusterEtcd {
@@ -91,6 +104,7 @@ enum Settings {
                 leaseSeconds: configuration.cluster?.leaseSeconds ?? ClusterConfiguration.defaultLeaseSeconds)
             cluster.nats = configuration.cluster?.nats ?? []
             cluster.natsReplicas = configuration.cluster?.natsReplicas ?? 1
+            cluster.natsBatch = configuration.cluster?.natsBatch ?? ClusterConfiguration.defaultNATSBatch
             configuration.cluster = cluster
         }
         if let text = flags.clusterNATS {
@@ -106,14 +120,11 @@ enum Settings {
             }
             configuration.cluster?.nats = urls
         }
-        if let replicas = flags.clusterNATSReplicas {
-            guard ClusterConfiguration.natsReplicasRange.contains(replicas) else {
-                throw SettingsError("--cluster-nats-replicas must be between 1 and 5, got \(replicas)")
-            }
-            guard configuration.cluster?.nats.isEmpty == false else {
-                throw SettingsError("--cluster-nats-replicas needs --cluster-nats (or cluster.nats in the configuration file)")
-            }
+        if let replicas = try natsNumber(flags.clusterNATSReplicas, "--cluster-nats-replicas", ClusterConfiguration.natsReplicasRange, configuration) {
             configuration.cluster?.natsReplicas = replicas
+        }
+        if let batch = try natsNumber(flags.clusterNATSBatch, "--cluster-nats-batch", ClusterConfiguration.natsBatchRange, configuration) {
+            configuration.cluster?.natsBatch = batch
         }
         if let nodeID = flags.nodeID {
             if let problem = ClusterConfiguration.problem(nodeID: nodeID) { throw SettingsError("--node-id: \(problem)") }

@@ -27,9 +27,12 @@ struct ClusterConfigurationTests {
               nodeId: node-a
               nats: [nats://10.0.0.1:4222, nats://10.0.0.2]
               natsReplicas: 3
+              natsBatch: 1
             """).cluster
         #expect(nats?.nats == ["nats://10.0.0.1:4222", "nats://10.0.0.2"])
         #expect(nats?.natsReplicas == 3)
+        #expect(nats?.natsBatch == 1)
+        #expect(try parse("cluster: {etcd: [http://127.0.0.1:2379], nodeId: n1}").cluster?.natsBatch == 256)
         #expect(try parse("cluster: {etcd: [http://127.0.0.1:2379], nodeId: n1}").cluster?.nats == [])
     }
 
@@ -46,6 +49,8 @@ struct ClusterConfigurationTests {
             ("cluster: {etcd: [http://127.0.0.1:2379], nodeId: n1, nats: [http://h:4222]}", "cluster.nats[0]"),
             ("cluster: {etcd: [http://127.0.0.1:2379], nodeId: n1, nats: [nats://h:4222], natsReplicas: 0}", "cluster.natsReplicas"),
             ("cluster: {etcd: [http://127.0.0.1:2379], nodeId: n1, natsReplicas: 3}", "cluster.natsReplicas"),
+            ("cluster: {etcd: [http://127.0.0.1:2379], nodeId: n1, nats: [nats://h:4222], natsBatch: 0}", "cluster.natsBatch"),
+            ("cluster: {etcd: [http://127.0.0.1:2379], nodeId: n1, natsBatch: 8}", "cluster.natsBatch"),
         ] {
             do {
                 _ = try parse(yaml)

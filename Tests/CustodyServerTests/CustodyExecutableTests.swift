@@ -69,6 +69,10 @@ struct CustodyExecutableTests {
          "--cluster-nats-replicas needs --cluster-nats"),
         (["--cluster-etcd", "http://127.0.0.1:2379", "--node-id", "n1", "--cluster-nats", "nats://127.0.0.1:4222",
           "--cluster-nats-replicas", "6"], "--cluster-nats-replicas must be between 1 and 5, got 6"),
+        (["--cluster-etcd", "http://127.0.0.1:2379", "--node-id", "n1", "--cluster-nats-batch", "8"],
+         "--cluster-nats-batch needs --cluster-nats"),
+        (["--cluster-etcd", "http://127.0.0.1:2379", "--node-id", "n1", "--cluster-nats", "nats://127.0.0.1:4222",
+          "--cluster-nats-batch", "0"], "--cluster-nats-batch must be between 1 and 1024, got 0"),
     ])
     func badFlagsExitWithAMessageNamingThem(arguments: [String], message: String) async throws {
         try await offPool {
