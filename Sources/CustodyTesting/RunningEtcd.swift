@@ -43,11 +43,13 @@ public final class RunningEtcd: @unchecked Sendable {
         let root = scratchDirectory("etcd-\(label)")
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         var members: [Member] = []
+        // All loopback members' ports at once, all different.
+        let ports = try freeLoopbackPorts(2 * placed.count)
         for (index, place) in placed.enumerated() {
             let loopback = place.launcher.isEmpty
             var member = Member(
-                name: "m\(index)", clientPort: loopback ? try freeLoopbackPort() : 2379,
-                peerPort: loopback ? try freeLoopbackPort() : 2380, directory: root + "/m\(index)")
+                name: "m\(index)", clientPort: loopback ? ports[2 * index] : 2379,
+                peerPort: loopback ? ports[2 * index + 1] : 2380, directory: root + "/m\(index)")
             member.host = place.host
             member.launcher = place.launcher
             members.append(member)

@@ -43,10 +43,13 @@ public final class RunningNATS: @unchecked Sendable {
     private init(_ label: String, size: Int, placed: (host: String, launcher: [String])?) throws {
         let root = scratchDirectory("nats-\(label)")
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        // Every port of every server at once, all different (a route port that happened to
+        // equal another server's client port failed a test's start).
+        let ports = placed == nil ? try freeLoopbackPorts(3 * size) : []
         servers = try (0..<size).map { index in
             guard let placed else {
-                return Server(name: "n\(index)", port: try freeLoopbackPort(), clusterPort: try freeLoopbackPort(),
-                              monitorPort: try freeLoopbackPort(), directory: root + "/n\(index)")
+                return Server(name: "n\(index)", port: ports[3 * index], clusterPort: ports[3 * index + 1],
+                              monitorPort: ports[3 * index + 2], directory: root + "/n\(index)")
             }
             var server = Server(name: "n\(index)", port: 4222, clusterPort: 6222, monitorPort: 8222, directory: root + "/n\(index)")
             server.host = placed.host
