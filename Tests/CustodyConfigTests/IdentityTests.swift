@@ -150,7 +150,8 @@ struct PasswordFileTests {
             defer { try? FileManager.default.removeItem(atPath: directory) }
             try (PasswordFile.entry(username: "alice", password: Array("s3cret".utf8)) + "\n")
                 .write(toFile: directory + "/passwd", atomically: true, encoding: .utf8)
-            let port = Int.random(in: 20_000..<40_000)
+            // A free port (a random one may be another test's ephemeral port).
+            let port = try freeLoopbackPort()
             try """
                 listener \(port) 127.0.0.1
                 allow_anonymous false
@@ -174,9 +175,13 @@ struct PasswordFileTests {
                 client.waitUntilExit()
                 return client.terminationStatus
             }
+            // The broker may still be starting (slowly on a loaded machine): up to 60 s.
+            let deadline = Date().addingTimeInterval(60)
+            while !acceptsConnections(port: port), broker.isRunning, Date() < deadline { usleep(100_000) }
+            #expect(broker.isRunning, "mosquitto exited before it took connections")
             var status = try publish("s3cret")
-            for _ in 0..<50 where status != 0 {
-                usleep(100_000)  // the broker may still be starting
+            for _ in 0..<20 where status != 0 {
+                usleep(100_000)
                 status = try publish("s3cret")
             }
             #expect(status == 0)
