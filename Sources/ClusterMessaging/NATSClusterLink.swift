@@ -35,6 +35,12 @@ public struct ClusterMessagingSettings: Sendable {
     /// How long JetStream waits for a node's ack before delivering again.
     public var ackWaitSeconds: Int64 = 30
     public var pullBatch = 512
+
+    /// JetStream messages the node's consumer asks for at once: at most `pullBatch` MQTT
+    /// messages in all, whatever the batching. The consumer hands a pull's messages to the
+    /// sessions together; a pull of 512 batches of 256 overflowed a subscriber's queue limit
+    /// (1,000 messages) and dropped acknowledged messages in the 3-server test.
+    public var messagesPerPull: Int { max(1, pullBatch / max(1, batchMessages)) }
     /// At most this many QoS 1/2 messages of one topic, and this many bytes of them, in one
     /// JetStream message (`ReliableBatcher`); 1: each alone (codec version 1, which nodes
     /// older than the batching read).
@@ -116,7 +122,7 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
                 _ = try await jetStream.createConsumer(stream: settings.streamName, consumer)
             }
             let pull = try PullConsumer(jetStream, stream: settings.streamName, consumer: settings.consumerName,
-                                        batch: settings.pullBatch, expires: .seconds(5))
+                                        batch: settings.messagesPerPull, expires: .seconds(5))
             let link = NATSClusterLink(settings, connection, jetStream, broker, pull, logger)
             try connection.subscribe(bestEffortMapping.prefix + ".>") { [weak link] in link?.arrivedBestEffort($0) }
             try link.sessions.start(connection)
