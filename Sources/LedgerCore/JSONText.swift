@@ -51,7 +51,7 @@ public struct JSONObject: Sendable {
 
     public mutating func bool(_ name: String, _ value: Bool) {
         key(name)
-        bytes.append(contentsOf: value ? Array("true".utf8) : Array("false".utf8))
+        bytes.append(contentsOf: value ? Self.trueText : Self.falseText)
     }
 
     public mutating func time(_ name: String, _ micros: Int64?) {
@@ -80,23 +80,38 @@ public struct JSONObject: Sendable {
     }
 
     static let hexDigits = Array("0123456789abcdef".utf8)
+    static let trueText = Array("true".utf8)
+    static let falseText = Array("false".utf8)
 
     public static func appendDecimal<T: BinaryInteger>(_ value: T, to out: inout [UInt8]) {
-        if value == 0 {
-            out.append(UInt8(ascii: "0"))
-            return
+        // Generic code called from other modules is not specialized: one conversion, then
+        // the concrete writer.
+        if let value = Int64(exactly: value) {
+            appendDecimal(value, to: &out)
+        } else if let value = UInt64(exactly: value) {
+            appendDecimal(magnitude: value, negative: false, to: &out)
+        } else {
+            out.append(contentsOf: Array(String(value).utf8))
         }
-        var magnitude = value.magnitude
-        if value < 0 { out.append(UInt8(ascii: "-")) }
+    }
+
+    public static func appendDecimal(_ value: Int64, to out: inout [UInt8]) {
+        appendDecimal(magnitude: value.magnitude, negative: value < 0, to: &out)
+    }
+
+    /// The digits written backwards into a stack buffer, then appended at once.
+    private static func appendDecimal(magnitude: UInt64, negative: Bool, to out: inout [UInt8]) {
+        if negative { out.append(UInt8(ascii: "-")) }
         var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // room for 24 digits, no allocation
-        var count = 0
         withUnsafeMutableBytes(of: &digits) { buffer in
-            while magnitude > 0 {
-                buffer[count] = UInt8(ascii: "0") + UInt8(magnitude % 10)
-                magnitude /= 10
-                count += 1
-            }
-            for i in stride(from: count - 1, through: 0, by: -1) { out.append(buffer[i]) }
+            var rest = magnitude
+            var start = buffer.count
+            repeat {
+                start -= 1
+                buffer[start] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+            } while rest > 0
+            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: buffer[start...]))
         }
     }
 
@@ -105,25 +120,36 @@ public struct JSONObject: Sendable {
         value.withUTF8 { appendQuoted(UnsafeRawBufferPointer($0), to: &out) }
     }
 
+    /// `value` between quotes, escaped: runs that need no escape (most text) are appended
+    /// whole, not byte by byte.
     public static func appendQuoted(_ value: UnsafeRawBufferPointer, to out: inout [UInt8]) {
         out.append(UInt8(ascii: "\""))
-        for byte in value {
-            switch byte {
-            case UInt8(ascii: "\""): out.append(contentsOf: [0x5C, 0x22])
-            case UInt8(ascii: "\\"): out.append(contentsOf: [0x5C, 0x5C])
-            case 0x0A: out.append(contentsOf: [0x5C, UInt8(ascii: "n")])
-            case 0x0D: out.append(contentsOf: [0x5C, UInt8(ascii: "r")])
-            case 0x09: out.append(contentsOf: [0x5C, UInt8(ascii: "t")])
-            case 0x08: out.append(contentsOf: [0x5C, UInt8(ascii: "b")])
-            case 0x0C: out.append(contentsOf: [0x5C, UInt8(ascii: "f")])
-            case 0x00..<0x20, 0x7F:
-                out.append(contentsOf: Array("\\u00".utf8))
-                out.append(hexDigits[Int(byte >> 4)])
-                out.append(hexDigits[Int(byte & 0xF)])
-            default: out.append(byte)
-            }
+        var runStart = 0
+        for index in 0..<value.count {
+            let byte = value[index]
+            guard byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") || byte == 0x7F else { continue }
+            if runStart < index { out.append(contentsOf: UnsafeRawBufferPointer(rebasing: value[runStart..<index])) }
+            appendEscaped(byte, to: &out)
+            runStart = index + 1
         }
+        if runStart < value.count { out.append(contentsOf: UnsafeRawBufferPointer(rebasing: value[runStart...])) }
         out.append(UInt8(ascii: "\""))
+    }
+
+    private static func appendEscaped(_ byte: UInt8, to out: inout [UInt8]) {
+        switch byte {
+        case UInt8(ascii: "\""): out.append(contentsOf: [0x5C, 0x22])
+        case UInt8(ascii: "\\"): out.append(contentsOf: [0x5C, 0x5C])
+        case 0x0A: out.append(contentsOf: [0x5C, UInt8(ascii: "n")])
+        case 0x0D: out.append(contentsOf: [0x5C, UInt8(ascii: "r")])
+        case 0x09: out.append(contentsOf: [0x5C, UInt8(ascii: "t")])
+        case 0x08: out.append(contentsOf: [0x5C, UInt8(ascii: "b")])
+        case 0x0C: out.append(contentsOf: [0x5C, UInt8(ascii: "f")])
+        default:
+            out.append(contentsOf: [0x5C, UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0")])
+            out.append(hexDigits[Int(byte >> 4)])
+            out.append(hexDigits[Int(byte & 0xF)])
+        }
     }
 }
 
@@ -147,24 +173,47 @@ public enum ISO8601Time {
         let (seconds, fraction) = floorDivide(micros, microsecondsPerSecond)
         let (days, secondOfDay) = floorDivide(seconds, secondsPerDay)
         let (year, month, day) = civil(fromDays: days)
-        if (0...9999).contains(year) {
-            appendDigits(year, 4, &out)
-        } else {
+        guard (0...9999).contains(year) else {
+            // Years outside 0-9999 as they are, then the rest of a year 0's text.
             out.append(contentsOf: Array(String(year).utf8))
+            var rest: [UInt8] = []
+            append(year: 0, secondOfDay: secondOfDay, fraction: fraction, month: month, day: day, to: &rest)
+            out.append(contentsOf: rest[4...])
+            return
         }
-        out.append(UInt8(ascii: "-"))
-        appendDigits(month, 2, &out)
-        out.append(UInt8(ascii: "-"))
-        appendDigits(day, 2, &out)
-        out.append(UInt8(ascii: "T"))
-        appendDigits(secondOfDay / 3600, 2, &out)
-        out.append(UInt8(ascii: ":"))
-        appendDigits(secondOfDay / 60 % 60, 2, &out)
-        out.append(UInt8(ascii: ":"))
-        appendDigits(secondOfDay % 60, 2, &out)
-        out.append(UInt8(ascii: "."))
-        appendDigits(fraction, 6, &out)
-        out.append(UInt8(ascii: "Z"))
+        append(year: year, secondOfDay: secondOfDay, fraction: fraction, month: month, day: day, to: &out)
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` written into a stack buffer and appended at once
+    /// (`year` 0-9999).
+    private static func append(
+        year: Int64, secondOfDay: Int64, fraction: Int64, month: Int64, day: Int64, to out: inout [UInt8]
+    ) {
+        var text: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)  // 32 bytes, no allocation
+        withUnsafeMutableBytes(of: &text) { buffer in
+            func digits(_ value: Int64, _ width: Int, at offset: Int) {
+                var rest = value
+                for index in stride(from: offset + width - 1, through: offset, by: -1) {
+                    buffer[index] = UInt8(ascii: "0") + UInt8(rest % 10)
+                    rest /= 10
+                }
+            }
+            digits(year, 4, at: 0)
+            buffer[4] = UInt8(ascii: "-")
+            digits(month, 2, at: 5)
+            buffer[7] = UInt8(ascii: "-")
+            digits(day, 2, at: 8)
+            buffer[10] = UInt8(ascii: "T")
+            digits(secondOfDay / 3600, 2, at: 11)
+            buffer[13] = UInt8(ascii: ":")
+            digits(secondOfDay / 60 % 60, 2, at: 14)
+            buffer[16] = UInt8(ascii: ":")
+            digits(secondOfDay % 60, 2, at: 17)
+            buffer[19] = UInt8(ascii: ".")
+            digits(fraction, 6, at: 20)
+            buffer[26] = UInt8(ascii: "Z")
+            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: buffer[0..<27]))
+        }
     }
 
     /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+00:00)`; a fraction of up to nine digits
@@ -210,17 +259,6 @@ public enum ISO8601Time {
         else { return nil }
         let days = days(fromCivil: year, month, day)
         return ((days * secondsPerDay + hour * 3600 + minute * 60 + second) * microsecondsPerSecond) + fraction
-    }
-
-    private static func appendDigits(_ value: Int64, _ width: Int, _ out: inout [UInt8]) {
-        var divisor: Int64 = 1
-        for _ in 1..<width { divisor *= 10 }
-        var rest = value
-        while divisor > 0 {
-            out.append(UInt8(ascii: "0") + UInt8(rest / divisor))
-            rest %= divisor
-            divisor /= 10
-        }
     }
 
     private static func floorDivide(_ a: Int64, _ b: Int64) -> (Int64, Int64) {
