@@ -12,8 +12,12 @@
 #    `custody-bench publish` QoS 1 with as many publishers.
 #
 #   Benchmarks/routes-http.sh [--seconds S] [--conns N] [--rounds N] [--requests N] [--out FILE] [--no-build]
+#                             [--modes "none durable structured batch"] [--no-http]
+#                             [--batch-events N] [--batch-wait MS]
 #
-# Defaults: 5 s a run, 16 connections, 3 rounds, 50000 HTTP requests. Prints a Markdown
+# Defaults: 5 s a run, 16 connections, 3 rounds, 50000 HTTP requests, every mode, then HTTP
+# publish (--no-http: not); the batch route's maxBatchEvents 100 and maxBatchWaitMilliseconds
+# its default (5) unless given. Prints a Markdown
 # table (or writes it to --out) with the generators' CPU share beside every figure. Everything
 # started here is stopped on exit.
 set -euo pipefail
@@ -25,6 +29,10 @@ ROUNDS=3
 REQUESTS=50000
 OUT=""
 BUILD=1
+MODES="none durable structured batch"
+HTTP=1
+BATCH_EVENTS=100
+BATCH_WAIT=""
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -34,7 +42,11 @@ while [ $# -gt 0 ]; do
         --requests) REQUESTS="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --modes) MODES="$2"; shift 2 ;;
+        --no-http) HTTP=0; shift ;;
+        --batch-events) BATCH_EVENTS="$2"; shift 2 ;;
+        --batch-wait) BATCH_WAIT="$2"; shift 2 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "routes-http.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -84,14 +96,15 @@ routes:
     topicFilters: ["bench/#"]
     endpoint: http://127.0.0.1:$SINK_PORT/events
     mode: $1
-    maxBatchEvents: 100
+    maxBatchEvents: $BATCH_EVENTS${BATCH_WAIT:+
+    maxBatchWaitMilliseconds: $BATCH_WAIT}
     limits: { maxEvents: 10000000, maxBytes: 16GiB }
     deadLetter: { directory: $WORK/dead }
 EOF
 }
 
 routed_run() { # mode round
-    local mode=$1 round=$2 name="routes-$1-$2" config="" load json started drained sink_before sink_after delivered
+    local mode=$1 round=$2 name="routes-$1-$2" config="" load json started drained sink_before sink_after delivered requests custody_before custody_after
     local extra=()
     case "$mode" in
         none) ;;
@@ -101,10 +114,12 @@ routed_run() { # mode round
     start_custody "$name" "$config"
     load=$(cut -d' ' -f1 /proc/loadavg)
     sink_before=$(cpu_of "$SINK_PID")
+    custody_before=$(cpu_of "$CUSTODY_PID")
     started=$(date +%s.%N)
     json=$("$BENCH" publish --port "$PORT" --pid "$CUSTODY_PID" --qos 1 --shape fan-in --conns "$CONNS" \
         --seconds "$SECONDS_PER_RUN" --prefix "rb$round$mode" ${extra[@]+"${extra[@]}"} --json 2> "$WORK/bench.err") || { cat "$WORK/bench.err" >&2; exit 1; }
     delivered=0
+    requests=0
     drained=$started
     if [ "$mode" = structured ] || [ "$mode" = batch ]; then
         # Until the outbox is empty (at most 10 minutes).
@@ -114,10 +129,13 @@ routed_run() { # mode round
         done
         drained=$(date +%s.%N)
         delivered=$(metric custody_route_delivered_total)
+        requests=$(metric custody_route_requests_total)
     fi
     sink_after=$(cpu_of "$SINK_PID")
-    printf '{"kind":"routed","mode":"%s","round":%s,"load":%s,"started":%s,"drained":%s,"delivered":%s,"sink_cpu":%s,"report":%s}\n' \
-        "$mode" "$round" "$load" "$started" "$drained" "$delivered" "$(awk -v a="$sink_after" -v b="$sink_before" 'BEGIN { print a - b }')" "$json" >> "$RESULTS"
+    custody_after=$(cpu_of "$CUSTODY_PID")
+    printf '{"kind":"routed","mode":"%s","round":%s,"load":%s,"started":%s,"drained":%s,"delivered":%s,"requests":%s,"custody_cpu":%s,"sink_cpu":%s,"report":%s}\n' \
+        "$mode" "$round" "$load" "$started" "$drained" "$delivered" "$requests" \
+        "$(awk -v a="$custody_after" -v b="$custody_before" 'BEGIN { print a - b }')" "$(awk -v a="$sink_after" -v b="$sink_before" 'BEGIN { print a - b }')" "$json" >> "$RESULTS"
     kill "$CUSTODY_PID"; wait "$CUSTODY_PID" 2>/dev/null || true
     echo "routes-http.sh: routed $mode round $round done" >&2
 }
@@ -147,8 +165,13 @@ http_run() { # round
 }
 
 for round in $(seq 1 "$ROUNDS"); do
-    for mode in none durable structured batch; do routed_run "$mode" "$round"; done
-    http_run "$round"
+    for mode in $MODES; do
+        case "$mode" in
+            none|durable|structured|batch) routed_run "$mode" "$round" ;;
+            *) echo "routes-http.sh: unknown mode $mode (none, durable, structured, batch)" >&2; exit 2 ;;
+        esac
+    done
+    if [ "$HTTP" = 1 ]; then http_run "$round"; fi
 done
 
 table() {
@@ -164,8 +187,8 @@ print(f"Machine: {cores} cores shared by custody, the generators and the sink (a
       f"{min(loads):.1f}–{max(loads):.1f} at the start of the runs). {seconds} s of QoS 1 publishing a run, "
       f"{conns} publishers (fan-in, 1 subscriber), 64-byte payloads; median (min–max) of the rounds.")
 print()
-print("| route | MQTT QoS 1 published/s | routed events/s | routed / published (none) | routed / published (durable) | custody-bench CPU | sink CPU |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print("| route | MQTT QoS 1 published/s | routed events/s | routed / published (none) | routed / published (durable) | events per request | custody CPU µs per message | custody-bench CPU | sink CPU |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 base = med([r["report"]["detail"]["publish_rate"] for r in rows if r["kind"] == "routed" and r["mode"] == "none"])
 durable = med([r["report"]["detail"]["publish_rate"] for r in rows if r["kind"] == "routed" and r["mode"] == "durable"])
 for mode in ["none", "durable", "structured", "batch"]:
@@ -175,7 +198,11 @@ for mode in ["none", "durable", "structured", "batch"]:
     sink = [r["sink_cpu"] / (r["drained"] - r["started"]) * 100 for r in rs if r["delivered"] > 0 and r["drained"] > r["started"]]
     ratio = f"{med(routed) / base:.2f}" if routed and base == base else "–"
     ratio_durable = f"{med(routed) / durable:.2f}" if routed and durable == durable else "–"
-    print(f"| {mode} | {cell(published)} | {cell(routed)} | {ratio} | {ratio_durable} | {cell([r['report']['bench_cpu_pct'] for r in rs])}% "
+    per_request = [r["delivered"] / r["requests"] for r in rs if r.get("requests", 0) > 0]
+    # custody's CPU from the first publish until the outbox was empty, per message published.
+    per_message = [r["custody_cpu"] * 1e6 / r["report"]["published"] for r in rs
+                   if r.get("custody_cpu") and r["report"].get("published")]
+    print(f"| {mode} | {cell(published)} | {cell(routed)} | {ratio} | {ratio_durable} | {cell(per_request, 1)} | {cell(per_message, 1)} | {cell([r['report']['bench_cpu_pct'] for r in rs])}% "
           f"| {cell(sink) + '%' if sink else '–'} |")
 print()
 hs = [r for r in rows if r["kind"] == "http"]

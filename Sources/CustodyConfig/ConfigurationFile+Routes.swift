@@ -23,8 +23,8 @@ extension ConfigurationReader {
 
     func route(_ node: Node, _ at: String, environment: [String: String]) throws(ConfigurationError) -> RouteConfiguration {
         let keys = try mapping(node, at, known: [
-            "name", "topicFilters", "lifecycleEvents", "endpoint", "allowInsecure", "mode", "maxBatchEvents", "headers",
-            "retry", "enrichments", "deadLetter", "limits", "timeoutSeconds",
+            "name", "topicFilters", "lifecycleEvents", "endpoint", "allowInsecure", "mode", "maxBatchEvents",
+            "maxBatchWaitMilliseconds", "headers", "retry", "enrichments", "deadLetter", "limits", "timeoutSeconds",
         ])
         guard let (_, nameNode) = keys["name"] else { throw fail(node, "\(at).name", "missing") }
         let name = try string(nameNode, "\(at).name")
@@ -60,6 +60,10 @@ extension ConfigurationReader {
         if let (_, value) = keys["mode"] { route.mode = try choice(value, "\(at).mode", RouteConfiguration.Mode.self) }
         if let (_, value) = keys["maxBatchEvents"] {
             route.maxBatchEvents = try int(value, "\(at).maxBatchEvents", range: RouteConfiguration.maxBatchEventsRange)
+        }
+        if let (_, value) = keys["maxBatchWaitMilliseconds"] {
+            route.maxBatchWaitMilliseconds = try int(
+                value, "\(at).maxBatchWaitMilliseconds", range: RouteConfiguration.maxBatchWaitMillisecondsRange)
         }
         if let (_, value) = keys["timeoutSeconds"] {
             route.timeoutSeconds = try int(value, "\(at).timeoutSeconds", range: RouteConfiguration.timeoutSecondsRange)

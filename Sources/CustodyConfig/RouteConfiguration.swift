@@ -30,6 +30,9 @@ public struct RouteConfiguration: Sendable, Equatable {
     public var allowInsecure = false
     public var mode: Mode = .structured
     public var maxBatchEvents = 100
+    /// Batch mode: how long the oldest event of a batch that is not full may wait for more
+    /// (from its acceptance), so that a steady stream goes in full requests, not many small ones.
+    public var maxBatchWaitMilliseconds = 5
     /// Request headers, `${env:VAR}` already replaced by the variable's value.
     public var headers: [(name: String, value: String)] = []
     public var maxAttempts = 30
@@ -55,7 +58,8 @@ public struct RouteConfiguration: Sendable, Equatable {
     public static func == (lhs: Self, rhs: Self) -> Bool {
         lhs.name == rhs.name && lhs.topicFilters == rhs.topicFilters && lhs.lifecycleEvents == rhs.lifecycleEvents
             && lhs.endpoint == rhs.endpoint && lhs.allowInsecure == rhs.allowInsecure && lhs.mode == rhs.mode
-            && lhs.maxBatchEvents == rhs.maxBatchEvents && lhs.headers.elementsEqual(rhs.headers, by: ==)
+            && lhs.maxBatchEvents == rhs.maxBatchEvents && lhs.maxBatchWaitMilliseconds == rhs.maxBatchWaitMilliseconds
+            && lhs.headers.elementsEqual(rhs.headers, by: ==)
             && lhs.maxAttempts == rhs.maxAttempts && lhs.maxAgeMinutes == rhs.maxAgeMinutes
             && lhs.staticEnrichments.elementsEqual(rhs.staticEnrichments, by: ==)
             && lhs.enrichmentsFromClientAttributes == rhs.enrichmentsFromClientAttributes
@@ -64,6 +68,7 @@ public struct RouteConfiguration: Sendable, Equatable {
     }
 
     public static let maxBatchEventsRange = 1...1000
+    public static let maxBatchWaitMillisecondsRange = 0...10_000
     public static let maxAttemptsRange = 1...100
     public static let maxAgeMinutesRange = 1...1440
     public static let maxOutboxEventsRange = 1...100_000_000

@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Broker
 import CustodyConfig
+import Dispatch
 import LMDBStorage
 import LedgerCore
 import Logging
@@ -34,6 +35,11 @@ final class RouteWorker: Sendable {
         /// After a reload: where events that still come to this worker go.
         var successor: RouteWorker?
         var waiting: CheckedContinuation<Void, Never>?
+        /// Batch mode: the task waiting for a batch to fill (`waitForFullBatch`), resumed when
+        /// it is full, at its deadline, or on `stop`; `fillingWait` tells one wait's timer
+        /// from a later wait's.
+        var filling: CheckedContinuation<Void, Never>?
+        var fillingWait: UInt64 = 0
     }
     private let state = Mutex(State())
 
@@ -70,16 +76,22 @@ final class RouteWorker: Sendable {
 
     /// A reserved event, now durable: delivered in its turn.
     func enqueue(_ records: [OutboxRecord]) {
+        var filled: CheckedContinuation<Void, Never>?
         let waiting = state.withLock { state -> CheckedContinuation<Void, Never>? in
             if let successor = state.successor {
                 successor.enqueue(records)
                 return nil
             }
             state.pending.append(contentsOf: records)
+            if state.filling != nil, state.pending.count - state.head >= route.maxBatchEvents {
+                filled = state.filling
+                state.filling = nil
+            }
             defer { state.waiting = nil }
             return state.waiting
         }
         waiting?.resume()
+        filled?.resume()
     }
 
     /// At start: the events the store held for this route, reserved and pending.
@@ -97,7 +109,7 @@ final class RouteWorker: Sendable {
     /// Stops after the attempt under way; what it holds goes to `successor` (a reload), or
     /// stays in the store for the next start.
     func stop(handingOverTo successor: RouteWorker? = nil) {
-        let (waiting, left) = state.withLock { state -> (CheckedContinuation<Void, Never>?, [OutboxRecord]) in
+        let (waiting, left) = state.withLock { state -> ([CheckedContinuation<Void, Never>], [OutboxRecord]) in
             state.stopped = true
             state.successor = successor
             let left = Array(state.pending[state.head...])
@@ -109,11 +121,14 @@ final class RouteWorker: Sendable {
             }
             state.pending = []
             state.head = 0
-            defer { state.waiting = nil }
-            return (state.waiting, left)
+            defer {
+                state.waiting = nil
+                state.filling = nil
+            }
+            return ([state.waiting, state.filling].compactMap { $0 }, left)
         }
         if let successor, !left.isEmpty { successor.enqueue(left) }
-        waiting?.resume()
+        for continuation in waiting { continuation.resume() }
     }
 
     // MARK: Delivery (its own task)
@@ -125,18 +140,46 @@ final class RouteWorker: Sendable {
         }
     }
 
-    /// The next events to send (nil: stopped), waiting for one if there is none.
+    /// What `nextBatch` found.
+    private enum Next {
+        case stopped
+        case empty
+        /// Fewer events than a full batch.
+        case notFull
+        case batch([OutboxRecord])
+    }
+
+    /// The next events to send (nil: stopped), waiting for one if there is none. In batch
+    /// mode a batch that is not full waits for more, up to `maxBatchWaitMilliseconds` from
+    /// when it was first found so (a steady stream then goes in full requests, not in many
+    /// small ones, each taking the endpoint's and the route's time).
     private func nextBatch() async -> [OutboxRecord]? {
+        var waitingSince: ContinuousClock.Instant?
+        let longestWait = Duration.milliseconds(route.maxBatchWaitMilliseconds)
         while true {
-            let taken = state.withLock { state -> [OutboxRecord]?? in
-                if state.stopped { return .some(nil) }
-                guard state.head < state.pending.count else { return nil }
-                let count = route.mode == .batch ? min(route.maxBatchEvents, state.pending.count - state.head) : 1
-                return .some(Array(state.pending[state.head..<(state.head + count)]))
+            let waitedEnough = waitingSince.map { ContinuousClock.now - $0 >= longestWait } ?? (longestWait == .zero)
+            let next = state.withLock { state -> Next in
+                if state.stopped { return .stopped }
+                guard state.head < state.pending.count else { return .empty }
+                guard route.mode == .batch else { return .batch([state.pending[state.head]]) }
+                let available = state.pending.count - state.head
+                if available < route.maxBatchEvents, !waitedEnough { return .notFull }
+                let count = min(route.maxBatchEvents, available)
+                return .batch(Array(state.pending[state.head..<(state.head + count)]))
             }
-            if let taken {
+            switch next {
+            case .stopped:
+                return nil
+            case .batch(let taken):
                 refreshGauges()
                 return taken
+            case .notFull:
+                let since = waitingSince ?? ContinuousClock.now
+                waitingSince = since
+                await waitForFullBatch(until: since + longestWait)
+                continue
+            case .empty:
+                break
             }
             refreshGauges()
             await withCheckedContinuation { continuation in
@@ -152,6 +195,31 @@ final class RouteWorker: Sendable {
 
     private var stopped: Bool { state.withLock { $0.stopped } }
 
+    /// Batch mode: until a full batch is pending, `deadline`, or `stop`.
+    private func waitForFullBatch(until deadline: ContinuousClock.Instant) async {
+        let remaining = deadline - ContinuousClock.now
+        guard remaining > .zero else { return }
+        await withCheckedContinuation { continuation in
+            let wait = state.withLock { state -> UInt64? in
+                if state.stopped || state.pending.count - state.head >= route.maxBatchEvents { return nil }
+                state.fillingWait += 1
+                state.filling = continuation
+                return state.fillingWait
+            }
+            guard let wait else { return continuation.resume() }
+            let (seconds, attoseconds) = remaining.components
+            let nanoseconds = Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000)
+            DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(nanoseconds)) { [self] in
+                let due = state.withLock { state -> CheckedContinuation<Void, Never>? in
+                    guard state.fillingWait == wait else { return nil }
+                    defer { state.filling = nil }
+                    return state.filling
+                }
+                due?.resume()
+            }
+        }
+    }
+
     private func deliver(_ batch: [OutboxRecord], client: HTTPClient) async {
         var attempts = Int(batch.map(\.attempts).max() ?? 0)
         // The events as they are sent and dead-lettered: JSON (the store keeps them compact).
@@ -163,6 +231,7 @@ final class RouteWorker: Sendable {
             case .delivered:
                 let now = wallClockMicroseconds()
                 metrics.delivered.increment(by: batch.count)
+                metrics.requests.increment()
                 for record in batch { metrics.latency.recordNanoseconds(max(0, now - record.acceptedAt) * 1000) }
                 remove(batch)
                 return

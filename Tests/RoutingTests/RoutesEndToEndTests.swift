@@ -124,6 +124,38 @@ struct RoutesEndToEndTests {
         }
     }
 
+    /// Batch mode: a batch that is not full waits for more events (up to
+    /// `maxBatchWaitMilliseconds`), goes as soon as it is full, and goes not full at the end of
+    /// the wait.
+    @Test func aBatchWaitsToFillUpToItsLongestWait() async throws {
+        try await offPool {
+            let receiver = try TestEventReceiver()
+            defer { receiver.stop() }
+            let (config, _) = try routesConfiguration("filling", """
+                  - name: filling
+                    topicFilters: ["f/#"]
+                    endpoint: \(receiver.endpoint)
+                    mode: batch
+                    maxBatchEvents: 3
+                    maxBatchWaitMilliseconds: 10000
+                    deadLetter: { directory: dead }
+                """)
+            let custody = try startCustody("filling", config: config)
+            defer { custody.cleanUp() }
+            // Three messages, each from its own mosquitto_pub: one request of three, sent once
+            // the third came (well before the 10 s wait is over).
+            for index in 1...3 { try publish(custody, topic: "f/\(index)") }
+            let full = try receiver.waitFor(timeout: 8) { !$0.isEmpty }
+            #expect(full.count == 1)
+            #expect(events(full).compactMap { $0["subject"] as? String } == ["f/1", "f/2", "f/3"], "\(events(full))")
+            // One more: alone, at the end of the wait.
+            try publish(custody, topic: "f/4")
+            let all = try receiver.waitFor(timeout: 30) { $0.count >= 2 }
+            #expect(all.count == 2)
+            #expect(events([all[1]]).compactMap { $0["subject"] as? String } == ["f/4"])
+        }
+    }
+
     /// 500 and 429 with Retry-After are tried again (the same id), honouring Retry-After;
     /// messages keep their order.
     @Test func retriesOn500And429WithRetryAfter() async throws {
@@ -188,6 +220,7 @@ struct RoutesEndToEndTests {
             let (_, metrics, _) = try run("/usr/bin/curl", ["-s", url])
             #expect(metrics.contains(#"custody_route_deadlettered_total{route="ingest"} 2"#), "\(metrics)")
             #expect(metrics.contains(#"custody_route_delivered_total{route="ingest"} 1"#))
+            #expect(metrics.contains(#"custody_route_requests_total{route="ingest"} 1"#))
             #expect(metrics.contains(#"custody_route_failed_total{route="ingest",status="503"} 3"#))
             #expect(metrics.contains(#"custody_route_outbox_events{route="ingest"} 0"#))
             #expect(metrics.contains("custody_route_delivery_seconds"))
@@ -264,6 +297,7 @@ struct RoutesEndToEndTests {
                 ("  - { name: a, topicFilters: [x], endpoint: http://127.0.0.1/e, deadLetter: { directory: d }, headers: { X: \"${env:CUSTODY_NOT_SET_ANYWHERE}\" } }", "CUSTODY_NOT_SET_ANYWHERE is not set"),
                 ("  - { name: a, topicFilters: [x], endpoint: http://127.0.0.1/e, deadLetter: { directory: d }, mode: fast }", "routes[0].mode"),
                 ("  - { name: a, endpoint: http://127.0.0.1/e, deadLetter: { directory: d } }", "the route takes nothing"),
+                ("  - { name: a, topicFilters: [x], endpoint: http://127.0.0.1/e, deadLetter: { directory: d }, maxBatchWaitMilliseconds: 10001 }", "routes[0].maxBatchWaitMilliseconds"),
             ]
             for (index, (routes, problem)) in cases.enumerated() {
                 let (config, _) = try routesConfiguration("bad-\(index)", routes)
