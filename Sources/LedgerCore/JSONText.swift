@@ -23,7 +23,8 @@ public struct JSONObject: Sendable {
         if !first { bytes.append(UInt8(ascii: ",")) }
         first = false
         bytes.append(UInt8(ascii: "\""))
-        bytes.append(contentsOf: name.utf8)
+        var name = name
+        name.withUTF8 { bytes.append(contentsOf: $0) }
         bytes.append(UInt8(ascii: "\""))
         bytes.append(UInt8(ascii: ":"))
     }
@@ -47,6 +48,13 @@ public struct JSONObject: Sendable {
         key(name)
         guard let value else { return null() }
         Self.appendDecimal(value, to: &bytes)
+    }
+
+    /// The common case without generic code (which is not specialized across modules).
+    public mutating func int(_ name: String, _ value: Int?) {
+        key(name)
+        guard let value else { return null() }
+        Self.appendDecimal(Int64(value), to: &bytes)
     }
 
     public mutating func bool(_ name: String, _ value: Bool) {

@@ -41,7 +41,7 @@ public enum CloudEvents {
         } else if json {
             j.string("datacontenttype", "application/json")
         }
-        j.int("mqttqos", publish.qos.rawValue)
+        j.int("mqttqos", Int(publish.qos.rawValue))
         j.bool("mqttretain", publish.retain)
         if let topic = properties.responseTopic { j.string("mqttresponsetopic", topic) }
         if let data = properties.correlationData {
@@ -61,7 +61,7 @@ public enum CloudEvents {
             // A CloudEvents attribute is a string: the list as JSON text.
             j.string("mqttuserproperties", String(decoding: list, as: UTF8.self))
         }
-        if let expiry = properties.messageExpiryInterval { j.int("mqttmessageexpiry", expiry) }
+        if let expiry = properties.messageExpiryInterval { j.int("mqttmessageexpiry", Int(expiry)) }
         if let authenticationName { j.string("mqttclientauthname", authenticationName) }
         if let sessionName { j.string("mqttclientsession", sessionName) }
         for (name, value) in extensions.attributes { j.string(name, value) }

@@ -95,9 +95,15 @@ public enum StoredEvent {
             buffer.writeInteger(absent)
             return
         }
-        let utf8 = text.utf8.prefix(Int(absent) - 1)
-        buffer.writeInteger(UInt16(utf8.count))
-        buffer.writeBytes(utf8)
+        let count = text.utf8.count
+        if count < Int(absent) {
+            buffer.writeInteger(UInt16(count))
+            buffer.writeString(text)
+        } else {
+            let utf8 = text.utf8.prefix(Int(absent) - 1)
+            buffer.writeInteger(UInt16(utf8.count))
+            buffer.writeBytes(utf8)
+        }
     }
 
     /// nil: malformed; .some(nil): absent.

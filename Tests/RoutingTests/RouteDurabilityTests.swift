@@ -96,8 +96,10 @@ struct RouteDurabilityTests {
             defer { second.stop() }
             let dead = directory + "/dead"
             let deadline = Date().addingTimeInterval(20)
-            while (try? FileManager.default.contentsOfDirectory(atPath: dead))?.isEmpty ?? true, Date() < deadline { usleep(50_000) }
-            let files = try FileManager.default.contentsOfDirectory(atPath: dead)
+            // Finished entries only: an atomic write's temporary file (`.dat.nosync…`) is not one.
+            func entries() -> [String] { ((try? FileManager.default.contentsOfDirectory(atPath: dead)) ?? []).filter { !$0.hasPrefix(".") } }
+            while entries().isEmpty, Date() < deadline { usleep(50_000) }
+            let files = entries()
             try #require(files.count == 1, "\(files)")
             let entry = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dead + "/" + files[0]))) as? [String: Any])
             #expect(entry["reason"] as? String == "maxAttempts")
@@ -121,7 +123,10 @@ struct RouteDurabilityTests {
                     deadLetter: { directory: dead }
                 """)
             let dead = directory + "/dead"
-            func entries() -> [String] { ((try? FileManager.default.contentsOfDirectory(atPath: dead)) ?? []).sorted() }
+            // Finished entries only: an atomic write's temporary file (`.dat.nosync…`) is not one.
+            func entries() -> [String] {
+                ((try? FileManager.default.contentsOfDirectory(atPath: dead)) ?? []).filter { !$0.hasPrefix(".") }.sorted()
+            }
             func waitForEntries(_ count: Int) {
                 let deadline = Date().addingTimeInterval(20)
                 while entries().count < count, Date() < deadline { usleep(50_000) }
