@@ -4,7 +4,7 @@
 /// one key range per route, in the order the events were accepted. Value: format 1 is the
 /// byte 0x01, the time it was accepted (µs since the epoch, 8 bytes, big endian), then the
 /// event: its CloudEvent as JSON (UTF-8, beginning with `{`), or, for a routed message, the
-/// compact form its JSON is made from when sent (0x01 first: Routing's `StoredEvent`); every
+/// compact form its JSON is made from when sent (0x01 or 0x02 first: Routing's `StoredEvent`); every
 /// attempt sends the same event. Format 2, written once an attempt
 /// failed, puts the failed attempts so far (4 bytes, big endian) after the time, so that a
 /// restart does not give an event its `retry.maxAttempts` anew.

@@ -13,9 +13,12 @@ import NIOCore
 /// Layout: 0x01; `source`, `id`, the authentication name, the session name (each a u16
 /// length, big endian, then UTF-8; 0xFFFF: absent); a u8 count of extension attributes, each
 /// a name and a value as above; then the PUBLISH (MQTT 5 encoding, packet identifier 1 when
-/// QoS > 0).
+/// QoS > 0). A message without properties (most) is kept plainer, with no MQTT encoding to
+/// write and decode: 0x02; the same strings and attributes; a flags byte (bits 0-1 the QoS,
+/// bit 2 retain); the topic as the strings are; then the payload, to the end.
 public enum StoredEvent {
     static let compactMarker: UInt8 = 0x01
+    static let plainMarker: UInt8 = 0x02
     private static let absent: UInt16 = 0xFFFF
 
     /// The record bytes of a message's event; nil when the PUBLISH cannot be encoded.
@@ -24,13 +27,21 @@ public enum StoredEvent {
         extensions: CloudEvents.Extensions
     ) -> [UInt8]? {
         var buffer = ByteBufferAllocator().buffer(capacity: 64 + publish.topicName.utf8.count + publish.payload.readableBytes)
-        buffer.writeInteger(compactMarker)
+        let plain = publish.properties.isEmpty && publish.topicName.utf8.count < Int(absent)
+        buffer.writeInteger(plain ? plainMarker : compactMarker)
         for text in [source, id, authenticationName, sessionName] { write(text, into: &buffer) }
         let attributes = extensions.attributes.prefix(255)
         buffer.writeInteger(UInt8(attributes.count))
         for (name, value) in attributes {
             write(name, into: &buffer)
             write(value, into: &buffer)
+        }
+        if plain {
+            buffer.writeInteger(publish.qos.rawValue | (publish.retain ? 0x04 : 0))
+            write(publish.topicName, into: &buffer)
+            var payload = publish.payload
+            buffer.writeBuffer(&payload)
+            return Array(buffer.readableBytesView)
         }
         var stored = publish
         stored.duplicate = false
@@ -45,7 +56,9 @@ public enum StoredEvent {
 
     /// The CloudEvent's JSON of a record: as kept, or made from its compact form.
     public static func json(of record: OutboxRecord) -> [UInt8] {
-        guard record.event.first == compactMarker, let parts = decode(record.event) else { return record.event }
+        guard let marker = record.event.first, marker == compactMarker || marker == plainMarker,
+            let parts = decode(record.event)
+        else { return record.event }
         return CloudEvents.published(
             parts.publish, id: parts.id, source: parts.source, time: record.acceptedAt,
             authenticationName: parts.authenticationName, sessionName: parts.sessionName,
@@ -54,7 +67,7 @@ public enum StoredEvent {
 
     /// The record with its event as JSON (what is sent and dead-lettered).
     static func rendered(_ record: OutboxRecord) -> OutboxRecord {
-        guard record.event.first == compactMarker else { return record }
+        guard record.event.first == compactMarker || record.event.first == plainMarker else { return record }
         var copy = record
         copy.event = json(of: record)
         return copy
@@ -71,7 +84,7 @@ public enum StoredEvent {
 
     private static func decode(_ bytes: [UInt8]) -> Parts? {
         var buffer = ByteBuffer(bytes: bytes)
-        guard buffer.readInteger(as: UInt8.self) == compactMarker,
+        guard let marker = buffer.readInteger(as: UInt8.self), marker == compactMarker || marker == plainMarker,
             let source = read(&buffer) ?? nil, let id = read(&buffer) ?? nil,
             let authenticationName = read(&buffer), let sessionName = read(&buffer),
             let count = buffer.readInteger(as: UInt8.self)
@@ -80,6 +93,15 @@ public enum StoredEvent {
         for _ in 0..<count {
             guard let name = read(&buffer) ?? nil, let value = read(&buffer) ?? nil else { return nil }
             extensions.append((name, value))
+        }
+        if marker == plainMarker {
+            guard let flags = buffer.readInteger(as: UInt8.self), let qos = MQTTQoS(rawValue: flags & 0x03),
+                let topic = read(&buffer) ?? nil
+            else { return nil }
+            let publish = MQTTPublish(topicName: topic, payload: buffer, qos: qos, retain: flags & 0x04 != 0)
+            return Parts(
+                source: source, id: id, authenticationName: authenticationName, sessionName: sessionName,
+                extensions: extensions, publish: publish)
         }
         guard case .packet(.publish(var publish)) = MQTTDecoder.decode(
             &buffer, protocolVersion: .mqtt5, maximumPacketSize: MQTTDecoder.largestPacketSize)

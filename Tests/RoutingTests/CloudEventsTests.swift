@@ -94,6 +94,21 @@ struct CloudEventsTests {
             let back = record.key.withUnsafeBytes { k in record.value.withUnsafeBytes { v in OutboxRecord(key: k, value: v) } }
             #expect(back.map { StoredEvent.json(of: $0) } == direct)
         }
+        // Without properties the record is plainer (no MQTT encoding) and makes the same JSON.
+        for (qos, retain) in [(MQTTQoS.atLeastOnce, false), (.exactlyOnce, true), (.atMostOnce, false)] {
+            let bare = MQTTPublish(topicName: "areas/a1/m", payload: payload, qos: qos, retain: retain,
+                                   packetIdentifier: qos == .atMostOnce ? nil : 9)
+            let direct = CloudEvents.published(
+                bare, id: "id-2", source: "ns-1", time: time, authenticationName: "device-1", sessionName: nil,
+                extensions: CloudEvents.Extensions([("site", "plant-7")]))
+            let plain = try #require(StoredEvent.compact(
+                bare, id: "id-2", source: "ns-1", authenticationName: "device-1", sessionName: nil,
+                extensions: CloudEvents.Extensions([("site", "plant-7")])))
+            #expect(plain.first == StoredEvent.plainMarker)
+            let record = OutboxRecord(route: "r", number: 3, acceptedAt: time, event: plain)
+            #expect(StoredEvent.json(of: record) == direct, "\(String(decoding: StoredEvent.json(of: record), as: UTF8.self))")
+            #expect(StoredEvent.rendered(record).event == direct)
+        }
         // A record holding JSON (a lifecycle event, or one written before) is sent as it is.
         let json = OutboxRecord(route: "r", number: 2, acceptedAt: time, event: Array(#"{"id":"x"}"#.utf8))
         #expect(StoredEvent.json(of: json) == json.event)
