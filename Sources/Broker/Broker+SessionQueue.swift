@@ -18,6 +18,7 @@ extension Broker {
             return nil
         }
         session.appendQueued(delivery)
+        if session.queue.count == 1, session.sink != nil { noteBacklog(session) }
         if delivery.message.expiresAt != nil { session.queueMayExpire = true }
         if delivery.stored { putRecord(delivery, session, &batch) }
         return nil

@@ -178,6 +178,12 @@ final class SessionState: @unchecked Sendable {
     /// Routing scratch (see `TopicTree.match`).
     var matchStamp: UInt64 = 0
     var matchIndex = 0
+    /// Deliveries taken from the head of the queue so far (`Broker.routingRoom`: a queue that
+    /// does not move is a stalled client's), the count at the broker's last look, and when it
+    /// last saw it move (the broker's clock, µs).
+    var dequeued = 0
+    var dequeuedSeen = 0
+    var queueMovedAt: Int64 = 0
 
     init(name: SessionName, persistent: Bool) {
         self.name = name
@@ -199,6 +205,7 @@ final class SessionState: @unchecked Sendable {
     func removeFirstQueued() -> OutboundMessage {
         let delivery = queue.removeFirst()
         queuedBytes -= delivery.message.payloadBytes
+        dequeued &+= 1
         return delivery
     }
 
