@@ -77,6 +77,17 @@ extension Broker {
         _ = try routeFromCluster(publishes)
     }
 
+    /// Whether a message to `topic` from another node would reach any session here: a plain
+    /// (not shared) subscription matches it. One topic-tree walk; the node's consumer asks it
+    /// once per JetStream message (all of one topic) and skips the others undecoded.
+    public func wantsFromCluster(topic: String) -> Bool {
+        locked {
+            tree.match(topic, publisher: nil, into: &matches, shares: false)
+            defer { matches.removeAll(keepingCapacity: true) }
+            return !matches.isEmpty
+        }
+    }
+
     /// Retained messages as the cluster keeps them (read when the node starts): kept here as
     /// a retained PUBLISH is, an empty one clearing its topic, but delivered to nobody. Returns
     /// once durable.

@@ -15,6 +15,12 @@
 // A slow client that keeps taking messages therefore slows this node's consumer to its pace
 // (the node's other sessions with it); other nodes have consumers of their own.
 //
+// Interest. A JetStream message holds MQTT messages of one topic: one topic-tree walk says
+// whether any session here subscribed to it. If none did, and none of its messages is retained
+// (every node keeps retained messages), it is acknowledged without being decoded. The walk is
+// made while the consumer holds the routing gate, as routing is, so a session taken on from
+// another node (whose subscriptions arrive while the gate is held) is not passed over.
+//
 // Acknowledgements stay in order (ack policy "all"): after each hand-over is durable, the last
 // JetStream message whose MQTT messages were all handed over is acknowledged.
 import Broker
@@ -125,15 +131,22 @@ extension NATSClusterLink {
             stats.withLock {
                 $0.receivedReliable += handed
                 $0.redelivered += redelivered
+                $0.skippedBatches += skipped
             }
         }
         return moved
     }
 
-    /// A JetStream message's MQTT messages for this node (none of this node's own: it
-    /// delivered them as they came), and false when it is skipped undecoded.
+    /// A JetStream message's MQTT messages for this node, and false when it is skipped
+    /// undecoded: this node's own (it delivered them as they came), or of a topic no session
+    /// here subscribed to, none of them retained.
     private func look(at message: NATSMessage) -> (publishes: [MQTTPublish], wanted: Bool) {
         guard message.headers?[Self.nodeHeader] != settings.nodeID else { return ([], true) }
+        if let outline = ClusterMessageCodec.outline(message.payload), !outline.retained,
+            !broker.wantsFromCluster(topic: outline.topic)
+        {
+            return ([], false)
+        }
         guard let batch = ClusterMessageCodec.decodeBatch(message.payload) else {
             logger.warning("cluster: a message on \(message.subject) is not MQTT PUBLISH packets; skipped")
             return ([], true)

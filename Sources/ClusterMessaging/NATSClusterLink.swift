@@ -327,4 +327,7 @@ public struct ClusterMessageCounts: Sendable, Equatable {
     public var receivedReliable = 0
     /// Received again after a node did not acknowledge them in time (duplicates to clients).
     public var redelivered = 0
+    /// JetStream messages from other nodes taken without decoding them: no session here
+    /// subscribed to their topic (and none of their MQTT messages is retained).
+    public var skippedBatches = 0
 }

@@ -4,7 +4,8 @@ import Testing
 
 @testable import Broker
 
-/// `routingRoom`: what the cluster's consumer asks before it hands the broker more.
+/// `routingRoom` (what the cluster's consumer asks before it hands the broker more) and
+/// `wantsFromCluster` (whether it decodes a JetStream message at all).
 @Suite("Room in the connected sessions' queues")
 struct RoutingRoomTests {
     @Test func theFullestMovingQueueOfAConnectedSessionSetsTheRoom() async throws {
@@ -43,5 +44,17 @@ struct RoutingRoomTests {
         // A session that leaves no longer counts.
         broker.detach(slow.session)
         #expect(broker.routingRoom(stalledAfter: 2 * second).messages == 10)
+    }
+
+    @Test func onlyPlainSubscriptionsWantClusterMessages() async throws {
+        let broker = try Broker(directory: nil)
+        defer { broker.close() }
+        #expect(!broker.wantsFromCluster(topic: "a/b"))
+        let client = broker.connect("c")
+        _ = try await client.session.handle(subscribe([("a/+", .atLeastOnce), ("$share/g/s/#", .atLeastOnce)]))
+        #expect(broker.wantsFromCluster(topic: "a/b"))
+        #expect(!broker.wantsFromCluster(topic: "a/b/c"))
+        // Shared subscriptions take cluster messages through their own consumers.
+        #expect(!broker.wantsFromCluster(topic: "s/x"))
     }
 }
