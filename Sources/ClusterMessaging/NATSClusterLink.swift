@@ -47,7 +47,7 @@ public struct ClusterMessagingSettings: Sendable {
     public var batchMessages = 256
     public var batchBytes = 128 * 1024
     /// How long the first QoS 1/2 message waits for others to join its batch (its PUBACK later by as much).
-    public var batchLingerMicroseconds: Int64 = 200
+    public var batchLingerMicroseconds: Int64 = 1000
 
     public init(nodeID: String, servers: [NATSServer], replicas: Int = 1) {
         self.nodeID = nodeID
