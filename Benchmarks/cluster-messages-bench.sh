@@ -7,10 +7,13 @@
 #
 #   Benchmarks/cluster-messages-bench.sh [--seconds S] [--publishers P] [--subscribers N]
 #                                        [--payload-bytes B] [--batch N] [--qos "0 1"]
-#                                        [--no-nats] [--no-build]
+#                                        [--subscribed-nodes K] [--no-nats] [--no-build]
 #
 # --batch N: the nodes' --cluster-nats-batch (QoS 1/2 messages per JetStream message; 1: each
-# alone, as before the batching); --qos: the QoS levels run; --no-nats: skip nats-server's own rate.
+# alone, as before the batching); --qos: the QoS levels run; --no-nats: skip nats-server's own rate;
+# --subscribed-nodes K (1-3, default 3): the three-node runs put subscribers on n1..nK only, so
+# that the other nodes consume the stream without delivering (they skip every batch). Each
+# three-node run prints the CPU seconds each node and the nats-server used during it.
 #
 # Everything started here is stopped on exit.
 set -euo pipefail
@@ -24,6 +27,7 @@ BUILD=1
 BATCH=256
 QOS_LEVELS="0 1"
 NATS_OWN=1
+SUBSCRIBED_NODES=3
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) SECONDS_PER_RUN="$2"; shift 2 ;;
@@ -33,8 +37,9 @@ while [ $# -gt 0 ]; do
         --batch) BATCH="$2"; shift 2 ;;
         --qos) QOS_LEVELS="$2"; shift 2 ;;
         --no-nats) NATS_OWN=0; shift ;;
+        --subscribed-nodes) SUBSCRIBED_NODES="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "cluster-messages-bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -42,7 +47,7 @@ done
 . "$ROOT/Benchmarks/lib.sh"
 [ "$BUILD" = 1 ] && build_release custody custody-bench
 BENCH="$BIN/custody-bench"
-CUSTODY="$BIN/custody"
+CUSTODY="${CUSTODY_BINARY:-$BIN/custody}"  # CUSTODY_BINARY: another build, for A/B pairs
 require_files cluster-messages-bench.sh "$BENCH" "$CUSTODY" /usr/bin/etcd /usr/sbin/nats-server
 
 make_workdir cluster-messages-bench
@@ -101,7 +106,17 @@ done
 for i in 0 1 2; do
     wait_line "$WORK/n$((i + 1)).out" "custody: running" 30 || { cat "$WORK/n$((i + 1)).err" >&2; exit 1; }
 done
-for qos in $QOS_LEVELS; do publish "three nodes" "${PORTS[0]}" "${NODE_PIDS[0]}" "$qos" "${PORTS[1]},${PORTS[2]}"; done
+case "$SUBSCRIBED_NODES" in 1) OTHERS="" ;; 2) OTHERS="${PORTS[1]}" ;; 3) OTHERS="${PORTS[1]},${PORTS[2]}" ;;
+    *) echo "cluster-messages-bench.sh: --subscribed-nodes must be 1, 2 or 3" >&2; exit 2 ;; esac
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (a - b) / 100 }'; }
+for qos in $QOS_LEVELS; do
+    before=() after=()
+    for pid in "${NODE_PIDS[@]}" "${PIDS[0]}"; do before+=("$(cpu_ticks "$pid")"); done
+    publish "three nodes" "${PORTS[0]}" "${NODE_PIDS[0]}" "$qos" "$OTHERS"
+    for pid in "${NODE_PIDS[@]}" "${PIDS[0]}"; do after+=("$(cpu_ticks "$pid")"); done
+    echo "three nodes qos$qos cpu_s (subscribers on n1..n$SUBSCRIBED_NODES): n1=$(secs "${after[0]}" "${before[0]}") n2=$(secs "${after[1]}" "${before[1]}") n3=$(secs "${after[2]}" "${before[2]}") nats-server=$(secs "${after[3]}" "${before[3]}")"
+done
 # JetStream messages stored for them (with batching, fewer than the QoS 1 publishes).
 echo "jetstream messages stored: $(curl -s -m 2 "http://127.0.0.1:$NATS_MONITOR/jsz" | grep -o '"messages": *[0-9]*' | head -1 | grep -o '[0-9]*$')"
 # Where the CPU went over the whole three-node part: every node and the nats-server.
