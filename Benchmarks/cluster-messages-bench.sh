@@ -90,7 +90,13 @@ SINGLE_PORT=$(free_port)
 SINGLE_PID=$!
 PIDS+=("$SINGLE_PID")
 wait_line "$WORK/single.out" "custody: running" 30 || { cat "$WORK/single.err" >&2; exit 1; }
-for qos in $QOS_LEVELS; do publish "one node" "$SINGLE_PORT" "$SINGLE_PID" "$qos"; done
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (a - b) / 100 }'; }
+for qos in $QOS_LEVELS; do
+    before=$(cpu_ticks "$SINGLE_PID")
+    publish "one node" "$SINGLE_PORT" "$SINGLE_PID" "$qos"
+    echo "one node qos$qos cpu_s: custody=$(secs "$(cpu_ticks "$SINGLE_PID")" "$before")"
+done
 kill "$SINGLE_PID"; wait "$SINGLE_PID" 2>/dev/null || true
 
 # Three nodes on etcd and NATS.
@@ -108,8 +114,6 @@ for i in 0 1 2; do
 done
 case "$SUBSCRIBED_NODES" in 1) OTHERS="" ;; 2) OTHERS="${PORTS[1]}" ;; 3) OTHERS="${PORTS[1]},${PORTS[2]}" ;;
     *) echo "cluster-messages-bench.sh: --subscribed-nodes must be 1, 2 or 3" >&2; exit 2 ;; esac
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (a - b) / 100 }'; }
 for qos in $QOS_LEVELS; do
     before=() after=()
     for pid in "${NODE_PIDS[@]}" "${PIDS[0]}"; do before+=("$(cpu_ticks "$pid")"); done
