@@ -208,13 +208,14 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
 
     // MARK: - Out: what this node's clients publish
 
-    public func forward(_ publish: MQTTPublish) -> EventLoopFuture<Void>? {
+    public func forward(_ publish: MQTTPublish, stored: (@Sendable (Result<Void, any Error>) -> Void)?) {
         let payload: ByteBuffer
         do {
             payload = try ClusterMessageCodec.encode(publish)
         } catch {
             logger.error("cluster: message to '\(publish.topicName)' cannot be encoded for NATS: \(error)")
-            return publish.qos == .atMostOnce ? nil : connection.eventLoop.makeFailedFuture(error)
+            stored?(.failure(error))
+            return
         }
         // A retained message is also kept as its topic's last one, for nodes that start later.
         let kept = publish.retain
@@ -223,17 +224,20 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
                 messageID: "\(settings.nodeID)-\(runID)-r\(sequence.add(1, ordering: .relaxed).newValue)"
             ).map { _ in () }
             : nil
-        if publish.qos == .atMostOnce {
+        guard let stored, publish.qos != .atMostOnce else {
             // Best effort, as within one node: dropped while NATS is unreachable and its buffer full.
             try? connection.publish(Self.bestEffortMapping.subject(topic: publish.topicName), payload: payload, headers: headers)
             stats.withLock { $0.sentBestEffort += 1 }
-            return nil
+            return
         }
         stats.withLock { $0.sentReliable += 1 }
         reliableIssued.add(1, ordering: .relaxed)
-        let stored = batcher.add(payload, subject: Self.reliableMapping.subject(topic: publish.topicName))
-        stored.whenComplete { [weak self] _ in self?.reliableAnswered.add(1, ordering: .relaxed) }
-        return kept.map { stored.and($0).map { _ in () } } ?? stored
+        batcher.add(payload, subject: Self.reliableMapping.subject(topic: publish.topicName)) { result in
+            // On the connection's event loop, where `kept` completes too.
+            self.reliableAnswered.add(1, ordering: .relaxed)
+            guard let kept, case .success = result else { return stored(result) }
+            kept.whenComplete { stored($0) }
+        }
     }
 
     // MARK: - In: what other nodes' clients published
