@@ -47,6 +47,7 @@ extension Broker {
                 continue
             }
             assignIdentifier(delivery, session)
+            session.dequeued &+= 1
             if delivery.stored {
                 // A QoS 1 record is not rewritten here: one write fewer per queued delivery.
                 // If the broker stops before the PUBACK, the delivery goes again after the

@@ -178,9 +178,9 @@ final class SessionState: @unchecked Sendable {
     /// Routing scratch (see `TopicTree.match`).
     var matchStamp: UInt64 = 0
     var matchIndex = 0
-    /// Deliveries taken from the head of the queue so far (`Broker.routingRoom`: a queue that
-    /// does not move is a stalled client's), the count at the broker's last look, and when it
-    /// last saw it move (the broker's clock, µs).
+    /// Deliveries taken from the queue into flight so far (`Broker.pump`; not those dropped or
+    /// expired): `Broker.routingRoom` takes a queue that does not move for a stalled client's.
+    /// The count at the broker's last look, and when it last saw it move (its clock, µs).
     var dequeued = 0
     var dequeuedSeen = 0
     var queueMovedAt: Int64 = 0
@@ -205,7 +205,6 @@ final class SessionState: @unchecked Sendable {
     func removeFirstQueued() -> OutboundMessage {
         let delivery = queue.removeFirst()
         queuedBytes -= delivery.message.payloadBytes
-        dequeued &+= 1
         return delivery
     }
 
