@@ -19,9 +19,11 @@ extension Broker {
     /// not connected are not counted (their queue is their backlog, with its limits, as on one
     /// node), nor a queue that did not move for `stalledAfter` µs: a client that takes nothing
     /// more would otherwise hold back every other session; its queue drops its oldest messages
-    /// as it does on one node. Costs a look at each connected session with a queue, not at all
-    /// sessions.
-    public func routingRoom(stalledAfter: Int64 = 2_000_000) -> BrokerRoom {
+    /// as it does on one node. `slowerThanHalf`: nor a queue more than half full (messages or
+    /// bytes), for a source that cannot wait longer for its slowest clients: the room is then at
+    /// least half of each limit, and what it hands over passes no other queue's limit. Costs a
+    /// look at each connected session with a queue, not at all sessions.
+    public func routingRoom(stalledAfter: Int64 = 2_000_000, slowerThanHalf: Bool = false) -> BrokerRoom {
         locked {
             let limits = currentLimits
             var room = BrokerRoom(
@@ -39,6 +41,11 @@ extension Broker {
                     session.dequeuedSeen = session.dequeued
                     session.queueMovedAt = now
                 } else if now - session.queueMovedAt > stalledAfter {
+                    continue
+                }
+                if slowerThanHalf,
+                    session.queue.count > limits.queueMaxMessages / 2 || session.queuedBytes > limits.queueMaxBytes / 2
+                {
                     continue
                 }
                 room.messages = min(room.messages, max(0, limits.queueMaxMessages - session.queue.count))

@@ -10,8 +10,9 @@
 // - a session whose queue does not move for `roomStalledAfterMicroseconds` (a stalled client)
 //   no longer counts: it loses its oldest queued messages as it would on one node, and the
 //   node's other sessions go on;
-// - messages held for a third of the ack wait go to the broker whatever the room, before
-//   JetStream would deliver them again.
+// - messages held for a third of the ack wait (before JetStream would deliver them again) go on
+//   past the queues that are more than half full: those clients are slower than the stream, and
+//   their oldest are dropped as on one node; the others still pace the consumer.
 // A slow client that keeps taking messages therefore slows this node's consumer to its pace
 // (the node's other sessions with it); other nodes have consumers of their own.
 //
@@ -50,15 +51,14 @@ extension NATSClusterLink {
             var next = 0
             var warned = false
             while next < held.count {
-                let room = broker.routingRoom(stalledAfter: settings.roomStalledAfterMicroseconds)
+                let overdue = ContinuousClock.now - taken > holdLimit
+                if overdue, !warned {
+                    warned = true
+                    logger.warning("cluster: messages from NATS held for \(holdLimit) for want of room in a session's queue; they go on past queues more than half full (their oldest may be dropped)")
+                }
+                let room = broker.routingRoom(stalledAfter: settings.roomStalledAfterMicroseconds, slowerThanHalf: overdue)
                 var allowed = (messages: room.messages, bytes: room.bytes)
-                if ContinuousClock.now - taken > holdLimit {
-                    allowed = (room.limitMessages, room.limitBytes)
-                    if !warned {
-                        warned = true
-                        logger.warning("cluster: a session's queue has had no room for \(holdLimit); messages from NATS go to it anyway (its oldest may be dropped)")
-                    }
-                } else if allowed.messages < max(1, min(64, room.limitMessages / 8))
+                if allowed.messages < max(1, min(64, room.limitMessages / 8))
                     || allowed.bytes < max(1, min(64 << 10, room.limitBytes / 8))
                 {
                     // Too little to be worth a hand-over: only what this node skips goes on.

@@ -42,6 +42,10 @@ struct RoutingRoomTests {
         try await broker.publishFromCluster((1...10).map { _ in MQTTPublish(topicName: "t", payload: payload("12345"), qos: .atLeastOnce) })
         #expect(broker.info(name("slow"))?.dropped ?? 0 > 0)
         #expect(broker.routingRoom(stalledAfter: 2 * second).messages == 10, "still stalled")
+        // Not yet stalled by a longer measure, it is full; a source that cannot wait longer
+        // passes over queues more than half full.
+        #expect(broker.routingRoom(stalledAfter: 10 * second).messages == 0)
+        #expect(broker.routingRoom(stalledAfter: 10 * second, slowerThanHalf: true).messages == 10)
         // Once it moves again it counts again.
         _ = try await slow.session.handle(.puback(ack(sent[1].packetIdentifier!)))
         #expect(broker.routingRoom(stalledAfter: 2 * second).messages == 1)
