@@ -65,6 +65,7 @@ extension Broker {
         attachments += 1
         state.attachment = attachments
         state.sink = sink
+        if !state.queue.isEmpty { noteBacklog(state) }
         state.readsServerTopics = false
         // Resumed before its overflow ended it (the ledger decides which came first; its end
         // then disconnects this connection), or its end could not be recorded: it queues again

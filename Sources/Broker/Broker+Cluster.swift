@@ -9,12 +9,14 @@ import NIOCore
 /// Carries this node's messages to the other nodes (NATS JetStream in `custody`). The broker
 /// shows it every message a client publishes here, under the broker's lock and in its order,
 /// after the broker has accepted and routed it locally: it must be quick and must not call the
-/// broker. For QoS 1 and 2 it returns a future that succeeds once the other nodes are sure to
-/// get the message (stored by the cluster); the PUBACK or PUBREC waits for it as it waits for
-/// the node's own store. QoS 0 returns nil (best effort). Messages that came from the cluster
+/// broker. For QoS 1 and 2 `stored` is given: the link calls it once, when the other nodes are
+/// sure to get the message (stored by the cluster) or when that failed; the PUBACK or PUBREC
+/// waits for it as it waits for the node's own store. (A callback rather than a future: a
+/// future's callback added from another thread than its event loop's costs a hop to that
+/// loop, once per message.) QoS 0 gets nil (best effort). Messages that came from the cluster
 /// are not shown to it again.
 public protocol BrokerClusterLink: AnyObject, Sendable {
-    func forward(_ publish: MQTTPublish) -> EventLoopFuture<Void>?
+    func forward(_ publish: MQTTPublish, stored: (@Sendable (Result<Void, any Error>) -> Void)?)
     /// A persistent session attached, detached or changed its subscriptions here (under the
     /// broker's lock, in its order; quick, no calls into the broker). The future (nil: nothing
     /// kept) succeeds once the cluster keeps it: a SUBACK waits for it.
@@ -41,7 +43,20 @@ extension Broker {
         var copy = publish
         clean(&copy.properties)
         copy.duplicate = false
-        return joined(waiter, clusterLink.forward(copy), operation: "cluster publish")
+        guard publish.qos != .atMostOnce else {
+            clusterLink.forward(copy, stored: nil)
+            return waiter
+        }
+        let joined = CommitWaiter()
+        let gate = JoinGate(parts: waiter == nil ? 1 : 2, joined)
+        waiter?.whenComplete { gate.arrive($0) }
+        clusterLink.forward(copy) { result in
+            switch result {
+            case .success: gate.arrive(.success(()))
+            case .failure(let error): gate.arrive(.failure(.storage(operation: "cluster publish", code: 5, message: "\(error)")))
+            }
+        }
+        return joined
     }
 
     /// Completes once both `waiter` (the local store) and `future` (the cluster) have: with
@@ -75,6 +90,17 @@ extension Broker {
     /// `publishFromCluster` without waiting for the store (QoS 0 from the cluster: best effort).
     public func publishFromClusterAtOnce(_ publishes: [MQTTPublish]) throws(BrokerError) {
         _ = try routeFromCluster(publishes)
+    }
+
+    /// Whether a message to `topic` from another node would reach any session here: a plain
+    /// (not shared) subscription matches it. One topic-tree walk; the node's consumer asks it
+    /// once per JetStream message (all of one topic) and skips the others undecoded.
+    public func wantsFromCluster(topic: String) -> Bool {
+        locked {
+            tree.match(topic, publisher: nil, into: &matches, shares: false)
+            defer { matches.removeAll(keepingCapacity: true) }
+            return !matches.isEmpty
+        }
     }
 
     /// Retained messages as the cluster keeps them (read when the node starts): kept here as

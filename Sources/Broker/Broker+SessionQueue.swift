@@ -18,6 +18,7 @@ extension Broker {
             return nil
         }
         session.appendQueued(delivery)
+        if session.queue.count == 1, session.sink != nil { noteBacklog(session) }
         if delivery.message.expiresAt != nil { session.queueMayExpire = true }
         if delivery.stored { putRecord(delivery, session, &batch) }
         return nil
@@ -46,6 +47,7 @@ extension Broker {
                 continue
             }
             assignIdentifier(delivery, session)
+            session.dequeued &+= 1
             if delivery.stored {
                 // A QoS 1 record is not rewritten here: one write fewer per queued delivery.
                 // If the broker stops before the PUBACK, the delivery goes again after the

@@ -38,6 +38,7 @@ extension Broker {
                 delivery.message.references += 1
                 if delivery.message.storeKey == 0 { delivery.message.storeKey = storeKey }
                 session.prependQueued(delivery)
+                if session.sink != nil { noteBacklog(session) }
                 session.dropped -= 1
                 droppedQueueFull -= 1
                 refill.append(session)

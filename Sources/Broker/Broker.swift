@@ -132,6 +132,9 @@ public final class Broker: @unchecked Sendable {
     var tap: (any BrokerPublishTap)?
     /// Carries what clients publish here to the cluster's other nodes; nil: one node.
     var clusterLink: (any BrokerClusterLink)?
+    /// Connected sessions whose queue may hold something (`Broker+Room.swift`): every connected
+    /// session with a queued message is here; entries that no longer are go at the next look.
+    var backlogged: [ObjectIdentifier: SessionState] = [:]
     /// Whether `tap` was ever set: read without the lock by who would describe publishers for it.
     let tapInstalled = Atomic<Bool>(false)
 

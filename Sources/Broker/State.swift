@@ -178,6 +178,12 @@ final class SessionState: @unchecked Sendable {
     /// Routing scratch (see `TopicTree.match`).
     var matchStamp: UInt64 = 0
     var matchIndex = 0
+    /// Deliveries taken from the queue into flight so far (`Broker.pump`; not those dropped or
+    /// expired): `Broker.routingRoom` takes a queue that does not move for a stalled client's.
+    /// The count at the broker's last look, and when it last saw it move (its clock, µs).
+    var dequeued = 0
+    var dequeuedSeen = 0
+    var queueMovedAt: Int64 = 0
 
     init(name: SessionName, persistent: Bool) {
         self.name = name

@@ -313,7 +313,8 @@ struct TopicTree {
 
     /// Every session with a subscription matching `topic`, merged per session. Subscriptions
     /// with No Local are skipped for the publishing session.
-    mutating func match(_ topic: String, publisher: SessionState?, into matches: inout [Match]) {
+    /// `shares` false: shared subscriptions are left out (and no member is picked).
+    mutating func match(_ topic: String, publisher: SessionState?, into matches: inout [Match], shares: Bool = true) {
         stamp &+= 1
         // The levels, as `split(separator: "/", omittingEmptySubsequences: false)` gives them,
         // into a kept array: no allocation per PUBLISH.
@@ -345,6 +346,10 @@ struct TopicTree {
         var collector = Collector(stamp: stamp, publisher: publisher)
         walk(root, levels, 0, dollar: dollar, &collector, &matches)
         guard !sharedHits.isEmpty else { return }
+        guard shares else {
+            sharedHits.removeAll(keepingCapacity: true)
+            return
+        }
         // One member per share, as a separate copy: a session with an overlapping plain
         // subscription may get the message twice (MQTT 5.0 section 4.8.2).
         for group in sharedHits {

@@ -34,6 +34,37 @@ enum ClusterMessageCodec {
         return publishes[0]
     }
 
+    /// Without decoding the packets: the topic of a payload of either version (its first
+    /// packet's; a batch is all of one topic) and whether any of its packets is retained. Nil
+    /// when it does not read as PUBLISH packets (`decodeBatch` then says more).
+    static func outline(_ payload: ByteBuffer) -> (topic: String, retained: Bool)? {
+        var buffer = payload
+        var topic: String?
+        var retained = false
+        while buffer.readableBytes > 0 {
+            guard let first = buffer.readInteger(as: UInt8.self), first >> 4 == 3 else { return nil }
+            if first & 1 == 1 { retained = true }
+            var length = 0
+            var shift = 0
+            while true {
+                guard shift < 28, let byte = buffer.readInteger(as: UInt8.self) else { return nil }
+                length |= Int(byte & 0x7F) << shift
+                if byte & 0x80 == 0 { break }
+                shift += 7
+            }
+            guard length <= buffer.readableBytes else { return nil }
+            if topic == nil {
+                guard length >= 2, let size = buffer.getInteger(at: buffer.readerIndex, as: UInt16.self),
+                    Int(size) + 2 <= length,
+                    let name = buffer.getString(at: buffer.readerIndex + 2, length: Int(size))
+                else { return nil }
+                topic = name
+            }
+            buffer.moveReaderIndex(forwardBy: length)
+        }
+        return topic.map { ($0, retained) }
+    }
+
     /// The PUBLISH packets of a payload of either version, in order; nil when it is not one or
     /// more whole PUBLISH packets (nothing of a damaged batch is taken).
     static func decodeBatch(_ payload: ByteBuffer) -> [MQTTPublish]? {

@@ -34,20 +34,20 @@ public struct ClusterMessagingSettings: Sendable {
     public var maxAgeSeconds: Int64 = 3600
     /// How long JetStream waits for a node's ack before delivering again.
     public var ackWaitSeconds: Int64 = 30
-    public var pullBatch = 512
-
-    /// JetStream messages the node's consumer asks for at once: at most `pullBatch` MQTT
-    /// messages in all, whatever the batching. The consumer hands a pull's messages to the
-    /// sessions together; a pull of 512 batches of 256 overflowed a subscriber's queue limit
-    /// (1,000 messages) and dropped acknowledged messages in the 3-server test.
-    public var messagesPerPull: Int { max(1, pullBatch / max(1, batchMessages)) }
+    /// JetStream messages the node's consumer asks for at once (each a batch of up to
+    /// `batchMessages` MQTT messages). What it hands the broker at a time is bounded by the
+    /// room in the sessions' queues instead (`NATSClusterLink+Consume.swift`).
+    public var pullBatch = 128
+    /// A connected session's queue that did not move for this long no longer holds the
+    /// consumer back (a stalled client: its queue drops its oldest, as on one node).
+    public var roomStalledAfterMicroseconds: Int64 = 2_000_000
     /// At most this many QoS 1/2 messages of one topic, and this many bytes of them, in one
     /// JetStream message (`ReliableBatcher`); 1: each alone (codec version 1, which nodes
     /// older than the batching read).
     public var batchMessages = 256
     public var batchBytes = 128 * 1024
     /// How long the first QoS 1/2 message waits for others to join its batch (its PUBACK later by as much).
-    public var batchLingerMicroseconds: Int64 = 200
+    public var batchLingerMicroseconds: Int64 = 1000
 
     public init(nodeID: String, servers: [NATSServer], replicas: Int = 1) {
         self.nodeID = nodeID
@@ -73,7 +73,7 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
     let jetStream: JetStream
     let broker: Broker
     let logger: Logger
-    private let pull: PullConsumer
+    let pull: PullConsumer
     private let headers: NATSHeaders
     private let runID: String
     /// Numbers the retained messages' Nats-Msg-Ids (the message stream's batches are numbered by `batcher`).
@@ -82,14 +82,14 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
     /// QoS 1/2 messages handed to JetStream, and those JetStream answered (either way).
     private let reliableIssued = Atomic<UInt64>(0)
     private let reliableAnswered = Atomic<UInt64>(0)
-    private let stats = Mutex(ClusterMessageCounts())
+    let stats = Mutex(ClusterMessageCounts())
     private var consuming: Task<Void, Never>?
     private let shares: SharedSubscriptionConsumers
     let sessions: SessionStateStore
     let gate = ConsumeGate()
     /// When JetStream stored the oldest message this node's consumer may not have routed yet
     /// (µs; 0: none, it has routed all it was given, with nothing pending behind them).
-    private let consumedThrough = Atomic<Int64>(0)
+    let consumedThrough = Atomic<Int64>(0)
 
     /// Connects, makes the stream and this node's consumer when missing, and starts taking
     /// other nodes' messages; then shows the broker's publishes to NATS.
@@ -122,7 +122,7 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
                 _ = try await jetStream.createConsumer(stream: settings.streamName, consumer)
             }
             let pull = try PullConsumer(jetStream, stream: settings.streamName, consumer: settings.consumerName,
-                                        batch: settings.messagesPerPull, expires: .seconds(5))
+                                        batch: settings.pullBatch, expires: .seconds(5))
             let link = NATSClusterLink(settings, connection, jetStream, broker, pull, logger)
             try connection.subscribe(bestEffortMapping.prefix + ".>") { [weak link] in link?.arrivedBestEffort($0) }
             try link.sessions.start(connection)
@@ -208,13 +208,14 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
 
     // MARK: - Out: what this node's clients publish
 
-    public func forward(_ publish: MQTTPublish) -> EventLoopFuture<Void>? {
+    public func forward(_ publish: MQTTPublish, stored: (@Sendable (Result<Void, any Error>) -> Void)?) {
         let payload: ByteBuffer
         do {
             payload = try ClusterMessageCodec.encode(publish)
         } catch {
             logger.error("cluster: message to '\(publish.topicName)' cannot be encoded for NATS: \(error)")
-            return publish.qos == .atMostOnce ? nil : connection.eventLoop.makeFailedFuture(error)
+            stored?(.failure(error))
+            return
         }
         // A retained message is also kept as its topic's last one, for nodes that start later.
         let kept = publish.retain
@@ -223,17 +224,20 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
                 messageID: "\(settings.nodeID)-\(runID)-r\(sequence.add(1, ordering: .relaxed).newValue)"
             ).map { _ in () }
             : nil
-        if publish.qos == .atMostOnce {
+        guard let stored, publish.qos != .atMostOnce else {
             // Best effort, as within one node: dropped while NATS is unreachable and its buffer full.
             try? connection.publish(Self.bestEffortMapping.subject(topic: publish.topicName), payload: payload, headers: headers)
             stats.withLock { $0.sentBestEffort += 1 }
-            return nil
+            return
         }
         stats.withLock { $0.sentReliable += 1 }
         reliableIssued.add(1, ordering: .relaxed)
-        let stored = batcher.add(payload, subject: Self.reliableMapping.subject(topic: publish.topicName))
-        stored.whenComplete { [weak self] _ in self?.reliableAnswered.add(1, ordering: .relaxed) }
-        return kept.map { stored.and($0).map { _ in () } } ?? stored
+        batcher.add(payload, subject: Self.reliableMapping.subject(topic: publish.topicName)) { result in
+            // On the connection's event loop, where `kept` completes too.
+            self.reliableAnswered.add(1, ordering: .relaxed)
+            guard let kept, case .success = result else { return stored(result) }
+            kept.whenComplete { stored($0) }
+        }
     }
 
     // MARK: - In: what other nodes' clients published
@@ -244,47 +248,6 @@ public final class NATSClusterLink: BrokerClusterLink, @unchecked Sendable {
         else { return }
         stats.withLock { $0.receivedBestEffort += 1 }
         try? broker.publishFromClusterAtOnce([publish])
-    }
-
-    private func consume() async {
-        while true {
-            let messages = await pull.nextBatch()
-            guard let last = messages.last else { return }
-            if consumedThrough.load(ordering: .relaxed) == 0, let first = JetStreamMetadata(replyTo: messages[0].replyTo) {
-                consumedThrough.store(first.timestamp / 1000, ordering: .relaxed)
-            }
-            var publishes: [MQTTPublish] = []
-            var redelivered = 0
-            for message in messages where message.headers?[Self.nodeHeader] != settings.nodeID {
-                guard let batch = ClusterMessageCodec.decodeBatch(message.payload) else {
-                    logger.warning("cluster: a message on \(message.subject) is not MQTT PUBLISH packets; skipped")
-                    continue
-                }
-                if let meta = JetStreamMetadata(replyTo: message.replyTo), meta.delivered > 1 { redelivered += batch.count }
-                publishes.append(contentsOf: batch)
-            }
-            // A session being taken on from another node reads the stream meanwhile.
-            await gate.enterRouting()
-            defer { gate.leaveRouting() }
-            do {
-                if !publishes.isEmpty { try await broker.publishFromCluster(publishes) }
-                try pull.ack(last)
-                if let meta = JetStreamMetadata(replyTo: last.replyTo) {
-                    consumedThrough.store(meta.pending == 0 ? 0 : meta.timestamp / 1000, ordering: .relaxed)
-                }
-                stats.withLock {
-                    $0.receivedReliable += publishes.count
-                    $0.redelivered += redelivered
-                }
-            } catch {
-                // Not acknowledged: JetStream delivers them again to this node's consumer
-                // (after its restart); later batches are not taken, since acknowledging one
-                // would acknowledge these too.
-                logger.error("cluster: messages from NATS could not be delivered here (\(error)); consumption stops")
-                pull.stop()
-                return
-            }
-        }
     }
 
     // MARK: - Persistent sessions across nodes
@@ -368,4 +331,7 @@ public struct ClusterMessageCounts: Sendable, Equatable {
     public var receivedReliable = 0
     /// Received again after a node did not acknowledge them in time (duplicates to clients).
     public var redelivered = 0
+    /// JetStream messages from other nodes taken without decoding them: no session here
+    /// subscribed to their topic (and none of their MQTT messages is retained).
+    public var skippedBatches = 0
 }

@@ -5,8 +5,10 @@
 // messages of one topic only, in order, so that subject filters, the node consumers and a
 // session move's per-filter reads keep working), and stores each group as one message
 // (`ClusterMessageCodec` version 2). Every message of a batch is answered (its PUBACK or
-// PUBREC goes on) when JetStream acknowledges the batch; a batch's Nats-Msg-Id (its number)
-// makes a repeat of it harmless, as one message's did.
+// PUBREC goes on) when JetStream acknowledges the batch: each message's callback, kept with the
+// batch and called on the connection's event loop (a future per message, its callback added
+// from the broker's thread, would cost a hop to that loop for every message); a batch's
+// Nats-Msg-Id (its number) makes a repeat of it harmless, as one message's did.
 //
 // Messages are added under the broker's lock, in its order; batches are numbered and handed
 // to NATS on the connection's event loop, in the order they were started, so two batches of
@@ -18,12 +20,14 @@ import Synchronization
 final class ReliableBatcher: Sendable {
     /// Stores one batch: (subject, payload, batch number) to the stream's acknowledgement.
     typealias Store = @Sendable (String, ByteBuffer, UInt64) -> EventLoopFuture<Void>
+    /// Hears how the batch a message went into was stored.
+    typealias Answer = @Sendable (Result<Void, any Error>) -> Void
 
     private struct Batch {
         var subject: String
         var payload: ByteBuffer
         var count: Int
-        let promise: EventLoopPromise<Void>
+        var answers: [Answer]
     }
 
     private struct State {
@@ -53,23 +57,24 @@ final class ReliableBatcher: Sendable {
         self.store = store
     }
 
-    /// Adds one encoded PUBLISH packet on `subject`; the future succeeds once JetStream has
-    /// stored the batch it went into (and fails as that store does).
-    func add(_ packet: ByteBuffer, subject: String) -> EventLoopFuture<Void> {
+    /// Adds one encoded PUBLISH packet on `subject`; `answer` hears (on the loop) once JetStream
+    /// has stored the batch it went into, or failed to.
+    func add(_ packet: ByteBuffer, subject: String, answer: @escaping Answer) {
         var packet = packet
-        let (future, schedule) = state.withLock { state -> (EventLoopFuture<Void>, Bool) in
+        let schedule = state.withLock { state -> Bool in
             if let index = state.open[subject], state.waiting[index].count < maxMessages,
                 state.waiting[index].payload.readableBytes + packet.readableBytes <= maxBytes
             {
                 state.waiting[index].payload.writeBuffer(&packet)
                 state.waiting[index].count += 1
-                return (state.waiting[index].promise.futureResult, false)
+                state.waiting[index].answers.append(answer)
+                return false
             }
-            let batch = Batch(subject: subject, payload: packet, count: 1, promise: loop.makePromise(of: Void.self))
+            let batch = Batch(subject: subject, payload: packet, count: 1, answers: [answer])
             state.open[subject] = state.waiting.count
             state.waiting.append(batch)
             defer { state.flushScheduled = true }
-            return (batch.promise.futureResult, !state.flushScheduled)
+            return !state.flushScheduled
         }
         if schedule {
             if linger > .zero {
@@ -78,7 +83,13 @@ final class ReliableBatcher: Sendable {
                 loop.execute { self.flush() }
             }
         }
-        return future
+    }
+
+    /// `add` with a future (made on the loop) for the answer.
+    func add(_ packet: ByteBuffer, subject: String) -> EventLoopFuture<Void> {
+        let promise = loop.makePromise(of: Void.self)
+        add(packet, subject: subject) { promise.completeWith($0) }
+        return promise.futureResult
     }
 
     /// Hands every waiting batch to NATS (on the loop).
@@ -93,7 +104,10 @@ final class ReliableBatcher: Sendable {
             return (batches, first)
         }
         for (offset, batch) in batches.enumerated() {
-            batch.promise.completeWith(store(batch.subject, batch.payload, first + UInt64(offset)))
+            let answers = batch.answers
+            store(batch.subject, batch.payload, first + UInt64(offset)).hop(to: loop).whenComplete { result in
+                for answer in answers { answer(result) }
+            }
         }
     }
 

@@ -40,6 +40,9 @@ public struct JetStreamMetadata: Sendable, Equatable {
 /// A pull consumer's messages as they arrive, taken in batches of whatever has arrived. A pull
 /// of `batch` stays outstanding until filled or expired, then the next is sent; a pull lost
 /// with a server is sent again after `expires` and a second without a word from JetStream.
+/// A filled pull is followed at once only while fewer than `batch` messages wait untaken;
+/// otherwise once they are taken (`nextBatch`): a slow taker holds at most about two pulls'
+/// worth, not everything the stream has (each of them nearer its ack wait).
 public final class PullConsumer: @unchecked Sendable {
     public let stream: String
     public let consumer: String
@@ -47,6 +50,7 @@ public final class PullConsumer: @unchecked Sendable {
     private let inbox: String
     private let batch: Int
     private let expires: TimeAmount
+    private let pullSubject: String
     private let lock = NIOLock()
     // Guarded by `lock`.
     private var received = 0
@@ -54,6 +58,8 @@ public final class PullConsumer: @unchecked Sendable {
     private var sid: UInt64 = 0
     private var watchdog: RepeatedTask?
     private var stopped = false
+    /// A pull filled while a full batch waited untaken: the next goes when they are taken.
+    private var pullDue = false
     private var buffered: [NATSMessage] = []
     private var waiting: CheckedContinuation<[NATSMessage], Never>?
 
@@ -67,12 +73,13 @@ public final class PullConsumer: @unchecked Sendable {
         self.batch = batch
         self.expires = expires
         let pullSubject = "\(jetStream.apiPrefix).CONSUMER.MSG.NEXT.\(stream).\(consumer)"
+        self.pullSubject = pullSubject
         let sid = try connection.subscribe(inbox) { [weak self] message in self?.arrived(message, pullSubject) }
         let timeout = expires + .seconds(1)
         let watchdog = connection.eventLoop.scheduleRepeatedTask(initialDelay: timeout, delay: .milliseconds(500)) {
             [weak self] _ in
             guard let self else { return }
-            let silent = self.lock.withLock { !self.stopped && NIODeadline.now() - self.lastWord > timeout }
+            let silent = self.lock.withLock { !self.stopped && !self.pullDue && NIODeadline.now() - self.lastWord > timeout }
             if silent { try? self.pull(pullSubject) }
         }
         lock.withLock {
@@ -108,7 +115,12 @@ public final class PullConsumer: @unchecked Sendable {
                 self.waiting = nil
                 buffered = []
             }
-            return (received >= batch, resume)
+            guard received >= batch else { return (false, resume) }
+            if buffered.count >= batch {
+                pullDue = true
+                return (false, resume)
+            }
+            return (true, resume)
         }
         if let (continuation, messages) = resume { continuation.resume(returning: messages) }
         if filled { try? pull(pullSubject) }
@@ -118,14 +130,17 @@ public final class PullConsumer: @unchecked Sendable {
     /// one when none has. Empty once stopped. One caller at a time.
     public func nextBatch() async -> [NATSMessage] {
         await withCheckedContinuation { continuation in
-            let ready = lock.withLock { () -> [NATSMessage]? in
+            let (ready, pullNow) = lock.withLock { () -> ([NATSMessage]?, Bool) in
+                let pullNow = pullDue && !stopped
+                pullDue = false
                 if !buffered.isEmpty || stopped {
                     defer { buffered = [] }
-                    return buffered
+                    return (buffered, pullNow)
                 }
                 waiting = continuation
-                return nil
+                return (nil, pullNow)
             }
+            if pullNow { try? pull(pullSubject) }
             if let ready { continuation.resume(returning: ready) }
         }
     }

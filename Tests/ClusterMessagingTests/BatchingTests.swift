@@ -40,6 +40,23 @@ struct BatchingTests {
         #expect(ClusterMessageCodec.decodeBatch(ByteBuffer(string: "not mqtt")) == nil)
     }
 
+    /// The node's consumer reads a batch's topic, and whether any of it is retained, without
+    /// decoding its packets (it skips topics nobody here subscribed to).
+    @Test func outlineReadsTopicAndRetainWithoutDecoding() throws {
+        var batch = ByteBuffer()
+        for text in ["one", "two"] { try ClusterMessageCodec.encode(publish("b/x", text), into: &batch) }
+        #expect(ClusterMessageCodec.outline(batch)?.topic == "b/x")
+        #expect(ClusterMessageCodec.outline(batch)?.retained == false)
+        var retained = publish("b/x", "kept")
+        retained.retain = true
+        try ClusterMessageCodec.encode(retained, into: &batch)
+        #expect(ClusterMessageCodec.outline(batch)?.retained == true)
+        let long = String(repeating: "level/", count: 40) + "end"
+        #expect(ClusterMessageCodec.outline(try ClusterMessageCodec.encode(publish(long, String(repeating: "p", count: 300))))?.topic == long)
+        #expect(ClusterMessageCodec.outline(batch.getSlice(at: 0, length: batch.readableBytes - 2)!) == nil)
+        #expect(ClusterMessageCodec.outline(ByteBuffer(string: "not mqtt")) == nil)
+    }
+
     /// Messages added while the loop is busy go out as one batch per subject, in order, when
     /// it runs; each message's future is its batch's answer.
     @Test func messagesOfOneTurnAreGroupedBySubject() throws {

@@ -65,6 +65,30 @@ struct JetStreamTests {
         await connection.close()
     }
 
+    /// A taker that does not take: the pull consumer holds about two pulls' worth (one taken
+    /// as the first filled, one waiting), not everything the stream has; taking them lets the
+    /// next pull go, and all 60 come in order.
+    @Test func aPullConsumerPullsAgainOnlyAsItsMessagesAreTaken() async throws {
+        let nats = try await offPool { try RunningNATS("js-paced") }
+        defer { nats.cleanUp() }
+        let connection = try await connect([nats.url])
+        let js = JetStream(connection)
+        _ = try await js.ensureStream(StreamConfig(name: "P", subjects: ["p.>"]))
+        for index in 1...60 { _ = try await js.publish("p.x", payload: ByteBuffer(string: "m\(index)")) }
+        var consumer = ConsumerConfig(durableName: "paced")
+        consumer.ackPolicy = "all"
+        _ = try await js.createConsumer(stream: "P", consumer)
+        let pull = try PullConsumer(js, stream: "P", consumer: "paced", batch: 10, expires: .seconds(2))
+        defer { pull.stop() }
+        try await Task.sleep(nanoseconds: 500_000_000)
+        let delivered = try #require(try await js.consumerInfo(stream: "P", name: "paced")?.numAckPending)
+        #expect(delivered <= 20, "delivered before anything was taken: \(delivered)")
+        var got: [String] = []
+        while got.count < 60 { got += await pull.nextBatch().map { String(buffer: $0.payload) } }
+        #expect(got == (1...60).map { "m\($0)" })
+        await connection.close()
+    }
+
     /// What is not acknowledged is delivered again to the durable consumer's next client.
     @Test func unacknowledgedMessagesComeAgainAfterAckWait() async throws {
         let nats = try await offPool { try RunningNATS("js-redeliver") }
