@@ -25,6 +25,13 @@ extension Broker {
     /// look at each connected session with a queue, not at all sessions.
     public func routingRoom(stalledAfter: Int64 = 2_000_000, slowerThanHalf: Bool = false) -> BrokerRoom {
         locked {
+            if !roomWatched {
+                // From the first look on, connected sessions with a queue are kept track of
+                // (`noteBacklog`); before it, nobody asked (a single node never does), and
+                // keeping them would hold every such session for good.
+                roomWatched = true
+                for session in sessions.values where session.sink != nil && !session.queue.isEmpty { noteBacklog(session) }
+            }
             let limits = currentLimits
             var room = BrokerRoom(
                 messages: limits.queueMaxMessages, bytes: limits.queueMaxBytes,
@@ -58,6 +65,7 @@ extension Broker {
 
     /// Under the lock: `session` (connected) has something queued now.
     func noteBacklog(_ session: SessionState) {
+        guard roomWatched else { return }
         let key = ObjectIdentifier(session)
         guard backlogged[key] == nil else { return }
         session.dequeuedSeen = session.dequeued

@@ -135,6 +135,8 @@ public final class Broker: @unchecked Sendable {
     /// Connected sessions whose queue may hold something (`Broker+Room.swift`): every connected
     /// session with a queued message is here; entries that no longer are go at the next look.
     var backlogged: [ObjectIdentifier: SessionState] = [:]
+    /// Whether anyone asked `routingRoom` (the cluster's consumer): `backlogged` is kept only then.
+    var roomWatched = false
     /// Whether `tap` was ever set: read without the lock by who would describe publishers for it.
     let tapInstalled = Atomic<Bool>(false)
 

@@ -54,6 +54,28 @@ struct RoutingRoomTests {
         #expect(broker.routingRoom(stalledAfter: 2 * second).messages == 10)
     }
 
+    /// A broker nobody asks for room (a single node) keeps no list of backlogged sessions:
+    /// it would hold every session that ever had a queue. The first look finds those that
+    /// have one.
+    @Test func noBacklogIsKeptUntilSomeoneAsks() async throws {
+        let broker = try Broker(directory: nil, limits: BrokerLimits(queueMaxMessages: 10, queueMaxBytes: 1_000))
+        defer { broker.close() }
+        var clients: [Client] = []
+        for index in 0..<3 {
+            let client = broker.connect("c\(index)", receiveMaximum: 1)
+            _ = try await client.session.handle(subscribe([("t", .atLeastOnce)]))
+            clients.append(client)
+        }
+        try await broker.publishFromCluster((1...4).map { _ in MQTTPublish(topicName: "t", payload: payload("12345"), qos: .atLeastOnce) })
+        #expect(broker.locked { broker.backlogged.isEmpty })
+        for client in clients { broker.detach(client.session) }
+        let kept = broker.connect("kept", receiveMaximum: 1)
+        _ = try await kept.session.handle(subscribe([("t", .atLeastOnce)]))
+        try await broker.publishFromCluster((1...4).map { _ in MQTTPublish(topicName: "t", payload: payload("12345"), qos: .atLeastOnce) })
+        #expect(broker.routingRoom().messages == 7, "one in flight, three queued")
+        #expect(broker.locked { broker.backlogged.count } == 1)
+    }
+
     @Test func onlyPlainSubscriptionsWantClusterMessages() async throws {
         let broker = try Broker(directory: nil)
         defer { broker.close() }
