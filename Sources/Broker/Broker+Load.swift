@@ -100,6 +100,12 @@ extension Broker {
                     return
                 }
                 // Due 0: the broker stopped while its connection was up, an unclean end.
+                if due == 0, case .publishOnlyFor(let ours) = storedWills, !ours.contains(state.name) {
+                    // Another node recorded the session as lost and sends its will (or not,
+                    // when it was resumed within the delay): not again from here.
+                    cleanup.delete(.sessions, key: Array(key))
+                    return
+                }
                 state.willStored = true
                 loadedWills.append((state, will, due == 0 ? now + Int64(delay) * 1_000_000 : due))
             case BrokerRecords.inboundKind:

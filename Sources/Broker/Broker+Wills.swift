@@ -1,4 +1,5 @@
 // Will messages: kept per connection, waiting out their delay, stored for persistent sessions.
+import LedgerCore
 import LMDBStorage
 import MQTTCodec
 
@@ -90,4 +91,18 @@ extension MQTTWill {
             topicName: topic, payload: payload, qos: qos, retain: retain,
             packetIdentifier: qos == .atMostOnce ? nil : 1, properties: properties)
     }
+}
+
+/// What a broker starting on its store does with the wills of sessions whose connection was up
+/// when it stopped (a crash, SIGKILL: an unclean end of those connections).
+public enum StoredWills: Sendable, Equatable {
+    /// Published once their Will Delay Interval has passed from the start (one node).
+    case publish
+    /// A cluster node: only those of these sessions, whose connections this node ended at its
+    /// start (`ClusterSessionAuthority.sessionsEndedAtStart`); the others a survivor recorded as
+    /// lost and publishes itself, from the cluster's session records, unless they were resumed
+    /// within the delay (`NATSClusterLink.publishWillOfLostSession`), so they go from the store.
+    /// Wills already counting down when the broker stopped (their connection had ended) are
+    /// still this node's to send.
+    case publishOnlyFor(Set<SessionName>)
 }

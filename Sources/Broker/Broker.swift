@@ -135,6 +135,9 @@ public final class Broker: @unchecked Sendable {
     /// Connected sessions whose queue may hold something (`Broker+Room.swift`): every connected
     /// session with a queued message is here; entries that no longer are go at the next look.
     var backlogged: [ObjectIdentifier: SessionState] = [:]
+    /// What `load` does with the wills of sessions whose connection was up when the broker
+    /// stopped (`StoredWills`).
+    let storedWills: StoredWills
     /// Whether anyone asked `routingRoom` (the cluster's consumer): `backlogged` is kept only then.
     var roomWatched = false
     /// Whether `tap` was ever set: read without the lock by who would describe publishers for it.
@@ -150,8 +153,10 @@ public final class Broker: @unchecked Sendable {
     public init(
         directory: String?, limits: BrokerLimits = BrokerLimits(), storeOptions: BrokerStoreOptions = BrokerStoreOptions(),
         clock: (@Sendable () -> Int64)? = nil, expirySweepInterval: Duration? = .seconds(60),
-        timers: BrokerTimerDriver = .dispatch, observer: (any BrokerObserver)? = nil
+        timers: BrokerTimerDriver = .dispatch, observer: (any BrokerObserver)? = nil,
+        wills: StoredWills = .publish
     ) throws {
+        self.storedWills = wills
         self.currentLimits = limits
         self.observer = observer
         let clock = clock ?? { wallClockMicroseconds() }

@@ -12,20 +12,21 @@ extension ClusterSessionAuthority {
     /// node's connected sessions of a previous run, and those of nodes that died while
     /// nobody watched, are recorded as ended. Throws when etcd does not answer.
     public func start() async throws {
-        let lease = try await gateway.grantLease(ttl: settings.leaseSeconds)
+        var lease = try await gateway.grantLease(ttl: settings.leaseSeconds)
         let nodeKey = keys.node(nodeID)
         // A previous run of this node killed without revoking its lease leaves its key until
-        // that lease lapses: wait for it, at most one lease and a little.
+        // that lease lapses: wait for it, at most one lease and a little. Each attempt takes a
+        // lease of its own: one kept while waiting would lapse unrenewed (the keepalive starts
+        // only once the key is in), and the put on it would fail with "lease not found".
         let patience = DispatchTime.now().uptimeNanoseconds + UInt64(settings.leaseSeconds + 2) * 1_000_000_000
         while true {
             let claimed = try await gateway.txn(EtcdTxn(
                 compare: [.absent(nodeKey)], success: [.put(key: nodeKey, value: Data(nodeID.utf8), lease: lease.id)]))
             if claimed.succeeded { break }
-            guard DispatchTime.now().uptimeNanoseconds < patience else {
-                try? await gateway.revokeLease(lease.id)
-                throw ClusterError.nodeIDInUse(nodeID)
-            }
+            try? await gateway.revokeLease(lease.id)
+            guard DispatchTime.now().uptimeNanoseconds < patience else { throw ClusterError.nodeIDInUse(nodeID) }
             try await Task.sleep(for: .milliseconds(250))
+            lease = try await gateway.grantLease(ttl: settings.leaseSeconds)
         }
         writes.use(lease: lease.id)
         state.withLock {
@@ -122,18 +123,21 @@ extension ClusterSessionAuthority {
 
     /// Ends the connection `entry` shows, in etcd (if unchanged since) and in this ledger
     /// (unless `recorded` already).
-    func endConnection(name: String, entry: ClusterView.Entry, reason: DisconnectReason, recorded: Bool = false) async {
+    /// Returns whether etcd took the ending (another node's may have come first).
+    @discardableResult
+    func endConnection(name: String, entry: ClusterView.Entry, reason: DisconnectReason, recorded: Bool = false) async -> Bool {
         let session = SessionName(unchecked: name)
         let ending = end(entry.record, key: keys.session(session), modRevision: entry.modRevision, expiry: entry.record.expiry)
-        guard case .applied(let revision) = await writes.submit(ending.write) else { return }
+        guard case .applied(let revision) = await writes.submit(ending.write) else { return false }
         view.apply(name: name, entry: ending.record.map { .init(record: $0, modRevision: revision) }, revision: revision)
-        guard !recorded else { return }
+        guard !recorded else { return true }
         do {
             try await local.record([entry.record.event(.disconnected(reason), session: session, epoch: revision)])
         } catch {
             logger.error("end of a connection not recorded", metadata: ["session_name": "\(name)", "error": "\(error)"])
         }
         if reason == .connectionLost, entry.record.node != nodeID { state.withLock { $0.onLost }?(session) }
+        return true
     }
 
     /// At start: what this node's ledger holds live and etcd no longer gives it ends here
@@ -144,11 +148,14 @@ extension ClusterSessionAuthority {
         // The local recovery has recorded `disconnected(brokerRestart)` for those it found
         // connected: etcd hears of them now; the others are recorded here too.
         let recovered = Set(local.recovery.disconnected.map { "\($0.sessionName.value)#\($0.connection)" })
+        var endedHere: Set<SessionName> = []
         for (name, entry) in sessions where entry.record.node == nodeID && entry.record.connected {
-            await endConnection(
+            let ended = await endConnection(
                 name: name, entry: entry, reason: .brokerRestart,
                 recorded: recovered.contains("\(name)#\(entry.record.connection)"))
+            if ended { endedHere.insert(SessionName(unchecked: name)) }
         }
+        state.withLock { $0.endedAtStart = endedHere }
         guard let localSessions = try? local.liveSessions() else { return }
         var ended: [LedgerEvent] = []
         for (name, entry) in localSessions {

@@ -59,6 +59,9 @@ public final class ClusterSessionAuthority: SessionAuthority {
         /// Sessions whose connections a lapse ended here (recorded already) while etcd could
         /// not hear it: written to etcd once the node has a lease again.
         var lapsed: Set<String> = []
+        /// Sessions still shown connected on this node at its start (a previous run that died)
+        /// whose connections this node ended (`reconcile`), not a survivor.
+        var endedAtStart: Set<SessionName> = []
         var tasks: [Task<Void, Never>] = []
         var closed = false
         /// Slots of a client that claims on this node are writing now (client key → slots).
@@ -122,6 +125,11 @@ public final class ClusterSessionAuthority: SessionAuthority {
     public func onConnectionLost(_ body: @escaping @Sendable (SessionName) -> Void) {
         state.withLock { $0.onLost = body }
     }
+
+    /// The sessions whose connections, still up when this node's previous run died, this node
+    /// ended at its start: their wills are this node's to send, from its broker's store. The
+    /// others a survivor ended, and sends (or, resumed in time, does not send) their wills.
+    public var sessionsEndedAtStart: Set<SessionName> { state.withLock { $0.endedAtStart } }
 
     /// Whether the session is connected now (on any node), as this node's view shows.
     public func isConnected(_ name: SessionName) -> Bool {

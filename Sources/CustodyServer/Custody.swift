@@ -375,7 +375,12 @@ struct Custody: AsyncParsableCommand {
         let broker: Broker
         let limitReporter = BrokerLimitReporter(metrics: operations.frontMetrics, logger: Logger(label: "custody.broker"))
         do {
-            broker = try Broker(directory: brokerDirectory, limits: settings.brokerLimits, observer: limitReporter)
+            // On a cluster carrying messages, the wills of sessions connected here when this
+            // node died are sent by whichever node ended those connections: this one (at its
+            // start, just now) or a survivor, never both.
+            let wills: StoredWills =
+                if let cluster, !(settings.cluster?.nats.isEmpty ?? true) { .publishOnlyFor(cluster.sessionsEndedAtStart) } else { .publish }
+            broker = try Broker(directory: brokerDirectory, limits: settings.brokerLimits, observer: limitReporter, wills: wills)
             // Sessions the ledger no longer holds (expired while down) lose their queues too.
             try await broker.retainOnly(live: try ledger.liveSessionNames())
         } catch {

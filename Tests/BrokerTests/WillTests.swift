@@ -230,8 +230,8 @@ struct StoredWillTests {
     let clock = ManualClock()
 
     /// A broker on the test's clock whose timers fire only when told (`.dispatch`: on their own).
-    func broker(_ directory: String, timers: BrokerTimerDriver = .manual) throws -> Broker {
-        try Broker(directory: directory, clock: { [clock] in clock.now }, timers: timers)
+    func broker(_ directory: String, timers: BrokerTimerDriver = .manual, wills: StoredWills = .publish) throws -> Broker {
+        try Broker(directory: directory, clock: { [clock] in clock.now }, timers: timers, wills: wills)
     }
 
     /// A broker that stops with session "c" holding `will`: its connection lost first
@@ -295,6 +295,44 @@ struct StoredWillTests {
             broker.close()
         }
         #expect(try willRecords(directory) == 0)
+    }
+
+    /// A cluster node started again after it died: the wills of sessions that were connected
+    /// then and that a survivor ended are the survivor's to send (`StoredWills.publishOnlyFor`
+    /// without them), and go from the store; a will that was already counting down (its
+    /// connection had ended) is still this node's, as is one whose connection it ended itself.
+    @Test func onAClusterTheWillsOfConnectionsUpAtTheStopAreLeftToTheSurvivors() async throws {
+        let up = scratchDirectory()
+        let ended = scratchDirectory()
+        defer {
+            removeDirectory(up)
+            removeDirectory(ended)
+        }
+        try stop(up, with: delayed("connected at the stop", 2), detach: false)
+        try stop(ended, with: delayed("counting down", 2))
+        for directory in [up, ended] {
+            let broker = try broker(directory, wills: .publishOnlyFor([]))
+            let watcher = broker.connect("watcher")
+            _ = try await watcher.session.handle(subscribe([("will/#", .atLeastOnce)]))
+            #expect(broker.info(name("c"))?.willPending == (directory == ended))
+            clock.advance(seconds: 3)
+            broker.fireDueTimers()
+            #expect(watcher.sink.takePublishes().map(text) == (directory == ended ? ["counting down"] : []))
+            broker.close()
+            #expect(try willRecords(directory) == 0)
+        }
+        // Ended by this node itself at its start: its will goes from here, after its delay.
+        let own = scratchDirectory()
+        defer { removeDirectory(own) }
+        try stop(own, with: delayed("ended here", 2), detach: false)
+        let broker = try broker(own, wills: .publishOnlyFor([name("c")]))
+        defer { broker.close() }
+        let watcher = broker.connect("watcher")
+        _ = try await watcher.session.handle(subscribe([("will/#", .atLeastOnce)]))
+        #expect(broker.info(name("c"))?.willPending == true)
+        clock.advance(seconds: 3)
+        broker.fireDueTimers()
+        #expect(watcher.sink.takePublishes().map(text) == ["ended here"])
     }
 
     @Test func aSessionTheLedgerDroppedAtStartupSendsItsWill() async throws {

@@ -46,5 +46,62 @@ extension MessagingSuites {
                 }
             }
         }
+
+        /// Started again at once, before its lease lapses, the killed node ends its sessions'
+        /// connections itself, and sends their wills from its store; or, when a survivor was
+        /// quicker, the survivor does. Either way each will goes once.
+        @Test func aKilledNodeStartedAgainAtOnceSendsEachWillOnce() async throws {
+            try await offPool {
+                try withMessagingCluster("lost-wills-quick") { cluster in
+                    let watcher = try PahoClient.subscriber(port: cluster[0].port, id: "watcher", filters: ["will/#"])
+                    let client = try PahoClient(port: cluster[1].port, id: "quick", [
+                        "--clean", "0", "--expiry", "3600", "--will-delay", "2", "--will-topic", "will/quick", "--will-payload", "gone-quick",
+                    ])
+                    try client.spawned.waitForOutput(containing: "CONNACK rc=0", timeout: 30)
+                    Thread.sleep(forTimeInterval: 1)
+                    cluster.killNode(1)
+                    client.stop()
+                    try cluster.restartNode(1)
+                    try watcher.wait(timeout: 30) { $0.payloads.contains("gone-quick") }
+                    Thread.sleep(forTimeInterval: 6)
+                    #expect(watcher.messages.filter { $0.hasPrefix("will/quick ") } == ["will/quick gone-quick q1 r0"], "\(watcher.messages)")
+                    watcher.stop()
+                }
+            }
+        }
+
+        /// The killed node, started again on its data, finds in its store the wills of the
+        /// sessions that were connected when it died. A survivor has published them (or will,
+        /// after their delay), and a resumed one lives on another node now: the restarted
+        /// node publishes none of them again.
+        @Test func aKilledNodeStartedAgainDoesNotRepeatTheirWills() async throws {
+            try await offPool {
+                try withMessagingCluster("lost-wills-restart") { cluster in
+                    let watcher = try PahoClient.subscriber(port: cluster[0].port, id: "watcher", filters: ["will/#"])
+                    let clients = [
+                        ("now", ["--clean", "1"]),
+                        ("later", ["--clean", "0", "--expiry", "3600", "--will-delay", "2"]),
+                        ("resumed", ["--clean", "0", "--expiry", "3600", "--will-delay", "4"]),
+                    ].map { id, options in
+                        (id, try? PahoClient(port: cluster[1].port, id: id, options + ["--will-topic", "will/\(id)", "--will-payload", "gone-\(id)"]))
+                    }
+                    for (_, client) in clients { try #require(client).spawned.waitForOutput(containing: "CONNACK rc=0", timeout: 30) }
+                    Thread.sleep(forTimeInterval: 1)
+                    cluster.killNode(1)
+                    for (_, client) in clients { client?.stop() }
+                    let resumed = try PahoClient(port: cluster[2].port, id: "resumed", ["--clean", "0", "--expiry", "3600"])
+                    try resumed.spawned.waitForOutput(containing: "CONNACK rc=0 present=1", timeout: 30)
+                    try watcher.wait(timeout: 30) { $0.payloads.contains("gone-now") && $0.payloads.contains("gone-later") }
+                    try cluster.restartNode(1)
+                    // Past every delay the restarted node could count from its start, with a margin.
+                    Thread.sleep(forTimeInterval: 8)
+                    #expect(watcher.messages.filter { $0.hasPrefix("will/now ") } == ["will/now gone-now q1 r0"], "\(watcher.messages)")
+                    #expect(watcher.messages.filter { $0.hasPrefix("will/later ") } == ["will/later gone-later q1 r0"], "\(watcher.messages)")
+                    #expect(!watcher.payloads.contains("gone-resumed"), "\(watcher.messages)")
+                    resumed.stop()
+                    watcher.stop()
+                }
+            }
+        }
     }
 }

@@ -37,7 +37,7 @@ final class MessagingCluster: @unchecked Sendable {
     }
 
     /// Node `index` (n1 for 0) connects first to NATS server `index` modulo their number.
-    func start(node index: Int) throws -> RunningCustody {
+    func start(node index: Int, directory: String? = nil) throws -> RunningCustody {
         let urls = nats.urls
         let rotated = Array(urls[(index % urls.count)...] + urls[..<(index % urls.count)])
         return try RunningCustody(
@@ -46,10 +46,15 @@ final class MessagingCluster: @unchecked Sendable {
                 "--cluster-etcd", etcd.url, "--node-id", "n\(index + 1)", "--cluster-lease-seconds", "2",
                 "--connects-per-second-per-session", "0",
                 "--cluster-nats", rotated.joined(separator: ","), "--cluster-nats-replicas", "\(replicas)",
-            ] + extra)
+            ] + extra, directory: directory)
     }
 
     subscript(_ index: Int) -> RunningCustody { nodes[index] }
+
+    /// Starts node `index` again on its data directory (after `killNode`).
+    func restartNode(_ index: Int) throws {
+        nodes[index] = try start(node: index, directory: nodes[index].directory)
+    }
 
     /// Starts one more node (n4 for the fourth).
     func addNode() throws { nodes.append(try start(node: nodes.count)) }
