@@ -177,26 +177,12 @@ public enum ISO8601Time {
         return String(decoding: bytes, as: UTF8.self)
     }
 
+    /// Written into a stack buffer and appended at once; a year outside 0-9999 is appended
+    /// as it is, ahead of the buffer's rest.
     public static func append(_ micros: Int64, to out: inout [UInt8]) {
         let (seconds, fraction) = floorDivide(micros, microsecondsPerSecond)
         let (days, secondOfDay) = floorDivide(seconds, secondsPerDay)
         let (year, month, day) = civil(fromDays: days)
-        guard (0...9999).contains(year) else {
-            // Years outside 0-9999 as they are, then the rest of a year 0's text.
-            out.append(contentsOf: Array(String(year).utf8))
-            var rest: [UInt8] = []
-            append(year: 0, secondOfDay: secondOfDay, fraction: fraction, month: month, day: day, to: &rest)
-            out.append(contentsOf: rest[4...])
-            return
-        }
-        append(year: year, secondOfDay: secondOfDay, fraction: fraction, month: month, day: day, to: &out)
-    }
-
-    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` written into a stack buffer and appended at once
-    /// (`year` 0-9999).
-    private static func append(
-        year: Int64, secondOfDay: Int64, fraction: Int64, month: Int64, day: Int64, to out: inout [UInt8]
-    ) {
         var text: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)  // 32 bytes, no allocation
         withUnsafeMutableBytes(of: &text) { buffer in
             func digits(_ value: Int64, _ width: Int, at offset: Int) {
@@ -206,7 +192,8 @@ public enum ISO8601Time {
                     rest /= 10
                 }
             }
-            digits(year, 4, at: 0)
+            let fourDigitYear = (0...9999).contains(year)
+            if fourDigitYear { digits(year, 4, at: 0) } else { out.append(contentsOf: Array(String(year).utf8)) }
             buffer[4] = UInt8(ascii: "-")
             digits(month, 2, at: 5)
             buffer[7] = UInt8(ascii: "-")
@@ -220,7 +207,7 @@ public enum ISO8601Time {
             buffer[19] = UInt8(ascii: ".")
             digits(fraction, 6, at: 20)
             buffer[26] = UInt8(ascii: "Z")
-            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: buffer[0..<27]))
+            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: buffer[(fourDigitYear ? 0 : 4)..<27]))
         }
     }
 
